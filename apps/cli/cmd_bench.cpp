@@ -1,0 +1,15 @@
+// mechlab bench: benchmark programs, each printing a table of ratios against a
+// baseline measured in the same run. The bench programs live in apps/bench/.
+#include "apps/cli/commands.h"
+
+namespace mechlab::cli {
+
+void add_bench_runtime(CLI::App& bench);
+
+void add_bench_command(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks (each prints a table of ratios)");
+  bench->require_subcommand(1);
+  add_bench_runtime(*bench);
+}
+
+}  // namespace mechlab::cli

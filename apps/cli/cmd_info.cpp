@@ -1,0 +1,33 @@
+// mechlab info: a model's config, parameter count and hook points.
+#include "apps/cli/commands.h"
+#include "core/transformer.h"
+#include "kernels/device_info.h"
+
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+
+namespace mechlab::cli {
+
+void add_info_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "Print a model's config, parameter count and hook points");
+  auto model_path = std::make_shared<std::string>();
+  cmd->add_option("model", *model_path, "mechlab checkpoint (.h5)")->required();
+  cmd->callback([model_path] {
+    core::Transformer model = core::Transformer::load(*model_path);
+    const auto& cfg = model.config();
+    std::cout << "model:      " << *model_path << "\n"
+              << "parameters: " << cfg.parameter_count() << " (" << model.dtype() << ")\n"
+              << "config:     " << cfg.to_json().dump(2) << "\n"
+              << "devices:    cpu; " << kernels::describe_gpus() << "\n\n"
+              << "hook points (opt-in ones are computed only where hooked):\n";
+    for (const auto& site : core::all_sites(cfg)) {
+      std::string name = site.name();
+      name.resize(std::max<size_t>(name.size(), 36), ' ');
+      std::cout << "  " << name << " " << core::site_shape(cfg, site)
+                << (core::is_opt_in(site.kind) ? "  (opt-in)" : "") << "\n";
+    }
+  });
+}
+
+}  // namespace mechlab::cli

@@ -1,0 +1,22 @@
+// The mechlab CLI: one file per subcommand, each adding itself to the app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace mechlab::cli {
+
+void add_info_command(CLI::App& app);
+void add_run_command(CLI::App& app);
+void add_new_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+// Shared option parsing.
+at::Device parse_device(const std::string& text);     // "cpu", "cuda", "cuda:1", "auto"
+at::ScalarType parse_dtype(const std::string& text);  // "f32", "bf16", "f16"
+std::string human_bytes(int64_t bytes);
+
+}  // namespace mechlab::cli

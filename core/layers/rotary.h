@@ -1,0 +1,24 @@
+// Rotary position embeddings, GPT-NeoX style ("rotate half"), on the first
+// rotary_dim dimensions of each head, as TransformerLens does with
+// rotary_adjacent_pairs = false (Llama, Mistral, Qwen2, Pythia):
+//   angle(pos, i) = pos / base^(i / (rotary_dim/2)),  i < rotary_dim/2, repeated twice
+//   x_rot * cos + rotate_half(x_rot) * sin,  rotate_half([a, b]) = [-b, a]
+#pragma once
+
+#include "core/model_config.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace mechlab::core {
+
+struct RotaryTables {
+  at::Tensor cos, sin;  // [n_ctx, rotary_dim], model dtype, model device
+};
+
+RotaryTables make_rotary_tables(const ModelConfig& cfg, const at::TensorOptions& options);
+
+/// x: [batch, pos, head, d_head]; positions: [pos] or [batch, pos] (int64).
+at::Tensor apply_rotary(const at::Tensor& x, const RotaryTables& tables,
+                        const at::Tensor& positions);
+
+}  // namespace mechlab::core

@@ -1,0 +1,235 @@
+#include "core/model_config.h"
+
+#include "core/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <functional>
+#include <iomanip>
+
+namespace mechlab::core {
+namespace {
+
+template <typename Enum, size_t N>
+Enum parse_enum(const nlohmann::json& j, const char* key, const std::array<Enum, N>& values) {
+  MECHLAB_CHECK(j.is_string(), "config: \"", key, "\" must be a string");
+  const auto text = j.get<std::string>();
+  std::string options;
+  for (Enum e : values) {
+    if (text == to_string(e)) return e;
+    options += std::string(options.empty() ? "" : ", ") + to_string(e);
+  }
+  throw Error(str_cat("config: \"", key, "\" is \"", text, "\"; expected one of: ", options));
+}
+
+constexpr std::array<Positional, 3> kPositionals{Positional::learned, Positional::rotary,
+                                                 Positional::none};
+constexpr std::array<NormKind, 3> kNorms{NormKind::layernorm, NormKind::rmsnorm, NormKind::none};
+constexpr std::array<Activation, 4> kActs{Activation::gelu_new, Activation::gelu,
+                                          Activation::relu, Activation::silu};
+constexpr std::array<MlpKind, 3> kMlps{MlpKind::standard, MlpKind::gated, MlpKind::none};
+
+template <typename T>
+void read_number(const nlohmann::json& j, const char* key, T& out) {
+  if (!j.contains(key)) return;
+  const auto& v = j.at(key);
+  MECHLAB_CHECK(v.is_number(), "config: \"", key, "\" must be a number, got ", v.dump());
+  if constexpr (std::is_integral_v<T>) {
+    MECHLAB_CHECK(v.is_number_integer() || std::floor(v.get<double>()) == v.get<double>(),
+                  "config: \"", key, "\" must be a whole number, got ", v.dump());
+  }
+  out = v.get<T>();
+}
+
+void read_bool(const nlohmann::json& j, const char* key, bool& out) {
+  if (!j.contains(key)) return;
+  MECHLAB_CHECK(j.at(key).is_boolean(), "config: \"", key, "\" must be true or false");
+  out = j.at(key).get<bool>();
+}
+
+}  // namespace
+
+const char* to_string(Positional p) {
+  switch (p) {
+    case Positional::learned: return "learned";
+    case Positional::rotary: return "rotary";
+    case Positional::none: return "none";
+  }
+  return "?";
+}
+const char* to_string(NormKind n) {
+  switch (n) {
+    case NormKind::layernorm: return "layernorm";
+    case NormKind::rmsnorm: return "rmsnorm";
+    case NormKind::none: return "none";
+  }
+  return "?";
+}
+const char* to_string(Activation a) {
+  switch (a) {
+    case Activation::gelu_new: return "gelu_new";
+    case Activation::gelu: return "gelu";
+    case Activation::relu: return "relu";
+    case Activation::silu: return "silu";
+  }
+  return "?";
+}
+const char* to_string(MlpKind m) {
+  switch (m) {
+    case MlpKind::standard: return "standard";
+    case MlpKind::gated: return "gated";
+    case MlpKind::none: return "none";
+  }
+  return "?";
+}
+
+double ModelConfig::scale() const {
+  return attn_scale ? *attn_scale : std::sqrt(static_cast<double>(d_head));
+}
+
+void ModelConfig::validate() const {
+  auto positive = [](int v, const char* key) {
+    MECHLAB_CHECK(v > 0, "config: \"", key, "\" must be positive, got ", v);
+  };
+  positive(n_layers, "n_layers");
+  positive(d_model, "d_model");
+  positive(n_heads, "n_heads");
+  positive(d_head, "d_head");
+  positive(d_vocab, "d_vocab");
+  positive(n_ctx, "n_ctx");
+  MECHLAB_CHECK(n_kv_heads >= 0, "config: \"n_kv_heads\" must be >= 0 (0 means n_heads)");
+  MECHLAB_CHECK(n_heads % kv_heads() == 0, "config: n_heads (", n_heads,
+                ") must be a multiple of n_kv_heads (", kv_heads(), ")");
+  if (has_mlp()) positive(d_mlp, "d_mlp");
+  if (positional == Positional::rotary) {
+    MECHLAB_CHECK(rotary_dims() <= d_head && rotary_dims() % 2 == 0, "config: rotary_dim (",
+                  rotary_dims(), ") must be even and at most d_head (", d_head, ")");
+    MECHLAB_CHECK(rotary_base > 0, "config: rotary_base must be positive");
+  }
+  MECHLAB_CHECK(norm_eps >= 0, "config: norm_eps must be >= 0");
+  MECHLAB_CHECK(!attn_scale || *attn_scale > 0, "config: attn_scale must be positive");
+  MECHLAB_CHECK(!(parallel_attn_mlp && !has_mlp()),
+                "config: parallel_attn_mlp needs an MLP (mlp is \"none\")");
+}
+
+std::string ModelConfig::hash() const {
+  // FNV-1a over the canonical JSON; stable across runs and platforms.
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : to_json_string()) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  std::ostringstream os;
+  os << std::hex << std::setw(16) << std::setfill('0') << h;
+  return os.str();
+}
+
+int64_t ModelConfig::parameter_count() const {
+  const int64_t dm = d_model, dh = d_head, H = n_heads, K = kv_heads();
+  int64_t n = int64_t(d_vocab) * dm;  // W_E
+  if (positional == Positional::learned) n += int64_t(n_ctx) * dm;
+  const int64_t norm_params = norm == NormKind::layernorm ? 2 * dm : norm == NormKind::rmsnorm ? dm : 0;
+  int64_t per_layer = norm_params;                      // ln1
+  per_layer += H * dm * dh + H * dh;                    // W_Q, b_Q
+  per_layer += 2 * (K * dm * dh + K * dh);              // W_K, b_K, W_V, b_V
+  per_layer += H * dh * dm + dm;                        // W_O, b_O
+  if (has_mlp()) {
+    per_layer += norm_params;                           // ln2
+    per_layer += dm * d_mlp + d_mlp + int64_t(d_mlp) * dm + dm;  // W_in, b_in, W_out, b_out
+    if (mlp == MlpKind::gated) per_layer += dm * d_mlp;          // W_gate
+  }
+  n += per_layer * n_layers;
+  if (final_norm) n += norm_params;
+  if (!tied_embeddings) n += dm * d_vocab;
+  n += d_vocab;  // b_U
+  return n;
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  nlohmann::json j;
+  j["name"] = name;
+  j["n_layers"] = n_layers;
+  j["d_model"] = d_model;
+  j["n_heads"] = n_heads;
+  j["n_kv_heads"] = n_kv_heads;
+  j["d_head"] = d_head;
+  j["d_mlp"] = d_mlp;
+  j["d_vocab"] = d_vocab;
+  j["n_ctx"] = n_ctx;
+  j["positional"] = to_string(positional);
+  j["rotary_dim"] = rotary_dim;
+  j["rotary_base"] = rotary_base;
+  j["norm"] = to_string(norm);
+  j["norm_eps"] = norm_eps;
+  j["final_norm"] = final_norm;
+  j["act"] = to_string(act);
+  j["mlp"] = to_string(mlp);
+  j["parallel_attn_mlp"] = parallel_attn_mlp;
+  j["tied_embeddings"] = tied_embeddings;
+  if (attn_scale) j["attn_scale"] = *attn_scale;
+  return j;
+}
+
+ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
+  MECHLAB_CHECK(j.is_object(), "config must be a JSON object, got ", j.type_name());
+  static const char* kKnown[] = {"name", "n_layers", "d_model", "n_heads", "n_kv_heads",
+                                 "d_head", "d_mlp", "d_vocab", "n_ctx", "positional",
+                                 "rotary_dim", "rotary_base", "norm", "norm_eps", "final_norm",
+                                 "act", "mlp", "parallel_attn_mlp", "tied_embeddings",
+                                 "attn_scale"};
+  for (const auto& item : j.items()) {
+    bool known = false;
+    for (const char* k : kKnown) known = known || item.key() == k;
+    MECHLAB_CHECK(known, "config: unknown key \"", item.key(),
+                  "\" (a typo? see docs/ARCHITECTURE.md for the keys)");
+  }
+  for (const char* required : {"n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx"}) {
+    MECHLAB_CHECK(j.contains(required), "config: missing required key \"", required, "\"");
+  }
+  ModelConfig c;
+  if (j.contains("name")) {
+    MECHLAB_CHECK(j["name"].is_string(), "config: \"name\" must be a string");
+    c.name = j["name"].get<std::string>();
+  }
+  read_number(j, "n_layers", c.n_layers);
+  read_number(j, "d_model", c.d_model);
+  read_number(j, "n_heads", c.n_heads);
+  read_number(j, "n_kv_heads", c.n_kv_heads);
+  read_number(j, "d_head", c.d_head);
+  read_number(j, "d_mlp", c.d_mlp);
+  read_number(j, "d_vocab", c.d_vocab);
+  read_number(j, "n_ctx", c.n_ctx);
+  if (j.contains("positional")) c.positional = parse_enum(j["positional"], "positional", kPositionals);
+  read_number(j, "rotary_dim", c.rotary_dim);
+  read_number(j, "rotary_base", c.rotary_base);
+  if (j.contains("norm")) c.norm = parse_enum(j["norm"], "norm", kNorms);
+  read_number(j, "norm_eps", c.norm_eps);
+  read_bool(j, "final_norm", c.final_norm);
+  if (j.contains("act")) c.act = parse_enum(j["act"], "act", kActs);
+  if (j.contains("mlp")) c.mlp = parse_enum(j["mlp"], "mlp", kMlps);
+  read_bool(j, "parallel_attn_mlp", c.parallel_attn_mlp);
+  read_bool(j, "tied_embeddings", c.tied_embeddings);
+  if (j.contains("attn_scale") && !j["attn_scale"].is_null()) {
+    double s = 0;
+    read_number(j, "attn_scale", s);
+    c.attn_scale = s;
+  }
+  if (c.norm == NormKind::none) c.final_norm = false;
+  c.validate();
+  return c;
+}
+
+std::string ModelConfig::to_json_string(int indent) const { return to_json().dump(indent); }
+
+ModelConfig ModelConfig::from_json_string(const std::string& text) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(str_cat("config is not valid JSON: ", e.what()));
+  }
+  return from_json(j);
+}
+
+}  // namespace mechlab::core

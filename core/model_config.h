@@ -1,0 +1,70 @@
+// ModelConfig: the hyper-parameters of a decoder-only transformer.
+//
+// One struct spans GPT-2, GPT-NeoX/Pythia, Llama/Mistral/Qwen2-style models,
+// attention-only toy models and compiled models. It round-trips through JSON
+// (the `config` attribute of a checkpoint); the JSON keys are the member names.
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <optional>
+#include <string>
+
+namespace mechlab::core {
+
+enum class Positional { learned, rotary, none };
+enum class NormKind { layernorm, rmsnorm, none };
+enum class Activation { gelu_new, gelu, relu, silu };
+enum class MlpKind { standard, gated, none };
+
+struct ModelConfig {
+  std::string name = "model";  ///< free text, shown by `mechlab info`
+  int n_layers = 0;
+  int d_model = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;  ///< grouped-query attention; 0 = n_heads (plain MHA)
+  int d_head = 0;
+  int d_mlp = 0;  ///< unused when mlp == none
+  int d_vocab = 0;
+  int n_ctx = 0;  ///< longest sequence the model accepts
+
+  Positional positional = Positional::learned;
+  int rotary_dim = 0;  ///< rotary only; 0 = d_head. GPT-NeoX rotates part of each head.
+  double rotary_base = 10000.0;
+
+  NormKind norm = NormKind::layernorm;
+  double norm_eps = 1e-5;
+  bool final_norm = true;  ///< ln_final before the unembedding
+
+  Activation act = Activation::gelu_new;
+  MlpKind mlp = MlpKind::standard;
+  bool parallel_attn_mlp = false;  ///< GPT-NeoX: resid_post = resid_pre + attn + mlp
+  bool tied_embeddings = false;    ///< W_U = W_E^T, no W_U parameter stored
+
+  /// Divisor of q·k. Unset = sqrt(d_head), as in GPT-2, Llama and TransformerLens.
+  std::optional<double> attn_scale;
+
+  int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int rotary_dims() const { return rotary_dim > 0 ? rotary_dim : d_head; }
+  double scale() const;
+  bool has_mlp() const { return mlp != MlpKind::none; }
+
+  /// Refuses an inconsistent config with a mechlab::Error naming the field.
+  void validate() const;
+  /// A short fingerprint of the JSON form; activation stores record it.
+  std::string hash() const;
+  /// Number of trainable parameters (tied embeddings counted once).
+  int64_t parameter_count() const;
+
+  nlohmann::json to_json() const;
+  static ModelConfig from_json(const nlohmann::json& j);
+  std::string to_json_string(int indent = -1) const;
+  static ModelConfig from_json_string(const std::string& text);
+};
+
+const char* to_string(Positional p);
+const char* to_string(NormKind n);
+const char* to_string(Activation a);
+const char* to_string(MlpKind m);
+
+}  // namespace mechlab::core

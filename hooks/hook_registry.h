@@ -1,0 +1,73 @@
+// HookRegistry: the hooks attached to one model, by hook point.
+//
+// Temporary hooks belong in a HookScope, which removes them when it goes out
+// of scope (TransformerLens warns that hooks are global state and leak
+// otherwise). Permanent hooks stay until reset_hooks(true).
+//
+// Example:
+//   HookScope scope(model.hooks());
+//   scope.add("blocks.0.attn.hook_pattern", [&](at::Tensor& p, const HookPoint&) { seen = p; });
+//   model.forward(tokens);   // hook fires
+//   }                        // scope ends: hook removed
+#pragma once
+
+#include "core/hook_dispatch.h"
+#include "hooks/hook_point.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace mechlab::hooks {
+
+using HookHandle = uint64_t;
+
+class HookRegistry : public core::HookDispatch {
+ public:
+  explicit HookRegistry(core::ModelConfig cfg);
+
+  /// Adds a forward hook; the name must be a hook point of this model.
+  HookHandle add_hook(const std::string& name, HookFn fn, bool permanent = false);
+  /// Adds a backward hook: it sees d(loss)/d(activation) during backward()
+  /// and may replace it. Needs a forward with gradients enabled.
+  HookHandle add_backward_hook(const std::string& name, BackwardHookFn fn, bool permanent = false);
+  void remove(HookHandle handle);
+  /// Removes temporary hooks, and permanent ones too if asked.
+  void reset_hooks(bool including_permanent = false);
+  size_t size() const;
+
+  void fire(const core::HookSite& site, at::Tensor& act) override;
+  const core::ModelConfig& config() const { return cfg_; }
+
+ private:
+  struct Entry {
+    HookHandle id;
+    HookFn forward;
+    BackwardHookFn backward;
+    bool permanent;
+    HookPoint point;
+  };
+  HookHandle add(const std::string& name, HookFn fwd, BackwardHookFn bwd, bool permanent);
+  void refresh(size_t site_index);
+
+  core::ModelConfig cfg_;
+  std::vector<std::vector<Entry>> by_site_;  // [site_count], in the order added
+  HookHandle next_id_ = 1;
+};
+
+/// RAII owner of temporary hooks.
+class HookScope {
+ public:
+  explicit HookScope(HookRegistry& registry) : registry_(registry) {}
+  ~HookScope();
+  HookScope(const HookScope&) = delete;
+  HookScope& operator=(const HookScope&) = delete;
+
+  HookScope& add(const std::string& name, HookFn fn);
+  HookScope& add_backward(const std::string& name, BackwardHookFn fn);
+
+ private:
+  HookRegistry& registry_;
+  std::vector<HookHandle> handles_;
+};
+
+}  // namespace mechlab::hooks

@@ -1,0 +1,80 @@
+// HookedTransformer: the C++ counterpart of TransformerLens's class of the
+// same name: a Transformer plus its hooks, run_with_cache and run_with_hooks.
+//
+// Example:
+//   auto model = mechlab::hooks::HookedTransformer::load("induction.h5");
+//   auto [logits, cache] = model.run_with_cache(tokens, NamesFilter::glob("*hook_pattern"));
+//   at::Tensor pattern = cache.get("pattern", 1);        // [batch, head, q_pos, k_pos]
+//
+//   // Zero-ablate head 1.4 for one run; the hook is gone afterwards.
+//   at::Tensor ablated = model.run_with_hooks(tokens, {{"blocks.1.attn.hook_z",
+//       [](at::Tensor& z, const HookPoint&) { z = z.clone(); z.select(2, 4).zero_(); }}});
+#pragma once
+
+#include "core/transformer.h"
+#include "hooks/activation_cache.h"
+#include "hooks/hook_registry.h"
+#include "hooks/names_filter.h"
+
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace mechlab::hooks {
+
+struct RunOptions {
+  at::Tensor attention_mask;            ///< [batch, pos], 0 = padding
+  int start_at_layer = 0;               ///< input is the residual entering this layer
+  std::optional<int> stop_at_layer;     ///< return the residual entering this layer
+  std::optional<at::Device> cache_device;  ///< where cached tensors go (default: model's)
+  bool materialise_attention = false;   ///< force the unfused attention path
+};
+
+class HookedTransformer {
+ public:
+  explicit HookedTransformer(core::Transformer model);
+  static HookedTransformer load(const std::string& path);
+
+  const core::ModelConfig& cfg() const { return model_->config(); }
+  core::Transformer& model() { return *model_; }
+  const core::Transformer& model() const { return *model_; }
+  std::shared_ptr<const core::Transformer> shared_model() const { return model_; }
+  HookRegistry& hooks() { return registry_; }
+
+  /// Every hook point of the model, in forward order.
+  std::vector<std::string> hook_names() const;
+
+  /// Forward with the attached (permanent) hooks.
+  at::Tensor forward(const at::Tensor& input, const RunOptions& opts = {});
+
+  /// Forward that records the activations the filter selects (detached).
+  std::pair<at::Tensor, ActivationCache> run_with_cache(const at::Tensor& input,
+                                                        const NamesFilter& filter = {},
+                                                        const RunOptions& opts = {});
+
+  /// Forward with temporary hooks, removed when it returns (even by exception).
+  at::Tensor run_with_hooks(const at::Tensor& input,
+                            const std::vector<std::pair<std::string, HookFn>>& fwd_hooks,
+                            const std::vector<std::pair<std::string, BackwardHookFn>>& bwd_hooks = {},
+                            const RunOptions& opts = {});
+
+  HookHandle add_hook(const std::string& name, HookFn fn, bool permanent = false) {
+    return registry_.add_hook(name, std::move(fn), permanent);
+  }
+  HookHandle add_perma_hook(const std::string& name, HookFn fn) {
+    return registry_.add_hook(name, std::move(fn), true);
+  }
+  HookHandle add_backward_hook(const std::string& name, BackwardHookFn fn, bool permanent = false) {
+    return registry_.add_backward_hook(name, std::move(fn), permanent);
+  }
+  void reset_hooks(bool including_permanent = false) { registry_.reset_hooks(including_permanent); }
+
+ private:
+  core::ForwardOptions forward_options(const RunOptions& opts);
+
+  std::shared_ptr<core::Transformer> model_;
+  HookRegistry registry_;
+};
+
+}  // namespace mechlab::hooks

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The main job on a built-in default: sets up (idempotent), builds, creates a
+# small model, shows its hook points, runs it with caching and prints the
+# top-k next-token predictions and a summary of the activation cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+mechlab_build
+ML="$MECHLAB_BUILD/mechlab"
+model="$MECHLAB_BUILD/demo/tiny.h5"
+mkdir -p "$(dirname "$model")"
+[ -f "$model" ] || "$ML" new "$model" --preset tiny --seed 0
+"$ML" info "$model" | head -n 40
+echo
+"$ML" run "$model" --prompt-tokens 11 42 7 99 11 42 7 --top-k 5 --cache 'blocks.*'

@@ -1,0 +1,178 @@
+// Transformer runtime: input checks, checkpoints, config, dtypes, layer ranges.
+// (Numerical agreement with TransformerLens: tests/hooks/transformerlens_test.cpp.)
+#include "core/checkpoint.h"
+#include "core/error.h"
+#include "core/hdf5_file.h"
+#include "core/presets.h"
+#include "core/transformer.h"
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+
+#include <nlohmann/json.hpp>
+
+using mechlab::Error;
+using mechlab::core::ForwardOptions;
+using mechlab::core::ModelConfig;
+using mechlab::core::Transformer;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::string message_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no mechlab::Error thrown)";
+}
+
+std::string temp_path(const std::string& name) { return ::testing::TempDir() + "/" + name; }
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  return ((a.to(at::kDouble) - b.to(at::kDouble)).abs().max() / b.to(at::kDouble).abs().max()).item<double>();
+}
+
+TEST(ModelConfig, JsonRoundTripKeepsEveryField) {
+  for (const auto& name : mechlab::core::preset_names()) {
+    ModelConfig c = mechlab::core::preset(name);
+    c.attn_scale = 3.5;
+    ModelConfig back = ModelConfig::from_json_string(c.to_json_string());
+    EXPECT_EQ(back.to_json(), c.to_json()) << name;
+    EXPECT_EQ(back.hash(), c.hash());
+  }
+}
+
+TEST(ModelConfig, BadValuesAreRefusedByName) {
+  EXPECT_THAT(message_of([] { ModelConfig::from_json_string(R"({"n_layers": 1})"); }),
+              HasSubstr("missing required key \"d_model\""));
+  const std::string base = R"("n_layers": 1, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 8, "d_vocab": 5, "n_ctx": 4)";
+  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "norm": "batchnorm"})"); }),
+              HasSubstr("expected one of: layernorm, rmsnorm, none"));
+  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "n_kv_heads": 3})"); }),
+              HasSubstr("multiple of n_kv_heads"));
+  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "dmodel": 3})"); }),
+              HasSubstr("unknown key \"dmodel\""));
+  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "d_vocab": "x"})"); }),
+              HasSubstr("\"d_vocab\" must be a number"));
+  EXPECT_THAT(message_of([] { ModelConfig::from_json_string("{not json"); }), HasSubstr("not valid JSON"));
+}
+
+TEST(Transformer, ParameterCountMatchesTheTensors) {
+  for (const auto& name : mechlab::core::preset_names()) {
+    if (name == "gpt2-small") continue;
+    Transformer m(mechlab::core::preset(name));
+    int64_t n = 0;
+    for (const auto& [k, t] : m.named_parameters()) n += t.numel();
+    EXPECT_EQ(n, m.config().parameter_count()) << name;
+  }
+  // Hugging Face's gpt2 (tied embeddings, no unembedding bias) has 124,439,808
+  // parameters; mechlab adds b_U [d_vocab].
+  ModelConfig gpt2 = mechlab::core::preset("gpt2-small");
+  gpt2.tied_embeddings = true;
+  EXPECT_EQ(gpt2.parameter_count() - gpt2.d_vocab, 124439808);
+}
+
+TEST(Transformer, BadTokensAreRefusedWithClearMessages) {
+  Transformer m(mechlab::core::preset("tiny"));
+  EXPECT_THAT(message_of([&] { m.forward(at::ones({1, 4}, at::kFloat)); }), HasSubstr("int64 or int32"));
+  EXPECT_THAT(message_of([&] { m.forward(at::ones({1, 2, 4}, at::kLong)); }), HasSubstr("[batch, pos]"));
+  EXPECT_THAT(message_of([&] { m.forward(at::tensor(std::vector<int64_t>{1, 512}).view({1, 2})); }),
+              HasSubstr("token id 512 is out of range: d_vocab is 512"));
+  EXPECT_THAT(message_of([&] { m.forward(at::tensor(std::vector<int64_t>{1, -3}).view({1, 2})); }), HasSubstr("negative"));
+  EXPECT_THAT(message_of([&] { m.forward(at::zeros({1, 129}, at::kLong)); }),
+              HasSubstr("longer than the model's n_ctx = 128"));
+  ForwardOptions bad_mask;
+  bad_mask.attention_mask = at::ones({1, 3}, at::kLong);
+  EXPECT_THAT(message_of([&] { m.forward(at::zeros({1, 4}, at::kLong), bad_mask); }),
+              HasSubstr("attention_mask must have shape"));
+}
+
+TEST(Transformer, CheckpointRoundTripAndBadCheckpoints) {
+  Transformer m(mechlab::core::preset("llama-tiny"), 7);
+  const std::string path = temp_path("llama.h5");
+  m.save(path);
+  Transformer back = Transformer::load(path);
+  at::Tensor tokens = at::arange(10, at::kLong).unsqueeze(0);
+  EXPECT_TRUE(at::equal(back.forward(tokens), m.forward(tokens)));
+
+  // Missing and mis-shaped tensors are named.
+  auto params = m.named_parameters();
+  auto without = params;
+  without.erase(without.begin() + 3);
+  mechlab::core::save_checkpoint(temp_path("missing.h5"), m.config(), without);
+  EXPECT_THAT(message_of([&] { Transformer::load(temp_path("missing.h5")); }),
+              HasSubstr("parameter \"" + params[3].first + "\" is missing"));
+  auto misshaped = params;
+  misshaped[5].second = at::zeros({3, 3});
+  mechlab::core::save_checkpoint(temp_path("misshaped.h5"), m.config(), misshaped);
+  const std::string msg = message_of([&] { Transformer::load(temp_path("misshaped.h5")); });
+  EXPECT_THAT(msg, HasSubstr("parameter \"" + params[5].first + "\" has shape [3, 3]"));
+  EXPECT_THAT(msg, HasSubstr("misshaped.h5"));
+}
+
+TEST(Transformer, TiedEmbeddingsEqualAnUntiedCopy) {
+  ModelConfig tied = mechlab::core::preset("tiny");
+  tied.tied_embeddings = true;
+  Transformer a(tied, 1);
+  ModelConfig untied = tied;
+  untied.tied_embeddings = false;
+  auto params = a.named_parameters();
+  params.emplace_back("unembed.W_U", a.weights().W_E.t().contiguous());
+  Transformer b(untied, 2);
+  b.load_parameters(params);
+  at::Tensor tokens = at::arange(12, at::kLong).view({2, 6});
+  EXPECT_TRUE(at::allclose(a.forward(tokens), b.forward(tokens), 1e-5, 1e-6));
+}
+
+TEST(Transformer, HalfPrecisionForwardsStayCloseToFloat32) {
+  // bf16 keeps 8 mantissa bits: a few 1e-2 relative error after 2 layers;
+  // f16 keeps 11: a few 1e-3. Tolerances are 3x what was measured.
+  for (const auto& name : {"tiny", "llama-tiny", "neox-tiny"}) {
+    Transformer ref(mechlab::core::preset(name), 5);
+    at::Tensor tokens = at::randint(512, {2, 16}, at::kLong);
+    at::Tensor logits = ref.forward(tokens);
+    Transformer bf = ref;
+    bf.to(at::kBFloat16);
+    EXPECT_LT(rel_err(bf.forward(tokens), logits), 6e-2) << name;
+    Transformer h = ref;
+    h.to(at::kHalf);
+    EXPECT_LT(rel_err(h.forward(tokens), logits), 1e-2) << name;
+  }
+}
+
+TEST(Transformer, StartAndStopAtLayerComposeToTheFullForward) {
+  Transformer m(mechlab::core::preset("neox-tiny"), 9);
+  at::Tensor tokens = at::randint(512, {2, 8}, at::kLong);
+  ForwardOptions first;
+  first.stop_at_layer = 1;
+  at::Tensor resid = m.forward(tokens, first);
+  EXPECT_EQ(resid.sizes(), (std::vector<int64_t>{2, 8, 64}));
+  ForwardOptions rest;
+  rest.start_at_layer = 1;
+  EXPECT_TRUE(at::allclose(m.forward(resid, rest), m.forward(tokens), 1e-5, 1e-6));
+  EXPECT_THAT(message_of([&] { m.forward(tokens, [] { ForwardOptions o; o.stop_at_layer = 5; return o; }()); }),
+              HasSubstr("stop_at_layer = 5"));
+}
+
+TEST(Transformer, WeightsMadeUnderInferenceModeWork) {
+  at::InferenceMode guard;  // weights become inference tensors (no version counter)
+  Transformer m(mechlab::core::preset("tiny"), 2);
+  m.to(at::kDouble);
+  at::Tensor tokens = at::arange(6, at::kLong).unsqueeze(0);
+  EXPECT_TRUE(at::equal(m.forward(tokens), m.forward(tokens)));
+}
+
+TEST(Transformer, RightPaddingLeavesRealTokensUnchanged) {
+  Transformer m(mechlab::core::preset("llama-tiny"), 4);
+  at::Tensor tokens = at::randint(512, {1, 6}, at::kLong);
+  at::Tensor padded = at::cat({tokens, at::zeros({1, 3}, at::kLong)}, 1);
+  ForwardOptions opts;
+  opts.attention_mask = at::cat({at::ones({1, 6}, at::kLong), at::zeros({1, 3}, at::kLong)}, 1);
+  at::Tensor a = m.forward(tokens);
+  at::Tensor b = m.forward(padded, opts).narrow(1, 0, 6);
+  EXPECT_TRUE(at::allclose(a, b, 1e-5, 1e-6));
+}
+
+}  // namespace
