@@ -207,6 +207,8 @@ def main() -> int:
           "whole process: interpreter/library, weights, activations)")
     print("  TL forward is model(tokens) (idle HookPoints); it is compared with both mechlab "
           "'bypassed' and 'hooks-idle'")
+    if args.device == "cuda":
+        print("  (--device cuda: RSS is host memory only; GPU memory is not compared)")
     print(f"mechlab hooks-idle / bypassed: {info['hooks_idle_over_bypassed']:.3f}")
     print("peak RSS cross-check (self-reported MiB): mechlab "
           + ", ".join(f"{k} {v['self_rss_mib']:.0f}" for k, v in ml.items()) + "; TL "
