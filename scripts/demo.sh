@@ -11,6 +11,6 @@ ML="$MECHLAB_BUILD/mechlab"
 model="$MECHLAB_BUILD/demo/tiny.h5"
 mkdir -p "$(dirname "$model")"
 [ -f "$model" ] || "$ML" new "$model" --preset tiny --seed 0
-"$ML" info "$model" | head -n 40
+"$ML" info "$model"
 echo
 "$ML" run "$model" --prompt-tokens 11 42 7 99 11 42 7 --top-k 5 --cache 'blocks.*'
