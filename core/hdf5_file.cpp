@@ -333,6 +333,18 @@ void write_scalar_attr(hid_t file, const std::string& filename, const std::strin
   Handle obj = open_object(file, filename, obj_path);
   const std::string ctx = "HDF5 error writing " + attr_on(filename, obj_path, name);
   if (H5_CALL(H5Aexists(obj.get(), name.c_str()), ctx) > 0) {
+    // Same stored numeric type, one value: overwrite in place. Activation
+    // stores update rows_committed this way, so a commit rewrites one object
+    // header and allocates nothing.
+    Handle old(H5_CALL(H5Aopen(obj.get(), name.c_str(), H5P_DEFAULT), ctx), H5Aclose);
+    Handle old_type(H5_CALL(H5Aget_type(old.get()), ctx), H5Tclose);
+    Handle old_space(H5_CALL(H5Aget_space(old.get()), ctx), H5Sclose);
+    if (H5_CALL(H5Tget_class(file_type), ctx) != H5T_STRING &&
+        H5_CALL(H5Tequal(old_type.get(), file_type), ctx) > 0 &&
+        H5_CALL(H5Sget_simple_extent_type(old_space.get()), ctx) == H5S_SCALAR) {
+      H5_CALL(H5Awrite(old.get(), mem_type, value), ctx);
+      return;
+    }
     H5_CALL(H5Adelete(obj.get(), name.c_str()), ctx);
   }
   Handle space(H5_CALL(H5Screate(H5S_SCALAR), ctx), H5Sclose);
@@ -349,6 +361,52 @@ Handle vlen_string_type(H5T_cset_t cset) {
   H5_CALL(H5Tset_size(t.get(), H5T_VARIABLE), ctx);
   H5_CALL(H5Tset_cset(t.get(), cset), ctx);
   return t;
+}
+
+// The creation property list for a dataset of `dims` (element_size bytes
+// each): chunked along rows when asked or when compressed.
+Handle dataset_creation(const std::vector<hsize_t>& dims, size_t element_size,
+                        const WriteOptions& options, const std::string& where) {
+  const std::string ctx = "HDF5 error creating " + where;
+  MECHLAB_CHECK(options.chunk_rows >= 0, "cannot write ", where, ": chunk_rows must be >= 0, got ",
+                options.chunk_rows);
+  MECHLAB_CHECK(options.gzip_level >= 0 && options.gzip_level <= 9, "cannot write ", where,
+                ": gzip_level must be 0..9, got ", options.gzip_level);
+  Handle dcpl(H5_CALL(H5Pcreate(H5P_DATASET_CREATE), ctx), H5Pclose);
+  uint64_t numel = 1;
+  for (hsize_t d : dims) numel *= d;
+  if (!dims.empty() && numel > 0 && (options.chunk_rows > 0 || options.gzip_level > 0)) {
+    const uint64_t row_bytes = numel / dims[0] * element_size;
+    uint64_t rows = options.chunk_rows > 0
+                        ? static_cast<uint64_t>(options.chunk_rows)
+                        : std::max<uint64_t>(1, (uint64_t(1) << 20) / row_bytes);  // ~1 MiB
+    rows = std::min<uint64_t>(rows, dims[0]);
+    MECHLAB_CHECK(rows * row_bytes < (uint64_t(1) << 32), "cannot write ", where, ": a chunk of ",
+                  rows, " rows is ", rows * row_bytes,
+                  " bytes; HDF5 chunks must be under 4 GiB (lower chunk_rows)");
+    std::vector<hsize_t> chunk = dims;
+    chunk[0] = rows;
+    H5_CALL(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), ctx);
+    if (options.gzip_level > 0) {
+      H5_CALL(H5Pset_shuffle(dcpl.get()), ctx);
+      H5_CALL(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(options.gzip_level)), ctx);
+    }
+  }
+  return dcpl;
+}
+
+// Selects rows [row0, row0 + count) of `space` (a dataspace of `dims`) and
+// returns a memory dataspace of that extent.
+Handle row_slab(hid_t space, const std::vector<hsize_t>& dims, int64_t row0, int64_t count,
+                const std::string& ctx) {
+  std::vector<hsize_t> start(dims.size(), 0), extent = dims;
+  start[0] = static_cast<hsize_t>(row0);
+  extent[0] = static_cast<hsize_t>(count);
+  H5_CALL(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, extent.data(), nullptr),
+          ctx);
+  return Handle(H5_CALL(H5Screate_simple(static_cast<int>(extent.size()), extent.data(), nullptr),
+                        ctx),
+                H5Sclose);
 }
 
 }  // namespace
@@ -578,10 +636,6 @@ void H5File::write_tensor(const std::string& path, const at::Tensor& t,
   const std::string abs = join_path(parts, parts.size());
   const std::string where = on(filename_, abs);
   MECHLAB_CHECK(t.defined(), "cannot write ", where, ": the tensor is undefined");
-  MECHLAB_CHECK(options.chunk_rows >= 0, "cannot write ", where, ": chunk_rows must be >= 0, got ",
-                options.chunk_rows);
-  MECHLAB_CHECK(options.gzip_level >= 0 && options.gzip_level <= 9, "cannot write ", where,
-                ": gzip_level must be 0..9, got ", options.gzip_level);
 
   at::Tensor c = t.detach().to(at::kCPU);
   if (c.scalar_type() == at::kBool) c = c.to(at::kByte);
@@ -605,24 +659,7 @@ void H5File::write_tensor(const std::string& path, const at::Tensor& t,
                            : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
               ctx),
       H5Sclose);
-  Handle dcpl(H5_CALL(H5Pcreate(H5P_DATASET_CREATE), ctx), H5Pclose);
-  if (!dims.empty() && c.numel() > 0 && (options.chunk_rows > 0 || options.gzip_level > 0)) {
-    const uint64_t row_bytes = static_cast<uint64_t>(c.numel() / c.size(0)) * c.element_size();
-    uint64_t rows = options.chunk_rows > 0
-                        ? static_cast<uint64_t>(options.chunk_rows)
-                        : std::max<uint64_t>(1, (uint64_t(1) << 20) / row_bytes);  // ~1 MiB
-    rows = std::min<uint64_t>(rows, dims[0]);
-    MECHLAB_CHECK(rows * row_bytes < (uint64_t(1) << 32), "cannot write ", where, ": a chunk of ",
-                  rows, " rows is ", rows * row_bytes,
-                  " bytes; HDF5 chunks must be under 4 GiB (lower chunk_rows)");
-    std::vector<hsize_t> chunk = dims;
-    chunk[0] = rows;
-    H5_CALL(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), ctx);
-    if (options.gzip_level > 0) {
-      H5_CALL(H5Pset_shuffle(dcpl.get()), ctx);
-      H5_CALL(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(options.gzip_level)), ctx);
-    }
-  }
+  Handle dcpl = dataset_creation(dims, c.element_size(), options, where);
   {
     Handle ds(H5_CALL(H5Dcreate2(id_, abs.c_str(), file_type.get(), space.get(), H5P_DEFAULT,
                                  dcpl.get(), H5P_DEFAULT),
@@ -634,6 +671,100 @@ void H5File::write_tensor(const std::string& path, const at::Tensor& t,
     }
   }
   if (c.scalar_type() == at::kBFloat16) write_attr(abs, "mechlab_dtype", std::string("bfloat16"));
+}
+
+void H5File::create_dataset(const std::string& path, at::ScalarType dtype,
+                            const std::vector<int64_t>& shape, const WriteOptions& options) {
+  require_open(true);
+  const auto parts = split_path(path);
+  MECHLAB_CHECK(!parts.empty(), "create_dataset: the root of '", filename_,
+                "' is a group; give a dataset path");
+  const std::string abs = join_path(parts, parts.size());
+  const std::string where = on(filename_, abs);
+  if (dtype == at::kBool) dtype = at::kByte;
+  Handle file_type = h5_type(dtype, /*in_file=*/true, where);
+  ensure_group(join_path(parts, parts.size() - 1));
+  MECHLAB_CHECK(kind_of(id_, filename_, abs) == Kind::missing, "cannot create ", where,
+                ": it already exists");
+  const std::vector<hsize_t> dims(shape.begin(), shape.end());
+  const std::string ctx = "HDF5 error creating " + where;
+  Handle space(
+      H5_CALL(dims.empty() ? H5Screate(H5S_SCALAR)
+                           : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+              ctx),
+      H5Sclose);
+  Handle dcpl = dataset_creation(dims, c10::elementSize(dtype), options, where);
+  if (options.gzip_level == 0) {
+    // All space now, no fill: later row writes touch raw data only.
+    H5_CALL(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), ctx);
+    H5_CALL(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), ctx);
+  }
+  {
+    Handle ds(H5_CALL(H5Dcreate2(id_, abs.c_str(), file_type.get(), space.get(), H5P_DEFAULT,
+                                 dcpl.get(), H5P_DEFAULT),
+                      ctx),
+              H5Dclose);
+  }
+  if (dtype == at::kBFloat16) write_attr(abs, "mechlab_dtype", std::string("bfloat16"));
+}
+
+void H5File::write_rows(const std::string& path, int64_t row0, const at::Tensor& rows) {
+  require_open(true);
+  const std::string abs = abs_path(path);
+  const std::string where = on(filename_, abs);
+  MECHLAB_CHECK(rows.defined() && rows.dim() >= 1, "cannot write rows of ", where,
+                ": give a tensor of rank >= 1");
+  const std::vector<int64_t> dims = shape(abs);
+  const at::ScalarType st = dtype(abs);
+  MECHLAB_CHECK(dims.size() == static_cast<size_t>(rows.dim()), "cannot write rows of ", where,
+                ": the dataset has rank ", dims.size(), ", the rows rank ", rows.dim());
+  for (size_t i = 1; i < dims.size(); ++i) {
+    MECHLAB_CHECK(dims[i] == rows.size(static_cast<int64_t>(i)), "cannot write rows of ", where,
+                  ": dimension ", i, " is ", dims[i], " in the file and ",
+                  rows.size(static_cast<int64_t>(i)), " in the rows");
+  }
+  MECHLAB_CHECK(row0 >= 0 && row0 + rows.size(0) <= dims[0], "cannot write rows [", row0, ", ",
+                row0 + rows.size(0), ") of ", where, ": it has ", dims[0], " rows");
+  at::Tensor c = rows.detach().to(at::kCPU);
+  if (c.scalar_type() == at::kBool) c = c.to(at::kByte);
+  MECHLAB_CHECK(c.scalar_type() == st, "cannot write rows of ", where, ": the dataset is ",
+                dtype_name(st), ", the rows are ", dtype_name(c.scalar_type()));
+  if (c.size(0) == 0) return;
+  c = c.contiguous();
+  const std::string ctx = "HDF5 error writing rows of " + where;
+  Handle ds = open_dataset(id_, filename_, abs);
+  Handle space(H5_CALL(H5Dget_space(ds.get()), ctx), H5Sclose);
+  const std::vector<hsize_t> hdims(dims.begin(), dims.end());
+  Handle mem_space = row_slab(space.get(), hdims, row0, c.size(0), ctx);
+  Handle mem_type = h5_type(st, /*in_file=*/false, where);
+  H5_CALL(H5Dwrite(ds.get(), mem_type.get(), mem_space.get(), space.get(), H5P_DEFAULT,
+                   c.const_data_ptr()),
+          ctx);
+}
+
+at::Tensor H5File::read_rows(const std::string& path, int64_t row0, int64_t count) const {
+  require_open(false);
+  const std::string abs = abs_path(path);
+  const std::string where = on(filename_, abs);
+  const std::vector<int64_t> dims = shape(abs);
+  MECHLAB_CHECK(!dims.empty(), "cannot read rows of ", where, ": it is a scalar");
+  MECHLAB_CHECK(row0 >= 0 && count >= 0 && row0 + count <= dims[0], "cannot read rows [", row0,
+                ", ", row0 + count, ") of ", where, ": it has ", dims[0], " rows");
+  const at::ScalarType st = dtype(abs);
+  std::vector<int64_t> out_dims = dims;
+  out_dims[0] = count;
+  at::Tensor t = at::empty(out_dims, at::TensorOptions().dtype(st));
+  if (t.numel() == 0) return t;
+  const std::string ctx = "HDF5 error reading rows of " + where;
+  Handle ds = open_dataset(id_, filename_, abs);
+  Handle space(H5_CALL(H5Dget_space(ds.get()), ctx), H5Sclose);
+  const std::vector<hsize_t> hdims(dims.begin(), dims.end());
+  Handle mem_space = row_slab(space.get(), hdims, row0, count, ctx);
+  Handle mem_type = h5_type(st, /*in_file=*/false, where);
+  H5_CALL(H5Dread(ds.get(), mem_type.get(), mem_space.get(), space.get(), H5P_DEFAULT,
+                  t.data_ptr()),
+          ctx);
+  return t;
 }
 
 // ------------------------------------------------------------ attributes

@@ -106,9 +106,22 @@ class H5File {
   /// dataset unless options.overwrite.
   void write_tensor(const std::string& path, const at::Tensor& t, const WriteOptions& options = {});
 
+  /// Creates a dataset of a fixed shape without writing data (rows are filled
+  /// later with write_rows). Chunking and gzip as in WriteOptions. Without
+  /// gzip its space is allocated now, so later row writes never change the
+  /// file's metadata: the property crash-safe activation stores rely on.
+  void create_dataset(const std::string& path, at::ScalarType dtype,
+                      const std::vector<int64_t>& shape, const WriteOptions& options = {});
+  /// Writes `rows` [count, ...] into rows [row0, row0 + count) of an existing
+  /// dataset of rank >= 1 whose other dimensions and dtype match.
+  void write_rows(const std::string& path, int64_t row0, const at::Tensor& rows);
+  /// Reads rows [row0, row0 + count) of a dataset of rank >= 1.
+  at::Tensor read_rows(const std::string& path, int64_t row0, int64_t count) const;
+
   // ------------------------------------------------------------ attributes
   /// `obj_path` is the root (""), a group or a dataset. Writing replaces an
-  /// attribute of the same name.
+  /// attribute of the same name; a number whose stored type is unchanged is
+  /// overwritten in place (one small metadata write, nothing reallocated).
   void write_attr(const std::string& obj_path, const std::string& name, const std::string& value);
   void write_attr(const std::string& obj_path, const std::string& name, const char* value) {
     write_attr(obj_path, name, std::string(value));

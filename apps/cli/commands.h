@@ -13,6 +13,7 @@ void add_info_command(CLI::App& app);
 void add_run_command(CLI::App& app);
 void add_new_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_dataset_command(CLI::App& app);
 
 // Shared option parsing.
 at::Device parse_device(const std::string& text);     // "cpu", "cuda", "cuda:1", "auto"

@@ -1,0 +1,48 @@
+// induction: repeated random tokens, the standard test for induction heads
+// (Olsson et al. 2022, "In-context learning and induction heads";
+// TransformerLens's `generate_repeated_tokens`).
+//
+// Format (raw ids, tokenizer ""):
+//   tokens  int32 [N, 1 + 2L]  BOS (id 0), L ids uniform in [1, d_vocab),
+//                              then the same L ids again
+//   labels  int64 [N, T]       1 at the positions of the repeated half
+//                              (L + 1 .. 2L), 0 elsewhere
+// A model with induction heads predicts position t + 1 from position t for
+// every t in the repeated half, so its loss there falls towards zero.
+//
+// Example:
+//   Dataset ds = make_induction(InductionOptions{}.with_n(64).with_half_len(10));
+#pragma once
+
+#include "core/dataset.h"
+
+#include <cstdint>
+
+namespace mechlab::core::tasks {
+
+struct InductionOptions {
+  int64_t n = 1000;       ///< number of sequences N
+  int64_t half_len = 20;  ///< L: length of the random half (T = 1 + 2L)
+  int64_t d_vocab = 64;   ///< vocabulary size; random ids are drawn from [1, d_vocab)
+  int64_t seed = 0;       ///< generator seed (core/rng.h)
+
+  // clang-format off
+  InductionOptions& with_n(int64_t v) { n = v; return *this; }
+  InductionOptions& with_half_len(int64_t v) { half_len = v; return *this; }
+  InductionOptions& with_d_vocab(int64_t v) { d_vocab = v; return *this; }
+  InductionOptions& with_seed(int64_t v) { seed = v; return *this; }
+  // clang-format on
+
+  template <typename V>
+  void visit(V&& v) {
+    v("n", n, "number of sequences");
+    v("half_len", half_len, "length L of the random half; sequences are BOS + L + L tokens");
+    v("d_vocab", d_vocab, "vocabulary size; ids are drawn from [1, d_vocab), 0 is BOS");
+    v("seed", seed, "generator seed");
+  }
+};
+
+/// Repeated random token sequences (see the top of this file).
+Dataset make_induction(const InductionOptions& options);
+
+}  // namespace mechlab::core::tasks
