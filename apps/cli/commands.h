@@ -14,6 +14,8 @@ void add_run_command(CLI::App& app);
 void add_new_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_dataset_command(CLI::App& app);
+void add_cache_command(CLI::App& app);
+void add_store_command(CLI::App& app);
 
 // Shared option parsing.
 at::Device parse_device(const std::string& text);     // "cpu", "cuda", "cuda:1", "auto"

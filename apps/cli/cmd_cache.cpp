@@ -1,0 +1,89 @@
+// mechlab cache: run a model over a dataset and write the activations of
+// chosen hook points to an activation store (hooks/activation_capture.h).
+#include "apps/cli/commands.h"
+#include "core/dataset.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "hooks/activation_capture.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace mechlab::cli {
+
+void add_cache_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "cache",
+      "Write a model's activations over a dataset to an HDF5 activation store.\n"
+      "One row per real (unpadded) token; a killed run continues with --resume and gives "
+      "the same file as an uninterrupted one.");
+  struct Args {
+    std::string model, dataset, out, device = "cpu", model_dtype = "f32", dtype = "bf16";
+    std::vector<std::string> hooks;
+    int64_t batch_size = 8, chunk_rows = 1024;
+    int compress = 0;
+    bool resume = false, overwrite = false, no_progress = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("model", a->model, "mechlab checkpoint (.h5)")->required();
+  cmd->add_option("dataset", a->dataset, "mechlab dataset (.h5, see `mechlab dataset make`)")
+      ->required();
+  cmd->add_option("--hooks", a->hooks,
+                  "Hook names or globs to store, e.g. 'blocks.*.hook_resid_post' "
+                  "blocks.0.attn.hook_z (attention patterns are not per-token and are refused)")
+      ->required();
+  cmd->add_option("--out", a->out, "The activation store to write (.h5)")->required();
+  cmd->add_option("--dtype", a->dtype, "Stored dtype: bf16, f16 or f32")->capture_default_str();
+  cmd->add_option("--model-dtype", a->model_dtype, "dtype the model runs in: f32, bf16 or f16")
+      ->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_option("--batch-size", a->batch_size, "Dataset examples per forward")
+      ->capture_default_str();
+  cmd->add_option("--chunk-rows", a->chunk_rows,
+                  "Rows per HDF5 chunk: the unit of commit (crash safety) and of shuffled reads")
+      ->capture_default_str();
+  cmd->add_option("--compress", a->compress,
+                  "gzip level 1-9 for the finished store (0 = none; applied once every row is "
+                  "written)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 9));
+  cmd->add_flag("--resume", a->resume,
+                "Continue the store at --out (it must come from the same model, dataset and "
+                "options)");
+  cmd->add_flag("--overwrite", a->overwrite, "Replace the store at --out");
+  cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
+  cmd->callback([a] {
+    MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
+    const at::Device device = parse_device(a->device);
+    core::Dataset ds = core::load_dataset(a->dataset);
+    core::Transformer base = core::Transformer::load(a->model);
+    base.to(device).to(parse_dtype(a->model_dtype));
+    hooks::HookedTransformer model(std::move(base));
+    hooks::CacheOptions opt;
+    opt.hooks(a->hooks)
+        .dtype(parse_dtype(a->dtype))
+        .batch_size(a->batch_size)
+        .chunk_rows(a->chunk_rows)
+        .gzip_level(a->compress)
+        .resume(a->resume)
+        .overwrite(a->overwrite)
+        .model_id(a->model)
+        .dataset_path(a->dataset)
+        .progress(!a->no_progress);
+    const hooks::CacheResult r = hooks::cache_activations(model, ds, a->out, opt);
+    std::cout << "store " << a->out << ": " << r.hooks.size() << " hooks, " << r.rows_total
+              << " rows";
+    if (r.rows_written > 0) {
+      std::printf("; wrote %lld rows (%s) in %.2f s: %s tokens/s, %.1f MB/s\n",
+                  static_cast<long long>(r.rows_written), human_bytes(r.bytes_written).c_str(),
+                  r.seconds, core::human_count(r.rows_written / r.seconds).c_str(),
+                  r.bytes_written / r.seconds / 1e6);
+    } else {
+      std::cout << " (already complete)\n";
+    }
+  });
+}
+
+}  // namespace mechlab::cli

@@ -1,0 +1,311 @@
+#include "hooks/activation_capture.h"
+
+#include "core/activation_store.h"
+#include "core/error.h"
+#include "core/log/log.h"
+#include "core/progress.h"
+#include "hooks/activation_writer.h"
+
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+namespace mechlab::hooks {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// One batch on its way to the disk.
+struct Pending {
+  int64_t row0 = 0;
+  std::map<std::string, at::Tensor> acts;  // hook -> [rows, d] on the host, store dtype
+  at::Tensor token_ids;                    // int32 [rows]
+  at::Tensor row_source;                   // int32 [rows, 2]
+  std::shared_ptr<c10::Event> ready;       // set when the copies run on a side stream
+};
+
+// A bounded queue between the forward loop and the writer thread.
+class PendingQueue {
+ public:
+  explicit PendingQueue(size_t capacity) : capacity_(capacity) {}
+  void push(Pending p) {
+    std::unique_lock<std::mutex> lock(m_);
+    not_full_.wait(lock, [&] { return q_.size() < capacity_ || failed_; });
+    if (failed_) return;  // the writer stopped; the caller rethrows its error
+    q_.push_back(std::move(p));
+    not_empty_.notify_one();
+  }
+  std::optional<Pending> pop() {
+    std::unique_lock<std::mutex> lock(m_);
+    not_empty_.wait(lock, [&] { return !q_.empty() || closed_; });
+    if (q_.empty()) return std::nullopt;
+    Pending p = std::move(q_.front());
+    q_.pop_front();
+    not_full_.notify_one();
+    return p;
+  }
+  void close() {
+    std::lock_guard<std::mutex> lock(m_);
+    closed_ = true;
+    not_empty_.notify_all();
+  }
+  void fail(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(m_);
+    failed_ = true;
+    error_ = std::move(e);
+    not_full_.notify_all();
+  }
+  void rethrow_if_failed() {
+    std::lock_guard<std::mutex> lock(m_);
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  size_t capacity_;
+  std::mutex m_;
+  std::condition_variable not_full_, not_empty_;
+  std::deque<Pending> q_;
+  bool closed_ = false, failed_ = false;
+  std::exception_ptr error_;
+};
+
+// Refuses a batch holding NaN/Inf, naming the hook, example and position.
+void require_finite(const Pending& p, const std::string& dataset) {
+  for (const auto& [name, acts] : p.acts) {
+    at::Tensor bad = (~acts.isfinite()).any(-1);  // [rows]
+    if (!bad.any().item<bool>()) continue;
+    const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+    throw Error(str_cat("hook '", name, "' produced NaN/Inf on example ",
+                        p.row_source[i][0].item<int64_t>(), ", position ",
+                        p.row_source[i][1].item<int64_t>(), " of '", dataset, "' (store row ",
+                        p.row0 + i, "); nothing past the last commit was written. "
+                        "Check the model in float32 (bf16/f16 can overflow) and the dataset"));
+  }
+}
+
+// The first layer that no selected hook needs, or nullopt if the hooks need
+// the final norm (or anything after the blocks).
+std::optional<int> stop_layer(const core::ModelConfig& cfg, const std::vector<std::string>& hooks) {
+  int last = -1;
+  for (const auto& h : hooks) {
+    if (h == "hook_embed" || h == "hook_pos_embed") continue;
+    if (h.rfind("blocks.", 0) != 0) return std::nullopt;
+    last = std::max(last, std::stoi(h.substr(7)));
+  }
+  if (last + 1 >= cfg.n_layers) return std::nullopt;
+  return last + 1;
+}
+
+}  // namespace
+
+std::vector<std::string> resolve_store_hooks(const core::ModelConfig& cfg,
+                                             const std::vector<std::string>& patterns) {
+  MECHLAB_CHECK(!patterns.empty(), "give at least one hook name or glob to cache "
+                                   "(e.g. 'blocks.*.hook_resid_post')");
+  std::vector<std::string> out;
+  for (const auto& p : patterns) {
+    const bool glob = p.find_first_of("*?") != std::string::npos;
+    const NamesFilter filter = glob ? NamesFilter::glob(p) : NamesFilter(std::vector<std::string>{p});
+    for (const auto& name : filter.select(cfg)) {
+      if (ends_with(name, "hook_attn_scores") || ends_with(name, "hook_pattern")) {
+        if (glob) continue;  // a glob like 'blocks.0.attn.*' means the per-token ones
+        throw Error(str_cat("cannot store '", name,
+                            "': attention scores and patterns are [batch, head, q_pos, k_pos], "
+                            "not one row per token. Store blocks.L.attn.hook_z or "
+                            "blocks.L.attn.hook_result instead, or cache patterns in memory with "
+                            "run_with_cache"));
+      }
+      if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+    }
+  }
+  MECHLAB_CHECK(!out.empty(), "the hook patterns select only attention patterns/scores, which an "
+                              "activation store cannot hold");
+  return out;
+}
+
+CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,
+                              const std::string& out, const CacheOptions& opt) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const core::ModelConfig& cfg = model.cfg();
+  const std::string ds_name = opt.dataset_path_.empty() ? std::string("dataset") : opt.dataset_path_;
+  dataset.validate(ds_name);
+  dataset.check_vocab(cfg.d_vocab, ds_name);
+  MECHLAB_CHECK(opt.batch_size_ > 0, "--batch-size must be positive, got ", opt.batch_size_);
+  MECHLAB_CHECK(opt.chunk_rows_ > 0, "--chunk-rows must be positive, got ", opt.chunk_rows_);
+
+  const std::vector<std::string> hooks = resolve_store_hooks(cfg, opt.hooks_);
+  const at::Tensor tokens = dataset.prompts();  // int32 [N, T]
+  const at::Tensor mask = dataset.attention_mask;  // uint8 [N, T] or undefined
+  const int64_t N = tokens.size(0), T = tokens.size(1);
+  MECHLAB_CHECK(N > 0, "'", ds_name, "' has no examples");
+
+  // Rows per example (its real tokens) and where each example's rows start.
+  std::vector<int64_t> offset(static_cast<size_t>(N) + 1, 0);
+  {
+    at::Tensor counts = mask.defined() ? mask.to(at::kLong).sum(1) : at::full({N}, T, at::kLong);
+    auto c = counts.accessor<int64_t, 1>();
+    for (int64_t i = 0; i < N; ++i) offset[i + 1] = offset[i] + c[i];
+  }
+
+  at::InferenceMode inference;
+  const at::Device device = model.model().device();
+  const std::optional<int> stop = stop_layer(cfg, hooks);
+  auto forward = [&](int64_t e0, int64_t e1) {
+    RunOptions ro;
+    ro.stop_at_layer = stop;
+    if (mask.defined()) ro.attention_mask = mask.slice(0, e0, e1).to(device);
+    return model.run_with_cache(tokens.slice(0, e0, e1).to(device, at::kLong),
+                                NamesFilter(hooks), ro).second;
+  };
+
+  // Per-token shapes from one example.
+  core::StoreHeader header;
+  {
+    ActivationCache probe = forward(0, 1);
+    for (const auto& h : hooks) {
+      const auto sizes = probe[h].sizes();
+      header.hook_shapes[h] = std::vector<int64_t>(sizes.begin() + 2, sizes.end());
+    }
+  }
+  header.model = opt.model_id_.empty() ? cfg.name : opt.model_id_;
+  header.config_hash = core::fnv1a_hex(cfg.to_json_string());
+  header.hooks = hooks;
+  header.dtype = opt.dtype_;
+  header.rows_total = offset.back();
+  header.chunk_rows = opt.chunk_rows_;
+  {
+    at::Tensor t = tokens.contiguous();
+    std::string fp = core::fnv1a_hex(t.data_ptr(), t.numel() * t.element_size());
+    if (mask.defined()) {
+      at::Tensor m = mask.contiguous();
+      fp += core::fnv1a_hex(m.data_ptr(), m.numel());
+    }
+    header.job = nlohmann::json{{"dataset", ds_name},
+                                {"dataset_fingerprint", fp},
+                                {"examples", N},
+                                {"seq_len", T},
+                                {"batch_size", opt.batch_size_}}
+                     .dump();
+  }
+  StoreSpec spec{header, opt.gzip_level_};
+  ActivationStoreWriter writer =
+      ActivationStoreWriter::open(out, spec, opt.resume_, opt.overwrite_);
+
+  CacheResult result;
+  result.rows_total = header.rows_total;
+  result.hooks = hooks;
+  const int64_t committed = writer.rows_committed();
+  if (writer.complete()) {
+    log::info(str_cat("'", out, "' is already complete (", committed, " rows)"));
+    return result;
+  }
+
+  // Batches are fixed by batch_size (batch b = examples [b*B, (b+1)*B)), so a
+  // resumed run recomputes exactly what an uninterrupted one computed.
+  const int64_t B = opt.batch_size_;
+  int64_t first_batch = 0;
+  while (first_batch * B < N && offset[std::min(N, (first_batch + 1) * B)] <= committed) {
+    ++first_batch;
+  }
+
+  PendingQueue queue(2);
+  std::thread writer_thread([&] {
+    at::InferenceMode thread_inference;  // thread-local: the staged tensors are inference tensors
+    try {
+      while (auto p = queue.pop()) {
+        if (p->ready) p->ready->synchronize();
+        require_finite(*p, ds_name);
+        writer.append(p->row0, p->acts, p->token_ids, p->row_source);
+      }
+    } catch (...) {
+      queue.fail(std::current_exception());
+    }
+  });
+
+  const bool async_copy = device.type() != at::kCPU;
+  std::optional<c10::impl::VirtualGuardImpl> guard_impl;
+  std::optional<c10::Stream> side;
+  if (async_copy) {
+    guard_impl.emplace(device.type());
+    side = guard_impl->getStreamFromGlobalPool(device, /*isHighPriority=*/false);
+  }
+
+  std::optional<core::ProgressBar> bar;
+  if (opt.progress_) bar.emplace("cache", header.rows_total, "tokens", offset[first_batch * B]);
+  try {
+    for (int64_t b = first_batch; b * B < N; ++b) {
+      const int64_t e0 = b * B, e1 = std::min(N, e0 + B);
+      ActivationCache cache = forward(e0, e1);
+
+      Pending p;
+      p.row0 = offset[e0];
+      at::Tensor keep;  // bool [rows of the batch * T], on the host
+      if (mask.defined()) keep = mask.slice(0, e0, e1).reshape({-1}).to(at::kBool);
+      at::Tensor ex = at::arange(e0, e1, at::kInt).unsqueeze(1).expand({e1 - e0, T});
+      at::Tensor pos = at::arange(T, at::kInt).unsqueeze(0).expand({e1 - e0, T});
+      at::Tensor src = at::stack({ex.reshape({-1}), pos.reshape({-1})}, 1);  // [b*T, 2]
+      at::Tensor ids = tokens.slice(0, e0, e1).reshape({-1});
+      p.row_source = keep.defined() ? src.index({keep}) : src.contiguous();
+      p.token_ids = (keep.defined() ? ids.index({keep}) : ids).to(at::kInt).contiguous();
+
+      at::Tensor keep_dev = keep.defined() ? keep.to(device) : at::Tensor();
+      std::map<std::string, at::Tensor> on_device;
+      for (const auto& h : hooks) {
+        at::Tensor a = cache[h];
+        a = a.reshape({a.size(0) * a.size(1), -1});  // [b*T, d]
+        if (keep_dev.defined()) a = a.index({keep_dev});
+        on_device[h] = a.to(opt.dtype_).contiguous();
+      }
+      if (async_copy) {
+        // The side stream waits for this batch's compute, copies to pinned
+        // memory, and the writer thread waits on its event, not the GPU.
+        c10::Event computed(device.type());
+        computed.record(guard_impl->getStream(device));
+        side->wait(computed);
+        c10::StreamGuard on_side(*side);
+        for (auto& [h, a] : on_device) {
+          at::Tensor host = at::empty(a.sizes(), a.options().device(at::kCPU).pinned_memory(true));
+          host.copy_(a, /*non_blocking=*/true);
+          a.record_stream(*side);
+          p.acts[h] = host;
+        }
+        p.ready = std::make_shared<c10::Event>(device.type());
+        p.ready->record(*side);
+      } else {
+        p.acts = std::move(on_device);
+      }
+      const int64_t rows = offset[e1] - offset[e0];
+      queue.push(std::move(p));
+      queue.rethrow_if_failed();
+      if (bar) bar->advance(rows);
+    }
+  } catch (...) {
+    queue.close();
+    writer_thread.join();
+    throw;
+  }
+  queue.close();
+  writer_thread.join();
+  queue.rethrow_if_failed();
+  writer.finish();
+  if (bar) bar->finish();
+  result.rows_written = header.rows_total - committed;
+  result.bytes_written = writer.bytes_written();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return result;
+}
+
+}  // namespace mechlab::hooks

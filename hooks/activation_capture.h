@@ -1,0 +1,75 @@
+// cache_activations: runs a model over a dataset in batches and writes the
+// activations of chosen hook points to an activation store (`mechlab cache`).
+//
+// The GPU never waits for the disk: each batch's activations are cast to the
+// store dtype on the device, copied to pinned host memory on a side stream
+// while the next batch computes, and written by a writer thread (a bounded
+// queue of two batches keeps memory flat). On the CPU the writer thread still
+// overlaps the disk with the next forward. Layers after the last hooked one
+// are not run.
+//
+// Example:
+//   auto model = mechlab::hooks::HookedTransformer::load("induction.h5");
+//   auto ds = mechlab::core::load_dataset("induction_data.h5");
+//   mechlab::hooks::CacheOptions opt;
+//   opt.hooks({"blocks.*.hook_resid_post"}).dtype(at::kBFloat16).resume(true);
+//   auto result = mechlab::hooks::cache_activations(model, ds, "acts.h5", opt);
+#pragma once
+
+#include "core/dataset.h"
+#include "hooks/hooked_transformer.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace mechlab::hooks {
+
+struct CacheOptions {
+#define MECHLAB_OPTION(type, name, init) \
+  type name##_ = init;                   \
+  CacheOptions& name(type v) {           \
+    name##_ = std::move(v);              \
+    return *this;                        \
+  }
+  /// Hook names or globs ('*', '?'), e.g. {"blocks.*.hook_resid_post"}.
+  MECHLAB_OPTION(std::vector<std::string>, hooks, {})
+  /// Stored dtype: float32, bfloat16 or float16.
+  MECHLAB_OPTION(at::ScalarType, dtype, at::kBFloat16)
+  /// Dataset examples per forward.
+  MECHLAB_OPTION(int64_t, batch_size, 8)
+  /// Rows per chunk (the unit of commit and of shuffled reading).
+  MECHLAB_OPTION(int64_t, chunk_rows, 1024)
+  /// gzip level for the finished store, 0 = none.
+  MECHLAB_OPTION(int, gzip_level, 0)
+  /// Continue an existing store at `out` (else refuse to touch it).
+  MECHLAB_OPTION(bool, resume, false)
+  /// Replace an existing store at `out`.
+  MECHLAB_OPTION(bool, overwrite, false)
+  /// The model's id recorded in the store (e.g. its checkpoint path).
+  MECHLAB_OPTION(std::string, model_id, "")
+  /// The dataset's path, recorded in the store's job.
+  MECHLAB_OPTION(std::string, dataset_path, "")
+  /// Show a progress bar (tokens/s, ETA).
+  MECHLAB_OPTION(bool, progress, true)
+#undef MECHLAB_OPTION
+};
+
+struct CacheResult {
+  int64_t rows_total = 0;
+  int64_t rows_written = 0;     ///< by this run (0 if the store was complete)
+  int64_t bytes_written = 0;    ///< activation and row bytes committed by this run
+  double seconds = 0;
+  std::vector<std::string> hooks;
+};
+
+/// Hooks a store can hold: every per-token hook ([batch, pos, ...]);
+/// attention scores and patterns ([batch, head, q_pos, k_pos]) are refused.
+std::vector<std::string> resolve_store_hooks(const core::ModelConfig& cfg,
+                                             const std::vector<std::string>& patterns);
+
+CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,
+                              const std::string& out, const CacheOptions& options);
+
+}  // namespace mechlab::hooks
