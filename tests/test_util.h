@@ -1,0 +1,54 @@
+// Helpers shared by the test suites: temporary paths, the message of an
+// expected mechlab::Error, and running the mechlab binary as a user would.
+#pragma once
+
+#include "core/error.h"
+
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+namespace mechlab::testing {
+
+/// A path in a per-suite folder under the test temporary directory.
+inline std::string temp_path(const std::string& suite, const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "mechlab_" + suite + "/";
+  std::filesystem::create_directories(dir);
+  return dir + name;
+}
+
+/// The message of the mechlab::Error that `fn` throws; a test failure if it
+/// throws nothing.
+template <typename Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected mechlab::Error";
+  return "";
+}
+
+struct CliResult {
+  int rc;
+  std::string output;  // stdout and stderr
+};
+
+/// Runs `mechlab ARGS` (the built binary) and collects its exit code and output.
+inline CliResult run_cli(const std::string& args) {
+  const std::string cmd = std::string(MECHLAB_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return {-1, "popen failed"};
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace mechlab::testing
