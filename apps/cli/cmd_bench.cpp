@@ -5,11 +5,13 @@
 namespace mechlab::cli {
 
 void add_bench_runtime(CLI::App& bench);
+void add_bench_cache(CLI::App& bench);
 
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (each prints a table of ratios)");
   bench->require_subcommand(1);
   add_bench_runtime(*bench);
+  add_bench_cache(*bench);
 }
 
 }  // namespace mechlab::cli
