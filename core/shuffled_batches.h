@@ -17,6 +17,7 @@
 #pragma once
 
 #include "core/activation_store.h"
+#include "core/options.h"
 #include "core/rng.h"
 
 #include <ATen/ATen.h>
@@ -30,27 +31,20 @@
 namespace mechlab::core {
 
 struct ShuffleOptions {
-#define MECHLAB_OPTION(type, name, init)          \
-  type name##_ = init;                            \
-  ShuffleOptions& name(type v) {                  \
-    name##_ = std::move(v);                       \
-    return *this;                                 \
-  }
   /// Rows per batch. Example: .batch_size(4096)
-  MECHLAB_OPTION(int64_t, batch_size, 4096)
+  MECHLAB_OPTION(ShuffleOptions, int64_t, batch_size, 4096)
   /// Seed of the chunk order and the mixing; epoch e uses seed + e.
-  MECHLAB_OPTION(uint64_t, seed, 0)
+  MECHLAB_OPTION(ShuffleOptions, uint64_t, seed, 0)
   /// Rows held for mixing (memory: buffer_rows x the hooks' row widths).
-  MECHLAB_OPTION(int64_t, buffer_rows, 1 << 16)
+  MECHLAB_OPTION(ShuffleOptions, int64_t, buffer_rows, 1 << 16)
   /// Skip rows at position 0 (the BOS token in most datasets).
-  MECHLAB_OPTION(bool, exclude_first_position, false)
+  MECHLAB_OPTION(ShuffleOptions, bool, exclude_first_position, false)
   /// Skip rows whose token id is one of these (e.g. padding, BOS ids).
-  MECHLAB_OPTION(std::vector<int64_t>, exclude_token_ids, {})
+  MECHLAB_OPTION(ShuffleOptions, std::vector<int64_t>, exclude_token_ids, {})
   /// Drop the last batch of an epoch when it is smaller than batch_size.
-  MECHLAB_OPTION(bool, drop_last, false)
+  MECHLAB_OPTION(ShuffleOptions, bool, drop_last, false)
   /// Check every chunk read for NaN/Inf and refuse naming the row.
-  MECHLAB_OPTION(bool, check_finite, true)
-#undef MECHLAB_OPTION
+  MECHLAB_OPTION(ShuffleOptions, bool, check_finite, true)
 };
 
 struct StoreBatch {

@@ -17,6 +17,7 @@
 #pragma once
 
 #include "core/dataset.h"
+#include "core/options.h"
 #include "hooks/hooked_transformer.h"
 
 #include <ATen/ATen.h>
@@ -27,33 +28,26 @@
 namespace mechlab::hooks {
 
 struct CacheOptions {
-#define MECHLAB_OPTION(type, name, init) \
-  type name##_ = init;                   \
-  CacheOptions& name(type v) {           \
-    name##_ = std::move(v);              \
-    return *this;                        \
-  }
   /// Hook names or globs ('*', '?'), e.g. {"blocks.*.hook_resid_post"}.
-  MECHLAB_OPTION(std::vector<std::string>, hooks, {})
+  MECHLAB_OPTION(CacheOptions, std::vector<std::string>, hooks, {})
   /// Stored dtype: float32, bfloat16 or float16.
-  MECHLAB_OPTION(at::ScalarType, dtype, at::kBFloat16)
+  MECHLAB_OPTION(CacheOptions, at::ScalarType, dtype, at::kBFloat16)
   /// Dataset examples per forward.
-  MECHLAB_OPTION(int64_t, batch_size, 8)
+  MECHLAB_OPTION(CacheOptions, int64_t, batch_size, 8)
   /// Rows per chunk (the unit of commit and of shuffled reading).
-  MECHLAB_OPTION(int64_t, chunk_rows, 1024)
+  MECHLAB_OPTION(CacheOptions, int64_t, chunk_rows, 1024)
   /// gzip level for the finished store, 0 = none.
-  MECHLAB_OPTION(int, gzip_level, 0)
+  MECHLAB_OPTION(CacheOptions, int, gzip_level, 0)
   /// Continue an existing store at `out` (else refuse to touch it).
-  MECHLAB_OPTION(bool, resume, false)
+  MECHLAB_OPTION(CacheOptions, bool, resume, false)
   /// Replace an existing store at `out`.
-  MECHLAB_OPTION(bool, overwrite, false)
+  MECHLAB_OPTION(CacheOptions, bool, overwrite, false)
   /// The model's id recorded in the store (e.g. its checkpoint path).
-  MECHLAB_OPTION(std::string, model_id, "")
+  MECHLAB_OPTION(CacheOptions, std::string, model_id, "")
   /// The dataset's path, recorded in the store's job.
-  MECHLAB_OPTION(std::string, dataset_path, "")
+  MECHLAB_OPTION(CacheOptions, std::string, dataset_path, "")
   /// Show a progress bar (tokens/s, ETA).
-  MECHLAB_OPTION(bool, progress, true)
-#undef MECHLAB_OPTION
+  MECHLAB_OPTION(CacheOptions, bool, progress, true)
 };
 
 struct CacheResult {

@@ -2,6 +2,7 @@
 // runs them (the built binary, MECHLAB_BINARY).
 #include "core/dataset.h"
 #include "core/word_tokenizer.h"
+#include "tests/test_util.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -20,26 +21,12 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct Result {
-  int rc;
-  std::string output;  // stdout and stderr
-};
+using Result = mechlab::testing::CliResult;
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(MECHLAB_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+Result run(const std::string& args) { return mechlab::testing::run_cli(args); }
 
 std::string temp_path(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "mechlab_dataset_cli_test/";
-  std::filesystem::create_directories(dir);
-  return dir + name;
+  return mechlab::testing::temp_path("dataset_cli_test", name);
 }
 
 TEST(DatasetCliTest, MakeIoiThenInspect) {

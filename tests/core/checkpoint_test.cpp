@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/hdf5_file.h"
+#include "tests/test_util.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -20,21 +21,10 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 std::string temp_path(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "mechlab_checkpoint_test/";
-  std::filesystem::create_directories(dir);
-  return dir + name;
+  return mechlab::testing::temp_path("checkpoint_test", name);
 }
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected mechlab::Error";
-  return "";
-}
+using mechlab::testing::error_of;
 
 ModelConfig tiny_config() {
   ModelConfig c;

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/hdf5_file.h"
 #include "core/word_tokenizer.h"
+#include "tests/test_util.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -26,21 +27,10 @@ using ::testing::AnyOf;
 using ::testing::HasSubstr;
 
 std::string temp_path(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "mechlab_dataset_test/";
-  std::filesystem::create_directories(dir);
-  return dir + name;
+  return mechlab::testing::temp_path("dataset_test", name);
 }
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected mechlab::Error";
-  return "";
-}
+using mechlab::testing::error_of;
 
 bool same(const at::Tensor& a, const at::Tensor& b) {
   if (a.defined() != b.defined()) return false;

@@ -4,6 +4,7 @@
 #include "core/hdf5_file.h"
 
 #include "core/error.h"
+#include "tests/test_util.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -23,22 +24,11 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 std::string temp_path(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "mechlab_hdf5_test/";
-  std::filesystem::create_directories(dir);
-  return dir + name;
+  return mechlab::testing::temp_path("hdf5_test", name);
 }
 
 // Runs `fn`, expects a mechlab::Error, returns its message.
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected mechlab::Error";
-  return "";
-}
+using mechlab::testing::error_of;
 
 bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;

@@ -12,6 +12,7 @@
 #include "core/tasks/reversal.h"
 #include "core/tasks/sorting.h"
 #include "core/word_tokenizer.h"
+#include "tests/test_util.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -29,16 +30,7 @@ namespace {
 using ::testing::HasSubstr;
 using Rows = std::vector<std::vector<int64_t>>;
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected mechlab::Error";
-  return "";
-}
+using mechlab::testing::error_of;
 
 // A [N, T] or [N] tensor as rows of int64 ([N] becomes N rows of one value).
 Rows rows(const at::Tensor& t) {

@@ -5,6 +5,7 @@
 #include "core/hdf5_file.h"
 #include "core/presets.h"
 #include "core/transformer.h"
+#include "tests/test_util.h"
 
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
@@ -19,16 +20,11 @@ using ::testing::HasSubstr;
 
 namespace {
 
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no mechlab::Error thrown)";
-}
+using mechlab::testing::error_of;
 
-std::string temp_path(const std::string& name) { return ::testing::TempDir() + "/" + name; }
+std::string temp_path(const std::string& name) {
+  return mechlab::testing::temp_path("transformer_test", name);
+}
 
 double rel_err(const at::Tensor& a, const at::Tensor& b) {
   return ((a.to(at::kDouble) - b.to(at::kDouble)).abs().max() / b.to(at::kDouble).abs().max()).item<double>();
@@ -45,18 +41,18 @@ TEST(ModelConfig, JsonRoundTripKeepsEveryField) {
 }
 
 TEST(ModelConfig, BadValuesAreRefusedByName) {
-  EXPECT_THAT(message_of([] { ModelConfig::from_json_string(R"({"n_layers": 1})"); }),
+  EXPECT_THAT(error_of([] { ModelConfig::from_json_string(R"({"n_layers": 1})"); }),
               HasSubstr("missing required key \"d_model\""));
   const std::string base = R"("n_layers": 1, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 8, "d_vocab": 5, "n_ctx": 4)";
-  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "norm": "batchnorm"})"); }),
+  EXPECT_THAT(error_of([&] { ModelConfig::from_json_string("{" + base + R"(, "norm": "batchnorm"})"); }),
               HasSubstr("expected one of: layernorm, rmsnorm, none"));
-  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "n_kv_heads": 3})"); }),
+  EXPECT_THAT(error_of([&] { ModelConfig::from_json_string("{" + base + R"(, "n_kv_heads": 3})"); }),
               HasSubstr("multiple of n_kv_heads"));
-  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "dmodel": 3})"); }),
+  EXPECT_THAT(error_of([&] { ModelConfig::from_json_string("{" + base + R"(, "dmodel": 3})"); }),
               HasSubstr("unknown key \"dmodel\""));
-  EXPECT_THAT(message_of([&] { ModelConfig::from_json_string("{" + base + R"(, "d_vocab": "x"})"); }),
+  EXPECT_THAT(error_of([&] { ModelConfig::from_json_string("{" + base + R"(, "d_vocab": "x"})"); }),
               HasSubstr("\"d_vocab\" must be a number"));
-  EXPECT_THAT(message_of([] { ModelConfig::from_json_string("{not json"); }), HasSubstr("not valid JSON"));
+  EXPECT_THAT(error_of([] { ModelConfig::from_json_string("{not json"); }), HasSubstr("not valid JSON"));
 }
 
 TEST(Transformer, ParameterCountMatchesTheTensors) {
@@ -76,16 +72,16 @@ TEST(Transformer, ParameterCountMatchesTheTensors) {
 
 TEST(Transformer, BadTokensAreRefusedWithClearMessages) {
   Transformer m(mechlab::core::preset("tiny"));
-  EXPECT_THAT(message_of([&] { m.forward(at::ones({1, 4}, at::kFloat)); }), HasSubstr("int64 or int32"));
-  EXPECT_THAT(message_of([&] { m.forward(at::ones({1, 2, 4}, at::kLong)); }), HasSubstr("[batch, pos]"));
-  EXPECT_THAT(message_of([&] { m.forward(at::tensor(std::vector<int64_t>{1, 512}).view({1, 2})); }),
+  EXPECT_THAT(error_of([&] { m.forward(at::ones({1, 4}, at::kFloat)); }), HasSubstr("int64 or int32"));
+  EXPECT_THAT(error_of([&] { m.forward(at::ones({1, 2, 4}, at::kLong)); }), HasSubstr("[batch, pos]"));
+  EXPECT_THAT(error_of([&] { m.forward(at::tensor(std::vector<int64_t>{1, 512}).view({1, 2})); }),
               HasSubstr("token id 512 is out of range: d_vocab is 512"));
-  EXPECT_THAT(message_of([&] { m.forward(at::tensor(std::vector<int64_t>{1, -3}).view({1, 2})); }), HasSubstr("negative"));
-  EXPECT_THAT(message_of([&] { m.forward(at::zeros({1, 129}, at::kLong)); }),
+  EXPECT_THAT(error_of([&] { m.forward(at::tensor(std::vector<int64_t>{1, -3}).view({1, 2})); }), HasSubstr("negative"));
+  EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 129}, at::kLong)); }),
               HasSubstr("longer than the model's n_ctx = 128"));
   ForwardOptions bad_mask;
   bad_mask.attention_mask = at::ones({1, 3}, at::kLong);
-  EXPECT_THAT(message_of([&] { m.forward(at::zeros({1, 4}, at::kLong), bad_mask); }),
+  EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 4}, at::kLong), bad_mask); }),
               HasSubstr("attention_mask must have shape"));
 }
 
@@ -102,12 +98,12 @@ TEST(Transformer, CheckpointRoundTripAndBadCheckpoints) {
   auto without = params;
   without.erase(without.begin() + 3);
   mechlab::core::save_checkpoint(temp_path("missing.h5"), m.config(), without);
-  EXPECT_THAT(message_of([&] { Transformer::load(temp_path("missing.h5")); }),
+  EXPECT_THAT(error_of([&] { Transformer::load(temp_path("missing.h5")); }),
               HasSubstr("parameter \"" + params[3].first + "\" is missing"));
   auto misshaped = params;
   misshaped[5].second = at::zeros({3, 3});
   mechlab::core::save_checkpoint(temp_path("misshaped.h5"), m.config(), misshaped);
-  const std::string msg = message_of([&] { Transformer::load(temp_path("misshaped.h5")); });
+  const std::string msg = error_of([&] { Transformer::load(temp_path("misshaped.h5")); });
   EXPECT_THAT(msg, HasSubstr("parameter \"" + params[5].first + "\" has shape [3, 3]"));
   EXPECT_THAT(msg, HasSubstr("misshaped.h5"));
 }
@@ -152,7 +148,7 @@ TEST(Transformer, StartAndStopAtLayerComposeToTheFullForward) {
   ForwardOptions rest;
   rest.start_at_layer = 1;
   EXPECT_TRUE(at::allclose(m.forward(resid, rest), m.forward(tokens), 1e-5, 1e-6));
-  EXPECT_THAT(message_of([&] { m.forward(tokens, [] { ForwardOptions o; o.stop_at_layer = 5; return o; }()); }),
+  EXPECT_THAT(error_of([&] { m.forward(tokens, [] { ForwardOptions o; o.stop_at_layer = 5; return o; }()); }),
               HasSubstr("stop_at_layer = 5"));
 }
 

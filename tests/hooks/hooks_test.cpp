@@ -3,6 +3,7 @@
 #include "hooks/act_name.h"
 #include "tests/hooks/fixture_compare.h"
 #include "hooks/hooked_transformer.h"
+#include "tests/test_util.h"
 
 #include <gmock/gmock.h>
 
@@ -26,14 +27,7 @@ at::Tensor some_tokens() {
   return at::tensor(std::vector<int64_t>{1, 5, 7, 2, 9, 3, 3, 4, 11, 0}).view({2, 5});
 }
 
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no mechlab::Error thrown)";
-}
+using mechlab::testing::error_of;
 
 TEST(ActName, MatchesTransformerLensGetActName) {
   EXPECT_EQ(act_name("resid_pre", 5), "blocks.5.hook_resid_pre");
@@ -46,7 +40,7 @@ TEST(ActName, MatchesTransformerLensGetActName) {
   EXPECT_EQ(act_name("mlp_out", 3), "blocks.3.hook_mlp_out");
   EXPECT_EQ(act_name("embed"), "hook_embed");
   EXPECT_EQ(act_name("scale"), "ln_final.hook_scale");
-  EXPECT_THAT(message_of([] { act_name("resid_pre"); }), HasSubstr("a layer is needed"));
+  EXPECT_THAT(error_of([] { act_name("resid_pre"); }), HasSubstr("a layer is needed"));
 }
 
 TEST(Hooks, ReplacementChangesDownstreamAndScopeRemovesIt) {
@@ -78,7 +72,7 @@ TEST(Hooks, RunWithHooksRemovesHooksEvenOnException) {
 
 TEST(Hooks, ShapeChangingReplacementIsRefusedWithTheHookName) {
   HookedTransformer model = small_model();
-  const std::string msg = message_of([&] {
+  const std::string msg = error_of([&] {
     model.run_with_hooks(some_tokens(), {{"blocks.0.mlp.hook_post", [](at::Tensor& x, const HookPoint&) {
                                             x = x.sum(-1);
                                           }}});
@@ -103,14 +97,14 @@ TEST(Hooks, PermanentHooksSurviveResetUnlessAsked) {
 TEST(Hooks, UnknownHookNameSuggestsNearestNames) {
   HookedTransformer model = small_model();
   const std::string msg =
-      message_of([&] { model.add_hook("blocks.0.attn.hook_patern", [](at::Tensor&, const HookPoint&) {}); });
+      error_of([&] { model.add_hook("blocks.0.attn.hook_patern", [](at::Tensor&, const HookPoint&) {}); });
   EXPECT_THAT(msg, HasSubstr("unknown hook name \"blocks.0.attn.hook_patern\""));
   EXPECT_THAT(msg, HasSubstr("blocks.0.attn.hook_pattern"));
-  EXPECT_THAT(message_of([&] { model.add_hook("blocks.7.hook_resid_pre", [](at::Tensor&, const HookPoint&) {}); }),
+  EXPECT_THAT(error_of([&] { model.add_hook("blocks.7.hook_resid_pre", [](at::Tensor&, const HookPoint&) {}); }),
               HasSubstr("the model has 2 layers"));
-  EXPECT_THAT(message_of([&] { model.add_hook("blocks.0.attn.hook_rot_q", [](at::Tensor&, const HookPoint&) {}); }),
+  EXPECT_THAT(error_of([&] { model.add_hook("blocks.0.attn.hook_rot_q", [](at::Tensor&, const HookPoint&) {}); }),
               HasSubstr("no such hook point"));
-  EXPECT_THAT(message_of([&] { model.run_with_cache(some_tokens(), NamesFilter::glob("*hook_nothing")); }),
+  EXPECT_THAT(error_of([&] { model.run_with_cache(some_tokens(), NamesFilter::glob("*hook_nothing")); }),
               HasSubstr("matches no hook point"));
 }
 
