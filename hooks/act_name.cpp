@@ -8,6 +8,11 @@
 namespace mechlab::hooks {
 
 std::string act_name(const std::string& name_in, int layer, const std::string& layer_type_in) {
+  // A full name passes through, as TransformerLens's get_act_name does.
+  if (layer < 0 && layer_type_in.empty() &&
+      (name_in.find('.') != std::string::npos || name_in.rfind("hook_", 0) == 0)) {
+    return name_in;
+  }
   std::string name = name_in, layer_type = layer_type_in;
   // "k6", "pattern3", "resid_pre5", "scale4ln2": name, layer, optional layer type.
   if (layer < 0) {

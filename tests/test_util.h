@@ -8,7 +8,10 @@
 
 #include <sys/wait.h>
 
+#include <ATen/Context.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -49,6 +52,18 @@ inline CliResult run_cli(const std::string& args) {
   for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
   const int status = pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+/// True when a CUDA device is visible. Without one, CUDA tests skip, unless
+/// MECHLAB_REQUIRE_CUDA=1 (scripts/gpu/run.sh sets it): then this also
+/// records a failure, so a GPU run cannot pass by skipping.
+inline bool have_cuda_or_skip() {
+  if (at::hasCUDA()) return true;
+  const char* req = std::getenv("MECHLAB_REQUIRE_CUDA");
+  if (req && std::string(req) == "1") {
+    ADD_FAILURE() << "MECHLAB_REQUIRE_CUDA=1 but no CUDA device is visible";
+  }
+  return false;
 }
 
 }  // namespace mechlab::testing

@@ -372,6 +372,30 @@ TEST_F(DamagedStore, ReadingPastCommittedRowsSaysTheStoreIsUnfinished) {
               HasSubstr("has no hook 'blocks.9.hook_resid_post'"));
 }
 
+// The GPU path (side-stream copies into pinned memory, events, writer
+// thread) against the CPU path on the same model and data. Tolerance:
+// float32 1e-4 normwise (cuBLAS vs CPU BLAS, no TF32); the token ids and
+// row sources must be identical.
+TEST(ActivationStore, CudaCaptureMatchesCpuCapture) {
+  if (!mechlab::testing::have_cuda_or_skip()) GTEST_SKIP() << "no CUDA device";
+  auto model = tiny_model();
+  const core::Dataset ds = random_dataset(9, 12, model.cfg().d_vocab, true);
+  const std::string cpu = temp_path("cpu.h5"), gpu = temp_path("gpu.h5");
+  cache_activations(model, ds, cpu, options().overwrite(true));
+  model.model().to(at::Device(at::kCUDA));
+  cache_activations(model, ds, gpu, options().overwrite(true));
+  auto a = core::ActivationStore::open(cpu), b = core::ActivationStore::open(gpu);
+  ASSERT_EQ(a.num_rows(), b.num_rows());
+  const int64_t n = a.num_rows();
+  for (const auto& h : a.hooks()) {
+    at::Tensor x = a.rows(h, 0, n), y = b.rows(h, 0, n);
+    const double err = (x - y).abs().max().item<double>() / x.abs().max().item<double>();
+    EXPECT_LE(err, 1e-4) << h;
+  }
+  EXPECT_TRUE(at::equal(a.token_ids(0, n), b.token_ids(0, n)));
+  EXPECT_TRUE(at::equal(a.row_source(0, n), b.row_source(0, n)));
+}
+
 TEST(ActivationStore, DatasetIdsBeyondTheModelVocabAreRefused) {
   auto model = tiny_model();
   core::Dataset ds = random_dataset(2, 4, model.cfg().d_vocab + 10, false);

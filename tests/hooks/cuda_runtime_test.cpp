@@ -6,6 +6,7 @@
 // (8 mantissa bits over two layers), fused vs materialised attention 1e-5 in float32.
 #include "hooks/hooked_transformer.h"
 #include "tests/hooks/fixture_compare.h"
+#include "tests/test_util.h"
 
 #include <ATen/ATen.h>
 
@@ -16,14 +17,7 @@ using mechlab::testing::close;
 
 namespace {
 
-bool have_cuda_or_skip() {
-  if (at::hasCUDA()) return true;
-  const char* req = std::getenv("MECHLAB_REQUIRE_CUDA");
-  if (req && std::string(req) == "1") {
-    ADD_FAILURE() << "MECHLAB_REQUIRE_CUDA=1 but no CUDA device is visible";
-  }
-  return false;
-}
+using mechlab::testing::have_cuda_or_skip;
 
 std::string fixture(const std::string& name) {
   return std::string(MECHLAB_TEST_DATA) + "/runtime/" + name + ".h5";

@@ -31,6 +31,8 @@ using mechlab::testing::error_of;
 
 TEST(ActName, MatchesTransformerLensGetActName) {
   EXPECT_EQ(act_name("resid_pre", 5), "blocks.5.hook_resid_pre");
+  EXPECT_EQ(act_name("blocks.0.hook_resid_post"), "blocks.0.hook_resid_post");  // full names pass
+  EXPECT_EQ(act_name("hook_embed"), "hook_embed");
   EXPECT_EQ(act_name("k6"), "blocks.6.attn.hook_k");
   EXPECT_EQ(act_name("pattern", 1), "blocks.1.attn.hook_pattern");
   EXPECT_EQ(act_name("attn", 1), "blocks.1.attn.hook_pattern");
