@@ -3,9 +3,7 @@
 #include "core/error.h"
 #include "core/hdf5_file.h"
 
-#include <filesystem>
 #include <set>
-#include <system_error>
 
 namespace mechlab::core {
 namespace {
@@ -46,9 +44,7 @@ void save_checkpoint(const std::string& path, const ModelConfig& config,
   }
   check_param_names(path, params);
 
-  const std::string tmp = path + ".tmp";
-  try {
-    H5File file = H5File::create(tmp);
+  H5File::write_atomically(path, [&](H5File& file) {
     file.write_attr("", "mechlab_format", std::string(kCheckpointFormat));
     file.write_attr("", "mechlab_version", kCheckpointVersion);
     file.write_attr("", "config", config.to_json_string());
@@ -56,16 +52,7 @@ void save_checkpoint(const std::string& path, const ModelConfig& config,
     for (const auto& [name, tensor] : params) {
       file.write_tensor(std::string(kParamsGroup) + "/" + name, tensor);
     }
-    file.close();
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    MECHLAB_CHECK(!ec, "cannot save checkpoint '", path, "': renaming '", tmp,
-                  "' onto it failed: ", ec.message());
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw;
-  }
+  });
 }
 
 Checkpoint load_checkpoint(const std::string& path) {

@@ -6,8 +6,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <filesystem>
-#include <system_error>
 
 namespace mechlab::core {
 namespace {
@@ -233,9 +231,7 @@ void Dataset::check_vocab(int64_t model_d_vocab, const std::string& where) const
 void save_dataset(const std::string& path, const Dataset& ds) {
   const std::string where = "cannot save dataset '" + path + "'";
   ds.validate(where);
-  const std::string tmp = path + ".tmp";
-  try {
-    H5File file = H5File::create(tmp);
+  H5File::write_atomically(path, [&](H5File& file) {
     file.write_attr("", "mechlab_format", std::string(kDatasetFormat));
     file.write_attr("", "mechlab_version", kDatasetVersion);
     file.write_attr("", "task", ds.task);
@@ -247,15 +243,7 @@ void save_dataset(const std::string& path, const Dataset& ds) {
       const at::Tensor& t = ds.*f.member;
       if (t.defined()) file.write_tensor(f.name, t);
     }
-    file.close();
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    MECHLAB_CHECK(!ec, where, ": renaming '", tmp, "' onto it failed: ", ec.message());
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw;
-  }
+  });
 }
 
 Dataset load_dataset(const std::string& path) {

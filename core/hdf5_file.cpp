@@ -498,6 +498,24 @@ H5File H5File::create(const std::string& path) {
   return H5File(id, path, true);
 }
 
+void H5File::write_atomically(const std::string& path, const std::function<void(H5File&)>& fill,
+                              const std::string& suffix) {
+  const std::string tmp = path + suffix;
+  try {
+    H5File file = create(tmp);
+    fill(file);
+    file.close();
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    MECHLAB_CHECK(!ec, "cannot write '", path, "': renaming '", tmp, "' onto it failed: ",
+                  ec.message());
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    throw;
+  }
+}
+
 H5File::H5File(H5File&& other) noexcept
     : id_(std::exchange(other.id_, -1)),
       filename_(std::move(other.filename_)),

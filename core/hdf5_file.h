@@ -41,6 +41,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -71,6 +72,12 @@ class H5File {
   static H5File open_readwrite(const std::string& path);
   /// Creates a new file, truncating any file already at `path`.
   static H5File create(const std::string& path);
+  /// Writes a whole new file at `path` atomically: `fill` writes it at
+  /// `path + suffix`, which is closed and renamed onto `path` only when
+  /// `fill` returns; on any error the temporary is removed and whatever was
+  /// at `path` is left as it was.
+  static void write_atomically(const std::string& path, const std::function<void(H5File&)>& fill,
+                               const std::string& suffix = ".tmp");
 
   H5File(H5File&& other) noexcept;
   H5File& operator=(H5File&& other) noexcept;

@@ -46,9 +46,7 @@ void write_header(H5File& f, const StoreHeader& h) {
 // Creates the whole structure at path.tmp and renames it into place, so a
 // store either does not exist or has every dataset allocated.
 void create_store(const std::string& path, const StoreHeader& h) {
-  const std::string tmp = path + ".tmp";
-  try {
-    H5File f = H5File::create(tmp);
+  H5File::write_atomically(path, [&](H5File& f) {
     core::WriteOptions chunked;
     chunked.chunk_rows = h.chunk_rows;
     for (const auto& name : h.hooks) {
@@ -60,16 +58,7 @@ void create_store(const std::string& path, const StoreHeader& h) {
     fresh.rows_committed = 0;
     fresh.complete = false;
     write_header(f, fresh);
-    f.close();
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    MECHLAB_CHECK(!ec, "cannot create activation store '", path, "': renaming '", tmp,
-                  "' onto it failed: ", ec.message());
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw;
-  }
+  });
 }
 
 // A resumed store must be the same job: same model, hooks, dtype, rows,
@@ -207,38 +196,32 @@ void ActivationStoreWriter::finish() {
   }
   // Compressed copy written beside the store, renamed over it when whole: a
   // kill here leaves the complete uncompressed store, and resuming redoes this.
-  const std::string tmp = path_ + ".gz.tmp";
-  try {
-    H5File out = H5File::create(tmp);
-    core::WriteOptions gz;
-    gz.chunk_rows = h.chunk_rows;
-    gz.gzip_level = spec_.gzip_level;
-    auto copy = [&](const std::string& ds, at::ScalarType dtype, std::vector<int64_t> shape) {
-      out.create_dataset(ds, dtype, shape, gz);
-      for (int64_t r = 0; r < h.rows_total; r += h.chunk_rows) {
-        const int64_t n = std::min(h.chunk_rows, h.rows_total - r);
-        out.write_rows(ds, r, file_->read_rows(ds, r, n));
-      }
-    };
-    for (const auto& name : h.hooks) copy("acts/" + name, h.dtype, {h.rows_total, h.width(name)});
-    copy("token_ids", at::kInt, {h.rows_total});
-    copy("row_source", at::kInt, {h.rows_total, 2});
-    StoreHeader done = h;
-    done.rows_committed = h.rows_total;
-    done.complete = true;
-    write_header(out, done);
-    out.write_attr("", "gzip_level", static_cast<int64_t>(spec_.gzip_level));
-    out.close();
-    file_->close();
-    std::error_code ec;
-    std::filesystem::rename(tmp, path_, ec);
-    MECHLAB_CHECK(!ec, "cannot finish activation store '", path_, "': renaming '", tmp,
-                  "' onto it failed: ", ec.message());
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw;
-  }
+  H5File::write_atomically(
+      path_,
+      [&](H5File& out) {
+        core::WriteOptions gz;
+        gz.chunk_rows = h.chunk_rows;
+        gz.gzip_level = spec_.gzip_level;
+        auto copy = [&](const std::string& ds, at::ScalarType dtype, std::vector<int64_t> shape) {
+          out.create_dataset(ds, dtype, shape, gz);
+          for (int64_t r = 0; r < h.rows_total; r += h.chunk_rows) {
+            const int64_t n = std::min(h.chunk_rows, h.rows_total - r);
+            out.write_rows(ds, r, file_->read_rows(ds, r, n));
+          }
+        };
+        for (const auto& name : h.hooks) {
+          copy("acts/" + name, h.dtype, {h.rows_total, h.width(name)});
+        }
+        copy("token_ids", at::kInt, {h.rows_total});
+        copy("row_source", at::kInt, {h.rows_total, 2});
+        StoreHeader done = h;
+        done.rows_committed = h.rows_total;
+        done.complete = true;
+        write_header(out, done);
+        out.write_attr("", "gzip_level", static_cast<int64_t>(spec_.gzip_level));
+        file_->close();  // the uncompressed store is replaced next
+      },
+      ".gz.tmp");
   complete_ = true;
 }
 

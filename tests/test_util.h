@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <ATen/Context.h>
 
@@ -17,9 +18,12 @@
 
 namespace mechlab::testing {
 
-/// A path in a per-suite folder under the test temporary directory.
+/// A path in a per-suite, per-process folder under the test temporary
+/// directory: CTest runs each test in its own process, in parallel, and two
+/// checkouts may test at once, so no two processes share a file.
 inline std::string temp_path(const std::string& suite, const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "mechlab_" + suite + "/";
+  const std::string dir =
+      ::testing::TempDir() + "mechlab_" + suite + "_" + std::to_string(::getpid()) + "/";
   std::filesystem::create_directories(dir);
   return dir + name;
 }

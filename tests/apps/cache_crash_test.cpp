@@ -131,6 +131,10 @@ TEST(CacheCrash, KilledRunsResumeToTheSameStore) {
     EXPECT_TRUE(at::equal(have[i].second, want[i].second)) << have[i].first;
   }
   EXPECT_TRUE(core::ActivationStore::open(out).header().complete);
+  // ~30 MB. Not std::filesystem::remove_all: the dynamic linker binds it to
+  // libtorch.so's own exported copy, which crashes (docs/ARCHITECTURE.md, Build).
+  for (const auto& f : {out, ref, model, data}) std::filesystem::remove(f);
+  std::filesystem::remove(std::filesystem::path(out).parent_path());
 }
 
 }  // namespace

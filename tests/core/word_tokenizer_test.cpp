@@ -3,6 +3,7 @@
 #include "core/word_tokenizer.h"
 
 #include "core/error.h"
+#include "tests/test_util.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -16,16 +17,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected mechlab::Error";
-  return "";
-}
+using mechlab::testing::error_of;
 
 WordTokenizer small() { return WordTokenizer({"<pad>", "When", "Mary", "and", "John", ","}); }
 
