@@ -106,7 +106,7 @@ void add_bench_cache(CLI::App& bench) {
       "ShuffledBatches vs sequential reads. Prints one table ending in the three ratios.");
   struct Args {
     std::string device = "cpu", dir;
-    int64_t examples = 16, seq_len = 128, batch_size = 8, write_mb = 256;
+    int64_t examples = 64, seq_len = 128, batch_size = 8, write_mb = 256;
     uint64_t seed = 0;
   };
   auto a = std::make_shared<Args>();
@@ -114,7 +114,8 @@ void add_bench_cache(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--examples", a->examples,
                   "Random-token examples the cache job and the forward-only baseline run over "
-                  "(the default keeps a 2-core CPU run near a minute; raise it on a GPU)")
+                  "(the default, 8 batches, keeps the whole bench near a minute on 2 CPU "
+                  "cores; raise it on a GPU)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--seq-len", a->seq_len, "Tokens per example (at most 1024, GPT-2's n_ctx)")
@@ -224,7 +225,8 @@ void add_bench_cache(CLI::App& bench) {
     // Rows are sized so activations plus row metadata (int32 token id and
     // 2 x int32 source) come to --write-mb; bytes_written() counts the same.
     const int64_t bytes_per_row = act_bytes_per_row + 12;
-    const int64_t rows = std::max<int64_t>(1, a->write_mb * static_cast<int64_t>(kMB) / bytes_per_row);
+    const int64_t rows =
+        std::max<int64_t>(1, a->write_mb * static_cast<int64_t>(kMB) / bytes_per_row);
     const int64_t bytes = rows * bytes_per_row;
     // One chunk of random rows, appended over and over: generating 256 MB of
     // randoms would cost more than writing them and land in the timing.
@@ -301,7 +303,8 @@ void add_bench_cache(CLI::App& bench) {
                      "12 hooks, 1024-row blocks, in order"});
     int64_t served = 0;
     const double shuf_s = seconds([&] {
-      core::ShuffledBatches batches(store, {}, core::ShuffleOptions().batch_size(4096).seed(a->seed));
+      core::ShuffledBatches batches(store, /*hooks: all*/ {},
+                                    core::ShuffleOptions().batch_size(4096).seed(a->seed));
       while (auto b = batches.next()) served += b->token_ids.size(0);
     }, cpu);
     MECHLAB_ASSERT(served == rows);
