@@ -174,7 +174,8 @@ void ActivationStoreWriter::commit_staged() {
   }
   file_->write_rows("token_ids", committed_, stage_tokens_.narrow(0, 0, staged_));
   file_->write_rows("row_source", committed_, stage_source_.narrow(0, 0, staged_));
-  bytes_written_ += staged_ * 12;
+  constexpr int64_t kRowMetaBytes = 4 + 2 * 4;  // token id + (example, position), int32
+  bytes_written_ += staged_ * kRowMetaBytes;
   file_->flush();
   committed_ += staged_;
   staged_ = 0;
