@@ -36,7 +36,8 @@ void check_param_names(const std::string& path,
 }  // namespace
 
 void save_checkpoint(const std::string& path, const ModelConfig& config,
-                     const std::vector<std::pair<std::string, at::Tensor>>& params) {
+                     const std::vector<std::pair<std::string, at::Tensor>>& params,
+                     const std::function<void(H5File&)>& extra) {
   try {
     config.validate();
   } catch (const Error& e) {
@@ -52,6 +53,7 @@ void save_checkpoint(const std::string& path, const ModelConfig& config,
     for (const auto& [name, tensor] : params) {
       file.write_tensor(std::string(kParamsGroup) + "/" + name, tensor);
     }
+    if (extra) extra(file);
   });
 }
 

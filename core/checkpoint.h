@@ -31,11 +31,14 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace mechlab::core {
+
+class H5File;
 
 /// The format name and newest version this mechlab reads and writes.
 inline constexpr const char* kCheckpointFormat = "checkpoint";
@@ -49,9 +52,13 @@ struct Checkpoint {
 
 /// Writes a checkpoint (replacing any file at `path`). Refuses an invalid
 /// config, empty/duplicate names, names with '/', and dtypes other than
-/// float32, bfloat16 and float16. Tensors may live on any device.
+/// float32, bfloat16 and float16. Tensors may live on any device. `extra`, when
+/// given, writes more groups into the same file before it is renamed into
+/// place (training state: core/train/train_state.h); readers of the model
+/// ignore them.
 void save_checkpoint(const std::string& path, const ModelConfig& config,
-                     const std::vector<std::pair<std::string, at::Tensor>>& params);
+                     const std::vector<std::pair<std::string, at::Tensor>>& params,
+                     const std::function<void(H5File&)>& extra = {});
 
 /// Reads a checkpoint, refusing with a message that names `path` when the file
 /// is not a mechlab checkpoint, is from a newer mechlab, or has a bad config.

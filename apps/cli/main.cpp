@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   mechlab::cli::add_dataset_command(app);
   mechlab::cli::add_cache_command(app);
   mechlab::cli::add_store_command(app);
+  mechlab::cli::add_train_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

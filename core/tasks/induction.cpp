@@ -14,6 +14,8 @@ Dataset make_induction(const InductionOptions& o) {
   require_option(o.d_vocab >= 2 && o.d_vocab <= (int64_t(1) << 31), task, "d_vocab",
                  "must be in [2, 2^31] (id 0 is BOS, random ids are drawn from [1, d_vocab))");
   require_option(o.seed >= 0, task, "seed", "must be >= 0");
+  require_option(o.min_half_len >= 0 && o.min_half_len <= o.half_len, task, "min_half_len",
+                 "must be in [0, half_len] (0 = every sequence repeats half_len ids)");
 
   const int64_t L = o.half_len, T = 1 + 2 * L;
   Rng rng(static_cast<uint64_t>(o.seed));
@@ -23,10 +25,14 @@ Dataset make_induction(const InductionOptions& o) {
     int32_t* row = tokens.data() + i * T;
     int64_t* lab = labels.data() + i * T;
     row[0] = 0;
-    for (int64_t j = 1; j <= L; ++j) {
+    const int64_t len = o.min_half_len > 0 ? rng.uniform_int(o.min_half_len, L) : L;
+    for (int64_t j = 1; j <= len; ++j) {
       row[j] = static_cast<int32_t>(rng.uniform_int(1, o.d_vocab - 1));
-      row[j + L] = row[j];
-      lab[j + L] = 1;
+      row[j + len] = row[j];
+      lab[j + len] = 1;
+    }
+    for (int64_t j = 1 + 2 * len; j < T; ++j) {
+      row[j] = static_cast<int32_t>(rng.uniform_int(1, o.d_vocab - 1));
     }
   }
 

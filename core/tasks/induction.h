@@ -7,6 +7,12 @@
 //                              then the same L ids again
 //   labels  int64 [N, T]       1 at the positions of the repeated half
 //                              (L + 1 .. 2L), 0 elsewhere
+// With min_half_len = m (0 < m < L) each sequence draws its own length
+// L_i uniform in [m, L]: BOS, L_i ids, the same L_i ids, then fresh random ids
+// up to T = 1 + 2L; labels mark positions L_i + 1 .. 2 L_i. A fixed L lets a
+// model copy from a fixed distance with a positional head; varying L_i
+// leaves only the induction mechanism (previous-token head + induction
+// head), which is what the induction training recipe needs.
 // A model with induction heads predicts position t + 1 from position t for
 // every t in the repeated half, so its loss there falls towards zero.
 //
@@ -23,12 +29,14 @@ namespace mechlab::core::tasks {
 struct InductionOptions {
   int64_t n = 1000;       ///< number of sequences N
   int64_t half_len = 20;  ///< L: length of the random half (T = 1 + 2L)
+  int64_t min_half_len = 0;  ///< 0: every sequence repeats L ids; else L_i in [min, L]
   int64_t d_vocab = 64;   ///< vocabulary size; random ids are drawn from [1, d_vocab)
   int64_t seed = 0;       ///< generator seed (core/rng.h)
 
   // clang-format off
   InductionOptions& with_n(int64_t v) { n = v; return *this; }
   InductionOptions& with_half_len(int64_t v) { half_len = v; return *this; }
+  InductionOptions& with_min_half_len(int64_t v) { min_half_len = v; return *this; }
   InductionOptions& with_d_vocab(int64_t v) { d_vocab = v; return *this; }
   InductionOptions& with_seed(int64_t v) { seed = v; return *this; }
   // clang-format on
@@ -37,6 +45,9 @@ struct InductionOptions {
   void visit(V&& v) {
     v("n", n, "number of sequences");
     v("half_len", half_len, "length L of the random half; sequences are BOS + L + L tokens");
+    v("min_half_len", min_half_len,
+      "0: every sequence repeats half_len ids; else each draws its length in "
+      "[min_half_len, half_len] and the rest is fresh random ids");
     v("d_vocab", d_vocab, "vocabulary size; ids are drawn from [1, d_vocab), 0 is BOS");
     v("seed", seed, "generator seed");
   }

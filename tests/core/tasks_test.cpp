@@ -98,6 +98,34 @@ TEST(TaskTest, InductionSecondHalfRepeatsTheFirst) {
   EXPECT_EQ(used.size(), 8u);
 }
 
+TEST(TaskTest, InductionWithMinHalfLenVariesTheRepeatLength) {
+  const Dataset ds = make_induction(
+      InductionOptions{}.with_n(400).with_half_len(8).with_min_half_len(3).with_d_vocab(50));
+  ASSERT_NO_THROW(ds.validate());
+  ASSERT_EQ(ds.tokens.sizes(), (c10::IntArrayRef{400, 17}));
+  const Rows tok = rows(ds.tokens), lab = rows(ds.labels);
+  std::set<int64_t> lengths;
+  for (size_t i = 0; i < tok.size(); ++i) {
+    int64_t len = 0;
+    for (int64_t l : lab[i]) len += l;
+    ASSERT_GE(len, 3) << "example " << i;
+    ASSERT_LE(len, 8) << "example " << i;
+    lengths.insert(len);
+    for (int64_t j = 1; j <= len; ++j) {
+      EXPECT_EQ(tok[i][j + len], tok[i][j]) << "example " << i << " position " << j + len;
+      EXPECT_EQ(lab[i][j + len], 1);
+      EXPECT_EQ(lab[i][j], 0);
+    }
+    for (int64_t j = 1 + 2 * len; j < 17; ++j) {
+      EXPECT_EQ(lab[i][j], 0);
+      EXPECT_GE(tok[i][j], 1);
+    }
+  }
+  EXPECT_EQ(lengths.size(), 6u);  // every length 3..8 occurs
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.with_half_len(4).with_min_half_len(5)); }),
+              HasSubstr("min_half_len"));
+}
+
 // ------------------------------------------------------------ ioi
 
 // Checks every IOI property on every example; returns how many were ABBA.

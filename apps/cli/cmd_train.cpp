@@ -1,0 +1,101 @@
+// mechlab train: train a model on a task dataset from a JSON config
+// (core/train/trainer.h); the recipes under apps/models/ are such configs.
+#include "apps/cli/commands.h"
+#include "core/error.h"
+#include "core/train/trainer.h"
+
+#include <ATen/Parallel.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace mechlab::cli {
+namespace {
+
+// "a.b.c=VALUE": sets j["a"]["b"]["c"]; VALUE is read as JSON when it parses
+// (numbers, true/false, objects), else as a string.
+void apply_setting(nlohmann::json& j, const std::string& setting) {
+  const auto eq = setting.find('=');
+  MECHLAB_CHECK(eq != std::string::npos && eq > 0, "--set wants KEY=VALUE (e.g. lr=3e-4 or "
+                "model.d_model=128), got \"", setting, "\"");
+  const std::string key = setting.substr(0, eq), text = setting.substr(eq + 1);
+  nlohmann::json value;
+  try {
+    value = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error&) {
+    value = text;
+  }
+  nlohmann::json* node = &j;
+  size_t start = 0;
+  for (size_t dot; (dot = key.find('.', start)) != std::string::npos; start = dot + 1) {
+    node = &(*node)[key.substr(start, dot - start)];
+    MECHLAB_CHECK(node->is_object() || node->is_null(), "--set ", key, ": \"",
+                  key.substr(0, dot), "\" is not an object");
+  }
+  (*node)[key.substr(start)] = value;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "train",
+      "Train a transformer on a task dataset (AdamW, warmup + cosine schedule, gradient "
+      "clipping).\nCONFIG is a JSON file (recipes: apps/models/*.json; keys: "
+      "docs/ARCHITECTURE.md, \"Training\"). Writes checkpoint.h5 (resumable), model.h5, "
+      "train_log.csv and train_log.svg into --out.");
+  struct Args {
+    std::string config, out, device = "cpu";
+    std::vector<std::string> settings;
+    int64_t max_steps = -1;
+    int threads = 0;
+    bool resume = false, overwrite = false, no_progress = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("config", a->config, "Training config (JSON)")->required();
+  cmd->add_option("--out", a->out, "Output folder for the checkpoint, final model and log")
+      ->required();
+  cmd->add_option("--set", a->settings,
+                  "Override a config key: KEY=VALUE, nested keys with dots "
+                  "(e.g. --set steps=500 --set model.d_model=128 --set data.options.n=2000)");
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads (0 = LibTorch's default: all cores)")
+      ->capture_default_str();
+  cmd->add_option("--max-steps", a->max_steps,
+                  "Stop after this many steps of this session (the run stays resumable; "
+                  "-1 = train to the config's steps)")
+      ->capture_default_str();
+  cmd->add_flag("--resume", a->resume,
+                "Continue the run in --out from its checkpoint (same config, same result as an "
+                "uninterrupted run)");
+  cmd->add_flag("--overwrite", a->overwrite, "Replace a run already in --out");
+  cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
+  cmd->callback([a] {
+    MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
+    if (a->threads > 0) at::set_num_threads(a->threads);
+    core::train::TrainConfig cfg;
+    if (a->settings.empty()) {
+      cfg = core::train::TrainConfig::load(a->config);
+    } else {
+      nlohmann::json j = core::train::TrainConfig::load(a->config).to_json();
+      for (const std::string& s : a->settings) apply_setting(j, s);
+      cfg = core::train::TrainConfig::from_json(j);
+    }
+    core::train::Trainer trainer(cfg, core::train::TrainerOptions()
+                                          .out_dir(a->out)
+                                          .device(parse_device(a->device))
+                                          .resume(a->resume)
+                                          .overwrite(a->overwrite)
+                                          .progress(!a->no_progress));
+    const core::train::TrainResult r = trainer.run(a->max_steps);
+    std::printf("%s: %lld steps%s; test loss %.4f, test accuracy %.4f (%lld predictions); "
+                "train accuracy %.4f\n",
+                cfg.name.c_str(), static_cast<long long>(r.steps),
+                r.stopped_early ? " (reached stop_at_accuracy)" : "", r.test.loss,
+                r.test.accuracy, static_cast<long long>(r.test.scored), r.train.accuracy);
+    std::printf("wrote %s/{model.h5, checkpoint.h5, train_log.csv, train_log.svg}\n",
+                a->out.c_str());
+  });
+}
+
+}  // namespace mechlab::cli

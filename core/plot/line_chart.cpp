@@ -1,0 +1,155 @@
+#include "core/plot/line_chart.h"
+
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <limits>
+#include <sstream>
+
+namespace mechlab::core::plot {
+namespace {
+
+// Layout in SVG pixels.
+constexpr double kWidth = 720, kPanelHeight = 260, kLeft = 70, kRight = 150, kTop = 40,
+                 kGap = 50, kBottom = 50;
+// Colour-blind-safe palette (Okabe & Ito 2008).
+const char* const kColours[] = {"#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"};
+
+std::string fmt(double v) {
+  std::ostringstream os;
+  os << std::setprecision(4) << v;
+  return os.str();
+}
+
+struct Range {
+  double lo = std::numeric_limits<double>::infinity();
+  double hi = -std::numeric_limits<double>::infinity();
+  void add(double v) { lo = std::min(lo, v), hi = std::max(hi, v); }
+  bool empty() const { return !(lo <= hi); }
+};
+
+// About five round tick values covering [lo, hi].
+std::vector<double> ticks(double lo, double hi) {
+  const double span = hi - lo;
+  const double raw = span / 5;
+  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  double step = mag;
+  for (double m : {1.0, 2.0, 5.0, 10.0}) {
+    if (raw <= m * mag) {
+      step = m * mag;
+      break;
+    }
+  }
+  std::vector<double> t;
+  for (double v = std::ceil(lo / step) * step; v <= hi + 1e-9 * span; v += step) {
+    t.push_back(std::abs(v) < 1e-12 * span ? 0.0 : v);
+  }
+  return t;
+}
+
+}  // namespace
+
+std::string xml_escape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string line_chart_svg(const std::string& title, const std::string& x_label,
+                           const std::vector<Panel>& panels) {
+  const double plot_w = kWidth - kLeft - kRight;
+  const double height = kTop + panels.size() * (kPanelHeight + kGap) + kBottom - kGap;
+  std::ostringstream svg;
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kWidth << "\" height=\"" << height
+      << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      << "<text x=\"" << kWidth / 2 << "\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">"
+      << xml_escape(title) << "</text>\n";
+
+  Range xr;
+  for (const Panel& p : panels)
+    for (const Series& s : p.series)
+      for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i)
+        if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) xr.add(s.x[i]);
+  if (xr.empty()) xr = {0, 1};
+  if (xr.hi == xr.lo) xr.hi = xr.lo + 1;
+  auto px = [&](double x) { return kLeft + (x - xr.lo) / (xr.hi - xr.lo) * plot_w; };
+
+  for (size_t pi = 0; pi < panels.size(); ++pi) {
+    const Panel& p = panels[pi];
+    const double top = kTop + pi * (kPanelHeight + kGap), bottom = top + kPanelHeight;
+    auto usable = [&](double y) { return std::isfinite(y) && (!p.log_y || y > 0); };
+    auto ty = [&](double y) { return p.log_y ? std::log10(y) : y; };
+    Range yr;
+    if (p.y_range) {
+      yr = {ty(p.y_range->first), ty(p.y_range->second)};
+    } else {
+      for (const Series& s : p.series)
+        for (size_t i = 0; i < s.y.size(); ++i)
+          if (usable(s.y[i])) yr.add(ty(s.y[i]));
+    }
+    if (yr.empty()) yr = {0, 1};
+    if (yr.hi == yr.lo) yr = {yr.lo - 0.5, yr.hi + 0.5};
+    auto py = [&](double v) { return bottom - (v - yr.lo) / (yr.hi - yr.lo) * kPanelHeight; };
+
+    // Frame, gridlines and tick labels.
+    svg << "<rect x=\"" << kLeft << "\" y=\"" << top << "\" width=\"" << plot_w << "\" height=\""
+        << kPanelHeight << "\" fill=\"none\" stroke=\"#444\"/>\n";
+    std::vector<double> yt;
+    if (p.log_y) {
+      for (double e = std::ceil(yr.lo); e <= yr.hi; e += 1) yt.push_back(e);
+      if (yt.size() < 2) yt = ticks(yr.lo, yr.hi);
+    } else {
+      yt = ticks(yr.lo, yr.hi);
+    }
+    for (double v : yt) {
+      svg << "<line x1=\"" << kLeft << "\" x2=\"" << kLeft + plot_w << "\" y1=\"" << py(v)
+          << "\" y2=\"" << py(v) << "\" stroke=\"#ddd\"/>\n"
+          << "<text x=\"" << kLeft - 6 << "\" y=\"" << py(v) + 4 << "\" text-anchor=\"end\">"
+          << fmt(p.log_y ? std::pow(10.0, v) : v) << "</text>\n";
+    }
+    for (double v : ticks(xr.lo, xr.hi)) {
+      svg << "<line x1=\"" << px(v) << "\" x2=\"" << px(v) << "\" y1=\"" << top << "\" y2=\""
+          << bottom << "\" stroke=\"#eee\"/>\n"
+          << "<text x=\"" << px(v) << "\" y=\"" << bottom + 16 << "\" text-anchor=\"middle\">"
+          << fmt(v) << "</text>\n";
+    }
+    svg << "<text transform=\"translate(18," << (top + bottom) / 2
+        << ") rotate(-90)\" text-anchor=\"middle\">" << xml_escape(p.y_label)
+        << (p.log_y ? " (log)" : "") << "</text>\n";
+
+    // Lines and legend.
+    for (size_t si = 0; si < p.series.size(); ++si) {
+      const Series& s = p.series[si];
+      const char* colour = kColours[si % (sizeof kColours / sizeof *kColours)];
+      svg << "<polyline fill=\"none\" stroke=\"" << colour << "\" stroke-width=\"1.5\" points=\"";
+      for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+        if (!std::isfinite(s.x[i]) || !usable(s.y[i])) continue;
+        const double yv = std::clamp(ty(s.y[i]), yr.lo, yr.hi);
+        svg << fmt(px(s.x[i])) << "," << fmt(py(yv)) << " ";
+      }
+      svg << "\"/>\n";
+      const double ly = top + 14 + 18 * si, lx = kLeft + plot_w + 12;
+      svg << "<line x1=\"" << lx << "\" x2=\"" << lx + 20 << "\" y1=\"" << ly - 4 << "\" y2=\""
+          << ly - 4 << "\" stroke=\"" << colour << "\" stroke-width=\"2\"/>\n"
+          << "<text x=\"" << lx + 26 << "\" y=\"" << ly << "\">" << xml_escape(s.label)
+          << "</text>\n";
+    }
+    if (pi + 1 == panels.size()) {
+      svg << "<text x=\"" << kLeft + plot_w / 2 << "\" y=\"" << bottom + 36
+          << "\" text-anchor=\"middle\">" << xml_escape(x_label) << "</text>\n";
+    }
+  }
+  svg << "</svg>\n";
+  return svg.str();
+}
+
+}  // namespace mechlab::core::plot
