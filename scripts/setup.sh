@@ -17,7 +17,8 @@ say() { printf '[setup] %s\n' "$*"; }
 # ---------------------------------------------------------------- apt
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   libhdf5-dev hdf5-tools libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
-  libcli11-dev nlohmann-json3-dev graphviz python3 python3-venv)
+  libcli11-dev nlohmann-json3-dev graphviz python3 python3-venv
+  clang libclang-rt-14-dev)  # clang + its libFuzzer/sanitizer runtimes: scripts/fuzz.sh
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,12 +6,18 @@ namespace mechlab::cli {
 
 void add_bench_runtime(CLI::App& bench);
 void add_bench_cache(CLI::App& bench);
+void add_bench_tokenize(CLI::App& bench);
+void add_bench_load(CLI::App& bench);
+void add_bench_train(CLI::App& bench);
 
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (each prints a table of ratios)");
   bench->require_subcommand(1);
   add_bench_runtime(*bench);
   add_bench_cache(*bench);
+  add_bench_tokenize(*bench);
+  add_bench_load(*bench);
+  add_bench_train(*bench);
 }
 
 }  // namespace mechlab::cli

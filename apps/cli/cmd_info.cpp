@@ -1,5 +1,6 @@
 // mechlab info: a model's config, parameter count and hook points.
 #include "apps/cli/commands.h"
+#include "core/model_loader.h"
 #include "core/transformer.h"
 #include "kernels/device_info.h"
 
@@ -12,11 +13,15 @@ namespace mechlab::cli {
 void add_info_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "Print a model's config, parameter count and hook points");
   auto model_path = std::make_shared<std::string>();
-  cmd->add_option("model", *model_path, "mechlab checkpoint (.h5)")->required();
+  cmd->add_option("model", *model_path,
+                  "mechlab checkpoint (.h5) or Hugging Face model folder (config.json + "
+                  "*.safetensors)")
+      ->required();
   cmd->callback([model_path] {
-    core::Transformer model = core::Transformer::load(*model_path);
+    core::Transformer model = core::load_model(*model_path);
     const auto& cfg = model.config();
     std::cout << "model:      " << *model_path << "\n"
+              << "source:     " << core::describe_model_source(*model_path) << "\n"
               << "parameters: " << cfg.parameter_count() << " (" << model.dtype() << ")\n"
               << "config:     " << cfg.to_json().dump(2) << "\n"
               << "devices:    cpu; " << kernels::describe_gpus() << "\n\n"

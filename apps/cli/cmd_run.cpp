@@ -2,6 +2,7 @@
 // and optionally a summary of the cached activations.
 #include "apps/cli/commands.h"
 #include "core/error.h"
+#include "core/model_loader.h"
 #include "hooks/hooked_transformer.h"
 
 #include <ATen/ATen.h>
@@ -19,7 +20,10 @@ void add_run_command(CLI::App& app) {
     int top_k = 5;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("model", a->model, "mechlab checkpoint (.h5)")->required();
+  cmd->add_option("model", a->model,
+                  "mechlab checkpoint (.h5) or Hugging Face model folder (config.json + "
+                  "*.safetensors)")
+      ->required();
   cmd->add_option("--prompt-tokens", a->tokens, "Token ids of one prompt")->required();
   cmd->add_option("--top-k", a->top_k, "How many next-token predictions to print")
       ->capture_default_str();
@@ -30,8 +34,8 @@ void add_run_command(CLI::App& app) {
                   "and print a summary");
   cmd->callback([a] {
     const at::Device device = parse_device(a->device);
-    core::Transformer base = core::Transformer::load(a->model);
-    base.to(device).to(parse_dtype(a->dtype));
+    core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype)});
+    base.to(device);
     hooks::HookedTransformer model(std::move(base));
     MECHLAB_CHECK(a->top_k > 0, "--top-k must be positive");
     at::Tensor tokens = at::tensor(a->tokens, at::kLong).unsqueeze(0);  // [1, pos]

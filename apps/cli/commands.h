@@ -16,7 +16,9 @@ void add_bench_command(CLI::App& app);
 void add_dataset_command(CLI::App& app);
 void add_cache_command(CLI::App& app);
 void add_store_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 void add_train_command(CLI::App& app);
+void add_heads_command(CLI::App& app);
 
 // Shared option parsing.
 at::Device parse_device(const std::string& text);     // "cpu", "cuda", "cuda:1", "auto"

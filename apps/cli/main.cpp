@@ -27,7 +27,9 @@ int main(int argc, char** argv) {
   mechlab::cli::add_dataset_command(app);
   mechlab::cli::add_cache_command(app);
   mechlab::cli::add_store_command(app);
+  mechlab::cli::add_tokenize_command(app);
   mechlab::cli::add_train_command(app);
+  mechlab::cli::add_heads_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -16,6 +16,8 @@ Dataset make_induction(const InductionOptions& o) {
   require_option(o.seed >= 0, task, "seed", "must be >= 0");
   require_option(o.min_half_len >= 0 && o.min_half_len <= o.half_len, task, "min_half_len",
                  "must be in [0, half_len] (0 = every sequence repeats half_len ids)");
+  require_option(!o.random_start || (o.min_half_len > 0 && o.min_half_len < o.half_len), task,
+                 "random_start", "needs 0 < min_half_len < half_len (room to move the copies)");
 
   const int64_t L = o.half_len, T = 1 + 2 * L;
   Rng rng(static_cast<uint64_t>(o.seed));
@@ -26,13 +28,14 @@ Dataset make_induction(const InductionOptions& o) {
     int64_t* lab = labels.data() + i * T;
     row[0] = 0;
     const int64_t len = o.min_half_len > 0 ? rng.uniform_int(o.min_half_len, L) : L;
-    for (int64_t j = 1; j <= len; ++j) {
-      row[j] = static_cast<int32_t>(rng.uniform_int(1, o.d_vocab - 1));
-      row[j + len] = row[j];
-      lab[j + len] = 1;
-    }
-    for (int64_t j = 1 + 2 * len; j < T; ++j) {
-      row[j] = static_cast<int32_t>(rng.uniform_int(1, o.d_vocab - 1));
+    const int64_t start = o.random_start ? 1 + rng.uniform_int(0, 2 * (L - len)) : 1;
+    for (int64_t j = 1; j < T; ++j) {
+      if (j >= start + len && j < start + 2 * len) {
+        row[j] = row[j - len];
+        lab[j] = 1;
+      } else {
+        row[j] = static_cast<int32_t>(rng.uniform_int(1, o.d_vocab - 1));
+      }
     }
   }
 

@@ -126,6 +126,30 @@ TEST(TaskTest, InductionWithMinHalfLenVariesTheRepeatLength) {
               HasSubstr("min_half_len"));
 }
 
+TEST(TaskTest, InductionWithRandomStartMovesTheCopies) {
+  const Dataset ds = make_induction(InductionOptions{}.with_n(300).with_half_len(8).with_min_half_len(3)
+                                        .with_random_start(true).with_d_vocab(50));
+  const Rows tok = rows(ds.tokens), lab = rows(ds.labels);
+  std::set<int64_t> starts;
+  for (size_t i = 0; i < tok.size(); ++i) {
+    int64_t first = -1, len = 0;
+    for (int64_t j = 0; j < 17; ++j) {
+      if (lab[i][j] == 1 && first < 0) first = j;
+      len += lab[i][j];
+    }
+    ASSERT_GE(len, 3) << "example " << i;
+    ASSERT_GE(first - len, 1) << "example " << i;  // the first copy starts after BOS
+    starts.insert(first - len);
+    for (int64_t j = first; j < first + len; ++j) {
+      EXPECT_EQ(lab[i][j], 1);
+      EXPECT_EQ(tok[i][j], tok[i][j - len]) << "example " << i << " position " << j;
+    }
+  }
+  EXPECT_GE(starts.size(), 8u);  // copies start at many positions
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.with_random_start(true)); }),
+              HasSubstr("random_start"));
+}
+
 // ------------------------------------------------------------ ioi
 
 // Checks every IOI property on every example; returns how many were ABBA.
@@ -459,12 +483,16 @@ TEST(TaskTest, RegistryListsEveryTaskWithItsDefaults) {
             (std::vector<std::string>{"induction", "ioi", "greater_than", "modular_addition",
                                       "reversal", "sorting", "probe"}));
   const TaskInfo& ind = task_info("induction");
-  ASSERT_EQ(ind.options.size(), 4u);
+  ASSERT_EQ(ind.options.size(), 6u);
   EXPECT_EQ(ind.options[0].key, "n");
   EXPECT_EQ(ind.options[0].default_value, 1000);
   EXPECT_EQ(ind.options[1].key, "half_len");
   EXPECT_EQ(ind.options[1].default_value, 20);
-  EXPECT_EQ(ind.options[2].default_value, 64);
+  EXPECT_EQ(ind.options[2].key, "min_half_len");
+  EXPECT_EQ(ind.options[2].default_value, 0);
+  EXPECT_EQ(ind.options[3].default_value, false);
+  EXPECT_EQ(ind.options[4].key, "d_vocab");
+  EXPECT_EQ(ind.options[4].default_value, 64);
   for (const auto& info : task_infos()) {
     EXPECT_FALSE(info.summary.empty());
     for (const auto& opt : info.options)
@@ -481,7 +509,7 @@ TEST(TaskTest, MakeTaskRefusesUnknownNamesKeysAndTypes) {
                 make_task("induction", {{"length", 5}, {"n", 3}});
               }),
               HasSubstr("induction: unknown option \"length\"; the options of induction are: n, "
-                        "half_len, d_vocab, seed"));
+                        "half_len, min_half_len, random_start, d_vocab, seed"));
   EXPECT_THAT(error_of([] {
                 make_task("modular_addition", {{"n", 5}});
               }),

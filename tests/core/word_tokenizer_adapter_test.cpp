@@ -1,0 +1,36 @@
+// Tests for core/tokenizer/word_tokenizer_adapter.h: the toy word tokenizer through the
+// common Tokenizer interface.
+#include "core/tokenizer/word_tokenizer_adapter.h"
+
+#include "core/word_tokenizer.h"
+#include "tests/test_util.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace mechlab::core::tokenizer {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using mechlab::testing::error_of;
+
+TEST(WordTokenizerAdapterTest, BehavesAsTheWordTokenizer) {
+  const WordTokenizerAdapter adapter(WordTokenizer({"<pad>", "When", "Mary", "and", "John"}));
+  const Tokenizer& tok = adapter;
+  EXPECT_EQ(tok.kind(), "word");
+  EXPECT_EQ(tok.vocab_size(), 5);
+  EXPECT_THAT(tok.encode("When Mary and John"), ElementsAre(1, 2, 3, 4));
+  EXPECT_EQ(tok.decode({4, 3, 2}), "John and Mary");
+  EXPECT_THAT(tok.to_str_tokens({2, 0}), ElementsAre("Mary", "<pad>"));
+  EXPECT_EQ(tok.token_to_id("John"), 4);
+  EXPECT_FALSE(tok.token_to_id("john").has_value());
+  EXPECT_EQ(tok.id_to_token(1), "When");
+  EXPECT_FALSE(tok.bos_id().has_value());
+  EXPECT_THAT(error_of([&] { tok.encode("When Bob"); }), HasSubstr("unknown word(s) \"Bob\""));
+  EXPECT_THAT(error_of([&] { tok.encode("When", EncodeOptions().with_prepend_bos(true)); }),
+              HasSubstr("a word vocabulary has none"));
+}
+
+}  // namespace
+}  // namespace mechlab::core::tokenizer
