@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# The main job on a built-in default: sets up (idempotent), builds, creates a
-# small model, shows its hook points, runs it with caching and prints the
-# top-k next-token predictions and a summary of the activation cache; then
-# makes an induction dataset and writes the model's residual stream over it
-# to an activation store, and inspects the store.
+# The main job on a built-in default: sets up (idempotent), builds, and takes
+# the shipped induction model (apps/models/induction.h5, trained by the
+# recipe beside it): shows its config, runs it on repeated tokens with
+# caching (top-k predictions, cache summary), scores its heads with the head
+# detector, then makes an induction dataset, writes the model's residual
+# stream over it to an activation store, and inspects the store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 mechlab_build
 ML="$MECHLAB_BUILD/mechlab"
-model="$MECHLAB_BUILD/demo/tiny.h5"
-mkdir -p "$(dirname "$model")"
-[ -f "$model" ] || "$ML" new "$model" --preset tiny --seed 0
-"$ML" info "$model"
+# The built-in default: the induction recipe's model (apps/models/README.md),
+# a 2-layer attention-only transformer trained by `mechlab train`.
+model=apps/models/induction.h5
+"$ML" info "$model" | sed -n '1,12p'
 echo
-"$ML" run "$model" --prompt-tokens 11 42 7 99 11 42 7 --top-k 5 --cache 'blocks.*'
+# Repeated random tokens: after "... 9" the model should predict 150, the
+# token that followed 9 the first time (induction).
+"$ML" run "$model" --prompt-tokens 0 11 45 78 200 13 9 150 7 31 40 11 45 78 200 13 9 --top-k 3 \
+  --cache 'blocks.*.attn.hook_pattern'
+echo
+# Which heads do it: a previous-token head in layer 0, induction heads in layer 1.
+"$ML" heads "$model" --type previous_token --type induction --exclude-bos
 echo
 data="$MECHLAB_BUILD/demo/induction.h5"
 store="$MECHLAB_BUILD/demo/resid_post.h5"
-"$ML" dataset make induction --out "$data" --n 256 --set half_len=20 --set d_vocab=512
+mkdir -p "$(dirname "$data")"
+"$ML" dataset make induction --out "$data" --n 256 --set half_len=20 --set min_half_len=5 \
+  --set random_start=true --set d_vocab=256 --set seed=7
 "$ML" dataset inspect "$data" --examples 1
 "$ML" cache "$model" "$data" --hooks 'blocks.*.hook_resid_post' --out "$store" --overwrite
 "$ML" store inspect "$store" --check
