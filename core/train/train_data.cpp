@@ -100,6 +100,7 @@ ModelConfig resolve_model_config(const TrainConfig& config, const Dataset& data)
     j = preset(overrides["preset"].get<std::string>()).to_json();
     j.erase("d_vocab");
     j.erase("n_ctx");
+    j.erase("name");  // the model is named after the run unless "model" says otherwise
     // d_head follows d_model / n_heads when either is overridden.
     if (overrides.contains("d_model") || overrides.contains("n_heads")) j.erase("d_head");
     overrides.erase("preset");

@@ -6,7 +6,7 @@ Run it through the wrapper (sets up the reference venv, checks the build):
     bash scripts/bench/train_vs_pytorch.sh [--steps 50] [--warmup 5] [--threads N] [--device cpu]
 
 Both sides train the induction recipe's model (apps/models/induction.json: 2-layer
-attention-only, LayerNorm, learned positions) on batches of the same shape, with the
+attention-only, LayerNorm, rotary positions as the recipe says) on batches of the same shape, with the
 same step: cross-entropy over every position, backward, clip_grad_norm_(grad_clip),
 AdamW(lr, weight_decay, betas, eps) at the recipe's settings. The PyTorch side is a
 TransformerLens 2.x HookedTransformer with torch.optim.AdamW (its default for CPU
@@ -37,10 +37,14 @@ def pytorch_tokens_per_s(recipe: dict, steps: int, warmup: int, device: str) -> 
     seq = 1 + 2 * opts["half_len"]
     batch = recipe["batch_size"]
     m = recipe["model"]
+    d_head = m["d_model"] // m["n_heads"]
+    rotary = m.get("positional") == "rotary"
     cfg = HookedTransformerConfig(n_layers=2, d_model=m["d_model"], n_heads=m["n_heads"],
-                                  d_head=m["d_model"] // m["n_heads"], d_vocab=opts["d_vocab"],
-                                  n_ctx=seq, attn_only=True, normalization_type="LN",
-                                  positional_embedding_type="standard", act_fn="relu",
+                                  d_head=d_head, d_vocab=opts["d_vocab"], n_ctx=seq,
+                                  attn_only=True, normalization_type="LN",
+                                  positional_embedding_type="rotary" if rotary else "standard",
+                                  rotary_dim=d_head if rotary else None,
+                                  rotary_adjacent_pairs=False, act_fn="relu",
                                   device=device, seed=0)
     model = HookedTransformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"],
