@@ -7,6 +7,7 @@ namespace mechlab::cli {
 void add_bench_runtime(CLI::App& bench);
 void add_bench_cache(CLI::App& bench);
 void add_bench_tokenize(CLI::App& bench);
+void add_bench_patch(CLI::App& bench);
 void add_bench_load(CLI::App& bench);
 void add_bench_train(CLI::App& bench);
 
@@ -16,6 +17,7 @@ void add_bench_command(CLI::App& app) {
   add_bench_runtime(*bench);
   add_bench_cache(*bench);
   add_bench_tokenize(*bench);
+  add_bench_patch(*bench);
   add_bench_load(*bench);
   add_bench_train(*bench);
 }

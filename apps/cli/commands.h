@@ -17,6 +17,7 @@ void add_dataset_command(CLI::App& app);
 void add_cache_command(CLI::App& app);
 void add_store_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_patch_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_heads_command(CLI::App& app);
 

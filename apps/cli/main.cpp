@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   mechlab::cli::add_cache_command(app);
   mechlab::cli::add_store_command(app);
   mechlab::cli::add_tokenize_command(app);
+  mechlab::cli::add_patch_command(app);
   mechlab::cli::add_train_command(app);
   mechlab::cli::add_heads_command(app);
   try {

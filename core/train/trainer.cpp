@@ -6,6 +6,7 @@
 #include "core/log/log.h"
 #include "core/progress.h"
 #include "core/rng.h"
+#include "core/text_file.h"
 #include "core/train/objective.h"
 
 #include <algorithm>

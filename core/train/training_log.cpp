@@ -4,8 +4,6 @@
 #include "core/hdf5_file.h"
 #include "core/plot/line_chart.h"
 
-#include <cstdio>
-#include <fstream>
 #include <iomanip>
 #include <sstream>
 
@@ -78,19 +76,6 @@ TrainingLog TrainingLog::load(const H5File& file, const std::string& group) {
              a[i][7]});
   }
   return log;
-}
-
-void write_text_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    MECHLAB_CHECK(out.good(), "cannot write '", tmp, "'");
-    out << text;
-    out.flush();
-    MECHLAB_CHECK(out.good(), "writing '", tmp, "' failed (disk full?)");
-  }
-  MECHLAB_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '",
-                path, "'");
 }
 
 }  // namespace mechlab::core::train

@@ -46,8 +46,4 @@ class TrainingLog {
   std::vector<LogRow> rows_;
 };
 
-/// Writes `text` to `path` through a temporary file and a rename, so a reader
-/// never sees half a file.
-void write_text_file(const std::string& path, const std::string& text);
-
 }  // namespace mechlab::core::train

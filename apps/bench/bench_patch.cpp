@@ -1,0 +1,234 @@
+// mechlab bench patch: the full head-output-by-position sweep
+// (TransformerLens get_act_patch_attn_head_out_by_pos: one patch per layer x
+// position x head) on a GPT-2-small-shaped model, 32 prompts x 20 tokens.
+//   naive        TransformerLens's algorithm on mechlab's runtime: one full
+//                forward per configuration with a patching hook; timed on a
+//                sample of configurations spread over the layers and
+//                extrapolated (every configuration costs the same forward)
+//   bulk         BulkPatcher: restart at the patched layer from cached
+//                residuals, configurations stacked along the batch, only the
+//                answer positions unembedded; every configuration run
+//   bulk+skip    the default: also skips configurations that are bit-exact
+//                no-ops (positions before the first corrupted token)
+// Corrupted prompts differ from their clean prompts at one position, drawn
+// per prompt from [12, 16) of 20 (like IOI's S2, about two thirds in).
+// The numbers of the naive sample are compared with the bulk sweep's.
+// scripts/bench/patch_vs_transformerlens.sh runs TransformerLens itself on the
+// same weights and tokens (--model/--dataset) and prints the ratio.
+#include "apps/bench/bench_util.h"
+#include "apps/cli/commands.h"
+#include "core/dataset.h"
+#include "core/error.h"
+#include "core/presets.h"
+#include "core/rng.h"
+#include "hooks/hooked_transformer.h"
+#include "kernels/device_info.h"
+#include "patching/bulk_patcher.h"
+#include "patching/metrics.h"
+#include "patching/patching_data.h"
+#include "patching/sweep_file.h"
+#include "patching/sweeps.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+
+namespace mechlab::cli {
+
+namespace {
+
+using namespace mechlab::patching;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Random prompts: clean ids uniform in [1, d_vocab); the corrupted prompt
+// differs at one position in [lo, hi); answers and wrong answers random.
+PatchingData random_pairs(int64_t n, int64_t t, int64_t d_vocab, uint64_t seed) {
+  core::Rng rng(seed);
+  PatchingData d;
+  d.clean_tokens = at::empty({n, t}, at::kInt);
+  d.answer_tokens = at::empty({n, 1}, at::kInt);
+  d.wrong_tokens = at::empty({n, 1}, at::kInt);
+  auto c = d.clean_tokens.accessor<int32_t, 2>();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < t; ++j) c[i][j] = static_cast<int32_t>(1 + rng.below(d_vocab - 1));
+  }
+  d.corrupted_tokens = d.clean_tokens.clone();
+  auto x = d.corrupted_tokens.accessor<int32_t, 2>();
+  const int64_t lo = std::min<int64_t>(t - 1, t * 3 / 5), hi = std::min<int64_t>(t, lo + 4);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = lo + static_cast<int64_t>(rng.below(hi - lo));
+    x[i][p] = static_cast<int32_t>(1 + (c[i][p] - 1 + 1 + rng.below(d_vocab - 2)) % (d_vocab - 1));
+    d.answer_tokens[i][0] = static_cast<int32_t>(rng.below(d_vocab));
+    d.wrong_tokens[i][0] = static_cast<int32_t>((d.answer_tokens[i][0].item<int32_t>() + 1 +
+                                                 rng.below(d_vocab - 1)) % d_vocab);
+  }
+  return d;
+}
+
+}  // namespace
+
+void add_bench_patch(CLI::App& bench) {
+  auto* cmd = bench.add_subcommand(
+      "patch",
+      "Full attention-head-output-by-position patching sweep (TL get_act_patch_attn_head_out_by_pos)\n"
+      "on a GPT-2-small-shaped model, 32 prompts x 20 tokens: mechlab's bulk patcher vs one\n"
+      "forward per configuration (TransformerLens's algorithm) on the same runtime. Prints a table.");
+  struct Args {
+    std::string device = "cpu", model, dataset, json, out;
+    int64_t prompts = 32, seq_len = 20, naive_sample = 24, memory_mb = 0, max_copies = 0;
+    uint64_t seed = 0;
+    bool with_no_skip = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--device", a->device, "Where the model runs: cpu, cuda, cuda:N or auto")
+      ->capture_default_str();
+  cmd->add_option("--model", a->model,
+                  "mechlab checkpoint to use instead of a random gpt2-small (seed --seed)");
+  cmd->add_option("--dataset", a->dataset,
+                  "Patching dataset to use instead of random prompt pairs (its first --prompts pairs)");
+  cmd->add_option("--prompts", a->prompts, "Prompt pairs per forward")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", a->seq_len, "Tokens per prompt (random prompts only)")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1024));
+  cmd->add_option("--naive-sample", a->naive_sample,
+                  "Configurations the naive baseline runs (spread over all layers, positions and "
+                  "heads); its time is extrapolated to the full sweep")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--memory-budget-mb", a->memory_mb, "BulkPatcher memory budget in MiB (0 = auto)")
+      ->capture_default_str();
+  cmd->add_option("--max-copies", a->max_copies, "BulkPatcher copies per forward cap (0 = budget)")
+      ->capture_default_str();
+  cmd->add_flag("--with-no-skip", a->with_no_skip,
+                "Also time the bulk sweep with no-op skipping off (every configuration run)");
+  cmd->add_option("--seed", a->seed, "Seed of the random model and prompts")->capture_default_str();
+  cmd->add_option("--json", a->json, "Also write the figures to this JSON file");
+  cmd->add_option("--out", a->out, "Write the bulk sweep's result to this HDF5 file (patching format)");
+  cmd->callback([a] {
+    const at::Device device = parse_device(a->device);
+    core::Transformer base = a->model.empty()
+                                 ? core::Transformer(core::preset("gpt2-small"), a->seed)
+                                 : core::Transformer::load(a->model);
+    base.to(device);
+    hooks::HookedTransformer model(std::move(base));
+    const auto& cfg = model.cfg();
+    PatchingData data = a->dataset.empty()
+                            ? random_pairs(a->prompts, a->seq_len, cfg.d_vocab, a->seed + 1)
+                            : PatchingData::from_dataset(core::load_dataset(a->dataset), a->prompts);
+    data.validate(cfg);
+    const Metric metric = logit_diff(data.answers());
+    const std::string sweep = "attn_head_out_by_pos";
+    std::vector<int64_t> shape;
+    const auto configs = sweep_configs(find_sweep(sweep), cfg, data.seq_len(), &shape);
+    const int64_t n = static_cast<int64_t>(configs.size());
+    std::printf("model %s (%d layers, d_model %d, %d heads), %lld prompts x %lld tokens, %s, %d "
+                "threads; %lld configurations\n",
+                cfg.name.c_str(), cfg.n_layers, cfg.d_model, cfg.n_heads,
+                static_cast<long long>(data.batch()), static_cast<long long>(data.seq_len()),
+                c10::str(device).c_str(), at::get_num_threads(), static_cast<long long>(n));
+    if (device.is_cuda()) std::printf("%s\n", kernels::describe_gpus().c_str());
+    std::fflush(stdout);
+    at::InferenceMode guard;
+    auto sync = [&] {
+      if (device.is_cuda()) model.forward(data.clean_tokens.slice(0, 0, 1)).cpu();  // drains the queue
+    };
+
+    // ---- bulk sweeps
+    auto bulk_run = [&](bool skip, SweepResult* keep) {
+      SweepOptions o;
+      o.bulk.memory_budget_bytes = a->memory_mb << 20;
+      o.bulk.max_copies = a->max_copies;
+      o.bulk.skip_identical = skip;
+      sync();
+      const auto t0 = std::chrono::steady_clock::now();
+      SweepResult r = run_sweep(model, data, sweep, metric, o);
+      sync();
+      const double s = seconds_since(t0);
+      if (keep) *keep = r;
+      return std::make_pair(s, r.config["bulk"]);
+    };
+    // Warm-up (allocator, thread pool): one forward.
+    model.forward(data.corrupted_tokens);
+    SweepResult result;
+    auto [bulk_skip_s, stats_skip] = bulk_run(true, &result);
+    std::printf("bulk+skip: %.2f s (%s)\n", bulk_skip_s, stats_skip.dump().c_str());
+    std::fflush(stdout);
+    double bulk_s = -1;
+    nlohmann::json stats_all;
+    if (a->with_no_skip) {
+      SweepResult r2;
+      std::tie(bulk_s, stats_all) = bulk_run(false, &r2);
+      std::printf("bulk: %.2f s (%s); max |bulk - bulk+skip| = %.3g\n", bulk_s, stats_all.dump().c_str(),
+                  (r2.values - result.values).abs().max().item<double>());
+      std::fflush(stdout);
+    }
+
+    // ---- naive baseline on a sample
+    auto [corr_logits, clean_cache] = model.run_with_cache(data.clean_tokens,
+                                                           hooks::NamesFilter::glob("*attn.hook_z"));
+    (void)corr_logits;
+    const int64_t sample = std::min(a->naive_sample, n);
+    double max_err = 0;
+    sync();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t s = 0; s < sample; ++s) {
+      const int64_t i = (s * n) / sample + (s * 7919) % std::max<int64_t>(1, n / sample);
+      const PatchTarget& t = configs[static_cast<size_t>(i)].targets[0];
+      const at::Tensor& clean_z = clean_cache[t.hook_name()];
+      at::Tensor logits = model.run_with_hooks(
+          data.corrupted_tokens,
+          {{t.hook_name(), [&](at::Tensor& z, const hooks::HookPoint&) { write_patch(z, t, clean_z); }}});
+      const double v = metric(logits).item<double>();
+      max_err = std::max(max_err, std::abs(v - result.values.view(-1)[i].item<double>()));
+    }
+    sync();
+    const double naive_s = seconds_since(t0) / sample * n;
+    std::printf("naive: %lld sampled configs, extrapolated %.1f s; max |naive - bulk| = %.3g\n",
+                static_cast<long long>(sample), naive_s, max_err);
+
+    std::vector<bench::Row> rows = {
+        {"naive (1 forward per config)", naive_s * 1e3,
+         "extrapolated from " + std::to_string(sample) + " configs"},
+        {"bulk+skip (default)", bulk_skip_s * 1e3,
+         std::to_string(stats_skip["forwards"].get<int64_t>()) + " forwards, " +
+             std::to_string(stats_skip["skipped_noop"].get<int64_t>()) + " no-ops skipped"}};
+    if (bulk_s > 0) {
+      rows.push_back({"bulk (no skipping)", bulk_s * 1e3,
+                      std::to_string(stats_all["forwards"].get<int64_t>()) + " forwards"});
+    }
+    bench::print_table("head-out-by-position sweep, " + std::to_string(data.batch()) + " x " +
+                           std::to_string(data.seq_len()) + " tokens, " + std::to_string(n) +
+                           " configurations",
+                       rows, "naive (1 forward per config)", static_cast<double>(n), "configs");
+    std::printf("speed-up over naive: bulk+skip %.1fx", naive_s / bulk_skip_s);
+    if (bulk_s > 0) std::printf(", bulk %.1fx", naive_s / bulk_s);
+    std::printf("\n");
+
+    if (!a->out.empty()) write_sweep_file(a->out, {result});
+    if (!a->json.empty()) {
+      nlohmann::json j = {{"configs", n},
+                          {"prompts", data.batch()},
+                          {"seq_len", data.seq_len()},
+                          {"device", c10::str(device)},
+                          {"threads", at::get_num_threads()},
+                          {"bulk_skip_s", bulk_skip_s},
+                          {"bulk_skip_stats", stats_skip},
+                          {"bulk_s", bulk_s},
+                          {"naive_extrapolated_s", naive_s},
+                          {"naive_sample", sample},
+                          {"max_abs_naive_minus_bulk", max_err}};
+      std::ofstream(a->json) << j.dump(2) << "\n";
+    }
+  });
+}
+
+}  // namespace mechlab::cli

@@ -1,0 +1,255 @@
+#include "patching/bulk_patcher.h"
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "kernels/device_info.h"
+
+#include <ATen/ATen.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
+#include <utility>
+
+namespace mechlab::patching {
+
+namespace {
+
+constexpr int kFromTokens = -1;  // group key: configs that patch hook_embed / hook_pos_embed
+
+bool is_embedding(const core::HookSite& s) {
+  return s.kind == core::HookKind::embed || s.kind == core::HookKind::pos_embed;
+}
+bool is_final_norm(const core::HookSite& s) {
+  return s.kind == core::HookKind::ln_final_scale || s.kind == core::HookKind::ln_final_normalized;
+}
+
+// The layer a config's forwards restart at: its first patched layer; configs
+// that patch only ln_final rerun the last block (cheap, and keeps one path).
+int group_of(const PatchConfig& c, int n_layers) {
+  int first = n_layers - 1;
+  for (const auto& t : c.targets) {
+    if (is_embedding(t.site)) return kFromTokens;
+    if (t.site.per_layer()) first = std::min(first, t.site.layer);
+  }
+  return first;
+}
+
+int64_t auto_budget(const at::Device& device) {
+  if (device.is_cuda()) {
+    for (const auto& g : kernels::list_gpus()) {
+      if (g.index == device.index() || (device.index() < 0 && g.index == 0)) return g.free_bytes / 2;
+    }
+  }
+  int64_t budget = int64_t(1) << 30;
+  const long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) budget = std::min(budget, int64_t(pages) * page / 4);
+  return std::max<int64_t>(budget, int64_t(64) << 20);
+}
+
+}  // namespace
+
+BulkPatcher::BulkPatcher(hooks::HookedTransformer& model, at::Tensor run_tokens,
+                         at::Tensor attention_mask, Metric metric, BulkOptions options)
+    : model_(model), metric_(std::move(metric)), options_(options) {
+  at::NoGradGuard no_grad;
+  tokens_ = model_.model().check_tokens(run_tokens);  // int64 [batch, pos]
+  if (attention_mask.defined()) mask_ = attention_mask.to(model_.model().device());
+  hooks::RunOptions ro;
+  ro.attention_mask = mask_;
+  auto [logits, cache] =
+      model_.run_with_cache(tokens_, hooks::NamesFilter::glob("blocks.*.hook_resid_pre"), ro);
+  logits_ = logits;
+  for (int l = 0; l < model_.cfg().n_layers; ++l) resid_pre_.push_back(cache.get("resid_pre", l));
+  baseline_ = metric_(logits_).item<double>();
+  budget_ = options_.memory_budget_bytes > 0 ? options_.memory_budget_bytes
+                                             : auto_budget(model_.model().device());
+}
+
+int64_t BulkPatcher::copies_per_forward(int /*first_layer*/, bool attention_maps) const {
+  // Peak working memory of one copy (a forward over batch x pos tokens, no
+  // autograd): a few residual-sized tensors, q/k/v/z, the MLP hidden layer,
+  // the attention map when it is materialised, and the logits.
+  const auto& c = model_.cfg();
+  const int64_t tokens = batch() * seq_len();
+  const int64_t elem = std::max<int64_t>(4, c10::elementSize(model_.model().dtype()));
+  int64_t per_token = 8 * c.d_model + 4 * c.n_heads * c.d_head + (c.has_mlp() ? 3 * c.d_mlp : 0);
+  int64_t bytes = tokens * per_token * elem;
+  if (attention_maps) bytes += 3 * batch() * c.n_heads * seq_len() * seq_len() * elem;
+  const bool all_logits = metric_.reads() == Metric::Reads::all_logits;
+  bytes += (all_logits ? tokens : batch()) * c.d_vocab * 4 * 2;  // logits + log-softmax
+  int64_t k = std::max<int64_t>(1, budget_ / std::max<int64_t>(bytes, 1));
+  if (options_.max_copies > 0) k = std::min(k, options_.max_copies);
+  return k;
+}
+
+const at::Tensor& BulkPatcher::run_activation(const std::string& hook) {
+  auto it = run_acts_.find(hook);
+  MECHLAB_ASSERT(it != run_acts_.end());
+  return it->second;
+}
+
+bool BulkPatcher::is_noop(const PatchConfig& config,
+                          const std::map<std::string, at::Tensor>& values) {
+  for (const auto& t : config.targets) {
+    const at::Tensor& own = run_activation(t.hook_name());
+    const at::Tensor& v = values.at(t.value_name());
+    at::Tensor wanted = v.sizes() == own.sizes() ? v : v.expand_as(own);
+    if (!at::equal(target_slice(own, t), target_slice(wanted, t))) return false;
+  }
+  return true;
+}
+
+at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
+                            const std::map<std::string, at::Tensor>& values_in) {
+  at::NoGradGuard no_grad;
+  const auto& cfg = model_.cfg();
+  const at::Device device = model_.model().device();
+
+  // Check every target and bring each value to the model's device once.
+  std::map<std::string, at::Tensor> values;  // by value key
+  std::set<std::string> hooks_used;
+  for (const auto& c : configs) {
+    MECHLAB_CHECK(!c.targets.empty(), "a patch configuration has no targets");
+    for (const auto& t : c.targets) {
+      validate_target(t, cfg, seq_len());
+      const std::string key = t.value_name();
+      hooks_used.insert(t.hook_name());
+      if (values.count(key)) continue;
+      auto it = values_in.find(key);
+      MECHLAB_CHECK(it != values_in.end() && it->second.defined(), "no value given for ",
+                    t.value_key.empty() ? "hook " : "value key ", key, " (patch target ",
+                    t.describe(), "); cache that hook on the source run, or pass an ablation value");
+      values[key] = it->second.to(device, model_.model().dtype());
+    }
+  }
+  // The run's own activations at the patched hooks, for the no-op test.
+  if (options_.skip_identical) {
+    std::vector<std::string> missing;
+    for (const auto& name : hooks_used) {
+      if (!run_acts_.count(name)) missing.push_back(name);
+    }
+    if (!missing.empty()) {
+      hooks::RunOptions ro;
+      ro.attention_mask = mask_;
+      auto [unused, cache] = model_.run_with_cache(tokens_, hooks::NamesFilter(missing), ro);
+      for (const auto& name : missing) run_acts_[name] = cache[name];
+    }
+    for (const auto& c : configs) {
+      for (const auto& t : c.targets) {
+        const at::Tensor& own = run_activation(t.hook_name());
+        const at::Tensor& v = values.at(t.value_name());
+        MECHLAB_CHECK(broadcasts_to(v.sizes(), own.sizes()), "the value for ", t.describe(),
+                      " has shape ", v.sizes(), ", which does not broadcast to the activation ",
+                      own.sizes());
+      }
+    }
+  }
+
+  at::Tensor out = at::empty({static_cast<int64_t>(configs.size())}, at::kFloat);  // [configs]
+  float* out_ptr = out.data_ptr<float>();
+  std::map<int, std::vector<size_t>> groups;  // first layer -> config indices
+  for (size_t i = 0; i < configs.size(); ++i) {
+    if (options_.skip_identical && is_noop(configs[i], values)) {
+      out_ptr[i] = static_cast<float>(baseline_);
+      ++stats_.skipped;
+      continue;
+    }
+    groups[group_of(configs[i], cfg.n_layers)].push_back(i);
+  }
+  stats_.configs += static_cast<int64_t>(configs.size());
+
+  int64_t todo = 0;
+  for (const auto& [g, idx] : groups) todo += static_cast<int64_t>(idx.size());
+  std::unique_ptr<core::ProgressBar> bar;
+  if (options_.show_progress && todo > 0) {
+    bar = std::make_unique<core::ProgressBar>("patch", todo, "configs");
+  }
+  for (const auto& [group, idx] : groups) {
+    bool maps = false;
+    for (size_t i : idx) {
+      for (const auto& t : configs[i].targets) maps = maps || is_attention_map(t.site.kind);
+    }
+    const int64_t k = copies_per_forward(group, maps);
+    for (size_t start = 0; start < idx.size(); start += static_cast<size_t>(k)) {
+      const size_t end = std::min(idx.size(), start + static_cast<size_t>(k));
+      std::vector<const PatchConfig*> chunk;
+      for (size_t j = start; j < end; ++j) chunk.push_back(&configs[idx[j]]);
+      at::Tensor m = forward_chunk(group, chunk, values).to(at::kCPU, at::kFloat).contiguous();
+      const float* m_ptr = m.data_ptr<float>();  // [copies]
+      for (size_t j = start; j < end; ++j) out_ptr[idx[j]] = m_ptr[j - start];
+      stats_.forwards += 1;
+      stats_.max_copies = std::max<int64_t>(stats_.max_copies, static_cast<int64_t>(chunk.size()));
+      if (bar) bar->advance(static_cast<int64_t>(chunk.size()));
+    }
+  }
+  if (bar) bar->finish();
+  return out;
+}
+
+at::Tensor BulkPatcher::forward_chunk(int group, const std::vector<const PatchConfig*>& chunk,
+                                      const std::map<std::string, at::Tensor>& values) {
+  const auto& cfg = model_.cfg();
+  const int64_t k = static_cast<int64_t>(chunk.size()), b = batch();
+
+  // Which copy patches what, by hook.
+  struct Patch {
+    int64_t copy;
+    const PatchTarget* target;
+    const at::Tensor* value;  // [batch, ...] or broadcastable
+  };
+  std::map<std::string, std::vector<Patch>> by_hook;
+  bool final_norm = false;
+  for (int64_t c = 0; c < k; ++c) {
+    for (const auto& t : chunk[c]->targets) {
+      by_hook[t.hook_name()].push_back({c, &t, &values.at(t.value_name())});
+      final_norm = final_norm || is_final_norm(t.site);
+    }
+  }
+
+  hooks::HookScope scope(model_.hooks());
+  for (const auto& [name, patches] : by_hook) {
+    scope.add(name, [&patches, b](at::Tensor& act, const hooks::HookPoint&) {
+      act = act.clone();  // [copies * batch, ...]
+      for (const Patch& p : patches) {
+        at::Tensor rows = act.narrow(0, p.copy * b, b);  // this copy's prompts
+        write_patch(rows, *p.target, *p.value);
+      }
+    });
+  }
+
+  hooks::RunOptions ro;
+  if (mask_.defined()) ro.attention_mask = mask_.repeat({k, 1});
+  at::Tensor input;
+  if (group == kFromTokens) {
+    input = tokens_.repeat({k, 1});  // [copies * batch, pos]
+  } else {
+    ro.start_at_layer = group;
+    input = resid_pre_[group].repeat({k, 1, 1});  // [copies * batch, pos, d_model]
+  }
+
+  if (metric_.reads() == Metric::Reads::answer_logits && !final_norm) {
+    ro.stop_at_layer = cfg.n_layers;
+    at::Tensor resid = model_.forward(input, ro);  // [copies * batch, pos, d_model]
+    at::Tensor pos = metric_.answer_pos().to(resid.device()).repeat({k});    // [copies * batch]
+    at::Tensor rows = at::arange(k * b, pos.options());
+    at::Tensor last = resid.index({rows, pos}).unsqueeze(1);  // [copies * batch, 1, d_model]
+    at::Tensor logits = model_.model().forward(last, [&] {
+      core::ForwardOptions fo;
+      fo.start_at_layer = cfg.n_layers;
+      return fo;
+    }());  // [copies * batch, 1, d_vocab]
+    return metric_.batched(logits.view({k, b, -1}));
+  }
+  at::Tensor logits = model_.forward(input, ro);  // [copies * batch, pos, d_vocab]
+  at::Tensor stacked = logits.view({k, b, logits.size(1), logits.size(2)});
+  if (metric_.reads() == Metric::Reads::answer_logits) {
+    at::Tensor pos = metric_.answer_pos().to(logits.device());
+    at::Tensor rows = at::arange(b, pos.options());
+    stacked = stacked.index({at::indexing::Slice(), rows, pos});  // [copies, batch, d_vocab]
+  }
+  return metric_.batched(stacked);
+}
+
+}  // namespace mechlab::patching

@@ -1,0 +1,120 @@
+// BulkPatcher: runs many patch configurations with few forwards.
+//
+// Activation patching asks the same question many times: "run the model on
+// this input, replace one slice of one activation, what does the metric say?"
+// TransformerLens runs one full forward per configuration. BulkPatcher
+//  1. runs the input once, caching the residual stream entering every layer;
+//  2. groups configurations by the first layer they patch and restarts each
+//     group's forwards there from the cached residual (RunOptions::
+//     start_at_layer): the layers before it are the same for every config;
+//  3. stacks k configurations along the batch: the input is repeated k times
+//     and configuration i is patched into rows [i*batch, (i+1)*batch) only;
+//     k follows from a memory budget (by default half the free GPU memory,
+//     or 1 GiB on the CPU);
+//  4. for metrics that read only each prompt's answer position, stops before
+//     the unembedding and unembeds just those positions (ln_final and W_U
+//     act per position, so this is exact);
+//  5. skips configurations that provably change nothing: when every patched
+//     slice already holds, bit for bit, the value it would receive (in a causal
+//     model, clean and corrupted activations agree at every position before
+//     the first token where the prompts differ), the patched forward is the
+//     unpatched one, and the config gets the unpatched metric.
+// The numbers are TransformerLens's: each copy sees exactly the computation a
+// single patched forward would do (tests/patching compares against TL).
+//
+// Example:
+//   BulkPatcher patcher(model, data.corrupted_tokens, data.attention_mask, logit_diff(answers));
+//   auto [_, clean] = model.run_with_cache(data.clean_tokens, NamesFilter({"blocks.0.attn.hook_z"}));
+//   std::vector<PatchConfig> configs = ...;   // e.g. one per (pos, head)
+//   at::Tensor values = patcher.run(configs, clean.items());   // [configs]
+#pragma once
+
+#include "hooks/hooked_transformer.h"
+#include "patching/metrics.h"
+#include "patching/patch_target.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mechlab::patching {
+
+struct BulkOptions {
+  /// Bytes the stacked copies of one forward may use (activations and logits,
+  /// estimated); 0 = automatic: half the free memory of the model's GPU, or
+  /// 1 GiB on the CPU.
+  /// Example: BulkOptions{}.with_memory_budget(int64_t(4) << 30)
+  int64_t memory_budget_bytes = 0;
+  /// Upper bound on configurations per forward; 0 = only the budget decides.
+  int64_t max_copies = 0;
+  /// Give configurations whose patch is a bit-exact no-op the unpatched
+  /// metric instead of running them (see the top of this file).
+  bool skip_identical = true;
+  /// Progress bar on stderr (rate and ETA).
+  bool show_progress = false;
+
+  // clang-format off
+  BulkOptions& with_memory_budget(int64_t v) { memory_budget_bytes = v; return *this; }
+  BulkOptions& with_max_copies(int64_t v) { max_copies = v; return *this; }
+  BulkOptions& with_skip_identical(bool v) { skip_identical = v; return *this; }
+  BulkOptions& with_progress(bool v) { show_progress = v; return *this; }
+  // clang-format on
+};
+
+struct BulkStats {
+  int64_t configs = 0;    ///< configurations evaluated
+  int64_t skipped = 0;    ///< of which no-ops (unpatched metric)
+  int64_t forwards = 0;   ///< batched forwards run
+  int64_t max_copies = 0; ///< most configurations stacked in one forward
+};
+
+class BulkPatcher {
+ public:
+  /// run_tokens: [batch, pos] the input every patched forward runs on (the
+  /// corrupted prompts when denoising, the clean ones when noising);
+  /// attention_mask: [batch, pos] or undefined.
+  BulkPatcher(hooks::HookedTransformer& model, at::Tensor run_tokens, at::Tensor attention_mask,
+              Metric metric, BulkOptions options = {});
+
+  /// The metric of the unpatched run.
+  double baseline() const { return baseline_; }
+  /// Logits of the unpatched run [batch, pos, d_vocab].
+  const at::Tensor& run_logits() const { return logits_; }
+  int64_t batch() const { return tokens_.size(0); }
+  int64_t seq_len() const { return tokens_.size(1); }
+
+  /// One metric value per configuration, float32 [configs] on the CPU.
+  /// `values` maps every hook the configurations patch (or a target's
+  /// value_key) to the value written there: an activation of that hook
+  /// [batch, ...] (e.g. from the other run's cache) or a tensor that
+  /// broadcasts to it (zero, mean ablation).
+  at::Tensor run(const std::vector<PatchConfig>& configs,
+                 const std::map<std::string, at::Tensor>& values);
+
+  /// Configurations per forward for a group starting at `first_layer`.
+  int64_t copies_per_forward(int first_layer, bool attention_maps) const;
+  const BulkStats& stats() const { return stats_; }
+
+ private:
+  const at::Tensor& run_activation(const std::string& hook);
+  bool is_noop(const PatchConfig& config, const std::map<std::string, at::Tensor>& values);
+  at::Tensor forward_chunk(int first_layer, const std::vector<const PatchConfig*>& chunk,
+                           const std::map<std::string, at::Tensor>& values);
+
+  hooks::HookedTransformer& model_;
+  at::Tensor tokens_;          // int64 [batch, pos] on the model's device
+  at::Tensor mask_;            // [batch, pos] or undefined
+  Metric metric_;
+  BulkOptions options_;
+  std::vector<at::Tensor> resid_pre_;           // [n_layers] of [batch, pos, d_model]
+  std::map<std::string, at::Tensor> run_acts_;  // the run's own activations, by hook
+  at::Tensor logits_;                           // [batch, pos, d_vocab]
+  double baseline_ = 0;
+  int64_t budget_ = 0;
+  BulkStats stats_;
+};
+
+}  // namespace mechlab::patching

@@ -1,0 +1,159 @@
+#include "patching/metrics.h"
+
+#include "core/error.h"
+
+#include <ATen/ATen.h>
+
+#include <utility>
+#include <vector>
+
+namespace mechlab::patching {
+
+Metric::Metric(std::string name, Reads reads, at::Tensor answer_pos, BatchedFn fn)
+    : name_(std::move(name)), reads_(reads), answer_pos_(std::move(answer_pos)), fn_(std::move(fn)) {
+  MECHLAB_CHECK(reads_ == Reads::all_logits || answer_pos_.defined(), "metric \"", name_,
+                "\" reads answer positions, so it needs answer_pos [batch]");
+}
+
+Metric Metric::custom(std::string name, std::function<at::Tensor(const at::Tensor&)> fn) {
+  MECHLAB_CHECK(fn != nullptr, "custom metric \"", name, "\" has no function");
+  const std::string label = name;
+  return Metric(std::move(name), Reads::all_logits, {},
+                [fn = std::move(fn), label](const at::Tensor& logits) {  // [copies, batch, pos, d_vocab]
+                  std::vector<at::Tensor> out;
+                  out.reserve(logits.size(0));
+                  for (int64_t c = 0; c < logits.size(0); ++c) {
+                    at::Tensor v = fn(logits[c]);
+                    MECHLAB_CHECK(v.defined() && v.numel() == 1, "custom metric \"", label,
+                                  "\" must return one number per run, got a tensor of shape ",
+                                  v.defined() ? c10::str(v.sizes()) : std::string("(undefined)"));
+                    out.push_back(v.reshape({}).to(at::kFloat));
+                  }
+                  return at::stack(out);
+                });
+}
+
+at::Tensor Metric::operator()(const at::Tensor& logits) const {
+  MECHLAB_CHECK(logits.dim() == 3, "metric \"", name_, "\" expects logits [batch, pos, d_vocab], got ",
+                logits.sizes());
+  at::Tensor x = reads_ == Reads::answer_logits ? logits_at(logits, answer_pos_) : logits;
+  return batched(x.unsqueeze(0)).reshape({});
+}
+
+at::Tensor Metric::batched(const at::Tensor& logits) const {
+  at::Tensor v = fn_(logits);
+  MECHLAB_ASSERT(v.dim() == 1 && v.size(0) == logits.size(0));
+  return v.to(at::kFloat);
+}
+
+at::Tensor logits_at(const at::Tensor& logits, const at::Tensor& answer_pos) {
+  MECHLAB_CHECK(logits.dim() == 3, "logits must be [batch, pos, d_vocab], got ", logits.sizes());
+  MECHLAB_CHECK(answer_pos.dim() == 1 && answer_pos.size(0) == logits.size(0),
+                "answer_pos must be [batch = ", logits.size(0), "], got ", answer_pos.sizes());
+  at::Tensor p = answer_pos.to(logits.device(), at::kLong);
+  MECHLAB_CHECK(p.min().item<int64_t>() >= 0 && p.max().item<int64_t>() < logits.size(1),
+                "answer_pos must be in [0, ", logits.size(1), ")");
+  at::Tensor rows = at::arange(logits.size(0), p.options());
+  return logits.index({rows, p});  // [batch, d_vocab]
+}
+
+namespace {
+
+// [..., batch, d_vocab] gathered at ids [batch, K] -> [..., batch, K]
+at::Tensor gather_ids(const at::Tensor& logits, const at::Tensor& ids) {
+  at::Tensor idx = ids.to(logits.device(), at::kLong);
+  std::vector<int64_t> shape(logits.sizes().begin(), logits.sizes().end() - 1);
+  shape.push_back(idx.size(1));
+  return logits.gather(-1, idx.expand(shape));
+}
+
+void check_answers(const AnswerSpec& a, bool need_wrong, const char* metric) {
+  MECHLAB_CHECK(a.answer_tokens.defined() && a.answer_tokens.dim() == 2, "metric ", metric,
+                " needs answer_tokens [batch, K]");
+  MECHLAB_CHECK(a.answer_pos.defined() && a.answer_pos.dim() == 1 &&
+                    a.answer_pos.size(0) == a.answer_tokens.size(0),
+                "metric ", metric, " needs answer_pos [batch = ", a.answer_tokens.size(0), "]");
+  if (need_wrong) {
+    MECHLAB_CHECK(a.wrong_tokens.defined() && a.wrong_tokens.sizes() == a.answer_tokens.sizes(),
+                  "metric ", metric, " needs wrong_tokens of the answer_tokens' shape ",
+                  a.answer_tokens.sizes());
+  }
+}
+
+}  // namespace
+
+at::Tensor logit_diff_per_prompt(const at::Tensor& answer_logits, const AnswerSpec& a) {
+  check_answers(a, true, "logit_diff");
+  at::Tensor x = answer_logits.to(at::kFloat);
+  return (gather_ids(x, a.answer_tokens) - gather_ids(x, a.wrong_tokens)).mean(-1);
+}
+
+Metric logit_diff(const AnswerSpec& answers) {
+  check_answers(answers, true, "logit_diff");
+  return Metric("logit_diff", Metric::Reads::answer_logits, answers.answer_pos,
+                [answers](const at::Tensor& logits) {  // [copies, batch, d_vocab]
+                  return logit_diff_per_prompt(logits, answers).mean(-1);
+                });
+}
+
+Metric normalised_logit_diff(const AnswerSpec& answers, double clean, double corrupted) {
+  check_answers(answers, true, "normalised_logit_diff");
+  MECHLAB_CHECK(clean != corrupted, "normalised_logit_diff: the clean and corrupted logit "
+                "differences are equal (", clean, "), so there is nothing to normalise; check that "
+                "the corrupted prompts really change the answer");
+  return Metric("normalised_logit_diff", Metric::Reads::answer_logits, answers.answer_pos,
+                [answers, clean, corrupted](const at::Tensor& logits) {
+                  at::Tensor ld = logit_diff_per_prompt(logits, answers).mean(-1);
+                  return (ld - corrupted) / (clean - corrupted);
+                });
+}
+
+Metric answer_prob(const AnswerSpec& answers) {
+  check_answers(answers, false, "answer_prob");
+  return Metric("answer_prob", Metric::Reads::answer_logits, answers.answer_pos,
+                [answers](const at::Tensor& logits) {  // [copies, batch, d_vocab]
+                  at::Tensor p = at::softmax(logits.to(at::kFloat), -1);
+                  return gather_ids(p, answers.answer_tokens).mean(at::IntArrayRef{-2, -1});
+                });
+}
+
+Metric kl_to_clean(const AnswerSpec& answers, const at::Tensor& clean_logits) {
+  check_answers(answers, false, "kl_to_clean");
+  at::Tensor clean_logp =
+      at::log_softmax(logits_at(clean_logits, answers.answer_pos).to(at::kFloat), -1);  // [batch, d_vocab]
+  return Metric("kl_to_clean", Metric::Reads::answer_logits, answers.answer_pos,
+                [clean_logp](const at::Tensor& logits) {  // [copies, batch, d_vocab]
+                  at::Tensor ref = clean_logp.to(logits.device());
+                  MECHLAB_CHECK(logits.size(-1) == ref.size(-1) && logits.size(-2) == ref.size(0),
+                                "kl_to_clean: logits ", logits.sizes(),
+                                " do not match the clean logits [batch, d_vocab] = ", ref.sizes());
+                  at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
+                  return (ref.exp() * (ref - logp)).sum(-1).mean(-1);
+                });
+}
+
+Metric cross_entropy(const at::Tensor& tokens, const at::Tensor& attention_mask) {
+  MECHLAB_CHECK(tokens.dim() == 2 && tokens.size(1) >= 2,
+                "cross_entropy needs the run's tokens [batch, pos >= 2], got ", tokens.sizes());
+  at::Tensor next = tokens.slice(1, 1).to(at::kLong);  // [batch, pos - 1]
+  at::Tensor w = attention_mask.defined()
+                     ? (attention_mask.slice(1, 0, -1).ne(0) & attention_mask.slice(1, 1).ne(0))
+                           .to(at::kFloat)
+                     : at::ones(next.sizes(), at::kFloat);  // [batch, pos - 1]
+  MECHLAB_CHECK(w.sum().item<double>() > 0, "cross_entropy: no position is followed by a real token");
+  return Metric("cross_entropy", Metric::Reads::all_logits, {},
+                [next, w](const at::Tensor& logits) {  // [copies, batch, pos, d_vocab]
+                  at::Tensor lp = at::log_softmax(logits.slice(2, 0, -1).to(at::kFloat), -1);
+                  at::Tensor ids = next.to(lp.device()).unsqueeze(-1).expand(
+                      {lp.size(0), -1, -1, 1});  // [copies, batch, pos - 1, 1]
+                  at::Tensor nll = -lp.gather(-1, ids).squeeze(-1);  // [copies, batch, pos - 1]
+                  at::Tensor ww = w.to(lp.device());
+                  return (nll * ww).sum(at::IntArrayRef{1, 2}) / ww.sum();
+                });
+}
+
+const char* metric_names() {
+  return "logit_diff, normalised_logit_diff, answer_prob, kl_to_clean, cross_entropy";
+}
+
+}  // namespace mechlab::patching

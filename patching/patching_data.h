@@ -1,0 +1,49 @@
+// PatchingData: the clean/corrupted prompt pairs and answers a patching
+// experiment runs on, checked against a model before any forward.
+//
+// It mirrors a patching dataset (core/dataset.h): /clean_tokens,
+// /corrupted_tokens, /answer_tokens, /wrong_tokens, optional /answer_pos and
+// /attention_mask. Clean and corrupted prompts share one attention mask (same
+// padding), as position-by-position patching needs aligned prompts.
+//
+// Example:
+//   PatchingData data = PatchingData::from_dataset(core::load_dataset("ioi.h5"), 32);
+//   data.validate(model.cfg());
+//   Metric m = logit_diff(data.answers());
+#pragma once
+
+#include "core/dataset.h"
+#include "core/model_config.h"
+#include "patching/metrics.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace mechlab::patching {
+
+struct PatchingData {
+  at::Tensor clean_tokens;      ///< int [batch, pos]
+  at::Tensor corrupted_tokens;  ///< int [batch, pos]
+  at::Tensor attention_mask;    ///< [batch, pos] 0/1, or undefined (no padding)
+  at::Tensor answer_tokens;     ///< int [batch, K]
+  at::Tensor wrong_tokens;      ///< int [batch, K]
+  at::Tensor answer_pos;        ///< int [batch], or undefined: the last real position
+
+  /// The first `max_examples` pairs of a patching dataset (all when <= 0).
+  /// Throws mechlab::Error if the dataset has no clean/corrupted pairs or no answers.
+  static PatchingData from_dataset(const core::Dataset& ds, int64_t max_examples = 0);
+
+  int64_t batch() const { return clean_tokens.size(0); }
+  int64_t seq_len() const { return clean_tokens.size(1); }
+
+  /// Checks shapes, dtypes, token ids against the model's vocabulary and
+  /// n_ctx, and answer positions against the sequence; throws mechlab::Error
+  /// naming the tensor, the example and what to do.
+  void validate(const core::ModelConfig& cfg) const;
+
+  /// int64 [batch]: answer_pos, or the last real position of each prompt.
+  at::Tensor resolved_answer_pos() const;
+  /// Answers, wrong answers and resolved positions as int64 tensors.
+  AnswerSpec answers() const;
+};
+
+}  // namespace mechlab::patching

@@ -1,0 +1,103 @@
+// Node-patching sweeps with the semantics of TransformerLens 2.x
+// `transformer_lens.patching`: the same activations, the same index order,
+// the same output shapes, the same numbers (tests/patching checks each kind
+// against TL on the runtime fixture models).
+//
+//   name                          TL function (get_act_patch_...)  hook     axes -> shape
+//   resid_pre / resid_mid         resid_pre / resid_mid            resid_*  [layer, pos]
+//   resid_post                    (generic_activation_patch)       resid_post [layer, pos]
+//   attn_out / mlp_out            attn_out / mlp_out               *_out    [layer, pos]
+//   attn_head_{out,q,k,v}_by_pos  attn_head_*_by_pos               z/q/k/v  [layer, pos, head]
+//   attn_head_pattern_by_pos      attn_head_pattern_by_pos         pattern  [layer, head_index, dest_pos]
+//   attn_head_pattern_dest_src_pos  ..._dest_src_pos               pattern  [layer, head_index, dest_pos, src_pos]
+//   attn_head_{out,q,k,v}_all_pos attn_head_*_all_pos              z/q/k/v  [layer, head]
+//   attn_head_pattern_all_pos     attn_head_pattern_all_pos        pattern  [layer, head_index]
+//   block_every                   block_every            [3, layer, pos]  resid_pre, attn_out, mlp_out
+//   attn_head_all_pos_every       attn_head_all_pos_every   [5, layer, head]  out, q, k, v, pattern
+//   attn_head_by_pos_every        attn_head_by_pos_every [5, layer, pos, head]  (pattern transposed)
+// "out" is hook_z (TL patches z, which W_O maps to the head's output). Every
+// index patches the whole batch. GQA models have kv_heads on the k/v head
+// axis; the "every" stacks pad k/v with zeros to n_heads, as TL does.
+//
+// Directions: denoising (TL's default) runs the corrupted prompts and patches
+// in clean activations; noising runs the clean prompts and patches in
+// corrupted activations. The metric is evaluated on the patched run.
+//
+// Example:
+//   PatchingData data = PatchingData::from_dataset(core::load_dataset("ioi.h5"));
+//   SweepResult r = run_sweep(model, data, "attn_head_out_by_pos", logit_diff(data.answers()));
+//   r.values;   // [layer, pos, head]
+#pragma once
+
+#include "hooks/hooked_transformer.h"
+#include "patching/bulk_patcher.h"
+#include "patching/metrics.h"
+#include "patching/patch_target.h"
+#include "patching/patching_data.h"
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace mechlab::patching {
+
+enum class Direction {
+  denoising,  ///< run corrupted, patch in clean (TransformerLens's patching)
+  noising,    ///< run clean, patch in corrupted
+};
+const char* direction_name(Direction d);
+Direction parse_direction(const std::string& text);
+
+struct SweepSpec {
+  std::string name;               ///< "attn_head_out_by_pos"
+  std::string tl_function;        ///< "get_act_patch_attn_head_out_by_pos"
+  std::string act;                ///< act_name short name: "z"; empty for "every" stacks
+  std::vector<std::string> axes;  ///< TL's index_axis_names, e.g. {"layer", "pos", "head"}
+  std::vector<std::string> parts; ///< "every" stacks: the sweeps stacked along patch_type
+  std::vector<std::string> part_labels;  ///< their labels ("output", "query", ...)
+  std::string description;
+};
+
+/// Every sweep, in the order of the table above.
+const std::vector<SweepSpec>& sweep_specs();
+/// The sweep of that name; an unknown name is an error listing them all.
+const SweepSpec& find_sweep(const std::string& name);
+
+/// The configurations of a single-hook sweep in TL's order (the last axis
+/// varies fastest) and the sweep's shape. Throws if the model lacks the hook.
+std::vector<PatchConfig> sweep_configs(const SweepSpec& spec, const core::ModelConfig& cfg,
+                                       int64_t seq_len, std::vector<int64_t>* shape);
+
+struct SweepResult {
+  std::string sweep;                             ///< SweepSpec::name
+  at::Tensor values;                             ///< float32, one axis per name in `axes`
+  std::vector<std::string> axes;                 ///< "patch_type", "layer", "pos", "head", ...
+  std::vector<std::vector<std::string>> labels;  ///< one label per index of each axis
+  nlohmann::json config;                         ///< what produced it (stored as JSON)
+};
+
+struct SweepOptions {
+  Direction direction = Direction::denoising;
+  BulkOptions bulk;
+  /// One label per position for pictures and files ("3: Mary"); default: the index.
+  std::vector<std::string> position_labels;
+  /// Extra fields copied into each result's config (model path, dataset, ...).
+  nlohmann::json extra_config = nlohmann::json::object();
+
+  // clang-format off
+  SweepOptions& with_direction(Direction v) { direction = v; return *this; }
+  SweepOptions& with_bulk(BulkOptions v) { bulk = v; return *this; }
+  // clang-format on
+};
+
+/// Runs several sweeps sharing one source cache and one BulkPatcher.
+std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const PatchingData& data,
+                                    const std::vector<std::string>& sweeps, const Metric& metric,
+                                    const SweepOptions& options = {});
+SweepResult run_sweep(hooks::HookedTransformer& model, const PatchingData& data,
+                      const std::string& sweep, const Metric& metric,
+                      const SweepOptions& options = {});
+
+}  // namespace mechlab::patching
