@@ -1,34 +1,21 @@
 #include "patching/heatmap.h"
 
 #include "core/error.h"
+#include "core/plot/line_chart.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 namespace mechlab::patching {
 
-namespace {
+namespace plot = core::plot;
 
-std::string esc(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
+namespace {
 
 std::string num(double v) {
   char buf[32];
@@ -132,11 +119,11 @@ std::string heatmap_svg(const SweepResult& r, const std::string& title) {
   s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
     << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">" << esc(title)
+  s << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">" << plot::xml_escape(title)
     << "</text>\n";
-  s << "<text x=\"" << left << "\" y=\"40\" fill=\"#444\">" << esc(r.sweep) << " ("
-    << esc(r.config.value("direction", std::string())) << "), metric "
-    << esc(r.config.value("metric", std::string())) << "; colour: metric after patching</text>\n";
+  s << "<text x=\"" << left << "\" y=\"40\" fill=\"#444\">" << plot::xml_escape(r.sweep) << " ("
+    << plot::xml_escape(r.config.value("direction", std::string())) << "), metric "
+    << plot::xml_escape(r.config.value("metric", std::string())) << "; colour: metric after patching</text>\n";
 
   std::vector<int64_t> idx(n_axes, 0);
   for (int64_t p = 0; p < n_panels; ++p) {
@@ -144,7 +131,7 @@ std::string heatmap_svg(const SweepResult& r, const std::string& title) {
     const int py = top + static_cast<int>(p / per_line) * block_h + panel_title_h;
     if (n_panels > 1) {
       s << "<text x=\"" << px << "\" y=\"" << py - 5 << "\" font-weight=\"bold\">"
-        << esc(label_of(p, panels)) << "</text>\n";
+        << plot::xml_escape(label_of(p, panels)) << "</text>\n";
     }
     for (int64_t i = 0; i < n_rows; ++i) {
       for (int64_t j = 0; j < n_cols; ++j) {
@@ -160,7 +147,7 @@ std::string heatmap_svg(const SweepResult& r, const std::string& title) {
         for (int64_t a = 0; a < n_axes; ++a) {
           tip += r.axes[a] + " " + r.labels[a][idx[a]] + ", ";
         }
-        s << esc(tip) << "value " << num(x) << "</title></rect>\n";
+        s << plot::xml_escape(tip) << "value " << num(x) << "</title></rect>\n";
       }
     }
     s << "<rect x=\"" << px << "\" y=\"" << py << "\" width=\"" << panel_w << "\" height=\""
@@ -169,19 +156,19 @@ std::string heatmap_svg(const SweepResult& r, const std::string& title) {
     if (p % per_line == 0) {
       for (int64_t i = 0; i < n_rows; ++i) {
         s << "<text x=\"" << px - 4 << "\" y=\"" << py + i * ch + ch * 0.7
-          << "\" text-anchor=\"end\">" << esc(label_of(i, rows)) << "</text>\n";
+          << "\" text-anchor=\"end\">" << plot::xml_escape(label_of(i, rows)) << "</text>\n";
       }
       s << "<text transform=\"translate(" << 12 << "," << py + panel_h / 2
-        << ") rotate(-90)\" text-anchor=\"middle\" font-weight=\"bold\">" << esc(row_title)
+        << ") rotate(-90)\" text-anchor=\"middle\" font-weight=\"bold\">" << plot::xml_escape(row_title)
         << "</text>\n";
     }
     for (int64_t j = 0; j < n_cols; ++j) {
       const double cx = px + j * cw + cw * 0.6, cy = py + panel_h + 6;
       s << "<text transform=\"translate(" << cx << "," << cy
-        << ") rotate(60)\" text-anchor=\"start\">" << esc(r.labels[col][j]) << "</text>\n";
+        << ") rotate(60)\" text-anchor=\"start\">" << plot::xml_escape(r.labels[col][j]) << "</text>\n";
     }
     s << "<text x=\"" << px + panel_w / 2 << "\" y=\"" << py + panel_h + col_label_h
-      << "\" text-anchor=\"middle\" font-weight=\"bold\">" << esc(r.axes[col]) << "</text>\n";
+      << "\" text-anchor=\"middle\" font-weight=\"bold\">" << plot::xml_escape(r.axes[col]) << "</text>\n";
   }
 
   // Colour bar: -vmax (bottom) .. +vmax (top), 0 in the middle.
