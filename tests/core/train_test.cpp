@@ -233,6 +233,22 @@ TEST(TrainerTest, ResumeKeepsTheLogAndRefusesAnotherConfig) {
   EXPECT_EQ(Transformer::load(dir + "/model.h5").config().d_model, 32);
 }
 
+// Training on CUDA follows the CPU run (skipped without a GPU; scripts/gpu/run.sh
+// requires it). Float32 on both; cuBLAS sums in another order, so the losses
+// agree to 1e-4 relative over a few steps, not bit for bit.
+TEST(TrainerTest, CudaTrainingFollowsTheCpuRun) {
+  if (!mechlab::testing::have_cuda_or_skip()) GTEST_SKIP() << "no CUDA device";
+  const TrainConfig cfg = TrainConfig::from_json(small_config());
+  Trainer cpu(cfg, TrainerOptions().progress(false));
+  Trainer gpu(cfg, TrainerOptions().device(at::Device(at::kCUDA)).progress(false));
+  for (int i = 0; i < 6; ++i) {
+    const double a = cpu.step(), b = gpu.step();
+    EXPECT_NEAR(b, a, 1e-4 * std::abs(a)) << "step " << i;
+  }
+  const EvalResult ec = cpu.evaluate(cpu.data().test), eg = gpu.evaluate(gpu.data().test);
+  EXPECT_NEAR(eg.loss, ec.loss, 1e-4 * ec.loss);
+}
+
 // --------------------------------------------------------------- recipe
 // The induction recipe (apps/models/induction.json), shortened: fewer
 // sequences and steps, stopping at 96% test accuracy. It must still reach the recipe's bar (>= 95% top-1 on
