@@ -61,12 +61,7 @@ Dataset make_greater_than(const GreaterThanOptions& o) {
     labels[i] = yy;
   }
 
-  Dataset ds;
-  ds.task = task;
-  ds.tokenizer = tok.to_json_string();
-  ds.d_vocab = tok.size();
-  ds.seed = o.seed;
-  ds.config = options_to_json(o).dump();
+  Dataset ds = generated_dataset(task, o, tok.size(), tok.to_json_string());
   ds.clean_tokens = at::tensor(clean).view({N, T});
   ds.corrupted_tokens = at::tensor(corrupted).view({N, T});
   ds.answer_tokens = at::tensor(answer).view({N, 1});

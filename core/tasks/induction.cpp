@@ -39,11 +39,7 @@ Dataset make_induction(const InductionOptions& o) {
     }
   }
 
-  Dataset ds;
-  ds.task = task;
-  ds.d_vocab = o.d_vocab;
-  ds.seed = o.seed;
-  ds.config = options_to_json(o).dump();
+  Dataset ds = generated_dataset(task, o, o.d_vocab);
   ds.tokens = at::tensor(tokens).view({o.n, T});
   ds.labels = at::tensor(labels).view({o.n, T});
   return ds;

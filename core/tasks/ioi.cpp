@@ -170,12 +170,7 @@ Dataset make_ioi(const IoiOptions& o) {
     labels[i] = t;
   }
 
-  Dataset ds;
-  ds.task = task;
-  ds.tokenizer = tok.to_json_string();
-  ds.d_vocab = tok.size();
-  ds.seed = o.seed;
-  ds.config = options_to_json(o).dump();
+  Dataset ds = generated_dataset(task, o, tok.size(), tok.to_json_string());
   ds.clean_tokens = at::tensor(clean).view({N, T});
   ds.corrupted_tokens = at::tensor(corrupted).view({N, T});
   ds.attention_mask = at::tensor(mask).view({N, T});

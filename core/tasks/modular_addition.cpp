@@ -34,11 +34,7 @@ Dataset make_modular_addition(const ModularAdditionOptions& o) {
     wrong[i] = static_cast<int32_t>((sum + 1 + static_cast<int64_t>(rng.below(p - 1))) % p);
   }
 
-  Dataset ds;
-  ds.task = task;
-  ds.d_vocab = p + 1;
-  ds.seed = o.seed;
-  ds.config = options_to_json(o).dump();
+  Dataset ds = generated_dataset(task, o, p + 1);
   ds.tokens = at::tensor(tokens).view({N, 3});
   ds.labels = at::tensor(labels);
   ds.answer_tokens = at::tensor(answer).view({N, 1});

@@ -54,11 +54,7 @@ Dataset make_probe(const ProbeOptions& o) {
     }
   }
 
-  Dataset ds;
-  ds.task = task;
-  ds.d_vocab = o.d_vocab;
-  ds.seed = o.seed;
-  ds.config = options_to_json(o).dump();
+  Dataset ds = generated_dataset(task, o, o.d_vocab);
   ds.tokens = at::tensor(tokens).view({N, T});
   ds.labels = at::tensor(labels).view({N, T});
   return ds;

@@ -33,11 +33,7 @@ Dataset make_seq_to_seq(
     for (int64_t t = L + 1; t <= 2 * L; ++t) lab[t] = row[t + 1];
   }
 
-  Dataset ds;
-  ds.task = task;
-  ds.d_vocab = o.V + 2;
-  ds.seed = o.seed;
-  ds.config = options_to_json(o).dump();
+  Dataset ds = generated_dataset(task, o, o.V + 2);
   ds.tokens = at::tensor(tokens).view({N, T});
   ds.labels = at::tensor(labels).view({N, T});
   return ds;

@@ -19,6 +19,8 @@
 //   nlohmann::json config = options_to_json(opts);   // {"n": 10, ...}
 #pragma once
 
+#include "core/dataset.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -58,6 +60,21 @@ nlohmann::json options_to_json(Options opts) {
   nlohmann::json j = nlohmann::json::object();
   opts.visit([&j](const char* key, const auto& value, const char*) { j[key] = value; });
   return j;
+}
+
+/// A dataset carrying what every generator records: the task name, the
+/// vocabulary, the seed and the options as JSON (so make_task(task, config)
+/// regenerates it). The generator fills in the tensors.
+template <typename Options>
+Dataset generated_dataset(const std::string& task, const Options& opts, int64_t d_vocab,
+                          std::string tokenizer = "") {
+  Dataset ds;
+  ds.task = task;
+  ds.tokenizer = std::move(tokenizer);
+  ds.d_vocab = d_vocab;
+  ds.seed = opts.seed;
+  ds.config = options_to_json(opts).dump();
+  return ds;
 }
 
 /// Reads options from a JSON object; missing keys keep their defaults. Refuses
