@@ -154,6 +154,8 @@ void Trainer::evaluate_and_log() {
   const EvalResult test = evaluate(data_.test, config_.eval_examples);
   const int64_t train_rows = config_.eval_examples > 0 ? config_.eval_examples : data_.test.size();
   const EvalResult train = evaluate(data_.train, train_rows);
+  last_test_ = test;
+  last_train_ = train;
   LogRow row;
   row.step = step_;
   row.lr = schedule_.at(std::max<int64_t>(0, step_ - 1));
@@ -204,9 +206,10 @@ TrainResult Trainer::run(int64_t max_steps) {
     save_checkpoint(join_path(options_.out_dir_, "checkpoint.h5"));
     write_outputs(true);
   }
+  // The last evaluation was at this step (the loop or the line above made it).
   result.steps = step_;
-  result.test = evaluate(data_.test, config_.eval_examples);
-  result.train = evaluate(data_.train, config_.eval_examples);
+  result.test = last_test_;
+  result.train = last_train_;
   return result;
 }
 

@@ -61,6 +61,7 @@ struct EvalResult {
 struct TrainResult {
   int64_t steps = 0;  ///< steps taken in total (resumed ones included)
   bool stopped_early = false;
+  /// The final evaluation: up to eval_examples test rows, and as many train rows.
   EvalResult test, train;
 };
 
@@ -112,6 +113,7 @@ class Trainer {
   double loss_sum_ = 0;     // losses since the last log row
   int64_t loss_count_ = 0;
   double last_grad_norm_ = 0;
+  EvalResult last_test_, last_train_;  // the latest evaluation (what run() reports)
   double seconds_before_ = 0;  // wall time of earlier sessions of this run
   double session_start_ = 0;   // steady clock seconds at construction
 };
