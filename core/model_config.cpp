@@ -25,10 +25,15 @@ Enum parse_enum(const nlohmann::json& j, const char* key, const std::array<Enum,
 
 constexpr std::array<Positional, 3> kPositionals{Positional::learned, Positional::rotary,
                                                  Positional::none};
-constexpr std::array<NormKind, 3> kNorms{NormKind::layernorm, NormKind::rmsnorm, NormKind::none};
+constexpr std::array<NormKind, 5> kNorms{NormKind::layernorm, NormKind::rmsnorm,
+                                          NormKind::none, NormKind::layernorm_pre,
+                                          NormKind::rmsnorm_pre};
 constexpr std::array<Activation, 4> kActs{Activation::gelu_new, Activation::gelu,
                                           Activation::relu, Activation::silu};
 constexpr std::array<MlpKind, 3> kMlps{MlpKind::standard, MlpKind::gated, MlpKind::none};
+constexpr std::array<ProcessingStep, 4> kSteps{
+    ProcessingStep::fold_ln, ProcessingStep::center_writing_weights,
+    ProcessingStep::center_unembed, ProcessingStep::fold_value_biases};
 
 template <typename T>
 void read_number(const nlohmann::json& j, const char* key, T& out) {
@@ -62,6 +67,8 @@ const char* to_string(NormKind n) {
   switch (n) {
     case NormKind::layernorm: return "layernorm";
     case NormKind::rmsnorm: return "rmsnorm";
+    case NormKind::layernorm_pre: return "layernorm_pre";
+    case NormKind::rmsnorm_pre: return "rmsnorm_pre";
     case NormKind::none: return "none";
   }
   return "?";
@@ -82,6 +89,33 @@ const char* to_string(MlpKind m) {
     case MlpKind::none: return "none";
   }
   return "?";
+}
+
+const char* to_string(ProcessingStep s) {
+  switch (s) {
+    case ProcessingStep::fold_ln: return "fold_ln";
+    case ProcessingStep::center_writing_weights: return "center_writing_weights";
+    case ProcessingStep::center_unembed: return "center_unembed";
+    case ProcessingStep::fold_value_biases: return "fold_value_biases";
+  }
+  return "?";
+}
+
+ProcessingStep parse_processing_step(const std::string& name, const std::string& what) {
+  std::string options;
+  for (ProcessingStep s : kSteps) {
+    if (name == to_string(s)) return s;
+    options += std::string(options.empty() ? "" : ", ") + to_string(s);
+  }
+  throw Error(str_cat(what, ": unknown weight-processing step \"", name,
+                      "\"; expected one of: ", options));
+}
+
+bool ModelConfig::was_processed(ProcessingStep step) const {
+  for (ProcessingStep s : processed) {
+    if (s == step) return true;
+  }
+  return false;
 }
 
 double ModelConfig::scale() const {
@@ -111,6 +145,16 @@ void ModelConfig::validate() const {
   MECHLAB_CHECK(!attn_scale || *attn_scale > 0, "config: attn_scale must be positive");
   MECHLAB_CHECK(!(parallel_attn_mlp && !has_mlp()),
                 "config: parallel_attn_mlp needs an MLP (mlp is \"none\")");
+  for (size_t i = 0; i < processed.size(); ++i) {
+    for (size_t k = 0; k < i; ++k) {
+      MECHLAB_CHECK(processed[k] != processed[i], "config: \"processed\" lists \"",
+                    to_string(processed[i]), "\" twice");
+    }
+  }
+  MECHLAB_CHECK(!was_processed(ProcessingStep::fold_ln) || norm == NormKind::layernorm_pre ||
+                    norm == NormKind::rmsnorm_pre,
+                "config: \"processed\" lists fold_ln but norm is \"", to_string(norm),
+                "\"; folded norms are layernorm_pre or rmsnorm_pre");
 }
 
 std::string ModelConfig::hash() const {
@@ -129,6 +173,7 @@ int64_t ModelConfig::parameter_count() const {
   const int64_t dm = d_model, dh = d_head, H = n_heads, K = kv_heads();
   int64_t n = int64_t(d_vocab) * dm;  // W_E
   if (positional == Positional::learned) n += int64_t(n_ctx) * dm;
+  // The _pre norms have no parameters (they were folded into the readers).
   const int64_t norm_params = norm == NormKind::layernorm ? 2 * dm : norm == NormKind::rmsnorm ? dm : 0;
   int64_t per_layer = norm_params;                      // ln1
   per_layer += H * dm * dh + H * dh;                    // W_Q, b_Q
@@ -168,6 +213,11 @@ nlohmann::json ModelConfig::to_json() const {
   j["parallel_attn_mlp"] = parallel_attn_mlp;
   j["tied_embeddings"] = tied_embeddings;
   if (attn_scale) j["attn_scale"] = *attn_scale;
+  // Only when non-empty, so unprocessed models keep their config hash.
+  if (!processed.empty()) {
+    auto& steps = j["processed"] = nlohmann::json::array();
+    for (ProcessingStep s : processed) steps.push_back(to_string(s));
+  }
   return j;
 }
 
@@ -177,7 +227,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
                                  "d_head", "d_mlp", "d_vocab", "n_ctx", "positional",
                                  "rotary_dim", "rotary_base", "norm", "norm_eps", "final_norm",
                                  "act", "mlp", "parallel_attn_mlp", "tied_embeddings",
-                                 "attn_scale"};
+                                 "attn_scale", "processed"};
   for (const auto& item : j.items()) {
     bool known = false;
     for (const char* k : kKnown) known = known || item.key() == k;
@@ -214,6 +264,16 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     double s = 0;
     read_number(j, "attn_scale", s);
     c.attn_scale = s;
+  }
+  if (j.contains("processed")) {
+    const auto& steps = j["processed"];
+    MECHLAB_CHECK(steps.is_array(), "config: \"processed\" must be a list of step names, got ",
+                  steps.dump());
+    for (const auto& s : steps) {
+      MECHLAB_CHECK(s.is_string(), "config: \"processed\" entries must be strings, got ",
+                    s.dump());
+      c.processed.push_back(parse_processing_step(s.get<std::string>(), "config: \"processed\""));
+    }
   }
   if (c.norm == NormKind::none) c.final_norm = false;
   c.validate();

@@ -9,13 +9,20 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace mechlab::core {
 
 enum class Positional { learned, rotary, none };
-enum class NormKind { layernorm, rmsnorm, none };
+/// layernorm_pre / rmsnorm_pre are TransformerLens's LNPre / RMSPre: the
+/// normalisation without its gain (and bias), what a norm becomes once
+/// weight processing folds its parameters into the layers that read it.
+enum class NormKind { layernorm, rmsnorm, layernorm_pre, rmsnorm_pre, none };
 enum class Activation { gelu_new, gelu, relu, silu };
 enum class MlpKind { standard, gated, none };
+/// A weight-processing step (core/weight_processing.h), named as
+/// TransformerLens's load_and_process_state_dict arguments.
+enum class ProcessingStep { fold_ln, center_writing_weights, center_unembed, fold_value_biases };
 
 struct ModelConfig {
   std::string name = "model";  ///< free text, shown by `mechlab info`
@@ -44,10 +51,22 @@ struct ModelConfig {
   /// Divisor of q·k. Unset = sqrt(d_head), as in GPT-2, Llama and TransformerLens.
   std::optional<double> attn_scale;
 
+  /// Weight processing applied to the parameters, in the order applied
+  /// (JSON key "processed", written only when non-empty). Processed weights
+  /// give other activations (e.g. hook_resid_pre after centring), so the
+  /// config hash must tell processed from unprocessed models apart; and a
+  /// step is never applied twice.
+  std::vector<ProcessingStep> processed;
+
   int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int rotary_dims() const { return rotary_dim > 0 ? rotary_dim : d_head; }
   double scale() const;
   bool has_mlp() const { return mlp != MlpKind::none; }
+  /// LayerNorm-style norms subtract the mean (layernorm, layernorm_pre).
+  bool norm_centres() const { return norm == NormKind::layernorm || norm == NormKind::layernorm_pre; }
+  /// The norm carries a gain w (and, for layernorm, a bias b).
+  bool norm_has_weights() const { return norm == NormKind::layernorm || norm == NormKind::rmsnorm; }
+  bool was_processed(ProcessingStep step) const;
 
   /// Refuses an inconsistent config with a mechlab::Error naming the field.
   void validate() const;
@@ -66,5 +85,9 @@ const char* to_string(Positional p);
 const char* to_string(NormKind n);
 const char* to_string(Activation a);
 const char* to_string(MlpKind m);
+const char* to_string(ProcessingStep s);
+/// "fold_ln" -> ProcessingStep::fold_ln; an unknown name is a mechlab::Error
+/// listing the valid ones (`what` says where the name came from).
+ProcessingStep parse_processing_step(const std::string& name, const std::string& what);
 
 }  // namespace mechlab::core

@@ -5,9 +5,12 @@
 // Example:
 //   auto model = mechlab::core::load_model("gpt2/");         // HF folder
 //   auto toy = mechlab::core::load_model("toy.h5", {at::kBFloat16});
+//   // TransformerLens's from_pretrained (processed weights):
+//   auto tl = mechlab::core::load_model("gpt2/", {std::nullopt, mechlab::core::ProcessOptions::all()});
 #pragma once
 
 #include "core/transformer.h"
+#include "core/weight_processing.h"
 
 #include <ATen/ATen.h>
 
@@ -19,6 +22,10 @@ namespace mechlab::core {
 struct LoadOptions {
   /// float32, bfloat16 or float16; unset = as stored.
   std::optional<at::ScalarType> dtype;
+  /// Weight processing (fold_ln, centring, ...; core/weight_processing.h).
+  /// Default: none, the weights as stored. It runs in the wider of the stored
+  /// and the asked-for dtype (and in float32 at least), before narrowing.
+  ProcessOptions process{};
 };
 
 /// Loads a checkpoint file or a Hugging Face folder (a directory with

@@ -2,6 +2,7 @@
 
 #include "core/checkpoint.h"
 #include "core/error.h"
+#include "core/kv_cache.h"
 #include "core/layers/attention.h"
 #include "core/layers/mlp.h"
 #include "core/layers/norm.h"
@@ -135,7 +136,14 @@ const std::pair<at::Tensor, at::Tensor>& Transformer::packed_qkv(int layer) cons
   // Under autograd with trainable weights the packing must stay in the graph,
   // so it is rebuilt each forward; otherwise it is reused until a weight moves.
   const bool in_graph = at::GradMode::is_enabled() && b.W_Q.requires_grad();
-  if (in_graph || packed_stamp_[layer] != stamp || !packed_[layer].first.defined()) {
+  // A packing made under at::InferenceMode is an inference tensor, which
+  // autograd refuses to save: a later forward that records a graph (gradients
+  // with respect to activations, as attribution patching takes) packs anew.
+  const bool stale_inference = packed_[layer].first.defined() &&
+                               packed_[layer].first.is_inference() &&
+                               !c10::InferenceMode::is_enabled() && at::GradMode::is_enabled();
+  if (in_graph || stale_inference || packed_stamp_[layer] != stamp ||
+      !packed_[layer].first.defined()) {
     packed_[layer] = pack_qkv(b);
     packed_stamp_[layer] = in_graph ? std::vector<int64_t>{} : stamp;
   }
@@ -261,7 +269,7 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
 
   AttentionContext ctx;
   ctx.materialise_pattern = opts.materialise_attention;
-  at::Tensor positions;  // [pos] without padding, [batch, pos] with
+  at::Tensor new_mask;   // [batch, pos] bool, true = real token; undefined = no padding
   if (opts.attention_mask.defined()) {
     const at::Tensor& m = opts.attention_mask;
     MECHLAB_CHECK(m.dim() == 2 && m.size(0) == batch && m.size(1) == pos,
@@ -269,7 +277,27 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
                   m.sizes());
     MECHLAB_CHECK(!at::isFloatingType(m.scalar_type()) && !at::isComplexType(m.scalar_type()),
                   "attention_mask must be an integer or bool tensor of 0/1, got ", m.scalar_type());
-    ctx.key_mask = m.to(device()).ne(0);
+    new_mask = m.to(device()).ne(0);
+  }
+  at::Tensor positions;  // [pos] without padding or cache, [batch, pos] with
+  if (opts.kv_cache != nullptr) {
+    MECHLAB_CHECK(from_tokens && !opts.stop_at_layer,
+                  "a KV cache needs token input and a run to the logits (no start_at_layer or "
+                  "stop_at_layer): every layer must cache the new positions");
+    KVCache& cache = *opts.kv_cache;
+    cache.check_compatible(cfg_, batch, pos, dtype(), device());
+    if (!new_mask.defined()) {
+      new_mask = at::ones({batch, pos}, at::TensorOptions(at::kBool).device(device()));
+    }
+    ctx.key_mask = at::cat({cache.key_mask(), new_mask}, 1);  // [batch, past + pos]
+    ctx.kv_cache = &cache;
+    // Each row's real tokens count positions from 0 across the cache (padding
+    // repeats its neighbour's position and is never attended to), as
+    // TransformerLens's get_offset_position_ids and Hugging Face's generate do.
+    positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+    positions = positions.narrow(1, cache.length(), pos);  // [batch, pos]
+  } else if (new_mask.defined()) {
+    ctx.key_mask = new_mask;
     // Real tokens count positions from 0; padding sits at position 0.
     positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
   } else {
@@ -281,12 +309,15 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
     ctx.positions = positions;
   }
 
-  if (from_tokens) resid = embed(tokens, positions, ctx.key_mask, hooks);
+  if (from_tokens) resid = embed(tokens, positions, new_mask, hooks);
   for (int layer = opts.start_at_layer; layer < stop; ++layer) {
     resid = block(layer, resid, ctx, hooks);
   }
   if (opts.stop_at_layer) return resid;
-  return unembed(resid, hooks);
+  at::Tensor logits = unembed(resid, hooks);
+  // Last, so a forward that throws (a hook, say) leaves the cache as it was.
+  if (opts.kv_cache != nullptr) opts.kv_cache->commit(new_mask);
+  return logits;
 }
 
 at::Tensor loss_per_token(const at::Tensor& logits, const at::Tensor& tokens,

@@ -23,6 +23,8 @@
 
 namespace mechlab::core {
 
+class KVCache;
+
 struct ForwardOptions {
   /// [batch, pos], 1 = real token, 0 = padding (left or right). Padded keys
   /// are never attended to; positions count real tokens only (TransformerLens).
@@ -37,6 +39,12 @@ struct ForwardOptions {
   HookDispatch* hooks = nullptr;
   /// Always materialise attention patterns (else only where hooked).
   bool materialise_attention = false;
+  /// Generation (core/kv_cache.h): the input tokens follow the positions this
+  /// cache holds; attention_mask (if any) covers the new tokens only; the cache
+  /// grows by them. Hooks see the new positions, and keys the whole cache:
+  /// hook_attn_scores/hook_pattern are [batch, head, pos, past + pos] and
+  /// hook_rot_k [batch, past + pos, kv_head, d_head], as in TransformerLens.
+  KVCache* kv_cache = nullptr;
 };
 
 class Transformer {

@@ -7,8 +7,10 @@ namespace mechlab::core {
 std::vector<ParamSlot> param_slots(const ModelConfig& cfg, TransformerWeights& w) {
   const int64_t V = cfg.d_vocab, D = cfg.d_model, H = cfg.n_heads, K = cfg.kv_heads(),
                 Dh = cfg.d_head, M = cfg.d_mlp;
+  // Parameters of the norms: gain for layernorm/rmsnorm, bias for layernorm;
+  // the _pre norms (folded) and none have none.
   const bool ln = cfg.norm == NormKind::layernorm;
-  const bool norm = cfg.norm != NormKind::none;
+  const bool norm = cfg.norm_has_weights();
   std::vector<ParamSlot> s;
   s.push_back({"embed.W_E", &w.W_E, {V, D}});
   if (cfg.positional == Positional::learned) s.push_back({"pos_embed.W_pos", &w.W_pos, {cfg.n_ctx, D}});

@@ -14,7 +14,7 @@
 namespace mechlab::core {
 
 struct LayerWeights {
-  at::Tensor ln1_w, ln1_b;  // [d_model] (ln1_b: layernorm only)
+  at::Tensor ln1_w, ln1_b;  // [d_model] (ln1_w: layernorm/rmsnorm, ln1_b: layernorm only)
   at::Tensor W_Q;           // [head, d_model, d_head]
   at::Tensor b_Q;           // [head, d_head]
   at::Tensor W_K, W_V;      // [kv_head, d_model, d_head]

@@ -155,13 +155,14 @@ at::Tensor ActivationCache::apply_ln_to_stack(const at::Tensor& stack, int layer
   if (recompute_ln && layer == cfg.n_layers && cfg.final_norm) {
     // The final norm applied to each component in full (weight and bias too).
     const auto& w = model_->weights();
-    return core::apply_norm(cfg, stack, w.ln_final_w.to(stack.device()),
+    return core::apply_norm(cfg, stack,
+                            w.ln_final_w.defined() ? w.ln_final_w.to(stack.device()) : at::Tensor(),
                             w.ln_final_b.defined() ? w.ln_final_b.to(stack.device()) : at::Tensor(),
                             {core::HookKind::ln_final_scale, -1},
                             {core::HookKind::ln_final_normalized, -1}, core::Hooks{});
   }
   at::Tensor x = stack;
-  if (cfg.norm == core::NormKind::layernorm) x = x - x.mean(-1, /*keepdim=*/true);
+  if (cfg.norm_centres()) x = x - x.mean(-1, /*keepdim=*/true);
   const at::Tensor& scale = layer == cfg.n_layers
                                 ? (*this)["ln_final.hook_scale"]
                                 : get("scale", layer, mlp_input ? "ln2" : "ln1");

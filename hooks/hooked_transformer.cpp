@@ -26,6 +26,7 @@ core::ForwardOptions HookedTransformer::forward_options(const RunOptions& opts) 
   f.stop_at_layer = opts.stop_at_layer;
   f.hooks = &registry_;
   f.materialise_attention = opts.materialise_attention;
+  f.kv_cache = opts.kv_cache;
   return f;
 }
 

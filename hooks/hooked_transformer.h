@@ -11,6 +11,7 @@
 //       [](at::Tensor& z, const HookPoint&) { z = z.clone(); z.select(2, 4).zero_(); }}});
 #pragma once
 
+#include "core/generate.h"
 #include "core/transformer.h"
 #include "hooks/activation_cache.h"
 #include "hooks/hook_registry.h"
@@ -29,6 +30,7 @@ struct RunOptions {
   std::optional<int> stop_at_layer;     ///< return the residual entering this layer
   std::optional<at::Device> cache_device;  ///< where cached tensors go (default: model's)
   bool materialise_attention = false;   ///< force the unfused attention path
+  core::KVCache* kv_cache = nullptr;    ///< past keys/values: input follows them (core/kv_cache.h)
 };
 
 class HookedTransformer {
@@ -58,6 +60,18 @@ class HookedTransformer {
                             const std::vector<std::pair<std::string, HookFn>>& fwd_hooks,
                             const std::vector<std::pair<std::string, BackwardHookFn>>& bwd_hooks = {},
                             const RunOptions& opts = {});
+
+  /// Text generation with a KV cache (core/generate.h) through the attached
+  /// hooks: add temporary ones with a HookScope around the call, as
+  /// TransformerLens's `with model.hooks(...): model.generate(...)`.
+  ///   auto out = model.generate(tokens, core::GenerateOptions().max_new_tokens(20).top_k(5));
+  core::GenerateResult generate(const at::Tensor& tokens, const core::GenerateOptions& opts = {}) {
+    return core::generate(*model_, tokens, opts, &registry_);
+  }
+  core::GenerateResult generate(const std::vector<std::vector<int64_t>>& prompts,
+                                const core::GenerateOptions& opts = {}) {
+    return core::generate(*model_, prompts, opts, &registry_);
+  }
 
   HookHandle add_hook(const std::string& name, HookFn fn, bool permanent = false) {
     return registry_.add_hook(name, std::move(fn), permanent);

@@ -27,7 +27,9 @@ Metric Metric::custom(std::string name, std::function<at::Tensor(const at::Tenso
                     MECHLAB_CHECK(v.defined() && v.numel() == 1, "custom metric \"", label,
                                   "\" must return one number per run, got a tensor of shape ",
                                   v.defined() ? c10::str(v.sizes()) : std::string("(undefined)"));
-                    out.push_back(v.reshape({}).to(at::kFloat));
+                    // float64 stays float64 (finite-difference checks of attribution need it).
+                    out.push_back(v.reshape({}).to(v.scalar_type() == at::kDouble ? at::kDouble
+                                                                                  : at::kFloat));
                   }
                   return at::stack(out);
                 });
@@ -43,7 +45,7 @@ at::Tensor Metric::operator()(const at::Tensor& logits) const {
 at::Tensor Metric::batched(const at::Tensor& logits) const {
   at::Tensor v = fn_(logits);
   MECHLAB_ASSERT(v.dim() == 1 && v.size(0) == logits.size(0));
-  return v.to(at::kFloat);
+  return v.scalar_type() == at::kDouble ? v : v.to(at::kFloat);
 }
 
 at::Tensor logits_at(const at::Tensor& logits, const at::Tensor& answer_pos) {

@@ -61,9 +61,10 @@ class Metric {
   /// int64 [batch]; undefined for all_logits metrics.
   const at::Tensor& answer_pos() const { return answer_pos_; }
 
-  /// One run: logits [batch, pos, d_vocab] -> scalar (float32).
+  /// One run: logits [batch, pos, d_vocab] -> scalar (float32; float64 when
+  /// the metric function computes in float64).
   at::Tensor operator()(const at::Tensor& logits) const;
-  /// Stacked runs, shaped as `reads()` says -> [copies] (float32).
+  /// Stacked runs, shaped as `reads()` says -> [copies] (float32 or float64 as above).
   at::Tensor batched(const at::Tensor& logits) const;
 
  private:

@@ -126,6 +126,31 @@ const SweepSpec& find_sweep(const std::string& name) {
   throw Error(str_cat("unknown sweep \"", name, "\"; sweeps: ", names));
 }
 
+at::Tensor stack_every(const SweepSpec& spec, const std::vector<at::Tensor>& part_values) {
+  MECHLAB_ASSERT(part_values.size() == spec.parts.size());
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < part_values.size(); ++i) {
+    at::Tensor v = part_values[i];
+    if (spec.parts[i] == "attn_head_pattern_by_pos") v = v.permute({0, 2, 1});  // head, pos -> pos, head
+    if (!parts.empty() && v.size(-1) < parts.front().size(-1)) {               // GQA k/v: pad heads
+      v = at::constant_pad_nd(v, {0, parts.front().size(-1) - v.size(-1)}, 0);
+    }
+    parts.push_back(v);
+  }
+  return at::stack(parts, 0).contiguous();
+}
+
+std::vector<std::vector<std::string>> sweep_labels(const SweepSpec& spec, const at::Tensor& values,
+                                                   const std::vector<std::string>& position_labels) {
+  std::vector<std::vector<std::string>> out;
+  for (size_t a = 0; a < spec.axes.size(); ++a) {
+    out.push_back(spec.axes[a] == "patch_type"
+                      ? spec.part_labels
+                      : axis_labels(spec.axes[a], values.size(static_cast<int64_t>(a)), position_labels));
+  }
+  return out;
+}
+
 std::vector<PatchConfig> sweep_configs(const SweepSpec& spec, const core::ModelConfig& cfg,
                                        int64_t seq_len, std::vector<int64_t>* shape) {
   MECHLAB_CHECK(spec.parts.empty(), "internal error (a mechlab bug): sweep_configs on stack ",
@@ -236,22 +261,10 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
       r.values = leaf_values(s.name).clone();
     } else {
       std::vector<at::Tensor> parts;
-      for (const auto& p : s.parts) {
-        at::Tensor v = leaf_values(p);
-        if (p == "attn_head_pattern_by_pos") v = v.permute({0, 2, 1});  // head, pos -> pos, head
-        if (!parts.empty() && v.size(-1) < parts.front().size(-1)) {    // GQA k/v: pad heads
-          v = at::constant_pad_nd(v, {0, parts.front().size(-1) - v.size(-1)}, 0);
-        }
-        parts.push_back(v);
-      }
-      r.values = at::stack(parts, 0).contiguous();
+      for (const auto& p : s.parts) parts.push_back(leaf_values(p));
+      r.values = stack_every(s, parts);
     }
-    for (size_t a = 0; a < r.axes.size(); ++a) {
-      r.labels.push_back(r.axes[a] == "patch_type"
-                             ? s.part_labels
-                             : axis_labels(r.axes[a], r.values.size(static_cast<int64_t>(a)),
-                                           options.position_labels));
-    }
+    r.labels = sweep_labels(s, r.values, options.position_labels);
     const BulkStats& st = patcher.stats();
     r.config = {
         {"sweep", s.name},

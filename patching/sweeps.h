@@ -70,6 +70,17 @@ const SweepSpec& find_sweep(const std::string& name);
 std::vector<PatchConfig> sweep_configs(const SweepSpec& spec, const core::ModelConfig& cfg,
                                        int64_t seq_len, std::vector<int64_t>* shape);
 
+/// The values of an "every" stack from its parts' values, in spec.parts order:
+/// [parts, ...]. As TransformerLens: the pattern part of attn_head_by_pos_every
+/// is transposed to [layer, pos, head], GQA k/v parts are zero-padded to n_heads.
+at::Tensor stack_every(const SweepSpec& spec, const std::vector<at::Tensor>& part_values);
+
+/// One label list per axis of a sweep's values: part labels for patch_type,
+/// `position_labels` (when there is one per position) for position axes,
+/// indices otherwise.
+std::vector<std::vector<std::string>> sweep_labels(const SweepSpec& spec, const at::Tensor& values,
+                                                   const std::vector<std::string>& position_labels);
+
 struct SweepResult {
   std::string sweep;                             ///< SweepSpec::name
   at::Tensor values;                             ///< float32, one axis per name in `axes`

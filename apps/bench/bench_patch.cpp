@@ -13,6 +13,10 @@
 // Corrupted prompts differ from their clean prompts at one position, drawn
 // per prompt from [12, 16) of 20 (like IOI's S2, about two thirds in).
 // The numbers of the naive sample are compared with the bulk sweep's.
+// Then edge attribution patching of every circuit-graph edge (one clean
+// forward+backward with split q/k/v inputs, one corrupted forward, the score
+// products) against one plain forward of the same prompts: the ratio is its
+// cost in forward-pass equivalents (the goal: at most 4).
 // scripts/bench/patch_vs_transformerlens.sh runs TransformerLens itself on the
 // same weights and tokens (--model/--dataset) and prints the ratio.
 #include "apps/bench/bench_util.h"
@@ -24,6 +28,7 @@
 #include "hooks/hooked_transformer.h"
 #include "kernels/device_info.h"
 #include "patching/bulk_patcher.h"
+#include "patching/edge_attribution.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"
 #include "patching/sweep_file.h"
@@ -31,6 +36,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -84,7 +90,7 @@ void add_bench_patch(CLI::App& bench) {
     std::string device = "cpu", model, dataset, json, out;
     int64_t prompts = 32, seq_len = 20, naive_sample = 24, memory_mb = 0, max_copies = 0;
     uint64_t seed = 0;
-    bool with_no_skip = false;
+    bool with_no_skip = false, edges_only = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--device", a->device, "Where the model runs: cpu, cuda, cuda:N or auto")
@@ -110,6 +116,8 @@ void add_bench_patch(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_flag("--with-no-skip", a->with_no_skip,
                 "Also time the bulk sweep with no-op skipping off (every configuration run)");
+  cmd->add_flag("--edges-only", a->edges_only,
+                "Only time all-edge attribution against one forward (skip the head-out sweep)");
   cmd->add_option("--seed", a->seed, "Seed of the random model and prompts")->capture_default_str();
   cmd->add_option("--json", a->json, "Also write the figures to this JSON file");
   cmd->add_option("--out", a->out, "Write the bulk sweep's result to this HDF5 file (patching format)");
@@ -142,78 +150,103 @@ void add_bench_patch(CLI::App& bench) {
       if (device.is_cuda()) model.forward(data.clean_tokens.slice(0, 0, 1)).cpu();  // drains the queue
     };
 
-    // ---- bulk sweeps
-    auto bulk_run = [&](bool skip, SweepResult* keep) {
-      SweepOptions o;
-      o.bulk.memory_budget_bytes = a->memory_mb << 20;
-      o.bulk.max_copies = a->max_copies;
-      o.bulk.skip_identical = skip;
+    SweepResult result;
+    double bulk_skip_s = -1, bulk_s = -1, naive_s = -1, max_err = 0;
+    int64_t sample = 0;
+    nlohmann::json stats_skip, stats_all;
+    if (!a->edges_only) {
+      // ---- bulk sweeps
+      auto bulk_run = [&](bool skip, SweepResult* keep) {
+        SweepOptions o;
+        o.bulk.memory_budget_bytes = a->memory_mb << 20;
+        o.bulk.max_copies = a->max_copies;
+        o.bulk.skip_identical = skip;
+        sync();
+        const auto t0 = std::chrono::steady_clock::now();
+        SweepResult r = run_sweep(model, data, sweep, metric, o);
+        sync();
+        const double s = seconds_since(t0);
+        if (keep) *keep = r;
+        return std::make_pair(s, r.config["bulk"]);
+      };
+      // Warm-up (allocator, thread pool): one forward.
+      model.forward(data.corrupted_tokens);
+      std::tie(bulk_skip_s, stats_skip) = bulk_run(true, &result);
+      std::printf("bulk+skip: %.2f s (%s)\n", bulk_skip_s, stats_skip.dump().c_str());
+      std::fflush(stdout);
+      if (a->with_no_skip) {
+        SweepResult r2;
+        std::tie(bulk_s, stats_all) = bulk_run(false, &r2);
+        std::printf("bulk: %.2f s (%s); max |bulk - bulk+skip| = %.3g\n", bulk_s, stats_all.dump().c_str(),
+                    (r2.values - result.values).abs().max().item<double>());
+        std::fflush(stdout);
+      }
+
+      // ---- naive baseline on a sample
+      auto [corr_logits, clean_cache] = model.run_with_cache(data.clean_tokens,
+                                                             hooks::NamesFilter::glob("*attn.hook_z"));
+      (void)corr_logits;
+      sample = std::min(a->naive_sample, n);
       sync();
       const auto t0 = std::chrono::steady_clock::now();
-      SweepResult r = run_sweep(model, data, sweep, metric, o);
+      for (int64_t s = 0; s < sample; ++s) {
+        const int64_t i = (s * n) / sample + (s * 7919) % std::max<int64_t>(1, n / sample);
+        const PatchTarget& t = configs[static_cast<size_t>(i)].targets[0];
+        const at::Tensor& clean_z = clean_cache[t.hook_name()];
+        at::Tensor logits = model.run_with_hooks(
+            data.corrupted_tokens,
+            {{t.hook_name(), [&](at::Tensor& z, const hooks::HookPoint&) { write_patch(z, t, clean_z); }}});
+        const double v = metric(logits).item<double>();
+        max_err = std::max(max_err, std::abs(v - result.values.view(-1)[i].item<double>()));
+      }
       sync();
-      const double s = seconds_since(t0);
-      if (keep) *keep = r;
-      return std::make_pair(s, r.config["bulk"]);
-    };
-    // Warm-up (allocator, thread pool): one forward.
-    model.forward(data.corrupted_tokens);
-    SweepResult result;
-    auto [bulk_skip_s, stats_skip] = bulk_run(true, &result);
-    std::printf("bulk+skip: %.2f s (%s)\n", bulk_skip_s, stats_skip.dump().c_str());
-    std::fflush(stdout);
-    double bulk_s = -1;
-    nlohmann::json stats_all;
-    if (a->with_no_skip) {
-      SweepResult r2;
-      std::tie(bulk_s, stats_all) = bulk_run(false, &r2);
-      std::printf("bulk: %.2f s (%s); max |bulk - bulk+skip| = %.3g\n", bulk_s, stats_all.dump().c_str(),
-                  (r2.values - result.values).abs().max().item<double>());
-      std::fflush(stdout);
+      naive_s = seconds_since(t0) / sample * n;
+      std::printf("naive: %lld sampled configs, extrapolated %.1f s; max |naive - bulk| = %.3g\n",
+                  static_cast<long long>(sample), naive_s, max_err);
+
+      std::vector<bench::Row> rows = {
+          {"naive (1 forward per config)", naive_s * 1e3,
+           "extrapolated from " + std::to_string(sample) + " configs"},
+          {"bulk+skip (default)", bulk_skip_s * 1e3,
+           std::to_string(stats_skip["forwards"].get<int64_t>()) + " forwards, " +
+               std::to_string(stats_skip["skipped_noop"].get<int64_t>()) + " no-ops skipped"}};
+      if (bulk_s > 0) {
+        rows.push_back({"bulk (no skipping)", bulk_s * 1e3,
+                        std::to_string(stats_all["forwards"].get<int64_t>()) + " forwards"});
+      }
+      bench::print_table("head-out-by-position sweep, " + std::to_string(data.batch()) + " x " +
+                             std::to_string(data.seq_len()) + " tokens, " + std::to_string(n) +
+                             " configurations",
+                         rows, "naive (1 forward per config)", static_cast<double>(n), "configs");
+      std::printf("speed-up over naive: bulk+skip %.1fx", naive_s / bulk_skip_s);
+      if (bulk_s > 0) std::printf(", bulk %.1fx", naive_s / bulk_s);
+      std::printf("\n");
     }
 
-    // ---- naive baseline on a sample
-    auto [corr_logits, clean_cache] = model.run_with_cache(data.clean_tokens,
-                                                           hooks::NamesFilter::glob("*attn.hook_z"));
-    (void)corr_logits;
-    const int64_t sample = std::min(a->naive_sample, n);
-    double max_err = 0;
-    sync();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t s = 0; s < sample; ++s) {
-      const int64_t i = (s * n) / sample + (s * 7919) % std::max<int64_t>(1, n / sample);
-      const PatchTarget& t = configs[static_cast<size_t>(i)].targets[0];
-      const at::Tensor& clean_z = clean_cache[t.hook_name()];
-      at::Tensor logits = model.run_with_hooks(
-          data.corrupted_tokens,
-          {{t.hook_name(), [&](at::Tensor& z, const hooks::HookPoint&) { write_patch(z, t, clean_z); }}});
-      const double v = metric(logits).item<double>();
-      max_err = std::max(max_err, std::abs(v - result.values.view(-1)[i].item<double>()));
+    // ---- all-edge attribution vs one forward
+    const int reps = device.is_cuda() ? 5 : 3;
+    const double forward_ms =
+        bench::median_ms([&] { model.forward(data.clean_tokens); }, 1, reps, device);
+    int64_t n_edges = 0;
+    double edges_ms = 0;
+    {
+      // Attribution differentiates: leave inference mode (the forward above stays in it).
+      c10::InferenceMode autograd_on(false);
+      edges_ms = bench::median_ms(
+          [&] { n_edges = edge_attribution(model, data, metric).config["n_edges"].get<int64_t>(); },
+          1, reps, device);
     }
-    sync();
-    const double naive_s = seconds_since(t0) / sample * n;
-    std::printf("naive: %lld sampled configs, extrapolated %.1f s; max |naive - bulk| = %.3g\n",
-                static_cast<long long>(sample), naive_s, max_err);
+    bench::print_table("edge attribution patching, all " + std::to_string(n_edges) + " edges, " +
+                           std::to_string(data.batch()) + " x " + std::to_string(data.seq_len()) +
+                           " tokens",
+                       {{"one forward", forward_ms, "plain forward, no hooks, inference mode"},
+                        {"all-edge attribution", edges_ms,
+                         "clean fwd+bwd (split q/k/v inputs) + corrupted fwd + scores"}},
+                       "one forward", static_cast<double>(n_edges), "edges");
+    const double edge_ratio = edges_ms / forward_ms;
+    std::printf("all-edge attribution = %.2f forward-pass equivalents (goal <= 4)\n", edge_ratio);
 
-    std::vector<bench::Row> rows = {
-        {"naive (1 forward per config)", naive_s * 1e3,
-         "extrapolated from " + std::to_string(sample) + " configs"},
-        {"bulk+skip (default)", bulk_skip_s * 1e3,
-         std::to_string(stats_skip["forwards"].get<int64_t>()) + " forwards, " +
-             std::to_string(stats_skip["skipped_noop"].get<int64_t>()) + " no-ops skipped"}};
-    if (bulk_s > 0) {
-      rows.push_back({"bulk (no skipping)", bulk_s * 1e3,
-                      std::to_string(stats_all["forwards"].get<int64_t>()) + " forwards"});
-    }
-    bench::print_table("head-out-by-position sweep, " + std::to_string(data.batch()) + " x " +
-                           std::to_string(data.seq_len()) + " tokens, " + std::to_string(n) +
-                           " configurations",
-                       rows, "naive (1 forward per config)", static_cast<double>(n), "configs");
-    std::printf("speed-up over naive: bulk+skip %.1fx", naive_s / bulk_skip_s);
-    if (bulk_s > 0) std::printf(", bulk %.1fx", naive_s / bulk_s);
-    std::printf("\n");
-
-    if (!a->out.empty()) write_sweep_file(a->out, {result});
+    if (!a->out.empty() && !a->edges_only) write_sweep_file(a->out, {result});
     if (!a->json.empty()) {
       nlohmann::json j = {{"configs", n},
                           {"prompts", data.batch()},
@@ -225,7 +258,11 @@ void add_bench_patch(CLI::App& bench) {
                           {"bulk_s", bulk_s},
                           {"naive_extrapolated_s", naive_s},
                           {"naive_sample", sample},
-                          {"max_abs_naive_minus_bulk", max_err}};
+                          {"max_abs_naive_minus_bulk", max_err},
+                          {"forward_ms", forward_ms},
+                          {"edge_attribution_ms", edges_ms},
+                          {"edges", n_edges},
+                          {"edge_attribution_forward_equivalents", edge_ratio}};
       std::ofstream(a->json) << j.dump(2) << "\n";
     }
   });

@@ -4,6 +4,12 @@
 //                   (goal: <= 1.03 x bypassed: a hook point costs one branch)
 //   run_with_cache  every hook point cached
 //   materialised    attention through explicit scores/pattern instead of SDPA
+//   gemm-floor      the physical floor on this machine: only the model's weight
+//                   matmuls (x W for Q/K/V/O, the MLP and the unembedding; more
+//                   than 95% of the FLOPs at 8 x 128), each one at::mm on
+//                   preallocated buffers. No implementation that multiplies by
+//                   every weight can be faster through the same BLAS, so
+//                   forward / floor is the overhead left to remove.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
 #include "core/presets.h"
@@ -16,6 +22,35 @@
 #include <cstdio>
 
 namespace mechlab::cli {
+namespace {
+
+/// One [tokens, k] x [k, n] product per weight matrix of the forward pass.
+struct GemmFloor {
+  std::vector<std::pair<at::Tensor, at::Tensor>> products;  // (input [T, k], weight [k, n])
+  double flops = 0;
+
+  GemmFloor(const core::ModelConfig& cfg, int64_t tokens, const at::TensorOptions& opts) {
+    auto add = [&](int64_t k, int64_t n) {
+      products.emplace_back(at::randn({tokens, k}, opts), at::randn({k, n}, opts));
+      flops += 2.0 * static_cast<double>(tokens) * k * n;
+    };
+    const int64_t d = cfg.d_model, qkv = int64_t(cfg.n_heads + 2 * cfg.kv_heads()) * cfg.d_head;
+    for (int l = 0; l < cfg.n_layers; ++l) {
+      add(d, qkv);                                        // W_Q, W_K, W_V
+      add(int64_t(cfg.n_heads) * cfg.d_head, d);          // W_O
+      if (!cfg.has_mlp()) continue;
+      add(d, cfg.mlp == core::MlpKind::gated ? 2 * cfg.d_mlp : cfg.d_mlp);  // W_in (+ W_gate)
+      add(cfg.d_mlp, d);                                  // W_out
+    }
+    add(d, cfg.d_vocab);                                  // W_U
+  }
+
+  void run() {
+    for (auto& [x, w] : products) at::mm(x, w);
+  }
+};
+
+}  // namespace
 
 void add_bench_runtime(CLI::App& bench) {
   auto* cmd = bench.add_subcommand("runtime", "Forward-pass cost of hook points and run_with_cache");
@@ -35,7 +70,7 @@ void add_bench_runtime(CLI::App& bench) {
   cmd->add_option("--repeats", a->repeats, "Timed runs (the median is reported)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seed of the random tokens (and random model)")->capture_default_str();
   cmd->add_option("--only", a->only,
-                  "Run one case (bypassed, hooks-idle, run_with_cache, materialised), e.g. to "
+                  "Run one case (bypassed, hooks-idle, run_with_cache, materialised, gemm-floor), e.g. to "
                   "measure its peak memory alone");
   cmd->callback([a] {
     const at::Device device = parse_device(a->device);
@@ -72,7 +107,13 @@ void add_bench_runtime(CLI::App& bench) {
     hooks::RunOptions mat;
     mat.materialise_attention = true;
     measure("materialised", [&] { model.forward(tokens, mat); }, "attention pattern materialised");
-    if (cache_bytes) rows.back().note += "";
+    if (want("gemm-floor")) {
+      GemmFloor gemms(cfg, int64_t(a->batch) * a->pos,
+                      at::TensorOptions(parse_dtype(a->dtype)).device(device));
+      measure("gemm-floor", [&] { gemms.run(); }, "");
+      rows.back().note = "weight matmuls only: " + c10::str(gemms.flops / 1e9) + " GFLOP at " +
+                         c10::str(static_cast<int>(gemms.flops / rows.back().ms / 1e6)) + " GFLOP/s";
+    }
     const double tokens_n = static_cast<double>(a->batch) * a->pos;
     bench::print_table("forward pass, " + std::to_string(a->batch) + " x " + std::to_string(a->pos) + " tokens",
                        rows, a->only.empty() ? "bypassed" : a->only, tokens_n, "tokens");

@@ -1,5 +1,6 @@
 // mechlab info: a model's config, parameter count and hook points.
 #include "apps/cli/commands.h"
+#include "apps/cli/prompt_input.h"
 #include "core/model_loader.h"
 #include "core/transformer.h"
 #include "kernels/device_info.h"
@@ -17,11 +18,20 @@ void add_info_command(CLI::App& app) {
                   "mechlab checkpoint (.h5) or Hugging Face model folder (config.json + "
                   "*.safetensors)")
       ->required();
-  cmd->callback([model_path] {
-    core::Transformer model = core::load_model(*model_path);
+  auto process = std::make_shared<ProcessFlags>();
+  add_process_flags(cmd, *process);
+  cmd->callback([model_path, process] {
+    core::LoadOptions load;
+    load.process = process->options();
+    core::Transformer model = core::load_model(*model_path, load);
+    const auto tok = model_tokenizer(*model_path, "");
+    const std::string tokenizer = tok ? tok->describe()
+                                      : "none (no tokenizer.json or vocab.json + merges.txt "
+                                        "beside the model)";
     const auto& cfg = model.config();
     std::cout << "model:      " << *model_path << "\n"
               << "source:     " << core::describe_model_source(*model_path) << "\n"
+              << "tokenizer:  " << tokenizer << "\n"
               << "parameters: " << cfg.parameter_count() << " (" << model.dtype() << ")\n"
               << "config:     " << cfg.to_json().dump(2) << "\n"
               << "devices:    cpu; " << kernels::describe_gpus() << "\n\n"

@@ -1,30 +1,41 @@
-// mechlab run: one forward pass on given token ids; loss, top-k next tokens,
-// and optionally a summary of the cached activations.
+// mechlab run: one forward pass on a prompt (token ids, or text with the
+// model folder's tokenizer); loss, top-k next tokens, and optionally a summary
+// of the cached activations.
 #include "apps/cli/commands.h"
+#include "apps/cli/prompt_input.h"
 #include "core/error.h"
 #include "core/model_loader.h"
 #include "hooks/hooked_transformer.h"
 
+#include <nlohmann/json.hpp>
+
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
 namespace mechlab::cli {
 
 void add_run_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("run", "Run a model on token ids: loss and top-k next tokens");
+  auto* cmd = app.add_subcommand("run", "Run a model on a prompt: loss and top-k next tokens");
   struct Args {
-    std::string model, device = "cpu", dtype = "f32", cache;
+    std::string model, device = "cpu", dtype = "f32", cache, prompt, tokenizer;
     std::vector<int64_t> tokens;
     int top_k = 5;
+    bool no_bos = false;
+    ProcessFlags process;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("model", a->model,
                   "mechlab checkpoint (.h5) or Hugging Face model folder (config.json + "
                   "*.safetensors)")
       ->required();
-  cmd->add_option("--prompt-tokens", a->tokens, "Token ids of one prompt")->required();
+  auto* text = cmd->add_option("--prompt", a->prompt,
+                               "Text of one prompt, tokenised with the model folder's tokenizer "
+                               "(or --tokenizer)");
+  cmd->add_option("--prompt-tokens", a->tokens, "Token ids of one prompt")->excludes(text);
+  add_tokenizer_options(cmd, a->tokenizer, a->no_bos);
   cmd->add_option("--top-k", a->top_k, "How many next-token predictions to print")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
@@ -32,13 +43,22 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--cache", a->cache,
                   "Cache the hook points matching this glob (e.g. '*' or 'blocks.*.hook_resid_post') "
                   "and print a summary");
+  add_process_flags(cmd, a->process);
   cmd->callback([a] {
     const at::Device device = parse_device(a->device);
-    core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype)});
+    core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
     base.to(device);
     hooks::HookedTransformer model(std::move(base));
     MECHLAB_CHECK(a->top_k > 0, "--top-k must be positive");
-    at::Tensor tokens = at::tensor(a->tokens, at::kLong).unsqueeze(0);  // [1, pos]
+    const auto tok = model_tokenizer(a->model, a->tokenizer);
+    MECHLAB_CHECK(!a->prompt.empty() || !a->tokens.empty(),
+                  "nothing to run: give --prompt TEXT or --prompt-tokens IDS");
+    MECHLAB_CHECK(a->prompt.empty() || tok, "--prompt needs a tokenizer, and ", a->model,
+                  " has none (no tokenizer.json or vocab.json + merges.txt): give --tokenizer "
+                  "PATH or --prompt-tokens IDS");
+    const std::vector<int64_t> ids =
+        a->prompt.empty() ? a->tokens : encode_prompt(*tok, a->prompt, a->no_bos);
+    at::Tensor tokens = at::tensor(ids, at::kLong).unsqueeze(0);  // [1, pos]
 
     at::InferenceMode guard;
     at::Tensor logits;
@@ -50,16 +70,36 @@ void add_run_command(CLI::App& app) {
     }
     const auto& cfg = model.cfg();
     std::cout << "model " << cfg.name << " on " << device << " (" << model.model().dtype()
-              << "), " << a->tokens.size() << " tokens\n";
-    if (a->tokens.size() > 1) {
+              << "), " << ids.size() << " tokens\n";
+    const bool decodable = tok && std::all_of(ids.begin(), ids.end(), [&](int64_t id) {
+      return id >= 0 && id < tok->vocab_size();
+    });
+    if (decodable) {
+      std::cout << "tokens: ";
+      for (const std::string& t : tok->to_str_tokens(ids)) {
+        std::cout << nlohmann::json(t).dump(-1, ' ', false,
+                                            nlohmann::json::error_handler_t::replace)
+                  << " ";
+      }
+      std::cout << "\n";
+    }
+    if (ids.size() > 1) {
       std::printf("loss: %.4f nats/token\n", core::mean_loss(logits, tokens).item<double>());
     }
     at::Tensor probs = at::softmax(logits[0][-1].to(at::kFloat), -1).cpu();
-    auto [p, ids] = probs.topk(std::min<int64_t>(a->top_k, cfg.d_vocab));
+    auto [p, top_ids] = probs.topk(std::min<int64_t>(a->top_k, cfg.d_vocab));
     std::cout << "top-" << p.size(0) << " next tokens:\n";
     for (int64_t i = 0; i < p.size(0); ++i) {
-      std::printf("  %2lld. token %-8lld p = %.4f\n", static_cast<long long>(i + 1),
-                  static_cast<long long>(ids[i].item<int64_t>()), p[i].item<double>());
+      const int64_t id = top_ids[i].item<int64_t>();
+      std::printf("  %2lld. token %-8lld p = %.4f", static_cast<long long>(i + 1),
+                  static_cast<long long>(id), p[i].item<double>());
+      // A model's vocabulary can be larger than its tokenizer's (padded embeddings).
+      if (tok && id < tok->vocab_size()) {
+        std::printf("  %s", nlohmann::json(tok->decode({id}))
+                                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                                .c_str());
+      }
+      std::printf("\n");
     }
     if (!a->cache.empty()) {
       std::cout << "cache: " << cache.size() << " activations, " << human_bytes(cache.bytes())

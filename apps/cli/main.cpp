@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   mechlab::cli::add_patch_command(app);
   mechlab::cli::add_train_command(app);
   mechlab::cli::add_heads_command(app);
+  mechlab::cli::add_generate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -37,4 +37,34 @@ std::string human_bytes(int64_t bytes) {
   return buf;
 }
 
+core::ProcessOptions ProcessFlags::options() const {
+  // Individually named steps are strict (an inapplicable one is an error);
+  // --process adds every step and skips those the model cannot take.
+  if (all) return core::ProcessOptions::all();
+  return core::ProcessOptions()
+      .fold_ln(fold_ln)
+      .center_writing_weights(center_writing_weights)
+      .center_unembed(center_unembed)
+      .fold_value_biases(fold_value_biases);
+}
+
+void add_process_flags(CLI::App* cmd, ProcessFlags& flags) {
+  const char* group = "Weight processing (TransformerLens's process_weights_; default: none)";
+  cmd->add_flag("--process", flags.all,
+                "All four steps below, skipping (with a warning) those the model cannot take, "
+                "as TransformerLens's from_pretrained")
+      ->group(group);
+  cmd->add_flag("--fold-ln", flags.fold_ln,
+                "Fold norm weights into the next layers; norms become LNPre/RMSPre")
+      ->group(group);
+  cmd->add_flag("--center-writing-weights", flags.center_writing_weights,
+                "Remove the d_model mean of W_E, W_pos, W_O, b_O, W_out, b_out (LayerNorm only)")
+      ->group(group);
+  cmd->add_flag("--center-unembed", flags.center_unembed,
+                "Remove the vocabulary mean of W_U and b_U (log-probs unchanged)")
+      ->group(group);
+  cmd->add_flag("--fold-value-biases", flags.fold_value_biases, "Fold b_V through W_O into b_O")
+      ->group(group);
+}
+
 }  // namespace mechlab::cli

@@ -1,5 +1,8 @@
 #include "core/layers/attention.h"
 
+#include "core/error.h"
+#include "core/kv_cache.h"
+
 #include <ATen/ATen.h>
 
 namespace mechlab::core {
@@ -20,8 +23,12 @@ at::Tensor per_head_linear(const at::Tensor& x, const at::Tensor& W, const at::T
 }
 
 // [batch, q_pos, k_pos] bool: causal and (with padding) key is a real token.
-at::Tensor allowed_keys(int64_t pos, const at::Tensor& key_mask, const at::Device& device) {
-  at::Tensor causal = at::ones({pos, pos}, at::TensorOptions(at::kBool).device(device)).tril();
+// With a KV cache the queries are the last q_pos of k_pos positions, so query i
+// sees keys up to k_pos - q_pos + i.
+at::Tensor allowed_keys(int64_t q_pos, int64_t k_pos, const at::Tensor& key_mask,
+                        const at::Device& device) {
+  at::Tensor causal =
+      at::ones({q_pos, k_pos}, at::TensorOptions(at::kBool).device(device)).tril(k_pos - q_pos);
   if (!key_mask.defined()) return causal.unsqueeze(0);
   return causal.unsqueeze(0) & key_mask.unsqueeze(1);
 }
@@ -51,12 +58,25 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
   hooks({HookKind::k, layer}, k);
   hooks({HookKind::v, layer}, v);
 
-  if (cfg.positional == Positional::rotary) {
+  const bool rotary = cfg.positional == Positional::rotary;
+  if (rotary) {
     q = apply_rotary(q, *ctx.rotary, ctx.positions);
     hooks({HookKind::rot_q, layer}, q);
     k = apply_rotary(k, *ctx.rotary, ctx.positions);
-    hooks({HookKind::rot_k, layer}, k);
   }
+  if (ctx.kv_cache != nullptr) {
+    MECHLAB_ASSERT(ctx.key_mask.defined());
+    // k, v become every position's: [batch, k_pos, kv_head, d_head]. TransformerLens
+    // caches keys before rotary and rotates all of them again each step; these are
+    // cached after it (same position, same table: the same numbers). hook_rot_k
+    // still sees every key, as in TransformerLens, and an edit there changes this
+    // step only (TransformerLens's cache holds the keys from before it), so a hook
+    // gets a copy, never the cache itself.
+    std::tie(k, v) = ctx.kv_cache->append(layer, k, v);
+    if (rotary && hooks.listens({HookKind::rot_k, layer})) k = k.clone();
+  }
+  if (rotary) hooks({HookKind::rot_k, layer}, k);
+  const int64_t k_pos = k.size(1);
 
   // [batch, head, pos, d_head] views for the attention kernels.
   at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);
@@ -72,7 +92,7 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
     // Scores in float32 even for half models, as TransformerLens does.
     at::Tensor scores = at::matmul(qh.to(at::kFloat), kh.to(at::kFloat).transpose(-1, -2)) /
                         cfg.scale();  // [batch, head, q_pos, k_pos]
-    at::Tensor allowed = allowed_keys(pos, ctx.key_mask, q.device()).unsqueeze(1);
+    at::Tensor allowed = allowed_keys(pos, k_pos, ctx.key_mask, q.device()).unsqueeze(1);
     scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
     hooks({HookKind::attn_scores, layer}, scores);
     at::Tensor pattern = at::softmax(scores, -1);
@@ -84,11 +104,11 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
                                           /*is_causal=*/true, 1.0 / cfg.scale(),
                                           /*enable_gqa=*/K != H);
   } else {
-    at::Tensor allowed = allowed_keys(pos, ctx.key_mask, q.device()).unsqueeze(1);
+    at::Tensor allowed = allowed_keys(pos, k_pos, ctx.key_mask, q.device()).unsqueeze(1);
     zh = at::scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, false, 1.0 / cfg.scale(),
                                           K != H);
     // A query with no real key to its left (left padding) attends to nothing.
-    at::Tensor has_key = ctx.key_mask.cumsum(1).gt(0).view({batch, 1, pos, 1});
+    at::Tensor has_key = allowed.any(-1, /*keepdim=*/true);  // [batch, 1, q_pos, 1]
     zh = zh.masked_fill(has_key.logical_not(), 0.0);
   }
   at::Tensor z = zh.transpose(1, 2);  // [batch, pos, head, d_head]

@@ -16,10 +16,15 @@
 
 namespace mechlab::core {
 
+class KVCache;
+
 struct AttentionContext {
   const RotaryTables* rotary = nullptr;  // rotary models only
   at::Tensor positions;                  // [pos] or [batch, pos] int64 (rotary)
-  at::Tensor key_mask;                   // [batch, pos] bool, true = real token; undefined = no padding
+  at::Tensor key_mask;                   // [batch, k_pos] bool, true = real token;
+                                         // undefined = no padding
+  KVCache* kv_cache = nullptr;           // generation: the past keys/values (then key_mask is set
+                                         // and covers past and new positions, k_pos = past + pos)
   at::Tensor packed_qkv_w;               // [d_model, (head + 2 kv_head) * d_head]
   at::Tensor packed_qkv_b;               // [(head + 2 kv_head) * d_head]
   bool materialise_pattern = false;      // force the materialised path

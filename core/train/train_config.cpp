@@ -77,6 +77,7 @@ const std::map<std::string, Field>& fields() {
       {"eval_examples", number(&TrainConfig::eval_examples, "eval_examples")},
       {"checkpoint_every", number(&TrainConfig::checkpoint_every, "checkpoint_every")},
       {"stop_at_accuracy", number(&TrainConfig::stop_at_accuracy, "stop_at_accuracy")},
+      {"init_std", number(&TrainConfig::init_std, "init_std")},
       {"seed", number(&TrainConfig::seed, "seed")},
   };
   return f;
@@ -139,6 +140,7 @@ void TrainConfig::validate() const {
   check(beta1 >= 0 && beta1 < 1, "beta1", "in [0, 1)", beta1);
   check(beta2 >= 0 && beta2 < 1, "beta2", "in [0, 1)", beta2);
   check(eps > 0, "eps", "positive", eps);
+  check(init_std > 0, "init_std", "positive", init_std);
   check(grad_clip >= 0, "grad_clip", ">= 0 (0 = no clipping)", grad_clip);
   check(train_fraction > 0 && train_fraction < 1, "train_fraction",
         "in (0, 1): the rest of the data is the test split", train_fraction);

@@ -20,6 +20,8 @@
 //   "eval_every": 100, "eval_examples": 0 (0 = the whole test split),
 //   "checkpoint_every": 500, "stop_at_accuracy": 0 (stop once the test
 //                            accuracy reaches it; 0 = never),
+//   "init_std": 0.02,        weights ~ N(0, init_std) at the start (GPT-2's 0.02;
+//                            TransformerLens's default is 0.8 / sqrt(d_model))
 //   "seed": 0                model initialisation and batch order
 // }
 // Unknown keys, wrong types and out-of-range values are refused with a message
@@ -57,6 +59,7 @@ struct TrainConfig {
   int64_t eval_examples = 0;  ///< 0 = whole test split
   int64_t checkpoint_every = 500;
   double stop_at_accuracy = 0.0;  ///< 0 = train all steps
+  double init_std = 0.02;  ///< weights ~ N(0, init_std); biases 0, norm gains 1
   int64_t seed = 0;
 
   /// Parses and validates; throws mechlab::Error naming the key.

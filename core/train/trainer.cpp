@@ -48,7 +48,8 @@ Trainer::Trainer(TrainConfig config, TrainerOptions options)
   data_ = load_train_data(config_);
   train_dev_ = data_.train.to(options_.device_);
   ModelConfig cfg = resolve_model_config(config_, data_.dataset);
-  model_ = std::make_unique<Transformer>(cfg, static_cast<uint64_t>(config_.seed));
+  TransformerWeights init = init_weights(cfg, static_cast<uint64_t>(config_.seed), config_.init_std);
+  model_ = std::make_unique<Transformer>(cfg, std::move(init));
   model_->to(options_.device_);
 
   schedule_ = {config_.lr, config_.min_lr, config_.warmup_steps, config_.steps};

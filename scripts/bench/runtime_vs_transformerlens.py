@@ -39,6 +39,9 @@ BATCH, POS, TOKEN_SEED = 8, 128, 1
 CASES = [("forward", "model(tokens)", "bypassed"),
          ("forward", "model(tokens)", "hooks-idle"),
          ("run_with_cache", "model.run_with_cache(tokens)", "run_with_cache")]
+# mechlab's physical-floor case: the model's weight matmuls alone through at::mm, the same BLAS
+# TransformerLens uses. TL forward / floor is the largest speed-up any implementation could have.
+FLOOR_CASE = "gemm-floor"
 TOKENS_NOTE = (f"TransformerLens tokens: torch.randint(d_vocab, [{BATCH}, {POS}], Generator seed "
                f"{TOKEN_SEED}); mechlab bench uses its own seeded tokens of the same shape "
                "(speed does not depend on token values)")
@@ -158,17 +161,27 @@ def main() -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     common = ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     tl, ml = {}, {}
-    for tl_case in ("forward", "run_with_cache"):
+
+    def run_tl(tl_case):
         out, rss = run_child([sys.executable, os.path.abspath(__file__), "--child", tl_case,
                               "--threads", str(args.threads), "--device", args.device] + common, env)
         tl[tl_case] = dict(json.loads(out.strip().splitlines()[-1]), maxrss_mib=rss)
         print(f"[bench] TransformerLens {tl_case}: {tl[tl_case]['ms']:.1f} ms", flush=True)
-    for _, _, ml_case in CASES:
+
+    def run_ml(ml_case):
         out, rss = run_child([MECHLAB, "bench", "runtime", "--model", CKPT, "--batch", str(BATCH),
                               "--pos", str(POS), "--device", args.device, "--only", ml_case] + common,
                              env)
         ml[ml_case] = dict(parse_mechlab(out, ml_case), maxrss_mib=rss)
         print(f"[bench] mechlab {ml_case}: {ml[ml_case]['ms']:.1f} ms", flush=True)
+
+    # Interleaved, so that a change of load during the run hits both tools alike.
+    run_tl("forward")
+    run_ml("bypassed")
+    run_ml("hooks-idle")
+    run_tl("run_with_cache")
+    run_ml("run_with_cache")
+    run_ml(FLOOR_CASE)
 
     rows = []
     for tl_case, tl_call, ml_case in CASES:
@@ -191,6 +204,8 @@ def main() -> int:
         rss_cross_check_mib=dict(
             mechlab_self_reported={k: v["self_rss_mib"] for k, v in ml.items()},
             transformer_lens_self_reported={k: v["self_maxrss_mib"] for k, v in tl.items()}),
+        gemm_floor_ms=ml[FLOOR_CASE]["ms"],
+        max_speedup_possible=tl["forward"]["ms"] / ml[FLOOR_CASE]["ms"],
         rows=rows, raw=dict(transformer_lens=tl, mechlab=ml))
 
     print(f"\nmechlab vs TransformerLens, GPT-2-small shape (random), {BATCH} x {POS} tokens, "
@@ -210,6 +225,10 @@ def main() -> int:
     if args.device == "cuda":
         print("  (--device cuda: RSS is host memory only; GPU memory is not compared)")
     print(f"mechlab hooks-idle / bypassed: {info['hooks_idle_over_bypassed']:.3f}")
+    floor = ml[FLOOR_CASE]["ms"]
+    print(f"physical floor (weight matmuls alone, same BLAS): {floor:.1f} ms; TL forward / floor = "
+          f"{info['max_speedup_possible']:.2f}x is the largest speed-up any implementation could "
+          f"have; mechlab bypassed / floor = {ml['bypassed']['ms'] / floor:.2f}")
     print("peak RSS cross-check (self-reported MiB): mechlab "
           + ", ".join(f"{k} {v['self_rss_mib']:.0f}" for k, v in ml.items()) + "; TL "
           + ", ".join(f"{k} {v['self_maxrss_mib']:.0f}" for k, v in tl.items()))

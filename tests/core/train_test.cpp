@@ -126,6 +126,7 @@ TEST(TrainConfigTest, RefusesBadValuesNamingTheKey) {
   };
   EXPECT_THAT(refuse("lr", -1e-3), HasSubstr("\"lr\" must be positive"));
   EXPECT_THAT(refuse("steps", 0), HasSubstr("\"steps\" must be positive"));
+  EXPECT_THAT(refuse("init_std", 0.0), HasSubstr("\"init_std\" must be positive"));
   EXPECT_THAT(refuse("train_fraction", 1.0), HasSubstr("train_fraction"));
   EXPECT_THAT(refuse("steps", "many"), HasSubstr("\"steps\" must be an integer"));
   EXPECT_THAT(refuse("objective", "contrastive"), HasSubstr("\"objective\" must be"));

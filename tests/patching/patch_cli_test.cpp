@@ -5,7 +5,9 @@
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -55,13 +57,59 @@ TEST_F(PatchCli, SweepsBothDirectionsAndWritesResultsAndHeatmaps) {
   EXPECT_TRUE(std::filesystem::exists(out_ + "/resid_pre.noising.svg"));
 }
 
+TEST_F(PatchCli, PathPatchingAndAttributionThroughTheCli) {
+  // Path sweep and one explicit path (noising by default), then edge and node
+  // attribution with EAP-IG: results file groups, JSON outputs, printed top edges.
+  auto r = run_cli("patch " + model_ + " " + data_ + " --sweep 'path:a1.h0<q>+a1.h1<k>' " +
+                   "--path 'a0.h1+m0 -> a1.h2<q>+output' --out " + out_);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("path a0.h1+m0 -> a1.h2<q>+output"), std::string::npos) << r.output;
+  auto results = mechlab::patching::read_sweep_file(out_ + "/patching.h5");
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].sweep, "path:a1.h0<q>+a1.h1<k>");
+  EXPECT_EQ(results[0].config["direction"], "noising");
+  EXPECT_EQ(results[0].values.sizes(), (std::vector<int64_t>{2, 4}));
+  EXPECT_TRUE(std::filesystem::exists(out_ + "/path_a1.h0_q__a1.h1_k_.noising.svg"));
+  const auto paths = nlohmann::json::parse(slurp(out_ + "/paths.json"));
+  ASSERT_EQ(paths.size(), 1u);
+  EXPECT_EQ(paths[0]["path"], "a0.h1+m0 -> a1.h2<q>+output");
+
+  const std::string out2 = temp_path("patch_cli", "out_attr");
+  r = run_cli("patch " + model_ + " " + data_ + " --method eap-ig --steps 3 --edges --top 5 " +
+              "--sweep attn_head_out_by_pos --out " + out2);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("\\n  [a-z0-9.]+ -> [a-z0-9.<>]+ +[-+][0-9]")))
+      << r.output;
+  results = mechlab::patching::read_sweep_file(out2 + "/patching.h5");
+  ASSERT_EQ(results.size(), 2u);
+  for (const auto& res : results) {
+    EXPECT_EQ(res.config["method"], "eap-ig");
+    EXPECT_EQ(res.config["steps"], 3);
+  }
+  const auto edges = nlohmann::json::parse(slurp(out2 + "/edges.eap-ig.noising.json"));
+  ASSERT_EQ(edges["top_edges"].size(), 5u);
+  const double first = std::abs(edges["top_edges"][0]["score"].get<double>());
+  EXPECT_GE(first, std::abs(edges["top_edges"][4]["score"].get<double>()));
+  EXPECT_TRUE(std::filesystem::exists(out2 + "/eap-ig_attn_head_out_by_pos.noising.svg"));
+
+  r = run_cli("patch " + model_ + " " + data_ + " --edges --out " + out2);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.output.find("--edges scores edges by attribution"), std::string::npos) << r.output;
+  r = run_cli("patch " + model_ + " " + data_ + " --path 'a1.h0 -> a0.h1<q>' --out " + out2);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.output.find("no sender writes the residual stream before a receiver reads it"),
+            std::string::npos) << r.output;
+}
+
 TEST_F(PatchCli, HelpExplainsEveryOption) {
   auto r = run_cli("patch --help");
   ASSERT_EQ(r.rc, 0);
   for (const char* opt : {"--sweep", "--out", "--direction", "--metric", "--examples", "--device",
                           "--dtype", "--memory-budget-mb", "--max-copies", "--no-skip-identical",
                           "--no-svg", "--progress", "attn_head_pattern_dest_src_pos",
-                          "attn_head_by_pos_every", "normalised_logit_diff"}) {
+                          "attn_head_by_pos_every", "normalised_logit_diff", "--method",
+                          "--steps", "--edges", "--top", "--path", "path:RECEIVERS", "eap-ig",
+                          "a0.h3 -> a1.h2<q>"}) {
     EXPECT_NE(r.output.find(opt), std::string::npos) << opt;
   }
 }

@@ -1,0 +1,66 @@
+#include "apps/cli/prompt_input.h"
+
+#include "core/error.h"
+#include "core/tokenizer/tokenizer_json.h"
+
+#include <filesystem>
+
+namespace mechlab::cli {
+
+namespace fs = std::filesystem;
+using core::tokenizer::BpeTokenizer;
+using core::tokenizer::EncodeOptions;
+using core::tokenizer::Tokenizer;
+
+std::unique_ptr<BpeTokenizer> model_tokenizer(const std::string& model_path,
+                                              const std::string& tokenizer_path) {
+  if (!tokenizer_path.empty()) return core::tokenizer::load_tokenizer(tokenizer_path);
+  const fs::path dir(model_path);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return nullptr;
+  const bool has_files = fs::exists(dir / "tokenizer.json", ec) ||
+                         (fs::exists(dir / "vocab.json", ec) && fs::exists(dir / "merges.txt", ec));
+  if (!has_files) return nullptr;
+  return core::tokenizer::load_tokenizer(model_path);
+}
+
+std::vector<int64_t> encode_prompt(const Tokenizer& tok, const std::string& text, bool no_bos) {
+  EncodeOptions options;
+  // A tokenizer without a BOS token gets none rather than an error: there is
+  // nothing TransformerLens could prepend either.
+  if (no_bos) {
+    options.prepend_bos = false;
+  } else if (tok.bos_id()) {
+    options.prepend_bos = true;
+  }
+  return tok.encode(text, options);
+}
+
+int64_t parse_token(const std::string& text, const Tokenizer* tok, const std::string& option) {
+  try {
+    size_t used = 0;
+    const long long id = std::stoll(text, &used);
+    if (used == text.size()) return id;
+  } catch (const std::exception&) {
+    // not an integer: a token's text
+  }
+  MECHLAB_CHECK(tok != nullptr, option, " '", text,
+                "' is not a token id, and there is no tokenizer to look it up (give --tokenizer)");
+  if (auto id = tok->token_to_id(text)) return *id;
+  const std::vector<int64_t> ids =
+      tok->encode(text, EncodeOptions().with_add_special_tokens(false).with_prepend_bos(false));
+  MECHLAB_CHECK(ids.size() == 1, option, " '", text, "' is ", ids.size(),
+                " tokens; give one token's text or its id");
+  return ids[0];
+}
+
+void add_tokenizer_options(CLI::App* cmd, std::string& tokenizer_path, bool& no_bos) {
+  cmd->add_option("--tokenizer", tokenizer_path,
+                  "tokenizer.json, or a folder with tokenizer.json or vocab.json + merges.txt "
+                  "(default: the model folder's own, if it has one)");
+  cmd->add_flag("--no-bos", no_bos,
+                "Do not start text prompts with BOS (default: exactly one BOS, as "
+                "TransformerLens's prepend_bos=True)");
+}
+
+}  // namespace mechlab::cli

@@ -1,0 +1,213 @@
+#include "patching/edge_attribution.h"
+
+#include "core/error.h"
+#include "hooks/act_name.h"
+#include "patching/sender_delta.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+
+namespace mechlab::patching {
+
+namespace {
+
+using Kind = CircuitNode::Kind;
+
+// Senders that share a layer and kind: their rows in the score matrix are
+// contiguous, and they have edges to the same receivers.
+struct SenderGroup {
+  CircuitNode first;   // its first sender (edges are decided on it)
+  int64_t row = 0;     // its first row
+  int64_t rows = 0;    // heads of a layer, or 1
+  at::Tensor delta;    // [rows, batch * pos * d_model], computed on first use
+};
+
+std::vector<SenderGroup> sender_groups(const CircuitGraph& g) {
+  const auto& cfg = g.cfg();
+  std::vector<SenderGroup> out;
+  out.push_back({{Kind::input, -1, -1}, 0, 1, {}});
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    CircuitNode h0{Kind::head, l, 0};
+    out.push_back({h0, g.sender_index(h0), cfg.n_heads, {}});
+    if (cfg.has_mlp()) {
+      CircuitNode m{Kind::mlp, l, -1};
+      out.push_back({m, g.sender_index(m), 1, {}});
+    }
+  }
+  return out;
+}
+
+// The receivers whose input a gradient hook holds: the first one, how many.
+std::pair<ReceiverInput, int64_t> receivers_at(const CircuitGraph& g, const std::string& hook) {
+  core::HookSite site;
+  MECHLAB_ASSERT(core::parse_site(hook, g.cfg().n_layers, &site));
+  const int L = site.layer;
+  switch (site.kind) {
+    case core::HookKind::q_input: return {{{Kind::head, L, 0}, ReceiverChannel::q}, g.cfg().n_heads};
+    case core::HookKind::k_input: return {{{Kind::head, L, 0}, ReceiverChannel::k}, g.cfg().kv_heads()};
+    case core::HookKind::v_input: return {{{Kind::head, L, 0}, ReceiverChannel::v}, g.cfg().kv_heads()};
+    case core::HookKind::mlp_in: return {{{Kind::mlp, L, -1}, ReceiverChannel::resid}, 1};
+    default: return {{{Kind::output, -1, -1}, ReceiverChannel::resid}, 1};
+  }
+}
+
+}  // namespace
+
+double EdgeScores::score(const Edge& e) const {
+  MECHLAB_CHECK(graph.has_edge(e.sender, e.receiver), "edge \"", edge_name(e),
+                "\" does not exist in this model's circuit graph");
+  return scores[graph.sender_index(e.sender)][graph.receiver_index(e.receiver)].item<double>();
+}
+
+std::vector<std::pair<Edge, double>> EdgeScores::all() const {
+  std::vector<std::pair<Edge, double>> out;
+  at::Tensor s = scores.to(at::kDouble).contiguous();
+  const double* p = s.data_ptr<double>();
+  const int64_t R = s.size(1);
+  for (const Edge& e : graph.edges()) {
+    out.emplace_back(e, p[graph.sender_index(e.sender) * R + graph.receiver_index(e.receiver)]);
+  }
+  return out;
+}
+
+std::vector<std::pair<Edge, double>> EdgeScores::top(int64_t k) const {
+  auto v = all();
+  std::stable_sort(v.begin(), v.end(),
+                   [](const auto& a, const auto& b) { return std::abs(a.second) > std::abs(b.second); });
+  if (k > 0 && static_cast<size_t>(k) < v.size()) v.resize(static_cast<size_t>(k));
+  return v;
+}
+
+SweepResult EdgeScores::as_result() const {
+  SweepResult r;
+  r.sweep = "edges:" + config.value("method", std::string("attribution"));
+  r.values = scores.to(at::kFloat);
+  r.axes = {"sender", "receiver"};
+  std::vector<std::string> s, rc;
+  for (const auto& n : graph.senders()) s.push_back(node_name(n));
+  for (const auto& n : graph.receivers()) rc.push_back(receiver_name(n));
+  r.labels = {s, rc};
+  r.config = config;
+  r.config["sweep"] = r.sweep;
+  return r;
+}
+
+nlohmann::json EdgeScores::to_json(int64_t k) const {
+  nlohmann::json j = config;
+  nlohmann::json edges = nlohmann::json::array();
+  for (const auto& [e, s] : top(k)) edges.push_back({{"edge", edge_name(e)}, {"score", s}});
+  j["top_edges"] = edges;
+  return j;
+}
+
+EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData& data,
+                            const Metric& metric, const AttributionOptions& options) {
+  // The score matrix is written inside the backward, which runs outside
+  // inference mode: it must not be an inference tensor.
+  c10::InferenceMode not_inference(false);
+  const auto& cfg = model.cfg();
+  EdgeScores out{CircuitGraph(cfg), {}, {}};
+  const CircuitGraph& graph = out.graph;
+  const at::ScalarType dt = model.model().dtype() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t S = static_cast<int64_t>(graph.senders().size());
+  const int64_t R = static_cast<int64_t>(graph.receivers().size());
+  at::Tensor scores = at::zeros({S, R}, at::TensorOptions(dt).device(model.model().device()));
+
+  std::vector<std::string> grad_hooks;
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    for (const char* a : {"q_input", "k_input", "v_input"}) grad_hooks.push_back(hooks::act_name(a, l));
+    if (cfg.has_mlp()) grad_hooks.push_back(hooks::act_name("mlp_in", l));
+  }
+  grad_hooks.push_back(hooks::act_name("resid_post", cfg.n_layers - 1));
+
+  std::vector<SenderGroup> groups = sender_groups(graph);
+  // scores[senders before r0, col .. col+n) += D @ g^T, g: [n, batch * pos * d_model]
+  auto add_block = [&](const ReceiverInput& r0, int64_t col, const at::Tensor& g,
+                       const GradientRuns& runs) {
+    for (SenderGroup& sg : groups) {
+      if (!graph.has_edge(sg.first, r0)) continue;
+      if (!sg.delta.defined()) {
+        sg.delta = sg.first.kind == Kind::head
+                       ? head_output_delta(model, sg.first.layer, runs.base.at(hooks::act_name("z", sg.first.layer)),
+                                           runs.source.at(hooks::act_name("z", sg.first.layer)), dt)
+                             .reshape({sg.rows, -1})
+                       : sender_delta(model, sg.first, runs.base, runs.source, dt).reshape({1, -1});
+      }
+      scores.narrow(0, sg.row, sg.rows).narrow(1, col, g.size(0)).add_(at::matmul(sg.delta, g.t()));
+    }
+  };
+  // A layer's q, k and v input gradients arrive one after another during the
+  // backward; their receivers are adjacent columns with the same senders, so
+  // they are scored together: one pass over the sender differences per layer.
+  std::map<int, std::map<core::HookKind, at::Tensor>> pending;  // layer -> kind -> [n, N]
+  auto flush = [&](int layer, const GradientRuns& runs) {
+    auto& got = pending[layer];
+    std::vector<at::Tensor> parts;
+    for (auto kind : {core::HookKind::q_input, core::HookKind::k_input, core::HookKind::v_input}) {
+      const int64_t n = kind == core::HookKind::q_input ? cfg.n_heads : cfg.kv_heads();
+      auto it = got.find(kind);  // no gradient reached it: it does not affect the metric
+      parts.push_back(it != got.end() ? it->second
+                                      : at::zeros({n, data.batch() * data.seq_len() * cfg.d_model},
+                                                  scores.options()));
+    }
+    const ReceiverInput r0{{Kind::head, layer, 0}, ReceiverChannel::q};
+    add_block(r0, graph.receiver_index(r0), at::cat(parts, 0), runs);
+    pending.erase(layer);
+  };
+  auto on_grad = [&](const std::string& hook, const at::Tensor& grad, const GradientRuns& runs) {
+    auto [r0, n] = receivers_at(graph, hook);
+    // [receivers, batch * pos * d_model]
+    at::Tensor g = grad.dim() == 4 ? grad.permute({2, 0, 1, 3}).reshape({n, -1}) : grad.reshape({1, -1});
+    g = g.to(dt);
+    if (r0.node.kind != Kind::head) return add_block(r0, graph.receiver_index(r0), g, runs);
+    core::HookSite site;
+    MECHLAB_ASSERT(core::parse_site(hook, cfg.n_layers, &site));
+    pending[r0.node.layer][site.kind] = g;
+    if (pending[r0.node.layer].size() == 3) flush(r0.node.layer, runs);
+  };
+  const GradientRuns runs =
+      run_gradient_passes(model, data, metric, options, sender_hooks(cfg), grad_hooks, on_grad);
+  while (!pending.empty()) flush(pending.begin()->first, runs);  // inputs with no gradient
+
+  at::Tensor has = at::zeros({S, R}, at::kBool);
+  bool* hp = has.data_ptr<bool>();
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t r = 0; r < R; ++r) {
+      hp[s * R + r] = graph.has_edge(graph.senders()[static_cast<size_t>(s)],
+                                     graph.receivers()[static_cast<size_t>(r)]);
+    }
+  }
+  out.scores = scores.cpu().masked_fill(has.logical_not(), std::numeric_limits<double>::quiet_NaN());
+
+  const bool noising = options.direction == Direction::noising;
+  const bool ig = options.method == AttributionMethod::eap_ig;
+  out.config = {
+      {"method", method_name(options.method)},
+      {"steps", ig ? options.steps : 1},
+      {"description", "edge attribution: (sender output, source - base) . dmetric/d(receiver input); "
+                      "estimated metric change when only that edge is patched"},
+      {"edge_format", "SENDER -> RECEIVER, e.g. \"a0.h3 -> a1.h2<q>\" (docs/ARCHITECTURE.md)"},
+      {"n_edges", static_cast<int64_t>(graph.edges().size())},
+      {"direction", direction_name(options.direction)},
+      {"metric", metric.name()},
+      {"base_metric", runs.base_metric},
+      {"source_metric", runs.source_metric},
+      {"clean_metric", noising ? runs.base_metric : runs.source_metric},
+      {"corrupted_metric", noising ? runs.source_metric : runs.base_metric},
+      {"forwards", runs.forwards},
+      {"backwards", runs.backwards},
+      {"n_prompts", data.batch()},
+      {"seq_len", data.seq_len()},
+      {"model", cfg.name},
+      {"model_config", nlohmann::json::parse(cfg.to_json_string())},
+  };
+  for (const auto& [k, v] : options.extra_config.items()) out.config[k] = v;
+  return out;
+}
+
+}  // namespace mechlab::patching

@@ -1,0 +1,71 @@
+// Edge attribution patching (EAP: Syed et al. 2023, "Attribution Patching
+// Outperforms Automated Circuit Discovery") and EAP-IG (Hanna et al. 2024,
+// inputs variant) over every edge of the circuit graph (patching/circuit_graph.h):
+//
+//   score(s -> r) = sum over batch, pos, d_model of
+//                   (sender s's output, source - base) . dmetric/d(receiver input r)
+//
+// with the sender differences of patching/sender_delta.h and the gradient at
+// the receiver's own input hook (hook_q_input/k_input/v_input head slice,
+// hook_mlp_in, the final hook_resid_post), from the passes of
+// patching/attribution.h: attribution = one source forward + one base
+// forward and backward; eap-ig = gradients averaged over m interpolated
+// input embeddings. A score estimates the metric change when only that edge
+// is patched (the sender's contribution to that one receiver input replaced
+// by its source value).
+//
+// Cost: the gradient pass hooks every q/k/v input, so attention runs in
+// TransformerLens's split-input mode; scores are computed inside the
+// backward, receiver layer by receiver layer, as one matrix product of the
+// sender differences [senders, batch*pos*d_model] with the gradients
+// [receivers of the layer, batch*pos*d_model], so no gradient is kept.
+// `mechlab bench patch` reports the cost in forward-pass equivalents.
+//
+// Since a receiver input's source-minus-base difference is the sum of its
+// senders' differences, the scores of a receiver's incoming edges add up to
+// the node attribution of that receiver input (tests/patching checks this).
+//
+// Example:
+//   EdgeScores e = edge_attribution(model, data, logit_diff(data.answers()));
+//   e.score(e.graph.parse_edge("a0.h3 -> a1.h2<q>"));
+//   for (auto& [edge, s] : e.top(20)) std::cout << edge_name(edge) << " " << s << "\n";
+#pragma once
+
+#include "hooks/hooked_transformer.h"
+#include "patching/attribution.h"
+#include "patching/circuit_graph.h"
+#include "patching/sweeps.h"
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <utility>
+#include <vector>
+
+namespace mechlab::patching {
+
+struct EdgeScores {
+  CircuitGraph graph;
+  /// [senders, receivers] in the graph's canonical order; NaN where no edge
+  /// exists. float32 (float64 for float64 models), on the CPU.
+  at::Tensor scores;
+  nlohmann::json config;  ///< method, steps, direction, metric, baselines, passes, model
+
+  /// The score of one edge (must exist).
+  double score(const Edge& e) const;
+  /// Every edge with its score, in the graph's edge order.
+  std::vector<std::pair<Edge, double>> all() const;
+  /// The k edges of largest |score|, largest first (all when k <= 0).
+  std::vector<std::pair<Edge, double>> top(int64_t k) const;
+  /// As a sweep result for the patching results file: sweep "edges:<method>",
+  /// values [sender, receiver] (NaN where no edge), axes {"sender", "receiver"},
+  /// labels the node and receiver names.
+  SweepResult as_result() const;
+  /// {"edge": "a0.h3 -> a1.h2<q>", "score": ...} for the top k edges, plus the config.
+  nlohmann::json to_json(int64_t k) const;
+};
+
+EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData& data,
+                            const Metric& metric, const AttributionOptions& options = {});
+
+}  // namespace mechlab::patching
