@@ -3,6 +3,7 @@
 #include "apps/cli/commands.h"
 #include "core/dataset.h"
 #include "core/error.h"
+#include "core/model_loader.h"
 #include "core/progress.h"
 #include "hooks/activation_capture.h"
 
@@ -21,13 +22,14 @@ void add_cache_command(CLI::App& app) {
       "the same file as an uninterrupted one.");
   struct Args {
     std::string model, dataset, out, device = "cpu", model_dtype = "f32", dtype = "bf16";
+    ProcessFlags process;
     std::vector<std::string> hooks;
     int64_t batch_size = 8, chunk_rows = 1024;
     int compress = 0;
     bool resume = false, overwrite = false, no_progress = false;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("model", a->model, "mechlab checkpoint (.h5)")->required();
+  cmd->add_option("model", a->model, "mechlab checkpoint (.h5) or Hugging Face folder")->required();
   cmd->add_option("dataset", a->dataset, "mechlab dataset (.h5, see `mechlab dataset make`)")
       ->required();
   cmd->add_option("--hooks", a->hooks,
@@ -54,12 +56,14 @@ void add_cache_command(CLI::App& app) {
                 "options)");
   cmd->add_flag("--overwrite", a->overwrite, "Replace the store at --out");
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
+  add_process_flags(cmd, a->process);
   cmd->callback([a] {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
     const at::Device device = parse_device(a->device);
     core::Dataset ds = core::load_dataset(a->dataset);
-    core::Transformer base = core::Transformer::load(a->model);
-    base.to(device).to(parse_dtype(a->model_dtype));
+    core::Transformer base =
+        core::load_model(a->model, {parse_dtype(a->model_dtype), a->process.options()});
+    base.to(device);
     hooks::HookedTransformer model(std::move(base));
     hooks::CacheOptions opt;
     opt.hooks(a->hooks)

@@ -4,6 +4,7 @@
 #include "apps/cli/commands.h"
 #include "core/dataset.h"
 #include "core/error.h"
+#include "core/model_loader.h"
 #include "core/tasks/induction.h"
 #include "hooks/head_detector.h"
 
@@ -20,12 +21,13 @@ void add_heads_command(CLI::App& app) {
       "best head of each type.");
   struct Args {
     std::string model, dataset, device = "cpu", measure = "mul";
+    ProcessFlags process;
     std::vector<std::string> types = {"previous_token", "duplicate_token", "induction"};
     int64_t examples = 32, seed = 0;
     bool exclude_bos = false, exclude_current = false;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("model", a->model, "mechlab checkpoint (.h5)")->required();
+  cmd->add_option("model", a->model, "mechlab checkpoint (.h5) or Hugging Face folder")->required();
   cmd->add_option("--dataset", a->dataset,
                   "Prompts to score on (a mechlab dataset without padding); default: repeated "
                   "random tokens (the induction task) over the model's vocabulary");
@@ -43,9 +45,10 @@ void add_heads_command(CLI::App& app) {
   cmd->add_flag("--exclude-current-token", a->exclude_current, "Ignore attention to the query's own position");
   cmd->add_option("--seed", a->seed, "Seed of the default random prompts")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  add_process_flags(cmd, a->process);
   cmd->callback([a] {
     at::InferenceMode inference;
-    core::Transformer base = core::Transformer::load(a->model);
+    core::Transformer base = core::load_model(a->model, {std::nullopt, a->process.options()});
     base.to(parse_device(a->device));
     hooks::HookedTransformer model(std::move(base));
     const core::ModelConfig& cfg = model.cfg();

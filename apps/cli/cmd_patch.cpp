@@ -5,6 +5,7 @@
 #include "core/text_file.h"
 #include "core/dataset.h"
 #include "core/error.h"
+#include "core/model_loader.h"
 #include "core/word_tokenizer.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/attribution.h"
@@ -127,9 +128,10 @@ void add_patch_command(CLI::App& app) {
     int64_t examples = 0, memory_mb = 0, max_copies = 0, top = 20;
     int steps = 5;
     bool no_skip = false, no_svg = false, progress = false, edges = false;
+    ProcessFlags process;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("model", a->model, "mechlab checkpoint (.h5)")->required();
+  cmd->add_option("model", a->model, "mechlab checkpoint (.h5) or Hugging Face folder")->required();
   cmd->add_option("dataset", a->dataset, "Patching dataset (.h5) with clean/corrupted pairs")
       ->required();
   cmd->add_option("--sweep", a->sweeps, sweep_help())->delimiter(',');
@@ -193,12 +195,13 @@ void add_patch_command(CLI::App& app) {
                 "they get the unpatched metric without a forward");
   cmd->add_flag("--no-svg", a->no_svg, "Do not write heatmaps");
   cmd->add_flag("--progress", a->progress, "Show a progress bar (rate and ETA) on stderr");
+  add_process_flags(cmd, a->process);
 
   cmd->callback([a] {
     const auto t0 = std::chrono::steady_clock::now();
     const at::Device device = parse_device(a->device);
-    core::Transformer base = core::Transformer::load(a->model);
-    base.to(device).to(parse_dtype(a->dtype));
+    core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
+    base.to(device);
     hooks::HookedTransformer model(std::move(base));
     const core::Dataset ds = core::load_dataset(a->dataset);
     const PatchingData data = PatchingData::from_dataset(ds, a->examples);

@@ -1,5 +1,5 @@
-// The weight-processing flags of `mechlab info` and `mechlab run`, as a user
-// runs them.
+// The weight-processing flags of the commands that load a model (`mechlab
+// info`, `run`, `heads`, ...), as a user runs them.
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>
@@ -64,6 +64,18 @@ TEST(WeightProcessingCli, RunPredictsTheSameWithProcessedWeights) {
   ASSERT_EQ(b.size(), a.size()) << processed.output;
   // Printed with 4 decimals: equal up to the last printed digit.
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1.5e-4) << i;
+}
+
+// Processing changes no attention pattern, so `mechlab heads` prints the same
+// tables for a Hugging Face folder with and without --process.
+TEST(WeightProcessingCli, HeadsOnAHuggingFaceFolderAreUnchangedByProcessing) {
+  const std::string args = "heads " + std::string(MECHLAB_TEST_DATA) + "/hf/gpt2";
+  const auto plain = run_cli(args);
+  const auto processed = run_cli(args + " --process");
+  ASSERT_EQ(plain.rc, 0) << plain.output;
+  ASSERT_EQ(processed.rc, 0) << processed.output;
+  EXPECT_THAT(plain.output, HasSubstr("induction"));
+  EXPECT_EQ(plain.output, processed.output);
 }
 
 TEST(WeightProcessingCli, InapplicableStepsAndUnknownFlagsAreOneClearLine) {
