@@ -31,6 +31,8 @@ constexpr std::array<NormKind, 5> kNorms{NormKind::layernorm, NormKind::rmsnorm,
 constexpr std::array<Activation, 4> kActs{Activation::gelu_new, Activation::gelu,
                                           Activation::relu, Activation::silu};
 constexpr std::array<MlpKind, 3> kMlps{MlpKind::standard, MlpKind::gated, MlpKind::none};
+constexpr std::array<RopeScalingKind, 2> kRopeScalings{RopeScalingKind::linear,
+                                                       RopeScalingKind::llama3};
 constexpr std::array<ProcessingStep, 4> kSteps{
     ProcessingStep::fold_ln, ProcessingStep::center_writing_weights,
     ProcessingStep::center_unembed, ProcessingStep::fold_value_biases};
@@ -53,7 +55,54 @@ void read_bool(const nlohmann::json& j, const char* key, bool& out) {
   out = j.at(key).get<bool>();
 }
 
+nlohmann::json rope_scaling_to_json(const RopeScaling& s) {
+  nlohmann::json j;
+  j["kind"] = to_string(s.kind);
+  j["factor"] = s.factor;
+  if (s.kind == RopeScalingKind::llama3) {
+    j["low_freq_factor"] = s.low_freq_factor;
+    j["high_freq_factor"] = s.high_freq_factor;
+    j["original_max_position_embeddings"] = s.original_max_position_embeddings;
+  }
+  return j;
+}
+
+RopeScaling rope_scaling_from_json(const nlohmann::json& j) {
+  MECHLAB_CHECK(j.is_object(), "config: \"rope_scaling\" must be an object, got ", j.dump());
+  MECHLAB_CHECK(j.contains("kind") && j.contains("factor"),
+                "config: \"rope_scaling\" needs \"kind\" and \"factor\", got ", j.dump());
+  RopeScaling s;
+  s.kind = parse_enum(j["kind"], "rope_scaling.kind", kRopeScalings);
+  std::vector<const char*> keys{"kind", "factor"};
+  if (s.kind == RopeScalingKind::llama3) {
+    for (const char* k : {"low_freq_factor", "high_freq_factor",
+                          "original_max_position_embeddings"}) {
+      MECHLAB_CHECK(j.contains(k), "config: llama3 \"rope_scaling\" needs \"", k, "\"");
+      keys.push_back(k);
+    }
+  }
+  for (const auto& item : j.items()) {
+    bool known = false;
+    for (const char* k : keys) known = known || item.key() == k;
+    MECHLAB_CHECK(known, "config: \"rope_scaling\" of kind ", to_string(s.kind),
+                  " has an unknown key \"", item.key(), "\"");
+  }
+  read_number(j, "factor", s.factor);
+  read_number(j, "low_freq_factor", s.low_freq_factor);
+  read_number(j, "high_freq_factor", s.high_freq_factor);
+  read_number(j, "original_max_position_embeddings", s.original_max_position_embeddings);
+  return s;
+}
+
 }  // namespace
+
+const char* to_string(RopeScalingKind k) {
+  switch (k) {
+    case RopeScalingKind::linear: return "linear";
+    case RopeScalingKind::llama3: return "llama3";
+  }
+  return "?";
+}
 
 const char* to_string(Positional p) {
   switch (p) {
@@ -122,6 +171,26 @@ double ModelConfig::scale() const {
   return attn_scale ? *attn_scale : std::sqrt(static_cast<double>(d_head));
 }
 
+std::string RopeScaling::problem() const {
+  if (!(factor > 0 && std::isfinite(factor))) {
+    return str_cat("factor must be positive, got ", factor);
+  }
+  if (kind != RopeScalingKind::llama3) return "";
+  if (!(low_freq_factor > 0)) {
+    return str_cat("low_freq_factor must be positive, got ", low_freq_factor);
+  }
+  // The blend divides by high_freq_factor - low_freq_factor.
+  if (!(high_freq_factor > low_freq_factor && std::isfinite(high_freq_factor))) {
+    return str_cat("high_freq_factor (", high_freq_factor, ") must be greater than "
+                   "low_freq_factor (", low_freq_factor, ")");
+  }
+  if (original_max_position_embeddings <= 0) {
+    return str_cat("original_max_position_embeddings must be positive, got ",
+                   original_max_position_embeddings);
+  }
+  return "";
+}
+
 void ModelConfig::validate() const {
   auto positive = [](int v, const char* key) {
     MECHLAB_CHECK(v > 0, "config: \"", key, "\" must be positive, got ", v);
@@ -140,6 +209,12 @@ void ModelConfig::validate() const {
     MECHLAB_CHECK(rotary_dims() <= d_head && rotary_dims() % 2 == 0, "config: rotary_dim (",
                   rotary_dims(), ") must be even and at most d_head (", d_head, ")");
     MECHLAB_CHECK(rotary_base > 0, "config: rotary_base must be positive");
+  }
+  if (rope_scaling) {
+    MECHLAB_CHECK(positional == Positional::rotary, "config: rope_scaling needs rotary positions "
+                  "(positional is \"", to_string(positional), "\")");
+    const std::string problem = rope_scaling->problem();
+    MECHLAB_CHECK(problem.empty(), "config: rope_scaling ", problem);
   }
   MECHLAB_CHECK(norm_eps >= 0, "config: norm_eps must be >= 0");
   MECHLAB_CHECK(!attn_scale || *attn_scale > 0, "config: attn_scale must be positive");
@@ -205,6 +280,8 @@ nlohmann::json ModelConfig::to_json() const {
   j["positional"] = to_string(positional);
   j["rotary_dim"] = rotary_dim;
   j["rotary_base"] = rotary_base;
+  // Only when set, so plain-RoPE models keep their config hash.
+  if (rope_scaling) j["rope_scaling"] = rope_scaling_to_json(*rope_scaling);
   j["norm"] = to_string(norm);
   j["norm_eps"] = norm_eps;
   j["final_norm"] = final_norm;
@@ -225,7 +302,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   MECHLAB_CHECK(j.is_object(), "config must be a JSON object, got ", j.type_name());
   static const char* kKnown[] = {"name", "n_layers", "d_model", "n_heads", "n_kv_heads",
                                  "d_head", "d_mlp", "d_vocab", "n_ctx", "positional",
-                                 "rotary_dim", "rotary_base", "norm", "norm_eps", "final_norm",
+                                 "rotary_dim", "rotary_base", "rope_scaling", "norm", "norm_eps", "final_norm",
                                  "act", "mlp", "parallel_attn_mlp", "tied_embeddings",
                                  "attn_scale", "processed"};
   for (const auto& item : j.items()) {
@@ -253,6 +330,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   if (j.contains("positional")) c.positional = parse_enum(j["positional"], "positional", kPositionals);
   read_number(j, "rotary_dim", c.rotary_dim);
   read_number(j, "rotary_base", c.rotary_base);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    c.rope_scaling = rope_scaling_from_json(j["rope_scaling"]);
+  }
   if (j.contains("norm")) c.norm = parse_enum(j["norm"], "norm", kNorms);
   read_number(j, "norm_eps", c.norm_eps);
   read_bool(j, "final_norm", c.final_norm);

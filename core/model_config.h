@@ -24,6 +24,33 @@ enum class MlpKind { standard, gated, none };
 /// TransformerLens's load_and_process_state_dict arguments.
 enum class ProcessingStep { fold_ln, center_writing_weights, center_unembed, fold_value_biases };
 
+/// How a long-context checkpoint rescales its rotary inverse frequencies
+/// inv_freq(i) = base^(-i / (rotary_dim/2)) (Hugging Face `rope_scaling`;
+/// transformers' modeling_rope_utils.py):
+///  - linear (Position Interpolation, Chen et al. 2023): inv_freq / factor,
+///    i.e. positions divided by factor.
+///  - llama3 (Llama 3.1; TransformerLens's use_NTK_by_parts_rope): with
+///    wavelen = 2 pi / inv_freq and L = original_max_position_embeddings,
+///    wavelen < L / high_freq_factor keeps inv_freq, wavelen > L / low_freq_factor
+///    divides it by factor, and in between it blends the two with
+///    s = (L / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor):
+///    (1 - s) inv_freq / factor + s inv_freq.
+/// Neither scales the attention logits (transformers' attention_factor is 1).
+enum class RopeScalingKind { linear, llama3 };
+
+struct RopeScaling {
+  RopeScalingKind kind = RopeScalingKind::linear;
+  double factor = 1.0;                       ///< > 0 (1 = no scaling)
+  double low_freq_factor = 1.0;              ///< llama3 only; > 0
+  double high_freq_factor = 4.0;             ///< llama3 only; > low_freq_factor
+  int original_max_position_embeddings = 0;  ///< llama3 only: pre-training context, > 0
+
+  /// Why these values are unusable ("" when they are fine), e.g. "factor must
+  /// be positive, got -1"; ModelConfig::validate and the Hugging Face reader
+  /// word it for their callers.
+  std::string problem() const;
+};
+
 struct ModelConfig {
   std::string name = "model";  ///< free text, shown by `mechlab info`
   int n_layers = 0;
@@ -38,6 +65,9 @@ struct ModelConfig {
   Positional positional = Positional::learned;
   int rotary_dim = 0;  ///< rotary only; 0 = d_head. GPT-NeoX rotates part of each head.
   double rotary_base = 10000.0;
+  /// rotary only; unset = plain RoPE (JSON key "rope_scaling", written only
+  /// when set, so configs without it keep their hash).
+  std::optional<RopeScaling> rope_scaling;
 
   NormKind norm = NormKind::layernorm;
   double norm_eps = 1e-5;
@@ -86,6 +116,7 @@ const char* to_string(NormKind n);
 const char* to_string(Activation a);
 const char* to_string(MlpKind m);
 const char* to_string(ProcessingStep s);
+const char* to_string(RopeScalingKind k);
 /// "fold_ln" -> ProcessingStep::fold_ln; an unknown name is a mechlab::Error
 /// listing the valid ones (`what` says where the name came from).
 ProcessingStep parse_processing_step(const std::string& name, const std::string& what);

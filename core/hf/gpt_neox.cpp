@@ -4,7 +4,8 @@
 // intermediate_size, vocab_size, max_position_embeddings, layer_norm_eps,
 // hidden_act, rotary_pct (= partial_rotary_factor), rotary_emb_base
 // (= rope_theta), use_parallel_residual (default true), attention_bias
-// (default true), tie_word_embeddings (default false).
+// (default true), tie_word_embeddings (default false), rope_scaling
+// (none/default, linear, llama3; on the rotary dimensions only).
 // Tensors ([gpt_neox.] prefix absent in GPTNeoXModel checkpoints), Linear [out, in]:
 //   embed_in.weight [d_vocab, d_model]
 //   layers.L.input_layernorm / post_attention_layernorm .{weight,bias}
@@ -64,7 +65,7 @@ ModelConfig read_config(const HfConfig& c) {
                              " rotary dimensions per head; mechlab needs an even number >= 2");
   }
   m.rotary_base = base;
-  refuse_rope_scaling(c);
+  m.rope_scaling = read_rope_scaling(c);
   return m;
 }
 

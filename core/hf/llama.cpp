@@ -6,7 +6,7 @@
 // heads), intermediate_size, vocab_size, max_position_embeddings,
 // rms_norm_eps, hidden_act, rope_theta, partial_rotary_factor,
 // tie_word_embeddings (default false), attention_bias (q, k, v and o
-// biases), mlp_bias (refused), rope_scaling (refused unless "default").
+// biases), mlp_bias (refused), rope_scaling (none/default, linear, llama3).
 // Tensors ([model.] prefix absent in LlamaModel checkpoints), Linear [out, in]:
 //   embed_tokens.weight [d_vocab, d_model]
 //   layers.L.input_layernorm.weight, layers.L.post_attention_layernorm.weight [d_model]
@@ -74,7 +74,7 @@ ModelConfig read_llama_family_config(const HfConfig& c, LlamaVariant variant) {
   const double partial = c.get_double("partial_rotary_factor", 1.0);
   if (!(partial > 0 && partial <= 1)) c.fail("partial_rotary_factor", "must be in (0, 1]");
   m.rotary_dim = static_cast<int>(m.d_head * partial);
-  refuse_rope_scaling(c);
+  m.rope_scaling = read_rope_scaling(c);
   if (c.get_bool("mlp_bias", false)) {
     c.fail("mlp_bias", "is true; mechlab's gated MLP has one bias after the product "
                        "(TransformerLens's), not biases on gate_proj/up_proj");

@@ -2,7 +2,9 @@
 
 #include "core/hf/hf_tensors.h"
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace mechlab::core::hf {
@@ -88,16 +90,60 @@ Activation activation_from(const HfConfig& config, const std::string& key,
                    "gelu_pytorch_tanh, gelu_fast, gelu, relu, silu, swish)");
 }
 
-void refuse_rope_scaling(const HfConfig& config) {
-  if (!config.has("rope_scaling")) return;
+std::optional<RopeScaling> read_rope_scaling(const HfConfig& config) {
+  if (!config.has("rope_scaling")) return std::nullopt;
   const nlohmann::json& s = config.json().at("rope_scaling");
-  if (s.is_object()) {
-    const auto type = s.find("rope_type") != s.end() ? s.find("rope_type") : s.find("type");
-    if (type != s.end() && *type == "default") return;
+  if (!s.is_object()) config.fail("rope_scaling", "must be an object, got " + describe_json(s));
+  // Older transformers wrote "type"; newer ones write "rope_type" (and, on
+  // re-saving an old config, both).
+  auto type_it = s.find("rope_type");
+  const auto old_it = s.find("type");
+  if (type_it == s.end()) type_it = old_it;
+  if (old_it != s.end() && *old_it != *type_it) {
+    config.fail("rope_scaling", "has \"rope_type\" " + describe_json(*type_it) +
+                                    " and \"type\" " + describe_json(*old_it) +
+                                    ", which disagree");
   }
-  config.fail("rope_scaling", "is " + describe_json(s) +
-                                  "; mechlab implements plain rotary embeddings only (no "
-                                  "linear/dynamic/yarn/llama3 scaling)");
+  if (type_it == s.end() || !type_it->is_string()) {
+    config.fail("rope_scaling", "has no \"rope_type\" (or \"type\") string: " + describe_json(s));
+  }
+  const std::string type = type_it->get<std::string>();
+  if (type == "default") return std::nullopt;
+  RopeScaling r;
+  if (type == "linear") {
+    r.kind = RopeScalingKind::linear;
+  } else if (type == "llama3") {
+    r.kind = RopeScalingKind::llama3;
+  } else {
+    config.fail("rope_scaling", "has rope_type \"" + type + "\", which mechlab does not "
+                                "implement (supported: default, linear, llama3)");
+  }
+  auto number = [&](const char* key) {
+    const auto it = s.find(key);
+    if (it == s.end() || it->is_null()) {
+      config.fail("rope_scaling", "of type \"" + type + "\" needs \"" + key + "\"");
+    }
+    if (!it->is_number()) {
+      config.fail("rope_scaling", std::string("\"") + key + "\" must be a number, got " +
+                                      describe_json(*it));
+    }
+    return it->get<double>();
+  };
+  // Other keys (transformers' own extras) are ignored, as transformers does.
+  r.factor = number("factor");
+  if (r.kind == RopeScalingKind::llama3) {
+    r.low_freq_factor = number("low_freq_factor");
+    r.high_freq_factor = number("high_freq_factor");
+    const double ctx = number("original_max_position_embeddings");
+    if (ctx != std::floor(ctx) || std::abs(ctx) > std::numeric_limits<int>::max()) {
+      config.fail("rope_scaling", "\"original_max_position_embeddings\" must be an integer, got " +
+                                      describe_json(s.at("original_max_position_embeddings")));
+    }
+    r.original_max_position_embeddings = static_cast<int>(ctx);
+  }
+  const std::string problem = r.problem();
+  if (!problem.empty()) config.fail("rope_scaling", "of type \"" + type + "\": " + problem);
+  return r;
 }
 
 std::string detect_prefix(const HfTensors& tensors, const std::string& prefix,

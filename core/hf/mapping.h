@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 
 namespace mechlab::core::hf {
@@ -38,9 +39,12 @@ at::Tensor zeros(at::IntArrayRef shape, at::ScalarType dtype);
 Activation activation_from(const HfConfig& config, const std::string& key,
                            const std::string& fallback);
 
-/// Refuses rope_scaling (linear, dynamic, yarn, llama3, ...): mechlab's rotary
-/// tables are plain RoPE.
-void refuse_rope_scaling(const HfConfig& config);
+/// config.json's `rope_scaling`: none when absent, null or of type "default";
+/// "linear" (factor) and "llama3" (factor, low_freq_factor, high_freq_factor,
+/// original_max_position_embeddings) as transformers' modeling_rope_utils.py
+/// reads them, the type under `rope_type` or the older `type`. Other types
+/// (dynamic, yarn, longrope, ...) and unusable values are refused.
+std::optional<RopeScaling> read_rope_scaling(const HfConfig& config);
 
 /// "model.": the prefix under which a base-model checkpoint (without it) or a
 /// *ForCausalLM checkpoint (with it) stores `probe`.

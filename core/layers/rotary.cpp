@@ -1,18 +1,44 @@
 #include "core/layers/rotary.h"
 
+#include "core/error.h"
+
 #include <ATen/ATen.h>
 
 namespace mechlab::core {
 
-RotaryTables make_rotary_tables(const ModelConfig& cfg, const at::TensorOptions& options) {
+at::Tensor rotary_inv_freq(const ModelConfig& cfg) {
   const int64_t r = cfg.rotary_dims();
   // float64 angles: exact to far below any tolerance, whatever the model dtype.
-  auto f64 = at::TensorOptions(at::kDouble);
-  at::Tensor pos = at::arange(cfg.n_ctx, f64);                                // [n_ctx]
-  at::Tensor dim = at::arange(r / 2, f64);                                    // [r/2]
-  at::Tensor freq = at::pow(cfg.rotary_base, dim / (static_cast<double>(r) / 2));
-  freq = at::cat({freq, freq});                                               // [r]
-  at::Tensor angles = pos.unsqueeze(1) / freq.unsqueeze(0);                   // [n_ctx, r]
+  at::Tensor dim = at::arange(r / 2, at::TensorOptions(at::kDouble));  // [r/2]
+  at::Tensor inv_freq = at::pow(cfg.rotary_base, -dim / (static_cast<double>(r) / 2));  // [r/2]
+  if (!cfg.rope_scaling) return inv_freq;
+  const RopeScaling& s = *cfg.rope_scaling;
+  switch (s.kind) {
+    case RopeScalingKind::linear: return inv_freq / s.factor;
+    case RopeScalingKind::llama3: {
+      // transformers' _compute_llama3_parameters: short wavelengths (local
+      // order) stay as trained, long ones are interpolated by `factor`, and the
+      // band between blends the two so that no frequency jumps.
+      constexpr double kPi = 3.14159265358979323846;
+      const double old_ctx = s.original_max_position_embeddings;
+      at::Tensor wavelen = (2 * kPi) / inv_freq;  // [r/2]
+      at::Tensor smooth =
+          (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      at::Tensor blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq;
+      at::Tensor scaled =
+          at::where(wavelen > old_ctx / s.low_freq_factor, inv_freq / s.factor, blended);
+      return at::where(wavelen < old_ctx / s.high_freq_factor, inv_freq, scaled);
+    }
+  }
+  MECHLAB_ASSERT(false);
+  return inv_freq;
+}
+
+RotaryTables make_rotary_tables(const ModelConfig& cfg, const at::TensorOptions& options) {
+  at::Tensor pos = at::arange(cfg.n_ctx, at::TensorOptions(at::kDouble));  // [n_ctx]
+  at::Tensor inv_freq = rotary_inv_freq(cfg);
+  inv_freq = at::cat({inv_freq, inv_freq});                      // [r]
+  at::Tensor angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0);  // [n_ctx, r]
   return {angles.cos().to(options), angles.sin().to(options)};
 }
 

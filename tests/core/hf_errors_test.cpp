@@ -103,9 +103,11 @@ TEST(HfConfigErrors, UnknownArchitectureListsSupportedOnes) {
 
 TEST(HfConfigErrors, UnsupportedVariantsAreRefused) {
   const auto scaling = with_config("llama", "rope_scaling", [](json& j) {
-    j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+    j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 8.0}};
   });
-  EXPECT_THAT(load_error(scaling), HasSubstr("key 'rope_scaling' is an object"));
+  EXPECT_THAT(load_error(scaling),
+              HasSubstr("key 'rope_scaling' has rope_type \"dynamic\", which mechlab does not "
+                        "implement (supported: default, linear, llama3)"));
   const auto act = with_config("neox", "act", [](json& j) { j["hidden_act"] = "quick_gelu"; });
   EXPECT_THAT(load_error(act), HasSubstr("key 'hidden_act' is \"quick_gelu\", which mechlab does "
                                          "not implement"));
@@ -118,6 +120,66 @@ TEST(HfConfigErrors, UnsupportedVariantsAreRefused) {
     j["partial_rotary_factor"] = 0.1;
   });
   EXPECT_THAT(load_error(rot), HasSubstr("gives 0 rotary dimensions"));
+}
+
+/// The message `load_model` gives for `name` with config.json's rope_scaling
+/// replaced by `scaling`.
+std::string rope_error(const std::string& name, const json& scaling) {
+  return load_error(
+      with_config(name, "rope_" + name, [&](json& j) { j["rope_scaling"] = scaling; }));
+}
+
+TEST(HfConfigErrors, RopeScalingIsReadOrRefused) {
+  const json llama3 = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 16}};
+  // Accepted: llama3 and linear, under "rope_type" or the older "type"; "default" is none.
+  const auto neox =
+      with_config("neox", "neox_llama3", [&](json& j) { j["rope_scaling"] = llama3; });
+  const ModelConfig n = hf::read_hf_config(neox);
+  ASSERT_TRUE(n.rope_scaling.has_value());
+  EXPECT_EQ(n.rope_scaling->kind, RopeScalingKind::llama3);
+  EXPECT_EQ(n.rope_scaling->original_max_position_embeddings, 16);
+  const auto old_key = with_config("qwen2", "old_key", [](json& j) {
+    j["rope_scaling"] = {{"type", "linear"}, {"factor", 2}};
+  });
+  const ModelConfig q = hf::read_hf_config(old_key);
+  ASSERT_TRUE(q.rope_scaling.has_value());
+  EXPECT_EQ(q.rope_scaling->kind, RopeScalingKind::linear);
+  EXPECT_EQ(q.rope_scaling->factor, 2.0);
+  const auto plain = with_config("mistral", "default", [](json& j) {
+    j["rope_scaling"] = {{"rope_type", "default"}};
+  });
+  EXPECT_FALSE(hf::read_hf_config(plain).rope_scaling.has_value());
+
+  // Refused: other types, with the supported ones listed.
+  for (const char* type : {"yarn", "longrope", "dynamic"}) {
+    EXPECT_THAT(rope_error("neox", {{"rope_type", type}, {"factor", 2.0}}),
+                AllOf(HasSubstr("key 'rope_scaling' has rope_type \"" + std::string(type) + "\""),
+                      HasSubstr("(supported: default, linear, llama3)")));
+  }
+  // Refused: unusable values and missing or ill-typed keys.
+  EXPECT_THAT(rope_error("llama", {{"rope_type", "linear"}, {"factor", 0.0}}),
+              HasSubstr("key 'rope_scaling' of type \"linear\": factor must be positive, got 0"));
+  json negative = llama3;
+  negative["factor"] = -2.0;
+  EXPECT_THAT(rope_error("llama", negative),
+              HasSubstr("key 'rope_scaling' of type \"llama3\": factor must be positive, got -2"));
+  json inverted = llama3;
+  inverted["high_freq_factor"] = 1.0;
+  EXPECT_THAT(rope_error("llama", inverted),
+              HasSubstr("high_freq_factor (1) must be greater than low_freq_factor (1)"));
+  json no_ctx = llama3;
+  no_ctx.erase("original_max_position_embeddings");
+  EXPECT_THAT(rope_error("llama", no_ctx),
+              HasSubstr("of type \"llama3\" needs \"original_max_position_embeddings\""));
+  json text_factor = llama3;
+  text_factor["factor"] = "8";
+  EXPECT_THAT(rope_error("llama", text_factor),
+              HasSubstr("\"factor\" must be a number, got a string \"8\""));
+  EXPECT_THAT(rope_error("llama", {{"factor", 2.0}}), HasSubstr("has no \"rope_type\""));
+  EXPECT_THAT(rope_error("llama", {{"rope_type", "linear"}, {"type", "yarn"}, {"factor", 2.0}}),
+              HasSubstr("which disagree"));
+  EXPECT_THAT(rope_error("llama", 8.0), HasSubstr("key 'rope_scaling' must be an object"));
 }
 
 TEST(HfConfigErrors, InvalidJsonAndMissingConfig) {

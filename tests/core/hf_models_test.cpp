@@ -19,9 +19,13 @@
 //  - float16 forward vs transformers' float16: 6e-3 (11 significant bits,
 //    2^-12 = 2.4e-4 per rounding). Measured: 2.0e-3 on qwen2_f16 (transformers'
 //    own float16-vs-float32: 1.05e-3); 6e-3 is 3x.
+// Rotary inverse frequencies after rope_scaling: 1e-6 elementwise relative
+// against transformers' float32 computation (float32 rounding, 6e-8, over a
+// pow, a division and the llama3 blend; measured 6.4e-8 and 4.8e-8).
 // The test prints each measured error ("[ measured ]" lines).
 #include "core/hdf5_file.h"
 #include "core/hf/hf_model.h"
+#include "core/layers/rotary.h"
 #include "core/model_loader.h"
 #include "tests/hooks/fixture_compare.h"
 #include "tests/test_util.h"
@@ -166,6 +170,57 @@ TEST(HfModels, Qwen2QkvBiasesTiedEmbeddings) {
   EXPECT_TRUE(cfg.tied_embeddings);
   EXPECT_EQ(cfg.rotary_base, 1e6);
   EXPECT_EQ(cfg.n_ctx, 32);  // use_sliding_window false: the window does not apply
+}
+
+/// rotary_inv_freq (mechlab's, float64) against transformers' inv_freq buffer
+/// after rope_scaling, elementwise: the lowest frequencies are hundreds of times
+/// smaller than the first, so a normwise comparison would not see them.
+void check_inv_freq(const std::string& name) {
+  const at::Tensor expected =
+      H5File::open_read(folder(name + ".ref.h5")).read_tensor("inv_freq").to(at::kDouble);
+  const at::Tensor actual = rotary_inv_freq(hf::read_hf_config(folder(name)));
+  ASSERT_EQ(actual.sizes(), expected.sizes());
+  const double err = ((actual - expected).abs() / expected.abs()).max().item<double>();
+  std::printf("[ measured ] %-28s relative error %.2e (elementwise)\n",
+              (name + " inv_freq").c_str(), err);
+  EXPECT_LE(err, 1e-6) << name << " inv_freq\n" << actual << "\n" << expected;
+}
+
+TEST(HfModels, LlamaRopeScalingLlama3) {
+  check_float32("llama_rope_llama3");  // 32 positions: the scaled frequencies matter
+  check_inv_freq("llama_rope_llama3");
+  const ModelConfig cfg = hf::read_hf_config(folder("llama_rope_llama3"));
+  ASSERT_TRUE(cfg.rope_scaling.has_value());
+  EXPECT_EQ(cfg.rope_scaling->kind, RopeScalingKind::llama3);
+  EXPECT_EQ(cfg.rope_scaling->factor, 4.0);
+  EXPECT_EQ(cfg.rope_scaling->low_freq_factor, 1.0);
+  EXPECT_EQ(cfg.rope_scaling->high_freq_factor, 4.0);
+  EXPECT_EQ(cfg.rope_scaling->original_max_position_embeddings, 64);
+  EXPECT_EQ(cfg.n_ctx, 128);  // max_position_embeddings, the scaled context
+}
+
+TEST(HfModels, LlamaRopeScalingLinear) {
+  check_float32("llama_rope_linear");
+  check_inv_freq("llama_rope_linear");
+  const ModelConfig cfg = hf::read_hf_config(folder("llama_rope_linear"));
+  ASSERT_TRUE(cfg.rope_scaling.has_value());
+  EXPECT_EQ(cfg.rope_scaling->kind, RopeScalingKind::linear);
+  EXPECT_EQ(cfg.rope_scaling->factor, 4.0);
+  EXPECT_FALSE(hf::read_hf_config(folder("llama")).rope_scaling.has_value());
+}
+
+TEST(HfModels, RopeScalingSurvivesAMechlabCheckpoint) {
+  for (const std::string name : {"llama_rope_llama3", "llama_rope_linear"}) {
+    SCOPED_TRACE(name);
+    const std::string path = mechlab::testing::temp_path("hf_models_test", name + ".h5");
+    const Transformer hf_model = load_model(folder(name));
+    hf_model.save(path);
+    const Transformer again = load_model(path);
+    ASSERT_TRUE(again.config().rope_scaling.has_value());
+    EXPECT_EQ(again.config().to_json_string(), hf_model.config().to_json_string());
+    const at::Tensor tokens = reference(name).tokens;
+    EXPECT_TRUE(at::equal(again.forward(tokens), hf_model.forward(tokens)));
+  }
 }
 
 TEST(HfModels, Bfloat16LoadsAsStoredAndMatchesTransformersBfloat16) {

@@ -55,6 +55,54 @@ TEST(ModelConfig, BadValuesAreRefusedByName) {
   EXPECT_THAT(error_of([] { ModelConfig::from_json_string("{not json"); }), HasSubstr("not valid JSON"));
 }
 
+TEST(ModelConfig, RopeScalingRoundTripsAndIsValidated) {
+  using mechlab::core::RopeScaling;
+  using mechlab::core::RopeScalingKind;
+  const ModelConfig plain = mechlab::core::preset("llama-tiny");
+  EXPECT_FALSE(plain.to_json().contains("rope_scaling"));  // unset: hashes stay as they were
+  ModelConfig llama3 = plain;
+  llama3.rope_scaling = RopeScaling{RopeScalingKind::llama3, 8.0, 1.0, 4.0, 64};
+  ModelConfig back = ModelConfig::from_json_string(llama3.to_json_string());
+  ASSERT_TRUE(back.rope_scaling.has_value());
+  EXPECT_EQ(back.rope_scaling->kind, RopeScalingKind::llama3);
+  EXPECT_EQ(back.rope_scaling->original_max_position_embeddings, 64);
+  EXPECT_EQ(back.to_json(), llama3.to_json());
+  EXPECT_NE(back.hash(), plain.hash());
+  ModelConfig linear = plain;
+  linear.rope_scaling = RopeScaling{RopeScalingKind::linear, 2.0, 1.0, 4.0, 0};
+  EXPECT_EQ(linear.to_json()["rope_scaling"],
+            nlohmann::json({{"kind", "linear"}, {"factor", 2.0}}));
+  EXPECT_EQ(ModelConfig::from_json_string(linear.to_json_string()).to_json(), linear.to_json());
+
+  auto refusal = [&](const nlohmann::json& scaling, const std::string& positional = "rotary") {
+    nlohmann::json j = plain.to_json();
+    j["rope_scaling"] = scaling;
+    j["positional"] = positional;
+    return error_of([&] { ModelConfig::from_json(j); });
+  };
+  const nlohmann::json good = llama3.to_json()["rope_scaling"];
+  nlohmann::json bad = good;
+  bad["factor"] = 0.0;
+  EXPECT_THAT(refusal(bad), HasSubstr("config: rope_scaling factor must be positive, got 0"));
+  bad = good;
+  bad["low_freq_factor"] = 5.0;
+  EXPECT_THAT(refusal(bad),
+              HasSubstr("high_freq_factor (4) must be greater than low_freq_factor (5)"));
+  bad = good;
+  bad["original_max_position_embeddings"] = 0;
+  EXPECT_THAT(refusal(bad), HasSubstr("original_max_position_embeddings must be positive, got 0"));
+  bad = good;
+  bad.erase("high_freq_factor");
+  EXPECT_THAT(refusal(bad), HasSubstr("llama3 \"rope_scaling\" needs \"high_freq_factor\""));
+  bad = good;
+  bad["kind"] = "yarn";
+  EXPECT_THAT(refusal(bad),
+              HasSubstr("\"rope_scaling.kind\" is \"yarn\"; expected one of: linear, llama3"));
+  EXPECT_THAT(refusal({{"kind", "linear"}, {"factor", 2.0}, {"low_freq_factor", 1.0}}),
+              HasSubstr("of kind linear has an unknown key \"low_freq_factor\""));
+  EXPECT_THAT(refusal(good, "learned"), HasSubstr("rope_scaling needs rotary positions"));
+}
+
 TEST(Transformer, ParameterCountMatchesTheTensors) {
   for (const auto& name : mechlab::core::preset_names()) {
     if (name == "gpt2-small") continue;
