@@ -22,6 +22,7 @@
 #include "patching/path_patching.h"
 #include "patching/sender_delta.h"
 #include "tests/hooks/fixture_compare.h"
+#include "tests/patching/patching_fixtures.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
@@ -36,18 +37,12 @@ using namespace mechlab::patching;
 namespace {
 
 std::string runtime_model(const std::string& name) {
-  return std::string(MECHLAB_TEST_DATA) + "/runtime/" + name + ".h5";
+  return mechlab::testing::test_data_h5("runtime", name);
 }
 
 PatchingData fixture_data(const std::string& model) {
-  H5File ref = H5File::open_read(std::string(MECHLAB_TEST_DATA) + "/patching/" + model + ".h5");
-  PatchingData d;
-  d.clean_tokens = ref.read_tensor("inputs/clean_tokens");
-  d.corrupted_tokens = ref.read_tensor("inputs/corrupted_tokens");
-  d.answer_tokens = ref.read_tensor("inputs/answer_tokens");
-  d.wrong_tokens = ref.read_tensor("inputs/wrong_tokens");
-  d.answer_pos = ref.read_tensor("inputs/answer_pos");
-  return d;
+  return mechlab::testing::read_fixture_inputs(
+      H5File::open_read(mechlab::testing::test_data_h5("patching", model)));
 }
 
 // logit difference computed in float64 (the library's logit_diff upcasts to

@@ -11,6 +11,7 @@
 #include "patching/sweep_file.h"
 #include "patching/sweeps.h"
 #include "tests/hooks/fixture_compare.h"
+#include "tests/patching/patching_fixtures.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
@@ -28,7 +29,7 @@ using namespace mechlab::patching;
 namespace {
 
 std::string runtime_model(const std::string& name) {
-  return std::string(MECHLAB_TEST_DATA) + "/runtime/" + name + ".h5";
+  return mechlab::testing::test_data_h5("runtime", name);
 }
 
 // The gpt2_like runtime fixture model and the patching fixture's prompts.

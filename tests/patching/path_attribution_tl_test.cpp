@@ -16,6 +16,8 @@
 #include "patching/path_patching.h"
 #include "tests/hooks/fixture_compare.h"
 
+#include "tests/patching/patching_fixtures.h"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -28,9 +30,7 @@ namespace {
 
 constexpr double kTol = 1e-4;
 
-std::string data_path(const std::string& dir, const std::string& model) {
-  return std::string(MECHLAB_TEST_DATA) + "/" + dir + "/" + model + ".h5";
-}
+using mechlab::testing::test_data_h5;
 
 std::vector<std::string> json_list(const H5File& f, const std::string& obj, const std::string& attr) {
   return nlohmann::json::parse(f.read_attr_string(obj, attr)).get<std::vector<std::string>>();
@@ -39,14 +39,10 @@ std::vector<std::string> json_list(const H5File& f, const std::string& obj, cons
 class PathAttributionTL : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    ref_ = std::make_unique<H5File>(H5File::open_read(data_path("patching/paths", GetParam())));
+    ref_ = std::make_unique<H5File>(H5File::open_read(test_data_h5("patching/paths", GetParam())));
     model_ = std::make_unique<HookedTransformer>(
-        HookedTransformer::load(data_path("runtime", GetParam())));
-    data_.clean_tokens = ref_->read_tensor("inputs/clean_tokens");
-    data_.corrupted_tokens = ref_->read_tensor("inputs/corrupted_tokens");
-    data_.answer_tokens = ref_->read_tensor("inputs/answer_tokens");
-    data_.wrong_tokens = ref_->read_tensor("inputs/wrong_tokens");
-    data_.answer_pos = ref_->read_tensor("inputs/answer_pos");
+        HookedTransformer::load(test_data_h5("runtime", GetParam())));
+    data_ = mechlab::testing::read_fixture_inputs(*ref_);
   }
 
   // The edge scores in the fixture's order (it names each edge).

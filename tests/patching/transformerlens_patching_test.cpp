@@ -11,6 +11,8 @@
 #include "patching/sweeps.h"
 #include "tests/hooks/fixture_compare.h"
 
+#include "tests/patching/patching_fixtures.h"
+
 #include <gtest/gtest.h>
 
 using mechlab::core::H5File;
@@ -22,21 +24,15 @@ namespace {
 
 constexpr double kTol = 1e-4;
 
-std::string data_path(const std::string& dir, const std::string& model) {
-  return std::string(MECHLAB_TEST_DATA) + "/" + dir + "/" + model + ".h5";
-}
+using mechlab::testing::test_data_h5;
 
 class TransformerLensPatching : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    ref_ = std::make_unique<H5File>(H5File::open_read(data_path("patching", GetParam())));
+    ref_ = std::make_unique<H5File>(H5File::open_read(test_data_h5("patching", GetParam())));
     model_ = std::make_unique<HookedTransformer>(
-        HookedTransformer::load(data_path("runtime", GetParam())));
-    data_.clean_tokens = ref_->read_tensor("inputs/clean_tokens");
-    data_.corrupted_tokens = ref_->read_tensor("inputs/corrupted_tokens");
-    data_.answer_tokens = ref_->read_tensor("inputs/answer_tokens");
-    data_.wrong_tokens = ref_->read_tensor("inputs/wrong_tokens");
-    data_.answer_pos = ref_->read_tensor("inputs/answer_pos");
+        HookedTransformer::load(test_data_h5("runtime", GetParam())));
+    data_ = mechlab::testing::read_fixture_inputs(*ref_);
   }
 
   // Runs every sweep the fixture holds for `direction` in one call and
