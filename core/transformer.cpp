@@ -9,8 +9,6 @@
 
 #include <ATen/ATen.h>
 
-#include <map>
-
 namespace mechlab::core {
 
 Transformer::Transformer(ModelConfig cfg, uint64_t seed)
@@ -28,16 +26,19 @@ Transformer::Transformer(ModelConfig cfg, TransformerWeights weights)
 
 Transformer Transformer::load(const std::string& path) {
   Checkpoint ckpt = load_checkpoint(path);
-  Transformer model(ckpt.config, /*seed=*/0);
+  // The model takes W_E's dtype; the checkpoint's tensors become its weights
+  // without a copy (no random initialisation first: peak memory is one model).
+  at::ScalarType dtype = at::kFloat;
   for (const auto& [name, tensor] : ckpt.params) {
-    if (name == "embed.W_E" && at::isFloatingType(tensor.scalar_type())) model.to(tensor.scalar_type());
+    if (name == "embed.W_E" && at::isFloatingType(tensor.scalar_type())) dtype = tensor.scalar_type();
   }
+  TransformerWeights weights;
   try {
-    model.load_parameters(ckpt.params);
+    weights = weights_from_params(ckpt.config, ckpt.params, at::TensorOptions(dtype));
   } catch (const Error& e) {
     throw Error(str_cat("checkpoint ", path, ": ", e.what()));
   }
-  return model;
+  return Transformer(std::move(ckpt.config), std::move(weights));
 }
 
 void Transformer::save(const std::string& path) const { save_checkpoint(path, cfg_, named_parameters()); }
@@ -56,28 +57,7 @@ std::vector<std::pair<std::string, at::Tensor>> Transformer::named_parameters() 
 }
 
 void Transformer::load_parameters(const std::vector<std::pair<std::string, at::Tensor>>& params) {
-  std::map<std::string, at::Tensor> given(params.begin(), params.end());
-  TransformerWeights w = w_;
-  const auto target = w_.W_E.options();
-  std::vector<ParamSlot> slots = param_slots(cfg_, w);
-  for (const ParamSlot& slot : slots) {
-    auto it = given.find(slot.name);
-    MECHLAB_CHECK(it != given.end(), "parameter \"", slot.name,
-                  "\" is missing (the config says this model has it)");
-    const at::Tensor& t = it->second;
-    MECHLAB_CHECK(t.sizes().vec() == slot.shape, "parameter \"", slot.name, "\" has shape ",
-                  t.sizes(), " but the config needs ", at::IntArrayRef(slot.shape));
-    MECHLAB_CHECK(at::isFloatingType(t.scalar_type()), "parameter \"", slot.name,
-                  "\" has dtype ", t.scalar_type(), "; expected a floating dtype");
-    *slot.tensor = t.to(target).contiguous();
-    given.erase(it);
-  }
-  if (!given.empty()) {
-    throw Error(str_cat("unexpected parameter \"", given.begin()->first,
-                        "\": this config has no such parameter (wrong config, or a checkpoint of "
-                        "another architecture?)"));
-  }
-  w_ = std::move(w);
+  w_ = weights_from_params(cfg_, params, w_.W_E.options());
   mutable_weights();
 }
 

@@ -1,6 +1,10 @@
 #include "core/weights.h"
 
+#include "core/error.h"
+
 #include <ATen/ATen.h>
+
+#include <map>
 
 namespace mechlab::core {
 
@@ -42,6 +46,31 @@ std::vector<ParamSlot> param_slots(const ModelConfig& cfg, TransformerWeights& w
   if (!cfg.tied_embeddings) s.push_back({"unembed.W_U", &w.W_U, {D, V}});
   s.push_back({"unembed.b_U", &w.b_U, {V}});
   return s;
+}
+
+TransformerWeights weights_from_params(const ModelConfig& cfg,
+                                       const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                       const at::TensorOptions& target) {
+  std::map<std::string, at::Tensor> given(params.begin(), params.end());
+  TransformerWeights w;
+  for (const ParamSlot& slot : param_slots(cfg, w)) {
+    auto it = given.find(slot.name);
+    MECHLAB_CHECK(it != given.end(), "parameter \"", slot.name,
+                  "\" is missing (the config says this model has it)");
+    const at::Tensor& t = it->second;
+    MECHLAB_CHECK(t.sizes().vec() == slot.shape, "parameter \"", slot.name, "\" has shape ",
+                  t.sizes(), " but the config needs ", at::IntArrayRef(slot.shape));
+    MECHLAB_CHECK(at::isFloatingType(t.scalar_type()), "parameter \"", slot.name,
+                  "\" has dtype ", t.scalar_type(), "; expected a floating dtype");
+    *slot.tensor = t.to(target).contiguous();
+    given.erase(it);
+  }
+  if (!given.empty()) {
+    throw Error(str_cat("unexpected parameter \"", given.begin()->first,
+                        "\": this config has no such parameter (wrong config, or a checkpoint of "
+                        "another architecture?)"));
+  }
+  return w;
 }
 
 TransformerWeights init_weights(const ModelConfig& cfg, uint64_t seed, double init_std) {

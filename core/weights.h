@@ -49,6 +49,15 @@ struct ParamSlot {
 /// Every parameter the config has, in a fixed order.
 std::vector<ParamSlot> param_slots(const ModelConfig& cfg, TransformerWeights& w);
 
+/// Weights made of `params` (name -> tensor, TransformerLens names), each
+/// converted to `target`'s dtype and device. Refuses a missing, unexpected,
+/// mis-shaped or non-floating parameter, naming it. The tensors are used as they
+/// are when they already match `target` (no copy), so that a model loaded from
+/// a checkpoint holds its weights once, not twice.
+TransformerWeights weights_from_params(const ModelConfig& cfg,
+                                       const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                       const at::TensorOptions& target);
+
 /// GPT-2-style initialisation: weights ~ N(0, init_std), biases 0, norm gains 1.
 TransformerWeights init_weights(const ModelConfig& cfg, uint64_t seed, double init_std = 0.02);
 

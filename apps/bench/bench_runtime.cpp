@@ -10,7 +10,12 @@
 //                   preallocated buffers. No implementation that multiplies by
 //                   every weight can be faster through the same BLAS, so
 //                   forward / floor is the overhead left to remove.
+//   fma-peak        the physical limit (CPU only): the floor's FLOPs at this
+//                   CPU's measured peak float32 FMA rate (apps/bench/cpu_peak),
+//                   i.e. a perfect GEMM with nothing else to do. Not a run of
+//                   the model: a time computed from a measured rate.
 #include "apps/bench/bench_util.h"
+#include "apps/bench/cpu_peak.h"
 #include "apps/cli/commands.h"
 #include "core/presets.h"
 #include "hooks/hooked_transformer.h"
@@ -24,25 +29,35 @@
 namespace mechlab::cli {
 namespace {
 
+/// The (k, n) of every weight matrix the forward multiplies by: x [T, k] W [k, n].
+std::vector<std::pair<int64_t, int64_t>> weight_matmul_shapes(const core::ModelConfig& cfg) {
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  const int64_t d = cfg.d_model, qkv = int64_t(cfg.n_heads + 2 * cfg.kv_heads()) * cfg.d_head;
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    shapes.emplace_back(d, qkv);                                        // W_Q, W_K, W_V
+    shapes.emplace_back(int64_t(cfg.n_heads) * cfg.d_head, d);          // W_O
+    if (!cfg.has_mlp()) continue;
+    shapes.emplace_back(d, cfg.mlp == core::MlpKind::gated ? 2 * cfg.d_mlp : cfg.d_mlp);  // W_in (+ W_gate)
+    shapes.emplace_back(cfg.d_mlp, d);                                  // W_out
+  }
+  shapes.emplace_back(d, cfg.d_vocab);                                  // W_U
+  return shapes;
+}
+
+/// FLOPs of the weight matmuls for `tokens` tokens (2 per multiply-add).
+double weight_matmul_flops(const core::ModelConfig& cfg, int64_t tokens) {
+  double flops = 0;
+  for (auto [k, n] : weight_matmul_shapes(cfg)) flops += 2.0 * static_cast<double>(tokens) * k * n;
+  return flops;
+}
+
 /// One [tokens, k] x [k, n] product per weight matrix of the forward pass.
 struct GemmFloor {
   std::vector<std::pair<at::Tensor, at::Tensor>> products;  // (input [T, k], weight [k, n])
-  double flops = 0;
 
   GemmFloor(const core::ModelConfig& cfg, int64_t tokens, const at::TensorOptions& opts) {
-    auto add = [&](int64_t k, int64_t n) {
+    for (auto [k, n] : weight_matmul_shapes(cfg))
       products.emplace_back(at::randn({tokens, k}, opts), at::randn({k, n}, opts));
-      flops += 2.0 * static_cast<double>(tokens) * k * n;
-    };
-    const int64_t d = cfg.d_model, qkv = int64_t(cfg.n_heads + 2 * cfg.kv_heads()) * cfg.d_head;
-    for (int l = 0; l < cfg.n_layers; ++l) {
-      add(d, qkv);                                        // W_Q, W_K, W_V
-      add(int64_t(cfg.n_heads) * cfg.d_head, d);          // W_O
-      if (!cfg.has_mlp()) continue;
-      add(d, cfg.mlp == core::MlpKind::gated ? 2 * cfg.d_mlp : cfg.d_mlp);  // W_in (+ W_gate)
-      add(cfg.d_mlp, d);                                  // W_out
-    }
-    add(d, cfg.d_vocab);                                  // W_U
   }
 
   void run() {
@@ -70,7 +85,7 @@ void add_bench_runtime(CLI::App& bench) {
   cmd->add_option("--repeats", a->repeats, "Timed runs (the median is reported)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seed of the random tokens (and random model)")->capture_default_str();
   cmd->add_option("--only", a->only,
-                  "Run one case (bypassed, hooks-idle, run_with_cache, materialised, gemm-floor), e.g. to "
+                  "Run one case (bypassed, hooks-idle, run_with_cache, materialised, gemm-floor, fma-peak), e.g. to "
                   "measure its peak memory alone");
   cmd->callback([a] {
     const at::Device device = parse_device(a->device);
@@ -107,16 +122,23 @@ void add_bench_runtime(CLI::App& bench) {
     hooks::RunOptions mat;
     mat.materialise_attention = true;
     measure("materialised", [&] { model.forward(tokens, mat); }, "attention pattern materialised");
+    const int64_t tokens_n = int64_t(a->batch) * a->pos;
+    const double flops = weight_matmul_flops(cfg, tokens_n);
     if (want("gemm-floor")) {
-      GemmFloor gemms(cfg, int64_t(a->batch) * a->pos,
-                      at::TensorOptions(parse_dtype(a->dtype)).device(device));
+      GemmFloor gemms(cfg, tokens_n, at::TensorOptions(parse_dtype(a->dtype)).device(device));
       measure("gemm-floor", [&] { gemms.run(); }, "");
-      rows.back().note = "weight matmuls only: " + c10::str(gemms.flops / 1e9) + " GFLOP at " +
-                         c10::str(static_cast<int>(gemms.flops / rows.back().ms / 1e6)) + " GFLOP/s";
+      rows.back().note = "weight matmuls only: " + c10::str(flops / 1e9) + " GFLOP at " +
+                         c10::str(static_cast<int>(flops / rows.back().ms / 1e6)) + " GFLOP/s";
     }
-    const double tokens_n = static_cast<double>(a->batch) * a->pos;
+    if (want("fma-peak") && device.is_cpu() && a->dtype == "f32") {
+      const bench::CpuPeak peak = bench::measure_cpu_fp32_peak(at::get_num_threads());
+      if (peak.gflops > 0)
+        rows.push_back({"fma-peak", flops / peak.gflops / 1e6,
+                        "floor's FLOPs at the measured peak: " + c10::str(static_cast<int>(peak.gflops)) +
+                            " GFLOP/s (" + peak.isa + ", " + std::to_string(peak.threads) + " threads)"});
+    }
     bench::print_table("forward pass, " + std::to_string(a->batch) + " x " + std::to_string(a->pos) + " tokens",
-                       rows, a->only.empty() ? "bypassed" : a->only, tokens_n, "tokens");
+                       rows, a->only.empty() ? "bypassed" : a->only, static_cast<double>(tokens_n), "tokens");
     if (cache_bytes) std::printf("cache size: %s\n", human_bytes(cache_bytes).c_str());
     std::printf("peak RSS: %s\n", human_bytes(bench::peak_rss_bytes()).c_str());
   });

@@ -156,6 +156,24 @@ TEST(Transformer, CheckpointRoundTripAndBadCheckpoints) {
   EXPECT_THAT(msg, HasSubstr("misshaped.h5"));
 }
 
+TEST(Transformer, ParametersOfTheModelsDtypeBecomeItsWeightsWithoutACopy) {
+  // Transformer::load relies on this: the checkpoint's tensors are the model's
+  // weights, so loading holds one model in memory, not two.
+  Transformer m(mechlab::core::preset("llama-tiny"), 3);
+  auto params = m.named_parameters();
+  for (auto& [name, t] : params) t = t.clone();
+  Transformer loaded(m.config(), mechlab::core::weights_from_params(m.config(), params, at::kFloat));
+  const auto named = loaded.named_parameters();
+  ASSERT_EQ(named.size(), params.size());
+  for (size_t i = 0; i < named.size(); ++i) {
+    EXPECT_EQ(named[i].second.data_ptr(), params[i].second.data_ptr()) << named[i].first;
+  }
+  // Another dtype is converted (a copy), and the values survive.
+  auto half = mechlab::core::weights_from_params(m.config(), params, at::kBFloat16);
+  EXPECT_EQ(half.W_E.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::allclose(half.W_E.to(at::kFloat), params[0].second, 1e-2, 1e-2));
+}
+
 TEST(Transformer, TiedEmbeddingsEqualAnUntiedCopy) {
   ModelConfig tied = mechlab::core::preset("tiny");
   tied.tied_embeddings = true;
