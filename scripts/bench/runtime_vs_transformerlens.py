@@ -34,7 +34,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT_DIR = os.path.join(ROOT, "build", "bench")
 CKPT = os.path.join(OUT_DIR, "gpt2_small_random.h5")
-MECHLAB = os.path.join(ROOT, "build", "mechlab")
+# MECHLAB_BIN: another build, e.g. build-gpu/mechlab on the GPU machine (scripts/gpu/tl_compare.sh).
+MECHLAB = os.environ.get("MECHLAB_BIN") or os.path.join(ROOT, "build", "mechlab")
 TL_CFG = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
               n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=0)
 TOKEN_SEED = 1
