@@ -32,13 +32,10 @@ using mechlab::hooks::HookedTransformer;
 using mechlab::hooks::NamesFilter;
 using mechlab::testing::close;
 using mechlab::testing::error_of;
+using mechlab::testing::runtime_model;
 using namespace mechlab::patching;
 
 namespace {
-
-std::string runtime_model(const std::string& name) {
-  return mechlab::testing::test_data_h5("runtime", name);
-}
 
 PatchingData fixture_data(const std::string& model) {
   return mechlab::testing::read_fixture_inputs(

@@ -15,6 +15,9 @@ inline std::string test_data_h5(const std::string& dir, const std::string& model
   return std::string(MECHLAB_TEST_DATA) + "/" + dir + "/" + model + ".h5";
 }
 
+/// tests/data/runtime/MODEL.h5: the TransformerLens-checked runtime models.
+inline std::string runtime_model(const std::string& model) { return test_data_h5("runtime", model); }
+
 /// The clean/corrupted prompts and answers a reference file stores under /inputs.
 inline patching::PatchingData read_fixture_inputs(const core::H5File& ref) {
   patching::PatchingData d;

@@ -24,6 +24,7 @@ namespace {
 
 constexpr double kTol = 1e-4;
 
+using mechlab::testing::runtime_model;
 using mechlab::testing::test_data_h5;
 
 class TransformerLensPatching : public ::testing::TestWithParam<std::string> {
@@ -31,7 +32,7 @@ class TransformerLensPatching : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     ref_ = std::make_unique<H5File>(H5File::open_read(test_data_h5("patching", GetParam())));
     model_ = std::make_unique<HookedTransformer>(
-        HookedTransformer::load(test_data_h5("runtime", GetParam())));
+        HookedTransformer::load(runtime_model(GetParam())));
     data_ = mechlab::testing::read_fixture_inputs(*ref_);
   }
 
