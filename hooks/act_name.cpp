@@ -1,6 +1,6 @@
 #include "hooks/act_name.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <cctype>
 #include <map>

@@ -1,7 +1,7 @@
 #include "hooks/activation_cache.h"
 
-#include "core/error.h"
-#include "core/layers/norm.h"
+#include "core/util/error.h"
+#include "core/model/layers/norm.h"
 #include "hooks/act_name.h"
 #include "hooks/names_filter.h"
 

@@ -12,7 +12,7 @@
 //   at::Tensor attrs = cache.logit_attrs(resid.tensor, answers, wrong, PosSlice(-1));
 #pragma once
 
-#include "core/transformer.h"
+#include "core/model/transformer.h"
 
 #include <ATen/core/Tensor.h>
 

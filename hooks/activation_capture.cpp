@@ -1,10 +1,10 @@
 #include "hooks/activation_capture.h"
 
-#include "core/activation_store.h"
-#include "core/error.h"
+#include "core/store/activation_store.h"
+#include "core/util/error.h"
 #include "core/log/log.h"
-#include "core/progress.h"
-#include "hooks/activation_writer.h"
+#include "core/util/progress.h"
+#include "core/store/activation_writer.h"
 
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
@@ -200,9 +200,9 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
                                 {"batch_size", opt.batch_size_}}
                      .dump();
   }
-  StoreSpec spec{header, opt.gzip_level_};
-  ActivationStoreWriter writer =
-      ActivationStoreWriter::open(out, spec, opt.resume_, opt.overwrite_);
+  core::StoreSpec spec{header, opt.gzip_level_};
+  core::ActivationStoreWriter writer =
+      core::ActivationStoreWriter::open(out, spec, opt.resume_, opt.overwrite_);
 
   CacheResult result;
   result.rows_total = header.rows_total;

@@ -16,8 +16,8 @@
 //   auto result = mechlab::hooks::cache_activations(model, ds, "acts.h5", opt);
 #pragma once
 
-#include "core/dataset.h"
-#include "core/options.h"
+#include "core/data/dataset.h"
+#include "core/util/options.h"
 #include "hooks/hooked_transformer.h"
 
 #include <ATen/ATen.h>

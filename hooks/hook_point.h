@@ -11,7 +11,7 @@
 //   };
 #pragma once
 
-#include "core/hook_site.h"
+#include "core/model/hook_site.h"
 
 #include <ATen/core/Tensor.h>
 

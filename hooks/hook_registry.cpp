@@ -1,6 +1,6 @@
 #include "hooks/hook_registry.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "hooks/names_filter.h"
 
 #include <algorithm>

@@ -11,7 +11,7 @@
 //   }                        // scope ends: hook removed
 #pragma once
 
-#include "core/hook_dispatch.h"
+#include "core/model/hook_dispatch.h"
 #include "hooks/hook_point.h"
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 #include "hooks/hooked_transformer.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <ATen/ATen.h>
 

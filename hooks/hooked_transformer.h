@@ -11,8 +11,8 @@
 //       [](at::Tensor& z, const HookPoint&) { z = z.clone(); z.select(2, 4).zero_(); }}});
 #pragma once
 
-#include "core/generate.h"
-#include "core/transformer.h"
+#include "core/model/generate.h"
+#include "core/model/transformer.h"
 #include "hooks/activation_cache.h"
 #include "hooks/hook_registry.h"
 #include "hooks/names_filter.h"
@@ -30,7 +30,7 @@ struct RunOptions {
   std::optional<int> stop_at_layer;     ///< return the residual entering this layer
   std::optional<at::Device> cache_device;  ///< where cached tensors go (default: model's)
   bool materialise_attention = false;   ///< force the unfused attention path
-  core::KVCache* kv_cache = nullptr;    ///< past keys/values: input follows them (core/kv_cache.h)
+  core::KVCache* kv_cache = nullptr;    ///< past keys/values: input follows them (core/model/kv_cache.h)
 };
 
 class HookedTransformer {
@@ -61,7 +61,7 @@ class HookedTransformer {
                             const std::vector<std::pair<std::string, BackwardHookFn>>& bwd_hooks = {},
                             const RunOptions& opts = {});
 
-  /// Text generation with a KV cache (core/generate.h) through the attached
+  /// Text generation with a KV cache (core/model/generate.h) through the attached
   /// hooks: add temporary ones with a HookScope around the call, as
   /// TransformerLens's `with model.hooks(...): model.generate(...)`.
   ///   auto out = model.generate(tokens, core::GenerateOptions().max_new_tokens(20).top_k(5));

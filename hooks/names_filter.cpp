@@ -1,7 +1,7 @@
 #include "hooks/names_filter.h"
 
-#include "core/error.h"
-#include "core/hook_site.h"
+#include "core/util/error.h"
+#include "core/model/hook_site.h"
 
 #include <algorithm>
 

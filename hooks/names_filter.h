@@ -7,7 +7,7 @@
 // ("*hook_result"); exact names and predicates select whatever they say.
 #pragma once
 
-#include "core/model_config.h"
+#include "core/model/model_config.h"
 
 #include <functional>
 #include <string>

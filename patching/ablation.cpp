@@ -1,6 +1,6 @@
 #include "patching/ablation.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <ATen/ATen.h>
 

@@ -1,7 +1,7 @@
 #include "patching/bulk_patcher.h"
 
-#include "core/error.h"
-#include "core/progress.h"
+#include "core/util/error.h"
+#include "core/util/progress.h"
 #include "kernels/device_info.h"
 
 #include <ATen/ATen.h>

@@ -1,6 +1,6 @@
 #include "patching/circuit_graph.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <cctype>
 #include <utility>

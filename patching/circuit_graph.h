@@ -36,7 +36,7 @@
 //   g.edge_name(e);                                // "a0.h3 -> a1.h2<q>"
 #pragma once
 
-#include "core/model_config.h"
+#include "core/model/model_config.h"
 
 #include <cstdint>
 #include <string>

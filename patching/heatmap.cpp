@@ -1,6 +1,6 @@
 #include "patching/heatmap.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "core/plot/line_chart.h"
 
 #include <ATen/ATen.h>

@@ -1,6 +1,6 @@
 #include "patching/patch_target.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "hooks/names_filter.h"
 
 #include <ATen/ATen.h>

@@ -20,8 +20,8 @@
 //   write_patch(z, t, clean_z);   // z[:, 5, 3] = clean_z[:, 5, 3]
 #pragma once
 
-#include "core/hook_site.h"
-#include "core/model_config.h"
+#include "core/model/hook_site.h"
+#include "core/model/model_config.h"
 
 #include <ATen/core/Tensor.h>
 

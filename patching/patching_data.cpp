@@ -1,6 +1,6 @@
 #include "patching/patching_data.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <ATen/ATen.h>
 

@@ -1,7 +1,7 @@
 // PatchingData: the clean/corrupted prompt pairs and answers a patching
 // experiment runs on, checked against a model before any forward.
 //
-// It mirrors a patching dataset (core/dataset.h): /clean_tokens,
+// It mirrors a patching dataset (core/data/dataset.h): /clean_tokens,
 // /corrupted_tokens, /answer_tokens, /wrong_tokens, optional /answer_pos and
 // /attention_mask. Clean and corrupted prompts share one attention mask (same
 // padding), as position-by-position patching needs aligned prompts.
@@ -12,8 +12,8 @@
 //   Metric m = logit_diff(data.answers());
 #pragma once
 
-#include "core/dataset.h"
-#include "core/model_config.h"
+#include "core/data/dataset.h"
+#include "core/model/model_config.h"
 #include "patching/metrics.h"
 
 #include <ATen/core/Tensor.h>

@@ -1,6 +1,6 @@
 #include "patching/path_patching.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "hooks/act_name.h"
 #include "patching/sender_delta.h"
 

@@ -1,7 +1,7 @@
 #include "patching/sweep_file.h"
 
-#include "core/error.h"
-#include "core/hdf5_file.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
 
 #include <ATen/ATen.h>
 

@@ -1,6 +1,6 @@
 #include "patching/sweeps.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "hooks/act_name.h"
 
 #include <ATen/ATen.h>

@@ -9,6 +9,11 @@ if [ -z "${Torch_DIR:-}" ]; then
 fi
 export CCACHE_DIR=${CCACHE_DIR:-$MECHLAB_PREFIX/ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+# The precompiled header makes every compile "uncacheable" unless ccache may
+# trust its defines and timestamps. Paths are made relative to the checkout so
+# that a fresh clone elsewhere (CI, a worktree) hits the same cache entries.
+export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$MECHLAB_ROOT}
 # Configure (once) and build mechlab into $MECHLAB_BUILD.
 mechlab_build() {
   local gen=()

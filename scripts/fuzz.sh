@@ -3,7 +3,7 @@
 #
 #   bash scripts/fuzz.sh [SECONDS]        # default 60
 #
-# Compiles tests/fuzz/safetensors_fuzz.cpp with core/safetensors_header.cpp
+# Compiles tests/fuzz/safetensors_fuzz.cpp with core/formats/safetensors_header.cpp
 # standalone (clang++, -fsanitize=fuzzer,address,undefined; no LibTorch),
 # seeds a corpus from valid files (the Hugging Face fixtures and a few small
 # hand-made files), runs, and exits non-zero on any finding. Crashing inputs

@@ -2,7 +2,7 @@
 // expected mechlab::Error, and running the mechlab binary as a user would.
 #pragma once
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <gtest/gtest.h>
 

@@ -10,14 +10,14 @@
 // blocks.*.hook_resid_post stored as bfloat16.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
-#include "core/activation_store.h"
-#include "core/dataset.h"
-#include "core/error.h"
-#include "core/presets.h"
-#include "core/progress.h"
-#include "core/shuffled_batches.h"
+#include "core/store/activation_store.h"
+#include "core/data/dataset.h"
+#include "core/util/error.h"
+#include "core/model/presets.h"
+#include "core/util/progress.h"
+#include "core/store/shuffled_batches.h"
 #include "hooks/activation_capture.h"
-#include "hooks/activation_writer.h"
+#include "core/store/activation_writer.h"
 #include "hooks/hooked_transformer.h"
 #include "kernels/device_info.h"
 
@@ -261,7 +261,7 @@ void add_bench_cache(CLI::App& bench) {
     const std::string store_path = scratch.file("writer.h5");
     int64_t writer_bytes = 0;
     const double writer_s = seconds([&] {
-      auto w = hooks::ActivationStoreWriter::open(store_path, hooks::StoreSpec{header, 0},
+      auto w = core::ActivationStoreWriter::open(store_path, core::StoreSpec{header, 0},
                                                   /*resume=*/false, /*overwrite=*/true);
       for (int64_t r = 0; r < rows; r += chunk_rows) {
         const int64_t n = std::min(chunk_rows, rows - r);

@@ -13,8 +13,8 @@
 // Page cache warm for both (warm-up runs first); ratios < 1 mean mechlab is faster.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
-#include "core/error.h"
-#include "core/model_loader.h"
+#include "core/util/error.h"
+#include "core/hf/model_loader.h"
 
 #include <ATen/ATen.h>
 

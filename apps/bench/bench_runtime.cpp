@@ -17,7 +17,7 @@
 #include "apps/bench/bench_util.h"
 #include "apps/bench/cpu_peak.h"
 #include "apps/cli/commands.h"
-#include "core/presets.h"
+#include "core/model/presets.h"
 #include "hooks/hooked_transformer.h"
 #include "kernels/device_info.h"
 

@@ -9,9 +9,9 @@
 // holds both rates and the ratios.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
-#include "core/error.h"
-#include "core/rng.h"
-#include "core/tokenizer/tokenizer_json.h"
+#include "core/util/error.h"
+#include "core/util/rng.h"
+#include "core/data/tokenizer/tokenizer_json.h"
 
 #include <nlohmann/json.hpp>
 

@@ -1,10 +1,10 @@
 // mechlab cache: run a model over a dataset and write the activations of
 // chosen hook points to an activation store (hooks/activation_capture.h).
 #include "apps/cli/commands.h"
-#include "core/dataset.h"
-#include "core/error.h"
-#include "core/model_loader.h"
-#include "core/progress.h"
+#include "core/data/dataset.h"
+#include "core/util/error.h"
+#include "core/hf/model_loader.h"
+#include "core/util/progress.h"
 #include "hooks/activation_capture.h"
 
 #include <ATen/ATen.h>

@@ -1,12 +1,12 @@
-// mechlab dataset: make a task's dataset (core/tasks/) and inspect dataset files
-// (core/dataset.h).
+// mechlab dataset: make a task's dataset (core/data/tasks/) and inspect dataset files
+// (core/data/dataset.h).
 #include "apps/cli/commands.h"
-#include "core/dataset.h"
-#include "core/error.h"
-#include "core/hdf5_file.h"
+#include "core/data/dataset.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
 #include "core/log/log.h"
-#include "core/tasks/tasks.h"
-#include "core/word_tokenizer.h"
+#include "core/data/tasks/tasks.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -71,7 +71,7 @@ std::string tasks_help() {
   }
   out +=
       "\nThe formats and their sources are described in docs/ARCHITECTURE.md and in "
-      "core/tasks/<task>.h.\n";
+      "core/data/tasks/<task>.h.\n";
   return out;
 }
 

@@ -1,11 +1,11 @@
-// mechlab generate: continue prompts with a model (core/generate.h): greedy or
+// mechlab generate: continue prompts with a model (core/model/generate.h): greedy or
 // sampled, KV cache, stop tokens; text in and out when the model folder has a
 // tokenizer, token ids otherwise.
 #include "apps/cli/commands.h"
 #include "apps/cli/prompt_input.h"
-#include "core/error.h"
-#include "core/generate.h"
-#include "core/model_loader.h"
+#include "core/util/error.h"
+#include "core/model/generate.h"
+#include "core/hf/model_loader.h"
 
 #include <nlohmann/json.hpp>
 

@@ -1,12 +1,12 @@
-// mechlab heads: head-detector scores (hooks/head_detector.h) of every
+// mechlab heads: head-detector scores (hooks/analysis/head_detector.h) of every
 // attention head — which heads are previous-token, duplicate-token and
 // induction heads.
 #include "apps/cli/commands.h"
-#include "core/dataset.h"
-#include "core/error.h"
-#include "core/model_loader.h"
-#include "core/tasks/induction.h"
-#include "hooks/head_detector.h"
+#include "core/data/dataset.h"
+#include "core/util/error.h"
+#include "core/hf/model_loader.h"
+#include "core/data/tasks/induction.h"
+#include "hooks/analysis/head_detector.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -75,16 +75,16 @@ void add_heads_command(CLI::App& app) {
       source = "repeated random tokens (BOS + " + std::to_string(half) + " + " +
                std::to_string(half) + ")";
     }
-    hooks::HeadDetectorOptions opt;
+    analysis::HeadDetectorOptions opt;
     opt.exclude_bos(a->exclude_bos).exclude_current_token(a->exclude_current);
-    opt.error_measure(a->measure == "abs" ? hooks::ErrorMeasure::abs : hooks::ErrorMeasure::mul);
+    opt.error_measure(a->measure == "abs" ? analysis::ErrorMeasure::abs : analysis::ErrorMeasure::mul);
     std::printf("head detector on %s: %lld prompts of %lld tokens, measure %s\n", source.c_str(),
                 static_cast<long long>(tokens.size(0)), static_cast<long long>(tokens.size(1)),
                 a->measure.c_str());
     for (const std::string& name : a->types) {
-      const hooks::HeadType type = hooks::parse_head_type(name);
-      at::Tensor s = hooks::detect_head(model, tokens, type, opt);  // [n_layers, n_heads]
-      std::printf("\n%s   (rows: layer, columns: head)\n      ", hooks::to_string(type));
+      const analysis::HeadType type = analysis::parse_head_type(name);
+      at::Tensor s = analysis::detect_head(model, tokens, type, opt);  // [n_layers, n_heads]
+      std::printf("\n%s   (rows: layer, columns: head)\n      ", analysis::to_string(type));
       for (int h = 0; h < cfg.n_heads; ++h) std::printf("  h%-4d", h);
       for (int l = 0; l < cfg.n_layers; ++l) {
         std::printf("\n  L%-2d", l);

@@ -1,8 +1,8 @@
 // mechlab info: a model's config, parameter count and hook points.
 #include "apps/cli/commands.h"
 #include "apps/cli/prompt_input.h"
-#include "core/model_loader.h"
-#include "core/transformer.h"
+#include "core/hf/model_loader.h"
+#include "core/model/transformer.h"
 #include "kernels/device_info.h"
 
 #include <nlohmann/json.hpp>

@@ -1,9 +1,9 @@
 // mechlab new: write a randomly initialised model of a preset shape.
 #include "apps/cli/commands.h"
-#include "core/presets.h"
-#include "core/transformer.h"
+#include "core/model/presets.h"
+#include "core/model/transformer.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include "core/log/log.h"
 

@@ -2,11 +2,11 @@
 // with TransformerLens's semantics, run in bulk. Writes one HDF5 file with a
 // group per sweep and direction, and one SVG heatmap per result.
 #include "apps/cli/commands.h"
-#include "core/text_file.h"
-#include "core/dataset.h"
-#include "core/error.h"
-#include "core/model_loader.h"
-#include "core/word_tokenizer.h"
+#include "core/formats/text_file.h"
+#include "core/data/dataset.h"
+#include "core/util/error.h"
+#include "core/hf/model_loader.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/attribution.h"
 #include "patching/circuit_graph.h"

@@ -3,8 +3,8 @@
 // of the cached activations.
 #include "apps/cli/commands.h"
 #include "apps/cli/prompt_input.h"
-#include "core/error.h"
-#include "core/model_loader.h"
+#include "core/util/error.h"
+#include "core/hf/model_loader.h"
 #include "hooks/hooked_transformer.h"
 
 #include <nlohmann/json.hpp>

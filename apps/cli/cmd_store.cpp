@@ -1,8 +1,8 @@
-// mechlab store: look inside an activation store (core/activation_store.h).
+// mechlab store: look inside an activation store (core/store/activation_store.h).
 #include "apps/cli/commands.h"
-#include "core/activation_store.h"
-#include "core/error.h"
-#include "core/hdf5_file.h"
+#include "core/store/activation_store.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
 
 #include <ATen/ATen.h>
 

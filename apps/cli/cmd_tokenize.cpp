@@ -1,8 +1,8 @@
 // mechlab tokenize: encode text (or decode ids) with a Hugging Face byte-level BPE tokenizer,
 // printing ids and string tokens.
 #include "apps/cli/commands.h"
-#include "core/error.h"
-#include "core/tokenizer/tokenizer_json.h"
+#include "core/util/error.h"
+#include "core/data/tokenizer/tokenizer_json.h"
 
 #include <nlohmann/json.hpp>
 

@@ -1,7 +1,7 @@
 // mechlab train: train a model on a task dataset from a JSON config
 // (core/train/trainer.h); the recipes under apps/models/ are such configs.
 #include "apps/cli/commands.h"
-#include "core/error.h"
+#include "core/util/error.h"
 #include "core/train/trainer.h"
 
 #include <ATen/Parallel.h>

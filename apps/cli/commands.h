@@ -1,7 +1,7 @@
 // The mechlab CLI: one file per subcommand, each adding itself to the app.
 #pragma once
 
-#include "core/weight_processing.h"
+#include "core/model/weight_processing.h"
 
 #include <CLI/CLI.hpp>
 

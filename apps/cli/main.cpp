@@ -1,7 +1,7 @@
 // mechlab: command-line entry point. Catches mechlab::Error (and LibTorch's
 // c10::Error) at the top so users see one clear line, never a backtrace.
 #include "apps/cli/commands.h"
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <c10/util/Exception.h>
 #include "core/log/log.h"

@@ -1,5 +1,5 @@
 #include "apps/cli/commands.h"
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <ATen/ATen.h>
 

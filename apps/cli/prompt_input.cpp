@@ -1,7 +1,7 @@
 #include "apps/cli/prompt_input.h"
 
-#include "core/error.h"
-#include "core/tokenizer/tokenizer_json.h"
+#include "core/util/error.h"
+#include "core/data/tokenizer/tokenizer_json.h"
 
 #include <filesystem>
 

@@ -8,7 +8,7 @@
 // it (prepend_bos=False). Token-id prompts are taken as given.
 #pragma once
 
-#include "core/tokenizer/bpe_tokenizer.h"
+#include "core/data/tokenizer/bpe_tokenizer.h"
 
 #include <CLI/CLI.hpp>
 

@@ -1,7 +1,7 @@
 // Quickstart of the C++ API: build a small model, cache activations, ablate a
 // head with a temporary hook, and attribute the logit difference to residual
 // components. Run: build/example_quickstart
-#include "core/presets.h"
+#include "core/model/presets.h"
 #include "hooks/hooked_transformer.h"
 
 #include <ATen/ATen.h>

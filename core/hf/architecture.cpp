@@ -1,6 +1,6 @@
 #include "core/hf/architecture.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 namespace mechlab::core::hf {
 

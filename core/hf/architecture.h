@@ -2,7 +2,7 @@
 // style: read hyper-parameters, map tensors), and the registry that picks one
 // from config.json's `architectures` (or `model_type`).
 //
-// A mapping produces TransformerLens's layout (core/weights.h): W_Q [head,
+// A mapping produces TransformerLens's layout (core/model/weights.h): W_Q [head,
 // d_model, d_head], W_O [head, d_head, d_model], W_in [d_model, d_mlp], W_U
 // [d_model, d_vocab], ... from Hugging Face's Linear [out, in] (or GPT-2's
 // Conv1D [in, out]) weights.
@@ -10,8 +10,8 @@
 
 #include "core/hf/hf_config.h"
 #include "core/hf/hf_tensors.h"
-#include "core/model_config.h"
-#include "core/weights.h"
+#include "core/model/model_config.h"
+#include "core/model/weights.h"
 
 #include <string>
 #include <vector>

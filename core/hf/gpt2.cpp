@@ -13,7 +13,7 @@
 //   h.L.mlp.c_fc.{weight [d_model, d_mlp], bias}, h.L.mlp.c_proj.{weight [d_mlp, d_model], bias}
 //   ln_f.{weight,bias}; lm_head.weight only when untied
 //   h.L.attn.bias / masked_bias: causal-mask buffers in older files, ignored.
-#include "core/error.h"
+#include "core/util/error.h"
 #include "core/hf/architecture.h"
 #include "core/hf/mapping.h"
 

@@ -18,7 +18,7 @@
 //   layers.L.attention.{bias, masked_bias, rotary_emb.inv_freq}: buffers, ignored.
 // Rotary: the first int(d_head * rotary_pct) dimensions of each head,
 // rotate-half style, as mechlab's.
-#include "core/error.h"
+#include "core/util/error.h"
 #include "core/hf/architecture.h"
 #include "core/hf/mapping.h"
 

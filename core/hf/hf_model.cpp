@@ -1,6 +1,6 @@
 #include "core/hf/hf_model.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "core/hf/architecture.h"
 #include "core/hf/mapping.h"
 

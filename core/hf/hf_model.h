@@ -6,7 +6,7 @@
 //   auto model = mechlab::core::hf::load_hf_model("models/pythia-70m", {at::kBFloat16});
 #pragma once
 
-#include "core/transformer.h"
+#include "core/model/transformer.h"
 
 #include <ATen/ATen.h>
 
@@ -26,7 +26,7 @@ bool is_hf_folder(const std::string& path);
 
 /// Reads config.json and the weights, converts them to TransformerLens layout
 /// and returns a CPU model. Tensors whose layout and dtype need no change
-/// stay memory-mapped (core/safetensors.h explains the lifetime); the rest
+/// stay memory-mapped (core/formats/safetensors.h explains the lifetime); the rest
 /// are converted copies. Every failure is a mechlab::Error naming the file,
 /// key or tensor.
 Transformer load_hf_model(const std::string& folder, const HfLoadOptions& options = {});

@@ -1,6 +1,6 @@
 #include "core/hf/hf_tensors.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "core/hf/hf_config.h"
 
 #include <nlohmann/json.hpp>

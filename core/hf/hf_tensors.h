@@ -1,7 +1,7 @@
 // HfTensors: the tensors of a Hugging Face model folder, from
 // `model.safetensors` or from the shards named in
 // `model.safetensors.index.json` (`{"metadata": {...}, "weight_map":
-// {tensor name: shard file name}}`), all memory-mapped (core/safetensors.h).
+// {tensor name: shard file name}}`), all memory-mapped (core/formats/safetensors.h).
 //
 // An architecture's mapping takes every tensor it needs by name and shape;
 // at the end check_all_used() refuses tensors nobody took, so a checkpoint of
@@ -14,7 +14,7 @@
 // Pickle files (pytorch_model.bin) are never read.
 #pragma once
 
-#include "core/safetensors.h"
+#include "core/formats/safetensors.h"
 
 #include <ATen/ATen.h>
 

@@ -21,7 +21,7 @@
 // what mechlab (and TransformerLens, whose convert_llama_weights copies q/k
 // unchanged) applies. So q_proj/k_proj are copied unpermuted; the fixtures'
 // logits check it.
-#include "core/error.h"
+#include "core/util/error.h"
 #include "core/hf/architecture.h"
 #include "core/hf/llama_family.h"
 #include "core/hf/mapping.h"

@@ -5,8 +5,8 @@
 
 #include "core/hf/hf_config.h"
 #include "core/hf/hf_tensors.h"
-#include "core/model_config.h"
-#include "core/weights.h"
+#include "core/model/model_config.h"
+#include "core/model/weights.h"
 
 namespace mechlab::core::hf {
 

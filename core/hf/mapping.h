@@ -4,7 +4,7 @@
 
 #include "core/hf/hf_config.h"
 #include "core/hf/hf_tensors.h"
-#include "core/model_config.h"
+#include "core/model/model_config.h"
 
 #include <ATen/ATen.h>
 

@@ -1,6 +1,6 @@
 #include "core/train/adamw.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <cmath>
 

@@ -18,7 +18,7 @@
 //   opt.step(lr);
 #pragma once
 
-#include "core/options.h"
+#include "core/util/options.h"
 
 #include <ATen/ATen.h>
 

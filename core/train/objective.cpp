@@ -1,6 +1,6 @@
 #include "core/train/objective.h"
 
-#include "core/transformer.h"
+#include "core/model/transformer.h"
 
 namespace mechlab::core::train {
 namespace {

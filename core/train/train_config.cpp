@@ -1,6 +1,6 @@
 #include "core/train/train_config.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 
 #include <fstream>
 #include <functional>

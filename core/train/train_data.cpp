@@ -1,8 +1,8 @@
 #include "core/train/train_data.h"
 
-#include "core/error.h"
-#include "core/presets.h"
-#include "core/tasks/tasks.h"
+#include "core/util/error.h"
+#include "core/model/presets.h"
+#include "core/data/tasks/tasks.h"
 
 #include <cmath>
 

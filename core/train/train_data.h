@@ -3,8 +3,8 @@
 // plus the model config resolved against it (d_vocab and n_ctx from the data).
 #pragma once
 
-#include "core/dataset.h"
-#include "core/model_config.h"
+#include "core/data/dataset.h"
+#include "core/model/model_config.h"
 #include "core/train/train_config.h"
 
 #include <ATen/ATen.h>

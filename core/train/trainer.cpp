@@ -1,12 +1,12 @@
 #include "core/train/trainer.h"
 
-#include "core/checkpoint.h"
-#include "core/error.h"
-#include "core/hdf5_file.h"
+#include "core/model/checkpoint.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
 #include "core/log/log.h"
-#include "core/progress.h"
-#include "core/rng.h"
-#include "core/text_file.h"
+#include "core/util/progress.h"
+#include "core/util/rng.h"
+#include "core/formats/text_file.h"
 #include "core/train/objective.h"
 
 #include <algorithm>

@@ -24,13 +24,13 @@
 //   Transformer& model = trainer.model();
 #pragma once
 
-#include "core/options.h"
+#include "core/util/options.h"
 #include "core/train/adamw.h"
 #include "core/train/lr_schedule.h"
 #include "core/train/train_config.h"
 #include "core/train/train_data.h"
 #include "core/train/training_log.h"
-#include "core/transformer.h"
+#include "core/model/transformer.h"
 
 #include <ATen/ATen.h>
 

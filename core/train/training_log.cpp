@@ -1,7 +1,7 @@
 #include "core/train/training_log.h"
 
-#include "core/error.h"
-#include "core/hdf5_file.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
 #include "core/plot/line_chart.h"
 
 #include <iomanip>

@@ -3,12 +3,12 @@
 // finished store must equal an uninterrupted run's byte for byte in every
 // dataset. After every kill the file, if there is one, must open and its
 // committed rows must already equal the uninterrupted run's.
-#include "core/activation_store.h"
-#include "core/dataset.h"
-#include "core/hdf5_file.h"
-#include "core/presets.h"
-#include "core/rng.h"
-#include "core/transformer.h"
+#include "core/store/activation_store.h"
+#include "core/data/dataset.h"
+#include "core/formats/hdf5_file.h"
+#include "core/model/presets.h"
+#include "core/util/rng.h"
+#include "core/model/transformer.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>

@@ -1,7 +1,7 @@
 // Tests of `mechlab dataset make` and `mechlab dataset inspect`, run as a user
 // runs them (the built binary, MECHLAB_BINARY).
-#include "core/dataset.h"
-#include "core/word_tokenizer.h"
+#include "core/data/dataset.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

@@ -3,7 +3,7 @@
 // (a tiny GPT-2 with the 800-token GPT-2-style fixture tokenizer; made by
 // scripts/fixtures/make_generate_fixtures.py, which prepends BOS as
 // TransformerLens's prepend_bos does and stops at EOS as the CLI does).
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

@@ -6,7 +6,7 @@
 // induction recipe, shortened, to show the recipe itself still works.)
 #include "core/train/objective.h"
 #include "core/train/train_data.h"
-#include "hooks/head_detector.h"
+#include "hooks/analysis/head_detector.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -35,9 +35,9 @@ TEST(RecipeModelsTest, InductionModelPredictsTheRepeatWithInductionHeads) {
   EXPECT_GE(test_accuracy("induction", model), 0.95);
   const TrainConfig cfg = TrainConfig::load(kModels + "induction.json");
   at::Tensor tokens = load_train_data(cfg).test.tokens.narrow(0, 0, 64);
-  const auto opt = hooks::HeadDetectorOptions().exclude_bos(true);
-  at::Tensor prev = hooks::detect_head(model, tokens, hooks::HeadType::previous_token, opt);
-  at::Tensor ind = hooks::detect_head(model, tokens, hooks::HeadType::induction, opt);
+  const auto opt = analysis::HeadDetectorOptions().exclude_bos(true);
+  at::Tensor prev = analysis::detect_head(model, tokens, analysis::HeadType::previous_token, opt);
+  at::Tensor ind = analysis::detect_head(model, tokens, analysis::HeadType::induction, opt);
   EXPECT_GT(prev[0].max().item<double>(), 0.5) << prev;
   EXPECT_GT(ind[1].max().item<double>(), 0.3) << ind;
   EXPECT_EQ(prev.argmax().item<int64_t>() / prev.size(1), 0) << prev;

@@ -1,11 +1,11 @@
-// Tests for core/tokenizer/: byte-level BPE tokenizers of the GPT-2, GPT-NeoX and Llama-3
+// Tests for core/data/tokenizer/: byte-level BPE tokenizers of the GPT-2, GPT-NeoX and Llama-3
 // styles against the ids and texts Hugging Face `tokenizers` 0.22.2 produced for the same
 // tokenizer.json (tests/data/tokenizers/, made by scripts/fixtures/make_tokenizer_fixtures.py).
 // Agreement must be exact: every id of every case, every decoded string.
-#include "core/tokenizer/tokenizer_json.h"
-#include "core/tokenizer/unicode.h"
+#include "core/data/tokenizer/tokenizer_json.h"
+#include "core/data/tokenizer/unicode.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

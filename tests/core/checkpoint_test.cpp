@@ -1,9 +1,9 @@
-// Tests for core/checkpoint.h: round trip, atomic save, and the messages a user
+// Tests for core/model/checkpoint.h: round trip, atomic save, and the messages a user
 // sees for files that are not (loadable) checkpoints.
-#include "core/checkpoint.h"
+#include "core/model/checkpoint.h"
 
-#include "core/error.h"
-#include "core/hdf5_file.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

@@ -1,12 +1,12 @@
-// Tests for core/dataset.h: round trips of every dataset kind, validation
+// Tests for core/data/dataset.h: round trips of every dataset kind, validation
 // messages, and the messages a user sees for files that are not (loadable)
 // datasets.
-#include "core/dataset.h"
+#include "core/data/dataset.h"
 
-#include "core/checkpoint.h"
-#include "core/error.h"
-#include "core/hdf5_file.h"
-#include "core/word_tokenizer.h"
+#include "core/model/checkpoint.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

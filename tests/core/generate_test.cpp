@@ -9,10 +9,10 @@
 // attribute; the smallest is 1.5e-2), so float differences of 1e-6 cannot
 // change a token. Warpers: 1e-6 (one division, one softmax and cumsum apart;
 // -inf entries must match exactly).
-#include "core/generate.h"
-#include "core/hdf5_file.h"
-#include "core/model_loader.h"
-#include "core/sampling.h"
+#include "core/model/generate.h"
+#include "core/formats/hdf5_file.h"
+#include "core/hf/model_loader.h"
+#include "core/model/sampling.h"
 #include "tests/hooks/fixture_compare.h"
 #include "tests/test_util.h"
 

@@ -1,9 +1,9 @@
-// Tests for core/hdf5_file.h: tensor round trips for every dtype (bit-exact),
+// Tests for core/formats/hdf5_file.h: tensor round trips for every dtype (bit-exact),
 // layouts, groups and paths, attributes of both string kinds, and the errors a
 // user sees for missing, foreign and truncated files.
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

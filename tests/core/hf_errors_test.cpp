@@ -3,8 +3,8 @@
 // weights that disagree with the config, broken shard indexes, pickle-only
 // folders and paths that are not models.
 #include "core/hf/hf_model.h"
-#include "core/model_loader.h"
-#include "core/safetensors.h"
+#include "core/hf/model_loader.h"
+#include "core/formats/safetensors.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

@@ -23,10 +23,10 @@
 // against transformers' float32 computation (float32 rounding, 6e-8, over a
 // pow, a division and the llama3 blend; measured 6.4e-8 and 4.8e-8).
 // The test prints each measured error ("[ measured ]" lines).
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "core/hf/hf_model.h"
-#include "core/layers/rotary.h"
-#include "core/model_loader.h"
+#include "core/model/layers/rotary.h"
+#include "core/hf/model_loader.h"
 #include "tests/hooks/fixture_compare.h"
 #include "tests/test_util.h"
 

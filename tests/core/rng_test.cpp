@@ -1,7 +1,7 @@
-// Tests for core/rng.h: the stream is fixed (golden values from an independent
+// Tests for core/util/rng.h: the stream is fixed (golden values from an independent
 // Python implementation of splitmix64 + xoshiro256** + Lemire's bounded draw,
 // written from the papers), bounds hold, and shuffles are permutations.
-#include "core/rng.h"
+#include "core/util/rng.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -1,9 +1,9 @@
-// Tests for core/safetensors.h and core/safetensors_header.h: the writer/reader
+// Tests for core/formats/safetensors.h and core/formats/safetensors_header.h: the writer/reader
 // round trip, memory-mapping semantics, and one hostile file per refusal with
 // the message a user sees.
-#include "core/safetensors.h"
+#include "core/formats/safetensors.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

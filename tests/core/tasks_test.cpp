@@ -1,17 +1,17 @@
-// Tests for core/tasks/: each generator's defining property on every example,
+// Tests for core/data/tasks/: each generator's defining property on every example,
 // determinism by seed, the registry's option handling, and that every task's
 // dataset validates and round-trips through a file.
-#include "core/tasks/tasks.h"
+#include "core/data/tasks/tasks.h"
 
-#include "core/error.h"
-#include "core/tasks/greater_than.h"
-#include "core/tasks/induction.h"
-#include "core/tasks/ioi.h"
-#include "core/tasks/modular_addition.h"
-#include "core/tasks/probe.h"
-#include "core/tasks/reversal.h"
-#include "core/tasks/sorting.h"
-#include "core/word_tokenizer.h"
+#include "core/util/error.h"
+#include "core/data/tasks/greater_than.h"
+#include "core/data/tasks/induction.h"
+#include "core/data/tasks/ioi.h"
+#include "core/data/tasks/modular_addition.h"
+#include "core/data/tasks/probe.h"
+#include "core/data/tasks/reversal.h"
+#include "core/data/tasks/sorting.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

@@ -1,6 +1,6 @@
 // Tests for `mechlab tokenize` (apps/cli/cmd_tokenize.cpp): ids and string tokens as the
 // library gives them, decoding, and one-line errors.
-#include "core/tokenizer/tokenizer_json.h"
+#include "core/data/tokenizer/tokenizer_json.h"
 
 #include "tests/test_util.h"
 

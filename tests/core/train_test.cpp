@@ -1,12 +1,12 @@
 // Tests for core/train/: AdamW and clipping against torch.optim.AdamW
 // (tests/data/train/adamw.h5, see its README), the learning-rate schedule,
 // config refusals, exact resume, and the induction recipe trained short.
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "core/train/adamw.h"
 #include "core/train/lr_schedule.h"
 #include "core/train/objective.h"
 #include "core/train/trainer.h"
-#include "hooks/head_detector.h"
+#include "hooks/analysis/head_detector.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>
@@ -271,9 +271,9 @@ TEST(InductionRecipeTest, ShortRunLearnsInductionWithTheExpectedHeads) {
   hooks::HookedTransformer model(trainer.model());
   at::Tensor tokens = trainer.data().test.tokens.narrow(0, 0, 50);
   // Heads of a young circuit still park much attention on BOS; score the rest.
-  const auto opt = hooks::HeadDetectorOptions().exclude_bos(true);
-  at::Tensor prev = hooks::detect_head(model, tokens, hooks::HeadType::previous_token, opt);
-  at::Tensor induction = hooks::detect_head(model, tokens, hooks::HeadType::induction, opt);
+  const auto opt = analysis::HeadDetectorOptions().exclude_bos(true);
+  at::Tensor prev = analysis::detect_head(model, tokens, analysis::HeadType::previous_token, opt);
+  at::Tensor induction = analysis::detect_head(model, tokens, analysis::HeadType::induction, opt);
   EXPECT_GT(prev[0].max().item<double>(), 0.3) << prev;
   EXPECT_GT(induction[1].max().item<double>(), 0.3) << induction;
   // The best previous-token head is in layer 0, the best induction head in layer 1.

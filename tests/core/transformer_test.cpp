@@ -1,10 +1,10 @@
 // Transformer runtime: input checks, checkpoints, config, dtypes, layer ranges.
 // (Numerical agreement with TransformerLens: tests/hooks/transformerlens_test.cpp.)
-#include "core/checkpoint.h"
-#include "core/error.h"
-#include "core/hdf5_file.h"
-#include "core/presets.h"
-#include "core/transformer.h"
+#include "core/model/checkpoint.h"
+#include "core/util/error.h"
+#include "core/formats/hdf5_file.h"
+#include "core/model/presets.h"
+#include "core/model/transformer.h"
 #include "tests/test_util.h"
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// core/weight_processing.h: every step keeps the output distribution, on every
+// core/model/weight_processing.h: every step keeps the output distribution, on every
 // runtime fixture (tests/data/runtime) and Hugging Face fixture folder
 // (tests/data/hf); refusals; checkpoints of processed models.
 //
@@ -10,9 +10,9 @@
 // 3.8e-6 absolute on log-probs of magnitude ~5, i.e. ~8e-7 relative, on the
 // same runtime fixtures). Log-probs, not logits: center_unembed moves every
 // logit of a position by the same constant.
-#include "core/weight_processing.h"
-#include "core/hdf5_file.h"
-#include "core/model_loader.h"
+#include "core/model/weight_processing.h"
+#include "core/formats/hdf5_file.h"
+#include "core/hf/model_loader.h"
 #include "tests/hooks/fixture_compare.h"
 #include "tests/test_util.h"
 

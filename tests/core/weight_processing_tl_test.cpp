@@ -18,9 +18,9 @@
 // from TL's (fused kernels, packed QKV): measured <= 5.2e-7, so 1e-5 leaves
 // room for BLAS differences between machines. The test prints its
 // measurements ("[ measured ]" lines).
-#include "core/hdf5_file.h"
-#include "core/model_loader.h"
-#include "core/weight_processing.h"
+#include "core/formats/hdf5_file.h"
+#include "core/hf/model_loader.h"
+#include "core/model/weight_processing.h"
 #include "hooks/hooked_transformer.h"
 #include "tests/hooks/fixture_compare.h"
 

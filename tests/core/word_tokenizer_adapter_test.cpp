@@ -1,8 +1,8 @@
-// Tests for core/tokenizer/word_tokenizer_adapter.h: the toy word tokenizer through the
+// Tests for core/data/tokenizer/word_tokenizer_adapter.h: the toy word tokenizer through the
 // common Tokenizer interface.
-#include "core/tokenizer/word_tokenizer_adapter.h"
+#include "core/data/tokenizer/word_tokenizer_adapter.h"
 
-#include "core/word_tokenizer.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

@@ -1,8 +1,8 @@
-// Tests for core/word_tokenizer.h: encode/decode round trips, JSON form and the
+// Tests for core/data/tokenizer/word_tokenizer.h: encode/decode round trips, JSON form and the
 // messages for unknown words, duplicates and foreign JSON.
-#include "core/word_tokenizer.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 
-#include "core/error.h"
+#include "core/util/error.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>

@@ -1,8 +1,8 @@
-// libFuzzer target for the safetensors header parser (core/safetensors_header.h).
+// libFuzzer target for the safetensors header parser (core/formats/safetensors_header.h).
 //
 // Built standalone, without LibTorch, by scripts/fuzz.sh:
 //   clang++ -fsanitize=fuzzer,address,undefined tests/fuzz/safetensors_fuzz.cpp
-//           core/safetensors_header.cpp
+//           core/formats/safetensors_header.cpp
 //
 // Findings are: any crash or sanitizer report (out-of-bounds read, overflow,
 // leak), any exception other than mechlab::Error (the parser must turn every
@@ -10,8 +10,8 @@
 // the tensors must cover the data buffer exactly, in order, each holding
 // numel x element-size bytes, and the header must survive a write/read round
 // trip through serialize_safetensors_header unchanged.
-#include "core/error.h"
-#include "core/safetensors_header.h"
+#include "core/util/error.h"
+#include "core/formats/safetensors_header.h"
 
 #include <cstdint>
 #include <cstdio>

@@ -2,13 +2,13 @@
 // sees (the runtime is checked against TransformerLens elsewhere), a resumed
 // store equals an uninterrupted one, the shuffled reader serves every row
 // once, and damaged stores are refused with a message naming the problem.
-#include "core/activation_store.h"
-#include "core/dataset.h"
-#include "core/hdf5_file.h"
-#include "core/presets.h"
-#include "core/shuffled_batches.h"
+#include "core/store/activation_store.h"
+#include "core/data/dataset.h"
+#include "core/formats/hdf5_file.h"
+#include "core/model/presets.h"
+#include "core/store/shuffled_batches.h"
 #include "hooks/activation_capture.h"
-#include "hooks/activation_writer.h"
+#include "core/store/activation_writer.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>
@@ -123,9 +123,9 @@ TEST(ActivationStore, ResumeAfterAPartialRunGivesTheSameFile) {
   // part-way: same spec, fewer rows committed.
   {
     auto spec_file = core::ActivationStore::open(whole).header();
-    StoreSpec spec{spec_file, 0};
+    core::StoreSpec spec{spec_file, 0};
     std::filesystem::remove(part);
-    auto w = ActivationStoreWriter::open(part, spec, /*resume=*/false);
+    auto w = core::ActivationStoreWriter::open(part, spec, /*resume=*/false);
     auto src = core::ActivationStore::open(whole);
     const int64_t n = 37;  // two whole chunks of 16 and a partial one
     std::map<std::string, at::Tensor> acts;

@@ -1,5 +1,5 @@
 // The KV cache against running the whole sequence, and hooks during
-// generation (core/kv_cache.h, core/generate.h, HookedTransformer::generate).
+// generation (core/model/kv_cache.h, core/model/generate.h, HookedTransformer::generate).
 //
 // Models: the Hugging Face fixtures gpt2 (learned positions), llama (rotary,
 // GQA), neox (GPT-NeoX partial rotary, 2 of 8 dims, parallel attention + MLP),
@@ -10,9 +10,9 @@
 // same arithmetic on different shapes (one query row vs all rows, explicit
 // mask vs causal kernel), so they differ by rounding only (the test prints
 // each measured error: "[ measured ]" lines).
-#include "core/generate.h"
-#include "core/kv_cache.h"
-#include "core/model_loader.h"
+#include "core/model/generate.h"
+#include "core/model/kv_cache.h"
+#include "core/hf/model_loader.h"
 #include "hooks/hooked_transformer.h"
 #include "tests/hooks/fixture_compare.h"
 #include "tests/test_util.h"

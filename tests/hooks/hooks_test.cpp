@@ -1,5 +1,5 @@
 // Hook semantics: replacement, scoping, permanence, backward hooks, names.
-#include "core/error.h"
+#include "core/util/error.h"
 #include "hooks/act_name.h"
 #include "tests/hooks/fixture_compare.h"
 #include "hooks/hooked_transformer.h"

@@ -2,7 +2,7 @@
 // Fixtures: tests/data/runtime/*.h5, made by scripts/fixtures/make_runtime_fixtures.py
 // (see tests/data/runtime/README.md for the command and the layout).
 // Tolerance: float32, normwise relative error <= 1e-4 (fixture_compare.h).
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "tests/hooks/fixture_compare.h"
 #include "hooks/hooked_transformer.h"
 

@@ -12,9 +12,9 @@
 //  - identities that hold exactly in real arithmetic but sum float32 terms in
 //    another order (edge sums vs node scores, linear-toy exactness): 1e-4
 //    normwise relative (observed ~1e-6).
-#include "core/hdf5_file.h"
-#include "core/presets.h"
-#include "core/rng.h"
+#include "core/formats/hdf5_file.h"
+#include "core/model/presets.h"
+#include "core/util/rng.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/attribution.h"
 #include "patching/circuit_graph.h"

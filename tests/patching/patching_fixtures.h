@@ -3,7 +3,7 @@
 // store the prompt pairs under /inputs (tests/data/patching/...).
 #pragma once
 
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "patching/patching_data.h"
 
 #include <string>

@@ -1,7 +1,7 @@
 // Patching library tests with analytic expectations: ablations, the bulk
 // patcher's exact identities, results files, heatmaps, and bad input (each
 // a mechlab::Error whose message is checked).
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/ablation.h"
 #include "patching/bulk_patcher.h"

@@ -9,7 +9,7 @@
 // computations are the same functions with float operations reordered
 // (closed-form run 2, stacked run 3, fused vs split attention, sums in
 // another order); observed errors are below 1e-5.
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/attribution.h"
 #include "patching/edge_attribution.h"

@@ -4,7 +4,7 @@
 // (tests/data/runtime/<model>.h5); see tests/data/patching/README.md.
 // Tolerance: float32, normwise relative error max|a - b| / max|b| <= 1e-4
 // per sweep (fixture_compare.h).
-#include "core/hdf5_file.h"
+#include "core/formats/hdf5_file.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"

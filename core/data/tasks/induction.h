@@ -1,0 +1,66 @@
+// induction: repeated random tokens, the standard test for induction heads
+// (Olsson et al. 2022, "In-context learning and induction heads";
+// TransformerLens's `generate_repeated_tokens`).
+//
+// Format (raw ids, tokenizer ""):
+//   tokens  int32 [N, 1 + 2L]  BOS (id 0), L ids uniform in [1, d_vocab),
+//                              then the same L ids again
+//   labels  int64 [N, T]       1 at the positions of the repeated half
+//                              (L + 1 .. 2L), 0 elsewhere
+// With min_half_len = m (0 < m < L) each sequence draws its own length
+// L_i uniform in [m, L]: BOS, L_i ids, the same L_i ids, then fresh random ids
+// up to T = 1 + 2L; labels mark positions L_i + 1 .. 2 L_i. A fixed L lets a
+// model copy from a fixed distance with a positional head; varying L_i
+// leaves only the induction mechanism (previous-token head + induction
+// head), which is what the induction training recipe needs. With
+// random_start the pair of copies also starts at a random position (fresh
+// random ids before and after it), so no head can find the first copy at a
+// fixed fraction of the position either.
+// A model with induction heads predicts position t + 1 from position t for
+// every t in the repeated half, so its loss there falls towards zero.
+//
+// Example:
+//   Dataset ds = make_induction(InductionOptions{}.with_n(64).with_half_len(10));
+#pragma once
+
+#include "core/data/dataset.h"
+
+#include <cstdint>
+
+namespace mechlab::core::tasks {
+
+struct InductionOptions {
+  int64_t n = 1000;       ///< number of sequences N
+  int64_t half_len = 20;  ///< L: length of the random half (T = 1 + 2L)
+  int64_t min_half_len = 0;  ///< 0: every sequence repeats L ids; else L_i in [min, L]
+  bool random_start = false; ///< the copies start at a random position (needs min_half_len)
+  int64_t d_vocab = 64;   ///< vocabulary size; random ids are drawn from [1, d_vocab)
+  int64_t seed = 0;       ///< generator seed (core/util/rng.h)
+
+  // clang-format off
+  InductionOptions& with_n(int64_t v) { n = v; return *this; }
+  InductionOptions& with_half_len(int64_t v) { half_len = v; return *this; }
+  InductionOptions& with_min_half_len(int64_t v) { min_half_len = v; return *this; }
+  InductionOptions& with_random_start(bool v) { random_start = v; return *this; }
+  InductionOptions& with_d_vocab(int64_t v) { d_vocab = v; return *this; }
+  InductionOptions& with_seed(int64_t v) { seed = v; return *this; }
+  // clang-format on
+
+  template <typename V>
+  void visit(V&& v) {
+    v("n", n, "number of sequences");
+    v("half_len", half_len, "length L of the random half; sequences are BOS + L + L tokens");
+    v("min_half_len", min_half_len,
+      "0: every sequence repeats half_len ids; else each draws its length in "
+      "[min_half_len, half_len] and the rest is fresh random ids");
+    v("random_start", random_start,
+      "start the two copies at a random position, fresh random ids around them");
+    v("d_vocab", d_vocab, "vocabulary size; ids are drawn from [1, d_vocab), 0 is BOS");
+    v("seed", seed, "generator seed");
+  }
+};
+
+/// Repeated random token sequences (see the top of this file).
+Dataset make_induction(const InductionOptions& options);
+
+}  // namespace mechlab::core::tasks

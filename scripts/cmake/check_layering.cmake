@@ -1,0 +1,76 @@
+# Checks the layering of mechlab's libraries: every header or source in a
+# library's folders includes only project headers of that library or of the
+# libraries it depends on (directly or through them). Run by the build
+# (target mechlab_layering) as
+#   cmake -DROOT=<source dir> -DLAYERS=<build>/layering.txt [-DSTAMP=file] -P check_layering.cmake
+# LAYERS holds "name:dir,dir:dep,dep" entries separated by ';', written by
+# mechlab_library() in CMakeLists.txt. A violation fails the build with the
+# file, the include and the DEPS line to change.
+cmake_minimum_required(VERSION 3.25)
+file(READ "${LAYERS}" entries)
+string(STRIP "${entries}" entries)
+set(libs)
+foreach(entry ${entries})
+  string(REPLACE ":" ";" parts "${entry}")
+  list(GET parts 0 name)
+  list(GET parts 1 dirs)
+  list(LENGTH parts n)
+  set(deps "")
+  if(n GREATER 2)
+    list(GET parts 2 deps)
+  endif()
+  string(REPLACE "," ";" dirs "${dirs}")
+  string(REPLACE "," ";" deps "${deps}")
+  list(FILTER deps INCLUDE REGEX "^mechlab_")
+  list(APPEND libs ${name})
+  set(DIRS_${name} ${dirs})
+  set(DEPS_${name} ${deps})
+  foreach(d ${dirs})
+    set(OWNER_${d} ${name})
+  endforeach()
+endforeach()
+
+# Transitive closure of each library's DEPS (the graph is small and acyclic).
+foreach(lib ${libs})
+  set(todo ${DEPS_${lib}})
+  set(seen)
+  while(todo)
+    list(POP_FRONT todo d)
+    if(NOT d IN_LIST seen)
+      list(APPEND seen ${d})
+      list(APPEND todo ${DEPS_${d}})
+    endif()
+  endwhile()
+  set(REACH_${lib} ${lib} ${seen})
+endforeach()
+
+set(errors "")
+foreach(lib ${libs})
+  foreach(dir ${DIRS_${lib}})
+    file(GLOB files "${ROOT}/${dir}/*.h" "${ROOT}/${dir}/*.cpp" "${ROOT}/${dir}/*.cu"
+         "${ROOT}/${dir}/*.cuh")
+    foreach(f ${files})
+      file(STRINGS "${f}" includes REGEX "^[ \t]*#[ \t]*include[ \t]+\"")
+      foreach(line ${includes})
+        string(REGEX REPLACE "^[^\"]*\"([^\"]+)\".*$" "\\1" inc "${line}")
+        get_filename_component(inc_dir "${inc}" DIRECTORY)
+        if(NOT DEFINED OWNER_${inc_dir})
+          continue()  # not a library header (tests/, a local generated file)
+        endif()
+        set(owner ${OWNER_${inc_dir}})
+        if(NOT owner IN_LIST REACH_${lib})
+          file(RELATIVE_PATH rel "${ROOT}" "${f}")
+          string(APPEND errors "  ${rel} includes \"${inc}\" (${owner}), but ${lib} does not depend on ${owner}\n")
+        endif()
+      endforeach()
+    endforeach()
+  endforeach()
+endforeach()
+
+if(errors)
+  message(FATAL_ERROR "layering violated: a library may include only its own and its DEPS' headers "
+                      "(mechlab_library() calls in CMakeLists.txt):\n${errors}")
+endif()
+if(STAMP)
+  file(TOUCH "${STAMP}")
+endif()
