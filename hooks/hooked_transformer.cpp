@@ -1,5 +1,7 @@
 #include "hooks/hooked_transformer.h"
 
+#include "core/data/tokenizer/tokenizer_json.h"
+#include "core/hf/model_loader.h"
 #include "core/util/error.h"
 
 #include <ATen/ATen.h>
@@ -11,6 +13,69 @@ HookedTransformer::HookedTransformer(core::Transformer model)
 
 HookedTransformer HookedTransformer::load(const std::string& path) {
   return HookedTransformer(core::Transformer::load(path));
+}
+
+HookedTransformer HookedTransformer::from_pretrained(const std::string& path,
+                                                     const PretrainedOptions& options) {
+  core::LoadOptions load;
+  load.dtype = options.dtype_;
+  load.process = options.process_;
+  HookedTransformer model(core::load_model(path, load));
+  model.model().to(options.device_);
+  if (auto tok = core::tokenizer::find_model_tokenizer(path, options.tokenizer_)) {
+    model.set_tokenizer(std::move(tok));
+  }
+  return model;
+}
+
+void HookedTransformer::set_tokenizer(std::shared_ptr<const core::tokenizer::Tokenizer> tokenizer) {
+  MECHLAB_CHECK(tokenizer != nullptr, "set_tokenizer needs a tokenizer, got null");
+  MECHLAB_CHECK(tokenizer->vocab_size() <= cfg().d_vocab, "the tokenizer's ids reach ",
+                tokenizer->vocab_size() - 1, " but the model's d_vocab is ", cfg().d_vocab,
+                "; use the tokenizer the model was trained with");
+  tokenizer_ = std::move(tokenizer);
+}
+
+const core::tokenizer::Tokenizer& HookedTransformer::require_tokenizer() const {
+  MECHLAB_CHECK(tokenizer_ != nullptr,
+                "this model has no tokenizer (a mechlab checkpoint, or a folder without "
+                "tokenizer.json); give one with PretrainedOptions().tokenizer(path) or set_tokenizer");
+  return *tokenizer_;
+}
+
+at::Tensor HookedTransformer::to_tokens(const std::string& text, bool prepend_bos) const {
+  const std::vector<int64_t> ids = require_tokenizer().to_tokens(text, prepend_bos);
+  MECHLAB_CHECK(!ids.empty(), "to_tokens: the text \"", text,
+                "\" has no tokens and the tokenizer no BOS to prepend; give a non-empty text");
+  return at::tensor(ids, at::kLong).view({1, -1}).to(model_->device());  // [1, pos]
+}
+
+namespace {
+
+/// The ids of tokens [pos] or [1, pos].
+std::vector<int64_t> ids_of(const at::Tensor& tokens) {
+  MECHLAB_CHECK(tokens.dim() == 1 || (tokens.dim() == 2 && tokens.size(0) == 1),
+                "tokens must have shape [pos] or [1, pos], got ", tokens.sizes(),
+                "; convert one row at a time");
+  MECHLAB_CHECK(!at::isFloatingType(tokens.scalar_type()),
+                "tokens must be an integer tensor, got ", tokens.scalar_type());
+  const at::Tensor flat = tokens.reshape(-1).to(at::kCPU, at::kLong).contiguous();
+  return {flat.data_ptr<int64_t>(), flat.data_ptr<int64_t>() + flat.numel()};
+}
+
+}  // namespace
+
+std::vector<std::string> HookedTransformer::to_str_tokens(const at::Tensor& tokens) const {
+  return require_tokenizer().to_str_tokens(ids_of(tokens));
+}
+
+std::vector<std::string> HookedTransformer::to_str_tokens(const std::string& text,
+                                                          bool prepend_bos) const {
+  return require_tokenizer().to_str_tokens(require_tokenizer().to_tokens(text, prepend_bos));
+}
+
+std::string HookedTransformer::to_string(const at::Tensor& tokens) const {
+  return require_tokenizer().decode(ids_of(tokens));
 }
 
 std::vector<std::string> HookedTransformer::hook_names() const {

@@ -1,8 +1,10 @@
 // HookedTransformer: the C++ counterpart of TransformerLens's class of the
-// same name: a Transformer plus its hooks, run_with_cache and run_with_hooks.
+// same name: a Transformer plus its hooks and its tokenizer, with
+// from_pretrained, to_tokens, run_with_cache and run_with_hooks.
 //
 // Example:
-//   auto model = mechlab::hooks::HookedTransformer::load("induction.h5");
+//   auto model = mechlab::hooks::HookedTransformer::from_pretrained("gpt2/");
+//   at::Tensor tokens = model.to_tokens("When Mary and John went to the store");  // [1, pos]
 //   auto [logits, cache] = model.run_with_cache(tokens, NamesFilter::glob("*hook_pattern"));
 //   at::Tensor pattern = cache.get("pattern", 1);        // [batch, head, q_pos, k_pos]
 //
@@ -11,8 +13,11 @@
 //       [](at::Tensor& z, const HookPoint&) { z = z.clone(); z.select(2, 4).zero_(); }}});
 #pragma once
 
+#include "core/data/tokenizer/tokenizer.h"
 #include "core/model/generate.h"
 #include "core/model/transformer.h"
+#include "core/model/weight_processing.h"
+#include "core/util/options.h"
 #include "hooks/activation_cache.h"
 #include "hooks/hook_registry.h"
 #include "hooks/names_filter.h"
@@ -33,10 +38,46 @@ struct RunOptions {
   core::KVCache* kv_cache = nullptr;    ///< past keys/values: input follows them (core/model/kv_cache.h)
 };
 
+/// How HookedTransformer::from_pretrained loads a model.
+///
+/// Example: PretrainedOptions().process(core::ProcessOptions::all()).device(at::kCUDA).dtype(at::kBFloat16)
+struct PretrainedOptions {
+  /// TransformerLens's from_pretrained weight processing (fold_ln, centring,
+  /// value-bias folding: core::ProcessOptions::all() for all four). Default:
+  /// none, the weights as stored.
+  MECHLAB_OPTION(PretrainedOptions, core::ProcessOptions, process, {})
+  /// float32, bfloat16 or float16; unset = as stored.
+  MECHLAB_OPTION(PretrainedOptions, std::optional<at::ScalarType>, dtype, std::nullopt)
+  MECHLAB_OPTION(PretrainedOptions, at::Device, device, at::kCPU)
+  /// tokenizer.json, or a folder with tokenizer.json or vocab.json +
+  /// merges.txt. Default: the model folder's own, if it has one.
+  MECHLAB_OPTION(PretrainedOptions, std::string, tokenizer, "")
+};
+
 class HookedTransformer {
  public:
   explicit HookedTransformer(core::Transformer model);
+  /// A mechlab checkpoint (.h5) or a Hugging Face model folder (GPT-2,
+  /// GPT-NeoX/Pythia, Llama, Mistral, Qwen2), with the folder's tokenizer
+  /// attached. Nothing is downloaded: `path` is a local file or folder.
+  static HookedTransformer from_pretrained(const std::string& path,
+                                           const PretrainedOptions& options = {});
+  /// A mechlab checkpoint as stored, without a tokenizer.
   static HookedTransformer load(const std::string& path);
+
+  /// The attached tokenizer; null when there is none.
+  const core::tokenizer::Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  /// Attaches a tokenizer; refuses one whose ids do not fit the model's d_vocab.
+  void set_tokenizer(std::shared_ptr<const core::tokenizer::Tokenizer> tokenizer);
+  /// The ids of `text` as [1, pos] int64 on the model's device, with exactly
+  /// one BOS first when prepend_bos (TransformerLens's default) and the
+  /// tokenizer has one (core/data/tokenizer/tokenizer.h).
+  at::Tensor to_tokens(const std::string& text, bool prepend_bos = true) const;
+  /// One string per token of `tokens` ([pos] or [1, pos]), each decoded alone.
+  std::vector<std::string> to_str_tokens(const at::Tensor& tokens) const;
+  std::vector<std::string> to_str_tokens(const std::string& text, bool prepend_bos = true) const;
+  /// The text of `tokens` ([pos] or [1, pos]), special tokens included.
+  std::string to_string(const at::Tensor& tokens) const;
 
   const core::ModelConfig& cfg() const { return model_->config(); }
   core::Transformer& model() { return *model_; }
@@ -87,8 +128,11 @@ class HookedTransformer {
  private:
   core::ForwardOptions forward_options(const RunOptions& opts);
 
+  const core::tokenizer::Tokenizer& require_tokenizer() const;
+
   std::shared_ptr<core::Transformer> model_;
   HookRegistry registry_;
+  std::shared_ptr<const core::tokenizer::Tokenizer> tokenizer_;
 };
 
 }  // namespace mechlab::hooks

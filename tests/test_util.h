@@ -46,9 +46,9 @@ struct CliResult {
   std::string output;  // stdout and stderr
 };
 
-/// Runs `mechlab ARGS` (the built binary) and collects its exit code and output.
-inline CliResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(MECHLAB_BINARY) + " " + args + " 2>&1";
+/// Runs a shell command line and collects its exit code and output.
+inline CliResult run_program(const std::string& command_line) {
+  const std::string cmd = command_line + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   if (pipe == nullptr) return {-1, "popen failed"};
   std::string out;
@@ -56,6 +56,11 @@ inline CliResult run_cli(const std::string& args) {
   for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
   const int status = pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+/// Runs `mechlab ARGS` (the built binary) and collects its exit code and output.
+inline CliResult run_cli(const std::string& args) {
+  return run_program(std::string(MECHLAB_BINARY) + " " + args);
 }
 
 /// True when a CUDA device is visible. Without one, CUDA tests skip, unless

@@ -3,6 +3,7 @@
 // tokenizer, token ids otherwise.
 #include "apps/cli/commands.h"
 #include "apps/cli/prompt_input.h"
+#include "core/data/tokenizer/tokenizer_json.h"
 #include "core/util/error.h"
 #include "core/model/generate.h"
 #include "core/hf/model_loader.h"
@@ -84,14 +85,14 @@ void add_generate_command(CLI::App& app) {
   add_process_flags(cmd, a->process);
 
   cmd->callback([a] {
-    const auto tok = model_tokenizer(a->model, a->tokenizer);
+    const auto tok = core::tokenizer::find_model_tokenizer(a->model, a->tokenizer);
     MECHLAB_CHECK(!a->prompts.empty() || !a->prompt_tokens.empty(),
                   "nothing to continue: give --prompt TEXT or --prompt-tokens IDS");
     MECHLAB_CHECK(a->prompts.empty() || tok, "--prompt needs a tokenizer, and ", a->model,
                   " has none (no tokenizer.json or vocab.json + merges.txt): give --tokenizer "
                   "PATH or --prompt-tokens IDS");
     std::vector<std::vector<int64_t>> prompts;
-    for (const std::string& p : a->prompts) prompts.push_back(encode_prompt(*tok, p, a->no_bos));
+    for (const std::string& p : a->prompts) prompts.push_back(tok->to_tokens(p, !a->no_bos));
     if (!a->prompt_tokens.empty()) prompts.push_back(a->prompt_tokens);
 
     core::GenerateOptions opts = core::GenerateOptions()

@@ -1,6 +1,7 @@
 // mechlab info: a model's config, parameter count and hook points.
 #include "apps/cli/commands.h"
 #include "apps/cli/prompt_input.h"
+#include "core/data/tokenizer/tokenizer_json.h"
 #include "core/hf/model_loader.h"
 #include "core/model/transformer.h"
 #include "kernels/device_info.h"
@@ -24,7 +25,7 @@ void add_info_command(CLI::App& app) {
     core::LoadOptions load;
     load.process = process->options();
     core::Transformer model = core::load_model(*model_path, load);
-    const auto tok = model_tokenizer(*model_path, "");
+    const auto tok = core::tokenizer::find_model_tokenizer(*model_path, "");
     const std::string tokenizer = tok ? tok->describe()
                                       : "none (no tokenizer.json or vocab.json + merges.txt "
                                         "beside the model)";

@@ -3,6 +3,7 @@
 // of the cached activations.
 #include "apps/cli/commands.h"
 #include "apps/cli/prompt_input.h"
+#include "core/data/tokenizer/tokenizer_json.h"
 #include "core/util/error.h"
 #include "core/hf/model_loader.h"
 #include "hooks/hooked_transformer.h"
@@ -50,14 +51,14 @@ void add_run_command(CLI::App& app) {
     base.to(device);
     hooks::HookedTransformer model(std::move(base));
     MECHLAB_CHECK(a->top_k > 0, "--top-k must be positive");
-    const auto tok = model_tokenizer(a->model, a->tokenizer);
+    const auto tok = core::tokenizer::find_model_tokenizer(a->model, a->tokenizer);
     MECHLAB_CHECK(!a->prompt.empty() || !a->tokens.empty(),
                   "nothing to run: give --prompt TEXT or --prompt-tokens IDS");
     MECHLAB_CHECK(a->prompt.empty() || tok, "--prompt needs a tokenizer, and ", a->model,
                   " has none (no tokenizer.json or vocab.json + merges.txt): give --tokenizer "
                   "PATH or --prompt-tokens IDS");
     const std::vector<int64_t> ids =
-        a->prompt.empty() ? a->tokens : encode_prompt(*tok, a->prompt, a->no_bos);
+        a->prompt.empty() ? a->tokens : tok->to_tokens(a->prompt, !a->no_bos);
     at::Tensor tokens = at::tensor(ids, at::kLong).unsqueeze(0);  // [1, pos]
 
     at::InferenceMode guard;

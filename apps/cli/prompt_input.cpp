@@ -1,40 +1,11 @@
 #include "apps/cli/prompt_input.h"
 
 #include "core/util/error.h"
-#include "core/data/tokenizer/tokenizer_json.h"
-
-#include <filesystem>
 
 namespace mechlab::cli {
 
-namespace fs = std::filesystem;
-using core::tokenizer::BpeTokenizer;
 using core::tokenizer::EncodeOptions;
 using core::tokenizer::Tokenizer;
-
-std::unique_ptr<BpeTokenizer> model_tokenizer(const std::string& model_path,
-                                              const std::string& tokenizer_path) {
-  if (!tokenizer_path.empty()) return core::tokenizer::load_tokenizer(tokenizer_path);
-  const fs::path dir(model_path);
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return nullptr;
-  const bool has_files = fs::exists(dir / "tokenizer.json", ec) ||
-                         (fs::exists(dir / "vocab.json", ec) && fs::exists(dir / "merges.txt", ec));
-  if (!has_files) return nullptr;
-  return core::tokenizer::load_tokenizer(model_path);
-}
-
-std::vector<int64_t> encode_prompt(const Tokenizer& tok, const std::string& text, bool no_bos) {
-  EncodeOptions options;
-  // A tokenizer without a BOS token gets none rather than an error: there is
-  // nothing TransformerLens could prepend either.
-  if (no_bos) {
-    options.prepend_bos = false;
-  } else if (tok.bos_id()) {
-    options.prepend_bos = true;
-  }
-  return tok.encode(text, options);
-}
 
 int64_t parse_token(const std::string& text, const Tokenizer* tok, const std::string& option) {
   try {

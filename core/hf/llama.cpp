@@ -80,11 +80,25 @@ ModelConfig read_llama_family_config(const HfConfig& c, LlamaVariant variant) {
                        "(TransformerLens's), not biases on gate_proj/up_proj");
   }
   // Sliding-window attention equals full attention on sequences no longer
-  // than the window, so the window caps n_ctx: exact by construction.
-  const bool windowed = variant == LlamaVariant::mistral ||
-                        (variant == LlamaVariant::qwen2 && c.get_bool("use_sliding_window", false));
-  if (windowed && c.has("sliding_window")) {
-    m.n_ctx = std::min(m.n_ctx, c.get_positive("sliding_window"));
+  // than the window, so the window caps n_ctx: exact by construction. As in
+  // transformers' MistralConfig and Qwen2Config, a config without the key has
+  // a window of 4096 and an explicit null has none. Qwen2 windows only the
+  // layers from max_window_layers (default 28) on, so a model with no such
+  // layer has no window at all.
+  const bool windowed =
+      variant == LlamaVariant::mistral ||
+      (variant == LlamaVariant::qwen2 && c.get_bool("use_sliding_window", false) &&
+       c.get_int("max_window_layers", 28) < m.n_layers);
+  if (windowed) {
+    constexpr int kTransformersDefaultWindow = 4096;
+    const bool present = c.json().contains("sliding_window");
+    const int window = !present ? kTransformersDefaultWindow
+                       : c.has("sliding_window") ? c.get_positive("sliding_window")
+                                                 : 0;  // null: no window
+    if (window > 0 && window < m.n_ctx) {
+      m.n_ctx = window;
+      m.sliding_window = window;
+    }
   }
   return m;
 }

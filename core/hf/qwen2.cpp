@@ -1,7 +1,8 @@
 // Qwen2 / Qwen2.5 (Qwen2ForCausalLM): Llama's layout (core/hf/llama.cpp) with
 // q/k/v biases always present (no o_proj bias), usually tied embeddings in
 // the small models, and sliding-window attention only when
-// use_sliding_window is true (then `sliding_window` caps n_ctx).
+// use_sliding_window is true and a layer from max_window_layers on exists
+// (then `sliding_window` caps n_ctx; core/hf/llama.cpp).
 #include "core/hf/architecture.h"
 #include "core/hf/llama_family.h"
 

@@ -27,11 +27,7 @@ std::vector<std::vector<int64_t>> real_rows(const at::Tensor& tokens, const at::
   at::Tensor m;
   if (mask.defined()) {
     m = mask.dim() == 1 ? mask.unsqueeze(0) : mask;
-    MECHLAB_CHECK(m.sizes() == t.sizes(), "attention_mask must have the tokens' shape ",
-                  t.sizes(), ", got ", mask.sizes());
-    MECHLAB_CHECK(!at::isFloatingType(m.scalar_type()),
-                  "attention_mask must be an integer or bool tensor of 0/1, got ",
-                  m.scalar_type());
+    check_attention_mask(m, t.sizes());
     m = m.to(at::kCPU, at::kLong).contiguous();
   }
   std::vector<std::vector<int64_t>> rows(t.size(0));
@@ -59,7 +55,7 @@ void check_options(const ModelConfig& cfg, const GenerateOptions& o, int64_t pro
   MECHLAB_CHECK(prompt_length + o.max_new_tokens_ <= cfg.n_ctx, "the longest prompt (",
                 prompt_length, " tokens) plus max_new_tokens = ", o.max_new_tokens_, " is ",
                 prompt_length + o.max_new_tokens_,
-                " positions, more than the model's n_ctx = ", cfg.n_ctx,
+                " positions, more than the model's ", cfg.describe_n_ctx(),
                 "; lower max_new_tokens to at most ",
                 std::max<int64_t>(0, cfg.n_ctx - prompt_length), " or shorten the prompt");
   MECHLAB_CHECK(std::isfinite(o.temperature_) && o.temperature_ >= 0,

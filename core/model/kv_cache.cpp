@@ -10,7 +10,7 @@ KVCache::KVCache(const ModelConfig& cfg, int64_t batch, int64_t capacity,
                  const at::TensorOptions& options)
     : batch_(batch), capacity_(capacity), kv_heads_(cfg.kv_heads()), d_head_(cfg.d_head) {
   MECHLAB_CHECK(batch > 0, "a KV cache needs a positive batch size, got ", batch);
-  MECHLAB_CHECK(capacity > 0 && capacity <= cfg.n_ctx, "a KV cache holds 1 to n_ctx = ", cfg.n_ctx,
+  MECHLAB_CHECK(capacity > 0 && capacity <= cfg.n_ctx, "a KV cache holds 1 to ", cfg.describe_n_ctx(),
                 " positions, asked for ", capacity);
   // Preallocated: appending by concatenation would copy the whole cache every step.
   for (int l = 0; l < cfg.n_layers; ++l) {

@@ -167,6 +167,16 @@ bool ModelConfig::was_processed(ProcessingStep step) const {
   return false;
 }
 
+std::string ModelConfig::describe_n_ctx() const {
+  std::string text = "n_ctx = " + std::to_string(n_ctx);
+  if (sliding_window > 0 && sliding_window == n_ctx) {
+    text += ", its sliding-window size (mechlab runs a sliding-window model only on "
+            "sequences that fit in the window, where windowed attention is exactly full "
+            "causal attention)";
+  }
+  return text;
+}
+
 double ModelConfig::scale() const {
   return attn_scale ? *attn_scale : std::sqrt(static_cast<double>(d_head));
 }
@@ -201,6 +211,11 @@ void ModelConfig::validate() const {
   positive(d_head, "d_head");
   positive(d_vocab, "d_vocab");
   positive(n_ctx, "n_ctx");
+  MECHLAB_CHECK(sliding_window >= 0, "config: \"sliding_window\" must be >= 0 (0 means none), got ",
+                sliding_window);
+  MECHLAB_CHECK(sliding_window == 0 || n_ctx <= sliding_window, "config: n_ctx (", n_ctx,
+                ") must not exceed sliding_window (", sliding_window,
+                "): mechlab runs a sliding-window model only on sequences that fit in the window");
   MECHLAB_CHECK(n_kv_heads >= 0, "config: \"n_kv_heads\" must be >= 0 (0 means n_heads)");
   MECHLAB_CHECK(n_heads % kv_heads() == 0, "config: n_heads (", n_heads,
                 ") must be a multiple of n_kv_heads (", kv_heads(), ")");
@@ -277,6 +292,8 @@ nlohmann::json ModelConfig::to_json() const {
   j["d_mlp"] = d_mlp;
   j["d_vocab"] = d_vocab;
   j["n_ctx"] = n_ctx;
+  // Only when set, so models without a window keep their config hash.
+  if (sliding_window > 0) j["sliding_window"] = sliding_window;
   j["positional"] = to_string(positional);
   j["rotary_dim"] = rotary_dim;
   j["rotary_base"] = rotary_base;
@@ -301,7 +318,7 @@ nlohmann::json ModelConfig::to_json() const {
 ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   MECHLAB_CHECK(j.is_object(), "config must be a JSON object, got ", j.type_name());
   static const char* kKnown[] = {"name", "n_layers", "d_model", "n_heads", "n_kv_heads",
-                                 "d_head", "d_mlp", "d_vocab", "n_ctx", "positional",
+                                 "d_head", "d_mlp", "d_vocab", "n_ctx", "sliding_window", "positional",
                                  "rotary_dim", "rotary_base", "rope_scaling", "norm", "norm_eps", "final_norm",
                                  "act", "mlp", "parallel_attn_mlp", "tied_embeddings",
                                  "attn_scale", "processed"};
@@ -327,6 +344,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   read_number(j, "d_mlp", c.d_mlp);
   read_number(j, "d_vocab", c.d_vocab);
   read_number(j, "n_ctx", c.n_ctx);
+  read_number(j, "sliding_window", c.sliding_window);
   if (j.contains("positional")) c.positional = parse_enum(j["positional"], "positional", kPositionals);
   read_number(j, "rotary_dim", c.rotary_dim);
   read_number(j, "rotary_base", c.rotary_base);

@@ -61,6 +61,12 @@ struct ModelConfig {
   int d_mlp = 0;  ///< unused when mlp == none
   int d_vocab = 0;
   int n_ctx = 0;  ///< longest sequence the model accepts
+  /// Sliding-window attention (Mistral, Qwen2): each query sees the last
+  /// `sliding_window` keys; 0 = none. mechlab has no windowed kernel: a
+  /// Hugging Face loader caps n_ctx at the window, where windowed attention is
+  /// exactly full causal attention, and records the window here so that the
+  /// refusal of a longer sequence can say why (JSON key written only when set).
+  int sliding_window = 0;
 
   Positional positional = Positional::learned;
   int rotary_dim = 0;  ///< rotary only; 0 = d_head. GPT-NeoX rotates part of each head.
@@ -97,6 +103,9 @@ struct ModelConfig {
   /// The norm carries a gain w (and, for layernorm, a bias b).
   bool norm_has_weights() const { return norm == NormKind::layernorm || norm == NormKind::rmsnorm; }
   bool was_processed(ProcessingStep step) const;
+  /// "n_ctx = 16", plus the reason when n_ctx is the sliding window; for
+  /// messages that refuse a sequence that is too long.
+  std::string describe_n_ctx() const;
 
   /// Refuses an inconsistent config with a mechlab::Error naming the field.
   void validate() const;

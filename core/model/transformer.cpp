@@ -11,6 +11,20 @@
 
 namespace mechlab::core {
 
+void check_attention_mask(const at::Tensor& mask, at::IntArrayRef expected) {
+  MECHLAB_CHECK(mask.sizes() == expected, "attention_mask must have shape [batch, pos] = ",
+                expected, ", got ", mask.sizes());
+  MECHLAB_CHECK(!at::isFloatingType(mask.scalar_type()) && !at::isComplexType(mask.scalar_type()),
+                "attention_mask must be an integer or bool tensor of 0/1, got ", mask.scalar_type());
+  if (mask.scalar_type() == at::kBool || mask.numel() == 0) return;
+  const at::Tensor bad = mask.ne(0).logical_and(mask.ne(1));  // [batch, pos]
+  if (!bad.any().item<bool>()) return;
+  const at::Tensor at_ = bad.nonzero()[0].cpu();  // [2]: the first offending [row, position]
+  const int64_t row = at_[0].item<int64_t>(), col = at_[1].item<int64_t>();
+  MECHLAB_CHECK(false, "attention_mask must hold only 0 (padding) and 1 (real token); found ",
+                mask[row][col].item<int64_t>(), " at [", row, ", ", col, "]");
+}
+
 Transformer::Transformer(ModelConfig cfg, uint64_t seed)
     : Transformer(cfg, init_weights(cfg, seed)) {}
 
@@ -90,7 +104,7 @@ at::Tensor Transformer::check_tokens(const at::Tensor& tokens) const {
   at::Tensor t = tokens.dim() == 1 ? tokens.unsqueeze(0) : tokens;
   MECHLAB_CHECK(t.size(1) > 0, "tokens have no positions (shape ", t.sizes(), ")");
   MECHLAB_CHECK(t.size(1) <= cfg_.n_ctx, "sequence of ", t.size(1),
-                " tokens is longer than the model's n_ctx = ", cfg_.n_ctx,
+                " tokens is longer than the model's ", cfg_.describe_n_ctx(),
                 "; truncate or split the prompts");
   t = t.to(device(), at::kLong);
   if (t.numel() > 0) {
@@ -241,7 +255,7 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
                   "a residual-stream input must have shape [batch, pos, d_model = ", cfg_.d_model,
                   "], got ", input.sizes());
     MECHLAB_CHECK(input.size(1) <= cfg_.n_ctx, "sequence of ", input.size(1),
-                  " positions is longer than n_ctx = ", cfg_.n_ctx);
+                  " positions is longer than the model's ", cfg_.describe_n_ctx());
     resid = input.to(device(), dtype());
   }
   const int64_t batch = from_tokens ? tokens.size(0) : resid.size(0);
@@ -252,11 +266,7 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
   at::Tensor new_mask;   // [batch, pos] bool, true = real token; undefined = no padding
   if (opts.attention_mask.defined()) {
     const at::Tensor& m = opts.attention_mask;
-    MECHLAB_CHECK(m.dim() == 2 && m.size(0) == batch && m.size(1) == pos,
-                  "attention_mask must have shape [batch, pos] = [", batch, ", ", pos, "], got ",
-                  m.sizes());
-    MECHLAB_CHECK(!at::isFloatingType(m.scalar_type()) && !at::isComplexType(m.scalar_type()),
-                  "attention_mask must be an integer or bool tensor of 0/1, got ", m.scalar_type());
+    check_attention_mask(m, {batch, pos});
     new_mask = m.to(device()).ne(0);
   }
   at::Tensor positions;  // [pos] without padding or cache, [batch, pos] with

@@ -25,6 +25,11 @@ namespace mechlab::core {
 
 class KVCache;
 
+/// Refuses an attention mask that is not `expected` in shape or not an
+/// integer or bool tensor of 0 (padding) and 1 (real token), as the dataset
+/// loader does: a 2 or a -1 would otherwise read as "real" silently.
+void check_attention_mask(const at::Tensor& mask, at::IntArrayRef expected);
+
 struct ForwardOptions {
   /// [batch, pos], 1 = real token, 0 = padding (left or right). Padded keys
   /// are never attended to; positions count real tokens only (TransformerLens).

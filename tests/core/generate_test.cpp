@@ -227,6 +227,8 @@ TEST(GenerateErrors, BadOptionsAndPrompts) {
   const at::Tensor holed = at::tensor({1, 0, 1}, at::kLong).unsqueeze(0);
   EXPECT_THAT(fails(GenerateOptions().attention_mask(holed)),
               HasSubstr("row 0 of attention_mask has padding between real tokens"));
+  EXPECT_THAT(fails(GenerateOptions().attention_mask(at::tensor({1, 3, 1}, at::kLong).unsqueeze(0))),
+              HasSubstr("attention_mask must hold only 0 (padding) and 1 (real token); found 3 at [0, 1]"));
   EXPECT_THAT(error_of([&] {
                 generate(model, at::tensor({1.0, 2.0}));
               }),

@@ -36,6 +36,10 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <cstdio>
 #include <string>
 
@@ -162,6 +166,73 @@ TEST(HfModels, MistralExplicitHeadDimAndSlidingWindow) {
   const Transformer model = load_model(folder("mistral"));
   EXPECT_THAT(error_of([&] { model.forward(at::zeros({1, 17}, at::kLong)); }),
               HasSubstr("longer than the model's n_ctx = 16"));
+}
+
+TEST(HfModels, TooLongForTheSlidingWindowSaysTheWindowIsWhy) {
+  check_float32("mistral");
+  const Transformer model = load_model(folder("mistral"));
+  EXPECT_EQ(model.config().sliding_window, 16);
+  EXPECT_THAT(error_of([&] { model.forward(at::zeros({1, 17}, at::kLong)); }),
+              HasSubstr("n_ctx = 16, its sliding-window size"));
+}
+
+/// A copy of a fixture folder's config.json with `edit` applied, in a fresh
+/// folder: read_hf_config reads only config.json.
+std::string edited_config(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+  std::ifstream in(folder(name) + "/config.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  edit(j);
+  const std::string dir = mechlab::testing::temp_path("hf_window", name + "_" + std::to_string(std::rand()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << j.dump();
+  return dir;
+}
+
+// transformers' MistralConfig and Qwen2Config default sliding_window to 4096
+// when the key is absent; an explicit null means no window; Qwen2 windows only
+// layers >= max_window_layers (default 28). Checked with transformers 5.25:
+// MistralConfig().sliding_window == 4096, MistralConfig(sliding_window=None)
+// .sliding_window is None, Qwen2Config(use_sliding_window=True) has
+// sliding_window 4096, max_window_layers 28 and full attention in layers 0-27.
+TEST(HfModels, SlidingWindowFollowsTransformersDefaults) {
+  auto long_context = [](nlohmann::json& j) { j["max_position_embeddings"] = 8192; };
+  const ModelConfig absent = hf::read_hf_config(edited_config("mistral", [&](nlohmann::json& j) {
+    long_context(j);
+    j.erase("sliding_window");
+  }));
+  EXPECT_EQ(absent.n_ctx, 4096);
+  EXPECT_EQ(absent.sliding_window, 4096);
+  const ModelConfig null_window = hf::read_hf_config(edited_config("mistral", [&](nlohmann::json& j) {
+    long_context(j);
+    j["sliding_window"] = nullptr;
+  }));
+  EXPECT_EQ(null_window.n_ctx, 8192);
+  EXPECT_EQ(null_window.sliding_window, 0);
+  const ModelConfig wide = hf::read_hf_config(edited_config("mistral", [&](nlohmann::json& j) {
+    j["sliding_window"] = 64;  // wider than max_position_embeddings 32: no cap
+  }));
+  EXPECT_EQ(wide.n_ctx, 32);
+  EXPECT_EQ(wide.sliding_window, 0);
+  const ModelConfig qwen_on = hf::read_hf_config(edited_config("qwen2", [&](nlohmann::json& j) {
+    long_context(j);
+    j["use_sliding_window"] = true;
+    j["max_window_layers"] = 1;  // layers 1.. use the window
+    j.erase("sliding_window");
+  }));
+  EXPECT_EQ(qwen_on.n_ctx, 4096);
+  const ModelConfig qwen_no_layer = hf::read_hf_config(edited_config("qwen2", [&](nlohmann::json& j) {
+    long_context(j);
+    j["use_sliding_window"] = true;
+    j.erase("max_window_layers");  // 28 >= n_layers: every layer is full attention
+    j.erase("sliding_window");
+  }));
+  EXPECT_EQ(qwen_no_layer.n_ctx, 8192);
+  const ModelConfig qwen_off = hf::read_hf_config(edited_config("qwen2", [&](nlohmann::json& j) {
+    long_context(j);
+    j["use_sliding_window"] = false;
+    j.erase("sliding_window");
+  }));
+  EXPECT_EQ(qwen_off.n_ctx, 8192);
 }
 
 TEST(HfModels, Qwen2QkvBiasesTiedEmbeddings) {

@@ -131,6 +131,19 @@ TEST(Transformer, BadTokensAreRefusedWithClearMessages) {
   bad_mask.attention_mask = at::ones({1, 3}, at::kLong);
   EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 4}, at::kLong), bad_mask); }),
               HasSubstr("attention_mask must have shape"));
+  // Values other than 0/1 would read as "real token" through ne(0); refused
+  // as the dataset loader refuses them.
+  ForwardOptions two;
+  two.attention_mask = at::tensor(std::vector<int64_t>{1, 1, 2, 0}).view({1, 4});
+  EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 4}, at::kLong), two); }),
+              HasSubstr("attention_mask must hold only 0 (padding) and 1 (real token); found 2 at [0, 2]"));
+  ForwardOptions negative;
+  negative.attention_mask = at::tensor(std::vector<int>{1, 1, 1, -1}).view({1, 4});
+  EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 4}, at::kLong), negative); }),
+              HasSubstr("found -1 at [0, 3]"));
+  ForwardOptions boolean;  // bool masks are 0/1 by type
+  boolean.attention_mask = at::ones({1, 4}, at::kBool);
+  EXPECT_EQ(m.forward(at::zeros({1, 4}, at::kLong), boolean).size(1), 4);
 }
 
 TEST(Transformer, CheckpointRoundTripAndBadCheckpoints) {

@@ -9,4 +9,14 @@ std::vector<std::string> Tokenizer::to_str_tokens(const std::vector<int64_t>& id
   return out;
 }
 
+std::vector<int64_t> Tokenizer::to_tokens(std::string_view text, bool prepend_bos) const {
+  EncodeOptions options;
+  if (!prepend_bos) {
+    options.prepend_bos = false;
+  } else if (bos_id()) {
+    options.prepend_bos = true;
+  }
+  return encode_ids(text, options);
+}
+
 }  // namespace mechlab::core::tokenizer

@@ -59,6 +59,12 @@ class Tokenizer {
   /// One string per id, each decoded alone (TransformerLens's to_str_tokens): a token that
   /// holds part of a UTF-8 character shows as U+FFFD.
   std::vector<std::string> to_str_tokens(const std::vector<int64_t>& ids) const;
+  /// TransformerLens's to_tokens for one text. prepend_bos: the ids start
+  /// with exactly one BOS (TransformerLens's default; GPT-2 and GPT-NeoX get
+  /// <|endoftext|>, Llama 3 keeps its <|begin_of_text|>), or none where the
+  /// tokenizer has no BOS token, since there is nothing to prepend. false: no
+  /// BOS, also where the post-processor would add one (prepend_bos=False).
+  std::vector<int64_t> to_tokens(std::string_view text, bool prepend_bos = true) const;
 
   /// The id of a token's vocabulary text ("Ġworld", "<|endoftext|>"), if any.
   virtual std::optional<int64_t> token_to_id(std::string_view token) const = 0;

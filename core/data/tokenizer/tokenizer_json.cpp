@@ -415,4 +415,17 @@ std::unique_ptr<BpeTokenizer> load_tokenizer(const std::string& path) {
                                      config, path);
 }
 
+std::unique_ptr<BpeTokenizer> find_model_tokenizer(const std::string& model_path,
+                                                   const std::string& tokenizer_path) {
+  if (!tokenizer_path.empty()) return load_tokenizer(tokenizer_path);
+  const std::filesystem::path dir(model_path);
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return nullptr;
+  const bool has_files = std::filesystem::exists(dir / "tokenizer.json", ec) ||
+                         (std::filesystem::exists(dir / "vocab.json", ec) &&
+                          std::filesystem::exists(dir / "merges.txt", ec));
+  if (!has_files) return nullptr;
+  return load_tokenizer(model_path);
+}
+
 }  // namespace mechlab::core::tokenizer

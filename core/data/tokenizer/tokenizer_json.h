@@ -41,6 +41,12 @@ namespace mechlab::core::tokenizer {
 /// Example: auto tok = load_tokenizer("tests/data/tokenizers/llama3");
 std::unique_ptr<BpeTokenizer> load_tokenizer(const std::string& path);
 
+/// The tokenizer that comes with a model: `tokenizer_path` when given, else
+/// the model folder's tokenizer.json or vocab.json + merges.txt; null when
+/// there is none (a mechlab checkpoint, a folder without tokenizer files).
+std::unique_ptr<BpeTokenizer> find_model_tokenizer(const std::string& model_path,
+                                                   const std::string& tokenizer_path = "");
+
 /// A tokenizer from the text of a tokenizer.json; `config_json` is the text of
 /// tokenizer_config.json or empty; `source` names it in messages.
 std::unique_ptr<BpeTokenizer> tokenizer_from_json(const std::string& json_text, const std::string& config_json,
