@@ -90,7 +90,8 @@ TEST(AttachedModule, PointsAreListedCachedAndFilteredWithTheirShapes) {
   auto [logits2, all] = model.run_with_cache(tokens);
   EXPECT_TRUE(at::equal(all[kIn], all[kHost]));
   EXPECT_TRUE(at::allclose(all[kOut], all[kHost] + alpha * v, 1e-6, 1e-6));
-  EXPECT_TRUE(at::equal(logits, logits2));
+  // Caching patterns takes the unfused attention path: equal up to rounding.
+  EXPECT_TRUE(at::allclose(logits, logits2, 1e-4, 1e-5));
   // Downstream sees the steered stream.
   EXPECT_TRUE(at::equal(all["blocks.1.hook_resid_pre"], all[kOut]));
 
@@ -172,7 +173,9 @@ TEST(AttachedModule, PointsGoToAnActivationStoreLikeTheModelsOwn) {
                         .batch_size(2).chunk_rows(8).progress(false));
   auto store = core::ActivationStore::open(path);
   ASSERT_EQ(store.num_rows(), 30);
-  EXPECT_THAT(store.hooks(), ::testing::UnorderedElementsAre(kHost, kOut));
+  std::vector<std::string> stored = store.hooks();
+  std::sort(stored.begin(), stored.end());
+  EXPECT_THAT(stored, ElementsAre(kHost, kOut));
   // Read back: the rows are run_with_cache's, and out - host = alpha * v.
   auto [logits, cache] = model.run_with_cache(ds.tokens.to(at::kLong), NamesFilter({kOut}));
   const at::Tensor out_rows = store.rows(kOut, 0, 30);  // [rows, d_model]

@@ -83,7 +83,8 @@ TEST(SiteTable, IsIndexedByKindAndSelfConsistent) {
   for (size_t i = 0; i < site_table().size(); ++i) {
     const auto& info = site_table()[i];
     EXPECT_EQ(static_cast<size_t>(info.kind), i);
-    EXPECT_EQ(HookSite{info.kind, 0}.per_layer(), info.stage == mechlab::core::SiteStage::block);
+    const bool block = info.stage == mechlab::core::SiteStage::block;
+    EXPECT_EQ(HookSite({info.kind, 0}).per_layer(), block);
     if (info.head_axis >= 0) {
       const auto d = info.dims.at(static_cast<size_t>(info.head_axis));
       EXPECT_TRUE(d == mechlab::core::Dim::head || d == mechlab::core::Dim::kv_head) << info.suffix;
@@ -120,7 +121,9 @@ TEST(SiteTable, ExistenceAndShapesMatchTheForwardOfEveryPreset) {
       for (const auto& [n, shape] : expected) table_names.insert(n);
       EXPECT_EQ(fired_names, table_names);
       for (const HookSite& s : all_sites(cfg)) {
-        if (site_info(s.kind).opt_in) EXPECT_EQ(rec.fired[s.name()], expected.at(s.name())) << s.name();
+        if (site_info(s.kind).opt_in) {
+          EXPECT_EQ(rec.fired[s.name()], expected.at(s.name())) << s.name();
+        }
       }
     }
     // The user-facing path: run_with_cache's default cache and hook_names().
