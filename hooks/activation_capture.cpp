@@ -24,10 +24,6 @@
 namespace mechlab::hooks {
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // One batch on its way to the disk.
 struct Pending {
   int64_t row0 = 0;
@@ -111,22 +107,27 @@ std::optional<int> stop_layer(const core::ModelConfig& cfg, const std::vector<st
 
 }  // namespace
 
-std::vector<std::string> resolve_store_hooks(const core::ModelConfig& cfg,
-                                             const std::vector<std::string>& patterns) {
+namespace {
+
+// `names`: every hook point there is; `dims_of`: a point's axes.
+template <class DimsOf>
+std::vector<std::string> resolve(const core::ModelConfig& cfg, const std::vector<std::string>& names,
+                                 const DimsOf& dims_of, const std::vector<std::string>& patterns) {
   MECHLAB_CHECK(!patterns.empty(), "give at least one hook name or glob to cache "
                                    "(e.g. 'blocks.*.hook_resid_post')");
   std::vector<std::string> out;
   for (const auto& p : patterns) {
     const bool glob = p.find_first_of("*?") != std::string::npos;
     const NamesFilter filter = glob ? NamesFilter::glob(p) : NamesFilter(std::vector<std::string>{p});
-    for (const auto& name : filter.select(cfg)) {
-      if (ends_with(name, "hook_attn_scores") || ends_with(name, "hook_pattern")) {
+    for (const auto& name : filter.select(cfg, names)) {
+      // A store holds one row per token: the point's axes must start [batch, pos].
+      const std::vector<core::Dim> dims = dims_of(name);
+      if (dims.size() < 2 || dims[0] != core::Dim::batch || dims[1] != core::Dim::pos) {
         if (glob) continue;  // a glob like 'blocks.0.attn.*' means the per-token ones
-        throw Error(str_cat("cannot store '", name,
-                            "': attention scores and patterns are [batch, head, q_pos, k_pos], "
-                            "not one row per token. Store blocks.L.attn.hook_z or "
-                            "blocks.L.attn.hook_result instead, or cache patterns in memory with "
-                            "run_with_cache"));
+        throw Error(str_cat("cannot store '", name, "': it is ", core::shape_string(cfg, dims),
+                            ", not one row per token ([batch, pos, ...]). For attention scores "
+                            "and patterns store blocks.L.attn.hook_z or blocks.L.attn.hook_result "
+                            "instead, or cache them in memory with run_with_cache"));
       }
       if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
     }
@@ -134,6 +135,27 @@ std::vector<std::string> resolve_store_hooks(const core::ModelConfig& cfg,
   MECHLAB_CHECK(!out.empty(), "the hook patterns select only attention patterns/scores, which an "
                               "activation store cannot hold");
   return out;
+}
+
+}  // namespace
+
+std::vector<std::string> resolve_store_hooks(const core::ModelConfig& cfg,
+                                             const std::vector<std::string>& patterns) {
+  std::vector<std::string> names;
+  for (const auto& s : core::all_sites(cfg)) names.push_back(s.name());
+  auto dims_of = [&](const std::string& name) {
+    core::HookSite site;
+    MECHLAB_ASSERT(core::parse_site(name, cfg.n_layers, &site));
+    return core::site_info(site.kind).dims;
+  };
+  return resolve(cfg, names, dims_of, patterns);
+}
+
+std::vector<std::string> resolve_store_hooks(const HookedTransformer& model,
+                                             const std::vector<std::string>& patterns) {
+  const HookRegistry& registry = model.hooks();
+  auto dims_of = [&](const std::string& name) { return registry.hook_dims(name); };
+  return resolve(model.cfg(), model.hook_names(), dims_of, patterns);
 }
 
 CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,
@@ -146,7 +168,7 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   MECHLAB_CHECK(opt.batch_size_ > 0, "--batch-size must be positive, got ", opt.batch_size_);
   MECHLAB_CHECK(opt.chunk_rows_ > 0, "--chunk-rows must be positive, got ", opt.chunk_rows_);
 
-  const std::vector<std::string> hooks = resolve_store_hooks(cfg, opt.hooks_);
+  const std::vector<std::string> hooks = resolve_store_hooks(model, opt.hooks_);
   const at::Tensor tokens = dataset.prompts();  // int32 [N, T]
   const at::Tensor mask = dataset.attention_mask;  // uint8 [N, T] or undefined
   const int64_t N = tokens.size(0), T = tokens.size(1);

@@ -58,9 +58,13 @@ struct CacheResult {
   std::vector<std::string> hooks;
 };
 
-/// Hooks a store can hold: every per-token hook ([batch, pos, ...]);
+/// Hooks a store can hold: every per-token hook ([batch, pos, ...]), attached
+/// modules' points included;
 /// attention scores and patterns ([batch, head, q_pos, k_pos]) are refused.
 std::vector<std::string> resolve_store_hooks(const core::ModelConfig& cfg,
+                                             const std::vector<std::string>& patterns);
+/// The same over the model's hook points and those of its attached modules.
+std::vector<std::string> resolve_store_hooks(const HookedTransformer& model,
                                              const std::vector<std::string>& patterns);
 
 CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,

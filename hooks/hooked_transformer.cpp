@@ -78,12 +78,6 @@ std::string HookedTransformer::to_string(const at::Tensor& tokens) const {
   return require_tokenizer().decode(ids_of(tokens));
 }
 
-std::vector<std::string> HookedTransformer::hook_names() const {
-  std::vector<std::string> out;
-  for (const auto& s : core::all_sites(cfg())) out.push_back(s.name());
-  return out;
-}
-
 core::ForwardOptions HookedTransformer::forward_options(const RunOptions& opts) {
   core::ForwardOptions f;
   f.attention_mask = opts.attention_mask;
@@ -105,7 +99,7 @@ std::pair<at::Tensor, ActivationCache> HookedTransformer::run_with_cache(const a
   std::map<std::string, at::Tensor> acts;
   HookScope scope(registry_);
   const std::optional<at::Device> device = opts.cache_device;
-  for (const std::string& name : filter.select(cfg())) {
+  for (const std::string& name : filter.select(cfg(), hook_names())) {
     scope.add(name, [&acts, device](at::Tensor& act, const HookPoint& hook) {
       at::Tensor kept = act.detach();
       if (device && *device != kept.device()) kept = kept.to(*device);

@@ -84,9 +84,22 @@ class HookedTransformer {
   const core::Transformer& model() const { return *model_; }
   std::shared_ptr<const core::Transformer> shared_model() const { return model_; }
   HookRegistry& hooks() { return registry_; }
+  const HookRegistry& hooks() const { return registry_; }
 
-  /// Every hook point of the model, in forward order.
-  std::vector<std::string> hook_names() const;
+  /// Every hook point, in forward order: the model's, and after each host the
+  /// points of the modules attached there.
+  std::vector<std::string> hook_names() const { return registry_.hook_names(); }
+
+  /// Splices a module (a steering vector, later an SAE) in at the hook point
+  /// `host`; its points "<host>.<name>.hook_*" become hook points
+  /// (hooks/attached_module.h).
+  void attach(const std::string& host, std::shared_ptr<AttachedModule> module) {
+    registry_.attach(host, std::move(module));
+  }
+  /// Removes the module `module_name` at `host` and the hooks on its points.
+  void detach(const std::string& host, const std::string& module_name) {
+    registry_.detach(host, module_name);
+  }
 
   /// Forward with the attached (permanent) hooks.
   at::Tensor forward(const at::Tensor& input, const RunOptions& opts = {});

@@ -59,17 +59,34 @@ bool glob_match(const std::string& p, const std::string& t) {
 void require_hook_name(const core::ModelConfig& cfg, const std::string& name) {
   core::HookSite site;
   if (core::parse_site(name, cfg.n_layers, &site) && core::site_exists(cfg, site)) return;
-  std::vector<std::string> names = model_names(cfg);
+  require_hook_name(cfg, name, model_names(cfg));
+}
+
+void require_hook_name(const core::ModelConfig& cfg, const std::string& name,
+                       const std::vector<std::string>& known) {
+  if (std::find(known.begin(), known.end(), name) != known.end()) return;
+  std::vector<std::string> names = known;
   std::stable_sort(names.begin(), names.end(), [&](const std::string& a, const std::string& b) {
     return edit_distance(a, name) < edit_distance(b, name);
   });
   std::string near;
   for (size_t i = 0; i < std::min<size_t>(3, names.size()); ++i) near += (i ? ", " : "") + names[i];
   std::string why;
+  core::HookSite site;
   if (core::parse_site(name, 1 << 20, &site) && site.per_layer() && site.layer >= cfg.n_layers) {
     why = str_cat(" (the model has ", cfg.n_layers, " layers)");
   } else if (core::parse_site(name, cfg.n_layers, &site)) {
     why = " (this architecture has no such hook point)";
+  } else {
+    // "<host>.<module>.hook_x": a point of a module that is not attached (or
+    // that the module does not declare).
+    for (const auto& s : core::all_sites(cfg)) {
+      const std::string host = s.name() + ".";
+      if (name.compare(0, host.size(), host) == 0) {
+        why = str_cat(" (no module attached at \"", s.name(), "\" declares it)");
+        break;
+      }
+    }
   }
   throw Error(str_cat("unknown hook name \"", name, "\"", why, "; nearest valid names: ", near,
                       ". `mechlab info MODEL` lists every hook point"));
@@ -96,7 +113,12 @@ NamesFilter NamesFilter::predicate(std::function<bool(const std::string&)> fn) {
 }
 
 std::vector<std::string> NamesFilter::select(const core::ModelConfig& cfg) const {
-  std::vector<std::string> all = model_names(cfg), out;
+  return select(cfg, model_names(cfg));
+}
+
+std::vector<std::string> NamesFilter::select(const core::ModelConfig& cfg,
+                                             const std::vector<std::string>& all) const {
+  std::vector<std::string> out;
   switch (kind_) {
     case Kind::all:
       for (const auto& n : all) {
@@ -104,7 +126,7 @@ std::vector<std::string> NamesFilter::select(const core::ModelConfig& cfg) const
       }
       return out;
     case Kind::exact:
-      for (const auto& n : names_) require_hook_name(cfg, n);
+      for (const auto& n : names_) require_hook_name(cfg, n, all);
       for (const auto& n : all) {
         if (std::find(names_.begin(), names_.end(), n) != names_.end()) out.push_back(n);
       }

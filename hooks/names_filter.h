@@ -29,6 +29,10 @@ class NamesFilter {
   /// Names of the model's hook points this filter selects, in forward order.
   /// Throws mechlab::Error for unknown exact names or a glob matching nothing.
   std::vector<std::string> select(const core::ModelConfig& cfg) const;
+  /// The same over `names`: every hook point there is, in forward order (the
+  /// model's and attached modules', HookRegistry::hook_names()).
+  std::vector<std::string> select(const core::ModelConfig& cfg,
+                                  const std::vector<std::string>& names) const;
 
  private:
   enum class Kind { all, exact, glob, predicate } kind_ = Kind::all;
@@ -41,5 +45,8 @@ bool glob_match(const std::string& pattern, const std::string& text);
 /// Checks that `name` is a hook point of this model; otherwise throws an error
 /// that lists the nearest valid names.
 void require_hook_name(const core::ModelConfig& cfg, const std::string& name);
+/// The same where `known` (every hook point, attached modules' included) are valid.
+void require_hook_name(const core::ModelConfig& cfg, const std::string& name,
+                       const std::vector<std::string>& known);
 
 }  // namespace mechlab::hooks

@@ -25,7 +25,7 @@ void check_gradient_hook(const core::ModelConfig& cfg, const std::string& name) 
   hooks::require_hook_name(cfg, name);
   core::HookSite site;
   MECHLAB_ASSERT(core::parse_site(name, cfg.n_layers, &site));
-  MECHLAB_CHECK(site.kind != core::HookKind::embed && site.kind != core::HookKind::pos_embed,
+  MECHLAB_CHECK(core::site_info(site.kind).stage != core::SiteStage::input,
                 "attribution at ", name, " is not supported: gradients start at ", kInputHook,
                 " (the embedding's sum); attribute blocks.0.hook_resid_pre instead");
 }
@@ -83,7 +83,7 @@ at::Tensor forward_metric(hooks::HookedTransformer& model, const Metric& metric,
 bool is_logit_side(const std::string& name, const core::ModelConfig& cfg) {
   core::HookSite site;
   return core::parse_site(name, cfg.n_layers, &site) &&
-         (site.kind == core::HookKind::ln_final_scale || site.kind == core::HookKind::ln_final_normalized);
+         core::site_info(site.kind).stage == core::SiteStage::output;
 }
 
 }  // namespace

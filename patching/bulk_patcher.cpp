@@ -19,10 +19,10 @@ namespace {
 constexpr int kFromTokens = -1;  // group key: configs that patch hook_embed / hook_pos_embed
 
 bool is_embedding(const core::HookSite& s) {
-  return s.kind == core::HookKind::embed || s.kind == core::HookKind::pos_embed;
+  return core::site_info(s.kind).stage == core::SiteStage::input;
 }
 bool is_final_norm(const core::HookSite& s) {
-  return s.kind == core::HookKind::ln_final_scale || s.kind == core::HookKind::ln_final_normalized;
+  return core::site_info(s.kind).stage == core::SiteStage::output;
 }
 
 // The layer a config's forwards restart at: its first patched layer; configs

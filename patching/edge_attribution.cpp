@@ -2,6 +2,7 @@
 
 #include "core/util/error.h"
 #include "hooks/act_name.h"
+#include "patching/patch_target.h"
 #include "patching/sender_delta.h"
 
 #include <ATen/ATen.h>
@@ -47,10 +48,13 @@ std::pair<ReceiverInput, int64_t> receivers_at(const CircuitGraph& g, const std:
   core::HookSite site;
   MECHLAB_ASSERT(core::parse_site(hook, g.cfg().n_layers, &site));
   const int L = site.layer;
+  // Which receiver a hook feeds is kind-specific; how many heads it holds is
+  // the site table's (heads_at).
+  const int64_t heads = heads_at(g.cfg(), site.kind);
   switch (site.kind) {
-    case core::HookKind::q_input: return {{{Kind::head, L, 0}, ReceiverChannel::q}, g.cfg().n_heads};
-    case core::HookKind::k_input: return {{{Kind::head, L, 0}, ReceiverChannel::k}, g.cfg().kv_heads()};
-    case core::HookKind::v_input: return {{{Kind::head, L, 0}, ReceiverChannel::v}, g.cfg().kv_heads()};
+    case core::HookKind::q_input: return {{{Kind::head, L, 0}, ReceiverChannel::q}, heads};
+    case core::HookKind::k_input: return {{{Kind::head, L, 0}, ReceiverChannel::k}, heads};
+    case core::HookKind::v_input: return {{{Kind::head, L, 0}, ReceiverChannel::v}, heads};
     case core::HookKind::mlp_in: return {{{Kind::mlp, L, -1}, ReceiverChannel::resid}, 1};
     default: return {{{Kind::output, -1, -1}, ReceiverChannel::resid}, 1};
   }
@@ -149,7 +153,7 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
     auto& got = pending[layer];
     std::vector<at::Tensor> parts;
     for (auto kind : {core::HookKind::q_input, core::HookKind::k_input, core::HookKind::v_input}) {
-      const int64_t n = kind == core::HookKind::q_input ? cfg.n_heads : cfg.kv_heads();
+      const int64_t n = heads_at(cfg, kind);
       auto it = got.find(kind);  // no gradient reached it: it does not affect the metric
       parts.push_back(it != got.end() ? it->second
                                       : at::zeros({n, data.batch() * data.seq_len() * cfg.d_model},

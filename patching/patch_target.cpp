@@ -36,35 +36,18 @@ int PatchConfig::first_layer() const {
   return targets.empty() ? 0 : first;
 }
 
-bool is_attention_map(HookKind kind) {
-  return kind == HookKind::pattern || kind == HookKind::attn_scores;
-}
+// Axis properties come from the site table (core/model/hook_site.h).
+bool is_attention_map(HookKind kind) { return core::site_info(kind).attention_map; }
 
 bool has_head_axis(HookKind kind) {
-  switch (kind) {
-    case HookKind::q:
-    case HookKind::k:
-    case HookKind::v:
-    case HookKind::rot_q:
-    case HookKind::rot_k:
-    case HookKind::z:
-    case HookKind::result:
-    case HookKind::q_input:
-    case HookKind::k_input:
-    case HookKind::v_input: return true;
-    default: return false;
-  }
+  const core::SiteInfo& info = core::site_info(kind);
+  return info.head_axis == 2;
 }
 
 int64_t heads_at(const core::ModelConfig& cfg, HookKind kind) {
-  switch (kind) {
-    case HookKind::k:
-    case HookKind::v:
-    case HookKind::rot_k:
-    case HookKind::k_input:
-    case HookKind::v_input: return cfg.kv_heads();
-    default: return cfg.n_heads;
-  }
+  const core::SiteInfo& info = core::site_info(kind);
+  if (info.head_axis < 0) return cfg.n_heads;
+  return core::dim_size(cfg, info.dims[static_cast<size_t>(info.head_axis)], 0, 0);
 }
 
 void validate_target(const PatchTarget& t, const core::ModelConfig& cfg, int64_t seq_len) {

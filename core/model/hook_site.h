@@ -22,12 +22,17 @@
 //   blocks.L.mlp.hook_pre / hook_pre_linear / hook_post [batch, pos, d_mlp]
 //   ln_final.hook_scale / ln_final.hook_normalized
 //
+// The list above is for reading; the properties every part of mechlab uses
+// (names, shapes, head axis, existence per architecture, opt-in) live in ONE
+// table, site_table() in hook_site.cpp.
+//
 // "Opt-in" sites cost extra memory or compute; mechlab computes them only in
 // the layers where something is hooked (TransformerLens needs global flags).
 #pragma once
 
 #include "core/model/model_config.h"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -71,6 +76,43 @@ constexpr int kFirstLayerKind = static_cast<int>(HookKind::resid_pre);
 constexpr int kLayerKinds = static_cast<int>(HookKind::resid_post) - kFirstLayerKind + 1;
 constexpr int kModelKinds = kFirstLayerKind;
 
+/// A named axis of an activation, in the glossary's terms.
+enum class Dim : uint8_t { batch, pos, q_pos, k_pos, head, kv_head, d_head, d_model, d_mlp, one };
+
+/// Where a site sits: before the blocks (embeddings), in a block, or after them
+/// (the final norm, which feeds the unembedding).
+enum class SiteStage : uint8_t { input, block, output };
+
+/// The properties of one site kind. site_table() holds one per HookKind; every
+/// consumer (names, parser, shapes, existence, patching axes, stores) asks it.
+struct SiteInfo {
+  HookKind kind;
+  /// TransformerLens name after "blocks.L." (block sites) or the full name.
+  const char* suffix;
+  SiteStage stage;
+  /// Axes in order; Dim::kv_head where GQA models have kv_heads heads there.
+  std::vector<Dim> dims;
+  /// The head axis (1 in attention maps, 2 in per-head per-token sites), -1 = none.
+  int head_axis;
+  /// [batch, head, q_pos, k_pos] (hook_attn_scores, hook_pattern).
+  bool attention_map;
+  /// Computed only when hooked (hook_result, hook_q/k/v_input).
+  bool opt_in;
+  /// Whether a model with this config has the site (in every layer for block sites).
+  bool (*exists)(const ModelConfig& cfg);
+};
+
+/// Every site kind, indexed by HookKind.
+const std::vector<SiteInfo>& site_table();
+const SiteInfo& site_info(HookKind kind);
+
+/// Glossary name of an axis ("kv_head" only when the model has GQA).
+std::string dim_name(const ModelConfig& cfg, Dim d);
+/// Size of an axis; batch/pos (q_pos, k_pos) are the run's.
+int64_t dim_size(const ModelConfig& cfg, Dim d, int64_t batch, int64_t pos);
+/// "[batch, pos, d_model]" for a list of axes.
+std::string shape_string(const ModelConfig& cfg, const std::vector<Dim>& dims);
+
 struct HookSite {
   HookKind kind = HookKind::embed;
   int layer = -1;  ///< -1 for model-level sites
@@ -93,7 +135,7 @@ bool site_exists(const ModelConfig& cfg, HookSite site);
 std::vector<HookSite> all_sites(const ModelConfig& cfg);
 
 /// Opt-in sites are computed only when hooked (hook_result, hook_q/k/v_input).
-bool is_opt_in(HookKind kind);
+inline bool is_opt_in(HookKind kind) { return site_info(kind).opt_in; }
 
 /// Parses a TransformerLens hook name. Returns false if it is not a
 /// well-formed name for any model with at least `n_layers` layers.
@@ -105,4 +147,7 @@ namespace mechlab::core {
 /// The shape of a site's activation in the dimension names of the glossary,
 /// e.g. "[batch, head, q_pos, k_pos]".
 std::string site_shape(const ModelConfig& cfg, HookSite site);
+/// The concrete shape of a site's activation in a run over [batch, pos] tokens
+/// (outside TransformerLens's split q/k/v mode, where ln1 gains a head axis).
+std::vector<int64_t> site_sizes(const ModelConfig& cfg, HookSite site, int64_t batch, int64_t pos);
 }  // namespace mechlab::core
