@@ -276,6 +276,25 @@ TEST(TrainLoopTest, DivergenceStopsAtTheFirstNonFiniteLossKeepingTheLastCheckpoi
   EXPECT_FALSE(std::filesystem::exists(dir + "/checkpoint.h5.tmp"));
 }
 
+// sqrt(p) at p = 0: the loss is 0, its gradient 1 / (2 sqrt(0)) = Inf. The
+// loop stops before clipping would scale the gradients by Inf * 0 = NaN.
+class SqrtAtZero : public Linear {
+ public:
+  SqrtAtZero() : Linear(at::zeros({3}), at::ones({3})) {}
+  at::Tensor loss(int64_t, at::Generator&) override { return at::sqrt(parameters()[0]).sum(); }
+};
+
+TEST(TrainLoopTest, NonFiniteGradientNormStopsBeforeTheUpdate) {
+  SqrtAtZero model;
+  TrainLoop loop(model, LoopOptions().steps(4).grad_clip(1.0).progress(false));
+  EXPECT_THAT(error_of([&] { loop.step(); }),
+              HasSubstr("gradient norm became Inf at step 1 of 4 (learning rate too high?); "
+                        "no checkpoint was written"));
+  EXPECT_EQ(loop.steps_done(), 0);
+  EXPECT_TRUE(at::equal(model.p(), at::zeros({3})));
+  EXPECT_TRUE(at::equal(loop.optimizer().exp_avg()[0], at::zeros({3})));
+}
+
 // A non-finite parameter with a still-finite loss (here: set by hand) is
 // never written into a checkpoint.
 TEST(TrainLoopTest, CheckpointRefusesNonFiniteParameters) {
