@@ -88,10 +88,14 @@ void add_train_command(CLI::App& app) {
                                           .overwrite(a->overwrite)
                                           .progress(!a->no_progress));
     const core::train::TrainResult r = trainer.run(a->max_steps);
+    // A finished run resumed again takes no step; it reports the evaluation
+    // its checkpoint kept.
+    const char* note = r.already_complete ? " (already complete, nothing to resume)"
+                       : r.stopped_early  ? " (reached stop_at_accuracy)"
+                                          : "";
     std::printf("%s: %lld steps%s; test loss %.4f, test accuracy %.4f (%lld predictions); "
                 "train accuracy %.4f\n",
-                cfg.name.c_str(), static_cast<long long>(r.steps),
-                r.stopped_early ? " (reached stop_at_accuracy)" : "", r.test.loss,
+                cfg.name.c_str(), static_cast<long long>(r.steps), note, r.test.loss,
                 r.test.accuracy, static_cast<long long>(r.test.scored), r.train.accuracy);
     std::printf("wrote %s/{model.h5, checkpoint.h5, train_log.csv, train_log.svg}\n",
                 a->out.c_str());

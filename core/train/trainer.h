@@ -1,13 +1,15 @@
 // Trainer: trains a Transformer on a task dataset as a TrainConfig says —
 // AdamW, warmup + cosine learning rate, gradient clipping, evaluation every
 // N steps, checkpoints every N steps with exact resume, a progress bar, and a
-// loss/accuracy log (CSV + SVG chart) beside the checkpoint.
+// loss/accuracy log (CSV + SVG chart) beside the checkpoint. The loop itself
+// is TrainLoop (train_loop.h), which trains any Trainable; the model and
+// its data are TransformerTrainable (transformer_trainable.h).
 //
 // Files in the output folder:
 //   checkpoint.h5    a mechlab model checkpoint (loads anywhere a model does)
 //                    plus the group /train: step, optimizer moments, the
-//                    config and the log; written atomically every
-//                    checkpoint_every steps and at the end
+//                    config, the latest evaluation and the log; written
+//                    atomically every checkpoint_every steps and at the end
 //   model.h5         the final model alone (small; what recipes ship)
 //   train_log.csv, train_log.svg   one row per evaluation
 //   config.json      the TrainConfig
@@ -20,23 +22,22 @@
 // Example:
 //   auto cfg = TrainConfig::load("apps/models/induction.json");
 //   Trainer trainer(cfg, TrainerOptions().out_dir("runs/induction"));
-//   TrainResult r = trainer.run();          // r.test_accuracy
+//   TrainResult r = trainer.run();          // r.test.accuracy
 //   Transformer& model = trainer.model();
 #pragma once
 
 #include "core/util/options.h"
-#include "core/train/adamw.h"
-#include "core/train/lr_schedule.h"
 #include "core/train/train_config.h"
 #include "core/train/train_data.h"
+#include "core/train/train_loop.h"
 #include "core/train/training_log.h"
+#include "core/train/transformer_trainable.h"
 #include "core/model/transformer.h"
 
 #include <ATen/ATen.h>
 
 #include <memory>
 #include <string>
-#include <vector>
 
 namespace mechlab::core::train {
 
@@ -52,18 +53,18 @@ struct TrainerOptions {
   MECHLAB_OPTION(TrainerOptions, bool, progress, true)
 };
 
-struct EvalResult {
-  double loss = 0;
-  double accuracy = 0;
-  int64_t scored = 0;  ///< predictions counted
-};
-
 struct TrainResult {
   int64_t steps = 0;  ///< steps taken in total (resumed ones included)
   bool stopped_early = false;
+  /// A resumed run that had already finished: no step was taken, and
+  /// test/train are its last evaluation (stored in the checkpoint).
+  bool already_complete = false;
   /// The final evaluation: up to eval_examples test rows, and as many train rows.
   EvalResult test, train;
 };
+
+/// The TrainLoop options a TrainConfig gives (hyperparameters, name, seed).
+LoopOptions loop_options(const TrainConfig& config, const TrainerOptions& options);
 
 class Trainer {
  public:
@@ -73,49 +74,34 @@ class Trainer {
 
   /// Trains until config.steps, stop_at_accuracy, or `max_steps` more steps
   /// (-1 = no such limit), evaluating and checkpointing on schedule; writes
-  /// the checkpoint, model.h5 and the log at the end.
+  /// the checkpoint, model.h5 and the log at the end. Throws mechlab::Error
+  /// when the loss stops being finite (the last checkpoint stays on disk).
   TrainResult run(int64_t max_steps = -1);
 
   /// One optimisation step; returns its loss.
-  double step();
+  double step() { return loop_->step(); }
   /// Loss and accuracy on the first `max_examples` rows (0 = all) of a split.
-  EvalResult evaluate(const Split& split, int64_t max_examples = 0) const;
+  EvalResult evaluate(const Split& split, int64_t max_examples = 0) const {
+    return trainable_.evaluate(split, max_examples);
+  }
 
   /// Writes the model and the training state (atomically).
-  void save_checkpoint(const std::string& path) const;
+  void save_checkpoint(const std::string& path) const { loop_->save_checkpoint(path); }
   /// Restores model and training state; refuses a checkpoint made from
   /// another config, naming the first key that differs.
-  void load_checkpoint(const std::string& path);
+  void load_checkpoint(const std::string& path) { loop_->load_checkpoint(path); }
 
-  int64_t steps_done() const { return step_; }
-  const TrainConfig& config() const { return config_; }
-  const TrainData& data() const { return data_; }
-  Transformer& model() { return *model_; }
-  const TrainingLog& log() const { return log_; }
+  int64_t steps_done() const { return loop_->steps_done(); }
+  const TrainConfig& config() const { return trainable_.train_config(); }
+  const TrainData& data() const { return trainable_.data(); }
+  Transformer& model() { return trainable_.model(); }
+  const TrainingLog& log() const { return loop_->log(); }
+  const TrainLoop& loop() const { return *loop_; }
 
  private:
-  at::Tensor batch_indices(int64_t step) const;  // int64 [batch] rows of the train split
-  void evaluate_and_log();
-  void write_outputs(bool final) const;
-
-  TrainConfig config_;
   TrainerOptions options_;
-  TrainData data_;   // on CPU
-  Split train_dev_;  // the train split on the training device
-  std::unique_ptr<Transformer> model_;
-  std::vector<std::string> names_;    // parameter names, fixed order
-  std::vector<at::Tensor> params_;    // leaf tensors with requires_grad
-  std::unique_ptr<AdamW> optimizer_;
-  LrSchedule schedule_;
-  TrainingLog log_;
-
-  int64_t step_ = 0;
-  double loss_sum_ = 0;     // losses since the last log row
-  int64_t loss_count_ = 0;
-  double last_grad_norm_ = 0;
-  EvalResult last_test_, last_train_;  // the latest evaluation (what run() reports)
-  double seconds_before_ = 0;  // wall time of earlier sessions of this run
-  double session_start_ = 0;   // steady clock seconds at construction
+  TransformerTrainable trainable_;
+  std::unique_ptr<TrainLoop> loop_;
 };
 
 }  // namespace mechlab::core::train

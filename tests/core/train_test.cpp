@@ -2,6 +2,7 @@
 // (tests/data/train/adamw.h5, see its README), the learning-rate schedule,
 // config refusals, exact resume, and the induction recipe trained short.
 #include "core/formats/hdf5_file.h"
+#include "core/model/checkpoint.h"
 #include "core/train/adamw.h"
 #include "core/train/lr_schedule.h"
 #include "core/train/objective.h"
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 namespace mechlab::core::train {
@@ -232,6 +234,103 @@ TEST(TrainerTest, ResumeKeepsTheLogAndRefusesAnotherConfig) {
               HasSubstr("pass --resume to continue it or --overwrite"));
   // The final model loads as a plain checkpoint.
   EXPECT_EQ(Transformer::load(dir + "/model.h5").config().d_model, 32);
+}
+
+// Writes small_config() (with `changes`) to a JSON file for the CLI.
+std::string write_config(const std::string& name, const nlohmann::json& changes) {
+  nlohmann::json j = small_config();
+  for (const auto& item : changes.items()) j[item.key()] = item.value();
+  const std::string path = temp_path(name + ".json");
+  std::ofstream out(path);
+  out << j.dump(2);
+  out.close();
+  EXPECT_TRUE(out.good()) << path;
+  return path;
+}
+
+// The evaluation on the summary line "small: 8 steps...; test loss ...,
+// test accuracy ... (N predictions); train accuracy ..." (the log lines
+// before it also say "test loss").
+std::string summary_of(const std::string& output) {
+  const auto line = output.find("small: 8 steps");
+  if (line == std::string::npos) return "";
+  const auto at = output.find("test loss ", line);
+  if (at == std::string::npos) return "";
+  return output.substr(at, output.find('\n', at) - at);
+}
+
+// A run that diverges (lr 1e30 with weight decay overflows the weights within
+// a few steps) stops with an error and a non-zero exit instead of finishing
+// with a NaN model; its last checkpoint holds finite weights and resumes.
+TEST(TrainerTest, DivergingRunStopsAtTheFirstNonFiniteLoss) {
+  const std::string cfg = write_config(
+      "diverge", {{"lr", 1e30}, {"weight_decay", 1.0}, {"warmup_steps", 0}, {"checkpoint_every", 1}});
+  const std::string dir = temp_path("diverge_run");
+  const auto r = mechlab::testing::run_cli("train " + cfg + " --out " + dir +
+                                           " --overwrite --no-progress");
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("loss became (NaN|Inf) at step [0-9]+ of 8 "
+                                                 "\\(learning rate too high\\?\\)"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/model.h5")) << "no final model from a diverged run";
+  Checkpoint ckpt = load_checkpoint(dir + "/checkpoint.h5");
+  for (const auto& [name, t] : ckpt.params) {
+    EXPECT_TRUE(at::isfinite(t).all().item<bool>()) << name;
+  }
+  const int64_t saved = H5File::open_read(dir + "/checkpoint.h5").read_attr_int("train", "step");
+  EXPECT_THAT(r.output, HasSubstr("at step " + std::to_string(saved + 1) + " of 8"));
+  EXPECT_THAT(r.output, HasSubstr("the checkpoint of step " + std::to_string(saved)));
+}
+
+// `mechlab train --resume` on a finished run reports it complete with the
+// evaluation it ended with (it used to print "test accuracy 0.0000 (0 predictions)").
+TEST(TrainerTest, ResumingAFinishedRunReportsItsLastEvaluation) {
+  const std::string cfg = write_config("finished", {});
+  const std::string dir = temp_path("finished_run");
+  const auto first = mechlab::testing::run_cli("train " + cfg + " --out " + dir +
+                                               " --overwrite --no-progress");
+  ASSERT_EQ(first.rc, 0) << first.output;
+  ASSERT_THAT(first.output, HasSubstr("small: 8 steps; test loss"));
+  const auto again = mechlab::testing::run_cli("train " + cfg + " --out " + dir +
+                                               " --resume --no-progress");
+  ASSERT_EQ(again.rc, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("small: 8 steps (already complete, nothing to resume)"));
+  EXPECT_THAT(again.output, ::testing::Not(HasSubstr("(0 predictions)")));
+  ASSERT_FALSE(summary_of(first.output).empty()) << first.output;
+  EXPECT_EQ(summary_of(again.output), summary_of(first.output));
+
+  // The library says the same, with the evaluation bit for bit.
+  Trainer t(TrainConfig::load(cfg), TrainerOptions().out_dir(dir).resume(true).progress(false));
+  const TrainResult r = t.run();
+  EXPECT_TRUE(r.already_complete);
+  EXPECT_EQ(r.steps, 8);
+  const EvalResult want = t.evaluate(t.data().test);  // eval_examples 0: the whole split
+  EXPECT_EQ(r.test.loss, want.loss);
+  EXPECT_EQ(r.test.scored, want.scored);
+  EXPECT_GT(r.test.scored, 0);
+}
+
+// A run that ended at stop_at_accuracy is finished too: resuming it must not
+// train past the stop. (Chance level is 1/16, so 0.01 stops at the first
+// evaluation, step 2.)
+TEST(TrainerTest, ResumingARunStoppedAtItsAccuracyTakesNoStep) {
+  nlohmann::json j = small_config();
+  j["stop_at_accuracy"] = 0.01;
+  const std::string dir = temp_path("stopped_run");
+  TrainResult first;
+  {
+    Trainer t(TrainConfig::from_json(j), TrainerOptions().out_dir(dir).overwrite(true).progress(false));
+    first = t.run();
+    ASSERT_TRUE(first.stopped_early);
+    ASSERT_EQ(first.steps, 2);
+  }
+  Trainer again(TrainConfig::from_json(j), TrainerOptions().out_dir(dir).resume(true).progress(false));
+  const TrainResult r = again.run();
+  EXPECT_TRUE(r.already_complete);
+  EXPECT_TRUE(r.stopped_early);
+  EXPECT_EQ(r.steps, 2);
+  EXPECT_EQ(again.steps_done(), 2);
+  EXPECT_EQ(r.test.accuracy, first.test.accuracy);
+  EXPECT_EQ(again.log().rows().size(), 1u);
 }
 
 // Training on CUDA follows the CPU run (skipped without a GPU; scripts/gpu/run.sh

@@ -1,0 +1,338 @@
+#include "core/train/train_loop.h"
+
+#include "core/formats/hdf5_file.h"
+#include "core/formats/text_file.h"
+#include "core/log/log.h"
+#include "core/util/error.h"
+#include "core/util/progress.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+namespace mechlab::core::train {
+namespace {
+
+constexpr const char* kTrainGroup = "train";
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string join_path(const std::string& dir, const std::string& file) {
+  return (std::filesystem::path(dir) / file).string();
+}
+
+// The first key whose value differs between two JSON objects ("" if none).
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b) {
+  for (const auto& item : a.items()) {
+    if (!b.contains(item.key()) || b[item.key()] != item.value()) return item.key();
+  }
+  for (const auto& item : b.items()) {
+    if (!a.contains(item.key())) return item.key();
+  }
+  return "";
+}
+
+nlohmann::json read_json_attr(const H5File& f, const std::string& path, const char* name) {
+  try {
+    return nlohmann::json::parse(f.read_attr_string(kTrainGroup, name));
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(str_cat("'", path, "': the stored /", kTrainGroup, " ", name,
+                        " is not valid JSON: ", e.what()));
+  }
+}
+
+// Refuses to resume from a run whose `what` (config or hyperparameters) differs.
+void check_same(const std::string& path, const nlohmann::json& here, const nlohmann::json& there) {
+  const std::string diff = first_difference(here, there);
+  MECHLAB_CHECK(diff.empty(), "cannot resume '", path, "': it was trained with another config (\"",
+                diff, "\" is ", there.value(diff, nlohmann::json()).dump(), " there, ",
+                here.value(diff, nlohmann::json()).dump(),
+                " here); resume with the same config or start a new run");
+}
+
+// "NaN", "Inf" or "-Inf".
+std::string non_finite_name(double x) {
+  if (std::isnan(x)) return "NaN";
+  return x > 0 ? "Inf" : "-Inf";
+}
+
+}  // namespace
+
+nlohmann::json LoopOptions::hyperparameters() const {
+  return {{"steps", steps_},
+          {"lr", lr_},
+          {"min_lr", min_lr_},
+          {"warmup_steps", warmup_steps_},
+          {"beta1", adamw_.beta1_},
+          {"beta2", adamw_.beta2_},
+          {"eps", adamw_.eps_},
+          {"weight_decay", adamw_.weight_decay_},
+          {"grad_clip", grad_clip_},
+          {"eval_every", eval_every_},
+          {"checkpoint_every", checkpoint_every_},
+          {"stop_at_accuracy", stop_at_accuracy_},
+          {"seed", seed_}};
+}
+
+TrainLoop::TrainLoop(Trainable& model, LoopOptions options)
+    : model_(model), options_(std::move(options)),
+      rng_(at::make_generator<at::CPUGeneratorImpl>(options_.seed_)) {
+  MECHLAB_CHECK(options_.steps_ > 0, "training loop: steps must be positive, got ", options_.steps_);
+  MECHLAB_CHECK(options_.lr_ > 0 && std::isfinite(options_.lr_),
+                "training loop: lr must be positive, got ", options_.lr_);
+  MECHLAB_CHECK(options_.min_lr_ >= 0 && options_.min_lr_ <= options_.lr_,
+                "training loop: min_lr must be in [0, lr], got ", options_.min_lr_);
+  MECHLAB_CHECK(options_.warmup_steps_ >= 0, "training loop: warmup_steps must be >= 0, got ",
+                options_.warmup_steps_);
+  MECHLAB_CHECK(options_.grad_clip_ >= 0, "training loop: grad_clip must be >= 0 (0 = no clipping), got ",
+                options_.grad_clip_);
+  MECHLAB_CHECK(options_.eval_every_ > 0, "training loop: eval_every must be positive, got ",
+                options_.eval_every_);
+  MECHLAB_CHECK(options_.checkpoint_every_ > 0,
+                "training loop: checkpoint_every must be positive, got ", options_.checkpoint_every_);
+  schedule_ = {options_.lr_, options_.min_lr_, options_.warmup_steps_, options_.steps_};
+  session_start_ = now_seconds();
+
+  if (!options_.out_dir_.empty()) {
+    const std::string checkpoint = checkpoint_path();
+    const bool exists = std::filesystem::exists(checkpoint);
+    if (options_.resume_) {
+      MECHLAB_CHECK(exists, "nothing to resume: '", checkpoint,
+                    "' does not exist (start the run without --resume)");
+    } else {
+      MECHLAB_CHECK(!exists || options_.overwrite_, "'", options_.out_dir_, "' already holds a training run (",
+                    options_.checkpoint_file_, "); pass --resume to continue it or --overwrite to start again");
+    }
+    std::filesystem::create_directories(options_.out_dir_);
+  } else {
+    MECHLAB_CHECK(!options_.resume_, "resume needs an output folder (out_dir) to resume from");
+  }
+
+  if (options_.resume_) {
+    load_checkpoint(checkpoint_path());
+  } else {
+    params_ = model_.parameters();
+    names_ = model_.parameter_names();
+    make_optimizer();
+  }
+}
+
+std::string TrainLoop::checkpoint_path() const {
+  return options_.out_dir_.empty() ? "" : join_path(options_.out_dir_, options_.checkpoint_file_);
+}
+
+void TrainLoop::make_optimizer() {
+  MECHLAB_CHECK(names_.size() == params_.size(), "training loop: the model names ", names_.size(),
+                " parameters but has ", params_.size());
+  for (at::Tensor& p : params_) {
+    MECHLAB_CHECK(p.requires_grad() && p.is_leaf(),
+                  "training loop: every parameter must be a leaf tensor with requires_grad");
+  }
+  optimizer_ = std::make_unique<AdamW>(params_, options_.adamw_);
+}
+
+double TrainLoop::step() {
+  at::Tensor loss = model_.loss(step_, rng_);  // scalar
+  MECHLAB_CHECK(loss.defined() && loss.numel() == 1, "training loop: the model's loss must be a scalar, got ",
+                loss.defined() ? loss.sizes() : at::IntArrayRef{});
+  const double value = loss.item<double>();
+  // Stop before the update: the parameters and moments stay those of the
+  // last finite step (and a checkpoint already on disk stays as it is).
+  MECHLAB_CHECK(std::isfinite(value), "loss became ", non_finite_name(value), " at step ", step_ + 1,
+                " of ", options_.steps_, " (learning rate too high?); ", kept_note());
+  loss.backward();
+  const double norm = clip_grad_norm(params_, options_.grad_clip_);
+  if (!std::isfinite(norm)) {
+    optimizer_->zero_grad();
+    throw Error(str_cat("gradient norm became ", non_finite_name(norm), " at step ", step_ + 1,
+                        " of ", options_.steps_, " (learning rate too high?); ", kept_note()));
+  }
+  last_grad_norm_ = norm;
+  optimizer_->step(schedule_.at(step_));
+  optimizer_->zero_grad();
+  ++step_;
+  loss_sum_ += value;
+  ++loss_count_;
+  return value;
+}
+
+void TrainLoop::evaluate_and_log() {
+  const Evaluation e = model_.evaluate();
+  last_eval_ = e;
+  eval_step_ = step_;
+  LogRow row;
+  row.step = step_;
+  row.lr = schedule_.at(std::max<int64_t>(0, step_ - 1));
+  row.train_loss = loss_count_ > 0 ? loss_sum_ / loss_count_ : e.train.loss;
+  row.grad_norm = last_grad_norm_;
+  row.train_accuracy = e.train.accuracy;
+  row.test_loss = e.test.loss;
+  row.test_accuracy = e.test.accuracy;
+  row.seconds = seconds_before_ + (now_seconds() - session_start_);
+  log_.add(row);
+  loss_sum_ = 0;
+  loss_count_ = 0;
+  log::info(str_cat("step ", step_, ": train loss ", row.train_loss, ", test loss ", e.test.loss,
+                    ", test accuracy ", e.test.accuracy, ", train accuracy ", e.train.accuracy));
+  write_log();
+}
+
+void TrainLoop::write_log() const {
+  if (options_.out_dir_.empty()) return;
+  write_text_file(join_path(options_.out_dir_, "train_log.csv"), log_.csv());
+  write_text_file(join_path(options_.out_dir_, "train_log.svg"), log_.svg(options_.name_));
+}
+
+LoopResult TrainLoop::run(int64_t max_steps) {
+  LoopResult result;
+  const int64_t start = step_;
+  // A run is finished at `steps`, or when the evaluation of its last step
+  // reached stop_at_accuracy (a resume must not train past that stop).
+  const bool reached = options_.stop_at_accuracy_ > 0 && last_eval_ && eval_step_ == step_ &&
+                       last_eval_->test.accuracy >= options_.stop_at_accuracy_;
+  result.already_complete = step_ >= options_.steps_ || reached;
+  result.stopped_early = reached && step_ < options_.steps_;
+  std::optional<ProgressBar> bar;
+  if (options_.progress_ && !result.already_complete) {
+    bar.emplace("train " + options_.name_, options_.steps_, "steps", step_);
+  }
+  while (!result.already_complete && step_ < options_.steps_ &&
+         (max_steps < 0 || step_ - start < max_steps)) {
+    step();
+    if (bar) bar->advance(1);
+    if (step_ % options_.eval_every_ == 0 || step_ == options_.steps_) {
+      evaluate_and_log();
+      if (options_.stop_at_accuracy_ > 0 && last_eval_->test.accuracy >= options_.stop_at_accuracy_) {
+        result.stopped_early = step_ < options_.steps_;
+        break;
+      }
+    }
+    if (!options_.out_dir_.empty() && step_ % options_.checkpoint_every_ == 0) {
+      save_checkpoint(checkpoint_path());
+    }
+  }
+  if (bar) bar->finish();
+  const bool finished = step_ >= options_.steps_ || result.stopped_early;
+  if (finished && (log_.empty() || log_.rows().back().step != step_)) {
+    evaluate_and_log();
+  } else if (!last_eval_ || eval_step_ != step_) {
+    // A session cut short by max_steps evaluates for its report but adds no
+    // log row (a row would restart the running loss mean, and the log would
+    // differ from an uninterrupted run's). Also a finished run whose
+    // checkpoint predates the stored evaluation: the same weights again.
+    last_eval_ = model_.evaluate();
+    eval_step_ = step_;
+  }
+  if (!options_.out_dir_.empty()) {
+    save_checkpoint(checkpoint_path());
+    write_log();
+  }
+  result.steps = step_;
+  result.steps_this_session = step_ - start;
+  result.eval = *last_eval_;
+  return result;
+}
+
+void TrainLoop::save_checkpoint(const std::string& path) const {
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      MECHLAB_CHECK(at::isfinite(params_[i]).all().item<bool>(), "parameter '", names_[i],
+                    "' became NaN or Inf by step ", step_, " of ", options_.steps_,
+                    " (learning rate too high?); ", kept_note());
+    }
+  }
+  model_.save_state(path, [&](H5File& f) {
+    f.ensure_group(kTrainGroup);
+    f.write_attr(kTrainGroup, "step", step_);
+    f.write_attr(kTrainGroup, "config", model_.config().dump());
+    f.write_attr(kTrainGroup, "loop", options_.hyperparameters().dump());
+    f.write_attr(kTrainGroup, "loss_sum", loss_sum_);
+    f.write_attr(kTrainGroup, "loss_count", loss_count_);
+    f.write_attr(kTrainGroup, "grad_norm", last_grad_norm_);
+    f.write_attr(kTrainGroup, "seconds", seconds_before_ + (now_seconds() - session_start_));
+    if (last_eval_ && eval_step_ == step_) {
+      f.write_attr(kTrainGroup, "eval_step", eval_step_);
+      f.write_attr(kTrainGroup, "test_loss", last_eval_->test.loss);
+      f.write_attr(kTrainGroup, "test_accuracy", last_eval_->test.accuracy);
+      f.write_attr(kTrainGroup, "test_scored", last_eval_->test.scored);
+      f.write_attr(kTrainGroup, "train_loss", last_eval_->train.loss);
+      f.write_attr(kTrainGroup, "train_accuracy", last_eval_->train.accuracy);
+      f.write_attr(kTrainGroup, "train_scored", last_eval_->train.scored);
+    }
+    const std::string g = kTrainGroup;
+    for (size_t i = 0; i < names_.size(); ++i) {
+      f.write_tensor(g + "/exp_avg/" + names_[i], optimizer_->exp_avg()[i]);
+      f.write_tensor(g + "/exp_avg_sq/" + names_[i], optimizer_->exp_avg_sq()[i]);
+    }
+    f.write_tensor(g + "/rng", rng_.get_state());
+    log_.save(f, kTrainGroup);
+  });
+  if (path == checkpoint_path()) saved_step_ = step_;
+}
+
+std::string TrainLoop::kept_note() const {
+  if (saved_step_ < 0) return "no checkpoint was written";
+  return str_cat("the checkpoint of step ", saved_step_, " ('", checkpoint_path(), "') is kept");
+}
+
+void TrainLoop::load_checkpoint(const std::string& path) {
+  {
+    H5File f = H5File::open_read(path);
+    MECHLAB_CHECK(f.is_group(kTrainGroup), "'", path,
+                  "' is a model checkpoint without training state (/train); it cannot be resumed");
+    check_same(path, model_.config(), read_json_attr(f, path, "config"));
+    // Checkpoints written before the loop was generic lack "loop"; their
+    // config then held the hyperparameters and was checked above.
+    if (f.has_attr(kTrainGroup, "loop")) {
+      check_same(path, options_.hyperparameters(), read_json_attr(f, path, "loop"));
+    }
+  }
+  model_.load_state(path);
+  H5File f = H5File::open_read(path);
+  params_ = model_.parameters();
+  names_ = model_.parameter_names();
+  make_optimizer();
+  std::vector<at::Tensor> m, v;
+  const std::string g = kTrainGroup;
+  for (const std::string& name : names_) {
+    for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+      const std::string ds = g + "/" + kind + "/" + name;
+      MECHLAB_CHECK(f.exists(ds), "'", path, "': training state lacks /", ds,
+                    " (the file is damaged; start again with --overwrite)");
+    }
+    m.push_back(f.read_tensor(g + "/exp_avg/" + name));
+    v.push_back(f.read_tensor(g + "/exp_avg_sq/" + name));
+  }
+  step_ = f.read_attr_int(kTrainGroup, "step");
+  optimizer_->load_state(step_, m, v);
+  if (f.exists(g + "/rng")) rng_.set_state(f.read_tensor(g + "/rng"));
+  loss_sum_ = f.read_attr_double(kTrainGroup, "loss_sum");
+  loss_count_ = f.read_attr_int(kTrainGroup, "loss_count");
+  last_grad_norm_ = f.read_attr_double(kTrainGroup, "grad_norm");
+  seconds_before_ = f.read_attr_double(kTrainGroup, "seconds");
+  session_start_ = now_seconds();
+  last_eval_.reset();
+  eval_step_ = -1;
+  if (f.has_attr(kTrainGroup, "eval_step") && f.read_attr_int(kTrainGroup, "eval_step") == step_) {
+    Evaluation e;
+    e.test = {f.read_attr_double(kTrainGroup, "test_loss"),
+              f.read_attr_double(kTrainGroup, "test_accuracy"),
+              f.read_attr_int(kTrainGroup, "test_scored")};
+    e.train = {f.read_attr_double(kTrainGroup, "train_loss"),
+               f.read_attr_double(kTrainGroup, "train_accuracy"),
+               f.read_attr_int(kTrainGroup, "train_scored")};
+    last_eval_ = e;
+    eval_step_ = step_;
+  }
+  log_ = TrainingLog::load(f, kTrainGroup);
+  log_.truncate_after(step_);
+  if (path == checkpoint_path()) saved_step_ = step_;
+  log::info(str_cat("resumed '", path, "' at step ", step_, " of ", options_.steps_));
+}
+
+}  // namespace mechlab::core::train
