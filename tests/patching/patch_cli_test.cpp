@@ -31,8 +31,8 @@ class PatchCli : public ::testing::Test {
     model_ = temp_path("patch_cli", "tiny.h5");
     data_ = temp_path("patch_cli", "ioi.h5");
     out_ = temp_path("patch_cli", "out");
-    ASSERT_EQ(run_cli("new " + model_ + " --preset tiny --seed 3").rc, 0);
-    ASSERT_EQ(run_cli("dataset make ioi --out " + data_ + " --n 6 --seed 1").rc, 0);
+    ASSERT_EQ(run_cli("new " + model_ + " --preset tiny --seed 3 --overwrite").rc, 0);
+    ASSERT_EQ(run_cli("dataset make ioi --out " + data_ + " --n 6 --seed 1 --overwrite").rc, 0);
   }
   std::string model_, data_, out_;
 };
