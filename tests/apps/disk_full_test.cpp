@@ -245,7 +245,7 @@ TEST_F(DiskFull, CacheNeverCommitsRowsThatDidNotReachTheDisk) {
   Tmpfs m(dir, size_t(64) << 20);
   MECHLAB_MOUNT_OR_SKIP(m);
   const int64_t ref_bytes = static_cast<int64_t>(fs::file_size(ref));
-  m.fill_leaving(static_cast<size_t>(ref_bytes / 2));
+  m.fill_leaving(static_cast<size_t>(ref_bytes * 3 / 4));
   const std::string out = dir + "/s.h5";
   const CliResult r = run(cache_args(model_, data_, out));
   expect_one_line_error(r, {"no space left on device", out});
@@ -268,7 +268,7 @@ TEST_F(DiskFull, CacheNeverCommitsRowsThatDidNotReachTheDisk) {
 TEST_F(DiskFull, TrainFailsCleanly) {
   const std::string cfg = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.json";
   const std::string sets =
-      " --set steps=4 --set batch_size=4 --set eval_every=2 --set eval_examples=8"
+      " --set steps=4 --set warmup_steps=1 --set batch_size=4 --set eval_every=2 --set eval_examples=8"
       " --set checkpoint_every=2 --set data.options.n=64 --no-progress";
   for (int i = 0; i < 3; ++i) {
     check_failure(
