@@ -332,6 +332,19 @@ TEST_F(DiskFull, PatchRefusesToWriteOverItsInputs) {
   EXPECT_TRUE(slurp(model) == bytes);
 }
 
+TEST_F(DiskFull, TrainRefusesARunFolderHoldingItsDataset) {
+  const std::string run_dir = temp_path("train_same");
+  fs::create_directories(run_dir);
+  const std::string data = run_dir + "/model.h5";  // where the run writes its model
+  ASSERT_EQ(run("dataset make induction --n 64 --set d_vocab=256 --overwrite --out " + data).rc, 0);
+  const std::string bytes = slurp(data);
+  const std::string cfg = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.json";
+  const CliResult r = run("train " + cfg + " --out " + run_dir + " --overwrite --set steps=2" +
+                          " --set warmup_steps=1 --set data={\"path\":\"" + data + "\"}");
+  expect_one_line_error(r, {"is the same file as the dataset (data.path)", data});
+  EXPECT_TRUE(slurp(data) == bytes);
+}
+
 // ------------------------------------------------------------ replacing files
 
 TEST_F(DiskFull, WritersRefuseToReplaceWithoutOverwrite) {

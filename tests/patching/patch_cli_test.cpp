@@ -95,7 +95,7 @@ TEST_F(PatchCli, PathPatchingAndAttributionThroughTheCli) {
   r = run_cli("patch " + model_ + " " + data_ + " --edges --out " + out2);
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.output.find("--edges scores edges by attribution"), std::string::npos) << r.output;
-  r = run_cli("patch " + model_ + " " + data_ + " --path 'a1.h0 -> a0.h1<q>' --out " + out2);
+  r = run_cli("patch " + model_ + " " + data_ + " --path 'a1.h0 -> a0.h1<q>' --overwrite --out " + out2);
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.output.find("no sender writes the residual stream before a receiver reads it"),
             std::string::npos) << r.output;
