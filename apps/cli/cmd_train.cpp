@@ -94,6 +94,18 @@ void add_train_command(CLI::App& app) {
                                     "the dataset (data.path)");
       }
     }
+    // The trainer refuses an existing run by its checkpoint.h5; a model.h5
+    // alone (a finished run's checkpoint removed, a copied model) would be
+    // replaced at the end without a word. And neither file is ever replaced
+    // by a checkpoint when it is another kind of mechlab file.
+    for (const char* name : {"checkpoint.h5", "model.h5"}) {
+      core::require_replaceable((std::filesystem::path(a->out) / name).string(), "checkpoint",
+                                /*overwrite=*/true);
+    }
+    if (!a->resume) {
+      core::require_replaceable((std::filesystem::path(a->out) / "model.h5").string(), "checkpoint",
+                                a->overwrite);
+    }
     core::train::Trainer trainer(cfg, core::train::TrainerOptions()
                                           .out_dir(a->out)
                                           .device(parse_device(a->device))

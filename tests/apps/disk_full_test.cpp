@@ -347,6 +347,26 @@ TEST_F(DiskFull, TrainRefusesARunFolderHoldingItsDataset) {
 
 // ------------------------------------------------------------ replacing files
 
+TEST_F(DiskFull, TrainRefusesToReplaceAModelOrAnotherKind) {
+  const std::string cfg = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.json";
+  const std::string train = "train " + cfg + " --set steps=2 --set warmup_steps=1 --out ";
+  const std::string run_dir = temp_path("train_model");
+  fs::create_directories(run_dir);
+  const std::string model = run_dir + "/model.h5";
+  fs::copy_file(model_, model, fs::copy_options::overwrite_existing);
+  const std::string bytes = slurp(model);
+  expect_one_line_error(run(train + run_dir), {model, "already exists", "--overwrite"});
+  EXPECT_TRUE(slurp(model) == bytes);
+
+  const std::string other = temp_path("train_other");
+  fs::create_directories(other);
+  fs::copy_file(data_, other + "/model.h5", fs::copy_options::overwrite_existing);
+  const std::string data_bytes = slurp(other + "/model.h5");
+  expect_one_line_error(run(train + other + " --overwrite"),
+                        {other + "/model.h5", "is a mechlab 'dataset' file"});
+  EXPECT_TRUE(slurp(other + "/model.h5") == data_bytes);
+}
+
 TEST_F(DiskFull, WritersRefuseToReplaceWithoutOverwrite) {
   const std::string ckpt = temp_path("keep_model.h5"), data = temp_path("keep_data.h5");
   fs::copy_file(model_, ckpt, fs::copy_options::overwrite_existing);
