@@ -27,7 +27,7 @@ echo
 data="$MECHLAB_BUILD/demo/induction.h5"
 store="$MECHLAB_BUILD/demo/resid_post.h5"
 mkdir -p "$(dirname "$data")"
-"$ML" dataset make induction --out "$data" --n 256 --set half_len=20 --set min_half_len=5 \
+"$ML" dataset make induction --out "$data" --overwrite --n 256 --set half_len=20 --set min_half_len=5 \
   --set d_vocab=256 --set seed=7
 "$ML" dataset inspect "$data" --examples 1
 "$ML" cache "$model" "$data" --hooks 'blocks.*.hook_resid_post' --out "$store" --overwrite

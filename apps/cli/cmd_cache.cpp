@@ -2,6 +2,7 @@
 // chosen hook points to an activation store (hooks/activation_capture.h).
 #include "apps/cli/commands.h"
 #include "core/data/dataset.h"
+#include "core/formats/output_file.h"
 #include "core/util/error.h"
 #include "core/hf/model_loader.h"
 #include "core/util/progress.h"
@@ -59,6 +60,10 @@ void add_cache_command(CLI::App& app) {
   add_process_flags(cmd, a->process);
   cmd->callback([a] {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
+    // Before anything is read or written: --overwrite on an input would
+    // truncate it, --resume would write into it.
+    core::require_not_same_file(a->out, "--out", a->model, "the model");
+    core::require_not_same_file(a->out, "--out", a->dataset, "the dataset");
     const at::Device device = parse_device(a->device);
     core::Dataset ds = core::load_dataset(a->dataset);
     core::Transformer base =

@@ -4,6 +4,7 @@
 #include "core/data/dataset.h"
 #include "core/util/error.h"
 #include "core/formats/hdf5_file.h"
+#include "core/formats/output_file.h"
 #include "core/log/log.h"
 #include "core/data/tasks/tasks.h"
 #include "core/data/tokenizer/word_tokenizer.h"
@@ -81,13 +82,15 @@ void add_make(CLI::App& parent) {
     std::string task, out;
     int64_t n = 0, seed = 0;
     std::vector<std::string> sets;
+    bool overwrite = false;
   };
   auto a = std::make_shared<Args>();
   std::string names;
   for (const auto& n : core::tasks::task_names()) names += (names.empty() ? "" : ", ") + n;
   cmd->add_option("task", a->task, "Task: " + names)->required();
-  cmd->add_option("--out,-o", a->out, "Dataset file to write (.h5); replaced if it exists")
-      ->required();
+  cmd->add_option("--out,-o", a->out, "Dataset file to write (.h5)")->required();
+  cmd->add_flag("--overwrite", a->overwrite,
+                "Replace a dataset already at --out (never a file of another kind)");
   CLI::Option* n_opt =
       cmd->add_option("--n", a->n, "Number of examples (tasks with an `n` option)");
   CLI::Option* seed_opt =
@@ -98,6 +101,7 @@ void add_make(CLI::App& parent) {
   cmd->footer(tasks_help());
   cmd->callback([a, n_opt, seed_opt] {
     const auto& info = core::tasks::task_info(a->task);
+    core::require_replaceable(a->out, "dataset", a->overwrite);
     nlohmann::json options = nlohmann::json::object();
     for (const auto& kv : a->sets) {
       const size_t eq = kv.find('=');
@@ -115,6 +119,13 @@ void add_make(CLI::App& parent) {
     };
     shortcut("n", n_opt, a->n);
     shortcut("seed", seed_opt, a->seed);
+    for (const auto& kv : a->sets) {
+      // An @FILE option is read here; the output must not be that file.
+      const size_t at = kv.find("=@");
+      if (at != std::string::npos) {
+        core::require_not_same_file(a->out, "--out", kv.substr(at + 2), "the --set file");
+      }
+    }
     const core::Dataset ds = core::tasks::make_task(info.name, options);
     core::save_dataset(a->out, ds);
     log::info(str_cat("wrote ", ds.task, " (", ds.size(), " examples of ", ds.seq_len(),

@@ -1,5 +1,6 @@
 // mechlab new: write a randomly initialised model of a preset shape.
 #include "apps/cli/commands.h"
+#include "core/formats/output_file.h"
 #include "core/model/presets.h"
 #include "core/model/transformer.h"
 
@@ -18,6 +19,7 @@ void add_new_command(CLI::App& app) {
   struct Args {
     std::string out, preset = "tiny", config;
     uint64_t seed = 0;
+    bool overwrite = false;
   };
   auto args = std::make_shared<Args>();
   cmd->add_option("out", args->out, "Checkpoint to write (.h5)")->required();
@@ -27,7 +29,12 @@ void add_new_command(CLI::App& app) {
   cmd->add_option("--config", args->config,
                   "A ModelConfig JSON file instead of a preset (see docs/ARCHITECTURE.md)");
   cmd->add_option("--seed", args->seed, "Initialisation seed")->capture_default_str();
+  cmd->add_flag("--overwrite", args->overwrite, "Replace a checkpoint already at OUT");
   cmd->callback([args] {
+    core::require_replaceable(args->out, "checkpoint", args->overwrite);
+    if (!args->config.empty()) {
+      core::require_not_same_file(args->out, "the output", args->config, "the config file");
+    }
     core::ModelConfig cfg;
     if (!args->config.empty()) {
       std::ifstream in(args->config);

@@ -2,6 +2,7 @@
 // with TransformerLens's semantics, run in bulk. Writes one HDF5 file with a
 // group per sweep and direction, and one SVG heatmap per result.
 #include "apps/cli/commands.h"
+#include "core/formats/output_file.h"
 #include "core/formats/text_file.h"
 #include "core/data/dataset.h"
 #include "core/util/error.h"
@@ -22,8 +23,10 @@
 #include <nlohmann/json.hpp>
 
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -127,7 +130,7 @@ void add_patch_command(CLI::App& app) {
     std::vector<std::string> sweeps, paths;
     int64_t examples = 0, memory_mb = 0, max_copies = 0, top = 20;
     int steps = 5;
-    bool no_skip = false, no_svg = false, progress = false, edges = false;
+    bool no_skip = false, no_svg = false, progress = false, edges = false, overwrite = false;
     ProcessFlags process;
   };
   auto a = std::make_shared<Args>();
@@ -194,6 +197,8 @@ void add_patch_command(CLI::App& app) {
                 "(the patched slice already equals the value patched in, bit for bit); by default "
                 "they get the unpatched metric without a forward");
   cmd->add_flag("--no-svg", a->no_svg, "Do not write heatmaps");
+  cmd->add_flag("--overwrite", a->overwrite,
+                "Replace the results (patching.h5, heatmaps, JSON) already in --out");
   cmd->add_flag("--progress", a->progress, "Show a progress bar (rate and ETA) on stderr");
   add_process_flags(cmd, a->process);
 
@@ -235,6 +240,12 @@ void add_patch_command(CLI::App& app) {
       graph.parse_senders(p.substr(0, arrow));
       graph.parse_receivers(p.substr(arrow + 2));
     }
+    // Checked before the (long) run: replacing patching.h5 would leave the
+    // heatmaps beside it describing data that is gone.
+    const std::string h5 = (std::filesystem::path(a->out) / "patching.h5").string();
+    core::require_replaceable(h5, "patching", a->overwrite);
+    core::require_not_same_file(h5, "--out", a->model, "the model");
+    core::require_not_same_file(h5, "--out", a->dataset, "the dataset");
     std::filesystem::create_directories(a->out);
 
     SweepOptions opts;
@@ -253,6 +264,8 @@ void add_patch_command(CLI::App& app) {
     const Direction fallback = patching && !node_sweeps.empty() ? Direction::denoising : Direction::noising;
     std::vector<SweepResult> all;
     nlohmann::json paths_json = nlohmann::json::array();
+    // Text outputs (path, contents), written with patching.h5 at the end.
+    std::vector<std::pair<std::string, std::string>> texts;
     AttributionOptions aopts;
     aopts.method = method;
     aopts.steps = a->steps;
@@ -297,7 +310,7 @@ void add_patch_command(CLI::App& app) {
         const std::string json = (std::filesystem::path(a->out) /
                                   (std::string("edges.") + method_name(method) + "." +
                                    direction_name(dir) + ".json")).string();
-        std::ofstream(json) << e.to_json(a->top).dump(2) << "\n";
+        texts.emplace_back(json, e.to_json(a->top).dump(2) + "\n");
         std::printf("edges:%s %s: %lld edges (%lld forwards, %lld backwards), top %lld by |score| "
                     "(estimated metric change; base %.4f, source %.4f):\n",
                     method_name(method), direction_name(dir),
@@ -309,15 +322,13 @@ void add_patch_command(CLI::App& app) {
         for (const auto& [edge, score] : e.top(a->top)) {
           std::printf("  %-28s %+.6f\n", edge_name(edge).c_str(), score);
         }
-        std::printf("wrote %s\n", json.c_str());
         all.push_back(e.as_result());
       }
     }
     if (!paths_json.empty()) {
-      std::ofstream((std::filesystem::path(a->out) / "paths.json").string()) << paths_json.dump(2) << "\n";
+      texts.emplace_back((std::filesystem::path(a->out) / "paths.json").string(),
+                         paths_json.dump(2) + "\n");
     }
-    const std::string h5 = (std::filesystem::path(a->out) / "patching.h5").string();
-    write_sweep_file(h5, all);
 
     for (const auto& r : all) {
       const std::string dir = r.config["direction"].get<std::string>();
@@ -339,7 +350,32 @@ void add_patch_command(CLI::App& app) {
       if (!a->no_svg) {
         const std::string svg =
             (std::filesystem::path(a->out) / (file_stem(r.sweep) + "." + dir + ".svg")).string();
-        core::write_text_file(svg, heatmap_svg(r, model.cfg().name + " on " + ds.task + ": " + r.sweep));
+        texts.emplace_back(svg, heatmap_svg(r, model.cfg().name + " on " + ds.task + ": " + r.sweep));
+      }
+    }
+    // All results or none: every file is first written whole beside its
+    // target (FILE.new.tmp), and only then are they renamed in, so a failure
+    // (a full disk) leaves the previous results as they were, never a new
+    // patching.h5 beside old heatmaps.
+    std::vector<std::pair<std::string, std::string>> staged;  // (temporary, target)
+    try {
+      for (const auto& [path, text] : texts) {
+        core::write_text_file(path + ".new.tmp", text);
+        staged.emplace_back(path + ".new.tmp", path);
+      }
+      write_sweep_file(h5 + ".new.tmp", all);
+      staged.emplace_back(h5 + ".new.tmp", h5);
+    } catch (...) {
+      for (const auto& st : staged) std::remove(st.first.c_str());
+      throw;
+    }
+    for (const auto& [tmp, target] : staged) {
+      MECHLAB_CHECK(std::rename(tmp.c_str(), target.c_str()) == 0, "cannot write '", target,
+                    "': renaming '", tmp, "' onto it failed: ", std::strerror(errno));
+    }
+    for (const auto& t : texts) {
+      if (t.first.size() > 5 && t.first.compare(t.first.size() - 5, 5, ".json") == 0) {
+        std::printf("wrote %s\n", t.first.c_str());
       }
     }
     const double s =

@@ -1,12 +1,14 @@
 // mechlab train: train a model on a task dataset from a JSON config
 // (core/train/trainer.h); the recipes under apps/models/ are such configs.
 #include "apps/cli/commands.h"
+#include "core/formats/output_file.h"
 #include "core/util/error.h"
 #include "core/train/trainer.h"
 
 #include <ATen/Parallel.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 namespace mechlab::cli {
@@ -80,6 +82,29 @@ void add_train_command(CLI::App& app) {
       nlohmann::json j = core::train::TrainConfig::load(a->config).to_json();
       for (const std::string& s : a->settings) apply_setting(j, s);
       cfg = core::train::TrainConfig::from_json(j);
+    }
+    // The run folder's files must not be what the run reads: a dataset given
+    // as data.path, or the config itself. (config.json is left out: resuming
+    // from a run's own config.json is how a run is continued.)
+    for (const char* name : {"checkpoint.h5", "model.h5", "train_log.csv", "train_log.svg"}) {
+      const std::string out = (std::filesystem::path(a->out) / name).string();
+      core::require_not_same_file(out, "--out", a->config, "the config");
+      if (cfg.data.contains("path")) {
+        core::require_not_same_file(out, "--out", cfg.data["path"].get<std::string>(),
+                                    "the dataset (data.path)");
+      }
+    }
+    // The trainer refuses an existing run by its checkpoint.h5; a model.h5
+    // alone (a finished run's checkpoint removed, a copied model) would be
+    // replaced at the end without a word. And neither file is ever replaced
+    // by a checkpoint when it is another kind of mechlab file.
+    for (const char* name : {"checkpoint.h5", "model.h5"}) {
+      core::require_replaceable((std::filesystem::path(a->out) / name).string(), "checkpoint",
+                                /*overwrite=*/true);
+    }
+    if (!a->resume) {
+      core::require_replaceable((std::filesystem::path(a->out) / "model.h5").string(), "checkpoint",
+                                a->overwrite);
     }
     core::train::Trainer trainer(cfg, core::train::TrainerOptions()
                                           .out_dir(a->out)

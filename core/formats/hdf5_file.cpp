@@ -1,5 +1,6 @@
 #include "core/formats/hdf5_file.h"
 
+#include "core/formats/output_file.h"
 #include "core/util/error.h"
 
 #include <hdf5.h>
@@ -8,6 +9,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -31,23 +33,66 @@ herr_t collect_error(unsigned /*n*/, const H5E_error2_t* e, void* data) {
   return 0;
 }
 
-// HDF5's own explanation of the last failure: the API-level message and the
-// innermost one. (Not checked through H5_CALL: this runs while reporting.)
-std::string hdf5_reason() {
+// HDF5's messages may span lines (the POSIX driver embeds ctime()'s "\n"),
+// and a mechlab error is one line: runs of whitespace become one space.
+std::string one_line(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    const bool space = std::isspace(static_cast<unsigned char>(c)) != 0;
+    if (space && (out.empty() || out.back() == ' ')) continue;
+    out += space ? ' ' : c;
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+// The POSIX file driver reports a failed system call as "..., errno = 28,
+// error message = '...', ..."; the first such errno on the stack, or 0.
+int errno_in(const std::vector<std::string>& msgs) {
+  for (const auto& m : msgs) {
+    const auto at = m.find("errno = ");
+    if (at == std::string::npos) continue;
+    const int e = std::atoi(m.c_str() + at + 8);
+    if (e > 0) return e;
+  }
+  return 0;
+}
+
+struct Hdf5Failure {
+  std::string reason;  // one line: HDF5's API-level and innermost messages
+  int sys_errno = 0;   // the failed system call's errno, when HDF5 names one
+};
+
+// HDF5's own explanation of the last failure. (Not checked through H5_CALL:
+// this runs while reporting.)
+Hdf5Failure hdf5_failure() {
   std::vector<std::string> msgs;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &msgs);
   H5Eclear2(H5E_DEFAULT);
-  if (msgs.empty()) return "HDF5 gave no details";
-  if (msgs.size() == 1 || msgs.front() == msgs.back()) return msgs.front();
-  return msgs.front() + ": " + msgs.back();
+  Hdf5Failure f;
+  f.sys_errno = errno_in(msgs);
+  if (msgs.empty()) {
+    f.reason = "HDF5 gave no details";
+  } else if (msgs.size() == 1 || msgs.front() == msgs.back()) {
+    f.reason = one_line(msgs.front());
+  } else {
+    f.reason = one_line(msgs.front() + ": " + msgs.back());
+  }
+  return f;
 }
 
 [[noreturn]] void fail_h5(const char* call, const char* src, int line, const std::string& context) {
   std::string fn(call);
   fn = fn.substr(0, fn.find('('));
   const char* base = std::strrchr(src, '/');
-  throw Error(str_cat(context, ": ", hdf5_reason(), " [", fn, " at ", base ? base + 1 : src, ":",
-                      line, "]"));
+  const Hdf5Failure f = hdf5_failure();
+  const std::string where = str_cat(" [", fn, " at ", base ? base + 1 : src, ":", line, "]");
+  if (f.sys_errno != 0) {
+    // The system's reason is what the user can act on; HDF5's own text around
+    // it (buffer addresses, offsets) is noise at this level.
+    throw Error(str_cat(one_line(context), ": ", system_error_words(f.sys_errno), where));
+  }
+  throw Error(str_cat(one_line(context), ": ", f.reason, where));
 }
 
 // Negative (or, for size_t results, zero) means failure in the HDF5 C API.
@@ -79,8 +124,21 @@ namespace {
 void init_hdf5() {
   static std::once_flag once;
   std::call_once(once, [] {
-    H5_CALL(H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr), std::string("initialising HDF5"));
+    // HDF5 closes every open object again at exit. An object whose close
+    // already failed (a disk filled up under it) fails again there, inside
+    // library teardown, and that path has crashed the process after mechlab
+    // had reported the error. Every H5File is closed by its owner, so the
+    // exit-time pass has nothing of ours left to do. Must precede any other
+    // HDF5 call.
+    H5dont_atexit();
   });
+  // A thread-safe HDF5 (Debian's is one) keeps the error stack and its
+  // automatic printing per thread: switch the printing off in every thread
+  // that touches a file (the store writer runs in its own), or HDF5 dumps
+  // its stack on stderr beside mechlab's one-line error.
+  // Never throws: it also runs in destructors.
+  thread_local bool quiet = false;
+  if (!quiet) quiet = H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr) >= 0;
 }
 
 /// Owns one HDF5 identifier and closes it with the matching H5?close.
@@ -93,14 +151,25 @@ class Handle {
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
   ~Handle() {
-    if (id_ >= 0) closer_(id_);  // a destructor cannot report; HDF5 ids rarely fail to close
+    // Quiet: this runs on paths that are already throwing. Objects written
+    // to are closed with close() first, which reports.
+    if (id_ >= 0) closer_(id_);
   }
   hid_t get() const { return id_; }
+  /// Closes now and throws on failure: closing a dataset writes out its
+  /// cached chunks, so this is where a full disk shows up after a write.
+  void close(const std::string& context);
 
  private:
   hid_t id_;
   Closer closer_;
 };
+
+void Handle::close(const std::string& context) {
+  if (id_ < 0) return;
+  const hid_t id = std::exchange(id_, -1);
+  check_h5(closer_(id), "H5Xclose(id)", __FILE__, __LINE__, [&] { return context; });
+}
 
 // ------------------------------------------------------------ paths
 
@@ -343,6 +412,7 @@ void write_scalar_attr(hid_t file, const std::string& filename, const std::strin
         H5_CALL(H5Tequal(old_type.get(), file_type), ctx) > 0 &&
         H5_CALL(H5Sget_simple_extent_type(old_space.get()), ctx) == H5S_SCALAR) {
       H5_CALL(H5Awrite(old.get(), mem_type, value), ctx);
+      old.close(ctx);
       return;
     }
     H5_CALL(H5Adelete(obj.get(), name.c_str()), ctx);
@@ -353,6 +423,7 @@ void write_scalar_attr(hid_t file, const std::string& filename, const std::strin
               ctx),
       H5Aclose);
   H5_CALL(H5Awrite(attr.get(), mem_type, value), ctx);
+  attr.close(ctx);
 }
 
 Handle vlen_string_type(H5T_cset_t cset) {
@@ -532,16 +603,20 @@ H5File& H5File::operator=(H5File&& other) noexcept {
 }
 
 H5File::~H5File() {
-  if (id_ >= 0) H5Fclose(id_);  // a destructor cannot report; call close() to see errors
+  if (id_ < 0) return;
+  init_hdf5();
+  H5Fclose(id_);  // a destructor cannot report; call close() to see errors
 }
 
 void H5File::close() {
   if (id_ < 0) return;
+  init_hdf5();
   const hid_t id = std::exchange(id_, -1);
   H5_CALL(H5Fclose(id), "HDF5 error closing '" + filename_ + "'");
 }
 
 void H5File::require_open(bool write) const {
+  init_hdf5();  // this thread's error printing off (cheap after the first call)
   MECHLAB_CHECK(id_ >= 0, "HDF5 file '", filename_, "' is closed");
   MECHLAB_CHECK(!write || writable_, "HDF5 file '", filename_,
                 "' is open read-only; open it with open_readwrite or create to change it");
@@ -603,6 +678,7 @@ void H5File::ensure_group(const std::string& path) {
     Handle group(H5_CALL(H5Gcreate2(id_, prefix.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
                          "HDF5 error creating group " + on(filename_, prefix)),
                  H5Gclose);
+    group.close("HDF5 error creating group " + on(filename_, prefix));
   }
 }
 
@@ -687,6 +763,7 @@ void H5File::write_tensor(const std::string& path, const at::Tensor& t,
       H5_CALL(H5Dwrite(ds.get(), mem_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, c.const_data_ptr()),
               ctx);
     }
+    ds.close(ctx);
   }
   if (c.scalar_type() == at::kBFloat16) write_attr(abs, "mechlab_dtype", std::string("bfloat16"));
 }
@@ -722,6 +799,7 @@ void H5File::create_dataset(const std::string& path, at::ScalarType dtype,
                                  dcpl.get(), H5P_DEFAULT),
                       ctx),
               H5Dclose);
+    ds.close(ctx);
   }
   if (dtype == at::kBFloat16) write_attr(abs, "mechlab_dtype", std::string("bfloat16"));
 }
@@ -758,6 +836,8 @@ void H5File::write_rows(const std::string& path, int64_t row0, const at::Tensor&
   H5_CALL(H5Dwrite(ds.get(), mem_type.get(), mem_space.get(), space.get(), H5P_DEFAULT,
                    c.const_data_ptr()),
           ctx);
+  // Chunked rows may sit in the dataset's chunk cache until it is closed.
+  ds.close(ctx);
 }
 
 at::Tensor H5File::read_rows(const std::string& path, int64_t row0, int64_t count) const {

@@ -1,11 +1,16 @@
 #include "core/store/activation_writer.h"
 
+#include "core/formats/output_file.h"
 #include "core/util/error.h"
 #include "core/log/log.h"
 
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+#include <sys/statvfs.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <system_error>
 
@@ -59,6 +64,37 @@ void create_store(const std::string& path, const StoreHeader& h) {
     fresh.complete = false;
     write_header(f, fresh);
   });
+}
+
+// The bytes a whole store takes (activations and row metadata; HDF5's own
+// metadata is small beside them).
+int64_t store_bytes(const StoreHeader& h) {
+  int64_t row = 4 + 2 * 4;  // token id + (example, position), int32
+  for (const auto& name : h.hooks) row += h.width(name) * c10::elementSize(h.dtype);
+  return row * h.rows_total;
+}
+
+// A store is written in place (that is what makes it resumable), so once the
+// new one is renamed over the old, the old is gone. Refuse up front unless
+// the whole new store fits beside the old one, rather than lose the old one
+// to a full disk halfway. (Counting the old store's blocks as free would let
+// a disk that holds only one store through, and fail it halfway.)
+void require_room_to_replace(const std::string& path, const StoreHeader& h) {
+  const int64_t need = store_bytes(h);
+  struct rlimit lim {};
+  if (::getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
+      static_cast<uint64_t>(need) > lim.rlim_cur) {
+    throw Error(str_cat("cannot replace activation store '", path, "': the new store needs ",
+                        need, " bytes: ", core::system_error_words(EFBIG)));
+  }
+  std::error_code ec;
+  const std::string dir = std::filesystem::absolute(path, ec).parent_path().string();
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) != 0) return;
+  const uint64_t room = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  MECHLAB_CHECK(static_cast<uint64_t>(need) <= room, "cannot replace activation store '", path,
+                "': the new store needs ", need, " bytes and the file system has room for ", room,
+                ": ", core::system_error_words(ENOSPC), " (the old store is left as it was)");
 }
 
 // A resumed store must be the same job: same model, hooks, dtype, rows,
@@ -117,6 +153,11 @@ ActivationStoreWriter ActivationStoreWriter::open(const std::string& path, const
     throw Error(str_cat("activation store '", path,
                         "' already exists; pass --resume to continue it or --overwrite to "
                         "replace it"));
+  }
+  if (exists && overwrite) {
+    // --overwrite replaces a store, never a checkpoint or dataset given by mistake.
+    core::require_replaceable(path, core::kActivationsFormat, true);
+    require_room_to_replace(path, h);
   }
   if (!exists || overwrite) {
     create_store(path, h);
@@ -177,10 +218,14 @@ void ActivationStoreWriter::commit_staged() {
   constexpr int64_t kRowMetaBytes = 4 + 2 * 4;  // token id + (example, position), int32
   bytes_written_ += staged_ * kRowMetaBytes;
   file_->flush();
-  committed_ += staged_;
-  staged_ = 0;
-  file_->write_attr("", "rows_committed", committed_);
+  // The counter moves (on disk, then here) only once the rows and then the
+  // counter itself have reached the file without error: a failed write,
+  // close or flush throws before, and the store still says what it holds.
+  const int64_t next = committed_ + staged_;
+  file_->write_attr("", "rows_committed", next);
   file_->flush();
+  committed_ = next;
+  staged_ = 0;
 }
 
 void ActivationStoreWriter::finish() {

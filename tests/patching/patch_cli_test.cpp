@@ -31,8 +31,8 @@ class PatchCli : public ::testing::Test {
     model_ = temp_path("patch_cli", "tiny.h5");
     data_ = temp_path("patch_cli", "ioi.h5");
     out_ = temp_path("patch_cli", "out");
-    ASSERT_EQ(run_cli("new " + model_ + " --preset tiny --seed 3").rc, 0);
-    ASSERT_EQ(run_cli("dataset make ioi --out " + data_ + " --n 6 --seed 1").rc, 0);
+    ASSERT_EQ(run_cli("new " + model_ + " --preset tiny --seed 3 --overwrite").rc, 0);
+    ASSERT_EQ(run_cli("dataset make ioi --out " + data_ + " --n 6 --seed 1 --overwrite").rc, 0);
   }
   std::string model_, data_, out_;
 };
@@ -95,7 +95,7 @@ TEST_F(PatchCli, PathPatchingAndAttributionThroughTheCli) {
   r = run_cli("patch " + model_ + " " + data_ + " --edges --out " + out2);
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.output.find("--edges scores edges by attribution"), std::string::npos) << r.output;
-  r = run_cli("patch " + model_ + " " + data_ + " --path 'a1.h0 -> a0.h1<q>' --out " + out2);
+  r = run_cli("patch " + model_ + " " + data_ + " --path 'a1.h0 -> a0.h1<q>' --overwrite --out " + out2);
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.output.find("no sender writes the residual stream before a receiver reads it"),
             std::string::npos) << r.output;
