@@ -31,8 +31,8 @@
 //
 // Errors: every HDF5 call is checked; a failure throws mechlab::Error naming
 // the file, the object path, HDF5's own explanation and the failing call. The
-// library's automatic printing of its error stack to stderr is switched off
-// (process-wide) the first time a file is opened.
+// library's automatic printing of its error stack to stderr is switched off in
+// each thread that opens a file (Debian's HDF5 keeps that setting per thread).
 //
 // HDF5 here is a serial build: use one H5File from one thread at a time, and do
 // not use two H5File objects on the same file from different threads.

@@ -54,7 +54,7 @@ struct Checkpoint {
 /// config, empty/duplicate names, names with '/', and dtypes other than
 /// float32, bfloat16 and float16. Tensors may live on any device. `extra`, when
 /// given, writes more groups into the same file before it is renamed into
-/// place (training state: core/train/train_state.h); readers of the model
+/// place (training state: core/train/train_loop.h); readers of the model
 /// ignore them.
 void save_checkpoint(const std::string& path, const ModelConfig& config,
                      const std::vector<std::pair<std::string, at::Tensor>>& params,
