@@ -18,6 +18,34 @@ at::Tensor PosSlice::apply(const at::Tensor& t, int64_t dim) const {
   return t.select(d, *index);
 }
 
+namespace {
+
+/// Refuses options that `helper` does not take, naming them: TransformerLens
+/// would raise on an unexpected keyword, and ignoring one would be silent.
+void refuse_unused(const ResidOptions& o, const char* helper,
+                   std::initializer_list<const char*> takes) {
+  const ResidOptions d;
+  const std::pair<const char*, bool> set[] = {
+      {"layer", o.layer_ != d.layer_},
+      {"mlp_input", o.mlp_input_ != d.mlp_input_},
+      {"apply_ln", o.apply_ln_ != d.apply_ln_},
+      {"pos", o.pos_.index.has_value()},
+      {"incl_mid", o.incl_mid_ != d.incl_mid_},
+      {"mode", o.mode_ != d.mode_},
+      {"incl_embeds", o.incl_embeds_ != d.incl_embeds_},
+      {"incl_remainder", o.incl_remainder_ != d.incl_remainder_},
+      {"recompute_ln", o.recompute_ln_ != d.recompute_ln_}};
+  for (const auto& [name, is_set] : set) {
+    if (!is_set) continue;
+    bool taken = false;
+    for (const char* t : takes) taken = taken || std::string(t) == name;
+    MECHLAB_CHECK(taken, helper, " does not take the option ", name, "; it takes: ",
+                  c10::Join(", ", std::vector<std::string>(takes.begin(), takes.end())));
+  }
+}
+
+}  // namespace
+
 ActivationCache::ActivationCache(std::shared_ptr<const core::Transformer> model,
                                  std::map<std::string, at::Tensor> acts)
     : model_(std::move(model)), acts_(std::move(acts)) {}
@@ -48,8 +76,11 @@ int64_t ActivationCache::bytes() const {
   return n;
 }
 
-Stack ActivationCache::accumulated_resid(int layer, bool incl_mid, bool apply_ln, PosSlice pos,
-                                         bool mlp_input) const {
+Stack ActivationCache::accumulated_resid(const ResidOptions& opts) const {
+  refuse_unused(opts, "accumulated_resid", {"layer", "mlp_input", "apply_ln", "pos", "incl_mid"});
+  int layer = opts.layer_;
+  const bool incl_mid = opts.incl_mid_, apply_ln = opts.apply_ln_, mlp_input = opts.mlp_input_;
+  const PosSlice pos = opts.pos_;
   const int n = config().n_layers;
   if (layer < 0) layer = n;
   Stack s;
@@ -69,12 +100,20 @@ Stack ActivationCache::accumulated_resid(int layer, bool incl_mid, bool apply_ln
   }
   for (auto& p : parts) p = pos.apply(p, -2);
   s.tensor = at::stack(parts, 0);
-  if (apply_ln) s.tensor = apply_ln_to_stack(s.tensor, layer, mlp_input, pos, layer == n);
+  if (apply_ln) {
+    s.tensor = apply_ln_to_stack(
+        s.tensor, ResidOptions().layer(layer).mlp_input(mlp_input).pos(pos).recompute_ln(layer == n));
+  }
   return s;
 }
 
-Stack ActivationCache::decompose_resid(int layer, bool mlp_input, const std::string& mode,
-                                       bool apply_ln, PosSlice pos, bool incl_embeds) const {
+Stack ActivationCache::decompose_resid(const ResidOptions& opts) const {
+  refuse_unused(opts, "decompose_resid",
+                {"layer", "mlp_input", "mode", "apply_ln", "pos", "incl_embeds"});
+  int layer = opts.layer_;
+  const bool mlp_input = opts.mlp_input_, apply_ln = opts.apply_ln_, incl_embeds = opts.incl_embeds_;
+  const std::string& mode = opts.mode_;
+  const PosSlice pos = opts.pos_;
   MECHLAB_CHECK(mode == "all" || mode == "attn" || mode == "mlp", "decompose_resid: mode \"",
                 mode, "\" must be \"all\", \"attn\" or \"mlp\"");
   const auto& cfg = config();
@@ -108,7 +147,9 @@ Stack ActivationCache::decompose_resid(int layer, bool mlp_input, const std::str
   MECHLAB_CHECK(!parts.empty(), "decompose_resid: nothing to stack");
   for (auto& p : parts) p = pos.apply(p, -2);
   s.tensor = at::stack(parts, 0);
-  if (apply_ln) s.tensor = apply_ln_to_stack(s.tensor, layer, mlp_input, pos);
+  if (apply_ln) {
+    s.tensor = apply_ln_to_stack(s.tensor, ResidOptions().layer(layer).mlp_input(mlp_input).pos(pos));
+  }
   return s;
 }
 
@@ -120,8 +161,11 @@ at::Tensor ActivationCache::head_result(int layer) const {
   return at::einsum("bphd,hdm->bphm", {z, model_->weights().blocks[layer].W_O.to(z.device(), z.scalar_type())});
 }
 
-Stack ActivationCache::stack_head_results(int layer, bool incl_remainder, PosSlice pos,
-                                          bool apply_ln) const {
+Stack ActivationCache::stack_head_results(const ResidOptions& opts) const {
+  refuse_unused(opts, "stack_head_results", {"layer", "incl_remainder", "pos", "apply_ln"});
+  int layer = opts.layer_;
+  const bool incl_remainder = opts.incl_remainder_, apply_ln = opts.apply_ln_;
+  const PosSlice pos = opts.pos_;
   const auto& cfg = config();
   if (layer < 0) layer = cfg.n_layers;
   Stack s;
@@ -143,12 +187,15 @@ Stack ActivationCache::stack_head_results(int layer, bool incl_remainder, PosSli
                               : at::zeros_like(e).unsqueeze(0).narrow(0, 0, 0);
     if (incl_remainder) s.labels.push_back("remainder");
   }
-  if (apply_ln) s.tensor = apply_ln_to_stack(s.tensor, layer, false, pos);
+  if (apply_ln) s.tensor = apply_ln_to_stack(s.tensor, ResidOptions().layer(layer).pos(pos));
   return s;
 }
 
-at::Tensor ActivationCache::apply_ln_to_stack(const at::Tensor& stack, int layer, bool mlp_input,
-                                              PosSlice pos, bool recompute_ln) const {
+at::Tensor ActivationCache::apply_ln_to_stack(const at::Tensor& stack, const ResidOptions& opts) const {
+  refuse_unused(opts, "apply_ln_to_stack", {"layer", "mlp_input", "pos", "recompute_ln"});
+  int layer = opts.layer_;
+  const bool mlp_input = opts.mlp_input_, recompute_ln = opts.recompute_ln_;
+  const PosSlice pos = opts.pos_;
   const auto& cfg = config();
   if (cfg.norm == core::NormKind::none) return stack;
   if (layer < 0) layer = cfg.n_layers;
@@ -187,7 +234,7 @@ at::Tensor ActivationCache::logit_attrs(const at::Tensor& stack, const at::Tenso
                   " and incorrect_tokens ", incorrect_tokens.sizes(), " must have the same shape");
     dir = dir - directions(incorrect_tokens);
   }
-  at::Tensor scaled = apply_ln_to_stack(stack, -1, false, pos);
+  at::Tensor scaled = apply_ln_to_stack(stack, ResidOptions().pos(pos));
   return (scaled * dir).sum(-1);
 }
 

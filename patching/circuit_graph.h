@@ -49,7 +49,7 @@ struct CircuitNode {
   enum class Kind { input, head, mlp, output };
   Kind kind = Kind::input;
   int layer = -1;  ///< -1 for input and output
-  int head = -1;   ///< heads only (kv head for <k>/<v> receivers of GQA models)
+  int head = -1;   ///< heads only (kv head for `<k>`/`<v>` receivers of GQA models)
   bool operator==(const CircuitNode& o) const {
     return kind == o.kind && layer == o.layer && head == o.head;
   }

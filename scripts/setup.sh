@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what mechlab needs to build and test, idempotently.
 #  - Debian packages: HDF5, spdlog/fmt, GoogleTest, CLI11, nlohmann-json,
-#    Graphviz, ccache, CMake, Ninja.
+#    Graphviz, ccache, CMake, Ninja, Doxygen.
 #  - LibTorch 2.11 with CUDA 13.0, from the PyPI `torch` wheel, into a venv
 #    outside the checkout (MECHLAB_PREFIX, default /opt/mechlab) so that later
 #    clones reuse it. A user-given Torch_DIR (environment) is used instead.
@@ -18,7 +18,8 @@ say() { printf '[setup] %s\n' "$*"; }
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   libhdf5-dev hdf5-tools libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   libcli11-dev nlohmann-json3-dev graphviz python3 python3-venv
-  clang libclang-rt-14-dev)  # clang + its libFuzzer/sanitizer runtimes: scripts/fuzz.sh
+  clang libclang-rt-14-dev  # clang + its libFuzzer/sanitizer runtimes: scripts/fuzz.sh
+  doxygen)                  # API reference from /// comments: scripts/docs.sh
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
   try {
     // [readme]
     using namespace mechlab;
-    using hooks::HookedTransformer, hooks::HookPoint, hooks::NamesFilter, hooks::PosSlice;
+    using hooks::HookedTransformer, hooks::HookPoint, hooks::NamesFilter;
+    using hooks::PosSlice, hooks::ResidOptions;
 
     // A mechlab checkpoint or a Hugging Face folder; PretrainedOptions() picks
     // weight processing (TransformerLens's fold_ln, centring...), dtype, device
@@ -60,7 +61,7 @@ int main(int argc, char** argv) {
     // Residual-stream analysis: which components write the logit of the token
     // to copy, against the current one, at the second-to-last position.
     auto [l2, full] = model.run_with_cache(tokens);
-    auto parts = full.decompose_resid(-1, false, "all", false, PosSlice(-2));
+    auto parts = full.decompose_resid(ResidOptions().pos(-2));
     at::Tensor answer = half.select(1, L - 1), wrong = half.select(1, L - 2);  // [batch]
     at::Tensor attrs = full.logit_attrs(parts.tensor, answer, wrong, PosSlice(-2));  // [component, batch]
     for (size_t i = 0; i < parts.labels.size(); ++i) {

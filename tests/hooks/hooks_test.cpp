@@ -13,6 +13,7 @@ using mechlab::hooks::HookedTransformer;
 using mechlab::hooks::HookPoint;
 using mechlab::hooks::HookScope;
 using mechlab::hooks::NamesFilter;
+using mechlab::hooks::ResidOptions;
 using ::testing::HasSubstr;
 
 namespace {
@@ -163,9 +164,15 @@ TEST(Hooks, DecomposeResidSumsToResidPost) {
   EXPECT_EQ(acc.labels, (std::vector<std::string>{"0_pre", "1_pre", "final_post"}));
   EXPECT_TRUE(at::equal(acc.tensor[1], cache["blocks.1.hook_resid_pre"]));
   // Head results plus the output bias add up to attn_out.
-  auto heads = cache.stack_head_results(-1);
+  auto heads = cache.stack_head_results();
   at::Tensor layer1 = heads.tensor.narrow(0, 2, 2).sum(0) + model.model().weights().blocks[1].b_O;
   EXPECT_TRUE(mechlab::testing::close(layer1, cache["blocks.1.hook_attn_out"], 1e-5, "heads sum"));
+  // An option the helper does not take is refused, not ignored.
+  EXPECT_THAT(mechlab::testing::error_of([&] { cache.decompose_resid(ResidOptions().incl_mid(true)); }),
+              ::testing::HasSubstr("decompose_resid does not take the option incl_mid; it takes: "
+                                   "layer, mlp_input, mode, apply_ln, pos, incl_embeds"));
+  // One position drops the pos axis: [component, batch, d_model].
+  EXPECT_EQ(cache.decompose_resid(ResidOptions().pos(-1)).tensor.dim(), 3);
 }
 
 }  // namespace

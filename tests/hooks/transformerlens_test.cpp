@@ -12,6 +12,7 @@ using mechlab::core::H5File;
 using mechlab::hooks::HookedTransformer;
 using mechlab::hooks::NamesFilter;
 using mechlab::hooks::PosSlice;
+using mechlab::hooks::ResidOptions;
 using mechlab::testing::close;
 
 namespace {
@@ -120,26 +121,26 @@ TEST_P(TransformerLensFixture, CacheHelpersMatch) {
   };
   check(cache.accumulated_resid(), "accumulated_resid");
   if (has_mid) {
-    check(cache.accumulated_resid(-1, true, true), "accumulated_resid_mid_ln");
+    check(cache.accumulated_resid(ResidOptions().incl_mid(true).apply_ln(true)), "accumulated_resid_mid_ln");
   } else {
-    check(cache.accumulated_resid(-1, false, true), "accumulated_resid_ln");
+    check(cache.accumulated_resid(ResidOptions().apply_ln(true)), "accumulated_resid_ln");
   }
   check(cache.decompose_resid(), "decompose_resid");
-  check(cache.decompose_resid(-1, false, "all", true), "decompose_resid_ln");
+  check(cache.decompose_resid(ResidOptions().apply_ln(true)), "decompose_resid_ln");
   check(cache.stack_head_results(), "stack_head_results");
-  check(cache.stack_head_results(-1, false, {}, true), "stack_head_results_ln");
+  check(cache.stack_head_results(ResidOptions().apply_ln(true)), "stack_head_results_ln");
 
   at::Tensor stack = cache.accumulated_resid().tensor;
   EXPECT_TRUE(close(cache.apply_ln_to_stack(stack), ref("cache/apply_ln_to_stack"), kTol, "apply_ln_to_stack"));
-  at::Tensor last = cache.accumulated_resid(1, false, false, PosSlice(-1)).tensor;
-  EXPECT_TRUE(close(cache.apply_ln_to_stack(last, 1, false, PosSlice(-1)),
+  at::Tensor last = cache.accumulated_resid(ResidOptions().layer(1).pos(-1)).tensor;
+  EXPECT_TRUE(close(cache.apply_ln_to_stack(last, ResidOptions().layer(1).pos(-1)),
                     ref("cache/apply_ln_to_stack_layer1_last"), kTol, "apply_ln_to_stack layer 1"));
   if (file_->exists("reference/cache/apply_ln_to_stack_layer1_mlp_last")) {
-    at::Tensor mlp_in = cache.decompose_resid(1, true, "all", false, PosSlice(-1)).tensor;
-    EXPECT_TRUE(close(cache.apply_ln_to_stack(mlp_in, 1, true, PosSlice(-1)),
+    at::Tensor mlp_in = cache.decompose_resid(ResidOptions().layer(1).mlp_input(true).pos(-1)).tensor;
+    EXPECT_TRUE(close(cache.apply_ln_to_stack(mlp_in, ResidOptions().layer(1).mlp_input(true).pos(-1)),
                       ref("cache/apply_ln_to_stack_layer1_mlp_last"), kTol, "apply_ln_to_stack mlp"));
   }
-  at::Tensor resid_last = cache.decompose_resid(-1, false, "all", false, PosSlice(-1)).tensor;
+  at::Tensor resid_last = cache.decompose_resid(ResidOptions().pos(-1)).tensor;
   EXPECT_TRUE(close(cache.logit_attrs(resid_last, ref("cache/logit_attrs_tokens"),
                                       ref("cache/logit_attrs_incorrect_tokens"), PosSlice(-1)),
                     ref("cache/logit_attrs"), kTol, "logit_attrs"));

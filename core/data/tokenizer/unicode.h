@@ -15,10 +15,10 @@ namespace mechlab::core::tokenizer {
 
 /// Class bits of a code point (any combination).
 enum CharClass : uint8_t {
-  kLetter = 1,      ///< \p{L}
-  kNumber = 2,      ///< \p{N}
-  kSpace = 4,       ///< \s (Unicode White_Space)
-  kWord = 8,        ///< \w of Rust's regex (Alphabetic, marks, Nd, Pc, Join_Control)
+  kLetter = 1,      ///< `\p{L}`
+  kNumber = 2,      ///< `\p{N}`
+  kSpace = 4,       ///< `\s` (Unicode White_Space)
+  kWord = 8,        ///< `\w` of Rust's regex (Alphabetic, marks, Nd, Pc, Join_Control)
   kNfcCheck = 16,   ///< NFC may change text containing it (not NFC_QC=Yes, or ccc > 0)
 };
 
