@@ -22,7 +22,7 @@ mkdir -p "$out/corpus" "$out/seeds" "$out/crashes"
 echo "[fuzz] building $out/safetensors_fuzz"
 "$CXX" -std=c++17 -O1 -g -fno-omit-frame-pointer \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I"$root" "$root/tests/fuzz/safetensors_fuzz.cpp" "$root/core/safetensors_header.cpp" \
+  -I"$root" "$root/tests/fuzz/safetensors_fuzz.cpp" "$root/core/formats/safetensors_header.cpp" \
   -o "$out/safetensors_fuzz"
 
 # Seeds: the headers of the fixture safetensors files with every dimension cut

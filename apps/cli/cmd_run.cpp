@@ -108,9 +108,18 @@ void add_run_command(CLI::App& app) {
       for (const auto& [name, t] : cache.items()) {
         at::Tensor f = t.to(at::kFloat);
         at::Tensor finite = f.masked_select(f.isfinite());
-        std::printf("  %-36s %-22s mean %+.4f  std %.4f\n", name.c_str(),
+        std::printf("  %-36s %-22s mean %+.4f  std %.4f", name.c_str(),
                     c10::str(t.sizes()).c_str(), finite.numel() ? finite.mean().item<double>() : 0.0,
                     finite.numel() > 1 ? finite.std().item<double>() : 0.0);
+        // The statistics are over the finite entries only: say how many were
+        // left out, or a NaN activation would pass for a healthy one.
+        const int64_t nonfinite = f.numel() - finite.numel();
+        if (nonfinite > 0) {
+          std::printf("  NON-FINITE %lld of %lld (%lld NaN)", static_cast<long long>(nonfinite),
+                      static_cast<long long>(f.numel()),
+                      static_cast<long long>(f.isnan().sum().item<int64_t>()));
+        }
+        std::printf("\n");
       }
     }
   });

@@ -6,6 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -77,10 +81,20 @@ void add_tokenize_command(CLI::App& app) {
     }
     std::vector<std::string> texts = a->texts;
     if (!a->file.empty()) {
+      // A directory opens as an ifstream on Linux and reads as empty text:
+      // refuse anything but a regular file (stat, not std::filesystem: see
+      // the LibTorch trap in docs/ARCHITECTURE.md).
+      struct stat st {};
+      MECHLAB_CHECK(::stat(a->file.c_str(), &st) == 0, "cannot open --file '", a->file, "': ",
+                    std::strerror(errno));
+      MECHLAB_CHECK(S_ISREG(st.st_mode), "--file '", a->file, "' is ",
+                    S_ISDIR(st.st_mode) ? "a directory" : "not a regular file",
+                    "; give the path of a UTF-8 text file");
       std::ifstream in(a->file, std::ios::binary);
       MECHLAB_CHECK(in.good(), "cannot open --file '", a->file, "'");
       std::ostringstream ss;
       ss << in.rdbuf();
+      MECHLAB_CHECK(!in.bad(), "cannot read --file '", a->file, "'");
       texts.push_back(ss.str());
     }
     MECHLAB_CHECK(!texts.empty(), "nothing to encode: give --text \"...\" or --file F (or --decode ids)");

@@ -22,8 +22,23 @@ static_assert(std::is_same_v<hid_t, int64_t>, "H5File stores hid_t as int64_t (H
 
 // ------------------------------------------------------------ error checking
 
+// The messages of HDF5's error stack, and whether one of them is a failed
+// checksum (a filter such as Fletcher-32 found the stored bytes changed).
+struct ErrorWalk {
+  std::vector<std::string> msgs;
+  bool checksum = false;
+};
+
 herr_t collect_error(unsigned /*n*/, const H5E_error2_t* e, void* data) {
-  auto* out = static_cast<std::vector<std::string>*>(data);
+  auto* walk = static_cast<ErrorWalk*>(data);
+  // HDF5 has no error code of its own for a failed filter checksum: the
+  // Fletcher-32 filter reports H5E_READERROR "data error detected by
+  // Fletcher32 checksum", so its text is what identifies it.
+  if (e->min_num == H5E_READERROR && e->desc != nullptr &&
+      std::strstr(e->desc, "checksum") != nullptr) {
+    walk->checksum = true;
+  }
+  std::vector<std::string>* out = &walk->msgs;
   if (e->desc != nullptr && e->desc[0] != '\0') {
     out->emplace_back(e->desc);
   } else {
@@ -61,15 +76,18 @@ int errno_in(const std::vector<std::string>& msgs) {
 struct Hdf5Failure {
   std::string reason;  // one line: HDF5's API-level and innermost messages
   int sys_errno = 0;   // the failed system call's errno, when HDF5 names one
+  bool checksum = false;  // a stored checksum did not match the data read
 };
 
 // HDF5's own explanation of the last failure. (Not checked through H5_CALL:
 // this runs while reporting.)
 Hdf5Failure hdf5_failure() {
-  std::vector<std::string> msgs;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &msgs);
+  ErrorWalk walk;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &walk);
   H5Eclear2(H5E_DEFAULT);
+  const std::vector<std::string>& msgs = walk.msgs;
   Hdf5Failure f;
+  f.checksum = walk.checksum;
   f.sys_errno = errno_in(msgs);
   if (msgs.empty()) {
     f.reason = "HDF5 gave no details";
@@ -87,6 +105,12 @@ Hdf5Failure hdf5_failure() {
   const char* base = std::strrchr(src, '/');
   const Hdf5Failure f = hdf5_failure();
   const std::string where = str_cat(" [", fn, " at ", base ? base + 1 : src, ":", line, "]");
+  if (f.checksum) {
+    // HDF5's own words ("data error detected by Fletcher32 checksum") do not
+    // say what it means for the user: the bytes on disk changed after writing.
+    throw Error(str_cat(one_line(context), ": the stored data does not match its checksum, so "
+                        "the file is corrupt (restore or re-create it)", where));
+  }
   if (f.sys_errno != 0) {
     // The system's reason is what the user can act on; HDF5's own text around
     // it (buffer addresses, offsets) is noise at this level.
@@ -446,7 +470,8 @@ Handle dataset_creation(const std::vector<hsize_t>& dims, size_t element_size,
   Handle dcpl(H5_CALL(H5Pcreate(H5P_DATASET_CREATE), ctx), H5Pclose);
   uint64_t numel = 1;
   for (hsize_t d : dims) numel *= d;
-  if (!dims.empty() && numel > 0 && (options.chunk_rows > 0 || options.gzip_level > 0)) {
+  if (!dims.empty() && numel > 0 &&
+      (options.chunk_rows > 0 || options.gzip_level > 0 || options.checksum)) {
     const uint64_t row_bytes = numel / dims[0] * element_size;
     uint64_t rows = options.chunk_rows > 0
                         ? static_cast<uint64_t>(options.chunk_rows)
@@ -462,6 +487,8 @@ Handle dataset_creation(const std::vector<hsize_t>& dims, size_t element_size,
       H5_CALL(H5Pset_shuffle(dcpl.get()), ctx);
       H5_CALL(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(options.gzip_level)), ctx);
     }
+    // Last in the pipeline, so the checksum covers the bytes as stored.
+    if (options.checksum) H5_CALL(H5Pset_fletcher32(dcpl.get()), ctx);
   }
   return dcpl;
 }
@@ -776,6 +803,8 @@ void H5File::create_dataset(const std::string& path, at::ScalarType dtype,
                 "' is a group; give a dataset path");
   const std::string abs = join_path(parts, parts.size());
   const std::string where = on(filename_, abs);
+  MECHLAB_CHECK(!options.checksum, "cannot create ", where, ": checksums are for write_tensor; "
+                "a dataset filled by write_rows keeps unfiltered chunks so that its chunks never move");
   if (dtype == at::kBool) dtype = at::kByte;
   Handle file_type = h5_type(dtype, /*in_file=*/true, where);
   ensure_group(join_path(parts, parts.size() - 1));

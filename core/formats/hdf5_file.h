@@ -57,6 +57,14 @@ struct WriteOptions {
   /// chunk_rows == 0, chunks of about 1 MiB are chosen. Byte shuffle is applied
   /// before gzip.
   int gzip_level = 0;
+  /// Store a Fletcher-32 checksum with each chunk (HDF5's filter, which h5py
+  /// and every HDF5 reader understand). Needs chunks: with chunk_rows == 0,
+  /// chunks of about 1 MiB are chosen. Reads verify it; a mismatch is a
+  /// mechlab::Error saying the file is corrupt. Scalars and empty tensors are
+  /// stored without (HDF5 cannot chunk them). Not for create_dataset +
+  /// write_rows stores that rely on fixed chunk addresses: a filtered chunk
+  /// may move when rewritten.
+  bool checksum = false;
   /// Replace an existing dataset of the same path instead of refusing.
   bool overwrite = false;
 };

@@ -122,7 +122,15 @@ at::Tensor HfTensors::take(const std::string& name, at::IntArrayRef shape) {
                 "; model weights must be F32, BF16, F16 or F64 (quantised checkpoints are not "
                 "supported)");
   used_.insert(name);
-  return file.tensor(name, dtype_);
+  at::Tensor t = file.tensor(name, dtype_);
+  // A NaN or Inf weight propagates silently (and the fused attention kernel
+  // can even hide it behind finite outputs), so refuse it here, by name.
+  // Checked after the conversion, which can overflow F64 values to Inf.
+  const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+  MECHLAB_CHECK(bad == 0, "tensor '", name, "' in '", file.path(), "' holds ", bad,
+                " NaN or infinite value", bad == 1 ? "" : "s",
+                " (after conversion to the load dtype); the weights are damaged: re-download or re-export them");
+  return t;
 }
 
 void HfTensors::skip(const std::string& name) {

@@ -50,8 +50,12 @@ void save_checkpoint(const std::string& path, const ModelConfig& config,
     file.write_attr("", "mechlab_version", kCheckpointVersion);
     file.write_attr("", "config", config.to_json_string());
     file.ensure_group(kParamsGroup);
+    // Fletcher-32 per chunk: a flipped byte in the data region is an error
+    // on load instead of silently different weights.
+    WriteOptions options;
+    options.checksum = true;
     for (const auto& [name, tensor] : params) {
-      file.write_tensor(std::string(kParamsGroup) + "/" + name, tensor);
+      file.write_tensor(std::string(kParamsGroup) + "/" + name, tensor, options);
     }
     if (extra) extra(file);
   });
@@ -94,6 +98,13 @@ Checkpoint load_checkpoint(const std::string& path) {
     MECHLAB_CHECK(is_param_dtype(t.scalar_type()), "'", path, "': parameter '", name,
                   "' has dtype ", dtype_name(t.scalar_type()),
                   "; checkpoints store float32, bfloat16 or float16");
+    // A NaN or Inf weight propagates silently (and the fused attention
+    // kernel can even hide it behind finite outputs): refuse it by name.
+    const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+    MECHLAB_CHECK(bad == 0, "'", path, "': parameter '", name, "' holds ", bad,
+                  " NaN or infinite value", bad == 1 ? "" : "s",
+                  "; the checkpoint is damaged (training diverged, or the file was edited): "
+                  "restore or re-create it");
     ckpt.params.emplace_back(name, std::move(t));
   }
   return ckpt;

@@ -5,8 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <iomanip>
+#include <limits>
+
+#include <unistd.h>
 
 namespace mechlab::core {
 namespace {
@@ -43,10 +47,26 @@ void read_number(const nlohmann::json& j, const char* key, T& out) {
   const auto& v = j.at(key);
   MECHLAB_CHECK(v.is_number(), "config: \"", key, "\" must be a number, got ", v.dump());
   if constexpr (std::is_integral_v<T>) {
-    MECHLAB_CHECK(v.is_number_integer() || std::floor(v.get<double>()) == v.get<double>(),
-                  "config: \"", key, "\" must be a whole number, got ", v.dump());
+    // Range-check before narrowing: nlohmann's get<int> wraps modulo 2^32
+    // (4294967297 would load as 1) and a float outside int's range is UB.
+    const double d = v.get<double>();
+    MECHLAB_CHECK(v.is_number_integer() || std::floor(d) == d, "config: \"", key,
+                  "\" must be a whole number, got ", v.dump());
+    constexpr auto lo = std::numeric_limits<T>::min();
+    constexpr auto hi = std::numeric_limits<T>::max();
+    const bool too_big = v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t(hi)
+                         : v.is_number_integer() ? v.get<int64_t>() > int64_t(hi)
+                                                 : d > double(hi);
+    const bool too_small = v.is_number_unsigned() ? false
+                           : v.is_number_integer() ? v.get<int64_t>() < int64_t(lo)
+                                                   : d < double(lo);
+    MECHLAB_CHECK(!too_big, "config: \"", key, "\" must be at most ", hi, ", got ", v.dump());
+    // Every integer key is a size or a count (>= 0): say so, not -2^31.
+    MECHLAB_CHECK(!too_small, "config: \"", key, "\" must be >= 0, got ", v.dump());
+    out = v.is_number_integer() ? static_cast<T>(v.get<int64_t>()) : static_cast<T>(d);
+  } else {
+    out = v.get<T>();
   }
-  out = v.get<T>();
 }
 
 void read_bool(const nlohmann::json& j, const char* key, bool& out) {
@@ -92,6 +112,55 @@ RopeScaling rope_scaling_from_json(const nlohmann::json& j) {
   read_number(j, "high_freq_factor", s.high_freq_factor);
   read_number(j, "original_max_position_embeddings", s.original_max_position_embeddings);
   return s;
+}
+
+// The parameter count in N: int64_t for the exact count of a validated
+// config, double for the overflow-free estimate that validate() checks first
+// (each size may be up to 2^31 - 1, so products overflow int64).
+template <typename N>
+N count_parameters(const ModelConfig& c) {
+  const N dm = c.d_model, dh = c.d_head, H = c.n_heads, K = c.kv_heads(), d_mlp = c.d_mlp,
+          d_vocab = c.d_vocab, n_ctx = c.n_ctx;
+  N n = d_vocab * dm;  // W_E
+  if (c.positional == Positional::learned) n += n_ctx * dm;
+  // The _pre norms have no parameters (they were folded into the readers).
+  const N norm_params = c.norm == NormKind::layernorm ? 2 * dm : c.norm == NormKind::rmsnorm ? dm : N(0);
+  N per_layer = norm_params;                      // ln1
+  per_layer += H * dm * dh + H * dh;                    // W_Q, b_Q
+  per_layer += 2 * (K * dm * dh + K * dh);              // W_K, b_K, W_V, b_V
+  per_layer += H * dh * dm + dm;                        // W_O, b_O
+  if (c.has_mlp()) {
+    per_layer += norm_params;                           // ln2
+    per_layer += dm * d_mlp + d_mlp + d_mlp * dm + dm;  // W_in, b_in, W_out, b_out
+    if (c.mlp == MlpKind::gated) per_layer += dm * d_mlp;          // W_gate
+  }
+  n += per_layer * N(c.n_layers);
+  if (c.final_norm) n += norm_params;
+  if (!c.tied_embeddings) n += dm * d_vocab;
+  n += d_vocab;  // b_U
+  return n;
+}
+
+// Refuses a config whose parameters alone would not fit in this machine's
+// memory, before anything is allocated (an absurd size in a config file
+// would otherwise end in std::bad_alloc or the OOM killer). Counted at
+// 2 bytes a parameter, the smallest dtype mechlab holds weights in.
+void check_fits_in_memory(const ModelConfig& c) {
+  const double params = count_parameters<double>(c);
+  const double bytes = 2 * params;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return;  // unknown: let the allocator decide
+  const double memory = double(pages) * double(page_size);
+  // "340" or "2.4e+12": llround of an absurd count would overflow.
+  auto approx = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, v < 1e6 ? "%.0f" : "%.2g", std::ceil(v));
+    return std::string(buf);
+  };
+  MECHLAB_CHECK(bytes <= memory, "config: the model needs about ", approx(bytes / 1e9),
+                " GB for its ", approx(params), " parameters even in bfloat16, more than this "
+                "machine's ", approx(memory / 1e9), " GB of memory; check n_layers, d_model, "
+                "d_mlp, d_vocab, n_heads and d_head");
 }
 
 }  // namespace
@@ -203,7 +272,7 @@ std::string RopeScaling::problem() const {
 
 void ModelConfig::validate() const {
   auto positive = [](int v, const char* key) {
-    MECHLAB_CHECK(v > 0, "config: \"", key, "\" must be positive, got ", v);
+    MECHLAB_CHECK(v > 0, "config: \"", key, "\" must be > 0, got ", v);
   };
   positive(n_layers, "n_layers");
   positive(d_model, "d_model");
@@ -220,10 +289,14 @@ void ModelConfig::validate() const {
   MECHLAB_CHECK(n_heads % kv_heads() == 0, "config: n_heads (", n_heads,
                 ") must be a multiple of n_kv_heads (", kv_heads(), ")");
   if (has_mlp()) positive(d_mlp, "d_mlp");
+  // rotary_dims() would silently take d_head for a negative value.
+  MECHLAB_CHECK(rotary_dim >= 0, "config: \"rotary_dim\" must be >= 0 (0 means d_head), got ",
+                rotary_dim);
   if (positional == Positional::rotary) {
     MECHLAB_CHECK(rotary_dims() <= d_head && rotary_dims() % 2 == 0, "config: rotary_dim (",
                   rotary_dims(), ") must be even and at most d_head (", d_head, ")");
-    MECHLAB_CHECK(rotary_base > 0, "config: rotary_base must be positive");
+    MECHLAB_CHECK(std::isfinite(rotary_base) && rotary_base > 0,
+                  "config: \"rotary_base\" must be finite and > 0, got ", rotary_base);
   }
   if (rope_scaling) {
     MECHLAB_CHECK(positional == Positional::rotary, "config: rope_scaling needs rotary positions "
@@ -231,10 +304,18 @@ void ModelConfig::validate() const {
     const std::string problem = rope_scaling->problem();
     MECHLAB_CHECK(problem.empty(), "config: rope_scaling ", problem);
   }
-  MECHLAB_CHECK(norm_eps >= 0, "config: norm_eps must be >= 0");
-  MECHLAB_CHECK(!attn_scale || *attn_scale > 0, "config: attn_scale must be positive");
+  // eps is added to a variance of order 1: 0 divides by zero on a constant
+  // vector, and above 1 it dominates (a typo such as 1e5 for 1e-5).
+  MECHLAB_CHECK(std::isfinite(norm_eps) && norm_eps > 0, "config: \"norm_eps\" must be > 0, got ",
+                norm_eps);
+  MECHLAB_CHECK(norm_eps <= 1, "config: \"norm_eps\" must be at most 1, got ", norm_eps,
+                " (typical values are 1e-5 or 1e-6)");
+  // Inf would make every attention score 0: uniform attention, no error.
+  MECHLAB_CHECK(!attn_scale || (std::isfinite(*attn_scale) && *attn_scale > 0),
+                "config: \"attn_scale\" must be finite and > 0, got ", attn_scale.value_or(0));
   MECHLAB_CHECK(!(parallel_attn_mlp && !has_mlp()),
                 "config: parallel_attn_mlp needs an MLP (mlp is \"none\")");
+  check_fits_in_memory(*this);
   for (size_t i = 0; i < processed.size(); ++i) {
     for (size_t k = 0; k < i; ++k) {
       MECHLAB_CHECK(processed[k] != processed[i], "config: \"processed\" lists \"",
@@ -259,27 +340,7 @@ std::string ModelConfig::hash() const {
   return os.str();
 }
 
-int64_t ModelConfig::parameter_count() const {
-  const int64_t dm = d_model, dh = d_head, H = n_heads, K = kv_heads();
-  int64_t n = int64_t(d_vocab) * dm;  // W_E
-  if (positional == Positional::learned) n += int64_t(n_ctx) * dm;
-  // The _pre norms have no parameters (they were folded into the readers).
-  const int64_t norm_params = norm == NormKind::layernorm ? 2 * dm : norm == NormKind::rmsnorm ? dm : 0;
-  int64_t per_layer = norm_params;                      // ln1
-  per_layer += H * dm * dh + H * dh;                    // W_Q, b_Q
-  per_layer += 2 * (K * dm * dh + K * dh);              // W_K, b_K, W_V, b_V
-  per_layer += H * dh * dm + dm;                        // W_O, b_O
-  if (has_mlp()) {
-    per_layer += norm_params;                           // ln2
-    per_layer += dm * d_mlp + d_mlp + int64_t(d_mlp) * dm + dm;  // W_in, b_in, W_out, b_out
-    if (mlp == MlpKind::gated) per_layer += dm * d_mlp;          // W_gate
-  }
-  n += per_layer * n_layers;
-  if (final_norm) n += norm_params;
-  if (!tied_embeddings) n += dm * d_vocab;
-  n += d_vocab;  // b_U
-  return n;
-}
+int64_t ModelConfig::parameter_count() const { return count_parameters<int64_t>(*this); }
 
 nlohmann::json ModelConfig::to_json() const {
   nlohmann::json j;
@@ -384,7 +445,7 @@ ModelConfig ModelConfig::from_json_string(const std::string& text) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse errors, and 1e999 (out_of_range)
     throw Error(str_cat("config is not valid JSON: ", e.what()));
   }
   return from_json(j);

@@ -247,6 +247,36 @@ TEST(BpeTokenizerTest, RefusesBadMergesTxtLine) {
               HasSubstr("merges.txt line 2 'a b c' is not two tokens"));
 }
 
+TEST(BpeTokenizerTest, RefusesEmptyVocabulary) {
+  // Before: an empty byte-level vocabulary encoded every text to [].
+  json j = json::parse(gpt2_json());
+  j["model"]["vocab"] = json::object();
+  j["model"]["merges"] = json::array();
+  EXPECT_THAT(load_error(j), HasSubstr("tokenizer: the vocabulary is empty"));
+}
+
+TEST(BpeTokenizerTest, RefusesIdsFarBeyondTheVocabulary) {
+  // Before: an added token at 99,999,999 allocated 3.5 GB, and one at
+  // 2^31 - 1 (or such a vocabulary id) ended in a bare std::bad_alloc.
+  json j = json::parse(gpt2_json());
+  const size_t n = j["model"]["vocab"].size() + j["added_tokens"].size();  // 800 + 1
+  const int64_t limit = 2 * static_cast<int64_t>(n) + 65536;
+  j["added_tokens"].push_back({{"id", 2147483647}, {"content", "<|far|>"}, {"single_word", false},
+                               {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+                               {"special", true}});
+  EXPECT_THAT(load_error(j), HasSubstr("added token '<|far|>' has id 2147483647, far beyond its " +
+                                       std::to_string(n + 1) + " tokens"));
+  // At the bound and just below: the id space is sparse but allowed.
+  j["added_tokens"].back()["id"] = limit + 2 - 1;  // n + 1 tokens now
+  EXPECT_NO_THROW(tokenizer_from_json(j.dump(), "", "sparse.json"));
+  j["added_tokens"].back()["id"] = limit + 2;
+  EXPECT_THAT(load_error(j), HasSubstr("ids must be below " + std::to_string(limit + 2)));
+
+  json v = json::parse(gpt2_json());
+  v["model"]["vocab"]["zzz"] = 2147483647;
+  EXPECT_THAT(load_error(v), HasSubstr("vocabulary id 2147483647 is far beyond its 801 tokens"));
+}
+
 TEST(BpeTokenizerTest, RefusesInvalidUtf8AndUnknownIds) {
   const auto tok = load_tokenizer(data_dir("gpt2"));
   EXPECT_THAT(error_of([&] { tok->encode("abc\xC3(x"); }), HasSubstr("not valid UTF-8 (byte 3 of 6)"));

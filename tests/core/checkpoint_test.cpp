@@ -11,12 +11,16 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace mechlab::core {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -241,6 +245,71 @@ TEST(CheckpointTest, RefusesNonFloatParamsAndNestedGroups) {
   path = write_header("nested.h5", "checkpoint", 1, config.c_str());
   H5File::open_readwrite(path).write_tensor("params/blocks/0/W_Q", at::ones({2}));
   EXPECT_THAT(error_of([&] { load_checkpoint(path); }), HasSubstr("'/params/blocks' is a group"));
+}
+
+TEST(CheckpointTest, RefusesNonFiniteParamsByName) {
+  // Before: NaN and Inf weights loaded silently.
+  Params params = tiny_params();
+  params[0].second[3][2] = std::numeric_limits<float>::quiet_NaN();
+  const std::string path = temp_path("nan.h5");
+  save_checkpoint(path, tiny_config(), params);
+  EXPECT_THAT(error_of([&] { load_checkpoint(path); }),
+              AllOf(HasSubstr(path), HasSubstr("parameter 'embed.W_E' holds 1 NaN or infinite value;")));
+  params = tiny_params();
+  params[2].second[0] = -std::numeric_limits<float>::infinity();  // float16
+  save_checkpoint(path, tiny_config(), params);
+  EXPECT_THAT(error_of([&] { load_checkpoint(path); }),
+              HasSubstr("parameter 'blocks.0.ln1.w' holds 1 NaN or infinite value"));
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+  ASSERT_TRUE(out.good()) << path;
+}
+
+TEST(CheckpointTest, AFlippedByteInTheDataIsACorruptFileError) {
+  // Before: checkpoints had no checksum, and a changed byte in a tensor's
+  // data loaded as silently different weights.
+  Params params = tiny_params();
+  params[0].second = at::randn({10, 8});
+  const std::string path = temp_path("checksummed.h5");
+  save_checkpoint(path, tiny_config(), params);
+  std::string bytes = read_bytes(path);
+  // W_E's raw float32 bytes sit verbatim in the file (Fletcher-32 does not
+  // transform the data); flip one bit in the middle of them.
+  const at::Tensor w = params[0].second.contiguous();
+  const std::string raw(static_cast<const char*>(w.const_data_ptr()), w.numel() * 4);
+  const size_t at_ = bytes.find(raw);
+  ASSERT_NE(at_, std::string::npos);
+  ASSERT_EQ(bytes.find(raw, at_ + 1), std::string::npos);
+  bytes[at_ + raw.size() / 2] ^= 0x10;
+  const std::string bad = temp_path("flipped.h5");
+  write_bytes(bad, bytes);
+  EXPECT_THAT(error_of([&] { load_checkpoint(bad); }),
+              AllOf(HasSubstr(bad), HasSubstr("params/embed.W_E"), HasSubstr("file is corrupt")));
+  // The untouched original still loads, bit for bit.
+  const Checkpoint good = load_checkpoint(path);
+  ASSERT_EQ(good.params[2].first, "embed.W_E");
+  EXPECT_TRUE(same_bytes(good.params[2].second, params[0].second));
+}
+
+TEST(CheckpointTest, CheckpointsWithoutChecksumsStillLoad) {
+  // Files written before checksums (contiguous datasets, no filter).
+  const std::string config = tiny_config().to_json_string();
+  const std::string path = write_header("old.h5", "checkpoint", 1, config.c_str(), false);
+  const at::Tensor w = at::randn({10, 8});
+  H5File::open_readwrite(path).write_tensor("params/embed.W_E", w);
+  const Checkpoint ckpt = load_checkpoint(path);
+  ASSERT_EQ(ckpt.params.size(), 1u);
+  EXPECT_TRUE(same_bytes(ckpt.params[0].second, w));
 }
 
 TEST(CheckpointTest, LoadOfMissingOrTruncatedFileNamesThePath) {

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -225,6 +226,26 @@ TEST(HfWeightErrors, MissingAndUnexpectedTensors) {
   ints[0].second = ints[0].second.to(at::kInt);
   save_safetensors(file, ints);
   EXPECT_THAT(load_error(dir), HasSubstr("has dtype I32; model weights must be"));
+}
+
+TEST(HfWeightErrors, NonFiniteWeightsAreRefusedByName) {
+  // Before: a NaN weight loaded silently, and the fused attention path could
+  // return finite numbers for it where the materialised path gave NaN.
+  const auto dir = copy_fixture("gpt2", "nonfinite");
+  const std::string file = dir + "/model.safetensors";
+  std::vector<std::pair<std::string, at::Tensor>> all;
+  {
+    const SafetensorsFile f = SafetensorsFile::open(file);
+    for (const std::string& name : f.names()) all.emplace_back(name, f.tensor(name).clone());
+  }
+  const std::string target = "transformer.h.0.attn.c_attn.weight";
+  auto it = std::find_if(all.begin(), all.end(), [&](const auto& p) { return p.first == target; });
+  ASSERT_NE(it, all.end());
+  it->second.view(-1)[7] = std::numeric_limits<float>::quiet_NaN();
+  it->second.view(-1)[9] = std::numeric_limits<float>::infinity();
+  save_safetensors(file, all);
+  EXPECT_THAT(load_error(dir), AllOf(HasSubstr("tensor '" + target + "'"), HasSubstr(file),
+                                     HasSubstr("holds 2 NaN or infinite values")));
 }
 
 TEST(HfWeightErrors, BrokenShardIndex) {

@@ -226,6 +226,29 @@ TEST(SafetensorsHostile, OverlappingTensors) {
   EXPECT_THAT(open_error(path), HasSubstr("tensor 'b': bytes [4, 12) overlap tensor 'a' [0, 8)"));
 }
 
+TEST(SafetensorsHostile, NestedAndAliasedTensors) {
+  // One tensor wholly inside another: the later one ends before the earlier,
+  // so a check on end offsets alone would miss it.
+  const auto nested = write_raw("nested.safetensors",
+                                R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                                    "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+                                std::string(16, 'x'));
+  EXPECT_THAT(open_error(nested), HasSubstr("tensor 'b': bytes [4, 8) overlap tensor 'a' [0, 16)"));
+  // Two names for the same bytes.
+  const auto alias = write_raw("alias.safetensors",
+                               R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                   "b": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}})",
+                               std::string(8, 'x'));
+  EXPECT_THAT(open_error(alias), HasSubstr("bytes [0, 8) overlap tensor '"));
+  // A zero-size tensor inside another holds no bytes but still claims a
+  // place in the middle of one: refused as well.
+  const auto empty_inside = write_raw("empty_inside.safetensors",
+                                      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                          "b": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}})",
+                                      std::string(8, 'x'));
+  EXPECT_THAT(open_error(empty_inside), HasSubstr("tensor 'b': bytes [4, 4) overlap tensor 'a' [0, 8)"));
+}
+
 TEST(SafetensorsHostile, HoleBetweenTensors) {
   const auto path = write_raw("hole.safetensors",
                               R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},

@@ -45,6 +45,11 @@ TEST(TokenizerCliTest, ErrorsAreOneLine) {
   const auto bad_id = run_cli("tokenize " + kLlama3 + " --decode 1,x");
   EXPECT_EQ(bad_id.rc, 1);
   EXPECT_THAT(bad_id.output, HasSubstr("'x' is not an integer id"));
+  // Before: a directory read as empty text and encoded to [BOS] with exit 0.
+  const auto dir = run_cli("tokenize " + kLlama3 + " --file " + kLlama3);
+  EXPECT_EQ(dir.rc, 1) << dir.output;
+  EXPECT_THAT(dir.output, HasSubstr("mechlab: error: --file '" + kLlama3 + "' is a directory; give "
+                                    "the path of a UTF-8 text file"));
   const auto nothing = run_cli("tokenize " + kLlama3);
   EXPECT_EQ(nothing.rc, 1);
   EXPECT_THAT(nothing.output, HasSubstr("nothing to encode"));

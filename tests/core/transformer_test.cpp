@@ -8,6 +8,8 @@
 #include "tests/test_util.h"
 
 #include <ATen/ATen.h>
+#include <cmath>
+#include <limits>
 #include <gmock/gmock.h>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +18,7 @@ using mechlab::Error;
 using mechlab::core::ForwardOptions;
 using mechlab::core::ModelConfig;
 using mechlab::core::Transformer;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 namespace {
@@ -53,6 +56,58 @@ TEST(ModelConfig, BadValuesAreRefusedByName) {
   EXPECT_THAT(error_of([&] { ModelConfig::from_json_string("{" + base + R"(, "d_vocab": "x"})"); }),
               HasSubstr("\"d_vocab\" must be a number"));
   EXPECT_THAT(error_of([] { ModelConfig::from_json_string("{not json"); }), HasSubstr("not valid JSON"));
+}
+
+TEST(ModelConfig, OutOfRangeNumbersAreRefusedNotWrapped) {
+  // Before: integers wrapped modulo 2^32 (n_layers 4294967297 loaded as 1),
+  // and Inf or absurd floats passed.
+  const std::string base = R"("d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 8, "d_vocab": 5, "n_ctx": 4)";
+  auto refusal = [&](const std::string& extra) {
+    return error_of([&] { ModelConfig::from_json_string("{" + base + ", " + extra + "}"); });
+  };
+  EXPECT_THAT(refusal(R"("n_layers": 4294967297)"),
+              HasSubstr("config: \"n_layers\" must be at most 2147483647, got 4294967297"));
+  EXPECT_THAT(refusal(R"("n_layers": 4294967297.0)"),
+              HasSubstr("\"n_layers\" must be at most 2147483647"));
+  EXPECT_THAT(refusal(R"("n_layers": 18446744073709551615)"),
+              HasSubstr("\"n_layers\" must be at most 2147483647"));
+  EXPECT_THAT(refusal(R"("n_layers": 1, "n_kv_heads": -4294967294)"),
+              HasSubstr("\"n_kv_heads\" must be >= 0, got -4294967294"));
+  EXPECT_THAT(refusal(R"("n_layers": 0)"), HasSubstr("\"n_layers\" must be > 0, got 0"));
+  EXPECT_THAT(refusal(R"("n_layers": 1, "positional": "rotary", "rotary_dim": -2)"),
+              HasSubstr("\"rotary_dim\" must be >= 0 (0 means d_head), got -2"));
+  EXPECT_THAT(refusal(R"("n_layers": 1, "norm_eps": 0)"), HasSubstr("\"norm_eps\" must be > 0, got 0"));
+  EXPECT_THAT(refusal(R"("n_layers": 1, "norm_eps": 1e5)"),
+              HasSubstr("\"norm_eps\" must be at most 1, got 100000"));
+  // A number beyond double is a JSON error, not an escaping nlohmann exception.
+  EXPECT_THAT(refusal(R"("n_layers": 1, "norm_eps": 1e999)"),
+              HasSubstr("config is not valid JSON: [json.exception.out_of_range.406]"));
+  // JSON cannot spell Inf or NaN, but a config built in code (or by the
+  // Hugging Face reader) can hold them.
+  const double inf = std::numeric_limits<double>::infinity();
+  ModelConfig c = mechlab::core::preset("llama-tiny");
+  c.norm_eps = inf;
+  EXPECT_THAT(error_of([&] { c.validate(); }), HasSubstr("\"norm_eps\" must be > 0, got inf"));
+  c = mechlab::core::preset("llama-tiny");
+  c.norm_eps = std::nan("");
+  EXPECT_THAT(error_of([&] { c.validate(); }), HasSubstr("\"norm_eps\" must be > 0, got nan"));
+  c = mechlab::core::preset("llama-tiny");
+  c.rotary_base = inf;
+  EXPECT_THAT(error_of([&] { c.validate(); }),
+              HasSubstr("\"rotary_base\" must be finite and > 0, got inf"));
+  c = mechlab::core::preset("llama-tiny");
+  c.attn_scale = inf;
+  EXPECT_THAT(error_of([&] { c.validate(); }),
+              HasSubstr("\"attn_scale\" must be finite and > 0, got inf"));
+  // Each size fits an int, but together they need zettabytes: refused before
+  // anything is allocated, with the size it would need.
+  const std::string huge = R"({"n_layers": 2000000000, "d_model": 65536, "n_heads": 1024, "d_head": 64, "d_mlp": 262144, "d_vocab": 1000000, "n_ctx": 4})";
+  EXPECT_THAT(error_of([&] { ModelConfig::from_json_string(huge); }),
+              AllOf(HasSubstr("config: the model needs about 2.1e+11 GB"),
+                    HasSubstr("more than this machine's")));
+  c = mechlab::core::preset("attn-only-2l");
+  c.n_layers = 100000, c.d_model = 100000, c.d_head = 25000;
+  EXPECT_THAT(error_of([&] { Transformer model(c, 0); }), HasSubstr("the model needs about 8e+06 GB for its 4e+15 parameters"));
 }
 
 TEST(ModelConfig, RopeScalingRoundTripsAndIsValidated) {

@@ -1,7 +1,8 @@
 // Differential tests against TransformerLens 2.18 HookedTransformer.
 // Fixtures: tests/data/runtime/*.h5, made by scripts/fixtures/make_runtime_fixtures.py
 // (see tests/data/runtime/README.md for the command and the layout).
-// Tolerance: float32, normwise relative error <= 1e-4 (fixture_compare.h).
+// Tolerance: kF32Tol, float32 normwise relative error <= 1e-5 plus an
+// element-wise bound (fixture_compare.h).
 #include "core/formats/hdf5_file.h"
 #include "tests/hooks/fixture_compare.h"
 #include "hooks/hooked_transformer.h"
@@ -17,7 +18,7 @@ using mechlab::testing::close;
 
 namespace {
 
-constexpr double kTol = 1e-4;
+constexpr mechlab::testing::Tolerance kTol = mechlab::testing::kF32Tol;
 
 std::string fixture(const std::string& name) {
   return std::string(MECHLAB_TEST_DATA) + "/runtime/" + name + ".h5";

@@ -34,6 +34,15 @@ BpeModel::BpeModel(std::unordered_map<std::string, int64_t> vocab,
                   "' has id ", id, ", outside [0, 2^31)");
     max_id = std::max(max_id, id);
   }
+  // Without tokens every text encodes to [] (unknown bytes are dropped).
+  MECHLAB_CHECK(!vocab_.empty(), "tokenizer: the vocabulary is empty; a BPE model needs its "
+                "tokens (is this the right tokenizer.json?)");
+  // The id table is dense, so one stray id (99,999,999 in a 50k vocabulary)
+  // would allocate gigabytes: refuse id spaces far sparser than real ones.
+  const int64_t id_limit = kIdSlack * static_cast<int64_t>(vocab_.size()) + kIdSlackTokens;
+  MECHLAB_CHECK(max_id < id_limit, "tokenizer: vocabulary id ", max_id, " is far beyond its ",
+                vocab_.size(), " tokens; ids must be below ", id_limit,
+                " (a typo in the vocabulary?)");
   id_to_token_.resize(static_cast<size_t>(max_id + 1));
   has_id_.assign(static_cast<size_t>(max_id + 1), false);
   for (const auto& [token, id] : vocab_) {

@@ -22,6 +22,13 @@
 
 namespace mechlab::core::tokenizer {
 
+/// Token ids index dense tables, so a tokenizer's largest id must stay below
+/// kIdSlack x (its number of tokens) + kIdSlackTokens. Real tokenizers are
+/// dense or nearly so (reserved ranges, padded vocabularies); a far sparser id
+/// space is a typo that would allocate gigabytes, and is refused.
+inline constexpr int64_t kIdSlack = 2;
+inline constexpr int64_t kIdSlackTokens = 65536;
+
 class BpeModel {
  public:
   struct Options {
@@ -56,6 +63,8 @@ class BpeModel {
   /// Byte-level text of `id`, or nullptr when no vocabulary entry has that id.
   const std::string* id_to_token(int64_t id) const;
   /// 1 + the largest id (ids may have gaps).
+  /// Number of vocabulary entries (ids may leave holes: see id_end).
+  int64_t vocab_size() const { return static_cast<int64_t>(vocab_.size()); }
   int64_t id_end() const { return static_cast<int64_t>(id_to_token_.size()); }
   size_t size() const { return vocab_.size(); }
   size_t merge_count() const { return merges_.size(); }

@@ -13,8 +13,15 @@ BpeTokenizer::BpeTokenizer(BpeModel model, BpeTokenizerSpec spec)
     return nfc_on ? nfc(s) : std::string(s);
   });
   vocab_size_ = model_.id_end();
+  // The id tables below are dense: bound the added ids as BpeModel bounds
+  // the vocabulary's, so one stray id cannot allocate gigabytes.
+  const int64_t tokens = model_.vocab_size() + static_cast<int64_t>(spec_.added_tokens.size());
+  const int64_t id_limit = kIdSlack * tokens + kIdSlackTokens;
   for (const AddedToken& t : spec_.added_tokens) {
     MECHLAB_CHECK(t.id >= 0, "tokenizer ", spec_.source, ": added token '", t.content, "' has id ", t.id);
+    MECHLAB_CHECK(t.id < id_limit, "tokenizer ", spec_.source, ": added token '", t.content,
+                  "' has id ", t.id, ", far beyond its ", tokens, " tokens; ids must be below ",
+                  id_limit, " (a typo in added_tokens?)");
     vocab_size_ = std::max(vocab_size_, t.id + 1);
   }
   // What the ByteLevel decoder makes of each token: its bytes when every character is in the
