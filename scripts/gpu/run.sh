@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds mechlab on a lent GPU machine, runs its tests (CUDA tests must not
-# skip), compute-sanitizer's memcheck over the kernel tests and every
-# `mechlab bench` subcommand, and writes the results to $OUT (or gpu-results/):
+# skip), compute-sanitizer's memcheck (and racecheck) over the kernel tests,
+# every `mechlab bench` subcommand and the kernel benchmark table, and writes
+# the results to $OUT (or gpu-results/):
 #   gpu-results.md   summary: machine, commit, per-step status, test counts,
 #                    each benchmark's tables verbatim, nvidia-smi
-#   build.log ctest.log memcheck.log bench-<name>.log   full logs
+#   build.log ctest.log memcheck.log racecheck.log bench-<name>.log   full logs
 # Run from anywhere on the GPU machine, with .gpu-bundle carried (see
 # docs/GPU.md):   bash scripts/gpu/run.sh [--skip-build] [--only-tests|--only-bench]
 # A failing step is recorded and the next one still runs; the exit status is
@@ -50,7 +51,8 @@ CTEST_JOBS=${MECHLAB_CTEST_JOBS:-8}
 REPORT="$OUTDIR/gpu-results.md"
 PARTS=$(mktemp -d /tmp/mechlab-gpu-run.XXXXXX)
 trap 'rm -rf "$PARTS"' EXIT
-rm -f "$OUTDIR"/build.log "$OUTDIR"/ctest.log "$OUTDIR"/memcheck.log "$OUTDIR"/bench-*.log
+rm -f "$OUTDIR"/build.log "$OUTDIR"/ctest.log "$OUTDIR"/memcheck.log "$OUTDIR"/racecheck.log \
+  "$OUTDIR"/bench-*.log
 
 say() { printf '[gpu-run %4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
 elapsed() { echo $(($(date +%s) - START)); }
@@ -299,29 +301,57 @@ ctest_step() {
   record ctest "$(status_of "$rc")" $(($(date +%s) - t0)) ctest.log "$TESTS_LINE"
 }
 
-memcheck_step() {
-  local bin="$BUILD/tests/test_kernels" log="$OUTDIR/memcheck.log" t0 rc=0 t
-  if [ ! -x "$bin" ]; then record memcheck skipped 0 - "no $bin"; return; fi
-  if [ -z "$SANITIZER" ]; then record memcheck skipped 0 - "compute-sanitizer not found"; return; fi
+# sanitizer_step TOOL LOG FILTER: compute-sanitizer --tool TOOL over the kernel
+# tests (tests/kernels/: every kernel family's cases on CUDA, see
+# docs/ARCHITECTURE.md "Kernels"), restricted to the gtest FILTER.
+sanitizer_step() {
+  local tool=$1 log="$OUTDIR/$2" filter=$3 bin="$BUILD/tests/test_kernels" t0 rc=0 t
+  if [ ! -x "$bin" ]; then record "$tool test_kernels" FAILED 0 - "no $bin (the build makes it)"; return; fi
+  if [ -z "$SANITIZER" ]; then record "$tool test_kernels" skipped 0 - "compute-sanitizer not found"; return; fi
   t=$(step_timeout 300)
-  if [ "$t" -lt 30 ]; then record memcheck "NOT RUN (time budget)" 0 - "rerun with --skip-build"; return; fi
+  if [ "$t" -lt 30 ]; then record "$tool test_kernels" "NOT RUN (time budget)" 0 - "rerun with --skip-build"; return; fi
   : >"$log"
   t0=$(date +%s)
-  run_logged "$log" "$t" "$SANITIZER" --tool memcheck --error-exitcode 99 --print-limit 50 \
-    "$bin" --gtest_brief=1 || rc=$?
+  run_logged "$log" "$t" "$SANITIZER" --tool "$tool" --error-exitcode 99 --print-limit 50 \
+    "$bin" --gtest_brief=1 "--gtest_filter=$filter" || rc=$?
   cap_log "$log"
   local summary
-  summary=$(grep -E 'ERROR SUMMARY' "$log" | tail -n1 | sed 's/^=* *//' || true)
+  summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n1 | sed 's/^=* *//' || true)
   summary=${summary:-no ERROR SUMMARY line}
   case "$rc" in
     0|99|124|137) ;;
     *) summary="$summary; the test binary itself failed under the sanitizer (exit $rc)" ;;
   esac
   if [ "$rc" != 0 ]; then
-    { echo "### compute-sanitizer memcheck (test_kernels)"; echo; echo '```';
-      grep -E '^=========' "$log" | head -n 40 || true; tail -n 15 "$log"; echo '```'; } >"$PARTS/memcheck.md"
+    { echo "### compute-sanitizer $tool (test_kernels)"; echo; echo '```';
+      grep -E '^=========' "$log" | head -n 40 || true; tail -n 15 "$log"; echo '```'; } >>"$PARTS/memcheck.md"
   fi
-  record "memcheck test_kernels" "$(status_of "$rc")" $(($(date +%s) - t0)) memcheck.log "$summary"
+  record "$tool test_kernels" "$(status_of "$rc")" $(($(date +%s) - t0)) "$2" "$summary"
+}
+memcheck_step() {
+  rm -f "$PARTS/memcheck.md"
+  # Every kernel test: the CUDA cases launch the kernels, the rest are quick.
+  sanitizer_step memcheck memcheck.log '*'
+  # Shared-memory hazards (edge_patch stages its mask tile in shared memory).
+  sanitizer_step racecheck racecheck.log '*Cuda*'
+}
+
+# Kernel benchmark table: tests/kernels/ in perf mode prints time per call and
+# effective GB/s of every kernel case on the CPU and on CUDA.
+kernel_perf_step() {
+  BENCH_N=$((BENCH_N + 1))
+  local bin="$BUILD/tests/test_kernels" log="$OUTDIR/bench-kernels.log" t0 rc=0 t part
+  part=$(printf '%s/bench-%03d.md' "$PARTS" "$BENCH_N")
+  if [ ! -x "$bin" ]; then record "bench kernels" FAILED 0 - "no $bin"; return; fi
+  t=$(step_timeout 180)
+  if [ "$t" -lt 30 ]; then record "bench kernels" "NOT RUN (time budget)" 0 - "rerun with --only-bench --skip-build"; return; fi
+  t0=$(date +%s)
+  MECHLAB_KERNEL_PERF=1 timeout -k 15 "$t" "$bin" --gtest_filter='KernelPerf.*' >"$log" 2>&1 || rc=$?
+  cap_log "$log"
+  { echo "### \`MECHLAB_KERNEL_PERF=1 test_kernels --gtest_filter=KernelPerf.*\` — $(status_of "$rc")"; echo;
+    awk '/^[[:space:]]*\|/ {print; t=1; next} t {print ""; t=0} /^#/ {print; print ""}' "$log";
+    if [ "$rc" != 0 ]; then echo; echo '```'; tail -n 30 "$log"; echo '```'; fi; echo; } >"$part"
+  record "bench kernels" "$(status_of "$rc")" $(($(date +%s) - t0)) bench-kernels.log ""
 }
 
 # ---------------------------------------------------------------- benchmarks
@@ -402,6 +432,8 @@ if [ "$BUILD_OK" = 1 ]; then
       mapfile -t BENCHES < <(bench_list)
       say "benchmarks: ${BENCHES[*]}"
       for b in "${BENCHES[@]}"; do bench_step "$b"; done
+      say "kernel benchmark table (log: bench-kernels.log)"
+      kernel_perf_step
     else
       record bench "FAILED" 0 - "no $BUILD/mechlab"
     fi

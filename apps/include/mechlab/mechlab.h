@@ -53,6 +53,9 @@
 // Analyses.
 #include "hooks/analysis/head_detector.h"
 
+// Kernels: operations with a CUDA kernel and an ATen path behind one call.
+#include "kernels/edge_patch.h"
+
 // Patching: metrics, ablations, sweeps, path and attribution patching, the circuit graph.
 #include "patching/ablation.h"
 #include "patching/attribution.h"
