@@ -337,7 +337,7 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
     throw Interrupted(str_cat("interrupted at row ", rows_reached, " of ",
                               header.rows_total, "; the store '", out, "' keeps ",
                               writer.rows_committed(),
-                              " committed rows (a run with the resume option continues it)"));
+                              " committed rows and can be resumed"));
   }
   writer.finish();
   if (bar) bar->finish();
