@@ -77,8 +77,8 @@ TEST(TaskTest, InductionSecondHalfRepeatsTheFirst) {
   ASSERT_NO_THROW(ds.validate());
   EXPECT_EQ(ds.task, "induction");
   // The recorded vocabulary spells id 0 as "<bos>" and every other id as its number.
-  const WordTokenizer tok = WordTokenizer::from_json_string(ds.tokenizer);
-  EXPECT_EQ(tok.vocab(), (std::vector<std::string>{"<bos>", "1", "2", "3", "4", "5", "6", "7", "8"}));
+  const WordTokenizer words = WordTokenizer::from_json_string(ds.tokenizer);
+  EXPECT_EQ(words.vocab(), (std::vector<std::string>{"<bos>", "1", "2", "3", "4", "5", "6", "7", "8"}));
   EXPECT_EQ(ds.d_vocab, 9);
   ASSERT_EQ(ds.tokens.sizes(), (c10::IntArrayRef{300, 15}));
   ASSERT_EQ(ds.labels.sizes(), (c10::IntArrayRef{300, 15}));
