@@ -2,6 +2,7 @@
 
 #include "core/store/activation_store.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "core/log/log.h"
 #include "core/util/progress.h"
 #include "core/store/activation_writer.h"
@@ -267,8 +268,16 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
 
   std::optional<core::ProgressBar> bar;
   if (opt.progress_) bar.emplace("cache", header.rows_total, "tokens", offset[first_batch * B]);
+  bool interrupted = false;
+  int64_t rows_reached = offset[std::min(N, first_batch * B)];
   try {
     for (int64_t b = first_batch; b * B < N; ++b) {
+      // Between batches: what the writer has committed is a valid prefix of
+      // the store, and a resumed run recomputes the rest.
+      if (core::interrupt_requested()) {
+        interrupted = true;
+        break;
+      }
       const int64_t e0 = b * B, e1 = std::min(N, e0 + B);
       ActivationCache cache = forward(e0, e1);
 
@@ -312,6 +321,7 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
       const int64_t rows = offset[e1] - offset[e0];
       queue.push(std::move(p));
       queue.rethrow_if_failed();
+      rows_reached = offset[e1];
       if (bar) bar->advance(rows);
     }
   } catch (...) {
@@ -322,6 +332,13 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   queue.close();
   writer_thread.join();
   queue.rethrow_if_failed();
+  if (interrupted) {
+    if (bar) bar->finish();
+    throw Interrupted(str_cat("interrupted at row ", rows_reached, " of ",
+                              header.rows_total, "; the store '", out, "' keeps ",
+                              writer.rows_committed(),
+                              " committed rows and can be resumed"));
+  }
   writer.finish();
   if (bar) bar->finish();
   result.rows_written = header.rows_total - committed;

@@ -59,7 +59,7 @@ class HookedTransformer {
   explicit HookedTransformer(core::Transformer model);
   /// A mechlab checkpoint (.h5) or a Hugging Face model folder (GPT-2,
   /// GPT-NeoX/Pythia, Llama, Mistral, Qwen2), with the folder's tokenizer
-  /// attached. Nothing is downloaded: `path` is a local file or folder.
+  /// (or the word vocabulary the checkpoint stores) attached. Nothing is downloaded: `path` is a local file or folder.
   static HookedTransformer from_pretrained(const std::string& path,
                                            const PretrainedOptions& options = {});
   /// A mechlab checkpoint as stored, without a tokenizer.

@@ -117,13 +117,13 @@ void add_bench_cache(CLI::App& bench) {
                   "(the default, 8 batches, keeps the whole bench near a minute on 2 CPU "
                   "cores; raise it on a GPU)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--seq-len", a->seq_len, "Tokens per example (at most 1024, GPT-2's n_ctx)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--batch-size", a->batch_size, "Examples per forward")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--dir", a->dir,
                   "Folder for the temporary stores and files, deleted afterwards (default: "
                   "<temp dir>/mechlab-bench-cache). Put it on the disk you mean to cache to; "
@@ -132,9 +132,10 @@ void add_bench_cache(CLI::App& bench) {
                   "MB (10^6 bytes) of synthetic rows for the writer-alone test, and so of the "
                   "raw-write baseline and the store the read tests read")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--seed", a->seed, "Seed of the random model, tokens and synthetic rows")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative());
   cmd->callback([a] {
     // Every tensor here, the writer's staging and the reader's buffer
     // included, is made and used in one inference-mode scope.

@@ -54,10 +54,10 @@ void add_bench_load(CLI::App& bench) {
   cmd->add_option("--dtype", a->dtype, "f32, bf16 or f16")->capture_default_str();
   cmd->add_option("--repeats", a->repeats, "Timed runs (median reported)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--warmup", a->warmup, "Untimed runs first (warm the page cache)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--transformers-ms", a->transformers_ms,
                   "Median from_pretrained time measured by the driver script, the baseline row");
   cmd->callback([a] {

@@ -101,7 +101,7 @@ void add_bench_patch(CLI::App& bench) {
                   "Patching dataset to use instead of random prompt pairs (its first --prompts pairs)");
   cmd->add_option("--prompts", a->prompts, "Prompt pairs per forward")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--seq-len", a->seq_len, "Tokens per prompt (random prompts only)")
       ->capture_default_str()
       ->check(CLI::Range(2, 1024));
@@ -109,7 +109,7 @@ void add_bench_patch(CLI::App& bench) {
                   "Configurations the naive baseline runs (spread over all layers, positions and "
                   "heads); its time is extrapolated to the full sweep")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--memory-budget-mb", a->memory_mb, "BulkPatcher memory budget in MiB (0 = auto)")
       ->capture_default_str();
   cmd->add_option("--max-copies", a->max_copies, "BulkPatcher copies per forward cap (0 = budget)")

@@ -93,11 +93,11 @@ void add_bench_tokenize(CLI::App& bench) {
                   "English-like text)");
   cmd->add_option("--mb", a->mb, "MB (10^6 bytes) of generated text when no --text-file is given")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--seed", a->seed, "Seed of the generated text")->capture_default_str();
   cmd->add_option("--repeats", a->repeats, "Timed warm passes (the median is reported)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--baseline-json", a->baseline_json,
                   "Timings measured elsewhere on the same text, to put in the table: {\"baseline\": NAME, "
                   "\"rows\": [{\"name\", \"ms\", \"note\"}]}; ratios are then against NAME");

@@ -22,20 +22,17 @@ void add_bench_train(CLI::App& bench) {
       "'train_tokens_per_s N', is what scripts/bench/train_vs_pytorch.sh compares.");
   struct Args {
     std::string config = "apps/models/induction.json", device = "cpu";
-    int steps = 50, warmup = 5, threads = 0;
+    int steps = 50, warmup = 5;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--config", a->config, "Training config (JSON) whose model, data and batch "
                   "size are measured")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_option("--steps", a->steps, "Timed steps per case")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--warmup", a->warmup, "Untimed steps first")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--threads", a->threads, "CPU threads (0 = LibTorch's default)")
-      ->capture_default_str();
+      ->check(non_negative());
   cmd->callback([a] {
-    if (a->threads > 0) at::set_num_threads(a->threads);
     const at::Device device = parse_device(a->device);
     core::train::TrainConfig cfg = core::train::TrainConfig::load(a->config);
     cfg.steps = std::max<int64_t>(cfg.steps, (a->warmup + a->steps) * 3 + 1);

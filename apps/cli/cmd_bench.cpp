@@ -20,6 +20,9 @@ void add_bench_command(CLI::App& app) {
   add_bench_patch(*bench);
   add_bench_load(*bench);
   add_bench_train(*bench);
+  for (CLI::App* sub : bench->get_subcommands([](CLI::App*) { return true; })) {
+    add_threads_option(sub);
+  }
 }
 
 }  // namespace mechlab::cli

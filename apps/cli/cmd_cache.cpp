@@ -4,6 +4,7 @@
 #include "core/data/dataset.h"
 #include "core/formats/output_file.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "core/hf/model_loader.h"
 #include "core/util/progress.h"
 #include "hooks/activation_capture.h"
@@ -42,11 +43,9 @@ void add_cache_command(CLI::App& app) {
   cmd->add_option("--model-dtype", a->model_dtype, "dtype the model runs in: f32, bf16 or f16")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  cmd->add_option("--batch-size", a->batch_size, "Dataset examples per forward")
-      ->capture_default_str();
-  cmd->add_option("--chunk-rows", a->chunk_rows,
-                  "Rows per HDF5 chunk: the unit of commit (crash safety) and of shuffled reads")
-      ->capture_default_str();
+  add_count_option(cmd, "--batch-size", a->batch_size, "Dataset examples per forward");
+  add_count_option(cmd, "--chunk-rows", a->chunk_rows,
+                   "Rows per HDF5 chunk: the unit of commit (crash safety) and of shuffled reads");
   cmd->add_option("--compress", a->compress,
                   "gzip level 1-9 for the finished store (0 = none; applied once every row is "
                   "written)")
@@ -58,6 +57,7 @@ void add_cache_command(CLI::App& app) {
   cmd->add_flag("--overwrite", a->overwrite, "Replace the store at --out");
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
   add_process_flags(cmd, a->process);
+  add_threads_option(cmd);
   cmd->callback([a] {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
     // Before anything is read or written: --overwrite on an input would
@@ -70,6 +70,24 @@ void add_cache_command(CLI::App& app) {
         core::load_model(a->model, {parse_dtype(a->model_dtype), a->process.options()});
     base.to(device);
     hooks::HookedTransformer model(std::move(base));
+    {
+      // The writer stages one chunk of every hook in memory: refuse a
+      // --chunk-rows that cannot fit before anything is allocated.
+      const std::vector<std::string> names = hooks::resolve_store_hooks(model, a->hooks);
+      int64_t width = 0;
+      for (const std::string& h : names) {
+        int64_t w = 1;
+        const auto dims = model.hooks().hook_dims(h);
+        for (size_t k = 2; k < dims.size(); ++k) w *= core::dim_size(model.cfg(), dims[k], 1, 1);
+        width += w;
+      }
+      const double bytes = static_cast<double>(a->chunk_rows) * static_cast<double>(width) *
+                           static_cast<double>(at::elementSize(parse_dtype(a->dtype)));
+      require_memory(bytes > 9e18 ? INT64_MAX : static_cast<int64_t>(bytes),
+                     str_cat("--chunk-rows ", a->chunk_rows),
+                     str_cat("one chunk of ", names.size(), " hooks (", width, " values per row)"),
+                     "use a smaller --chunk-rows (the default is 1024)");
+    }
     hooks::CacheOptions opt;
     opt.hooks(a->hooks)
         .dtype(parse_dtype(a->dtype))
@@ -81,7 +99,13 @@ void add_cache_command(CLI::App& app) {
         .model_id(a->model)
         .dataset_path(a->dataset)
         .progress(!a->no_progress);
-    const hooks::CacheResult r = hooks::cache_activations(model, ds, a->out, opt);
+    handle_interrupts(/*polled=*/true);
+    hooks::CacheResult r;
+    try {
+      r = hooks::cache_activations(model, ds, a->out, opt);
+    } catch (const Interrupted& e) {
+      throw Interrupted(str_cat(e.what(), "; resume with the same command and --resume"));
+    }
     std::cout << "store " << a->out << ": " << r.hooks.size() << " hooks, " << r.rows_total
               << " rows";
     if (r.rows_written > 0) {

@@ -92,13 +92,14 @@ void add_make(CLI::App& parent) {
   cmd->add_flag("--overwrite", a->overwrite,
                 "Replace a dataset already at --out (never a file of another kind)");
   CLI::Option* n_opt =
-      cmd->add_option("--n", a->n, "Number of examples (tasks with an `n` option)");
-  CLI::Option* seed_opt =
-      cmd->add_option("--seed", a->seed, "Generator seed: the same seed gives the same file");
+      add_count_option(cmd, "--n", a->n, "Number of examples (tasks with an `n` option)");
+  CLI::Option* seed_opt = add_count_option(
+      cmd, "--seed", a->seed, "Generator seed (>= 0): the same seed gives the same file", 0);
   cmd->add_option("--set", a->sets,
                   "A task option as key=value (repeatable): integers, floats, true/false, JSON "
                   "objects/arrays; @FILE reads a file's text (e.g. tokenizer=@vocab.json)");
   cmd->footer(tasks_help());
+  add_threads_option(cmd);
   cmd->callback([a, n_opt, seed_opt] {
     const auto& info = core::tasks::task_info(a->task);
     core::require_replaceable(a->out, "dataset", a->overwrite);
@@ -125,6 +126,27 @@ void add_make(CLI::App& parent) {
       if (at != std::string::npos) {
         core::require_not_same_file(a->out, "--out", kv.substr(at + 2), "the --set file");
       }
+    }
+    // The size first: a few examples show the bytes per example, and a
+    // count that cannot fit in memory is refused before anything is allocated.
+    if (options.contains("n") && options["n"].is_number_integer() && options["n"].get<int64_t>() > 16) {
+      nlohmann::json sample = options;
+      sample["n"] = 16;
+      const core::Dataset probe = core::tasks::make_task(info.name, sample);
+      int64_t bytes = 0;
+      for (const at::Tensor* t : {&probe.tokens, &probe.attention_mask, &probe.clean_tokens,
+                                  &probe.corrupted_tokens, &probe.answer_tokens,
+                                  &probe.wrong_tokens, &probe.answer_pos, &probe.labels}) {
+        if (t->defined()) bytes += static_cast<int64_t>(t->nbytes());
+      }
+      const int64_t n = options["n"].get<int64_t>();
+      // The generator's vectors and the tensors made from them: twice the data.
+      const double total = 2.0 * static_cast<double>(bytes) / 16.0 * static_cast<double>(n);
+      const std::string flag = n_opt->count() ? "--n" : "--set n=";
+      require_memory(total > 9e18 ? INT64_MAX : static_cast<int64_t>(total),
+                     str_cat(flag, n_opt->count() ? " " : "", n),
+                     str_cat(n, " examples (", bytes / 16, " bytes each)"),
+                     str_cat("use a smaller ", flag == "--n" ? "--n" : "n"));
     }
     const core::Dataset ds = core::tasks::make_task(info.name, options);
     core::save_dataset(a->out, ds);

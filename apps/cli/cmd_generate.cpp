@@ -66,7 +66,8 @@ void add_generate_command(CLI::App& app) {
                   "in (0, 1], 1 = all")
       ->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seed of the sampling draws: the same seed, the same text")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative());
   cmd->add_option("--stop", a->stops,
                   "Stop a prompt's continuation after this token: an id or one token's text "
                   "(e.g. '.'); repeatable");
@@ -83,6 +84,7 @@ void add_generate_command(CLI::App& app) {
                 "Print one JSON object per prompt: {\"prompt_ids\", \"new_ids\", \"stopped\"} "
                 "and, with a tokenizer, \"prompt\" and \"text\" (the decoded new ids)");
   add_process_flags(cmd, a->process);
+  add_threads_option(cmd);
 
   cmd->callback([a] {
     const auto tok = core::tokenizer::find_model_tokenizer(a->model, a->tokenizer);

@@ -33,7 +33,7 @@ void add_heads_command(CLI::App& app) {
                   "random tokens (the induction task) over the model's vocabulary");
   cmd->add_option("--examples", a->examples, "How many prompts (the mean score is reported)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--type", a->types, "Head types: previous_token, duplicate_token, induction")
       ->capture_default_str();
   cmd->add_option("--error-measure", a->measure,
@@ -43,9 +43,12 @@ void add_heads_command(CLI::App& app) {
       ->check(CLI::IsMember({"mul", "abs"}));
   cmd->add_flag("--exclude-bos", a->exclude_bos, "Ignore attention to position 0");
   cmd->add_flag("--exclude-current-token", a->exclude_current, "Ignore attention to the query's own position");
-  cmd->add_option("--seed", a->seed, "Seed of the default random prompts")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "Seed of the default random prompts")
+      ->capture_default_str()
+      ->check(non_negative());
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   add_process_flags(cmd, a->process);
+  add_threads_option(cmd);
   cmd->callback([a] {
     at::InferenceMode inference;
     core::Transformer base = core::load_model(a->model, {std::nullopt, a->process.options()});

@@ -3,6 +3,7 @@
 #include "apps/cli/prompt_input.h"
 #include "core/data/tokenizer/tokenizer_json.h"
 #include "core/hf/model_loader.h"
+#include "core/util/error.h"
 #include "core/model/transformer.h"
 #include "kernels/device_info.h"
 
@@ -26,9 +27,13 @@ void add_info_command(CLI::App& app) {
     load.process = process->options();
     core::Transformer model = core::load_model(*model_path, load);
     const auto tok = core::tokenizer::find_model_tokenizer(*model_path, "");
-    const std::string tokenizer = tok ? tok->describe()
-                                      : "none (no tokenizer.json or vocab.json + merges.txt "
-                                        "beside the model)";
+    std::string tokenizer = "none (no tokenizer.json or vocab.json + merges.txt beside the "
+                            "model, no vocabulary in the checkpoint)";
+    if (const auto* bpe = dynamic_cast<const core::tokenizer::BpeTokenizer*>(tok.get())) {
+      tokenizer = bpe->describe();
+    } else if (tok) {
+      tokenizer = str_cat("word vocabulary of ", tok->vocab_size(), " words (stored in the checkpoint)");
+    }
     const auto& cfg = model.config();
     std::cout << "model:      " << *model_path << "\n"
               << "source:     " << core::describe_model_source(*model_path) << "\n"

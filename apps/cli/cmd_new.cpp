@@ -28,7 +28,9 @@ void add_new_command(CLI::App& app) {
   cmd->add_option("--preset", args->preset, "Model shape: " + presets)->capture_default_str();
   cmd->add_option("--config", args->config,
                   "A ModelConfig JSON file instead of a preset (see docs/ARCHITECTURE.md)");
-  cmd->add_option("--seed", args->seed, "Initialisation seed")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "Initialisation seed")
+      ->capture_default_str()
+      ->check(non_negative());
   cmd->add_flag("--overwrite", args->overwrite, "Replace a checkpoint already at OUT");
   cmd->callback([args] {
     core::require_replaceable(args->out, "checkpoint", args->overwrite);

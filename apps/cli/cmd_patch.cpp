@@ -201,8 +201,11 @@ void add_patch_command(CLI::App& app) {
                 "Replace the results (patching.h5, heatmaps, JSON) already in --out");
   cmd->add_flag("--progress", a->progress, "Show a progress bar (rate and ETA) on stderr");
   add_process_flags(cmd, a->process);
+  add_threads_option(cmd);
 
   cmd->callback([a] {
+    handle_interrupts(false, "mechlab: interrupted; patch writes its results whole at the end, "
+                             "so no output file was written or changed; run it again\n");
     const auto t0 = std::chrono::steady_clock::now();
     const at::Device device = parse_device(a->device);
     core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});

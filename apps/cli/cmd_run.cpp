@@ -45,6 +45,7 @@ void add_run_command(CLI::App& app) {
                   "Cache the hook points matching this glob (e.g. '*' or 'blocks.*.hook_resid_post') "
                   "and print a summary");
   add_process_flags(cmd, a->process);
+  add_threads_option(cmd);
   cmd->callback([a] {
     const at::Device device = parse_device(a->device);
     core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});

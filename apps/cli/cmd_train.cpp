@@ -3,6 +3,7 @@
 #include "apps/cli/commands.h"
 #include "core/formats/output_file.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "core/train/trainer.h"
 
 #include <ATen/Parallel.h>
@@ -50,7 +51,6 @@ void add_train_command(CLI::App& app) {
     std::string config, out, device = "cpu";
     std::vector<std::string> settings;
     int64_t max_steps = -1;
-    int threads = 0;
     bool resume = false, overwrite = false, no_progress = false;
   };
   auto a = std::make_shared<Args>();
@@ -61,8 +61,7 @@ void add_train_command(CLI::App& app) {
                   "Override a config key: KEY=VALUE, nested keys with dots "
                   "(e.g. --set steps=500 --set model.d_model=128 --set data.options.n=2000)");
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "CPU threads (0 = LibTorch's default: all cores)")
-      ->capture_default_str();
+  add_threads_option(cmd);
   cmd->add_option("--max-steps", a->max_steps,
                   "Stop after this many steps of this session (the run stays resumable; "
                   "-1 = train to the config's steps)")
@@ -74,7 +73,6 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
   cmd->callback([a] {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
-    if (a->threads > 0) at::set_num_threads(a->threads);
     core::train::TrainConfig cfg;
     if (a->settings.empty()) {
       cfg = core::train::TrainConfig::load(a->config);
@@ -83,6 +81,8 @@ void add_train_command(CLI::App& app) {
       for (const std::string& s : a->settings) apply_setting(j, s);
       cfg = core::train::TrainConfig::from_json(j);
     }
+    // The seed is an unsigned draw: refuse a negative one, as every --seed does.
+    MECHLAB_CHECK(cfg.seed >= 0, "the config's \"seed\" must be >= 0, got ", cfg.seed);
     // The run folder's files must not be what the run reads: a dataset given
     // as data.path, or the config itself. (config.json is left out: resuming
     // from a run's own config.json is how a run is continued.)
@@ -106,13 +106,19 @@ void add_train_command(CLI::App& app) {
       core::require_replaceable((std::filesystem::path(a->out) / "model.h5").string(), "checkpoint",
                                 a->overwrite);
     }
+    handle_interrupts(/*polled=*/true);
     core::train::Trainer trainer(cfg, core::train::TrainerOptions()
                                           .out_dir(a->out)
                                           .device(parse_device(a->device))
                                           .resume(a->resume)
                                           .overwrite(a->overwrite)
                                           .progress(!a->no_progress));
-    const core::train::TrainResult r = trainer.run(a->max_steps);
+    core::train::TrainResult r;
+    try {
+      r = trainer.run(a->max_steps);
+    } catch (const Interrupted& e) {
+      throw Interrupted(str_cat(e.what(), "; resume with the same command and --resume"));
+    }
     // A finished run resumed again takes no step; it reports the evaluation
     // its checkpoint kept.
     const char* note = r.already_complete ? " (already complete, nothing to resume)"

@@ -23,11 +23,53 @@ void add_patch_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_heads_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
+void add_attach_tokenizer_command(CLI::App& app);
 
 // Shared option parsing.
 at::Device parse_device(const std::string& text);     // "cpu", "cuda", "cuda:1", "auto"
 at::ScalarType parse_dtype(const std::string& text);  // "f32", "bf16", "f16"
 std::string human_bytes(int64_t bytes);
+
+/// --threads N, the same on every compute command: CPU threads for LibTorch,
+/// 1 to max_threads() (0, the default, keeps LibTorch's default: all cores).
+/// Applied as soon as it is parsed; a count out of range is an error (a
+/// huge pool would hang the machine creating threads).
+void add_threads_option(CLI::App* cmd);
+int max_threads();  // 4 x the hardware threads
+
+/// Ctrl-C for the command that follows (core/util/interrupt.h). Long jobs
+/// that stop at a consistent point (cache, train) pass polled = true; a job
+/// that writes its outputs whole at the end passes false and the line to
+/// print, and SIGINT ends it at once with exit code 130.
+void handle_interrupts(bool polled, const char* unpolled_note = nullptr);
+
+/// A number option's check: > 0 (or >= 0), with a message that says so
+/// (CLI11's PositiveNumber prints its 300-digit bound).
+CLI::Validator positive();
+CLI::Validator non_negative();
+
+/// An integer count option that also takes "1e6" (a whole number in
+/// scientific notation), refusing anything below `min` with "must be > 0"
+/// (min 1) or "must be >= 0" (min 0).
+CLI::Option* add_count_option(CLI::App* cmd, const std::string& name, int64_t& target,
+                              const std::string& description, int64_t min = 1);
+
+/// The machine's physical memory in bytes (0 when unknown).
+int64_t physical_memory_bytes();
+/// Refuses a job whose estimated memory (`bytes`) exceeds what this machine
+/// has: "OPTION VALUE needs about X GB of memory for WHAT; this machine has
+/// Y GB; HINT". Checked before allocating, so no bad_alloc ever reaches the user.
+void require_memory(int64_t bytes, const std::string& option_and_value, const std::string& what,
+                    const std::string& hint);
+
+/// Text for a terminal: control bytes and bytes that are not UTF-8 become
+/// \xNN, so a file name or token with binary bytes cannot garble the line.
+std::string printable(const std::string& text);
+
+/// "unknown command 'infoo'; did you mean 'info'?" for a word in argv that
+/// names no subcommand where one is expected (also under `dataset`,
+/// `store`, `bench`); empty when argv names its commands right.
+std::string unknown_command_message(const CLI::App& app, int argc, char** argv);
 
 /// --fold-ln, --center-writing-weights, --center-unembed, --fold-value-biases
 /// and --process (all four, skipping what the model cannot take, as

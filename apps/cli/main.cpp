@@ -2,11 +2,13 @@
 // c10::Error) at the top so users see one clear line, never a backtrace.
 #include "apps/cli/commands.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 
 #include <c10/util/Exception.h>
 #include "core/log/log.h"
 
 #include <iostream>
+#include <new>
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -32,19 +34,37 @@ int main(int argc, char** argv) {
   mechlab::cli::add_train_command(app);
   mechlab::cli::add_heads_command(app);
   mechlab::cli::add_generate_command(app);
+  mechlab::cli::add_attach_tokenizer_command(app);
+  // Every failure is one line on stderr, escaped (a file name or token with
+  // control bytes cannot garble the terminal).
+  auto fail = [](const std::string& message, int code = 1) {
+    std::cerr << "mechlab: " << mechlab::cli::printable(message) << "\n";
+    return code;
+  };
+  const std::string unknown = mechlab::cli::unknown_command_message(app, argc, argv);
+  if (!unknown.empty()) return fail("error: " + unknown, 2);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    return fail(std::string("error: ") + e.what() + " (see --help)", e.get_exit_code());
+  } catch (const mechlab::Interrupted& e) {
+    // Ctrl-C in a long job: what was kept and how to continue; 128 + SIGINT.
+    return fail(e.what(), 130);
   } catch (const mechlab::Error& e) {
-    std::cerr << "mechlab: error: " << e.what() << "\n";
-    return 1;
+    return fail(std::string("error: ") + e.what());
+  } catch (const c10::OutOfMemoryError& e) {
+    return fail(std::string("error: out of memory: ") + e.what_without_backtrace() +
+                "; use a smaller batch or model, or another device");
   } catch (const c10::Error& e) {
-    std::cerr << "mechlab: error from LibTorch: " << e.what_without_backtrace() << "\n";
-    return 1;
+    // LibTorch's text can be several lines; the first is the message.
+    std::string text = e.what_without_backtrace();
+    text = text.substr(0, text.find('\n'));
+    return fail("error from LibTorch: " + text);
+  } catch (const std::bad_alloc&) {
+    return fail("error: out of memory; use smaller sizes (fewer examples, rows or a smaller batch)");
   } catch (const std::exception& e) {
-    std::cerr << "mechlab: error: " << e.what() << "\n";
-    return 1;
+    return fail(std::string("error: ") + e.what());
   }
   return 0;
 }

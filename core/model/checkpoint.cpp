@@ -87,6 +87,10 @@ Checkpoint load_checkpoint(const std::string& path) {
     throw Error(str_cat("'", path, "' has an invalid config: ", e.what()));
   }
 
+  if (file.has_attr("", kCheckpointTokenizerAttr)) {
+    ckpt.tokenizer = file.read_attr_string("", kCheckpointTokenizerAttr);
+  }
+
   MECHLAB_CHECK(file.is_group(kParamsGroup), "'", path, "' is not a valid checkpoint: it has no '/",
                 kParamsGroup, "' group");
   for (const std::string& name : file.list(kParamsGroup)) {

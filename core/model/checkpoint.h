@@ -7,6 +7,10 @@
 //                              names; a file without it is not a mechlab file)
 //     mechlab_version int64    1; readers refuse versions newer than theirs
 //     config          string   ModelConfig as JSON (ModelConfig::to_json_string)
+//     tokenizer       string   optional: JSON of the tokenizer the ids belong to, as a
+//                              dataset records it (core/data/dataset.h; a toy task's word
+//                              vocabulary: {"kind": "word", "vocab": [...]}). Loaders
+//                              attach it (core::tokenizer::find_model_tokenizer).
 //   /params                    group, one dataset per parameter:
 //     <name>                   the parameter's full dotted name, e.g.
 //                              "blocks.0.attn.W_Q", "embed.W_E" (a name is one
@@ -43,11 +47,15 @@ class H5File;
 /// The format name and newest version this mechlab reads and writes.
 inline constexpr const char* kCheckpointFormat = "checkpoint";
 inline constexpr int64_t kCheckpointVersion = 1;
+/// The optional root attribute holding the tokenizer's JSON.
+inline constexpr const char* kCheckpointTokenizerAttr = "tokenizer";
 
 struct Checkpoint {
   ModelConfig config;
   /// Sorted by name (the file's order); CPU tensors in their stored dtype.
   std::vector<std::pair<std::string, at::Tensor>> params;
+  /// The stored tokenizer JSON; "" when the checkpoint has none.
+  std::string tokenizer;
 };
 
 /// Writes a checkpoint (replacing any file at `path`). Refuses an invalid

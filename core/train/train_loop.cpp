@@ -4,6 +4,7 @@
 #include "core/formats/text_file.h"
 #include "core/log/log.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "core/util/progress.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -200,8 +201,15 @@ LoopResult TrainLoop::run(int64_t max_steps) {
   if (options_.progress_ && !result.already_complete) {
     bar.emplace("train " + options_.name_, options_.steps_, "steps", step_);
   }
+  bool interrupted = false;
   while (!result.already_complete && step_ < options_.steps_ &&
          (max_steps < 0 || step_ - start < max_steps)) {
+    // Between steps the state is whole: the checkpoint below resumes to the
+    // same result as an uninterrupted run (as a max_steps stop does).
+    if (interrupt_requested()) {
+      interrupted = true;
+      break;
+    }
     step();
     if (bar) bar->advance(1);
     if (step_ % options_.eval_every_ == 0 || step_ == options_.steps_) {
@@ -216,6 +224,16 @@ LoopResult TrainLoop::run(int64_t max_steps) {
     }
   }
   if (bar) bar->finish();
+  if (interrupted) {
+    std::string kept = "nothing was saved (no output folder)";
+    if (!options_.out_dir_.empty()) {
+      save_checkpoint(checkpoint_path());
+      write_log();
+      kept = str_cat("the checkpoint of step ", step_, " ('", checkpoint_path(),
+                     "') is saved and can be resumed");
+    }
+    throw Interrupted(str_cat("interrupted at step ", step_, " of ", options_.steps_, "; ", kept));
+  }
   const bool finished = step_ >= options_.steps_ || result.stopped_early;
   if (finished && (log_.empty() || log_.rows().back().step != step_)) {
     evaluate_and_log();

@@ -1,6 +1,8 @@
 #include "core/train/trainer.h"
 
+#include "core/formats/hdf5_file.h"
 #include "core/formats/text_file.h"
+#include "core/model/checkpoint.h"
 
 #include <filesystem>
 
@@ -41,7 +43,14 @@ Trainer::Trainer(TrainConfig config, TrainerOptions options)
 TrainResult Trainer::run(int64_t max_steps) {
   const LoopResult r = loop_->run(max_steps);
   if (!options_.out_dir_.empty()) {
-    trainable_.model().save((std::filesystem::path(options_.out_dir_) / "model.h5").string());
+    // model.h5 carries the dataset's tokenizer (a task's word vocabulary), so
+    // that `mechlab run model.h5 --prompt TEXT` speaks words.
+    const Transformer& model = trainable_.model();
+    const std::string& tokenizer = trainable_.data().dataset.tokenizer;
+    core::save_checkpoint((std::filesystem::path(options_.out_dir_) / "model.h5").string(), model.config(),
+                    model.named_parameters(), [&tokenizer](H5File& file) {
+                      if (!tokenizer.empty()) file.write_attr("", kCheckpointTokenizerAttr, tokenizer);
+                    });
   }
   TrainResult result;
   result.steps = r.steps;

@@ -64,15 +64,16 @@ TEST(DatasetCliTest, MakeIoiThenInspect) {
   EXPECT_THAT(out, Not(HasSubstr("<pad>")));
 }
 
-TEST(DatasetCliTest, MakeRawIdTaskAndInspect) {
+TEST(DatasetCliTest, MakeModularAdditionAndInspectItsNumberWords) {
   const std::string path = temp_path("mod.h5");
   const Result made = run("dataset make modular_addition --out " + path + " --set p=7");
   ASSERT_EQ(made.rc, 0) << made.output;
   const Result shown = run("dataset inspect " + path);
   ASSERT_EQ(shown.rc, 0) << shown.output;
-  EXPECT_THAT(shown.output, HasSubstr("tokenizer:  none (raw ids)"));
+  // The generator records its vocabulary: residues as their numbers, id p as "=".
+  EXPECT_THAT(shown.output, HasSubstr("tokenizer:  word (8 words)"));
   EXPECT_THAT(shown.output, HasSubstr("examples:   49 (3 positions each)"));
-  EXPECT_THAT(shown.output, HasSubstr("answer_pos: 2 (7)"));
+  EXPECT_THAT(shown.output, HasSubstr("answer_pos: 2 (=)"));
 }
 
 TEST(DatasetCliTest, ErrorsAreOneClearLine) {

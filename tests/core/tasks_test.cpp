@@ -76,7 +76,9 @@ TEST(TaskTest, InductionSecondHalfRepeatsTheFirst) {
       make_induction(InductionOptions{}.with_n(300).with_half_len(7).with_d_vocab(9));
   ASSERT_NO_THROW(ds.validate());
   EXPECT_EQ(ds.task, "induction");
-  EXPECT_EQ(ds.tokenizer, "");
+  // The recorded vocabulary spells id 0 as "<bos>" and every other id as its number.
+  const WordTokenizer words = WordTokenizer::from_json_string(ds.tokenizer);
+  EXPECT_EQ(words.vocab(), (std::vector<std::string>{"<bos>", "1", "2", "3", "4", "5", "6", "7", "8"}));
   EXPECT_EQ(ds.d_vocab, 9);
   ASSERT_EQ(ds.tokens.sizes(), (c10::IntArrayRef{300, 15}));
   ASSERT_EQ(ds.labels.sizes(), (c10::IntArrayRef{300, 15}));
@@ -343,6 +345,11 @@ TEST(TaskTest, ModularAdditionCoversEveryPairOnce) {
   }
   EXPECT_EQ(pairs.size(), static_cast<size_t>(p * p));
   for (int64_t k = 1; k < p; ++k) EXPECT_GT(wrong_offsets[k], 0) << "offset " << k;
+  // The recorded vocabulary reads a row as "a b =".
+  const WordTokenizer words = WordTokenizer::from_json_string(ds.tokenizer);
+  EXPECT_EQ(words.size(), p + 1);
+  EXPECT_EQ(words.decode(std::vector<int64_t>{tok[0][0], tok[0][1], tok[0][2]}),
+            std::to_string(tok[0][0]) + " " + std::to_string(tok[0][1]) + " =");
   // The rows are shuffled, not in (a, b) order.
   EXPECT_FALSE(tok[0][0] == 0 && tok[1][0] == 0 && tok[1][1] == 1);
   EXPECT_EQ(make_modular_addition(ModularAdditionOptions{}).size(), 113 * 113);

@@ -32,5 +32,16 @@ TEST(WordTokenizerAdapterTest, BehavesAsTheWordTokenizer) {
               HasSubstr("a word vocabulary has none"));
 }
 
+TEST(WordTokenizerAdapterTest, SplitsTrailingPunctuationThatIsAWord) {
+  const WordTokenizer words({"<pad>", "the", "store", ",", ".", "John"});
+  const WordTokenizerAdapter tok(words);
+  // "store," is no word; "store" and "," are.
+  EXPECT_EQ(tok.encode("the store, John."), (std::vector<int64_t>{1, 2, 3, 5, 4}));
+  EXPECT_EQ(tok.encode("the store , John ."), (std::vector<int64_t>{1, 2, 3, 5, 4}));
+  // Punctuation outside the vocabulary is not split off: the word is refused by name.
+  EXPECT_THAT(mechlab::testing::error_of([&] { tok.encode("the store;"); }),
+              ::testing::HasSubstr("store;"));
+}
+
 }  // namespace
 }  // namespace mechlab::core::tokenizer

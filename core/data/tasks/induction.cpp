@@ -2,6 +2,9 @@
 
 #include "core/util/rng.h"
 #include "core/data/tasks/task_options.h"
+#include "core/data/tokenizer/word_tokenizer.h"
+
+#include <string>
 
 #include <vector>
 
@@ -39,7 +42,16 @@ Dataset make_induction(const InductionOptions& o) {
     }
   }
 
-  Dataset ds = generated_dataset(task, o, o.d_vocab);
+  // A word vocabulary that spells each id as its number ("<bos>" for 0), so
+  // a model trained here reads and prints text ("<bos> 7 3 9 7 3"); left out
+  // for vocabularies too large to list.
+  std::string tokenizer;
+  if (o.d_vocab <= kInductionMaxWordVocab) {
+    std::vector<std::string> words{"<bos>"};
+    for (int64_t id = 1; id < o.d_vocab; ++id) words.push_back(std::to_string(id));
+    tokenizer = WordTokenizer(std::move(words)).to_json_string();
+  }
+  Dataset ds = generated_dataset(task, o, o.d_vocab, std::move(tokenizer));
   ds.tokens = at::tensor(tokens).view({o.n, T});
   ds.labels = at::tensor(labels).view({o.n, T});
   return ds;

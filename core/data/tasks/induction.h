@@ -2,7 +2,8 @@
 // (Olsson et al. 2022, "In-context learning and induction heads";
 // TransformerLens's `generate_repeated_tokens`).
 //
-// Format (raw ids, tokenizer ""):
+// Format (tokenizer: a word vocabulary spelling id 0 as "<bos>" and every
+// other id as its number, when d_vocab <= kInductionMaxWordVocab; else ""):
 //   tokens  int32 [N, 1 + 2L]  BOS (id 0), L ids uniform in [1, d_vocab),
 //                              then the same L ids again
 //   labels  int64 [N, T]       1 at the positions of the repeated half
@@ -28,6 +29,9 @@
 #include <cstdint>
 
 namespace mechlab::core::tasks {
+
+/// The largest d_vocab whose word vocabulary the dataset records.
+inline constexpr int64_t kInductionMaxWordVocab = 1 << 16;
 
 struct InductionOptions {
   int64_t n = 1000;       ///< number of sequences N

@@ -2,6 +2,9 @@
 
 #include "core/util/rng.h"
 #include "core/data/tasks/task_options.h"
+#include "core/data/tokenizer/word_tokenizer.h"
+
+#include <string>
 
 #include <numeric>
 #include <vector>
@@ -34,7 +37,11 @@ Dataset make_modular_addition(const ModularAdditionOptions& o) {
     wrong[i] = static_cast<int32_t>((sum + 1 + static_cast<int64_t>(rng.below(p - 1))) % p);
   }
 
-  Dataset ds = generated_dataset(task, o, p + 1);
+  // The word vocabulary: each residue spelt as its number, and "=" (id p).
+  std::vector<std::string> words;
+  for (int64_t k = 0; k < p; ++k) words.push_back(std::to_string(k));
+  words.push_back("=");
+  Dataset ds = generated_dataset(task, o, p + 1, WordTokenizer(std::move(words)).to_json_string());
   ds.tokens = at::tensor(tokens).view({N, 3});
   ds.labels = at::tensor(labels);
   ds.answer_tokens = at::tensor(answer).view({N, 1});

@@ -2,7 +2,8 @@
 // et al. 2023, "Progress measures for grokking via mechanistic
 // interpretability", whose p = 113 and "a b =" format this follows).
 //
-// Format (raw ids, tokenizer ""; ids 0..p-1 are the numbers, id p is "="):
+// Format (tokenizer: the word vocabulary "0" .. "p-1", "="; ids 0..p-1 are
+// the numbers, id p is "="):
 //   tokens         int32 [p*p, 3]  [a, b, =]: every pair (a, b) in [0, p)^2
 //                                  exactly once, in an order shuffled by seed
 //   labels         int64 [p*p]     (a + b) mod p

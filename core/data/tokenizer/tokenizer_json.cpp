@@ -1,5 +1,8 @@
 #include "core/data/tokenizer/tokenizer_json.h"
 
+#include "core/data/tokenizer/word_tokenizer.h"
+#include "core/data/tokenizer/word_tokenizer_adapter.h"
+#include "core/formats/hdf5_file.h"
 #include "core/util/error.h"
 
 #include <nlohmann/json.hpp>
@@ -415,11 +418,50 @@ std::unique_ptr<BpeTokenizer> load_tokenizer(const std::string& path) {
                                      config, path);
 }
 
-std::unique_ptr<BpeTokenizer> find_model_tokenizer(const std::string& model_path,
-                                                   const std::string& tokenizer_path) {
+namespace {
+
+// The word vocabulary stored in a mechlab checkpoint's `tokenizer` attribute
+// (the name is core/model/checkpoint.h's kCheckpointTokenizerAttr; this
+// library sits below the model's); null for any other file.
+std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& path) {
+  char magic[8] = {};
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in.read(magic, sizeof magic)) return nullptr;
+  }
+  if (std::string(magic, sizeof magic) != std::string("\x89HDF\r\n\x1a\n", 8)) return nullptr;
+  const H5File file = H5File::open_read(path);
+  if (!file.has_attr("", "mechlab_format") ||
+      file.read_attr_string("", "mechlab_format") != "checkpoint" ||
+      !file.has_attr("", "tokenizer")) {
+    return nullptr;
+  }
+  const std::string text = file.read_attr_string("", "tokenizer");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(str_cat("'", path, "': the stored tokenizer is not JSON (", e.what(),
+                        "); rewrite the checkpoint's tokenizer attribute"));
+  }
+  MECHLAB_CHECK(j.is_object() && j.value("kind", "") == kWordTokenizerKind, "'", path,
+                "': the stored tokenizer is not a word vocabulary ({\"kind\": \"word\", ...}); "
+                "give the model's tokenizer with the tokenizer option");
+  try {
+    return std::make_unique<WordTokenizerAdapter>(WordTokenizer::from_json(j));
+  } catch (const Error& e) {
+    throw Error(str_cat("'", path, "': the stored word vocabulary is invalid: ", e.what()));
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> find_model_tokenizer(const std::string& model_path,
+                                                const std::string& tokenizer_path) {
   if (!tokenizer_path.empty()) return load_tokenizer(tokenizer_path);
   const std::filesystem::path dir(model_path);
   std::error_code ec;
+  if (std::filesystem::is_regular_file(dir, ec)) return checkpoint_tokenizer(model_path);
   if (!std::filesystem::is_directory(dir, ec)) return nullptr;
   const bool has_files = std::filesystem::exists(dir / "tokenizer.json", ec) ||
                          (std::filesystem::exists(dir / "vocab.json", ec) &&

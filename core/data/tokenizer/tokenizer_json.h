@@ -42,9 +42,10 @@ namespace mechlab::core::tokenizer {
 std::unique_ptr<BpeTokenizer> load_tokenizer(const std::string& path);
 
 /// The tokenizer that comes with a model: `tokenizer_path` when given, else
-/// the model folder's tokenizer.json or vocab.json + merges.txt; null when
-/// there is none (a mechlab checkpoint, a folder without tokenizer files).
-std::unique_ptr<BpeTokenizer> find_model_tokenizer(const std::string& model_path,
+/// the model folder's tokenizer.json or vocab.json + merges.txt, or the word
+/// vocabulary a mechlab checkpoint stores (its `tokenizer` attribute,
+/// core/model/checkpoint.h); null when there is none.
+std::unique_ptr<Tokenizer> find_model_tokenizer(const std::string& model_path,
                                                    const std::string& tokenizer_path = "");
 
 /// A tokenizer from the text of a tokenizer.json; `config_json` is the text of

@@ -30,7 +30,9 @@ class WordTokenizerAdapter final : public Tokenizer {
   std::string kind() const override { return "word"; }
 
  protected:
-  /// Words split on whitespace; unknown words are refused by name (WordTokenizer::encode).
+  /// Words split on whitespace; a word outside the vocabulary sheds trailing
+  /// punctuation that is a word of its own ("store," -> "store" ","); words
+  /// still unknown are refused by name (WordTokenizer::encode).
   std::vector<int64_t> encode_ids(std::string_view text, const EncodeOptions& options) const override;
   /// Words joined by single spaces; a word vocabulary has no special tokens to skip.
   std::string decode_ids(const std::vector<int64_t>& ids, bool skip_special_tokens) const override;
