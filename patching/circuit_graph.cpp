@@ -127,6 +127,13 @@ std::string receiver_name(const ReceiverInput& r) {
 
 std::string edge_name(const Edge& e) { return node_name(e.sender) + " -> " + receiver_name(e.receiver); }
 
+std::string path_name(const PathSpec& p) {
+  std::string s, r;
+  for (const auto& n : p.senders) s += (s.empty() ? "" : "+") + node_name(n);
+  for (const auto& n : p.receivers) r += (r.empty() ? "" : "+") + receiver_name(n);
+  return s + " -> " + r;
+}
+
 CircuitGraph::CircuitGraph(core::ModelConfig cfg) : cfg_(std::move(cfg)) {
   const bool mlp = cfg_.has_mlp();
   senders_.push_back({Kind::input, -1, -1});
@@ -241,6 +248,27 @@ std::vector<ReceiverInput> CircuitGraph::parse_receivers(const std::string& text
   std::vector<ReceiverInput> out;
   for (const auto& part : split_on(text, '+')) out.push_back(parse_receiver(part));
   return out;
+}
+
+PathSpec CircuitGraph::parse_path(const std::string& text) const {
+  const size_t arrow = text.find("->");
+  MECHLAB_CHECK(arrow != std::string::npos && text.find("->", arrow + 2) == std::string::npos,
+                "path \"", strip(text), "\" must be \"SENDERS -> RECEIVERS\" with one \"->\", nodes "
+                "joined by '+', e.g. \"a0.h1+m0 -> a1.h2<q>+output\"");
+  const std::string lhs = strip(text.substr(0, arrow)), rhs = strip(text.substr(arrow + 2));
+  MECHLAB_CHECK(!lhs.empty(), "path \"", strip(text), "\" has no senders before \"->\"; give "
+                "input, a{L}.h{H} or m{L} nodes joined by '+', e.g. \"a0.h1+m0 -> a1.h2<q>\"");
+  MECHLAB_CHECK(!rhs.empty(), "path \"", strip(text), "\" has no receivers after \"->\"; give "
+                "a{L}.h{H}<q|k|v>, m{L} or output joined by '+', e.g. \"a0.h1 -> a1.h2<q>+output\"");
+  PathSpec p{parse_senders(lhs), parse_receivers(rhs)};
+  bool any = false;
+  for (const auto& s : p.senders) {
+    for (const auto& r : p.receivers) any = any || has_edge(s, r);
+  }
+  MECHLAB_CHECK(any, "path \"", path_name(p), "\": no sender writes the residual stream before a "
+                "receiver reads it, so there is no path (a receiver must be in a later layer than "
+                "its sender, or be the MLP of the sender head's layer)");
+  return p;
 }
 
 std::string CircuitGraph::sender_hook(const CircuitNode& s) const {

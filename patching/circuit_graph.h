@@ -33,6 +33,7 @@
 // Example:
 //   CircuitGraph g(model.cfg());
 //   Edge e = g.parse_edge("a0.h3 -> a1.h2<q>");   // throws on unknown nodes or no such edge
+//   PathSpec p = g.parse_path("a0.h1+m0 -> a1.h2<q>+output");
 //   g.edge_name(e);                                // "a0.h3 -> a1.h2<q>"
 #pragma once
 
@@ -70,6 +71,14 @@ struct Edge {
   ReceiverInput receiver;
 };
 
+/// A path-patching spec: a set of senders to a set of receiver inputs,
+/// written "SENDERS -> RECEIVERS" with '+' between nodes, e.g.
+/// "a0.h1+m0 -> a1.h2<q>+output".
+struct PathSpec {
+  std::vector<CircuitNode> senders;
+  std::vector<ReceiverInput> receivers;
+};
+
 class CircuitGraph {
  public:
   explicit CircuitGraph(core::ModelConfig cfg);
@@ -97,6 +106,11 @@ class CircuitGraph {
   /// "a0.h1+m0" -> nodes; the separator is '+', spaces ignored.
   std::vector<CircuitNode> parse_senders(const std::string& text) const;
   std::vector<ReceiverInput> parse_receivers(const std::string& text) const;
+  /// "SENDERS -> RECEIVERS" (the one parser of path specs, used by the CLI and
+  /// PatchPlan). Errors: no "->" or more than one, an empty side, a node that
+  /// does not parse, and a spec in which no sender has an edge to any
+  /// receiver (then there is no path to patch).
+  PathSpec parse_path(const std::string& text) const;
 
   /// The hook whose activation (base vs source difference) is this sender's
   /// output: blocks.0.hook_resid_pre, blocks.L.attn.hook_z (head slice, times
@@ -119,5 +133,7 @@ std::string node_name(const CircuitNode& n);
 std::string receiver_name(const ReceiverInput& r);
 /// "a0.h3 -> a1.h2<q>".
 std::string edge_name(const Edge& e);
+/// "a0.h1+m0 -> a1.h2<q>+output" (parse_path's format, one space each side of "->").
+std::string path_name(const PathSpec& p);
 
 }  // namespace mechlab::patching

@@ -1,8 +1,18 @@
 // Heatmaps of sweep results as standalone SVG (no plotting library; opens in
-// any browser). One shared diverging colour scale centred on zero (blue <
-// 0 < red, white at 0, symmetric range ±max|value|) with a colour bar, so
-// the sign of an effect reads at a glance; every cell has a tooltip with
-// its indices and value.
+// any browser). One shared diverging colour scale centred on the UNPATCHED
+// run (white = no effect, red = towards clean / up, blue = down, symmetric
+// range) with a colour bar, so the sign of an effect reads at a glance; the
+// legend line says what the colour shows:
+//   exact patching with distinct clean and corrupted baselines (config
+//            clean_metric / corrupted_metric): the normalised metric
+//            (value - corrupted) / (clean - corrupted), 0 = corrupted,
+//            1 = clean, as the IOI literature plots it; white at the
+//            unpatched run (0 when denoising, 1 when noising)
+//   attribution / eap-ig (config method): the estimated change in the
+//            metric, white at 0
+//   otherwise: the metric after patching, white at the unpatched metric
+// Every cell has a tooltip with its indices and raw value (and the
+// normalised one). The picture is at least as wide as its title and legend.
 //
 // Layout from the result's axes:
 //   columns  the source position (src_pos) if present, else the position

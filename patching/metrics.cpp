@@ -1,6 +1,11 @@
 #include "patching/metrics.h"
 
 #include "core/util/error.h"
+#include "hooks/hooked_transformer.h"
+#include "patching/patching_data.h"
+#include "patching/sweeps.h"
+
+#include <cmath>
 
 #include <ATen/ATen.h>
 
@@ -154,8 +159,57 @@ Metric cross_entropy(const at::Tensor& tokens, const at::Tensor& attention_mask)
                 });
 }
 
+const std::vector<MetricInfo>& metric_catalog() {
+  static const std::vector<MetricInfo> catalog{
+      {"logit_diff", "mean over prompts of logit(answer) - logit(wrong) at the answer position"},
+      {"normalised_logit_diff", "logit_diff rescaled so 0 = corrupted baseline, 1 = clean baseline"},
+      {"answer_prob", "mean softmax probability of the answer tokens"},
+      {"kl_to_clean", "KL(clean || patched) at the answer position, mean over prompts"},
+      {"cross_entropy", "next-token loss of the patched run's own prompts"},
+  };
+  return catalog;
+}
+
 const char* metric_names() {
-  return "logit_diff, normalised_logit_diff, answer_prob, kl_to_clean, cross_entropy";
+  static const std::string names = [] {
+    std::string s;
+    for (const auto& m : metric_catalog()) s += (s.empty() ? "" : ", ") + std::string(m.name);
+    return s;
+  }();
+  return names.c_str();
+}
+
+Metric make_metric(const MetricOptions& options, hooks::HookedTransformer& model,
+                   const PatchingData& data, Direction direction) {
+  const std::string& name = options.name_;
+  bool known = false;
+  for (const auto& m : metric_catalog()) known = known || name == m.name;
+  MECHLAB_CHECK(known, "unknown metric \"", name, "\"; metrics: ", metric_names());
+  MECHLAB_CHECK(name == "normalised_logit_diff" ||
+                    (std::isnan(options.clean_baseline_) && std::isnan(options.corrupted_baseline_)),
+                "metric ", name, " has no baselines; the options clean_baseline and "
+                "corrupted_baseline belong to normalised_logit_diff");
+  const AnswerSpec a = data.answers();
+  if (name == "logit_diff") return logit_diff(a);
+  if (name == "answer_prob") return answer_prob(a);
+  if (name == "cross_entropy") {
+    // The loss of the patched run's own input.
+    return cross_entropy(direction == Direction::denoising ? data.corrupted_tokens : data.clean_tokens,
+                         data.attention_mask);
+  }
+  at::NoGradGuard no_grad;
+  hooks::RunOptions ro;
+  ro.attention_mask = data.attention_mask;
+  auto run = [&](const at::Tensor& tokens) { return model.forward(tokens, ro); };  // [batch, pos, d_vocab]
+  if (name == "kl_to_clean") return kl_to_clean(a, run(data.clean_tokens));
+  // normalised_logit_diff: measure each baseline that was not given.
+  const Metric ld = logit_diff(a);
+  const double clean = std::isnan(options.clean_baseline_) ? ld(run(data.clean_tokens)).item<double>()
+                                                           : options.clean_baseline_;
+  const double corrupted = std::isnan(options.corrupted_baseline_)
+                               ? ld(run(data.corrupted_tokens)).item<double>()
+                               : options.corrupted_baseline_;
+  return normalised_logit_diff(a, clean, corrupted);
 }
 
 }  // namespace mechlab::patching

@@ -27,12 +27,23 @@
 //   });
 #pragma once
 
+#include "core/util/options.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <limits>
 #include <string>
+#include <vector>
+
+namespace mechlab::hooks {
+class HookedTransformer;
+}
 
 namespace mechlab::patching {
+
+struct PatchingData;
+enum class Direction;  // patching/sweeps.h
 
 /// What the answer-based metrics compare, per prompt.
 struct AnswerSpec {
@@ -90,7 +101,32 @@ Metric kl_to_clean(const AnswerSpec& answers, const at::Tensor& clean_logits);
 /// tokens: [batch, pos] the run's input; attention_mask [batch, pos] or undefined.
 Metric cross_entropy(const at::Tensor& tokens, const at::Tensor& attention_mask = {});
 
-/// Names accepted by make_metric and `mechlab patch --metric`.
+/// A metric that make_metric builds by name, with what it measures.
+struct MetricInfo {
+  const char* name;
+  const char* description;
+};
+/// Every name make_metric accepts, in the order of the table at the top of this file.
+const std::vector<MetricInfo>& metric_catalog();
+/// The catalog's names, comma-separated: "logit_diff, normalised_logit_diff, ...".
 const char* metric_names();
+
+/// A metric by name, with its options (PatchPlan::metric, `mechlab patch --metric`).
+struct MetricOptions {
+  /// One of metric_catalog().
+  MECHLAB_OPTION(MetricOptions, std::string, name, "logit_diff")
+  /// normalised_logit_diff: the logit differences that map to 1 and 0. NaN
+  /// (the default) = measured on the unpatched clean and corrupted runs.
+  MECHLAB_OPTION(MetricOptions, double, clean_baseline, std::numeric_limits<double>::quiet_NaN())
+  MECHLAB_OPTION(MetricOptions, double, corrupted_baseline, std::numeric_limits<double>::quiet_NaN())
+};
+
+/// The metric named by `options` for patched runs of `direction`, built from
+/// `data`: normalised_logit_diff and kl_to_clean run the unpatched model once
+/// or twice for their baselines; cross_entropy scores the patched run's own
+/// input (the corrupted prompts when denoising, the clean ones when noising).
+/// An unknown name is an error listing metric_names().
+Metric make_metric(const MetricOptions& options, hooks::HookedTransformer& model,
+                   const PatchingData& data, Direction direction);
 
 }  // namespace mechlab::patching

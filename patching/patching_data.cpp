@@ -1,8 +1,15 @@
 #include "patching/patching_data.h"
 
+#include "core/data/tasks/ioi.h"
+#include "core/data/tokenizer/word_tokenizer.h"
 #include "core/util/error.h"
 
 #include <ATen/ATen.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <sstream>
 
 namespace mechlab::patching {
 
@@ -108,6 +115,106 @@ at::Tensor PatchingData::resolved_answer_pos() const {
 
 AnswerSpec PatchingData::answers() const {
   return {answer_tokens.to(at::kLong), wrong_tokens.to(at::kLong), resolved_answer_pos()};
+}
+
+namespace {
+
+std::vector<std::string> split_spaces(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+// The IOI template slot of every (example, position), "" for padding, or
+// nullopt when the dataset does not record its templates.
+std::optional<std::vector<std::vector<std::string>>> ioi_slots(const core::Dataset& ds, int64_t n,
+                                                               int64_t seq) {
+  if (ds.task != "ioi" || !ds.labels.defined() || ds.labels.dim() != 1) return std::nullopt;
+  const auto& templates = core::tasks::ioi_templates();
+  at::Tensor labels = ds.labels.to(at::kLong);         // [N]
+  at::Tensor clean = ds.clean_tokens.to(at::kLong);    // [N, T]
+  at::Tensor answer = ds.answer_tokens.to(at::kLong);  // [N, K]
+  std::vector<std::vector<std::string>> slots(n, std::vector<std::string>(seq));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = labels[i].item<int64_t>();
+    if (t < 0 || t >= static_cast<int64_t>(templates.size())) return std::nullopt;
+    const std::vector<std::string> words = split_spaces(templates[t]);
+    if (static_cast<int64_t>(words.size()) > seq) return std::nullopt;
+    const int64_t io = answer[i][0].item<int64_t>();
+    for (size_t p = 0; p < words.size(); ++p) {
+      const std::string& w = words[p];
+      std::string slot = w;
+      // {N1}/{N2} are IO and S1 in either order: IO is the clean answer.
+      if (w == "{N1}" || w == "{N2}") slot = clean[i][p].item<int64_t>() == io ? "IO" : "S1";
+      if (w == "{S}") slot = "S2";
+      if (w == "{PLACE}") slot = "PLACE";
+      if (w == "{OBJECT}") slot = "OBJ";
+      if (p + 1 == words.size()) slot = "END";  // the answer position (Wang et al.'s END)
+      slots[i][p] = slot;
+    }
+  }
+  return slots;
+}
+
+}  // namespace
+
+std::vector<std::string> position_labels(const core::Dataset& ds, int64_t max_examples) {
+  MECHLAB_CHECK(ds.clean_tokens.defined() && ds.corrupted_tokens.defined(),
+                "position_labels: the dataset has no /clean_tokens and /corrupted_tokens");
+  at::Tensor clean = head_rows(ds.clean_tokens, max_examples).to(at::kLong);          // [n, T]
+  at::Tensor corrupted = head_rows(ds.corrupted_tokens, max_examples).to(at::kLong);  // [n, T]
+  at::Tensor mask = ds.attention_mask.defined()
+                        ? head_rows(ds.attention_mask, max_examples).to(at::kBool)
+                        : at::ones_like(clean, clean.options().dtype(at::kBool));  // [n, T]
+  const int64_t n = clean.size(0), seq = clean.size(1);
+  std::optional<core::WordTokenizer> tok;
+  if (!ds.tokenizer.empty()) {
+    try {
+      tok = core::WordTokenizer::from_json_string(ds.tokenizer);
+    } catch (const std::exception&) {
+      tok.reset();  // another tokenizer kind: fall back to ids
+    }
+  }
+  auto word = [&](int64_t id) {
+    return tok && id >= 0 && id < tok->size() ? tok->word(id) : std::to_string(id);
+  };
+  const auto slots = tok ? ioi_slots(ds, n, seq) : std::nullopt;
+  std::vector<std::string> out;
+  for (int64_t p = 0; p < seq; ++p) {
+    const std::string prefix = std::to_string(p) + ": ";
+    at::Tensor real = mask.select(1, p);  // [n]
+    if (!real.any().item<bool>()) {
+      out.push_back(prefix + "<pad>");
+      continue;
+    }
+    if (slots) {
+      std::map<std::string, int64_t> count;
+      for (int64_t i = 0; i < n; ++i) {
+        if (real[i].item<bool>() && !(*slots)[i][p].empty()) ++count[(*slots)[i][p]];
+      }
+      std::vector<std::pair<int64_t, std::string>> order;
+      for (const auto& [slot, c] : count) order.emplace_back(-c, slot);
+      std::sort(order.begin(), order.end());
+      std::string label;
+      for (size_t k = 0; k < order.size() && k < 3; ++k) label += (k ? "|" : "") + order[k].second;
+      if (order.size() > 3) label += "|…";
+      out.push_back(prefix + label);
+      continue;
+    }
+    at::Tensor c = clean.select(1, p).masked_select(real);      // [real examples]
+    at::Tensor x = corrupted.select(1, p).masked_select(real);  // [real examples]
+    const bool same_clean = (c == c[0]).all().item<bool>();
+    const bool same_corrupted = (x == x[0]).all().item<bool>();
+    const bool differs = (c != x).any().item<bool>();
+    if (same_clean && (!differs || same_corrupted)) {
+      const int64_t c0 = c[0].item<int64_t>(), x0 = x[0].item<int64_t>();
+      out.push_back(prefix + word(c0) + (differs ? "/" + word(x0) : ""));
+    } else {
+      out.push_back(prefix + (differs ? "(differs)" : "(varies)"));
+    }
+  }
+  return out;
 }
 
 }  // namespace mechlab::patching

@@ -18,6 +18,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+#include <vector>
+
 namespace mechlab::patching {
 
 struct PatchingData {
@@ -45,5 +48,21 @@ struct PatchingData {
   /// Answers, wrong answers and resolved positions as int64 tensors.
   AnswerSpec answers() const;
 };
+
+/// One label per position of the first `max_examples` pairs (all when <= 0)
+/// that means the same for every example, for heatmap columns and tables:
+///   - IOI datasets (task "ioi" with its template index per example in
+///     /labels): the template slot at that position, "p: IO", "p: S1",
+///     "p: S2", "p: PLACE", "p: OBJ", "p: END" (the last word, whose logits
+///     answer) or the template's word ("p: and"); where
+///     the examples' templates put different slots at p, the distinct slots
+///     most frequent first, "p: S2|gave|," (at most three, then "|…").
+///   - other datasets: "p: word" where every example has the same clean word
+///     there ("p: clean/corrupted" where every corrupted prompt has the same
+///     other word), "p: (differs)" where the words vary and some corrupted
+///     prompt differs from its clean one, "p: (varies)" otherwise.
+/// Padding is ignored; a position that is padding in every example is
+/// "p: <pad>". Raw-id datasets (no word tokenizer) show the ids.
+std::vector<std::string> position_labels(const core::Dataset& ds, int64_t max_examples = 0);
 
 }  // namespace mechlab::patching

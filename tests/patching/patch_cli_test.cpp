@@ -7,7 +7,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <ATen/ATen.h>
+
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -30,7 +33,10 @@ class PatchCli : public ::testing::Test {
   void SetUp() override {
     model_ = temp_path("patch_cli", "tiny.h5");
     data_ = temp_path("patch_cli", "ioi.h5");
-    out_ = temp_path("patch_cli", "out");
+    // A results folder per test: run in one process the tests share the temp
+    // folder, and patch refuses to replace results without --overwrite.
+    out_ = temp_path("patch_cli",
+                     std::string("out_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     ASSERT_EQ(run_cli("new " + model_ + " --preset tiny --seed 3 --overwrite").rc, 0);
     ASSERT_EQ(run_cli("dataset make ioi --out " + data_ + " --n 6 --seed 1 --overwrite").rc, 0);
   }
@@ -50,11 +56,45 @@ TEST_F(PatchCli, SweepsBothDirectionsAndWritesResultsAndHeatmaps) {
   }
   const std::string svg = slurp(out_ + "/attn_head_out_by_pos.denoising.svg");
   ASSERT_FALSE(svg.empty());
-  // Position labels carry the words of the first prompt; where its corrupted
-  // prompt differs (S2 replaced by a third name) both words: "9: James/Laura".
-  EXPECT_NE(svg.find(">2: and<"), std::string::npos);
-  EXPECT_TRUE(std::regex_search(svg, std::regex(">[0-9]+: [A-Z][a-z]+/[A-Z][a-z]+<")));
-  EXPECT_TRUE(std::filesystem::exists(out_ + "/resid_pre.noising.svg"));
+  // Position columns name IOI template slots that hold across the examples
+  // ("9: S2", "3: IO|S1"), not one example's words.
+  EXPECT_TRUE(std::regex_search(svg, std::regex(">[0-9]+: [^<]*S2[^<]*<"))) << svg.substr(0, 2000);
+  EXPECT_TRUE(std::regex_search(svg, std::regex(">[0-9]+: [^<]*IO[^<]*<")));
+  EXPECT_FALSE(std::regex_search(svg, std::regex(">[0-9]+: [A-Z][a-z]+/[A-Z][a-z]+<")));
+  // Exact patching with distinct baselines: the normalised metric, said in the legend.
+  EXPECT_NE(svg.find("colour: normalised metric, 0 = corrupted"), std::string::npos);
+  EXPECT_NE(svg.find("white = unpatched (0)"), std::string::npos);  // denoising: unpatched = corrupted
+  EXPECT_NE(slurp(out_ + "/resid_pre.noising.svg").find("white = unpatched (1)"), std::string::npos);
+}
+
+// [hardening] 15: the top heads by effect are printed with the baselines
+// they are measured against, and agree with the results file.
+TEST_F(PatchCli, PrintsTheTopEffectsWithTheBaselines) {
+  auto r = run_cli("patch " + model_ + " " + data_ + " --sweep attn_head_out_all_pos --out " + out_);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  auto results = mechlab::patching::read_sweep_file(out_ + "/patching.h5");
+  ASSERT_EQ(results.size(), 1u);
+  const auto& res = results[0];
+  char baselines[160];
+  std::snprintf(baselines, sizeof baselines, "top 5 by |change| (logit_diff: clean %.4f, corrupted %.4f, "
+                "unpatched %.4f):", res.config["clean_metric"].get<double>(),
+                res.config["corrupted_metric"].get<double>(), res.config["corrupted_metric"].get<double>());
+  const size_t at = r.output.find(baselines);
+  ASSERT_NE(at, std::string::npos) << baselines << "\n" << r.output;
+  // The first row is the head of largest |value - corrupted| in the file.
+  at::Tensor change = (res.values - res.config["corrupted_metric"].get<double>()).abs();  // [layer, head]
+  const int64_t best = change.argmax().item<int64_t>(), heads = res.values.size(1);
+  char row[64];
+  std::snprintf(row, sizeof row, "\n    L%lld H%lld ", static_cast<long long>(best / heads),
+                static_cast<long long>(best % heads));
+  EXPECT_EQ(r.output.find(row, at), r.output.find('\n', at)) << row << "\n" << r.output;
+  // Its change is that largest |value - corrupted|, and it is normalised.
+  const size_t row_at = r.output.find('\n', at) + 1;
+  const std::string first = r.output.substr(row_at, r.output.find('\n', row_at) - row_at);
+  const size_t c = first.find("  change ");
+  ASSERT_NE(c, std::string::npos) << first;
+  EXPECT_NEAR(std::fabs(std::stod(first.substr(c + 9))), change.max().item<double>(), 1e-4) << first;
+  EXPECT_NE(first.find("  normalised "), std::string::npos) << first;
 }
 
 TEST_F(PatchCli, PathPatchingAndAttributionThroughTheCli) {

@@ -191,11 +191,17 @@ TEST_F(PatchingTest, ResultsFileRoundTripAndHeatmap) {
   EXPECT_NE(svg.find(">L1 H3<"), std::string::npos);      // rows: layer x head
   EXPECT_NE(svg.find(">layer × head<"), std::string::npos);
   EXPECT_NE(svg.find(">pos<"), std::string::npos);
-  // Colour bar ticks are symmetric around zero.
-  const double vmax = results[0].values.abs().max().item<double>();
+  // Colour bar ticks on the normalised scale (0 = corrupted, 1 = clean),
+  // symmetric around the unpatched run: 0 when denoising.
+  const double clean = results[0].config["clean_metric"].get<double>();
+  const double corrupted = results[0].config["corrupted_metric"].get<double>();
+  const double vmax =
+      ((results[0].values.to(at::kDouble) - corrupted) / (clean - corrupted)).abs().max().item<double>();
   char tick[32];
   std::snprintf(tick, sizeof tick, ">%.4g<", -vmax);
-  EXPECT_NE(svg.find(tick), std::string::npos);
+  EXPECT_NE(svg.find(tick), std::string::npos) << tick;
+  std::snprintf(tick, sizeof tick, ">%.4g<", vmax);
+  EXPECT_NE(svg.find(tick), std::string::npos) << tick;
   EXPECT_NE(svg.find(">0<"), std::string::npos);
 }
 

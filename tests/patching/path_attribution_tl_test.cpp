@@ -14,6 +14,7 @@
 #include "patching/attribution.h"
 #include "patching/edge_attribution.h"
 #include "patching/path_patching.h"
+#include "patching/plan.h"
 #include "tests/hooks/fixture_compare.h"
 
 #include "tests/patching/patching_fixtures.h"
@@ -73,25 +74,28 @@ class PathAttributionTL : public ::testing::TestWithParam<std::string> {
   PatchingData data_;
 };
 
+// Through the plan and runner (patching/plan.h): the specs go through
+// CircuitGraph::parse_path, as `mechlab patch --path` sends them.
 TEST_P(PathAttributionTL, PathPatchingCasesBothDirections) {
-  const CircuitGraph g(model_->cfg());
-  const Metric m = logit_diff(data_.answers());
   for (Direction dir : {Direction::noising, Direction::denoising}) {
     const std::string ds = std::string("path/") + direction_name(dir);
     const std::vector<std::string> cases = json_list(*ref_, ds, "cases");
+    const auto results = run_patching(*model_, data_, PatchPlan().paths(cases).directions({dir}));
+    ASSERT_EQ(results.size(), cases.size());
     std::vector<double> got;
-    PathPatchResult r;
-    for (const auto& c : cases) {
-      const size_t arrow = c.find("->");
-      r = path_patch(*model_, data_, g.parse_senders(c.substr(0, arrow)),
-                     g.parse_receivers(c.substr(arrow + 2)), m, PathPatchOptions{}.with_direction(dir));
-      got.push_back(r.value);
+    for (size_t i = 0; i < cases.size(); ++i) {
+      EXPECT_EQ(results[i].name, cases[i]);
+      EXPECT_EQ(results[i].kind, ResultKind::path);
+      got.push_back(results[i].values.item<double>());
     }
     EXPECT_TRUE(close(at::tensor(got, at::kDouble), ref_->read_tensor(ds), kTol, GetParam() + " " + ds));
     const double clean = ref_->read_tensor("path/clean_metric").item<double>();
     const double corrupted = ref_->read_tensor("path/corrupted_metric").item<double>();
-    EXPECT_NEAR(r.base_metric, dir == Direction::noising ? clean : corrupted, 1e-4);
-    EXPECT_NEAR(r.source_metric, dir == Direction::noising ? corrupted : clean, 1e-4);
+    const PatchStats& st = results.back().stats;
+    EXPECT_NEAR(st.base_metric, dir == Direction::noising ? clean : corrupted, 1e-4);
+    EXPECT_NEAR(st.source_metric, dir == Direction::noising ? corrupted : clean, 1e-4);
+    EXPECT_NEAR(st.clean_metric, clean, 1e-4);
+    EXPECT_NEAR(st.corrupted_metric, corrupted, 1e-4);
   }
 }
 

@@ -8,6 +8,7 @@
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"
+#include "patching/plan.h"
 #include "patching/sweeps.h"
 #include "tests/hooks/fixture_compare.h"
 
@@ -54,6 +55,24 @@ class TransformerLensPatching : public ::testing::TestWithParam<std::string> {
     }
   }
 
+  // The same through the plan and runner (patching/plan.h), the way
+  // `mechlab patch` runs them: metric by name, every sweep in one plan.
+  void check_plan(Direction direction) {
+    const std::string dir = direction_name(direction);
+    const std::vector<std::string> sweeps = ref_->list(dir);
+    ASSERT_GE(sweeps.size(), 14u);
+    auto results = run_patching(*model_, data_,
+                                PatchPlan().sweeps(sweeps).directions({direction}).metric(
+                                    MetricOptions().name("logit_diff")));
+    ASSERT_EQ(results.size(), sweeps.size());
+    for (size_t i = 0; i < sweeps.size(); ++i) {
+      EXPECT_EQ(results[i].name, sweeps[i]);
+      EXPECT_EQ(results[i].direction, direction);
+      EXPECT_TRUE(close(results[i].values, ref_->read_tensor(dir + "/" + sweeps[i]), kTol,
+                        GetParam() + " plan " + dir + " " + sweeps[i]));
+    }
+  }
+
   std::unique_ptr<H5File> ref_;
   std::unique_ptr<HookedTransformer> model_;
   PatchingData data_;
@@ -65,6 +84,11 @@ TEST_P(TransformerLensPatching, EverySweepDenoising) {
 
 TEST_P(TransformerLensPatching, EverySweepNoising) {
   check_direction(Direction::noising, logit_diff(data_.answers()), BulkOptions{});
+}
+
+TEST_P(TransformerLensPatching, EverySweepThroughThePlanBothDirections) {
+  check_plan(Direction::denoising);
+  check_plan(Direction::noising);
 }
 
 // The same numbers through the other code paths: every config run (no no-op

@@ -64,5 +64,7 @@
 #include "patching/metrics.h"
 #include "patching/path_patching.h"
 #include "patching/patching_data.h"
+#include "patching/plan.h"
+#include "patching/plan_output.h"
 #include "patching/sweep_file.h"
 #include "patching/sweeps.h"
