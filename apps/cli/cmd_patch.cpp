@@ -112,7 +112,7 @@ void add_patch_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--steps", a->steps, "EAP-IG interpolation steps m (--method eap-ig)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_flag("--edges", a->edges,
                 "Score every edge of the circuit graph (--method attribution or eap-ig): writes "
                 "group /edges:<method>/<direction> ([sender, receiver], NaN = no edge) to "
@@ -122,7 +122,7 @@ void add_patch_command(CLI::App& app) {
   cmd->add_option("--top", a->top, "Edges printed and written to the JSON, largest |score| first "
                   "(0 = all)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--path", a->paths,
                   "Path patching of one sender set to one receiver set (repeatable): "
                   "'SENDERS -> RECEIVERS', nodes joined by '+', e.g. 'a0.h1+m0 -> a1.h2<q>+output'. "
@@ -132,7 +132,7 @@ void add_patch_command(CLI::App& app) {
   cmd->add_option("--examples", a->examples,
                   "Use the first N prompt pairs (0 = all). Every patched forward runs all of them")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--device", a->device, "Where the model runs: cpu, cuda, cuda:N or auto")
       ->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "Model dtype: f32, bf16 or f16 (TL comparisons use f32)")
@@ -141,11 +141,11 @@ void add_patch_command(CLI::App& app) {
                   "Working memory for the patch configurations stacked into one forward, in MiB "
                   "(0 = automatic: half the GPU's free memory, or 1 GiB on the CPU)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--max-copies", a->max_copies,
                   "At most this many patch configurations per forward (0 = the budget decides)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_flag("--no-skip-identical", a->no_skip,
                 "Run every configuration, even those whose patch provably changes nothing "
                 "(the patched slice already equals the value patched in, bit for bit); by default "

@@ -67,11 +67,15 @@ TEST(CliMessages, MisspeltCommandsGetASuggestion) {
 }
 
 TEST(CliMessages, RangeErrorsSayTheBound) {
-  const auto r = run_cli("heads " + kModels + "induction.h5 --examples 0");
-  EXPECT_NE(r.rc, 0);
-  EXPECT_NE(r.output.find("must be > 0"), std::string::npos) << r.output;
-  EXPECT_EQ(r.output.find("e+308"), std::string::npos) << r.output;
-  EXPECT_EQ(count_lines(r.output), 1) << r.output;
+  for (const std::string& args :
+       {"heads " + kModels + "induction.h5 --examples 0",
+        "patch " + kModels + "ioi.h5 no_such_data.h5 --method eap-ig --steps 0 --out patch_out"}) {
+    const auto r = run_cli(args);
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.output.find("must be > 0"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("179769313486"), std::string::npos) << r.output;
+    EXPECT_EQ(count_lines(r.output), 1) << r.output;
+  }
 }
 
 TEST(CliMessages, ControlBytesInAnErrorAreEscaped) {
