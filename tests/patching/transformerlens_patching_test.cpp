@@ -2,8 +2,8 @@
 // Fixtures: tests/data/patching/<model>.h5, made by
 // scripts/fixtures/make_patching_fixtures.py on the runtime fixture models
 // (tests/data/runtime/<model>.h5); see tests/data/patching/README.md.
-// Tolerance: float32, normwise relative error max|a - b| / max|b| <= 1e-4
-// per sweep (fixture_compare.h).
+// Tolerance: kF32Tol (fixture_compare.h), as for the runtime fixtures: 1e-5
+// normwise per sweep plus an element-wise bound.
 #include "core/formats/hdf5_file.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
@@ -23,7 +23,7 @@ using namespace mechlab::patching;
 
 namespace {
 
-constexpr double kTol = 1e-4;
+constexpr auto kTol = mechlab::testing::kF32Tol;
 
 using mechlab::testing::runtime_model;
 using mechlab::testing::test_data_h5;
