@@ -1,6 +1,7 @@
-// The circuit graph (DESIGN.md "Circuit graph") and its one text format for
-// nodes, receiver inputs and edges, shared by path patching, edge
-// attribution, the CLI, the JSON/HDF5 outputs and (later) ACDC.
+// The circuit graph (docs/ARCHITECTURE.md, "Circuit graph and edge names")
+// and its one text format for nodes, receiver inputs and edges, shared by
+// path patching, edge attribution, the CLI, the JSON/HDF5 outputs and
+// (later) ACDC.
 //
 // Nodes (senders write to the residual stream):
 //   input          the embedding (token + positional): blocks.0.hook_resid_pre

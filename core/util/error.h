@@ -1,4 +1,4 @@
-// Errors. Two kinds, as STYLE.md asks:
+// Errors. Two kinds (docs/ARCHITECTURE.md, "Errors and logging"):
 //  - a user's mistake (bad file, unknown hook, wrong shape) throws
 //    mechlab::Error whose message names the thing and says what to do;
 //  - a broken invariant inside mechlab is MECHLAB_ASSERT, which also throws

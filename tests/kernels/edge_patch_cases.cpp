@@ -1,8 +1,8 @@
 // edge_patch (kernels/edge_patch.h): the float64 reference, the harness
 // cases (shapes, dtypes, masks, layouts) and the argument errors.
-#include "kernel_harness.h"
+#include "tests/kernels/kernel_harness.h"
 
-#include "../test_util.h"
+#include "tests/test_util.h"
 #include "kernels/device_info.h"
 #include "kernels/edge_patch.h"
 

@@ -1,4 +1,4 @@
-#include "kernel_harness.h"
+#include "tests/kernels/kernel_harness.h"
 
 namespace mechlab::testing {
 namespace {
