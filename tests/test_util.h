@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +17,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
+
+extern char** environ;  // the child gets this process's environment
 
 namespace mechlab::testing {
 
@@ -45,6 +50,31 @@ struct CliResult {
   int rc;
   std::string output;  // stdout and stderr
 };
+
+/// Starts `args` (argv[0] a path) without waiting, stdout and stderr into
+/// `log`: for tests that signal or kill the child mid-run. -1 if it failed.
+inline pid_t spawn_process(const std::vector<std::string>& args,
+                           const std::string& log = "/dev/null") {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  return rc == 0 ? pid : -1;
+}
+
+/// Waits for `pid`: its exit code, or -signal when a signal ended it.
+inline int wait_exit(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
 
 /// Runs a shell command line and collects its exit code and output.
 inline CliResult run_program(const std::string& command_line) {

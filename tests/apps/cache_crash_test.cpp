@@ -14,7 +14,6 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -25,8 +24,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-extern char** environ;
 
 namespace mechlab {
 namespace {
@@ -42,25 +39,8 @@ std::vector<std::string> cache_args(const std::string& model, const std::string&
           "--chunk-rows", "64", "--no-progress", "--resume"};
 }
 
-pid_t spawn(const std::vector<std::string>& args) {
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  return rc == 0 ? pid : -1;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+using testing::spawn_process;
+using testing::wait_exit;
 
 // Every dataset of the store, rows [0, rows) (all rows when rows < 0).
 std::vector<std::pair<std::string, at::Tensor>> contents(const std::string& path, int64_t rows = -1) {
@@ -90,7 +70,7 @@ TEST(CacheCrash, KilledRunsResumeToTheSameStore) {
   const std::string ref = temp_path("ref.h5");
   std::filesystem::remove(ref);
   const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_EQ(wait_exit(spawn(cache_args(model, data, ref))), 0);
+  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, ref))), 0);
   const double t_ref = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto want = contents(ref);
   const int64_t total = core::ActivationStore::open(ref).num_rows();
@@ -114,7 +94,7 @@ TEST(CacheCrash, KilledRunsResumeToTheSameStore) {
   };
   for (int attempt = 0; attempt < 12 && partial < 3 && !(partial >= 1 && kill_seconds() > 6 * t_ref);
        ++attempt) {
-    const pid_t pid = spawn(cache_args(model, data, out));
+    const pid_t pid = spawn_process(cache_args(model, data, out));
     ASSERT_GT(pid, 0);
     const double delay = t_est * (0.1 + 0.9 * rng.uniform());
     std::this_thread::sleep_for(std::chrono::duration<double>(delay));
@@ -144,7 +124,7 @@ TEST(CacheCrash, KilledRunsResumeToTheSameStore) {
   EXPECT_GE(partial, 1) << "no kill landed while rows were being written (uninterrupted run: "
                         << t_ref << " s); the test proved less than it should";
 
-  ASSERT_EQ(wait_exit(spawn(cache_args(model, data, out))), 0);
+  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, out))), 0);
   const auto have = contents(out);
   ASSERT_EQ(have.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {

@@ -11,7 +11,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,8 +23,6 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
-
 namespace mechlab {
 namespace {
 
@@ -33,27 +30,8 @@ std::string temp_path(const std::string& name) {
   return testing::temp_path("interrupt_test", name);
 }
 
-// Spawns `args` with stdout and stderr into `log`.
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  return rc == 0 ? pid : -1;
-}
-
-// Exit code, or -signal when the child was killed by a signal.
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
+using testing::spawn_process;
+using testing::wait_exit;
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
@@ -104,7 +82,7 @@ TEST(Interrupt, CacheStopsAtACommittedChunkAndResumes) {
       "resumed; resume with the same command and --resume\n");
   int64_t kept_before = 0;
   for (int session = 0; session < 2; ++session) {
-    const int rc = interrupt_after(spawn(args, log), 0.5);
+    const int rc = interrupt_after(spawn_process(args, log), 0.5);
     const std::string text = read_text(log);
     ASSERT_EQ(rc, 130) << "session " << session << ": " << text;
     std::smatch m;
@@ -133,7 +111,7 @@ TEST(Interrupt, TrainSavesACheckpointThatResumes) {
       MECHLAB_BINARY, "train", config, "--out", dir, "--no-progress", "--set", "steps=1000000",
       "--set", "warmup_steps=10", "--set", "eval_every=1000000", "--set", "checkpoint_every=1000000",
       "--set", "stop_at_accuracy=0", "--set", "data.options.n=400", "--set", "batch_size=8"};
-  const int rc = interrupt_after(spawn(args, log), 1.0);
+  const int rc = interrupt_after(spawn_process(args, log), 1.0);
   const std::string text = read_text(log);
   ASSERT_EQ(rc, 130) << text;
   std::smatch m;
@@ -146,7 +124,7 @@ TEST(Interrupt, TrainSavesACheckpointThatResumes) {
   // --max-steps 1: one more step from the saved one, then a normal exit.
   std::vector<std::string> resume = args;
   for (const char* a : {"--resume", "--max-steps", "1"}) resume.push_back(a);
-  ASSERT_EQ(wait_exit(spawn(resume, log)), 0) << read_text(log);
+  ASSERT_EQ(wait_exit(spawn_process(resume, log)), 0) << read_text(log);
   const std::string done = read_text(log);
   EXPECT_NE(done.find(": " + std::to_string(std::stoll(m[1]) + 1) + " steps"), std::string::npos)
       << done;
