@@ -105,7 +105,8 @@ GradientRuns run_gradient_passes(
     hooks::HookedTransformer& model, const PatchingData& data, const Metric& metric,
     const AttributionOptions& options, const std::vector<std::string>& act_hooks,
     const std::vector<std::string>& grad_hooks,
-    const std::function<void(const std::string&, const at::Tensor&, const GradientRuns&)>& on_grad) {
+    const std::function<void(const std::string&, const at::Tensor&, const GradientRuns&)>& on_grad,
+    const std::vector<std::string>& pass_hooks) {
   const auto& cfg = model.cfg();
   data.validate(cfg);
   const bool ig = options.method == AttributionMethod::eap_ig;
@@ -113,6 +114,7 @@ GradientRuns run_gradient_passes(
                 options.steps);
   for (const auto& h : act_hooks) check_gradient_hook(cfg, h);
   for (const auto& h : grad_hooks) check_gradient_hook(cfg, h);
+  for (const auto& h : pass_hooks) check_gradient_hook(cfg, h);
 
   // Gradients need autograd, even when the caller runs in inference mode.
   c10::InferenceMode not_inference(false);
@@ -168,6 +170,11 @@ GradientRuns run_gradient_passes(
           out.base[name] = act.detach();
         });
       }
+    }
+    for (const auto& name : pass_hooks) {
+      scope.add(name, [&out, name](at::Tensor& act, const hooks::HookPoint&) {
+        out.pass[name] = act.detach();
+      });
     }
     // Added after the forward hooks: a backward hook attaches to the tensor
     // the site holds once the forward hooks above have run.

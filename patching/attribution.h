@@ -78,6 +78,9 @@ struct AttributionOptions {
 struct GradientRuns {
   std::map<std::string, at::Tensor> base;    ///< act_hooks on the base run (detached)
   std::map<std::string, at::Tensor> source;  ///< act_hooks on the source run (detached)
+  /// pass_hooks on the gradient pass being differentiated (for EAP-IG the
+  /// interpolated run, not the base run), replaced at each pass (detached).
+  std::map<std::string, at::Tensor> pass;
   double base_metric = 0, source_metric = 0;
   int64_t forwards = 0, backwards = 0;       ///< passes run (a forward+backward counts in both)
 };
@@ -85,7 +88,8 @@ struct GradientRuns {
 /// The engine under node and edge attribution. Runs the source prompts once
 /// (no autograd) recording `act_hooks`, then the gradient pass(es) of
 /// `options.method` on the base prompts; during each backward, `on_grad(hook,
-/// grad, runs)` receives d(metric)/d(activation) at each of `grad_hooks`,
+/// grad, runs)` receives d(metric)/d(activation) at each of `grad_hooks`
+/// (and `runs.pass` holds the current pass's `pass_hooks` activations),
 /// already divided by the number of passes (so summing what it gets gives the
 /// mean gradient); `runs.base` and `runs.source` are complete by then. Hooks must
 /// come at or after blocks.0.hook_resid_pre (where the gradient starts).
@@ -97,7 +101,8 @@ GradientRuns run_gradient_passes(
     const AttributionOptions& options, const std::vector<std::string>& act_hooks,
     const std::vector<std::string>& grad_hooks,
     const std::function<void(const std::string& hook, const at::Tensor& grad,
-                             const GradientRuns& runs)>& on_grad);
+                             const GradientRuns& runs)>& on_grad,
+    const std::vector<std::string>& pass_hooks = {});
 
 /// Base and source activations and the mean metric gradient at `hooks`.
 struct GradientCache {

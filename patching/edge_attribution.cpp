@@ -43,21 +43,54 @@ std::vector<SenderGroup> sender_groups(const CircuitGraph& g) {
   return out;
 }
 
-// The receivers whose input a gradient hook holds: the first one, how many.
-std::pair<ReceiverInput, int64_t> receivers_at(const CircuitGraph& g, const std::string& hook) {
-  core::HookSite site;
-  MECHLAB_ASSERT(core::parse_site(hook, g.cfg().n_layers, &site));
+// The receivers whose input a gradient hook leads to: the first one, how
+// many. Head inputs are reached through the projected q/k/v (see
+// head_input_gradient).
+std::pair<ReceiverInput, int64_t> receivers_at(const CircuitGraph& g, const core::HookSite& site) {
   const int L = site.layer;
   // Which receiver a hook feeds is kind-specific; how many heads it holds is
   // the site table's (heads_at).
   const int64_t heads = heads_at(g.cfg(), site.kind);
   switch (site.kind) {
-    case core::HookKind::q_input: return {{{Kind::head, L, 0}, ReceiverChannel::q}, heads};
-    case core::HookKind::k_input: return {{{Kind::head, L, 0}, ReceiverChannel::k}, heads};
-    case core::HookKind::v_input: return {{{Kind::head, L, 0}, ReceiverChannel::v}, heads};
+    case core::HookKind::q: return {{{Kind::head, L, 0}, ReceiverChannel::q}, heads};
+    case core::HookKind::k: return {{{Kind::head, L, 0}, ReceiverChannel::k}, heads};
+    case core::HookKind::v: return {{{Kind::head, L, 0}, ReceiverChannel::v}, heads};
     case core::HookKind::mlp_in: return {{{Kind::mlp, L, -1}, ReceiverChannel::resid}, 1};
     default: return {{{Kind::output, -1, -1}, ReceiverChannel::resid}, 1};
   }
+}
+
+// d(metric)/d(head input) for every head of one layer and one of q, k, v,
+// from the gradient at the projected hook_q/k/v, without running attention
+// in split-input mode. Each head reads its own copy of resid_pre through ln1
+// and its projection, head_input = resid_pre for every head, so
+//   d head_input[h] = ln1_backward(d proj[:, :, h] @ W[h]^T)
+// where ln1_backward is the norm's Jacobian at resid_pre (the same for every
+// head; it is symmetric apart from the gain):
+//   layernorm: (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)) / r
+//   rmsnorm:   (g_hat - x_hat * mean(g_hat * x_hat)) / r
+// with g_hat = gain * g, r the norm's scale and x_hat the normalised input.
+// This is exactly what autograd computes in split mode, at the cost of one
+// elementwise pass instead of per-head norms and projections in the forward.
+//   grad [batch, pos, heads, d_head], resid_pre [batch, pos, d_model],
+//   W [heads, d_model, d_head] -> [heads, batch * pos * d_model]
+at::Tensor head_input_gradient(const core::ModelConfig& cfg, const at::Tensor& grad,
+                               const at::Tensor& resid_pre, const at::Tensor& W, const at::Tensor& gain,
+                               at::ScalarType dt) {
+  const int64_t heads = grad.size(2), bp = grad.size(0) * grad.size(1);
+  at::Tensor g = at::bmm(grad.to(dt).reshape({bp, heads, -1}).transpose(0, 1),  // [heads, bp, d_head]
+                         W.to(dt).transpose(1, 2));                              // [heads, bp, d_model]
+  if (cfg.norm != core::NormKind::none) {
+    at::Tensor x = resid_pre.to(dt).reshape({bp, -1});  // [bp, d_model]
+    if (cfg.norm_centres()) x = x - x.mean(-1, /*keepdim=*/true);
+    at::Tensor r = (x.pow(2).mean(-1, /*keepdim=*/true) + cfg.norm_eps).sqrt();  // [bp, 1]
+    at::Tensor x_hat = x / r;
+    if (cfg.norm_has_weights()) g = g * gain.to(dt);
+    at::Tensor dot = (g * x_hat).mean(-1, /*keepdim=*/true);  // [heads, bp, 1]
+    g = cfg.norm_centres() ? g - g.mean(-1, /*keepdim=*/true) - x_hat * dot : g - x_hat * dot;
+    g = g / r;
+  }
+  return g.reshape({heads, -1});
 }
 
 }  // namespace
@@ -124,10 +157,12 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
 
   std::vector<std::string> grad_hooks;
   for (int l = 0; l < cfg.n_layers; ++l) {
-    for (const char* a : {"q_input", "k_input", "v_input"}) grad_hooks.push_back(hooks::act_name(a, l));
+    for (const char* a : {"q", "k", "v"}) grad_hooks.push_back(hooks::act_name(a, l));
     if (cfg.has_mlp()) grad_hooks.push_back(hooks::act_name("mlp_in", l));
   }
   grad_hooks.push_back(hooks::act_name("resid_post", cfg.n_layers - 1));
+  std::vector<std::string> pass_hooks;  // what each layer's norm saw on the differentiated pass
+  for (int l = 0; l < cfg.n_layers; ++l) pass_hooks.push_back(hooks::act_name("resid_pre", l));
 
   std::vector<SenderGroup> groups = sender_groups(graph);
   // scores[senders before r0, col .. col+n) += D @ g^T, g: [n, batch * pos * d_model]
@@ -164,18 +199,24 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
     pending.erase(layer);
   };
   auto on_grad = [&](const std::string& hook, const at::Tensor& grad, const GradientRuns& runs) {
-    auto [r0, n] = receivers_at(graph, hook);
-    // [receivers, batch * pos * d_model]
-    at::Tensor g = grad.dim() == 4 ? grad.permute({2, 0, 1, 3}).reshape({n, -1}) : grad.reshape({1, -1});
-    g = g.to(dt);
-    if (r0.node.kind != Kind::head) return add_block(r0, graph.receiver_index(r0), g, runs);
     core::HookSite site;
     MECHLAB_ASSERT(core::parse_site(hook, cfg.n_layers, &site));
-    pending[r0.node.layer][site.kind] = g;
+    auto [r0, n] = receivers_at(graph, site);
+    if (r0.node.kind != Kind::head) {
+      return add_block(r0, graph.receiver_index(r0), grad.reshape({1, -1}).to(dt), runs);
+    }
+    const auto& block = model.model().weights().blocks[static_cast<size_t>(site.layer)];
+    const at::Tensor& W = site.kind == core::HookKind::q ? block.W_Q
+                          : site.kind == core::HookKind::k ? block.W_K : block.W_V;
+    const core::HookKind input_kind = site.kind == core::HookKind::q   ? core::HookKind::q_input
+                                      : site.kind == core::HookKind::k ? core::HookKind::k_input
+                                                                       : core::HookKind::v_input;
+    pending[r0.node.layer][input_kind] = head_input_gradient(
+        cfg, grad, runs.pass.at(hooks::act_name("resid_pre", site.layer)), W, block.ln1_w, dt);
     if (pending[r0.node.layer].size() == 3) flush(r0.node.layer, runs);
   };
   const GradientRuns runs =
-      run_gradient_passes(model, data, metric, options, sender_hooks(cfg), grad_hooks, on_grad);
+      run_gradient_passes(model, data, metric, options, sender_hooks(cfg), grad_hooks, on_grad, pass_hooks);
   while (!pending.empty()) flush(pending.begin()->first, runs);  // inputs with no gradient
 
   at::Tensor has = at::zeros({S, R}, at::kBool);

@@ -14,8 +14,10 @@
 // is patched (the sender's contribution to that one receiver input replaced
 // by its source value).
 //
-// Cost: the gradient pass hooks every q/k/v input, so attention runs in
-// TransformerLens's split-input mode; scores are computed inside the
+// Cost: attention runs in its normal (fused) mode; a head input's gradient
+// is derived from the gradient at the projected hook_q/k/v through W^T and
+// ln1's Jacobian (one elementwise pass per layer), which is what autograd
+// would give in TransformerLens's split-input mode. Scores are computed inside the
 // backward, receiver layer by receiver layer, as one matrix product of the
 // sender differences [senders, batch*pos*d_model] with the gradients
 // [receivers of the layer, batch*pos*d_model], so no gradient is kept.
