@@ -325,3 +325,41 @@ TEST(Evaluation, RocOfCircuitScoresAgainstReferenceEdges) {
   EXPECT_NE(error_of([&] { ev::roc_curve(Circuit::full(g), ref); }).find("no edge scores"),
             std::string::npos);
 }
+
+// Edge attribution's [senders, receivers] matrix becomes residual-edge
+// scores; head inputs stay unscored, so only residual edges are ranked.
+TEST(Evaluation, ScoredCircuitTakesEdgeScoresMatrixEntries) {
+  const CircuitGraph g(mechlab::core::preset("attn-only-2l"));
+  const auto S = static_cast<int64_t>(g.senders().size());
+  const auto R = static_cast<int64_t>(g.receivers().size());
+  at::Tensor m = at::full({S, R}, std::numeric_limits<double>::quiet_NaN(), at::kFloat);  // [senders, receivers]
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t r = 0; r < R; ++r) {
+      if (g.has_edge(g.senders()[static_cast<size_t>(s)], g.receivers()[static_cast<size_t>(r)])) {
+        m[s][r] = static_cast<float>(s * 100 + r) * (r % 2 ? -1.0f : 1.0f);
+      }
+    }
+  }
+  const mechlab::patching::EdgeScores es{g, m, nlohmann::json::object()};
+  const Circuit c = ev::scored_circuit(es);
+  int64_t residual = 0;
+  for (const CircuitEdge& e : c.edges()) {
+    if (e.kind == CircuitEdge::Kind::residual) {
+      ++residual;
+      EXPECT_EQ(c.score(e), m[e.sender][e.receiver].item<double>()) << c.edge_name(e);
+    } else {
+      EXPECT_TRUE(std::isnan(c.score(e))) << c.edge_name(e);
+    }
+    EXPECT_TRUE(c.kept(e));
+  }
+  EXPECT_EQ(static_cast<int64_t>(ev::ranked_edges(c).size()), residual);
+  EXPECT_EQ(static_cast<int64_t>(es.all().size()), residual);
+  // The largest |score| first, as EdgeScores::top orders them.
+  const auto top = es.top(3);
+  const std::vector<CircuitEdge> ranked = ev::ranked_edges(c);
+  for (size_t i = 0; i < top.size(); ++i) {
+    EXPECT_EQ(c.edge_name(ranked[i]), mechlab::patching::edge_name(top[i].first)) << i;
+  }
+  const std::string first = c.edge_name(ranked[0]);
+  EXPECT_NEAR(ev::roc_curve(es, {first}).auc, 1.0, kTol);
+}
