@@ -61,12 +61,14 @@ struct Ranking {
 
 double rank_value(double score, const RankOptions& o) { return o.absolute() ? std::abs(score) : score; }
 
-const Circuit& same_graph(const std::vector<Circuit>& circuits) {
+bool same_graph(const patching::CircuitGraph& a, const patching::CircuitGraph& b) {
+  return a.senders() == b.senders() && a.receivers() == b.receivers();
+}
+
+const Circuit& one_graph(const std::vector<Circuit>& circuits) {
   MECHLAB_CHECK(!circuits.empty(), "faithfulness needs at least one circuit");
-  const core::ModelConfig& cfg = circuits[0].graph().cfg();
   for (const Circuit& c : circuits) {
-    MECHLAB_CHECK(c.edges().size() == circuits[0].edges().size() &&
-                      c.graph().cfg().n_layers == cfg.n_layers && c.graph().cfg().n_heads == cfg.n_heads,
+    MECHLAB_CHECK(same_graph(c.graph(), circuits[0].graph()),
                   "the circuits passed to faithfulness belong to different graphs: evaluate "
                   "circuits of one model together");
   }
@@ -107,7 +109,7 @@ double faithfulness(double m_circuit, double m_full, double m_empty) {
 }
 
 std::vector<double> faithfulness(const std::vector<Circuit>& circuits, const CircuitMetricFn& fn) {
-  const Circuit& first = same_graph(circuits);
+  const Circuit& first = one_graph(circuits);
   std::vector<Circuit> all{Circuit::full(first.graph()), Circuit::empty(first.graph())};
   all.insert(all.end(), circuits.begin(), circuits.end());
   const std::vector<double> m = run(fn, all);
@@ -338,9 +340,7 @@ RocCurve roc_curve(const Circuit& scored, const std::vector<std::string>& refere
 }
 
 RocCurve roc_curve(const Circuit& scored, const Circuit& reference, const RankOptions& options) {
-  MECHLAB_CHECK(reference.edges().size() == scored.edges().size() &&
-                    reference.graph().cfg().n_layers == scored.graph().cfg().n_layers &&
-                    reference.graph().cfg().n_heads == scored.graph().cfg().n_heads,
+  MECHLAB_CHECK(same_graph(reference.graph(), scored.graph()),
                 "the reference circuit belongs to another graph than the scored edges: use one model's circuits");
   const Ranking r = rank(scored, options);
   std::vector<char> positive(r.edges.size(), 0);

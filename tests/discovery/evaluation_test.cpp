@@ -137,6 +137,14 @@ TEST(Evaluation, FaithfulnessIsMibsNormalisationAndRefusesAFlatMetric) {
   EXPECT_NEAR(f[1], 1.0, kTol);
   const CircuitMetricFn flat = [](const std::vector<Circuit>& cs) { return std::vector<double>(cs.size(), 2.0); };
   EXPECT_NE(error_of([&] { ev::faithfulness({half}, flat); }).find("undefined"), std::string::npos);
+  const CircuitMetricFn nan_fn = [](const std::vector<Circuit>& cs) {
+    return std::vector<double>(cs.size(), std::numeric_limits<double>::quiet_NaN());
+  };
+  EXPECT_NE(error_of([&] { ev::faithfulness({half}, nan_fn); }).find("must be finite"), std::string::npos);
+  const Circuit other = Circuit::full(CircuitGraph(mechlab::core::preset("tiny")));
+  EXPECT_NE(error_of([&] { ev::faithfulness({half, other}, sum_of_kept_scores(w)); }).find("different graphs"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { ev::roc_curve(w, other); }).find("another graph"), std::string::npos);
   const CircuitMetricFn short_fn = [](const std::vector<Circuit>&) { return std::vector<double>{1.0}; };
   EXPECT_NE(error_of([&] { ev::faithfulness({half}, short_fn); }).find("one metric per circuit"),
             std::string::npos);
