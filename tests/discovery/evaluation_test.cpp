@@ -176,6 +176,9 @@ TEST(Evaluation, FaithfulnessCurveOfTopKCircuitsIsAnalytic) {
   const auto [cpr, cmd] = ev::faithfulness_areas(ev::mib_fractions(), fs);
   EXPECT_NEAR(curve.cpr, cpr, kTol);
   EXPECT_NEAR(curve.cmd, cmd, kTol);
+  EXPECT_NE(error_of([&] { ev::faithfulness_curve(scored, sum_of_kept_scores(scored), {}, {0.5, 0.2}); })
+                .find("fractions must increase within (0, 1]"),
+            std::string::npos);
 
   // Ranking by signed score: negate the odd positions; the top k are the
   // largest even positions (the unsigned ranking would mix in negative ones).
