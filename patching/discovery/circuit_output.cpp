@@ -128,9 +128,11 @@ std::string circuit_dot(const Circuit& circuit, const std::string& title) {
   std::ostringstream o;
   o << "digraph circuit {\n"
     << "  graph [rankdir=TB, ranksep=0.6, nodesep=0.3, labelloc=t, fontname=\"Helvetica\", label="
-    << quoted(title + "\\n" + std::to_string(circuit.edge_count()) + " of " +
-              std::to_string(circuit.edges().size()) +
+    // Two lines: the DOT escape "\n" joins the quoted parts.
+    << quoted(title).substr(0, quoted(title).size() - 1) << "\\n"
+    << quoted(std::to_string(circuit.edge_count()) + " of " + std::to_string(circuit.edges().size()) +
               " edges kept; edges into q: blue, k: green, v: red, MLP/output: grey; width: |score|")
+           .substr(1)
     << "];\n"
     << "  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\", fillcolor=\"#eeeeee\"];\n"
     << "  edge [arrowsize=0.6];\n";

@@ -104,6 +104,8 @@ TEST(CircuitOutput, DotDrawsOnlyKeptEdgesColouredByChannelAndSizedByScore) {
   EXPECT_NE(line_of("\"a0.h1\" -> \"m1\"").find("#777777"), std::string::npos);
   EXPECT_NE(line_of("\"a1.h2\" -> \"output\"").find("penwidth=6.00"), std::string::npos);
   EXPECT_NE(line_of("\"m1\" -> \"output\"").find("penwidth=2.25"), std::string::npos);
+  // A two-line title: the DOT line break, not an escaped backslash.
+  EXPECT_NE(dot.find("label=\"t\\n9 of "), std::string::npos) << dot;
   // The removed (scored) edge and nodes without kept edges are absent.
   EXPECT_EQ(dot.find("a0.h0"), std::string::npos);
   EXPECT_EQ(dot.find("m0"), std::string::npos);
