@@ -324,10 +324,16 @@ std::string nearest_name(const std::string& word, const std::vector<std::string>
 }
 
 std::vector<JobRun> JobFile::runs() const {
+  // The config records paths relative to the job file's folder, so that a
+  // rerun from another working directory finds its runs finished.
+  const fs::path base_dir = fs::absolute(dir.empty() ? "." : dir).lexically_normal();
+  auto rel = [&](const std::string& p) {
+    return fs::absolute(p).lexically_normal().lexically_relative(base_dir).string();
+  };
   std::vector<JobRun> out;
   for (const Job& j : jobs) {
     auto base = [&] {
-      json c = {{"name", j.name},       {"model", j.model},   {"dataset", j.dataset},
+      json c = {{"name", j.name},       {"model", rel(j.model)},   {"dataset", rel(j.dataset)},
                 {"method", j.method},   {"metric", j.metric}, {"ablation", j.ablation},
                 {"device", j.device},   {"examples", j.examples}};
       if (j.method == "eap-ig") c["steps"] = j.steps;
@@ -336,7 +342,7 @@ std::vector<JobRun> JobFile::runs() const {
     if (j.thresholds.empty()) {
       JobRun r{&j, std::numeric_limits<double>::quiet_NaN(), j.out, base()};
       r.config["top_n"] = j.top_n;
-      r.config["out"] = r.out;
+      r.config["out"] = rel(r.out);
       out.push_back(r);
       continue;
     }
@@ -348,7 +354,7 @@ std::vector<JobRun> JobFile::runs() const {
         r.out = (fs::path(j.out) / buf).string();
       }
       r.config["threshold"] = t;
-      r.config["out"] = r.out;
+      r.config["out"] = rel(r.out);
       out.push_back(r);
     }
   }

@@ -71,7 +71,10 @@ struct JobRun {
   const Job* job = nullptr;
   double threshold = 0;           ///< NaN with top_n
   std::string out;                ///< job.out, or job.out/threshold-<τ> in a sweep
-  nlohmann::json config;          ///< what circuit.json records and reruns compare
+  /// What circuit.json records and reruns compare: the job with defaults
+  /// filled in, paths relative to the job file's folder (so a rerun from
+  /// another working directory matches).
+  nlohmann::json config;
 };
 
 struct JobFile {
