@@ -119,8 +119,10 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
 
   // ---- every refusal before any work
   for (const Job& j : file.jobs) {
+    std::string available;
+    for (const auto& [name, fn] : method_table()) available += (available.empty() ? "" : ", ") + name;
     MECHLAB_CHECK(method_table().count(j.method), "job '", j.name, "': field 'method' is '", j.method,
-                  "', which this build cannot run yet (available: eap, eap-ig)");
+                  "', which this build cannot run yet (available: ", available, ")");
     MECHLAB_CHECK(j.device != "cuda" || at::hasCUDA(), "job '", j.name,
                   "': field 'device' is cuda but no CUDA device is available; use device: cpu");
   }

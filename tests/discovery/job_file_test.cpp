@@ -176,6 +176,27 @@ TEST_F(JobFile, RefusesAMethodThisBuildCannotRunYet) {
   EXPECT_HAS(m, "job 'a': field 'method' is 'acdc', which this build cannot run yet");
 }
 
+TEST_F(JobFile, RefusesToReplaceACircuitMadeWithOtherSettings) {
+  fs::create_directories(dir_ + "/a");
+  std::ofstream(dir_ + "/a/circuit.json") << R"({"mechlab_format": "circuit", "config": {"name": "a", "top_n": 3}})";
+  const std::string m = refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  EXPECT_HAS(m, "job 'a': field 'out':");
+  EXPECT_HAS(m, "holds a circuit made with other settings (");
+  EXPECT_HAS(m, "top_n");
+}
+
+TEST_F(JobFile, NeverReplacesAFileThatIsNotACircuit) {
+  fs::create_directories(dir_ + "/a");
+  std::ofstream(dir_ + "/a/circuit.json") << R"({"mechlab_format": "patching"})";
+  const std::string path = write("jobs.yaml", job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  const std::string m = error_of([&] {
+    jobs::run_job_file(jobs::parse_job_file(path), jobs::RunOptions().force(true),
+                       [](const std::vector<std::string>&) {});
+  });
+  EXPECT_HAS(m, "is not a mechlab circuit file");
+  EXPECT_HAS(m, "never replaced");
+}
+
 TEST_F(JobFile, YamlAndJsonGiveTheSameJobs) {
   const std::string yaml = write("j.yaml",
                                  "steps:\n"
