@@ -171,6 +171,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       throw Error(str_cat(s.label, ": ", e.what()));
     }
     MECHLAB_CHECK(fs::exists(s.out), s.label, ": finished but wrote no '", s.out, "'");
+    std::fflush(stdout);  // the command's own lines before the jobs' progress
   }
   // Datasets that the steps made are checked now, before any job runs.
   if (!missing_datasets.empty()) facts = check_job_inputs(file, /*skip_missing=*/false);

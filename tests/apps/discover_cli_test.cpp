@@ -1,7 +1,7 @@
 // `mechlab discover` end to end: a two-job file (EAP and EAP-IG on a tiny
-// model, with a dataset step) writes each circuit's JSON, HDF5, DOT and SVG;
+// model, with a dataset and a cache step) writes each circuit's JSON, HDF5, DOT and SVG;
 // the kept edges equal the library's selection computed directly; a rerun
-// skips the step and both jobs, --force reruns them; refusals and a missing
+// skips the steps and both jobs, --force reruns them; refusals and a missing
 // Graphviz are one-line errors.
 #include "core/data/dataset.h"
 #include "core/data/tasks/tasks.h"
@@ -62,7 +62,9 @@ std::string make_job_dir(const std::string& name) {
   cfg.d_vocab = static_cast<int>(mechlab::core::tasks::make_task("ioi", kIoi).d_vocab);
   mechlab::core::Transformer(cfg, 3).save(dir + "/model.h5");
   std::ofstream(dir + "/jobs.json") << R"({
-  "steps": [{"dataset": {"task": "ioi", "out": "data.h5", "n": 6, "seed": 2}}],
+  "steps": [{"dataset": {"task": "ioi", "out": "data.h5", "n": 6, "seed": 2}},
+            {"cache": {"model": "model.h5", "dataset": "data.h5", "out": "acts.h5",
+                       "hooks": "blocks.0.hook_resid_post", "no-progress": true}}],
   "jobs": [
     {"name": "eap", "model": "model.h5", "dataset": "data.h5", "method": "eap",
      "metric": "logit_diff", "top_n": 30},
@@ -93,6 +95,8 @@ TEST(DiscoverCli, TwoJobsWriteCircuitsThenARerunSkipsAndForceReruns) {
   ASSERT_EQ(first.rc, 0) << first.output;
   EXPECT_NE(first.output.find("step 1 (dataset): writing"), std::string::npos) << first.output;
   ASSERT_TRUE(fs::exists(dir + "/data.h5"));
+  EXPECT_NE(first.output.find("step 2 (cache): writing"), std::string::npos) << first.output;
+  EXPECT_EQ(mechlab::core::mechlab_format_of(dir + "/acts.h5"), "activations");
   for (const char* job : {"eap", "ig"}) {
     const std::string out = dir + "/" + job;
     for (const char* f : {"circuit.json", "circuit.h5", "circuit.dot"}) {
@@ -139,6 +143,7 @@ TEST(DiscoverCli, TwoJobsWriteCircuitsThenARerunSkipsAndForceReruns) {
       run_program("cd " + dir + " && " + std::string(MECHLAB_BINARY) + " discover jobs.json --threads 1");
   ASSERT_EQ(second.rc, 0) << second.output;
   EXPECT_NE(second.output.find("step 1 (dataset): skipped"), std::string::npos) << second.output;
+  EXPECT_NE(second.output.find("step 2 (cache): skipped"), std::string::npos) << second.output;
   EXPECT_EQ(count_of(second.output, "skipped: done"), 4u) << second.output;  // two lines + two table rows
   EXPECT_EQ(slurp(dir + "/eap/circuit.json"), before);
 
