@@ -4,6 +4,7 @@
 #include "apps/jobs/job_file.h"
 #include "apps/jobs/job_runner.h"
 #include "core/util/error.h"
+#include "patching/metrics.h"
 
 #include <cstdio>
 #include <memory>
@@ -41,7 +42,7 @@ the job file's folder.
     model       mechlab checkpoint (.h5) or Hugging Face folder
     dataset     patching dataset (.h5) with clean/corrupted pairs and answers
     method      acdc | eap | eap-ig | eap-acdc (this build runs eap and eap-ig)
-    metric      default kl_to_clean; one of patching's metrics (see `mechlab patch --help`);
+    metric      default kl_to_clean; one of: @METRICS@;
                 eap needs a metric with a gradient at the clean run, e.g. logit_diff
     ablation    corrupted | mean | zero (default corrupted; eap/eap-ig: corrupted only)
     threshold   τ >= 0: keep edges with |score| >= τ
@@ -84,7 +85,9 @@ void add_discover_command(CLI::App& app) {
   cmd->add_flag("--force", a->force,
                 "Rerun finished jobs, and replace circuits made with other settings in their folders");
   cmd->add_flag("--no-svg", a->no_svg, "Do not draw circuit.svg (no Graphviz needed)");
-  cmd->footer(kDiscoverHelp);
+  std::string help = kDiscoverHelp;
+  help.replace(help.find("@METRICS@"), 9, patching::metric_names());
+  cmd->footer(help);
   add_threads_option(cmd);
   cmd->callback([a] {
     handle_interrupts(false, "mechlab: interrupted; finished jobs are kept and skipped on a rerun\n");
