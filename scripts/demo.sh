@@ -4,7 +4,10 @@
 # recipe beside it): shows its config, runs it on repeated tokens with
 # caching (top-k predictions, cache summary), scores its heads with the head
 # detector, then makes an induction dataset, writes the model's residual
-# stream over it to an activation store, and inspects the store.
+# stream over it to an activation store, and inspects the store. Last, it
+# runs the built-in discovery job file (apps/jobs/demo.yaml): circuits of the
+# shipped IOI model by EAP and EAP-IG, written to runs/demo/ as JSON, HDF5
+# and Graphviz pictures, with the heads each circuit contains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -32,3 +35,9 @@ mkdir -p "$(dirname "$data")"
 "$ML" dataset inspect "$data" --examples 1
 "$ML" cache "$model" "$data" --hooks 'blocks.*.hook_resid_post' --out "$store" --overwrite
 "$ML" store inspect "$store" --check
+echo
+# Circuit discovery from the built-in job file: a dataset step, then EAP (top
+# 40 edges) and EAP-IG (a threshold sweep) on the IOI model. A rerun skips
+# what is done; --force redoes it.
+"$ML" discover apps/jobs/demo.yaml --threads 2
+ls runs/demo/ioi-eap

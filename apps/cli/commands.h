@@ -24,6 +24,7 @@ void add_train_command(CLI::App& app);
 void add_heads_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_attach_tokenizer_command(CLI::App& app);
+void add_discover_command(CLI::App& app);
 
 // Shared option parsing.
 at::Device parse_device(const std::string& text);     // "cpu", "cuda", "cuda:1", "auto"

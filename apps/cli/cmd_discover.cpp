@@ -1,0 +1,115 @@
+// mechlab discover: a job file (apps/jobs/job_file.h) -> checks -> steps ->
+// jobs (apps/jobs/job_runner.h) -> summary and the heads of each circuit.
+#include "apps/cli/commands.h"
+#include "apps/jobs/job_file.h"
+#include "apps/jobs/job_runner.h"
+#include "core/util/error.h"
+#include "patching/metrics.h"
+
+#include <cstdio>
+#include <memory>
+
+namespace mechlab::cli {
+
+namespace {
+
+// A step runs the CLI's own command in-process, so a step takes exactly the
+// arguments of `mechlab dataset make` / `mechlab cache`.
+void run_step(const std::vector<std::string>& args) {
+  CLI::App app{"mechlab"};
+  app.require_subcommand(1);
+  add_dataset_command(app);
+  add_cache_command(app);
+  std::vector<std::string> words = {"mechlab"};
+  words.insert(words.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& w : words) argv.push_back(w.data());
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::ParseError& e) {
+    throw Error(str_cat("its arguments do not parse: ", e.what()));
+  }
+}
+
+const char* kDiscoverHelp = R"(Job file (JSON, or YAML when it ends in .yaml/.yml). Relative paths are relative to
+the job file's folder.
+  steps:        optional list run before the jobs; a step whose `out` exists is skipped
+    - dataset:  the arguments of `mechlab dataset make`: task, out, n, seed, set: {KEY: VALUE}
+    - cache:    the arguments of `mechlab cache`: model, dataset, out, hooks, dtype, ...
+                (option names without "--"; true is a flag, a list repeats the option)
+  jobs:         list of jobs, each:
+    name        unique; the output folder's default name
+    model       mechlab checkpoint (.h5) or Hugging Face folder
+    dataset     patching dataset (.h5) with clean/corrupted pairs and answers
+    method      acdc | eap | eap-ig | eap-acdc (this build runs eap and eap-ig)
+    metric      default kl_to_clean; one of: @METRICS@;
+                eap needs a metric with a gradient at the clean run, e.g. logit_diff
+    ablation    corrupted | mean | zero (default corrupted; eap/eap-ig: corrupted only)
+    threshold   τ >= 0: keep edges with |score| >= τ
+    thresholds  a list of τ: a sweep, one output folder OUT/threshold-<τ> per τ
+    top_n       eap/eap-ig: keep the N edges of largest |score| (instead of τ)
+    steps       eap-ig interpolation steps (default 5)
+    device      cpu | cuda (default cpu)
+    examples    use the first N prompt pairs (default 0 = all)
+    out         output folder (default <job file's folder>/<name>)
+Each job writes OUT/circuit.json (every edge with score and kept/removed, the
+trace, the job, versions), OUT/circuit.h5, OUT/circuit.dot and OUT/circuit.svg
+(Graphviz `dot`). Finished jobs (circuit.json with the same settings) are
+skipped on a rerun. Every refusal happens before any work starts.
+
+Example (ioi.yaml):
+  steps:
+    - dataset: {task: ioi, out: ioi.h5, n: 32, seed: 1}
+  jobs:
+    - {name: ioi-eap, model: ../models/ioi.h5, dataset: ioi.h5, method: eap,
+       metric: logit_diff, top_n: 40}
+    - {name: ioi-eap-ig, model: ../models/ioi.h5, dataset: ioi.h5, method: eap-ig,
+       thresholds: [0.05, 0.1]}
+)";
+
+}  // namespace
+
+void add_discover_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "discover",
+      "Circuit discovery from a job file: runs its steps (datasets, caches), then each job\n"
+      "(EAP, EAP-IG; ACDC to come) one after another, writes each circuit as JSON, HDF5 and a\n"
+      "Graphviz picture, and prints a summary table and the heads of each circuit.");
+  struct Args {
+    std::string file, only;
+    bool force = false, no_svg = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("jobfile", a->file, "Job file (.json, .yaml or .yml); its format is below")->required();
+  cmd->add_option("--only", a->only, "Run only the job of this name (steps still run)");
+  cmd->add_flag("--force", a->force,
+                "Rerun finished jobs, and replace circuits made with other settings in their folders");
+  cmd->add_flag("--no-svg", a->no_svg, "Do not draw circuit.svg (no Graphviz needed)");
+  std::string help = kDiscoverHelp;
+  help.replace(help.find("@METRICS@"), 9, patching::metric_names());
+  cmd->footer(help);
+  add_threads_option(cmd);
+  cmd->callback([a] {
+    handle_interrupts(false, "mechlab: interrupted; finished jobs are kept and skipped on a rerun\n");
+    const jobs::JobFile file = jobs::parse_job_file(a->file);
+    const jobs::RunReport report =
+        jobs::run_job_file(file,
+                           jobs::RunOptions().only(a->only).force(a->force).svg(!a->no_svg),
+                           run_step);
+    std::printf("\nheads and MLPs of each circuit:\n");
+    for (const auto& r : report.runs) {
+      std::string nodes;
+      for (const auto& n : r.nodes) nodes += " " + n;
+      char label[96];
+      if (r.top_n > 0) {
+        std::snprintf(label, sizeof label, "%s (top %lld)", r.job.c_str(), static_cast<long long>(r.top_n));
+      } else {
+        std::snprintf(label, sizeof label, "%s (tau %g)", r.job.c_str(), r.threshold);
+      }
+      std::printf("  %-28s%s\n", label, nodes.empty() ? " (none)" : nodes.c_str());
+    }
+    MECHLAB_CHECK(report.first_error.empty(), report.first_error);
+  });
+}
+
+}  // namespace mechlab::cli

@@ -1,0 +1,119 @@
+// Discovery job files (`mechlab discover JOBFILE`): JSON or YAML (by
+// extension: .yaml/.yml are YAML, everything else JSON), converted to one
+// nlohmann::json document and checked by one validator.
+//
+//   steps:                       # optional, run in order before the jobs
+//     - dataset: {task: ioi, out: data/ioi.h5, n: 64, seed: 1, set: {order: mixed}}
+//     - cache: {model: m.h5, dataset: data/ioi.h5, out: c.h5, hooks: "blocks.*.hook_resid_post"}
+//   jobs:
+//     - name: ioi-eap            # unique; names the output folder
+//       model: models/ioi.h5     # mechlab checkpoint or Hugging Face folder
+//       dataset: data/ioi.h5     # a patching dataset (clean/corrupted pairs)
+//       method: eap              # acdc | eap | eap-ig | eap-acdc
+//       metric: logit_diff       # default kl_to_clean; any of patching's metric_catalog()
+//       ablation: corrupted      # corrupted | mean | zero (default corrupted)
+//       threshold: 0.05          # τ >= 0; or thresholds: [..] (one folder per τ); or top_n: N (eap, eap-ig)
+//       steps: 5                 # EAP-IG interpolation steps (eap-ig only; default 5)
+//       device: cpu              # cpu | cuda (default cpu)
+//       examples: 32             # the first N prompt pairs (default 0 = all)
+//       out: runs/ioi-eap        # default <job file's folder>/<name>
+//
+// Relative paths are relative to the job file's folder. A `dataset` step
+// takes the arguments of `mechlab dataset make` (task positional, the rest
+// by option name without "--"; `set` a map of task options), a `cache` step
+// those of `mechlab cache` (model and dataset positional); true is a flag,
+// a list repeats the option. A step whose `out` exists is skipped.
+//
+// Every refusal is one line naming the job (or step) and the field, raised
+// before any work starts: parse_job_file checks the syntax, the fields and
+// their values; check_job_file opens the models and datasets.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mechlab::jobs {
+
+/// A step kind: the CLI command it runs and the fields it accepts.
+struct StepKind {
+  std::string name;                      ///< "dataset", "cache"
+  std::vector<std::string> command;      ///< {"dataset", "make"}, {"cache"}
+  std::vector<std::string> positionals;  ///< fields passed in order before the options
+  std::vector<std::string> flags;        ///< option fields (without "--"), including "out"
+};
+/// The step kinds a job file may use.
+const std::vector<StepKind>& step_kinds();
+
+struct Step {
+  std::string kind;               ///< a step_kinds() name
+  std::string label;              ///< "step 1 (dataset)" for messages
+  std::string out;                ///< the file it writes (resolved)
+  std::vector<std::string> argv;  ///< the CLI arguments, command words first
+};
+
+/// One job as validated, defaults filled in and paths resolved.
+struct Job {
+  std::string name, model, dataset, method, metric = "kl_to_clean", ablation = "corrupted";
+  std::vector<double> thresholds;  ///< one per run; empty with top_n
+  int64_t top_n = 0;
+  int steps = 5;
+  std::string device = "cpu";
+  int64_t examples = 0;
+  std::string out;
+};
+
+/// One output folder of a job: the job at one τ (or its top_n).
+struct JobRun {
+  const Job* job = nullptr;
+  double threshold = 0;           ///< NaN with top_n
+  std::string out;                ///< job.out, or job.out/threshold-<τ> in a sweep
+  /// What circuit.json records and reruns compare: the job with defaults
+  /// filled in, paths relative to the job file's folder (so a rerun from
+  /// another working directory matches).
+  nlohmann::json config;
+};
+
+struct JobFile {
+  std::string path, dir;
+  std::vector<Step> steps;
+  std::vector<Job> jobs;
+  /// Every run of every job, in file order.
+  std::vector<JobRun> runs() const;
+};
+
+/// The methods a job may name.
+const std::vector<std::string>& method_names();
+
+/// Reads a JSON or YAML job file into its document (syntax errors name the
+/// file and the line).
+nlohmann::json read_job_document(const std::string& path);
+/// Validates a document (as read_job_document returns it) whose relative
+/// paths are relative to `dir`: fields, types, values, duplicate names and
+/// output folders, files that neither exist nor come from a step.
+JobFile parse_job_document(const nlohmann::json& doc, const std::string& path, const std::string& dir);
+/// read_job_document + parse_job_document.
+JobFile parse_job_file(const std::string& path);
+
+/// What check_job_file learnt about a model: its config hash and vocabulary.
+struct ModelFacts {
+  std::string hash;
+  int64_t d_vocab = 0;
+};
+
+/// Opens each model and each dataset that exists (step outputs not yet
+/// made are checked by the runner once the steps ran): a model that does not
+/// load, a dataset without clean/corrupted pairs, token ids >= the model's
+/// d_vocab, an output folder that is one of its job's inputs. Returns the
+/// models' facts by path.
+/// With `skip_missing`, datasets not there yet are left for a later call.
+std::map<std::string, ModelFacts> check_job_inputs(const JobFile& file, bool skip_missing);
+
+/// "did you mean" helper: the name in `valid` nearest to `word` (edit
+/// distance), or "" when none is close.
+std::string nearest_name(const std::string& word, const std::vector<std::string>& valid);
+
+}  // namespace mechlab::jobs

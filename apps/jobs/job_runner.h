@@ -1,0 +1,107 @@
+// Runs a job file (apps/jobs/job_file.h): its steps, then its jobs one after
+// another, each with a progress bar, skipping finished ones, and prints a
+// summary table (job, method, τ, edges kept / total, metric of the circuit,
+// seconds, status).
+//
+// A method is one entry of a table, name -> function(context) -> JobResult;
+// the context holds the job, the loaded model and data, the metric, the
+// journal of an interrupted earlier run and a progress bar. eap and eap-ig
+// are here (edge attribution + discovery/selection.h); acdc and eap-acdc are
+// wired by adding their entries.
+//
+// Finished: the run's circuit.json exists and records the same config; a
+// rerun prints "skipped: done" (RunOptions::force reruns it). A circuit.json
+// with another config is refused before any work unless forced; a file
+// there that is not a circuit file is never replaced.
+#pragma once
+
+#include "apps/jobs/job_file.h"
+#include "apps/jobs/journal.h"
+#include "core/util/options.h"
+#include "core/util/progress.h"
+#include "hooks/hooked_transformer.h"
+#include "patching/discovery/circuit.h"
+#include "patching/edge_attribution.h"
+#include "patching/metrics.h"
+#include "patching/patching_data.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mechlab::jobs {
+
+/// What a method produced for one run.
+struct JobResult {
+  discovery::Circuit circuit;
+  /// [{"edge", "kept", "metric"}...] in decision order; empty for EAP.
+  nlohmann::json trace = nlohmann::json::array();
+  double full_metric = NAN;     ///< the metric of the whole model
+  double circuit_metric = NAN;  ///< the metric of the circuit; NaN = not evaluated
+  nlohmann::json details = nlohmann::json::object();  ///< method-specific (passes, baselines)
+};
+
+/// Everything a method may use for one run.
+struct MethodContext {
+  const JobRun& run;
+  hooks::HookedTransformer& model;
+  const patching::PatchingData& data;
+  const patching::Metric& metric;
+  /// The decided steps of an interrupted earlier run (journal.jsonl), oldest first.
+  const std::vector<nlohmann::json>& resume;
+  /// Append each decided step here as it is decided.
+  JournalWriter& journal;
+  /// Edge scores already computed for this job (reused across its thresholds).
+  std::map<std::string, patching::EdgeScores>& edge_scores;
+  /// The run's progress bar, made on first use with the method's total.
+  core::ProgressBar& progress(int64_t total, const std::string& unit);
+  std::unique_ptr<core::ProgressBar> bar;
+};
+
+using Method = std::function<JobResult(MethodContext&)>;
+/// name -> method; a job whose method has no entry is refused before any work.
+const std::map<std::string, Method>& method_table();
+
+/// Runs one step's CLI arguments (the CLI parses and runs them in-process).
+using StepExecutor = std::function<void(const std::vector<std::string>& argv)>;
+
+struct RunOptions {
+  /// Run only this job ("" = all).
+  MECHLAB_OPTION(RunOptions, std::string, only, "")
+  /// Rerun finished jobs and replace circuits of another config.
+  MECHLAB_OPTION(RunOptions, bool, force, false)
+  /// Render circuit.svg (Graphviz).
+  MECHLAB_OPTION(RunOptions, bool, svg, true)
+  MECHLAB_OPTION(RunOptions, std::string, dot_program, "dot")
+};
+
+/// One row of the summary.
+struct RunSummary {
+  std::string job, method, out, status;  ///< status: "done", "skipped: done", "failed: ..."
+  double threshold = NAN;
+  int64_t top_n = 0;
+  int64_t kept = -1, total = -1;
+  double circuit_metric = NAN, seconds = 0;
+  std::vector<std::string> nodes;  ///< heads and MLPs of the circuit
+};
+
+struct RunReport {
+  std::vector<RunSummary> runs;
+  std::string first_error;  ///< "" when every run succeeded
+};
+
+/// Checks everything (refusing before any work), runs the steps and the
+/// jobs, prints progress and the summary table to stdout. A job that fails
+/// while running does not stop the others; its error is in the report.
+RunReport run_job_file(const JobFile& file, const RunOptions& options, const StepExecutor& execute_step);
+
+/// The summary table as printed.
+std::string summary_table(const RunReport& report);
+
+}  // namespace mechlab::jobs

@@ -1,0 +1,207 @@
+// `mechlab discover` end to end: a two-job file (EAP and EAP-IG on a tiny
+// model, with a dataset and a cache step) writes each circuit's JSON, HDF5, DOT and SVG;
+// the kept edges equal the library's selection computed directly; a rerun
+// skips the steps and both jobs, --force reruns them; refusals and a missing
+// Graphviz are one-line errors.
+#include "core/data/dataset.h"
+#include "core/data/tasks/tasks.h"
+#include "core/formats/output_file.h"
+#include "core/hf/model_loader.h"
+#include "core/model/presets.h"
+#include "core/model/transformer.h"
+#include "apps/jobs/job_file.h"
+#include "patching/discovery/circuit_output.h"
+#include "hooks/hooked_transformer.h"
+#include "patching/discovery/selection.h"
+#include "patching/edge_attribution.h"
+#include "patching/metrics.h"
+#include "patching/patching_data.h"
+#include "patching/sweeps.h"
+#include "tests/test_util.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+using mechlab::testing::run_cli;
+using mechlab::testing::run_program;
+using mechlab::testing::temp_path;
+namespace fs = std::filesystem;
+
+namespace {
+
+const nlohmann::json kIoi = {{"n", 6}, {"seed", 2}};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+size_t count_of(const std::string& text, const std::string& word) {
+  size_t n = 0;
+  for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) ++n;
+  return n;
+}
+
+bool have_dot() { return std::system("command -v dot >/dev/null 2>&1") == 0; }
+
+// A tiny random model whose vocabulary covers the IOI dataset the job
+// file's step makes, and the job file.
+std::string make_job_dir(const std::string& name) {
+  const std::string dir = temp_path("discover_cli", name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  mechlab::core::ModelConfig cfg = mechlab::core::preset("tiny");
+  cfg.d_vocab = static_cast<int>(mechlab::core::tasks::make_task("ioi", kIoi).d_vocab);
+  mechlab::core::Transformer(cfg, 3).save(dir + "/model.h5");
+  std::ofstream(dir + "/jobs.json") << R"({
+  "steps": [{"dataset": {"task": "ioi", "out": "data.h5", "n": 6, "seed": 2}},
+            {"cache": {"model": "model.h5", "dataset": "data.h5", "out": "acts.h5",
+                       "hooks": "blocks.0.hook_resid_post", "no-progress": true}}],
+  "jobs": [
+    {"name": "eap", "model": "model.h5", "dataset": "data.h5", "method": "eap",
+     "metric": "logit_diff", "top_n": 30},
+    {"name": "ig", "model": "model.h5", "dataset": "data.h5", "method": "eap-ig",
+     "metric": "logit_diff", "steps": 2, "threshold": 0.01}
+  ]
+})";
+  return dir;
+}
+
+std::string discover(const std::string& dir, const std::string& extra = "") {
+  return "discover " + dir + "/jobs.json --threads 1" + extra;
+}
+
+std::set<std::string> kept_in(const nlohmann::json& doc) {
+  std::set<std::string> out;
+  for (const auto& e : doc["circuit"]["edges"]) {
+    if (e["kept"].get<bool>()) out.insert(e["edge"].get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(DiscoverCli, TwoJobsWriteCircuitsThenARerunSkipsAndForceReruns) {
+  const std::string dir = make_job_dir("two_jobs");
+  const auto first = run_cli(discover(dir));
+  ASSERT_EQ(first.rc, 0) << first.output;
+  EXPECT_NE(first.output.find("step 1 (dataset): writing"), std::string::npos) << first.output;
+  ASSERT_TRUE(fs::exists(dir + "/data.h5"));
+  EXPECT_NE(first.output.find("step 2 (cache): writing"), std::string::npos) << first.output;
+  EXPECT_EQ(mechlab::core::mechlab_format_of(dir + "/acts.h5"), "activations");
+  for (const char* job : {"eap", "ig"}) {
+    const std::string out = dir + "/" + job;
+    for (const char* f : {"circuit.json", "circuit.h5", "circuit.dot"}) {
+      EXPECT_TRUE(fs::exists(out + "/" + f)) << out << "/" << f;
+    }
+    EXPECT_EQ(fs::exists(out + "/circuit.svg"), have_dot());
+    EXPECT_FALSE(fs::exists(out + "/journal.jsonl"));
+    EXPECT_EQ(mechlab::core::mechlab_format_of(out + "/circuit.h5"), "circuit");
+  }
+
+  // The kept edges equal the selection computed directly through the library.
+  at::set_num_threads(1);
+  using namespace mechlab;
+  hooks::HookedTransformer model(core::load_model(dir + "/model.h5"));
+  const patching::PatchingData data = patching::PatchingData::from_dataset(core::load_dataset(dir + "/data.h5"));
+  const patching::Metric metric = patching::make_metric(patching::MetricOptions().name("logit_diff"), model, data,
+                                                        patching::Direction::noising);
+  const patching::EdgeScores eap = patching::edge_attribution(model, data, metric);
+  const discovery::Circuit want_eap = discovery::select_edges(eap, discovery::SelectionOptions().top_n(30));
+  const patching::EdgeScores ig = patching::edge_attribution(
+      model, data, metric,
+      patching::AttributionOptions().with_method(patching::AttributionMethod::eap_ig).with_steps(2));
+  const discovery::Circuit want_ig = discovery::select_edges(ig, discovery::SelectionOptions().threshold(0.01));
+  auto names = [](const discovery::Circuit& c) {
+    std::set<std::string> out;
+    for (const auto& e : c.edges()) {
+      if (c.kept(e)) out.insert(c.edge_name(e));
+    }
+    return out;
+  };
+  const nlohmann::json doc_eap = discovery::read_circuit_document(dir + "/eap/circuit.json");
+  const nlohmann::json doc_ig = discovery::read_circuit_document(dir + "/ig/circuit.json");
+  EXPECT_EQ(kept_in(doc_eap), names(want_eap));
+  EXPECT_EQ(kept_in(doc_ig), names(want_ig));
+  EXPECT_GT(names(want_eap).size(), 0u);
+  EXPECT_EQ(doc_eap["config"]["top_n"], 30);
+  EXPECT_EQ(doc_eap["versions"]["model_config_hash"], model.cfg().hash());
+  EXPECT_EQ(doc_eap["trace"], nlohmann::json::array());
+
+  // A rerun, from another working directory, skips the step and both jobs,
+  // leaving the files as they were.
+  const std::string before = slurp(dir + "/eap/circuit.json");
+  const auto second =
+      run_program("cd " + dir + " && " + std::string(MECHLAB_BINARY) + " discover jobs.json --threads 1");
+  ASSERT_EQ(second.rc, 0) << second.output;
+  EXPECT_NE(second.output.find("step 1 (dataset): skipped"), std::string::npos) << second.output;
+  EXPECT_NE(second.output.find("step 2 (cache): skipped"), std::string::npos) << second.output;
+  EXPECT_EQ(count_of(second.output, "skipped: done"), 4u) << second.output;  // two lines + two table rows
+  EXPECT_EQ(slurp(dir + "/eap/circuit.json"), before);
+
+  // --force reruns both; --only runs one.
+  const auto forced = run_cli(discover(dir, " --force"));
+  ASSERT_EQ(forced.rc, 0) << forced.output;
+  EXPECT_EQ(count_of(forced.output, "skipped: done"), 0u) << forced.output;
+  EXPECT_EQ(count_of(forced.output, " edges kept -> "), 2u) << forced.output;
+  const auto only = run_cli(discover(dir, " --force --only ig"));
+  ASSERT_EQ(only.rc, 0) << only.output;
+  EXPECT_EQ(count_of(only.output, " edges kept -> "), 1u) << only.output;
+  EXPECT_NE(only.output.find("ig: "), std::string::npos);
+}
+
+TEST(DiscoverCli, WithoutGraphvizTheDataIsWrittenAndTheErrorSaysToInstallIt) {
+  const std::string dir = make_job_dir("no_dot");
+  const auto r = run_program("PATH=/nonexistent " + std::string(MECHLAB_BINARY) + " " +
+                             discover(dir, " --only eap"));
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("install graphviz"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/eap/circuit.json"));
+  EXPECT_TRUE(fs::exists(dir + "/eap/circuit.h5"));
+  EXPECT_TRUE(fs::exists(dir + "/eap/circuit.dot"));
+  EXPECT_FALSE(fs::exists(dir + "/eap/circuit.svg"));
+  // The error is the last line, one line.
+  const std::string last = r.output.substr(r.output.rfind("mechlab: error"));
+  EXPECT_EQ(count_of(last, "\n"), 1u) << last;
+}
+
+TEST(DiscoverCli, ARefusalIsOneLineAndNothingIsWritten) {
+  const std::string dir = make_job_dir("refusal");
+  std::ofstream(dir + "/jobs.json") << R"({"steps": [{"dataset": {"task": "ioi", "out": "data.h5"}}],
+    "jobs": [{"name": "x", "model": "model.h5", "dataset": "data.h5", "method": "eapp", "top_n": 3}]})";
+  const auto r = run_cli("discover " + dir + "/jobs.json");
+  EXPECT_EQ(r.rc, 1) << r.output;
+  EXPECT_EQ(r.output, "mechlab: error: job 'x': field 'method' is 'eapp'; did you mean 'eap'? (valid: acdc, eap, "
+                      "eap-ig, eap-acdc)\n");
+  EXPECT_FALSE(fs::exists(dir + "/data.h5"));
+  EXPECT_FALSE(fs::exists(dir + "/x"));
+}
+
+TEST(DiscoverCli, HelpExplainsTheJobFile) {
+  const auto r = run_cli("discover --help");
+  ASSERT_EQ(r.rc, 0);
+  for (const char* word : {"--only", "--force", "thresholds", "top_n", "ablation", "eap-ig", "Example", "steps:"}) {
+    EXPECT_NE(r.output.find(word), std::string::npos) << word;
+  }
+}
+
+// The fields a step accepts are options of the command it runs.
+TEST(DiscoverCli, StepFieldsAreOptionsOfTheirCommands) {
+  for (const auto& kind : mechlab::jobs::step_kinds()) {
+    std::string cmd;
+    for (const auto& w : kind.command) cmd += w + " ";
+    const auto r = run_cli(cmd + "--help");
+    ASSERT_EQ(r.rc, 0) << cmd;
+    for (const auto& flag : kind.flags) {
+      EXPECT_NE(r.output.find("--" + flag), std::string::npos) << cmd << "--" << flag;
+    }
+  }
+}

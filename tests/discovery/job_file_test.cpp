@@ -1,0 +1,275 @@
+// Discovery job files (apps/jobs/job_file.h) and the resume journal
+// (apps/jobs/journal.h). Each refusal of a bad job file is checked through
+// run_job_file, which must refuse before any work: the message names the job
+// (or step) and the field, and the folder holds exactly what it held before.
+#include "apps/jobs/job_file.h"
+#include "apps/jobs/job_runner.h"
+#include "apps/jobs/journal.h"
+#include "core/data/dataset.h"
+#include "core/data/tasks/tasks.h"
+#include "core/model/presets.h"
+#include "core/model/transformer.h"
+#include "tests/test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+using mechlab::testing::error_of;
+using mechlab::testing::temp_path;
+namespace fs = std::filesystem;
+namespace jobs = mechlab::jobs;
+
+namespace {
+
+// A folder with a tiny model (model.h5) whose vocabulary covers an IOI
+// dataset (data.h5), and one whose vocabulary (5 ids) does not (small.h5).
+class JobFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = temp_path("job_file", ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    const mechlab::core::Dataset ds = mechlab::core::tasks::make_task("ioi", {{"n", 4}, {"seed", 1}});
+    mechlab::core::save_dataset(dir_ + "/data.h5", ds);
+    mechlab::core::ModelConfig cfg = mechlab::core::preset("tiny");
+    cfg.d_vocab = static_cast<int>(ds.d_vocab);
+    mechlab::core::Transformer(cfg, 1).save(dir_ + "/model.h5");
+    cfg.d_vocab = 5;
+    mechlab::core::Transformer(cfg, 1).save(dir_ + "/small.h5");
+  }
+
+  std::set<std::string> listing() const {
+    std::set<std::string> out;
+    for (const auto& e : fs::recursive_directory_iterator(dir_)) out.insert(e.path().string());
+    return out;
+  }
+
+  std::string write(const std::string& name, const std::string& text) const {
+    const std::string p = dir_ + "/" + name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  // The refusal of a YAML job file: its message, after checking that nothing
+  // ran and nothing was written.
+  std::string refusal(const std::string& yaml) {
+    const std::string path = write("jobs.yaml", yaml);
+    const std::set<std::string> before = listing();
+    bool stepped = false;
+    const std::string msg = error_of([&] {
+      const jobs::JobFile f = jobs::parse_job_file(path);
+      jobs::run_job_file(f, jobs::RunOptions(),
+                         [&](const std::vector<std::string>&) { stepped = true; });
+    });
+    EXPECT_FALSE(stepped) << "a step ran before the refusal";
+    EXPECT_EQ(listing(), before) << "the refusal wrote files";
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    return msg;
+  }
+
+  std::string dir_;
+};
+
+std::string job(const std::string& extra) {
+  return "jobs:\n  - name: a\n    model: model.h5\n    dataset: data.h5\n" + extra;
+}
+
+#define EXPECT_HAS(msg, text) EXPECT_NE((msg).find(text), std::string::npos) << (msg)
+
+}  // namespace
+
+TEST_F(JobFile, RefusesAnUnknownMethodNamingTheNearest) {
+  const std::string m = refusal(job("    method: acdcc\n    threshold: 0.1\n"));
+  EXPECT_HAS(m, "job 'a': field 'method' is 'acdcc'; did you mean 'acdc'?");
+}
+
+TEST_F(JobFile, RefusesAnUnknownJobFieldNamingTheNearest) {
+  const std::string m = refusal(job("    method: eap\n    metric: logit_diff\n    tresholds: [0.1]\n"));
+  EXPECT_HAS(m, "job 'a': unknown field 'tresholds'; did you mean 'thresholds'?");
+}
+
+TEST_F(JobFile, RefusesAnUnknownTopLevelField) {
+  const std::string m = refusal("job:\n  - name: a\n");
+  EXPECT_HAS(m, "unknown field 'job'; did you mean 'jobs'?");
+}
+
+TEST_F(JobFile, RefusesAnUnknownStepField) {
+  const std::string m = refusal("steps:\n  - dataset: {task: ioi, outt: d2.h5}\n" +
+                                job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  EXPECT_HAS(m, "step 1 (dataset): unknown field 'outt'; did you mean 'out'?");
+}
+
+TEST_F(JobFile, RefusesAMissingModel) {
+  const std::string m = refusal(
+      "jobs:\n  - {name: a, model: nope.h5, dataset: data.h5, method: eap, metric: logit_diff, top_n: 5}\n");
+  EXPECT_HAS(m, "job 'a': field 'model': no file or folder");
+  EXPECT_HAS(m, "nope.h5");
+}
+
+TEST_F(JobFile, RefusesAMissingDatasetThatNoStepMakes) {
+  const std::string m = refusal(
+      "jobs:\n  - {name: a, model: model.h5, dataset: d2.h5, method: eap, metric: logit_diff, top_n: 5}\n");
+  EXPECT_HAS(m, "job 'a': field 'dataset': no file");
+  // The same job with a step that makes d2.h5 parses.
+  const std::string ok = write("ok.yaml",
+                               "steps:\n  - dataset: {task: ioi, out: d2.h5, n: 4}\n"
+                               "jobs:\n  - {name: a, model: model.h5, dataset: d2.h5, method: eap, "
+                               "metric: logit_diff, top_n: 5}\n");
+  EXPECT_EQ(jobs::parse_job_file(ok).jobs.size(), 1u);
+}
+
+TEST_F(JobFile, RefusesANegativeThreshold) {
+  const std::string m = refusal(job("    method: acdc\n    threshold: -0.5\n"));
+  EXPECT_HAS(m, "job 'a': field 'threshold' is -0.5; τ must be >= 0");
+}
+
+TEST_F(JobFile, RefusesAThresholdThatIsNotANumber) {
+  const std::string m = refusal(job("    method: acdc\n    thresholds: [0.1, high]\n"));
+  EXPECT_HAS(m, "job 'a': field 'thresholds' must be a number");
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: \"0.1\"\n")), "field 'threshold' must be a number");
+}
+
+TEST_F(JobFile, RefusesDuplicateJobNames) {
+  const std::string m = refusal(
+      "jobs:\n  - {name: a, model: model.h5, dataset: data.h5, method: eap, metric: logit_diff, top_n: 5}\n"
+      "  - {name: a, model: model.h5, dataset: data.h5, method: eap-ig, threshold: 0.1, out: b}\n");
+  EXPECT_HAS(m, "job 'a': field 'name' is used by two jobs");
+}
+
+TEST_F(JobFile, RefusesADatasetOutsideTheModelsVocabulary) {
+  const std::string m = refusal(
+      "jobs:\n  - {name: a, model: small.h5, dataset: data.h5, method: eap, metric: logit_diff, top_n: 5}\n");
+  EXPECT_HAS(m, "job 'a': field 'dataset':");
+  EXPECT_HAS(m, "has d_vocab 5");
+}
+
+TEST_F(JobFile, RefusesAnOutputFolderThatIsAnInput) {
+  const std::string m = refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n    out: data.h5\n"));
+  EXPECT_HAS(m, "job 'a': field 'out'");
+  EXPECT_HAS(m, "an output must not be an input");
+}
+
+TEST_F(JobFile, RefusesAMissingName) {
+  const std::string m = refusal("jobs:\n  - {model: model.h5, dataset: data.h5, method: eap, top_n: 5}\n");
+  EXPECT_HAS(m, "job 1: field 'name' is missing");
+}
+
+TEST_F(JobFile, RefusesBothThresholdAndTopN) {
+  const std::string m = refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n    threshold: 0.1\n"));
+  EXPECT_HAS(m, "job 'a': give exactly one of fields 'threshold', 'thresholds' and 'top_n' (2 given)");
+}
+
+TEST_F(JobFile, RefusesEapWithAMetricWithoutGradientAtTheCleanRun) {
+  const std::string m = refusal(job("    method: eap\n    top_n: 5\n"));  // metric defaults to kl_to_clean
+  EXPECT_HAS(m, "job 'a': field 'metric' is kl_to_clean");
+}
+
+TEST_F(JobFile, RefusesAnUnknownMetricNamingTheNearest) {
+  const std::string m = refusal(job("    method: eap\n    metric: logit_dif\n    top_n: 5\n"));
+  EXPECT_HAS(m, "job 'a': field 'metric' is 'logit_dif'; did you mean 'logit_diff'?");
+}
+
+TEST_F(JobFile, RefusesAMethodThisBuildCannotRunYet) {
+  const std::string m = refusal(job("    method: acdc\n    threshold: 0.1\n"));
+  EXPECT_HAS(m, "job 'a': field 'method' is 'acdc', which this build cannot run yet");
+}
+
+TEST_F(JobFile, RefusesToReplaceACircuitMadeWithOtherSettings) {
+  fs::create_directories(dir_ + "/a");
+  std::ofstream(dir_ + "/a/circuit.json") << R"({"mechlab_format": "circuit", "config": {"name": "a", "top_n": 3}})";
+  const std::string m = refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  EXPECT_HAS(m, "job 'a': field 'out':");
+  EXPECT_HAS(m, "holds a circuit made with other settings (");
+  EXPECT_HAS(m, "top_n");
+}
+
+TEST_F(JobFile, NeverReplacesAFileThatIsNotACircuit) {
+  fs::create_directories(dir_ + "/a");
+  std::ofstream(dir_ + "/a/circuit.json") << R"({"mechlab_format": "patching"})";
+  const std::string path = write("jobs.yaml", job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  const std::string m = error_of([&] {
+    jobs::run_job_file(jobs::parse_job_file(path), jobs::RunOptions().force(true),
+                       [](const std::vector<std::string>&) {});
+  });
+  EXPECT_HAS(m, "is not a mechlab circuit file");
+  EXPECT_HAS(m, "never replaced");
+}
+
+TEST_F(JobFile, YamlAndJsonGiveTheSameJobs) {
+  const std::string yaml = write("j.yaml",
+                                 "steps:\n"
+                                 "  - dataset: {task: ioi, out: d2.h5, n: 8, seed: 3, set: {order: ABBA}}\n"
+                                 "jobs:\n"
+                                 "  - name: a\n    model: model.h5\n    dataset: d2.h5\n    method: eap-ig\n"
+                                 "    thresholds: [0.1, 0.25]\n    steps: 3\n    examples: 2\n"
+                                 "  - {name: b, model: model.h5, dataset: data.h5, method: eap, metric: logit_diff,"
+                                 " top_n: 7, out: elsewhere}\n");
+  const std::string json = write("j.json", R"({
+    "steps": [{"dataset": {"task": "ioi", "out": "d2.h5", "n": 8, "seed": 3, "set": {"order": "ABBA"}}}],
+    "jobs": [
+      {"name": "a", "model": "model.h5", "dataset": "d2.h5", "method": "eap-ig",
+       "thresholds": [0.1, 0.25], "steps": 3, "examples": 2},
+      {"name": "b", "model": "model.h5", "dataset": "data.h5", "method": "eap", "metric": "logit_diff",
+       "top_n": 7, "out": "elsewhere"}]})");
+  const jobs::JobFile y = jobs::parse_job_file(yaml), j = jobs::parse_job_file(json);
+  ASSERT_EQ(y.steps.size(), 1u);
+  ASSERT_EQ(j.steps.size(), 1u);
+  EXPECT_EQ(y.steps[0].argv, j.steps[0].argv);
+  EXPECT_EQ(y.steps[0].argv, (std::vector<std::string>{"dataset", "make", "ioi", "--out", dir_ + "/d2.h5", "--n",
+                                                      "8", "--seed", "3", "--set", "order=ABBA"}));
+  const auto yr = y.runs(), jr = j.runs();
+  ASSERT_EQ(yr.size(), 3u);  // two thresholds of a, one top_n of b
+  ASSERT_EQ(jr.size(), 3u);
+  for (size_t i = 0; i < yr.size(); ++i) EXPECT_EQ(yr[i].config, jr[i].config) << i;
+  EXPECT_EQ(yr[0].out, dir_ + "/a/threshold-0.1");
+  EXPECT_EQ(yr[1].out, dir_ + "/a/threshold-0.25");
+  EXPECT_EQ(yr[2].out, dir_ + "/elsewhere");
+  EXPECT_EQ(yr[0].config["metric"], "kl_to_clean");  // the default
+  EXPECT_EQ(yr[0].config["steps"], 3);
+}
+
+TEST_F(JobFile, YamlSyntaxErrorsNameTheLine) {
+  const std::string p = write("bad.yaml", "jobs:\n  - name: a\n   model: [\n");
+  const std::string m = error_of([&] { jobs::parse_job_file(p); });
+  EXPECT_HAS(m, "is not valid YAML: line");
+}
+
+// ------------------------------------------------------------ journal
+
+TEST(Journal, WritesReadsAndIgnoresATruncatedLastLine) {
+  const std::string path = temp_path("journal", "truncated.jsonl");
+  fs::remove(path);
+  EXPECT_TRUE(jobs::read_journal(path).entries.empty());  // missing = empty
+  {
+    jobs::JournalWriter w(path);
+    w.append({{"edge", "a0.h0 -> output"}, {"kept", false}, {"metric", 0.5}});
+    w.append({{"edge", "input -> output"}, {"kept", true}, {"metric", 0.25}});
+    w.close();
+  }
+  // A kill in the middle of the third write.
+  { std::ofstream(path, std::ios::app) << "{\"edge\": \"a0.h1 -> out"; }
+  const jobs::JournalContents c = jobs::read_journal(path);
+  ASSERT_EQ(c.entries.size(), 2u);
+  EXPECT_EQ(c.entries[1]["edge"], "input -> output");
+  EXPECT_TRUE(c.truncated_tail);
+  // Resuming cuts the torn line away before appending.
+  {
+    jobs::JournalWriter w(path, c.valid_bytes);
+    w.append({{"edge", "m0 -> output"}, {"kept", true}, {"metric", 0.1}});
+    w.close();
+  }
+  const jobs::JournalContents again = jobs::read_journal(path);
+  ASSERT_EQ(again.entries.size(), 3u);
+  EXPECT_EQ(again.entries[2]["edge"], "m0 -> output");
+  EXPECT_FALSE(again.truncated_tail);
+}
+
+TEST(Journal, AMalformedLineBeforeTheLastIsRefusedNamingIt) {
+  const std::string path = temp_path("journal", "malformed.jsonl");
+  { std::ofstream(path) << "{\"edge\": \"x\"}\nnot json\n{\"edge\": \"y\"}\n"; }
+  EXPECT_HAS(error_of([&] { jobs::read_journal(path); }), "line 2 is not JSON");
+  { std::ofstream(path) << "{\"edge\": \"x\"}\n[1, 2]\n"; }
+  EXPECT_HAS(error_of([&] { jobs::read_journal(path); }), "line 2 is not a JSON object");
+}
