@@ -39,13 +39,19 @@
 namespace mechlab::discovery {
 
 struct AcdcOptions {
-  MECHLAB_OPTION(AcdcOptions, double, threshold, 0.0)            // tau; negative or NaN refused
-  MECHLAB_OPTION(AcdcOptions, bool, abs_value, false)            // threshold on |metric increase|
+  /// tau; negative or NaN refused.
+  MECHLAB_OPTION(AcdcOptions, double, threshold, 0.0)
+  /// Threshold on the absolute metric increase.
+  MECHLAB_OPTION(AcdcOptions, bool, abs_value, false)
   MECHLAB_OPTION(AcdcOptions, Ablation, ablation, Ablation::corrupted)
-  MECHLAB_OPTION(AcdcOptions, std::string, indices_mode, "normal")  // "normal" | "reverse"
-  MECHLAB_OPTION(AcdcOptions, int64_t, max_batch, 0)             // trials per batched forward; 0 = from the memory budget, 1 = sequential
-  MECHLAB_OPTION(AcdcOptions, int64_t, memory_budget_bytes, 0)   // 0 = as BulkOptions
-  MECHLAB_OPTION(AcdcOptions, std::optional<Circuit>, start, std::nullopt)  // EAP -> ACDC: edges removed here are removed from the start and never tried
+  /// "normal" (a layer's heads from the last) or "reverse" (from the first).
+  MECHLAB_OPTION(AcdcOptions, std::string, indices_mode, "normal")
+  /// Trials per batched forward; 0 = from the memory budget, 1 = sequential.
+  MECHLAB_OPTION(AcdcOptions, int64_t, max_batch, 0)
+  /// 0 = as BulkOptions.
+  MECHLAB_OPTION(AcdcOptions, int64_t, memory_budget_bytes, 0)
+  /// EAP -> ACDC: edges removed here are removed from the start and never tried.
+  MECHLAB_OPTION(AcdcOptions, std::optional<Circuit>, start, std::nullopt)
 };
 
 struct AcdcStep {            // one decided edge, in decision order
