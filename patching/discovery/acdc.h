@@ -75,6 +75,8 @@ using AcdcObserver = std::function<void(const AcdcStep& step, int64_t decided, i
 
 /// `resume`: steps of an interrupted run of the same job, replayed without forwards (each must name the
 /// edge this run decides next, else mechlab::Error saying the journal belongs to another job); the run continues after them.
+/// `observer` sees each new decision (not the replayed ones), with the count decided so far, replayed included,
+/// and the total: the edges kept in the start circuit.
 AcdcResult acdc(hooks::HookedTransformer& model, const patching::PatchingData& data, const patching::Metric& metric,
                 const AcdcOptions& options = {}, const std::vector<AcdcStep>& resume = {},
                 const AcdcObserver& observer = {});
