@@ -89,7 +89,7 @@ void add_bench_acdc(CLI::App& bench) {
   cmd->add_option("--max-batch", a->max_batch, "Trials per forward of the fast run (0 = memory budget)")
       ->capture_default_str();
   cmd->add_flag("--attn-only", a->attn_only, "No MLPs");
-  cmd->add_flag("--quick", a->quick, "Smoke-test size: 2 layers, d_model 64, 4 heads, 8 prompts x 8 tokens");
+  cmd->add_flag("--quick", a->quick, "Smoke-test size: 2 layers, d_model 64, 4 heads, 8 prompts x 8 tokens (overrides the size options)");
   cmd->add_option("--seed", a->seed, "Seed of the random model and prompts")->capture_default_str();
   cmd->add_option("--json", a->json, "Also write the figures to this JSON file");
   cmd->callback([a] {
