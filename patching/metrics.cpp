@@ -139,6 +139,28 @@ Metric kl_to_clean(const AnswerSpec& answers, const at::Tensor& clean_logits) {
                 });
 }
 
+Metric kl_to_clean_all_positions(const at::Tensor& clean_logits, const at::Tensor& attention_mask) {
+  MECHLAB_CHECK(clean_logits.defined() && clean_logits.dim() == 3,
+                "kl_to_clean_all_positions needs the clean logits [batch, pos, d_vocab], got ",
+                clean_logits.defined() ? clean_logits.sizes() : at::IntArrayRef{});
+  at::Tensor clean_logp = at::log_softmax(clean_logits.to(at::kFloat), -1);  // [batch, pos, d_vocab]
+  at::Tensor w = attention_mask.defined() ? attention_mask.ne(0).to(at::kFloat)
+                                          : at::ones({clean_logits.size(0), clean_logits.size(1)}, at::kFloat);
+  MECHLAB_CHECK(w.sizes() == clean_logits.sizes().slice(0, 2), "kl_to_clean_all_positions: attention mask ",
+                w.sizes(), " does not match the clean logits ", clean_logits.sizes());
+  MECHLAB_CHECK(w.sum().item<double>() > 0, "kl_to_clean_all_positions: the attention mask has no real token");
+  return Metric("kl_to_clean_all_positions", Metric::Reads::all_logits, {},
+                [clean_logp, w](const at::Tensor& logits) {  // [copies, batch, pos, d_vocab]
+                  at::Tensor ref = clean_logp.to(logits.device());
+                  MECHLAB_CHECK(logits.sizes().slice(1) == ref.sizes(), "kl_to_clean_all_positions: logits ",
+                                logits.sizes(), " do not match the clean logits ", ref.sizes());
+                  at::Tensor logp = at::log_softmax(logits.to(at::kFloat), -1);
+                  at::Tensor kl = (ref.exp() * (ref - logp)).sum(-1);  // [copies, batch, pos]
+                  at::Tensor ww = w.to(kl.device());
+                  return (kl * ww).sum(at::IntArrayRef{1, 2}) / ww.sum();
+                });
+}
+
 Metric cross_entropy(const at::Tensor& tokens, const at::Tensor& attention_mask) {
   MECHLAB_CHECK(tokens.dim() == 2 && tokens.size(1) >= 2,
                 "cross_entropy needs the run's tokens [batch, pos >= 2], got ", tokens.sizes());

@@ -98,6 +98,10 @@ Metric normalised_logit_diff(const AnswerSpec& answers, double clean, double cor
 Metric answer_prob(const AnswerSpec& answers);
 /// clean_logits: [batch, pos, d_vocab] of the clean run.
 Metric kl_to_clean(const AnswerSpec& answers, const at::Tensor& clean_logits);
+/// KL(P_clean || P_run) at every real position, mean over them (ACDC's
+/// induction-task metric; kl_to_clean reads only the answer position).
+/// clean_logits [batch, pos, d_vocab]; attention_mask [batch, pos] or undefined.
+Metric kl_to_clean_all_positions(const at::Tensor& clean_logits, const at::Tensor& attention_mask = {});
 /// tokens: [batch, pos] the run's input; attention_mask [batch, pos] or undefined.
 Metric cross_entropy(const at::Tensor& tokens, const at::Tensor& attention_mask = {});
 

@@ -57,6 +57,19 @@ Circuit::Circuit(const CircuitGraph& graph) : graph_(graph) {
   }
 }
 
+Circuit::Circuit(const Circuit& o)
+    : graph_(o.graph_),
+      edges_(o.edges_),
+      kept_(o.kept_.clone()),
+      input_kept_(o.input_kept_.clone()),
+      scores_(o.scores_.clone()),
+      input_scores_(o.input_scores_.clone()) {}
+
+Circuit& Circuit::operator=(const Circuit& o) {
+  if (this != &o) *this = Circuit(o);
+  return *this;
+}
+
 Circuit Circuit::full(const CircuitGraph& graph) {
   Circuit c(graph);
   for (const CircuitEdge& e : c.edges_) c.set_kept(e, true);
@@ -203,9 +216,7 @@ Circuit Circuit::without_dangling() const {
     }
   }
 
-  Circuit out = *this;
-  out.kept_ = kept_.clone();
-  out.input_kept_ = input_kept_.clone();
+  Circuit out = *this;  // a deep copy
   for (const CircuitEdge& e : edges_) {
     if (!this->kept(e)) continue;
     bool keep;

@@ -50,6 +50,13 @@ struct CircuitEdge {
 
 class Circuit {
  public:
+  /// Copies are independent: editing a copy leaves the original as it was
+  /// (the flags and scores are tensors, which a plain copy would share).
+  Circuit(const Circuit& other);
+  Circuit& operator=(const Circuit& other);
+  Circuit(Circuit&&) = default;
+  Circuit& operator=(Circuit&&) = default;
+
   /// Every edge kept, no scores.
   static Circuit full(const patching::CircuitGraph& graph);
   /// Every edge removed, no scores.

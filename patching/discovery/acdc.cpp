@@ -1,0 +1,339 @@
+#include "patching/discovery/acdc.h"
+
+#include "core/util/error.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+namespace mechlab::discovery {
+
+namespace {
+
+using patching::CircuitGraph;
+using patching::CircuitNode;
+using patching::ReceiverChannel;
+using patching::ReceiverInput;
+using Kind = CircuitNode::Kind;
+
+// When a decision is forced (the edge removed without a forward because its
+// node is unused, the reference's "unused node" rule).
+enum class Check {
+  none,         // output's incoming edges: always tried
+  mlp_used,     // edges into m{L}: tried iff the MLP has a kept outgoing edge
+  head_used,    // a head-input edge: tried iff a head reading it has a kept outgoing edge
+  input_kept,   // edges into a q/k/v receiver: tried iff its head-input edge is kept
+};
+
+struct Item {
+  CircuitEdge edge;
+  int layer;    // where its trial forwards restart (n_layers for the output)
+  Check check;
+};
+
+// The decision order (docs/ARCHITECTURE.md, "ACDC"): receivers from the
+// output backwards, each receiver's senders by layer descending.
+std::vector<Item> decision_order(const CircuitGraph& g, bool reverse) {
+  const auto& cfg = g.cfg();
+  const int H = cfg.n_heads, KV = cfg.kv_heads();
+  // Senders of receiver r in ACDC's order: layers descending, the MLP first,
+  // heads H-1..0 (reverse: 0..H-1), input last.
+  auto incoming = [&](const ReceiverInput& r) {
+    std::vector<int64_t> out;
+    for (int l = cfg.n_layers - 1; l >= 0; --l) {
+      std::vector<CircuitNode> layer;
+      if (cfg.has_mlp()) layer.push_back({Kind::mlp, l, -1});
+      for (int i = 0; i < H; ++i) layer.push_back({Kind::head, l, reverse ? i : H - 1 - i});
+      for (const CircuitNode& s : layer) {
+        if (g.has_edge(s, r)) out.push_back(g.sender_index(s));
+      }
+    }
+    out.push_back(g.sender_index({Kind::input, -1, -1}));
+    return out;
+  };
+  std::vector<Item> items;
+  auto add_receiver = [&](const ReceiverInput& r, int layer, Check check) {
+    const int64_t ri = g.receiver_index(r);
+    for (int64_t s : incoming(r)) items.push_back({{CircuitEdge::Kind::residual, s, ri}, layer, check});
+  };
+  add_receiver({{Kind::output, -1, -1}, ReceiverChannel::resid}, cfg.n_layers, Check::none);
+  const ReceiverChannel channels[] = {ReceiverChannel::v, ReceiverChannel::k, ReceiverChannel::q};
+  for (int L = cfg.n_layers - 1; L >= 0; --L) {
+    if (cfg.has_mlp()) add_receiver({{Kind::mlp, L, -1}, ReceiverChannel::resid}, L, Check::mlp_used);
+    for (ReceiverChannel ch : channels) {
+      const int n = ch == ReceiverChannel::q ? H : KV;
+      for (int h = n - 1; h >= 0; --h) {
+        const int64_t ri = g.receiver_index({{Kind::head, L, h}, ch});
+        items.push_back({{CircuitEdge::Kind::head_input, -1, ri}, L, Check::head_used});
+      }
+    }
+    for (ReceiverChannel ch : channels) {
+      const int n = ch == ReceiverChannel::q ? H : KV;
+      for (int h = n - 1; h >= 0; --h) add_receiver({{Kind::head, L, h}, ch}, L, Check::input_kept);
+    }
+  }
+  return items;
+}
+
+// The circuit being pruned, as flags and the removed mask the runner reads.
+class Work {
+ public:
+  explicit Work(const Circuit& start) : g_(&start.graph()) {
+    S_ = static_cast<int64_t>(g_->senders().size());
+    R_ = static_cast<int64_t>(g_->receivers().size());
+    kept_.assign(static_cast<size_t>(S_ * R_), 0);
+    exists_.assign(static_cast<size_t>(S_ * R_), 0);
+    input_kept_.assign(static_cast<size_t>(R_), 1);
+    for (const CircuitEdge& e : start.edges()) {
+      if (e.kind == CircuitEdge::Kind::residual) exists_[idx(e.sender, e.receiver)] = 1;
+      if (!start.kept(e)) continue;
+      if (e.kind == CircuitEdge::Kind::residual) kept_[idx(e.sender, e.receiver)] = 1;
+    }
+    for (int64_t r = 0; r < R_; ++r) {
+      if (g_->receivers()[static_cast<size_t>(r)].node.kind == Kind::head) {
+        input_kept_[static_cast<size_t>(r)] = start.kept({CircuitEdge::Kind::head_input, -1, r}) ? 1 : 0;
+      }
+    }
+    mask_ = start.removed_mask();  // float32 [receivers, senders]
+  }
+  Work clone() const {
+    Work w = *this;
+    w.mask_ = mask_.clone();
+    return w;
+  }
+
+  bool kept(const CircuitEdge& e) const {
+    return e.kind == CircuitEdge::Kind::head_input ? input_kept_[static_cast<size_t>(e.receiver)] != 0
+                                                   : kept_[idx(e.sender, e.receiver)] != 0;
+  }
+  void remove(const CircuitEdge& e) {
+    float* m = mask_.data_ptr<float>();
+    if (e.kind == CircuitEdge::Kind::head_input) {
+      input_kept_[static_cast<size_t>(e.receiver)] = 0;
+      for (int64_t s = 0; s < S_; ++s) m[e.receiver * S_ + s] = exists_[idx(s, e.receiver)] ? 1.f : 0.f;
+    } else {
+      kept_[idx(e.sender, e.receiver)] = 0;
+      m[e.receiver * S_ + e.sender] = 1.f;
+    }
+  }
+  // A sender with a kept outgoing residual edge.
+  bool sender_used(int64_t s) const {
+    for (int64_t r = 0; r < R_; ++r) {
+      if (kept_[idx(s, r)]) return true;
+    }
+    return false;
+  }
+  // Whether the item's node is used (else its decision is forced).
+  bool used(const Item& it) const {
+    const ReceiverInput& r = g_->receivers()[static_cast<size_t>(it.edge.receiver)];
+    switch (it.check) {
+      case Check::none: return true;
+      case Check::mlp_used: return sender_used(g_->sender_index(r.node));
+      case Check::input_kept: return input_kept_[static_cast<size_t>(it.edge.receiver)] != 0;
+      case Check::head_used: {
+        const auto& cfg = g_->cfg();
+        // <q> is read by its head; a (kv) head's <k>/<v> by the query heads of its group.
+        const int group = r.channel == ReceiverChannel::q ? 1 : cfg.n_heads / cfg.kv_heads();
+        const int first = r.channel == ReceiverChannel::q ? r.node.head : r.node.head * group;
+        for (int h = first; h < first + group; ++h) {
+          if (sender_used(g_->sender_index({Kind::head, r.node.layer, h}))) return true;
+        }
+        return false;
+      }
+    }
+    return true;
+  }
+  const at::Tensor& mask() const { return mask_; }
+
+ private:
+  size_t idx(int64_t s, int64_t r) const { return static_cast<size_t>(s * R_ + r); }
+
+  const CircuitGraph* g_;
+  int64_t S_ = 0, R_ = 0;
+  std::vector<char> kept_, exists_, input_kept_;
+  at::Tensor mask_;
+};
+
+// `one_forward_per_edge`: every trial a full masked forward from the
+// embedding, one per forward (the baseline of `mechlab bench acdc`).
+AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingData& data,
+                    const patching::Metric& metric, const AcdcOptions& options,
+                    const std::vector<AcdcStep>& resume, const AcdcObserver& observer, bool one_forward_per_edge) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const double tau = options.threshold();
+  MECHLAB_CHECK(!std::isnan(tau) && tau >= 0, "ACDC threshold ", tau,
+                " must be a number >= 0 (the metric increase below which an edge is removed)");
+  MECHLAB_CHECK(options.indices_mode() == "normal" || options.indices_mode() == "reverse",
+                "unknown ACDC indices_mode \"", options.indices_mode(),
+                "\"; use \"normal\" (heads from the last) or \"reverse\" (heads from the first)");
+  MECHLAB_CHECK(options.max_batch() >= 0, "ACDC max_batch must be >= 0 (0 = from the memory budget), got ",
+                options.max_batch());
+  MECHLAB_CHECK(options.memory_budget_bytes() >= 0, "ACDC memory_budget_bytes must be >= 0 (0 = automatic), got ",
+                options.memory_budget_bytes());
+  data.validate(model.cfg());
+  const CircuitGraph graph(model.cfg());
+  if (options.start()) {
+    MECHLAB_CHECK(options.start()->graph().cfg().to_json_string() == model.cfg().to_json_string(),
+                  "the ACDC start circuit was made for another model (", options.start()->graph().cfg().name,
+                  ", not ", model.cfg().name, "); start from a circuit of this model");
+  }
+
+  CircuitRunner runner(model, data, options.ablation(),
+                       RunnerOptions().memory_budget_bytes(options.memory_budget_bytes()));
+  const double full_metric = metric(runner.clean_logits()).item<double>();
+  MECHLAB_CHECK(std::isfinite(full_metric), "metric ", metric.name(), " is ", full_metric,
+                " on the full model; ACDC needs a finite metric (check the answers and the data)");
+
+  const Circuit start = options.start() ? *options.start() : Circuit::full(graph);
+  Work cur(start);
+  double cur_metric = runner.set_state(start, metric);
+  const std::vector<Item> items = decision_order(graph, options.indices_mode() == "reverse");
+  int64_t total = 0;
+  for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
+
+  const int64_t kmax = one_forward_per_edge ? 1
+                       : options.max_batch() > 0 ? options.max_batch()
+                                                 : runner.copies_per_forward(metric);
+  std::vector<AcdcStep> steps;
+  std::vector<double> scores(items.size(), NAN);
+  int64_t trials = 0;
+
+  // Replay the journal: each step must be the decision this run takes next.
+  size_t pos = 0;
+  for (size_t i = 0; i < resume.size(); ++i) {
+    while (pos < items.size() && !cur.kept(items[pos].edge)) ++pos;
+    const AcdcStep& st = resume[i];
+    const bool forced = pos < items.size() && !cur.used(items[pos]);
+    MECHLAB_CHECK(pos < items.size() && st.edge == start.edge_name(items[pos].edge) && st.tried == !forced &&
+                      !(forced && st.kept),
+                  "the ACDC resume journal belongs to another job: its step ", i + 1, " decides \"", st.edge,
+                  "\"", pos < items.size() ? " but this run decides \"" + start.edge_name(items[pos].edge) + "\" next"
+                                           : " but this run has no edge left to decide",
+                  "; resume with the journal of this job or start afresh");
+    if (st.tried) {
+      // The decision must be this job's: tau and abs_value decide it from the score.
+      const double result = options.abs_value() ? std::abs(st.score) : st.score;
+      MECHLAB_CHECK(std::isnan(st.score) ? st.kept : (result < tau) == !st.kept,
+                    "the ACDC resume journal belongs to another job: its step ", i + 1, " ",
+                    st.kept ? "keeps" : "removes", " \"", st.edge, "\" with score ", st.score,
+                    ", which threshold ", tau, options.abs_value() ? " (on |score|)" : "",
+                    " would not; resume with the journal of this job or start afresh");
+    }
+    if (!st.kept) cur.remove(items[pos].edge);
+    if (st.tried) {
+      scores[pos] = st.score;
+      cur_metric = st.metric;
+    }
+    steps.push_back(st);
+    ++pos;
+  }
+
+  int64_t batch = kmax;
+  while (true) {
+    while (pos < items.size() && !cur.kept(items[pos].edge)) ++pos;
+    if (pos >= items.size()) break;
+    // Collect up to `batch` trials restarting at one layer: trial j removes
+    // the candidates 1..j (and the forced removals among them) on top of the
+    // current circuit.
+    const int layer = items[pos].layer;
+    Work work = cur.clone();
+    struct Planned {
+      size_t item;
+      bool forced;
+      int64_t trial;
+    };
+    std::vector<Planned> plan;
+    std::vector<at::Tensor> masks;
+    size_t i = pos;
+    for (; i < items.size() && items[i].layer == layer; ++i) {
+      if (!work.kept(items[i].edge)) continue;
+      if (!work.used(items[i])) {
+        work.remove(items[i].edge);
+        plan.push_back({i, true, -1});
+        continue;
+      }
+      if (static_cast<int64_t>(masks.size()) == batch) break;
+      work.remove(items[i].edge);
+      plan.push_back({i, false, static_cast<int64_t>(masks.size())});
+      masks.push_back(work.mask().clone());
+    }
+    const std::vector<double> values = runner.restart(one_forward_per_edge ? 0 : layer, metric, masks);
+    trials += static_cast<int64_t>(masks.size());
+
+    // Decide in order; at the first kept edge the later trials are void.
+    size_t next = i;
+    int64_t decided_trials = 0;
+    bool stopped = false;
+    for (const Planned& p : plan) {
+      const CircuitEdge& e = items[p.item].edge;
+      AcdcStep st;
+      st.edge = start.edge_name(e);
+      if (p.forced) {
+        st.tried = false;
+        cur.remove(e);
+      } else {
+        ++decided_trials;
+        const double after = values[static_cast<size_t>(p.trial)];
+        st.score = after - cur_metric;
+        const double result = options.abs_value() ? std::abs(st.score) : st.score;
+        scores[p.item] = st.score;
+        if (result < tau) {
+          cur.remove(e);
+          cur_metric = after;
+        } else {
+          st.kept = true;
+        }
+      }
+      st.metric = cur_metric;
+      steps.push_back(st);
+      if (observer) observer(steps.back(), static_cast<int64_t>(steps.size()), total);
+      if (st.kept) {
+        next = p.item + 1;
+        stopped = true;
+        break;
+      }
+    }
+    pos = next;
+    // Kept edges end batches early: shrink the next batch to the run of
+    // removals just seen, grow it again while trials are all removed.
+    batch = stopped ? std::max<int64_t>(1, decided_trials) : std::min(kmax, 2 * std::max<int64_t>(batch, 1));
+  }
+
+  Circuit circuit = Circuit::full(graph);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!cur.kept(items[i].edge)) circuit.set_kept(items[i].edge, false);
+    if (!std::isnan(scores[i])) circuit.set_score(items[i].edge, scores[i]);
+  }
+  const double final_metric = runner.metrics(metric, {circuit}).at(0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json config = {
+      {"method", "acdc"},
+      {"threshold", tau},
+      {"abs_value", options.abs_value()},
+      {"ablation", ablation_name(options.ablation())},
+      {"indices_mode", options.indices_mode()},
+      {"metric", metric.name()},
+      {"model", model.cfg().name},
+      {"started_from_circuit", options.start().has_value()},
+      {"n_prompts", data.batch()},
+      {"seq_len", data.seq_len()},
+  };
+  return AcdcResult{std::move(circuit), std::move(steps), full_metric, final_metric,
+                    runner.forwards(), trials, seconds, std::move(config)};
+}
+
+}  // namespace
+
+AcdcResult acdc(hooks::HookedTransformer& model, const patching::PatchingData& data, const patching::Metric& metric,
+                const AcdcOptions& options, const std::vector<AcdcStep>& resume, const AcdcObserver& observer) {
+  return run_acdc(model, data, metric, options, resume, observer, false);
+}
+
+AcdcResult acdc_one_forward_per_edge(hooks::HookedTransformer& model, const patching::PatchingData& data,
+                                     const patching::Metric& metric, const AcdcOptions& options) {
+  return run_acdc(model, data, metric, options, {}, {}, true);
+}
+
+}  // namespace mechlab::discovery

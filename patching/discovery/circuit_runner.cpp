@@ -1,0 +1,327 @@
+#include "patching/discovery/circuit_runner.h"
+
+#include "core/util/error.h"
+#include "hooks/act_name.h"
+#include "kernels/device_info.h"
+#include "kernels/edge_patch.h"
+#include "patching/sender_delta.h"
+
+#include <ATen/ATen.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+
+namespace mechlab::discovery {
+
+namespace {
+
+using patching::CircuitNode;
+using patching::ReceiverChannel;
+using patching::ReceiverInput;
+using Kind = CircuitNode::Kind;
+
+// As patching::BulkOptions' automatic budget: half the free memory of the
+// model's GPU, or min(1 GiB, a quarter of the free RAM) on the CPU.
+int64_t auto_budget(const at::Device& device) {
+  if (device.is_cuda()) {
+    for (const auto& g : kernels::list_gpus()) {
+      if (g.index == device.index() || (device.index() < 0 && g.index == 0)) return g.free_bytes / 2;
+    }
+  }
+  int64_t budget = int64_t(1) << 30;
+  const long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) budget = std::min(budget, int64_t(pages) * page / 4);
+  return std::max<int64_t>(budget, int64_t(64) << 20);
+}
+
+// Mean over prompts and real positions: [batch, pos, ...] -> [1, 1, ...].
+at::Tensor masked_mean(const at::Tensor& x, const at::Tensor& mask) {
+  if (!mask.defined()) return x.mean(at::IntArrayRef{0, 1}, true);
+  at::Tensor w = mask.to(x.device(), x.scalar_type());  // [batch, pos]
+  for (int64_t i = 2; i < x.dim(); ++i) w = w.unsqueeze(-1);
+  return (x * w).sum(at::IntArrayRef{0, 1}, true) / w.sum();
+}
+
+}  // namespace
+
+std::string ablation_name(Ablation a) {
+  switch (a) {
+    case Ablation::corrupted: return "corrupted";
+    case Ablation::mean: return "mean";
+    case Ablation::zero: return "zero";
+  }
+  return "corrupted";
+}
+
+Ablation parse_ablation(const std::string& name) {
+  for (Ablation a : {Ablation::corrupted, Ablation::mean, Ablation::zero}) {
+    if (name == ablation_name(a)) return a;
+  }
+  throw Error("unknown ablation \"" + name + "\"; use corrupted, mean or zero");
+}
+
+CircuitRunner::CircuitRunner(hooks::HookedTransformer& model, const patching::PatchingData& data,
+                             Ablation ablation, const RunnerOptions& options)
+    : model_(model), graph_(model.cfg()), ablation_(ablation), options_(options) {
+  at::NoGradGuard no_grad;
+  const auto& cfg = model_.cfg();
+  const at::ScalarType dt = model_.model().dtype();
+  tokens_ = model_.model().check_tokens(data.clean_tokens);  // int64 [batch, pos]
+  if (data.attention_mask.defined()) mask_ = data.attention_mask.to(model_.model().device());
+  hooks::RunOptions ro;
+  ro.attention_mask = mask_;
+
+  const std::vector<std::string> senders = patching::sender_hooks(cfg);
+  auto [clean_logits, clean] = model_.run_with_cache(tokens_, hooks::NamesFilter(senders), ro);
+  clean_logits_ = clean_logits;
+  const at::Tensor embed = clean.get("resid_pre", 0);  // [batch, pos, d_model]
+
+  hooks::ActivationCache corrupted;
+  if (ablation_ == Ablation::corrupted) {
+    at::Tensor ctok = model_.model().check_tokens(data.corrupted_tokens);
+    corrupted = model_.run_with_cache(ctok, hooks::NamesFilter(senders), ro).second;
+  }
+  auto head_out = [&](const at::Tensor& z, int l) {  // [batch, pos, head, d_head] -> [batch, pos, head, d_model]
+    return at::einsum("bphe,hem->bphm", {z, model_.model().weights().blocks[static_cast<size_t>(l)].W_O});
+  };
+  auto ablate = [&](const at::Tensor& clean_out, const std::function<at::Tensor()>& corrupted_out) {
+    switch (ablation_) {
+      case Ablation::corrupted: return corrupted_out();
+      case Ablation::mean: return masked_mean(clean_out, mask_);
+      case Ablation::zero: break;
+    }
+    return at::Tensor();
+  };
+  {
+    at::Tensor a = ablate(embed, [&] { return corrupted.get("resid_pre", 0); });
+    input_delta_ = (a.defined() ? embed - a : embed).unsqueeze(2).to(dt);  // [batch, pos, 1, d_model]
+  }
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    ablated_heads_.push_back(
+        ablate(head_out(clean.get("z", l), l), [&] { return head_out(corrupted.get("z", l), l); }));
+    if (cfg.has_mlp()) {
+      ablated_mlp_.push_back(ablate(clean.get("mlp_out", l).unsqueeze(2),
+                                    [&] { return corrupted.get("mlp_out", l).unsqueeze(2); }));
+    }
+  }
+  budget_ = options_.memory_budget_bytes() > 0 ? options_.memory_budget_bytes()
+                                               : auto_budget(model_.model().device());
+}
+
+int64_t CircuitRunner::senders_before(int layer) const {
+  const auto& cfg = model_.cfg();
+  if (layer >= cfg.n_layers) return static_cast<int64_t>(graph_.senders().size());
+  return 1 + static_cast<int64_t>(layer) * (cfg.n_heads + (cfg.has_mlp() ? 1 : 0));
+}
+
+int64_t CircuitRunner::copies_per_forward(const patching::Metric& metric) const {
+  // Peak working memory of one copy (a forward over batch x pos tokens, no
+  // autograd): residual-sized tensors, the split q/k/v inputs and their
+  // norms, q/k/v/z, the MLP hidden layer, the sender deltas (and their
+  // concatenation) and the logits.
+  const auto& c = model_.cfg();
+  const int64_t tokens = tokens_.size(0) * tokens_.size(1);
+  const int64_t elem = std::max<int64_t>(4, c10::elementSize(model_.model().dtype()));
+  const int64_t S = static_cast<int64_t>(graph_.senders().size());
+  const int64_t split = 2 * (c.n_heads + 2 * c.kv_heads()) * c.d_model;
+  int64_t per_token = 8 * c.d_model + split + 4 * c.n_heads * c.d_head + (c.has_mlp() ? 3 * c.d_mlp : 0) +
+                      3 * S * c.d_model;
+  int64_t bytes = tokens * per_token * elem;
+  bytes += 3 * tokens_.size(0) * c.n_heads * tokens_.size(1) * tokens_.size(1) * elem;
+  const bool all_logits = metric.reads() == patching::Metric::Reads::all_logits;
+  bytes += (all_logits ? tokens : tokens_.size(0)) * c.d_vocab * 4 * 2;
+  int64_t k = std::max<int64_t>(1, budget_ / std::max<int64_t>(bytes, 1));
+  if (options_.max_copies() > 0) k = std::min(k, options_.max_copies());
+  return k;
+}
+
+at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu, bool record) {
+  const auto& cfg = model_.cfg();
+  const int64_t k = masks_cpu.size(0), b = tokens_.size(0), P = tokens_.size(1), d = cfg.d_model;
+  const int64_t H = cfg.n_heads, KV = cfg.kv_heads();
+  const at::Tensor masks = masks_cpu.to(model_.model().device(), model_.model().dtype());  // [k, R, S]
+  // Per receiver (CPU, [R]): whether any copy removes an edge into it, and
+  // whether every copy has the same row (then one mask patches all copies).
+  const at::Tensor any_removed = masks_cpu.ne(0).any(2).any(0).contiguous();
+  const at::Tensor uniform = masks_cpu.eq(masks_cpu.narrow(0, 0, 1)).all(2).all(0).contiguous();
+  const bool* any_p = any_removed.data_ptr<bool>();
+  const bool* uni_p = uniform.data_ptr<bool>();
+
+  // Senders before `start` come from the state (or are the input); those of
+  // layers >= start are computed live, one chunk per layer and kind.
+  const int64_t S0 = start == 0 ? 1 : senders_before(start);
+  const at::Tensor shared = start == 0 ? input_delta_ : deltas_.narrow(2, 0, S0);  // [batch, pos, S0, d_model]
+  std::vector<at::Tensor> live;  // each [k * batch, pos, n, d_model], in sender order
+  at::Tensor live_cat;
+  int64_t live_n = 0, live_cat_n = 0;
+
+  // act [k * batch, pos, nr, d_model] holds receivers r0..r0+nr, which read
+  // senders 0..s_end.
+  auto patch = [&](at::Tensor& act, int64_t r0, int64_t nr, int64_t s_end) {
+    bool any = false, uni = true;
+    for (int64_t r = r0; r < r0 + nr; ++r) {
+      any = any || any_p[r];
+      uni = uni && uni_p[r];
+    }
+    if (!any) return;
+    const at::Tensor m = masks.narrow(1, r0, nr);  // [k, nr, S]
+    const at::Tensor ms = m.narrow(2, 0, S0);       // [k, nr, S0]
+    const int64_t n_live = s_end - S0;
+    at::Tensor lv;  // [k * batch, pos, n_live, d_model]
+    if (n_live > 0) {
+      if (live_cat_n != live_n) {
+        live_cat = at::cat(live, 2);
+        live_cat_n = live_n;
+      }
+      lv = live_cat.narrow(2, 0, n_live);
+    }
+    if (uni) {
+      at::Tensor out = act;
+      if (n_live > 0) out = kernels::edge_patch(act.contiguous(), lv.contiguous(), m[0].narrow(1, S0, n_live).contiguous());
+      at::Tensor corr = at::einsum("rs,bpsd->bprd", {ms[0], shared});  // [batch, pos, nr, d_model]
+      act = (out.view({k, b, P, nr, d}) - corr.unsqueeze(0)).view({k * b, P, nr, d});
+      return;
+    }
+    at::Tensor corr = at::einsum("krs,bpsd->kbprd", {ms, shared});  // [k, batch, pos, nr, d_model]
+    if (n_live > 0) {
+      corr = corr + at::einsum("krs,kbpsd->kbprd", {m.narrow(2, S0, n_live), lv.view({k, b, P, n_live, d})});
+    }
+    act = (act.view({k, b, P, nr, d}) - corr).view({k * b, P, nr, d});
+  };
+
+  at::Tensor final_resid;
+  if (start >= cfg.n_layers) {
+    final_resid = resid_final_.repeat({k, 1, 1});  // [k * batch, pos, d_model]
+  } else {
+    hooks::HookScope scope(model_.hooks());
+    if (record) resid_pre_.assign(static_cast<size_t>(cfg.n_layers), at::Tensor());
+    for (int l = start; l < cfg.n_layers; ++l) {
+      const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
+      const int64_t s_layer = senders_before(l);
+      if (record) {
+        scope.add(hooks::act_name("resid_pre", l),
+                  [this, l](at::Tensor& x, const hooks::HookPoint&) { resid_pre_[static_cast<size_t>(l)] = x; });
+      }
+      scope.add(hooks::act_name("q_input", l), [&, r_layer, s_layer](at::Tensor& x, const hooks::HookPoint&) {
+        patch(x, r_layer, H, s_layer);
+      });
+      scope.add(hooks::act_name("k_input", l), [&, r_layer, s_layer](at::Tensor& x, const hooks::HookPoint&) {
+        patch(x, r_layer + H, KV, s_layer);
+      });
+      scope.add(hooks::act_name("v_input", l), [&, r_layer, s_layer](at::Tensor& x, const hooks::HookPoint&) {
+        patch(x, r_layer + H + KV, KV, s_layer);
+      });
+      const at::Tensor* W_O = &model_.model().weights().blocks[static_cast<size_t>(l)].W_O;  // [head, d_head, d_model]
+      const at::Tensor* abl_h = &ablated_heads_[static_cast<size_t>(l)];
+      scope.add(hooks::act_name("z", l), [&, W_O, abl_h](at::Tensor& z, const hooks::HookPoint&) {
+        at::Tensor out = at::einsum("bphe,hem->bphm", {z, *W_O});  // [k * batch, pos, head, d_model]
+        if (abl_h->defined()) out = (out.view({k, b, P, H, d}) - abl_h->unsqueeze(0)).view({k * b, P, H, d});
+        live.push_back(out);
+        live_n += H;
+      });
+      if (cfg.has_mlp()) {
+        const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
+        const int64_t s_mlp = cfg.parallel_attn_mlp ? s_layer : s_layer + H;
+        scope.add(hooks::act_name("mlp_in", l), [&, r_mlp, s_mlp](at::Tensor& x, const hooks::HookPoint&) {
+          at::Tensor x4 = x.unsqueeze(2);  // [k * batch, pos, 1, d_model]
+          patch(x4, r_mlp, 1, s_mlp);
+          x = x4.squeeze(2);
+        });
+        const at::Tensor* abl_m = &ablated_mlp_[static_cast<size_t>(l)];
+        scope.add(hooks::act_name("mlp_out", l), [&, abl_m](at::Tensor& x, const hooks::HookPoint&) {
+          at::Tensor out = x.unsqueeze(2);  // [k * batch, pos, 1, d_model]
+          if (abl_m->defined()) out = (out.view({k, b, P, 1, d}) - abl_m->unsqueeze(0)).view({k * b, P, 1, d});
+          live.push_back(out);
+          live_n += 1;
+        });
+      }
+    }
+    hooks::RunOptions ro;
+    if (mask_.defined()) ro.attention_mask = mask_.repeat({k, 1});
+    ro.start_at_layer = start;
+    ro.stop_at_layer = cfg.n_layers;
+    at::Tensor input = start == 0 ? tokens_.repeat({k, 1}) : resid_pre_[static_cast<size_t>(start)].repeat({k, 1, 1});
+    final_resid = model_.forward(input, ro);  // [k * batch, pos, d_model]
+  }
+  if (record) {
+    MECHLAB_ASSERT(start == 0 && k == 1);
+    resid_final_ = final_resid;
+    deltas_ = at::cat({input_delta_, at::cat(live, 2)}, 2);  // [batch, pos, S, d_model]
+  }
+  const int64_t R = static_cast<int64_t>(graph_.receivers().size());
+  at::Tensor out4 = final_resid.unsqueeze(2);  // [k * batch, pos, 1, d_model]
+  patch(out4, R - 1, 1, static_cast<int64_t>(graph_.senders().size()));
+  ++forwards_;
+  return out4.squeeze(2);
+}
+
+at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k) {
+  const auto& cfg = model_.cfg();
+  const int64_t b = tokens_.size(0);
+  core::ForwardOptions fo;
+  fo.start_at_layer = cfg.n_layers;
+  if (metric.reads() == patching::Metric::Reads::answer_logits) {
+    at::Tensor pos = metric.answer_pos().to(resid.device()).repeat({k});  // [k * batch]
+    at::Tensor rows = at::arange(k * b, pos.options());
+    at::Tensor last = resid.index({rows, pos}).unsqueeze(1);  // [k * batch, 1, d_model]
+    at::Tensor logits = model_.model().forward(last, fo);     // [k * batch, 1, d_vocab]
+    return metric.batched(logits.view({k, b, -1})).to(at::kCPU, at::kDouble);
+  }
+  at::Tensor logits = model_.model().forward(resid, fo);  // [k * batch, pos, d_vocab]
+  return metric.batched(logits.view({k, b, logits.size(1), logits.size(2)})).to(at::kCPU, at::kDouble);
+}
+
+std::vector<double> CircuitRunner::metrics(const patching::Metric& metric, const std::vector<Circuit>& circuits) {
+  at::NoGradGuard no_grad;
+  std::vector<double> out;
+  const int64_t kmax = copies_per_forward(metric);
+  for (size_t i = 0; i < circuits.size(); i += static_cast<size_t>(kmax)) {
+    const size_t end = std::min(circuits.size(), i + static_cast<size_t>(kmax));
+    std::vector<at::Tensor> masks;
+    for (size_t j = i; j < end; ++j) {
+      MECHLAB_CHECK(circuits[j].graph().cfg().to_json_string() == model_.cfg().to_json_string(),
+                    "circuit ", j, " was made for another model (", circuits[j].graph().cfg().name,
+                    "); build it from this model's circuit graph");
+      masks.push_back(circuits[j].removed_mask());
+    }
+    const int64_t k = static_cast<int64_t>(masks.size());
+    at::Tensor m = metric_of(metric, masked_forward(0, at::stack(masks), false), k).contiguous();
+    for (int64_t j = 0; j < k; ++j) out.push_back(m.data_ptr<double>()[j]);
+  }
+  return out;
+}
+
+at::Tensor CircuitRunner::logits(const Circuit& circuit) {
+  at::NoGradGuard no_grad;
+  MECHLAB_CHECK(circuit.graph().cfg().to_json_string() == model_.cfg().to_json_string(),
+                "the circuit was made for another model (", circuit.graph().cfg().name,
+                "); build it from this model's circuit graph");
+  at::Tensor resid = masked_forward(0, circuit.removed_mask().unsqueeze(0), false);
+  core::ForwardOptions fo;
+  fo.start_at_layer = model_.cfg().n_layers;
+  return model_.model().forward(resid, fo);  // [batch, pos, d_vocab]
+}
+
+double CircuitRunner::set_state(const Circuit& circuit, const patching::Metric& metric) {
+  at::NoGradGuard no_grad;
+  MECHLAB_CHECK(circuit.graph().cfg().to_json_string() == model_.cfg().to_json_string(),
+                "the circuit was made for another model (", circuit.graph().cfg().name,
+                "); build it from this model's circuit graph");
+  at::Tensor resid = masked_forward(0, circuit.removed_mask().unsqueeze(0), true);
+  return metric_of(metric, resid, 1).item<double>();
+}
+
+std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& metric,
+                                           const std::vector<at::Tensor>& masks) {
+  at::NoGradGuard no_grad;
+  MECHLAB_CHECK(deltas_.defined(), "CircuitRunner::restart needs a state: call set_state first");
+  MECHLAB_CHECK(layer >= 0 && layer <= model_.cfg().n_layers, "restart layer ", layer, " is outside [0, ",
+                model_.cfg().n_layers, "]");
+  if (masks.empty()) return {};
+  const int64_t k = static_cast<int64_t>(masks.size());
+  at::Tensor m = metric_of(metric, masked_forward(layer, at::stack(masks), false), k).contiguous();
+  return std::vector<double>(m.data_ptr<double>(), m.data_ptr<double>() + k);
+}
+
+}  // namespace mechlab::discovery

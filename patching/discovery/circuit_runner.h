@@ -1,0 +1,124 @@
+// CircuitRunner: the masked forward of a circuit (ACDC's forward, Conmy et
+// al. 2023), batched and restartable.
+//
+// A circuit's forward runs the clean prompts; every receiver input (head q/k/v
+// input, MLP input, the final residual = output) reads
+//
+//   input_r = resid (this run) - sum over removed edges s -> r of (out_s - ablated_s)
+//
+// where out_s is sender s's output in THIS forward (a head's output depends on
+// its own masked inputs) and ablated_s its ablated output: from the corrupted
+// prompts' run, the mean over prompts and real positions of the clean run's
+// output, or zero. Sender outputs: input = blocks.0.hook_resid_pre; head H of
+// layer L = hook_z[:, :, H] @ W_O[H] (b_O belongs to no head and stays); MLP =
+// hook_mlp_out. The residual stream itself is never patched, only the
+// receivers' copies of it (split q/k/v inputs).
+//
+// Speed:
+//  - k circuits run as k stacked copies along the batch axis (k from a
+//    memory budget); where the copies' masks agree on a receiver the one-mask
+//    kernel (kernels::edge_patch) patches it, else a batched matmul.
+//  - set_state(c) runs c once and keeps the residual stream entering every
+//    layer, the final residual and every sender's (out - ablated). A circuit
+//    that differs from c only in receivers at layers >= L has the same state
+//    below L, so restart(L, ...) runs only layers L.. from it (L = n_layers:
+//    only the output receiver changes, no block runs at all).
+//  - metrics that read only the answer positions unembed only those.
+//
+// Example:
+//   CircuitRunner runner(model, data, Ablation::corrupted);
+//   Metric kl = kl_to_clean(data.answers(), runner.clean_logits());
+//   std::vector<double> m = runner.metrics(kl, {Circuit::full(runner.graph()), my_circuit});
+#pragma once
+
+#include "core/util/options.h"
+#include "hooks/hooked_transformer.h"
+#include "patching/discovery/circuit.h"
+#include "patching/metrics.h"
+#include "patching/patching_data.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mechlab::discovery {
+
+/// What a removed edge's receiver reads from its sender instead of its output in this run.
+enum class Ablation {
+  corrupted,  ///< the sender's output on the corrupted prompts (ACDC's default)
+  mean,       ///< the mean of its clean output over prompts and real positions
+  zero,       ///< nothing (the sender's output is 0)
+};
+/// "corrupted", "mean", "zero".
+std::string ablation_name(Ablation a);
+/// Inverse of ablation_name; anything else is an error listing the names.
+Ablation parse_ablation(const std::string& name);
+
+struct RunnerOptions {
+  /// Bytes the stacked copies of one forward may use (estimated); 0 = as
+  /// patching::BulkOptions: half the free GPU memory, or up to 1 GiB on the CPU.
+  MECHLAB_OPTION(RunnerOptions, int64_t, memory_budget_bytes, 0)
+  /// Upper bound on circuits per forward; 0 = only the budget decides.
+  MECHLAB_OPTION(RunnerOptions, int64_t, max_copies, 0)
+};
+
+class CircuitRunner {
+ public:
+  /// Runs the clean prompts once (clean logits) and computes the ablated
+  /// sender outputs (one corrupted run for Ablation::corrupted). `data` must
+  /// be valid for the model (PatchingData::validate).
+  CircuitRunner(hooks::HookedTransformer& model, const patching::PatchingData& data, Ablation ablation,
+                const RunnerOptions& options = {});
+
+  const patching::CircuitGraph& graph() const { return graph_; }
+  Ablation ablation() const { return ablation_; }
+  /// Logits of the unpatched clean run [batch, pos, d_vocab] (the reference of kl_to_clean).
+  const at::Tensor& clean_logits() const { return clean_logits_; }
+
+  /// The metric of each circuit's masked forward, k circuits per forward.
+  std::vector<double> metrics(const patching::Metric& metric, const std::vector<Circuit>& circuits);
+  /// Logits of one circuit's masked forward [batch, pos, d_vocab].
+  at::Tensor logits(const Circuit& circuit);
+
+  /// Runs `circuit` once and keeps its state for restart(); returns its metric.
+  double set_state(const Circuit& circuit, const patching::Metric& metric);
+  /// The metric of each circuit given by its removed mask (float32 [receivers,
+  /// senders], Circuit::removed_mask's form), all in one forward of
+  /// masks.size() stacked copies that starts at `layer` (0..n_layers) from
+  /// the state of set_state(). Exact only for masks that equal the state's
+  /// circuit's at every receiver below `layer`; the caller guarantees that.
+  std::vector<double> restart(int layer, const patching::Metric& metric, const std::vector<at::Tensor>& masks);
+
+  /// Circuits one forward may stack (memory budget, max_copies).
+  int64_t copies_per_forward(const patching::Metric& metric) const;
+  /// Batched forwards run so far (restarts included; the constructor's runs not).
+  int64_t forwards() const { return forwards_; }
+
+ private:
+  // k stacked copies from layer `start` with masks [k, receivers, senders];
+  // returns the output receiver's input [k * batch, pos, d_model].
+  at::Tensor masked_forward(int start, const at::Tensor& masks, bool record);
+  at::Tensor metric_of(const patching::Metric& metric, const at::Tensor& final_resid, int64_t k);
+  int64_t senders_before(int layer) const;
+
+  hooks::HookedTransformer& model_;
+  patching::CircuitGraph graph_;
+  Ablation ablation_;
+  RunnerOptions options_;
+  at::Tensor tokens_;        // int64 [batch, pos], the clean prompts
+  at::Tensor mask_;          // [batch, pos] or undefined
+  at::Tensor clean_logits_;  // [batch, pos, d_vocab]
+  at::Tensor input_delta_;   // [batch, pos, 1, d_model]: embedding - its ablation
+  std::vector<at::Tensor> ablated_heads_;  // [n_layers] of [batch|1, pos|1, head, d_model]; undefined = zero
+  std::vector<at::Tensor> ablated_mlp_;    // [n_layers] of [batch|1, pos|1, 1, d_model]; undefined = zero
+  // State of set_state's circuit.
+  std::vector<at::Tensor> resid_pre_;  // [n_layers] of [batch, pos, d_model]
+  at::Tensor resid_final_;             // [batch, pos, d_model], before the output receiver's patch
+  at::Tensor deltas_;                  // [batch, pos, senders, d_model]: out - ablated
+  int64_t budget_ = 0;
+  int64_t forwards_ = 0;
+};
+
+}  // namespace mechlab::discovery
