@@ -6,6 +6,7 @@
 #include "core/formats/output_file.h"
 #include "core/hf/model_loader.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"
@@ -158,8 +159,9 @@ void add_patch_command(CLI::App& app) {
   add_threads_option(cmd);
 
   cmd->callback([a] {
-    handle_interrupts(false, "mechlab: interrupted; patch writes its results whole at the end, "
-                             "so no output file was written or changed; run it again\n");
+    // Ctrl-C stops at a safe point (between batched forwards, between
+    // results, before the staged files replace old ones): see run_patching.
+    handle_interrupts(/*polled=*/true);
     const auto t0 = std::chrono::steady_clock::now();
     // The CLI's own words for what the plan would refuse, before any loading.
     MECHLAB_CHECK(!a->sweeps.empty() || !a->paths.empty() || a->edges,
@@ -176,7 +178,6 @@ void add_patch_command(CLI::App& app) {
     const core::Dataset ds = core::load_dataset(a->dataset);
     const PatchingData data = PatchingData::from_dataset(ds, a->examples);
     data.validate(model.cfg());
-
     BulkOptions bulk;
     bulk.memory_budget_bytes = a->memory_mb * (int64_t(1) << 20);
     bulk.max_copies = a->max_copies;
@@ -208,7 +209,18 @@ void add_patch_command(CLI::App& app) {
     std::printf("model %s, %lld prompt pairs x %lld tokens, metric %s, method %s\n",
                 model.cfg().name.c_str(), static_cast<long long>(data.batch()),
                 static_cast<long long>(data.seq_len()), a->metric.c_str(), a->method.c_str());
-    const std::vector<PatchResult> results = run_patching(model, data, plan);
+    // Results are written whole at the end, so a stop keeps nothing new and
+    // changes nothing old; the message says what was complete.
+    const auto interrupted = [&](const Interrupted& e) {
+      return Interrupted(str_cat(e.what(), "; nothing was written and the files in '", a->out,
+                                 "' are as they were; run the same command again"));
+    };
+    std::vector<PatchResult> results;
+    try {
+      results = run_patching(model, data, plan);
+    } catch (const Interrupted& e) {
+      throw interrupted(e);
+    }
     for (const auto& r : results) {
       const char* dir = direction_name(r.direction);
       if (r.kind == ResultKind::path) {
@@ -247,8 +259,12 @@ void add_patch_command(CLI::App& app) {
       }
       print_top_effects(r, 5);
     }
-    const WrittenFiles w = write_patching_results(
-        a->out, results, OutputOptions().svg(!a->no_svg).top_edges(a->top));
+    WrittenFiles w;
+    try {
+      w = write_patching_results(a->out, results, OutputOptions().svg(!a->no_svg).top_edges(a->top));
+    } catch (const Interrupted& e) {
+      throw interrupted(e);
+    }
     for (const auto& j : w.json) std::printf("wrote %s\n", j.c_str());
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
