@@ -16,6 +16,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -171,6 +172,13 @@ void add_patch_command(CLI::App& app) {
                   "attribution: add --method attribution or --method eap-ig");
     MECHLAB_CHECK(a->paths.empty() || method == PatchMethod::activation,
                   "--path is exact path patching; drop --method ", a->method);
+    // The budget is what the stacked forwards may take: more than this
+    // machine has ends in bad_alloc mid-run. In double: MiB x 2^20 overflows.
+    const double budget = static_cast<double>(a->memory_mb) * (1 << 20);
+    require_memory(budget > 9e18 ? INT64_MAX : static_cast<int64_t>(budget),
+                   str_cat("--memory-budget-mb ", a->memory_mb),
+                   "the patch configurations stacked into one forward",
+                   "lower --memory-budget-mb (0 = automatic)");
     const at::Device device = parse_device(a->device);
     core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
     base.to(device);
@@ -178,6 +186,26 @@ void add_patch_command(CLI::App& app) {
     const core::Dataset ds = core::load_dataset(a->dataset);
     const PatchingData data = PatchingData::from_dataset(ds, a->examples);
     data.validate(model.cfg());
+    {
+      // One unpatched forward over every prompt pair (one copy, the least a
+      // forward can stack): its logits and log-softmax [examples, pos, d_vocab]
+      // in float32, its working activations, and the clean and corrupted
+      // runs' cached residuals. Refused before the first forward, in double.
+      const core::ModelConfig& c = model.cfg();
+      const double tokens = static_cast<double>(data.batch()) * static_cast<double>(data.seq_len());
+      const double elem = std::max(4.0, static_cast<double>(c10::elementSize(model.model().dtype())));
+      const double per_token = static_cast<double>(c.d_vocab) * 4 * 2 +
+                               (8.0 * c.d_model + 4.0 * c.n_heads * c.d_head + 3.0 * c.d_mlp) * elem +
+                               2.0 * c.n_layers * c.d_model * elem;
+      const double bytes = tokens * per_token;
+      require_memory(bytes > 9e18 ? INT64_MAX : static_cast<int64_t>(bytes),
+                     a->examples > 0 ? str_cat("--examples ", a->examples)
+                                     : str_cat("the dataset's ", data.batch(), " prompt pairs"),
+                     str_cat("one forward over ", data.batch(), " prompt pairs x ", data.seq_len(),
+                             " positions (logits over ", c.d_vocab, " tokens)"),
+                     "use fewer prompt pairs (--examples N)");
+    }
+
     BulkOptions bulk;
     bulk.memory_budget_bytes = a->memory_mb * (int64_t(1) << 20);
     bulk.max_copies = a->max_copies;
