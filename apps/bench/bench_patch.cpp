@@ -231,7 +231,7 @@ void add_bench_patch(CLI::App& bench) {
       const bench::Stats naive_ms = bench::scaled(naive_config_ms, static_cast<double>(n));
       naive_s = naive_ms.median / 1e3;
       std::printf("naive: %lld sampled configs, per config median %.2f ms (IQR %.2f - %.2f ms), "
-                  "extrapolated %.1f s (IQR %.1f - %.1f s); max |naive - bulk| = %.3g\n",
+                  "extrapolated %.3g s (IQR %.3g - %.3g s); max |naive - bulk| = %.3g\n",
                   static_cast<long long>(sample), naive_config_ms.median, naive_config_ms.q1,
                   naive_config_ms.q3, naive_s, naive_ms.q1 / 1e3, naive_ms.q3 / 1e3, max_err);
 
