@@ -4,6 +4,8 @@
 #include "core/formats/output_file.h"
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
+#include "core/data/dataset.h"
+#include "core/data/tasks/tasks.h"
 #include "core/train/train_data.h"
 #include "core/train/trainer.h"
 
@@ -107,6 +109,26 @@ void add_train_command(CLI::App& app) {
     if (!a->resume) {
       core::require_replaceable((std::filesystem::path(a->out) / "model.h5").string(), "checkpoint",
                                 a->overwrite);
+    }
+    if (cfg.data.contains("task") && cfg.data.contains("options") && cfg.data["options"].contains("n") &&
+        cfg.data["options"]["n"].is_number_integer() && cfg.data["options"]["n"].get<int64_t>() > 16) {
+      // A generated dataset's size first, as `dataset make --n` does: 16
+      // examples show the bytes per example; the generator's vectors and the
+      // tensors made from them hold the data twice. In double.
+      nlohmann::json sample = cfg.data["options"];
+      sample["n"] = 16;
+      const core::Dataset probe = core::tasks::make_task(cfg.data["task"].get<std::string>(), sample);
+      int64_t bytes = 0;
+      for (const at::Tensor* t : {&probe.tokens, &probe.attention_mask, &probe.clean_tokens,
+                                  &probe.corrupted_tokens, &probe.answer_tokens, &probe.wrong_tokens,
+                                  &probe.answer_pos, &probe.labels}) {
+        if (t->defined()) bytes += static_cast<int64_t>(t->nbytes());
+      }
+      const int64_t n = cfg.data["options"]["n"].get<int64_t>();
+      const double total = 2.0 * static_cast<double>(bytes) / 16.0 * static_cast<double>(n);
+      require_memory(total > 9e18 ? INT64_MAX : static_cast<int64_t>(total), str_cat("data.options.n ", n),
+                     str_cat(n, " examples (", bytes / 16, " bytes each)"),
+                     "lower data.options.n (--set data.options.n=N)");
     }
     {
       // One training step's memory, refused before the model and optimizer

@@ -106,5 +106,14 @@ TEST(SizeEstimates, TrainBatchSizeCountsOneStep) {
   EXPECT_FALSE(std::filesystem::exists(out + "/config.json"));
 }
 
+TEST(SizeEstimates, TrainDataSizeIsCheckedBeforeGenerating) {
+  const std::string config = std::string(MECHLAB_SOURCE_DIR) + "/apps/models/induction.json";
+  // 10^12 induction examples of 41 int64 tokens (plus their mask): petabytes.
+  expect_estimate(run_cli("train " + config + " --out " + temp_path("train_out2") +
+                          " --no-progress --set data.options.n=1000000000000"),
+                  "data.options.n 1000000000000 needs about [0-9.]+ GB of memory for 1000000000000 "
+                  "examples \\([0-9]+ bytes each\\)");
+}
+
 }  // namespace
 }  // namespace mechlab
