@@ -24,6 +24,7 @@
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
 #include "core/data/dataset.h"
+#include "core/formats/text_file.h"
 #include "core/util/error.h"
 #include "core/model/presets.h"
 #include "core/util/rng.h"
@@ -300,7 +301,7 @@ void add_bench_patch(CLI::App& bench) {
                           {"edge_attribution_ms", edges_ms.median},
                           {"edges", n_edges},
                           {"edge_attribution_forward_equivalents", edge_ratio}};
-      std::ofstream(a->json) << j.dump(2) << "\n";
+      core::write_text_file(a->json, j.dump(2) + "\n");  // checked, written whole
     }
   });
 }

@@ -9,6 +9,7 @@
 // holds both rates and the ratios.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
+#include "core/formats/text_file.h"
 #include "core/util/error.h"
 #include "core/util/rng.h"
 #include "core/data/tokenizer/tokenizer_json.h"
@@ -173,6 +174,9 @@ void add_bench_tokenize(CLI::App& bench) {
         baseline = j.at("baseline").get<std::string>();
         for (const auto& r : j.at("rows")) {
           // Each figure is a median of stated runs: runs, q1 and q3 are required.
+          MECHLAB_CHECK(r.contains("runs") && r.contains("q1") && r.contains("q3"), "--baseline-json '",
+                        a->baseline_json, "': row '", r.value("name", "?"), "' has no \"runs\", \"q1\" "
+                        "and \"q3\": give each median with its run count and quartiles");
           bench::Stats s;
           s.median = r.at("ms").get<double>();
           s.q1 = r.at("q1").get<double>();
@@ -187,12 +191,13 @@ void add_bench_tokenize(CLI::App& bench) {
       }
     }
     if (!a->ids_out.empty()) {
-      std::ofstream out(a->ids_out, std::ios::binary);
-      MECHLAB_CHECK(out.good(), "cannot write --ids-out '", a->ids_out, "'");
+      std::string bytes;  // little-endian int32 per id
+      bytes.reserve(ids.size() * sizeof(int32_t));
       for (int64_t id : ids) {
         const auto v = static_cast<int32_t>(id);
-        out.write(reinterpret_cast<const char*>(&v), sizeof v);
+        bytes.append(reinterpret_cast<const char*>(&v), sizeof v);
       }
+      core::write_text_file(a->ids_out, bytes);  // checked, written whole
     }
     std::printf("tokenizer: %s\ntext: %s, %.2f MB, %zu documents, %zu tokens\n", tok->describe().c_str(),
                 source.c_str(), mb, docs.size(), n_tokens);

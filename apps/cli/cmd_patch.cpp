@@ -200,7 +200,7 @@ void add_patch_command(CLI::App& app) {
       const double bytes = tokens * per_token;
       require_memory(bytes > 9e18 ? INT64_MAX : static_cast<int64_t>(bytes),
                      a->examples > 0 ? str_cat("--examples ", a->examples)
-                                     : str_cat("the dataset's ", data.batch(), " prompt pairs"),
+                                     : str_cat("the dataset (", data.batch(), " prompt pairs)"),
                      str_cat("one forward over ", data.batch(), " prompt pairs x ", data.seq_len(),
                              " positions (logits over ", c.d_vocab, " tokens)"),
                      "use fewer prompt pairs (--examples N)");

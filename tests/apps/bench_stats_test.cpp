@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <limits>
 
 namespace mechlab {
@@ -74,6 +75,20 @@ TEST(BenchStats, BenchLoadRefusesABaselineWithoutItsRuns) {
   EXPECT_EQ(r.rc, 1) << r.output;
   EXPECT_EQ(r.output, "mechlab: error: --transformers-ms needs --transformers-runs N and "
                       "--transformers-iqr Q1,Q3: the table states each median's runs and spread\n");
+}
+
+// So are the rows a driver passes to `bench tokenize`.
+TEST(BenchStats, BenchTokenizeRefusesABaselineRowWithoutItsRuns) {
+  const std::string json = testing::temp_path("bench_stats", "baseline.json");
+  const std::string text = testing::temp_path("bench_stats", "text.txt");
+  std::ofstream(json) << R"({"baseline": "x", "rows": [{"name": "x", "ms": 2.0}]})";
+  std::ofstream(text) << "hello world";
+  const auto r = testing::run_cli("bench tokenize --tokenizer " + std::string(MECHLAB_TEST_DATA) +
+                                  "/tokenizers/gpt2/tokenizer.json --text-file " + text +
+                                  " --repeats 1 --baseline-json " + json);
+  EXPECT_EQ(r.rc, 1) << r.output;
+  EXPECT_EQ(r.output, "mechlab: error: --baseline-json '" + json + "': row 'x' has no \"runs\", "
+                      "\"q1\" and \"q3\": give each median with its run count and quartiles\n");
 }
 
 }  // namespace
