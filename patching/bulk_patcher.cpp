@@ -1,6 +1,7 @@
 #include "patching/bulk_patcher.h"
 
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "core/util/progress.h"
 #include "kernels/device_info.h"
 
@@ -166,6 +167,7 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
   if (options_.show_progress && todo > 0) {
     bar = std::make_unique<core::ProgressBar>("patch", todo, "configs");
   }
+  int64_t done = 0;
   for (const auto& [group, idx] : groups) {
     bool maps = false;
     for (size_t i : idx) {
@@ -173,6 +175,12 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
     }
     const int64_t k = copies_per_forward(group, maps);
     for (size_t start = 0; start < idx.size(); start += static_cast<size_t>(k)) {
+      // Safe point (Ctrl-C): between batched forwards nothing is half done;
+      // the caller says what was complete and that nothing was written.
+      if (core::interrupt_requested()) {
+        if (bar) bar->finish();
+        throw Interrupted(str_cat("interrupted after ", done, " of ", todo, " patch configurations"));
+      }
       const size_t end = std::min(idx.size(), start + static_cast<size_t>(k));
       std::vector<const PatchConfig*> chunk;
       for (size_t j = start; j < end; ++j) chunk.push_back(&configs[idx[j]]);
@@ -181,6 +189,7 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
       for (size_t j = start; j < end; ++j) out_ptr[idx[j]] = m_ptr[j - start];
       stats_.forwards += 1;
       stats_.max_copies = std::max<int64_t>(stats_.max_copies, static_cast<int64_t>(chunk.size()));
+      done += static_cast<int64_t>(chunk.size());
       if (bar) bar->advance(static_cast<int64_t>(chunk.size()));
     }
   }

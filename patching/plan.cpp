@@ -2,6 +2,7 @@
 
 #include "core/formats/hdf5_file.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "patching/path_patching.h"
 
 #include <ATen/ATen.h>
@@ -155,8 +156,19 @@ SweepResult PatchResult::as_sweep_result() const {
   return r;
 }
 
-std::vector<PatchResult> run_patching(hooks::HookedTransformer& model, const PatchingData& data,
-                                      const PatchPlan& plan) {
+namespace {
+
+// Ctrl-C (core/util/interrupt.h): the safe points are the start of each unit
+// (a direction's node sweeps, a path sweep, a path, an edge scoring) and,
+// inside exact patching, each batched forward (BulkPatcher::run). `doing`
+// names the unit running, `out` holds the results complete so far.
+void safe_point(std::string& doing, std::string next) {
+  doing = std::move(next);
+  if (core::interrupt_requested()) throw Interrupted("interrupted");
+}
+
+void run_plan(hooks::HookedTransformer& model, const PatchingData& data, const PatchPlan& plan,
+              std::vector<PatchResult>& out, std::string& doing) {
   const core::ModelConfig& cfg = model.cfg();
   data.validate(cfg);
   plan.check(cfg);
@@ -192,9 +204,11 @@ std::vector<PatchResult> run_patching(hooks::HookedTransformer& model, const Pat
   aopts.position_labels = plan.position_labels_;
   aopts.extra_config = extra;
 
-  std::vector<PatchResult> out;
   if (!node_sweeps.empty()) {
     for (Direction dir : plan.node_directions()) {
+      std::string names;
+      for (const auto& s : node_sweeps) names += (names.empty() ? "" : ", ") + s;
+      safe_point(doing, str_cat("sweep ", names, " (", direction_name(dir), ")"));
       const Metric metric = make_metric(plan.metric_, model, data, dir);
       std::vector<SweepResult> rs;
       if (exact) {
@@ -213,7 +227,7 @@ std::vector<PatchResult> run_patching(hooks::HookedTransformer& model, const Pat
       }
     }
   }
-  if (path_sweeps.empty() && plan.paths_.empty() && !plan.edges_) return out;
+  if (path_sweeps.empty() && plan.paths_.empty() && !plan.edges_) return;
   for (Direction dir : plan.graph_directions()) {
     const Metric metric = make_metric(plan.metric_, model, data, dir);
     PathPatchOptions popts;
@@ -222,11 +236,13 @@ std::vector<PatchResult> run_patching(hooks::HookedTransformer& model, const Pat
     popts.position_labels = plan.position_labels_;
     popts.extra_config = extra;
     for (const auto& rec : path_sweeps) {
+      safe_point(doing, str_cat("sweep ", rec, " (", direction_name(dir), ")"));
       out.push_back(from_sweep(path_patch_sweep(model, data, graph.parse_receivers(rec.substr(5)), metric,
                                                 popts),
                                ResultKind::path_sweep, method, dir, metric.name(), prov));
     }
     for (const auto& spec : plan.paths_) {
+      safe_point(doing, str_cat("path ", spec, " (", direction_name(dir), ")"));
       const PathSpec p = graph.parse_path(spec);
       const PathPatchResult pr = path_patch(model, data, p.senders, p.receivers, metric, popts);
       PatchResult r;
@@ -251,12 +267,32 @@ std::vector<PatchResult> run_patching(hooks::HookedTransformer& model, const Pat
       out.push_back(std::move(r));
     }
     if (plan.edges_) {
+      safe_point(doing, str_cat("edges:", patch_method_name(method), " (", direction_name(dir), ")"));
       aopts.direction = dir;
       auto e = std::make_shared<EdgeScores>(edge_attribution(model, data, metric, aopts));
       PatchResult r = from_sweep(e->as_result(), ResultKind::edges, method, dir, metric.name(), prov);
       r.edge_scores = std::move(e);
       out.push_back(std::move(r));
     }
+  }
+}
+
+}  // namespace
+
+std::vector<PatchResult> run_patching(hooks::HookedTransformer& model, const PatchingData& data,
+                                      const PatchPlan& plan) {
+  std::vector<PatchResult> out;
+  std::string doing = "the setup";
+  try {
+    run_plan(model, data, plan, out, doing);
+  } catch (const Interrupted& e) {
+    // Nothing is written here, so the stop keeps nothing; say what was done.
+    std::string complete;
+    for (const auto& r : out) {
+      complete += str_cat(complete.empty() ? "" : ", ", r.name, " (", direction_name(r.direction), ")");
+    }
+    throw Interrupted(str_cat(e.what(), " during ", doing, "; results complete: ",
+                              complete.empty() ? "none" : complete));
   }
   return out;
 }

@@ -2,6 +2,7 @@
 
 #include "core/formats/text_file.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "patching/heatmap.h"
 #include "patching/sweep_file.h"
 
@@ -77,6 +78,9 @@ WrittenFiles write_patching_results(const std::string& dir, const std::vector<Pa
     }
     write_sweep_file(w.results_h5 + ".new.tmp", stored);
     staged.emplace_back(w.results_h5 + ".new.tmp", w.results_h5);
+    // Safe point (Ctrl-C): everything is staged and nothing replaced yet, so
+    // stopping here removes the temporaries and leaves every old file as it was.
+    if (core::interrupt_requested()) throw Interrupted("interrupted while writing the results");
   } catch (...) {
     for (const auto& st : staged) std::remove(st.first.c_str());
     throw;

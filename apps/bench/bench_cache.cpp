@@ -89,7 +89,7 @@ void raw_write(const std::string& path, int64_t bytes, const std::vector<char>& 
 
 struct Line {
   std::string name;
-  double seconds;
+  bench::Stats seconds;  // median, quartiles and runs
   std::string work;   // e.g. "2.05k tokens"
   std::string rate;   // e.g. "250 tokens/s"
   double mb_per_s;    // < 0: not applicable
@@ -107,6 +107,7 @@ void add_bench_cache(CLI::App& bench) {
   struct Args {
     std::string device = "cpu", dir;
     int64_t examples = 64, seq_len = 128, batch_size = 8, write_mb = 256;
+    int repeats = 3;
     uint64_t seed = 0;
   };
   auto a = std::make_shared<Args>();
@@ -131,6 +132,10 @@ void add_bench_cache(CLI::App& bench) {
   cmd->add_option("--write-mb", a->write_mb,
                   "MB (10^6 bytes) of synthetic rows for the writer-alone test, and so of the "
                   "raw-write baseline and the store the read tests read")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--repeats", a->repeats,
+                  "Timed runs of each case; the table gives their median, interquartile range and count")
       ->capture_default_str()
       ->check(positive());
   cmd->add_option("--seed", a->seed, "Seed of the random model, tokens and synthetic rows")
@@ -173,8 +178,17 @@ void add_bench_cache(CLI::App& bench) {
                 kernels::describe_gpus().c_str());
 
     std::vector<Line> lines;
-    auto seconds = [](const std::function<void()>& fn, const at::Device& where) {
-      return bench::median_ms(fn, /*warmup=*/0, /*repeats=*/1, where) / 1e3;
+    // Every case runs --repeats times; `after` (untimed) cleans up between
+    // runs; `all`, when given, also collects each run's seconds.
+    auto seconds = [&](const std::function<void()>& fn, const at::Device& where,
+                       const std::function<void()>& after = [] {}, std::vector<double>* all = nullptr) {
+      std::vector<double> s;
+      for (int r = 0; r < a->repeats; ++r) {
+        s.push_back(bench::time_ms(fn, /*warmup=*/0, /*repeats=*/1, where).median / 1e3);
+        after();
+      }
+      if (all) all->insert(all->end(), s.begin(), s.end());
+      return bench::summarize(s);
     };
 
     // --- 1. End to end: cache_activations vs the same forwards, nothing written.
@@ -197,15 +211,16 @@ void add_bench_cache(CLI::App& bench) {
     // Untimed first batch: one-time allocator and kernel set-up would
     // otherwise land on whichever case runs first.
     forward_batch(0);
-    const double fwd_s = seconds([&] {
+    const bench::Stats fwd = seconds([&] {
       for (int64_t e0 = 0; e0 < a->examples; e0 += B) forward_batch(e0);
     }, device);
-    lines.push_back({"forward only (run_with_cache)", fwd_s, core::human_count(tokens) + " tokens",
+    const double fwd_s = fwd.median;
+    lines.push_back({"forward only (run_with_cache)", fwd, core::human_count(tokens) + " tokens",
                      core::human_count(tokens / fwd_s) + " tokens/s", -1,
                      "same forwards and hooks, nothing stored"});
 
     hooks::CacheResult job;
-    const double job_s = seconds([&] {
+    const bench::Stats job_stats = seconds([&] {
       hooks::CacheOptions opt;
       opt.hooks({"blocks.*.hook_resid_post"})
           .dtype(at::kBFloat16)
@@ -215,9 +230,9 @@ void add_bench_cache(CLI::App& bench) {
           .model_id("bench")
           .progress(false);
       job = hooks::cache_activations(model, ds, scratch.file("cache.h5"), opt);
-    }, device);
-    std::filesystem::remove(scratch.file("cache.h5"));
-    lines.push_back({"cache_activations", job_s, core::human_count(tokens) + " tokens",
+    }, device, [&] { std::filesystem::remove(scratch.file("cache.h5")); });
+    const double job_s = job_stats.median;
+    lines.push_back({"cache_activations", job_stats, core::human_count(tokens) + " tokens",
                      core::human_count(tokens / job_s) + " tokens/s",
                      job.bytes_written / kMB / job_s,
                      "incl. its 1-example shape probe; no fsync (as the job does)"});
@@ -241,15 +256,16 @@ void add_bench_cache(CLI::App& bench) {
     std::vector<char> raw_block(4 << 20);
     for (size_t i = 0; i < raw_block.size(); ++i) raw_block[i] = static_cast<char>(i * 131 + 7);
 
+    std::vector<double> raw_all;  // both brackets' runs, seconds
     auto raw_run = [&] {
-      const double s = seconds([&] { raw_write(scratch.file("raw.bin"), bytes, raw_block); }, cpu);
-      std::filesystem::remove(scratch.file("raw.bin"));
-      return s;
+      return seconds([&] { raw_write(scratch.file("raw.bin"), bytes, raw_block); }, cpu,
+                     [&] { std::filesystem::remove(scratch.file("raw.bin")); }, &raw_all);
     };
     const std::string mb_text = core::human_count(bytes / kMB) + " MB";
-    // Raw, writer, raw again: the mean of the raw runs brackets the writer in
-    // time, so page-cache and disk state changes during the run cancel out.
-    const double raw1_s = raw_run();
+    // Raw, writer, raw again: the raw runs bracket the writer in time, so
+    // page-cache and disk state changes during the run cancel out; the
+    // baseline is the median of both brackets' runs pooled.
+    const bench::Stats raw1 = raw_run();
 
     core::StoreHeader header;
     header.model = "bench";
@@ -261,7 +277,7 @@ void add_bench_cache(CLI::App& bench) {
     header.chunk_rows = chunk_rows;
     const std::string store_path = scratch.file("writer.h5");
     int64_t writer_bytes = 0;
-    const double writer_s = seconds([&] {
+    const bench::Stats writer = seconds([&] {
       auto w = core::ActivationStoreWriter::open(store_path, core::StoreSpec{header, 0},
                                                   /*resume=*/false, /*overwrite=*/true);
       for (int64_t r = 0; r < rows; r += chunk_rows) {
@@ -277,15 +293,17 @@ void add_bench_cache(CLI::App& bench) {
       ::close(fd);
     }, cpu);
     MECHLAB_ASSERT(writer_bytes == bytes);
+    const double writer_s = writer.median;
 
-    const double raw2_s = raw_run();
-    const double raw_s = (raw1_s + raw2_s) / 2;
-    const std::vector<std::pair<std::string, double>> raw_runs = {
-        {"raw write, run 1", raw1_s}, {"raw write, run 2", raw2_s}, {"raw write, mean", raw_s}};
+    const bench::Stats raw2 = raw_run();
+    const bench::Stats raw = bench::summarize(raw_all);
+    const double raw_s = raw.median;
+    const std::vector<std::pair<std::string, bench::Stats>> raw_runs = {
+        {"raw write, before", raw1}, {"raw write, after", raw2}, {"raw write, pooled", raw}};
     for (const auto& [name, s] : raw_runs) {
-      lines.push_back({name, s, mb_text, "", bytes / kMB / s, "::write 4 MiB blocks + fsync"});
+      lines.push_back({name, s, mb_text, "", bytes / kMB / s.median, "::write 4 MiB blocks + fsync"});
     }
-    lines.push_back({"ActivationStoreWriter", writer_s, mb_text,
+    lines.push_back({"ActivationStoreWriter", writer, mb_text,
                      core::human_count(rows / writer_s) + " rows/s", bytes / kMB / writer_s,
                      "create + append 1024-row blocks + finish + fsync"});
 
@@ -294,38 +312,44 @@ void add_bench_cache(CLI::App& bench) {
     // readers' own costs, not the disk.
     auto store = core::ActivationStore::open(store_path);
     const double read_mb = static_cast<double>(rows * act_bytes_per_row) / kMB;
-    const double seq_s = seconds([&] {
+    const bench::Stats seq = seconds([&] {
       for (int64_t r = 0; r < rows; r += chunk_rows) {
         for (const auto& h : hook_names) store.rows(h, r, std::min(chunk_rows, rows - r));
       }
     }, cpu);
-    lines.push_back({"sequential read (rows)", seq_s, core::human_count(rows) + " rows",
+    const double seq_s = seq.median;
+    lines.push_back({"sequential read (rows)", seq, core::human_count(rows) + " rows",
                      core::human_count(rows / seq_s) + " rows/s", read_mb / seq_s,
                      "12 hooks, 1024-row blocks, in order"});
     int64_t served = 0;
-    const double shuf_s = seconds([&] {
+    const bench::Stats shuf = seconds([&] {
+      served = 0;
       core::ShuffledBatches batches(store, /*hooks: all*/ {},
                                     core::ShuffleOptions().batch_size(4096).seed(a->seed));
       while (auto b = batches.next()) served += b->token_ids.size(0);
     }, cpu);
     MECHLAB_ASSERT(served == rows);
-    lines.push_back({"shuffled read (ShuffledBatches)", shuf_s, core::human_count(rows) + " rows",
+    const double shuf_s = shuf.median;
+    lines.push_back({"shuffled read (ShuffledBatches)", shuf, core::human_count(rows) + " rows",
                      core::human_count(rows / shuf_s) + " rows/s", read_mb / shuf_s,
                      "12 hooks, batch 4096, default buffer, check_finite on"});
 
-    std::printf("\n| %-31s | %8s | %13s | %16s | %8s | %s\n", "case", "seconds", "work", "rate",
-                "MB/s", "note");
+    // Rates are of the medians.
+    std::printf("\n| %-31s | %8s | %17s | %4s | %13s | %16s | %8s | %s\n", "case", "median s",
+                "IQR s (q1 - q3)", "runs", "work", "rate", "MB/s", "note");
     for (const auto& l : lines) {
-      char mbps[32] = "-";
+      char mbps[32] = "-", iqr[48];
       if (l.mb_per_s >= 0) std::snprintf(mbps, sizeof mbps, "%.1f", l.mb_per_s);
-      std::printf("| %-31s | %8.3f | %13s | %16s | %8s | %s\n", l.name.c_str(), l.seconds,
-                  l.work.c_str(), l.rate.c_str(), mbps, l.note.c_str());
+      std::snprintf(iqr, sizeof iqr, "%.3f - %.3f", l.seconds.q1, l.seconds.q3);
+      std::printf("| %-31s | %8.3f | %17s | %4lld | %13s | %16s | %8s | %s\n", l.name.c_str(),
+                  l.seconds.median, iqr, static_cast<long long>(l.seconds.n), l.work.c_str(),
+                  l.rate.c_str(), mbps, l.note.c_str());
     }
     // Rates over the same work, so each ratio is baseline time / case time.
-    std::printf("\nratios:\n");
+    std::printf("\nratios of medians:\n");
     std::printf("  cache job / forward only (tokens/s)        %.3f  (~1: writing hidden behind "
                 "compute)\n", fwd_s / job_s);
-    std::printf("  writer / raw write, mean of 2 (MB/s)       %.3f  (goal >= 0.7)\n",
+    std::printf("  writer / raw write, pooled (MB/s)          %.3f  (goal >= 0.7)\n",
                 raw_s / writer_s);
     std::printf("  shuffled / sequential read (rows/s)        %.3f\n", seq_s / shuf_s);
   });

@@ -48,6 +48,8 @@ void add_bench_load(CLI::App& bench) {
     std::string folder, dtype = "f32";
     int repeats = 5, warmup = 1;
     double transformers_ms = 0;
+    std::vector<double> transformers_iqr;
+    int transformers_runs = 0;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("folder", a->folder, "Hugging Face model folder (or mechlab checkpoint)")->required();
@@ -60,17 +62,28 @@ void add_bench_load(CLI::App& bench) {
       ->check(non_negative());
   cmd->add_option("--transformers-ms", a->transformers_ms,
                   "Median from_pretrained time measured by the driver script, the baseline row");
+  cmd->add_option("--transformers-iqr", a->transformers_iqr,
+                  "Its interquartile range: Q1,Q3 in ms (as the driver measured them)")
+      ->delimiter(',')
+      ->expected(2);
+  cmd->add_option("--transformers-runs", a->transformers_runs,
+                  "How many runs that median is of (required with --transformers-ms)")
+      ->check(non_negative());
   cmd->callback([a] {
+    // Every figure in the table is a median of stated runs, the baseline too.
+    MECHLAB_CHECK(a->transformers_ms <= 0 || (a->transformers_runs > 0 && a->transformers_iqr.size() == 2),
+                  "--transformers-ms needs --transformers-runs N and --transformers-iqr Q1,Q3: the "
+                  "table states each median's runs and spread");
     const core::LoadOptions options{parse_dtype(a->dtype)};
     int64_t params = 0;
-    const double load_ms = bench::median_ms(
+    const bench::Stats load_ms = bench::time_ms(
         [&] {
           core::Transformer m = core::load_model(a->folder, options);
           params = m.config().parameter_count();
         },
         a->warmup, a->repeats, at::kCPU);
     uint64_t sink = 0;
-    const double touch_ms = bench::median_ms(
+    const bench::Stats touch_ms = bench::time_ms(
         [&] { sink += touch_weights(core::load_model(a->folder, options)); }, a->warmup,
         a->repeats, at::kCPU);
 
@@ -80,7 +93,12 @@ void add_bench_load(CLI::App& bench) {
     };
     std::string baseline = "mechlab load + touch weights";
     if (a->transformers_ms > 0) {
-      rows.push_back({"transformers from_pretrained", a->transformers_ms, "same folder, same run"});
+      bench::Stats hf;
+      hf.n = a->transformers_runs;
+      hf.median = a->transformers_ms;
+      hf.q1 = a->transformers_iqr[0];
+      hf.q3 = a->transformers_iqr[1];
+      rows.push_back({"transformers from_pretrained", hf, "same folder, same run"});
       baseline = "transformers from_pretrained";
     }
     std::printf("model %s: %lld parameters, %s (checksum %llu)\n", a->folder.c_str(),
@@ -89,7 +107,7 @@ void add_bench_load(CLI::App& bench) {
     bench::print_table("load (CPU, page cache warm)", rows, baseline, params / 1e6, "Mparam");
     if (a->transformers_ms > 0) {
       std::printf("speed-up over transformers (from_pretrained / load + touch): %.2fx (goal >= 1)\n",
-                  a->transformers_ms / touch_ms);
+                  a->transformers_ms / touch_ms.median);
     }
   });
 }

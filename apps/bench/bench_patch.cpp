@@ -2,9 +2,11 @@
 // (TransformerLens get_act_patch_attn_head_out_by_pos: one patch per layer x
 // position x head) on a GPT-2-small-shaped model, 32 prompts x 20 tokens.
 //   naive        TransformerLens's algorithm on mechlab's runtime: one full
-//                forward per configuration with a patching hook; timed on a
-//                sample of configurations spread over the layers and
-//                extrapolated (every configuration costs the same forward)
+//                forward per configuration with a patching hook; each of a
+//                sample of configurations spread over the layers is timed
+//                alone, and the median per-configuration time (with its
+//                interquartile range and the number sampled) is extrapolated
+//                (every configuration costs the same forward)
 //   bulk         BulkPatcher: restart at the patched layer from cached
 //                residuals, configurations stacked along the batch, only the
 //                answer positions unembedded; every configuration run
@@ -22,6 +24,7 @@
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
 #include "core/data/dataset.h"
+#include "core/formats/text_file.h"
 #include "core/util/error.h"
 #include "core/model/presets.h"
 #include "core/util/rng.h"
@@ -89,6 +92,7 @@ void add_bench_patch(CLI::App& bench) {
   struct Args {
     std::string device = "cpu", model, dataset, json, out;
     int64_t prompts = 32, seq_len = 20, naive_sample = 24, memory_mb = 0, max_copies = 0;
+    int repeats = 3;
     uint64_t seed = 0;
     bool with_no_skip = false, edges_only = false;
   };
@@ -107,7 +111,12 @@ void add_bench_patch(CLI::App& bench) {
       ->check(CLI::Range(2, 1024));
   cmd->add_option("--naive-sample", a->naive_sample,
                   "Configurations the naive baseline runs (spread over all layers, positions and "
-                  "heads); its time is extrapolated to the full sweep")
+                  "heads), each timed alone; the median per-configuration time is extrapolated to "
+                  "the full sweep, with its interquartile range")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--repeats", a->repeats,
+                  "Timed runs of each bulk sweep and of the edge-attribution cases (medians reported)")
       ->capture_default_str()
       ->check(positive());
   cmd->add_option("--memory-budget-mb", a->memory_mb, "BulkPatcher memory budget in MiB (0 = auto)")
@@ -152,32 +161,43 @@ void add_bench_patch(CLI::App& bench) {
 
     SweepResult result;
     double bulk_skip_s = -1, bulk_s = -1, naive_s = -1, max_err = 0;
+    bench::Stats bulk_skip_ms, bulk_ms, naive_config_ms;
     int64_t sample = 0;
     nlohmann::json stats_skip, stats_all;
     if (!a->edges_only) {
       // ---- bulk sweeps
+      // --repeats timed sweeps; the median is reported with its IQR.
       auto bulk_run = [&](bool skip, SweepResult* keep) {
         SweepOptions o;
         o.bulk.memory_budget_bytes = a->memory_mb << 20;
         o.bulk.max_copies = a->max_copies;
         o.bulk.skip_identical = skip;
-        sync();
-        const auto t0 = std::chrono::steady_clock::now();
-        SweepResult r = run_sweep(model, data, sweep, metric, o);
-        sync();
-        const double s = seconds_since(t0);
-        if (keep) *keep = r;
-        return std::make_pair(s, r.config["bulk"]);
+        std::vector<double> ms;
+        nlohmann::json stats;
+        for (int r = 0; r < a->repeats; ++r) {
+          sync();
+          const auto t0 = std::chrono::steady_clock::now();
+          SweepResult res = run_sweep(model, data, sweep, metric, o);
+          sync();
+          ms.push_back(seconds_since(t0) * 1e3);
+          if (keep) *keep = res;
+          stats = res.config["bulk"];
+        }
+        return std::make_pair(bench::summarize(ms), stats);
       };
       // Warm-up (allocator, thread pool): one forward.
       model.forward(data.corrupted_tokens);
-      std::tie(bulk_skip_s, stats_skip) = bulk_run(true, &result);
-      std::printf("bulk+skip: %.2f s (%s)\n", bulk_skip_s, stats_skip.dump().c_str());
+      std::tie(bulk_skip_ms, stats_skip) = bulk_run(true, &result);
+      bulk_skip_s = bulk_skip_ms.median / 1e3;
+      std::printf("bulk+skip: median %.2f s of %lld runs (%s)\n", bulk_skip_s,
+                  static_cast<long long>(bulk_skip_ms.n), stats_skip.dump().c_str());
       std::fflush(stdout);
       if (a->with_no_skip) {
         SweepResult r2;
-        std::tie(bulk_s, stats_all) = bulk_run(false, &r2);
-        std::printf("bulk: %.2f s (%s); max |bulk - bulk+skip| = %.3g\n", bulk_s, stats_all.dump().c_str(),
+        std::tie(bulk_ms, stats_all) = bulk_run(false, &r2);
+        bulk_s = bulk_ms.median / 1e3;
+        std::printf("bulk: median %.2f s of %lld runs (%s); max |bulk - bulk+skip| = %.3g\n", bulk_s,
+                    static_cast<long long>(bulk_ms.n), stats_all.dump().c_str(),
                     (r2.values - result.values).abs().max().item<double>());
         std::fflush(stdout);
       }
@@ -187,31 +207,44 @@ void add_bench_patch(CLI::App& bench) {
                                                              hooks::NamesFilter::glob("*attn.hook_z"));
       (void)corr_logits;
       sample = std::min(a->naive_sample, n);
-      sync();
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int64_t s = 0; s < sample; ++s) {
-        const int64_t i = (s * n) / sample + (s * 7919) % std::max<int64_t>(1, n / sample);
+      auto naive_config = [&](int64_t i) {
         const PatchTarget& t = configs[static_cast<size_t>(i)].targets[0];
         const at::Tensor& clean_z = clean_cache[t.hook_name()];
         at::Tensor logits = model.run_with_hooks(
             data.corrupted_tokens,
             {{t.hook_name(), [&](at::Tensor& z, const hooks::HookPoint&) { write_patch(z, t, clean_z); }}});
-        const double v = metric(logits).item<double>();
+        return metric(logits).item<double>();  // reading it synchronises the device
+      };
+      naive_config(0);  // warm-up at the batch size timed
+      // Each sampled configuration timed alone: the spread of the per-config
+      // time is the error bar of the extrapolation.
+      std::vector<double> per_config_ms;
+      for (int64_t s = 0; s < sample; ++s) {
+        const int64_t i = (s * n) / sample + (s * 7919) % std::max<int64_t>(1, n / sample);
+        sync();
+        const auto t0 = std::chrono::steady_clock::now();
+        const double v = naive_config(i);
+        sync();
+        per_config_ms.push_back(seconds_since(t0) * 1e3);
         max_err = std::max(max_err, std::abs(v - result.values.view(-1)[i].item<double>()));
       }
-      sync();
-      naive_s = seconds_since(t0) / sample * n;
-      std::printf("naive: %lld sampled configs, extrapolated %.1f s; max |naive - bulk| = %.3g\n",
-                  static_cast<long long>(sample), naive_s, max_err);
+      naive_config_ms = bench::summarize(per_config_ms);
+      const bench::Stats naive_ms = bench::scaled(naive_config_ms, static_cast<double>(n));
+      naive_s = naive_ms.median / 1e3;
+      std::printf("naive: %lld sampled configs, per config median %.2f ms (IQR %.2f - %.2f ms), "
+                  "extrapolated %.3g s (IQR %.3g - %.3g s); max |naive - bulk| = %.3g\n",
+                  static_cast<long long>(sample), naive_config_ms.median, naive_config_ms.q1,
+                  naive_config_ms.q3, naive_s, naive_ms.q1 / 1e3, naive_ms.q3 / 1e3, max_err);
 
+      // The naive row's runs are the sampled configurations, each timed once.
       std::vector<bench::Row> rows = {
-          {"naive (1 forward per config)", naive_s * 1e3,
-           "extrapolated from " + std::to_string(sample) + " configs"},
-          {"bulk+skip (default)", bulk_skip_s * 1e3,
+          {"naive (1 forward per config)", naive_ms,
+           str_cat("median per-config time x ", n, "; runs = configs sampled")},
+          {"bulk+skip (default)", bulk_skip_ms,
            std::to_string(stats_skip["forwards"].get<int64_t>()) + " forwards, " +
                std::to_string(stats_skip["skipped_noop"].get<int64_t>()) + " no-ops skipped"}};
       if (bulk_s > 0) {
-        rows.push_back({"bulk (no skipping)", bulk_s * 1e3,
+        rows.push_back({"bulk (no skipping)", bulk_ms,
                         std::to_string(stats_all["forwards"].get<int64_t>()) + " forwards"});
       }
       bench::print_table("head-out-by-position sweep, " + std::to_string(data.batch()) + " x " +
@@ -224,15 +257,15 @@ void add_bench_patch(CLI::App& bench) {
     }
 
     // ---- all-edge attribution vs one forward
-    const int reps = device.is_cuda() ? 5 : 3;
-    const double forward_ms =
-        bench::median_ms([&] { model.forward(data.clean_tokens); }, 1, reps, device);
+    const int reps = a->repeats;
+    const bench::Stats forward_ms =
+        bench::time_ms([&] { model.forward(data.clean_tokens); }, 1, reps, device);
     int64_t n_edges = 0;
-    double edges_ms = 0;
+    bench::Stats edges_ms;
     {
       // Attribution differentiates: leave inference mode (the forward above stays in it).
       c10::InferenceMode autograd_on(false);
-      edges_ms = bench::median_ms(
+      edges_ms = bench::time_ms(
           [&] { n_edges = edge_attribution(model, data, metric).config["n_edges"].get<int64_t>(); },
           1, reps, device);
     }
@@ -243,7 +276,7 @@ void add_bench_patch(CLI::App& bench) {
                         {"all-edge attribution", edges_ms,
                          "clean fwd+bwd (split q/k/v inputs) + corrupted fwd + scores"}},
                        "one forward", static_cast<double>(n_edges), "edges");
-    const double edge_ratio = edges_ms / forward_ms;
+    const double edge_ratio = edges_ms.median / forward_ms.median;
     std::printf("all-edge attribution = %.2f forward-pass equivalents (goal <= 4)\n", edge_ratio);
 
     if (!a->out.empty() && !a->edges_only) write_sweep_file(a->out, {result});
@@ -253,17 +286,22 @@ void add_bench_patch(CLI::App& bench) {
                           {"seq_len", data.seq_len()},
                           {"device", c10::str(device)},
                           {"threads", at::get_num_threads()},
+                          {"repeats", a->repeats},
                           {"bulk_skip_s", bulk_skip_s},
+                          {"bulk_skip_iqr_s", {bulk_skip_ms.q1 / 1e3, bulk_skip_ms.q3 / 1e3}},
                           {"bulk_skip_stats", stats_skip},
                           {"bulk_s", bulk_s},
                           {"naive_extrapolated_s", naive_s},
                           {"naive_sample", sample},
+                          {"naive_per_config_ms", {{"median", naive_config_ms.median},
+                                                   {"q1", naive_config_ms.q1},
+                                                   {"q3", naive_config_ms.q3}}},
                           {"max_abs_naive_minus_bulk", max_err},
-                          {"forward_ms", forward_ms},
-                          {"edge_attribution_ms", edges_ms},
+                          {"forward_ms", forward_ms.median},
+                          {"edge_attribution_ms", edges_ms.median},
                           {"edges", n_edges},
                           {"edge_attribution_forward_equivalents", edge_ratio}};
-      std::ofstream(a->json) << j.dump(2) << "\n";
+      core::write_text_file(a->json, j.dump(2) + "\n");  // checked, written whole
     }
   });
 }

@@ -109,7 +109,7 @@ void add_bench_runtime(CLI::App& bench) {
     auto measure = [&](const std::string& name, const std::function<void()>& fn,
                        const std::string& note) {
       if (!want(name)) return;
-      rows.push_back({name, bench::median_ms(fn, a->warmup, a->repeats, device), note});
+      rows.push_back({name, bench::time_ms(fn, a->warmup, a->repeats, device), note});
     };
     core::ForwardOptions bypass;  // hooks = nullptr
     measure("bypassed", [&] { model.model().forward(tokens, bypass); }, "no hook dispatch");
@@ -128,13 +128,14 @@ void add_bench_runtime(CLI::App& bench) {
       GemmFloor gemms(cfg, tokens_n, at::TensorOptions(parse_dtype(a->dtype)).device(device));
       measure("gemm-floor", [&] { gemms.run(); }, "");
       rows.back().note = "weight matmuls only: " + c10::str(flops / 1e9) + " GFLOP at " +
-                         c10::str(static_cast<int>(flops / rows.back().ms / 1e6)) + " GFLOP/s";
+                         c10::str(static_cast<int>(flops / rows.back().ms.median / 1e6)) + " GFLOP/s";
     }
     if (want("fma-peak") && device.is_cpu() && a->dtype == "f32") {
       const bench::CpuPeak peak = bench::measure_cpu_fp32_peak(at::get_num_threads());
       if (peak.gflops > 0)
-        rows.push_back({"fma-peak", flops / peak.gflops / 1e6,
-                        "floor's FLOPs at the measured peak: " + c10::str(static_cast<int>(peak.gflops)) +
+        // A bound derived from the measured peak, not a timing: no runs, no IQR.
+        rows.push_back({"fma-peak", bench::Stats{0, flops / peak.gflops / 1e6},
+                        "derived: floor's FLOPs at the measured peak: " + c10::str(static_cast<int>(peak.gflops)) +
                             " GFLOP/s (" + peak.isa + ", " + std::to_string(peak.threads) + " threads)"});
     }
     bench::print_table("forward pass, " + std::to_string(a->batch) + " x " + std::to_string(a->pos) + " tokens",

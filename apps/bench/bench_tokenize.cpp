@@ -9,6 +9,7 @@
 // holds both rates and the ratios.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
+#include "core/formats/text_file.h"
 #include "core/util/error.h"
 #include "core/util/rng.h"
 #include "core/data/tokenizer/tokenizer_json.h"
@@ -100,7 +101,8 @@ void add_bench_tokenize(CLI::App& bench) {
       ->check(positive());
   cmd->add_option("--baseline-json", a->baseline_json,
                   "Timings measured elsewhere on the same text, to put in the table: {\"baseline\": NAME, "
-                  "\"rows\": [{\"name\", \"ms\", \"note\"}]}; ratios are then against NAME");
+                  "\"rows\": [{\"name\", \"ms\" (median), \"q1\", \"q3\", \"runs\", \"note\"}]}; ratios are "
+                  "then against NAME");
   cmd->add_option("--ids-out", a->ids_out,
                   "Write the ids of all documents, in order, as little-endian int32 (to check them against "
                   "another tokenizer)");
@@ -124,6 +126,7 @@ void add_bench_tokenize(CLI::App& bench) {
 
     auto tok = core::tokenizer::load_tokenizer(a->tokenizer);
     std::vector<int64_t> ids;
+    // The word cache lives in the tokenizer: a freshly loaded one is cold.
     auto encode_all = [&] {
       ids.clear();
       for (const std::string& d : docs) {
@@ -131,14 +134,21 @@ void add_bench_tokenize(CLI::App& bench) {
         ids.insert(ids.end(), v.begin(), v.end());
       }
     };
-    const auto t0 = std::chrono::steady_clock::now();
-    encode_all();
-    const double cold_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    const double warm_ms = bench::median_ms(encode_all, 0, a->repeats, cpu);
+    // Cold: the first pass of a freshly loaded tokenizer (loading untimed),
+    // --repeats times; the last one loaded stays, warm, for the rest.
+    std::vector<double> cold;
+    for (int r = 0; r < a->repeats; ++r) {
+      tok = core::tokenizer::load_tokenizer(a->tokenizer);
+      const auto t0 = std::chrono::steady_clock::now();
+      encode_all();
+      cold.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    const bench::Stats cold_ms = bench::summarize(cold);
+    const bench::Stats warm_ms = bench::time_ms(encode_all, 0, a->repeats, cpu);
     const size_t n_tokens = ids.size();
     std::vector<std::string_view> words;
     size_t n_words = 0;
-    const double split_ms = bench::median_ms(
+    const bench::Stats split_ms = bench::time_ms(
         [&] {
           n_words = 0;
           for (const std::string& d : docs) {
@@ -163,19 +173,31 @@ void add_bench_tokenize(CLI::App& bench) {
         in >> j;
         baseline = j.at("baseline").get<std::string>();
         for (const auto& r : j.at("rows")) {
-          rows.push_back({r.at("name").get<std::string>(), r.at("ms").get<double>(), r.value("note", "")});
+          // Each figure is a median of stated runs: runs, q1 and q3 are required.
+          MECHLAB_CHECK(r.contains("runs") && r.contains("q1") && r.contains("q3"), "--baseline-json '",
+                        a->baseline_json, "': row '", r.value("name", "?"), "' has no \"runs\", \"q1\" "
+                        "and \"q3\": give each median with its run count and quartiles");
+          bench::Stats s;
+          s.median = r.at("ms").get<double>();
+          s.q1 = r.at("q1").get<double>();
+          s.q3 = r.at("q3").get<double>();
+          s.n = r.at("runs").get<int64_t>();
+          MECHLAB_CHECK(s.n >= 1, "--baseline-json '", a->baseline_json, "': row '",
+                        r.at("name").get<std::string>(), "' has runs ", s.n, "; it must be at least 1");
+          rows.push_back({r.at("name").get<std::string>(), s, r.value("note", "")});
         }
       } catch (const nlohmann::json::exception& e) {
         throw Error(str_cat("--baseline-json '", a->baseline_json, "': ", e.what()));
       }
     }
     if (!a->ids_out.empty()) {
-      std::ofstream out(a->ids_out, std::ios::binary);
-      MECHLAB_CHECK(out.good(), "cannot write --ids-out '", a->ids_out, "'");
+      std::string bytes;  // little-endian int32 per id
+      bytes.reserve(ids.size() * sizeof(int32_t));
       for (int64_t id : ids) {
         const auto v = static_cast<int32_t>(id);
-        out.write(reinterpret_cast<const char*>(&v), sizeof v);
+        bytes.append(reinterpret_cast<const char*>(&v), sizeof v);
       }
+      core::write_text_file(a->ids_out, bytes);  // checked, written whole
     }
     std::printf("tokenizer: %s\ntext: %s, %.2f MB, %zu documents, %zu tokens\n", tok->describe().c_str(),
                 source.c_str(), mb, docs.size(), n_tokens);

@@ -48,15 +48,15 @@ void add_bench_train(CLI::App& bench) {
       fwd.attention_mask = fixed.mask;
       return model.forward(fixed.tokens, fwd);
     };
-    const double ms_step = bench::median_ms([&] { trainer.step(); }, a->warmup, a->steps, device);
-    const double ms_fwd_bwd = bench::median_ms(
+    const bench::Stats ms_step = bench::time_ms([&] { trainer.step(); }, a->warmup, a->steps, device);
+    const bench::Stats ms_fwd_bwd = bench::time_ms(
         [&] {
           at::Tensor loss = core::train::objective_loss(cfg.objective, forward(), fixed);
           loss.backward();
           for (auto& [name, p] : model.named_parameters()) p.mutable_grad() = at::Tensor();
         },
         a->warmup, a->steps, device);
-    const double ms_fwd = bench::median_ms(
+    const bench::Stats ms_fwd = bench::time_ms(
         [&] {
           at::NoGradGuard no_grad;
           forward();
@@ -71,7 +71,7 @@ void add_bench_train(CLI::App& bench) {
                         {"forward + backward", ms_fwd_bwd, "same batch, no optimizer"},
                         {"forward (no grad)", ms_fwd, "same batch"}},
                        "forward + backward", tokens, "tokens");
-    std::printf("train_tokens_per_s %.1f\n", tokens / (ms_step / 1e3));
+    std::printf("train_tokens_per_s %.1f\n", tokens / (ms_step.median / 1e3));
   });
 }
 

@@ -5,7 +5,6 @@
 
 #include <sys/resource.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -24,7 +23,8 @@ void sync(const at::Device& device) {
 }
 }  // namespace
 
-double median_ms(const std::function<void()>& fn, int warmup, int repeats, const at::Device& device) {
+Stats time_ms(const std::function<void()>& fn, int warmup, int repeats, const at::Device& device) {
+  MECHLAB_CHECK(repeats >= 1, "repeats must be at least 1, not ", repeats);
   for (int i = 0; i < warmup; ++i) fn();
   sync(device);
   std::vector<double> ms;
@@ -34,8 +34,11 @@ double median_ms(const std::function<void()>& fn, int warmup, int repeats, const
     sync(device);
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  return summarize(ms);
+}
+
+double median_ms(const std::function<void()>& fn, int warmup, int repeats, const at::Device& device) {
+  return time_ms(fn, warmup, repeats, device).median;
 }
 
 int64_t peak_rss_bytes() {
@@ -48,17 +51,25 @@ void print_table(const std::string& title, const std::vector<Row>& rows, const s
                  double work_units, const std::string& unit) {
   double base = 0;
   for (const auto& r : rows) {
-    if (r.name == baseline) base = r.ms;
+    if (r.name == baseline) base = r.ms.median;
   }
   std::printf("\n%s\n", title.c_str());
-  std::printf("| %-32s | %10s | %14s | %8s | %s\n", "case", "median ms", (unit + "/s").c_str(), "vs base", "note");
+  std::printf("| %-32s | %10s | %21s | %4s | %14s | %8s | %s\n", "case", "median ms", "IQR ms (q1 - q3)",
+              "runs", (unit + "/s").c_str(), "vs base", "note");
   for (const auto& r : rows) {
-    std::printf("| %-32s | %10.3f | %14.0f | %8.3f | %s\n", r.name.c_str(), r.ms, work_units / (r.ms / 1e3),
-                base > 0 ? r.ms / base : 0.0, r.note.c_str());
+    // n == 0: a figure derived from a measurement (a bound), not timed runs.
+    char iqr[64] = "-", runs[24] = "-";
+    if (r.ms.n > 0) {
+      std::snprintf(iqr, sizeof iqr, "%.3f - %.3f", r.ms.q1, r.ms.q3);
+      std::snprintf(runs, sizeof runs, "%lld", static_cast<long long>(r.ms.n));
+    }
+    std::printf("| %-32s | %10.3f | %21s | %4s | %14.0f | %8.3f | %s\n", r.name.c_str(), r.ms.median, iqr,
+                runs, work_units / (r.ms.median / 1e3),
+                base > 0 ? r.ms.median / base : 0.0, r.note.c_str());
   }
-  std::printf("\nratios (time / time of '%s'):\n", baseline.c_str());
+  std::printf("\nratios of medians (time / time of '%s'):\n", baseline.c_str());
   for (const auto& r : rows) {
-    if (r.name != baseline) std::printf("  %-32s %.3f\n", r.name.c_str(), base > 0 ? r.ms / base : 0.0);
+    if (r.name != baseline) std::printf("  %-32s %.3f\n", r.name.c_str(), base > 0 ? r.ms.median / base : 0.0);
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <iostream>
 
 namespace mechlab::cli {
@@ -116,6 +117,32 @@ void add_generate_command(CLI::App& app) {
     core::Transformer model =
         core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
     model.to(device);
+    {
+      // Refused before anything is allocated (generate's own checks come
+      // later): with the KV cache, keys and values of every layer for every
+      // position up to prompt + --max-new-tokens, allocated up front; without
+      // it, the last step's forward over the whole sequence (its logits and
+      // a few residual-sized tensors). Counted in double: the products of a
+      // long context overflow int64. Beyond n_ctx generate's own message
+      // (lower max_new_tokens to at most N) says more.
+      const core::ModelConfig& c = model.config();
+      size_t longest = 0;
+      for (const auto& p : prompts) longest = std::max(longest, p.size());
+      const double positions = static_cast<double>(longest) + static_cast<double>(a->max_new_tokens);
+      const double elem = static_cast<double>(c10::elementSize(model.dtype()));
+      const double per_position =
+          a->no_kv_cache ? static_cast<double>(c.d_vocab) * 4 + 8.0 * c.d_model * elem
+                         : 2.0 * c.n_layers * c.kv_heads() * c.d_head * elem;
+      const double bytes = static_cast<double>(prompts.size()) * positions * per_position;
+      if (positions <= static_cast<double>(c.n_ctx)) {
+        require_memory(bytes > 9e18 ? INT64_MAX : static_cast<int64_t>(bytes),
+                     str_cat("--max-new-tokens ", a->max_new_tokens),
+                     str_cat(a->no_kv_cache ? "the last step's forward" : "the KV cache", " of ",
+                             prompts.size(), " prompt(s) x ", static_cast<int64_t>(positions),
+                             " positions"),
+                     "lower --max-new-tokens or give fewer prompts");
+      }
+    }
     const core::GenerateResult out = core::generate(model, prompts, opts);
 
     if (!a->json) {

@@ -6,6 +6,7 @@
 #include "core/formats/output_file.h"
 #include "core/hf/model_loader.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"
@@ -15,6 +16,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -158,8 +160,9 @@ void add_patch_command(CLI::App& app) {
   add_threads_option(cmd);
 
   cmd->callback([a] {
-    handle_interrupts(false, "mechlab: interrupted; patch writes its results whole at the end, "
-                             "so no output file was written or changed; run it again\n");
+    // Ctrl-C stops at a safe point (between batched forwards, between
+    // results, before the staged files replace old ones): see run_patching.
+    handle_interrupts(/*polled=*/true);
     const auto t0 = std::chrono::steady_clock::now();
     // The CLI's own words for what the plan would refuse, before any loading.
     MECHLAB_CHECK(!a->sweeps.empty() || !a->paths.empty() || a->edges,
@@ -169,6 +172,13 @@ void add_patch_command(CLI::App& app) {
                   "attribution: add --method attribution or --method eap-ig");
     MECHLAB_CHECK(a->paths.empty() || method == PatchMethod::activation,
                   "--path is exact path patching; drop --method ", a->method);
+    // The budget is what the stacked forwards may take: more than this
+    // machine has ends in bad_alloc mid-run. In double: MiB x 2^20 overflows.
+    const double budget = static_cast<double>(a->memory_mb) * (1 << 20);
+    require_memory(budget > 9e18 ? INT64_MAX : static_cast<int64_t>(budget),
+                   str_cat("--memory-budget-mb ", a->memory_mb),
+                   "the patch configurations stacked into one forward",
+                   "lower --memory-budget-mb (0 = automatic)");
     const at::Device device = parse_device(a->device);
     core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
     base.to(device);
@@ -176,6 +186,25 @@ void add_patch_command(CLI::App& app) {
     const core::Dataset ds = core::load_dataset(a->dataset);
     const PatchingData data = PatchingData::from_dataset(ds, a->examples);
     data.validate(model.cfg());
+    {
+      // One unpatched forward over every prompt pair (one copy, the least a
+      // forward can stack): its logits and log-softmax [examples, pos, d_vocab]
+      // in float32, its working activations, and the clean and corrupted
+      // runs' cached residuals. Refused before the first forward, in double.
+      const core::ModelConfig& c = model.cfg();
+      const double tokens = static_cast<double>(data.batch()) * static_cast<double>(data.seq_len());
+      const double elem = std::max(4.0, static_cast<double>(c10::elementSize(model.model().dtype())));
+      const double per_token = static_cast<double>(c.d_vocab) * 4 * 2 +
+                               (8.0 * c.d_model + 4.0 * c.n_heads * c.d_head + 3.0 * c.d_mlp) * elem +
+                               2.0 * c.n_layers * c.d_model * elem;
+      const double bytes = tokens * per_token;
+      require_memory(bytes > 9e18 ? INT64_MAX : static_cast<int64_t>(bytes),
+                     a->examples > 0 ? str_cat("--examples ", a->examples)
+                                     : str_cat("the dataset (", data.batch(), " prompt pairs)"),
+                     str_cat("one forward over ", data.batch(), " prompt pairs x ", data.seq_len(),
+                             " positions (logits over ", c.d_vocab, " tokens)"),
+                     "use fewer prompt pairs (--examples N)");
+    }
 
     BulkOptions bulk;
     bulk.memory_budget_bytes = a->memory_mb * (int64_t(1) << 20);
@@ -208,7 +237,18 @@ void add_patch_command(CLI::App& app) {
     std::printf("model %s, %lld prompt pairs x %lld tokens, metric %s, method %s\n",
                 model.cfg().name.c_str(), static_cast<long long>(data.batch()),
                 static_cast<long long>(data.seq_len()), a->metric.c_str(), a->method.c_str());
-    const std::vector<PatchResult> results = run_patching(model, data, plan);
+    // Results are written whole at the end, so a stop keeps nothing new and
+    // changes nothing old; the message says what was complete.
+    const auto interrupted = [&](const Interrupted& e) {
+      return Interrupted(str_cat(e.what(), "; nothing was written and the files in '", a->out,
+                                 "' are as they were; run the same command again"));
+    };
+    std::vector<PatchResult> results;
+    try {
+      results = run_patching(model, data, plan);
+    } catch (const Interrupted& e) {
+      throw interrupted(e);
+    }
     for (const auto& r : results) {
       const char* dir = direction_name(r.direction);
       if (r.kind == ResultKind::path) {
@@ -247,8 +287,12 @@ void add_patch_command(CLI::App& app) {
       }
       print_top_effects(r, 5);
     }
-    const WrittenFiles w = write_patching_results(
-        a->out, results, OutputOptions().svg(!a->no_svg).top_edges(a->top));
+    WrittenFiles w;
+    try {
+      w = write_patching_results(a->out, results, OutputOptions().svg(!a->no_svg).top_edges(a->top));
+    } catch (const Interrupted& e) {
+      throw interrupted(e);
+    }
     for (const auto& j : w.json) std::printf("wrote %s\n", j.c_str());
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

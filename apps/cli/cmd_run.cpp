@@ -6,7 +6,9 @@
 #include "core/data/tokenizer/tokenizer_json.h"
 #include "core/util/error.h"
 #include "core/hf/model_loader.h"
+#include "core/model/hook_site.h"
 #include "hooks/hooked_transformer.h"
+#include "hooks/names_filter.h"
 
 #include <nlohmann/json.hpp>
 
@@ -61,6 +63,36 @@ void add_run_command(CLI::App& app) {
     const std::vector<int64_t> ids =
         a->prompt.empty() ? a->tokens : tok->to_tokens(a->prompt, !a->no_bos);
     at::Tensor tokens = at::tensor(ids, at::kLong).unsqueeze(0);  // [1, pos]
+    {
+      // Refused before the forward: its logits and log-softmax [pos, d_vocab]
+      // in float32, and every cached hook at its full shape (attention maps
+      // grow as pos^2). Counted in double: a long context's products overflow
+      // int64. Beyond n_ctx the model's own check speaks.
+      const core::ModelConfig& c = model.cfg();
+      const double pos = static_cast<double>(ids.size());
+      const double elem = static_cast<double>(c10::elementSize(model.model().dtype()));
+      double bytes = pos * static_cast<double>(c.d_vocab) * 4 * 2;
+      double cached = 0;
+      if (!a->cache.empty()) {
+        for (const std::string& h : model.hook_names()) {
+          if (!hooks::glob_match(a->cache, h)) continue;
+          double n = elem;
+          for (core::Dim d : model.hooks().hook_dims(h)) {
+            n *= static_cast<double>(core::dim_size(c, d, 1, static_cast<int64_t>(ids.size())));
+          }
+          cached += n;
+        }
+      }
+      bytes += cached;
+      if (pos <= static_cast<double>(c.n_ctx)) {
+        require_memory(bytes > 9e18 ? INT64_MAX : static_cast<int64_t>(bytes),
+                       str_cat("a prompt of ", ids.size(), " tokens"),
+                       a->cache.empty() ? std::string("its logits")
+                                        : str_cat("its logits and the cache of '", a->cache, "'"),
+                       a->cache.empty() ? "shorten the prompt"
+                                        : "shorten the prompt or cache fewer hooks (--cache)");
+      }
+    }
 
     at::InferenceMode guard;
     at::Tensor logits;

@@ -4,10 +4,14 @@
 #include "core/formats/output_file.h"
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
+#include "core/data/dataset.h"
+#include "core/data/tasks/tasks.h"
+#include "core/train/train_data.h"
 #include "core/train/trainer.h"
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -105,6 +109,49 @@ void add_train_command(CLI::App& app) {
     if (!a->resume) {
       core::require_replaceable((std::filesystem::path(a->out) / "model.h5").string(), "checkpoint",
                                 a->overwrite);
+    }
+    if (cfg.data.contains("task") && cfg.data.contains("options") && cfg.data["options"].contains("n") &&
+        cfg.data["options"]["n"].is_number_integer() && cfg.data["options"]["n"].get<int64_t>() > 16) {
+      // A generated dataset's size first, as `dataset make --n` does: 16
+      // examples show the bytes per example; the generator's vectors and the
+      // tensors made from them hold the data twice. In double.
+      nlohmann::json sample = cfg.data["options"];
+      sample["n"] = 16;
+      const core::Dataset probe = core::tasks::make_task(cfg.data["task"].get<std::string>(), sample);
+      int64_t bytes = 0;
+      for (const at::Tensor* t : {&probe.tokens, &probe.attention_mask, &probe.clean_tokens,
+                                  &probe.corrupted_tokens, &probe.answer_tokens, &probe.wrong_tokens,
+                                  &probe.answer_pos, &probe.labels}) {
+        if (t->defined()) bytes += static_cast<int64_t>(t->nbytes());
+      }
+      const int64_t n = cfg.data["options"]["n"].get<int64_t>();
+      const double total = 2.0 * static_cast<double>(bytes) / 16.0 * static_cast<double>(n);
+      require_memory(total > 9e18 ? INT64_MAX : static_cast<int64_t>(total), str_cat("data.options.n ", n),
+                     str_cat(n, " examples (", bytes / 16, " bytes each)"),
+                     "lower data.options.n (--set data.options.n=N)");
+    }
+    {
+      // One training step's memory, refused before the model and optimizer
+      // are made: the activations autograd keeps for the backward (per
+      // layer a dozen residual-sized tensors, q/k/v/z, the MLP's hidden
+      // layer twice; attention is fused, so no pos^2 maps) and the logits,
+      // their log-softmax and gradient in float32, for a batch of
+      // min(batch_size, train rows) x seq_len tokens; plus the weights with
+      // AdamW's two moments and the gradient. In double: the products overflow
+      // int64. The data itself is small beside it (dataset make checks --n).
+      const core::train::TrainData data = core::train::load_train_data(cfg);
+      const core::ModelConfig m = core::train::resolve_model_config(cfg, data.dataset);
+      const int64_t rows = data.train.size(), seq = data.train.tokens.size(1);
+      const int64_t batch = cfg.batch_size == 0 ? rows : std::min(cfg.batch_size, rows);
+      const double per_token =
+          4.0 * m.n_layers * (12.0 * m.d_model + 4.0 * m.n_heads * m.d_head + (m.has_mlp() ? 2.0 * m.d_mlp : 0)) +
+          4.0 * 3 * m.d_vocab;
+      const double bytes = static_cast<double>(batch) * static_cast<double>(seq) * per_token +
+                           4.0 * 4 * static_cast<double>(m.parameter_count());
+      require_memory(bytes > 9e18 ? INT64_MAX : static_cast<int64_t>(bytes),
+                     str_cat("batch_size ", cfg.batch_size),
+                     str_cat("one training step over ", batch, " examples x ", seq, " tokens"),
+                     "lower batch_size (--set batch_size=N) or the sequence length");
     }
     handle_interrupts(/*polled=*/true);
     core::train::Trainer trainer(cfg, core::train::TrainerOptions()

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_stats import summarize  # noqa: E402
 
 
 def make_model(folder: str) -> None:
@@ -37,7 +40,7 @@ def make_model(folder: str) -> None:
     open(stamp, "w").close()
 
 
-def time_transformers(folder: str, repeats: int) -> float:
+def time_transformers(folder: str, repeats: int) -> dict:
     def load():
         t0 = time.perf_counter()
         model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
@@ -46,8 +49,7 @@ def time_transformers(folder: str, repeats: int) -> float:
         return elapsed
 
     load()  # warm-up: page cache, imports, lazy initialisation
-    times = [load() for _ in range(repeats)]
-    return statistics.median(times)
+    return summarize([load() for _ in range(repeats)])
 
 
 def main() -> None:
@@ -60,12 +62,13 @@ def main() -> None:
     if not os.access(args.mechlab, os.X_OK):
         sys.exit(f"{args.mechlab} not found; build mechlab first (bash scripts/test.sh)")
     make_model(args.folder)
-    hf_ms = time_transformers(args.folder, args.repeats)
+    hf = time_transformers(args.folder, args.repeats)
     n_threads = torch.get_num_threads()
-    print(f"[bench] transformers from_pretrained: median {hf_ms:.1f} ms over {args.repeats} runs "
+    print(f"[bench] transformers from_pretrained: median {hf['ms']:.1f} ms over {hf['runs']} runs "
           f"({n_threads} threads)", flush=True)
     subprocess.run([args.mechlab, "bench", "load", args.folder, "--repeats", str(args.repeats),
-                    "--transformers-ms", f"{hf_ms:.3f}"], check=True)
+                    "--transformers-ms", f"{hf['ms']:.3f}", "--transformers-iqr",
+                    f"{hf['q1']:.3f},{hf['q3']:.3f}", "--transformers-runs", str(hf["runs"])], check=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ Metric: mean logit difference (answer - wrong) at the last position.
 TransformerLens runs get_act_patch_attn_head_out_by_pos's own code path (generic_activation_patch
 with layer_pos_head_vector_patch_setter on hook_z): with --full the whole sweep (12 x 20 x 12 =
 2880 forwards: about an hour on 2 CPU cores), otherwise --sample configurations spread over the
-sweep, timed and extrapolated (every configuration is one full forward of the same size). mechlab
+sweep, each timed alone after a warm-up forward at the batch size timed, and the median
+per-configuration time extrapolated, with its interquartile range as the error bar (every
+configuration is one full forward of the same size). mechlab
 runs `mechlab bench patch` on the same files (the full sweep). TL's values on the sampled
 configurations are compared with mechlab's. Writes build/bench/patch_vs_transformerlens.json.
 """
@@ -45,6 +47,7 @@ BATCH, POS, SEED = 32, 20, 1
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runtime_vs_transformerlens as rt  # noqa: E402  (model config, checkpoint export)
+from bench_stats import summarize  # noqa: E402
 
 
 def make_pairs(d_vocab: int) -> dict:
@@ -100,7 +103,7 @@ def main() -> int:
     # ---- mechlab (its own process, alone on the machine)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [args.mechlab, "bench", "patch", "--model", rt.CKPT, "--dataset", PAIRS, "--device",
-           args.device, "--json", MECHLAB_JSON, "--out", RESULT, "--naive-sample", "4"]
+           args.device, "--json", MECHLAB_JSON, "--out", RESULT]
     print("[bench] " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd),
           flush=True)
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -138,15 +141,29 @@ def main() -> int:
             k = min(args.sample, n)
             sample_idx = np.array([(s * n) // k + (s * 7919) % max(1, n // k) for s in range(k)])
             rows = [(i // (POS * n_heads), (i // n_heads) % POS, i % n_heads) for i in sample_idx]
-            df = pd.DataFrame(rows, columns=["layer", "pos", "head"])
-            model(corrupted[:1])  # warm-up
-            t0 = time.perf_counter()
-            out_tl = tlp.generic_activation_patch(
-                model, corrupted, clean_cache, metric,
-                patch_setter=tlp.layer_pos_head_vector_patch_setter, activation_name="z",
-                index_df=df)
-            tl_s = (time.perf_counter() - t0) / k * n
-            tl_sample = out_tl.cpu().numpy()
+            sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+            def patch(rows_):
+                df = pd.DataFrame(rows_, columns=["layer", "pos", "head"])
+                return tlp.generic_activation_patch(
+                    model, corrupted, clean_cache, metric,
+                    patch_setter=tlp.layer_pos_head_vector_patch_setter, activation_name="z",
+                    index_df=df)
+
+            patch(rows[:1])  # warm-up: the same call at the batch size timed
+            # Each configuration timed alone: the spread of the per-config time
+            # is the error bar of the extrapolation.
+            per_config_ms, tl_sample = [], []
+            for r in rows:
+                sync()
+                t0 = time.perf_counter()
+                v = patch([r])
+                sync()
+                per_config_ms.append((time.perf_counter() - t0) * 1e3)
+                tl_sample.append(float(v.flatten()[0]))
+            tl_per_config = summarize(per_config_ms)
+            tl_s = tl_per_config["ms"] / 1e3 * n
+            tl_sample = np.array(tl_sample)
     ml_sample = ml_values.reshape(-1)[sample_idx]
     max_abs = float(np.abs(ml_sample - tl_sample).max())
     rel = max_abs / max(float(np.abs(tl_sample).max()), 1e-6)
@@ -159,17 +176,22 @@ def main() -> int:
         torch=torch.__version__, transformer_lens=md.version("transformer_lens"),
         model=dict(rt.TL_CFG, checkpoint=os.path.relpath(rt.CKPT, ROOT)), batch=BATCH, pos=POS,
         configurations=n, tl_full=args.full, tl_sample=None if args.full else int(len(sample_idx)),
+        tl_per_config_ms=None if args.full else tl_per_config,
         tl_seconds=tl_s, mechlab_seconds=ml["bulk_skip_s"], mechlab=ml, speedup=speedup,
         values_max_abs_diff=max_abs, values_rel_diff=rel)
     with open(os.path.join(OUT_DIR, "patch_vs_transformerlens.json"), "w") as f:
         json.dump(info, f, indent=2)
-    how = "full sweep" if args.full else f"{len(sample_idx)} sampled configs, extrapolated"
+    how = "full sweep, 1 run" if args.full else (
+        f"median per-config time of {tl_per_config['runs']} sampled configs x {n}; IQR "
+        f"{tl_per_config['q1'] / 1e3 * n:.1f} - {tl_per_config['q3'] / 1e3 * n:.1f} s")
     print(f"\nhead-out-by-position sweep, GPT-2-small shape (random), {BATCH} x {POS} tokens, "
           f"{n} configurations, {args.device} float32, {args.threads} threads")
     print(f"{'tool':<44} {'seconds':>10}")
     print(f"{'TransformerLens get_act_patch_attn_head_out_by_pos':<44} {tl_s:>10.1f}  ({how})")
+    iqr = ml["bulk_skip_iqr_s"]
     print(f"{'mechlab BulkPatcher (default)':<44} {ml['bulk_skip_s']:>10.1f}  "
-          f"({ml['bulk_skip_stats']['forwards']} forwards, "
+          f"(median of {ml['repeats']} runs, IQR {iqr[0]:.1f} - {iqr[1]:.1f} s; "
+          f"{ml['bulk_skip_stats']['forwards']} forwards, "
           f"{ml['bulk_skip_stats']['skipped_noop']} no-op configs skipped)")
     print(f"speed-up: {speedup:.1f}x   values: max |mechlab - TL| = {max_abs:.3g} "
           f"(relative {rel:.2g}) on {len(sample_idx)} configurations")

@@ -31,6 +31,10 @@ import tempfile
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_stats import summarize  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT_DIR = os.path.join(ROOT, "build", "bench")
 CKPT = os.path.join(OUT_DIR, "gpt2_small_random.h5")
@@ -58,8 +62,9 @@ def build_model(device: str) -> HookedTransformer:
     return HookedTransformer(cfg).eval()
 
 
-def median_ms(fn, warmup: int, repeats: int, device: str) -> float:
-    """Same statistic as mechlab's bench::median_ms: sorted times [n // 2]."""
+def time_ms(fn, warmup: int, repeats: int, device: str) -> dict:
+    """Same statistics as mechlab's bench::time_ms (bench_stats.summarize); the warm-up runs
+    the timed call itself, so at the batch size timed."""
     import time
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -71,7 +76,7 @@ def median_ms(fn, warmup: int, repeats: int, device: str) -> float:
         fn()
         sync()
         ms.append((time.perf_counter() - t0) * 1e3)
-    return sorted(ms)[len(ms) // 2]
+    return summarize(ms)
 
 
 def tl_child(args) -> None:
@@ -82,8 +87,8 @@ def tl_child(args) -> None:
     tokens = torch.randint(TL_CFG["d_vocab"], (args.batch, args.pos), generator=gen).to(args.device)
     fn = {"forward": lambda: model(tokens), "run_with_cache": lambda: model.run_with_cache(tokens)}
     with torch.inference_mode():
-        ms = median_ms(fn[args.child], args.warmup, args.repeats, args.device)
-    print(json.dumps(dict(ms=ms, threads=torch.get_num_threads(),
+        stats = time_ms(fn[args.child], args.warmup, args.repeats, args.device)
+    print(json.dumps(dict(stats, threads=torch.get_num_threads(),
                           self_maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 

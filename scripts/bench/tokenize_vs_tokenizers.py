@@ -32,6 +32,10 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_stats import summarize  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -52,10 +56,9 @@ t0 = time.perf_counter(); out = run(); cold = (time.perf_counter() - t0) * 1e3
 times = []
 for _ in range(repeats):
     t0 = time.perf_counter(); out = run(); times.append((time.perf_counter() - t0) * 1e3)
-times.sort()
 if ids_out != "-":
     np.concatenate([np.asarray(x, dtype="<i4") for x in out]).tofile(ids_out)
-print(json.dumps({"cold_ms": cold, "warm_ms": times[len(times) // 2], "tokens": sum(map(len, out))}))
+print(json.dumps({"cold_ms": cold, "times_ms": times, "tokens": sum(map(len, out))}))
 '''
 
 
@@ -166,15 +169,16 @@ def main() -> int:
         single = run_child(tok_path, text_path, "batch", args.repeats, ref_ids, 1)
         parallel = run_child(tok_path, text_path, "batch", args.repeats, "-", None)
         loop = run_child(tok_path, text_path, "loop", args.repeats, "-", 1) if args.loop else None
+        # Each row: median, quartiles and run count of the warm passes (bench_stats.summarize).
         rows = [
-            {"name": BASELINE, "ms": single["warm_ms"],
-             "note": f"median of {args.repeats}; cold {single['cold_ms']:.0f} ms"},
-            {"name": f"tokenizers encode_batch, {os.cpu_count()} thr", "ms": parallel["warm_ms"],
-             "note": "rayon over all cores"},
+            dict(summarize(single["times_ms"]), name=BASELINE,
+                 note=f"cold {single['cold_ms']:.0f} ms (one pass)"),
+            dict(summarize(parallel["times_ms"]), name=f"tokenizers encode_batch, {os.cpu_count()} thr",
+                 note="rayon over all cores"),
         ]
         if loop:
-            rows.append({"name": "tokenizers encode loop (Python)", "ms": loop["warm_ms"],
-                         "note": "1 thread, per-call overhead"})
+            rows.append(dict(summarize(loop["times_ms"]), name="tokenizers encode loop (Python)",
+                             note="1 thread, per-call overhead"))
         baseline_json = os.path.join(out_dir, f"tokenize_{style}_baseline.json")
         with open(baseline_json, "w") as f:
             json.dump({"baseline": BASELINE, "rows": rows}, f)

@@ -1,6 +1,8 @@
 // Ctrl-C in a long job: a child `mechlab cache` / `mechlab train` is sent
 // SIGINT mid-run and must exit with code 130 and one line saying what was
-// kept and how to resume, leaving outputs that the resume completes.
+// kept and how to resume, leaving outputs that the resume completes;
+// `mechlab patch` stops between batched forwards, keeps nothing new and
+// leaves the results already in its folder byte for byte.
 #include "core/store/activation_store.h"
 #include "core/data/dataset.h"
 #include "core/model/presets.h"
@@ -14,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -128,6 +131,52 @@ TEST(Interrupt, TrainSavesACheckpointThatResumes) {
   const std::string done = read_text(log);
   EXPECT_NE(done.find(": " + std::to_string(std::stoll(m[1]) + 1) + " steps"), std::string::npos)
       << done;
+}
+
+std::vector<std::string> folder_entries(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// [hardening] 14: Ctrl-C in `patch` used to end the process at once from the
+// signal handler; now it stops at a safe point, removes what it staged and
+// leaves an existing patching.h5 as it was.
+TEST(Interrupt, PatchStopsBetweenForwardsAndLeavesOldResultsIntact) {
+  const std::string model = temp_path("patch_model.h5"), data = temp_path("patch_ioi.h5");
+  const std::string out = temp_path("patch_out"), log = temp_path("patch.log");
+  ASSERT_EQ(testing::run_cli("new " + model + " --preset tiny --seed 3 --overwrite").rc, 0);
+  // 4000 prompt pairs, one configuration per forward: hundreds of forwards
+  // of 76000 tokens, so the SIGINT lands mid-run.
+  auto made = testing::run_cli("dataset make ioi --out " + data + " --n 4000 --seed 1 --overwrite");
+  ASSERT_EQ(made.rc, 0) << made.output;
+  // Results already in the folder, from a short run.
+  auto first = testing::run_cli("patch " + model + " " + data + " --sweep resid_pre --examples 2 --out " +
+                                out);
+  ASSERT_EQ(first.rc, 0) << first.output;
+  const std::string old_results = read_text(out + "/patching.h5");
+  ASSERT_FALSE(old_results.empty());
+  const std::vector<std::string> old_entries = folder_entries(out);
+
+  const std::vector<std::string> args{MECHLAB_BINARY, "patch", model, data, "--sweep",
+                                      "resid_pre,attn_head_out_by_pos", "--direction", "both",
+                                      "--max-copies", "1", "--no-skip-identical", "--overwrite",
+                                      "--threads", "1", "--out", out};
+  const int rc = interrupt_after(spawn_process(args, log), 1.0);
+  const std::string text = read_text(log);
+  ASSERT_EQ(rc, 130) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(
+      "mechlab: interrupted (after \\d+ of \\d+ patch configurations )?during sweep "
+      "resid_pre, attn_head_out_by_pos \\(denoising\\); results complete: none; nothing was "
+      "written and the files in '.*patch_out' are as they were; run the same command again\n")))
+      << text;
+  EXPECT_EQ(text.find("mechlab:"), text.rfind("mechlab:")) << text;
+  // Nothing staged is left, nothing new appeared, the old results are intact.
+  EXPECT_EQ(folder_entries(out), old_entries);
+  EXPECT_TRUE(read_text(out + "/patching.h5") == old_results) << "patching.h5 changed";
+  for (const auto& f : folder_entries(out)) std::filesystem::remove(out + "/" + f);
+  for (const auto& f : {out, model, data, log}) std::filesystem::remove(f);
 }
 
 }  // namespace

@@ -4,10 +4,14 @@
 // Tolerance: kF32Tol, float32 normwise relative error <= 1e-5 plus an
 // element-wise bound (fixture_compare.h).
 #include "core/formats/hdf5_file.h"
+#include "core/util/error.h"
+#include "tests/test_util.h"
 #include "tests/hooks/fixture_compare.h"
 #include "hooks/hooked_transformer.h"
 
 #include <nlohmann/json.hpp>
+
+#include <cstdio>
 
 using mechlab::core::H5File;
 using mechlab::hooks::HookedTransformer;
@@ -22,6 +26,14 @@ constexpr mechlab::testing::Tolerance kTol = mechlab::testing::kF32Tol;
 
 std::string fixture(const std::string& name) {
   return std::string(MECHLAB_TEST_DATA) + "/runtime/" + name + ".h5";
+}
+
+// A group a fixture must hold. Its sub-check used to be skipped when the group
+// was missing (an old or partly written fixture), so the test passed having
+// checked less; now a missing group fails, naming it and the fix.
+void require_group(const H5File& file, const std::string& fixture_path, const std::string& group) {
+  MECHLAB_CHECK(file.exists(group), "fixture '", fixture_path, "' has no group '", group,
+                "': regenerate it (tests/data/runtime/README.md)");
 }
 
 class TransformerLensFixture : public ::testing::TestWithParam<std::string> {
@@ -80,7 +92,9 @@ TEST_P(TransformerLensFixture, OptInHooksMatch) {
     EXPECT_TRUE(close(cache[name], ref("opt_in_hooks/" + name), kTol, name));
   }
   // In split mode ln1 runs per q/k/v input; the cache keeps the last (v) call.
-  if (file_->exists("reference/opt_in_hooks_ln1")) {
+  // make_runtime_fixtures.py writes the group for every model.
+  require_group(*file_, fixture(GetParam()), "reference/opt_in_hooks_ln1");
+  {
     std::vector<std::string> ln1 = file_->list("reference/opt_in_hooks_ln1");
     std::vector<std::string> all = names;
     all.insert(all.end(), ln1.begin(), ln1.end());
@@ -136,7 +150,9 @@ TEST_P(TransformerLensFixture, CacheHelpersMatch) {
   at::Tensor last = cache.accumulated_resid(ResidOptions().layer(1).pos(-1)).tensor;
   EXPECT_TRUE(close(cache.apply_ln_to_stack(last, ResidOptions().layer(1).pos(-1)),
                     ref("cache/apply_ln_to_stack_layer1_last"), kTol, "apply_ln_to_stack layer 1"));
-  if (file_->exists("reference/cache/apply_ln_to_stack_layer1_mlp_last")) {
+  // Written for every model with an MLP (TL has no MLP input otherwise).
+  if (model_->cfg().has_mlp()) {
+    require_group(*file_, fixture(GetParam()), "reference/cache/apply_ln_to_stack_layer1_mlp_last");
     at::Tensor mlp_in = cache.decompose_resid(ResidOptions().layer(1).mlp_input(true).pos(-1)).tensor;
     EXPECT_TRUE(close(cache.apply_ln_to_stack(mlp_in, ResidOptions().layer(1).mlp_input(true).pos(-1)),
                       ref("cache/apply_ln_to_stack_layer1_mlp_last"), kTol, "apply_ln_to_stack mlp"));
@@ -145,6 +161,21 @@ TEST_P(TransformerLensFixture, CacheHelpersMatch) {
   EXPECT_TRUE(close(cache.logit_attrs(resid_last, ref("cache/logit_attrs_tokens"),
                                       ref("cache/logit_attrs_incorrect_tokens"), PosSlice(-1)),
                     ref("cache/logit_attrs"), kTol, "logit_attrs"));
+}
+
+TEST(TransformerLensFixtureFile, AMissingGroupIsRefusedNotSkipped) {
+  const std::string path = ::testing::TempDir() + "mechlab_tl_fixture_missing_group.h5";
+  {
+    H5File f = H5File::create(path);
+    f.write_tensor("reference/tokens", at::zeros({1, 2}, at::kInt));
+    f.close();
+  }
+  const H5File f = H5File::open_read(path);
+  require_group(f, path, "reference/tokens");  // present: no error
+  EXPECT_EQ(mechlab::testing::error_of([&] { require_group(f, path, "reference/opt_in_hooks_ln1"); }),
+            "fixture '" + path + "' has no group 'reference/opt_in_hooks_ln1': regenerate it "
+            "(tests/data/runtime/README.md)");
+  std::remove(path.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TransformerLensFixture,
