@@ -61,7 +61,7 @@ void add_bench_load(CLI::App& bench) {
   cmd->add_option("--transformers-ms", a->transformers_ms,
                   "Median from_pretrained time measured by the driver script, the baseline row");
   cmd->callback([a] {
-    const core::LoadOptions options{parse_dtype(a->dtype)};
+    const auto options = core::LoadOptions().dtype(parse_dtype(a->dtype));
     int64_t params = 0;
     const double load_ms = bench::median_ms(
         [&] {

@@ -158,9 +158,9 @@ void add_bench_patch(CLI::App& bench) {
       // ---- bulk sweeps
       auto bulk_run = [&](bool skip, SweepResult* keep) {
         SweepOptions o;
-        o.bulk.memory_budget_bytes = a->memory_mb << 20;
-        o.bulk.max_copies = a->max_copies;
-        o.bulk.skip_identical = skip;
+        o.bulk().memory_budget_bytes(a->memory_mb << 20);
+        o.bulk().max_copies(a->max_copies);
+        o.bulk().skip_identical(skip);
         sync();
         const auto t0 = std::chrono::steady_clock::now();
         SweepResult r = run_sweep(model, data, sweep, metric, o);

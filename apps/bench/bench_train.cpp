@@ -45,7 +45,7 @@ void add_bench_train(CLI::App& bench) {
     core::Transformer& model = trainer.model();
     auto forward = [&] {
       core::ForwardOptions fwd;
-      fwd.attention_mask = fixed.mask;
+      fwd.attention_mask(fixed.mask);
       return model.forward(fixed.tokens, fwd);
     };
     const double ms_step = bench::median_ms([&] { trainer.step(); }, a->warmup, a->steps, device);

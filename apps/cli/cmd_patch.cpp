@@ -170,7 +170,8 @@ void add_patch_command(CLI::App& app) {
     MECHLAB_CHECK(a->paths.empty() || method == PatchMethod::activation,
                   "--path is exact path patching; drop --method ", a->method);
     const at::Device device = parse_device(a->device);
-    core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
+    core::Transformer base = core::load_model(
+        a->model, core::LoadOptions().dtype(parse_dtype(a->dtype)).process(a->process.options()));
     base.to(device);
     hooks::HookedTransformer model(std::move(base));
     const core::Dataset ds = core::load_dataset(a->dataset);
@@ -178,10 +179,10 @@ void add_patch_command(CLI::App& app) {
     data.validate(model.cfg());
 
     BulkOptions bulk;
-    bulk.memory_budget_bytes = a->memory_mb * (int64_t(1) << 20);
-    bulk.max_copies = a->max_copies;
-    bulk.skip_identical = !a->no_skip;
-    bulk.show_progress = a->progress;
+    bulk.memory_budget_bytes(a->memory_mb * (int64_t(1) << 20));
+    bulk.max_copies(a->max_copies);
+    bulk.skip_identical(!a->no_skip);
+    bulk.show_progress(a->progress);
     const PatchPlan plan = PatchPlan()
                                .sweeps(a->sweeps)
                                .paths(a->paths)

@@ -53,7 +53,7 @@ void write_header(H5File& f, const StoreHeader& h) {
 void create_store(const std::string& path, const StoreHeader& h) {
   H5File::write_atomically(path, [&](H5File& f) {
     core::WriteOptions chunked;
-    chunked.chunk_rows = h.chunk_rows;
+    chunked.chunk_rows(h.chunk_rows);
     for (const auto& name : h.hooks) {
       f.create_dataset("acts/" + name, h.dtype, {h.rows_total, h.width(name)}, chunked);
     }
@@ -246,8 +246,8 @@ void ActivationStoreWriter::finish() {
       path_,
       [&](H5File& out) {
         core::WriteOptions gz;
-        gz.chunk_rows = h.chunk_rows;
-        gz.gzip_level = spec_.gzip_level;
+        gz.chunk_rows(h.chunk_rows);
+        gz.gzip_level(spec_.gzip_level);
         auto copy = [&](const std::string& ds, at::ScalarType dtype, std::vector<int64_t> shape) {
           out.create_dataset(ds, dtype, shape, gz);
           for (int64_t r = 0; r < h.rows_total; r += h.chunk_rows) {

@@ -54,7 +54,7 @@ TEST(Hdf5WriteFailure, ChunkedRowsOnAFullDiskThrow) {
   const std::string path = m.dir() + "/rows.h5";
   H5File f = H5File::create(path);
   WriteOptions chunked;
-  chunked.chunk_rows = 64;
+  chunked.chunk_rows(64);
   f.create_dataset("x", at::kFloat, {4096, 64}, chunked);
   f.flush();
   m.fill_leaving(8 << 10);
@@ -149,7 +149,7 @@ TEST(Hdf5WriteFailure, ProcessExitsCleanlyAfterAFailedClose) {
     try {
       H5File f = H5File::create(path);
       WriteOptions chunked;
-      chunked.chunk_rows = 64;
+      chunked.chunk_rows(64);
       f.create_dataset("x", at::kFloat, {8192, 64}, chunked);
       f.write_attr("", "a", std::string("x"));
       m.fill_leaving(4 << 10);

@@ -86,7 +86,7 @@ TEST(ActivationStore, RowsEqualRunWithCacheAndSkipPadding) {
   int64_t row = 0;
   for (int64_t i = 0; i < ds.size(); ++i) {
     RunOptions ro;
-    ro.attention_mask = ds.attention_mask.slice(0, i, i + 1);
+    ro.attention_mask(ds.attention_mask.slice(0, i, i + 1));
     auto [logits, cache] =
         model.run_with_cache(ds.tokens.slice(0, i, i + 1).to(at::kLong), {}, ro);
     const int64_t len = ds.attention_mask[i].sum().item<int64_t>();
@@ -336,7 +336,7 @@ TEST_F(DamagedStore, WrongDtype) {
     core::H5File f = core::H5File::open_readwrite(path_);
     at::Tensor x = f.read_tensor("acts/blocks.0.hook_resid_post");
     core::WriteOptions w;
-    w.overwrite = true;
+    w.overwrite(true);
     f.write_tensor("acts/blocks.0.hook_resid_post", x.to(at::kDouble), w);
   }
   EXPECT_THAT(open_error(),
@@ -347,7 +347,7 @@ TEST_F(DamagedStore, MismatchedRowCounts) {
   {
     core::H5File f = core::H5File::open_readwrite(path_);
     core::WriteOptions w;
-    w.overwrite = true;
+    w.overwrite(true);
     f.write_tensor("token_ids", at::zeros({5}, at::kInt), w);
   }
   EXPECT_THAT(open_error(), HasSubstr("/token_ids has shape [5], expected [32]"));
