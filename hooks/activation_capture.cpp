@@ -166,8 +166,10 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   const std::string ds_name = opt.dataset_path().empty() ? std::string("dataset") : opt.dataset_path();
   dataset.validate(ds_name);
   dataset.check_vocab(cfg.d_vocab, ds_name);
-  MECHLAB_CHECK(opt.batch_size() > 0, "--batch-size must be positive, got ", opt.batch_size());
-  MECHLAB_CHECK(opt.chunk_rows() > 0, "--chunk-rows must be positive, got ", opt.chunk_rows());
+  MECHLAB_CHECK(opt.batch_size() > 0, "the batch size (`CacheOptions::batch_size`) must be positive, got ",
+                opt.batch_size());
+  MECHLAB_CHECK(opt.chunk_rows() > 0, "the rows per chunk (`CacheOptions::chunk_rows`) must be positive, got ",
+                opt.chunk_rows());
 
   const std::vector<std::string> hooks = resolve_store_hooks(model, opt.hooks());
   const at::Tensor tokens = dataset.prompts();  // int32 [N, T]

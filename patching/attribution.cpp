@@ -223,8 +223,8 @@ std::vector<SweepResult> attribution_sweeps(hooks::HookedTransformer& model, con
                                             const Metric& metric, const AttributionOptions& options) {
   const auto& cfg = model.cfg();
   data.validate(cfg);
-  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; sweeps: see patching/sweeps.h or `mechlab "
-                "patch --help`");
+  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; pass at least one sweep name (patching/sweeps.h "
+                "lists them)");
   // Every single-hook sweep needed (checks each exists in this model).
   std::vector<std::string> leaves, hook_names;
   auto add_leaf = [&](const SweepSpec& s) {

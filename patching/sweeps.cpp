@@ -202,8 +202,8 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
                                     const SweepOptions& options) {
   const auto& cfg = model.cfg();
   data.validate(cfg);
-  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; sweeps: see patching/sweeps.h or `mechlab "
-                "patch --help`");
+  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; pass at least one sweep name (patching/sweeps.h "
+                "lists them)");
   const int64_t seq = data.seq_len();
 
   // Every single-hook sweep needed, its configs and its place in one big run.

@@ -201,7 +201,7 @@ void add_patch_command(CLI::App& app) {
     // Checked before the (long) run: replacing patching.h5 would leave the
     // heatmaps beside it describing data that is gone.
     const std::string h5 = (std::filesystem::path(a->out) / "patching.h5").string();
-    core::require_replaceable(h5, "patching", a->overwrite);
+    core::require_replaceable(h5, "patching", a->overwrite, "--overwrite");
     core::require_not_same_file(h5, "--out", a->model, "the model");
     core::require_not_same_file(h5, "--out", a->dataset, "the dataset");
     std::filesystem::create_directories(a->out);

@@ -179,7 +179,7 @@ void process_weights(ModelConfig& cfg, TransformerWeights& w, const ProcessOptio
       if (!options.skip_inapplicable()) {
         throw Error(str_cat("weight processing: cannot apply ", to_string(step), " to model '",
                             cfg.name, "': ", *reason,
-                            ". Leave it out, or use --process / ProcessOptions::all(), which "
+                            ". Leave it out, or use `ProcessOptions::all()`, which "
                             "skip what a model cannot take as TransformerLens does"));
       }
       log::warn(str_cat("weight processing: skipping ", to_string(step), " for model '", cfg.name,

@@ -103,7 +103,7 @@ void require_same(const std::string& path, const StoreHeader& file, const StoreH
   auto differ = [&](const char* what, const std::string& have, const std::string& asked) {
     throw Error(str_cat("cannot resume activation store '", path, "': its ", what, " is ", have,
                         " but this run asks for ", asked,
-                        ". Resume with the same model, dataset and options, or pass --overwrite "
+                        ". Resume with the same model, dataset and options, or pass `overwrite` "
                         "to start over"));
   };
   if (file.model != want.model) differ("model", file.model, want.model);
@@ -151,12 +151,12 @@ ActivationStoreWriter ActivationStoreWriter::open(const std::string& path, const
   const bool exists = std::filesystem::exists(path);
   if (exists && !resume && !overwrite) {
     throw Error(str_cat("activation store '", path,
-                        "' already exists; pass --resume to continue it or --overwrite to "
+                        "' already exists; pass `resume` to continue it or `overwrite` to "
                         "replace it"));
   }
   if (exists && overwrite) {
-    // --overwrite replaces a store, never a checkpoint or dataset given by mistake.
-    core::require_replaceable(path, core::kActivationsFormat, true);
+    // `overwrite` replaces a store, never a checkpoint or dataset given by mistake.
+    core::require_replaceable(path, core::kActivationsFormat, true, "`overwrite`");
     require_room_to_replace(path, h);
   }
   if (!exists || overwrite) {

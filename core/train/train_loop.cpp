@@ -103,10 +103,10 @@ TrainLoop::TrainLoop(Trainable& model, LoopOptions options)
     const bool exists = std::filesystem::exists(checkpoint);
     if (options_.resume()) {
       MECHLAB_CHECK(exists, "nothing to resume: '", checkpoint,
-                    "' does not exist (start the run without --resume)");
+                    "' does not exist (start the run without `resume`)");
     } else {
       MECHLAB_CHECK(!exists || options_.overwrite(), "'", options_.out_dir(), "' already holds a training run (",
-                    options_.checkpoint_file(), "); pass --resume to continue it or --overwrite to start again");
+                    options_.checkpoint_file(), "); pass `resume` to continue it or `overwrite` to start again");
     }
     std::filesystem::create_directories(options_.out_dir());
   } else {
@@ -321,7 +321,7 @@ void TrainLoop::load_checkpoint(const std::string& path) {
     for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
       const std::string ds = g + "/" + kind + "/" + name;
       MECHLAB_CHECK(f.exists(ds), "'", path, "': training state lacks /", ds,
-                    " (the file is damaged; start again with --overwrite)");
+                    " (the file is damaged; start again with `overwrite`)");
     }
     m.push_back(f.read_tensor(g + "/exp_avg/" + name));
     v.push_back(f.read_tensor(g + "/exp_avg_sq/" + name));

@@ -157,7 +157,7 @@ TEST(ActivationStore, RefusesToTouchAnExistingStoreOrAMismatchedResume) {
   const std::string path = temp_path("exists.h5");
   cache_activations(model, ds, path, options().overwrite(true));
   EXPECT_THAT(error_of([&] { cache_activations(model, ds, path, options()); }),
-              HasSubstr("already exists; pass --resume"));
+              HasSubstr("already exists; pass `resume` to continue it or `overwrite` to replace it"));
   EXPECT_THAT(error_of([&] {
                 cache_activations(model, ds, path, options().resume(true).dtype(at::kHalf));
               }),
@@ -367,7 +367,7 @@ TEST_F(DamagedStore, ReadingPastCommittedRowsSaysTheStoreIsUnfinished) {
   auto store = core::ActivationStore::open(path_);
   EXPECT_EQ(store.num_rows(), 16);
   EXPECT_THAT(error_of([&] { store.rows("blocks.0.hook_resid_post", 10, 10); }),
-              HasSubstr("16 committed rows (it is unfinished: resume it with mechlab cache --resume)"));
+              HasSubstr("16 committed rows (it is unfinished: resume the job that writes it)"));
   EXPECT_THAT(error_of([&] { store.rows("blocks.9.hook_resid_post", 0, 1); }),
               HasSubstr("has no hook 'blocks.9.hook_resid_post'"));
 }
