@@ -108,7 +108,7 @@ std::pair<at::Tensor, at::Tensor> left_pad(const std::vector<std::vector<int64_t
 GenerateResult generate(const Transformer& model, const at::Tensor& tokens,
                         const GenerateOptions& opts, HookDispatch* hooks) {
   GenerateOptions rest = opts;
-  rest.attention_mask() = at::Tensor();
+  rest.attention_mask(at::Tensor());
   return generate(model, real_rows(tokens, opts.attention_mask()), rest, hooks);
 }
 
