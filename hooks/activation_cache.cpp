@@ -26,15 +26,15 @@ void refuse_unused(const ResidOptions& o, const char* helper,
                    std::initializer_list<const char*> takes) {
   const ResidOptions d;
   const std::pair<const char*, bool> set[] = {
-      {"layer", o.layer_ != d.layer_},
-      {"mlp_input", o.mlp_input_ != d.mlp_input_},
-      {"apply_ln", o.apply_ln_ != d.apply_ln_},
-      {"pos", o.pos_.index.has_value()},
-      {"incl_mid", o.incl_mid_ != d.incl_mid_},
-      {"mode", o.mode_ != d.mode_},
-      {"incl_embeds", o.incl_embeds_ != d.incl_embeds_},
-      {"incl_remainder", o.incl_remainder_ != d.incl_remainder_},
-      {"recompute_ln", o.recompute_ln_ != d.recompute_ln_}};
+      {"layer", o.layer() != d.layer()},
+      {"mlp_input", o.mlp_input() != d.mlp_input()},
+      {"apply_ln", o.apply_ln() != d.apply_ln()},
+      {"pos", o.pos().index.has_value()},
+      {"incl_mid", o.incl_mid() != d.incl_mid()},
+      {"mode", o.mode() != d.mode()},
+      {"incl_embeds", o.incl_embeds() != d.incl_embeds()},
+      {"incl_remainder", o.incl_remainder() != d.incl_remainder()},
+      {"recompute_ln", o.recompute_ln() != d.recompute_ln()}};
   for (const auto& [name, is_set] : set) {
     if (!is_set) continue;
     bool taken = false;
@@ -78,9 +78,9 @@ int64_t ActivationCache::bytes() const {
 
 Stack ActivationCache::accumulated_resid(const ResidOptions& opts) const {
   refuse_unused(opts, "accumulated_resid", {"layer", "mlp_input", "apply_ln", "pos", "incl_mid"});
-  int layer = opts.layer_;
-  const bool incl_mid = opts.incl_mid_, apply_ln = opts.apply_ln_, mlp_input = opts.mlp_input_;
-  const PosSlice pos = opts.pos_;
+  int layer = opts.layer();
+  const bool incl_mid = opts.incl_mid(), apply_ln = opts.apply_ln(), mlp_input = opts.mlp_input();
+  const PosSlice pos = opts.pos();
   const int n = config().n_layers;
   if (layer < 0) layer = n;
   Stack s;
@@ -110,10 +110,10 @@ Stack ActivationCache::accumulated_resid(const ResidOptions& opts) const {
 Stack ActivationCache::decompose_resid(const ResidOptions& opts) const {
   refuse_unused(opts, "decompose_resid",
                 {"layer", "mlp_input", "mode", "apply_ln", "pos", "incl_embeds"});
-  int layer = opts.layer_;
-  const bool mlp_input = opts.mlp_input_, apply_ln = opts.apply_ln_, incl_embeds = opts.incl_embeds_;
-  const std::string& mode = opts.mode_;
-  const PosSlice pos = opts.pos_;
+  int layer = opts.layer();
+  const bool mlp_input = opts.mlp_input(), apply_ln = opts.apply_ln(), incl_embeds = opts.incl_embeds();
+  const std::string& mode = opts.mode();
+  const PosSlice pos = opts.pos();
   MECHLAB_CHECK(mode == "all" || mode == "attn" || mode == "mlp", "decompose_resid: mode \"",
                 mode, "\" must be \"all\", \"attn\" or \"mlp\"");
   const auto& cfg = config();
@@ -163,9 +163,9 @@ at::Tensor ActivationCache::head_result(int layer) const {
 
 Stack ActivationCache::stack_head_results(const ResidOptions& opts) const {
   refuse_unused(opts, "stack_head_results", {"layer", "incl_remainder", "pos", "apply_ln"});
-  int layer = opts.layer_;
-  const bool incl_remainder = opts.incl_remainder_, apply_ln = opts.apply_ln_;
-  const PosSlice pos = opts.pos_;
+  int layer = opts.layer();
+  const bool incl_remainder = opts.incl_remainder(), apply_ln = opts.apply_ln();
+  const PosSlice pos = opts.pos();
   const auto& cfg = config();
   if (layer < 0) layer = cfg.n_layers;
   Stack s;
@@ -193,9 +193,9 @@ Stack ActivationCache::stack_head_results(const ResidOptions& opts) const {
 
 at::Tensor ActivationCache::apply_ln_to_stack(const at::Tensor& stack, const ResidOptions& opts) const {
   refuse_unused(opts, "apply_ln_to_stack", {"layer", "mlp_input", "pos", "recompute_ln"});
-  int layer = opts.layer_;
-  const bool mlp_input = opts.mlp_input_, recompute_ln = opts.recompute_ln_;
-  const PosSlice pos = opts.pos_;
+  int layer = opts.layer();
+  const bool mlp_input = opts.mlp_input(), recompute_ln = opts.recompute_ln();
+  const PosSlice pos = opts.pos();
   const auto& cfg = config();
   if (cfg.norm == core::NormKind::none) return stack;
   if (layer < 0) layer = cfg.n_layers;

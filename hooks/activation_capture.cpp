@@ -163,13 +163,15 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
                               const std::string& out, const CacheOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   const core::ModelConfig& cfg = model.cfg();
-  const std::string ds_name = opt.dataset_path_.empty() ? std::string("dataset") : opt.dataset_path_;
+  const std::string ds_name = opt.dataset_path().empty() ? std::string("dataset") : opt.dataset_path();
   dataset.validate(ds_name);
   dataset.check_vocab(cfg.d_vocab, ds_name);
-  MECHLAB_CHECK(opt.batch_size_ > 0, "--batch-size must be positive, got ", opt.batch_size_);
-  MECHLAB_CHECK(opt.chunk_rows_ > 0, "--chunk-rows must be positive, got ", opt.chunk_rows_);
+  MECHLAB_CHECK(opt.batch_size() > 0, "the batch size (`CacheOptions::batch_size`) must be positive, got ",
+                opt.batch_size());
+  MECHLAB_CHECK(opt.chunk_rows() > 0, "the rows per chunk (`CacheOptions::chunk_rows`) must be positive, got ",
+                opt.chunk_rows());
 
-  const std::vector<std::string> hooks = resolve_store_hooks(model, opt.hooks_);
+  const std::vector<std::string> hooks = resolve_store_hooks(model, opt.hooks());
   const at::Tensor tokens = dataset.prompts();  // int32 [N, T]
   const at::Tensor mask = dataset.attention_mask;  // uint8 [N, T] or undefined
   const int64_t N = tokens.size(0), T = tokens.size(1);
@@ -188,8 +190,8 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   const std::optional<int> stop = stop_layer(cfg, hooks);
   auto forward = [&](int64_t e0, int64_t e1) {
     RunOptions ro;
-    ro.stop_at_layer = stop;
-    if (mask.defined()) ro.attention_mask = mask.slice(0, e0, e1).to(device);
+    ro.stop_at_layer(stop);
+    if (mask.defined()) ro.attention_mask(mask.slice(0, e0, e1).to(device));
     return model.run_with_cache(tokens.slice(0, e0, e1).to(device, at::kLong),
                                 NamesFilter(hooks), ro).second;
   };
@@ -203,12 +205,12 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
       header.hook_shapes[h] = std::vector<int64_t>(sizes.begin() + 2, sizes.end());
     }
   }
-  header.model = opt.model_id_.empty() ? cfg.name : opt.model_id_;
+  header.model = opt.model_id().empty() ? cfg.name : opt.model_id();
   header.config_hash = core::fnv1a_hex(cfg.to_json_string());
   header.hooks = hooks;
-  header.dtype = opt.dtype_;
+  header.dtype = opt.dtype();
   header.rows_total = offset.back();
-  header.chunk_rows = opt.chunk_rows_;
+  header.chunk_rows = opt.chunk_rows();
   {
     at::Tensor t = tokens.contiguous();
     std::string fp = core::fnv1a_hex(t.data_ptr(), t.numel() * t.element_size());
@@ -220,12 +222,12 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
                                 {"dataset_fingerprint", fp},
                                 {"examples", N},
                                 {"seq_len", T},
-                                {"batch_size", opt.batch_size_}}
+                                {"batch_size", opt.batch_size()}}
                      .dump();
   }
-  core::StoreSpec spec{header, opt.gzip_level_};
+  core::StoreSpec spec{header, opt.gzip_level()};
   core::ActivationStoreWriter writer =
-      core::ActivationStoreWriter::open(out, spec, opt.resume_, opt.overwrite_);
+      core::ActivationStoreWriter::open(out, spec, opt.resume(), opt.overwrite());
 
   CacheResult result;
   result.rows_total = header.rows_total;
@@ -238,7 +240,7 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
 
   // Batches are fixed by batch_size (batch b = examples [b*B, (b+1)*B)), so a
   // resumed run recomputes exactly what an uninterrupted one computed.
-  const int64_t B = opt.batch_size_;
+  const int64_t B = opt.batch_size();
   int64_t first_batch = 0;
   while (first_batch * B < N && offset[std::min(N, (first_batch + 1) * B)] <= committed) {
     ++first_batch;
@@ -267,7 +269,7 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   }
 
   std::optional<core::ProgressBar> bar;
-  if (opt.progress_) bar.emplace("cache", header.rows_total, "tokens", offset[first_batch * B]);
+  if (opt.progress()) bar.emplace("cache", header.rows_total, "tokens", offset[first_batch * B]);
   bool interrupted = false;
   int64_t rows_reached = offset[std::min(N, first_batch * B)];
   try {
@@ -298,7 +300,7 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
         at::Tensor a = cache[h];
         a = a.reshape({a.size(0) * a.size(1), -1});  // [b*T, d]
         if (keep_dev.defined()) a = a.index({keep_dev});
-        on_device[h] = a.to(opt.dtype_).contiguous();
+        on_device[h] = a.to(opt.dtype()).contiguous();
       }
       if (async_copy) {
         // The side stream waits for this batch's compute, copies to pinned

@@ -18,11 +18,11 @@ HookedTransformer HookedTransformer::load(const std::string& path) {
 HookedTransformer HookedTransformer::from_pretrained(const std::string& path,
                                                      const PretrainedOptions& options) {
   core::LoadOptions load;
-  load.dtype = options.dtype_;
-  load.process = options.process_;
+  load.dtype(options.dtype());
+  load.process(options.process());
   HookedTransformer model(core::load_model(path, load));
-  model.model().to(options.device_);
-  if (auto tok = core::tokenizer::find_model_tokenizer(path, options.tokenizer_)) {
+  model.model().to(options.device());
+  if (auto tok = core::tokenizer::find_model_tokenizer(path, options.tokenizer())) {
     model.set_tokenizer(std::move(tok));
   }
   return model;
@@ -80,12 +80,12 @@ std::string HookedTransformer::to_string(const at::Tensor& tokens) const {
 
 core::ForwardOptions HookedTransformer::forward_options(const RunOptions& opts) {
   core::ForwardOptions f;
-  f.attention_mask = opts.attention_mask;
-  f.start_at_layer = opts.start_at_layer;
-  f.stop_at_layer = opts.stop_at_layer;
-  f.hooks = &registry_;
-  f.materialise_attention = opts.materialise_attention;
-  f.kv_cache = opts.kv_cache;
+  f.attention_mask(opts.attention_mask());
+  f.start_at_layer(opts.start_at_layer());
+  f.stop_at_layer(opts.stop_at_layer());
+  f.hooks(&registry_);
+  f.materialise_attention(opts.materialise_attention());
+  f.kv_cache(opts.kv_cache());
   return f;
 }
 
@@ -98,7 +98,7 @@ std::pair<at::Tensor, ActivationCache> HookedTransformer::run_with_cache(const a
                                                                          const RunOptions& opts) {
   std::map<std::string, at::Tensor> acts;
   HookScope scope(registry_);
-  const std::optional<at::Device> device = opts.cache_device;
+  const std::optional<at::Device> device = opts.cache_device();
   for (const std::string& name : filter.select(cfg(), hook_names())) {
     scope.add(name, [&acts, device](at::Tensor& act, const HookPoint& hook) {
       at::Tensor kept = act.detach();

@@ -30,12 +30,18 @@
 namespace mechlab::hooks {
 
 struct RunOptions {
-  at::Tensor attention_mask;            ///< [batch, pos], 0 = padding
-  int start_at_layer = 0;               ///< input is the residual entering this layer
-  std::optional<int> stop_at_layer;     ///< return the residual entering this layer
-  std::optional<at::Device> cache_device;  ///< where cached tensors go (default: model's)
-  bool materialise_attention = false;   ///< force the unfused attention path
-  core::KVCache* kv_cache = nullptr;    ///< past keys/values: input follows them (core/model/kv_cache.h)
+  /// [batch, pos], 0 = padding
+  MECHLAB_OPTION(RunOptions, at::Tensor, attention_mask, {})
+  /// input is the residual entering this layer
+  MECHLAB_OPTION(RunOptions, int, start_at_layer, 0)
+  /// return the residual entering this layer
+  MECHLAB_OPTION(RunOptions, std::optional<int>, stop_at_layer, std::nullopt)
+  /// where cached tensors go (default: model's)
+  MECHLAB_OPTION(RunOptions, std::optional<at::Device>, cache_device, std::nullopt)
+  /// force the unfused attention path
+  MECHLAB_OPTION(RunOptions, bool, materialise_attention, false)
+  /// past keys/values: input follows them (core/model/kv_cache.h)
+  MECHLAB_OPTION(RunOptions, core::KVCache*, kv_cache, nullptr)
 };
 
 /// How HookedTransformer::from_pretrained loads a model.

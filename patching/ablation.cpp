@@ -64,7 +64,7 @@ at::Tensor ablation_value(hooks::HookedTransformer& model, const std::string& ho
   }
   at::NoGradGuard no_grad;
   hooks::RunOptions ro;
-  ro.attention_mask = attention_mask;
+  ro.attention_mask(attention_mask);
   auto [logits, cache] = model.run_with_cache(reference_tokens, hooks::NamesFilter({hook}), ro);
   (void)logits;
   return ablation_value(kind, cache[hook], attention_mask, is_attention_map(t.site.kind));

@@ -69,13 +69,13 @@ at::Tensor forward_metric(hooks::HookedTransformer& model, const Metric& metric,
   if (metric.reads() != Metric::Reads::answer_logits || logits_hooked) {
     return metric(run(ro));
   }
-  ro.stop_at_layer = n;
+  ro.stop_at_layer(n);
   at::Tensor resid = run(ro);  // [batch, pos, d_model]
   at::Tensor pos = metric.answer_pos().to(resid.device(), at::kLong);
   at::Tensor rows = at::arange(resid.size(0), pos.options());
   at::Tensor last = resid.index({rows, pos}).unsqueeze(1);  // [batch, 1, d_model]
   core::ForwardOptions fo;
-  fo.start_at_layer = n;
+  fo.start_at_layer(n);
   at::Tensor logits = model.model().forward(last, fo);  // [batch, 1, d_vocab]
   return metric.batched(logits.view({1, resid.size(0), -1})).reshape({});
 }
@@ -109,20 +109,20 @@ GradientRuns run_gradient_passes(
     const std::vector<std::string>& pass_hooks) {
   const auto& cfg = model.cfg();
   data.validate(cfg);
-  const bool ig = options.method == AttributionMethod::eap_ig;
-  MECHLAB_CHECK(!ig || options.steps >= 1, "EAP-IG needs at least 1 interpolation step, got steps = ",
-                options.steps);
+  const bool ig = options.method() == AttributionMethod::eap_ig;
+  MECHLAB_CHECK(!ig || options.steps() >= 1, "EAP-IG needs at least 1 interpolation step, got steps = ",
+                options.steps());
   for (const auto& h : act_hooks) check_gradient_hook(cfg, h);
   for (const auto& h : grad_hooks) check_gradient_hook(cfg, h);
   for (const auto& h : pass_hooks) check_gradient_hook(cfg, h);
 
   // Gradients need autograd, even when the caller runs in inference mode.
   c10::InferenceMode not_inference(false);
-  const bool noising = options.direction == Direction::noising;
+  const bool noising = options.direction() == Direction::noising;
   const at::Tensor& base_tokens = noising ? data.clean_tokens : data.corrupted_tokens;
   const at::Tensor& source_tokens = noising ? data.corrupted_tokens : data.clean_tokens;
   hooks::RunOptions ro;
-  ro.attention_mask = data.attention_mask;
+  ro.attention_mask(data.attention_mask);
 
   std::vector<std::string> cache_hooks = act_hooks;
   cache_hooks.push_back(kInputHook);
@@ -149,7 +149,7 @@ GradientRuns run_gradient_passes(
   }
 
   at::AutoGradMode grad_mode(true);
-  const int passes = ig ? options.steps : 1;
+  const int passes = ig ? options.steps() : 1;
   const double scale = 1.0 / passes;
   for (int j = 1; j <= passes; ++j) {
     at::Tensor input;  // eap_ig: the interpolated embedding [batch, pos, d_model]
@@ -230,8 +230,8 @@ std::vector<SweepResult> attribution_sweeps(hooks::HookedTransformer& model, con
                                             const Metric& metric, const AttributionOptions& options) {
   const auto& cfg = model.cfg();
   data.validate(cfg);
-  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; sweeps: see patching/sweeps.h or `mechlab "
-                "patch --help`");
+  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; pass at least one sweep name (patching/sweeps.h "
+                "lists them)");
   // Every single-hook sweep needed (checks each exists in this model).
   std::vector<std::string> leaves, hook_names;
   auto add_leaf = [&](const SweepSpec& s) {
@@ -262,13 +262,13 @@ std::vector<SweepResult> attribution_sweeps(hooks::HookedTransformer& model, con
     return at::stack(layers, 0).cpu();  // [layer, ...]
   };
 
-  const bool noising = options.direction == Direction::noising;
-  const bool ig = options.method == AttributionMethod::eap_ig;
+  const bool noising = options.direction() == Direction::noising;
+  const bool ig = options.method() == AttributionMethod::eap_ig;
   std::vector<SweepResult> results;
   for (const auto& name : sweeps) {
     const SweepSpec& s = find_sweep(name);
     SweepResult r;
-    r.sweep = std::string(method_name(options.method)) + ":" + s.name;
+    r.sweep = std::string(method_name(options.method())) + ":" + s.name;
     r.axes = s.axes;
     if (s.parts.empty()) {
       r.values = leaf_values(s.name);
@@ -277,15 +277,15 @@ std::vector<SweepResult> attribution_sweeps(hooks::HookedTransformer& model, con
       for (const auto& p : s.parts) parts.push_back(leaf_values(p));
       r.values = stack_every(s, parts);
     }
-    r.labels = sweep_labels(s, r.values, options.position_labels);
+    r.labels = sweep_labels(s, r.values, options.position_labels());
     r.config = {
         {"sweep", r.sweep},
         {"node_sweep", s.name},
-        {"method", method_name(options.method)},
-        {"steps", ig ? options.steps : 1},
+        {"method", method_name(options.method())},
+        {"steps", ig ? options.steps() : 1},
         {"description", "estimated metric change when each slice is patched from the source run "
                         "into the base run: gradient x (source - base) (" + s.description + ")"},
-        {"direction", direction_name(options.direction)},
+        {"direction", direction_name(options.direction())},
         {"metric", metric.name()},
         {"base_metric", cache.runs.base_metric},
         {"source_metric", cache.runs.source_metric},
@@ -298,7 +298,7 @@ std::vector<SweepResult> attribution_sweeps(hooks::HookedTransformer& model, con
         {"model", cfg.name},
         {"model_config", nlohmann::json::parse(cfg.to_json_string())},
     };
-    for (const auto& [k, v] : options.extra_config.items()) r.config[k] = v;
+    for (const auto& [k, v] : options.extra_config().items()) r.config[k] = v;
     results.push_back(std::move(r));
   }
   return results;

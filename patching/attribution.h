@@ -28,10 +28,11 @@
 //
 // Example:
 //   auto results = attribution_sweeps(model, data, {"attn_head_out_by_pos"}, logit_diff(a),
-//                                     AttributionOptions{}.with_method(AttributionMethod::eap_ig).with_steps(10));
+//                                     AttributionOptions{}.method(AttributionMethod::eap_ig).steps(10));
 //   results[0].values;   // [layer, pos, head]
 #pragma once
 
+#include "core/util/options.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"
@@ -57,21 +58,15 @@ const char* method_name(AttributionMethod m);
 AttributionMethod parse_method(const std::string& text);
 
 struct AttributionOptions {
-  AttributionMethod method = AttributionMethod::attribution;
+  MECHLAB_OPTION(AttributionOptions, AttributionMethod, method, AttributionMethod::attribution)
   /// EAP-IG interpolation steps m (>= 1; Hanna et al. use 5 to 30); ignored by attribution.
-  int steps = 5;
+  MECHLAB_OPTION(AttributionOptions, int, steps, 5)
   /// noising (default): base = clean prompts, source = corrupted; denoising: the reverse.
-  Direction direction = Direction::noising;
+  MECHLAB_OPTION(AttributionOptions, Direction, direction, Direction::noising)
   /// One label per position for pictures and files; default: the index.
-  std::vector<std::string> position_labels;
+  MECHLAB_OPTION(AttributionOptions, std::vector<std::string>, position_labels, {})
   /// Extra fields copied into each result's config.
-  nlohmann::json extra_config = nlohmann::json::object();
-
-  // clang-format off
-  AttributionOptions& with_method(AttributionMethod v) { method = v; return *this; }
-  AttributionOptions& with_steps(int v) { steps = v; return *this; }
-  AttributionOptions& with_direction(Direction v) { direction = v; return *this; }
-  // clang-format on
+  MECHLAB_OPTION(AttributionOptions, nlohmann::json, extra_config, nlohmann::json::object())
 };
 
 /// What the gradient passes produced besides the gradients.

@@ -58,13 +58,13 @@ BulkPatcher::BulkPatcher(hooks::HookedTransformer& model, at::Tensor run_tokens,
   tokens_ = model_.model().check_tokens(run_tokens);  // int64 [batch, pos]
   if (attention_mask.defined()) mask_ = attention_mask.to(model_.model().device());
   hooks::RunOptions ro;
-  ro.attention_mask = mask_;
+  ro.attention_mask(mask_);
   auto [logits, cache] =
       model_.run_with_cache(tokens_, hooks::NamesFilter::glob("blocks.*.hook_resid_pre"), ro);
   logits_ = logits;
   for (int l = 0; l < model_.cfg().n_layers; ++l) resid_pre_.push_back(cache.get("resid_pre", l));
   baseline_ = metric_(logits_).item<double>();
-  budget_ = options_.memory_budget_bytes > 0 ? options_.memory_budget_bytes
+  budget_ = options_.memory_budget_bytes() > 0 ? options_.memory_budget_bytes()
                                              : auto_budget(model_.model().device());
 }
 
@@ -81,7 +81,7 @@ int64_t BulkPatcher::copies_per_forward(int /*first_layer*/, bool attention_maps
   const bool all_logits = metric_.reads() == Metric::Reads::all_logits;
   bytes += (all_logits ? tokens : batch()) * c.d_vocab * 4 * 2;  // logits + log-softmax
   int64_t k = std::max<int64_t>(1, budget_ / std::max<int64_t>(bytes, 1));
-  if (options_.max_copies > 0) k = std::min(k, options_.max_copies);
+  if (options_.max_copies() > 0) k = std::min(k, options_.max_copies());
   return k;
 }
 
@@ -126,14 +126,14 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
     }
   }
   // The run's own activations at the patched hooks, for the no-op test.
-  if (options_.skip_identical) {
+  if (options_.skip_identical()) {
     std::vector<std::string> missing;
     for (const auto& name : hooks_used) {
       if (!run_acts_.count(name)) missing.push_back(name);
     }
     if (!missing.empty()) {
       hooks::RunOptions ro;
-      ro.attention_mask = mask_;
+      ro.attention_mask(mask_);
       auto [unused, cache] = model_.run_with_cache(tokens_, hooks::NamesFilter(missing), ro);
       for (const auto& name : missing) run_acts_[name] = cache[name];
     }
@@ -152,7 +152,7 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
   float* out_ptr = out.data_ptr<float>();
   std::map<int, std::vector<size_t>> groups;  // first layer -> config indices
   for (size_t i = 0; i < configs.size(); ++i) {
-    if (options_.skip_identical && is_noop(configs[i], values)) {
+    if (options_.skip_identical() && is_noop(configs[i], values)) {
       out_ptr[i] = static_cast<float>(baseline_);
       ++stats_.skipped;
       continue;
@@ -164,7 +164,7 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
   int64_t todo = 0;
   for (const auto& [g, idx] : groups) todo += static_cast<int64_t>(idx.size());
   std::unique_ptr<core::ProgressBar> bar;
-  if (options_.show_progress && todo > 0) {
+  if (options_.show_progress() && todo > 0) {
     bar = std::make_unique<core::ProgressBar>("patch", todo, "configs");
   }
   int64_t done = 0;
@@ -229,24 +229,24 @@ at::Tensor BulkPatcher::forward_chunk(int group, const std::vector<const PatchCo
   }
 
   hooks::RunOptions ro;
-  if (mask_.defined()) ro.attention_mask = mask_.repeat({k, 1});
+  if (mask_.defined()) ro.attention_mask(mask_.repeat({k, 1}));
   at::Tensor input;
   if (group == kFromTokens) {
     input = tokens_.repeat({k, 1});  // [copies * batch, pos]
   } else {
-    ro.start_at_layer = group;
+    ro.start_at_layer(group);
     input = resid_pre_[group].repeat({k, 1, 1});  // [copies * batch, pos, d_model]
   }
 
   if (metric_.reads() == Metric::Reads::answer_logits && !final_norm) {
-    ro.stop_at_layer = cfg.n_layers;
+    ro.stop_at_layer(cfg.n_layers);
     at::Tensor resid = model_.forward(input, ro);  // [copies * batch, pos, d_model]
     at::Tensor pos = metric_.answer_pos().to(resid.device()).repeat({k});    // [copies * batch]
     at::Tensor rows = at::arange(k * b, pos.options());
     at::Tensor last = resid.index({rows, pos}).unsqueeze(1);  // [copies * batch, 1, d_model]
     at::Tensor logits = model_.model().forward(last, [&] {
       core::ForwardOptions fo;
-      fo.start_at_layer = cfg.n_layers;
+      fo.start_at_layer(cfg.n_layers);
       return fo;
     }());  // [copies * batch, 1, d_vocab]
     return metric_.batched(logits.view({k, b, -1}));

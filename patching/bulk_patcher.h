@@ -29,6 +29,7 @@
 //   at::Tensor values = patcher.run(configs, clean.items());   // [configs]
 #pragma once
 
+#include "core/util/options.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
 #include "patching/patch_target.h"
@@ -46,22 +47,15 @@ struct BulkOptions {
   /// Bytes the stacked copies of one forward may use (activations and logits,
   /// estimated); 0 = automatic: half the free memory of the model's GPU, or
   /// 1 GiB on the CPU.
-  /// Example: BulkOptions{}.with_memory_budget(int64_t(4) << 30)
-  int64_t memory_budget_bytes = 0;
+  /// Example: BulkOptions{}.memory_budget_bytes(int64_t(4) << 30)
+  MECHLAB_OPTION(BulkOptions, int64_t, memory_budget_bytes, 0)
   /// Upper bound on configurations per forward; 0 = only the budget decides.
-  int64_t max_copies = 0;
+  MECHLAB_OPTION(BulkOptions, int64_t, max_copies, 0)
   /// Give configurations whose patch is a bit-exact no-op the unpatched
   /// metric instead of running them (see the top of this file).
-  bool skip_identical = true;
+  MECHLAB_OPTION(BulkOptions, bool, skip_identical, true)
   /// Progress bar on stderr (rate and ETA).
-  bool show_progress = false;
-
-  // clang-format off
-  BulkOptions& with_memory_budget(int64_t v) { memory_budget_bytes = v; return *this; }
-  BulkOptions& with_max_copies(int64_t v) { max_copies = v; return *this; }
-  BulkOptions& with_skip_identical(bool v) { skip_identical = v; return *this; }
-  BulkOptions& with_progress(bool v) { show_progress = v; return *this; }
-  // clang-format on
+  MECHLAB_OPTION(BulkOptions, bool, show_progress, false)
 };
 
 struct BulkStats {

@@ -229,16 +229,16 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
   }
   out.scores = scores.cpu().masked_fill(has.logical_not(), std::numeric_limits<double>::quiet_NaN());
 
-  const bool noising = options.direction == Direction::noising;
-  const bool ig = options.method == AttributionMethod::eap_ig;
+  const bool noising = options.direction() == Direction::noising;
+  const bool ig = options.method() == AttributionMethod::eap_ig;
   out.config = {
-      {"method", method_name(options.method)},
-      {"steps", ig ? options.steps : 1},
+      {"method", method_name(options.method())},
+      {"steps", ig ? options.steps() : 1},
       {"description", "edge attribution: (sender output, source - base) . dmetric/d(receiver input); "
                       "estimated metric change when only that edge is patched"},
       {"edge_format", "SENDER -> RECEIVER, e.g. \"a0.h3 -> a1.h2<q>\" (docs/ARCHITECTURE.md)"},
       {"n_edges", static_cast<int64_t>(graph.edges().size())},
-      {"direction", direction_name(options.direction)},
+      {"direction", direction_name(options.direction())},
       {"metric", metric.name()},
       {"base_metric", runs.base_metric},
       {"source_metric", runs.source_metric},
@@ -251,7 +251,7 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
       {"model", cfg.name},
       {"model_config", nlohmann::json::parse(cfg.to_json_string())},
   };
-  for (const auto& [k, v] : options.extra_config.items()) out.config[k] = v;
+  for (const auto& [k, v] : options.extra_config().items()) out.config[k] = v;
   return out;
 }
 

@@ -203,12 +203,12 @@ const char* metric_names() {
 
 Metric make_metric(const MetricOptions& options, hooks::HookedTransformer& model,
                    const PatchingData& data, Direction direction) {
-  const std::string& name = options.name_;
+  const std::string& name = options.name();
   bool known = false;
   for (const auto& m : metric_catalog()) known = known || name == m.name;
   MECHLAB_CHECK(known, "unknown metric \"", name, "\"; metrics: ", metric_names());
   MECHLAB_CHECK(name == "normalised_logit_diff" ||
-                    (std::isnan(options.clean_baseline_) && std::isnan(options.corrupted_baseline_)),
+                    (std::isnan(options.clean_baseline()) && std::isnan(options.corrupted_baseline())),
                 "metric ", name, " has no baselines; the options clean_baseline and "
                 "corrupted_baseline belong to normalised_logit_diff");
   const AnswerSpec a = data.answers();
@@ -221,16 +221,16 @@ Metric make_metric(const MetricOptions& options, hooks::HookedTransformer& model
   }
   at::NoGradGuard no_grad;
   hooks::RunOptions ro;
-  ro.attention_mask = data.attention_mask;
+  ro.attention_mask(data.attention_mask);
   auto run = [&](const at::Tensor& tokens) { return model.forward(tokens, ro); };  // [batch, pos, d_vocab]
   if (name == "kl_to_clean") return kl_to_clean(a, run(data.clean_tokens));
   // normalised_logit_diff: measure each baseline that was not given.
   const Metric ld = logit_diff(a);
-  const double clean = std::isnan(options.clean_baseline_) ? ld(run(data.clean_tokens)).item<double>()
-                                                           : options.clean_baseline_;
-  const double corrupted = std::isnan(options.corrupted_baseline_)
+  const double clean = std::isnan(options.clean_baseline()) ? ld(run(data.clean_tokens)).item<double>()
+                                                           : options.clean_baseline();
+  const double corrupted = std::isnan(options.corrupted_baseline())
                                ? ld(run(data.corrupted_tokens)).item<double>()
-                               : options.corrupted_baseline_;
+                               : options.corrupted_baseline();
   return normalised_logit_diff(a, clean, corrupted);
 }
 

@@ -41,10 +41,10 @@ void check_ids(const at::Tensor& t, const char* what, int64_t d_vocab) {
 PatchingData PatchingData::from_dataset(const core::Dataset& ds, int64_t max_examples) {
   MECHLAB_CHECK(ds.clean_tokens.defined() && ds.corrupted_tokens.defined(),
                 "the dataset has no /clean_tokens and /corrupted_tokens; patching needs a pair set "
-                "(e.g. `mechlab dataset make ioi --out ioi.h5`)");
+                "(e.g. the ioi generator's, `make_task(\"ioi\")`)");
   MECHLAB_CHECK(ds.answer_tokens.defined() && ds.wrong_tokens.defined(),
                 "the dataset has no /answer_tokens and /wrong_tokens; patching metrics compare the "
-                "answer with a wrong answer (e.g. `mechlab dataset make ioi --out ioi.h5`)");
+                "answer with a wrong answer (e.g. the ioi generator's, `make_task(\"ioi\")`)");
   PatchingData d;
   d.clean_tokens = head_rows(ds.clean_tokens, max_examples);
   d.corrupted_tokens = head_rows(ds.corrupted_tokens, max_examples);

@@ -40,12 +40,12 @@ at::Tensor path_patch_sets(hooks::HookedTransformer& model, const PatchingData& 
   const CircuitGraph graph(cfg);
   for (const auto& r : receivers) graph.receiver_index(r);  // a receiver of this model
 
-  const bool noising = options.direction == Direction::noising;
+  const bool noising = options.direction() == Direction::noising;
   const at::Tensor& base_tokens = noising ? data.clean_tokens : data.corrupted_tokens;
   const at::Tensor& source_tokens = noising ? data.corrupted_tokens : data.clean_tokens;
   at::NoGradGuard no_grad;
   hooks::RunOptions ro;
-  ro.attention_mask = data.attention_mask;
+  ro.attention_mask(data.attention_mask);
 
   // Runs 1: base and source caches.
   std::vector<std::string> hooks_wanted = sender_hooks(cfg);
@@ -105,7 +105,7 @@ at::Tensor path_patch_sets(hooks::HookedTransformer& model, const PatchingData& 
   // Run 3: the base prompts with only the receivers' inputs patched.
   at::Tensor out = at::full({static_cast<int64_t>(sender_sets.size())}, base_metric, at::kFloat);
   if (!configs.empty()) {
-    BulkPatcher patcher(model, base_tokens, data.attention_mask, metric, options.bulk);
+    BulkPatcher patcher(model, base_tokens, data.attention_mask, metric, options.bulk());
     at::Tensor got = patcher.run(configs, values);  // float [configs] on the CPU
     float* o = out.data_ptr<float>();
     const float* g = got.data_ptr<float>();
@@ -159,7 +159,7 @@ SweepResult path_patch_sweep(hooks::HookedTransformer& model, const PatchingData
   for (int l = 0; l < cfg.n_layers; ++l) layers.push_back(std::to_string(l));
   for (int h = 0; h < cfg.n_heads; ++h) heads.push_back(std::to_string(h));
   r.labels = {layers, heads};
-  const bool noising = options.direction == Direction::noising;
+  const bool noising = options.direction() == Direction::noising;
   nlohmann::json rec = nlohmann::json::array();
   for (const auto& x : receivers) rec.push_back(receiver_name(x));
   r.config = {
@@ -168,7 +168,7 @@ SweepResult path_patch_sweep(hooks::HookedTransformer& model, const PatchingData
       {"description", "path patching from each single head (sender) to the receivers, every other "
                       "head and MLP frozen at its base value (Wang et al. 2022)"},
       {"receivers", rec},
-      {"direction", direction_name(options.direction)},
+      {"direction", direction_name(options.direction())},
       {"metric", metric.name()},
       {"base_metric", base.base_metric},
       {"source_metric", base.source_metric},
@@ -181,7 +181,7 @@ SweepResult path_patch_sweep(hooks::HookedTransformer& model, const PatchingData
       {"bulk", {{"configs", st.configs}, {"skipped_noop", st.skipped}, {"forwards", st.forwards},
                 {"max_copies_per_forward", st.max_copies}}},
   };
-  for (const auto& [k, val] : options.extra_config.items()) r.config[k] = val;
+  for (const auto& [k, val] : options.extra_config().items()) r.config[k] = val;
   return r;
 }
 

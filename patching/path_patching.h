@@ -35,6 +35,7 @@
 //   s.values;   // [layer, head]: every single head as the sender
 #pragma once
 
+#include "core/util/options.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/bulk_patcher.h"
 #include "patching/circuit_graph.h"
@@ -53,17 +54,12 @@ namespace mechlab::patching {
 struct PathPatchOptions {
   /// noising (default, Wang et al.): base = clean prompts, senders take their
   /// corrupted values; denoising: base = corrupted, senders take clean values.
-  Direction direction = Direction::noising;
-  BulkOptions bulk;
+  MECHLAB_OPTION(PathPatchOptions, Direction, direction, Direction::noising)
+  MECHLAB_OPTION(PathPatchOptions, BulkOptions, bulk, {})
   /// One label per position for pictures and files; default: the index.
-  std::vector<std::string> position_labels;
+  MECHLAB_OPTION(PathPatchOptions, std::vector<std::string>, position_labels, {})
   /// Extra fields copied into the sweep result's config.
-  nlohmann::json extra_config = nlohmann::json::object();
-
-  // clang-format off
-  PathPatchOptions& with_direction(Direction v) { direction = v; return *this; }
-  PathPatchOptions& with_bulk(BulkOptions v) { bulk = v; return *this; }
-  // clang-format on
+  MECHLAB_OPTION(PathPatchOptions, nlohmann::json, extra_config, nlohmann::json::object())
 };
 
 struct PathPatchResult {

@@ -102,8 +102,8 @@ void PatchPlan::check(const core::ModelConfig& cfg) const {
   }
   for (const auto& p : paths_) graph.parse_path(p);
   bool known = false;
-  for (const auto& m : metric_catalog()) known = known || metric_.name_ == m.name;
-  MECHLAB_CHECK(known, "unknown metric \"", metric_.name_, "\"; metrics: ", metric_names());
+  for (const auto& m : metric_catalog()) known = known || metric_.name() == m.name;
+  MECHLAB_CHECK(known, "unknown metric \"", metric_.name(), "\"; metrics: ", metric_names());
 }
 
 std::vector<Direction> PatchPlan::node_directions() const {
@@ -120,10 +120,10 @@ std::vector<Direction> PatchPlan::graph_directions() const {
 nlohmann::json PatchPlan::to_json() const {
   nlohmann::json dirs = nlohmann::json::array();
   for (Direction d : directions_) dirs.push_back(direction_name(d));
-  nlohmann::json metric = {{"name", metric_.name_}};
-  if (!std::isnan(metric_.clean_baseline_)) metric["clean_baseline"] = metric_.clean_baseline_;
-  if (!std::isnan(metric_.corrupted_baseline_)) {
-    metric["corrupted_baseline"] = metric_.corrupted_baseline_;
+  nlohmann::json metric = {{"name", metric_.name()}};
+  if (!std::isnan(metric_.clean_baseline())) metric["clean_baseline"] = metric_.clean_baseline();
+  if (!std::isnan(metric_.corrupted_baseline())) {
+    metric["corrupted_baseline"] = metric_.corrupted_baseline();
   }
   return {{"sweeps", sweeps_},
           {"paths", paths_},
@@ -132,9 +132,9 @@ nlohmann::json PatchPlan::to_json() const {
           {"steps", steps_},
           {"directions", dirs},
           {"metric", metric},
-          {"memory_budget_bytes", bulk_.memory_budget_bytes},
-          {"max_copies", bulk_.max_copies},
-          {"skip_identical", bulk_.skip_identical},
+          {"memory_budget_bytes", bulk_.memory_budget_bytes()},
+          {"max_copies", bulk_.max_copies()},
+          {"skip_identical", bulk_.skip_identical()},
           {"model_id", model_id_},
           {"dataset_id", dataset_id_},
           {"dataset_task", dataset_task_}};
@@ -174,16 +174,16 @@ void run_plan(hooks::HookedTransformer& model, const PatchingData& data, const P
   plan.check(cfg);
   const CircuitGraph graph(cfg);
   std::vector<std::string> node_sweeps, path_sweeps;
-  for (const auto& s : plan.sweeps_) (is_path_sweep(s) ? path_sweeps : node_sweeps).push_back(s);
+  for (const auto& s : plan.sweeps()) (is_path_sweep(s) ? path_sweeps : node_sweeps).push_back(s);
 
   Provenance prov;
-  prov.model_id = plan.model_id_;
+  prov.model_id = plan.model_id();
   prov.model_name = cfg.name;
   prov.model_config_hash = cfg.hash();
   prov.device = c10::str(model.model().device());
   prov.dtype = core::dtype_name(model.model().dtype());
-  prov.dataset_id = plan.dataset_id_;
-  prov.dataset_task = plan.dataset_task_;
+  prov.dataset_id = plan.dataset_id();
+  prov.dataset_task = plan.dataset_task();
   prov.n_prompts = data.batch();
   prov.seq_len = data.seq_len();
   prov.plan = plan;
@@ -196,30 +196,30 @@ void run_plan(hooks::HookedTransformer& model, const PatchingData& data, const P
                                 {"dtype", prov.dtype},
                                 {"plan", plan.to_json()}};
 
-  const PatchMethod method = plan.method_;
+  const PatchMethod method = plan.method();
   const bool exact = method == PatchMethod::activation;
   AttributionOptions aopts;
-  aopts.method = method == PatchMethod::eap_ig ? AttributionMethod::eap_ig : AttributionMethod::attribution;
-  aopts.steps = plan.steps_;
-  aopts.position_labels = plan.position_labels_;
-  aopts.extra_config = extra;
+  aopts.method(method == PatchMethod::eap_ig ? AttributionMethod::eap_ig : AttributionMethod::attribution);
+  aopts.steps(plan.steps());
+  aopts.position_labels(plan.position_labels());
+  aopts.extra_config(extra);
 
   if (!node_sweeps.empty()) {
     for (Direction dir : plan.node_directions()) {
       std::string names;
       for (const auto& s : node_sweeps) names += (names.empty() ? "" : ", ") + s;
       safe_point(doing, str_cat("sweep ", names, " (", direction_name(dir), ")"));
-      const Metric metric = make_metric(plan.metric_, model, data, dir);
+      const Metric metric = make_metric(plan.metric(), model, data, dir);
       std::vector<SweepResult> rs;
       if (exact) {
         SweepOptions o;
-        o.direction = dir;
-        o.bulk = plan.bulk_;
-        o.position_labels = plan.position_labels_;
-        o.extra_config = extra;
+        o.direction(dir);
+        o.bulk(plan.bulk());
+        o.position_labels(plan.position_labels());
+        o.extra_config(extra);
         rs = run_sweeps(model, data, node_sweeps, metric, o);
       } else {
-        aopts.direction = dir;
+        aopts.direction(dir);
         rs = attribution_sweeps(model, data, node_sweeps, metric, aopts);
       }
       for (auto& r : rs) {
@@ -227,21 +227,21 @@ void run_plan(hooks::HookedTransformer& model, const PatchingData& data, const P
       }
     }
   }
-  if (path_sweeps.empty() && plan.paths_.empty() && !plan.edges_) return;
+  if (path_sweeps.empty() && plan.paths().empty() && !plan.edges()) return;
   for (Direction dir : plan.graph_directions()) {
-    const Metric metric = make_metric(plan.metric_, model, data, dir);
+    const Metric metric = make_metric(plan.metric(), model, data, dir);
     PathPatchOptions popts;
-    popts.direction = dir;
-    popts.bulk = plan.bulk_;
-    popts.position_labels = plan.position_labels_;
-    popts.extra_config = extra;
+    popts.direction(dir);
+    popts.bulk(plan.bulk());
+    popts.position_labels(plan.position_labels());
+    popts.extra_config(extra);
     for (const auto& rec : path_sweeps) {
       safe_point(doing, str_cat("sweep ", rec, " (", direction_name(dir), ")"));
       out.push_back(from_sweep(path_patch_sweep(model, data, graph.parse_receivers(rec.substr(5)), metric,
                                                 popts),
                                ResultKind::path_sweep, method, dir, metric.name(), prov));
     }
-    for (const auto& spec : plan.paths_) {
+    for (const auto& spec : plan.paths()) {
       safe_point(doing, str_cat("path ", spec, " (", direction_name(dir), ")"));
       const PathSpec p = graph.parse_path(spec);
       const PathPatchResult pr = path_patch(model, data, p.senders, p.receivers, metric, popts);
@@ -266,9 +266,9 @@ void run_plan(hooks::HookedTransformer& model, const PatchingData& data, const P
                    {"source_metric", pr.source_metric}};
       out.push_back(std::move(r));
     }
-    if (plan.edges_) {
+    if (plan.edges()) {
       safe_point(doing, str_cat("edges:", patch_method_name(method), " (", direction_name(dir), ")"));
-      aopts.direction = dir;
+      aopts.direction(dir);
       auto e = std::make_shared<EdgeScores>(edge_attribution(model, data, metric, aopts));
       PatchResult r = from_sweep(e->as_result(), ResultKind::edges, method, dir, metric.name(), prov);
       r.edge_scores = std::move(e);

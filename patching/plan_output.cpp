@@ -44,7 +44,7 @@ WrittenFiles write_patching_results(const std::string& dir, const std::vector<Pa
         MECHLAB_CHECK(r.edge_scores != nullptr, "edge result ", r.name, " has no edge scores");
         const std::string json = (fs::path(dir) / (std::string("edges.") + patch_method_name(r.method) +
                                                    "." + direction + ".json")).string();
-        texts.emplace_back(json, r.edge_scores->to_json(options.top_edges_).dump(2) + "\n");
+        texts.emplace_back(json, r.edge_scores->to_json(options.top_edges()).dump(2) + "\n");
         w.json.push_back(json);
         stored.push_back(r.as_sweep_result());
         break;
@@ -52,7 +52,7 @@ WrittenFiles write_patching_results(const std::string& dir, const std::vector<Pa
       case ResultKind::node_sweep:
       case ResultKind::path_sweep: {
         stored.push_back(r.as_sweep_result());
-        if (!options.svg_) break;
+        if (!options.svg()) break;
         const std::string svg =
             (fs::path(dir) / (result_file_stem(r.name) + "." + direction + ".svg")).string();
         const std::string title = r.provenance.model_name + " on " +

@@ -202,8 +202,8 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
                                     const SweepOptions& options) {
   const auto& cfg = model.cfg();
   data.validate(cfg);
-  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; sweeps: see patching/sweeps.h or `mechlab "
-                "patch --help`");
+  MECHLAB_CHECK(!sweeps.empty(), "no sweep asked for; pass at least one sweep name (patching/sweeps.h "
+                "lists them)");
   const int64_t seq = data.seq_len();
 
   // Every single-hook sweep needed, its configs and its place in one big run.
@@ -232,16 +232,16 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
     for (const auto& p : s.parts) add_leaf(find_sweep(p));
   }
 
-  const bool denoise = options.direction == Direction::denoising;
+  const bool denoise = options.direction() == Direction::denoising;
   const at::Tensor& run_tokens = denoise ? data.corrupted_tokens : data.clean_tokens;
   const at::Tensor& source_tokens = denoise ? data.clean_tokens : data.corrupted_tokens;
   at::NoGradGuard no_grad;
   hooks::RunOptions ro;
-  if (data.attention_mask.defined()) ro.attention_mask = data.attention_mask;
+  if (data.attention_mask.defined()) ro.attention_mask(data.attention_mask);
   auto [source_logits, source_cache] = model.run_with_cache(
       source_tokens, hooks::NamesFilter(std::vector<std::string>(hook_names.begin(), hook_names.end())),
       ro);
-  BulkPatcher patcher(model, run_tokens, data.attention_mask, metric, options.bulk);
+  BulkPatcher patcher(model, run_tokens, data.attention_mask, metric, options.bulk());
   const double source_metric = metric(source_logits).item<double>();
   at::Tensor flat = patcher.run(all, source_cache.items());  // [all configs]
 
@@ -264,13 +264,13 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
       for (const auto& p : s.parts) parts.push_back(leaf_values(p));
       r.values = stack_every(s, parts);
     }
-    r.labels = sweep_labels(s, r.values, options.position_labels);
+    r.labels = sweep_labels(s, r.values, options.position_labels());
     const BulkStats& st = patcher.stats();
     r.config = {
         {"sweep", s.name},
         {"tl_function", s.tl_function},
         {"description", s.description},
-        {"direction", direction_name(options.direction)},
+        {"direction", direction_name(options.direction())},
         {"metric", metric.name()},
         {"clean_metric", denoise ? source_metric : patcher.baseline()},
         {"corrupted_metric", denoise ? patcher.baseline() : source_metric},
@@ -280,9 +280,9 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
         {"model_config", nlohmann::json::parse(cfg.to_json_string())},
         {"bulk", {{"configs", st.configs}, {"skipped_noop", st.skipped}, {"forwards", st.forwards},
                   {"max_copies_per_forward", st.max_copies},
-                  {"skip_identical", options.bulk.skip_identical}}},
+                  {"skip_identical", options.bulk().skip_identical()}}},
     };
-    for (const auto& [k, v] : options.extra_config.items()) r.config[k] = v;
+    for (const auto& [k, v] : options.extra_config().items()) r.config[k] = v;
     results.push_back(std::move(r));
   }
   return results;

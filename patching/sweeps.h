@@ -29,6 +29,7 @@
 //   r.values;   // [layer, pos, head]
 #pragma once
 
+#include "core/util/options.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/bulk_patcher.h"
 #include "patching/metrics.h"
@@ -90,17 +91,12 @@ struct SweepResult {
 };
 
 struct SweepOptions {
-  Direction direction = Direction::denoising;
-  BulkOptions bulk;
+  MECHLAB_OPTION(SweepOptions, Direction, direction, Direction::denoising)
+  MECHLAB_OPTION(SweepOptions, BulkOptions, bulk, {})
   /// One label per position for pictures and files ("3: Mary"); default: the index.
-  std::vector<std::string> position_labels;
+  MECHLAB_OPTION(SweepOptions, std::vector<std::string>, position_labels, {})
   /// Extra fields copied into each result's config (model path, dataset, ...).
-  nlohmann::json extra_config = nlohmann::json::object();
-
-  // clang-format off
-  SweepOptions& with_direction(Direction v) { direction = v; return *this; }
-  SweepOptions& with_bulk(BulkOptions v) { bulk = v; return *this; }
-  // clang-format on
+  MECHLAB_OPTION(SweepOptions, nlohmann::json, extra_config, nlohmann::json::object())
 };
 
 /// Runs several sweeps sharing one source cache and one BulkPatcher.

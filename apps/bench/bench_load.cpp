@@ -74,7 +74,7 @@ void add_bench_load(CLI::App& bench) {
     MECHLAB_CHECK(a->transformers_ms <= 0 || (a->transformers_runs > 0 && a->transformers_iqr.size() == 2),
                   "--transformers-ms needs --transformers-runs N and --transformers-iqr Q1,Q3: the "
                   "table states each median's runs and spread");
-    const core::LoadOptions options{parse_dtype(a->dtype)};
+    const auto options = core::LoadOptions().dtype(parse_dtype(a->dtype));
     int64_t params = 0;
     const bench::Stats load_ms = bench::time_ms(
         [&] {

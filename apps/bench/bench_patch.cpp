@@ -169,9 +169,9 @@ void add_bench_patch(CLI::App& bench) {
       // --repeats timed sweeps; the median is reported with its IQR.
       auto bulk_run = [&](bool skip, SweepResult* keep) {
         SweepOptions o;
-        o.bulk.memory_budget_bytes = a->memory_mb << 20;
-        o.bulk.max_copies = a->max_copies;
-        o.bulk.skip_identical = skip;
+        o.bulk().memory_budget_bytes(a->memory_mb << 20);
+        o.bulk().max_copies(a->max_copies);
+        o.bulk().skip_identical(skip);
         std::vector<double> ms;
         nlohmann::json stats;
         for (int r = 0; r < a->repeats; ++r) {

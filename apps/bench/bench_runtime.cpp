@@ -120,7 +120,7 @@ void add_bench_runtime(CLI::App& bench) {
       cache_bytes = cache.bytes();
     }, "every hook point");
     hooks::RunOptions mat;
-    mat.materialise_attention = true;
+    mat.materialise_attention(true);
     measure("materialised", [&] { model.forward(tokens, mat); }, "attention pattern materialised");
     const int64_t tokens_n = int64_t(a->batch) * a->pos;
     const double flops = weight_matmul_flops(cfg, tokens_n);

@@ -130,7 +130,7 @@ void add_bench_tokenize(CLI::App& bench) {
     auto encode_all = [&] {
       ids.clear();
       for (const std::string& d : docs) {
-        const auto v = tok->encode(d, core::tokenizer::EncodeOptions().with_add_special_tokens(false));
+        const auto v = tok->encode(d, core::tokenizer::EncodeOptions().add_special_tokens(false));
         ids.insert(ids.end(), v.begin(), v.end());
       }
     };

@@ -45,7 +45,7 @@ void add_bench_train(CLI::App& bench) {
     core::Transformer& model = trainer.model();
     auto forward = [&] {
       core::ForwardOptions fwd;
-      fwd.attention_mask = fixed.mask;
+      fwd.attention_mask(fixed.mask);
       return model.forward(fixed.tokens, fwd);
     };
     const bench::Stats ms_step = bench::time_ms([&] { trainer.step(); }, a->warmup, a->steps, device);

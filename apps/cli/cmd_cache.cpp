@@ -67,7 +67,9 @@ void add_cache_command(CLI::App& app) {
     const at::Device device = parse_device(a->device);
     core::Dataset ds = core::load_dataset(a->dataset);
     core::Transformer base =
-        core::load_model(a->model, {parse_dtype(a->model_dtype), a->process.options()});
+        core::load_model(
+            a->model,
+            core::LoadOptions().dtype(parse_dtype(a->model_dtype)).process(a->process.options()));
     base.to(device);
     hooks::HookedTransformer model(std::move(base));
     {

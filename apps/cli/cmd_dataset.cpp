@@ -102,7 +102,7 @@ void add_make(CLI::App& parent) {
   add_threads_option(cmd);
   cmd->callback([a, n_opt, seed_opt] {
     const auto& info = core::tasks::task_info(a->task);
-    core::require_replaceable(a->out, "dataset", a->overwrite);
+    core::require_replaceable(a->out, "dataset", a->overwrite, "--overwrite");
     nlohmann::json options = nlohmann::json::object();
     for (const auto& kv : a->sets) {
       const size_t eq = kv.find('=');

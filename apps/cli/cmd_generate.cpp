@@ -115,7 +115,8 @@ void add_generate_command(CLI::App& app) {
 
     const at::Device device = parse_device(a->device);
     core::Transformer model =
-        core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
+        core::load_model(
+            a->model, core::LoadOptions().dtype(parse_dtype(a->dtype)).process(a->process.options()));
     model.to(device);
     {
       // Refused before anything is allocated (generate's own checks come

@@ -51,7 +51,8 @@ void add_heads_command(CLI::App& app) {
   add_threads_option(cmd);
   cmd->callback([a] {
     at::InferenceMode inference;
-    core::Transformer base = core::load_model(a->model, {std::nullopt, a->process.options()});
+    core::Transformer base = core::load_model(
+        a->model, core::LoadOptions().process(a->process.options()));
     base.to(parse_device(a->device));
     hooks::HookedTransformer model(std::move(base));
     const core::ModelConfig& cfg = model.cfg();
@@ -70,10 +71,10 @@ void add_heads_command(CLI::App& app) {
       MECHLAB_CHECK(half >= 2, "the model's n_ctx (", cfg.n_ctx, ") is too short for repeated "
                     "random tokens; pass --dataset");
       tokens = core::tasks::make_induction(core::tasks::InductionOptions{}
-                                               .with_n(a->examples)
-                                               .with_half_len(half)
-                                               .with_d_vocab(cfg.d_vocab)
-                                               .with_seed(a->seed))
+                                               .n(a->examples)
+                                               .half_len(half)
+                                               .d_vocab(cfg.d_vocab)
+                                               .seed(a->seed))
                    .tokens.to(at::kLong);
       source = "repeated random tokens (BOS + " + std::to_string(half) + " + " +
                std::to_string(half) + ")";

@@ -24,7 +24,7 @@ void add_info_command(CLI::App& app) {
   add_process_flags(cmd, *process);
   cmd->callback([model_path, process] {
     core::LoadOptions load;
-    load.process = process->options();
+    load.process(process->options());
     core::Transformer model = core::load_model(*model_path, load);
     const auto tok = core::tokenizer::find_model_tokenizer(*model_path, "");
     std::string tokenizer = "none (no tokenizer.json or vocab.json + merges.txt beside the "

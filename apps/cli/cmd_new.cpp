@@ -33,7 +33,7 @@ void add_new_command(CLI::App& app) {
       ->check(non_negative());
   cmd->add_flag("--overwrite", args->overwrite, "Replace a checkpoint already at OUT");
   cmd->callback([args] {
-    core::require_replaceable(args->out, "checkpoint", args->overwrite);
+    core::require_replaceable(args->out, "checkpoint", args->overwrite, "--overwrite");
     if (!args->config.empty()) {
       core::require_not_same_file(args->out, "the output", args->config, "the config file");
     }

@@ -180,7 +180,8 @@ void add_patch_command(CLI::App& app) {
                    "the patch configurations stacked into one forward",
                    "lower --memory-budget-mb (0 = automatic)");
     const at::Device device = parse_device(a->device);
-    core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
+    core::Transformer base = core::load_model(
+        a->model, core::LoadOptions().dtype(parse_dtype(a->dtype)).process(a->process.options()));
     base.to(device);
     hooks::HookedTransformer model(std::move(base));
     const core::Dataset ds = core::load_dataset(a->dataset);
@@ -207,10 +208,10 @@ void add_patch_command(CLI::App& app) {
     }
 
     BulkOptions bulk;
-    bulk.memory_budget_bytes = a->memory_mb * (int64_t(1) << 20);
-    bulk.max_copies = a->max_copies;
-    bulk.skip_identical = !a->no_skip;
-    bulk.show_progress = a->progress;
+    bulk.memory_budget_bytes(a->memory_mb * (int64_t(1) << 20));
+    bulk.max_copies(a->max_copies);
+    bulk.skip_identical(!a->no_skip);
+    bulk.show_progress(a->progress);
     const PatchPlan plan = PatchPlan()
                                .sweeps(a->sweeps)
                                .paths(a->paths)
@@ -229,7 +230,7 @@ void add_patch_command(CLI::App& app) {
     // Checked before the (long) run: replacing patching.h5 would leave the
     // heatmaps beside it describing data that is gone.
     const std::string h5 = (std::filesystem::path(a->out) / "patching.h5").string();
-    core::require_replaceable(h5, "patching", a->overwrite);
+    core::require_replaceable(h5, "patching", a->overwrite, "--overwrite");
     core::require_not_same_file(h5, "--out", a->model, "the model");
     core::require_not_same_file(h5, "--out", a->dataset, "the dataset");
     std::filesystem::create_directories(a->out);

@@ -50,7 +50,8 @@ void add_run_command(CLI::App& app) {
   add_threads_option(cmd);
   cmd->callback([a] {
     const at::Device device = parse_device(a->device);
-    core::Transformer base = core::load_model(a->model, {parse_dtype(a->dtype), a->process.options()});
+    core::Transformer base = core::load_model(
+        a->model, core::LoadOptions().dtype(parse_dtype(a->dtype)).process(a->process.options()));
     base.to(device);
     hooks::HookedTransformer model(std::move(base));
     MECHLAB_CHECK(a->top_k > 0, "--top-k must be positive");

@@ -99,9 +99,9 @@ void add_tokenize_command(CLI::App& app) {
     }
     MECHLAB_CHECK(!texts.empty(), "nothing to encode: give --text \"...\" or --file F (or --decode ids)");
     core::tokenizer::EncodeOptions options;
-    options.add_special_tokens = !a->no_special;
-    if (a->prepend_bos) options.prepend_bos = true;
-    if (a->no_bos) options.prepend_bos = false;
+    options.add_special_tokens(!a->no_special);
+    if (a->prepend_bos) options.prepend_bos(true);
+    if (a->no_bos) options.prepend_bos(false);
     if (!a->json) std::cout << tok->describe() << "\n";
     for (const std::string& text : texts) {
       const std::vector<int64_t> ids = tok->encode(text, options);

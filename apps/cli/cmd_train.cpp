@@ -104,11 +104,11 @@ void add_train_command(CLI::App& app) {
     // by a checkpoint when it is another kind of mechlab file.
     for (const char* name : {"checkpoint.h5", "model.h5"}) {
       core::require_replaceable((std::filesystem::path(a->out) / name).string(), "checkpoint",
-                                /*overwrite=*/true);
+                                /*overwrite=*/true, "--overwrite");
     }
     if (!a->resume) {
       core::require_replaceable((std::filesystem::path(a->out) / "model.h5").string(), "checkpoint",
-                                a->overwrite);
+                                a->overwrite, "--overwrite");
     }
     if (cfg.data.contains("task") && cfg.data.contains("options") && cfg.data["options"].contains("n") &&
         cfg.data["options"]["n"].is_number_integer() && cfg.data["options"]["n"].get<int64_t>() > 16) {

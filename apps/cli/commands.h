@@ -63,6 +63,13 @@ int64_t physical_memory_bytes();
 void require_memory(int64_t bytes, const std::string& option_and_value, const std::string& what,
                     const std::string& hint);
 
+/// A library error as the CLI user should read it: the library names an
+/// option or argument in backticks (`overwrite`, `CacheOptions::batch_size`,
+/// docs/ARCHITECTURE.md "API conventions"); each one that a command-line flag
+/// sets is replaced by that flag ("--overwrite", "--batch-size"). Every
+/// listed flag means the same on each command that has it.
+std::string with_flag_names(std::string message);
+
 /// Text for a terminal: control bytes and bytes that are not UTF-8 become
 /// \xNN, so a file name or token with binary bytes cannot garble the line.
 std::string printable(const std::string& text);

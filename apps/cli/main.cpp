@@ -51,9 +51,9 @@ int main(int argc, char** argv) {
     return fail(std::string("error: ") + e.what() + " (see --help)", e.get_exit_code());
   } catch (const mechlab::Interrupted& e) {
     // Ctrl-C in a long job: what was kept and how to continue; 128 + SIGINT.
-    return fail(e.what(), 130);
+    return fail(mechlab::cli::with_flag_names(e.what()), 130);
   } catch (const mechlab::Error& e) {
-    return fail(std::string("error: ") + e.what());
+    return fail("error: " + mechlab::cli::with_flag_names(e.what()));
   } catch (const c10::OutOfMemoryError& e) {
     return fail(std::string("error: out of memory: ") + e.what_without_backtrace() +
                 "; use a smaller batch or model, or another device");

@@ -168,6 +168,27 @@ void require_memory(int64_t bytes, const std::string& option_and_value, const st
                       "; this machine has ", ram, " GB; ", hint));
 }
 
+std::string with_flag_names(std::string message) {
+  // Library spelling -> the flag that sets it (cache, train, new, dataset
+  // make, patch: --overwrite/--resume; every model-loading command: --process).
+  static const std::pair<const char*, const char*> kFlags[] = {
+      {"`CacheOptions::batch_size`", "--batch-size"},
+      {"`CacheOptions::chunk_rows`", "--chunk-rows"},
+      {"`resume`", "--resume"},
+      {"`overwrite`", "--overwrite"},
+      {"`ProcessOptions::all()`", "--process"},
+      {"`make_task(\"ioi\")`", "`mechlab dataset make ioi --out ioi.h5`"},
+  };
+  for (const auto& [from, to] : kFlags) {
+    const std::string f = from;
+    for (size_t at = message.find(f); at != std::string::npos; at = message.find(f, at)) {
+      message.replace(at, f.size(), to);
+      at += std::string(to).size();
+    }
+  }
+  return message;
+}
+
 std::string printable(const std::string& text) {
   std::string out;
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());

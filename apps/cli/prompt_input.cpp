@@ -19,7 +19,7 @@ int64_t parse_token(const std::string& text, const Tokenizer* tok, const std::st
                 "' is not a token id, and there is no tokenizer to look it up (give --tokenizer)");
   if (auto id = tok->token_to_id(text)) return *id;
   const std::vector<int64_t> ids =
-      tok->encode(text, EncodeOptions().with_add_special_tokens(false).with_prepend_bos(false));
+      tok->encode(text, EncodeOptions().add_special_tokens(false).prepend_bos(false));
   MECHLAB_CHECK(ids.size() == 1, option, " '", text, "' is ", ids.size(),
                 " tokens; give one token's text or its id");
   return ids[0];

@@ -463,18 +463,18 @@ Handle vlen_string_type(H5T_cset_t cset) {
 Handle dataset_creation(const std::vector<hsize_t>& dims, size_t element_size,
                         const WriteOptions& options, const std::string& where) {
   const std::string ctx = "HDF5 error creating " + where;
-  MECHLAB_CHECK(options.chunk_rows >= 0, "cannot write ", where, ": chunk_rows must be >= 0, got ",
-                options.chunk_rows);
-  MECHLAB_CHECK(options.gzip_level >= 0 && options.gzip_level <= 9, "cannot write ", where,
-                ": gzip_level must be 0..9, got ", options.gzip_level);
+  MECHLAB_CHECK(options.chunk_rows() >= 0, "cannot write ", where, ": chunk_rows must be >= 0, got ",
+                options.chunk_rows());
+  MECHLAB_CHECK(options.gzip_level() >= 0 && options.gzip_level() <= 9, "cannot write ", where,
+                ": gzip_level must be 0..9, got ", options.gzip_level());
   Handle dcpl(H5_CALL(H5Pcreate(H5P_DATASET_CREATE), ctx), H5Pclose);
   uint64_t numel = 1;
   for (hsize_t d : dims) numel *= d;
   if (!dims.empty() && numel > 0 &&
-      (options.chunk_rows > 0 || options.gzip_level > 0 || options.checksum)) {
+      (options.chunk_rows() > 0 || options.gzip_level() > 0 || options.checksum())) {
     const uint64_t row_bytes = numel / dims[0] * element_size;
-    uint64_t rows = options.chunk_rows > 0
-                        ? static_cast<uint64_t>(options.chunk_rows)
+    uint64_t rows = options.chunk_rows() > 0
+                        ? static_cast<uint64_t>(options.chunk_rows())
                         : std::max<uint64_t>(1, (uint64_t(1) << 20) / row_bytes);  // ~1 MiB
     rows = std::min<uint64_t>(rows, dims[0]);
     MECHLAB_CHECK(rows * row_bytes < (uint64_t(1) << 32), "cannot write ", where, ": a chunk of ",
@@ -483,12 +483,12 @@ Handle dataset_creation(const std::vector<hsize_t>& dims, size_t element_size,
     std::vector<hsize_t> chunk = dims;
     chunk[0] = rows;
     H5_CALL(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), ctx);
-    if (options.gzip_level > 0) {
+    if (options.gzip_level() > 0) {
       H5_CALL(H5Pset_shuffle(dcpl.get()), ctx);
-      H5_CALL(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(options.gzip_level)), ctx);
+      H5_CALL(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(options.gzip_level())), ctx);
     }
     // Last in the pipeline, so the checksum covers the bytes as stored.
-    if (options.checksum) H5_CALL(H5Pset_fletcher32(dcpl.get()), ctx);
+    if (options.checksum()) H5_CALL(H5Pset_fletcher32(dcpl.get()), ctx);
   }
   return dcpl;
 }
@@ -768,7 +768,7 @@ void H5File::write_tensor(const std::string& path, const at::Tensor& t,
   const Kind kind = kind_of(id_, filename_, abs);
   if (kind != Kind::missing) {
     MECHLAB_CHECK(kind == Kind::dataset, "cannot write ", where, ": a group of that name exists");
-    MECHLAB_CHECK(options.overwrite, "cannot write ", where,
+    MECHLAB_CHECK(options.overwrite(), "cannot write ", where,
                   ": the dataset already exists (set WriteOptions::overwrite to replace it)");
     H5_CALL(H5Ldelete(id_, abs.c_str(), H5P_DEFAULT), "HDF5 error replacing " + where);
   }
@@ -803,7 +803,7 @@ void H5File::create_dataset(const std::string& path, at::ScalarType dtype,
                 "' is a group; give a dataset path");
   const std::string abs = join_path(parts, parts.size());
   const std::string where = on(filename_, abs);
-  MECHLAB_CHECK(!options.checksum, "cannot create ", where, ": checksums are for write_tensor; "
+  MECHLAB_CHECK(!options.checksum(), "cannot create ", where, ": checksums are for write_tensor; "
                 "a dataset filled by write_rows keeps unfiltered chunks so that its chunks never move");
   if (dtype == at::kBool) dtype = at::kByte;
   Handle file_type = h5_type(dtype, /*in_file=*/true, where);
@@ -818,7 +818,7 @@ void H5File::create_dataset(const std::string& path, at::ScalarType dtype,
               ctx),
       H5Sclose);
   Handle dcpl = dataset_creation(dims, c10::elementSize(dtype), options, where);
-  if (options.gzip_level == 0) {
+  if (options.gzip_level() == 0) {
     // All space now, no fill: later row writes touch raw data only.
     H5_CALL(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), ctx);
     H5_CALL(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), ctx);

@@ -38,6 +38,8 @@
 // not use two H5File objects on the same file from different threads.
 #pragma once
 
+#include "core/util/options.h"
+
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -52,11 +54,11 @@ namespace mechlab::core {
 struct WriteOptions {
   /// Rows (along dim 0) per chunk; 0 = contiguous layout. Ignored for scalars
   /// and empty tensors.
-  int64_t chunk_rows = 0;
+  MECHLAB_OPTION(WriteOptions, int64_t, chunk_rows, 0)
   /// gzip (deflate) level 0..9; 0 = none. Compression needs chunks: with
   /// chunk_rows == 0, chunks of about 1 MiB are chosen. Byte shuffle is applied
   /// before gzip.
-  int gzip_level = 0;
+  MECHLAB_OPTION(WriteOptions, int, gzip_level, 0)
   /// Store a Fletcher-32 checksum with each chunk (HDF5's filter, which h5py
   /// and every HDF5 reader understand). Needs chunks: with chunk_rows == 0,
   /// chunks of about 1 MiB are chosen. Reads verify it; a mismatch is a
@@ -64,9 +66,9 @@ struct WriteOptions {
   /// stored without (HDF5 cannot chunk them). Not for create_dataset +
   /// write_rows stores that rely on fixed chunk addresses: a filtered chunk
   /// may move when rewritten.
-  bool checksum = false;
+  MECHLAB_OPTION(WriteOptions, bool, checksum, false)
   /// Replace an existing dataset of the same path instead of refusing.
-  bool overwrite = false;
+  MECHLAB_OPTION(WriteOptions, bool, overwrite, false)
 };
 
 /// numpy-style dtype name for messages: "float32", "bfloat16", "int64", ...

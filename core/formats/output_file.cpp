@@ -64,16 +64,16 @@ std::string mechlab_format_of(const std::string& path) {
 }
 
 void require_replaceable(const std::string& path, const std::string& format, bool overwrite,
-                         const std::string& flag) {
+                         const std::string& allow) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) return;  // nothing there
   MECHLAB_CHECK(!S_ISDIR(st.st_mode), "cannot write ", format, " '", path,
                 "': it is a directory; give a file path");
   const std::string have = mechlab_format_of(path);
   MECHLAB_CHECK(have.empty() || have == format, "'", path, "' is a mechlab '", have,
-                "' file; refusing to replace it with a '", format, "' file (even with ", flag,
+                "' file; refusing to replace it with a '", format, "' file (even with ", allow,
                 "), so choose another output path");
-  MECHLAB_CHECK(overwrite, format, " '", path, "' already exists; pass ", flag,
+  MECHLAB_CHECK(overwrite, format, " '", path, "' already exists; pass ", allow,
                 " to replace it or choose another output path");
 }
 

@@ -2,7 +2,8 @@
 // can lose an input or an earlier result:
 //  - an output must not be one of the files being read (compared by device
 //    and inode, so a symlink or "dir/../x" to the same file is caught);
-//  - an existing output is replaced only with --overwrite, and never when it
+//  - an existing output is replaced only when the caller allows it (the CLI's
+//    --overwrite), and never when it
 //    is a mechlab file of another kind (its root attribute mechlab_format
 //    differs), whatever the flags;
 //  - a failed system call is reported in words a user can act on.
@@ -26,10 +27,11 @@ void require_not_same_file(const std::string& out, const std::string& what_out,
 /// Checks that a mechlab file of kind `format` ("checkpoint", "dataset",
 /// "activations", "patching") may be written at `path`: fine when nothing is
 /// there; an existing file needs `overwrite` and must not be a mechlab file
-/// of another kind (nor a directory). `flag` is the option that allows the
-/// replacement, named in the message (e.g. "--overwrite").
+/// of another kind (nor a directory). `allow` is what allows the replacement
+/// in the caller's words, named in the message: "--overwrite" for the CLI,
+/// "`overwrite`" (an argument or option) for the library.
 void require_replaceable(const std::string& path, const std::string& format, bool overwrite,
-                         const std::string& flag = "--overwrite");
+                         const std::string& allow);
 
 /// The `mechlab_format` of the mechlab file at `path`, or "" when it is not
 /// one (missing, not HDF5, or no such attribute).

@@ -41,8 +41,8 @@ Transformer load_hf_model(const std::string& folder, const HfLoadOptions& option
 
   HfTensors tensors = HfTensors::open(folder);
   at::ScalarType dtype = at::kFloat;
-  if (options.dtype) {
-    dtype = *options.dtype;
+  if (options.dtype()) {
+    dtype = *options.dtype();
     MECHLAB_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                   "cannot load '", folder, "' as ", dtype, ": choose float32, bfloat16 or float16");
   } else {

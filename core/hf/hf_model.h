@@ -7,6 +7,7 @@
 #pragma once
 
 #include "core/model/transformer.h"
+#include "core/util/options.h"
 
 #include <ATen/ATen.h>
 
@@ -18,7 +19,7 @@ namespace mechlab::core::hf {
 struct HfLoadOptions {
   /// float32, bfloat16 or float16. Unset = the dtype the weights are stored
   /// in (float32 for float64 files).
-  std::optional<at::ScalarType> dtype;
+  MECHLAB_OPTION(HfLoadOptions, std::optional<at::ScalarType>, dtype, std::nullopt)
 };
 
 /// True when `path` is a folder with a config.json.

@@ -37,23 +37,23 @@ Source classify(const std::string& path) {
 
 Transformer load_model(const std::string& path, const LoadOptions& options) {
   const bool hf_folder = classify(path) == Source::hf_folder;
-  if (!options.process.any()) {
-    if (hf_folder) return hf::load_hf_model(path, {options.dtype});
+  if (!options.process().any()) {
+    if (hf_folder) return hf::load_hf_model(path, hf::HfLoadOptions().dtype(options.dtype()));
     Transformer model = Transformer::load(path);
-    if (options.dtype) model.to(*options.dtype);
+    if (options.dtype()) model.to(*options.dtype());
     return model;
   }
   // Processing wants the more precise of the stored and the asked-for
   // dtype: widen before processing, narrow after (one rounding).
   Transformer model = hf_folder ? hf::load_hf_model(path, {}) : Transformer::load(path);
-  const bool widen = options.dtype && at::elementSize(*options.dtype) > at::elementSize(model.dtype());
-  if (widen) model.to(*options.dtype);
+  const bool widen = options.dtype() && at::elementSize(*options.dtype()) > at::elementSize(model.dtype());
+  if (widen) model.to(*options.dtype());
   try {
-    model = process_weights(model, options.process);
+    model = process_weights(model, options.process());
   } catch (const Error& e) {
     throw Error(str_cat(path, ": ", e.what()));
   }
-  if (options.dtype && !widen) model.to(*options.dtype);
+  if (options.dtype() && !widen) model.to(*options.dtype());
   return model;
 }
 

@@ -11,6 +11,7 @@
 
 #include "core/model/transformer.h"
 #include "core/model/weight_processing.h"
+#include "core/util/options.h"
 
 #include <ATen/ATen.h>
 
@@ -21,11 +22,11 @@ namespace mechlab::core {
 
 struct LoadOptions {
   /// float32, bfloat16 or float16; unset = as stored.
-  std::optional<at::ScalarType> dtype;
+  MECHLAB_OPTION(LoadOptions, std::optional<at::ScalarType>, dtype, std::nullopt)
   /// Weight processing (fold_ln, centring, ...; core/model/weight_processing.h).
   /// Default: none, the weights as stored. It runs in the wider of the stored
   /// and the asked-for dtype (and in float32 at least), before narrowing.
-  ProcessOptions process{};
+  MECHLAB_OPTION(LoadOptions, ProcessOptions, process, {})
 };
 
 /// Loads a checkpoint file or a Hugging Face folder (a directory with

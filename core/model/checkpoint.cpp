@@ -53,7 +53,7 @@ void save_checkpoint(const std::string& path, const ModelConfig& config,
     // Fletcher-32 per chunk: a flipped byte in the data region is an error
     // on load instead of silently different weights.
     WriteOptions options;
-    options.checksum = true;
+    options.checksum(true);
     for (const auto& [name, tensor] : params) {
       file.write_tensor(std::string(kParamsGroup) + "/" + name, tensor, options);
     }

@@ -51,23 +51,23 @@ std::vector<std::vector<int64_t>> real_rows(const at::Tensor& tokens, const at::
 }
 
 void check_options(const ModelConfig& cfg, const GenerateOptions& o, int64_t prompt_length) {
-  MECHLAB_CHECK(o.max_new_tokens_ >= 0, "max_new_tokens must be >= 0, got ", o.max_new_tokens_);
-  MECHLAB_CHECK(prompt_length + o.max_new_tokens_ <= cfg.n_ctx, "the longest prompt (",
-                prompt_length, " tokens) plus max_new_tokens = ", o.max_new_tokens_, " is ",
-                prompt_length + o.max_new_tokens_,
+  MECHLAB_CHECK(o.max_new_tokens() >= 0, "max_new_tokens must be >= 0, got ", o.max_new_tokens());
+  MECHLAB_CHECK(prompt_length + o.max_new_tokens() <= cfg.n_ctx, "the longest prompt (",
+                prompt_length, " tokens) plus max_new_tokens = ", o.max_new_tokens(), " is ",
+                prompt_length + o.max_new_tokens(),
                 " positions, more than the model's ", cfg.describe_n_ctx(),
                 "; lower max_new_tokens to at most ",
                 std::max<int64_t>(0, cfg.n_ctx - prompt_length), " or shorten the prompt");
-  MECHLAB_CHECK(std::isfinite(o.temperature_) && o.temperature_ >= 0,
-                "temperature must be >= 0 (0 = greedy), got ", o.temperature_);
-  MECHLAB_CHECK(o.top_k_ >= 0, "top_k must be >= 0 (0 = off), got ", o.top_k_);
-  MECHLAB_CHECK(o.top_p_ > 0 && o.top_p_ <= 1, "top_p must be in (0, 1] (1 = off), got ", o.top_p_);
-  for (int64_t id : o.stop_tokens_) {
+  MECHLAB_CHECK(std::isfinite(o.temperature()) && o.temperature() >= 0,
+                "temperature must be >= 0 (0 = greedy), got ", o.temperature());
+  MECHLAB_CHECK(o.top_k() >= 0, "top_k must be >= 0 (0 = off), got ", o.top_k());
+  MECHLAB_CHECK(o.top_p() > 0 && o.top_p() <= 1, "top_p must be in (0, 1] (1 = off), got ", o.top_p());
+  for (int64_t id : o.stop_tokens()) {
     MECHLAB_CHECK(id >= 0 && id < cfg.d_vocab, "stop token ", id,
                   " is outside the model's vocabulary [0, ", cfg.d_vocab, ")");
   }
-  MECHLAB_CHECK(o.pad_token_id_ >= 0 && o.pad_token_id_ < cfg.d_vocab, "pad_token_id ",
-                o.pad_token_id_, " is outside the model's vocabulary [0, ", cfg.d_vocab, ")");
+  MECHLAB_CHECK(o.pad_token_id() >= 0 && o.pad_token_id() < cfg.d_vocab, "pad_token_id ",
+                o.pad_token_id(), " is outside the model's vocabulary [0, ", cfg.d_vocab, ")");
 }
 
 void check_prompts(const ModelConfig& cfg, const std::vector<std::vector<int64_t>>& prompts) {
@@ -108,31 +108,31 @@ std::pair<at::Tensor, at::Tensor> left_pad(const std::vector<std::vector<int64_t
 GenerateResult generate(const Transformer& model, const at::Tensor& tokens,
                         const GenerateOptions& opts, HookDispatch* hooks) {
   GenerateOptions rest = opts;
-  rest.attention_mask_ = at::Tensor();
-  return generate(model, real_rows(tokens, opts.attention_mask_), rest, hooks);
+  rest.attention_mask(at::Tensor());
+  return generate(model, real_rows(tokens, opts.attention_mask()), rest, hooks);
 }
 
 GenerateResult generate(const Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
                         const GenerateOptions& opts, HookDispatch* hooks) {
   const ModelConfig& cfg = model.config();
-  MECHLAB_CHECK(!opts.attention_mask_.defined(),
+  MECHLAB_CHECK(!opts.attention_mask().defined(),
                 "attention_mask is for a padded tokens tensor; prompts given as lists of ids are "
                 "padded by generate itself");
   check_prompts(cfg, prompts);
-  auto [prompt, prompt_mask] = left_pad(prompts, opts.pad_token_id_);  // [batch, P] each, CPU
+  auto [prompt, prompt_mask] = left_pad(prompts, opts.pad_token_id());  // [batch, P] each, CPU
   const int64_t batch = prompt.size(0), P = prompt.size(1);
   check_options(cfg, opts, P);
-  const bool sample = !opts.greedy_ && opts.temperature_ > 0;
+  const bool sample = !opts.greedy() && opts.temperature() > 0;
   const bool padded = prompt_mask.min().item<int64_t>() == 0;
 
   at::NoGradGuard no_grad;
   const at::Device device = model.device();
   std::optional<KVCache> cache;
-  if (opts.use_kv_cache_ && opts.max_new_tokens_ > 0) {
+  if (opts.use_kv_cache() && opts.max_new_tokens() > 0) {
     // The last token drawn is never fed back, so P + max_new_tokens - 1 positions suffice.
-    cache.emplace(cfg, batch, P + opts.max_new_tokens_ - 1, model.weights().W_E.options());
+    cache.emplace(cfg, batch, P + opts.max_new_tokens() - 1, model.weights().W_E.options());
   }
-  Rng rng(opts.seed_);
+  Rng rng(opts.seed());
 
   std::vector<at::Tensor> columns;       // per step [batch] int64 CPU: the tokens drawn
   std::vector<at::Tensor> mask_columns;  // per step [batch] int64 CPU: 1 = real token
@@ -141,24 +141,24 @@ GenerateResult generate(const Transformer& model, const std::vector<std::vector<
   out.new_tokens.resize(batch);
   out.stopped.assign(batch, false);
   at::Tensor fed = prompt, fed_mask = prompt_mask;  // what the next forward reads
-  for (int64_t step = 0; step < opts.max_new_tokens_; ++step) {
+  for (int64_t step = 0; step < opts.max_new_tokens(); ++step) {
     ForwardOptions f;
-    f.hooks = hooks;
-    f.kv_cache = cache ? &*cache : nullptr;
+    f.hooks(hooks);
+    f.kv_cache(cache ? &*cache : nullptr);
     // Without padding anywhere the mask is left out, so the forward takes its
     // fastest path (causal attention without a mask tensor).
     const bool masked =
         padded || std::any_of(out.stopped.begin(), out.stopped.end(), [](bool s) { return s; });
-    if (masked) f.attention_mask = fed_mask.to(device);
+    if (masked) f.attention_mask(fed_mask.to(device));
     at::Tensor logits = model.forward(fed.to(device), f).select(1, -1);  // [batch, d_vocab]
-    if (opts.return_logits_) step_logits.push_back(logits.to(at::kCPU, at::kFloat));
+    if (opts.return_logits()) step_logits.push_back(logits.to(at::kCPU, at::kFloat));
 
     at::Tensor next;  // [batch] int64 CPU
     if (sample) {
       at::Tensor l = logits.to(at::kFloat);
-      if (opts.temperature_ != 1) l = apply_temperature(l, opts.temperature_);
-      if (opts.top_k_ > 0) l = top_k_filter(l, opts.top_k_);
-      if (opts.top_p_ < 1) l = top_p_filter(l, opts.top_p_);
+      if (opts.temperature() != 1) l = apply_temperature(l, opts.temperature());
+      if (opts.top_k() > 0) l = top_k_filter(l, opts.top_k());
+      if (opts.top_p() < 1) l = top_p_filter(l, opts.top_p());
       next = sample_from_logits(l, rng);
     } else {
       next = logits.argmax(-1).to(at::kCPU);
@@ -168,12 +168,12 @@ GenerateResult generate(const Transformer& model, const std::vector<std::vector<
     auto r = real.accessor<int64_t, 1>();
     for (int64_t b = 0; b < batch; ++b) {
       if (out.stopped[b]) {
-        n[b] = opts.pad_token_id_;
+        n[b] = opts.pad_token_id();
         r[b] = 0;
         continue;
       }
       out.new_tokens[b].push_back(n[b]);
-      const auto& stops = opts.stop_tokens_;
+      const auto& stops = opts.stop_tokens();
       out.stopped[b] = std::find(stops.begin(), stops.end(), n[b]) != stops.end();
     }
     columns.push_back(next);
@@ -192,7 +192,7 @@ GenerateResult generate(const Transformer& model, const std::vector<std::vector<
   out.tokens = columns.empty() ? prompt : at::cat({prompt, at::stack(columns, 1)}, 1);
   out.attention_mask =
       columns.empty() ? prompt_mask : at::cat({prompt_mask, at::stack(mask_columns, 1)}, 1);
-  if (opts.return_logits_) {
+  if (opts.return_logits()) {
     out.logits = step_logits.empty() ? at::empty({0, batch, cfg.d_vocab}) : at::stack(step_logits);
   }
   return out;

@@ -236,19 +236,19 @@ at::Tensor Transformer::unembed(const at::Tensor& resid, const Hooks& hooks) con
 }
 
 at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& opts) const {
-  const Hooks hooks{opts.hooks};
-  const int stop = opts.stop_at_layer ? *opts.stop_at_layer : cfg_.n_layers;
-  MECHLAB_CHECK(opts.start_at_layer >= 0 && opts.start_at_layer <= cfg_.n_layers,
-                "start_at_layer = ", opts.start_at_layer, " is outside [0, ", cfg_.n_layers, "]");
-  MECHLAB_CHECK(stop >= opts.start_at_layer && stop <= cfg_.n_layers, "stop_at_layer = ", stop,
-                " must be in [start_at_layer = ", opts.start_at_layer, ", ", cfg_.n_layers, "]");
+  const Hooks hooks{opts.hooks()};
+  const int stop = opts.stop_at_layer() ? *opts.stop_at_layer() : cfg_.n_layers;
+  MECHLAB_CHECK(opts.start_at_layer() >= 0 && opts.start_at_layer() <= cfg_.n_layers,
+                "start_at_layer = ", opts.start_at_layer(), " is outside [0, ", cfg_.n_layers, "]");
+  MECHLAB_CHECK(stop >= opts.start_at_layer() && stop <= cfg_.n_layers, "stop_at_layer = ", stop,
+                " must be in [start_at_layer = ", opts.start_at_layer(), ", ", cfg_.n_layers, "]");
 
-  const bool from_tokens = opts.start_at_layer == 0 && !at::isFloatingType(input.scalar_type());
+  const bool from_tokens = opts.start_at_layer() == 0 && !at::isFloatingType(input.scalar_type());
   at::Tensor tokens, resid;
   if (from_tokens) {
     tokens = check_tokens(input);
   } else {
-    MECHLAB_CHECK(input.dim() == 3 || opts.start_at_layer > 0, "tokens must be int64 or int32, got ",
+    MECHLAB_CHECK(input.dim() == 3 || opts.start_at_layer() > 0, "tokens must be int64 or int32, got ",
                   input.scalar_type(), " of shape ", input.sizes(),
                   " (a floating input is a residual stream [batch, pos, d_model])");
     MECHLAB_CHECK(input.dim() == 3 && input.size(2) == cfg_.d_model,
@@ -262,19 +262,19 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
   const int64_t pos = from_tokens ? tokens.size(1) : resid.size(1);
 
   AttentionContext ctx;
-  ctx.materialise_pattern = opts.materialise_attention;
+  ctx.materialise_pattern = opts.materialise_attention();
   at::Tensor new_mask;   // [batch, pos] bool, true = real token; undefined = no padding
-  if (opts.attention_mask.defined()) {
-    const at::Tensor& m = opts.attention_mask;
+  if (opts.attention_mask().defined()) {
+    const at::Tensor& m = opts.attention_mask();
     check_attention_mask(m, {batch, pos});
     new_mask = m.to(device()).ne(0);
   }
   at::Tensor positions;  // [pos] without padding or cache, [batch, pos] with
-  if (opts.kv_cache != nullptr) {
-    MECHLAB_CHECK(from_tokens && !opts.stop_at_layer,
+  if (opts.kv_cache() != nullptr) {
+    MECHLAB_CHECK(from_tokens && !opts.stop_at_layer(),
                   "a KV cache needs token input and a run to the logits (no start_at_layer or "
                   "stop_at_layer): every layer must cache the new positions");
-    KVCache& cache = *opts.kv_cache;
+    KVCache& cache = *opts.kv_cache();
     cache.check_compatible(cfg_, batch, pos, dtype(), device());
     if (!new_mask.defined()) {
       new_mask = at::ones({batch, pos}, at::TensorOptions(at::kBool).device(device()));
@@ -300,13 +300,13 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
   }
 
   if (from_tokens) resid = embed(tokens, positions, new_mask, hooks);
-  for (int layer = opts.start_at_layer; layer < stop; ++layer) {
+  for (int layer = opts.start_at_layer(); layer < stop; ++layer) {
     resid = block(layer, resid, ctx, hooks);
   }
-  if (opts.stop_at_layer) return resid;
+  if (opts.stop_at_layer()) return resid;
   at::Tensor logits = unembed(resid, hooks);
   // Last, so a forward that throws (a hook, say) leaves the cache as it was.
-  if (opts.kv_cache != nullptr) opts.kv_cache->commit(new_mask);
+  if (opts.kv_cache() != nullptr) opts.kv_cache()->commit(new_mask);
   return logits;
 }
 

@@ -13,6 +13,7 @@
 #include "core/model/layers/rotary.h"
 #include "core/model/model_config.h"
 #include "core/model/weights.h"
+#include "core/util/options.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -33,23 +34,23 @@ void check_attention_mask(const at::Tensor& mask, at::IntArrayRef expected);
 struct ForwardOptions {
   /// [batch, pos], 1 = real token, 0 = padding (left or right). Padded keys
   /// are never attended to; positions count real tokens only (TransformerLens).
-  at::Tensor attention_mask;
+  MECHLAB_OPTION(ForwardOptions, at::Tensor, attention_mask, {})
   /// First layer to run. With start_at_layer > 0 the input is the residual
   /// stream entering that layer, [batch, pos, d_model].
-  int start_at_layer = 0;
+  MECHLAB_OPTION(ForwardOptions, int, start_at_layer, 0)
   /// Stop before this layer and return the residual stream entering it
   /// (exclusive, as TransformerLens). Unset = run to the logits.
-  std::optional<int> stop_at_layer;
+  MECHLAB_OPTION(ForwardOptions, std::optional<int>, stop_at_layer, std::nullopt)
   /// Hook dispatch; null bypasses every hook site.
-  HookDispatch* hooks = nullptr;
+  MECHLAB_OPTION(ForwardOptions, HookDispatch*, hooks, nullptr)
   /// Always materialise attention patterns (else only where hooked).
-  bool materialise_attention = false;
+  MECHLAB_OPTION(ForwardOptions, bool, materialise_attention, false)
   /// Generation (core/model/kv_cache.h): the input tokens follow the positions this
   /// cache holds; attention_mask (if any) covers the new tokens only; the cache
   /// grows by them. Hooks see the new positions, and keys the whole cache:
   /// hook_attn_scores/hook_pattern are [batch, head, pos, past + pos] and
   /// hook_rot_k [batch, past + pos, kv_head, d_head], as in TransformerLens.
-  KVCache* kv_cache = nullptr;
+  MECHLAB_OPTION(ForwardOptions, KVCache*, kv_cache, nullptr)
 };
 
 class Transformer {

@@ -162,10 +162,10 @@ std::string ProcessOptions::describe() const {
 void process_weights(ModelConfig& cfg, TransformerWeights& w, const ProcessOptions& options) {
   at::NoGradGuard no_grad;
   const std::pair<ProcessingStep, bool> asked[] = {
-      {ProcessingStep::fold_ln, options.fold_ln_},
-      {ProcessingStep::center_writing_weights, options.center_writing_weights_},
-      {ProcessingStep::center_unembed, options.center_unembed_},
-      {ProcessingStep::fold_value_biases, options.fold_value_biases_},
+      {ProcessingStep::fold_ln, options.fold_ln()},
+      {ProcessingStep::center_writing_weights, options.center_writing_weights()},
+      {ProcessingStep::center_unembed, options.center_unembed()},
+      {ProcessingStep::fold_value_biases, options.fold_value_biases()},
   };
   // Decide every step before touching a tensor. center_writing_weights is
   // judged on the config fold_ln leaves (layernorm -> layernorm_pre: both centre).
@@ -176,10 +176,10 @@ void process_weights(ModelConfig& cfg, TransformerWeights& w, const ProcessOptio
                   " was already applied to this model (its config lists \"processed\": ",
                   to_string(step), "); applying it twice is refused. Load the model without it");
     if (auto reason = why_not(cfg, w, step)) {
-      if (!options.skip_inapplicable_) {
+      if (!options.skip_inapplicable()) {
         throw Error(str_cat("weight processing: cannot apply ", to_string(step), " to model '",
                             cfg.name, "': ", *reason,
-                            ". Leave it out, or use --process / ProcessOptions::all(), which "
+                            ". Leave it out, or use `ProcessOptions::all()`, which "
                             "skip what a model cannot take as TransformerLens does"));
       }
       log::warn(str_cat("weight processing: skipping ", to_string(step), " for model '", cfg.name,

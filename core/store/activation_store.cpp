@@ -127,7 +127,7 @@ void ActivationStore::require_range(int64_t start, int64_t count) const {
   MECHLAB_CHECK(start >= 0 && count >= 0 && start + count <= num_rows(), "rows [", start, ", ",
                 start + count, ") are outside activation store '", path_, "', which has ",
                 num_rows(), " committed rows",
-                header_.complete ? "" : " (it is unfinished: resume it with mechlab cache --resume)");
+                header_.complete ? "" : " (it is unfinished: resume the job that writes it)");
 }
 
 at::Tensor ActivationStore::rows(const std::string& hook, int64_t start, int64_t count) const {

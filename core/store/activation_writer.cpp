@@ -53,7 +53,7 @@ void write_header(H5File& f, const StoreHeader& h) {
 void create_store(const std::string& path, const StoreHeader& h) {
   H5File::write_atomically(path, [&](H5File& f) {
     core::WriteOptions chunked;
-    chunked.chunk_rows = h.chunk_rows;
+    chunked.chunk_rows(h.chunk_rows);
     for (const auto& name : h.hooks) {
       f.create_dataset("acts/" + name, h.dtype, {h.rows_total, h.width(name)}, chunked);
     }
@@ -103,7 +103,7 @@ void require_same(const std::string& path, const StoreHeader& file, const StoreH
   auto differ = [&](const char* what, const std::string& have, const std::string& asked) {
     throw Error(str_cat("cannot resume activation store '", path, "': its ", what, " is ", have,
                         " but this run asks for ", asked,
-                        ". Resume with the same model, dataset and options, or pass --overwrite "
+                        ". Resume with the same model, dataset and options, or pass `overwrite` "
                         "to start over"));
   };
   if (file.model != want.model) differ("model", file.model, want.model);
@@ -151,12 +151,12 @@ ActivationStoreWriter ActivationStoreWriter::open(const std::string& path, const
   const bool exists = std::filesystem::exists(path);
   if (exists && !resume && !overwrite) {
     throw Error(str_cat("activation store '", path,
-                        "' already exists; pass --resume to continue it or --overwrite to "
+                        "' already exists; pass `resume` to continue it or `overwrite` to "
                         "replace it"));
   }
   if (exists && overwrite) {
-    // --overwrite replaces a store, never a checkpoint or dataset given by mistake.
-    core::require_replaceable(path, core::kActivationsFormat, true);
+    // `overwrite` replaces a store, never a checkpoint or dataset given by mistake.
+    core::require_replaceable(path, core::kActivationsFormat, true, "`overwrite`");
     require_room_to_replace(path, h);
   }
   if (!exists || overwrite) {
@@ -246,8 +246,8 @@ void ActivationStoreWriter::finish() {
       path_,
       [&](H5File& out) {
         core::WriteOptions gz;
-        gz.chunk_rows = h.chunk_rows;
-        gz.gzip_level = spec_.gzip_level;
+        gz.chunk_rows(h.chunk_rows);
+        gz.gzip_level(spec_.gzip_level);
         auto copy = [&](const std::string& ds, at::ScalarType dtype, std::vector<int64_t> shape) {
           out.create_dataset(ds, dtype, shape, gz);
           for (int64_t r = 0; r < h.rows_total; r += h.chunk_rows) {

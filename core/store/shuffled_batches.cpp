@@ -10,13 +10,13 @@ namespace mechlab::core {
 ShuffledBatches::ShuffledBatches(const ActivationStore& store, std::vector<std::string> hooks,
                                  ShuffleOptions options)
     : store_(store), hooks_(std::move(hooks)), opt_(std::move(options)) {
-  MECHLAB_CHECK(opt_.batch_size_ > 0, "ShuffleOptions.batch_size must be positive, got ",
-                opt_.batch_size_);
-  MECHLAB_CHECK(opt_.buffer_rows_ >= 0, "ShuffleOptions.buffer_rows must be >= 0, got ",
-                opt_.buffer_rows_);
+  MECHLAB_CHECK(opt_.batch_size() > 0, "ShuffleOptions.batch_size must be positive, got ",
+                opt_.batch_size());
+  MECHLAB_CHECK(opt_.buffer_rows() >= 0, "ShuffleOptions.buffer_rows must be >= 0, got ",
+                opt_.buffer_rows());
   if (hooks_.empty()) hooks_ = store_.hooks();
   const int64_t capacity =
-      std::max(opt_.buffer_rows_, opt_.batch_size_) + store_.header().chunk_rows;
+      std::max(opt_.buffer_rows(), opt_.batch_size()) + store_.header().chunk_rows;
   for (const auto& h : hooks_) {
     at::Tensor probe = store_.rows(h, 0, 0);  // checks the name
     buf_[h] = at::empty({capacity, store_.header().width(h)}, probe.options());
@@ -26,7 +26,7 @@ ShuffledBatches::ShuffledBatches(const ActivationStore& store, std::vector<std::
 }
 
 void ShuffledBatches::start_epoch() {
-  rng_ = Rng(opt_.seed_ + static_cast<uint64_t>(epoch_));
+  rng_ = Rng(opt_.seed() + static_cast<uint64_t>(epoch_));
   const int64_t cr = store_.header().chunk_rows;
   const int64_t n_chunks = (store_.num_rows() + cr - 1) / cr;
   chunk_order_.resize(static_cast<size_t>(n_chunks));
@@ -38,7 +38,7 @@ void ShuffledBatches::start_epoch() {
 }
 
 bool ShuffledBatches::fill_buffer() {
-  const int64_t cap = std::max(opt_.buffer_rows_, opt_.batch_size_);
+  const int64_t cap = std::max(opt_.buffer_rows(), opt_.batch_size());
   const int64_t cr = store_.header().chunk_rows;
   bool read_any = false;
   while (fill_ < cap && next_chunk_ < chunk_order_.size()) {
@@ -46,13 +46,13 @@ bool ShuffledBatches::fill_buffer() {
     const int64_t n = std::min(cr, store_.num_rows() - start);
     at::Tensor tokens = store_.token_ids(start, n);  // [n]
     at::Tensor keep = at::ones({n}, at::kBool);
-    if (opt_.exclude_first_position_) keep &= store_.row_source(start, n).select(1, 1) != 0;
-    for (int64_t id : opt_.exclude_token_ids_) keep &= tokens != id;
+    if (opt_.exclude_first_position()) keep &= store_.row_source(start, n).select(1, 1) != 0;
+    for (int64_t id : opt_.exclude_token_ids()) keep &= tokens != id;
     at::Tensor idx = keep.nonzero().squeeze(1);  // [kept]
     const int64_t k = idx.size(0);
     for (const auto& h : hooks_) {
       at::Tensor acts = store_.rows(h, start, n);
-      if (opt_.check_finite_) store_.check_finite(h, start, acts);
+      if (opt_.check_finite()) store_.check_finite(h, start, acts);
       buf_[h].narrow(0, fill_, k).copy_(acts.index_select(0, idx));
     }
     buf_tokens_.narrow(0, fill_, k).copy_(tokens.index_select(0, idx));
@@ -77,7 +77,7 @@ StoreBatch ShuffledBatches::take(int64_t n) {
 
 std::optional<StoreBatch> ShuffledBatches::next() {
   if (!started_) start_epoch();
-  const int64_t low_water = std::max(opt_.buffer_rows_ / 2, opt_.batch_size_);
+  const int64_t low_water = std::max(opt_.buffer_rows() / 2, opt_.batch_size());
   if (fill_ < low_water && fill_buffer()) {
     std::vector<int64_t> perm(static_cast<size_t>(fill_));
     std::iota(perm.begin(), perm.end(), 0);
@@ -88,12 +88,12 @@ std::optional<StoreBatch> ShuffledBatches::next() {
     buf_rows_.narrow(0, 0, fill_).copy_(buf_rows_.narrow(0, 0, fill_).index_select(0, p));
   }
   const bool last = next_chunk_ >= chunk_order_.size();
-  if (fill_ == 0 || (fill_ < opt_.batch_size_ && last && opt_.drop_last_)) {
+  if (fill_ == 0 || (fill_ < opt_.batch_size() && last && opt_.drop_last())) {
     started_ = false;
     ++epoch_;
     return std::nullopt;
   }
-  return take(std::min(fill_, opt_.batch_size_));
+  return take(std::min(fill_, opt_.batch_size()));
 }
 
 }  // namespace mechlab::core

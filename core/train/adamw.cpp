@@ -8,13 +8,13 @@ namespace mechlab::core::train {
 
 AdamW::AdamW(std::vector<at::Tensor> params, AdamWOptions options)
     : params_(std::move(params)), options_(options) {
-  MECHLAB_CHECK(options_.beta1_ >= 0 && options_.beta1_ < 1, "AdamW: beta1 must be in [0, 1), got ",
-                options_.beta1_);
-  MECHLAB_CHECK(options_.beta2_ >= 0 && options_.beta2_ < 1, "AdamW: beta2 must be in [0, 1), got ",
-                options_.beta2_);
-  MECHLAB_CHECK(options_.eps_ > 0, "AdamW: eps must be positive, got ", options_.eps_);
-  MECHLAB_CHECK(options_.weight_decay_ >= 0, "AdamW: weight_decay must be >= 0, got ",
-                options_.weight_decay_);
+  MECHLAB_CHECK(options_.beta1() >= 0 && options_.beta1() < 1, "AdamW: beta1 must be in [0, 1), got ",
+                options_.beta1());
+  MECHLAB_CHECK(options_.beta2() >= 0 && options_.beta2() < 1, "AdamW: beta2 must be in [0, 1), got ",
+                options_.beta2());
+  MECHLAB_CHECK(options_.eps() > 0, "AdamW: eps must be positive, got ", options_.eps());
+  MECHLAB_CHECK(options_.weight_decay() >= 0, "AdamW: weight_decay must be >= 0, got ",
+                options_.weight_decay());
   for (const at::Tensor& p : params_) {
     MECHLAB_ASSERT(p.requires_grad());
     exp_avg_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
@@ -40,8 +40,8 @@ void AdamW::step(double lr) {
   // counters, the kernel reads them for the bias corrections. The kernel
   // wants every list on one device and dtype, which a Transformer's are.
   at::_foreach_add_(s, 1.0);
-  at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, options_.beta1_, options_.beta2_,
-                    options_.weight_decay_, options_.eps_, /*amsgrad=*/false, /*maximize=*/false);
+  at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, options_.beta1(), options_.beta2(),
+                    options_.weight_decay(), options_.eps(), /*amsgrad=*/false, /*maximize=*/false);
 }
 
 void AdamW::zero_grad() {

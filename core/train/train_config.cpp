@@ -1,5 +1,6 @@
 #include "core/train/train_config.h"
 
+#include "core/data/tasks/tasks.h"
 #include "core/util/error.h"
 
 #include <fstream>
@@ -150,8 +151,12 @@ void TrainConfig::validate() const {
   check(stop_at_accuracy >= 0 && stop_at_accuracy <= 1, "stop_at_accuracy",
         "in [0, 1] (0 = never stop early)", stop_at_accuracy);
   const bool has_task = data.contains("task"), has_path = data.contains("path");
-  MECHLAB_CHECK(has_task != has_path, "train config: \"data\" needs exactly one of \"task\" (a "
-                "generator: mechlab dataset make --help lists them) or \"path\" (a dataset file)");
+  if (has_task == has_path) {
+    std::string names;
+    for (const auto& t : tasks::task_names()) names += (names.empty() ? "" : ", ") + t;
+    throw Error(str_cat("train config: \"data\" needs exactly one of \"task\" (a generator: ", names,
+                        ") or \"path\" (a dataset file)"));
+  }
   for (const auto& item : data.items()) {
     MECHLAB_CHECK(item.key() == "task" || item.key() == "options" || item.key() == "path",
                   "train config: unknown key \"data.", item.key(),

@@ -68,10 +68,10 @@ nlohmann::json LoopOptions::hyperparameters() const {
           {"lr", lr_},
           {"min_lr", min_lr_},
           {"warmup_steps", warmup_steps_},
-          {"beta1", adamw_.beta1_},
-          {"beta2", adamw_.beta2_},
-          {"eps", adamw_.eps_},
-          {"weight_decay", adamw_.weight_decay_},
+          {"beta1", adamw_.beta1()},
+          {"beta2", adamw_.beta2()},
+          {"eps", adamw_.eps()},
+          {"weight_decay", adamw_.weight_decay()},
           {"grad_clip", grad_clip_},
           {"eval_every", eval_every_},
           {"checkpoint_every", checkpoint_every_},
@@ -81,39 +81,39 @@ nlohmann::json LoopOptions::hyperparameters() const {
 
 TrainLoop::TrainLoop(Trainable& model, LoopOptions options)
     : model_(model), options_(std::move(options)),
-      rng_(at::make_generator<at::CPUGeneratorImpl>(options_.seed_)) {
-  MECHLAB_CHECK(options_.steps_ > 0, "training loop: steps must be positive, got ", options_.steps_);
-  MECHLAB_CHECK(options_.lr_ > 0 && std::isfinite(options_.lr_),
-                "training loop: lr must be positive, got ", options_.lr_);
-  MECHLAB_CHECK(options_.min_lr_ >= 0 && options_.min_lr_ <= options_.lr_,
-                "training loop: min_lr must be in [0, lr], got ", options_.min_lr_);
-  MECHLAB_CHECK(options_.warmup_steps_ >= 0, "training loop: warmup_steps must be >= 0, got ",
-                options_.warmup_steps_);
-  MECHLAB_CHECK(options_.grad_clip_ >= 0, "training loop: grad_clip must be >= 0 (0 = no clipping), got ",
-                options_.grad_clip_);
-  MECHLAB_CHECK(options_.eval_every_ > 0, "training loop: eval_every must be positive, got ",
-                options_.eval_every_);
-  MECHLAB_CHECK(options_.checkpoint_every_ > 0,
-                "training loop: checkpoint_every must be positive, got ", options_.checkpoint_every_);
-  schedule_ = {options_.lr_, options_.min_lr_, options_.warmup_steps_, options_.steps_};
+      rng_(at::make_generator<at::CPUGeneratorImpl>(options_.seed())) {
+  MECHLAB_CHECK(options_.steps() > 0, "training loop: steps must be positive, got ", options_.steps());
+  MECHLAB_CHECK(options_.lr() > 0 && std::isfinite(options_.lr()),
+                "training loop: lr must be positive, got ", options_.lr());
+  MECHLAB_CHECK(options_.min_lr() >= 0 && options_.min_lr() <= options_.lr(),
+                "training loop: min_lr must be in [0, lr], got ", options_.min_lr());
+  MECHLAB_CHECK(options_.warmup_steps() >= 0, "training loop: warmup_steps must be >= 0, got ",
+                options_.warmup_steps());
+  MECHLAB_CHECK(options_.grad_clip() >= 0, "training loop: grad_clip must be >= 0 (0 = no clipping), got ",
+                options_.grad_clip());
+  MECHLAB_CHECK(options_.eval_every() > 0, "training loop: eval_every must be positive, got ",
+                options_.eval_every());
+  MECHLAB_CHECK(options_.checkpoint_every() > 0,
+                "training loop: checkpoint_every must be positive, got ", options_.checkpoint_every());
+  schedule_ = {options_.lr(), options_.min_lr(), options_.warmup_steps(), options_.steps()};
   session_start_ = now_seconds();
 
-  if (!options_.out_dir_.empty()) {
+  if (!options_.out_dir().empty()) {
     const std::string checkpoint = checkpoint_path();
     const bool exists = std::filesystem::exists(checkpoint);
-    if (options_.resume_) {
+    if (options_.resume()) {
       MECHLAB_CHECK(exists, "nothing to resume: '", checkpoint,
-                    "' does not exist (start the run without --resume)");
+                    "' does not exist (start the run without `resume`)");
     } else {
-      MECHLAB_CHECK(!exists || options_.overwrite_, "'", options_.out_dir_, "' already holds a training run (",
-                    options_.checkpoint_file_, "); pass --resume to continue it or --overwrite to start again");
+      MECHLAB_CHECK(!exists || options_.overwrite(), "'", options_.out_dir(), "' already holds a training run (",
+                    options_.checkpoint_file(), "); pass `resume` to continue it or `overwrite` to start again");
     }
-    std::filesystem::create_directories(options_.out_dir_);
+    std::filesystem::create_directories(options_.out_dir());
   } else {
-    MECHLAB_CHECK(!options_.resume_, "resume needs an output folder (out_dir) to resume from");
+    MECHLAB_CHECK(!options_.resume(), "resume needs an output folder (out_dir) to resume from");
   }
 
-  if (options_.resume_) {
+  if (options_.resume()) {
     load_checkpoint(checkpoint_path());
   } else {
     params_ = model_.parameters();
@@ -123,7 +123,7 @@ TrainLoop::TrainLoop(Trainable& model, LoopOptions options)
 }
 
 std::string TrainLoop::checkpoint_path() const {
-  return options_.out_dir_.empty() ? "" : join_path(options_.out_dir_, options_.checkpoint_file_);
+  return options_.out_dir().empty() ? "" : join_path(options_.out_dir(), options_.checkpoint_file());
 }
 
 void TrainLoop::make_optimizer() {
@@ -133,7 +133,7 @@ void TrainLoop::make_optimizer() {
     MECHLAB_CHECK(p.requires_grad() && p.is_leaf(),
                   "training loop: every parameter must be a leaf tensor with requires_grad");
   }
-  optimizer_ = std::make_unique<AdamW>(params_, options_.adamw_);
+  optimizer_ = std::make_unique<AdamW>(params_, options_.adamw());
 }
 
 double TrainLoop::step() {
@@ -144,13 +144,13 @@ double TrainLoop::step() {
   // Stop before the update: the parameters and moments stay those of the
   // last finite step (and a checkpoint already on disk stays as it is).
   MECHLAB_CHECK(std::isfinite(value), "loss became ", non_finite_name(value), " at step ", step_ + 1,
-                " of ", options_.steps_, " (learning rate too high?); ", kept_note());
+                " of ", options_.steps(), " (learning rate too high?); ", kept_note());
   loss.backward();
-  const double norm = clip_grad_norm(params_, options_.grad_clip_);
+  const double norm = clip_grad_norm(params_, options_.grad_clip());
   if (!std::isfinite(norm)) {
     optimizer_->zero_grad();
     throw Error(str_cat("gradient norm became ", non_finite_name(norm), " at step ", step_ + 1,
-                        " of ", options_.steps_, " (learning rate too high?); ", kept_note()));
+                        " of ", options_.steps(), " (learning rate too high?); ", kept_note()));
   }
   last_grad_norm_ = norm;
   optimizer_->step(schedule_.at(step_));
@@ -183,9 +183,9 @@ void TrainLoop::evaluate_and_log() {
 }
 
 void TrainLoop::write_log() const {
-  if (options_.out_dir_.empty()) return;
-  write_text_file(join_path(options_.out_dir_, "train_log.csv"), log_.csv());
-  write_text_file(join_path(options_.out_dir_, "train_log.svg"), log_.svg(options_.name_));
+  if (options_.out_dir().empty()) return;
+  write_text_file(join_path(options_.out_dir(), "train_log.csv"), log_.csv());
+  write_text_file(join_path(options_.out_dir(), "train_log.svg"), log_.svg(options_.name()));
 }
 
 LoopResult TrainLoop::run(int64_t max_steps) {
@@ -193,16 +193,16 @@ LoopResult TrainLoop::run(int64_t max_steps) {
   const int64_t start = step_;
   // A run is finished at `steps`, or when the evaluation of its last step
   // reached stop_at_accuracy (a resume must not train past that stop).
-  const bool reached = options_.stop_at_accuracy_ > 0 && last_eval_ && eval_step_ == step_ &&
-                       last_eval_->test.accuracy >= options_.stop_at_accuracy_;
-  result.already_complete = step_ >= options_.steps_ || reached;
-  result.stopped_early = reached && step_ < options_.steps_;
+  const bool reached = options_.stop_at_accuracy() > 0 && last_eval_ && eval_step_ == step_ &&
+                       last_eval_->test.accuracy >= options_.stop_at_accuracy();
+  result.already_complete = step_ >= options_.steps() || reached;
+  result.stopped_early = reached && step_ < options_.steps();
   std::optional<ProgressBar> bar;
-  if (options_.progress_ && !result.already_complete) {
-    bar.emplace("train " + options_.name_, options_.steps_, "steps", step_);
+  if (options_.progress() && !result.already_complete) {
+    bar.emplace("train " + options_.name(), options_.steps(), "steps", step_);
   }
   bool interrupted = false;
-  while (!result.already_complete && step_ < options_.steps_ &&
+  while (!result.already_complete && step_ < options_.steps() &&
          (max_steps < 0 || step_ - start < max_steps)) {
     // Between steps the state is whole: the checkpoint below resumes to the
     // same result as an uninterrupted run (as a max_steps stop does).
@@ -212,29 +212,29 @@ LoopResult TrainLoop::run(int64_t max_steps) {
     }
     step();
     if (bar) bar->advance(1);
-    if (step_ % options_.eval_every_ == 0 || step_ == options_.steps_) {
+    if (step_ % options_.eval_every() == 0 || step_ == options_.steps()) {
       evaluate_and_log();
-      if (options_.stop_at_accuracy_ > 0 && last_eval_->test.accuracy >= options_.stop_at_accuracy_) {
-        result.stopped_early = step_ < options_.steps_;
+      if (options_.stop_at_accuracy() > 0 && last_eval_->test.accuracy >= options_.stop_at_accuracy()) {
+        result.stopped_early = step_ < options_.steps();
         break;
       }
     }
-    if (!options_.out_dir_.empty() && step_ % options_.checkpoint_every_ == 0) {
+    if (!options_.out_dir().empty() && step_ % options_.checkpoint_every() == 0) {
       save_checkpoint(checkpoint_path());
     }
   }
   if (bar) bar->finish();
   if (interrupted) {
     std::string kept = "nothing was saved (no output folder)";
-    if (!options_.out_dir_.empty()) {
+    if (!options_.out_dir().empty()) {
       save_checkpoint(checkpoint_path());
       write_log();
       kept = str_cat("the checkpoint of step ", step_, " ('", checkpoint_path(),
                      "') is saved and can be resumed");
     }
-    throw Interrupted(str_cat("interrupted at step ", step_, " of ", options_.steps_, "; ", kept));
+    throw Interrupted(str_cat("interrupted at step ", step_, " of ", options_.steps(), "; ", kept));
   }
-  const bool finished = step_ >= options_.steps_ || result.stopped_early;
+  const bool finished = step_ >= options_.steps() || result.stopped_early;
   if (finished && (log_.empty() || log_.rows().back().step != step_)) {
     evaluate_and_log();
   } else if (!last_eval_ || eval_step_ != step_) {
@@ -245,7 +245,7 @@ LoopResult TrainLoop::run(int64_t max_steps) {
     last_eval_ = model_.evaluate();
     eval_step_ = step_;
   }
-  if (!options_.out_dir_.empty()) {
+  if (!options_.out_dir().empty()) {
     save_checkpoint(checkpoint_path());
     write_log();
   }
@@ -260,7 +260,7 @@ void TrainLoop::save_checkpoint(const std::string& path) const {
     at::NoGradGuard no_grad;
     for (size_t i = 0; i < params_.size(); ++i) {
       MECHLAB_CHECK(at::isfinite(params_[i]).all().item<bool>(), "parameter '", names_[i],
-                    "' became NaN or Inf by step ", step_, " of ", options_.steps_,
+                    "' became NaN or Inf by step ", step_, " of ", options_.steps(),
                     " (learning rate too high?); ", kept_note());
     }
   }
@@ -321,7 +321,7 @@ void TrainLoop::load_checkpoint(const std::string& path) {
     for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
       const std::string ds = g + "/" + kind + "/" + name;
       MECHLAB_CHECK(f.exists(ds), "'", path, "': training state lacks /", ds,
-                    " (the file is damaged; start again with --overwrite)");
+                    " (the file is damaged; start again with `overwrite`)");
     }
     m.push_back(f.read_tensor(g + "/exp_avg/" + name));
     v.push_back(f.read_tensor(g + "/exp_avg_sq/" + name));
@@ -350,7 +350,7 @@ void TrainLoop::load_checkpoint(const std::string& path) {
   log_ = TrainingLog::load(f, kTrainGroup);
   log_.truncate_after(step_);
   if (path == checkpoint_path()) saved_step_ = step_;
-  log::info(str_cat("resumed '", path, "' at step ", step_, " of ", options_.steps_));
+  log::info(str_cat("resumed '", path, "' at step ", step_, " of ", options_.steps()));
 }
 
 }  // namespace mechlab::core::train

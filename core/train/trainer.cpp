@@ -25,29 +25,29 @@ LoopOptions loop_options(const TrainConfig& config, const TrainerOptions& option
       .stop_at_accuracy(config.stop_at_accuracy)
       .seed(static_cast<uint64_t>(config.seed))
       .name(config.name)
-      .out_dir(options.out_dir_)
-      .resume(options.resume_)
-      .overwrite(options.overwrite_)
-      .progress(options.progress_);
+      .out_dir(options.out_dir())
+      .resume(options.resume())
+      .overwrite(options.overwrite())
+      .progress(options.progress());
 }
 
 Trainer::Trainer(TrainConfig config, TrainerOptions options)
-    : options_(std::move(options)), trainable_(std::move(config), options_.device_) {
+    : options_(std::move(options)), trainable_(std::move(config), options_.device()) {
   loop_ = std::make_unique<TrainLoop>(trainable_, loop_options(trainable_.train_config(), options_));
-  if (!options_.out_dir_.empty()) {
-    write_text_file((std::filesystem::path(options_.out_dir_) / "config.json").string(),
+  if (!options_.out_dir().empty()) {
+    write_text_file((std::filesystem::path(options_.out_dir()) / "config.json").string(),
                     trainable_.train_config().to_json().dump(2) + "\n");
   }
 }
 
 TrainResult Trainer::run(int64_t max_steps) {
   const LoopResult r = loop_->run(max_steps);
-  if (!options_.out_dir_.empty()) {
+  if (!options_.out_dir().empty()) {
     // model.h5 carries the dataset's tokenizer (a task's word vocabulary), so
     // that `mechlab run model.h5 --prompt TEXT` speaks words.
     const Transformer& model = trainable_.model();
     const std::string& tokenizer = trainable_.data().dataset.tokenizer;
-    core::save_checkpoint((std::filesystem::path(options_.out_dir_) / "model.h5").string(), model.config(),
+    core::save_checkpoint((std::filesystem::path(options_.out_dir()) / "model.h5").string(), model.config(),
                     model.named_parameters(), [&tokenizer](H5File& file) {
                       if (!tokenizer.empty()) file.write_attr("", kCheckpointTokenizerAttr, tokenizer);
                     });

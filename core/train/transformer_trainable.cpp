@@ -60,7 +60,7 @@ at::Tensor TransformerTrainable::loss(int64_t step, at::Generator& /*rng: batche
   at::Tensor index = batch_indices(step).to(device_);
   const Split batch = train_dev_.rows(index);
   ForwardOptions fwd;
-  fwd.attention_mask = batch.mask;
+  fwd.attention_mask(batch.mask);
   at::Tensor logits = model_->forward(batch.tokens, fwd);  // [batch, pos, d_vocab]
   return objective_loss(config_.objective, logits, batch);
 }
@@ -76,7 +76,7 @@ EvalResult TransformerTrainable::evaluate(const Split& split, int64_t max_exampl
     const int64_t rows = std::min(kEvalChunkRows, n - begin);
     Split chunk = split.rows(at::arange(begin, begin + rows, at::kLong)).to(device_);
     ForwardOptions fwd;
-    fwd.attention_mask = chunk.mask;
+    fwd.attention_mask(chunk.mask);
     at::Tensor logits = model_->forward(chunk.tokens, fwd);  // [rows, pos, d_vocab]
     loss_sum += objective_loss(config_.objective, logits, chunk).item<double>() * rows;
     const Correct c = count_correct(config_.objective, logits, chunk);

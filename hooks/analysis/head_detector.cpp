@@ -59,9 +59,9 @@ at::Tensor head_similarity_score(const at::Tensor& pattern_in, const at::Tensor&
   at::Tensor pattern = pattern_in.to(at::kFloat);
   at::Tensor det = detection.to(pattern.device(), at::kFloat);
   at::Tensor keep = at::ones({pos, pos}, pattern.options());  // entries that count
-  if (options.exclude_bos_) keep.select(1, 0).zero_();
-  if (options.exclude_current_token_) keep.fill_diagonal_(0);
-  if (options.error_measure_ == ErrorMeasure::mul) {
+  if (options.exclude_bos()) keep.select(1, 0).zero_();
+  if (options.exclude_current_token()) keep.fill_diagonal_(0);
+  if (options.error_measure() == ErrorMeasure::mul) {
     pattern = pattern * keep;
     return (pattern * det).sum({-2, -1}) / pattern.sum({-2, -1});
   }

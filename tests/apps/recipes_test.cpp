@@ -32,7 +32,7 @@ double test_accuracy(const std::string& recipe, hooks::HookedTransformer& model,
   at::NoGradGuard no_grad;
   const Split test = data.test.head(std::min<int64_t>(max_rows, data.test.size()));
   ForwardOptions fwd;
-  fwd.attention_mask = test.mask;
+  fwd.attention_mask(test.mask);
   const Correct c = count_correct(cfg.objective, model.model().forward(test.tokens, fwd), test);
   EXPECT_GT(c.scored, 0);
   return static_cast<double>(c.correct) / static_cast<double>(c.scored);
@@ -91,7 +91,7 @@ double accuracy_with_heads_ablated(hooks::HookedTransformer& model, const TrainC
                                    const Split& split,
                                    const std::vector<std::pair<int, int64_t>>& heads) {
   hooks::RunOptions ro;
-  ro.attention_mask = split.mask;
+  ro.attention_mask(split.mask);
   std::vector<std::pair<std::string, hooks::HookFn>> fwd;
   for (int layer = 0; layer < model.cfg().n_layers; ++layer) {
     std::vector<int64_t> here;

@@ -54,7 +54,7 @@ void check_style(const std::string& style) {
     SCOPED_TRACE(style + " case " + json(text).dump());
     const std::vector<int64_t> ids = tok->encode(text);
     ASSERT_EQ(ids, ids_of(c.at("ids")));
-    const std::vector<int64_t> plain = tok->encode(text, EncodeOptions().with_add_special_tokens(false));
+    const std::vector<int64_t> plain = tok->encode(text, EncodeOptions().add_special_tokens(false));
     ASSERT_EQ(plain, ids_of(c.at("ids_plain")));
     std::vector<std::string> tokens;
     for (int64_t id : ids) tokens.push_back(tok->id_to_token(id));
@@ -144,7 +144,7 @@ TEST(BpeTokenizerTest, Llama3IgnoreMergesMatters) {
   const auto with = tokenizer_from_json(j.dump(), "", "llama3");
   j["model"]["ignore_merges"] = false;
   const auto without = tokenizer_from_json(j.dump(), "", "llama3 without ignore_merges");
-  const EncodeOptions plain = EncodeOptions().with_add_special_tokens(false);
+  const EncodeOptions plain = EncodeOptions().add_special_tokens(false);
   EXPECT_EQ(with->encode(" mechlab", plain).size(), 1u);
   EXPECT_GT(without->encode(" mechlab", plain).size(), 1u);
 }
@@ -155,16 +155,16 @@ TEST(BpeTokenizerTest, PrependBos) {
   const std::vector<int64_t> ids = gpt2->encode("Hello world");
   std::vector<int64_t> with = {bos};
   with.insert(with.end(), ids.begin(), ids.end());
-  EXPECT_EQ(gpt2->encode("Hello world", EncodeOptions().with_prepend_bos(true)), with);
-  EXPECT_EQ(gpt2->encode("Hello world", EncodeOptions().with_prepend_bos(false)), ids);
+  EXPECT_EQ(gpt2->encode("Hello world", EncodeOptions().prepend_bos(true)), with);
+  EXPECT_EQ(gpt2->encode("Hello world", EncodeOptions().prepend_bos(false)), ids);
 
   const auto llama = load_tokenizer(data_dir("llama3"));
   const std::vector<int64_t> l = llama->encode("Hello world");  // the template adds BOS
   ASSERT_EQ(l.front(), *llama->bos_id());
-  EXPECT_EQ(llama->encode("Hello world", EncodeOptions().with_prepend_bos(true)), l);  // not twice
-  const std::vector<int64_t> no_bos = llama->encode("Hello world", EncodeOptions().with_prepend_bos(false));
+  EXPECT_EQ(llama->encode("Hello world", EncodeOptions().prepend_bos(true)), l);  // not twice
+  const std::vector<int64_t> no_bos = llama->encode("Hello world", EncodeOptions().prepend_bos(false));
   EXPECT_EQ(no_bos, std::vector<int64_t>(l.begin() + 1, l.end()));
-  EXPECT_EQ(llama->encode("", EncodeOptions().with_prepend_bos(false)), std::vector<int64_t>{});
+  EXPECT_EQ(llama->encode("", EncodeOptions().prepend_bos(false)), std::vector<int64_t>{});
 }
 
 // ------------------------------------------------------------------ refusals

@@ -348,7 +348,7 @@ TEST(DatasetTest, LoadRefusesNewerVersion) {
 TEST(DatasetTest, LoadRefusesFloatTokens) {
   const std::string path = edited_file("float_tokens.h5", [](H5File& f) {
     WriteOptions o;
-    o.overwrite = true;
+    o.overwrite(true);
     f.write_tensor("tokens", at::zeros({3, 4}, at::kFloat), o);
   });
   EXPECT_THAT(error_of([&] { load_dataset(path); }),
@@ -358,7 +358,7 @@ TEST(DatasetTest, LoadRefusesFloatTokens) {
 TEST(DatasetTest, LoadRefusesInt64Tokens) {
   const std::string path = edited_file("int64_tokens.h5", [](H5File& f) {
     WriteOptions o;
-    o.overwrite = true;
+    o.overwrite(true);
     f.write_tensor("tokens", at::zeros({3, 4}, at::kLong), o);
   });
   EXPECT_THAT(error_of([&] { load_dataset(path); }),
@@ -368,7 +368,7 @@ TEST(DatasetTest, LoadRefusesInt64Tokens) {
 TEST(DatasetTest, LoadRefusesMismatchedRowCounts) {
   const std::string path = edited_file("rows.h5", [](H5File& f) {
     WriteOptions o;
-    o.overwrite = true;
+    o.overwrite(true);
     f.write_tensor("labels", at::zeros({5, 4}, at::kLong), o);
   });
   EXPECT_THAT(error_of([&] { load_dataset(path); }),
@@ -389,7 +389,7 @@ TEST(DatasetTest, LoadRefusesIdsOutsideVocab) {
 TEST(DatasetTest, LoadRefusesMaskValueTwo) {
   const std::string path = edited_file("mask2.h5", [](H5File& f) {
     WriteOptions o;
-    o.overwrite = true;
+    o.overwrite(true);
     at::Tensor mask = token_set().attention_mask.clone();
     mask[0][1] = 2;
     f.write_tensor("attention_mask", mask, o);

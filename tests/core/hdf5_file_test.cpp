@@ -38,9 +38,9 @@ bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
 
 WriteOptions opts(int64_t chunk_rows, int gzip_level, bool overwrite = false) {
   WriteOptions o;
-  o.chunk_rows = chunk_rows;
-  o.gzip_level = gzip_level;
-  o.overwrite = overwrite;
+  o.chunk_rows(chunk_rows);
+  o.gzip_level(gzip_level);
+  o.overwrite(overwrite);
   return o;
 }
 

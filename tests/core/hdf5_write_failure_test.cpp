@@ -54,7 +54,7 @@ TEST(Hdf5WriteFailure, ChunkedRowsOnAFullDiskThrow) {
   const std::string path = m.dir() + "/rows.h5";
   H5File f = H5File::create(path);
   WriteOptions chunked;
-  chunked.chunk_rows = 64;
+  chunked.chunk_rows(64);
   f.create_dataset("x", at::kFloat, {4096, 64}, chunked);
   f.flush();
   m.fill_leaving(8 << 10);
@@ -149,7 +149,7 @@ TEST(Hdf5WriteFailure, ProcessExitsCleanlyAfterAFailedClose) {
     try {
       H5File f = H5File::create(path);
       WriteOptions chunked;
-      chunked.chunk_rows = 64;
+      chunked.chunk_rows(64);
       f.create_dataset("x", at::kFloat, {8192, 64}, chunked);
       f.write_attr("", "a", std::string("x"));
       m.fill_leaving(4 << 10);
@@ -189,18 +189,22 @@ TEST(OutputFile, SameFileIsFoundThroughOtherPaths) {
 TEST(OutputFile, ReplacingNeedsOverwriteAndTheSameKind) {
   const std::string ckpt = temp_path("ckpt.h5");
   H5File::write_atomically(ckpt, [](H5File& f) { f.write_attr("", "mechlab_format", "checkpoint"); });
-  require_replaceable(temp_path("none.h5"), "dataset", false);  // nothing there
-  EXPECT_NE(error_of([&] { require_replaceable(ckpt, "checkpoint", false); })
-                .find("already exists; pass --overwrite"),
+  require_replaceable(temp_path("none.h5"), "dataset", false, "`overwrite`");  // nothing there
+  // The message names what allows the replacement in the caller's words.
+  EXPECT_NE(error_of([&] { require_replaceable(ckpt, "checkpoint", false, "`overwrite`"); })
+                .find("already exists; pass `overwrite` to replace it"),
             std::string::npos);
-  require_replaceable(ckpt, "checkpoint", true);
-  const std::string msg = error_of([&] { require_replaceable(ckpt, "dataset", true); });
+  EXPECT_NE(error_of([&] { require_replaceable(ckpt, "checkpoint", false, "--overwrite"); })
+                .find("already exists; pass --overwrite to replace it"),
+            std::string::npos);
+  require_replaceable(ckpt, "checkpoint", true, "`overwrite`");
+  const std::string msg = error_of([&] { require_replaceable(ckpt, "dataset", true, "`overwrite`"); });
   EXPECT_NE(msg.find("is a mechlab 'checkpoint' file; refusing to replace it with a 'dataset'"),
             std::string::npos)
       << msg;
   const std::string junk = temp_path("junk.h5");
   std::ofstream(junk) << "not hdf5";
-  require_replaceable(junk, "dataset", true);  // not a mechlab file: --overwrite suffices
+  require_replaceable(junk, "dataset", true, "`overwrite`");  // not a mechlab file: allowed
 }
 
 }  // namespace

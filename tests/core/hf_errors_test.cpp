@@ -297,7 +297,7 @@ TEST(HfWeightErrors, PickleOnlyFolderAndNonModelPaths) {
   EXPECT_THAT(load_error(fixture("gpt2/model.safetensors")),
               HasSubstr("is a safetensors file; pass the folder"));
   EXPECT_THAT(load_error(fixture("no_such_model")), HasSubstr("no model at"));
-  EXPECT_THAT(error_of([&] { load_model(fixture("gpt2"), {at::kDouble}); }),
+  EXPECT_THAT(error_of([&] { load_model(fixture("gpt2"), LoadOptions().dtype(at::kDouble)); }),
               HasSubstr("choose float32, bfloat16 or float16"));
 }
 

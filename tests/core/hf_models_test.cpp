@@ -88,7 +88,7 @@ Reference reference(const std::string& name) {
 void check_float32(const std::string& name) {
   SCOPED_TRACE(name);
   const Reference ref = reference(name);
-  const Transformer model = load_model(folder(name), {at::kFloat});
+  const Transformer model = load_model(folder(name), LoadOptions().dtype(at::kFloat));
   const ModelConfig& cfg = model.config();
   ASSERT_EQ(model.dtype(), at::kFloat);
   at::InferenceMode guard;
@@ -99,13 +99,13 @@ void check_float32(const std::string& name) {
   ASSERT_EQ(ref.hidden_states.size(0), cfg.n_layers + 1);
   for (int layer = 0; layer < cfg.n_layers; ++layer) {
     ForwardOptions opts;
-    opts.stop_at_layer = layer;  // the residual stream entering `layer`
+    opts.stop_at_layer(layer);  // the residual stream entering `layer`
     EXPECT_TRUE(close(model.forward(ref.tokens, opts), ref.hidden_states[layer], kF32Tol,
                       name + " resid_pre " + std::to_string(layer)));
   }
   // HF's last hidden state is the final norm's output.
   ForwardOptions opts;
-  opts.stop_at_layer = cfg.n_layers;
+  opts.stop_at_layer(cfg.n_layers);
   const at::Tensor resid = model.forward(ref.tokens, opts);
   const auto& w = model.weights();
   const at::Tensor normed =
@@ -305,7 +305,7 @@ TEST(HfModels, Bfloat16LoadsAsStoredAndMatchesTransformersBfloat16) {
   measured(logits, ref.logits, "llama_bf16 bf16 logits");
   EXPECT_TRUE(close(logits, ref.logits, kBf16Tol, "bf16 logits"));
   // Half-precision loading of float32 files converts.
-  EXPECT_EQ(load_model(folder("llama"), {at::kBFloat16}).dtype(), at::kBFloat16);
+  EXPECT_EQ(load_model(folder("llama"), LoadOptions().dtype(at::kBFloat16)).dtype(), at::kBFloat16);
 }
 
 TEST(HfModels, Float16LoadsAsStoredAndMatchesTransformersFloat16) {

@@ -73,7 +73,7 @@ bool same_data(const Dataset& a, const Dataset& b) {
 
 TEST(TaskTest, InductionSecondHalfRepeatsTheFirst) {
   const Dataset ds =
-      make_induction(InductionOptions{}.with_n(300).with_half_len(7).with_d_vocab(9));
+      make_induction(InductionOptions{}.n(300).half_len(7).d_vocab(9));
   ASSERT_NO_THROW(ds.validate());
   EXPECT_EQ(ds.task, "induction");
   // The recorded vocabulary spells id 0 as "<bos>" and every other id as its number.
@@ -102,7 +102,7 @@ TEST(TaskTest, InductionSecondHalfRepeatsTheFirst) {
 
 TEST(TaskTest, InductionWithMinHalfLenVariesTheRepeatLength) {
   const Dataset ds = make_induction(
-      InductionOptions{}.with_n(400).with_half_len(8).with_min_half_len(3).with_d_vocab(50));
+      InductionOptions{}.n(400).half_len(8).min_half_len(3).d_vocab(50));
   ASSERT_NO_THROW(ds.validate());
   ASSERT_EQ(ds.tokens.sizes(), (c10::IntArrayRef{400, 17}));
   const Rows tok = rows(ds.tokens), lab = rows(ds.labels);
@@ -124,13 +124,13 @@ TEST(TaskTest, InductionWithMinHalfLenVariesTheRepeatLength) {
     }
   }
   EXPECT_EQ(lengths.size(), 6u);  // every length 3..8 occurs
-  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.with_half_len(4).with_min_half_len(5)); }),
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.half_len(4).min_half_len(5)); }),
               HasSubstr("min_half_len"));
 }
 
 TEST(TaskTest, InductionWithRandomStartMovesTheCopies) {
-  const Dataset ds = make_induction(InductionOptions{}.with_n(300).with_half_len(8).with_min_half_len(3)
-                                        .with_random_start(true).with_d_vocab(50));
+  const Dataset ds = make_induction(InductionOptions{}.n(300).half_len(8).min_half_len(3)
+                                        .random_start(true).d_vocab(50));
   const Rows tok = rows(ds.tokens), lab = rows(ds.labels);
   std::set<int64_t> starts;
   for (size_t i = 0; i < tok.size(); ++i) {
@@ -148,7 +148,7 @@ TEST(TaskTest, InductionWithRandomStartMovesTheCopies) {
     }
   }
   EXPECT_GE(starts.size(), 8u);  // copies start at many positions
-  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.with_random_start(true)); }),
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.random_start(true)); }),
               HasSubstr("random_start"));
 }
 
@@ -220,7 +220,7 @@ int64_t check_ioi(const Dataset& ds) {
 }
 
 TEST(TaskTest, IoiAnswerIsTheIndirectObjectOnEveryExample) {
-  const Dataset ds = make_ioi(IoiOptions{}.with_n(400).with_seed(11));
+  const Dataset ds = make_ioi(IoiOptions{}.n(400).seed(11));
   ASSERT_NO_THROW(ds.validate());
   EXPECT_EQ(ds.task, "ioi");
   ASSERT_EQ(ds.clean_tokens.size(0), 400);
@@ -237,22 +237,22 @@ TEST(TaskTest, IoiAnswerIsTheIndirectObjectOnEveryExample) {
 }
 
 TEST(TaskTest, IoiOrderOption) {
-  const Dataset abba = make_ioi(IoiOptions{}.with_n(50).with_order("ABBA"));
+  const Dataset abba = make_ioi(IoiOptions{}.n(50).order("ABBA"));
   EXPECT_EQ(check_ioi(abba), 50);
-  const Dataset baba = make_ioi(IoiOptions{}.with_n(50).with_order("BABA"));
+  const Dataset baba = make_ioi(IoiOptions{}.n(50).order("BABA"));
   EXPECT_EQ(check_ioi(baba), 0);
-  EXPECT_THAT(error_of([] { make_ioi(IoiOptions{}.with_order("ABC")); }),
+  EXPECT_THAT(error_of([] { make_ioi(IoiOptions{}.order("ABC")); }),
               HasSubstr("ioi: option \"order\" is \"ABC\"; use ABBA, BABA or mixed"));
 }
 
 TEST(TaskTest, IoiWithAGivenTokenizer) {
   // The generated vocabulary reversed, plus an extra word: same prompts, other ids.
-  const Dataset ref = make_ioi(IoiOptions{}.with_n(30).with_seed(4));
+  const Dataset ref = make_ioi(IoiOptions{}.n(30).seed(4));
   std::vector<std::string> vocab = WordTokenizer::from_json_string(ref.tokenizer).vocab();
   std::reverse(vocab.begin(), vocab.end());
   vocab.push_back("extra");
   const WordTokenizer given(vocab);
-  const Dataset ds = make_ioi(IoiOptions{}.with_n(30).with_seed(4).with_tokenizer(given.to_json()));
+  const Dataset ds = make_ioi(IoiOptions{}.n(30).seed(4).tokenizer(given.to_json()));
   EXPECT_EQ(ds.tokenizer, given.to_json_string());
   EXPECT_EQ(ds.d_vocab, given.size());
   check_ioi(ds);
@@ -263,7 +263,7 @@ TEST(TaskTest, IoiWithAGivenTokenizer) {
   }
   // JSON text works as well as a JSON object.
   const Dataset from_text =
-      make_ioi(IoiOptions{}.with_n(30).with_seed(4).with_tokenizer(given.to_json_string()));
+      make_ioi(IoiOptions{}.n(30).seed(4).tokenizer(given.to_json_string()));
   EXPECT_EQ(from_text.tokenizer, ds.tokenizer);
   EXPECT_TRUE(same_tensor(from_text.clean_tokens, ds.clean_tokens));
   EXPECT_TRUE(same_tensor(from_text.corrupted_tokens, ds.corrupted_tokens));
@@ -272,7 +272,7 @@ TEST(TaskTest, IoiWithAGivenTokenizer) {
   partial.erase(std::remove(partial.begin(), partial.end(), "Mary"), partial.end());
   partial.erase(std::remove(partial.begin(), partial.end(), "<pad>"), partial.end());
   const std::string msg =
-      error_of([&] { make_ioi(IoiOptions{}.with_tokenizer(WordTokenizer(partial).to_json())); });
+      error_of([&] { make_ioi(IoiOptions{}.tokenizer(WordTokenizer(partial).to_json())); });
   EXPECT_THAT(msg, HasSubstr("lacks \"<pad>\", \"Mary\""));
   EXPECT_THAT(error_of([] {
                 make_task("ioi", {{"tokenizer", {{"kind", "bpe"}}}});
@@ -283,7 +283,7 @@ TEST(TaskTest, IoiWithAGivenTokenizer) {
 // ------------------------------------------------------------ greater_than
 
 TEST(TaskTest, GreaterThanAnswersYearPlusOneOnEveryExample) {
-  const Dataset ds = make_greater_than(GreaterThanOptions{}.with_n(500).with_seed(2));
+  const Dataset ds = make_greater_than(GreaterThanOptions{}.n(500).seed(2));
   ASSERT_NO_THROW(ds.validate());
   const WordTokenizer tok = WordTokenizer::from_json_string(ds.tokenizer);
   EXPECT_EQ(ds.d_vocab, 1 + 8 + 5 + 100);
@@ -309,7 +309,7 @@ TEST(TaskTest, GreaterThanAnswersYearPlusOneOnEveryExample) {
     EXPECT_EQ(pos[i][0], 11);
   }
   EXPECT_GT(years.size(), 90u);  // 97 possible years, 500 draws
-  const Dataset c18 = make_greater_than(GreaterThanOptions{}.with_n(3).with_century(18));
+  const Dataset c18 = make_greater_than(GreaterThanOptions{}.n(3).century(18));
   EXPECT_EQ(
       WordTokenizer::from_json_string(c18.tokenizer).word(c18.clean_tokens[0][6].item<int64_t>()),
       "18");
@@ -319,7 +319,7 @@ TEST(TaskTest, GreaterThanAnswersYearPlusOneOnEveryExample) {
 
 TEST(TaskTest, ModularAdditionCoversEveryPairOnce) {
   const int64_t p = 13;
-  const Dataset ds = make_modular_addition(ModularAdditionOptions{}.with_p(p).with_seed(3));
+  const Dataset ds = make_modular_addition(ModularAdditionOptions{}.p(p).seed(3));
   ASSERT_NO_THROW(ds.validate());
   EXPECT_EQ(ds.d_vocab, p + 1);
   ASSERT_EQ(ds.tokens.sizes(), (c10::IntArrayRef{p * p, 3}));
@@ -386,14 +386,14 @@ void check_seq_to_seq(const Dataset& ds, int64_t L, int64_t V, bool sorting) {
 }
 
 TEST(TaskTest, ReversalOutputsAreReversedInputs) {
-  check_seq_to_seq(make_reversal(ReversalOptions{}.with_n(200)), 5, 10, false);
-  check_seq_to_seq(make_reversal(ReversalOptions{}.with_n(50).with_len(8).with_V(3)), 8, 3, false);
+  check_seq_to_seq(make_reversal(ReversalOptions{}.n(200)), 5, 10, false);
+  check_seq_to_seq(make_reversal(ReversalOptions{}.n(50).len(8).V(3)), 8, 3, false);
 }
 
 TEST(TaskTest, SortingOutputsAreSortedInputs) {
-  check_seq_to_seq(make_sorting(SortingOptions{}.with_n(200)), 5, 10, true);
-  check_seq_to_seq(make_sorting(SortingOptions{}.with_n(50).with_len(9).with_V(4)), 9, 4, true);
-  EXPECT_EQ(make_sorting(SortingOptions{}.with_n(3)).task, "sorting");
+  check_seq_to_seq(make_sorting(SortingOptions{}.n(200)), 5, 10, true);
+  check_seq_to_seq(make_sorting(SortingOptions{}.n(50).len(9).V(4)), 9, 4, true);
+  EXPECT_EQ(make_sorting(SortingOptions{}.n(3)).task, "sorting");
 }
 
 // ------------------------------------------------------------ probe
@@ -402,12 +402,12 @@ TEST(TaskTest, ProbeLabelsRecomputedIndependently) {
   for (const std::string& kind : probe_label_kinds()) {
     SCOPED_TRACE(kind);
     const Dataset ds = make_probe(ProbeOptions{}
-                                      .with_n(100)
-                                      .with_seq_len(20)
-                                      .with_d_vocab(30)
-                                      .with_pool(5)
-                                      .with_label(kind)
-                                      .with_n_classes(3));
+                                      .n(100)
+                                      .seq_len(20)
+                                      .d_vocab(30)
+                                      .pool(5)
+                                      .label(kind)
+                                      .n_classes(3));
     ASSERT_NO_THROW(ds.validate());
     ASSERT_EQ(ds.labels.sizes(), (c10::IntArrayRef{100, 20}));
     const Rows tok = rows(ds.tokens), lab = rows(ds.labels);
@@ -438,9 +438,9 @@ TEST(TaskTest, ProbeLabelsRecomputedIndependently) {
       EXPECT_GT(seen, 100 * 19 / 2);  // 19 draws from 5 ids repeat often
     }
   }
-  EXPECT_THAT(error_of([] { make_probe(ProbeOptions{}.with_label("colour")); }),
+  EXPECT_THAT(error_of([] { make_probe(ProbeOptions{}.label("colour")); }),
               HasSubstr("probe: option \"label\" is \"colour\""));
-  EXPECT_THAT(error_of([] { make_probe(ProbeOptions{}.with_d_vocab(5).with_pool(5)); }),
+  EXPECT_THAT(error_of([] { make_probe(ProbeOptions{}.d_vocab(5).pool(5)); }),
               HasSubstr("option \"pool\" must be in [1, d_vocab - 1]"));
 }
 

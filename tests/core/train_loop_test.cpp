@@ -233,7 +233,7 @@ TEST(TrainLoopTest, ResumeRefusesAnotherConfigOrOtherHyperparameters) {
   EXPECT_THAT(error_of([&] { TrainLoop(same_model, resume_options(dir).lr(0.2).resume(true)); }),
               HasSubstr("another config (\"lr\" is 0.1 there, 0.2 here)"));
   EXPECT_THAT(error_of([&] { TrainLoop(same_model, resume_options(dir)); }),
-              HasSubstr("pass --resume to continue it or --overwrite"));
+              HasSubstr("pass `resume` to continue it or `overwrite` to start again"));
   // Where-and-how options (name, progress, ...) may change between sessions.
   TrainLoop ok(same_model, resume_options(dir).name("renamed").resume(true));
   EXPECT_EQ(ok.steps_done(), 3);

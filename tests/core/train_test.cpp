@@ -231,7 +231,7 @@ TEST(TrainerTest, ResumeKeepsTheLogAndRefusesAnotherConfig) {
   EXPECT_THAT(error_of([&] {
                 Trainer(TrainConfig::from_json(j), TrainerOptions().out_dir(dir).progress(false));
               }),
-              HasSubstr("pass --resume to continue it or --overwrite"));
+              HasSubstr("pass `resume` to continue it or `overwrite` to start again"));
   // The final model loads as a plain checkpoint.
   EXPECT_EQ(Transformer::load(dir + "/model.h5").config().d_model, 32);
 }
@@ -279,6 +279,16 @@ TEST(TrainerTest, DivergingRunStopsAtTheFirstNonFiniteLoss) {
   const int64_t saved = H5File::open_read(dir + "/checkpoint.h5").read_attr_int("train", "step");
   EXPECT_THAT(r.output, HasSubstr("at step " + std::to_string(saved + 1) + " of 8"));
   EXPECT_THAT(r.output, HasSubstr("the checkpoint of step " + std::to_string(saved)));
+  // The loop's refusals name the options (`resume`, `overwrite`); the CLI
+  // user reads the flags instead.
+  const auto again = mechlab::testing::run_cli("train " + cfg + " --out " + dir + " --no-progress");
+  EXPECT_EQ(again.rc, 1) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("already holds a training run (checkpoint.h5); pass --resume to "
+                                      "continue it or --overwrite to start again"));
+  const auto none = mechlab::testing::run_cli("train " + cfg + " --out " + temp_path("no_run") +
+                                              " --resume --no-progress");
+  EXPECT_EQ(none.rc, 1) << none.output;
+  EXPECT_THAT(none.output, HasSubstr("(start the run without --resume)"));
 }
 
 // `mechlab train --resume` on a finished run reports it complete with the

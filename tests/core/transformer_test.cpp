@@ -183,21 +183,21 @@ TEST(Transformer, BadTokensAreRefusedWithClearMessages) {
   EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 129}, at::kLong)); }),
               HasSubstr("longer than the model's n_ctx = 128"));
   ForwardOptions bad_mask;
-  bad_mask.attention_mask = at::ones({1, 3}, at::kLong);
+  bad_mask.attention_mask(at::ones({1, 3}, at::kLong));
   EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 4}, at::kLong), bad_mask); }),
               HasSubstr("attention_mask must have shape"));
   // Values other than 0/1 would read as "real token" through ne(0); refused
   // as the dataset loader refuses them.
   ForwardOptions two;
-  two.attention_mask = at::tensor(std::vector<int64_t>{1, 1, 2, 0}).view({1, 4});
+  two.attention_mask(at::tensor(std::vector<int64_t>{1, 1, 2, 0}).view({1, 4}));
   EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 4}, at::kLong), two); }),
               HasSubstr("attention_mask must hold only 0 (padding) and 1 (real token); found 2 at [0, 2]"));
   ForwardOptions negative;
-  negative.attention_mask = at::tensor(std::vector<int>{1, 1, 1, -1}).view({1, 4});
+  negative.attention_mask(at::tensor(std::vector<int>{1, 1, 1, -1}).view({1, 4}));
   EXPECT_THAT(error_of([&] { m.forward(at::zeros({1, 4}, at::kLong), negative); }),
               HasSubstr("found -1 at [0, 3]"));
   ForwardOptions boolean;  // bool masks are 0/1 by type
-  boolean.attention_mask = at::ones({1, 4}, at::kBool);
+  boolean.attention_mask(at::ones({1, 4}, at::kBool));
   EXPECT_EQ(m.forward(at::zeros({1, 4}, at::kLong), boolean).size(1), 4);
 }
 
@@ -276,13 +276,13 @@ TEST(Transformer, StartAndStopAtLayerComposeToTheFullForward) {
   Transformer m(mechlab::core::preset("neox-tiny"), 9);
   at::Tensor tokens = at::randint(512, {2, 8}, at::kLong);
   ForwardOptions first;
-  first.stop_at_layer = 1;
+  first.stop_at_layer(1);
   at::Tensor resid = m.forward(tokens, first);
   EXPECT_EQ(resid.sizes(), (std::vector<int64_t>{2, 8, 64}));
   ForwardOptions rest;
-  rest.start_at_layer = 1;
+  rest.start_at_layer(1);
   EXPECT_TRUE(at::allclose(m.forward(resid, rest), m.forward(tokens), 1e-5, 1e-6));
-  EXPECT_THAT(error_of([&] { m.forward(tokens, [] { ForwardOptions o; o.stop_at_layer = 5; return o; }()); }),
+  EXPECT_THAT(error_of([&] { m.forward(tokens, [] { ForwardOptions o; o.stop_at_layer(5); return o; }()); }),
               HasSubstr("stop_at_layer = 5"));
 }
 
@@ -299,7 +299,7 @@ TEST(Transformer, RightPaddingLeavesRealTokensUnchanged) {
   at::Tensor tokens = at::randint(512, {1, 6}, at::kLong);
   at::Tensor padded = at::cat({tokens, at::zeros({1, 3}, at::kLong)}, 1);
   ForwardOptions opts;
-  opts.attention_mask = at::cat({at::ones({1, 6}, at::kLong), at::zeros({1, 3}, at::kLong)}, 1);
+  opts.attention_mask(at::cat({at::ones({1, 6}, at::kLong), at::zeros({1, 3}, at::kLong)}, 1));
   at::Tensor a = m.forward(tokens);
   at::Tensor b = m.forward(padded, opts).narrow(1, 0, 6);
   EXPECT_TRUE(at::allclose(a, b, 1e-5, 1e-6));

@@ -87,7 +87,7 @@ TEST_P(Invariance, LogProbsAreUnchanged) {
   const Transformer plain = load_model(src.path);
   const ModelConfig& cfg = plain.config();
   LoadOptions load;
-  load.process = options_for(step);
+  load.process(options_for(step));
   if (step == "center_writing_weights" && !cfg.norm_centres()) {
     // Refused without LayerNorm (checked in detail below); nothing to compare.
     EXPECT_THAT(error_of([&] { load_model(src.path, load); }),
@@ -175,9 +175,9 @@ TEST(WeightProcessing, HalfPrecisionIsProcessedInFloat32) {
   // result equals processing the float32 load of the same weights.
   const std::string path = hf_fixture("llama_bf16");
   LoadOptions f32;
-  f32.dtype = at::kFloat;
+  f32.dtype(at::kFloat);
   LoadOptions f32_processed = f32;
-  f32_processed.process = ProcessOptions::all();
+  f32_processed.process(ProcessOptions::all());
   const Transformer widened = load_model(path, f32_processed);
   const Transformer reference = process_weights(load_model(path, f32), ProcessOptions::all());
   for (const auto& [name, t] : widened.named_parameters()) {
@@ -190,7 +190,7 @@ TEST(WeightProcessing, HalfPrecisionIsProcessedInFloat32) {
   // Kept in bfloat16: one rounding of the float32 result, so within bf16's
   // 2^-9 relative rounding of it (twice that, for ties and the max-norm scale).
   LoadOptions bf16;
-  bf16.process = ProcessOptions::all();
+  bf16.process(ProcessOptions::all());
   const Transformer narrow = load_model(path, bf16);
   ASSERT_EQ(narrow.dtype(), at::kBFloat16);
   const auto ref_params = reference.named_parameters();
@@ -237,7 +237,7 @@ TEST(WeightProcessingErrors, CenterWritingWeightsNeedsLayerNorm) {
                 "only when LayerNorm reads the residual stream, and norm is \"rmsnorm\""));
   // Through the loader the message also names the file.
   LoadOptions load;
-  load.process.center_writing_weights(true);
+  load.process().center_writing_weights(true);
   EXPECT_THAT(error_of([&] { load_model(runtime_fixture("llama_like"), load); }),
               HasSubstr("llama_like.h5: weight processing: cannot apply center_writing_weights"));
 
@@ -362,7 +362,7 @@ TEST(WeightProcessing, ProcessedCheckpointsRoundTrip) {
     EXPECT_TRUE(at::equal(log_probs(back, tokens), log_probs(p, tokens)));
     // Processing again from the file is refused like processing again in memory.
     LoadOptions again;
-    again.process.fold_ln(true);
+    again.process().fold_ln(true);
     EXPECT_THAT(error_of([&] { load_model(path, again); }),
                 HasSubstr("fold_ln was already applied"));
     std::remove(path.c_str());

@@ -95,7 +95,7 @@ TEST_P(AgainstTransformerLens, WeightsAndActivationsMatch) {
   const std::string path = kData + "/runtime/" + model_name + ".h5";
   const Transformer plain = load_model(path);
   LoadOptions load;
-  load.process = options;
+  load.process(options);
   const Transformer processed = load_model(path, load);
 
   std::vector<std::string> applied;

@@ -28,7 +28,7 @@ TEST(WordTokenizerAdapterTest, BehavesAsTheWordTokenizer) {
   EXPECT_EQ(tok.id_to_token(1), "When");
   EXPECT_FALSE(tok.bos_id().has_value());
   EXPECT_THAT(error_of([&] { tok.encode("When Bob"); }), HasSubstr("unknown word(s) \"Bob\""));
-  EXPECT_THAT(error_of([&] { tok.encode("When", EncodeOptions().with_prepend_bos(true)); }),
+  EXPECT_THAT(error_of([&] { tok.encode("When", EncodeOptions().prepend_bos(true)); }),
               HasSubstr("a word vocabulary has none"));
 }
 

@@ -86,7 +86,7 @@ TEST(ActivationStore, RowsEqualRunWithCacheAndSkipPadding) {
   int64_t row = 0;
   for (int64_t i = 0; i < ds.size(); ++i) {
     RunOptions ro;
-    ro.attention_mask = ds.attention_mask.slice(0, i, i + 1);
+    ro.attention_mask(ds.attention_mask.slice(0, i, i + 1));
     auto [logits, cache] =
         model.run_with_cache(ds.tokens.slice(0, i, i + 1).to(at::kLong), {}, ro);
     const int64_t len = ds.attention_mask[i].sum().item<int64_t>();
@@ -157,7 +157,7 @@ TEST(ActivationStore, RefusesToTouchAnExistingStoreOrAMismatchedResume) {
   const std::string path = temp_path("exists.h5");
   cache_activations(model, ds, path, options().overwrite(true));
   EXPECT_THAT(error_of([&] { cache_activations(model, ds, path, options()); }),
-              HasSubstr("already exists; pass --resume"));
+              HasSubstr("already exists; pass `resume` to continue it or `overwrite` to replace it"));
   EXPECT_THAT(error_of([&] {
                 cache_activations(model, ds, path, options().resume(true).dtype(at::kHalf));
               }),
@@ -336,7 +336,7 @@ TEST_F(DamagedStore, WrongDtype) {
     core::H5File f = core::H5File::open_readwrite(path_);
     at::Tensor x = f.read_tensor("acts/blocks.0.hook_resid_post");
     core::WriteOptions w;
-    w.overwrite = true;
+    w.overwrite(true);
     f.write_tensor("acts/blocks.0.hook_resid_post", x.to(at::kDouble), w);
   }
   EXPECT_THAT(open_error(),
@@ -347,7 +347,7 @@ TEST_F(DamagedStore, MismatchedRowCounts) {
   {
     core::H5File f = core::H5File::open_readwrite(path_);
     core::WriteOptions w;
-    w.overwrite = true;
+    w.overwrite(true);
     f.write_tensor("token_ids", at::zeros({5}, at::kInt), w);
   }
   EXPECT_THAT(open_error(), HasSubstr("/token_ids has shape [5], expected [32]"));
@@ -367,7 +367,7 @@ TEST_F(DamagedStore, ReadingPastCommittedRowsSaysTheStoreIsUnfinished) {
   auto store = core::ActivationStore::open(path_);
   EXPECT_EQ(store.num_rows(), 16);
   EXPECT_THAT(error_of([&] { store.rows("blocks.0.hook_resid_post", 10, 10); }),
-              HasSubstr("16 committed rows (it is unfinished: resume it with mechlab cache --resume)"));
+              HasSubstr("16 committed rows (it is unfinished: resume the job that writes it)"));
   EXPECT_THAT(error_of([&] { store.rows("blocks.9.hook_resid_post", 0, 1); }),
               HasSubstr("has no hook 'blocks.9.hook_resid_post'"));
 }

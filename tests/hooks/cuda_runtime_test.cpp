@@ -38,7 +38,7 @@ TEST_P(CudaRuntime, ForwardMatchesFloat64CpuReference) {
     gpu.to(at::Device("cuda")).to(c.dtype);
     EXPECT_TRUE(close(gpu.forward(tokens), ref, c.tol, c10::str("cuda ", c.dtype, " logits")));
     mechlab::core::ForwardOptions mat;
-    mat.materialise_attention = true;
+    mat.materialise_attention(true);
     EXPECT_TRUE(close(gpu.forward(tokens, mat), ref, c.tol, c10::str("cuda ", c.dtype, " materialised")));
   }
 }
@@ -52,10 +52,10 @@ TEST_P(CudaRuntime, HooksAndPaddingOnGpuMatchCpu) {
   HookedTransformer gpu(std::move(base));
   at::Tensor tokens = at::randint(61, {3, 12}, at::kLong);
   mechlab::hooks::RunOptions opts;
-  opts.attention_mask = at::ones({3, 12}, at::kLong);
-  opts.attention_mask.narrow(1, 0, 4)[0].zero_();  // left padding in row 0
+  opts.attention_mask(at::ones({3, 12}, at::kLong));
+  opts.attention_mask().narrow(1, 0, 4)[0].zero_();  // left padding in row 0
   auto [l_cpu, c_cpu] = cpu.run_with_cache(tokens, {}, opts);
-  opts.cache_device = at::Device("cpu");
+  opts.cache_device(at::Device("cpu"));
   auto [l_gpu, c_gpu] = gpu.run_with_cache(tokens, {}, opts);
   EXPECT_TRUE(close(l_gpu, l_cpu, 1e-4, "padded logits"));
   for (const auto& name : c_cpu.keys()) {
@@ -65,7 +65,7 @@ TEST_P(CudaRuntime, HooksAndPaddingOnGpuMatchCpu) {
   }
   // The fused (SDPA) path with padding on the GPU agrees with the materialised one.
   mechlab::hooks::RunOptions plain;
-  plain.attention_mask = opts.attention_mask;
+  plain.attention_mask(opts.attention_mask());
   EXPECT_TRUE(close(gpu.forward(tokens, plain), l_gpu, 1e-5, "cuda padded fused vs materialised"));
 }
 

@@ -74,7 +74,7 @@ TEST_P(KvCache, StepLogitsEqualTheFullForward) {
     const core::GenerateResult out = core::generate(model, prompts(padded), opts);
     ASSERT_EQ(out.logits.size(0), 9);
     core::ForwardOptions f;
-    f.attention_mask = out.attention_mask;
+    f.attention_mask(out.attention_mask);
     const at::Tensor full = model.forward(out.tokens, f);  // [batch, P + 9, d_vocab]
     const at::Tensor read = full.narrow(1, out.prompt_length - 1, 9).transpose(0, 1);
     EXPECT_TRUE(close(out.logits, read, kTol, name + " step logits"));
@@ -98,7 +98,7 @@ TEST(KvCache, PiecewiseForwardEqualsOneShot) {
     const at::Tensor tokens = at::tensor({3, 14, 15, 9, 26, 5, 35, 8}, at::kLong).view({1, -1});
     core::KVCache cache(model.config(), 1, 8, model.weights().W_E.options());
     core::ForwardOptions f;
-    f.kv_cache = &cache;
+    f.kv_cache(&cache);
     std::vector<at::Tensor> parts;
     for (auto [start, len] : {std::pair<int64_t, int64_t>{0, 3}, {3, 1}, {4, 4}}) {
       parts.push_back(model.forward(tokens.narrow(1, start, len), f));
@@ -114,7 +114,7 @@ TEST(KvCache, RefusesWhatItCannotServe) {
   const core::Transformer model = load("gpt2");
   core::KVCache cache(model.config(), 1, 4, model.weights().W_E.options());
   core::ForwardOptions f;
-  f.kv_cache = &cache;
+  f.kv_cache(&cache);
   const at::Tensor three = at::tensor({1, 2, 3}, at::kLong).view({1, 3});
   model.forward(three, f);
   EXPECT_THAT(error_of([&] { model.forward(three, f); }),
@@ -124,7 +124,7 @@ TEST(KvCache, RefusesWhatItCannotServe) {
               }),
               HasSubstr("the KV cache holds 1 sequences but the tokens have 2 rows"));
   core::ForwardOptions stop = f;
-  stop.stop_at_layer = 1;
+  stop.stop_at_layer(1);
   EXPECT_THAT(error_of([&] { model.forward(three.narrow(1, 0, 1), stop); }),
               HasSubstr("a KV cache needs token input and a run to the logits"));
   EXPECT_THAT(error_of([&] { core::KVCache(model.config(), 1, 33, at::TensorOptions()); }),
@@ -167,7 +167,7 @@ TEST(GenerateHooks, SeeTheGeneratedPositions) {
     }
     // The values are the full forward's at the same positions.
     RunOptions r;
-    r.attention_mask = out.attention_mask;
+    r.attention_mask(out.attention_mask);
     auto [logits, cache] = model.run_with_cache(out.tokens, NamesFilter::glob("*"), r);
     const at::Tensor full_resid = cache.get("resid_post", 1);  // [B, P + steps, d_model]
     const at::Tensor full_pattern = cache.get("pattern", 0);   // [B, head, q_pos, k_pos]

@@ -103,7 +103,7 @@ TEST(SiteTable, ExistenceAndShapesMatchTheForwardOfEveryPreset) {
     {
       RecordingDispatch rec(cfg, /*with_opt_in=*/false);
       mechlab::core::ForwardOptions f;
-      f.hooks = &rec;
+      f.hooks(&rec);
       model.forward(tokens, f);
       EXPECT_EQ(rec.fired, from_table(cfg, false, batch, pos));
     }
@@ -113,7 +113,7 @@ TEST(SiteTable, ExistenceAndShapesMatchTheForwardOfEveryPreset) {
     {
       RecordingDispatch rec(cfg, /*with_opt_in=*/true);
       mechlab::core::ForwardOptions f;
-      f.hooks = &rec;
+      f.hooks(&rec);
       model.forward(tokens, f);
       const auto expected = from_table(cfg, true, batch, pos);
       std::set<std::string> fired_names, table_names;

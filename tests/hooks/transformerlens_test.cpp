@@ -78,7 +78,7 @@ TEST_P(TransformerLensFixture, FusedAttentionEqualsMaterialised) {
   at::Tensor tokens = ref("tokens");
   at::Tensor fused = model_->forward(tokens);
   mechlab::hooks::RunOptions opts;
-  opts.materialise_attention = true;
+  opts.materialise_attention(true);
   EXPECT_TRUE(close(fused, model_->forward(tokens, opts), 1e-5, "fused vs materialised"));
 }
 
@@ -108,14 +108,14 @@ TEST_P(TransformerLensFixture, OptInHooksMatch) {
 TEST_P(TransformerLensFixture, LeftPaddedBatchMatches) {
   at::Tensor tokens = ref("padded/tokens");
   mechlab::hooks::RunOptions opts;
-  opts.attention_mask = ref("padded/attention_mask");
+  opts.attention_mask(ref("padded/attention_mask"));
   auto [logits, cache] = model_->run_with_cache(tokens, {}, opts);
   EXPECT_TRUE(close(logits, ref("padded/logits"), kTol, "padded logits"));
   for (const auto& name : file_->list("reference/padded/hooks")) {
     ASSERT_TRUE(cache.contains(name)) << name;
     EXPECT_TRUE(close(cache[name], ref("padded/hooks/" + name), kTol, "padded " + name));
   }
-  EXPECT_TRUE(close(mechlab::core::mean_loss(logits, tokens, opts.attention_mask), ref("padded/loss"), kTol, "padded loss"));
+  EXPECT_TRUE(close(mechlab::core::mean_loss(logits, tokens, opts.attention_mask()), ref("padded/loss"), kTol, "padded loss"));
   // The SDPA path with padding agrees with the materialised one.
   EXPECT_TRUE(close(model_->forward(tokens, opts), logits, 1e-5, "padded fused vs materialised"));
 }

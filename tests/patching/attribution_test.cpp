@@ -159,7 +159,7 @@ TEST(Attribution, BadOptionsAreRefused) {
   const Metric m = logit_diff(data.answers());
   std::string msg = error_of([&] {
     attribution_sweeps(model, data, {"resid_pre"}, m,
-                       AttributionOptions{}.with_method(AttributionMethod::eap_ig).with_steps(0));
+                       AttributionOptions{}.method(AttributionMethod::eap_ig).steps(0));
   });
   EXPECT_NE(msg.find("EAP-IG needs at least 1 interpolation step, got steps = 0"), std::string::npos) << msg;
   msg = error_of([] { parse_method("eapig"); });
@@ -260,8 +260,8 @@ TEST(Attribution, IncomingEdgesSumToTheReceiverInputsNodeAttribution) {
     PatchingData data = fixture_data(name);
     const Metric m = logit_diff(data.answers());
     for (const auto& opts : {AttributionOptions{},
-                             AttributionOptions{}.with_method(AttributionMethod::eap_ig).with_steps(3),
-                             AttributionOptions{}.with_direction(Direction::denoising)}) {
+                             AttributionOptions{}.method(AttributionMethod::eap_ig).steps(3),
+                             AttributionOptions{}.direction(Direction::denoising)}) {
       const EdgeScores e = edge_attribution(model, data, m, opts);
       CircuitGraph g(model.cfg());
       std::vector<std::string> hooks;
@@ -276,9 +276,9 @@ TEST(Attribution, IncomingEdgesSumToTheReceiverInputsNodeAttribution) {
         edge_sums.push_back(e.scores.select(1, col).nan_to_num(0).sum().item<double>());
       }
       EXPECT_TRUE(close(at::tensor(edge_sums, at::kDouble), at::tensor(node_scores, at::kDouble), 1e-4,
-                        std::string(name) + " " + method_name(opts.method) + " " +
-                            direction_name(opts.direction)));
-      EXPECT_EQ(e.config["forwards"].get<int64_t>(), opts.method == AttributionMethod::eap_ig ? 5 : 2);
+                        std::string(name) + " " + method_name(opts.method()) + " " +
+                            direction_name(opts.direction())));
+      EXPECT_EQ(e.config["forwards"].get<int64_t>(), opts.method() == AttributionMethod::eap_ig ? 5 : 2);
     }
   }
 }
@@ -333,7 +333,7 @@ TEST(EapIg, ExactOnNodesTheMetricIsLinearIn) {
 
   // Exact noising patches of the last layer's head outputs and MLP output.
   SweepOptions noising;
-  noising.direction = Direction::noising;
+  noising.direction(Direction::noising);
   auto exact = run_sweeps(model, data, {"attn_head_out_all_pos", "mlp_out"}, m, noising);
   const double clean = exact[0].config["clean_metric"].get<double>();
   const at::Tensor exact_heads = exact[0].values[1] - clean;  // [head]
@@ -342,7 +342,7 @@ TEST(EapIg, ExactOnNodesTheMetricIsLinearIn) {
 
   CircuitGraph g(cfg);
   for (int steps : {1, 2, 7}) {
-    const auto opts = AttributionOptions{}.with_method(AttributionMethod::eap_ig).with_steps(steps);
+    const auto opts = AttributionOptions{}.method(AttributionMethod::eap_ig).steps(steps);
     auto est = attribution_sweeps(model, data, {"attn_head_out_all_pos", "mlp_out"}, m, opts);
     EXPECT_TRUE(close(est[0].values[1], exact_heads, 1e-4, "heads, m = " + std::to_string(steps)));
     EXPECT_TRUE(close(est[1].values[1], exact_mlp, 1e-4, "mlp, m = " + std::to_string(steps)));
@@ -372,7 +372,7 @@ TEST(EapIg, ConvergesToExactPatchingAsStepsGrow) {
   std::vector<double> err;
   for (int steps : {1, 4, 16, 64}) {
     auto r = attribution_sweeps(model, data, {"resid_pre"}, m,
-                                AttributionOptions{}.with_method(AttributionMethod::eap_ig).with_steps(steps));
+                                AttributionOptions{}.method(AttributionMethod::eap_ig).steps(steps));
     err.push_back(std::abs(r[0].values[0].sum().item<double>() - exact));
   }
   // A first-order Riemann sum: the error shrinks about 4x per 4x steps.

@@ -166,6 +166,10 @@ TEST_F(PatchCli, UserErrorsAreOneLine) {
   r = run_cli("patch " + model_ + " " + plain + " --sweep resid_pre --out " + out_);
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.output.find("has no /clean_tokens and /corrupted_tokens"), std::string::npos) << r.output;
+  // The library's hint names make_task; the CLI user is shown the command instead.
+  EXPECT_NE(r.output.find("(e.g. the ioi generator's, `mechlab dataset make ioi --out ioi.h5`)"),
+            std::string::npos)
+      << r.output;
 }
 
 }  // namespace

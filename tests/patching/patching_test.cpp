@@ -83,15 +83,15 @@ TEST_F(PatchingTest, PaddedPromptsStackedEqualOneConfigPerForward) {
   data_.corrupted_tokens[0][0] = 0, data_.corrupted_tokens[0][1] = 0;
   const Metric m = logit_diff(data_.answers());
   SweepOptions one, many;
-  one.bulk.max_copies = 1;
-  one.bulk.skip_identical = false;
+  one.bulk().max_copies(1);
+  one.bulk().skip_identical(false);
   SweepResult a = run_sweep(*model_, data_, "attn_head_out_by_pos", m, one);
   SweepResult b = run_sweep(*model_, data_, "attn_head_out_by_pos", m, many);
   EXPECT_GT(b.config["bulk"]["max_copies_per_forward"].get<int64_t>(), 1);
   EXPECT_TRUE(close(b.values, a.values, 1e-5, "stacked vs one per forward"));
   // And patching the whole input gives the clean run, padding included.
   mechlab::hooks::RunOptions ro;
-  ro.attention_mask = data_.attention_mask;
+  ro.attention_mask(data_.attention_mask);
   auto [clean_logits, clean] = model_->run_with_cache(data_.clean_tokens, {}, ro);
   BulkPatcher p(*model_, data_.corrupted_tokens, data_.attention_mask, m);
   PatchConfig all{{PatchTarget::at("blocks.0.hook_resid_pre", model_->cfg())}};
@@ -159,7 +159,7 @@ TEST_F(PatchingTest, MeanAblationSweepThroughTheBulkPatcher) {
   const double got = patcher.run({PatchConfig{{PatchTarget::at(hook, model_->cfg())}}}, {{hook, mean}})[0]
                          .item<double>();
   mechlab::hooks::RunOptions ro;
-  ro.start_at_layer = 0;
+  ro.start_at_layer(0);
   at::Tensor resid = mean.expand({data_.batch(), data_.seq_len(), -1}).contiguous();
   const double want = m(model_->forward(resid, ro)).item<double>();
   EXPECT_NEAR(got, want, 1e-5);
@@ -167,7 +167,7 @@ TEST_F(PatchingTest, MeanAblationSweepThroughTheBulkPatcher) {
 
 TEST_F(PatchingTest, ResultsFileRoundTripAndHeatmap) {
   SweepOptions opts;
-  opts.position_labels = {"0: a", "1: b", "2: c", "3: d", "4: e", "5: f", "6: <g>"};
+  opts.position_labels({"0: a", "1: b", "2: c", "3: d", "4: e", "5: f", "6: <g>"});
   auto results = run_sweeps(*model_, data_, {"attn_head_out_by_pos", "block_every"},
                             logit_diff(data_.answers()), opts);
   const std::string path = mechlab::testing::temp_path("patching", "sweeps.h5");

@@ -63,7 +63,7 @@ class PathAttributionTL : public ::testing::TestWithParam<std::string> {
     ASSERT_GE(sweeps.size(), 8u);
     auto results = attribution_sweeps(*model_, data_, sweeps, logit_diff(data_.answers()), opts);
     for (size_t i = 0; i < sweeps.size(); ++i) {
-      EXPECT_EQ(results[i].sweep, std::string(method_name(opts.method)) + ":" + sweeps[i]);
+      EXPECT_EQ(results[i].sweep, std::string(method_name(opts.method())) + ":" + sweeps[i]);
       EXPECT_TRUE(close(results[i].values, ref_->read_tensor(group + "/" + sweeps[i]), kTol,
                         GetParam() + " " + group + " " + sweeps[i]));
     }
@@ -118,7 +118,7 @@ TEST_P(PathAttributionTL, EdgeAttribution) { check_edges("edges/attribution", At
 
 TEST_P(PathAttributionTL, EapIgNodesAndEdges) {
   const int steps = static_cast<int>(ref_->read_attr_int("edges/eap_ig", "steps"));
-  const auto opts = AttributionOptions{}.with_method(AttributionMethod::eap_ig).with_steps(steps);
+  const auto opts = AttributionOptions{}.method(AttributionMethod::eap_ig).steps(steps);
   check_edges("edges/eap_ig", opts);
   check_nodes("eap_ig", opts);
 }

@@ -175,7 +175,7 @@ TEST(PatchPlan, RunnerResultsAreTypedAndMatchTheDirectCalls) {
     EXPECT_EQ(r.provenance.model_config_hash, cfg.hash());
     EXPECT_EQ(r.provenance.model_id, "gpt2_like.h5");
     EXPECT_EQ(r.provenance.n_prompts, data.batch());
-    EXPECT_EQ(r.provenance.plan.sweeps_, plan.sweeps_);
+    EXPECT_EQ(r.provenance.plan.sweeps(), plan.sweeps());
   }
   EXPECT_EQ(results[0].axes[0].name, "layer");
   EXPECT_EQ(results[0].axes[1].name, "head");
@@ -220,7 +220,7 @@ TEST(PatchPlan, EdgesAndAttributionThroughTheRunner) {
   const auto results = run_patching(
       model, data, PatchPlan().sweeps({"mlp_out"}).edges(true).method(PatchMethod::eap_ig).steps(3));
   ASSERT_EQ(results.size(), 2u);
-  AttributionOptions opts = AttributionOptions{}.with_method(AttributionMethod::eap_ig).with_steps(3);
+  AttributionOptions opts = AttributionOptions{}.method(AttributionMethod::eap_ig).steps(3);
   const auto node = attribution_sweeps(model, data, {"mlp_out"}, ld, opts);
   EXPECT_EQ(results[0].name, "eap-ig:mlp_out");
   EXPECT_TRUE(results[0].values_are_changes);
@@ -247,7 +247,7 @@ TEST(PatchPlan, EdgesAndAttributionThroughTheRunner) {
 // IO where the clean prompt holds the answer.
 TEST(PositionLabels, IoiPositionsNameTheirTemplateSlots) {
   const auto ds = mechlab::core::tasks::make_ioi(
-      mechlab::core::tasks::IoiOptions{}.with_n(12).with_seed(4));
+      mechlab::core::tasks::IoiOptions{}.n(12).seed(4));
   const auto labels = position_labels(ds);
   ASSERT_EQ(static_cast<int64_t>(labels.size()), ds.clean_tokens.size(1));
   at::Tensor clean = ds.clean_tokens.to(at::kLong), corrupted = ds.corrupted_tokens.to(at::kLong);

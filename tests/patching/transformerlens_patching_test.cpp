@@ -44,8 +44,8 @@ class TransformerLensPatching : public ::testing::TestWithParam<std::string> {
     const std::vector<std::string> sweeps = ref_->list(dir);
     ASSERT_GE(sweeps.size(), 14u);
     SweepOptions opts;
-    opts.direction = direction;
-    opts.bulk = bulk;
+    opts.direction(direction);
+    opts.bulk(bulk);
     auto results = run_sweeps(*model_, data_, sweeps, metric, opts);
     ASSERT_EQ(results.size(), sweeps.size());
     for (size_t i = 0; i < sweeps.size(); ++i) {
@@ -102,7 +102,7 @@ TEST_P(TransformerLensPatching, EverySweepWithoutShortcuts) {
     return (l.gather(-1, a.answer_tokens) - l.gather(-1, a.wrong_tokens)).mean();
   });
   check_direction(Direction::denoising, custom,
-                  BulkOptions{}.with_skip_identical(false).with_max_copies(5));
+                  BulkOptions{}.skip_identical(false).max_copies(5));
 }
 
 TEST_P(TransformerLensPatching, MetricsMatch) {

@@ -32,20 +32,20 @@ std::string two_digit(int64_t yy) {
 
 Dataset make_greater_than(const GreaterThanOptions& o) {
   const std::string task = "greater_than";
-  require_option(o.n > 0, task, "n", "must be positive");
-  require_option(o.century >= 10 && o.century <= 99, task, "century",
+  require_option(o.n() > 0, task, "n", "must be positive");
+  require_option(o.century() >= 10 && o.century() <= 99, task, "century",
                  "must be a two-digit number 10..99");
-  require_option(o.seed >= 0, task, "seed", "must be >= 0");
+  require_option(o.seed() >= 0, task, "seed", "must be >= 0");
 
   const WordTokenizer tok = greater_than_tokenizer();
   const auto& nouns = greater_than_nouns();
-  const std::string century = two_digit(o.century);
-  const int64_t N = o.n, T = 12, kYearPos = 7;
+  const std::string century = two_digit(o.century());
+  const int64_t N = o.n(), T = 12, kYearPos = 7;
 
   std::vector<int32_t> clean(static_cast<size_t>(N * T)), corrupted(clean.size());       // [N, T]
   std::vector<int32_t> answer(N), wrong(N), answer_pos(N, static_cast<int32_t>(T - 1));  // [N]
   std::vector<int64_t> labels(N);                                                        // [N]
-  Rng rng(static_cast<uint64_t>(o.seed));
+  Rng rng(static_cast<uint64_t>(o.seed()));
   for (int64_t i = 0; i < N; ++i) {
     const std::string& noun = nouns[rng.below(nouns.size())];
     const int64_t yy = rng.uniform_int(2, 98);

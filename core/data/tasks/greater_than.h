@@ -20,11 +20,12 @@
 //                                    the two-digit year words
 //
 // Example:
-//   Dataset ds = make_greater_than(GreaterThanOptions{}.with_n(200));
+//   Dataset ds = make_greater_than(GreaterThanOptions{}.n(200));
 //   const WordTokenizer tok = WordTokenizer::from_json_string(ds.tokenizer);
 #pragma once
 
 #include "core/data/dataset.h"
+#include "core/util/options.h"
 
 #include <cstdint>
 #include <string>
@@ -33,21 +34,18 @@
 namespace mechlab::core::tasks {
 
 struct GreaterThanOptions {
-  int64_t n = 1000;      ///< number of prompt pairs N
-  int64_t century = 17;  ///< the century word, 10..99 ("17" as in Hanna et al.)
-  int64_t seed = 0;      ///< generator seed (core/util/rng.h)
-
-  // clang-format off
-  GreaterThanOptions& with_n(int64_t v) { n = v; return *this; }
-  GreaterThanOptions& with_century(int64_t v) { century = v; return *this; }
-  GreaterThanOptions& with_seed(int64_t v) { seed = v; return *this; }
-  // clang-format on
+  /// number of prompt pairs N
+  MECHLAB_OPTION(GreaterThanOptions, int64_t, n, 1000)
+  /// the century word, 10..99 ("17" as in Hanna et al.)
+  MECHLAB_OPTION(GreaterThanOptions, int64_t, century, 17)
+  /// generator seed (core/util/rng.h)
+  MECHLAB_OPTION(GreaterThanOptions, int64_t, seed, 0)
 
   template <typename V>
   void visit(V&& v) {
-    v("n", n, "number of clean/corrupted prompt pairs");
-    v("century", century, "the century word before YY (10..99; Hanna et al. use 17)");
-    v("seed", seed, "generator seed");
+    v("n", n_, "number of clean/corrupted prompt pairs");
+    v("century", century_, "the century word before YY (10..99; Hanna et al. use 17)");
+    v("seed", seed_, "generator seed");
   }
 };
 

@@ -21,10 +21,11 @@
 // every t in the repeated half, so its loss there falls towards zero.
 //
 // Example:
-//   Dataset ds = make_induction(InductionOptions{}.with_n(64).with_half_len(10));
+//   Dataset ds = make_induction(InductionOptions{}.n(64).half_len(10));
 #pragma once
 
 #include "core/data/dataset.h"
+#include "core/util/options.h"
 
 #include <cstdint>
 
@@ -34,33 +35,30 @@ namespace mechlab::core::tasks {
 inline constexpr int64_t kInductionMaxWordVocab = 1 << 16;
 
 struct InductionOptions {
-  int64_t n = 1000;       ///< number of sequences N
-  int64_t half_len = 20;  ///< L: length of the random half (T = 1 + 2L)
-  int64_t min_half_len = 0;  ///< 0: every sequence repeats L ids; else L_i in [min, L]
-  bool random_start = false; ///< the copies start at a random position (needs min_half_len)
-  int64_t d_vocab = 64;   ///< vocabulary size; random ids are drawn from [1, d_vocab)
-  int64_t seed = 0;       ///< generator seed (core/util/rng.h)
-
-  // clang-format off
-  InductionOptions& with_n(int64_t v) { n = v; return *this; }
-  InductionOptions& with_half_len(int64_t v) { half_len = v; return *this; }
-  InductionOptions& with_min_half_len(int64_t v) { min_half_len = v; return *this; }
-  InductionOptions& with_random_start(bool v) { random_start = v; return *this; }
-  InductionOptions& with_d_vocab(int64_t v) { d_vocab = v; return *this; }
-  InductionOptions& with_seed(int64_t v) { seed = v; return *this; }
-  // clang-format on
+  /// number of sequences N
+  MECHLAB_OPTION(InductionOptions, int64_t, n, 1000)
+  /// L: length of the random half (T = 1 + 2L)
+  MECHLAB_OPTION(InductionOptions, int64_t, half_len, 20)
+  /// 0: every sequence repeats L ids; else L_i in [min, L]
+  MECHLAB_OPTION(InductionOptions, int64_t, min_half_len, 0)
+  /// the copies start at a random position (needs min_half_len)
+  MECHLAB_OPTION(InductionOptions, bool, random_start, false)
+  /// vocabulary size; random ids are drawn from [1, d_vocab)
+  MECHLAB_OPTION(InductionOptions, int64_t, d_vocab, 64)
+  /// generator seed (core/util/rng.h)
+  MECHLAB_OPTION(InductionOptions, int64_t, seed, 0)
 
   template <typename V>
   void visit(V&& v) {
-    v("n", n, "number of sequences");
-    v("half_len", half_len, "length L of the random half; sequences are BOS + L + L tokens");
-    v("min_half_len", min_half_len,
+    v("n", n_, "number of sequences");
+    v("half_len", half_len_, "length L of the random half; sequences are BOS + L + L tokens");
+    v("min_half_len", min_half_len_,
       "0: every sequence repeats half_len ids; else each draws its length in "
       "[min_half_len, half_len] and the rest is fresh random ids");
-    v("random_start", random_start,
+    v("random_start", random_start_,
       "start the two copies at a random position, fresh random ids around them");
-    v("d_vocab", d_vocab, "vocabulary size; ids are drawn from [1, d_vocab), 0 is BOS");
-    v("seed", seed, "generator seed");
+    v("d_vocab", d_vocab_, "vocabulary size; ids are drawn from [1, d_vocab), 0 is BOS");
+    v("seed", seed_, "generator seed");
   }
 };
 

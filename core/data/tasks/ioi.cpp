@@ -106,13 +106,13 @@ const std::vector<std::string>& ioi_objects() {
 
 Dataset make_ioi(const IoiOptions& o) {
   const std::string task = "ioi";
-  require_option(o.n > 0, task, "n", "must be positive");
-  require_option(o.order == "ABBA" || o.order == "BABA" || o.order == "mixed", task, "order",
-                 "is \"" + o.order + "\"; use ABBA, BABA or mixed");
-  require_option(o.tokenizer.is_null() || o.tokenizer.is_object() || o.tokenizer.is_string(), task,
+  require_option(o.n() > 0, task, "n", "must be positive");
+  require_option(o.order() == "ABBA" || o.order() == "BABA" || o.order() == "mixed", task, "order",
+                 "is \"" + o.order() + "\"; use ABBA, BABA or mixed");
+  require_option(o.tokenizer().is_null() || o.tokenizer().is_object() || o.tokenizer().is_string(), task,
                  "tokenizer", "must be a word tokenizer's JSON object or JSON text");
-  require_option(o.seed >= 0, task, "seed", "must be >= 0");
-  const WordTokenizer tok = given_or_built(o.tokenizer);
+  require_option(o.seed() >= 0, task, "seed", "must be >= 0");
+  const WordTokenizer tok = given_or_built(o.tokenizer());
 
   std::vector<std::vector<std::string>> templates;
   int64_t T = 0;
@@ -125,18 +125,18 @@ Dataset make_ioi(const IoiOptions& o) {
   const auto& objects = ioi_objects();
   const int32_t pad = static_cast<int32_t>(tok.id(kIoiPad));
 
-  const int64_t N = o.n;
+  const int64_t N = o.n();
   std::vector<int32_t> clean(static_cast<size_t>(N * T), pad);  // [N, T]
   std::vector<int32_t> corrupted(clean.size(), pad);            // [N, T]
   std::vector<uint8_t> mask(clean.size(), 0);                   // [N, T]
   std::vector<int32_t> answer(N), wrong(N), answer_pos(N);      // [N]
   std::vector<int64_t> labels(N);                               // [N]
 
-  Rng rng(static_cast<uint64_t>(o.seed));
+  Rng rng(static_cast<uint64_t>(o.seed()));
   const int64_t n_names = static_cast<int64_t>(names.size());
   for (int64_t i = 0; i < N; ++i) {
     const int64_t t = static_cast<int64_t>(rng.below(templates.size()));
-    const bool abba = o.order == "ABBA" || (o.order == "mixed" && rng.below(2) == 0);
+    const bool abba = o.order() == "ABBA" || (o.order() == "mixed" && rng.below(2) == 0);
     const int64_t io = static_cast<int64_t>(rng.below(n_names));
     const int64_t s = pick_excluding(rng, n_names, {io});
     const int64_t c = pick_excluding(rng, n_names, {io, s});

@@ -26,10 +26,11 @@
 //   labels            int64 [N]     the template's index in ioi_templates()
 //
 // Example:
-//   Dataset ds = make_ioi(IoiOptions{}.with_n(100).with_order("BABA"));
+//   Dataset ds = make_ioi(IoiOptions{}.n(100).order("BABA"));
 #pragma once
 
 #include "core/data/dataset.h"
+#include "core/util/options.h"
 
 #include <nlohmann/json.hpp>
 
@@ -40,27 +41,24 @@
 namespace mechlab::core::tasks {
 
 struct IoiOptions {
-  int64_t n = 1000;             ///< number of prompt pairs N
-  std::string order = "mixed";  ///< "ABBA", "BABA" or "mixed" (each prompt picks one, 50/50)
-  nlohmann::json tokenizer;     ///< null: build a word vocabulary; otherwise a word tokenizer
-                                ///< (JSON object or JSON text) holding every word used
-  int64_t seed = 0;             ///< generator seed (core/util/rng.h)
-
-  // clang-format off
-  IoiOptions& with_n(int64_t v) { n = v; return *this; }
-  IoiOptions& with_order(std::string v) { order = std::move(v); return *this; }
-  IoiOptions& with_tokenizer(nlohmann::json v) { tokenizer = std::move(v); return *this; }
-  IoiOptions& with_seed(int64_t v) { seed = v; return *this; }
-  // clang-format on
+  /// number of prompt pairs N
+  MECHLAB_OPTION(IoiOptions, int64_t, n, 1000)
+  /// "ABBA", "BABA" or "mixed" (each prompt picks one, 50/50)
+  MECHLAB_OPTION(IoiOptions, std::string, order, "mixed")
+  /// null: build a word vocabulary; otherwise a word tokenizer
+  /// (JSON object or JSON text) holding every word used
+  MECHLAB_OPTION(IoiOptions, nlohmann::json, tokenizer, nullptr)
+  /// generator seed (core/util/rng.h)
+  MECHLAB_OPTION(IoiOptions, int64_t, seed, 0)
 
   template <typename V>
   void visit(V&& v) {
-    v("n", n, "number of clean/corrupted prompt pairs");
-    v("order", order, "name order: ABBA (IO first), BABA (S first) or mixed (50/50 per prompt)");
-    v("tokenizer", tokenizer,
+    v("n", n_, "number of clean/corrupted prompt pairs");
+    v("order", order_, "name order: ABBA (IO first), BABA (S first) or mixed (50/50 per prompt)");
+    v("tokenizer", tokenizer_,
       "a word tokenizer ({\"kind\":\"word\",\"vocab\":[...]}, or its JSON text) to use instead of "
       "the generated vocabulary; it must hold every word used and \"<pad>\"");
-    v("seed", seed, "generator seed");
+    v("seed", seed_, "generator seed");
   }
 };
 

@@ -14,13 +14,13 @@ namespace mechlab::core::tasks {
 Dataset make_modular_addition(const ModularAdditionOptions& o) {
   const std::string task = "modular_addition";
   // 10000^2 rows of 3 int32 ids is 1.2 GB: the largest size worth holding in memory.
-  require_option(o.p >= 2 && o.p <= 10000, task, "p", "must be in [2, 10000]");
-  require_option(o.seed >= 0, task, "seed", "must be >= 0");
+  require_option(o.p() >= 2 && o.p() <= 10000, task, "p", "must be in [2, 10000]");
+  require_option(o.seed() >= 0, task, "seed", "must be >= 0");
 
-  const int64_t p = o.p, N = p * p;
+  const int64_t p = o.p(), N = p * p;
   std::vector<int64_t> order(static_cast<size_t>(N));  // row -> a * p + b
   std::iota(order.begin(), order.end(), int64_t(0));
-  Rng rng(static_cast<uint64_t>(o.seed));
+  Rng rng(static_cast<uint64_t>(o.seed()));
   rng.shuffle(order);
 
   std::vector<int32_t> tokens(static_cast<size_t>(N * 3));     // [N, 3]

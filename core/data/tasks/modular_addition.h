@@ -16,28 +16,26 @@
 // d_vocab = p + 1.
 //
 // Example:
-//   Dataset ds = make_modular_addition(ModularAdditionOptions{}.with_p(7));  // 49 rows
+//   Dataset ds = make_modular_addition(ModularAdditionOptions{}.p(7));  // 49 rows
 #pragma once
 
 #include "core/data/dataset.h"
+#include "core/util/options.h"
 
 #include <cstdint>
 
 namespace mechlab::core::tasks {
 
 struct ModularAdditionOptions {
-  int64_t p = 113;   ///< the modulus (Nanda et al.: the prime 113); 2..10000
-  int64_t seed = 0;  ///< seeds the row order and the wrong answers (core/util/rng.h)
-
-  // clang-format off
-  ModularAdditionOptions& with_p(int64_t v) { p = v; return *this; }
-  ModularAdditionOptions& with_seed(int64_t v) { seed = v; return *this; }
-  // clang-format on
+  /// the modulus (Nanda et al.: the prime 113); 2..10000
+  MECHLAB_OPTION(ModularAdditionOptions, int64_t, p, 113)
+  /// seeds the row order and the wrong answers (core/util/rng.h)
+  MECHLAB_OPTION(ModularAdditionOptions, int64_t, seed, 0)
 
   template <typename V>
   void visit(V&& v) {
-    v("p", p, "the modulus; the dataset holds all p*p pairs (2..10000)");
-    v("seed", seed, "generator seed (row order, wrong answers)");
+    v("p", p_, "the modulus; the dataset holds all p*p pairs (2..10000)");
+    v("seed", seed_, "generator seed (row order, wrong answers)");
   }
 };
 

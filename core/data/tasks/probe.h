@@ -17,10 +17,11 @@
 //           distort a probe.
 //
 // Example:
-//   Dataset ds = make_probe(ProbeOptions{}.with_label("token_class").with_n_classes(3));
+//   Dataset ds = make_probe(ProbeOptions{}.label("token_class").n_classes(3));
 #pragma once
 
 #include "core/data/dataset.h"
+#include "core/util/options.h"
 
 #include <cstdint>
 #include <string>
@@ -29,33 +30,30 @@
 namespace mechlab::core::tasks {
 
 struct ProbeOptions {
-  int64_t n = 1000;                   ///< number of sequences N
-  int64_t seq_len = 32;               ///< T, BOS included
-  int64_t d_vocab = 64;               ///< ids are in [0, d_vocab); 0 is BOS
-  int64_t pool = 8;                   ///< distinct ids per sequence (smaller = more repeats)
-  std::string label = "seen_before";  ///< "seen_before", "position_parity" or "token_class"
-  int64_t n_classes = 2;              ///< classes of "token_class" (id % n_classes)
-  int64_t seed = 0;                   ///< generator seed (core/util/rng.h)
-
-  // clang-format off
-  ProbeOptions& with_n(int64_t v) { n = v; return *this; }
-  ProbeOptions& with_seq_len(int64_t v) { seq_len = v; return *this; }
-  ProbeOptions& with_d_vocab(int64_t v) { d_vocab = v; return *this; }
-  ProbeOptions& with_pool(int64_t v) { pool = v; return *this; }
-  ProbeOptions& with_label(std::string v) { label = std::move(v); return *this; }
-  ProbeOptions& with_n_classes(int64_t v) { n_classes = v; return *this; }
-  ProbeOptions& with_seed(int64_t v) { seed = v; return *this; }
-  // clang-format on
+  /// number of sequences N
+  MECHLAB_OPTION(ProbeOptions, int64_t, n, 1000)
+  /// T, BOS included
+  MECHLAB_OPTION(ProbeOptions, int64_t, seq_len, 32)
+  /// ids are in [0, d_vocab); 0 is BOS
+  MECHLAB_OPTION(ProbeOptions, int64_t, d_vocab, 64)
+  /// distinct ids per sequence (smaller = more repeats)
+  MECHLAB_OPTION(ProbeOptions, int64_t, pool, 8)
+  /// "seen_before", "position_parity" or "token_class"
+  MECHLAB_OPTION(ProbeOptions, std::string, label, "seen_before")
+  /// classes of "token_class" (id % n_classes)
+  MECHLAB_OPTION(ProbeOptions, int64_t, n_classes, 2)
+  /// generator seed (core/util/rng.h)
+  MECHLAB_OPTION(ProbeOptions, int64_t, seed, 0)
 
   template <typename V>
   void visit(V&& v) {
-    v("n", n, "number of sequences");
-    v("seq_len", seq_len, "sequence length T, BOS included");
-    v("d_vocab", d_vocab, "vocabulary size; 0 is BOS, other ids come from [1, d_vocab)");
-    v("pool", pool, "distinct ids per sequence, drawn from [1, d_vocab); smaller = more repeats");
-    v("label", label, "per-position label: seen_before, position_parity or token_class");
-    v("n_classes", n_classes, "number of classes of token_class (id % n_classes)");
-    v("seed", seed, "generator seed");
+    v("n", n_, "number of sequences");
+    v("seq_len", seq_len_, "sequence length T, BOS included");
+    v("d_vocab", d_vocab_, "vocabulary size; 0 is BOS, other ids come from [1, d_vocab)");
+    v("pool", pool_, "distinct ids per sequence, drawn from [1, d_vocab); smaller = more repeats");
+    v("label", label_, "per-position label: seen_before, position_parity or token_class");
+    v("n_classes", n_classes_, "number of classes of token_class (id % n_classes)");
+    v("seed", seed_, "generator seed");
   }
 };
 

@@ -1,7 +1,7 @@
 // reversal: [BOS, x_1..x_L, SEP, x_L..x_1] (format: core/data/tasks/seq_to_seq.h).
 //
 // Example:
-//   Dataset ds = make_reversal(ReversalOptions{}.with_len(6).with_V(12));
+//   Dataset ds = make_reversal(ReversalOptions{}.len(6).V(12));
 #pragma once
 
 #include "core/data/tasks/seq_to_seq.h"

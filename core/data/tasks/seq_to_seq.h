@@ -11,6 +11,7 @@
 #pragma once
 
 #include "core/data/dataset.h"
+#include "core/util/options.h"
 
 #include <cstdint>
 #include <functional>
@@ -20,24 +21,21 @@
 namespace mechlab::core::tasks {
 
 struct SeqToSeqOptions {
-  int64_t n = 1000;  ///< number of sequences N
-  int64_t len = 5;   ///< L: symbols per list (T = 2L + 2)
-  int64_t V = 10;    ///< number of distinct symbols (ids 0..V-1)
-  int64_t seed = 0;  ///< generator seed (core/util/rng.h)
-
-  // clang-format off
-  SeqToSeqOptions& with_n(int64_t v) { n = v; return *this; }
-  SeqToSeqOptions& with_len(int64_t v) { len = v; return *this; }
-  SeqToSeqOptions& with_V(int64_t v) { V = v; return *this; }
-  SeqToSeqOptions& with_seed(int64_t v) { seed = v; return *this; }
-  // clang-format on
+  /// number of sequences N
+  MECHLAB_OPTION(SeqToSeqOptions, int64_t, n, 1000)
+  /// L: symbols per list (T = 2L + 2)
+  MECHLAB_OPTION(SeqToSeqOptions, int64_t, len, 5)
+  /// number of distinct symbols (ids 0..V-1)
+  MECHLAB_OPTION(SeqToSeqOptions, int64_t, V, 10)
+  /// generator seed (core/util/rng.h)
+  MECHLAB_OPTION(SeqToSeqOptions, int64_t, seed, 0)
 
   template <typename Visitor>
   void visit(Visitor&& v) {
-    v("n", n, "number of sequences");
-    v("len", len, "list length L; sequences are BOS + L + SEP + L tokens");
-    v("V", V, "number of symbols (ids 0..V-1; BOS = V, SEP = V+1)");
-    v("seed", seed, "generator seed");
+    v("n", n_, "number of sequences");
+    v("len", len_, "list length L; sequences are BOS + L + SEP + L tokens");
+    v("V", V_, "number of symbols (ids 0..V-1; BOS = V, SEP = V+1)");
+    v("seed", seed_, "generator seed");
   }
 };
 

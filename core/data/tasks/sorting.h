@@ -2,7 +2,7 @@
 // kept (x is drawn with replacement) (format: core/data/tasks/seq_to_seq.h).
 //
 // Example:
-//   Dataset ds = make_sorting(SortingOptions{}.with_n(500));
+//   Dataset ds = make_sorting(SortingOptions{}.n(500));
 #pragma once
 
 #include "core/data/tasks/seq_to_seq.h"

@@ -72,7 +72,7 @@ Dataset generated_dataset(const std::string& task, const Options& opts, int64_t 
   ds.task = task;
   ds.tokenizer = std::move(tokenizer);
   ds.d_vocab = d_vocab;
-  ds.seed = opts.seed;
+  ds.seed = opts.seed();
   ds.config = options_to_json(opts).dump();
   return ds;
 }

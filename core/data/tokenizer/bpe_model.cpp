@@ -56,9 +56,9 @@ BpeModel::BpeModel(std::unordered_map<std::string, int64_t> vocab,
       bytes_to_id_.emplace(std::move(*bytes), static_cast<int32_t>(id));
     }
   }
-  if (options_.unk_token) {
-    const auto it = vocab_.find(*options_.unk_token);
-    MECHLAB_CHECK(it != vocab_.end(), "tokenizer: the unknown token '", *options_.unk_token,
+  if (options_.unk_token()) {
+    const auto it = vocab_.find(*options_.unk_token());
+    MECHLAB_CHECK(it != vocab_.end(), "tokenizer: the unknown token '", *options_.unk_token(),
                   "' is not in the vocabulary");
     unk_id_ = static_cast<int32_t>(it->second);
   }
@@ -93,7 +93,7 @@ const std::string* BpeModel::id_to_token(int64_t id) const {
 }
 
 void BpeModel::encode_word(std::string_view word, std::vector<int64_t>& out) const {
-  if (options_.ignore_merges) {
+  if (options_.ignore_merges()) {
     const auto it = bytes_to_id_.find(std::string(word));
     if (it != bytes_to_id_.end()) {
       out.push_back(it->second);
@@ -116,7 +116,7 @@ void BpeModel::encode_word(std::string_view word, std::vector<int64_t>& out) con
   merge_word(word, out);
   if (word.size() < 256) {  // `tokenizers` caches words shorter than 256 too
     std::lock_guard<std::mutex> lock(cache_mutex_);
-    if (cache_.size() < options_.cache_capacity) {
+    if (cache_.size() < options_.cache_capacity()) {
       cache_.emplace(std::string(word), std::vector<int32_t>(out.begin() + static_cast<std::ptrdiff_t>(start), out.end()));
     }
   }
@@ -142,7 +142,7 @@ void BpeModel::merge_word(std::string_view word, std::vector<int64_t>& out) cons
       if (pending_unk) push(*pending_unk), pending_unk.reset();
       push(id);
     } else if (unk_id_) {
-      if (pending_unk && !options_.fuse_unk) push(*pending_unk);
+      if (pending_unk && !options_.fuse_unk()) push(*pending_unk);
       pending_unk = *unk_id_;
     }
   }

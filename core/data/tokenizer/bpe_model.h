@@ -11,6 +11,8 @@
 // outside the byte-level alphabet can never be produced by encoding and only decodes.
 #pragma once
 
+#include "core/util/options.h"
+
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -33,14 +35,14 @@ class BpeModel {
  public:
   struct Options {
     /// Encode a word that is itself in the vocabulary as that one token (Llama 3).
-    bool ignore_merges = false;
+    MECHLAB_OPTION(Options, bool, ignore_merges, false)
     /// Token for bytes whose single-byte token is missing; none (the default for
     /// byte-level vocabularies, which hold all 256) drops such bytes, as `tokenizers` does.
-    std::optional<std::string> unk_token;
+    MECHLAB_OPTION(Options, std::optional<std::string>, unk_token, std::nullopt)
     /// Consecutive unknown bytes become one unk token.
-    bool fuse_unk = false;
+    MECHLAB_OPTION(Options, bool, fuse_unk, false)
     /// Words cached at most (the cache only saves time; results do not depend on it).
-    size_t cache_capacity = 1 << 16;
+    MECHLAB_OPTION(Options, size_t, cache_capacity, 1 << 16)
   };
 
   BpeModel() = default;

@@ -113,17 +113,17 @@ std::vector<int64_t> BpeTokenizer::encode_ids(std::string_view text, const Encod
   body.reserve(text.size() / 3 + 4);
   encode_plain(text, body);
   std::vector<int64_t> ids;
-  if (options.add_special_tokens) {
+  if (options.add_special_tokens()) {
     const auto& pre = spec_.post_processor.prefix;
     auto first = pre.begin();
-    if (options.prepend_bos == false && first != pre.end() && spec_.bos_id && *first == *spec_.bos_id) ++first;
+    if (options.prepend_bos() == false && first != pre.end() && spec_.bos_id && *first == *spec_.bos_id) ++first;
     ids.assign(first, pre.end());
     ids.insert(ids.end(), body.begin(), body.end());
     ids.insert(ids.end(), spec_.post_processor.suffix.begin(), spec_.post_processor.suffix.end());
   } else {
     ids = std::move(body);
   }
-  if (options.prepend_bos == true) {
+  if (options.prepend_bos() == true) {
     MECHLAB_CHECK(spec_.bos_id.has_value(), "tokenizer ", spec_.source,
                   ": prepend_bos asks for a BOS token but this tokenizer has none (give bos_token in "
                   "tokenizer_config.json)");
@@ -156,7 +156,7 @@ std::string BpeTokenizer::describe() const {
                  model_.merge_count(), " merges, ", spec_.added_tokens.size(), " added tokens, vocab_size ",
                  vocab_size_, ", pattern ", split_pattern_name(spec_.pattern), ", normalizer ",
                  spec_.normalization == Normalization::nfc ? "NFC" : "none",
-                 model_.options().ignore_merges ? ", ignore_merges" : "", ", BOS ", bos, ", EOS ", eos);
+                 model_.options().ignore_merges() ? ", ignore_merges" : "", ", BOS ", bos, ", EOS ", eos);
 }
 
 }  // namespace mechlab::core::tokenizer

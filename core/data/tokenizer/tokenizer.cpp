@@ -12,9 +12,9 @@ std::vector<std::string> Tokenizer::to_str_tokens(const std::vector<int64_t>& id
 std::vector<int64_t> Tokenizer::to_tokens(std::string_view text, bool prepend_bos) const {
   EncodeOptions options;
   if (!prepend_bos) {
-    options.prepend_bos = false;
+    options.prepend_bos(false);
   } else if (bos_id()) {
-    options.prepend_bos = true;
+    options.prepend_bos(true);
   }
   return encode_ids(text, options);
 }

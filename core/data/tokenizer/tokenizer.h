@@ -5,10 +5,12 @@
 // Example:
 //   auto tok = core::tokenizer::load_tokenizer("models/gpt2");      // tokenizer_json.h
 //   std::vector<int64_t> ids = tok->encode("Hello world");           // [15496, 995]
-//   std::vector<int64_t> with_bos = tok->encode("Hello", EncodeOptions().with_prepend_bos(true));
+//   std::vector<int64_t> with_bos = tok->encode("Hello", EncodeOptions().prepend_bos(true));
 //   std::string text = tok->decode(ids);                             // "Hello world"
 //   std::vector<std::string> strs = tok->to_str_tokens(ids);         // {"Hello", " world"}
 #pragma once
+
+#include "core/util/options.h"
 
 #include <cstdint>
 #include <optional>
@@ -23,23 +25,14 @@ struct EncodeOptions {
   /// Apply the tokenizer's post-processor (Llama 3's BOS, RoBERTa's <s> ... </s>), as
   /// Hugging Face's `encode(text)` does by default.
   ///
-  /// Example: EncodeOptions().with_add_special_tokens(false)
-  bool add_special_tokens = true;
+  /// Example: EncodeOptions().add_special_tokens(false)
+  MECHLAB_OPTION(EncodeOptions, bool, add_special_tokens, true)
   /// TransformerLens's prepend_bos. true: the ids start with exactly one BOS (added when the
   /// post-processor does not add it; an error if the tokenizer has no BOS). false: a BOS that
   /// the post-processor would put first is left out. Unset: the post-processor decides.
   ///
-  /// Example: EncodeOptions().with_prepend_bos(true)
-  std::optional<bool> prepend_bos;
-
-  EncodeOptions& with_add_special_tokens(bool v) {
-    add_special_tokens = v;
-    return *this;
-  }
-  EncodeOptions& with_prepend_bos(bool v) {
-    prepend_bos = v;
-    return *this;
-  }
+  /// Example: EncodeOptions().prepend_bos(true)
+  MECHLAB_OPTION(EncodeOptions, std::optional<bool>, prepend_bos, std::nullopt)
 };
 
 class Tokenizer {

@@ -79,9 +79,9 @@ BpeModel read_model(const json& jm, const std::string& source) {
                   ": \"", key, "\" is not supported (byte-level BPE has none)");
   }
   BpeModel::Options opt;
-  opt.ignore_merges = m.boolean("ignore_merges", false);
-  opt.fuse_unk = m.boolean("fuse_unk", false);
-  if (m.has("unk_token")) opt.unk_token = m.string("unk_token");
+  opt.ignore_merges(m.boolean("ignore_merges", false));
+  opt.fuse_unk(m.boolean("fuse_unk", false));
+  if (m.has("unk_token")) opt.unk_token(m.string("unk_token"));
 
   const json& jv = m.at("vocab");
   MECHLAB_CHECK(jv.is_object(), m.where, ": \"vocab\" must be an object {token: id}");

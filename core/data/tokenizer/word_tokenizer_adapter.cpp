@@ -25,7 +25,7 @@ std::string WordTokenizerAdapter::id_to_token(int64_t id) const { return words_-
 int64_t WordTokenizerAdapter::vocab_size() const { return words_->size(); }
 
 std::vector<int64_t> WordTokenizerAdapter::encode_ids(std::string_view text, const EncodeOptions& options) const {
-  MECHLAB_CHECK(options.prepend_bos != true,
+  MECHLAB_CHECK(options.prepend_bos() != true,
                 "word tokenizer: prepend_bos asks for a BOS token, but a word vocabulary has none (put a BOS "
                 "word at the start of the text instead)");
   // Text as people write it ("the store, John") meets vocabularies whose
