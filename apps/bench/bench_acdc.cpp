@@ -162,9 +162,9 @@ void add_bench_acdc(CLI::App& bench) {
 
     bench::print_table("ACDC, " + std::to_string(n_edges) + " edges, " + std::to_string(data.batch()) + " x " +
                            std::to_string(data.seq_len()) + " tokens",
-                       {{"one forward per edge", naive.seconds * 1e3,
+                       {{"one forward per edge", bench::summarize({naive.seconds * 1e3}),
                          std::to_string(naive.forwards) + " forwards from the embedding"},
-                        {"fast (restart + batched trials)", fast.seconds * 1e3,
+                        {"fast (restart + batched trials)", bench::summarize({fast.seconds * 1e3}),
                          std::to_string(fast.forwards) + " forwards, " + std::to_string(fast.trials) + " trials"}},
                        "one forward per edge", static_cast<double>(n_edges), "edges");
     std::printf("speed-up over one forward per edge: %.1fx\n", naive.seconds / fast.seconds);

@@ -39,10 +39,10 @@ JobResult run_edge_attribution(MethodContext& ctx) {
     core::ProgressBar& bar = ctx.progress(1, "attribution");
     const patching::AttributionOptions opts =
         patching::AttributionOptions()
-            .with_method(job.method == "eap-ig" ? patching::AttributionMethod::eap_ig
+            .method(job.method == "eap-ig" ? patching::AttributionMethod::eap_ig
                                                 : patching::AttributionMethod::attribution)
-            .with_steps(job.steps)
-            .with_direction(patching::Direction::noising);
+            .steps(job.steps)
+            .direction(patching::Direction::noising);
     it = ctx.edge_scores.emplace(job.name, patching::edge_attribution(ctx.model, ctx.data, ctx.metric, opts))
              .first;
     bar.advance(1);

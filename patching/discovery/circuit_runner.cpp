@@ -70,7 +70,7 @@ CircuitRunner::CircuitRunner(hooks::HookedTransformer& model, const patching::Pa
   tokens_ = model_.model().check_tokens(data.clean_tokens);  // int64 [batch, pos]
   if (data.attention_mask.defined()) mask_ = data.attention_mask.to(model_.model().device());
   hooks::RunOptions ro;
-  ro.attention_mask = mask_;
+  ro.attention_mask(mask_);
 
   const std::vector<std::string> senders = patching::sender_hooks(cfg);
   auto [clean_logits, clean] = model_.run_with_cache(tokens_, hooks::NamesFilter(senders), ro);
@@ -238,9 +238,9 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
       }
     }
     hooks::RunOptions ro;
-    if (mask_.defined()) ro.attention_mask = mask_.repeat({k, 1});
-    ro.start_at_layer = start;
-    ro.stop_at_layer = cfg.n_layers;
+    if (mask_.defined()) ro.attention_mask(mask_.repeat({k, 1}));
+    ro.start_at_layer(start);
+    ro.stop_at_layer(cfg.n_layers);
     at::Tensor input = start == 0 ? tokens_.repeat({k, 1}) : resid_pre_[static_cast<size_t>(start)].repeat({k, 1, 1});
     final_resid = model_.forward(input, ro);  // [k * batch, pos, d_model]
   }
@@ -260,7 +260,7 @@ at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Te
   const auto& cfg = model_.cfg();
   const int64_t b = tokens_.size(0);
   core::ForwardOptions fo;
-  fo.start_at_layer = cfg.n_layers;
+  fo.start_at_layer(cfg.n_layers);
   if (metric.reads() == patching::Metric::Reads::answer_logits) {
     at::Tensor pos = metric.answer_pos().to(resid.device()).repeat({k});  // [k * batch]
     at::Tensor rows = at::arange(k * b, pos.options());
@@ -299,7 +299,7 @@ at::Tensor CircuitRunner::logits(const Circuit& circuit) {
                 "); build it from this model's circuit graph");
   at::Tensor resid = masked_forward(0, circuit.removed_mask().unsqueeze(0), false);
   core::ForwardOptions fo;
-  fo.start_at_layer = model_.cfg().n_layers;
+  fo.start_at_layer(model_.cfg().n_layers);
   return model_.model().forward(resid, fo);  // [batch, pos, d_vocab]
 }
 

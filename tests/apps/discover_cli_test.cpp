@@ -118,7 +118,7 @@ TEST(DiscoverCli, TwoJobsWriteCircuitsThenARerunSkipsAndForceReruns) {
   const discovery::Circuit want_eap = discovery::select_edges(eap, discovery::SelectionOptions().top_n(30));
   const patching::EdgeScores ig = patching::edge_attribution(
       model, data, metric,
-      patching::AttributionOptions().with_method(patching::AttributionMethod::eap_ig).with_steps(2));
+      patching::AttributionOptions().method(patching::AttributionMethod::eap_ig).steps(2));
   const discovery::Circuit want_ig = discovery::select_edges(ig, discovery::SelectionOptions().threshold(0.01));
   auto names = [](const discovery::Circuit& c) {
     std::set<std::string> out;

@@ -1,5 +1,5 @@
 // Nothing lost, nothing silent: every command that writes (new, dataset
-// make, cache, train, patch) is run against a full disk (a small tmpfs), a
+// make, cache, train, patch, discover) is run against a full disk (a small tmpfs), a
 // read-only folder (a read-only tmpfs: root ignores permission bits) and a
 // file size limit (RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with
 // EFBIG). Each must exit 1 (not crash) with one line naming the problem,
@@ -293,6 +293,33 @@ TEST_F(DiskFull, PatchKeepsTheOldResults) {
           }
         },
         [&](const std::string& d) { return patch + d + "/p"; }, /*leave=*/4 << 10);
+  }
+}
+
+// Circuit discovery's outputs (circuit.json/.h5/.dot/.svg): an existing
+// circuit stays as it was when writing its replacement fails.
+TEST_F(DiskFull, DiscoverKeepsTheOldCircuit) {
+  auto job_file = [](const std::string& dir) {
+    std::ofstream(dir + "/jobs.json")
+        << "{\"jobs\": [{\"name\": \"c\", \"model\": \"" << model_ << "\", \"dataset\": \"" << data_
+        << "\", \"method\": \"eap\", \"metric\": \"logit_diff\", \"top_n\": 20, \"out\": \"c\"}]}\n";
+  };
+  const std::string old_dir = temp_path("old_discover");
+  fs::create_directories(old_dir);
+  job_file(old_dir);
+  ASSERT_EQ(run("discover " + old_dir + "/jobs.json --no-svg").rc, 0);
+  for (int i = 0; i < 3; ++i) {
+    check_failure(
+        std::string("discover_") + kNames[i], kAll[i], "c/",
+        [&](const std::string& d) {
+          job_file(d);
+          fs::create_directories(d + "/c");
+          for (const auto& e : fs::directory_iterator(old_dir + "/c")) {
+            fs::copy_file(e.path(), d + "/c/" + e.path().filename().string());
+          }
+        },
+        [](const std::string& d) { return "discover " + d + "/jobs.json --force --no-svg"; },
+        /*leave=*/4 << 10);
   }
 }
 

@@ -144,7 +144,7 @@ TEST(CircuitRunner, CuttingEveryOutputEdgeUnderMeanAblationUnembedsTheMeanResidu
   // output = sum over senders of their mean + the biases = the mean final residual.
   at::Tensor mean = cache["blocks.1.hook_resid_post"].mean(at::IntArrayRef{0, 1}, true);  // [1, 1, d_model]
   mechlab::core::ForwardOptions fo;
-  fo.start_at_layer = model.cfg().n_layers;
+  fo.start_at_layer(model.cfg().n_layers);
   at::Tensor want = model.model().forward(mean, fo).expand_as(logits);  // [batch, pos, d_vocab]
   EXPECT_TRUE(mechlab::testing::close(runner.logits(c), want, 1e-9, "mean"));
 }

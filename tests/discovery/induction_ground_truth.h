@@ -52,7 +52,7 @@ struct InductionHeads {
 inline InductionHeads find_induction_heads(hooks::HookedTransformer& model, double previous_threshold = 0.4,
                                            double induction_threshold = 0.3) {
   const core::Dataset probe = core::tasks::make_induction(
-      core::tasks::InductionOptions{}.with_n(32).with_half_len(20).with_d_vocab(model.cfg().d_vocab).with_seed(11));
+      core::tasks::InductionOptions{}.n(32).half_len(20).d_vocab(model.cfg().d_vocab).seed(11));
   const at::Tensor tokens = probe.tokens.to(at::kLong);  // [32, 41]
   const auto opt = analysis::HeadDetectorOptions().exclude_bos(true);
   at::NoGradGuard no_grad;
@@ -107,11 +107,11 @@ inline std::vector<std::string> induction_reference_edges(const InductionHeads& 
 inline patching::PatchingData induction_patching_data(int64_t n, int64_t half_len, int64_t j, int64_t d_vocab,
                                                       int64_t seed) {
   using core::tasks::InductionOptions;
-  const at::Tensor a = core::tasks::make_induction(InductionOptions{}.with_n(n).with_half_len(half_len)
-                                                       .with_d_vocab(d_vocab).with_seed(seed))
+  const at::Tensor a = core::tasks::make_induction(InductionOptions{}.n(n).half_len(half_len)
+                                                       .d_vocab(d_vocab).seed(seed))
                            .tokens.to(at::kLong);  // [n, 1 + 2L]: BOS a_1..a_L a_1..a_L
-  const at::Tensor b = core::tasks::make_induction(InductionOptions{}.with_n(n).with_half_len(half_len)
-                                                       .with_d_vocab(d_vocab).with_seed(seed + 1000))
+  const at::Tensor b = core::tasks::make_induction(InductionOptions{}.n(n).half_len(half_len)
+                                                       .d_vocab(d_vocab).seed(seed + 1000))
                            .tokens.to(at::kLong);  // [n, 1 + 2L]
   patching::PatchingData d;
   d.clean_tokens = a.narrow(1, 0, 1 + half_len + j).contiguous();      // [n, 1 + L + j]

@@ -45,7 +45,7 @@ TEST(InductionGroundTruth, EapIgRanksTheInductionCircuitFirst) {
     data.validate(model.cfg());
     const patching::EdgeScores scores = patching::edge_attribution(
         model, data, patching::logit_diff(data.answers()),
-        patching::AttributionOptions().with_method(patching::AttributionMethod::eap_ig));
+        patching::AttributionOptions().method(patching::AttributionMethod::eap_ig));
     const discovery::RocCurve roc = discovery::roc_curve(scores, ref);
     std::cout << "L " << L << ", j " << j << ": reference " << ref.size() << " of "
               << roc.positives + roc.negatives << " edges; EAP-IG top edges:";
