@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -91,6 +92,40 @@ void remove_tree_or_throw(const std::string& path, const char* why) {
   }
 }
 
+// SAELens's handle_config_defaulting: a config without a sae_lens_version
+// of 6 or more (top level or in metadata) is in the pre-6 layout.
+bool is_pre_6(const nlohmann::json& j) {
+  std::string v;
+  if (j.contains("sae_lens_version") && j["sae_lens_version"].is_string()) v = j["sae_lens_version"];
+  if (v.empty() && j.contains("metadata") && j["metadata"].is_object() &&
+      j["metadata"].contains("sae_lens_version") && j["metadata"]["sae_lens_version"].is_string()) {
+    v = j["metadata"]["sae_lens_version"];
+  }
+  if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0]))) return true;
+  return std::stoi(v) < 6;
+}
+
+// SAELens's handle_pre_6_0_config, for the keys mechlab reads.
+nlohmann::json from_pre_6(nlohmann::json j) {
+  if (j.contains("hook_point") && !j.contains("hook_name")) j["hook_name"] = j["hook_point"];
+  if (j.contains("activation_fn_str") && !j.contains("activation_fn")) j["activation_fn"] = j["activation_fn_str"];
+  if (!j.contains("architecture")) j["architecture"] = "standard";
+  if (j.value("activation_fn", nlohmann::json()) == "topk" && j.contains("activation_fn_kwargs") &&
+      j["activation_fn_kwargs"].is_object() && j["activation_fn_kwargs"].contains("k") &&
+      !j["activation_fn_kwargs"]["k"].is_null()) {
+    j["architecture"] = "topk";
+    j["k"] = j["activation_fn_kwargs"]["k"];
+  }
+  if (j.contains("normalize_activations") && j["normalize_activations"].is_boolean()) {
+    j["normalize_activations"] = j["normalize_activations"].get<bool>() ? "expected_average_only_in" : "none";
+  }
+  if (!j.contains("reshape_activations")) {
+    const std::string hook = j.value("hook_name", std::string());
+    j["reshape_activations"] = hook.find("hook_z") != std::string::npos ? "hook_z" : "none";
+  }
+  return j;
+}
+
 }  // namespace
 
 const std::vector<std::string>& saelens_required_keys() {
@@ -101,8 +136,9 @@ const std::vector<std::string>& saelens_required_keys() {
 
 std::shared_ptr<Sae> import_saelens(const std::string& dir) {
   const std::string cfg_path = (fs::path(dir) / kCfg).string();
-  const nlohmann::json j = read_json(cfg_path);
+  nlohmann::json j = read_json(cfg_path);
   MECHLAB_CHECK(j.is_object(), "SAELens config '", cfg_path, "' is not a JSON object");
+  if (is_pre_6(j)) j = from_pre_6(j);
   SaeConfig cfg;
   std::string arch = get<std::string>(j, cfg_path, "architecture", "", true);
   MECHLAB_CHECK(arch == "standard" || arch == "topk" || arch == "jumprelu" || arch == "gated",
@@ -154,6 +190,15 @@ std::shared_ptr<Sae> import_saelens(const std::string& dir) {
     MECHLAB_CHECK(at::isfinite(loaded).all().item<bool>(), "SAELens weights '", w_path,
                   "': tensor ", name, " has NaN or inf entries");
     sae->param(name).copy_(loaded);
+  }
+  if (file.contains("scaling_factor")) {
+    // Older SAELens files carry a finetuning scaling factor; SAELens drops
+    // it when it is all ones and otherwise needs a config mechlab does not read.
+    const at::Tensor sf = file.tensor("scaling_factor", at::kFloat);
+    MECHLAB_CHECK(at::allclose(sf, at::ones_like(sf)), "SAELens weights '", w_path,
+                  "': tensor scaling_factor is not all ones (a finetuning scaling factor), which "
+                  "mechlab does not read; fold it into W_dec first");
+    used.push_back("scaling_factor");
   }
   for (const std::string& n : file.names()) {
     MECHLAB_CHECK(std::find(used.begin(), used.end(), n) != used.end(), "SAELens weights '",

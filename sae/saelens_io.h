@@ -9,7 +9,10 @@
 // hook_name). Tensors: W_enc [d_in, d_sae], b_enc [d_sae] (not gated),
 // W_dec [d_sae, d_in], b_dec [d_in]; threshold [d_sae] (jumprelu; or
 // log_threshold, as older SAELens files have); b_gate, r_mag, b_mag [d_sae]
-// (gated). Anything else is refused, naming the key or tensor.
+// (gated); scaling_factor (older files) only when all ones. Anything else is
+// refused, naming the key or tensor. A config without a sae_lens_version of
+// 6 or more is read as SAELens 6 reads a pre-6 one (hook_point,
+// activation_fn_str, activation_fn_kwargs.k for topk, "standard" by default).
 //
 // Export writes the keys SAELens's loader requires (saelens_required_keys())
 // and the inference keys above. A BatchTopK SAE is written as SAELens

@@ -136,9 +136,13 @@ TEST(SaeLensIo, RefusesBadFoldersNamingTheKeyOrTensor) {
               }),
               HasSubstr("tensor W_dec has NaN or inf entries"));
   EXPECT_THAT(error_of([&] {
-                import_saelens(bad_folder("extra", same, [](auto& t) { t["scaling_factor"] = at::ones({128}); }));
+                import_saelens(bad_folder("extra", same, [](auto& t) { t["W_gate"] = at::ones({128}); }));
               }),
-              HasSubstr("hold a tensor scaling_factor that a topk SAE does not have"));
+              HasSubstr("hold a tensor W_gate that a topk SAE does not have"));
+  EXPECT_THAT(error_of([&] {
+                import_saelens(bad_folder("sf", same, [](auto& t) { t["scaling_factor"] = at::full({128}, 2.0); }));
+              }),
+              HasSubstr("tensor scaling_factor is not all ones"));
   EXPECT_THAT(error_of([&] {
                 import_saelens(bad_folder("arch", [](auto& j) { j["architecture"] = "matryoshka"; }, same));
               }),

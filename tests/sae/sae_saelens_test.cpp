@@ -131,6 +131,19 @@ TEST_P(SaeLensCase, ExportOfTheTrainedSaeReproducesSaeLensInference) {
   EXPECT_TRUE(close(sae->reconstruct(x), f.read_tensor(c + "/inference/out"), kF32Tol, c + " in-memory out"));
 }
 
+TEST(SaeLensImport, ReadsPre6FoldersAsSaeLens6Does) {
+  const core::H5File f = fixtures();
+  for (const std::string c : {"pre6_standard", "pre6_topk"}) {
+    auto sae = import_saelens(kData + "saved/" + c);
+    const std::string arch = f.read_attr_string(c, "architecture");
+    EXPECT_EQ(sae->architecture(), arch == "standard" ? "relu" : arch) << c;
+    EXPECT_EQ(sae->cfg().hook_name(), "blocks.0.hook_resid_post");
+    const at::Tensor x = f.read_tensor(c + "/x");
+    EXPECT_TRUE(close(sae->encode(x), f.read_tensor(c + "/inference/acts"), kF32Tol, c + " acts"));
+    EXPECT_TRUE(close(sae->reconstruct(x), f.read_tensor(c + "/inference/out"), kF32Tol, c + " out"));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Sae, SaeLensCase,
                          ::testing::Values("standard", "standard_norm", "topk", "batchtopk", "jumprelu",
                                            "jumprelu_ste", "gated"));
