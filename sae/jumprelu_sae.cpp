@@ -63,11 +63,37 @@ void JumpReluSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool training)
 }
 
 LossTerms JumpReluSae::aux_losses(const at::Tensor& /*x*/, const Pass& p,
-                                  const at::Tensor& /*sae_out*/, const at::Tensor& /*dead_mask*/) const {
-  const at::Tensor l0 = step_ste(p.hidden_pre, param("threshold"), cfg_.jumprelu_bandwidth(),
-                                 cfg_.jumprelu_ste_to_input())
-                            .sum(-1);  // [batch]
-  return {{"l0_loss", (l0 * cfg_.l0_coefficient()).mean()}};
+                                  const at::Tensor& /*sae_out*/, const at::Tensor& dead_mask) const {
+  const at::Tensor& threshold = param("threshold");                // [d_sae]
+  const at::Tensor W_dec_norm = param("W_dec").norm(2, {1});       // [d_sae]
+  const std::string& mode = cfg_.jumprelu_sparsity_loss_mode();
+  at::Tensor per_row;                                               // [batch]
+  if (mode == "tanh") {
+    per_row = at::tanh(p.acts * cfg_.jumprelu_tanh_scale() * W_dec_norm).sum(-1);
+  } else {
+    const at::Tensor l0 = step_ste(p.hidden_pre, threshold, cfg_.jumprelu_bandwidth(),
+                                   cfg_.jumprelu_ste_to_input())
+                              .sum(-1);  // [batch]
+    if (mode == "quadratic") {
+      const double t = *cfg_.target_l0();
+      per_row = (l0 - t).pow(2) * (2 / t);
+    } else {
+      per_row = l0;
+    }
+  }
+  LossTerms out{{"l0_loss", (per_row * cfg_.l0_coefficient()).mean()}};
+  if (cfg_.pre_act_loss_coefficient().has_value()) {
+    at::Tensor pre_act;
+    if (!dead_mask.defined() || !dead_mask.any().item<bool>()) {
+      pre_act = at::zeros({}, p.hidden_pre.options());
+    } else {
+      // SAELens's calculate_pre_act_loss: only the dead latents are pushed up.
+      const at::Tensor per = (at::relu(threshold - p.hidden_pre) * dead_mask * W_dec_norm).sum(-1);
+      pre_act = per.mean() * *cfg_.pre_act_loss_coefficient();
+    }
+    out.emplace_back("pre_act_loss", pre_act);
+  }
+  return out;
 }
 
 void JumpReluSae::before_training_step() {

@@ -2,9 +2,13 @@
 // Reconstruction Fidelity with JumpReLU Sparse Autoencoders"): acts =
 // hidden_pre * (hidden_pre > threshold), threshold [d_sae] a parameter.
 //
-// Training (SAELens's JumpReLUTrainingSAE, "step" sparsity mode): the
-// threshold is clamped at 0 before each step, and
-//   l0_loss = mean_rows(l0_coefficient * sum_latents step(hidden_pre - threshold)).
+// Training (SAELens's JumpReLUTrainingSAE): the threshold is clamped at 0
+// before each step, and l0_loss = mean_rows(l0_coefficient * per_row) with
+// per_row by jumprelu_sparsity_loss_mode:
+//   step       L0 = sum_latents step(hidden_pre - threshold)
+//   quadratic  2 / target_l0 * (L0 - target_l0)^2
+//   tanh       sum_latents tanh(jumprelu_tanh_scale * acts * |W_dec rows|)
+// plus, when pre_act_loss_coefficient is set, pre_act_loss (sae_config.h).
 // Both the jump and the step take their threshold gradient from a
 // straight-through estimator with the rectangle kernel of width
 // jumprelu_bandwidth (eps):

@@ -35,6 +35,15 @@ void validate(const SaeConfig& cfg) {
   if (cfg.architecture() == "jumprelu") {
     MECHLAB_CHECK(cfg.jumprelu_bandwidth() > 0, "JumpReLU jumprelu_bandwidth must be > 0, got ",
                   cfg.jumprelu_bandwidth());
+    const std::string& mode = cfg.jumprelu_sparsity_loss_mode();
+    MECHLAB_CHECK(mode == "step" || mode == "tanh" || mode == "quadratic",
+                  "unknown JumpReLU jumprelu_sparsity_loss_mode \"", mode, "\"; use step, tanh or quadratic");
+    if (mode == "quadratic") {
+      MECHLAB_CHECK(cfg.target_l0().has_value() && *cfg.target_l0() > 0 &&
+                        *cfg.target_l0() <= static_cast<double>(cfg.d_sae()),
+                    "the quadratic JumpReLU sparsity loss needs target_l0 in (0, d_sae = ", cfg.d_sae(),
+                    "]; set target_l0");
+    }
   }
 }
 

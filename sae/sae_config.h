@@ -6,6 +6,7 @@
 #include "core/util/options.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,11 +47,22 @@ struct SaeConfig {
   MECHLAB_OPTION(SaeConfig, double, l0_coefficient, 1.0)
   MECHLAB_OPTION(SaeConfig, double, jumprelu_bandwidth, 0.05)
   MECHLAB_OPTION(SaeConfig, bool, jumprelu_ste_to_input, false)
+  /// JumpReLU's sparsity loss: "step" (DeepMind's L0), "tanh" (Anthropic's
+  /// sum of tanh(jumprelu_tanh_scale * acts * |W_dec rows|)) or "quadratic"
+  /// (GemmaScope 2: 2 / target_l0 * (L0 - target_l0)^2 per row).
+  MECHLAB_OPTION(SaeConfig, std::string, jumprelu_sparsity_loss_mode, "step")
+  MECHLAB_OPTION(SaeConfig, double, jumprelu_tanh_scale, 4.0)
+  MECHLAB_OPTION(SaeConfig, std::optional<double>, target_l0, std::nullopt)
+  /// JumpReLU: Anthropic's pre-activation loss on dead latents,
+  /// coefficient * mean_rows(sum(ReLU(threshold - h) * dead * |W_dec rows|));
+  /// unset = no such term (SAELens's None).
+  MECHLAB_OPTION(SaeConfig, std::optional<double>, pre_act_loss_coefficient, std::nullopt)
 };
 
 /// Refuses, one line naming the option, a configuration no SAE can have:
 /// an unknown architecture or normalisation, d_in or d_sae < 1, k outside
-/// [1, d_sae] (TopK: also not whole), a bandwidth <= 0.
+/// [1, d_sae] (TopK: also not whole), a bandwidth <= 0, an unknown JumpReLU
+/// sparsity mode, a quadratic mode without target_l0 in (0, d_sae].
 void validate(const SaeConfig& cfg);
 
 /// The registry's architecture names, in order.

@@ -46,6 +46,12 @@ SaeConfig config_of(const core::H5File& f, const std::string& c) {
   if (j.contains("l0_coefficient")) cfg.l0_coefficient(j.at("l0_coefficient"));
   if (j.contains("jumprelu_bandwidth")) cfg.jumprelu_bandwidth(j.at("jumprelu_bandwidth"));
   if (j.contains("jumprelu_ste_to_input")) cfg.jumprelu_ste_to_input(j.at("jumprelu_ste_to_input"));
+  if (j.contains("jumprelu_sparsity_loss_mode")) cfg.jumprelu_sparsity_loss_mode(j.at("jumprelu_sparsity_loss_mode"));
+  if (j.contains("jumprelu_tanh_scale")) cfg.jumprelu_tanh_scale(j.at("jumprelu_tanh_scale"));
+  if (j.contains("target_l0") && !j.at("target_l0").is_null()) cfg.target_l0(j.at("target_l0").get<double>());
+  if (j.contains("pre_act_loss_coefficient") && !j.at("pre_act_loss_coefficient").is_null()) {
+    cfg.pre_act_loss_coefficient(j.at("pre_act_loss_coefficient").get<double>());
+  }
   // The loss coefficients SAELens was given are the config's (no warm-up).
   for (const char* k : {"l1", "l0"}) {
     if (f.has_attr(c, std::string("coef_") + k)) {
@@ -146,7 +152,8 @@ TEST(SaeLensImport, ReadsPre6FoldersAsSaeLens6Does) {
 
 INSTANTIATE_TEST_SUITE_P(Sae, SaeLensCase,
                          ::testing::Values("standard", "standard_norm", "topk", "batchtopk", "jumprelu",
-                                           "jumprelu_ste", "gated"));
+                                           "jumprelu_ste", "gated", "topk_plain", "jumprelu_tanh",
+                                           "jumprelu_quadratic"));
 
 TEST(SaeMetrics, MatchSaeLensDefinitions) {
   const core::H5File f = fixtures();
