@@ -7,6 +7,8 @@
 #include "core/formats/safetensors_writer.h"
 #include "core/formats/text_file.h"
 #include "core/model/presets.h"
+#include "core/store/activation_store.h"
+#include "hooks/activation_capture.h"
 #include "hooks/hooked_transformer.h"
 #include "sae/registry.h"
 #include "sae/saelens_io.h"
@@ -203,8 +205,15 @@ TEST(SaeSplice, WithErrorTermLogitsAreUnchangedWithoutItTheModelRunsOnTheReconst
   const at::Tensor spliced = model.forward(tokens);
   // recons + (x - recons) equals x up to one rounding per entry.
   EXPECT_TRUE(at::allclose(spliced, clean, 1e-5, 1e-5));
-  auto [logits, cache] = model.run_with_cache(tokens);
   const std::string p = std::string(kHost) + ".sae.";
+  // SAELens's point names, in firing order, right after the host.
+  const auto names = model.hook_names();
+  auto host_at = std::find(names.begin(), names.end(), kHost);
+  ASSERT_LT(host_at + 6, names.end());
+  EXPECT_EQ(std::vector<std::string>(host_at + 1, host_at + 7),
+            (std::vector<std::string>{p + "hook_sae_input", p + "hook_sae_acts_pre", p + "hook_sae_acts_post",
+                                      p + "hook_sae_recons", p + "hook_sae_error", p + "hook_sae_output"}));
+  auto [logits, cache] = model.run_with_cache(tokens);
   const at::Tensor x = cache[kHost];  // [batch, pos, d_model]
   EXPECT_TRUE(at::equal(cache[p + "hook_sae_input"], x));
   EXPECT_TRUE(at::equal(cache[p + "hook_sae_acts_post"], sae->encode(x)));
@@ -224,6 +233,32 @@ TEST(SaeSplice, WithErrorTermLogitsAreUnchangedWithoutItTheModelRunsOnTheReconst
       tokens, {{kHost, [&](at::Tensor& a, const hooks::HookPoint&) { a = sae->reconstruct(a); }}});
   EXPECT_TRUE(at::allclose(no_error, hooked, 1e-5, 1e-6));
   EXPECT_GT((no_error - clean).abs().max().item<double>(), 1e-3);  // the reconstruction matters
+}
+
+TEST(SaeSplice, LatentsGoToAnActivationStore) {
+  hooks::HookedTransformer model = tiny_model();
+  SaeConfig cfg;
+  cfg.architecture("jumprelu").d_in(model.cfg().d_model).d_sae(3 * model.cfg().d_model);
+  auto sae = random_sae(cfg, 9);
+  sae->use_error_term(true);
+  model.attach(kHost, sae);
+  core::Dataset ds;
+  ds.d_vocab = model.cfg().d_vocab;
+  at::manual_seed(4);
+  ds.tokens = at::randint(0, ds.d_vocab, {5, 6}, at::kInt);
+  const std::string path = temp_path("sae_splice", "latents.h5");
+  fs::remove(path);
+  const std::string acts = std::string(kHost) + ".sae.hook_sae_acts_post";
+  hooks::cache_activations(model, ds, path,
+                           hooks::CacheOptions().hooks({acts, kHost}).dtype(at::kFloat).batch_size(2)
+                               .chunk_rows(8).progress(false));
+  auto store = core::ActivationStore::open(path);
+  ASSERT_EQ(store.num_rows(), 30);
+  const at::Tensor rows = store.rows(acts, 0, 30);  // [rows, d_sae]
+  EXPECT_EQ(rows.size(1), cfg.d_sae());
+  EXPECT_TRUE(at::allclose(rows, sae->encode(store.rows(kHost, 0, 30)), 1e-5, 1e-6));
+  EXPECT_GT((rows != 0).sum().item<int64_t>(), 0);
+  fs::remove(path);
 }
 
 TEST(SaeSplice, RefusesAHookOfAnotherWidth) {
