@@ -46,6 +46,49 @@ void Sae::check_finite() const {
   }
 }
 
+void Sae::fold_activation_norm_scaling_factor(double f) {
+  MECHLAB_CHECK(std::isfinite(f) && f > 0, "the activation scaling factor must be finite and > 0, got ", f);
+  at::NoGradGuard no_grad;
+  param("W_enc").mul_(f);
+  param("W_dec").div_(f);
+  param("b_dec").div_(f);
+  if (cfg_.architecture() == "batchtopk" && cfg_.rescale_acts_by_decoder_norm()) {
+    cfg_.topk_threshold(cfg_.topk_threshold() / f);
+  }
+}
+
+void Sae::fold_W_dec_norm() {
+  const bool topk = cfg_.architecture() == "topk" || cfg_.architecture() == "batchtopk";
+  MECHLAB_CHECK(!topk || cfg_.rescale_acts_by_decoder_norm(), "folding the decoder norms of a ",
+                cfg_.architecture(),
+                " SAE without rescale_acts_by_decoder_norm would change which latents it keeps; "
+                "it is refused");
+  at::NoGradGuard no_grad;
+  const at::Tensor norm = param("W_dec").norm(2, {-1}).clamp_min(1e-8);  // [d_sae]
+  param("W_dec").div_(norm.unsqueeze(1));
+  param("W_enc").mul_(norm.unsqueeze(0));
+  for (const char* n : {"b_enc", "threshold", "b_gate", "b_mag"}) {
+    for (auto& [name, t] : params_) {
+      if (name == n) t.mul_(norm);
+    }
+  }
+}
+
+void Sae::set_decoder_norm_to_unit_norm() {
+  at::NoGradGuard no_grad;
+  at::Tensor& W_dec = param("W_dec");  // [d_sae, d_in]
+  W_dec.div_(W_dec.norm(2, {1}, true));
+}
+
+void Sae::remove_gradient_parallel_to_decoder_directions() {
+  at::Tensor& W_dec = param("W_dec");  // [d_sae, d_in], rows of unit norm
+  at::Tensor g = W_dec.mutable_grad();
+  MECHLAB_CHECK(g.defined(), "W_dec has no gradient yet; call this after backward()");
+  at::NoGradGuard no_grad;
+  const at::Tensor parallel = (g * W_dec).sum(1, true);  // [d_sae, 1]
+  g.sub_(parallel * W_dec);
+}
+
 std::vector<hooks::ModulePoint> Sae::hook_points(const core::ModelConfig& cfg,
                                                  core::HookSite host) const {
   const core::SiteInfo& info = core::site_info(host.kind);

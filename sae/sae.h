@@ -91,6 +91,23 @@ class Sae : public hooks::AttachedModule {
   /// threshold, JumpReLU's threshold clamp at 0).
   TrainStep training_forward(const at::Tensor& x, const at::Tensor& dead_mask = {});
 
+  /// Folds a fixed input scaling factor into the weights (SAELens's
+  /// fold_activation_norm_scaling_factor): an SAE trained on x * f then
+  /// reconstructs x directly. W_enc *= f, W_dec /= f, b_dec /= f (BatchTopK
+  /// with the decoder-norm rescale: topk_threshold /= f).
+  void fold_activation_norm_scaling_factor(double f);
+  /// Scales each decoder row to unit norm and the encoder column, b_enc (and
+  /// JumpReLU's threshold, Gated's b_gate and b_mag) by the old norm
+  /// (SAELens's fold_W_dec_norm): reconstructions are unchanged. Refused for
+  /// TopK/BatchTopK without the decoder-norm rescale, whose selection it would change.
+  void fold_W_dec_norm();
+  /// Decoder unit norm during training (SAELens 5's normalize_sae_decoder):
+  /// each W_dec row scaled to norm 1, and, before the optimiser step, the
+  /// component of W_dec's gradient parallel to each row removed
+  /// (g_i -= (g_i . w_i) w_i, for unit w_i).
+  void set_decoder_norm_to_unit_norm();
+  void remove_gradient_parallel_to_decoder_directions();
+
   /// Whether forward() adds the error term (see the file comment).
   bool use_error_term() const { return use_error_term_; }
   Sae& use_error_term(bool on) {
