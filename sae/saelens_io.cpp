@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -222,13 +223,10 @@ void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions&
 
   nlohmann::ordered_json j;
   std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const auto& [n, t] : c.architecture() == "batchtopk"
-                                ? std::vector<std::pair<std::string, at::Tensor>>{}
-                                : sae.named_parameters()) {
-    tensors.emplace_back(n, t.detach());
-  }
   std::string arch = c.architecture() == "relu" ? "standard" : c.architecture();
-  if (c.architecture() == "batchtopk") {
+  if (c.architecture() != "batchtopk") {
+    for (const auto& [n, t] : sae.named_parameters()) tensors.emplace_back(n, t.detach());
+  } else {
     // SAELens's BatchTopK inference form: a JumpReLU, decoder norms folded
     // into the encoder when it selected by them.
     arch = "jumprelu";
