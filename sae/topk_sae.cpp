@@ -1,0 +1,60 @@
+#include "sae/topk_sae.h"
+
+#include "core/util/error.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace mechlab::sae {
+
+at::Tensor TopKSae::hidden_pre(const Pass& p, hooks::ModuleHooks& hooks) const {
+  at::Tensor h = at::matmul(p.sae_in, param("W_enc")) + param("b_enc");  // [..., d_sae]
+  hooks("hook_sae_acts_pre", h);
+  if (cfg_.rescale_acts_by_decoder_norm()) h = h * param("W_dec").norm(2, {-1});
+  return h;
+}
+
+void TopKSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool /*training*/) const {
+  p.hidden_pre = hidden_pre(p, hooks);
+  auto [values, indices] = at::topk(p.hidden_pre, static_cast<int64_t>(cfg_.k()), -1,
+                                    /*largest=*/true, /*sorted=*/false);  // [..., k]
+  p.acts = at::zeros_like(p.hidden_pre).scatter(-1, indices, at::relu(values));  // [..., d_sae]
+  hooks("hook_sae_acts_post", p.acts);
+}
+
+at::Tensor TopKSae::times_W_dec(const at::Tensor& acts) const {
+  const at::Tensor& W_dec = param("W_dec");  // [d_sae, d_in]
+  // SAELens multiplies by (1 / norm), not divides: the same rounding.
+  if (cfg_.rescale_acts_by_decoder_norm()) return at::matmul(acts * W_dec.norm(2, {-1}).reciprocal(), W_dec);
+  return at::matmul(acts, W_dec);
+}
+
+at::Tensor TopKSae::auxk_loss(const at::Tensor& x, const Pass& p, const at::Tensor& sae_out,
+                              const at::Tensor& dead_mask) const {
+  const int64_t n_dead = dead_mask.defined() ? dead_mask.sum().item<int64_t>() : 0;
+  if (n_dead == 0) return at::zeros({}, sae_out.options());
+  MECHLAB_CHECK(cfg_.normalize_activations() == "none",
+                "the AuxK loss does not support normalize_activations = ",
+                cfg_.normalize_activations(),
+                " (its reconstruction would be in normalised space, the residual not); use none");
+  const at::Tensor residual = (x - sae_out).detach();  // [batch, d_in]
+  int64_t k_aux = x.size(-1) / 2;
+  const double scale = std::min(static_cast<double>(n_dead) / static_cast<double>(k_aux), 1.0);
+  k_aux = std::min(k_aux, n_dead);
+  const at::Tensor candidates = at::where(dead_mask.unsqueeze(0), p.hidden_pre,
+                                          -std::numeric_limits<double>::infinity());  // [batch, d_sae]
+  auto [values, indices] = at::topk(candidates, k_aux, -1, true, false);  // [batch, k_aux]
+  const at::Tensor aux_acts = at::zeros_like(p.hidden_pre).scatter(-1, indices, values);
+  const at::Tensor recons = times_W_dec(aux_acts);  // [batch, d_in]
+  const at::Tensor loss = (recons - residual).pow(2).sum(-1).mean();
+  return loss * (cfg_.aux_loss_coefficient() * scale);
+}
+
+LossTerms TopKSae::aux_losses(const at::Tensor& x, const Pass& p, const at::Tensor& sae_out,
+                              const at::Tensor& dead_mask) const {
+  return {{"auxiliary_reconstruction_loss", auxk_loss(x, p, sae_out, dead_mask)}};
+}
+
+}  // namespace mechlab::sae
