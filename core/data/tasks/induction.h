@@ -20,6 +20,16 @@
 // A model with induction heads predicts position t + 1 from position t for
 // every t in the repeated half, so its loss there falls towards zero.
 //
+// With pairs (clean/corrupted prompt pairs for patching and circuit
+// discovery; min_half_len and random_start must stay off), j = query_len:
+//   clean_tokens      int32 [N, 1 + L + j]  BOS a_1..a_L a_1..a_j
+//   corrupted_tokens  int32 [N, 1 + L + j]  BOS b_1..b_L a_1..a_j (other random ids)
+//   answer_tokens     int32 [N, 1]          a_{j+1}
+//   wrong_tokens      int32 [N, 1]          b_{j+1} (drawn again while it equals a_{j+1})
+//   answer_pos        int32 [N]             L + j, the last position
+// Only the first copy differs, so the clean run predicts a_{j+1} there only
+// by induction (the contrast of tests/discovery/induction_ground_truth.h).
+//
 // Example:
 //   Dataset ds = make_induction(InductionOptions{}.with_n(64).with_half_len(10));
 #pragma once
@@ -40,6 +50,8 @@ struct InductionOptions {
   bool random_start = false; ///< the copies start at a random position (needs min_half_len)
   int64_t d_vocab = 64;   ///< vocabulary size; random ids are drawn from [1, d_vocab)
   int64_t seed = 0;       ///< generator seed (core/util/rng.h)
+  bool pairs = false;     ///< clean/corrupted prompt pairs (see the top of this file)
+  int64_t query_len = 0;  ///< pairs: j, the repeated ids after the first copy; 0 = L / 2
 
   // clang-format off
   InductionOptions& with_n(int64_t v) { n = v; return *this; }
@@ -48,6 +60,8 @@ struct InductionOptions {
   InductionOptions& with_random_start(bool v) { random_start = v; return *this; }
   InductionOptions& with_d_vocab(int64_t v) { d_vocab = v; return *this; }
   InductionOptions& with_seed(int64_t v) { seed = v; return *this; }
+  InductionOptions& with_pairs(bool v) { pairs = v; return *this; }
+  InductionOptions& with_query_len(int64_t v) { query_len = v; return *this; }
   // clang-format on
 
   template <typename V>
@@ -61,6 +75,10 @@ struct InductionOptions {
       "start the two copies at a random position, fresh random ids around them");
     v("d_vocab", d_vocab, "vocabulary size; ids are drawn from [1, d_vocab), 0 is BOS");
     v("seed", seed, "generator seed");
+    v("pairs", pairs,
+      "clean/corrupted pairs for patching: BOS a_1..a_L a_1..a_j vs BOS b_1..b_L a_1..a_j, "
+      "answer a_(j+1), wrong b_(j+1)");
+    v("query_len", query_len, "pairs: j, in [1, half_len - 1]; 0 = half_len / 2");
   }
 };
 
