@@ -533,7 +533,7 @@ TEST(TaskTest, RegistryListsEveryTaskWithItsDefaults) {
             (std::vector<std::string>{"induction", "ioi", "greater_than", "modular_addition",
                                       "reversal", "sorting", "probe"}));
   const TaskInfo& ind = task_info("induction");
-  ASSERT_EQ(ind.options.size(), 6u);
+  ASSERT_EQ(ind.options.size(), 8u);
   EXPECT_EQ(ind.options[0].key, "n");
   EXPECT_EQ(ind.options[0].default_value, 1000);
   EXPECT_EQ(ind.options[1].key, "half_len");
@@ -543,6 +543,10 @@ TEST(TaskTest, RegistryListsEveryTaskWithItsDefaults) {
   EXPECT_EQ(ind.options[3].default_value, false);
   EXPECT_EQ(ind.options[4].key, "d_vocab");
   EXPECT_EQ(ind.options[4].default_value, 64);
+  EXPECT_EQ(ind.options[6].key, "pairs");
+  EXPECT_EQ(ind.options[6].default_value, false);
+  EXPECT_EQ(ind.options[7].key, "query_len");
+  EXPECT_EQ(ind.options[7].default_value, 0);
   for (const auto& info : task_infos()) {
     EXPECT_FALSE(info.summary.empty());
     for (const auto& opt : info.options)
