@@ -337,6 +337,8 @@ const std::vector<std::string>& method_names() {
   return names;
 }
 
+const std::vector<std::string>& job_field_names() { return kJobFields; }
+
 std::string nearest_name(const std::string& word, const std::vector<std::string>& valid) {
   std::string best;
   size_t best_d = std::string::npos;

@@ -103,6 +103,8 @@ struct JobFile {
 
 /// The methods a job may name.
 const std::vector<std::string>& method_names();
+/// The fields a job may have (`mechlab discover --help` explains each).
+const std::vector<std::string>& job_field_names();
 
 /// Reads a JSON or YAML job file into its document (syntax errors name the
 /// file and the line).

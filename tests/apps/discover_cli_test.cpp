@@ -347,6 +347,13 @@ TEST(DiscoverCli, HelpExplainsTheJobFile) {
                            "faithfulness"}) {
     EXPECT_NE(r.output.find(word), std::string::npos) << word;
   }
+  // Every job field and method is explained.
+  for (const std::string& field : mechlab::jobs::job_field_names()) {
+    EXPECT_NE(r.output.find("\n    " + field + " "), std::string::npos) << field;
+  }
+  for (const std::string& method : mechlab::jobs::method_names()) {
+    EXPECT_NE(r.output.find(" " + method + " "), std::string::npos) << method;
+  }
 }
 
 // The fields a step accepts are options of the command it runs.
