@@ -9,6 +9,7 @@
 #include "core/data/tasks/tasks.h"
 #include "core/model/presets.h"
 #include "core/model/transformer.h"
+#include "core/util/interrupt.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
@@ -230,6 +231,20 @@ TEST_F(JobFile, RefusesBadReferenceEdges) {
   write("empty.txt", "# nothing\n");
   EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n    reference_edges: empty.txt\n")),
              "names no edge; give edge names, one a line");
+}
+
+TEST_F(JobFile, ACtrlCBeforeAJobStopsBetweenJobs) {
+  const std::string path = write("jobs.yaml", job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  mechlab::core::set_interrupt_requested(true);
+  std::string m;
+  try {
+    jobs::run_job_file(jobs::parse_job_file(path), jobs::RunOptions(), [](const std::vector<std::string>&) {});
+  } catch (const mechlab::Interrupted& e) {
+    m = e.what();
+  }
+  mechlab::core::set_interrupt_requested(false);
+  EXPECT_HAS(m, "interrupted between jobs; finished jobs are kept and skipped on a rerun");
+  EXPECT_FALSE(fs::exists(dir_ + "/a"));
 }
 
 TEST_F(JobFile, AcdcFieldsAreInTheConfigExceptMaxBatch) {
