@@ -6,8 +6,9 @@
 # detector, then makes an induction dataset, writes the model's residual
 # stream over it to an activation store, and inspects the store. Last, it
 # runs the built-in discovery job file (apps/jobs/demo.yaml): circuits of the
-# shipped IOI model by EAP and EAP-IG, written to runs/demo/ as JSON, HDF5
-# and Graphviz pictures, with the heads each circuit contains.
+# shipped IOI and induction models by ACDC, EAP and EAP-IG, written to
+# runs/demo/ as JSON, HDF5 and Graphviz pictures, each evaluated
+# (faithfulness), with the heads each circuit contains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -36,8 +37,9 @@ mkdir -p "$(dirname "$data")"
 "$ML" cache "$model" "$data" --hooks 'blocks.*.hook_resid_post' --out "$store" --overwrite
 "$ML" store inspect "$store" --check
 echo
-# Circuit discovery from the built-in job file: a dataset step, then EAP (top
-# 40 edges) and EAP-IG (a threshold sweep) on the IOI model. A rerun skips
-# what is done; --force redoes it.
+# Circuit discovery from the built-in job file: dataset steps (IOI pairs,
+# induction pairs), then ACDC (KL to the clean run) and EAP / EAP-IG (logit
+# difference) on the IOI and induction models. The summary table gives each
+# circuit's metric and faithfulness; the last lines list the heads (and
+# MLPs) each circuit contains. A rerun skips what is done; --force redoes it.
 "$ML" discover apps/jobs/demo.yaml --threads 2
-ls runs/demo/ioi-eap

@@ -41,30 +41,51 @@ the job file's folder.
     name        unique; the output folder's default name
     model       mechlab checkpoint (.h5) or Hugging Face folder
     dataset     patching dataset (.h5) with clean/corrupted pairs and answers
-    method      acdc | eap | eap-ig | eap-acdc (this build runs eap and eap-ig)
+    method      acdc     ACDC (Conmy et al. 2023): remove edges from the output backwards,
+                         keeping one when removing it raises the metric by >= threshold
+                eap      edge attribution patching, one gradient (Syed et al. 2023)
+                eap-ig   EAP with integrated gradients (Hanna et al. 2024)
+                eap-acdc EAP (EAP-IG with `steps`) keeps edges by attribution_threshold or
+                         attribution_top_n, then ACDC tries only those
     metric      default kl_to_clean; one of: @METRICS@;
                 eap needs a metric with a gradient at the clean run, e.g. logit_diff
-    ablation    corrupted | mean | zero (default corrupted; eap/eap-ig: corrupted only)
-    threshold   τ >= 0: keep edges with |score| >= τ
+    ablation    corrupted | mean | zero (default corrupted; eap, eap-ig, eap-acdc: corrupted only)
+    threshold   τ >= 0: eap/eap-ig keep edges with |score| >= τ; acdc/eap-acdc remove an
+                edge when removing it raises the metric by less than τ
     thresholds  a list of τ: a sweep, one output folder OUT/threshold-<τ> per τ
     top_n       eap/eap-ig: keep the N edges of largest |score| (instead of τ)
-    steps       eap-ig interpolation steps (default 5)
+    steps       eap-ig (and eap-acdc, which then attributes by EAP-IG) interpolation steps (default 5)
+    abs_value   acdc, eap-acdc: compare |metric increase| with τ (default false)
+    indices_mode  acdc, eap-acdc: normal (a layer's heads from the last) | reverse (default normal)
+    max_batch   acdc, eap-acdc: trials per batched forward, 0 = from the memory budget,
+                1 = one at a time (default 0; the decisions are the same)
+    attribution_threshold  eap-acdc: EAP edges with |score| >= this go to ACDC
+    attribution_top_n      eap-acdc: or the N EAP edges of largest |score|
+    reference_edges  optional: a file of edge names, one a line (e.g. "a0.h3 -> a1.h2<k>"),
+                or a circuit.json (its kept edges): the ROC AUC of the job's scores against them
+                (ACDC: the metric increases, 0 for edges never tried)
     device      cpu | cuda (default cpu)
     examples    use the first N prompt pairs (default 0 = all)
     out         output folder (default <job file's folder>/<name>)
-Each job writes OUT/circuit.json (every edge with score and kept/removed, the
-trace, the job, versions), OUT/circuit.h5, OUT/circuit.dot and OUT/circuit.svg
-(Graphviz `dot`). Finished jobs (circuit.json with the same settings) are
-skipped on a rerun. Every refusal happens before any work starts.
+Each job writes OUT/circuit.json (every edge with score and kept/removed, the ACDC
+trace, the job, versions, and the evaluation: the metric of the full model, of the
+empty circuit and of the circuit, faithfulness (m(C)-m(empty))/(m(full)-m(empty)),
+the reference AUC), OUT/circuit.h5, OUT/circuit.dot and OUT/circuit.svg (Graphviz
+`dot`). Finished jobs (circuit.json with the same settings) are skipped on a rerun.
+Every refusal happens before any work starts. ACDC writes each decision to
+OUT/journal.jsonl as it is made: a rerun after a kill or Ctrl-C resumes after the
+decided edges. Ctrl-C stops ACDC between trials (exit 130), other jobs between jobs.
 
 Example (ioi.yaml):
   steps:
     - dataset: {task: ioi, out: ioi.h5, n: 32, seed: 1}
   jobs:
+    - {name: ioi-acdc, model: ../models/ioi.h5, dataset: ioi.h5, method: acdc,
+       metric: kl_to_clean, thresholds: [0.01, 0.03]}
     - {name: ioi-eap, model: ../models/ioi.h5, dataset: ioi.h5, method: eap,
        metric: logit_diff, top_n: 40}
-    - {name: ioi-eap-ig, model: ../models/ioi.h5, dataset: ioi.h5, method: eap-ig,
-       thresholds: [0.05, 0.1]}
+    - {name: ioi-hybrid, model: ../models/ioi.h5, dataset: ioi.h5, method: eap-acdc,
+       metric: kl_to_clean, steps: 5, attribution_top_n: 60, threshold: 0.01}
 )";
 
 }  // namespace
@@ -73,8 +94,8 @@ void add_discover_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "discover",
       "Circuit discovery from a job file: runs its steps (datasets, caches), then each job\n"
-      "(EAP, EAP-IG; ACDC to come) one after another, writes each circuit as JSON, HDF5 and a\n"
-      "Graphviz picture, and prints a summary table and the heads of each circuit.");
+      "(ACDC, EAP, EAP-IG, EAP then ACDC) one after another, evaluates each circuit, writes it\n"
+      "as JSON, HDF5 and a Graphviz picture, and prints a summary table and the heads of each circuit.");
   struct Args {
     std::string file, only;
     bool force = false, no_svg = false;
@@ -90,7 +111,8 @@ void add_discover_command(CLI::App& app) {
   cmd->footer(help);
   add_threads_option(cmd);
   cmd->callback([a] {
-    handle_interrupts(false, "mechlab: interrupted; finished jobs are kept and skipped on a rerun\n");
+    // ACDC polls Ctrl-C after each journaled decision, the runner between jobs.
+    handle_interrupts(/*polled=*/true);
     const jobs::JobFile file = jobs::parse_job_file(a->file);
     const jobs::RunReport report =
         jobs::run_job_file(file,

@@ -30,7 +30,10 @@ using nlohmann::json;
 const std::vector<std::string> kTopFields = {"jobs", "steps"};
 const std::vector<std::string> kJobFields = {"name",     "model",  "dataset", "method", "metric",
                                              "ablation", "threshold", "thresholds", "top_n", "steps",
-                                             "device",   "examples", "out"};
+                                             "device",   "examples", "out", "abs_value", "indices_mode",
+                                             "max_batch", "attribution_threshold", "attribution_top_n",
+                                             "reference_edges"};
+const std::vector<std::string> kIndicesModes = {"normal", "reverse"};
 const std::vector<std::string> kAblations = {"corrupted", "mean", "zero"};
 const std::vector<std::string> kDevices = {"cpu", "cuda"};
 
@@ -244,11 +247,41 @@ Job parse_job(const json& item, size_t index, const std::string& dir) {
                 ": field 'device' is '", j.device, "'; ", did_you_mean(j.device, kDevices));
   j.examples = f.integer("examples", 0, 0);
   const bool eap = j.method == "eap" || j.method == "eap-ig";
+  const bool acdc = j.method == "acdc" || j.method == "eap-acdc";
   if (item.contains("steps")) {
-    MECHLAB_CHECK(j.method == "eap-ig", who, ": field 'steps' is for method eap-ig (interpolation steps); ",
+    MECHLAB_CHECK(j.method == "eap-ig" || j.method == "eap-acdc", who,
+                  ": field 'steps' is for methods eap-ig and eap-acdc (EAP-IG interpolation steps); ",
                   "drop it for ", j.method);
   }
   j.steps = static_cast<int>(f.integer("steps", 5, 1));
+  j.steps_given = item.contains("steps");
+  for (const char* field : {"abs_value", "indices_mode", "max_batch"}) {
+    MECHLAB_CHECK(acdc || !item.contains(field), who, ": field '", field,
+                  "' is an ACDC option (methods acdc, eap-acdc); drop it for ", j.method);
+  }
+  if (item.contains("abs_value")) {
+    MECHLAB_CHECK(item["abs_value"].is_boolean(), who, ": field 'abs_value' must be true or false, not ",
+                  item["abs_value"].dump());
+    j.abs_value = item["abs_value"].get<bool>();
+  }
+  j.indices_mode = f.string("indices_mode", false, j.indices_mode);
+  MECHLAB_CHECK(std::find(kIndicesModes.begin(), kIndicesModes.end(), j.indices_mode) != kIndicesModes.end(), who,
+                ": field 'indices_mode' is '", j.indices_mode, "'; ", did_you_mean(j.indices_mode, kIndicesModes));
+  j.max_batch = f.integer("max_batch", 0, 0);
+  for (const char* field : {"attribution_threshold", "attribution_top_n"}) {
+    MECHLAB_CHECK(j.method == "eap-acdc" || !item.contains(field), who, ": field '", field,
+                  "' chooses the EAP edges of method eap-acdc; drop it for ", j.method);
+  }
+  if (j.method == "eap-acdc") {
+    const int chosen = int(item.contains("attribution_threshold")) + int(item.contains("attribution_top_n"));
+    MECHLAB_CHECK(chosen == 1, who, ": method eap-acdc needs exactly one of fields 'attribution_threshold' and ",
+                  "'attribution_top_n' (the EAP edges ACDC starts from; ", chosen, " given)");
+    if (item.contains("attribution_threshold")) {
+      j.attribution_threshold = f.tau(item["attribution_threshold"], "attribution_threshold");
+    }
+    j.attribution_top_n = f.integer("attribution_top_n", 0, 1);
+  }
+  if (item.contains("reference_edges")) j.reference_edges = resolve(dir, f.string("reference_edges", true));
   const int given = int(item.contains("threshold")) + int(item.contains("thresholds")) + int(item.contains("top_n"));
   MECHLAB_CHECK(given == 1, who, ": give exactly one of fields 'threshold', 'thresholds'",
                 eap ? " and 'top_n'" : "", " (", given, " given)");
@@ -268,7 +301,7 @@ Job parse_job(const json& item, size_t index, const std::string& dir) {
                   j.method);
     j.top_n = f.integer("top_n", 0, 1);
   }
-  if (eap) {
+  if (eap || j.method == "eap-acdc") {
     MECHLAB_CHECK(j.ablation == "corrupted", who, ": field 'ablation' is '", j.ablation, "' but method ",
                   j.method, " attributes edges against the corrupted run; use ablation: corrupted");
   }
@@ -277,6 +310,9 @@ Job parse_job(const json& item, size_t index, const std::string& dir) {
   MECHLAB_CHECK(!(j.method == "eap" && j.metric == "kl_to_clean"), who, ": field 'metric' is kl_to_clean, "
                 "whose gradient at the clean run is zero, so eap would score every edge 0; give metric: "
                 "logit_diff (or method eap-ig)");
+  MECHLAB_CHECK(!(j.method == "eap-acdc" && !j.steps_given && j.metric == "kl_to_clean"), who,
+                ": field 'metric' is kl_to_clean, whose gradient at the clean run is zero, so eap-acdc's EAP "
+                "would score every edge 0; give 'steps' (EAP-IG scores instead) or another metric");
   j.out = item.contains("out") ? resolve(dir, f.string("out", true)) : resolve(dir, j.name);
   return j;
 }
@@ -300,6 +336,8 @@ const std::vector<std::string>& method_names() {
   static const std::vector<std::string> names = {"acdc", "eap", "eap-ig", "eap-acdc"};
   return names;
 }
+
+const std::vector<std::string>& job_field_names() { return kJobFields; }
 
 std::string nearest_name(const std::string& word, const std::vector<std::string>& valid) {
   std::string best;
@@ -336,7 +374,20 @@ std::vector<JobRun> JobFile::runs() const {
       json c = {{"name", j.name},       {"model", rel(j.model)},   {"dataset", rel(j.dataset)},
                 {"method", j.method},   {"metric", j.metric}, {"ablation", j.ablation},
                 {"device", j.device},   {"examples", j.examples}};
-      if (j.method == "eap-ig") c["steps"] = j.steps;
+      if (j.method == "eap-ig" || (j.method == "eap-acdc" && j.steps_given)) c["steps"] = j.steps;
+      if (j.method == "acdc" || j.method == "eap-acdc") {
+        // max_batch is left out: it changes the speed, not the decisions.
+        c["abs_value"] = j.abs_value;
+        c["indices_mode"] = j.indices_mode;
+      }
+      if (j.method == "eap-acdc") {
+        if (j.attribution_top_n > 0) {
+          c["attribution_top_n"] = j.attribution_top_n;
+        } else {
+          c["attribution_threshold"] = j.attribution_threshold;
+        }
+      }
+      if (!j.reference_edges.empty()) c["reference_edges"] = rel(j.reference_edges);
       return c;
     };
     if (j.thresholds.empty()) {
@@ -427,6 +478,9 @@ JobFile parse_job_document(const json& doc, const std::string& path, const std::
     const Job& j = *r.job;
     const std::string who = "job '" + j.name + "'";
     MECHLAB_CHECK(fs::exists(j.model), who, ": field 'model': no file or folder '", j.model, "'");
+    MECHLAB_CHECK(j.reference_edges.empty() || fs::is_regular_file(j.reference_edges), who,
+                  ": field 'reference_edges': no file '", j.reference_edges,
+                  "'; give a file of edge names (one a line) or a circuit.json");
     MECHLAB_CHECK(fs::exists(j.dataset) || produced(j.dataset), who, ": field 'dataset': no file '", j.dataset,
                   "' (and no step writes it)");
     for (const std::string* in : {&j.model, &j.dataset}) {

@@ -13,7 +13,12 @@
 //       metric: logit_diff       # default kl_to_clean; any of patching's metric_catalog()
 //       ablation: corrupted      # corrupted | mean | zero (default corrupted)
 //       threshold: 0.05          # τ >= 0; or thresholds: [..] (one folder per τ); or top_n: N (eap, eap-ig)
-//       steps: 5                 # EAP-IG interpolation steps (eap-ig only; default 5)
+//       steps: 5                 # EAP-IG interpolation steps (eap-ig; eap-acdc: EAP-IG instead of EAP)
+//       abs_value: false         # acdc, eap-acdc: threshold on |metric increase|
+//       indices_mode: normal     # acdc, eap-acdc: normal | reverse (a layer's heads from the first)
+//       max_batch: 0             # acdc, eap-acdc: trials per forward (0 = memory budget); not in the config
+//       attribution_threshold: 0.01  # eap-acdc: EAP edges kept for ACDC; or attribution_top_n: N
+//       reference_edges: ref.txt # optional: edge names (one a line) or a circuit.json -> ROC AUC
 //       device: cpu              # cpu | cuda (default cpu)
 //       examples: 32             # the first N prompt pairs (default 0 = all)
 //       out: runs/ioi-eap        # default <job file's folder>/<name>
@@ -32,6 +37,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -61,6 +67,16 @@ struct Job {
   std::vector<double> thresholds;  ///< one per run; empty with top_n
   int64_t top_n = 0;
   int steps = 5;
+  bool steps_given = false;  ///< eap-acdc: attribute by EAP-IG (with `steps`) instead of EAP
+  // ACDC (acdc, eap-acdc): discovery/acdc.h's AcdcOptions.
+  bool abs_value = false;
+  std::string indices_mode = "normal";
+  int64_t max_batch = 0;
+  // eap-acdc: which EAP edges ACDC starts from (exactly one given).
+  double attribution_threshold = std::numeric_limits<double>::quiet_NaN();
+  int64_t attribution_top_n = 0;
+  /// "" or a file of edge names (one a line) or a circuit.json: ROC AUC of the scores against it.
+  std::string reference_edges;
   std::string device = "cpu";
   int64_t examples = 0;
   std::string out;
@@ -87,6 +103,8 @@ struct JobFile {
 
 /// The methods a job may name.
 const std::vector<std::string>& method_names();
+/// The fields a job may have (`mechlab discover --help` explains each).
+const std::vector<std::string>& job_field_names();
 
 /// Reads a JSON or YAML job file into its document (syntax errors name the
 /// file and the line).

@@ -3,7 +3,11 @@
 #include "core/data/dataset.h"
 #include "core/hf/model_loader.h"
 #include "core/util/error.h"
+#include "core/util/interrupt.h"
+#include "patching/discovery/acdc.h"
 #include "patching/discovery/circuit_output.h"
+#include "patching/discovery/circuit_runner.h"
+#include "patching/discovery/evaluation.h"
 #include "patching/discovery/selection.h"
 #include "patching/sweeps.h"
 
@@ -12,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #ifndef MECHLAB_VERSION_STRING
@@ -32,24 +37,37 @@ using nlohmann::json;
 // attribution once per job (noising: base = clean, source = corrupted, so a
 // removed edge reads its corrupted contribution, as ACDC's ablation), then
 // select by the run's τ or top_n.
-JobResult run_edge_attribution(MethodContext& ctx) {
+// The job's edge scores, attributed once per job (a τ sweep reuses them).
+// EAP-IG for eap-ig, and for eap-acdc when the job gives `steps`.
+const patching::EdgeScores& job_edge_scores(MethodContext& ctx, bool with_bar) {
   const Job& job = *ctx.run.job;
+  const bool ig = job.method == "eap-ig" || (job.method == "eap-acdc" && job.steps_given);
   auto it = ctx.edge_scores.find(job.name);
   if (it == ctx.edge_scores.end()) {
-    core::ProgressBar& bar = ctx.progress(1, "attribution");
     const patching::AttributionOptions opts =
         patching::AttributionOptions()
-            .method(job.method == "eap-ig" ? patching::AttributionMethod::eap_ig
-                                                : patching::AttributionMethod::attribution)
+            .method(ig ? patching::AttributionMethod::eap_ig : patching::AttributionMethod::attribution)
             .steps(job.steps)
             .direction(patching::Direction::noising);
+    core::ProgressBar* bar = with_bar ? &ctx.progress(1, "attribution") : nullptr;
     it = ctx.edge_scores.emplace(job.name, patching::edge_attribution(ctx.model, ctx.data, ctx.metric, opts))
              .first;
-    bar.advance(1);
-  } else {
+    if (bar) bar->advance(1);
+  } else if (with_bar) {
     ctx.progress(1, "attribution").advance(1);  // reused from the job's first τ
   }
-  const patching::EdgeScores& scores = it->second;
+  return it->second;
+}
+
+json attribution_details(const patching::EdgeScores& scores) {
+  json cfg = scores.config;
+  cfg.erase("model_config");  // the model's hash is in versions
+  return cfg;
+}
+
+JobResult run_edge_attribution(MethodContext& ctx) {
+  const Job& job = *ctx.run.job;
+  const patching::EdgeScores& scores = job_edge_scores(ctx, true);
   discovery::SelectionOptions sel;
   if (job.top_n > 0) {
     sel.top_n(job.top_n);
@@ -58,10 +76,147 @@ JobResult run_edge_attribution(MethodContext& ctx) {
   }
   JobResult r{discovery::select_edges(scores, sel)};
   r.full_metric = scores.config.value("clean_metric", NAN);
-  json cfg = scores.config;
-  cfg.erase("model_config");  // the model's hash is in versions
-  r.details["attribution"] = cfg;
+  r.details["attribution"] = attribution_details(scores);
+  r.roc_scores = discovery::scored_circuit(scores);
   return r;
+}
+
+// A journal line <-> an ACDC step (NaN as null).
+json step_json(const discovery::AcdcStep& st) {
+  auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
+  return {{"edge", st.edge}, {"kept", st.kept}, {"tried", st.tried}, {"score", num(st.score)},
+          {"metric", num(st.metric)}};
+}
+
+discovery::AcdcStep step_of(const json& j, size_t line, const std::string& path) {
+  auto number = [](const json& v) { return v.is_number() ? v.get<double>() : NAN; };
+  MECHLAB_CHECK(j.contains("edge") && j["edge"].is_string() && j.contains("kept") && j["kept"].is_boolean() &&
+                    j.contains("tried") && j["tried"].is_boolean() && j.contains("score") &&
+                    j.contains("metric"),
+                "the journal '", path, "' line ", line, " is not an ACDC step (edge, kept, tried, score, metric); ",
+                "delete the journal to start the job afresh");
+  discovery::AcdcStep st;
+  st.edge = j["edge"].get<std::string>();
+  st.kept = j["kept"].get<bool>();
+  st.tried = j["tried"].get<bool>();
+  st.score = number(j["score"]);
+  st.metric = number(j["metric"]);
+  return st;
+}
+
+// ACDC (Conmy et al. 2023) from `start` (nullopt = the full model). Each
+// decision is journaled (fsynced) before the next one, so a kill loses at
+// most the trials in flight; Ctrl-C is honoured right after a journaled
+// decision, a point from which the rerun resumes.
+JobResult run_acdc_from(MethodContext& ctx, std::optional<discovery::Circuit> start) {
+  const Job& job = *ctx.run.job;
+  const std::string journal_path = (fs::path(ctx.run.out) / "journal.jsonl").string();
+  std::vector<discovery::AcdcStep> resume;
+  for (size_t i = 0; i < ctx.resume.size(); ++i) resume.push_back(step_of(ctx.resume[i], i + 1, journal_path));
+  if (!resume.empty()) {
+    std::printf("%s: resuming after the %zu decided edges in %s\n", job.name.c_str(), resume.size(),
+                journal_path.c_str());
+    std::fflush(stdout);
+  }
+  discovery::AcdcOptions opts;
+  opts.threshold(ctx.run.threshold)
+      .abs_value(job.abs_value)
+      .ablation(discovery::parse_ablation(job.ablation))
+      .indices_mode(job.indices_mode)
+      .max_batch(job.max_batch)
+      .start(std::move(start));
+  int64_t first_new = -1;
+  const discovery::AcdcObserver observer = [&](const discovery::AcdcStep& st, int64_t decided, int64_t total) {
+    ctx.journal.append(step_json(st));
+    if (first_new < 0) first_new = decided;
+    ctx.progress(total, "edges", decided - 1).advance(1);
+    if (core::interrupt_requested()) {
+      if (ctx.bar) ctx.bar->finish();
+      throw Interrupted(str_cat("job '", job.name, "': interrupted; the journal ", journal_path, " keeps ", decided,
+                                " decided edges of ", total, "; rerun the same command to resume from there"));
+    }
+  };
+  const discovery::AcdcResult a = discovery::acdc(ctx.model, ctx.data, ctx.metric, opts, resume, observer);
+  JobResult r{a.circuit};
+  for (const discovery::AcdcStep& st : a.steps) r.trace.push_back(step_json(st));
+  r.full_metric = a.full_metric;
+  r.circuit_metric = a.final_metric;
+  r.details["acdc"] = {{"forwards", a.forwards},
+                       {"trials", a.trials},
+                       {"resumed_steps", static_cast<int64_t>(resume.size())},
+                       {"first_new_step", first_new},
+                       {"final_metric", a.final_metric},
+                       {"seconds", a.seconds}};
+  // ROC ranks every edge; one ACDC never tried (removed unused, or by the
+  // EAP start) changed nothing when removed: score 0.
+  discovery::Circuit roc = a.circuit;
+  for (const discovery::CircuitEdge& e : roc.edges()) {
+    if (std::isnan(roc.score(e))) roc.set_score(e, 0.0);
+  }
+  r.roc_scores = std::move(roc);
+  return r;
+}
+
+JobResult run_acdc_method(MethodContext& ctx) { return run_acdc_from(ctx, std::nullopt); }
+
+// The hybrid: EAP (EAP-IG with `steps`) scores, keep by attribution_threshold
+// or attribution_top_n (selection.h), then ACDC tries only the survivors.
+JobResult run_eap_acdc(MethodContext& ctx) {
+  const Job& job = *ctx.run.job;
+  const patching::EdgeScores& scores = job_edge_scores(ctx, false);
+  discovery::SelectionOptions sel;
+  if (job.attribution_top_n > 0) {
+    sel.top_n(job.attribution_top_n);
+  } else {
+    sel.threshold(job.attribution_threshold);
+  }
+  discovery::Circuit start = discovery::select_edges(scores, sel);
+  const int64_t survivors = start.edge_count();
+  JobResult r = run_acdc_from(ctx, std::move(start));
+  r.details["attribution"] = attribution_details(scores);
+  r.details["attribution_kept"] = survivors;
+  return r;
+}
+
+// The reference edges of a job: a circuit.json (its kept edges) or a text
+// file of edge names, one a line ('#' comments and blank lines skipped).
+struct Reference {
+  std::vector<std::string> names;
+  std::optional<discovery::Circuit> circuit;
+};
+
+Reference read_reference(const Job& j, const patching::CircuitGraph& graph) {
+  Reference ref;
+  const std::string who = "job '" + j.name + "': field 'reference_edges': ";
+  std::ifstream in(j.reference_edges);
+  MECHLAB_CHECK(in, who, "cannot read '", j.reference_edges, "'");
+  std::string first;
+  in >> std::ws;
+  if (in.peek() == '{') {
+    try {
+      const json doc = discovery::read_circuit_document(j.reference_edges);
+      ref.circuit = discovery::Circuit::from_json(graph, doc.value("circuit", json::object()));
+    } catch (const Error& e) {
+      throw Error(str_cat(who, e.what()));
+    }
+    return ref;
+  }
+  const discovery::Circuit probe = discovery::Circuit::full(graph);
+  int line_no = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    const size_t a = line.find_first_not_of(" \t\r"), b = line.find_last_not_of(" \t\r");
+    if (a == std::string::npos || line[a] == '#') continue;
+    line = line.substr(a, b - a + 1);
+    try {
+      probe.parse_edge(line);
+    } catch (const Error& e) {
+      throw Error(str_cat(who, "line ", line_no, ": ", e.what()));
+    }
+    ref.names.push_back(line);
+  }
+  MECHLAB_CHECK(!ref.names.empty(), who, "'", j.reference_edges, "' names no edge; give edge names, one a line");
+  return ref;
 }
 
 std::string tau_text(const RunSummary& s) {
@@ -88,14 +243,16 @@ std::string differing(const json& a, const json& b) {
 
 }  // namespace
 
-core::ProgressBar& MethodContext::progress(int64_t total, const std::string& unit) {
-  if (!bar) bar = std::make_unique<core::ProgressBar>(run.job->name, total, unit);
+core::ProgressBar& MethodContext::progress(int64_t total, const std::string& unit, int64_t start) {
+  if (!bar) bar = std::make_unique<core::ProgressBar>(run.job->name, total, unit, start);
   return *bar;
 }
 
 const std::map<std::string, Method>& method_table() {
   static const std::map<std::string, Method> table = {
+      {"acdc", run_acdc_method},
       {"eap", run_edge_attribution},
+      {"eap-acdc", run_eap_acdc},
       {"eap-ig", run_edge_attribution},
   };
   return table;
@@ -147,6 +304,12 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
                   " differ); delete it, or replace it with the force option");
   }
   std::map<std::string, ModelFacts> facts = check_job_inputs(file, /*skip_missing=*/true);
+  // Reference edges name edges of their job's model.
+  for (const Job& j : file.jobs) {
+    if (j.reference_edges.empty()) continue;
+    const core::Transformer m = core::load_model(j.model);
+    read_reference(j, patching::CircuitGraph(m.config()));
+  }
   std::set<std::string> missing_datasets;
   for (const Job& j : file.jobs) {
     if (!fs::exists(j.dataset)) missing_datasets.insert(j.dataset);
@@ -183,7 +346,13 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
   std::unique_ptr<hooks::HookedTransformer> model;
   std::unique_ptr<patching::PatchingData> data;
   std::unique_ptr<patching::Metric> metric;
+  // The evaluation's runner (its clean and ablated runs) serves every τ of a job.
+  std::unique_ptr<discovery::CircuitRunner> evaluator;
+  std::string evaluator_for;
   for (size_t i = 0; i < runs.size(); ++i) {
+    if (core::interrupt_requested()) {
+      throw Interrupted("interrupted between jobs; finished jobs are kept and skipped on a rerun");
+    }
     const JobRun& r = runs[i];
     const Job& j = *r.job;
     RunSummary row;
@@ -201,6 +370,10 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       row.circuit_metric = res.contains("circuit_metric") && res["circuit_metric"].is_number()
                                ? res["circuit_metric"].get<double>() : NAN;
       row.seconds = res.value("seconds", 0.0);
+      for (auto [key, field] : {std::pair<const char*, double*>{"faithfulness", &row.faithfulness},
+                                {"reference_auc", &row.auc}}) {
+        if (res.contains(key) && res[key].is_number()) *field = res[key].get<double>();
+      }
       row.nodes = res.value("nodes", std::vector<std::string>{});
       std::printf("%s: skipped: done (%s)\n", j.name.c_str(), r.out.c_str());
       report.runs.push_back(row);
@@ -211,6 +384,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       if (loaded_for == nullptr || loaded_for->model != j.model || loaded_for->dataset != j.dataset ||
           loaded_for->device != j.device || loaded_for->examples != j.examples ||
           loaded_for->metric != j.metric) {
+        evaluator.reset();
         metric.reset();
         data.reset();
         model.reset();
@@ -237,10 +411,39 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
         if (ctx.bar) ctx.bar->finish();
         journal.close();
       }
+      // Evaluate the circuit whatever found it: the metric of the full model,
+      // the empty circuit and the circuit, all in one call of the runner.
+      const std::string eval_key = j.name + "\n" + j.ablation;
+      if (!evaluator || evaluator_for != eval_key) {
+        evaluator.reset();
+        evaluator = std::make_unique<discovery::CircuitRunner>(*model, *data, discovery::parse_ablation(j.ablation));
+        evaluator_for = eval_key;
+      }
+      const patching::CircuitGraph& graph = result.circuit.graph();
+      const std::vector<double> m = evaluator->metrics(
+          *metric, {discovery::Circuit::full(graph), discovery::Circuit::empty(graph), result.circuit});
+      json evaluation = {{"full_metric", m[0]}, {"empty_metric", m[1]}, {"circuit_metric", m[2]}};
+      // f is undefined when the empty circuit scores as the full model.
+      row.faithfulness = m[0] == m[1] ? NAN : discovery::faithfulness(m[2], m[0], m[1]);
+      if (!j.reference_edges.empty()) {
+        const Reference ref = read_reference(j, graph);
+        const discovery::Circuit& scored = result.roc_scores ? *result.roc_scores : result.circuit;
+        try {
+          const discovery::RocCurve roc =
+              ref.circuit ? discovery::roc_curve(scored, *ref.circuit) : discovery::roc_curve(scored, ref.names);
+          row.auc = roc.auc;
+          evaluation["reference_positives"] = roc.positives;
+          evaluation["reference_negatives"] = roc.negatives;
+        } catch (const Error& e) {
+          throw Error(str_cat("field 'reference_edges': ", e.what()));
+        }
+      }
+      if (!std::isnan(result.circuit_metric)) evaluation["method_circuit_metric"] = result.circuit_metric;
+      if (!std::isnan(result.full_metric)) evaluation["method_full_metric"] = result.full_metric;
       row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       row.kept = result.circuit.edge_count();
       row.total = static_cast<int64_t>(result.circuit.edges().size());
-      row.circuit_metric = result.circuit_metric;
+      row.circuit_metric = m[2];
       row.nodes = result.circuit.nodes();
 
       discovery::CircuitRecord rec{result.circuit};
@@ -261,8 +464,12 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
         rec.versions["threshold"] = r.threshold;
       }
       auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
-      rec.results = {{"full_metric", num(result.full_metric)},
-                     {"circuit_metric", num(result.circuit_metric)},
+      rec.results = {{"full_metric", num(m[0])},
+                     {"empty_metric", num(m[1])},
+                     {"circuit_metric", num(m[2])},
+                     {"faithfulness", num(row.faithfulness)},
+                     {"reference_auc", num(row.auc)},
+                     {"evaluation", evaluation},
                      {"edges_kept", row.kept},
                      {"edges_total", row.total},
                      {"nodes", row.nodes},
@@ -280,6 +487,8 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       row.status = "done";
       std::printf("%s: %lld of %lld edges kept -> %s\n", j.name.c_str(), static_cast<long long>(row.kept),
                   static_cast<long long>(row.total), r.out.c_str());
+    } catch (const Interrupted&) {
+      throw;  // Ctrl-C: the journal is whole; the message says how to resume
     } catch (const std::exception& e) {
       // mechlab::Error, or LibTorch's (whose first line is the message).
       std::string what = e.what();
@@ -302,8 +511,8 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
 std::string summary_table(const RunReport& report) {
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-20s %-8s %-10s %-15s %-14s %8s  %s\n", "job", "method", "tau",
-                "edges kept", "circuit metric", "seconds", "status");
+  std::snprintf(line, sizeof line, "%-20s %-8s %-10s %-15s %-14s %-12s %-8s %8s  %s\n", "job", "method", "tau",
+                "edges kept", "circuit metric", "faithfulness", "ref AUC", "seconds", "status");
   out += line;
   for (const RunSummary& s : report.runs) {
     const std::string edges = s.kept < 0 ? "-" : std::to_string(s.kept) + " / " + std::to_string(s.total);
@@ -313,10 +522,14 @@ std::string summary_table(const RunReport& report) {
     } else {
       std::snprintf(metric, sizeof metric, "%.4f", s.circuit_metric);
     }
+    char faith[32] = "n/a", auc[32] = "-";
+    if (!std::isnan(s.faithfulness)) std::snprintf(faith, sizeof faith, "%.3f", s.faithfulness);
+    if (!std::isnan(s.auc)) std::snprintf(auc, sizeof auc, "%.3f", s.auc);
     std::string status = s.status;
     if (status.size() > 80) status = status.substr(0, 77) + "...";
-    std::snprintf(line, sizeof line, "%-20s %-8s %-10s %-15s %-14s %8.1f  %s\n", s.job.c_str(), s.method.c_str(),
-                  tau_text(s).c_str(), edges.c_str(), metric, s.seconds, status.c_str());
+    std::snprintf(line, sizeof line, "%-20s %-8s %-10s %-15s %-14s %-12s %-8s %8.1f  %s\n", s.job.c_str(),
+                  s.method.c_str(), tau_text(s).c_str(), edges.c_str(), metric, faith, auc, s.seconds,
+                  status.c_str());
     out += line;
   }
   return out;

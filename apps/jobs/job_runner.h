@@ -6,8 +6,14 @@
 // A method is one entry of a table, name -> function(context) -> JobResult;
 // the context holds the job, the loaded model and data, the metric, the
 // journal of an interrupted earlier run and a progress bar. eap and eap-ig
-// are here (edge attribution + discovery/selection.h); acdc and eap-acdc are
-// wired by adding their entries.
+// are edge attribution + discovery/selection.h; acdc is discovery/acdc.h,
+// its observer journaling each decision (fsynced) and polling Ctrl-C;
+// eap-acdc is EAP (or EAP-IG) selection, then ACDC from the kept edges.
+//
+// Every circuit is then evaluated with a CircuitRunner on the job's data and
+// ablation: the metric of the full model, of the empty circuit and of the
+// circuit, and faithfulness (discovery/evaluation.h); with reference_edges,
+// the ROC AUC of the job's scores against them.
 //
 // Finished: the run's circuit.json exists and records the same config; a
 // rerun prints "skipped: done" (RunOptions::force reruns it). A circuit.json
@@ -33,18 +39,22 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mechlab::jobs {
 
 /// What a method produced for one run.
 struct JobResult {
+  explicit JobResult(discovery::Circuit c) : circuit(std::move(c)) {}
   discovery::Circuit circuit;
   /// [{"edge", "kept", "metric"}...] in decision order; empty for EAP.
   nlohmann::json trace = nlohmann::json::array();
   double full_metric = NAN;     ///< the metric of the whole model
   double circuit_metric = NAN;  ///< the metric of the circuit; NaN = not evaluated
   nlohmann::json details = nlohmann::json::object();  ///< method-specific (passes, baselines)
+  /// The scores a reference ROC ranks (every ranked edge scored); nullopt = the circuit's own.
+  std::optional<discovery::Circuit> roc_scores;
 };
 
 /// Everything a method may use for one run.
@@ -60,7 +70,7 @@ struct MethodContext {
   /// Edge scores already computed for this job (reused across its thresholds).
   std::map<std::string, patching::EdgeScores>& edge_scores;
   /// The run's progress bar, made on first use with the method's total.
-  core::ProgressBar& progress(int64_t total, const std::string& unit);
+  core::ProgressBar& progress(int64_t total, const std::string& unit, int64_t start = 0);
   std::unique_ptr<core::ProgressBar> bar;
 };
 
@@ -88,6 +98,7 @@ struct RunSummary {
   int64_t top_n = 0;
   int64_t kept = -1, total = -1;
   double circuit_metric = NAN, seconds = 0;
+  double faithfulness = NAN, auc = NAN;  ///< NaN: undefined / no reference_edges
   std::vector<std::string> nodes;  ///< heads and MLPs of the circuit
 };
 

@@ -10,7 +10,10 @@
 #include "core/model/presets.h"
 #include "core/model/transformer.h"
 #include "apps/jobs/job_file.h"
+#include "patching/discovery/acdc.h"
 #include "patching/discovery/circuit_output.h"
+#include "patching/discovery/circuit_runner.h"
+#include "patching/discovery/evaluation.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/discovery/selection.h"
 #include "patching/edge_attribution.h"
@@ -158,6 +161,156 @@ TEST(DiscoverCli, TwoJobsWriteCircuitsThenARerunSkipsAndForceReruns) {
   EXPECT_NE(only.output.find("ig: "), std::string::npos);
 }
 
+// ACDC (a τ sweep), the EAP -> ACDC hybrid and EAP with reference edges:
+// each circuit equals the library's, computed directly, and each is
+// evaluated: circuit metric, full and empty metrics, faithfulness, AUC.
+TEST(DiscoverCli, AcdcAndEapAcdcJobsEqualTheLibraryAndEveryCircuitIsEvaluated) {
+  const std::string dir = make_job_dir("acdc");
+  mechlab::core::save_dataset(dir + "/data.h5", mechlab::core::tasks::make_task("ioi", kIoi));
+  std::ofstream(dir + "/ref.txt") << "a0.h1 -> a1.h2<q>\na1.h0 -> output\nm1 -> output\n";
+  std::ofstream(dir + "/jobs.yaml") << R"(jobs:
+  - {name: acdc, model: model.h5, dataset: data.h5, method: acdc, thresholds: [0.000001, 0.000004], max_batch: 3,
+     reference_edges: ref.txt}
+  - {name: hybrid, model: model.h5, dataset: data.h5, method: eap-acdc, steps: 2, attribution_top_n: 20,
+     threshold: 0.000001, indices_mode: reverse}
+  - {name: eap, model: model.h5, dataset: data.h5, method: eap, metric: logit_diff, top_n: 25,
+     reference_edges: ref.txt}
+)";
+  const auto r = run_cli("discover " + dir + "/jobs.yaml --threads 1 --no-svg");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_EQ(count_of(r.output, " edges kept -> "), 4u) << r.output;
+
+  at::set_num_threads(1);
+  using namespace mechlab;
+  hooks::HookedTransformer model(core::load_model(dir + "/model.h5"));
+  const patching::PatchingData data = patching::PatchingData::from_dataset(core::load_dataset(dir + "/data.h5"));
+  auto metric_of = [&](const std::string& name) {
+    return patching::make_metric(patching::MetricOptions().name(name), model, data, patching::Direction::noising);
+  };
+  const patching::Metric kl = metric_of("kl_to_clean"), ld = metric_of("logit_diff");
+  auto names = [](const discovery::Circuit& c) {
+    std::set<std::string> out;
+    for (const auto& e : c.edges()) {
+      if (c.kept(e)) out.insert(c.edge_name(e));
+    }
+    return out;
+  };
+  const std::vector<std::string> ref = {"a0.h1 -> a1.h2<q>", "a1.h0 -> output", "m1 -> output"};
+  discovery::CircuitRunner runner(model, data, discovery::Ablation::corrupted);
+
+  // ACDC at both τ: the library's circuit, scores and trace.
+  // τ of the size of single edges' KL effects in this random model (about 1e-6).
+  for (const double tau : {0.000001, 0.000004}) {
+    char folder[64];
+    std::snprintf(folder, sizeof folder, "/acdc/threshold-%g/circuit.json", tau);
+    const nlohmann::json doc = discovery::read_circuit_document(dir + folder);
+    // max_batch as the job's: the same stacked forwards give the same scores to the last bit.
+    const discovery::AcdcResult want =
+        discovery::acdc(model, data, kl, discovery::AcdcOptions().threshold(tau).max_batch(3));
+    EXPECT_EQ(kept_in(doc), names(want.circuit)) << tau;
+    EXPECT_GT(want.circuit.edge_count(), 0) << tau;  // neither empty nor whole: the comparison means something
+    EXPECT_LT(want.circuit.edge_count(), static_cast<int64_t>(want.circuit.edges().size())) << tau;
+    ASSERT_EQ(doc["trace"].size(), want.steps.size());
+    for (size_t i = 0; i < want.steps.size(); ++i) {
+      EXPECT_EQ(doc["trace"][i]["edge"], want.steps[i].edge);
+      EXPECT_EQ(doc["trace"][i]["kept"], want.steps[i].kept);
+    }
+    const nlohmann::json& res = doc["results"];
+    // The evaluation: a runner's full, empty and circuit metrics, and f.
+    const std::vector<double> m = runner.metrics(
+        kl, {discovery::Circuit::full(want.circuit.graph()), discovery::Circuit::empty(want.circuit.graph()),
+             want.circuit});
+    EXPECT_DOUBLE_EQ(res["full_metric"].get<double>(), m[0]);
+    EXPECT_DOUBLE_EQ(res["empty_metric"].get<double>(), m[1]);
+    EXPECT_DOUBLE_EQ(res["circuit_metric"].get<double>(), m[2]);
+    EXPECT_NEAR(res["faithfulness"].get<double>(), (m[2] - m[1]) / (m[0] - m[1]), 1e-9);
+    // KL of the clean run to itself is 0, and the full masked forward agrees
+    // with ACDC's incremental one (to 1% of the metric's range: KL here is ~1e-5).
+    EXPECT_NEAR(m[0], 0.0, 1e-7);
+    EXPECT_NEAR(m[2], want.final_metric, 0.01 * m[1]);
+    // AUC of the metric increases, 0 for edges never tried.
+    discovery::Circuit scored = want.circuit;
+    for (const auto& e : scored.edges()) {
+      if (std::isnan(scored.score(e))) scored.set_score(e, 0.0);
+    }
+    EXPECT_NEAR(res["reference_auc"].get<double>(), discovery::roc_curve(scored, ref).auc, 1e-12);
+  }
+
+  // The hybrid: EAP-IG's top 20, then ACDC from there.
+  {
+    const patching::EdgeScores ig = patching::edge_attribution(
+        model, data, kl,
+        patching::AttributionOptions().method(patching::AttributionMethod::eap_ig).steps(2));
+    const discovery::Circuit start = discovery::select_edges(ig, discovery::SelectionOptions().top_n(20));
+    const discovery::AcdcResult want = discovery::acdc(
+        model, data, kl, discovery::AcdcOptions().threshold(0.000001).indices_mode("reverse").start(start));
+    // (the job's max_batch is 0 = the memory budget, as here)
+    const nlohmann::json doc = discovery::read_circuit_document(dir + "/hybrid/circuit.json");
+    EXPECT_EQ(kept_in(doc), names(want.circuit));
+    EXPECT_LE(names(want.circuit).size(), names(start).size());
+    EXPECT_GT(want.circuit.edge_count(), 0);
+    EXPECT_EQ(doc["results"]["details"]["attribution_kept"], start.edge_count());
+    EXPECT_NEAR(doc["results"]["circuit_metric"].get<double>(), want.final_metric,
+                0.01 * doc["results"]["empty_metric"].get<double>());
+  }
+
+  // EAP: the circuit's metric by the runner, the AUC of the attribution scores.
+  {
+    const patching::EdgeScores eap = patching::edge_attribution(model, data, ld);
+    const discovery::Circuit c = discovery::select_edges(eap, discovery::SelectionOptions().top_n(25));
+    const std::vector<double> m = runner.metrics(
+        ld, {discovery::Circuit::full(c.graph()), discovery::Circuit::empty(c.graph()), c});
+    const nlohmann::json res = discovery::read_circuit_document(dir + "/eap/circuit.json")["results"];
+    EXPECT_DOUBLE_EQ(res["full_metric"].get<double>(), m[0]);
+    EXPECT_DOUBLE_EQ(res["empty_metric"].get<double>(), m[1]);
+    EXPECT_DOUBLE_EQ(res["circuit_metric"].get<double>(), m[2]);
+    EXPECT_NEAR(res["faithfulness"].get<double>(), (m[2] - m[1]) / (m[0] - m[1]), 1e-9);
+    EXPECT_NE(m[0], m[1]);
+    EXPECT_NEAR(res["reference_auc"].get<double>(), discovery::roc_curve(eap, ref).auc, 1e-12);
+  }
+  // The summary shows every circuit's metric, faithfulness and AUC.
+  const std::string table = r.output.substr(r.output.find("job "));
+  EXPECT_EQ(count_of(table, "n/a"), 0u) << table;
+  EXPECT_NE(table.find("faithfulness"), std::string::npos) << table;
+  EXPECT_NE(table.find("ref AUC"), std::string::npos) << table;
+
+  // A circuit.json as the reference: its kept edges (EAP ranks residual edges).
+  std::ofstream(dir + "/vs.yaml") << R"(jobs:
+  - {name: vs, model: model.h5, dataset: data.h5, method: eap, metric: logit_diff, top_n: 25,
+     reference_edges: acdc/threshold-1e-06/circuit.json}
+)";
+  const auto vs = run_cli("discover " + dir + "/vs.yaml --threads 1 --no-svg");
+  ASSERT_EQ(vs.rc, 0) << vs.output;
+  const patching::EdgeScores eap = patching::edge_attribution(model, data, ld);
+  const discovery::Circuit acdc_circuit = discovery::Circuit::from_json(
+      discovery::scored_circuit(eap).graph(),
+      discovery::read_circuit_document(dir + "/acdc/threshold-1e-06/circuit.json")["circuit"]);
+  EXPECT_NEAR(discovery::read_circuit_document(dir + "/vs/circuit.json")["results"]["reference_auc"].get<double>(),
+              discovery::roc_curve(discovery::scored_circuit(eap), acdc_circuit).auc, 1e-12);
+}
+
+// `mechlab dataset make induction --set pairs=true` through a step: the pairs
+// feed a discovery job.
+TEST(DiscoverCli, InductionPairsFromAStepFeedAJob) {
+  const std::string dir = temp_path("discover_cli", "induction");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  mechlab::core::ModelConfig cfg = mechlab::core::preset("attn-only-2l");
+  cfg.d_vocab = 20;
+  mechlab::core::Transformer(cfg, 4).save(dir + "/model.h5");
+  std::ofstream(dir + "/jobs.yaml") << R"(steps:
+  - dataset: {task: induction, out: data.h5, n: 8, seed: 1, set: {pairs: true, half_len: 5, query_len: 2, d_vocab: 20}}
+jobs:
+  - {name: ig, model: model.h5, dataset: data.h5, method: eap-ig, metric: logit_diff, steps: 2, top_n: 10}
+)";
+  const auto r = run_cli("discover " + dir + "/jobs.yaml --threads 1 --no-svg");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  const mechlab::core::Dataset ds = mechlab::core::load_dataset(dir + "/data.h5");
+  EXPECT_EQ(ds.clean_tokens.sizes(), (c10::IntArrayRef{8, 8}));  // BOS + 5 + 2
+  EXPECT_EQ(ds.answer_pos[0].item<int64_t>(), 7);
+  EXPECT_TRUE(fs::exists(dir + "/ig/circuit.json"));
+}
+
 TEST(DiscoverCli, WithoutGraphvizTheDataIsWrittenAndTheErrorSaysToInstallIt) {
   const std::string dir = make_job_dir("no_dot");
   const auto r = run_program("PATH=/nonexistent " + std::string(MECHLAB_BINARY) + " " +
@@ -188,8 +341,18 @@ TEST(DiscoverCli, ARefusalIsOneLineAndNothingIsWritten) {
 TEST(DiscoverCli, HelpExplainsTheJobFile) {
   const auto r = run_cli("discover --help");
   ASSERT_EQ(r.rc, 0);
-  for (const char* word : {"--only", "--force", "thresholds", "top_n", "ablation", "eap-ig", "Example", "steps:"}) {
+  for (const char* word : {"--only", "--force", "thresholds", "top_n", "ablation", "eap-ig", "Example", "steps:",
+                           "abs_value", "indices_mode", "max_batch", "attribution_threshold",
+                           "attribution_top_n", "reference_edges", "method: acdc", "eap-acdc", "journal.jsonl",
+                           "faithfulness"}) {
     EXPECT_NE(r.output.find(word), std::string::npos) << word;
+  }
+  // Every job field and method is explained.
+  for (const std::string& field : mechlab::jobs::job_field_names()) {
+    EXPECT_NE(r.output.find("\n    " + field + " "), std::string::npos) << field;
+  }
+  for (const std::string& method : mechlab::jobs::method_names()) {
+    EXPECT_NE(r.output.find(" " + method + " "), std::string::npos) << method;
   }
 }
 

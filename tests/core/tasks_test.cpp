@@ -152,6 +152,49 @@ TEST(TaskTest, InductionWithRandomStartMovesTheCopies) {
               HasSubstr("random_start"));
 }
 
+TEST(TaskTest, InductionPairsDifferOnlyInTheFirstCopy) {
+  const Dataset ds = make_induction(
+      InductionOptions{}.n(200).half_len(6).query_len(2).pairs(true).d_vocab(4));
+  ASSERT_NO_THROW(ds.validate());
+  EXPECT_FALSE(ds.tokens.defined());
+  ASSERT_EQ(ds.clean_tokens.sizes(), (c10::IntArrayRef{200, 9}));  // BOS + 6 + 2
+  ASSERT_EQ(ds.corrupted_tokens.sizes(), (c10::IntArrayRef{200, 9}));
+  ASSERT_EQ(ds.answer_tokens.sizes(), (c10::IntArrayRef{200, 1}));
+  const Rows clean = rows(ds.clean_tokens), corrupted = rows(ds.corrupted_tokens);
+  const Rows answer = rows(ds.answer_tokens), wrong = rows(ds.wrong_tokens), pos = rows(ds.answer_pos.view({-1, 1}));
+  int64_t first_copies_equal = 0;
+  for (size_t i = 0; i < clean.size(); ++i) {
+    EXPECT_EQ(clean[i][0], 0);
+    EXPECT_EQ(corrupted[i][0], 0);
+    for (int t = 1; t <= 6; ++t) {
+      EXPECT_GE(clean[i][t], 1);
+      EXPECT_GE(corrupted[i][t], 1);
+    }
+    // The second copy a_1 a_2 is the clean first copy's start, in both prompts.
+    for (int t = 0; t < 2; ++t) {
+      EXPECT_EQ(clean[i][7 + t], clean[i][1 + t]) << "example " << i;
+      EXPECT_EQ(corrupted[i][7 + t], clean[i][1 + t]) << "example " << i;
+    }
+    EXPECT_EQ(answer[i][0], clean[i][3]) << "example " << i;     // a_{j+1}
+    EXPECT_EQ(wrong[i][0], corrupted[i][3]) << "example " << i;  // b_{j+1}
+    EXPECT_NE(answer[i][0], wrong[i][0]) << "example " << i;
+    EXPECT_EQ(pos[i][0], 8);
+    bool same = true;
+    for (int t = 1; t <= 6; ++t) same = same && clean[i][t] == corrupted[i][t];
+    first_copies_equal += same;
+  }
+  EXPECT_LT(first_copies_equal, 5);  // independent draws (3^6 first copies)
+  // query_len 0 = half_len / 2.
+  EXPECT_EQ(make_induction(InductionOptions{}.n(3).half_len(8).pairs(true)).clean_tokens.size(1), 13);
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.pairs(true).half_len(4).query_len(4)); }),
+              HasSubstr("query_len"));
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.query_len(2)); }), HasSubstr("set pairs=true"));
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.pairs(true).half_len(8).min_half_len(3)); }),
+              HasSubstr("pairs"));
+  EXPECT_THAT(error_of([] { make_induction(InductionOptions{}.pairs(true).d_vocab(2)); }),
+              HasSubstr("d_vocab"));
+}
+
 // ------------------------------------------------------------ ioi
 
 // Checks every IOI property on every example; returns how many were ABBA.
@@ -490,7 +533,7 @@ TEST(TaskTest, RegistryListsEveryTaskWithItsDefaults) {
             (std::vector<std::string>{"induction", "ioi", "greater_than", "modular_addition",
                                       "reversal", "sorting", "probe"}));
   const TaskInfo& ind = task_info("induction");
-  ASSERT_EQ(ind.options.size(), 6u);
+  ASSERT_EQ(ind.options.size(), 8u);
   EXPECT_EQ(ind.options[0].key, "n");
   EXPECT_EQ(ind.options[0].default_value, 1000);
   EXPECT_EQ(ind.options[1].key, "half_len");
@@ -500,6 +543,10 @@ TEST(TaskTest, RegistryListsEveryTaskWithItsDefaults) {
   EXPECT_EQ(ind.options[3].default_value, false);
   EXPECT_EQ(ind.options[4].key, "d_vocab");
   EXPECT_EQ(ind.options[4].default_value, 64);
+  EXPECT_EQ(ind.options[6].key, "pairs");
+  EXPECT_EQ(ind.options[6].default_value, false);
+  EXPECT_EQ(ind.options[7].key, "query_len");
+  EXPECT_EQ(ind.options[7].default_value, 0);
   for (const auto& info : task_infos()) {
     EXPECT_FALSE(info.summary.empty());
     for (const auto& opt : info.options)
@@ -516,7 +563,7 @@ TEST(TaskTest, MakeTaskRefusesUnknownNamesKeysAndTypes) {
                 make_task("induction", {{"length", 5}, {"n", 3}});
               }),
               HasSubstr("induction: unknown option \"length\"; the options of induction are: n, "
-                        "half_len, min_half_len, random_start, d_vocab, seed"));
+                        "half_len, min_half_len, random_start, d_vocab, seed, pairs, query_len"));
   EXPECT_THAT(error_of([] {
                 make_task("modular_addition", {{"n", 5}});
               }),

@@ -9,10 +9,12 @@
 #include "core/data/tasks/tasks.h"
 #include "core/model/presets.h"
 #include "core/model/transformer.h"
+#include "core/util/interrupt.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -171,9 +173,96 @@ TEST_F(JobFile, RefusesAnUnknownMetricNamingTheNearest) {
   EXPECT_HAS(m, "job 'a': field 'metric' is 'logit_dif'; did you mean 'logit_diff'?");
 }
 
-TEST_F(JobFile, RefusesAMethodThisBuildCannotRunYet) {
-  const std::string m = refusal(job("    method: acdc\n    threshold: 0.1\n"));
-  EXPECT_HAS(m, "job 'a': field 'method' is 'acdc', which this build cannot run yet");
+TEST_F(JobFile, EveryMethodAJobMayNameHasARunner) {
+  // The runner's refusal of a method without a table entry cannot fire for
+  // a name the job file accepts.
+  std::vector<std::string> table;
+  for (const auto& [name, fn] : jobs::method_table()) table.push_back(name);
+  std::vector<std::string> names = jobs::method_names();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(table, names);
+}
+
+TEST_F(JobFile, RefusesAcdcOptionsForEap) {
+  for (const char* field : {"abs_value: true", "indices_mode: reverse", "max_batch: 4"}) {
+    const std::string m = refusal(job(std::string("    method: eap\n    metric: logit_diff\n    top_n: 5\n    ") +
+                                      field + "\n"));
+    EXPECT_HAS(m, "job 'a': field '" + std::string(field).substr(0, std::string(field).find(':')) +
+                      "' is an ACDC option (methods acdc, eap-acdc); drop it for eap");
+  }
+}
+
+TEST_F(JobFile, RefusesBadAcdcOptionValues) {
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n    indices_mode: revers\n")),
+             "job 'a': field 'indices_mode' is 'revers'; did you mean 'reverse'?");
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n    abs_value: 1\n")),
+             "job 'a': field 'abs_value' must be true or false, not 1");
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n    max_batch: -1\n")),
+             "job 'a': field 'max_batch' must be a whole number >= 0, not -1");
+  EXPECT_HAS(refusal(job("    method: acdc\n    top_n: 5\n")),
+             "job 'a': field 'top_n' selects EAP edges (methods eap, eap-ig); give 'threshold' for acdc");
+}
+
+TEST_F(JobFile, RefusesEapAcdcWithoutExactlyOneAttributionSelection) {
+  EXPECT_HAS(refusal(job("    method: eap-acdc\n    steps: 2\n    threshold: 0.1\n")),
+             "job 'a': method eap-acdc needs exactly one of fields 'attribution_threshold' and "
+             "'attribution_top_n' (the EAP edges ACDC starts from; 0 given)");
+  EXPECT_HAS(refusal(job("    method: eap-acdc\n    steps: 2\n    threshold: 0.1\n    attribution_top_n: 3\n"
+                         "    attribution_threshold: 0.2\n")),
+             "(the EAP edges ACDC starts from; 2 given)");
+  EXPECT_HAS(refusal(job("    method: eap-acdc\n    steps: 2\n    threshold: 0.1\n    attribution_threshold: -1\n")),
+             "job 'a': field 'attribution_threshold' is -1; τ must be >= 0");
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n    attribution_top_n: 3\n")),
+             "job 'a': field 'attribution_top_n' chooses the EAP edges of method eap-acdc; drop it for acdc");
+  EXPECT_HAS(refusal(job("    method: eap-acdc\n    threshold: 0.1\n    attribution_top_n: 3\n")),
+             "job 'a': field 'metric' is kl_to_clean, whose gradient at the clean run is zero, so eap-acdc's EAP");
+  EXPECT_HAS(refusal(job("    method: eap-acdc\n    steps: 2\n    threshold: 0.1\n    attribution_top_n: 3\n"
+                         "    ablation: mean\n")),
+             "job 'a': field 'ablation' is 'mean' but method eap-acdc attributes edges against the corrupted run");
+}
+
+TEST_F(JobFile, RefusesBadReferenceEdges) {
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n    reference_edges: nowhere.txt\n")),
+             "job 'a': field 'reference_edges': no file '");
+  write("ref.txt", "# the reference\na0.h0 -> a1.h1<q>\n\na0.h9 -> output\n");
+  const std::string m = refusal(job("    method: acdc\n    threshold: 0.1\n    reference_edges: ref.txt\n"));
+  EXPECT_HAS(m, "job 'a': field 'reference_edges': line 4: ");
+  EXPECT_HAS(m, "a0.h9");
+  write("empty.txt", "# nothing\n");
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n    reference_edges: empty.txt\n")),
+             "names no edge; give edge names, one a line");
+}
+
+TEST_F(JobFile, ACtrlCBeforeAJobStopsBetweenJobs) {
+  const std::string path = write("jobs.yaml", job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  mechlab::core::set_interrupt_requested(true);
+  std::string m;
+  try {
+    jobs::run_job_file(jobs::parse_job_file(path), jobs::RunOptions(), [](const std::vector<std::string>&) {});
+  } catch (const mechlab::Interrupted& e) {
+    m = e.what();
+  }
+  mechlab::core::set_interrupt_requested(false);
+  EXPECT_HAS(m, "interrupted between jobs; finished jobs are kept and skipped on a rerun");
+  EXPECT_FALSE(fs::exists(dir_ + "/a"));
+}
+
+TEST_F(JobFile, AcdcFieldsAreInTheConfigExceptMaxBatch) {
+  const std::string path = write("jobs.yaml", job("    method: eap-acdc\n    steps: 3\n    threshold: 0.1\n"
+                                                  "    attribution_top_n: 7\n    indices_mode: reverse\n"
+                                                  "    max_batch: 2\n"));
+  const jobs::JobFile f = jobs::parse_job_file(path);
+  ASSERT_EQ(f.jobs.size(), 1u);
+  EXPECT_EQ(f.jobs[0].max_batch, 2);
+  EXPECT_EQ(f.jobs[0].attribution_top_n, 7);
+  EXPECT_TRUE(f.jobs[0].steps_given);
+  const nlohmann::json c = f.runs().at(0).config;
+  EXPECT_EQ(c.at("indices_mode"), "reverse");
+  EXPECT_EQ(c.at("abs_value"), false);
+  EXPECT_EQ(c.at("attribution_top_n"), 7);
+  EXPECT_EQ(c.at("steps"), 3);
+  EXPECT_FALSE(c.contains("max_batch"));  // speed only: the decisions are the same
+  EXPECT_FALSE(c.contains("attribution_threshold"));
 }
 
 TEST_F(JobFile, RefusesToReplaceACircuitMadeWithOtherSettings) {

@@ -20,6 +20,16 @@
 // A model with induction heads predicts position t + 1 from position t for
 // every t in the repeated half, so its loss there falls towards zero.
 //
+// With pairs (clean/corrupted prompt pairs for patching and circuit
+// discovery; min_half_len and random_start must stay off), j = query_len:
+//   clean_tokens      int32 [N, 1 + L + j]  BOS a_1..a_L a_1..a_j
+//   corrupted_tokens  int32 [N, 1 + L + j]  BOS b_1..b_L a_1..a_j (other random ids)
+//   answer_tokens     int32 [N, 1]          a_{j+1}
+//   wrong_tokens      int32 [N, 1]          b_{j+1} (drawn again while it equals a_{j+1})
+//   answer_pos        int32 [N]             L + j, the last position
+// Only the first copy differs, so the clean run predicts a_{j+1} there only
+// by induction (the contrast of tests/discovery/induction_ground_truth.h).
+//
 // Example:
 //   Dataset ds = make_induction(InductionOptions{}.n(64).half_len(10));
 #pragma once
@@ -47,6 +57,10 @@ struct InductionOptions {
   MECHLAB_OPTION(InductionOptions, int64_t, d_vocab, 64)
   /// generator seed (core/util/rng.h)
   MECHLAB_OPTION(InductionOptions, int64_t, seed, 0)
+  /// clean/corrupted prompt pairs (see the top of this file)
+  MECHLAB_OPTION(InductionOptions, bool, pairs, false)
+  /// pairs: j, the repeated ids after the first copy; 0 = L / 2
+  MECHLAB_OPTION(InductionOptions, int64_t, query_len, 0)
 
   template <typename V>
   void visit(V&& v) {
@@ -59,6 +73,10 @@ struct InductionOptions {
       "start the two copies at a random position, fresh random ids around them");
     v("d_vocab", d_vocab_, "vocabulary size; ids are drawn from [1, d_vocab), 0 is BOS");
     v("seed", seed_, "generator seed");
+    v("pairs", pairs_,
+      "clean/corrupted pairs for patching: BOS a_1..a_L a_1..a_j vs BOS b_1..b_L a_1..a_j, "
+      "answer a_(j+1), wrong b_(j+1)");
+    v("query_len", query_len_, "pairs: j, in [1, half_len - 1]; 0 = half_len / 2");
   }
 };
 
