@@ -187,6 +187,82 @@ TEST(CircuitRunner, RestartFromTheStateOfAPrunedCircuitEqualsTheForwardFromTheEm
   }
 }
 
+// Restarts at every layer's attention and MLP (RestartAt::mlp: circuits that
+// differ from the state only at m{L} and above layer L; the MLP reads the
+// state's resid_mid) give the full forward's metric, for a metric of the
+// answer positions that are the last tokens (the last layer then runs its
+// queries, MLP and output there only), one whose answers are not the last
+// tokens and one that reads every position (the last layer in full).
+namespace {
+
+void expect_restarts_equal_full_forwards(const std::string& what, HookedTransformer& model, const PatchingData& data,
+                                         const Metric& metric, bool answers_last) {
+  CircuitRunner runner(model, data, Ablation::corrupted, mechlab::discovery::RunnerOptions().max_copies(3));
+  ASSERT_TRUE(runner.can_restart_at_mlp());
+  ASSERT_EQ(runner.answers_are_last(metric), answers_last) << what;
+  at::manual_seed(11);
+  Circuit state = Circuit::full(runner.graph());
+  const auto& edges = state.edges();
+  at::Tensor coin = at::rand({static_cast<int64_t>(edges.size())});
+  for (size_t i = 0; i < edges.size(); ++i) {
+    if (coin[static_cast<int64_t>(i)].item<double>() < 0.33) state.set_kept(edges[i], false);
+  }
+  runner.set_state(state, metric);
+  const double state_metric = runner.metrics(metric, {state})[0];
+  const int n_layers = model.cfg().n_layers;
+  for (int layer = 0; layer < n_layers; ++layer) {
+    for (auto at : {mechlab::discovery::RestartAt::attention, mechlab::discovery::RestartAt::mlp}) {
+      const bool mlp = at == mechlab::discovery::RestartAt::mlp;
+      std::vector<Circuit> variants;
+      std::vector<at::Tensor> masks;
+      for (int v = 0; v < 4; ++v) {
+        Circuit c = Circuit::from_json(runner.graph(), state.to_json());
+        at::Tensor flip = at::rand({static_cast<int64_t>(edges.size())});
+        for (size_t i = 0; i < edges.size(); ++i) {
+          const auto& r = runner.graph().receivers()[static_cast<size_t>(edges[i].receiver)];
+          const bool own_mlp = r.node.kind == CircuitNode::Kind::mlp && r.node.layer == layer;
+          const int rl = r.node.kind == CircuitNode::Kind::output ? n_layers : r.node.layer;
+          // Variant 0 changes only the restart layer (its MLP input from the MLP).
+          const bool may = mlp ? own_mlp || (v > 0 && rl > layer) : rl == layer || (v > 0 && rl > layer);
+          if (may && flip[static_cast<int64_t>(i)].item<double>() < 0.4) c.set_kept(edges[i], !c.kept(edges[i]));
+        }
+        masks.push_back(c.removed_mask());
+        variants.push_back(std::move(c));
+      }
+      const std::vector<double> restarted = runner.restart(layer, metric, masks, at);
+      const std::vector<double> full = runner.metrics(metric, variants);
+      ASSERT_EQ(restarted.size(), full.size());
+      for (size_t i = 0; i < full.size(); ++i) {
+        EXPECT_NEAR(restarted[i], full[i], 1e-6) << what << " layer " << layer << (mlp ? " mlp" : "");
+      }
+      EXPECT_GT(std::abs(full[0] - state_metric), 1e-6)
+          << what << " layer " << layer << (mlp ? " mlp" : "") << ": the flips changed nothing";
+    }
+  }
+  EXPECT_EQ(error_of([&] { runner.restart(n_layers, metric, {}, mechlab::discovery::RestartAt::mlp); }),
+            "a restart at the MLP of layer " + std::to_string(n_layers) + " needs a layer < n_layers = " +
+                std::to_string(n_layers) +
+                " of a model with MLPs that are not parallel to attention; restart at the layer's attention");
+}
+
+}  // namespace
+
+TEST(CircuitRunner, RestartsAtTheAttentionAndTheMlpEqualTheForwardFromTheEmbedding) {
+  HookedTransformer model = load_f64("gpt2_like");
+  const PatchingData data = fixture_data("gpt2_like");
+  const at::Tensor clean = [&] {
+    at::NoGradGuard ng;
+    return model.forward(data.clean_tokens);
+  }();
+  expect_restarts_equal_full_forwards("answers last", model, data, kl_to_clean(data.answers(), clean), true);
+  expect_restarts_equal_full_forwards("all positions", model, data,
+                                      kl_to_clean_all_positions(clean, data.attention_mask), false);
+  PatchingData earlier = data;
+  earlier.answer_pos = data.resolved_answer_pos() - 1;  // not the last tokens: the last layer runs in full
+  expect_restarts_equal_full_forwards("answers not last", model, earlier, kl_to_clean(earlier.answers(), clean),
+                                      false);
+}
+
 // ---------------------------------------------------------- naive reference
 
 namespace {
