@@ -194,7 +194,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   // metric that reads those alone): queries, attention output, MLP and
   // output receiver there, keys and values everywhere.
   const bool answers_only = answer_pos.defined();
-  MECHLAB_ASSERT(!answers_only || (start == cfg.n_layers - 1 && !record));
+  MECHLAB_ASSERT(!answers_only || (start < cfg.n_layers && !record));
   at::Tensor rows, apos;  // int64 [batch]
   auto at_answers = [&](const at::Tensor& x) {  // [batch, pos, ...] -> [batch, 1, ...]; [1, 1, ...] kept
     if (x.size(1) == 1) return x;
@@ -247,76 +247,10 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   // Layer `start`'s MLP alone, as the block runs it (same norm and MLP
   // functions): mlp_in = resid_mid - patch, resid_post = resid_mid + mlp_out.
   at::Tensor after_mlp;  // [k * batch, pos, d_model]: the residual entering layer start + 1
-  if (answers_only) {
-    // The block of the last layer by hand, with the runtime's own norm,
-    // attention (queries at the last positions only: the answer is each
-    // prompt's last real token, answers_are_last) and MLP.
-    const int l = start;
-    const core::ModelConfig& mc = model_.model().config();
-    const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(l)];
-    const core::Hooks none;
-    const at::Tensor shared_a = at_answers(shared);  // [batch, 1, S0, d_model]
-    const at::Tensor pre_a = at_answers(resid_pre_[static_cast<size_t>(l)]).repeat({k, 1, 1});  // [k * batch, 1, d_model]
-    at::Tensor mid;  // resid_mid at the answer positions [k * batch, 1, d_model]
-    if (from_mlp) {
-      mid = at_answers(resid_mid_[static_cast<size_t>(l)]).repeat({k, 1, 1});
-    } else {
-      const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
-      auto copies = [&](const at::Tensor& x, int64_t n) {  // [batch, p, d_model] -> [k * batch, p, n, d_model]
-        return x.unsqueeze(2).expand({-1, -1, n, -1}).repeat({k, 1, 1, 1});
-      };
-      const at::Tensor& pre = resid_pre_[static_cast<size_t>(l)];  // [batch, pos, d_model]
-      at::Tensor q_in = copies(at_answers(pre), H);                // [k * batch, 1, head, d_model]
-      at::Tensor k_in = copies(pre, KV);                           // [k * batch, pos, kv_head, d_model]
-      at::Tensor v_in = copies(pre, KV);
-      patch(q_in, r_layer, H, S0, shared_a);
-      patch(k_in, r_layer + H, KV, S0, shared);
-      patch(v_in, r_layer + H + KV, KV, S0, shared);
-      const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
-      q_in = core::apply_norm(mc, q_in, w.ln1_w, w.ln1_b, scale, normed, none);
-      k_in = core::apply_norm(mc, k_in, w.ln1_w, w.ln1_b, scale, normed, none);
-      v_in = core::apply_norm(mc, v_in, w.ln1_w, w.ln1_b, scale, normed, none);
-      core::AttentionContext ctx;
-      at::Tensor positions;  // as the forward numbers them: real tokens from 0
-      if (mask_.defined()) {
-        ctx.key_mask = mask_.ne(0).repeat({k, 1});  // [k * batch, pos]
-        positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
-      } else {
-        positions = at::arange(P, at::TensorOptions(at::kLong).device(model_.model().device()));
-      }
-      core::RotaryTables tables;
-      if (mc.positional == core::Positional::rotary) {
-        tables = core::make_rotary_tables(mc, model_.model().weights().W_E.options());
-        ctx.rotary = &tables;
-        ctx.positions = positions;
-      }
-      CatchZ catch_z(cfg.n_layers, l);
-      const at::Tensor attn_out =
-          core::attention_forward(mc, w, l, q_in, k_in, v_in, true, ctx, core::Hooks{&catch_z});  // [k * batch, 1, d_model]
-      mid = pre_a + attn_out;
-      at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, w.W_O});  // [k * batch, 1, head, d_model]
-      const at::Tensor& abl_h = ablated_heads_[static_cast<size_t>(l)];
-      if (abl_h.defined()) out = (out.view({k, b, 1, H, d}) - at_answers(abl_h).unsqueeze(0)).view({k * b, 1, H, d});
-      live.push_back(out);
-      live_n += H;
-    }
-    final_resid = mid;
-    if (cfg.has_mlp()) {
-      const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
-      const int64_t s_mlp = cfg.parallel_attn_mlp ? S0 : senders_before(l) + H;
-      at::Tensor x4 = (cfg.parallel_attn_mlp ? pre_a : mid).unsqueeze(2);  // [k * batch, 1, 1, d_model]
-      patch(x4, r_mlp, 1, s_mlp, shared_a);
-      const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, l},
-                                            {core::HookKind::ln2_normalized, l}, none);
-      const at::Tensor mlp_out = core::mlp_forward(mc, w, l, x, none);  // [k * batch, 1, d_model]
-      at::Tensor out = mlp_out.unsqueeze(2);
-      const at::Tensor& abl_m = ablated_mlp_[static_cast<size_t>(l)];
-      if (abl_m.defined()) out = (out.view({k, b, 1, 1, d}) - at_answers(abl_m).unsqueeze(0)).view({k * b, 1, 1, d});
-      live.push_back(out);
-      live_n += 1;
-      final_resid = final_resid + mlp_out;
-    }
-  } else if (from_mlp) {
+  // Restarting at the last layer's MLP with answers only: the answers block below does it.
+  const int last = cfg.n_layers - 1;
+  const bool last_from_mlp = answers_only && from_mlp && start == last;
+  if (from_mlp && !last_from_mlp) {
     const core::ModelConfig& mc = model_.model().config();
     const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(start)];
     const at::Tensor resid_mid = resid_mid_[static_cast<size_t>(start)].repeat({k, 1, 1});  // [k * batch, pos, d_model]
@@ -334,17 +268,22 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     after_mlp = resid_mid + mlp_out;
   }
   const int first_block = from_mlp ? start + 1 : start;
-  if (answers_only) {
-    // done above
-  } else if (first_block >= cfg.n_layers) {
-    final_resid = from_mlp ? after_mlp : resid_final_.repeat({k, 1, 1});  // [k * batch, pos, d_model]
+  // With answers only, the hooked blocks stop before the last layer.
+  const int stop = answers_only ? last : cfg.n_layers;
+  at::Tensor into_stop;  // the residual entering layer `stop` [k * batch, pos, d_model]
+  if (last_from_mlp) {
+    // the answers block starts from the state's resid_mid
+  } else if (first_block >= stop) {
+    into_stop = from_mlp                ? after_mlp
+        : first_block >= cfg.n_layers   ? resid_final_.repeat({k, 1, 1})
+                                        : resid_pre_[static_cast<size_t>(first_block)].repeat({k, 1, 1});
   } else {
     hooks::HookScope scope(model_.hooks());
     if (record) {
       resid_pre_.assign(static_cast<size_t>(cfg.n_layers), at::Tensor());
       resid_mid_.assign(can_restart_at_mlp() ? static_cast<size_t>(cfg.n_layers) : 0, at::Tensor());
     }
-    for (int l = first_block; l < cfg.n_layers; ++l) {
+    for (int l = first_block; l < stop; ++l) {
       const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
       const int64_t s_layer = senders_before(l);
       if (record) {
@@ -392,11 +331,90 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     hooks::RunOptions ro;
     if (mask_.defined()) ro.attention_mask = mask_.repeat({k, 1});
     ro.start_at_layer = first_block;
-    ro.stop_at_layer = cfg.n_layers;
+    ro.stop_at_layer = stop;
     at::Tensor input = from_mlp     ? after_mlp
                        : start == 0 ? tokens_.repeat({k, 1})
                                     : resid_pre_[static_cast<size_t>(start)].repeat({k, 1, 1});
-    final_resid = model_.forward(input, ro);  // [k * batch, pos, d_model]
+    into_stop = model_.forward(input, ro);  // [k * batch, pos, d_model]
+  }
+  if (answers_only) {
+    // The block of the last layer by hand, with the runtime's own norm,
+    // attention (queries at the last positions only: the answer is each
+    // prompt's last real token, answers_are_last) and MLP.
+    const int l = last;
+    const core::ModelConfig& mc = model_.model().config();
+    const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(l)];
+    const core::Hooks none;
+    const at::Tensor shared_a = at_answers(shared);  // [batch, 1, S0, d_model]
+    // [k * batch, pos, ...] -> [k * batch, 1, ...] at each copy's answer positions
+    const at::Tensor rows_k = at::arange(k * b, apos.options()), apos_k = apos.repeat({k});
+    auto at_answers_k = [&](const at::Tensor& t) { return t.index({rows_k, apos_k}).unsqueeze(1); };
+    const at::Tensor pre_a = last_from_mlp ? at_answers(resid_pre_[static_cast<size_t>(l)]).repeat({k, 1, 1})
+                                           : at_answers_k(into_stop);  // [k * batch, 1, d_model]
+    at::Tensor mid;  // resid_mid at the answer positions [k * batch, 1, d_model]
+    if (last_from_mlp) {
+      mid = at_answers(resid_mid_[static_cast<size_t>(l)]).repeat({k, 1, 1});
+    } else {
+      const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
+      auto copies = [&](const at::Tensor& t, int64_t n) {  // [k * batch, p, d_model] -> [k * batch, p, n, d_model]
+        return t.unsqueeze(2).expand({-1, -1, n, -1}).contiguous();
+      };
+      const int64_t s_layer = senders_before(l);
+      at::Tensor k_in = copies(into_stop, KV);  // [k * batch, pos, kv_head, d_model]
+      at::Tensor v_in = copies(into_stop, KV);
+      patch(k_in, r_layer + H, KV, s_layer, shared);
+      patch(v_in, r_layer + H + KV, KV, s_layer, shared);
+      // From here on every receiver reads the answer positions only: so do the live senders.
+      for (at::Tensor& t : live) t = at_answers_k(t);
+      live_cat_n = -1;
+      at::Tensor q_in = copies(pre_a, H);  // [k * batch, 1, head, d_model]
+      patch(q_in, r_layer, H, s_layer, shared_a);
+      const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
+      q_in = core::apply_norm(mc, q_in, w.ln1_w, w.ln1_b, scale, normed, none);
+      k_in = core::apply_norm(mc, k_in, w.ln1_w, w.ln1_b, scale, normed, none);
+      v_in = core::apply_norm(mc, v_in, w.ln1_w, w.ln1_b, scale, normed, none);
+      core::AttentionContext ctx;
+      at::Tensor positions;  // as the forward numbers them: real tokens from 0
+      if (mask_.defined()) {
+        ctx.key_mask = mask_.ne(0).repeat({k, 1});  // [k * batch, pos]
+        positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+      } else {
+        positions = at::arange(P, at::TensorOptions(at::kLong).device(model_.model().device()));
+      }
+      core::RotaryTables tables;
+      if (mc.positional == core::Positional::rotary) {
+        tables = core::make_rotary_tables(mc, model_.model().weights().W_E.options());
+        ctx.rotary = &tables;
+        ctx.positions = positions;
+      }
+      CatchZ catch_z(cfg.n_layers, l);
+      const at::Tensor attn_out =
+          core::attention_forward(mc, w, l, q_in, k_in, v_in, true, ctx, core::Hooks{&catch_z});  // [k * batch, 1, d_model]
+      mid = pre_a + attn_out;
+      at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, w.W_O});  // [k * batch, 1, head, d_model]
+      const at::Tensor& abl_h = ablated_heads_[static_cast<size_t>(l)];
+      if (abl_h.defined()) out = (out.view({k, b, 1, H, d}) - at_answers(abl_h).unsqueeze(0)).view({k * b, 1, H, d});
+      live.push_back(out);
+      live_n += H;
+    }
+    final_resid = mid;
+    if (cfg.has_mlp()) {
+      const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
+      const int64_t s_mlp = cfg.parallel_attn_mlp ? senders_before(l) : senders_before(l) + H;
+      at::Tensor x4 = (cfg.parallel_attn_mlp ? pre_a : mid).unsqueeze(2);  // [k * batch, 1, 1, d_model]
+      patch(x4, r_mlp, 1, s_mlp, shared_a);
+      const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, l},
+                                            {core::HookKind::ln2_normalized, l}, none);
+      const at::Tensor mlp_out = core::mlp_forward(mc, w, l, x, none);  // [k * batch, 1, d_model]
+      at::Tensor out = mlp_out.unsqueeze(2);
+      const at::Tensor& abl_m = ablated_mlp_[static_cast<size_t>(l)];
+      if (abl_m.defined()) out = (out.view({k, b, 1, 1, d}) - at_answers(abl_m).unsqueeze(0)).view({k * b, 1, 1, d});
+      live.push_back(out);
+      live_n += 1;
+      final_resid = final_resid + mlp_out;
+    }
+  } else {
+    final_resid = into_stop;
   }
   if (record) {
     MECHLAB_ASSERT(start == 0 && k == 1);
@@ -482,8 +500,8 @@ std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& me
                 " of a model with MLPs that are not parallel to attention; restart at the layer's attention");
   if (masks.empty()) return {};
   const int64_t k = static_cast<int64_t>(masks.size());
-  // At the last layer a metric of the answer positions needs the layer there only.
-  const bool answers = layer == model_.cfg().n_layers - 1 && answers_are_last(metric);
+  // A metric of the answer positions needs the last layer there only.
+  const bool answers = layer < model_.cfg().n_layers && answers_are_last(metric);
   const at::Tensor answer_pos = answers ? metric.answer_pos() : at::Tensor();
   at::Tensor m =
       metric_of(metric, masked_forward(layer, at::stack(masks), false, at, answer_pos), k, answers).contiguous();

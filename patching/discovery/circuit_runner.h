@@ -27,9 +27,9 @@
 //    of layers > L restarts at layer L's MLP (RestartAt::mlp): the residual
 //    the MLP reads (resid_mid) and layer L's head outputs are the state's.
 //  - metrics that read only the answer positions unembed only those, and a
-//    restart at the last layer computes that layer's queries, attention
-//    output, MLP and output receiver at those positions only (keys and
-//    values everywhere), when each answer is its prompt's last real token.
+//    restart computes the last layer's queries, attention output, MLP and
+//    output receiver at those positions only (keys and values everywhere),
+//    when each answer is its prompt's last real token.
 //
 // Example:
 //   CircuitRunner runner(model, data, Ablation::corrupted);
@@ -110,8 +110,8 @@ class CircuitRunner {
   bool can_restart_at_mlp() const;
 
   /// Whether `metric` reads only the answer positions and each is its
-  /// prompt's last real token: then a restart at the last layer runs that
-  /// layer's query side and MLP at the answer positions only.
+  /// prompt's last real token: then a restart runs the last layer's query
+  /// side and MLP at the answer positions only.
   bool answers_are_last(const patching::Metric& metric) const;
   /// Circuits one forward may stack (memory budget, max_copies).
   int64_t copies_per_forward(const patching::Metric& metric) const;
@@ -121,8 +121,8 @@ class CircuitRunner {
  private:
   // k stacked copies from layer `start` with masks [k, receivers, senders];
   // returns the output receiver's input [k * batch, pos, d_model].
-  // answer_pos defined (start = n_layers - 1 only): the last layer at those
-  // positions only; returns [k * batch, 1, d_model].
+  // answer_pos defined (restarts at start < n_layers only): the last layer
+  // at those positions only; returns [k * batch, 1, d_model].
   at::Tensor masked_forward(int start, const at::Tensor& masks, bool record, RestartAt at = RestartAt::attention,
                             const at::Tensor& answer_pos = {});
   // at_answers: final_resid holds the answer positions only.

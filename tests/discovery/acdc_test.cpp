@@ -254,13 +254,19 @@ TEST(CircuitRunner, RestartsAtTheAttentionAndTheMlpEqualTheForwardFromTheEmbeddi
     at::NoGradGuard ng;
     return model.forward(data.clean_tokens);
   }();
-  expect_restarts_equal_full_forwards("answers last", model, data, kl_to_clean(data.answers(), clean), true);
+  // The fixture's answers (positions 6, 5, 6 of 7) are not all last; make them so.
+  PatchingData last = data;
+  last.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
+  expect_restarts_equal_full_forwards("answers last", model, last, kl_to_clean(last.answers(), clean), true);
+  // The fixture's answers with prompt 1 right-padded after its answer: last real tokens.
+  PatchingData padded = data;
+  padded.attention_mask = at::ones({data.batch(), data.seq_len()}, at::kLong);
+  padded.attention_mask[1][data.seq_len() - 1] = 0;
+  expect_restarts_equal_full_forwards("answers last, padded", model, padded, kl_to_clean(padded.answers(), clean),
+                                      true);
   expect_restarts_equal_full_forwards("all positions", model, data,
                                       kl_to_clean_all_positions(clean, data.attention_mask), false);
-  PatchingData earlier = data;
-  earlier.answer_pos = data.resolved_answer_pos() - 1;  // not the last tokens: the last layer runs in full
-  expect_restarts_equal_full_forwards("answers not last", model, earlier, kl_to_clean(earlier.answers(), clean),
-                                      false);
+  expect_restarts_equal_full_forwards("answers not last", model, data, kl_to_clean(data.answers(), clean), false);
 }
 
 // ---------------------------------------------------------- naive reference
@@ -273,9 +279,10 @@ struct Case {
   bool zero;
   bool abs_value;
   bool reverse;
+  bool answers_last = false;  // answer at every prompt's last position (the runner's answers-only last layer)
   std::string name() const {
     return std::string(model) + " tau " + std::to_string(tau) + (zero ? " zero" : " corrupted") +
-           (abs_value ? " abs" : "") + (reverse ? " reverse" : "");
+           (abs_value ? " abs" : "") + (reverse ? " reverse" : "") + (answers_last ? " answers last" : "");
   }
 };
 
@@ -292,7 +299,8 @@ AcdcOptions options_of(const Case& cs) {
 double expect_equals_naive(const Case& cs) {
   const std::string what = cs.name();
   HookedTransformer model = load_f64(cs.model);
-  const PatchingData data = fixture_data(cs.model);
+  PatchingData data = fixture_data(cs.model);
+  if (cs.answers_last) data.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
   const Metric kl = kl_metric(model, data);
   NaiveAcdc naive(model, data, cs.zero);
   const NaiveResult want = naive.run(kl, cs.tau, cs.abs_value, cs.reverse);
@@ -326,6 +334,13 @@ double expect_equals_naive(const Case& cs) {
 TEST(Acdc, EqualsTheNaiveAcdcOnGpt2LikeCorrupted) {
   EXPECT_GT(expect_equals_naive({"gpt2_like", 0.001, false, false, false}), 0.4);  // many kept
   EXPECT_LT(expect_equals_naive({"gpt2_like", 0.02, false, false, false}), 0.15);   // few kept
+}
+
+// Answers at the last tokens: every restart runs the last layer at the answer positions only.
+TEST(Acdc, EqualsTheNaiveAcdcWithAnswersAtTheLastTokens) {
+  EXPECT_GT(expect_equals_naive({"gpt2_like", 0.001, false, false, false, true}), 0.3);
+  expect_equals_naive({"llama_like", 0.002, false, false, false, true});  // rotary, GQA
+  expect_equals_naive({"neox_like", 0.002, false, false, false, true});   // parallel attention/MLP
 }
 
 TEST(Acdc, EqualsTheNaiveAcdcOnGpt2LikeZeroAbsReverse) {
