@@ -120,7 +120,8 @@ void add_bench_acdc(CLI::App& bench) {
       "acdc",
       "ACDC circuit discovery on a random model (4 layers, d_model 256, 8 heads, MLPs; 32 prompts x 16\n"
       "tokens): restarted, batched trials vs one full forward per edge on the same runtime; checks that\n"
-      "both give the same circuit. Prints a table.");
+      "both give the same circuit. Prints a table with the floor: the arithmetic of the cheapest exact\n"
+      "trials, the best ratio on a CPU.");
   struct Args {
     std::string device = "cpu", json;
     int layers = 4, d_model = 256, heads = 8, vocab = 512;
