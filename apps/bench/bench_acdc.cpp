@@ -9,6 +9,10 @@
 // Both must give the same circuit (the run fails otherwise). The metric is
 // kl_to_clean; tau is --threshold, or by default the median of the output
 // edges' first-trial scores (so that a fair share of edges is kept).
+// The "floor" row is arithmetic, not a run: the model FLOPs the tried edges
+// need with the cheapest exact restart of each (trial_flops), in forward
+// equivalents, timed at the one-forward-per-edge run's seconds per forward:
+// the best a CPU can do, where stacking copies saves no arithmetic.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
 #include "core/formats/text_file.h"
@@ -27,6 +31,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 
 namespace mechlab::cli {
 
@@ -58,6 +63,56 @@ patching::PatchingData random_pairs(int64_t n, int64_t t, int64_t d_vocab, uint6
   return d;
 }
 
+// Model FLOPs (multiply-adds) of the parts of a forward over `b` prompts x
+// `P` tokens; norms, biases, softmax and the receivers' patching are left
+// out (they are small next to the matmuls at these sizes).
+struct Flops {
+  const core::ModelConfig& c;
+  double b, P;
+  double qkv_proj(double heads) const { return heads * c.d_model * c.d_head; }           // one token
+  double attn(double heads, double keys) const { return heads * 2.0 * keys * c.d_head; }  // one query
+  double out_proj(double heads) const { return heads * c.d_head * c.d_model; }           // one token
+  double mlp() const { return c.has_mlp() ? (c.mlp == core::MlpKind::gated ? 3.0 : 2.0) * c.d_model * c.d_mlp : 0; }
+  double avg_keys() const { return (P + 1) / 2; }  // causal
+  // A whole layer at every position.
+  double layer() const {
+    const double H = c.n_heads, KV = c.kv_heads();
+    return b * P * (qkv_proj(H + 2 * KV) + attn(H, avg_keys()) + out_proj(H) + mlp());
+  }
+  // The last layer when only the answer position (one per prompt) is read:
+  // keys and values everywhere, the rest at the answer position.
+  double last_layer_at_answers() const {
+    const double H = c.n_heads, KV = c.kv_heads();
+    return b * P * qkv_proj(2 * KV) + b * (qkv_proj(H) + attn(H, P) + out_proj(H) + mlp());
+  }
+  double unembed() const { return b * double(c.d_model) * c.d_vocab; }  // answer positions only
+  // One full forward, as acdc_one_forward_per_edge runs it (unembedding the answer positions).
+  double forward() const { return c.n_layers * layer() + unembed(); }
+  // Layers after `l` to the logits, the last at the answer positions only.
+  double after(int l) const {
+    double f = unembed();
+    for (int j = l + 1; j < c.n_layers; ++j) f += j == c.n_layers - 1 ? last_layer_at_answers() : layer();
+    return f;
+  }
+  // The cheapest exact trial on an edge into receiver `r`: its own part of
+  // layer L only (one head's projection of the changed channel, its
+  // attention and output projection; or the MLP), then the MLP and the
+  // layers after; at the last layer the query side at the answer positions.
+  double trial(const patching::ReceiverInput& r) const {
+    using Kind = patching::CircuitNode::Kind;
+    if (r.node.kind == Kind::output) return unembed();
+    const int l = r.node.layer;
+    const bool last = l == c.n_layers - 1;
+    const double q_tokens = last ? b : b * P;  // positions whose output is needed
+    if (r.node.kind == Kind::mlp) return q_tokens * mlp() + after(l);
+    // A kv head's k/v input changes every query head of its group.
+    const double group = r.channel == patching::ReceiverChannel::q ? 1.0 : double(c.n_heads) / c.kv_heads();
+    const double proj = r.channel == patching::ReceiverChannel::q ? q_tokens * qkv_proj(1) : b * P * qkv_proj(1);
+    const double own = proj + q_tokens * (attn(group, last ? P : avg_keys()) + out_proj(group));
+    return own + q_tokens * mlp() + after(l);
+  }
+};
+
 }  // namespace
 
 void add_bench_acdc(CLI::App& bench) {
@@ -65,7 +120,8 @@ void add_bench_acdc(CLI::App& bench) {
       "acdc",
       "ACDC circuit discovery on a random model (4 layers, d_model 256, 8 heads, MLPs; 32 prompts x 16\n"
       "tokens): restarted, batched trials vs one full forward per edge on the same runtime; checks that\n"
-      "both give the same circuit. Prints a table.");
+      "both give the same circuit. Prints a table with the floor: the arithmetic of the cheapest exact\n"
+      "trials, the best ratio on a CPU.");
   struct Args {
     std::string device = "cpu", json;
     int layers = 4, d_model = 256, heads = 8, vocab = 512;
@@ -160,14 +216,47 @@ void add_bench_acdc(CLI::App& bench) {
     MECHLAB_CHECK(same, "bench acdc: the fast and the one-forward-per-edge runs decided differently");
     std::printf("same circuit: yes (%lld decisions identical)\n", static_cast<long long>(fast.steps.size()));
 
+    // The floor: each tried edge once, with its cheapest exact restart.
+    const patching::CircuitGraph graph(cfg);
+    const discovery::Circuit full = discovery::Circuit::full(graph);
+    std::map<std::string, int64_t> receiver_of;
+    for (const auto& e : full.edges()) receiver_of[full.edge_name(e)] = e.receiver;
+    const Flops fl{cfg, static_cast<double>(data.batch()), static_cast<double>(data.seq_len())};
+    double floor_fe = 0;
+    int64_t tried = 0;
+    for (const auto& st : fast.steps) {
+      if (!st.tried) continue;
+      ++tried;
+      floor_fe += fl.trial(graph.receivers()[static_cast<size_t>(receiver_of.at(st.edge))]) / fl.forward();
+    }
+    // Both runs also need the state's and the final circuit's forwards (the
+    // one-forward-per-edge run's forwards beyond its trials): counted in full.
+    const double extra = static_cast<double>(naive.forwards - tried);
+    const double floor_total = floor_fe + extra;
+    const double s_per_forward = naive.seconds / static_cast<double>(std::max<int64_t>(naive.forwards, 1));
+    std::printf("tried edges %lld; fast trials %lld (%lld discarded after kept edges, %.0f%%)\n",
+                static_cast<long long>(tried), static_cast<long long>(fast.trials),
+                static_cast<long long>(fast.trials - tried),
+                100.0 * static_cast<double>(fast.trials - tried) / static_cast<double>(std::max<int64_t>(fast.trials, 1)));
+    std::printf("floor: %.1f forward equivalents for %lld tried edges (%.3f of a forward per trial) + %.0f "
+                "forwards of state and result = %.1f vs %lld forwards one per edge: best ratio on a CPU %.1fx\n",
+                floor_fe, static_cast<long long>(tried), floor_fe / static_cast<double>(std::max<int64_t>(tried, 1)),
+                extra, floor_total, static_cast<long long>(naive.forwards),
+                static_cast<double>(naive.forwards) / floor_total);
+    char floor_note[96];
+    std::snprintf(floor_note, sizeof floor_note, "%.1f forward equivalents (%lld tried edges)", floor_total,
+                  static_cast<long long>(tried));
+
     bench::print_table("ACDC, " + std::to_string(n_edges) + " edges, " + std::to_string(data.batch()) + " x " +
                            std::to_string(data.seq_len()) + " tokens",
                        {{"one forward per edge", bench::summarize({naive.seconds * 1e3}),
                          std::to_string(naive.forwards) + " forwards from the embedding"},
                         {"fast (restart + batched trials)", bench::summarize({fast.seconds * 1e3}),
-                         std::to_string(fast.forwards) + " forwards, " + std::to_string(fast.trials) + " trials"}},
+                         std::to_string(fast.forwards) + " forwards, " + std::to_string(fast.trials) + " trials"},
+                        {"floor (arithmetic, not run)", bench::summarize({floor_total * s_per_forward * 1e3}), floor_note}},
                        "one forward per edge", static_cast<double>(n_edges), "edges");
-    std::printf("speed-up over one forward per edge: %.1fx\n", naive.seconds / fast.seconds);
+    std::printf("speed-up over one forward per edge: %.1fx (floor %.1fx)\n", naive.seconds / fast.seconds,
+                static_cast<double>(naive.forwards) / floor_total);
     if (!a->json.empty()) {
       nlohmann::json j = {{"edges", n_edges},
                           {"tau", tau},
@@ -181,6 +270,9 @@ void add_bench_acdc(CLI::App& bench) {
                           {"fast_trials", fast.trials},
                           {"naive_s", naive.seconds},
                           {"naive_forwards", naive.forwards},
+                          {"tried", tried},
+                          {"floor_forward_equivalents", floor_total},
+                          {"floor_speedup", static_cast<double>(naive.forwards) / floor_total},
                           {"speedup", naive.seconds / fast.seconds}};
       core::write_text_file(a->json, j.dump(2) + "\n");
     }

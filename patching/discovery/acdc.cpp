@@ -31,11 +31,12 @@ struct Item {
   CircuitEdge edge;
   int layer;    // where its trial forwards restart (n_layers for the output)
   Check check;
+  RestartAt at = RestartAt::attention;  // mlp: m{layer}'s edges, whose trials run only that MLP onwards
 };
 
 // The decision order (docs/ARCHITECTURE.md, "ACDC"): receivers from the
 // output backwards, each receiver's senders by layer descending.
-std::vector<Item> decision_order(const CircuitGraph& g, bool reverse) {
+std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_restart) {
   const auto& cfg = g.cfg();
   const int H = cfg.n_heads, KV = cfg.kv_heads();
   // Senders of receiver r in ACDC's order: layers descending, the MLP first,
@@ -54,14 +55,19 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse) {
     return out;
   };
   std::vector<Item> items;
-  auto add_receiver = [&](const ReceiverInput& r, int layer, Check check) {
+  auto add_receiver = [&](const ReceiverInput& r, int layer, Check check, RestartAt at = RestartAt::attention) {
     const int64_t ri = g.receiver_index(r);
-    for (int64_t s : incoming(r)) items.push_back({{CircuitEdge::Kind::residual, s, ri}, layer, check});
+    for (int64_t s : incoming(r)) items.push_back({{CircuitEdge::Kind::residual, s, ri}, layer, check, at});
   };
   add_receiver({{Kind::output, -1, -1}, ReceiverChannel::resid}, cfg.n_layers, Check::none);
   const ReceiverChannel channels[] = {ReceiverChannel::v, ReceiverChannel::k, ReceiverChannel::q};
   for (int L = cfg.n_layers - 1; L >= 0; --L) {
-    if (cfg.has_mlp()) add_receiver({{Kind::mlp, L, -1}, ReceiverChannel::resid}, L, Check::mlp_used);
+    // m{L} is decided before any receiver of layer L's heads changes, so its
+    // trials may start at the MLP from the state's resid_mid.
+    if (cfg.has_mlp()) {
+      add_receiver({{Kind::mlp, L, -1}, ReceiverChannel::resid}, L, Check::mlp_used,
+                   mlp_restart ? RestartAt::mlp : RestartAt::attention);
+    }
     for (ReceiverChannel ch : channels) {
       const int n = ch == ReceiverChannel::q ? H : KV;
       for (int h = n - 1; h >= 0; --h) {
@@ -189,7 +195,8 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
   const Circuit start = options.start() ? *options.start() : Circuit::full(graph);
   Work cur(start);
   double cur_metric = runner.set_state(start, metric);
-  const std::vector<Item> items = decision_order(graph, options.indices_mode() == "reverse");
+  const std::vector<Item> items =
+      decision_order(graph, options.indices_mode() == "reverse", runner.can_restart_at_mlp() && !one_forward_per_edge);
   int64_t total = 0;
   for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
 
@@ -238,6 +245,7 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
     // the candidates 1..j (and the forced removals among them) on top of the
     // current circuit.
     const int layer = items[pos].layer;
+    const RestartAt at = items[pos].at;
     Work work = cur.clone();
     struct Planned {
       size_t item;
@@ -247,7 +255,7 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
     std::vector<Planned> plan;
     std::vector<at::Tensor> masks;
     size_t i = pos;
-    for (; i < items.size() && items[i].layer == layer; ++i) {
+    for (; i < items.size() && items[i].layer == layer && items[i].at == at; ++i) {
       if (!work.kept(items[i].edge)) continue;
       if (!work.used(items[i])) {
         work.remove(items[i].edge);
@@ -259,7 +267,7 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
       plan.push_back({i, false, static_cast<int64_t>(masks.size())});
       masks.push_back(work.mask().clone());
     }
-    const std::vector<double> values = runner.restart(one_forward_per_edge ? 0 : layer, metric, masks);
+    const std::vector<double> values = runner.restart(one_forward_per_edge ? 0 : layer, metric, masks, at);
     trials += static_cast<int64_t>(masks.size());
 
     // Decide in order; at the first kept edge the later trials are void.

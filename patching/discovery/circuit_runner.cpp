@@ -1,5 +1,8 @@
 #include "patching/discovery/circuit_runner.h"
 
+#include "core/model/layers/attention.h"
+#include "core/model/layers/mlp.h"
+#include "core/model/layers/norm.h"
 #include "core/util/error.h"
 #include "hooks/act_name.h"
 #include "kernels/device_info.h"
@@ -34,6 +37,20 @@ int64_t auto_budget(const at::Device& device) {
   if (pages > 0 && page > 0) budget = std::min(budget, int64_t(pages) * page / 4);
   return std::max<int64_t>(budget, int64_t(64) << 20);
 }
+
+// Catches hook_z of one layer (the head outputs of a block run by hand).
+class CatchZ : public core::HookDispatch {
+ public:
+  CatchZ(int n_layers, int layer) : site_{core::HookKind::z, layer} {
+    active_.assign(static_cast<size_t>(core::site_count(n_layers)), 0);
+    active_[static_cast<size_t>(site_.index())] = 1;
+  }
+  void fire(const core::HookSite&, at::Tensor& act) override { z = act; }
+  at::Tensor z;  // [batch, pos, head, d_head]
+
+ private:
+  core::HookSite site_;
+};
 
 // Mean over prompts and real positions: [batch, pos, ...] -> [1, 1, ...].
 at::Tensor masked_mean(const at::Tensor& x, const at::Tensor& mask) {
@@ -136,7 +153,23 @@ int64_t CircuitRunner::copies_per_forward(const patching::Metric& metric) const 
   return k;
 }
 
-at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu, bool record) {
+bool CircuitRunner::can_restart_at_mlp() const {
+  return model_.cfg().has_mlp() && !model_.cfg().parallel_attn_mlp;
+}
+
+bool CircuitRunner::answers_are_last(const patching::Metric& metric) const {
+  // The answer position of each prompt must be its last real token: the
+  // keys after it are padding (or there are none).
+  if (metric.reads() != patching::Metric::Reads::answer_logits) return false;
+  const at::Tensor pos = metric.answer_pos().to(at::kCPU, at::kLong);  // [batch]
+  const int64_t P = tokens_.size(1);
+  const at::Tensor after = at::arange(P, at::kLong).unsqueeze(0) > pos.unsqueeze(1);  // [batch, pos]
+  if (!mask_.defined()) return !after.any().item<bool>();
+  return !(after & mask_.to(at::kCPU).ne(0)).any().item<bool>();
+}
+
+at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu, bool record, RestartAt at,
+                                         const at::Tensor& answer_pos) {
   const auto& cfg = model_.cfg();
   const int64_t k = masks_cpu.size(0), b = tokens_.size(0), P = tokens_.size(1), d = cfg.d_model;
   const int64_t H = cfg.n_heads, KV = cfg.kv_heads();
@@ -149,16 +182,36 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   const bool* uni_p = uniform.data_ptr<bool>();
 
   // Senders before `start` come from the state (or are the input); those of
-  // layers >= start are computed live, one chunk per layer and kind.
-  const int64_t S0 = start == 0 ? 1 : senders_before(start);
-  const at::Tensor shared = start == 0 ? input_delta_ : deltas_.narrow(2, 0, S0);  // [batch, pos, S0, d_model]
+  // layers >= start are computed live, one chunk per layer and kind. From
+  // the MLP, the heads of layer `start` are the state's too.
+  const bool from_mlp = at == RestartAt::mlp;
+  MECHLAB_ASSERT(!from_mlp || (can_restart_at_mlp() && start < cfg.n_layers && !record));
+  const int64_t S0 = from_mlp ? senders_before(start) + H : start == 0 ? 1 : senders_before(start);
+  // (A restart from layer 0's attention needs no state: the input is the only earlier sender.)
+  const at::Tensor shared =
+      start == 0 && !from_mlp ? input_delta_ : deltas_.narrow(2, 0, S0);  // [batch, pos, S0, d_model]
+  // The last layer at the answer positions only (restart at it with a
+  // metric that reads those alone): queries, attention output, MLP and
+  // output receiver there, keys and values everywhere.
+  const bool answers_only = answer_pos.defined();
+  MECHLAB_ASSERT(!answers_only || (start < cfg.n_layers && !record));
+  at::Tensor rows, apos;  // int64 [batch]
+  auto at_answers = [&](const at::Tensor& x) {  // [batch, pos, ...] -> [batch, 1, ...]; [1, 1, ...] kept
+    if (x.size(1) == 1) return x;
+    return x.index({rows, apos}).unsqueeze(1);
+  };
+  if (answers_only) {
+    apos = answer_pos.to(model_.model().device(), at::kLong);
+    rows = at::arange(b, apos.options());
+  }
   std::vector<at::Tensor> live;  // each [k * batch, pos, n, d_model], in sender order
   at::Tensor live_cat;
   int64_t live_n = 0, live_cat_n = 0;
 
   // act [k * batch, pos, nr, d_model] holds receivers r0..r0+nr, which read
   // senders 0..s_end.
-  auto patch = [&](at::Tensor& act, int64_t r0, int64_t nr, int64_t s_end) {
+  auto patch = [&](at::Tensor& act, int64_t r0, int64_t nr, int64_t s_end, const at::Tensor& shared_src) {
+    const int64_t Pc = act.size(1);  // pos, or 1 at the answer positions
     bool any = false, uni = true;
     for (int64_t r = r0; r < r0 + nr; ++r) {
       any = any || any_p[r];
@@ -179,38 +232,76 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     if (uni) {
       at::Tensor out = act;
       if (n_live > 0) out = kernels::edge_patch(act.contiguous(), lv.contiguous(), m[0].narrow(1, S0, n_live).contiguous());
-      at::Tensor corr = at::einsum("rs,bpsd->bprd", {ms[0], shared});  // [batch, pos, nr, d_model]
-      act = (out.view({k, b, P, nr, d}) - corr.unsqueeze(0)).view({k * b, P, nr, d});
+      at::Tensor corr = at::einsum("rs,bpsd->bprd", {ms[0], shared_src});  // [batch, pos, nr, d_model]
+      act = (out.view({k, b, Pc, nr, d}) - corr.unsqueeze(0)).view({k * b, Pc, nr, d});
       return;
     }
-    at::Tensor corr = at::einsum("krs,bpsd->kbprd", {ms, shared});  // [k, batch, pos, nr, d_model]
+    at::Tensor corr = at::einsum("krs,bpsd->kbprd", {ms, shared_src});  // [k, batch, pos, nr, d_model]
     if (n_live > 0) {
-      corr = corr + at::einsum("krs,kbpsd->kbprd", {m.narrow(2, S0, n_live), lv.view({k, b, P, n_live, d})});
+      corr = corr + at::einsum("krs,kbpsd->kbprd", {m.narrow(2, S0, n_live), lv.view({k, b, Pc, n_live, d})});
     }
-    act = (act.view({k, b, P, nr, d}) - corr).view({k * b, P, nr, d});
+    act = (act.view({k, b, Pc, nr, d}) - corr).view({k * b, Pc, nr, d});
   };
 
   at::Tensor final_resid;
-  if (start >= cfg.n_layers) {
-    final_resid = resid_final_.repeat({k, 1, 1});  // [k * batch, pos, d_model]
+  // Layer `start`'s MLP alone, as the block runs it (same norm and MLP
+  // functions): mlp_in = resid_mid - patch, resid_post = resid_mid + mlp_out.
+  at::Tensor after_mlp;  // [k * batch, pos, d_model]: the residual entering layer start + 1
+  // Restarting at the last layer's MLP with answers only: the answers block below does it.
+  const int last = cfg.n_layers - 1;
+  const bool last_from_mlp = answers_only && from_mlp && start == last;
+  if (from_mlp && !last_from_mlp) {
+    const core::ModelConfig& mc = model_.model().config();
+    const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(start)];
+    const at::Tensor resid_mid = resid_mid_[static_cast<size_t>(start)].repeat({k, 1, 1});  // [k * batch, pos, d_model]
+    at::Tensor x4 = resid_mid.unsqueeze(2);  // [k * batch, pos, 1, d_model]
+    patch(x4, graph_.receiver_index({{Kind::mlp, start, -1}, ReceiverChannel::resid}), 1, S0, shared);
+    const core::Hooks none;
+    const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, start},
+                                          {core::HookKind::ln2_normalized, start}, none);
+    const at::Tensor mlp_out = core::mlp_forward(mc, w, start, x, none);  // [k * batch, pos, d_model]
+    at::Tensor out = mlp_out.unsqueeze(2);                                // [k * batch, pos, 1, d_model]
+    const at::Tensor& abl_m = ablated_mlp_[static_cast<size_t>(start)];
+    if (abl_m.defined()) out = (out.view({k, b, P, 1, d}) - abl_m.unsqueeze(0)).view({k * b, P, 1, d});
+    live.push_back(out);
+    live_n += 1;
+    after_mlp = resid_mid + mlp_out;
+  }
+  const int first_block = from_mlp ? start + 1 : start;
+  // With answers only, the hooked blocks stop before the last layer.
+  const int stop = answers_only ? last : cfg.n_layers;
+  at::Tensor into_stop;  // the residual entering layer `stop` [k * batch, pos, d_model]
+  if (last_from_mlp) {
+    // the answers block starts from the state's resid_mid
+  } else if (first_block >= stop) {
+    into_stop = from_mlp                ? after_mlp
+        : first_block >= cfg.n_layers   ? resid_final_.repeat({k, 1, 1})
+                                        : resid_pre_[static_cast<size_t>(first_block)].repeat({k, 1, 1});
   } else {
     hooks::HookScope scope(model_.hooks());
-    if (record) resid_pre_.assign(static_cast<size_t>(cfg.n_layers), at::Tensor());
-    for (int l = start; l < cfg.n_layers; ++l) {
+    if (record) {
+      resid_pre_.assign(static_cast<size_t>(cfg.n_layers), at::Tensor());
+      resid_mid_.assign(can_restart_at_mlp() ? static_cast<size_t>(cfg.n_layers) : 0, at::Tensor());
+    }
+    for (int l = first_block; l < stop; ++l) {
       const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
       const int64_t s_layer = senders_before(l);
       if (record) {
         scope.add(hooks::act_name("resid_pre", l),
                   [this, l](at::Tensor& x, const hooks::HookPoint&) { resid_pre_[static_cast<size_t>(l)] = x; });
+        if (can_restart_at_mlp()) {
+          scope.add(hooks::act_name("resid_mid", l),
+                    [this, l](at::Tensor& x, const hooks::HookPoint&) { resid_mid_[static_cast<size_t>(l)] = x; });
+        }
       }
       scope.add(hooks::act_name("q_input", l), [&, r_layer, s_layer](at::Tensor& x, const hooks::HookPoint&) {
-        patch(x, r_layer, H, s_layer);
+        patch(x, r_layer, H, s_layer, shared);
       });
       scope.add(hooks::act_name("k_input", l), [&, r_layer, s_layer](at::Tensor& x, const hooks::HookPoint&) {
-        patch(x, r_layer + H, KV, s_layer);
+        patch(x, r_layer + H, KV, s_layer, shared);
       });
       scope.add(hooks::act_name("v_input", l), [&, r_layer, s_layer](at::Tensor& x, const hooks::HookPoint&) {
-        patch(x, r_layer + H + KV, KV, s_layer);
+        patch(x, r_layer + H + KV, KV, s_layer, shared);
       });
       const at::Tensor* W_O = &model_.model().weights().blocks[static_cast<size_t>(l)].W_O;  // [head, d_head, d_model]
       const at::Tensor* abl_h = &ablated_heads_[static_cast<size_t>(l)];
@@ -225,7 +316,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
         const int64_t s_mlp = cfg.parallel_attn_mlp ? s_layer : s_layer + H;
         scope.add(hooks::act_name("mlp_in", l), [&, r_mlp, s_mlp](at::Tensor& x, const hooks::HookPoint&) {
           at::Tensor x4 = x.unsqueeze(2);  // [k * batch, pos, 1, d_model]
-          patch(x4, r_mlp, 1, s_mlp);
+          patch(x4, r_mlp, 1, s_mlp, shared);
           x = x4.squeeze(2);
         });
         const at::Tensor* abl_m = &ablated_mlp_[static_cast<size_t>(l)];
@@ -239,10 +330,91 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     }
     hooks::RunOptions ro;
     if (mask_.defined()) ro.attention_mask(mask_.repeat({k, 1}));
-    ro.start_at_layer(start);
-    ro.stop_at_layer(cfg.n_layers);
-    at::Tensor input = start == 0 ? tokens_.repeat({k, 1}) : resid_pre_[static_cast<size_t>(start)].repeat({k, 1, 1});
-    final_resid = model_.forward(input, ro);  // [k * batch, pos, d_model]
+    ro.start_at_layer(first_block);
+    ro.stop_at_layer(stop);
+    at::Tensor input = from_mlp     ? after_mlp
+                       : start == 0 ? tokens_.repeat({k, 1})
+                                    : resid_pre_[static_cast<size_t>(start)].repeat({k, 1, 1});
+    into_stop = model_.forward(input, ro);  // [k * batch, pos, d_model]
+  }
+  if (answers_only) {
+    // The block of the last layer by hand, with the runtime's own norm,
+    // attention (queries at the last positions only: the answer is each
+    // prompt's last real token, answers_are_last) and MLP.
+    const int l = last;
+    const core::ModelConfig& mc = model_.model().config();
+    const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(l)];
+    const core::Hooks none;
+    const at::Tensor shared_a = at_answers(shared);  // [batch, 1, S0, d_model]
+    // [k * batch, pos, ...] -> [k * batch, 1, ...] at each copy's answer positions
+    const at::Tensor rows_k = at::arange(k * b, apos.options()), apos_k = apos.repeat({k});
+    auto at_answers_k = [&](const at::Tensor& t) { return t.index({rows_k, apos_k}).unsqueeze(1); };
+    const at::Tensor pre_a = last_from_mlp ? at_answers(resid_pre_[static_cast<size_t>(l)]).repeat({k, 1, 1})
+                                           : at_answers_k(into_stop);  // [k * batch, 1, d_model]
+    at::Tensor mid;  // resid_mid at the answer positions [k * batch, 1, d_model]
+    if (last_from_mlp) {
+      mid = at_answers(resid_mid_[static_cast<size_t>(l)]).repeat({k, 1, 1});
+    } else {
+      const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
+      auto copies = [&](const at::Tensor& t, int64_t n) {  // [k * batch, p, d_model] -> [k * batch, p, n, d_model]
+        return t.unsqueeze(2).expand({-1, -1, n, -1}).contiguous();
+      };
+      const int64_t s_layer = senders_before(l);
+      at::Tensor k_in = copies(into_stop, KV);  // [k * batch, pos, kv_head, d_model]
+      at::Tensor v_in = copies(into_stop, KV);
+      patch(k_in, r_layer + H, KV, s_layer, shared);
+      patch(v_in, r_layer + H + KV, KV, s_layer, shared);
+      // From here on every receiver reads the answer positions only: so do the live senders.
+      for (at::Tensor& t : live) t = at_answers_k(t);
+      live_cat_n = -1;
+      at::Tensor q_in = copies(pre_a, H);  // [k * batch, 1, head, d_model]
+      patch(q_in, r_layer, H, s_layer, shared_a);
+      const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
+      q_in = core::apply_norm(mc, q_in, w.ln1_w, w.ln1_b, scale, normed, none);
+      k_in = core::apply_norm(mc, k_in, w.ln1_w, w.ln1_b, scale, normed, none);
+      v_in = core::apply_norm(mc, v_in, w.ln1_w, w.ln1_b, scale, normed, none);
+      core::AttentionContext ctx;
+      at::Tensor positions;  // as the forward numbers them: real tokens from 0
+      if (mask_.defined()) {
+        ctx.key_mask = mask_.ne(0).repeat({k, 1});  // [k * batch, pos]
+        positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+      } else {
+        positions = at::arange(P, at::TensorOptions(at::kLong).device(model_.model().device()));
+      }
+      core::RotaryTables tables;
+      if (mc.positional == core::Positional::rotary) {
+        tables = core::make_rotary_tables(mc, model_.model().weights().W_E.options());
+        ctx.rotary = &tables;
+        ctx.positions = positions;
+      }
+      CatchZ catch_z(cfg.n_layers, l);
+      const at::Tensor attn_out =
+          core::attention_forward(mc, w, l, q_in, k_in, v_in, true, ctx, core::Hooks{&catch_z});  // [k * batch, 1, d_model]
+      mid = pre_a + attn_out;
+      at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, w.W_O});  // [k * batch, 1, head, d_model]
+      const at::Tensor& abl_h = ablated_heads_[static_cast<size_t>(l)];
+      if (abl_h.defined()) out = (out.view({k, b, 1, H, d}) - at_answers(abl_h).unsqueeze(0)).view({k * b, 1, H, d});
+      live.push_back(out);
+      live_n += H;
+    }
+    final_resid = mid;
+    if (cfg.has_mlp()) {
+      const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
+      const int64_t s_mlp = cfg.parallel_attn_mlp ? senders_before(l) : senders_before(l) + H;
+      at::Tensor x4 = (cfg.parallel_attn_mlp ? pre_a : mid).unsqueeze(2);  // [k * batch, 1, 1, d_model]
+      patch(x4, r_mlp, 1, s_mlp, shared_a);
+      const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, l},
+                                            {core::HookKind::ln2_normalized, l}, none);
+      const at::Tensor mlp_out = core::mlp_forward(mc, w, l, x, none);  // [k * batch, 1, d_model]
+      at::Tensor out = mlp_out.unsqueeze(2);
+      const at::Tensor& abl_m = ablated_mlp_[static_cast<size_t>(l)];
+      if (abl_m.defined()) out = (out.view({k, b, 1, 1, d}) - at_answers(abl_m).unsqueeze(0)).view({k * b, 1, 1, d});
+      live.push_back(out);
+      live_n += 1;
+      final_resid = final_resid + mlp_out;
+    }
+  } else {
+    final_resid = into_stop;
   }
   if (record) {
     MECHLAB_ASSERT(start == 0 && k == 1);
@@ -251,16 +423,21 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   }
   const int64_t R = static_cast<int64_t>(graph_.receivers().size());
   at::Tensor out4 = final_resid.unsqueeze(2);  // [k * batch, pos, 1, d_model]
-  patch(out4, R - 1, 1, static_cast<int64_t>(graph_.senders().size()));
+  patch(out4, R - 1, 1, static_cast<int64_t>(graph_.senders().size()), answers_only ? at_answers(shared) : shared);
   ++forwards_;
   return out4.squeeze(2);
 }
 
-at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k) {
+at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k,
+                                    bool at_answers) {
   const auto& cfg = model_.cfg();
   const int64_t b = tokens_.size(0);
   core::ForwardOptions fo;
   fo.start_at_layer(cfg.n_layers);
+  if (at_answers) {
+    at::Tensor logits = model_.model().forward(resid, fo);  // [k * batch, 1, d_vocab]
+    return metric.batched(logits.view({k, b, -1})).to(at::kCPU, at::kDouble);
+  }
   if (metric.reads() == patching::Metric::Reads::answer_logits) {
     at::Tensor pos = metric.answer_pos().to(resid.device()).repeat({k});  // [k * batch]
     at::Tensor rows = at::arange(k * b, pos.options());
@@ -313,14 +490,21 @@ double CircuitRunner::set_state(const Circuit& circuit, const patching::Metric& 
 }
 
 std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& metric,
-                                           const std::vector<at::Tensor>& masks) {
+                                           const std::vector<at::Tensor>& masks, RestartAt at) {
   at::NoGradGuard no_grad;
   MECHLAB_CHECK(deltas_.defined(), "CircuitRunner::restart needs a state: call set_state first");
   MECHLAB_CHECK(layer >= 0 && layer <= model_.cfg().n_layers, "restart layer ", layer, " is outside [0, ",
                 model_.cfg().n_layers, "]");
+  MECHLAB_CHECK(at == RestartAt::attention || (can_restart_at_mlp() && layer < model_.cfg().n_layers),
+                "a restart at the MLP of layer ", layer, " needs a layer < n_layers = ", model_.cfg().n_layers,
+                " of a model with MLPs that are not parallel to attention; restart at the layer's attention");
   if (masks.empty()) return {};
   const int64_t k = static_cast<int64_t>(masks.size());
-  at::Tensor m = metric_of(metric, masked_forward(layer, at::stack(masks), false), k).contiguous();
+  // A metric of the answer positions needs the last layer there only.
+  const bool answers = layer < model_.cfg().n_layers && answers_are_last(metric);
+  const at::Tensor answer_pos = answers ? metric.answer_pos() : at::Tensor();
+  at::Tensor m =
+      metric_of(metric, masked_forward(layer, at::stack(masks), false, at, answer_pos), k, answers).contiguous();
   return std::vector<double>(m.data_ptr<double>(), m.data_ptr<double>() + k);
 }
 

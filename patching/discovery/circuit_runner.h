@@ -23,7 +23,13 @@
 //    that differs from c only in receivers at layers >= L has the same state
 //    below L, so restart(L, ...) runs only layers L.. from it (L = n_layers:
 //    only the output receiver changes, no block runs at all).
-//  - metrics that read only the answer positions unembed only those.
+//  - a circuit that differs from c only at MLP input m{L} and at receivers
+//    of layers > L restarts at layer L's MLP (RestartAt::mlp): the residual
+//    the MLP reads (resid_mid) and layer L's head outputs are the state's.
+//  - metrics that read only the answer positions unembed only those, and a
+//    restart computes the last layer's queries, attention output, MLP and
+//    output receiver at those positions only (keys and values everywhere),
+//    when each answer is its prompt's last real token.
 //
 // Example:
 //   CircuitRunner runner(model, data, Ablation::corrupted);
@@ -55,6 +61,12 @@ enum class Ablation {
 std::string ablation_name(Ablation a);
 /// Inverse of ablation_name; anything else is an error listing the names.
 Ablation parse_ablation(const std::string& name);
+
+/// Where a restart begins inside its layer.
+enum class RestartAt {
+  attention,  ///< the whole layer (the masks may differ from the state at any receiver of the layer)
+  mlp,        ///< the layer's MLP only (they may differ at its MLP input only); models with sequential MLPs
+};
 
 struct RunnerOptions {
   /// Bytes the stacked copies of one forward may use (estimated); 0 = as
@@ -88,9 +100,19 @@ class CircuitRunner {
   /// senders], Circuit::removed_mask's form), all in one forward of
   /// masks.size() stacked copies that starts at `layer` (0..n_layers) from
   /// the state of set_state(). Exact only for masks that equal the state's
-  /// circuit's at every receiver below `layer`; the caller guarantees that.
-  std::vector<double> restart(int layer, const patching::Metric& metric, const std::vector<at::Tensor>& masks);
+  /// circuit's at every receiver below `layer` (RestartAt::mlp: also at the
+  /// layer's head receivers); the caller guarantees that. RestartAt::mlp
+  /// needs a model with MLPs that are not parallel to attention, and layer <
+  /// n_layers.
+  std::vector<double> restart(int layer, const patching::Metric& metric, const std::vector<at::Tensor>& masks,
+                              RestartAt at = RestartAt::attention);
+  /// Whether RestartAt::mlp is available for this model.
+  bool can_restart_at_mlp() const;
 
+  /// Whether `metric` reads only the answer positions and each is its
+  /// prompt's last real token: then a restart runs the last layer's query
+  /// side and MLP at the answer positions only.
+  bool answers_are_last(const patching::Metric& metric) const;
   /// Circuits one forward may stack (memory budget, max_copies).
   int64_t copies_per_forward(const patching::Metric& metric) const;
   /// Batched forwards run so far (restarts included; the constructor's runs not).
@@ -99,8 +121,14 @@ class CircuitRunner {
  private:
   // k stacked copies from layer `start` with masks [k, receivers, senders];
   // returns the output receiver's input [k * batch, pos, d_model].
-  at::Tensor masked_forward(int start, const at::Tensor& masks, bool record);
-  at::Tensor metric_of(const patching::Metric& metric, const at::Tensor& final_resid, int64_t k);
+  // answer_pos defined (restarts at start < n_layers only): the last layer
+  // at those positions only; returns [k * batch, 1, d_model].
+  at::Tensor masked_forward(int start, const at::Tensor& masks, bool record, RestartAt at = RestartAt::attention,
+                            const at::Tensor& answer_pos = {});
+  // at_answers: final_resid holds the answer positions only.
+  at::Tensor metric_of(const patching::Metric& metric, const at::Tensor& final_resid, int64_t k,
+                       bool at_answers = false);
+
   int64_t senders_before(int layer) const;
 
   hooks::HookedTransformer& model_;
@@ -115,6 +143,7 @@ class CircuitRunner {
   std::vector<at::Tensor> ablated_mlp_;    // [n_layers] of [batch|1, pos|1, 1, d_model]; undefined = zero
   // State of set_state's circuit.
   std::vector<at::Tensor> resid_pre_;  // [n_layers] of [batch, pos, d_model]
+  std::vector<at::Tensor> resid_mid_;  // [n_layers] of [batch, pos, d_model]; empty without sequential MLPs
   at::Tensor resid_final_;             // [batch, pos, d_model], before the output receiver's patch
   at::Tensor deltas_;                  // [batch, pos, senders, d_model]: out - ablated
   int64_t budget_ = 0;

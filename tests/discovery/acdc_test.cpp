@@ -187,6 +187,88 @@ TEST(CircuitRunner, RestartFromTheStateOfAPrunedCircuitEqualsTheForwardFromTheEm
   }
 }
 
+// Restarts at every layer's attention and MLP (RestartAt::mlp: circuits that
+// differ from the state only at m{L} and above layer L; the MLP reads the
+// state's resid_mid) give the full forward's metric, for a metric of the
+// answer positions that are the last tokens (the last layer then runs its
+// queries, MLP and output there only), one whose answers are not the last
+// tokens and one that reads every position (the last layer in full).
+namespace {
+
+void expect_restarts_equal_full_forwards(const std::string& what, HookedTransformer& model, const PatchingData& data,
+                                         const Metric& metric, bool answers_last) {
+  CircuitRunner runner(model, data, Ablation::corrupted, mechlab::discovery::RunnerOptions().max_copies(3));
+  ASSERT_TRUE(runner.can_restart_at_mlp());
+  ASSERT_EQ(runner.answers_are_last(metric), answers_last) << what;
+  at::manual_seed(11);
+  Circuit state = Circuit::full(runner.graph());
+  const auto& edges = state.edges();
+  at::Tensor coin = at::rand({static_cast<int64_t>(edges.size())});
+  for (size_t i = 0; i < edges.size(); ++i) {
+    if (coin[static_cast<int64_t>(i)].item<double>() < 0.33) state.set_kept(edges[i], false);
+  }
+  runner.set_state(state, metric);
+  const double state_metric = runner.metrics(metric, {state})[0];
+  const int n_layers = model.cfg().n_layers;
+  for (int layer = 0; layer < n_layers; ++layer) {
+    for (auto at : {mechlab::discovery::RestartAt::attention, mechlab::discovery::RestartAt::mlp}) {
+      const bool mlp = at == mechlab::discovery::RestartAt::mlp;
+      std::vector<Circuit> variants;
+      std::vector<at::Tensor> masks;
+      for (int v = 0; v < 4; ++v) {
+        Circuit c = Circuit::from_json(runner.graph(), state.to_json());
+        at::Tensor flip = at::rand({static_cast<int64_t>(edges.size())});
+        for (size_t i = 0; i < edges.size(); ++i) {
+          const auto& r = runner.graph().receivers()[static_cast<size_t>(edges[i].receiver)];
+          const bool own_mlp = r.node.kind == CircuitNode::Kind::mlp && r.node.layer == layer;
+          const int rl = r.node.kind == CircuitNode::Kind::output ? n_layers : r.node.layer;
+          // Variant 0 changes only the restart layer (its MLP input from the MLP).
+          const bool may = mlp ? own_mlp || (v > 0 && rl > layer) : rl == layer || (v > 0 && rl > layer);
+          if (may && flip[static_cast<int64_t>(i)].item<double>() < 0.4) c.set_kept(edges[i], !c.kept(edges[i]));
+        }
+        masks.push_back(c.removed_mask());
+        variants.push_back(std::move(c));
+      }
+      const std::vector<double> restarted = runner.restart(layer, metric, masks, at);
+      const std::vector<double> full = runner.metrics(metric, variants);
+      ASSERT_EQ(restarted.size(), full.size());
+      for (size_t i = 0; i < full.size(); ++i) {
+        EXPECT_NEAR(restarted[i], full[i], 1e-6) << what << " layer " << layer << (mlp ? " mlp" : "");
+      }
+      EXPECT_GT(std::abs(full[0] - state_metric), 1e-6)
+          << what << " layer " << layer << (mlp ? " mlp" : "") << ": the flips changed nothing";
+    }
+  }
+  EXPECT_EQ(error_of([&] { runner.restart(n_layers, metric, {}, mechlab::discovery::RestartAt::mlp); }),
+            "a restart at the MLP of layer " + std::to_string(n_layers) + " needs a layer < n_layers = " +
+                std::to_string(n_layers) +
+                " of a model with MLPs that are not parallel to attention; restart at the layer's attention");
+}
+
+}  // namespace
+
+TEST(CircuitRunner, RestartsAtTheAttentionAndTheMlpEqualTheForwardFromTheEmbedding) {
+  HookedTransformer model = load_f64("gpt2_like");
+  const PatchingData data = fixture_data("gpt2_like");
+  const at::Tensor clean = [&] {
+    at::NoGradGuard ng;
+    return model.forward(data.clean_tokens);
+  }();
+  // The fixture's answers (positions 6, 5, 6 of 7) are not all last; make them so.
+  PatchingData last = data;
+  last.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
+  expect_restarts_equal_full_forwards("answers last", model, last, kl_to_clean(last.answers(), clean), true);
+  // The fixture's answers with prompt 1 right-padded after its answer: last real tokens.
+  PatchingData padded = data;
+  padded.attention_mask = at::ones({data.batch(), data.seq_len()}, at::kLong);
+  padded.attention_mask[1][data.seq_len() - 1] = 0;
+  expect_restarts_equal_full_forwards("answers last, padded", model, padded, kl_to_clean(padded.answers(), clean),
+                                      true);
+  expect_restarts_equal_full_forwards("all positions", model, data,
+                                      kl_to_clean_all_positions(clean, data.attention_mask), false);
+  expect_restarts_equal_full_forwards("answers not last", model, data, kl_to_clean(data.answers(), clean), false);
+}
+
 // ---------------------------------------------------------- naive reference
 
 namespace {
@@ -197,9 +279,10 @@ struct Case {
   bool zero;
   bool abs_value;
   bool reverse;
+  bool answers_last = false;  // answer at every prompt's last position (the runner's answers-only last layer)
   std::string name() const {
     return std::string(model) + " tau " + std::to_string(tau) + (zero ? " zero" : " corrupted") +
-           (abs_value ? " abs" : "") + (reverse ? " reverse" : "");
+           (abs_value ? " abs" : "") + (reverse ? " reverse" : "") + (answers_last ? " answers last" : "");
   }
 };
 
@@ -216,7 +299,8 @@ AcdcOptions options_of(const Case& cs) {
 double expect_equals_naive(const Case& cs) {
   const std::string what = cs.name();
   HookedTransformer model = load_f64(cs.model);
-  const PatchingData data = fixture_data(cs.model);
+  PatchingData data = fixture_data(cs.model);
+  if (cs.answers_last) data.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
   const Metric kl = kl_metric(model, data);
   NaiveAcdc naive(model, data, cs.zero);
   const NaiveResult want = naive.run(kl, cs.tau, cs.abs_value, cs.reverse);
@@ -250,6 +334,13 @@ double expect_equals_naive(const Case& cs) {
 TEST(Acdc, EqualsTheNaiveAcdcOnGpt2LikeCorrupted) {
   EXPECT_GT(expect_equals_naive({"gpt2_like", 0.001, false, false, false}), 0.4);  // many kept
   EXPECT_LT(expect_equals_naive({"gpt2_like", 0.02, false, false, false}), 0.15);   // few kept
+}
+
+// Answers at the last tokens: every restart runs the last layer at the answer positions only.
+TEST(Acdc, EqualsTheNaiveAcdcWithAnswersAtTheLastTokens) {
+  EXPECT_GT(expect_equals_naive({"gpt2_like", 0.001, false, false, false, true}), 0.3);
+  expect_equals_naive({"llama_like", 0.002, false, false, false, true});  // rotary, GQA
+  expect_equals_naive({"neox_like", 0.002, false, false, false, true});   // parallel attention/MLP
 }
 
 TEST(Acdc, EqualsTheNaiveAcdcOnGpt2LikeZeroAbsReverse) {

@@ -68,3 +68,16 @@
 #include "patching/plan_output.h"
 #include "patching/sweep_file.h"
 #include "patching/sweeps.h"
+
+// Circuit discovery: the circuit type, the masked forward, ACDC, selection
+// of attribution circuits, evaluation.
+#include "patching/discovery/acdc.h"
+#include "patching/discovery/circuit.h"
+#include "patching/discovery/circuit_runner.h"
+#include "patching/discovery/evaluation.h"
+#include "patching/discovery/selection.h"
+
+// Sparse autoencoders: architectures by name, SAELens files, metrics.
+#include "sae/metrics.h"
+#include "sae/registry.h"
+#include "sae/saelens_io.h"

@@ -41,6 +41,9 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
                              const Hooks& hooks) {
   const int64_t H = cfg.n_heads, K = cfg.kv_heads(), Dh = cfg.d_head;
   const int64_t batch = q_in.size(0), pos = q_in.size(1);
+  // Queries at the last `pos` of in_pos input positions (split input only).
+  const int64_t in_pos = k_in.size(1);
+  MECHLAB_ASSERT(pos == in_pos || (split && ctx.kv_cache == nullptr && pos < in_pos));
 
   at::Tensor q, k, v;  // [batch, pos, head|kv_head, d_head]
   if (split) {
@@ -60,7 +63,7 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
 
   const bool rotary = cfg.positional == Positional::rotary;
   if (rotary) {
-    q = apply_rotary(q, *ctx.rotary, ctx.positions);
+    q = apply_rotary(q, *ctx.rotary, pos == in_pos ? ctx.positions : ctx.positions.narrow(-1, in_pos - pos, pos));
     hooks({HookKind::rot_q, layer}, q);
     k = apply_rotary(k, *ctx.rotary, ctx.positions);
   }
@@ -99,7 +102,7 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
     if (ctx.key_mask.defined()) pattern = at::nan_to_num(pattern, 0.0);  // fully masked rows
     hooks({HookKind::pattern, layer}, pattern);
     zh = at::matmul(pattern.to(vh.scalar_type()), vh);
-  } else if (!ctx.key_mask.defined()) {
+  } else if (!ctx.key_mask.defined() && pos == k_pos) {
     zh = at::scaled_dot_product_attention(qh, kh, vh, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                           /*is_causal=*/true, 1.0 / cfg.scale(),
                                           /*enable_gqa=*/K != H);

@@ -36,7 +36,12 @@ std::pair<at::Tensor, at::Tensor> pack_qkv(const LayerWeights& w);
 /// Non-split input: x [batch, pos, d_model], already normalised by ln1.
 /// Split input (hook_q/k/v_input listened): q_in [batch, pos, head, d_model],
 /// k_in/v_in [batch, pos, kv_head, d_model], each normalised per head.
-/// Returns attn_out [batch, pos, d_model] (before hook_attn_out).
+/// Split input without a KV cache may hold queries at the last q_pos <
+/// k_pos positions only (q_in [batch, q_pos, head, d_model], k_in/v_in
+/// [batch, k_pos, ...]; ctx.positions covers the k_pos positions): those
+/// queries' outputs, as the full attention gives them (circuit discovery
+/// reads the last layer at the answer positions only).
+/// Returns attn_out [batch, q_pos, d_model] (before hook_attn_out).
 at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int layer,
                              const at::Tensor& q_in, const at::Tensor& k_in,
                              const at::Tensor& v_in, bool split, const AttentionContext& ctx,
