@@ -16,7 +16,7 @@
 // per prompt from [12, 16) of 20 (like IOI's S2, about two thirds in).
 // The numbers of the naive sample are compared with the bulk sweep's.
 // Then edge attribution patching of every circuit-graph edge (one clean
-// forward+backward with split q/k/v inputs, one corrupted forward, the score
+// forward+backward (head-input gradients from hook_q/k/v), one corrupted forward, the score
 // products) against one plain forward of the same prompts: the ratio is its
 // cost in forward-pass equivalents (the goal: at most 4).
 // scripts/bench/patch_vs_transformerlens.sh runs TransformerLens itself on the
@@ -274,7 +274,7 @@ void add_bench_patch(CLI::App& bench) {
                            " tokens",
                        {{"one forward", forward_ms, "plain forward, no hooks, inference mode"},
                         {"all-edge attribution", edges_ms,
-                         "clean fwd+bwd (split q/k/v inputs) + corrupted fwd + scores"}},
+                         "clean fwd+bwd + corrupted fwd + scores"}},
                        "one forward", static_cast<double>(n_edges), "edges");
     const double edge_ratio = edges_ms.median / forward_ms.median;
     std::printf("all-edge attribution = %.2f forward-pass equivalents (goal <= 4)\n", edge_ratio);
