@@ -126,6 +126,7 @@ void add_bench_acdc(CLI::App& bench) {
     std::string device = "cpu", json;
     int layers = 4, d_model = 256, heads = 8, vocab = 512;
     int64_t prompts = 32, seq_len = 16, max_batch = 0;
+    int repeats = 3;
     double threshold = -1;
     uint64_t seed = 0;
     bool quick = false, attn_only = false;
@@ -144,6 +145,10 @@ void add_bench_acdc(CLI::App& bench) {
                   "ACDC tau (default: the median first-trial score of the output's edges)");
   cmd->add_option("--max-batch", a->max_batch, "Trials per forward of the fast run (0 = memory budget)")
       ->capture_default_str();
+  cmd->add_option("--repeats", a->repeats,
+                  "Timed runs of each implementation; the table reports the median with its IQR")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
   cmd->add_flag("--attn-only", a->attn_only, "No MLPs");
   cmd->add_flag("--quick", a->quick, "Smoke-test size: 2 layers, d_model 64, 4 heads, 8 prompts x 8 tokens (overrides the size options)");
   cmd->add_option("--seed", a->seed, "Seed of the random model and prompts")->capture_default_str();
@@ -201,12 +206,24 @@ void add_bench_acdc(CLI::App& bench) {
 
     const auto opts = discovery::AcdcOptions().threshold(tau).max_batch(a->max_batch);
     model.forward(data.corrupted_tokens);  // warm-up (allocator, thread pool)
-    const discovery::AcdcResult fast = discovery::acdc(model, data, kl, opts);
+    // Each implementation runs --repeats times (the runs are deterministic:
+    // the last one's decisions are compared); the table reports medians.
+    std::vector<double> fast_ms, naive_ms;
+    discovery::AcdcResult fast = discovery::acdc(model, data, kl, opts);
+    fast_ms.push_back(fast.seconds * 1e3);
+    for (int r = 1; r < a->repeats; ++r) fast_ms.push_back(discovery::acdc(model, data, kl, opts).seconds * 1e3);
     std::printf("fast: %.2f s, %lld forwards, %lld trials, %lld of %lld edges kept\n", fast.seconds,
                 static_cast<long long>(fast.forwards), static_cast<long long>(fast.trials),
                 static_cast<long long>(fast.circuit.edge_count()), static_cast<long long>(n_edges));
     std::fflush(stdout);
-    const discovery::AcdcResult naive = discovery::acdc_one_forward_per_edge(model, data, kl, opts);
+    discovery::AcdcResult naive = discovery::acdc_one_forward_per_edge(model, data, kl, opts);
+    naive_ms.push_back(naive.seconds * 1e3);
+    for (int r = 1; r < a->repeats; ++r) {
+      naive_ms.push_back(discovery::acdc_one_forward_per_edge(model, data, kl, opts).seconds * 1e3);
+    }
+    const bench::Stats fast_stats = bench::summarize(fast_ms), naive_stats = bench::summarize(naive_ms);
+    fast.seconds = fast_stats.median / 1e3;
+    naive.seconds = naive_stats.median / 1e3;
     std::printf("one forward per edge: %.2f s, %lld forwards\n", naive.seconds,
                 static_cast<long long>(naive.forwards));
     bool same = naive.steps.size() == fast.steps.size();
@@ -249,9 +266,9 @@ void add_bench_acdc(CLI::App& bench) {
 
     bench::print_table("ACDC, " + std::to_string(n_edges) + " edges, " + std::to_string(data.batch()) + " x " +
                            std::to_string(data.seq_len()) + " tokens",
-                       {{"one forward per edge", bench::summarize({naive.seconds * 1e3}),
+                       {{"one forward per edge", naive_stats,
                          std::to_string(naive.forwards) + " forwards from the embedding"},
-                        {"fast (restart + batched trials)", bench::summarize({fast.seconds * 1e3}),
+                        {"fast (restart + batched trials)", fast_stats,
                          std::to_string(fast.forwards) + " forwards, " + std::to_string(fast.trials) + " trials"},
                         {"floor (arithmetic, not run)", bench::summarize({floor_total * s_per_forward * 1e3}), floor_note}},
                        "one forward per edge", static_cast<double>(n_edges), "edges");
