@@ -37,7 +37,10 @@ int group_of(const PatchConfig& c, int n_layers) {
   return first;
 }
 
-int64_t auto_budget(const at::Device& device) {
+
+}  // namespace
+
+int64_t default_memory_budget(const at::Device& device) {
   if (device.is_cuda()) {
     for (const auto& g : kernels::list_gpus()) {
       if (g.index == device.index() || (device.index() < 0 && g.index == 0)) return g.free_bytes / 2;
@@ -48,8 +51,6 @@ int64_t auto_budget(const at::Device& device) {
   if (pages > 0 && page > 0) budget = std::min(budget, int64_t(pages) * page / 4);
   return std::max<int64_t>(budget, int64_t(64) << 20);
 }
-
-}  // namespace
 
 BulkPatcher::BulkPatcher(hooks::HookedTransformer& model, at::Tensor run_tokens,
                          at::Tensor attention_mask, Metric metric, BulkOptions options)
@@ -65,7 +66,7 @@ BulkPatcher::BulkPatcher(hooks::HookedTransformer& model, at::Tensor run_tokens,
   for (int l = 0; l < model_.cfg().n_layers; ++l) resid_pre_.push_back(cache.get("resid_pre", l));
   baseline_ = metric_(logits_).item<double>();
   budget_ = options_.memory_budget_bytes() > 0 ? options_.memory_budget_bytes()
-                                             : auto_budget(model_.model().device());
+                                             : default_memory_budget(model_.model().device());
 }
 
 int64_t BulkPatcher::copies_per_forward(int /*first_layer*/, bool attention_maps) const {

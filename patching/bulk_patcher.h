@@ -43,6 +43,11 @@
 
 namespace mechlab::patching {
 
+/// The automatic memory budget of batched forwards (BulkOptions and the
+/// circuit runner): half the free memory of `device`'s GPU, or min(1 GiB, a
+/// quarter of the free RAM) on the CPU, at least 64 MiB.
+int64_t default_memory_budget(const at::Device& device);
+
 struct BulkOptions {
   /// Bytes the stacked copies of one forward may use (activations and logits,
   /// estimated); 0 = automatic: half the free memory of the model's GPU, or

@@ -5,13 +5,12 @@
 #include "core/model/layers/norm.h"
 #include "core/util/error.h"
 #include "hooks/act_name.h"
-#include "kernels/device_info.h"
 #include "kernels/edge_patch.h"
+#include "patching/bulk_patcher.h"
 #include "patching/sender_delta.h"
 
 #include <ATen/ATen.h>
 
-#include <unistd.h>
 
 #include <algorithm>
 
@@ -23,20 +22,6 @@ using patching::CircuitNode;
 using patching::ReceiverChannel;
 using patching::ReceiverInput;
 using Kind = CircuitNode::Kind;
-
-// As patching::BulkOptions' automatic budget: half the free memory of the
-// model's GPU, or min(1 GiB, a quarter of the free RAM) on the CPU.
-int64_t auto_budget(const at::Device& device) {
-  if (device.is_cuda()) {
-    for (const auto& g : kernels::list_gpus()) {
-      if (g.index == device.index() || (device.index() < 0 && g.index == 0)) return g.free_bytes / 2;
-    }
-  }
-  int64_t budget = int64_t(1) << 30;
-  const long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
-  if (pages > 0 && page > 0) budget = std::min(budget, int64_t(pages) * page / 4);
-  return std::max<int64_t>(budget, int64_t(64) << 20);
-}
 
 // Catches hook_z of one layer (the head outputs of a block run by hand).
 class CatchZ : public core::HookDispatch {
@@ -123,7 +108,7 @@ CircuitRunner::CircuitRunner(hooks::HookedTransformer& model, const patching::Pa
     }
   }
   budget_ = options_.memory_budget_bytes() > 0 ? options_.memory_budget_bytes()
-                                               : auto_budget(model_.model().device());
+                                               : patching::default_memory_budget(model_.model().device());
 }
 
 int64_t CircuitRunner::senders_before(int layer) const {

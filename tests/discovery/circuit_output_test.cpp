@@ -135,7 +135,7 @@ TEST(CircuitOutput, DotLeavesOutEdgesIntoARemovedHeadInput) {
 }
 
 TEST(CircuitOutput, SvgIsDrawnByGraphviz) {
-  if (std::system("command -v dot >/dev/null 2>&1") != 0) GTEST_SKIP() << "Graphviz dot not installed";
+  ASSERT_EQ(std::system("command -v dot >/dev/null 2>&1"), 0) << "Graphviz dot is not installed; scripts/setup.sh installs it";
   const std::string dir = temp_path("circuit_output", "svg");
   const auto files = mechlab::discovery::write_circuit_outputs(dir, small_record());
   ASSERT_EQ(files.svg, dir + "/circuit.svg");
