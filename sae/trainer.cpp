@@ -1,0 +1,779 @@
+#include "sae/trainer.h"
+
+#include "core/formats/hdf5_file.h"
+#include "core/formats/text_file.h"
+#include "core/log/log.h"
+#include "core/store/activation_store.h"
+#include "core/store/shuffled_batches.h"
+#include "core/util/error.h"
+#include "core/util/interrupt.h"
+#include "core/util/progress.h"
+#include "sae/metrics.h"
+#include "sae/registry.h"
+#include "sae/saelens_io.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace mechlab::sae {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kSaeGroup = "sae";
+constexpr const char* kStateGroup = "sae_trainer";
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+at::Generator seeded(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
+// The first row of x [n, d] with a NaN or Inf, or -1.
+int64_t first_non_finite_row(const at::Tensor& x) {
+  at::Tensor bad = at::logical_not(at::isfinite(x)).any(1);  // [n]
+  if (!bad.any().item<bool>()) return -1;
+  return bad.nonzero()[0][0].item<int64_t>();
+}
+
+// ---------------------------------------------------------------- sources
+
+class ToySource : public BatchSource {
+ public:
+  explicit ToySource(const ToyOptions& o) : toy_(o) {}
+  int64_t d_in() const override { return toy_.options().d(); }
+  at::Tensor batch(int64_t, int64_t batch_size, at::Generator& rng) override {
+    return toy_.sample(batch_size, rng);
+  }
+  at::Tensor eval_rows(int64_t n) override {
+    at::Generator g = seeded(toy_.options().seed() + 1);
+    return toy_.sample(n, g);
+  }
+  at::Tensor init_rows(int64_t n) override {
+    at::Generator g = seeded(toy_.options().seed() + 2);
+    return toy_.sample(n, g);
+  }
+  at::Tensor ground_truth() const override { return toy_.features(); }
+
+ private:
+  ToySuperposition toy_;
+};
+
+class TensorSource : public BatchSource {
+ public:
+  TensorSource(at::Tensor rows, uint64_t seed) : rows_(rows.to(at::kFloat).contiguous()), seed_(seed) {
+    MECHLAB_CHECK(rows_.dim() == 2 && rows_.size(0) >= 1,
+                  "training rows must be a non-empty [n, d_in] matrix, got ", rows_.sizes());
+    const int64_t bad = first_non_finite_row(rows_);
+    MECHLAB_CHECK(bad < 0, "training row ", bad, " holds NaN or Inf; clean the activations before training");
+  }
+  int64_t d_in() const override { return rows_.size(1); }
+  at::Tensor batch(int64_t step, int64_t batch_size, at::Generator&) override {
+    // Rows [step * b, (step + 1) * b) of the concatenated epoch permutations.
+    const int64_t n = rows_.size(0);
+    std::vector<at::Tensor> parts;
+    int64_t start = step * batch_size, need = batch_size;
+    while (need > 0) {
+      const int64_t epoch = start / n, offset = start % n, take = std::min(need, n - offset);
+      if (epoch != perm_epoch_) {
+        at::Generator g = seeded(seed_ + static_cast<uint64_t>(epoch));
+        perm_ = at::randperm(n, g, at::kLong);
+        perm_epoch_ = epoch;
+      }
+      parts.push_back(rows_.index_select(0, perm_.slice(0, offset, offset + take)));
+      start += take;
+      need -= take;
+    }
+    return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+  }
+  at::Tensor eval_rows(int64_t n) override { return rows_.slice(0, 0, std::min(n, rows_.size(0))); }
+  at::Tensor init_rows(int64_t n) override { return eval_rows(n); }
+
+ private:
+  at::Tensor rows_;  // [n, d_in]
+  uint64_t seed_;
+  at::Tensor perm_;
+  int64_t perm_epoch_ = -1;
+};
+
+class StoreSource : public BatchSource {
+ public:
+  StoreSource(const std::string& path, std::string hook, uint64_t seed, int64_t batch_size,
+              int64_t buffer_rows, bool exclude_first)
+      : store_(core::ActivationStore::open(path)), hook_(std::move(hook)) {
+    bool known = false;
+    for (const std::string& h : store_.hooks()) known = known || h == hook_;
+    std::string names;
+    for (const std::string& h : store_.hooks()) names += (names.empty() ? "" : ", ") + h;
+    MECHLAB_CHECK(known, "activation store '", path, "' has no hook '", hook_, "' (it has ", names,
+                  "); set data.hook to one of them");
+    MECHLAB_CHECK(store_.num_rows() >= batch_size, "activation store '", path, "' holds ",
+                  store_.num_rows(), " rows, fewer than one batch (batch_size ", batch_size,
+                  "); lower batch_size or cache more tokens");
+    options_ = core::ShuffleOptions()
+                   .batch_size(batch_size)
+                   .seed(seed)
+                   .buffer_rows(std::max(buffer_rows, batch_size))
+                   .exclude_first_position(exclude_first)
+                   .drop_last(true)
+                   .check_finite(true);
+  }
+  int64_t d_in() const override { return store_.header().width(hook_); }
+  at::Tensor batch(int64_t step, int64_t batch_size, at::Generator&) override {
+    MECHLAB_CHECK(batch_size == options_.batch_size(), "internal: store batch size changed");
+    if (!batches_ || step < next_step_) {  // (re)start: a resume replays the order up to `step`
+      batches_.emplace(store_, std::vector<std::string>{hook_}, options_);
+      next_step_ = 0;
+    }
+    at::Tensor x;
+    while (next_step_ <= step) {
+      x = next_batch();
+      ++next_step_;
+    }
+    return x.to(at::kFloat);
+  }
+  at::Tensor eval_rows(int64_t n) override {
+    const int64_t count = std::min(n, store_.num_rows());
+    at::Tensor x = store_.rows(hook_, 0, count);
+    store_.check_finite(hook_, 0, x);
+    return x.to(at::kFloat);
+  }
+  at::Tensor init_rows(int64_t n) override { return eval_rows(n); }
+
+ private:
+  at::Tensor next_batch() {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (auto b = batches_->next()) return b->acts.at(hook_);
+    }
+    throw Error(str_cat("activation store '", store_.path(), "' yields no full batch of ",
+                        options_.batch_size(), " rows (too few rows left after exclusions); lower batch_size"));
+  }
+
+  core::ActivationStore store_;
+  std::string hook_;
+  core::ShuffleOptions options_;
+  std::optional<core::ShuffledBatches> batches_;
+  int64_t next_step_ = 0;
+};
+
+// ---------------------------------------------------------------- config JSON
+
+template <typename T>
+T get_as(const json& j, const std::string& key, const std::string& where) {
+  const json& v = j.at(key);
+  bool ok = false;
+  if constexpr (std::is_same_v<T, bool>) {
+    ok = v.is_boolean();
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    ok = v.is_string();
+  } else if constexpr (std::is_integral_v<T>) {
+    ok = v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>());
+    if constexpr (std::is_unsigned_v<T>) ok = ok && v.get<double>() >= 0;
+  } else {
+    ok = v.is_number();
+  }
+  MECHLAB_CHECK(ok, "SAE training config: \"", where, key, "\" must be ",
+                std::is_same_v<T, bool>          ? "true or false"
+                : std::is_same_v<T, std::string> ? "a string"
+                : std::is_unsigned_v<T>          ? "a whole number >= 0"
+                : std::is_integral_v<T>          ? "a whole number"
+                                                 : "a number",
+                ", got ", v.dump());
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    return static_cast<T>(v.get<double>());
+  } else {
+    return v.get<T>();
+  }
+}
+
+void refuse_unknown(const json& j, const std::vector<std::string>& known, const std::string& where) {
+  MECHLAB_CHECK(j.is_object(), "SAE training config: \"", where.empty() ? "(top level)" : where,
+                "\" must be an object, got ", j.dump());
+  for (const auto& item : j.items()) {
+    bool ok = false;
+    for (const std::string& k : known) ok = ok || k == item.key();
+    std::string list;
+    for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+    MECHLAB_CHECK(ok, "SAE training config: unknown key \"", where, item.key(), "\" (known: ", list, ")");
+  }
+}
+
+const std::vector<std::string>& sae_keys() {
+  static const std::vector<std::string> k = {
+      "architecture", "d_in", "d_sae", "apply_b_dec_to_input", "normalize_activations", "hook_name", "k",
+      "rescale_acts_by_decoder_norm", "topk_threshold", "topk_threshold_lr", "aux_loss_coefficient",
+      "l1_coefficient", "lp_norm", "l0_coefficient", "jumprelu_bandwidth", "jumprelu_ste_to_input",
+      "jumprelu_sparsity_loss_mode", "jumprelu_tanh_scale", "target_l0", "pre_act_loss_coefficient"};
+  return k;
+}
+
+SaeConfig sae_config_from_json(const json& j) {
+  refuse_unknown(j, sae_keys(), "sae.");
+  SaeConfig c;
+  const std::string w = "sae.";
+  if (j.contains("architecture")) c.architecture(get_as<std::string>(j, "architecture", w));
+  if (j.contains("d_in")) c.d_in(get_as<int64_t>(j, "d_in", w));
+  if (j.contains("d_sae")) c.d_sae(get_as<int64_t>(j, "d_sae", w));
+  if (j.contains("apply_b_dec_to_input")) c.apply_b_dec_to_input(get_as<bool>(j, "apply_b_dec_to_input", w));
+  if (j.contains("normalize_activations"))
+    c.normalize_activations(get_as<std::string>(j, "normalize_activations", w));
+  if (j.contains("hook_name")) c.hook_name(get_as<std::string>(j, "hook_name", w));
+  if (j.contains("k")) c.k(get_as<double>(j, "k", w));
+  if (j.contains("rescale_acts_by_decoder_norm"))
+    c.rescale_acts_by_decoder_norm(get_as<bool>(j, "rescale_acts_by_decoder_norm", w));
+  if (j.contains("topk_threshold")) c.topk_threshold(get_as<double>(j, "topk_threshold", w));
+  if (j.contains("topk_threshold_lr")) c.topk_threshold_lr(get_as<double>(j, "topk_threshold_lr", w));
+  if (j.contains("aux_loss_coefficient")) c.aux_loss_coefficient(get_as<double>(j, "aux_loss_coefficient", w));
+  if (j.contains("l1_coefficient")) c.l1_coefficient(get_as<double>(j, "l1_coefficient", w));
+  if (j.contains("lp_norm")) c.lp_norm(get_as<double>(j, "lp_norm", w));
+  if (j.contains("l0_coefficient")) c.l0_coefficient(get_as<double>(j, "l0_coefficient", w));
+  if (j.contains("jumprelu_bandwidth")) c.jumprelu_bandwidth(get_as<double>(j, "jumprelu_bandwidth", w));
+  if (j.contains("jumprelu_ste_to_input")) c.jumprelu_ste_to_input(get_as<bool>(j, "jumprelu_ste_to_input", w));
+  if (j.contains("jumprelu_sparsity_loss_mode"))
+    c.jumprelu_sparsity_loss_mode(get_as<std::string>(j, "jumprelu_sparsity_loss_mode", w));
+  if (j.contains("jumprelu_tanh_scale")) c.jumprelu_tanh_scale(get_as<double>(j, "jumprelu_tanh_scale", w));
+  if (j.contains("target_l0") && !j["target_l0"].is_null()) c.target_l0(get_as<double>(j, "target_l0", w));
+  if (j.contains("pre_act_loss_coefficient") && !j["pre_act_loss_coefficient"].is_null())
+    c.pre_act_loss_coefficient(get_as<double>(j, "pre_act_loss_coefficient", w));
+  return c;
+}
+
+json sae_config_to_json(const SaeConfig& c) {
+  return {{"architecture", c.architecture()},
+          {"d_in", c.d_in()},
+          {"d_sae", c.d_sae()},
+          {"apply_b_dec_to_input", c.apply_b_dec_to_input()},
+          {"normalize_activations", c.normalize_activations()},
+          {"hook_name", c.hook_name()},
+          {"k", c.k()},
+          {"rescale_acts_by_decoder_norm", c.rescale_acts_by_decoder_norm()},
+          {"topk_threshold_lr", c.topk_threshold_lr()},
+          {"aux_loss_coefficient", c.aux_loss_coefficient()},
+          {"l1_coefficient", c.l1_coefficient()},
+          {"lp_norm", c.lp_norm()},
+          {"l0_coefficient", c.l0_coefficient()},
+          {"jumprelu_bandwidth", c.jumprelu_bandwidth()},
+          {"jumprelu_ste_to_input", c.jumprelu_ste_to_input()},
+          {"jumprelu_sparsity_loss_mode", c.jumprelu_sparsity_loss_mode()},
+          {"jumprelu_tanh_scale", c.jumprelu_tanh_scale()},
+          {"target_l0", c.target_l0() ? json(*c.target_l0()) : json()},
+          {"pre_act_loss_coefficient", c.pre_act_loss_coefficient() ? json(*c.pre_act_loss_coefficient()) : json()}};
+}
+
+// ToyOptions from data.toy.
+ToyOptions toy_from_json(const json& j) {
+  refuse_unknown(j, {"n_features", "d", "p_active", "max_magnitude", "seed"}, "data.toy.");
+  ToyOptions o;
+  const std::string w = "data.toy.";
+  if (j.contains("n_features")) o.n_features(get_as<int64_t>(j, "n_features", w));
+  if (j.contains("d")) o.d(get_as<int64_t>(j, "d", w));
+  if (j.contains("p_active")) o.p_active(get_as<double>(j, "p_active", w));
+  if (j.contains("max_magnitude")) o.max_magnitude(get_as<double>(j, "max_magnitude", w));
+  if (j.contains("seed")) o.seed(get_as<uint64_t>(j, "seed", w));
+  return o;
+}
+
+void check_data(const json& data) {
+  MECHLAB_CHECK(data.is_object() && (data.contains("toy") != data.contains("store")),
+                "SAE training config: \"data\" must be {\"toy\": {...}} or {\"store\": PATH, \"hook\": NAME}, got ",
+                data.dump());
+  if (data.contains("toy")) {
+    refuse_unknown(data, {"toy"}, "data.");
+    toy_from_json(data["toy"]);
+  } else {
+    refuse_unknown(data, {"store", "hook", "buffer_rows", "exclude_first_position"}, "data.");
+    get_as<std::string>(data, "store", "data.");
+    MECHLAB_CHECK(data.contains("hook"), "SAE training config: \"data.hook\" is missing: name the store's hook to train on");
+    get_as<std::string>(data, "hook", "data.");
+    if (data.contains("buffer_rows")) get_as<int64_t>(data, "buffer_rows", "data.");
+    if (data.contains("exclude_first_position")) get_as<bool>(data, "exclude_first_position", "data.");
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ helpers
+
+at::Tensor geometric_median(const at::Tensor& points, const GeometricMedianOptions& options) {
+  MECHLAB_CHECK(points.dim() == 2 && points.size(0) >= 1,
+                "geometric median: points must be a non-empty [n, d] matrix, got ", points.sizes());
+  at::NoGradGuard no_grad;
+  const at::Tensor p = points.detach().to(at::kDouble);  // [n, d]
+  auto weighted_mean = [&](const at::Tensor& w) {        // w [n]
+    return (p * (w / w.sum()).unsqueeze(1)).sum(0);      // [d]
+  };
+  auto objective = [&](const at::Tensor& m) { return (p - m).norm(2, {1}).sum().item<double>(); };
+  at::Tensor median = p.mean(0);  // Weiszfeld starts from the mean
+  double value = objective(median);
+  for (int64_t i = 0; i < options.max_iter(); ++i) {
+    // Each point weighted by 1 / its distance: the fixed point of this map
+    // is where the distance-weighted sum of unit vectors vanishes.
+    const at::Tensor w = 1.0 / (p - median).norm(2, {1}).clamp_min(options.eps());  // [n]
+    median = weighted_mean(w);
+    const double previous = value;
+    value = objective(median);
+    if (std::abs(previous - value) <= options.ftol() * value) break;
+  }
+  return median.to(points.scalar_type());
+}
+
+double warmed_up_coefficient(double final_value, int64_t warmup_steps, int64_t step) {
+  if (warmup_steps <= 0 || step >= warmup_steps) return final_value;
+  return final_value * static_cast<double>(step) / static_cast<double>(warmup_steps);
+}
+
+std::unique_ptr<BatchSource> toy_source(const ToyOptions& options) {
+  return std::make_unique<ToySource>(options);
+}
+
+std::unique_ptr<BatchSource> tensor_source(at::Tensor rows, uint64_t seed) {
+  return std::make_unique<TensorSource>(std::move(rows), seed);
+}
+
+std::unique_ptr<BatchSource> store_source(const std::string& path, const std::string& hook, uint64_t seed,
+                                          int64_t batch_size, int64_t buffer_rows, bool exclude_first_position) {
+  return std::make_unique<StoreSource>(path, hook, seed, batch_size, buffer_rows, exclude_first_position);
+}
+
+// ------------------------------------------------------------------ config
+
+namespace {
+const std::vector<std::string>& top_keys() {
+  static const std::vector<std::string> k = {
+      "name", "sae", "data", "steps", "batch_size", "lr", "min_lr", "lr_warmup_steps", "beta1", "beta2",
+      "grad_clip", "coefficient_warmup_steps", "dead_feature_window", "b_dec_init", "b_dec_init_rows",
+      "decoder_init_norm", "decoder_unit_norm", "eval_every", "eval_rows", "checkpoint_every",
+      "stop_at_mmcs", "seed"};
+  return k;
+}
+}  // namespace
+
+SaeTrainConfig SaeTrainConfig::from_json(const json& j) {
+  refuse_unknown(j, top_keys(), "");
+  SaeTrainConfig c;
+  const std::string w;
+  if (j.contains("name")) c.name(get_as<std::string>(j, "name", w));
+  MECHLAB_CHECK(j.contains("sae"), "SAE training config: \"sae\" is missing: give the SAE's architecture, d_in and d_sae");
+  c.sae(sae_config_from_json(j["sae"]));
+  MECHLAB_CHECK(j.contains("data"), "SAE training config: \"data\" is missing: give {\"toy\": {}} or {\"store\": PATH, \"hook\": NAME}");
+  check_data(j["data"]);
+  c.data(j["data"]);
+  if (j.contains("steps")) c.steps(get_as<int64_t>(j, "steps", w));
+  if (j.contains("batch_size")) c.batch_size(get_as<int64_t>(j, "batch_size", w));
+  if (j.contains("lr")) c.lr(get_as<double>(j, "lr", w));
+  if (j.contains("min_lr") && !j["min_lr"].is_null()) c.min_lr(get_as<double>(j, "min_lr", w));
+  if (j.contains("lr_warmup_steps")) c.lr_warmup_steps(get_as<int64_t>(j, "lr_warmup_steps", w));
+  if (j.contains("beta1")) c.beta1(get_as<double>(j, "beta1", w));
+  if (j.contains("beta2")) c.beta2(get_as<double>(j, "beta2", w));
+  if (j.contains("grad_clip")) c.grad_clip(get_as<double>(j, "grad_clip", w));
+  if (j.contains("coefficient_warmup_steps"))
+    c.coefficient_warmup_steps(get_as<int64_t>(j, "coefficient_warmup_steps", w));
+  if (j.contains("dead_feature_window")) c.dead_feature_window(get_as<int64_t>(j, "dead_feature_window", w));
+  if (j.contains("b_dec_init")) c.b_dec_init(get_as<std::string>(j, "b_dec_init", w));
+  if (j.contains("b_dec_init_rows")) c.b_dec_init_rows(get_as<int64_t>(j, "b_dec_init_rows", w));
+  if (j.contains("decoder_init_norm")) {
+    c.decoder_init_norm(j["decoder_init_norm"].is_null() ? std::nullopt
+                                                         : std::optional<double>(get_as<double>(j, "decoder_init_norm", w)));
+  }
+  if (j.contains("decoder_unit_norm")) c.decoder_unit_norm(get_as<bool>(j, "decoder_unit_norm", w));
+  if (j.contains("eval_every")) c.eval_every(get_as<int64_t>(j, "eval_every", w));
+  if (j.contains("eval_rows")) c.eval_rows(get_as<int64_t>(j, "eval_rows", w));
+  if (j.contains("checkpoint_every")) c.checkpoint_every(get_as<int64_t>(j, "checkpoint_every", w));
+  if (j.contains("stop_at_mmcs")) c.stop_at_mmcs(get_as<double>(j, "stop_at_mmcs", w));
+  if (j.contains("seed")) c.seed(get_as<uint64_t>(j, "seed", w));
+  return c;
+}
+
+SaeTrainConfig SaeTrainConfig::load(const std::string& path) {
+  std::ifstream in(path);
+  MECHLAB_CHECK(in.good(), "SAE training config '", path, "': cannot read it (no such file?)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j;
+  try {
+    j = json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw Error(str_cat("SAE training config '", path, "' is not valid JSON: ", e.what()));
+  }
+  return from_json(j);
+}
+
+json SaeTrainConfig::to_json() const {
+  return {{"name", name_},
+          {"sae", sae_config_to_json(sae_)},
+          {"data", data_},
+          {"steps", steps_},
+          {"batch_size", batch_size_},
+          {"lr", lr_},
+          {"min_lr", min_lr_ ? json(*min_lr_) : json()},
+          {"lr_warmup_steps", lr_warmup_steps_},
+          {"beta1", beta1_},
+          {"beta2", beta2_},
+          {"grad_clip", grad_clip_},
+          {"coefficient_warmup_steps", coefficient_warmup_steps_},
+          {"dead_feature_window", dead_feature_window_},
+          {"b_dec_init", b_dec_init_},
+          {"b_dec_init_rows", b_dec_init_rows_},
+          {"decoder_init_norm", decoder_init_norm_ ? json(*decoder_init_norm_) : json()},
+          {"decoder_unit_norm", decoder_unit_norm_},
+          {"eval_every", eval_every_},
+          {"eval_rows", eval_rows_},
+          {"checkpoint_every", checkpoint_every_},
+          {"stop_at_mmcs", stop_at_mmcs_},
+          {"seed", seed_}};
+}
+
+void SaeTrainConfig::validate() const {
+  check_data(data());
+  ::mechlab::sae::validate(sae());
+  MECHLAB_CHECK(steps() >= 1, "SAE training config: \"steps\" must be >= 1, got ", steps());
+  MECHLAB_CHECK(batch_size() >= 1, "SAE training config: \"batch_size\" must be >= 1, got ", batch_size());
+  MECHLAB_CHECK(dead_feature_window() >= 1, "SAE training config: \"dead_feature_window\" must be >= 1, got ",
+                dead_feature_window());
+  MECHLAB_CHECK(coefficient_warmup_steps() >= 0,
+                "SAE training config: \"coefficient_warmup_steps\" must be >= 0, got ", coefficient_warmup_steps());
+  MECHLAB_CHECK(b_dec_init() == "zeros" || b_dec_init() == "mean" || b_dec_init() == "geometric_median",
+                "SAE training config: \"b_dec_init\" must be zeros, mean or geometric_median, got \"", b_dec_init(),
+                "\"");
+  MECHLAB_CHECK(b_dec_init_rows() >= 1, "SAE training config: \"b_dec_init_rows\" must be >= 1, got ",
+                b_dec_init_rows());
+  MECHLAB_CHECK(!decoder_init_norm() || *decoder_init_norm() > 0,
+                "SAE training config: \"decoder_init_norm\" must be positive or null, got ", *decoder_init_norm());
+  MECHLAB_CHECK(eval_rows() >= 1, "SAE training config: \"eval_rows\" must be >= 1, got ", eval_rows());
+  MECHLAB_CHECK(stop_at_mmcs() >= 0 && stop_at_mmcs() <= 1,
+                "SAE training config: \"stop_at_mmcs\" must be in [0, 1] (0 = never stop early), got ", stop_at_mmcs());
+  MECHLAB_CHECK(stop_at_mmcs() == 0 || data().contains("toy"),
+                "SAE training config: \"stop_at_mmcs\" needs a ground truth: only a toy source (data.toy) has one");
+  // The loop checks lr, warmup, clipping, eval_every and checkpoint_every.
+}
+
+std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg) {
+  const json& d = cfg.data();
+  if (d.contains("toy")) return toy_source(toy_from_json(d["toy"]));
+  return store_source(d["store"].get<std::string>(), d["hook"].get<std::string>(), cfg.seed(), cfg.batch_size(),
+                      d.value("buffer_rows", int64_t{1} << 16), d.value("exclude_first_position", false));
+}
+
+// ------------------------------------------------------------------ trainable
+
+SaeTrainable::SaeTrainable(SaeTrainConfig cfg, std::unique_ptr<BatchSource> source)
+    : cfg_(std::move(cfg)), source_(std::move(source)) {
+  MECHLAB_CHECK(source_ != nullptr, "SAE training: no data source");
+  cfg_.validate();
+  MECHLAB_CHECK(source_->d_in() == cfg_.sae().d_in(), "the SAE's d_in is ", cfg_.sae().d_in(),
+                " but the training data's rows are ", source_->d_in(), " wide; set sae.d_in to ",
+                source_->d_in(), " (or 0, which takes the data's width)");
+  sae_ = make_sae(cfg_.sae());
+  init_weights();
+  hook_decoder();
+  since_fired_ = at::zeros({cfg_.sae().d_sae()}, at::kLong);
+  eval_x_ = source_->eval_rows(cfg_.eval_rows());
+}
+
+void SaeTrainable::init_weights() {
+  at::NoGradGuard no_grad;
+  const int64_t d_in = cfg_.sae().d_in();
+  at::Generator gen = seeded(cfg_.seed());
+  // SAELens: W_dec kaiming_uniform_ (bound sqrt(6 / fan_in), fan_in = d_in),
+  // rows scaled to decoder_init_norm, W_enc = W_dec^T; biases zero.
+  const double bound = std::sqrt(6.0 / static_cast<double>(d_in));
+  at::Tensor w_dec = at::rand({cfg_.sae().d_sae(), d_in}, gen, at::kFloat) * (2 * bound) - bound;  // [d_sae, d_in]
+  if (cfg_.decoder_init_norm()) {
+    w_dec = w_dec / w_dec.norm(2, {1}, true) * *cfg_.decoder_init_norm();
+  }
+  for (auto& [name, p] : sae_->named_parameters()) {
+    at::Tensor t = p;  // the SAE's own tensor
+    if (name == "W_dec") {
+      t.copy_(w_dec);
+    } else if (name == "W_enc") {
+      t.copy_(w_dec.t());
+    } else if (name == "threshold") {
+      t.fill_(0.01);  // SAELens's jumprelu_init_threshold
+    } else {
+      t.zero_();
+    }
+  }
+  if (cfg_.b_dec_init() != "zeros") {
+    at::Tensor rows = source_->init_rows(cfg_.b_dec_init_rows());  // [n, d_in]
+    const int64_t bad = first_non_finite_row(rows);
+    MECHLAB_CHECK(bad < 0, "b_dec initialisation: row ", bad, " of the data holds NaN or Inf");
+    at::Tensor b = cfg_.b_dec_init() == "mean" ? rows.mean(0) : geometric_median(rows);
+    sae_->param("b_dec").copy_(b);
+  }
+  if (cfg_.decoder_unit_norm()) sae_->set_decoder_norm_to_unit_norm();
+  sae_->requires_grad(true);
+}
+
+void SaeTrainable::hook_decoder() {
+  if (!cfg_.decoder_unit_norm()) return;
+  // The gradient's component along each (unit) decoder row is removed as
+  // autograd produces it, so clipping and Adam see the projected gradient.
+  // The hook holds a detached alias (same storage, no autograd meta), so the
+  // parameter does not own a reference to itself.
+  at::Tensor w = sae_->param("W_dec");
+  w.register_hook([unit = w.detach()](const at::Tensor& g) {  // g, unit [d_sae, d_in]
+    return g - (g * unit).sum(-1, true) * unit;
+  });
+}
+
+std::vector<at::Tensor> SaeTrainable::parameters() {
+  std::vector<at::Tensor> out;
+  for (const auto& np : sae_->named_parameters()) out.push_back(np.second);
+  return out;
+}
+
+std::vector<std::string> SaeTrainable::parameter_names() const {
+  std::vector<std::string> out;
+  for (const auto& np : sae_->named_parameters()) out.push_back(np.first);
+  return out;
+}
+
+at::Tensor SaeTrainable::loss(int64_t step, at::Generator& rng) {
+  at::Tensor x = source_->batch(step, cfg_.batch_size(), rng);  // [batch, d_in]
+  const int64_t bad = first_non_finite_row(x);
+  MECHLAB_CHECK(bad < 0, "the training batch of step ", step + 1, " holds NaN or Inf in its row ", bad,
+                "; clean the activations");
+  if (cfg_.decoder_unit_norm()) {
+    at::NoGradGuard no_grad;
+    sae_->set_decoder_norm_to_unit_norm();
+  }
+  const at::Tensor dead = since_fired_.gt(cfg_.dead_feature_window());  // [d_sae] bool
+  TrainStep out = sae_->training_forward(x, dead);
+  // Coefficient warmup: the sparsity term was computed with the final
+  // coefficient; scale it to this step's.
+  const double c_final = cfg_.sae().architecture() == "jumprelu" ? cfg_.sae().l0_coefficient()
+                                                                 : cfg_.sae().l1_coefficient();
+  const double c_now = warmed_up_coefficient(c_final, cfg_.coefficient_warmup_steps(), step);
+  at::Tensor total = out.losses[0].second;  // mse_loss
+  for (size_t i = 1; i < out.losses.size(); ++i) {
+    const auto& [name, term] = out.losses[i];
+    const bool sparsity = name == "l1_loss" || name == "l0_loss";
+    total = sparsity && c_now != c_final ? total + term * (c_final == 0 ? 0.0 : c_now / c_final) : total + term;
+  }
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor fired = out.feature_acts.detach().ne(0).any(0);  // [d_sae]
+    since_fired_.add_(1).masked_fill_(fired, 0);
+  }
+  steps_done_ = step + 1;
+  if (on_step) on_step(x.size(0));
+  return total;
+}
+
+core::train::Evaluation SaeTrainable::evaluate() {
+  at::NoGradGuard no_grad;
+  at::Tensor acts = sae_->encode(eval_x_);  // [n, d_sae]
+  at::Tensor out = sae_->reconstruct(eval_x_);
+  const ReconstructionMetrics m = reconstruction_metrics(eval_x_, out, acts);
+  SaeEval e;
+  e.step = steps_done_;
+  e.tokens = steps_done_ * cfg_.batch_size();
+  e.l0 = m.l0;
+  e.mse = m.mse;
+  e.fvu = m.fvu;
+  e.explained_variance = m.explained_variance;
+  e.dead_fraction = since_fired_.gt(cfg_.dead_feature_window()).to(at::kDouble).mean().item<double>();
+  const at::Tensor truth = source_->ground_truth();
+  if (truth.defined()) e.mmcs = mean_max_cosine_similarity(truth, sae_->param("W_dec"));
+  last_eval_ = e;
+  // One row per scheduled evaluation (an evaluation for a session's report
+  // at another step adds none, as the loop's log).
+  if (steps_done_ % cfg_.eval_every() == 0 || steps_done_ == cfg_.steps() ||
+      (truth.defined() && cfg_.stop_at_mmcs() > 0 && e.mmcs >= cfg_.stop_at_mmcs())) {
+    if (!eval_log_.empty() && eval_log_.back().step == e.step) eval_log_.pop_back();
+    eval_log_.push_back(e);
+    if (!log_path.empty()) core::write_text_file(log_path, eval_log_csv());
+  }
+  log::info(str_cat("step ", e.step, ": L0 ", e.l0, ", FVU ", e.fvu, ", dead fraction ", e.dead_fraction,
+                    e.mmcs >= 0 ? str_cat(", MMCS ", e.mmcs) : std::string()));
+  core::train::Evaluation r;
+  r.test = {e.mse, truth.defined() ? e.mmcs : e.explained_variance, 0};
+  r.train = {e.mse, e.explained_variance, 0};
+  return r;
+}
+
+std::string SaeTrainable::eval_log_csv() const {
+  std::ostringstream os;
+  os.precision(9);
+  os << "step,tokens,l0,mse,fvu,explained_variance,dead_fraction,mmcs\n";
+  for (const SaeEval& e : eval_log_) {
+    os << e.step << ',' << e.tokens << ',' << e.l0 << ',' << e.mse << ',' << e.fvu << ',' << e.explained_variance
+       << ',' << e.dead_fraction << ',';
+    if (e.mmcs >= 0) os << e.mmcs;
+    os << '\n';
+  }
+  return os.str();
+}
+
+void SaeTrainable::save_state(const std::string& path,
+                              const std::function<void(core::H5File&)>& write_loop_state) const {
+  core::H5File::write_atomically(path, [&](core::H5File& f) {
+    f.ensure_group(kSaeGroup);
+    f.write_attr(kSaeGroup, "config", sae_config_to_json(sae_->cfg()).dump());
+    for (const auto& [name, p] : sae_->named_parameters()) f.write_tensor(str_cat(kSaeGroup, "/", name), p.detach());
+    f.ensure_group(kStateGroup);
+    f.write_tensor(str_cat(kStateGroup, "/steps_since_fired"), since_fired_);
+    // BatchTopK's threshold moves during training (an EMA kept in the config).
+    f.write_attr(kStateGroup, "topk_threshold", sae_->cfg().topk_threshold());
+    const int64_t n = static_cast<int64_t>(eval_log_.size());
+    at::Tensor log = at::zeros({n, 8}, at::kDouble);  // the columns of sae_log.csv
+    for (int64_t i = 0; i < n; ++i) {
+      const SaeEval& e = eval_log_[static_cast<size_t>(i)];
+      const double row[8] = {static_cast<double>(e.step), static_cast<double>(e.tokens), e.l0, e.mse, e.fvu,
+                             e.explained_variance, e.dead_fraction, e.mmcs};
+      for (int c = 0; c < 8; ++c) log[i][c] = row[c];
+    }
+    f.write_tensor(str_cat(kStateGroup, "/eval_log"), log);
+    write_loop_state(f);
+  });
+}
+
+void SaeTrainable::load_state(const std::string& path) {
+  core::H5File f = core::H5File::open_read(path);
+  MECHLAB_CHECK(f.is_group(kSaeGroup) && f.is_group(kStateGroup), "'", path,
+                "' is not an SAE training checkpoint (no /sae and /sae_trainer); start a new run");
+  SaeConfig c = cfg_.sae();
+  c.topk_threshold(f.read_attr_double(kStateGroup, "topk_threshold"));
+  sae_ = make_sae(c);
+  {
+    at::NoGradGuard no_grad;
+    for (auto& [name, p] : sae_->named_parameters()) {
+      const std::string ds = str_cat(kSaeGroup, "/", name);
+      MECHLAB_CHECK(f.exists(ds), "'", path, "' lacks the SAE parameter /", ds, " (damaged; start again with `overwrite`)");
+      at::Tensor t = f.read_tensor(ds);
+      MECHLAB_CHECK(t.sizes() == p.sizes(), "'", path, "': /", ds, " is ", t.sizes(), ", the SAE wants ", p.sizes());
+      at::Tensor dst = p;
+      dst.copy_(t);
+    }
+  }
+  sae_->requires_grad(true);
+  hook_decoder();
+  since_fired_ = f.read_tensor(str_cat(kStateGroup, "/steps_since_fired")).to(at::kLong);
+  steps_done_ = f.read_attr_int("train", "step");
+  eval_log_.clear();
+  const at::Tensor log = f.read_tensor(str_cat(kStateGroup, "/eval_log"));  // [rows, 8]
+  for (int64_t i = 0; i < log.size(0); ++i) {
+    SaeEval e;
+    e.step = static_cast<int64_t>(log[i][0].item<double>());
+    if (e.step > steps_done_) break;
+    e.tokens = static_cast<int64_t>(log[i][1].item<double>());
+    e.l0 = log[i][2].item<double>();
+    e.mse = log[i][3].item<double>();
+    e.fvu = log[i][4].item<double>();
+    e.explained_variance = log[i][5].item<double>();
+    e.dead_fraction = log[i][6].item<double>();
+    e.mmcs = log[i][7].item<double>();
+    eval_log_.push_back(e);
+  }
+  if (!eval_log_.empty()) last_eval_ = eval_log_.back();
+}
+
+// ------------------------------------------------------------------ trainer
+
+namespace {
+
+core::train::LoopOptions loop_options(const SaeTrainConfig& cfg, const SaeTrainerOptions& o) {
+  return core::train::LoopOptions()
+      .steps(cfg.steps())
+      .lr(cfg.lr())
+      .min_lr(cfg.min_lr().value_or(cfg.lr()))
+      .warmup_steps(cfg.lr_warmup_steps())
+      .adamw(core::train::AdamWOptions().beta1(cfg.beta1()).beta2(cfg.beta2()).weight_decay(0.0))
+      .grad_clip(cfg.grad_clip())
+      .eval_every(cfg.eval_every())
+      .checkpoint_every(cfg.checkpoint_every())
+      .stop_at_accuracy(cfg.stop_at_mmcs())
+      .seed(cfg.seed())
+      .name(cfg.name())
+      .out_dir(o.out_dir())
+      .resume(o.resume())
+      .overwrite(o.overwrite())
+      .progress(false);  // the SAE trainer draws its own bar, in tokens
+}
+
+SaeTrainConfig with_data_width(SaeTrainConfig cfg, const BatchSource& source) {
+  if (cfg.sae().d_in() == 0) cfg.sae().d_in(source.d_in());
+  return cfg;
+}
+
+}  // namespace
+
+SaeTrainer::SaeTrainer(SaeTrainConfig cfg, SaeTrainerOptions options)
+    : SaeTrainer(cfg, [&] {
+        check_data(cfg.data());
+        return make_source(cfg);
+      }(), std::move(options)) {}
+
+SaeTrainer::SaeTrainer(SaeTrainConfig cfg, std::unique_ptr<BatchSource> source, SaeTrainerOptions options)
+    : options_(std::move(options)) {
+  MECHLAB_CHECK(source != nullptr, "SAE training: no data source");
+  cfg = with_data_width(std::move(cfg), *source);
+  trainable_ = std::make_unique<SaeTrainable>(cfg, std::move(source));
+  if (!options_.out_dir().empty()) {
+    trainable_->log_path = (std::filesystem::path(options_.out_dir()) / "sae_log.csv").string();
+  }
+  loop_ = std::make_unique<core::train::TrainLoop>(*trainable_, loop_options(cfg, options_));
+}
+
+SaeTrainResult SaeTrainer::run(int64_t max_steps) {
+  const SaeTrainConfig& cfg = trainable_->train_config();
+  std::optional<core::ProgressBar> bar;
+  const int64_t done = loop_->steps_done();
+  if (options_.progress() && done < cfg.steps()) {
+    bar.emplace("sae train " + cfg.name(), cfg.steps() * cfg.batch_size(), "tokens", done * cfg.batch_size());
+    trainable_->on_step = [&bar](int64_t rows) { bar->advance(rows); };
+  }
+  const double t0 = now_seconds();
+  core::train::LoopResult r;
+  try {
+    r = loop_->run(max_steps);
+  } catch (const Interrupted&) {
+    trainable_->on_step = nullptr;
+    throw;
+  } catch (const Error& e) {
+    trainable_->on_step = nullptr;
+    if (bar) bar->finish();
+    const std::string path = loop_->checkpoint_path();
+    std::string kept = "no checkpoint was written";
+    std::error_code ec;
+    if (!path.empty() && std::filesystem::exists(path, ec)) {
+      const core::H5File f = core::H5File::open_read(path);
+      if (f.has_attr("train", "step")) {
+        kept = str_cat("the checkpoint of step ", f.read_attr_int("train", "step"), " ('", path, "') is kept");
+      }
+    }
+    const std::string what = e.what();
+    // The loop's own stops (a non-finite loss) already say what is kept.
+    if (what.find(" is kept") != std::string::npos || what.find("no checkpoint was written") != std::string::npos) {
+      throw;
+    }
+    throw Error(str_cat(what, "; training stopped, ", kept));
+  }
+  trainable_->on_step = nullptr;
+  if (bar) bar->finish();
+  SaeTrainResult out;
+  out.seconds = now_seconds() - t0;
+  out.steps = r.steps;
+  out.steps_this_session = r.steps_this_session;
+  out.stopped_early = r.stopped_early;
+  out.already_complete = r.already_complete;
+  out.eval = trainable_->last_eval();
+  if (out.eval.step != r.steps) {  // a resumed, finished run: its kept evaluation
+    trainable_->evaluate();
+    out.eval = trainable_->last_eval();
+  }
+  if (!options_.out_dir().empty() && (r.steps >= cfg.steps() || r.stopped_early)) {
+    const std::filesystem::path dir(options_.out_dir());
+    // sae/ last: a job file's sae_train step counts the run done once it exists.
+    core::write_text_file((dir / "config.json").string(), cfg.to_json().dump(2) + "\n");
+    export_saelens(trainable_->sae(), (dir / "sae").string(), ExportOptions().overwrite(true));
+  }
+  return out;
+}
+
+}  // namespace mechlab::sae
