@@ -25,6 +25,9 @@ void add_heads_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_attach_tokenizer_command(CLI::App& app);
 void add_discover_command(CLI::App& app);
+void add_sae_command(CLI::App& app);
+// `mechlab sae` subcommands (cmd_sae_*.cpp), added by add_sae_command.
+void add_sae_train(CLI::App& sae);
 
 // Shared option parsing.
 at::Device parse_device(const std::string& text);     // "cpu", "cuda", "cuda:1", "auto"

@@ -1,0 +1,145 @@
+// mechlab sae train CONFIG: train a sparse autoencoder on an activation store
+// or the toy-superposition generator (sae/trainer.h). CONFIG is JSON, or YAML
+// by extension (.yaml, .yml).
+#include "apps/cli/commands.h"
+#include "apps/jobs/job_file.h"
+#include "core/formats/output_file.h"
+#include "core/util/error.h"
+#include "core/util/interrupt.h"
+#include "sae/trainer.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace mechlab::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+json read_config(const std::string& path) {
+  const std::string ext = fs::path(path).extension().string();
+  if (ext == ".yaml" || ext == ".yml") {
+    try {
+      return jobs::read_job_document(path);
+    } catch (const Error& e) {
+      std::string what = e.what();
+      const std::string prefix = "job file ";
+      if (what.rfind(prefix, 0) == 0) what = "SAE training config " + what.substr(prefix.size());
+      throw Error(what);
+    }
+  }
+  std::ifstream in(path);
+  MECHLAB_CHECK(in.good(), "SAE training config '", path, "': cannot read it (no such file?)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw Error(str_cat("SAE training config '", path, "' is not valid JSON: ", e.what()));
+  }
+}
+
+// "a.b=VALUE": sets j["a"]["b"]; VALUE is JSON when it parses, else a string.
+void set_key(json& j, const std::string& setting) {
+  const auto eq = setting.find('=');
+  MECHLAB_CHECK(eq != std::string::npos && eq > 0, "--set wants KEY=VALUE (e.g. steps=500 or sae.k=16), got \"",
+                setting, "\"");
+  json value = json::parse(setting.substr(eq + 1), nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = setting.substr(eq + 1);
+  json* node = &j;
+  const std::string key = setting.substr(0, eq);
+  size_t start = 0;
+  for (size_t dot; (dot = key.find('.', start)) != std::string::npos; start = dot + 1) {
+    node = &(*node)[key.substr(start, dot - start)];
+    MECHLAB_CHECK(node->is_object() || node->is_null(), "--set ", key, ": \"", key.substr(0, dot),
+                  "\" is not an object");
+  }
+  (*node)[key.substr(start)] = value;
+}
+
+}  // namespace
+
+void add_sae_train(CLI::App& sae) {
+  auto* cmd = sae.add_subcommand(
+      "train",
+      "Train a sparse autoencoder (SAELens's losses and training: Adam with lr warmup/decay, "
+      "L1/L0 coefficient warmup, AuxK on dead latents, geometric-median b_dec).\nCONFIG is JSON "
+      "or YAML (keys: docs/ARCHITECTURE.md, \"SAE training\"); data is an activation store "
+      "({store: acts.h5, hook: NAME}, paths relative to CONFIG) or the toy-superposition "
+      "generator ({toy: {}}). Writes checkpoint.h5 (resumable), train_log.{csv,svg}, "
+      "sae_log.csv, config.json and sae/ (an SAELens folder) into --out.");
+  struct Args {
+    std::string config, out;
+    std::vector<std::string> settings;
+    int64_t max_steps = -1;
+    bool resume = false, overwrite = false, no_progress = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("config", a->config, "SAE training config (JSON or YAML)")->required();
+  cmd->add_option("--out", a->out, "Output folder")->required();
+  cmd->add_option("--set", a->settings, "Override a config key: KEY=VALUE, nested keys with dots "
+                                        "(e.g. --set steps=500 --set sae.k=16)");
+  add_threads_option(cmd);
+  cmd->add_option("--max-steps", a->max_steps,
+                  "Stop after this many steps of this session (resumable; -1 = to the config's steps)")
+      ->capture_default_str();
+  cmd->add_flag("--resume", a->resume, "Continue the run in --out (same config, same result as uninterrupted)");
+  cmd->add_flag("--overwrite", a->overwrite, "Replace a run already in --out");
+  cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
+  cmd->callback([a] {
+    MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
+    json j = read_config(a->config);
+    for (const std::string& s : a->settings) set_key(j, s);
+    // A store path is relative to the config's folder (made absolute, so that
+    // a resume from another working directory has the same config).
+    if (j.is_object() && j.contains("data") && j["data"].is_object() && j["data"].contains("store") &&
+        j["data"]["store"].is_string()) {
+      const fs::path store = j["data"]["store"].get<std::string>();
+      if (store.is_relative()) {
+        j["data"]["store"] = fs::absolute(fs::path(a->config).parent_path() / store).lexically_normal().string();
+      }
+      for (const char* name : {"checkpoint.h5", "config.json"}) {
+        core::require_not_same_file((fs::path(a->out) / name).string(), "--out",
+                                    j["data"]["store"].get<std::string>(), "the activation store (data.store)");
+      }
+    }
+    const sae::SaeTrainConfig cfg = sae::SaeTrainConfig::from_json(j);
+    core::require_not_same_file((fs::path(a->out) / "config.json").string(), "--out", a->config, "the config");
+    handle_interrupts(/*polled=*/true);
+    sae::SaeTrainer trainer(cfg, sae::SaeTrainerOptions()
+                                     .out_dir(a->out)
+                                     .resume(a->resume)
+                                     .overwrite(a->overwrite)
+                                     .progress(!a->no_progress));
+    sae::SaeTrainResult r;
+    try {
+      r = trainer.run(a->max_steps);
+    } catch (const Interrupted& e) {
+      throw Interrupted(str_cat(e.what(), "; resume with the same command and --resume"));
+    }
+    const sae::SaeEval& e = r.eval;
+    const char* note = r.already_complete ? " (already complete, nothing to resume)"
+                       : r.stopped_early  ? " (reached stop_at_mmcs)"
+                                          : "";
+    std::printf("%s: %lld steps%s; L0 %.3f, FVU %.5f, dead fraction %.4f", cfg.name().c_str(),
+                static_cast<long long>(r.steps), note, e.l0, e.fvu, e.dead_fraction);
+    if (e.mmcs >= 0) std::printf(", MMCS %.5f", e.mmcs);
+    if (r.seconds > 0 && r.steps_this_session > 0) {
+      std::printf("; %.0f tokens/s", static_cast<double>(r.steps_this_session * cfg.batch_size()) / r.seconds);
+    }
+    std::printf("\n");
+    const bool finished = r.steps >= cfg.steps() || r.stopped_early;
+    if (finished) {
+      std::printf("wrote %s/{sae/, checkpoint.h5, config.json, train_log.csv, train_log.svg, sae_log.csv}\n",
+                  a->out.c_str());
+    } else {
+      std::printf("stopped at step %lld of %lld; continue with --resume\n", static_cast<long long>(r.steps),
+                  static_cast<long long>(cfg.steps()));
+    }
+  });
+}
+
+}  // namespace mechlab::cli
