@@ -172,7 +172,7 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
   }
   // Paths the step reads or writes are relative to the job file.
   auto path_field = [&](const std::string& f) {
-    return f == "out" || f == "model" || f == "dataset";
+    return f == "out" || f == "model" || f == "dataset" || f == "config";
   };
   s.argv = kind->command;
   for (const auto& p : kind->positionals) {
@@ -184,6 +184,7 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
   MECHLAB_CHECK(args.contains("out") && args["out"].is_string(), s.label,
                 ": field 'out' is missing; give the file the step writes");
   s.out = resolve(dir, args["out"].get<std::string>());
+  s.done = s.kind == "sae_train" ? (fs::path(s.out) / "sae").string() : s.out;
   for (const auto& f : kind->flags) {
     if (!args.contains(f)) continue;
     const json& v = args[f];
@@ -328,8 +329,20 @@ const std::vector<StepKind>& step_kinds() {
        {"out", "hooks", "dtype", "model-dtype", "device", "batch-size", "chunk-rows", "compress", "resume",
         "overwrite", "no-progress", "fold-ln", "center-writing-weights", "center-unembed",
         "fold-value-biases", "process", "threads"}},
+      // `out` is the run's folder; the run is done once out/sae exists (the
+      // SAELens folder, written last), and a folder with only a checkpoint
+      // is resumed.
+      {"sae_train", {"sae", "train"}, {"config"}, {"out", "set", "max-steps", "no-progress", "threads"}},
   };
   return kinds;
+}
+
+bool step_done(const Step& step) { return fs::exists(step.done); }
+
+std::vector<std::string> step_command(const Step& step) {
+  std::vector<std::string> argv = step.argv;
+  if (step.kind == "sae_train" && fs::exists(fs::path(step.out) / "checkpoint.h5")) argv.push_back("--resume");
+  return argv;
 }
 
 const std::vector<std::string>& method_names() {

@@ -28,6 +28,9 @@
 // by option name without "--"; `set` a map of task options), a `cache` step
 // those of `mechlab cache` (model and dataset positional); true is a flag,
 // a list repeats the option. A step whose `out` exists is skipped.
+// A `sae_train` step takes the arguments of `mechlab sae train` (config
+// positional): `- sae_train: {config: sae.yaml, out: runs/sae}`; it is
+// skipped once out/sae exists and resumed when out holds only a checkpoint.
 //
 // Every refusal is one line naming the job (or step) and the field, raised
 // before any work starts: parse_job_file checks the syntax, the fields and
@@ -57,7 +60,10 @@ const std::vector<StepKind>& step_kinds();
 struct Step {
   std::string kind;               ///< a step_kinds() name
   std::string label;              ///< "step 1 (dataset)" for messages
-  std::string out;                ///< the file it writes (resolved)
+  std::string out;                ///< the file (sae_train: folder) it writes (resolved)
+  /// What exists once the step is done: `out`, or for sae_train out/sae (a
+  /// run folder without it is resumed from its checkpoint).
+  std::string done;
   std::vector<std::string> argv;  ///< the CLI arguments, command words first
 };
 
@@ -100,6 +106,13 @@ struct JobFile {
   /// Every run of every job, in file order.
   std::vector<JobRun> runs() const;
 };
+
+/// Whether a step is done: its `done` path exists.
+bool step_done(const Step& step);
+/// The CLI arguments that run a step that is not done: its argv, plus
+/// --resume for a sae_train step whose folder holds a checkpoint (a run
+/// killed part-way).
+std::vector<std::string> step_command(const Step& step);
 
 /// The methods a job may name.
 const std::vector<std::string>& method_names();

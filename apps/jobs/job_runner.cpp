@@ -317,11 +317,14 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
 
   // ---- steps
   for (const Step& s : file.steps) {
-    if (fs::exists(s.out)) {
-      std::printf("%s: skipped: %s exists\n", s.label.c_str(), s.out.c_str());
+    if (step_done(s)) {
+      std::printf("%s: skipped: %s exists\n", s.label.c_str(), s.done.c_str());
       continue;
     }
-    std::printf("%s: writing %s\n", s.label.c_str(), s.out.c_str());
+    // An SAE run killed part-way left its checkpoint: step_command resumes it.
+    const std::vector<std::string> argv = step_command(s);
+    const bool resume = argv.size() > s.argv.size();
+    std::printf("%s: %s %s\n", s.label.c_str(), resume ? "resuming" : "writing", s.out.c_str());
     if (fs::path(s.out).has_parent_path()) {
       std::error_code ec;
       fs::create_directories(fs::path(s.out).parent_path(), ec);
@@ -329,11 +332,11 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
     }
     std::fflush(stdout);
     try {
-      execute_step(s.argv);
+      execute_step(argv);
     } catch (const Error& e) {
       throw Error(str_cat(s.label, ": ", e.what()));
     }
-    MECHLAB_CHECK(fs::exists(s.out), s.label, ": finished but wrote no '", s.out, "'");
+    MECHLAB_CHECK(fs::exists(s.done), s.label, ": finished but wrote no '", s.done, "'");
     std::fflush(stdout);  // the command's own lines before the jobs' progress
   }
   // Datasets that the steps made are checked now, before any job runs.

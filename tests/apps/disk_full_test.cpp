@@ -1,5 +1,5 @@
 // Nothing lost, nothing silent: every command that writes (new, dataset
-// make, cache, train, patch, discover) is run against a full disk (a small tmpfs), a
+// make, cache, train, sae train, patch, discover) is run against a full disk (a small tmpfs), a
 // read-only folder (a read-only tmpfs: root ignores permission bits) and a
 // file size limit (RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with
 // EFBIG). Each must exit 1 (not crash) with one line naming the problem,
@@ -275,6 +275,25 @@ TEST_F(DiskFull, TrainFailsCleanly) {
         std::string("train_") + kNames[i], kAll[i], "run",
         [](const std::string&) {},
         [&](const std::string& d) { return "train " + cfg + " --out " + d + "/run" + sets; },
+        /*leave=*/8 << 10);
+  }
+}
+
+TEST_F(DiskFull, SaeTrainFailsCleanly) {
+  // A small TopK SAE on the toy generator, checkpointing every 2 steps.
+  const std::string cfg = temp_path("sae_toy.json");
+  {
+    std::ofstream out(cfg);
+    out << R"({"sae": {"architecture": "topk", "d_in": 16, "d_sae": 32, "k": 4},
+              "data": {"toy": {"n_features": 24, "d": 16, "p_active": 0.1}},
+              "steps": 4, "batch_size": 32, "eval_every": 2, "eval_rows": 32, "checkpoint_every": 2})";
+    ASSERT_TRUE(out.good());
+  }
+  for (int i = 0; i < 3; ++i) {
+    check_failure(
+        std::string("sae_train_") + kNames[i], kAll[i], "run",
+        [](const std::string&) {},
+        [&](const std::string& d) { return "sae train " + cfg + " --out " + d + "/run --no-progress"; },
         /*leave=*/8 << 10);
   }
 }
