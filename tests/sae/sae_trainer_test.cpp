@@ -144,17 +144,20 @@ TEST(SaeToy, TopKRecoversTheGroundTruthFeatures) {
   EXPECT_LE(r.eval.l0, 8.0 + 1e-9);
 }
 
-// ReLU with the L1 penalty shrinks activations and splits or merges
-// features, so its bar is lower (docs/ARCHITECTURE.md, "SAE training").
+// ReLU with the L1 penalty shrinks activations and lets crosstalk between
+// features fire, so its bar is lower (docs/ARCHITECTURE.md, "SAE training"):
+// MMCS >= 0.98 with l1_coefficient 0.3 warmed up over 100 steps (measured:
+// 0.9918 at step 350).
 TEST(SaeToy, ReluL1RecoversTheGroundTruthFeaturesAtItsBar) {
   json j = toy_config("relu");
-  j["sae"]["l1_coefficient"] = 0.02;
+  j["sae"]["l1_coefficient"] = 0.3;
   j["coefficient_warmup_steps"] = 100;
-  j["steps"] = 1500;
-  j["stop_at_mmcs"] = 0.95;
+  j["steps"] = 1000;
+  j["stop_at_mmcs"] = 0.98;
   SaeTrainer trainer(SaeTrainConfig::from_json(j), SaeTrainerOptions().progress(false));
   const SaeTrainResult r = trainer.run();
-  EXPECT_GE(r.eval.mmcs, 0.95) << "after " << r.steps << " steps";
+  EXPECT_GE(r.eval.mmcs, 0.98) << "after " << r.steps << " steps";
+  EXPECT_TRUE(r.stopped_early) << r.steps;
 }
 
 TEST(MeanMaxCosineSimilarity, IsOneForAPermutedScaledCopyAndLowerOtherwise) {
