@@ -114,6 +114,34 @@ TEST(CoefficientWarmup, TheTrainingLossScalesTheSparsityTerm) {
   }
 }
 
+// decoder_unit_norm (SAELens 5's normalize_sae_decoder): before the step the
+// rows have norm 1, and the gradient reaching the optimiser has no component
+// along any row.
+TEST(DecoderUnitNorm, RowsAreUnitAndTheGradientIsOrthogonalToThem) {
+  json j = relu_config(8, 0);
+  j["decoder_unit_norm"] = true;
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(6);
+  SaeTrainable t(SaeTrainConfig::from_json(j), tensor_source(at::rand({256, 8}, g, at::kFloat), 0));
+  at::Generator rng = at::make_generator<at::CPUGeneratorImpl>(0);
+  const at::Tensor w = t.sae().param("W_dec");  // [32, 8]
+  {
+    at::NoGradGuard no_grad;
+    at::Tensor wm = w;
+    wm.mul_(3.0);  // off unit norm: the step must renormalise
+  }
+  t.loss(0, rng).backward();
+  EXPECT_TRUE(at::allclose(w.norm(2, {1}), at::ones({32}), 1e-6, 1e-6));
+  const at::Tensor along = (w.grad() * w).sum(1);  // [32]
+  EXPECT_LT(along.abs().max().item<double>(), 1e-6 * w.grad().abs().max().item<double>() + 1e-9);
+  EXPECT_GT(w.grad().abs().max().item<double>(), 0.0);
+  // Without the option the same gradient has a component along the rows.
+  json plain = relu_config(8, 0);
+  SaeTrainable u(SaeTrainConfig::from_json(plain), tensor_source(at::rand({256, 8}, g, at::kFloat), 0));
+  u.loss(0, rng).backward();
+  const at::Tensor wu = u.sae().param("W_dec");
+  EXPECT_GT((wu.grad() * wu).sum(1).abs().max().item<double>(), 1e-6);
+}
+
 json toy_config(const std::string& arch) {
   json sae = {{"architecture", arch}, {"d_in", 256}, {"d_sae", 1024}};
   if (arch == "topk") sae["k"] = 8;
