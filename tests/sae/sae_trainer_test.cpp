@@ -267,6 +267,27 @@ json store_config(const std::string& store, int64_t d_in) {
           {"checkpoint_every", 4}};
 }
 
+// A store source's order is replayed on resume: the resumed run reads the
+// batches the uninterrupted one did.
+TEST(SaeTrainerResume, FromAStoreEqualsUninterrupted) {
+  const std::string dir = temp_dir("store_resume");
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(9);
+  write_store(dir + "/acts.h5", at::randn({1024, 16}, g), 128);
+  json j = store_config(dir + "/acts.h5", 16);
+  j["steps"] = 40;  // 16 batches an epoch: the run crosses two epoch boundaries
+  j["data"]["buffer_rows"] = 256;
+  const SaeTrainConfig cfg = SaeTrainConfig::from_json(j);
+  SaeTrainer a(cfg, SaeTrainerOptions().out_dir(dir + "/whole").progress(false));
+  a.run();
+  {
+    SaeTrainer b(cfg, SaeTrainerOptions().out_dir(dir + "/cut").progress(false));
+    b.run(21);
+  }
+  SaeTrainer c(cfg, SaeTrainerOptions().out_dir(dir + "/cut").resume(true).progress(false));
+  EXPECT_EQ(c.run().steps, 40);
+  expect_same_parameters(a.sae(), c.sae());
+}
+
 TEST(SaeTrainerBadInput, StoreAndSaeOfDifferentWidthIsRefused) {
   const std::string dir = temp_dir("width");
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1);
