@@ -3,6 +3,7 @@
 #include "core/formats/hdf5_file.h"
 #include "core/formats/text_file.h"
 #include "core/log/log.h"
+#include "core/plot/line_chart.h"
 #include "core/store/activation_store.h"
 #include "core/store/shuffled_batches.h"
 #include "core/util/error.h"
@@ -587,7 +588,11 @@ core::train::Evaluation SaeTrainable::evaluate() {
       (truth.defined() && cfg_.stop_at_mmcs() > 0 && e.mmcs >= cfg_.stop_at_mmcs())) {
     if (!eval_log_.empty() && eval_log_.back().step == e.step) eval_log_.pop_back();
     eval_log_.push_back(e);
-    if (!log_path.empty()) core::write_text_file(log_path, eval_log_csv());
+    if (!log_path.empty()) {
+      core::write_text_file(log_path, eval_log_csv());
+      const std::string svg = log_path.substr(0, log_path.size() - 4) + ".svg";  // sae_log.csv -> .svg
+      core::write_text_file(svg, eval_log_svg());
+    }
   }
   log::info(str_cat("step ", e.step, ": L0 ", e.l0, ", FVU ", e.fvu, ", dead fraction ", e.dead_fraction,
                     e.mmcs >= 0 ? str_cat(", MMCS ", e.mmcs) : std::string()));
@@ -608,6 +613,25 @@ std::string SaeTrainable::eval_log_csv() const {
     os << '\n';
   }
   return os.str();
+}
+
+std::string SaeTrainable::eval_log_svg() const {
+  namespace plot = core::plot;
+  std::vector<double> step, l0, fvu, dead, mmcs;
+  for (const SaeEval& e : eval_log_) {
+    step.push_back(static_cast<double>(e.step));
+    l0.push_back(e.l0);
+    fvu.push_back(e.fvu);
+    dead.push_back(e.dead_fraction);
+    mmcs.push_back(e.mmcs);
+  }
+  std::vector<plot::Panel> panels = {
+      {"L0", true, {{"L0", step, l0}}, std::nullopt},
+      {"fraction", false, {{"FVU", step, fvu}, {"dead fraction", step, dead}}, std::nullopt}};
+  if (source_->ground_truth().defined()) {
+    panels.push_back({"MMCS", false, {{"MMCS", step, mmcs}}, std::nullopt});
+  }
+  return plot::line_chart_svg(cfg_.name(), "step", panels);
 }
 
 void SaeTrainable::save_state(const std::string& path,

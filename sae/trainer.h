@@ -33,7 +33,8 @@
 // counters under /sae_trainer, the loop's state under /train), train_log.csv
 // and .svg (the loop's: loss; "test_accuracy" is MMCS on a toy source, else
 // explained variance), sae_log.csv (per evaluation: tokens, L0, MSE, FVU,
-// explained variance, dead fraction, MMCS), and at the end sae/ (an SAELens
+// explained variance, dead fraction, MMCS) and its chart sae_log.svg, and at
+// the end sae/ (an SAELens
 // folder, sae/saelens_io.h) and config.json.
 //
 // Example:
@@ -196,11 +197,13 @@ class SaeTrainable : public core::train::Trainable {
   /// The figures of the latest evaluation, and one row per scheduled one.
   const SaeEval& last_eval() const { return last_eval_; }
   const std::vector<SaeEval>& eval_log() const { return eval_log_; }
-  /// sae_log.csv's text.
+  /// sae_log.csv's text, and sae_log.svg's (L0, FVU and dead fraction,
+  /// MMCS with a ground truth, against the step).
   std::string eval_log_csv() const;
+  std::string eval_log_svg() const;
   /// Called after each step's forward pass with the rows it trained on.
   std::function<void(int64_t rows)> on_step;
-  /// Where evaluations write sae_log.csv ("" = nowhere).
+  /// Where evaluations write sae_log.csv, and .svg beside it ("" = nowhere).
   std::string log_path;
 
  private:

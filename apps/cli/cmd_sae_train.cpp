@@ -70,7 +70,7 @@ void add_sae_train(CLI::App& sae) {
       "or YAML (keys: docs/ARCHITECTURE.md, \"SAE training\"); data is an activation store "
       "({store: acts.h5, hook: NAME}, paths relative to CONFIG) or the toy-superposition "
       "generator ({toy: {}}). Writes checkpoint.h5 (resumable), train_log.{csv,svg}, "
-      "sae_log.csv, config.json and sae/ (an SAELens folder) into --out.");
+      "sae_log.{csv,svg}, config.json and sae/ (an SAELens folder) into --out.");
   struct Args {
     std::string config, out;
     std::vector<std::string> settings;
@@ -133,7 +133,7 @@ void add_sae_train(CLI::App& sae) {
     std::printf("\n");
     const bool finished = r.steps >= cfg.steps() || r.stopped_early;
     if (finished) {
-      std::printf("wrote %s/{sae/, checkpoint.h5, config.json, train_log.csv, train_log.svg, sae_log.csv}\n",
+      std::printf("wrote %s/{sae/, checkpoint.h5, config.json, train_log.csv, train_log.svg, sae_log.csv, sae_log.svg}\n",
                   a->out.c_str());
     } else {
       std::printf("stopped at step %lld of %lld; continue with --resume\n", static_cast<long long>(r.steps),

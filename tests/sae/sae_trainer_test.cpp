@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <limits>
 
 namespace mechlab::sae {
@@ -235,6 +236,11 @@ TEST(SaeTrainerResume, StoppedAndResumedEqualsUninterrupted) {
     EXPECT_EQ(a.trainable().eval_log_csv(), c.trainable().eval_log_csv()) << arch;
     EXPECT_TRUE(fs::exists(cut + "/sae/cfg.json"));
     EXPECT_TRUE(fs::exists(cut + "/sae_log.csv"));
+    std::ifstream svg(cut + "/sae_log.svg");
+    const std::string chart{std::istreambuf_iterator<char>(svg), {}};
+    EXPECT_NE(chart.find("<svg"), std::string::npos);
+    EXPECT_NE(chart.find("dead fraction"), std::string::npos);
+    EXPECT_NE(chart.find("MMCS"), std::string::npos);
   }
 }
 
