@@ -1,6 +1,7 @@
 // `mechlab sae train`: a run killed with SIGKILL between (or during)
 // checkpoints and resumed with --resume ends with the same weights, bit for
-// bit, as an uninterrupted run; YAML configs; one-line refusals; and the
+// bit, as an uninterrupted run; Ctrl-C saves a checkpoint that resumes;
+// YAML configs; one-line refusals; and the
 // job file's sae_train step (done once out/sae exists, resumed when killed).
 #include "apps/jobs/job_file.h"
 #include "core/formats/hdf5_file.h"
@@ -96,6 +97,35 @@ TEST(SaeTrainCli, AfterSigkillTheResumedRunEqualsTheUninterruptedOne) {
   EXPECT_EQ(la, lb);
   EXPECT_TRUE(fs::exists(cut + "/sae/cfg.json"));
   EXPECT_TRUE(fs::exists(cut + "/sae/sae_weights.safetensors"));
+}
+
+TEST(SaeTrainCli, CtrlCSavesACheckpointThatResumes) {
+  const std::string dir = make_dir("sigint");
+  write_file(dir + "/cfg.json", kConfig);
+  const std::string out = dir + "/run", log = dir + "/log";
+  const pid_t pid = testing::spawn_process(
+      {MECHLAB_BINARY, "sae", "train", dir + "/cfg.json", "--out", out, "--threads", "1", "--no-progress"}, log);
+  ASSERT_GT(pid, 0);
+  int64_t seen = -1;
+  for (int i = 0; i < 6000 && seen < 10; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    seen = checkpoint_step(out + "/checkpoint.h5");
+  }
+  ASSERT_GE(seen, 10);
+  ::kill(pid, SIGINT);
+  ASSERT_EQ(testing::wait_exit(pid), 130);
+  std::ifstream in(log);
+  const std::string text{std::istreambuf_iterator<char>(in), {}};
+  const int64_t step = checkpoint_step(out + "/checkpoint.h5");
+  ASSERT_GT(step, 0);
+  EXPECT_NE(text.find("interrupted at step " + std::to_string(step) + " of 400; the checkpoint of step " +
+                      std::to_string(step)),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("resume with the same command and --resume"), std::string::npos) << text;
+  const testing::CliResult r = run_cli("sae train " + dir + "/cfg.json --out " + out + " --threads 1 --no-progress --resume");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("kill: 400 steps"), std::string::npos) << r.output;
 }
 
 TEST(SaeTrainCli, ReadsYamlAndRefusesInOneLine) {
