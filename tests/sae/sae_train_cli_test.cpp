@@ -1,8 +1,8 @@
 // `mechlab sae train`: a run killed with SIGKILL between (or during)
 // checkpoints and resumed with --resume ends with the same weights, bit for
 // bit, as an uninterrupted run; Ctrl-C saves a checkpoint that resumes;
-// YAML configs; one-line refusals; and the
-// job file's sae_train step (done once out/sae exists, resumed when killed).
+// YAML configs; one-line refusals; and the job file's sae_train step (done
+// once out/sae exists, resumed when killed).
 #include "apps/jobs/job_file.h"
 #include "core/formats/hdf5_file.h"
 #include "tests/test_util.h"
