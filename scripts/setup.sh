@@ -20,7 +20,8 @@ APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   libcli11-dev nlohmann-json3-dev graphviz python3 python3-venv
   libyaml-cpp-dev            # YAML job files: mechlab discover
   clang libclang-rt-14-dev  # clang + its libFuzzer/sanitizer runtimes: scripts/fuzz.sh
-  doxygen)                  # API reference from /// comments: scripts/docs.sh
+  doxygen                   # API reference from /// comments: scripts/docs.sh
+  chromium)                 # headless check of SAE dashboards: scripts/check_dashboard.sh
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

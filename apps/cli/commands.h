@@ -25,8 +25,12 @@ void add_heads_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_attach_tokenizer_command(CLI::App& app);
 void add_discover_command(CLI::App& app);
+/// `mechlab sae` and its subcommands (each adds itself to the group `sae`).
 void add_sae_command(CLI::App& app);
-// `mechlab sae` subcommands (cmd_sae_*.cpp), added by add_sae_command.
+void add_sae_eval_command(CLI::App& sae);
+void add_sae_export_command(CLI::App& sae);
+void add_sae_import_command(CLI::App& sae);
+void add_sae_dashboard_command(CLI::App& sae);
 void add_sae_train(CLI::App& sae);
 
 // Shared option parsing.

@@ -2,10 +2,12 @@
 // make, cache, train, sae train, patch, discover) is run against a full disk (a small tmpfs), a
 // read-only folder (a read-only tmpfs: root ignores permission bits) and a
 // file size limit (RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with
-// EFBIG). Each must exit 1 (not crash) with one line naming the problem,
+// EFBIG); also sae eval --out, sae dashboard --out / --html and sae export.
+// Each must exit 1 (not crash) with one line naming the problem,
 // leave the file that was there byte for byte, and leave no temporary.
 // Also: outputs that are inputs, and outputs that would replace a file
 // without --overwrite or a file of another mechlab kind, are refused.
+#include "core/data/dataset.h"
 #include "core/formats/hdf5_file.h"
 #include "tests/test_util.h"
 #include "tests/tmpfs.h"
@@ -447,6 +449,66 @@ TEST_F(DiskFull, PatchRefusesToReplaceResultsWithoutOverwrite) {
   expect_one_line_error(run(patch), {h5, "already exists", "--overwrite"});
   EXPECT_TRUE(slurp(h5) == bytes);
   EXPECT_EQ(run(patch + " --overwrite").rc, 0);
+}
+
+// The SAE commands' writers: eval's JSON, the dashboard file and page, an
+// exported SAELens folder (the shipped gpt2_like model and SAELens's topk SAE).
+const std::string kSaeModel = std::string(MECHLAB_TEST_DATA) + "/runtime/gpt2_like.h5";
+const std::string kSae = std::string(MECHLAB_TEST_DATA) + "/sae/saved/topk";
+
+std::string sae_dataset() {
+  const std::string path = temp_path("sae_tokens.h5");
+  if (!fs::exists(path)) {
+    core::Dataset ds;
+    ds.d_vocab = 61;
+    ds.tokens = core::H5File::open_read(std::string(MECHLAB_TEST_DATA) + "/sae/sae_eval.h5").read_tensor("tokens")
+                    .to(at::kInt);
+    core::save_dataset(path, ds);
+  }
+  return path;
+}
+
+TEST_F(DiskFull, SaeWritersKeepTheOldFiles) {
+  const std::string inputs = kSaeModel + " " + kSae + " " + sae_dataset();
+  const std::string old_json = temp_path("old_eval.json"), old_dash = temp_path("old_dash.h5"),
+                    old_html = temp_path("old_dash.html"), old_sae = temp_path("old_sae");
+  fs::remove_all(old_sae);
+  ASSERT_EQ(run("sae eval " + inputs + " --out " + old_json + " --overwrite").rc, 0);
+  ASSERT_EQ(run("sae dashboard " + inputs + " --latents 0 1 --out " + old_dash + " --html " + old_html +
+                " --overwrite").rc, 0);
+  ASSERT_EQ(run("sae export " + kSae + " --out " + old_sae).rc, 0);
+  for (int i = 0; i < 3; ++i) {
+    check_failure(
+        std::string("sae_eval_") + kNames[i], kAll[i], "e.json",
+        [&](const std::string& d) { fs::copy_file(old_json, d + "/e.json"); },
+        [&](const std::string& d) { return "sae eval " + inputs + " --overwrite --out " + d + "/e.json"; },
+        /*leave=*/1 << 10);
+    check_failure(
+        std::string("sae_dash_") + kNames[i], kAll[i], "d.h5",
+        [&](const std::string& d) { fs::copy_file(old_dash, d + "/d.h5"); },
+        [&](const std::string& d) {
+          return "sae dashboard " + inputs + " --latents 0 1 --overwrite --out " + d + "/d.h5";
+        },
+        /*leave=*/2 << 10);
+    check_failure(
+        std::string("sae_html_") + kNames[i], kAll[i], "d.html",
+        [&](const std::string& d) { fs::copy_file(old_html, d + "/d.html"); },
+        [&](const std::string& d) {
+          // 32 latents: the page (~200 KB) outgrows the limit, the HDF5 file
+          // (~70 KB, written first, outside `d`) does not.
+          return "sae dashboard " + inputs + " --first 32 --overwrite --out " + temp_path("sae_html_" +
+                 std::to_string(i) + ".h5") + " --html " + d + "/d.html";
+        },
+        /*leave=*/96 << 10);
+    check_failure(
+        std::string("sae_export_") + kNames[i], kAll[i], "x",
+        [&](const std::string& d) {
+          fs::create_directories(d + "/x");
+          for (const char* f : {"cfg.json", "sae_weights.safetensors"}) fs::copy_file(old_sae + "/" + f, d + "/x/" + f);
+        },
+        [&](const std::string& d) { return "sae export " + kSae + " --overwrite --out " + d + "/x"; },
+        /*leave=*/4 << 10);
+  }
 }
 
 }  // namespace

@@ -81,3 +81,8 @@
 #include "sae/metrics.h"
 #include "sae/registry.h"
 #include "sae/saelens_io.h"
+#include "sae/splice.h"
+#include "sae/density.h"
+#include "sae/dashboard.h"
+#include "sae/trainer.h"
+#include "sae/toy_superposition.h"
