@@ -159,6 +159,20 @@ std::vector<std::string> resolve_store_hooks(const HookedTransformer& model,
   return resolve(model.cfg(), model.hook_names(), dims_of, patterns);
 }
 
+std::pair<int64_t, int64_t> shard_examples(int64_t examples, int64_t batch_size, int64_t index,
+                                           int64_t count) {
+  MECHLAB_CHECK(count >= 1 && index >= 0 && index < count, "shard ", index, " of ", count,
+                " does not exist; shards are numbered 0 to count - 1 (`CacheOptions::shard_index`, "
+                "`CacheOptions::shard_count`)");
+  const int64_t batches = (examples + batch_size - 1) / batch_size;
+  MECHLAB_CHECK(count <= batches, "cannot split ", examples, " examples in batches of ", batch_size,
+                " (", batches, " batches) into ", count, " shards: a shard holds whole batches; "
+                "use at most ", batches,
+                " shards (`CacheOptions::shard_count`) or a smaller `CacheOptions::batch_size`");
+  const int64_t b0 = batches * index / count, b1 = batches * (index + 1) / count;
+  return {b0 * batch_size, std::min(examples, b1 * batch_size)};
+}
+
 CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,
                               const std::string& out, const CacheOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
@@ -174,15 +188,19 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   const std::vector<std::string> hooks = resolve_store_hooks(model, opt.hooks());
   const at::Tensor tokens = dataset.prompts();  // int32 [N, T]
   const at::Tensor mask = dataset.attention_mask;  // uint8 [N, T] or undefined
-  const int64_t N = tokens.size(0), T = tokens.size(1);
-  MECHLAB_CHECK(N > 0, "'", ds_name, "' has no examples");
+  const int64_t N_all = tokens.size(0), T = tokens.size(1);
+  MECHLAB_CHECK(N_all > 0, "'", ds_name, "' has no examples");
+  // This store's examples: [E0, N) of the dataset (all of it unless sharded).
+  const auto [E0, N] = shard_examples(N_all, opt.batch_size(), opt.shard_index(), opt.shard_count());
 
   // Rows per example (its real tokens) and where each example's rows start.
+  // offset[e]: the store row of example e's first real token (0 up to E0).
   std::vector<int64_t> offset(static_cast<size_t>(N) + 1, 0);
   {
-    at::Tensor counts = mask.defined() ? mask.to(at::kLong).sum(1) : at::full({N}, T, at::kLong);
+    at::Tensor counts = mask.defined() ? mask.to(at::kLong).sum(1) : at::full({N_all}, T, at::kLong);
     auto c = counts.accessor<int64_t, 1>();
-    for (int64_t i = 0; i < N; ++i) offset[i + 1] = offset[i] + c[i];
+    for (int64_t i = E0; i < N; ++i) offset[i + 1] = offset[i] + c[i];
+    for (int64_t i = 0; i <= E0; ++i) offset[i] = 0;
   }
 
   at::InferenceMode inference;
@@ -218,12 +236,16 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
       at::Tensor m = mask.contiguous();
       fp += core::fnv1a_hex(m.data_ptr(), m.numel());
     }
-    header.job = nlohmann::json{{"dataset", ds_name},
-                                {"dataset_fingerprint", fp},
-                                {"examples", N},
-                                {"seq_len", T},
-                                {"batch_size", opt.batch_size()}}
-                     .dump();
+    nlohmann::json job{{"dataset", ds_name},
+                       {"dataset_fingerprint", fp},
+                       {"examples", N_all},
+                       {"seq_len", T},
+                       {"batch_size", opt.batch_size()}};
+    if (opt.shard_count() > 1) {  // unsharded jobs stay as they were, so old stores resume
+      job["shard"] = {opt.shard_index(), opt.shard_count()};
+      job["examples_range"] = {E0, N};
+    }
+    header.job = job.dump();
   }
   core::StoreSpec spec{header, opt.gzip_level()};
   core::ActivationStoreWriter writer =
@@ -239,9 +261,10 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   }
 
   // Batches are fixed by batch_size (batch b = examples [b*B, (b+1)*B)), so a
-  // resumed run recomputes exactly what an uninterrupted one computed.
+  // resumed run recomputes exactly what an uninterrupted one computed; a
+  // shard starts at a batch boundary E0.
   const int64_t B = opt.batch_size();
-  int64_t first_batch = 0;
+  int64_t first_batch = E0 / B;
   while (first_batch * B < N && offset[std::min(N, (first_batch + 1) * B)] <= committed) {
     ++first_batch;
   }

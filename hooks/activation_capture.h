@@ -23,6 +23,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mechlab::hooks {
@@ -48,6 +49,15 @@ struct CacheOptions {
   MECHLAB_OPTION(CacheOptions, std::string, dataset_path, "")
   /// Show a progress bar (tokens/s, ETA).
   MECHLAB_OPTION(CacheOptions, bool, progress, true)
+  /// Write only shard `shard_index` of `shard_count` (core/store/store_set.h):
+  /// the dataset's batches of batch_size examples are split into shard_count
+  /// contiguous runs, as even as whole batches allow, and this store holds
+  /// the rows of run shard_index. Whole batches, so each row is computed in
+  /// the very batch an unsharded run computes it in: the shards' rows, one
+  /// after the other, are the unsharded store's, bit for bit. row_source keeps
+  /// the dataset's example numbers.
+  MECHLAB_OPTION(CacheOptions, int64_t, shard_index, 0)
+  MECHLAB_OPTION(CacheOptions, int64_t, shard_count, 1)
 };
 
 struct CacheResult {
@@ -66,6 +76,11 @@ std::vector<std::string> resolve_store_hooks(const core::ModelConfig& cfg,
 /// The same over the model's hook points and those of its attached modules.
 std::vector<std::string> resolve_store_hooks(const HookedTransformer& model,
                                              const std::vector<std::string>& patterns);
+
+/// The examples [first, last) that shard `index` of `count` covers, for a
+/// dataset of `examples` examples cached `batch_size` at a time.
+std::pair<int64_t, int64_t> shard_examples(int64_t examples, int64_t batch_size, int64_t index,
+                                           int64_t count);
 
 CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,
                               const std::string& out, const CacheOptions& options);

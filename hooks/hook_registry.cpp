@@ -180,6 +180,12 @@ std::vector<core::Dim> HookRegistry::hook_dims(const std::string& name) const {
   return core::site_info(site.kind).dims;
 }
 
+bool HookRegistry::attached_host(const std::string& name, core::HookSite* host) const {
+  const Attachment* a = point_owner(name);
+  if (a && host) *host = a->host;
+  return a != nullptr;
+}
+
 void HookRegistry::run(const std::vector<Entry>& entries, at::Tensor& act) {
   for (const Entry& e : entries) {
     if (e.forward) {

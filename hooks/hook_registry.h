@@ -51,6 +51,9 @@ class HookRegistry : public core::HookDispatch {
   std::vector<std::string> hook_names() const;
   /// The shape of any hook point in the glossary's axes; throws for unknown names.
   std::vector<core::Dim> hook_dims(const std::string& name) const;
+  /// Whether `name` is a point of an attached module; if so and `host` is
+  /// given, the model hook point the module sits at.
+  bool attached_host(const std::string& name, core::HookSite* host = nullptr) const;
 
   void fire(const core::HookSite& site, at::Tensor& act) override;
   const core::ModelConfig& config() const { return cfg_; }

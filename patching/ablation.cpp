@@ -58,7 +58,7 @@ at::Tensor ablation_value(Ablation kind, const at::Tensor& reference, const at::
 
 at::Tensor ablation_value(hooks::HookedTransformer& model, const std::string& hook, Ablation kind,
                           const at::Tensor& reference_tokens, const at::Tensor& attention_mask) {
-  PatchTarget t = PatchTarget::at(hook, model.cfg());
+  PatchTarget t = PatchTarget::at(hook, model);  // a model site or an attached point
   if (kind == Ablation::zero) {
     return at::zeros({}, at::TensorOptions(model.model().dtype()).device(model.model().device()));
   }
@@ -67,7 +67,7 @@ at::Tensor ablation_value(hooks::HookedTransformer& model, const std::string& ho
   ro.attention_mask(attention_mask);
   auto [logits, cache] = model.run_with_cache(reference_tokens, hooks::NamesFilter({hook}), ro);
   (void)logits;
-  return ablation_value(kind, cache[hook], attention_mask, is_attention_map(t.site.kind));
+  return ablation_value(kind, cache[hook], attention_mask, t.attention_map());
 }
 
 hooks::HookFn ablation_hook(PatchTarget target, at::Tensor value) {
@@ -75,7 +75,7 @@ hooks::HookFn ablation_hook(PatchTarget target, at::Tensor value) {
                                                                 const hooks::HookPoint& hp) {
     MECHLAB_CHECK(hp.name == target.hook_name(), "ablation hook for ", target.describe(),
                   " is attached to ", hp.name, "; attach it to ", target.hook_name());
-    const int64_t seq = is_attention_map(target.site.kind) ? act.size(2) : act.size(1);
+    const int64_t seq = target.attention_map() ? act.size(2) : act.size(1);
     MECHLAB_CHECK(target.pos < seq && target.src_pos < seq, "ablation target ", target.describe(),
                   ": position beyond the sequence of ", seq, " positions");
     at::Tensor v = value.to(act.device(), act.scalar_type());

@@ -116,6 +116,10 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
     MECHLAB_CHECK(!c.targets.empty(), "a patch configuration has no targets");
     for (const auto& t : c.targets) {
       validate_target(t, cfg, seq_len());
+      core::HookSite host;
+      MECHLAB_CHECK(!t.attached() || (model_.hooks().attached_host(t.point, &host) && host == t.site),
+                    "patch target ", t.describe(), ": no module attached to the model declares "
+                    "this point any more; attach the module again before patching it");
       const std::string key = t.value_name();
       hooks_used.insert(t.hook_name());
       if (values.count(key)) continue;
@@ -172,7 +176,7 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
   for (const auto& [group, idx] : groups) {
     bool maps = false;
     for (size_t i : idx) {
-      for (const auto& t : configs[i].targets) maps = maps || is_attention_map(t.site.kind);
+      for (const auto& t : configs[i].targets) maps = maps || t.attention_map();
     }
     const int64_t k = copies_per_forward(group, maps);
     for (size_t start = 0; start < idx.size(); start += static_cast<size_t>(k)) {

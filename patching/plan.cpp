@@ -96,6 +96,9 @@ void PatchPlan::check(const core::ModelConfig& cfg) const {
       MECHLAB_CHECK(exact, "sweep ", s, " is path patching, which has no ", patch_method_name(method_),
                     " form here; use method activation (or edges for edge attribution)");
       graph.parse_receivers(s.substr(5));
+    } else if (parse_point_sweep(s)) {
+      MECHLAB_CHECK(exact, "sweep ", s, " patches one hook point exactly, which has no ",
+                    patch_method_name(method_), " form here; use method activation");
     } else {
       find_sweep(s);
     }
@@ -172,6 +175,11 @@ void run_plan(hooks::HookedTransformer& model, const PatchingData& data, const P
   const core::ModelConfig& cfg = model.cfg();
   data.validate(cfg);
   plan.check(cfg);
+  // Point sweeps name hook points that may belong to attached modules, which
+  // only the model knows: check them here, still before any forward.
+  for (const auto& s : plan.sweeps()) {
+    if (parse_point_sweep(s)) point_sweep_configs(s, model, data.seq_len(), nullptr);
+  }
   const CircuitGraph graph(cfg);
   std::vector<std::string> node_sweeps, path_sweeps;
   for (const auto& s : plan.sweeps()) (is_path_sweep(s) ? path_sweeps : node_sweeps).push_back(s);

@@ -8,7 +8,9 @@
 //            exact activation patching (method activation) or their gradient
 //            estimates (attribution, eap-ig; patching/attribution.h);
 //            "path:RECEIVERS" = path patching from every single head to the
-//            receivers (patching/path_patching.h; activation only)
+//            receivers (patching/path_patching.h; activation only);
+//            "point:HOOK" / "point_all_pos:HOOK" = one hook point, a model
+//            site or an attached module's (activation only)
 //   paths    "SENDERS -> RECEIVERS" path patching of one sender set
 //            (CircuitGraph::parse_path; activation only)
 //   edges    every circuit-graph edge scored by attribution or eap-ig

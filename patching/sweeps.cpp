@@ -126,6 +126,39 @@ const SweepSpec& find_sweep(const std::string& name) {
   throw Error(str_cat("unknown sweep \"", name, "\"; sweeps: ", names));
 }
 
+bool parse_point_sweep(const std::string& name, std::string* hook, bool* by_pos) {
+  static const std::string kByPos = "point:", kAll = "point_all_pos:";
+  const bool pos = name.rfind(kByPos, 0) == 0, all = name.rfind(kAll, 0) == 0;
+  if (!pos && !all) return false;
+  const std::string h = name.substr((pos ? kByPos : kAll).size());
+  MECHLAB_CHECK(!h.empty(), "sweep \"", name, "\" names no hook point; write ", name,
+                "HOOK, e.g. ", name, "blocks.0.hook_resid_post");
+  if (hook) *hook = h;
+  if (by_pos) *by_pos = pos;
+  return true;
+}
+
+std::vector<PatchConfig> point_sweep_configs(const std::string& name,
+                                             const hooks::HookedTransformer& model, int64_t seq_len,
+                                             std::vector<int64_t>* shape) {
+  std::string hook;
+  bool by_pos = false;
+  MECHLAB_CHECK(parse_point_sweep(name, &hook, &by_pos),
+                "internal error (a mechlab bug): point_sweep_configs on ", name);
+  const PatchTarget base = PatchTarget::at(hook, model);  // unknown: nearest names listed
+  std::vector<PatchConfig> configs;
+  if (!by_pos) {
+    if (shape) *shape = {1};
+    return {PatchConfig{{base}}};
+  }
+  MECHLAB_CHECK(base.has_pos_axis(), "sweep ", name, ": ", hook, " ",
+                core::shape_string(model.cfg(), base.dims()),
+                " has no position axis after the batch; use point_all_pos:", hook);
+  for (int64_t p = 0; p < seq_len; ++p) configs.push_back(PatchConfig{{PatchTarget(base).with_pos(p)}});
+  if (shape) *shape = {seq_len};
+  return configs;
+}
+
 at::Tensor stack_every(const SweepSpec& spec, const std::vector<at::Tensor>& part_values) {
   MECHLAB_ASSERT(part_values.size() == spec.parts.size());
   std::vector<at::Tensor> parts;
@@ -227,6 +260,19 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
     leaves[s.name] = l;
   };
   for (const auto& name : sweeps) {
+    if (parse_point_sweep(name)) {
+      if (leaves.count(name)) continue;
+      Leaf l;
+      std::vector<PatchConfig> c = point_sweep_configs(name, model, seq, &l.shape);
+      l.offset = all.size();
+      l.count = c.size();
+      for (auto& pc : c) {
+        for (const auto& t : pc.targets) hook_names.insert(t.hook_name());
+        all.push_back(std::move(pc));
+      }
+      leaves[name] = l;
+      continue;
+    }
     const SweepSpec& s = find_sweep(name);
     if (s.parts.empty()) add_leaf(s);
     for (const auto& p : s.parts) add_leaf(find_sweep(p));
@@ -253,7 +299,18 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
 
   std::vector<SweepResult> results;
   for (const auto& name : sweeps) {
-    const SweepSpec& s = find_sweep(name);
+    std::string point;
+    bool by_pos = false;
+    SweepSpec point_spec;  // a point sweep's spec, made here: it is not in the table
+    if (parse_point_sweep(name, &point, &by_pos)) {
+      point_spec.name = name;
+      point_spec.tl_function = "(none)";
+      point_spec.act = point;
+      point_spec.axes = {by_pos ? "pos" : "point"};
+      point_spec.description = str_cat("the hook point ", point,
+                                       by_pos ? ", by position" : ", at every position at once");
+    }
+    const SweepSpec& s = point.empty() ? find_sweep(name) : point_spec;
     SweepResult r;
     r.sweep = s.name;
     r.axes = s.axes;
@@ -265,6 +322,7 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
       r.values = stack_every(s, parts);
     }
     r.labels = sweep_labels(s, r.values, options.position_labels());
+    if (!point.empty() && !by_pos) r.labels = {{point}};
     const BulkStats& st = patcher.stats();
     r.config = {
         {"sweep", s.name},

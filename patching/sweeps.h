@@ -15,6 +15,11 @@
 //   block_every                   block_every            [3, layer, pos]  resid_pre, attn_out, mlp_out
 //   attn_head_all_pos_every       attn_head_all_pos_every   [5, layer, head]  out, q, k, v, pattern
 //   attn_head_by_pos_every        attn_head_by_pos_every [5, layer, pos, head]  (pattern transposed)
+//   point:HOOK                    (none)                  HOOK      [pos]
+//   point_all_pos:HOOK            (none)                  HOOK      [point] (one entry)
+// "point" sweeps patch one named hook point, a model site or an attached
+// module's point ("point:blocks.1.hook_resid_post.sae.hook_sae_acts_post"),
+// at each position alone or at every position at once.
 // "out" is hook_z (TL patches z, which W_O maps to the head's output). Every
 // index patches the whole batch. GQA models have kv_heads on the k/v head
 // axis; the "every" stacks pad k/v with zeros to n_heads, as TL does.
@@ -65,6 +70,17 @@ struct SweepSpec {
 const std::vector<SweepSpec>& sweep_specs();
 /// The sweep of that name; an unknown name is an error listing them all.
 const SweepSpec& find_sweep(const std::string& name);
+
+/// Whether `name` is a point sweep ("point:HOOK" or "point_all_pos:HOOK");
+/// if so, its hook and whether it patches each position alone. A point sweep
+/// with no hook is an error.
+bool parse_point_sweep(const std::string& name, std::string* hook = nullptr, bool* by_pos = nullptr);
+/// The configurations of a point sweep on `model` ([pos] or [1]); an unknown
+/// hook is an error naming it, as is a by-position sweep of a point that has
+/// no position axis.
+std::vector<PatchConfig> point_sweep_configs(const std::string& name,
+                                             const hooks::HookedTransformer& model, int64_t seq_len,
+                                             std::vector<int64_t>* shape);
 
 /// The configurations of a single-hook sweep in TL's order (the last axis
 /// varies fastest) and the sweep's shape. Throws if the model lacks the hook.

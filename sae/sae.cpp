@@ -99,11 +99,9 @@ std::vector<hooks::ModulePoint> Sae::hook_points(const core::ModelConfig& cfg,
   const int64_t width = core::dim_size(cfg, info.dims.back(), 0, 0);
   MECHLAB_CHECK(width == cfg_.d_in(), "an SAE with d_in ", cfg_.d_in(), " does not fit ", where,
                 ", whose last axis is ", width, "; attach it at a hook of width ", cfg_.d_in());
-  // The latents replace the host's last axis by d_sae. The axis glossary
-  // (core/model/hook_site.h) has no d_sae axis yet: `one` stands in, so shape
-  // strings show 1 where the activation has d_sae entries.
+  // The latents replace the host's last axis by d_sae.
   std::vector<core::Dim> latents = info.dims;
-  latents.back() = core::Dim::one;
+  latents.back() = core::Dim::d_sae;
   std::vector<hooks::ModulePoint> points{{"hook_sae_input", info.dims},
                                          {"hook_sae_acts_pre", latents},
                                          {"hook_sae_acts_post", latents},

@@ -7,12 +7,14 @@
 #include "core/util/interrupt.h"
 #include "core/hf/model_loader.h"
 #include "core/util/progress.h"
+#include "core/store/store_set.h"
 #include "hooks/activation_capture.h"
 
 #include <ATen/ATen.h>
 
 #include <cstdio>
 #include <iostream>
+#include <regex>
 
 namespace mechlab::cli {
 
@@ -21,11 +23,14 @@ void add_cache_command(CLI::App& app) {
       "cache",
       "Write a model's activations over a dataset to an HDF5 activation store.\n"
       "One row per real (unpadded) token; a killed run continues with --resume and gives "
-      "the same file as an uninterrupted one.");
+      "the same file as an uninterrupted one. With --shard I/N, N processes (or machines "
+      "sharing a folder) each cache one part and together make a store set that readers "
+      "take as one store.");
   struct Args {
     std::string model, dataset, out, device = "cpu", model_dtype = "f32", dtype = "bf16";
     ProcessFlags process;
     std::vector<std::string> hooks;
+    std::string shard;
     int64_t batch_size = 8, chunk_rows = 1024;
     int compress = 0;
     bool resume = false, overwrite = false, no_progress = false;
@@ -55,15 +60,37 @@ void add_cache_command(CLI::App& app) {
                 "Continue the store at --out (it must come from the same model, dataset and "
                 "options)");
   cmd->add_flag("--overwrite", a->overwrite, "Replace the store at --out");
+  cmd->add_option("--shard", a->shard,
+                  "I/N: cache only shard I (0 to N-1) of N contiguous parts of the dataset. --out "
+                  "then names the store set's manifest (.json); this shard's store is written "
+                  "beside it as NAME.shard-I-of-N.h5 (resumable on its own), and the shard that "
+                  "finishes last writes the manifest");
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
   add_process_flags(cmd, a->process);
   add_threads_option(cmd);
   cmd->callback([a] {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
+    int64_t shard_index = 0, shard_count = 1;
+    std::string store = a->out;  // the store this run writes
+    if (!a->shard.empty()) {
+      std::smatch m;
+      MECHLAB_CHECK(std::regex_match(a->shard, m, std::regex("([0-9]{1,9})/([0-9]{1,9})")),
+                    "--shard '", a->shard, "' is not I/N; write e.g. --shard 0/4 for the first of 4");
+      shard_index = std::stoll(m[1]);
+      shard_count = std::stoll(m[2]);
+      MECHLAB_CHECK(shard_count >= 1 && shard_index < shard_count, "--shard ", a->shard,
+                    ": I must be 0 to N-1 (shards are numbered from 0)");
+      MECHLAB_CHECK(a->out.size() > 5 && a->out.compare(a->out.size() - 5, 5, ".json") == 0,
+                    "with --shard, --out names the store set's manifest and must end in .json, "
+                    "not '", a->out, "'; e.g. --out acts.json");
+      store = core::shard_store_path(a->out, shard_index, shard_count);
+    }
     // Before anything is read or written: --overwrite on an input would
     // truncate it, --resume would write into it.
-    core::require_not_same_file(a->out, "--out", a->model, "the model");
-    core::require_not_same_file(a->out, "--out", a->dataset, "the dataset");
+    for (const std::string& out : {a->out, store}) {
+      core::require_not_same_file(out, "--out", a->model, "the model");
+      core::require_not_same_file(out, "--out", a->dataset, "the dataset");
+    }
     const at::Device device = parse_device(a->device);
     core::Dataset ds = core::load_dataset(a->dataset);
     core::Transformer base =
@@ -100,15 +127,17 @@ void add_cache_command(CLI::App& app) {
         .overwrite(a->overwrite)
         .model_id(a->model)
         .dataset_path(a->dataset)
-        .progress(!a->no_progress);
+        .progress(!a->no_progress)
+        .shard_index(shard_index)
+        .shard_count(shard_count);
     handle_interrupts(/*polled=*/true);
     hooks::CacheResult r;
     try {
-      r = hooks::cache_activations(model, ds, a->out, opt);
+      r = hooks::cache_activations(model, ds, store, opt);
     } catch (const Interrupted& e) {
       throw Interrupted(str_cat(e.what(), "; resume with the same command and --resume"));
     }
-    std::cout << "store " << a->out << ": " << r.hooks.size() << " hooks, " << r.rows_total
+    std::cout << "store " << store << ": " << r.hooks.size() << " hooks, " << r.rows_total
               << " rows";
     if (r.rows_written > 0) {
       std::printf("; wrote %lld rows (%s) in %.2f s: %s tokens/s, %.1f MB/s\n",
@@ -117,6 +146,16 @@ void add_cache_command(CLI::App& app) {
                   r.bytes_written / r.seconds / 1e6);
     } else {
       std::cout << " (already complete)\n";
+    }
+    if (shard_count > 1) {
+      const int64_t done = core::complete_store_set(a->out, shard_count);
+      if (done == shard_count) {
+        std::cout << "store set " << a->out << ": all " << shard_count << " shards complete, "
+                  << core::ActivationStore::open(a->out).num_rows() << " rows\n";
+      } else {
+        std::cout << "store set " << a->out << ": " << done << " of " << shard_count
+                  << " shards complete; the shard that finishes last writes it\n";
+      }
     }
   });
 }

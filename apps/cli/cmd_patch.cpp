@@ -37,6 +37,9 @@ std::string sweep_help() {
   }
   s += "  path:RECEIVERS [layer, head]: path patching from every single head to the receiver\n"
        "    inputs RECEIVERS joined by '+', e.g. 'path:a1.h0<q>+a1.h1<q>' (--method patching only)\n"
+       "  point:HOOK [pos] / point_all_pos:HOOK [point]: one hook point by name, at each\n"
+       "    position alone / at every position, e.g. 'point:blocks.1.hook_mlp_out' (--method\n"
+       "    patching only; from C++ also the points of attached modules such as SAEs)\n"
        "With --method attribution or eap-ig the node sweeps above are estimated by gradients\n"
        "(values: estimated metric change, same shapes).";
   return s;

@@ -149,6 +149,8 @@ void add_store_command(CLI::App& app) {
               << "\n"
               << "  chunk_rows   " << h.chunk_rows << "\n"
               << "  job          " << h.job << "\n"
+              << (s.shard_count() > 1 ? str_cat("  shards       ", s.shard_count(), " (a store set)\n")
+                                      : std::string())
               << "  hooks        " << h.hooks.size() << "\n";
     const int64_t sample = std::min<int64_t>(s.num_rows(), h.chunk_rows);
     for (const auto& name : h.hooks) {

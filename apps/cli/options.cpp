@@ -174,6 +174,8 @@ std::string with_flag_names(std::string message) {
   static const std::pair<const char*, const char*> kFlags[] = {
       {"`CacheOptions::batch_size`", "--batch-size"},
       {"`CacheOptions::chunk_rows`", "--chunk-rows"},
+      {"`CacheOptions::shard_index`", "I of --shard I/N"},
+      {"`CacheOptions::shard_count`", "N of --shard I/N"},
       {"`resume`", "--resume"},
       {"`overwrite`", "--overwrite"},
       {"`ProcessOptions::all()`", "--process"},

@@ -95,6 +95,7 @@ std::string dim_name(const ModelConfig& cfg, Dim d) {
     case Dim::d_head: return "d_head";
     case Dim::d_model: return "d_model";
     case Dim::d_mlp: return "d_mlp";
+    case Dim::d_sae: return "d_sae";
     case Dim::one: return "1";
   }
   return "?";
@@ -111,6 +112,7 @@ int64_t dim_size(const ModelConfig& cfg, Dim d, int64_t batch, int64_t pos) {
     case Dim::d_head: return cfg.d_head;
     case Dim::d_model: return cfg.d_model;
     case Dim::d_mlp: return cfg.d_mlp;
+    case Dim::d_sae: return 0;  // the SAE's, not the model's
     case Dim::one: return 1;
   }
   return -1;

@@ -76,8 +76,9 @@ constexpr int kFirstLayerKind = static_cast<int>(HookKind::resid_pre);
 constexpr int kLayerKinds = static_cast<int>(HookKind::resid_post) - kFirstLayerKind + 1;
 constexpr int kModelKinds = kFirstLayerKind;
 
-/// A named axis of an activation, in the glossary's terms.
-enum class Dim : uint8_t { batch, pos, q_pos, k_pos, head, kv_head, d_head, d_model, d_mlp, one };
+/// A named axis of an activation, in the glossary's terms. `d_sae` is the
+/// latent width of an attached SAE (sae/): modules declare it, no model site has it.
+enum class Dim : uint8_t { batch, pos, q_pos, k_pos, head, kv_head, d_head, d_model, d_mlp, d_sae, one };
 
 /// Where a site sits: before the blocks (embeddings), in a block, or after them
 /// (the final norm, which feeds the unembedding).
@@ -108,7 +109,8 @@ const SiteInfo& site_info(HookKind kind);
 
 /// Glossary name of an axis ("kv_head" only when the model has GQA).
 std::string dim_name(const ModelConfig& cfg, Dim d);
-/// Size of an axis; batch/pos (q_pos, k_pos) are the run's.
+/// Size of an axis; batch/pos (q_pos, k_pos) are the run's. d_sae belongs to
+/// the SAE that declares it, which the model's config cannot know: 0 (unknown).
 int64_t dim_size(const ModelConfig& cfg, Dim d, int64_t batch, int64_t pos);
 /// "[batch, pos, d_model]" for a list of axes.
 std::string shape_string(const ModelConfig& cfg, const std::vector<Dim>& dims);

@@ -1,11 +1,14 @@
 #include "core/store/activation_store.h"
 
+#include "core/store/store_set.h"
 #include "core/util/error.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 namespace mechlab::core {
 
@@ -105,15 +108,97 @@ StoreHeader read_store_header(const H5File& file) {
   return h;
 }
 
-ActivationStore::ActivationStore(std::string path, H5File file, StoreHeader header)
-    : path_(std::move(path)),
-      file_(std::make_unique<H5File>(std::move(file))),
-      header_(std::move(header)) {}
+ActivationStore::ActivationStore(ActivationStore&&) noexcept = default;
+ActivationStore& ActivationStore::operator=(ActivationStore&&) noexcept = default;
+ActivationStore::~ActivationStore() = default;
 
 ActivationStore ActivationStore::open(const std::string& path) {
+  // A JSON file is a store set's manifest (read_store_set says what is wrong
+  // with one that is not); an HDF5 file starts with its signature.
+  bool json = false;
+  {
+    std::ifstream in(path, std::ios::binary);
+    json = in && in.peek() == '{';
+  }
+  if (json) return open_set(path);
   H5File file = H5File::open_read(path);
   StoreHeader header = read_store_header(file);
-  return ActivationStore(path, std::move(file), std::move(header));
+  ActivationStore s;
+  s.path_ = path;
+  s.header_ = header;
+  s.parts_.push_back(Part{path, std::make_unique<H5File>(std::move(file)), std::move(header), 0});
+  return s;
+}
+
+ActivationStore ActivationStore::open_set(const std::string& manifest) {
+  const std::vector<StoreSetShard> shards = read_store_set(manifest);
+  ActivationStore s;
+  s.path_ = manifest;
+  int64_t rows = 0;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const std::string path = resolve_shard_path(manifest, shards[i].path);
+    const std::string where = str_cat("store set '", manifest, "': shard ", i, " '", path, "'");
+    std::error_code ec;
+    MECHLAB_CHECK(std::filesystem::exists(path, ec), where,
+                  " is missing; recompute that shard (resume its job), or restore the file");
+    std::unique_ptr<H5File> file;
+    StoreHeader h;
+    try {
+      file = std::make_unique<H5File>(H5File::open_read(path));
+      h = read_store_header(*file);
+    } catch (const Error& e) {
+      throw Error(str_cat(where, " cannot be read (", e.what(), "); recompute that shard"));
+    }
+    MECHLAB_CHECK(h.complete, where, " is unfinished (", h.rows_committed, " of ", h.rows_total,
+                  " rows); resume the job that writes it");
+    MECHLAB_CHECK(h.rows_committed == shards[i].rows, where, " holds ", h.rows_committed,
+                  " rows but the manifest lists ", shards[i].rows,
+                  "; the shard was truncated or rewritten: recompute it and make the set again");
+    if (i > 0) require_same_kind(s.parts_.front().header, s.parts_.front().path, h, path);
+    s.parts_.push_back(Part{path, std::move(file), h, rows});
+    rows += h.rows_committed;
+  }
+  StoreHeader& sh = s.header_;
+  sh = s.parts_.front().header;
+  sh.rows_total = sh.rows_committed = rows;
+  sh.complete = true;
+  for (const Part& p : s.parts_) sh.chunk_rows = std::max(sh.chunk_rows, p.header.chunk_rows);
+  // The dataset the rows come from, as a single store's job says it (a store
+  // inspector decodes tokens with it); the per-shard ranges are the shards'.
+  auto job = nlohmann::json::parse(sh.job, nullptr, false);
+  if (job.is_object()) {
+    job.erase("shard");
+    job.erase("examples_range");
+    job["shards"] = s.parts_.size();
+    sh.job = job.dump();
+  }
+  return s;
+}
+
+std::vector<std::string> ActivationStore::shard_paths() const {
+  std::vector<std::string> out;
+  for (const Part& p : parts_) out.push_back(p.path);
+  return out;
+}
+
+std::vector<std::pair<int64_t, int64_t>> ActivationStore::chunks() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const Part& p : parts_) {
+    const int64_t cr = p.header.chunk_rows, n = p.header.rows_committed;
+    for (int64_t r = 0; r < n; r += cr) out.emplace_back(p.first_row + r, std::min(cr, n - r));
+  }
+  return out;
+}
+
+at::Tensor ActivationStore::read(const std::string& ds, int64_t start, int64_t count) const {
+  std::vector<at::Tensor> pieces;
+  for (const Part& p : parts_) {
+    const int64_t lo = std::max(start, p.first_row);
+    const int64_t hi = std::min(start + count, p.first_row + p.header.rows_committed);
+    if (hi > lo) pieces.push_back(p.file->read_rows(ds, lo - p.first_row, hi - lo));
+  }
+  if (pieces.empty()) return parts_.front().file->read_rows(ds, 0, 0);  // [0, ...]
+  return pieces.size() == 1 ? pieces.front() : at::cat(pieces, 0);
 }
 
 void ActivationStore::require_hook(const std::string& hook) const {
@@ -133,17 +218,17 @@ void ActivationStore::require_range(int64_t start, int64_t count) const {
 at::Tensor ActivationStore::rows(const std::string& hook, int64_t start, int64_t count) const {
   require_hook(hook);
   require_range(start, count);
-  return file_->read_rows("acts/" + hook, start, count);
+  return read("acts/" + hook, start, count);
 }
 
 at::Tensor ActivationStore::token_ids(int64_t start, int64_t count) const {
   require_range(start, count);
-  return file_->read_rows("token_ids", start, count);
+  return read("token_ids", start, count);
 }
 
 at::Tensor ActivationStore::row_source(int64_t start, int64_t count) const {
   require_range(start, count);
-  return file_->read_rows("row_source", start, count);
+  return read("row_source", start, count);
 }
 
 void ActivationStore::check_finite(const std::string& hook, int64_t start,

@@ -54,6 +54,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mechlab::core {
@@ -88,12 +89,23 @@ StoreHeader read_store_header(const H5File& file);
 /// Read access to a store: random access by row, and the raw material of
 /// ShuffledBatches. Only committed rows are visible.
 ///
+/// `path` may also name a store set's manifest (core/store/store_set.h): the
+/// shards are then read as one store, their rows one after the other. The
+/// set's header is the shards' common one with rows_total and rows_committed
+/// summed, chunk_rows the largest, complete, and the first shard's job
+/// without its shard fields. Every shard must exist, be complete, hold the
+/// rows the manifest lists and agree with the first (model, hooks, shapes,
+/// dtype, dataset); otherwise opening fails naming the shard.
+///
 /// Example:
 ///   auto store = mechlab::core::ActivationStore::open("acts.h5");
 ///   at::Tensor x = store.rows("blocks.3.hook_resid_post", 0, 128);  // [128, d_model]
 class ActivationStore {
  public:
   static ActivationStore open(const std::string& path);
+  ActivationStore(ActivationStore&&) noexcept;
+  ActivationStore& operator=(ActivationStore&&) noexcept;
+  ~ActivationStore();
 
   const StoreHeader& header() const { return header_; }
   const std::string& path() const { return path_; }
@@ -117,15 +129,33 @@ class ActivationStore {
   /// Scans every committed row of every hook (in chunks) with check_finite.
   void check_all_finite() const;
 
+  /// The committed rows cut at the stores' chunk boundaries, as
+  /// (first row, rows): the units ShuffledBatches reads. A set's chunks never
+  /// straddle two shards.
+  std::vector<std::pair<int64_t, int64_t>> chunks() const;
+  /// Shard stores read (1 for a plain store) and their paths.
+  int64_t shard_count() const { return static_cast<int64_t>(parts_.size()); }
+  std::vector<std::string> shard_paths() const;
+
  private:
-  ActivationStore(std::string path, H5File file, StoreHeader header);
+  // One store file; a set has several, in row order.
+  struct Part {
+    std::string path;
+    // HDF5 handles are not shareable across threads; ActivationStore is
+    // movable, and one thread reads it at a time.
+    std::unique_ptr<H5File> file;
+    StoreHeader header;
+    int64_t first_row = 0;  // its first row in the whole store
+  };
+  ActivationStore() = default;
+  static ActivationStore open_set(const std::string& manifest);
   void require_hook(const std::string& hook) const;
   void require_range(int64_t start, int64_t count) const;
+  // Rows [start, start + count) of dataset `ds` across the parts, concatenated.
+  at::Tensor read(const std::string& ds, int64_t start, int64_t count) const;
 
   std::string path_;
-  // HDF5 handles are not shareable across threads; ActivationStore is
-  // movable, and one thread reads it at a time.
-  std::unique_ptr<H5File> file_;
+  std::vector<Part> parts_;
   StoreHeader header_;
 };
 

@@ -15,6 +15,7 @@ ShuffledBatches::ShuffledBatches(const ActivationStore& store, std::vector<std::
   MECHLAB_CHECK(opt_.buffer_rows() >= 0, "ShuffleOptions.buffer_rows must be >= 0, got ",
                 opt_.buffer_rows());
   if (hooks_.empty()) hooks_ = store_.hooks();
+  chunks_ = store_.chunks();
   const int64_t capacity =
       std::max(opt_.buffer_rows(), opt_.batch_size()) + store_.header().chunk_rows;
   for (const auto& h : hooks_) {
@@ -27,8 +28,7 @@ ShuffledBatches::ShuffledBatches(const ActivationStore& store, std::vector<std::
 
 void ShuffledBatches::start_epoch() {
   rng_ = Rng(opt_.seed() + static_cast<uint64_t>(epoch_));
-  const int64_t cr = store_.header().chunk_rows;
-  const int64_t n_chunks = (store_.num_rows() + cr - 1) / cr;
+  const int64_t n_chunks = static_cast<int64_t>(chunks_.size());
   chunk_order_.resize(static_cast<size_t>(n_chunks));
   std::iota(chunk_order_.begin(), chunk_order_.end(), 0);
   rng_.shuffle(chunk_order_);
@@ -39,11 +39,10 @@ void ShuffledBatches::start_epoch() {
 
 bool ShuffledBatches::fill_buffer() {
   const int64_t cap = std::max(opt_.buffer_rows(), opt_.batch_size());
-  const int64_t cr = store_.header().chunk_rows;
   bool read_any = false;
   while (fill_ < cap && next_chunk_ < chunk_order_.size()) {
-    const int64_t start = chunk_order_[next_chunk_++] * cr;
-    const int64_t n = std::min(cr, store_.num_rows() - start);
+    // A chunk of one store file (a set's never straddle two shards).
+    const auto [start, n] = chunks_[static_cast<size_t>(chunk_order_[next_chunk_++])];
     at::Tensor tokens = store_.token_ids(start, n);  // [n]
     at::Tensor keep = at::ones({n}, at::kBool);
     if (opt_.exclude_first_position()) keep &= store_.row_source(start, n).select(1, 1) != 0;

@@ -7,8 +7,11 @@
 // `buffer_rows` that is permuted before its first half is served — the
 // scheme SAELens uses for its activation store.
 //
+// A store set (core/store/store_set.h) is read the same way: its shards'
+// chunks are shuffled together.
+//
 // Example:
-//   auto store = mechlab::core::ActivationStore::open("acts.h5");
+//   auto store = mechlab::core::ActivationStore::open("acts.h5");   // or a set's "acts.json"
 //   mechlab::core::ShuffledBatches batches(store, {"blocks.3.hook_resid_post"},
 //       mechlab::core::ShuffleOptions().batch_size(4096).seed(1).exclude_first_position(true));
 //   while (auto b = batches.next()) {
@@ -74,7 +77,8 @@ class ShuffledBatches {
   ShuffleOptions opt_;
   int64_t epoch_ = 0;
   Rng rng_{0};
-  std::vector<int64_t> chunk_order_;
+  std::vector<std::pair<int64_t, int64_t>> chunks_;  // (first row, rows) of each chunk
+  std::vector<int64_t> chunk_order_;                 // indices into chunks_
   size_t next_chunk_ = 0;
   // Mixing buffer: the first `fill_` rows are live.
   std::map<std::string, at::Tensor> buf_;  // hook -> [buffer_rows + chunk_rows, d]

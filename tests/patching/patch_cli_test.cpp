@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -42,6 +43,31 @@ class PatchCli : public ::testing::Test {
   }
   std::string model_, data_, out_;
 };
+
+TEST_F(PatchCli, PointSweepsByNameEqualTheTableSweepOfTheSameHook) {
+  // point:blocks.1.hook_resid_pre patches what resid_pre's layer-1 row
+  // patches, through another path (PatchTarget::at by name, not the table).
+  auto r = run_cli("patch " + model_ + " " + data_ +
+                   " --sweep resid_pre,point:blocks.1.hook_resid_pre,point_all_pos:blocks.0.hook_mlp_out --out " +
+                   out_);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  auto results = mechlab::patching::read_sweep_file(out_ + "/patching.h5");
+  ASSERT_EQ(results.size(), 3u);
+  std::map<std::string, const mechlab::patching::SweepResult*> by_name;
+  for (const auto& res : results) by_name[res.sweep] = &res;
+  ASSERT_EQ(by_name.size(), 3u);
+  const at::Tensor table = by_name.at("resid_pre")->values;  // [layer, pos]
+  const auto& point = *by_name.at("point:blocks.1.hook_resid_pre");
+  EXPECT_EQ(point.axes, std::vector<std::string>{"pos"});
+  EXPECT_TRUE(at::equal(point.values, table[1]));
+  const auto& all = *by_name.at("point_all_pos:blocks.0.hook_mlp_out");
+  EXPECT_EQ(all.values.sizes(), at::IntArrayRef({1}));
+  EXPECT_TRUE(std::isfinite(all.values[0].item<double>()));
+  // Unknown points are refused by name before any forward.
+  r = run_cli("patch " + model_ + " " + data_ + " --sweep point:blocks.1.hook_nope --out " + out_ + "_x");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.output.find("blocks.1.hook_nope"), std::string::npos) << r.output;
+}
 
 TEST_F(PatchCli, SweepsBothDirectionsAndWritesResultsAndHeatmaps) {
   auto r = run_cli("patch " + model_ + " " + data_ +
