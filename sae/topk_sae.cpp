@@ -1,6 +1,8 @@
 #include "sae/topk_sae.h"
 
 #include "core/util/error.h"
+#include "kernels/sae_topk.h"
+#include "sae/sparse_ops.h"
 
 #include <ATen/ATen.h>
 
@@ -16,7 +18,42 @@ at::Tensor TopKSae::hidden_pre(const Pass& p, hooks::ModuleHooks& hooks) const {
   return h;
 }
 
-void TopKSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool /*training*/) const {
+void TopKSae::sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const {
+  const auto k = static_cast<int64_t>(cfg_.k());
+  const at::Tensor& W_enc = param("W_enc");
+  const at::Tensor& b_enc = param("b_enc");
+  at::Tensor raw;  // [n, d_sae]: the one dense GEMM, as hidden_pre() computes it
+  {
+    at::NoGradGuard no_grad;
+    raw = at::matmul(p.sae_in, W_enc) + b_enc;
+  }
+  hooks("hook_sae_acts_pre", raw);
+  at::Tensor h = raw;  // [n, d_sae], the selection's scores
+  at::Tensor norm;
+  if (cfg_.rescale_acts_by_decoder_norm()) {
+    norm = param("W_dec").norm(2, {-1});  // [d_sae], differentiable
+    at::NoGradGuard no_grad;
+    h = raw * norm;
+  }
+  const at::Tensor indices = kernels::sae_topk(h, k);  // [n, k]
+  at::Tensor values = sparse_encoder_values(p.sae_in, W_enc, b_enc, raw, indices);  // [n, k]
+  // raw[idx] * norm[idx] rounds as (raw * norm)[idx] does in the dense path.
+  if (norm.defined()) values = values * norm.index_select(0, indices.flatten()).view_as(values);
+  const at::Tensor acts_k = at::relu(values);  // [n, k]
+  p.hidden_pre = h;
+  p.acts = at::zeros_like(h).scatter(-1, indices, acts_k);  // [n, d_sae]
+  hooks("hook_sae_acts_post", p.acts);
+  sparse_ = SparsePass{p.acts, acts_k, indices, raw, norm};
+}
+
+void TopKSae::after_training_step(const Pass& /*p*/) { sparse_ = SparsePass{}; }
+
+void TopKSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool training) const {
+  const at::ScalarType t = param("W_enc").scalar_type();
+  if (training && sparse_training_ && p.sae_in.dim() == 2 && (t == at::kFloat || t == at::kDouble)) {
+    sparse_encode_pass(p, hooks);
+    return;
+  }
   p.hidden_pre = hidden_pre(p, hooks);
   auto [values, indices] = at::topk(p.hidden_pre, static_cast<int64_t>(cfg_.k()), -1,
                                     /*largest=*/true, /*sorted=*/false);  // [..., k]
@@ -26,6 +63,13 @@ void TopKSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool /*training*/)
 
 at::Tensor TopKSae::times_W_dec(const at::Tensor& acts) const {
   const at::Tensor& W_dec = param("W_dec");  // [d_sae, d_in]
+  if (sparse_.acts.defined() && sparse_.acts.is_same(acts)) {
+    at::Tensor v = sparse_.values;  // [n, k]
+    if (cfg_.rescale_acts_by_decoder_norm()) {
+      v = v * W_dec.norm(2, {-1}).reciprocal().index_select(0, sparse_.indices.flatten()).view_as(v);
+    }
+    return sparse_decode(v, sparse_.indices, W_dec);  // [n, d_in]
+  }
   // SAELens multiplies by (1 / norm), not divides: the same rounding.
   if (cfg_.rescale_acts_by_decoder_norm()) return at::matmul(acts * W_dec.norm(2, {-1}).reciprocal(), W_dec);
   return at::matmul(acts, W_dec);
@@ -45,6 +89,18 @@ at::Tensor TopKSae::auxk_loss(const at::Tensor& x, const Pass& p, const at::Tens
   k_aux = std::min(k_aux, n_dead);
   const at::Tensor candidates = at::where(dead_mask.unsqueeze(0), p.hidden_pre,
                                           -std::numeric_limits<double>::infinity());  // [batch, d_sae]
+  if (sparse_pass_of(p)) {
+    // The same selection and values, through the sparse encoder and decoder.
+    const at::Tensor indices = kernels::sae_topk(candidates.detach(), k_aux);  // [batch, k_aux]
+    at::Tensor v = sparse_encoder_values(p.sae_in, param("W_enc"), param("b_enc"), sparse_.raw, indices);
+    if (sparse_.norm.defined()) {
+      v = v * sparse_.norm.index_select(0, indices.flatten()).view_as(v);
+      v = v * param("W_dec").norm(2, {-1}).reciprocal().index_select(0, indices.flatten()).view_as(v);
+    }
+    const at::Tensor recons = sparse_decode(v, indices, param("W_dec"));  // [batch, d_in]
+    const at::Tensor loss = (recons - residual).pow(2).sum(-1).mean();
+    return loss * (cfg_.aux_loss_coefficient() * scale);
+  }
   auto [values, indices] = at::topk(candidates, k_aux, -1, true, false);  // [batch, k_aux]
   const at::Tensor aux_acts = at::zeros_like(p.hidden_pre).scatter(-1, indices, values);
   const at::Tensor recons = times_W_dec(aux_acts);  // [batch, d_in]
