@@ -26,11 +26,15 @@
 namespace mechlab::sae {
 
 /// values [n, k] = hidden_pre.gather(1, indices), where hidden_pre [n, d_sae]
-/// must be sae_in @ W_enc + b_enc as computed without gradient; the gradient
-/// reaches sae_in [n, d_in], W_enc [d_in, d_sae] and b_enc [d_sae] through
-/// the k selected latents of each row only (above).
+/// must be sae_in @ W_enc + b_enc as computed without gradient, times
+/// `scale` [d_sae] per latent when scale is defined (TopK's decoder-norm
+/// rescale: hidden_pre may then be scaled in place, no unscaled copy kept);
+/// the gradient reaches sae_in [n, d_in], W_enc [d_in, d_sae] and b_enc
+/// [d_sae] through the k selected latents of each row only (above), and
+/// scale at the selected latents (from values / scale: exact to an ulp).
 at::Tensor sparse_encoder_values(const at::Tensor& sae_in, const at::Tensor& W_enc, const at::Tensor& b_enc,
-                                 const at::Tensor& hidden_pre, const at::Tensor& indices);
+                                 const at::Tensor& hidden_pre, const at::Tensor& indices,
+                                 const at::Tensor& scale = {});
 
 /// recons [n, d_in] = sum_j values[n, j] * W_dec[indices[n, j], :], values
 /// [n, k], indices [n, k] int64, W_dec [d_sae, d_in]; differentiable in values

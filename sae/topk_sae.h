@@ -61,7 +61,6 @@ class TopKSae : public Sae {
     at::Tensor acts;     ///< [n, d_sae] the dense acts this pass returned
     at::Tensor values;   ///< [n, k] ReLU'd selected activations (differentiable)
     at::Tensor indices;  ///< [n, k] int64
-    at::Tensor raw;      ///< [n, d_sae] sae_in @ W_enc + b_enc, no gradient
     at::Tensor norm;     ///< [d_sae] decoder row norms (rescale only, differentiable)
   };
   void sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const;

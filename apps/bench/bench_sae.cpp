@@ -34,6 +34,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -110,7 +111,7 @@ void run_bench_sae(const SaeBenchArgs& a) {
   cfg.architecture("topk").d_in(a.d_in).d_sae(a.d_sae).k(a.k).rescale_acts_by_decoder_norm(a.rescale);
   const double tokens = static_cast<double>(a.batch);
   std::vector<bench::Row> rows;
-  std::vector<std::string> memory;
+  std::vector<std::string> memory, phases;
 
   for (const std::string which : {"sparse", "dense"}) {
     if (a.cases.find(which) == std::string::npos) continue;
@@ -135,7 +136,18 @@ void run_bench_sae(const SaeBenchArgs& a) {
     // without firing; over a benchmark's few steps none is.
     at::Tensor since_fired = at::zeros({a.d_sae}, at::TensorOptions().device(device));
     int64_t step_no = 0;
+    // Each phase's time too (synchronised on a GPU), to see where a step goes.
+    std::vector<double> t_fwd, t_bwd, t_opt;
+    using clock = std::chrono::steady_clock;
+    const auto lap = [&](clock::time_point& t0) {
+      if (device.is_cuda()) bench::time_ms([] {}, 0, 1, device);  // a device sync
+      const clock::time_point t1 = clock::now();
+      const double ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+      t0 = t1;
+      return ms;
+    };
     const auto step = [&] {
+      clock::time_point t0 = clock::now();
       const at::Tensor x = data[step_no++ % n_batches];  // [batch, d_in]
       const at::Tensor dead = since_fired > 1000;         // [d_sae]
       sae::TrainStep out = sae->training_forward(x, dead);
@@ -144,12 +156,21 @@ void run_bench_sae(const SaeBenchArgs& a) {
         const at::Tensor fired = (out.feature_acts > 0).any(0);  // [d_sae]
         since_fired.add_(1).masked_fill_(fired, 0);
       }
+      t_fwd.push_back(lap(t0));
       out.loss.backward();
+      t_bwd.push_back(lap(t0));
       core::train::clip_grad_norm(params, 1.0);
       opt.step(a.lr);
       opt.zero_grad();
+      t_opt.push_back(lap(t0));
     };
     const bench::Stats ms = bench::time_ms(step, a.warmup, a.steps, device);
+    const auto timed = [&](const std::vector<double>& v) {
+      return bench::summarize(std::vector<double>(v.end() - a.steps, v.end())).median;
+    };
+    phases.push_back(str_cat(which, ": forward ", static_cast<int64_t>(timed(t_fwd)), " ms, backward ",
+                             static_cast<int64_t>(timed(t_bwd)), " ms, clip + Adam ",
+                             static_cast<int64_t>(timed(t_opt)), " ms"));
     const bool sparse = which == std::string("sparse");
     rows.push_back({str_cat("mechlab ", which, " step"), ms,
                     sparse ? "dense encoder GEMM, sparse decoder and gradients" : "every product dense (ATen)"});
@@ -215,6 +236,7 @@ void run_bench_sae(const SaeBenchArgs& a) {
                              a.batch, a.rescale ? ", decoder-norm rescale" : "", ", float32", a.tf32 ? " (TF32 GEMMs)" : "", ", Adam, ", a.device, ", ",
                              at::get_num_threads(), " threads"),
                      rows, baseline, tokens, "tokens");
+  for (const auto& p : phases) std::printf("phases (medians), %s\n", p.c_str());
   std::string mem;
   for (const auto& m : memory) mem += (mem.empty() ? "" : ", ") + m;
   std::printf("peak memory (%s, after each path in turn): %s%s\n",

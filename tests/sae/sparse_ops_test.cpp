@@ -58,6 +58,35 @@ TEST(SparseOps, EncoderValuesGradientsEqualTheDenseGather) {
   }
 }
 
+TEST(SparseOps, ScaledEncoderValuesGradientsEqualTheDenseGather) {
+  // TopK's decoder-norm rescale: hidden_pre scaled per latent, the scale
+  // differentiable too.
+  at::Generator gen = gen_of(3);
+  const int64_t n = 7, d_in = 10, d_sae = 30, k = 4;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor x = at::randn({n, d_in}, gen, f64).requires_grad_(true);
+  const at::Tensor W = at::randn({d_in, d_sae}, gen, f64).requires_grad_(true);
+  const at::Tensor b = at::randn({d_sae}, gen, f64).requires_grad_(true);
+  const at::Tensor scale = (at::rand({d_sae}, gen, f64) + 0.5).requires_grad_(true);
+  const at::Tensor idx = distinct_indices(n, k, d_sae, gen);
+  const at::Tensor upstream = at::randn({n, k}, gen, f64);
+  const at::Tensor dense = ((at::matmul(x, W) + b) * scale).gather(1, idx);
+  const auto dense_grads = torch::autograd::grad({dense}, {x, W, b, scale}, {upstream});
+  at::Tensor h;
+  {
+    at::NoGradGuard no_grad;
+    h = (at::matmul(x, W) + b) * scale;
+  }
+  const at::Tensor sparse = sparse_encoder_values(x, W, b, h, idx, scale);
+  EXPECT_TRUE(at::equal(sparse, dense.detach()));
+  const auto sparse_grads = torch::autograd::grad({sparse}, {x, W, b, scale}, {upstream});
+  const char* names[] = {"sae_in", "W_enc", "b_enc", "scale"};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(at::allclose(sparse_grads[i], dense_grads[i], 1e-12, 1e-12)) << names[i];
+    EXPECT_GT(dense_grads[i].abs().max().item<double>(), 0) << names[i];
+  }
+}
+
 TEST(SparseOps, DecoderGradientsEqualTheDenseMatmul) {
   at::Generator gen = gen_of(2);
   const int64_t n = 11, d_in = 17, d_sae = 50, k = 6;
