@@ -21,6 +21,7 @@ void BatchTopKSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool training
 }
 
 void BatchTopKSae::after_training_step(const Pass& p) {
+  TopKSae::after_training_step(p);
   at::NoGradGuard no_grad;
   const at::Tensor positive = p.acts > 0;
   if (!positive.any().item<bool>()) return;

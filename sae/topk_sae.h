@@ -10,6 +10,16 @@
 //   auxiliary_reconstruction_loss = aux_loss_coefficient * min(n_dead / (d_in/2), 1)
 //                                   * mean_rows(|| aux_recons - residual ||^2),
 // and 0 when no latent is dead.
+//
+// Training runs the sparse path by default (sae/sparse_ops.h): hidden_pre is
+// one dense GEMM without gradient, the top k come from kernels::sae_topk,
+// and the decoder, AuxK's decoder and every weight gradient go through the
+// k selected latents of each row only. The losses and gradients are the
+// dense path's up to the order of summation (tests/sae/sparse_ops_test.cpp);
+// the dense path (sparse_training(false)) stays as the reference and for
+// benchmarks. Inference (encode, reconstruct, forward) is dense. In the
+// sparse path the returned hidden_pre carries no gradient (no TopK loss
+// differentiates it; feature_acts still does).
 #pragma once
 
 #include "sae/sae.h"
@@ -19,6 +29,14 @@ namespace mechlab::sae {
 class TopKSae : public Sae {
  public:
   explicit TopKSae(SaeConfig cfg) : Sae(std::move(cfg)) {}
+
+  /// Whether training_forward takes the sparse path (default) or the dense
+  /// one. BatchTopK, whose rows keep different numbers of latents, is dense.
+  bool sparse_training() const { return sparse_training_; }
+  TopKSae& sparse_training(bool on) {
+    sparse_training_ = on;
+    return *this;
+  }
 
  protected:
   void encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool training) const override;
@@ -31,6 +49,25 @@ class TopKSae : public Sae {
   /// AuxK (above); the BatchTopK SAE shares it.
   at::Tensor auxk_loss(const at::Tensor& x, const Pass& p, const at::Tensor& sae_out,
                        const at::Tensor& dead_mask) const;
+  /// Drops the sparse pass's tensors at the end of a training step.
+  void after_training_step(const Pass& p) override;
+
+ private:
+  /// The sparse training pass in flight: Sae's Pass carries only dense
+  /// tensors, so the k selected latents are kept here from encode_pass to
+  /// the decoder and AuxK of the same training_forward call, keyed by the
+  /// dense acts they belong to (acts.is_same), and dropped after the step.
+  struct SparsePass {
+    at::Tensor acts;     ///< [n, d_sae] the dense acts this pass returned
+    at::Tensor values;   ///< [n, k] ReLU'd selected activations (differentiable)
+    at::Tensor indices;  ///< [n, k] int64
+    at::Tensor norm;     ///< [d_sae] decoder row norms (rescale only, differentiable)
+  };
+  void sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const;
+  bool sparse_pass_of(const Pass& p) const { return sparse_.acts.defined() && sparse_.acts.is_same(p.acts); }
+
+  bool sparse_training_ = true;
+  mutable SparsePass sparse_;  // written only by training passes (training_forward is non-const)
 };
 
 }  // namespace mechlab::sae
