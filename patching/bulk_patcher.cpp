@@ -38,6 +38,29 @@ int group_of(const PatchConfig& c, int n_layers) {
 }
 
 
+// write_patch on an activation that holds only positions [first_pos, seq) on
+// its position axis (queries: dim 2 of attention maps, else dim 1), as a
+// forward after a key/value prefix gives it: the target's position and the
+// value's positions shift by first_pos. Keys over every position (hook_rot_k
+// after a prefix) keep theirs.
+void write_patch_after(at::Tensor& act, const PatchTarget& t, const at::Tensor& value,
+                       int64_t first_pos, int64_t seq) {
+  const int64_t axis = is_attention_map(t.site.kind) ? 2 : 1;
+  if (first_pos == 0 || act.size(axis) == seq) {
+    write_patch(act, t, value);
+    return;
+  }
+  std::vector<int64_t> full = act.sizes().vec();  // the activation over every position
+  full[static_cast<size_t>(axis)] = seq;
+  MECHLAB_CHECK(broadcasts_to(value.sizes(), full), "patch ", t.describe(), ": the value's shape ",
+                value.sizes(), " does not broadcast to the activation ", at::IntArrayRef(full),
+                "; pass that hook's activation on the source run [batch, ...]");
+  MECHLAB_ASSERT(t.pos >= first_pos);  // BulkPatcher::first_pos_of
+  PatchTarget shifted = t;
+  shifted.pos -= first_pos;
+  write_patch(act, shifted, value.expand(full).narrow(axis, first_pos, act.size(axis)));
+}
+
 }  // namespace
 
 int64_t default_memory_budget(const at::Device& device) {
@@ -58,32 +81,79 @@ BulkPatcher::BulkPatcher(hooks::HookedTransformer& model, at::Tensor run_tokens,
   at::NoGradGuard no_grad;
   tokens_ = model_.model().check_tokens(run_tokens);  // int64 [batch, pos]
   if (attention_mask.defined()) mask_ = attention_mask.to(model_.model().device());
+  const auto& cfg = model_.cfg();
   hooks::RunOptions ro;
   ro.attention_mask(mask_);
-  auto [logits, cache] =
-      model_.run_with_cache(tokens_, hooks::NamesFilter::glob("blocks.*.hook_resid_pre"), ro);
+  // Prefix reuse needs every layer's keys as attention reads them (after
+  // rotary) and values.
+  const core::HookKind key_kind =
+      cfg.positional == core::Positional::rotary ? core::HookKind::rot_k : core::HookKind::k;
+  // A module attached at a key or value hook would change them after the
+  // hooks that capture them (hooks run before modules): no prefix reuse then.
+  reuse_prefix_ = options_.reuse_prefix();
+  for (const std::string& name : model_.hook_names()) {
+    for (int l = 0; l < cfg.n_layers && reuse_prefix_; ++l) {
+      for (core::HookKind kind : {key_kind, core::HookKind::v}) {
+        const std::string host = core::HookSite{kind, l}.name() + ".";
+        if (name.compare(0, host.size(), host) == 0) reuse_prefix_ = false;
+      }
+    }
+  }
+  std::vector<std::string> names;
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    names.push_back(core::HookSite{core::HookKind::resid_pre, l}.name());
+    if (!reuse_prefix_) continue;
+    names.push_back(core::HookSite{key_kind, l}.name());
+    names.push_back(core::HookSite{core::HookKind::v, l}.name());
+  }
+  auto [logits, cache] = model_.run_with_cache(tokens_, hooks::NamesFilter(names), ro);
   logits_ = logits;
-  for (int l = 0; l < model_.cfg().n_layers; ++l) resid_pre_.push_back(cache.get("resid_pre", l));
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    resid_pre_.push_back(cache.get("resid_pre", l));
+    if (!reuse_prefix_) continue;
+    // hook_k/hook_v are views of the packed q/k/v projection: keep only k, v.
+    run_kv_.keys.push_back(cache[core::HookSite{key_kind, l}.name()].contiguous());
+    run_kv_.values.push_back(cache[core::HookSite{core::HookKind::v, l}.name()].contiguous());
+  }
+  if (mask_.defined()) run_kv_.key_mask = mask_.ne(0);  // [batch, pos]
+  if (metric_.reads() == Metric::Reads::answer_logits) {
+    first_answer_pos_ = metric_.answer_pos().min().item<int64_t>();
+  }
   baseline_ = metric_(logits_).item<double>();
   budget_ = options_.memory_budget_bytes() > 0 ? options_.memory_budget_bytes()
                                              : default_memory_budget(model_.model().device());
 }
 
-int64_t BulkPatcher::copies_per_forward(int /*first_layer*/, bool attention_maps) const {
-  // Peak working memory of one copy (a forward over batch x pos tokens, no
+int64_t BulkPatcher::copies_per_forward(int /*first_layer*/, bool attention_maps,
+                                        int64_t first_pos) const {
+  // Peak working memory of one copy (a forward over batch x q_pos tokens, no
   // autograd): a few residual-sized tensors, q/k/v/z, the MLP hidden layer,
-  // the attention map when it is materialised, and the logits.
+  // the attention map when it is materialised, and the logits. With prefix
+  // reuse q_pos = pos - first_pos, and each layer also holds its keys and
+  // values over all positions (prefix and new).
   const auto& c = model_.cfg();
-  const int64_t tokens = batch() * seq_len();
+  const int64_t q_pos = seq_len() - first_pos;
+  const int64_t tokens = batch() * q_pos;
   const int64_t elem = std::max<int64_t>(4, c10::elementSize(model_.model().dtype()));
   int64_t per_token = 8 * c.d_model + 4 * c.n_heads * c.d_head + (c.has_mlp() ? 3 * c.d_mlp : 0);
   int64_t bytes = tokens * per_token * elem;
-  if (attention_maps) bytes += 3 * batch() * c.n_heads * seq_len() * seq_len() * elem;
+  if (first_pos > 0) bytes += 2 * batch() * seq_len() * c.kv_heads() * c.d_head * elem;
+  if (attention_maps) bytes += 3 * batch() * c.n_heads * q_pos * seq_len() * elem;
   const bool all_logits = metric_.reads() == Metric::Reads::all_logits;
-  bytes += (all_logits ? tokens : batch()) * c.d_vocab * 4 * 2;  // logits + log-softmax
+  // logits + log-softmax (all positions: the prefix's are the run's, copied in)
+  bytes += (all_logits ? batch() * seq_len() : batch()) * c.d_vocab * 4 * 2;
   int64_t k = std::max<int64_t>(1, budget_ / std::max<int64_t>(bytes, 1));
   if (options_.max_copies() > 0) k = std::min(k, options_.max_copies());
   return k;
+}
+
+int64_t BulkPatcher::first_pos_of(const PatchConfig& config) const {
+  int64_t first = seq_len();
+  for (const auto& t : config.targets) first = std::min(first, t.pos >= 0 ? t.pos : 0);
+  // The restarted forward yields the residual of positions >= p only; an
+  // answer-position metric must find its positions there.
+  if (metric_.reads() == Metric::Reads::answer_logits) first = std::min(first, first_answer_pos_);
+  return first;
 }
 
 const at::Tensor& BulkPatcher::run_activation(const std::string& hook) {
@@ -155,14 +225,18 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
 
   at::Tensor out = at::empty({static_cast<int64_t>(configs.size())}, at::kFloat);  // [configs]
   float* out_ptr = out.data_ptr<float>();
-  std::map<int, std::vector<size_t>> groups;  // first layer -> config indices
+  // Hooks of the caller's would see only the positions after a prefix (they
+  // may index positions): no prefix reuse then.
+  const bool reuse = reuse_prefix_ && model_.hooks().size() == 0;
+  std::map<std::pair<int, int64_t>, std::vector<size_t>> groups;  // (layer, position) -> configs
   for (size_t i = 0; i < configs.size(); ++i) {
     if (options_.skip_identical() && is_noop(configs[i], values)) {
       out_ptr[i] = static_cast<float>(baseline_);
       ++stats_.skipped;
       continue;
     }
-    groups[group_of(configs[i], cfg.n_layers)].push_back(i);
+    const int64_t p = reuse ? first_pos_of(configs[i]) : 0;
+    groups[{group_of(configs[i], cfg.n_layers), p}].push_back(i);
   }
   stats_.configs += static_cast<int64_t>(configs.size());
 
@@ -173,12 +247,13 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
     bar = std::make_unique<core::ProgressBar>("patch", todo, "configs");
   }
   int64_t done = 0;
-  for (const auto& [group, idx] : groups) {
+  for (const auto& [key, idx] : groups) {
+    const auto [group, first_pos] = key;
     bool maps = false;
     for (size_t i : idx) {
       for (const auto& t : configs[i].targets) maps = maps || t.attention_map();
     }
-    const int64_t k = copies_per_forward(group, maps);
+    const int64_t k = copies_per_forward(group, maps, first_pos);
     for (size_t start = 0; start < idx.size(); start += static_cast<size_t>(k)) {
       // Safe point (Ctrl-C): between batched forwards nothing is half done;
       // the caller says what was complete and that nothing was written.
@@ -189,10 +264,15 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
       const size_t end = std::min(idx.size(), start + static_cast<size_t>(k));
       std::vector<const PatchConfig*> chunk;
       for (size_t j = start; j < end; ++j) chunk.push_back(&configs[idx[j]]);
-      at::Tensor m = forward_chunk(group, chunk, values).to(at::kCPU, at::kFloat).contiguous();
+      at::Tensor m =
+          forward_chunk(group, first_pos, chunk, values).to(at::kCPU, at::kFloat).contiguous();
       const float* m_ptr = m.data_ptr<float>();  // [copies]
       for (size_t j = start; j < end; ++j) out_ptr[idx[j]] = m_ptr[j - start];
       stats_.forwards += 1;
+      if (first_pos > 0) {
+        stats_.prefix_forwards += 1;
+        stats_.reused_positions += first_pos * static_cast<int64_t>(chunk.size());
+      }
       stats_.max_copies = std::max<int64_t>(stats_.max_copies, static_cast<int64_t>(chunk.size()));
       done += static_cast<int64_t>(chunk.size());
       if (bar) bar->advance(static_cast<int64_t>(chunk.size()));
@@ -202,10 +282,12 @@ at::Tensor BulkPatcher::run(const std::vector<PatchConfig>& configs,
   return out;
 }
 
-at::Tensor BulkPatcher::forward_chunk(int group, const std::vector<const PatchConfig*>& chunk,
+at::Tensor BulkPatcher::forward_chunk(int group, int64_t first_pos,
+                                      const std::vector<const PatchConfig*>& chunk,
                                       const std::map<std::string, at::Tensor>& values) {
   const auto& cfg = model_.cfg();
-  const int64_t k = static_cast<int64_t>(chunk.size()), b = batch();
+  const int64_t k = static_cast<int64_t>(chunk.size()), b = batch(), seq = seq_len();
+  const int64_t q_pos = seq - first_pos;  // positions this forward runs: [first_pos, seq)
 
   // Which copy patches what, by hook.
   struct Patch {
@@ -224,39 +306,49 @@ at::Tensor BulkPatcher::forward_chunk(int group, const std::vector<const PatchCo
 
   hooks::HookScope scope(model_.hooks());
   for (const auto& [name, patches] : by_hook) {
-    scope.add(name, [&patches, b](at::Tensor& act, const hooks::HookPoint&) {
+    scope.add(name, [&patches, b, first_pos, seq](at::Tensor& act, const hooks::HookPoint&) {
       act = act.clone();  // [copies * batch, ...]
       for (const Patch& p : patches) {
         at::Tensor rows = act.narrow(0, p.copy * b, b);  // this copy's prompts
-        write_patch(rows, *p.target, *p.value);
+        write_patch_after(rows, *p.target, *p.value, first_pos, seq);
       }
     });
   }
 
-  hooks::RunOptions ro;
-  if (mask_.defined()) ro.attention_mask(mask_.repeat({k, 1}));
+  core::ForwardOptions fo;
+  fo.hooks(&model_.hooks());
+  if (mask_.defined()) fo.attention_mask(mask_.narrow(1, first_pos, q_pos).repeat({k, 1}));
+  core::KVPrefix prefix;
+  if (first_pos > 0) {
+    prefix = run_kv_.first(first_pos);
+    fo.prefix(&prefix);
+  }
   at::Tensor input;
   if (group == kFromTokens) {
-    input = tokens_.repeat({k, 1});  // [copies * batch, pos]
+    input = tokens_.narrow(1, first_pos, q_pos).repeat({k, 1});  // [copies * batch, q_pos]
   } else {
-    ro.start_at_layer(group);
-    input = resid_pre_[group].repeat({k, 1, 1});  // [copies * batch, pos, d_model]
+    fo.start_at_layer(group);
+    // [copies * batch, q_pos, d_model]
+    input = resid_pre_[group].narrow(1, first_pos, q_pos).repeat({k, 1, 1});
   }
 
   if (metric_.reads() == Metric::Reads::answer_logits && !final_norm) {
-    ro.stop_at_layer(cfg.n_layers);
-    at::Tensor resid = model_.forward(input, ro);  // [copies * batch, pos, d_model]
-    at::Tensor pos = metric_.answer_pos().to(resid.device()).repeat({k});    // [copies * batch]
+    fo.stop_at_layer(cfg.n_layers);
+    at::Tensor resid = model_.model().forward(input, fo);  // [copies * batch, q_pos, d_model]
+    // [copies * batch]; every answer position is >= first_pos (first_pos_of)
+    at::Tensor pos = (metric_.answer_pos().to(resid.device()) - first_pos).repeat({k});
     at::Tensor rows = at::arange(k * b, pos.options());
     at::Tensor last = resid.index({rows, pos}).unsqueeze(1);  // [copies * batch, 1, d_model]
     at::Tensor logits = model_.model().forward(last, [&] {
-      core::ForwardOptions fo;
-      fo.start_at_layer(cfg.n_layers);
-      return fo;
+      core::ForwardOptions un;
+      un.start_at_layer(cfg.n_layers);
+      return un;
     }());  // [copies * batch, 1, d_vocab]
     return metric_.batched(logits.view({k, b, -1}));
   }
-  at::Tensor logits = model_.forward(input, ro);  // [copies * batch, pos, d_vocab]
+  at::Tensor logits = model_.model().forward(input, fo);  // [copies * batch, q_pos, d_vocab]
+  // Positions before first_pos have the run's logits.
+  if (first_pos > 0) logits = core::concat_prefix(logits_.narrow(1, 0, first_pos), logits);
   at::Tensor stacked = logits.view({k, b, logits.size(1), logits.size(2)});
   if (metric_.reads() == Metric::Reads::answer_logits) {
     at::Tensor pos = metric_.answer_pos().to(logits.device());

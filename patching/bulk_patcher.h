@@ -14,7 +14,19 @@
 //  4. for metrics that read only each prompt's answer position, stops before
 //     the unembedding and unembeds just those positions (ln_final and W_U
 //     act per position, so this is exact);
-//  5. skips configurations that provably change nothing: when every patched
+//  5. restarts a configuration whose targets all lie at positions >= p
+//     (p > 0) at position p as well (prefix reuse): in a causal model a
+//     patch at (layer L, position p) leaves every position before p as the
+//     run had it at every layer >= L, so the restarted forward runs only
+//     positions [p, pos) as queries and attends to the run's own keys and
+//     values (cached once, per layer) for the positions before
+//     (ForwardOptions::prefix, core::KVPrefix). Configurations are grouped by
+//     (first layer, p); the logits of positions before p are the run's. With
+//     an answer-position metric p is at most the first answer position;
+//     with hooks of the caller's on the model (which may index positions),
+//     or a module attached at a key or value hook (hooks, which capture the
+//     keys and values, run before modules), there is no prefix reuse;
+//  6. skips configurations that provably change nothing: when every patched
 //     slice already holds, bit for bit, the value it would receive (in a causal
 //     model, clean and corrupted activations agree at every position before
 //     the first token where the prompts differ), the patched forward is the
@@ -29,6 +41,7 @@
 //   at::Tensor values = patcher.run(configs, clean.items());   // [configs]
 #pragma once
 
+#include "core/model/kv_cache.h"
 #include "core/util/options.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/metrics.h"
@@ -59,6 +72,10 @@ struct BulkOptions {
   /// Give configurations whose patch is a bit-exact no-op the unpatched
   /// metric instead of running them (see the top of this file).
   MECHLAB_OPTION(BulkOptions, bool, skip_identical, true)
+  /// Prefix reuse (5. at the top of this file): a configuration that patches
+  /// only positions >= p runs positions [p, pos) only. Off = every restart
+  /// runs every position (the reference the tests compare against).
+  MECHLAB_OPTION(BulkOptions, bool, reuse_prefix, true)
   /// Progress bar on stderr (rate and ETA).
   MECHLAB_OPTION(BulkOptions, bool, show_progress, false)
 };
@@ -68,6 +85,8 @@ struct BulkStats {
   int64_t skipped = 0;    ///< of which no-ops (unpatched metric)
   int64_t forwards = 0;   ///< batched forwards run
   int64_t max_copies = 0; ///< most configurations stacked in one forward
+  int64_t prefix_forwards = 0;  ///< of the forwards, those that reused a key/value prefix
+  int64_t reused_positions = 0; ///< positions per prompt not recomputed, summed over configs
 };
 
 class BulkPatcher {
@@ -93,15 +112,20 @@ class BulkPatcher {
   at::Tensor run(const std::vector<PatchConfig>& configs,
                  const std::map<std::string, at::Tensor>& values);
 
-  /// Configurations per forward for a group starting at `first_layer`.
-  int64_t copies_per_forward(int first_layer, bool attention_maps) const;
+  /// Configurations per forward for a group starting at `first_layer` and,
+  /// with prefix reuse, at position `first_pos` (0 = every position).
+  int64_t copies_per_forward(int first_layer, bool attention_maps, int64_t first_pos = 0) const;
   const BulkStats& stats() const { return stats_; }
 
  private:
   const at::Tensor& run_activation(const std::string& hook);
   bool is_noop(const PatchConfig& config, const std::map<std::string, at::Tensor>& values);
-  at::Tensor forward_chunk(int first_layer, const std::vector<const PatchConfig*>& chunk,
+  at::Tensor forward_chunk(int first_layer, int64_t first_pos,
+                           const std::vector<const PatchConfig*>& chunk,
                            const std::map<std::string, at::Tensor>& values);
+  // The first position a config's forward must run (0 = all): its first
+  // patched position, at most the first answer position.
+  int64_t first_pos_of(const PatchConfig& config) const;
 
   hooks::HookedTransformer& model_;
   at::Tensor tokens_;          // int64 [batch, pos] on the model's device
@@ -109,6 +133,9 @@ class BulkPatcher {
   Metric metric_;
   BulkOptions options_;
   std::vector<at::Tensor> resid_pre_;           // [n_layers] of [batch, pos, d_model]
+  core::KVPrefix run_kv_;  // the run's keys (after rotary) and values, every position and layer
+  int64_t first_answer_pos_ = 0;  // answer-position metrics: the smallest answer position
+  bool reuse_prefix_ = false;     // options_.reuse_prefix() and no module at a key/value hook
   std::map<std::string, at::Tensor> run_acts_;  // the run's own activations, by hook
   at::Tensor logits_;                           // [batch, pos, d_vocab]
   double baseline_ = 0;

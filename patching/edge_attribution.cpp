@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <set>
 
 namespace mechlab::patching {
 
@@ -25,19 +26,18 @@ struct SenderGroup {
   CircuitNode first;   // its first sender (edges are decided on it)
   int64_t row = 0;     // its first row
   int64_t rows = 0;    // heads of a layer, or 1
-  at::Tensor delta;    // [rows, batch * pos * d_model], computed on first use
 };
 
 std::vector<SenderGroup> sender_groups(const CircuitGraph& g) {
   const auto& cfg = g.cfg();
   std::vector<SenderGroup> out;
-  out.push_back({{Kind::input, -1, -1}, 0, 1, {}});
+  out.push_back({{Kind::input, -1, -1}, 0, 1});
   for (int l = 0; l < cfg.n_layers; ++l) {
     CircuitNode h0{Kind::head, l, 0};
-    out.push_back({h0, g.sender_index(h0), cfg.n_heads, {}});
+    out.push_back({h0, g.sender_index(h0), cfg.n_heads});
     if (cfg.has_mlp()) {
       CircuitNode m{Kind::mlp, l, -1};
-      out.push_back({m, g.sender_index(m), 1, {}});
+      out.push_back({m, g.sender_index(m), 1});
     }
   }
   return out;
@@ -60,6 +60,20 @@ std::pair<ReceiverInput, int64_t> receivers_at(const CircuitGraph& g, const core
   }
 }
 
+// The norm ln1 applies at one layer's resid_pre, for head_input_gradient:
+// x_hat [bp, d_model] (normalised input) and 1/r [bp, 1]; undefined without a norm.
+struct NormAt {
+  at::Tensor x_hat, r_inv;
+};
+
+NormAt norm_at(const core::ModelConfig& cfg, const at::Tensor& resid_pre, at::ScalarType dt) {
+  if (cfg.norm == core::NormKind::none) return {};
+  at::Tensor x = resid_pre.to(dt).reshape({-1, resid_pre.size(-1)});  // [bp, d_model]
+  if (cfg.norm_centres()) x = x - x.mean(-1, /*keepdim=*/true);
+  at::Tensor r = (x.pow(2).mean(-1, /*keepdim=*/true) + cfg.norm_eps).sqrt();  // [bp, 1]
+  return {x / r, r.reciprocal()};
+}
+
 // d(metric)/d(head input) for every head of one layer and one of q, k, v,
 // from the gradient at the projected hook_q/k/v, without running attention
 // in split-input mode. Each head reads its own copy of resid_pre through ln1
@@ -72,25 +86,35 @@ std::pair<ReceiverInput, int64_t> receivers_at(const CircuitGraph& g, const core
 // with g_hat = gain * g, r the norm's scale and x_hat the normalised input.
 // This is exactly what autograd computes in split mode, at the cost of one
 // elementwise pass instead of per-head norms and projections in the forward.
-//   grad [batch, pos, heads, d_head], resid_pre [batch, pos, d_model],
-//   W [heads, d_model, d_head] -> [heads, batch * pos * d_model]
-at::Tensor head_input_gradient(const core::ModelConfig& cfg, const at::Tensor& grad,
-                               const at::Tensor& resid_pre, const at::Tensor& W, const at::Tensor& gain,
-                               at::ScalarType dt) {
-  const int64_t heads = grad.size(2), bp = grad.size(0) * grad.size(1);
-  at::Tensor g = at::bmm(grad.to(dt).reshape({bp, heads, -1}).transpose(0, 1),  // [heads, bp, d_head]
-                         W.to(dt).transpose(1, 2));                              // [heads, bp, d_model]
-  if (cfg.norm != core::NormKind::none) {
-    at::Tensor x = resid_pre.to(dt).reshape({bp, -1});  // [bp, d_model]
-    if (cfg.norm_centres()) x = x - x.mean(-1, /*keepdim=*/true);
-    at::Tensor r = (x.pow(2).mean(-1, /*keepdim=*/true) + cfg.norm_eps).sqrt();  // [bp, 1]
-    at::Tensor x_hat = x / r;
-    if (cfg.norm_has_weights()) g = g * gain.to(dt);
-    at::Tensor dot = (g * x_hat).mean(-1, /*keepdim=*/true);  // [heads, bp, 1]
-    g = cfg.norm_centres() ? g - g.mean(-1, /*keepdim=*/true) - x_hat * dot : g - x_hat * dot;
-    g = g / r;
+// The pass over [heads, bp, d_model] is written once and updated once; the
+// rest is folded into small operands, by linearity:
+//   gain:           g_hat = grad @ (W^T * gain) = grad @ Ws
+//   1/r:            scales grad's rows (r is per position): grad' = grad / r
+//   mean(g_hat):    g_hat - mean(g_hat) = grad @ (Ws - mean over d_model of Ws) = grad @ Wc
+//   mean(g_hat x):  (grad' . (x_hat @ Wc^T)) / d_model per head and position
+//                   (x_hat has zero mean under layernorm, so centring Ws changes nothing)
+// so out = grad' @ Wc - x_hat * c with c = (grad' . P) / d_model, P = x_hat @ Wc^T.
+//   grad [batch, pos, heads, d_head], W [heads, d_model, d_head], gain [d_model];
+//   out [heads, bp, d_model] (contiguous, written)
+void head_input_gradient(const core::ModelConfig& cfg, const at::Tensor& grad, const NormAt& norm,
+                         const at::Tensor& W, const at::Tensor& gain, at::ScalarType dt,
+                         at::Tensor out) {
+  const int64_t heads = grad.size(2), bp = grad.size(0) * grad.size(1), e = grad.size(3);
+  const int64_t d = W.size(1);
+  at::Tensor g = grad.to(dt).reshape({bp, heads, e});  // [bp, heads, d_head]
+  at::Tensor Wc = W.to(dt).transpose(1, 2);            // [heads, d_head, d_model]
+  if (cfg.norm == core::NormKind::none) {
+    at::bmm_out(out, g.transpose(0, 1), Wc);
+    return;
   }
-  return g.reshape({heads, -1});
+  if (cfg.norm_has_weights()) Wc = Wc * gain.to(dt);
+  if (cfg.norm_centres()) Wc = Wc - Wc.mean(-1, /*keepdim=*/true);
+  Wc = Wc.contiguous();
+  g = g * norm.r_inv.view({bp, 1, 1});                                     // grad'
+  at::Tensor P = at::mm(norm.x_hat, Wc.view({heads * e, d}).t());          // [bp, heads * d_head]
+  at::Tensor c = (g * P.view({bp, heads, e})).sum(-1).div_(static_cast<double>(d));  // [bp, heads]
+  at::bmm_out(out, g.transpose(0, 1), Wc);                                 // [heads, bp, d_model]
+  out.addcmul_(norm.x_hat.unsqueeze(0), c.t().unsqueeze(-1), -1.0);
 }
 
 }  // namespace
@@ -165,37 +189,82 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
   for (int l = 0; l < cfg.n_layers; ++l) pass_hooks.push_back(hooks::act_name("resid_pre", l));
 
   std::vector<SenderGroup> groups = sender_groups(graph);
-  // scores[senders before r0, col .. col+n) += D @ g^T, g: [n, batch * pos * d_model]
+  const int64_t N = data.batch() * data.seq_len() * cfg.d_model;
+  // Every sender's difference, rows in the graph's sender order:
+  // [senders, batch * pos * d_model], computed at the first gradient (the
+  // base and source activations are complete by then: backward follows the forward).
+  at::Tensor D;
+  auto sender_deltas = [&](const GradientRuns& runs) {
+    if (D.defined()) return;
+    D = at::empty({S, N}, scores.options());
+    for (const SenderGroup& sg : groups) {
+      at::Tensor rows = D.narrow(0, sg.row, sg.rows);  // [rows, N]
+      if (sg.first.kind == Kind::head) {
+        // As head_output_delta (sender_delta.h), written in place:
+        // [head, bp, d_head] @ W_O [head, d_head, d_model] -> [head, bp, d_model]
+        const std::string z = hooks::act_name("z", sg.first.layer);
+        const at::Tensor& W_O = model.model().weights().blocks[static_cast<size_t>(sg.first.layer)].W_O;
+        at::Tensor dz = runs.source.at(z).to(dt) - runs.base.at(z).to(dt);  // [batch, pos, head, d_head]
+        at::Tensor heads = rows.view({sg.rows, -1, cfg.d_model});  // [head, bp, d_model]
+        at::bmm_out(heads, dz.reshape({-1, sg.rows, cfg.d_head}).transpose(0, 1),
+                    W_O.to(dz.device(), dt));
+      } else {
+        rows.copy_(sender_delta(model, sg.first, runs.base, runs.source, dt).reshape({1, -1}));
+      }
+    }
+  };
+  // scores[senders of r0, col .. col+n) += D[senders of r0] @ g^T, g: [n, N].
+  // A receiver's senders are a prefix of the sender order (each sender writes
+  // the residual stream no earlier than the one before it), so this is one
+  // matrix product, wide enough to use every thread.
   auto add_block = [&](const ReceiverInput& r0, int64_t col, const at::Tensor& g,
                        const GradientRuns& runs) {
-    for (SenderGroup& sg : groups) {
-      if (!graph.has_edge(sg.first, r0)) continue;
-      if (!sg.delta.defined()) {
-        sg.delta = sg.first.kind == Kind::head
-                       ? head_output_delta(model, sg.first.layer, runs.base.at(hooks::act_name("z", sg.first.layer)),
-                                           runs.source.at(hooks::act_name("z", sg.first.layer)), dt)
-                             .reshape({sg.rows, -1})
-                       : sender_delta(model, sg.first, runs.base, runs.source, dt).reshape({1, -1});
-      }
-      scores.narrow(0, sg.row, sg.rows).narrow(1, col, g.size(0)).add_(at::matmul(sg.delta, g.t()));
+    sender_deltas(runs);
+    int64_t end = 0;
+    for (const SenderGroup& sg : groups) {
+      if (!graph.has_edge(sg.first, r0)) break;
+      end = sg.row + sg.rows;
     }
+    for (const SenderGroup& sg : groups) MECHLAB_ASSERT(sg.row < end || !graph.has_edge(sg.first, r0));
+    if (end == 0) return;
+    scores.narrow(0, 0, end).narrow(1, col, g.size(0)).add_(at::mm(D.narrow(0, 0, end), g.t()));
   };
   // A layer's q, k and v input gradients arrive one after another during the
   // backward; their receivers are adjacent columns with the same senders, so
-  // they are scored together: one pass over the sender differences per layer.
-  std::map<int, std::map<core::HookKind, at::Tensor>> pending;  // layer -> kind -> [n, N]
+  // they are written into one buffer [q, k, v heads, N] and scored together:
+  // one pass over the sender differences per layer.
+  const std::vector<core::HookKind> qkv = {core::HookKind::q_input, core::HookKind::k_input,
+                                           core::HookKind::v_input};
+  struct Pending {
+    at::Tensor buf;               // [heads_q + 2 heads_kv, N]
+    std::set<core::HookKind> got;  // which parts are written
+    NormAt norm;                  // ln1 at the layer's resid_pre
+  };
+  std::map<int, Pending> pending;  // by layer
+  auto offset_of = [&](core::HookKind kind) {
+    int64_t off = 0;
+    for (auto k : qkv) {
+      if (k == kind) return off;
+      off += heads_at(cfg, k);
+    }
+    return off;
+  };
+  auto pending_at = [&](int layer, const GradientRuns& runs) -> Pending& {
+    Pending& p = pending[layer];
+    if (!p.buf.defined()) {
+      p.buf = at::empty({offset_of(core::HookKind::v_input) + heads_at(cfg, core::HookKind::v_input), N},
+                        scores.options());
+      p.norm = norm_at(cfg, runs.pass.at(hooks::act_name("resid_pre", layer)), dt);
+    }
+    return p;
+  };
   auto flush = [&](int layer, const GradientRuns& runs) {
-    auto& got = pending[layer];
-    std::vector<at::Tensor> parts;
-    for (auto kind : {core::HookKind::q_input, core::HookKind::k_input, core::HookKind::v_input}) {
-      const int64_t n = heads_at(cfg, kind);
-      auto it = got.find(kind);  // no gradient reached it: it does not affect the metric
-      parts.push_back(it != got.end() ? it->second
-                                      : at::zeros({n, data.batch() * data.seq_len() * cfg.d_model},
-                                                  scores.options()));
+    Pending& p = pending_at(layer, runs);
+    for (auto kind : qkv) {  // no gradient reached it: it does not affect the metric
+      if (!p.got.count(kind)) p.buf.narrow(0, offset_of(kind), heads_at(cfg, kind)).zero_();
     }
     const ReceiverInput r0{{Kind::head, layer, 0}, ReceiverChannel::q};
-    add_block(r0, graph.receiver_index(r0), at::cat(parts, 0), runs);
+    add_block(r0, graph.receiver_index(r0), p.buf, runs);
     pending.erase(layer);
   };
   auto on_grad = [&](const std::string& hook, const at::Tensor& grad, const GradientRuns& runs) {
@@ -211,9 +280,11 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
     const core::HookKind input_kind = site.kind == core::HookKind::q   ? core::HookKind::q_input
                                       : site.kind == core::HookKind::k ? core::HookKind::k_input
                                                                        : core::HookKind::v_input;
-    pending[r0.node.layer][input_kind] = head_input_gradient(
-        cfg, grad, runs.pass.at(hooks::act_name("resid_pre", site.layer)), W, block.ln1_w, dt);
-    if (pending[r0.node.layer].size() == 3) flush(r0.node.layer, runs);
+    Pending& p = pending_at(r0.node.layer, runs);
+    head_input_gradient(cfg, grad, p.norm, W, block.ln1_w, dt,
+                        p.buf.narrow(0, offset_of(input_kind), n).view({n, -1, cfg.d_model}));
+    p.got.insert(input_kind);
+    if (p.got.size() == qkv.size()) flush(r0.node.layer, runs);
   };
   const GradientRuns runs =
       run_gradient_passes(model, data, metric, options, sender_hooks(cfg), grad_hooks, on_grad, pass_hooks);

@@ -338,7 +338,10 @@ std::vector<SweepResult> run_sweeps(hooks::HookedTransformer& model, const Patch
         {"model_config", nlohmann::json::parse(cfg.to_json_string())},
         {"bulk", {{"configs", st.configs}, {"skipped_noop", st.skipped}, {"forwards", st.forwards},
                   {"max_copies_per_forward", st.max_copies},
-                  {"skip_identical", options.bulk().skip_identical()}}},
+                  {"prefix_forwards", st.prefix_forwards},
+                  {"reused_positions", st.reused_positions},
+                  {"skip_identical", options.bulk().skip_identical()},
+                  {"reuse_prefix", options.bulk().reuse_prefix()}}},
     };
     for (const auto& [k, v] : options.extra_config().items()) r.config[k] = v;
     results.push_back(std::move(r));

@@ -60,4 +60,74 @@ void KVCache::check_compatible(const ModelConfig& cfg, int64_t batch, int64_t ne
                 " more do not fit (make it larger, up to n_ctx = ", cfg.n_ctx, ")");
 }
 
+int64_t KVPrefix::length() const {
+  for (const at::Tensor& k : keys) {
+    if (k.defined()) return k.size(1);
+  }
+  return 0;
+}
+
+int64_t KVPrefix::batch() const {
+  for (const at::Tensor& k : keys) {
+    if (k.defined()) return k.size(0);
+  }
+  return 0;
+}
+
+KVPrefix KVPrefix::first(int64_t n) const {
+  MECHLAB_ASSERT(n >= 0 && n <= length());
+  KVPrefix out;
+  for (size_t l = 0; l < keys.size(); ++l) {
+    out.keys.push_back(keys[l].defined() ? keys[l].narrow(1, 0, n) : at::Tensor());
+    out.values.push_back(values[l].defined() ? values[l].narrow(1, 0, n) : at::Tensor());
+  }
+  if (key_mask.defined()) out.key_mask = key_mask.narrow(1, 0, n);
+  return out;
+}
+
+void KVPrefix::check_compatible(const ModelConfig& cfg, int start_layer, int64_t rows,
+                                at::ScalarType dtype, const at::Device& device) const {
+  MECHLAB_CHECK(static_cast<int>(keys.size()) == cfg.n_layers &&
+                    static_cast<int>(values.size()) == cfg.n_layers,
+                "the key/value prefix has ", keys.size(), " layers of keys and ", values.size(),
+                " of values but the model has ", cfg.n_layers,
+                "; give one entry per layer (undefined before start_at_layer)");
+  const int64_t b = batch(), n = length();
+  MECHLAB_CHECK(b > 0 && rows % b == 0, "the key/value prefix holds ", b,
+                " sequences, which do not divide the input's ", rows,
+                " rows; stack whole copies of the prefix's batch");
+  for (int l = start_layer; l < cfg.n_layers; ++l) {
+    for (const at::Tensor* t : {&keys[l], &values[l]}) {
+      MECHLAB_CHECK(t->defined() && t->dim() == 4 && t->size(0) == b && t->size(1) == n &&
+                        t->size(2) == cfg.kv_heads() && t->size(3) == cfg.d_head,
+                    "the key/value prefix of layer ", l, " must be [batch = ", b, ", length = ", n,
+                    ", kv_head = ", cfg.kv_heads(), ", d_head = ", cfg.d_head, "], got ",
+                    t->defined() ? t->sizes() : at::IntArrayRef{});
+      MECHLAB_CHECK(t->scalar_type() == dtype && t->device() == device,
+                    "the key/value prefix of layer ", l, " is ", t->scalar_type(), " on ",
+                    t->device(), " but the model is ", dtype, " on ", device,
+                    "; take the prefix from a run of this model");
+    }
+  }
+  MECHLAB_CHECK(!key_mask.defined() || (key_mask.dim() == 2 && key_mask.size(0) == b &&
+                                        key_mask.size(1) == n && key_mask.scalar_type() == at::kBool),
+                "the key/value prefix's key_mask must be bool [batch = ", b, ", length = ", n,
+                "], got ", key_mask.sizes());
+}
+
+at::Tensor concat_prefix(const at::Tensor& prefix, const at::Tensor& fresh) {
+  const int64_t b = prefix.size(0), n = prefix.size(1), rows = fresh.size(0), m = fresh.size(1);
+  MECHLAB_ASSERT(rows % b == 0);
+  // One allocation, two copies: the prefix broadcast over the copies, then the new positions.
+  auto sizes = fresh.sizes().vec();
+  sizes[1] = n + m;
+  at::Tensor out = at::empty(sizes, fresh.options());  // [copies * batch, n + m, kv_head, d_head]
+  auto copy_major = out.sizes().vec();
+  copy_major[0] = b;
+  copy_major.insert(copy_major.begin(), rows / b);
+  out.view(copy_major).narrow(2, 0, n).copy_(prefix.unsqueeze(0));
+  out.narrow(1, n, m).copy_(fresh);
+  return out;
+}
+
 }  // namespace mechlab::core

@@ -75,4 +75,35 @@ class KVCache {
   at::Tensor mask_;                        // [batch, capacity] bool, valid up to length_
 };
 
+/// The keys and values of a sequence's first `length()` positions at every
+/// layer, for a forward that runs only the positions after them
+/// (ForwardOptions::prefix): activation patching at (layer L, position p)
+/// leaves positions < p as the unpatched run had them at every layer >= L
+/// (causal attention), so the restarted forward needs only positions >= p as
+/// queries, attending to the unpatched run's keys and values before p.
+/// Unlike KVCache it is only read, and one prefix serves a forward of several
+/// stacked copies of its batch (rows = copies * batch, copy-major).
+struct KVPrefix {
+  /// Per layer [batch, length, kv_head, d_head]; keys after rotary (as
+  /// hook_rot_k has them; hook_k in models without rotary), values as hook_v.
+  /// Layers before the forward's start_at_layer may be undefined.
+  std::vector<at::Tensor> keys, values;
+  /// [batch, length] bool, true = real token; undefined = no padding.
+  at::Tensor key_mask;
+
+  int64_t length() const;
+  int64_t batch() const;
+  /// The first n positions of this prefix (views, no copy); n <= length().
+  KVPrefix first(int64_t n) const;
+  /// Refuses a prefix that cannot serve a forward of `rows` rows from layer
+  /// `start_layer` on a model of `cfg`, `dtype` and `device`, saying why.
+  void check_compatible(const ModelConfig& cfg, int start_layer, int64_t rows,
+                        at::ScalarType dtype, const at::Device& device) const;
+};
+
+/// k, v of the new positions [copies * batch, new, kv_head, d_head] after the
+/// prefix's `prefix` [batch, length, kv_head, d_head], repeated per copy:
+/// [copies * batch, length + new, kv_head, d_head] (one copy of each).
+at::Tensor concat_prefix(const at::Tensor& prefix, const at::Tensor& fresh);
+
 }  // namespace mechlab::core

@@ -270,6 +270,8 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
     new_mask = m.to(device()).ne(0);
   }
   at::Tensor positions;  // [pos] without padding or cache, [batch, pos] with
+  MECHLAB_CHECK(opts.kv_cache() == nullptr || opts.prefix() == nullptr,
+                "a forward takes a KV cache or a key/value prefix, not both");
   if (opts.kv_cache() != nullptr) {
     MECHLAB_CHECK(from_tokens && !opts.stop_at_layer(),
                   "a KV cache needs token input and a run to the logits (no start_at_layer or "
@@ -286,6 +288,25 @@ at::Tensor Transformer::forward(const at::Tensor& input, const ForwardOptions& o
     // TransformerLens's get_offset_position_ids and Hugging Face's generate do.
     positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
     positions = positions.narrow(1, cache.length(), pos);  // [batch, pos]
+  } else if (opts.prefix() != nullptr) {
+    const KVPrefix& prefix = *opts.prefix();
+    prefix.check_compatible(cfg_, opts.start_at_layer(), batch, dtype(), device());
+    const int64_t past = prefix.length(), copies = batch / prefix.batch();
+    MECHLAB_CHECK(past + pos <= cfg_.n_ctx, "a key/value prefix of ", past, " positions and ", pos,
+                  " new ones are longer than the model's ", cfg_.describe_n_ctx());
+    const auto bool_opts = at::TensorOptions(at::kBool).device(device());
+    if (prefix.key_mask.defined() || new_mask.defined()) {
+      at::Tensor past_mask = prefix.key_mask.defined()
+                                 ? prefix.key_mask.to(device()).repeat({copies, 1})
+                                 : at::ones({batch, past}, bool_opts);  // [batch, past]
+      if (!new_mask.defined()) new_mask = at::ones({batch, pos}, bool_opts);
+      ctx.key_mask = at::cat({past_mask, new_mask}, 1);  // [batch, past + pos]
+      // Positions count each row's real tokens across prefix and new positions.
+      positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0).narrow(1, past, pos);
+    } else {
+      positions = at::arange(past, past + pos, at::TensorOptions(at::kLong).device(device()));
+    }
+    ctx.prefix = &prefix;
   } else if (new_mask.defined()) {
     ctx.key_mask = new_mask;
     // Real tokens count positions from 0; padding sits at position 0.

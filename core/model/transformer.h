@@ -25,6 +25,7 @@
 namespace mechlab::core {
 
 class KVCache;
+struct KVPrefix;
 
 /// Refuses an attention mask that is not `expected` in shape or not an
 /// integer or bool tensor of 0 (padding) and 1 (real token), as the dataset
@@ -51,6 +52,16 @@ struct ForwardOptions {
   /// hook_attn_scores/hook_pattern are [batch, head, pos, past + pos] and
   /// hook_rot_k [batch, past + pos, kv_head, d_head], as in TransformerLens.
   MECHLAB_OPTION(ForwardOptions, KVCache*, kv_cache, nullptr)
+  /// Prefix reuse (core/model/kv_cache.h, KVPrefix; activation patching): the
+  /// input (tokens, or the residual entering start_at_layer) holds the
+  /// positions that follow the prefix's, and every layer from start_at_layer
+  /// on attends to the prefix's keys and values for the positions before.
+  /// The input may stack copies of the prefix's batch (rows = copies * batch,
+  /// copy-major). attention_mask (if any) covers the new positions only; the
+  /// prefix's key_mask covers its own. Hooks see the new positions (keys: all
+  /// of them), as with kv_cache; the output covers the new positions. Not
+  /// with kv_cache.
+  MECHLAB_OPTION(ForwardOptions, const KVPrefix*, prefix, nullptr)
 };
 
 class Transformer {

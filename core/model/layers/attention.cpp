@@ -43,7 +43,8 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
   const int64_t batch = q_in.size(0), pos = q_in.size(1);
   // Queries at the last `pos` of in_pos input positions (split input only).
   const int64_t in_pos = k_in.size(1);
-  MECHLAB_ASSERT(pos == in_pos || (split && ctx.kv_cache == nullptr && pos < in_pos));
+  MECHLAB_ASSERT(pos == in_pos ||
+                 (split && ctx.kv_cache == nullptr && ctx.prefix == nullptr && pos < in_pos));
 
   at::Tensor q, k, v;  // [batch, pos, head|kv_head, d_head]
   if (split) {
@@ -66,6 +67,12 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
     q = apply_rotary(q, *ctx.rotary, pos == in_pos ? ctx.positions : ctx.positions.narrow(-1, in_pos - pos, pos));
     hooks({HookKind::rot_q, layer}, q);
     k = apply_rotary(k, *ctx.rotary, ctx.positions);
+  }
+  if (ctx.prefix != nullptr) {
+    // The queries follow the prefix: keys and values become every position's,
+    // [batch, prefix + pos, kv_head, d_head], a fresh tensor (hook_rot_k may edit it).
+    k = concat_prefix(ctx.prefix->keys[layer], k);
+    v = concat_prefix(ctx.prefix->values[layer], v);
   }
   if (ctx.kv_cache != nullptr) {
     MECHLAB_ASSERT(ctx.key_mask.defined());

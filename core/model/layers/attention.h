@@ -17,6 +17,7 @@
 namespace mechlab::core {
 
 class KVCache;
+struct KVPrefix;
 
 struct AttentionContext {
   const RotaryTables* rotary = nullptr;  // rotary models only
@@ -25,6 +26,8 @@ struct AttentionContext {
                                          // undefined = no padding
   KVCache* kv_cache = nullptr;           // generation: the past keys/values (then key_mask is set
                                          // and covers past and new positions, k_pos = past + pos)
+  const KVPrefix* prefix = nullptr;      // prefix reuse: keys/values of the positions before the
+                                         // queries (read only; key_mask, if set, covers both)
   at::Tensor packed_qkv_w;               // [d_model, (head + 2 kv_head) * d_head]
   at::Tensor packed_qkv_b;               // [(head + 2 kv_head) * d_head]
   bool materialise_pattern = false;      // force the materialised path
