@@ -62,6 +62,7 @@ struct Problem {
   at::Tensor inv_s;  // [P, D]
   double l2 = 0;     // f += l2/2 ||v||^2
   bool fit_intercept = true;
+  int64_t block_rows = 0;  // rows per block of an evaluation (0: all)
 };
 
 at::Tensor coef_of(const Problem& pr, const at::Tensor& theta) {
@@ -79,37 +80,63 @@ std::pair<at::Tensor, at::Tensor> raw_params(const at::Tensor& v, const at::Tens
   return {w, b_raw};
 }
 
-// Per-row loss [P, N, O] and the residual dLoss/dz [P, N, O] of logits z.
-std::pair<at::Tensor, at::Tensor> loss_and_residual(const Problem& pr, const at::Tensor& z, bool need_r) {
+// Per-row loss [P, n, O] and the residual dLoss/dz [P, n, O] of logits z, labels y of those rows.
+std::pair<at::Tensor, at::Tensor> loss_and_residual(const Problem& pr, const at::Tensor& z, const at::Tensor& y,
+                                                    bool need_r) {
   at::Tensor loss, r;
   if (pr.loss == ProbeLoss::squared) {
-    r = z - pr.y;
+    r = z - y;
     loss = 0.5 * r * r;
   } else if (pr.O == 1) {
     // Binary: logloss = softplus(z) - y z, dL/dz = sigmoid(z) - y.
-    loss = at::softplus(z) - pr.y * z;
-    if (need_r) r = at::sigmoid(z) - pr.y;
+    loss = at::softplus(z) - y * z;
+    if (need_r) r = at::sigmoid(z) - y;
   } else {
-    at::Tensor lse = at::logsumexp(z, {2}, /*keepdim=*/true);    // [P, N, 1]
-    loss = lse - z.gather(2, pr.y.unsqueeze(2));                  // [P, N, 1]
-    if (need_r) r = at::exp(z - lse) - at::one_hot(pr.y, pr.K).to(z.scalar_type());
+    at::Tensor lse = at::logsumexp(z, {2}, /*keepdim=*/true);  // [P, n, 1]
+    loss = lse - z.gather(2, y.unsqueeze(2));                   // [P, n, 1]
+    if (need_r) r = at::exp(z - lse) - at::one_hot(y, pr.K).to(z.scalar_type());
   }
   return {loss, r};
 }
 
-// f [P] (float64) and its gradient [P, M] at theta.
+// Rows per block of one objective evaluation: on the CPU, blocks of about
+// 8 MiB of x for all probes together, so that each block's logits z = x w
+// and its gradient term x^T r are computed while the block is in cache: x is
+// read from memory once per evaluation instead of twice (the evaluation is
+// memory-bound: O is 1 or K). On a GPU, one block.
+int64_t auto_block_rows(const at::Tensor& x) {
+  if (!x.device().is_cpu()) return x.size(1);
+  const int64_t row_bytes = x.size(0) * x.size(2) * static_cast<int64_t>(x.element_size());
+  return std::max<int64_t>(256, (int64_t{8} << 20) / std::max<int64_t>(1, row_bytes));
+}
+
+// f [P] (float64) and its gradient [P, M] at theta, in one pass over the rows.
 std::pair<at::Tensor, at::Tensor> objective(const Problem& pr, const at::Tensor& theta, bool need_grad = true) {
   const int64_t P = theta.size(0), n = pr.x.size(1);
   at::Tensor v = coef_of(pr, theta), b = intercept_of(pr, theta);
   auto [w, b_raw] = raw_params(v, b, pr.mu, pr.inv_s);
-  at::Tensor z = at::baddbmm(b_raw.unsqueeze(1), pr.x, w);  // [P, N, O]
-  auto [loss, r] = loss_and_residual(pr, z, need_grad);
-  at::Tensor f = loss.sum({1, 2}, false, at::kDouble) / static_cast<double>(n);
+  const at::Tensor b_row = b_raw.unsqueeze(1);  // [P, 1, O]
+  at::Tensor f = at::zeros({P}, theta.options().dtype(at::kDouble));
+  at::Tensor gw = need_grad ? at::zeros({P, pr.D, pr.O}, theta.options()) : at::Tensor();  // sum x^T r
+  at::Tensor rs = need_grad ? at::zeros({P, pr.O}, theta.options()) : at::Tensor();        // sum r
+  const int64_t block = pr.block_rows > 0 ? std::min(pr.block_rows, n) : n;
+  for (int64_t start = 0; start < n; start += block) {
+    const int64_t len = std::min(block, n - start);
+    const at::Tensor xb = block == n ? pr.x : pr.x.narrow(1, start, len);  // [P, len, D]
+    const at::Tensor yb = block == n ? pr.y : pr.y.narrow(1, start, len);
+    at::Tensor z = at::baddbmm(b_row, xb, w);  // [P, len, O]
+    auto [loss, r] = loss_and_residual(pr, z, yb, need_grad);
+    f += loss.sum({1, 2}, false, at::kDouble);
+    if (need_grad) {
+      gw.baddbmm_(xb.transpose(1, 2), r);  // [P, D, O]
+      rs += r.sum(1);
+    }
+  }
+  f /= static_cast<double>(n);
   if (pr.l2 > 0) f = f + 0.5 * pr.l2 * v.to(at::kDouble).pow(2).sum({1, 2});
   if (!need_grad) return {f, at::Tensor()};
-  r = r / static_cast<double>(n);
-  at::Tensor gw = at::bmm(pr.x.transpose(1, 2), r);  // [P, D, O]
-  at::Tensor rs = r.sum(1);                          // [P, O]
+  gw /= static_cast<double>(n);
+  rs /= static_cast<double>(n);
   at::Tensor gv = (gw - pr.mu.unsqueeze(2) * rs.unsqueeze(1)) * pr.inv_s.unsqueeze(2);
   if (pr.l2 > 0) gv = gv + pr.l2 * v;
   at::Tensor gb = pr.fit_intercept ? rs : at::zeros_like(rs);
@@ -296,6 +323,8 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
   pr.D = D;
   pr.x = x;
   pr.fit_intercept = o.fit_intercept();
+  MECHLAB_CHECK(o.block_rows() >= 0, who, ": `block_rows` must be >= 0, got ", o.block_rows());
+  pr.block_rows = o.block_rows() > 0 ? o.block_rows() : auto_block_rows(x);
   at::Tensor y = as_batched_labels(y_in, P, N, who, loss == ProbeLoss::logistic ? "labels" : "targets")
                      .to(x.device());
   if (loss == ProbeLoss::logistic) {
