@@ -18,8 +18,9 @@ void check_theta(const at::Tensor& theta, const char* who) {
                 theta.scalar_type());
 }
 
-std::pair<at::Tensor, at::Tensor> evaluate(const BatchedObjective& fg, const at::Tensor& theta) {
-  auto [f, g] = fg(theta);
+std::pair<at::Tensor, at::Tensor> evaluate(const BatchedObjective& fg, const at::Tensor& theta,
+                                           const at::Tensor& which) {
+  auto [f, g] = fg(theta, which.cpu());
   MECHLAB_CHECK(f.dim() == 1 && f.size(0) == theta.size(0) && g.sizes() == theta.sizes(),
                 "batched solver: the objective returned f ", f.sizes(), " and gradient ", g.sizes(),
                 " for theta ", theta.sizes(), "; it must return f [P] and a gradient shaped like theta");
@@ -41,7 +42,7 @@ SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const L
   const auto dbl_opts = at::TensorOptions().dtype(at::kDouble).device(dev);
 
   theta = theta.contiguous().clone();
-  auto [f, g] = evaluate(fg, theta);  // f [P] double, g [P, M]
+  auto [f, g] = evaluate(fg, theta, at::ones({P}, at::kBool));  // f [P] double, g [P, M]
   at::Tensor S = at::zeros({m, P, M}, theta.options());  // s_k = theta_k+1 - theta_k, ring buffer
   at::Tensor Y = at::zeros({m, P, M}, theta.options());  // y_k = g_k+1 - g_k
   at::Tensor rho = at::zeros({m, P}, dbl_opts);          // 1 / (s.y); 0 = empty or skipped pair
@@ -90,7 +91,7 @@ SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const L
     const at::Tensor d_dt = d.to(dt);
     for (int64_t ls = 0; ls < o.max_linesearch(); ++ls) {
       at::Tensor cand = theta + rows(t.to(dt)) * d_dt;
-      auto [fc, gc] = evaluate(fg, cand);
+      auto [fc, gc] = evaluate(fg, cand, accepted.logical_not());
       at::Tensor ok = (fc <= f + 1e-4 * t * gd) & at::isfinite(fc) & accepted.logical_not();
       theta_new = at::where(rows(ok), cand, theta_new);
       f_new = at::where(ok, fc, f_new);
@@ -152,7 +153,7 @@ SolverResult batched_fista(const BatchedObjective& fg, at::Tensor theta, const a
   at::Tensor x = theta.contiguous().clone();
   at::Tensor yv = x.clone();
   const int64_t P = x.size(0);
-  at::Tensor F = evaluate(fg, x).first + l1_term(x);  // [P] composite objective at x
+  at::Tensor F = evaluate(fg, x, at::ones({P}, at::kBool)).first + l1_term(x);  // [P] composite objective at x
   at::Tensor tk = at::ones({P}, dbl_opts);             // momentum sequence
   at::Tensor step = at::full({P}, o.step(), dbl_opts);
   at::Tensor active = at::ones({P}, dbl_opts.dtype(at::kBool));
@@ -161,12 +162,12 @@ SolverResult batched_fista(const BatchedObjective& fg, at::Tensor theta, const a
 
   for (int64_t it = 0; it < o.max_iter(); ++it) {
     if (!active.any().item<bool>()) break;
-    auto [fy, gy] = evaluate(fg, yv);
+    auto [fy, gy] = evaluate(fg, yv, active);
     at::Tensor accepted = active.logical_not();
     at::Tensor xn = x.clone(), fxn = F.clone();
     for (int64_t bt = 0; bt < o.max_backtrack(); ++bt) {
       at::Tensor cand = prox(yv - rows(step).to(dt) * gy, step * lam);
-      at::Tensor fc = evaluate(fg, cand).first;
+      at::Tensor fc = evaluate(fg, cand, accepted.logical_not()).first;
       at::Tensor diff = (cand - yv).to(at::kDouble);
       // Sufficient decrease of the smooth part: the quadratic model at y majorises f.
       at::Tensor model = fy + (gy.to(at::kDouble) * diff).sum(1) + (diff * diff).sum(1) / (2 * step);

@@ -22,7 +22,7 @@
 //                   problem when the gradient mapping ||(x - x+)/t||_inf <= gtol.
 //
 // Example:
-//   BatchedObjective fg = [&](const at::Tensor& th) { ... return {f, g}; };  // f [P] double, g [P, M]
+//   BatchedObjective fg = [&](const at::Tensor& th, const at::Tensor& which) { ... return {f, g}; };
 //   SolverResult r = batched_lbfgs(fg, at::zeros({P, M}), LbfgsOptions().gtol(1e-6));
 #pragma once
 
@@ -37,8 +37,12 @@
 
 namespace mechlab::probes {
 
-/// theta [P, M] -> (f [P] float64, gradient [P, M] in theta's dtype).
-using BatchedObjective = std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>;
+/// (theta [P, M], which [P] bool on the CPU) -> (f [P] float64, gradient
+/// [P, M] in theta's dtype). Only the problems where `which` is true need be
+/// evaluated (the solvers ignore the other entries): converged problems and
+/// those whose line search has already accepted a step cost nothing.
+using BatchedObjective =
+    std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor& theta, const at::Tensor& which)>;
 
 struct LbfgsOptions {
   /// Iterations (each: one direction and its line search), as scikit-learn's max_iter.

@@ -73,9 +73,9 @@ struct ProbeOptions {
   MECHLAB_OPTION(ProbeOptions, bool, fit_intercept, true)
   /// Classes of a logistic probe; 0: 1 + the largest label.
   MECHLAB_OPTION(ProbeOptions, int64_t, num_classes, 0)
-  /// Rows per block of one objective evaluation (0: automatic, about 8 MiB
-  /// of features per block on the CPU so that x is read once per evaluation;
-  /// all rows on a GPU). Any value gives the same fit up to rounding.
+  /// Rows per block of one objective evaluation (0: all rows in one block).
+  /// Any value gives the same fit up to rounding; smaller blocks keep each
+  /// block in cache between its two products, at the cost of smaller GEMMs.
   MECHLAB_OPTION(ProbeOptions, int64_t, block_rows, 0)
   /// Adam: learning rate, rows per step, passes over the rows, epochs without
   /// a better validation loss before stopping, share of rows held out for

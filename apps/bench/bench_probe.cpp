@@ -94,8 +94,8 @@ void add_bench_probe(CLI::App& bench) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_flag("--no-standardize", a->no_standardize, "Fit on raw features (default: standardised, "
                 "as StandardScaler)");
-  cmd->add_option("--block-rows", a->block_rows, "Rows per block of an objective evaluation (0: automatic, "
-                  "about 8 MiB of features; >= the train rows: one block, x read twice per evaluation)")
+  cmd->add_option("--block-rows", a->block_rows, "Rows per block of an objective evaluation (0: all rows "
+                  "in one block)")
       ->capture_default_str()->check(non_negative());
   cmd->add_option("--repeats", a->repeats, "Timed fits per sweep (the median is reported)")
       ->capture_default_str()->check(positive());
