@@ -63,6 +63,7 @@ struct Problem {
   double l2 = 0;     // f += l2/2 ||v||^2
   bool fit_intercept = true;
   int64_t block_rows = 0;  // rows per block of an evaluation (0: all)
+  bool batched_gemm = false;  // one bmm per product for all probes (always on a GPU)
 };
 
 at::Tensor coef_of(const Problem& pr, const at::Tensor& theta) {
@@ -118,7 +119,7 @@ std::pair<at::Tensor, at::Tensor> objective(const Problem& pr, const at::Tensor&
   at::Tensor f = at::zeros({P}, theta.options().dtype(at::kDouble));
   at::Tensor gwt = need_grad ? at::zeros({P, pr.O, pr.D}, theta.options()) : at::Tensor();  // sum r^T x
   at::Tensor rs = need_grad ? at::zeros({P, pr.O}, theta.options()) : at::Tensor();        // sum r
-  const bool per_probe = pr.x.device().is_cpu();
+  const bool per_probe = pr.x.device().is_cpu() && !pr.batched_gemm;
   std::vector<int64_t> probes;
   for (int64_t p = 0; p < P; ++p) {
     if (!which.defined() || which[p].item<bool>()) probes.push_back(p);
@@ -357,6 +358,7 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
   pr.fit_intercept = o.fit_intercept();
   MECHLAB_CHECK(o.block_rows() >= 0, who, ": `block_rows` must be >= 0, got ", o.block_rows());
   pr.block_rows = o.block_rows();
+  pr.batched_gemm = o.batched_gemm();
   at::Tensor y = as_batched_labels(y_in, P, N, who, loss == ProbeLoss::logistic ? "labels" : "targets")
                      .to(x.device());
   if (loss == ProbeLoss::logistic) {

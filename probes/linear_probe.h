@@ -77,6 +77,10 @@ struct ProbeOptions {
   /// Any value gives the same fit up to rounding; smaller blocks keep each
   /// block in cache between its two products, at the cost of smaller GEMMs.
   MECHLAB_OPTION(ProbeOptions, int64_t, block_rows, 0)
+  /// Evaluate every probe with one batched GEMM per product also on the CPU
+  /// (the GPU's form; on the CPU the default is per-probe GEMMs that skip
+  /// converged probes). The same fit up to rounding.
+  MECHLAB_OPTION(ProbeOptions, bool, batched_gemm, false)
   /// Adam: learning rate, rows per step, passes over the rows, epochs without
   /// a better validation loss before stopping, share of rows held out for
   /// that (0: no early stopping), seed of the split and the batch order.

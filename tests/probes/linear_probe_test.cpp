@@ -172,6 +172,21 @@ TEST(LinearProbe, BlockedEvaluationGivesTheSameFit) {
   EXPECT_TRUE(at::allclose(fit_logistic(bx.x_train, bx.y_train, tight().block_rows(50)).coef, bx.coef, 1e-5, 1e-6));
 }
 
+TEST(LinearProbe, BatchedGemmFormGivesTheSameFit) {
+  // The GPU's form (one bmm per product over all probes, converged ones
+  // included) against the CPU's per-probe GEMMs.
+  for (const char* group : {"binary", "multinomial", "ridge"}) {
+    const ProbeFixture fx = probe_fixture(group);
+    ProbeOptions o = tight();
+    if (std::string(group) == "ridge") o.alpha(10.0).solver(Solver::lbfgs);
+    at::Tensor a = (std::string(group) == "ridge" ? fit_linear : fit_logistic)(fx.x_train, fx.y_train, o).coef;
+    at::Tensor b =
+        (std::string(group) == "ridge" ? fit_linear : fit_logistic)(fx.x_train, fx.y_train, o.batched_gemm(true)).coef;
+    EXPECT_TRUE(at::allclose(a, b, 1e-7, 1e-9)) << group;
+    EXPECT_GE(cosine(b, fx.coef), 0.999999) << group;
+  }
+}
+
 TEST(LinearProbe, RawWeightsActOnRawFeatures) {
   // weight/bias on raw x give the same logits as coef/intercept on standardised x.
   const ProbeFixture fx = probe_fixture("binary");
