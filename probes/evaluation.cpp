@@ -73,6 +73,26 @@ at::Tensor control_labels(const at::Tensor& token_ids, const at::Tensor& labels,
   return type_label.index_select(0, inverse).to(labels.device());
 }
 
+at::Tensor cross_validate(
+    const at::Tensor& x, const at::Tensor& labels, const std::vector<Split>& folds, const ProbeOptions& options,
+    const std::function<at::Tensor(const LinearProbes&, const at::Tensor&, const at::Tensor&)>& metric) {
+  MECHLAB_CHECK(!folds.empty(), "cross_validate: no folds; make them with k_fold");
+  MECHLAB_CHECK(x.dim() == 3 || x.dim() == 2, "cross_validate: the features must be [rows, d] or [probes, rows, d]");
+  const int64_t row_dim = x.dim() - 2;
+  const int64_t label_dim = labels.dim() - 1;  // [N] or [P, N]
+  const bool classify = !at::isFloatingType(labels.scalar_type());
+  std::vector<at::Tensor> scores;
+  for (const Split& f : folds) {
+    at::Tensor tr = f.train.to(x.device()), te = f.test.to(x.device());
+    at::Tensor x_tr = x.index_select(row_dim, tr), x_te = x.index_select(row_dim, te);
+    at::Tensor y_tr = labels.index_select(label_dim, tr.to(labels.device()));
+    at::Tensor y_te = labels.index_select(label_dim, te.to(labels.device()));
+    LinearProbes p = classify ? fit_logistic(x_tr, y_tr, options) : fit_linear(x_tr, y_tr, options);
+    scores.push_back(metric(p, x_te, y_te).to(at::kDouble).cpu().reshape({-1}));
+  }
+  return at::stack(scores);  // [k, P]
+}
+
 BootstrapInterval bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)>& metric, int64_t rows,
                                const BootstrapOptions& o) {
   MECHLAB_CHECK(rows >= 1, "bootstrap_ci: no rows");

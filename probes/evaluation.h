@@ -8,6 +8,8 @@
 //   k_fold           scikit-learn's KFold: fold i of k holds n/k rows, the
 //                    first n % k folds one more; shuffle = a seeded
 //                    permutation first, else contiguous folds in row order.
+//   cross_validate   a sweep fitted on each fold's train rows and scored on
+//                    its test rows: [k, P].
 //   control_labels   each token type gets one label drawn from the empirical
 //                    distribution of the task's labels, and every row of
 //                    that type carries it: a task a probe can only solve by
@@ -26,6 +28,7 @@
 #pragma once
 
 #include "core/util/options.h"
+#include "probes/linear_probe.h"
 
 #include <ATen/ATen.h>
 
@@ -60,6 +63,17 @@ at::Tensor control_labels(const at::Tensor& token_ids, const at::Tensor& labels,
 inline at::Tensor selectivity(const at::Tensor& task_metric, const at::Tensor& control_metric) {
   return task_metric - control_metric;
 }
+
+/// k-fold cross-validation of a sweep: for each fold, fit on its train rows
+/// (logistic for integer labels, linear regression for floating targets)
+/// and score its test rows with `metric` (predictions or, for AUROC, the
+/// caller's choice inside it). Returns [k, P] float64.
+///   at::Tensor acc = cross_validate(x, y, k_fold(N, 5), ProbeOptions(),
+///       [](const LinearProbes& p, const at::Tensor& x_test, const at::Tensor& y_test) {
+///         return accuracy(p.predict(x_test), y_test); });
+at::Tensor cross_validate(
+    const at::Tensor& x, const at::Tensor& labels, const std::vector<Split>& folds, const ProbeOptions& options,
+    const std::function<at::Tensor(const LinearProbes&, const at::Tensor&, const at::Tensor&)>& metric);
 
 struct BootstrapOptions {
   MECHLAB_OPTION(BootstrapOptions, int64_t, resamples, 1000)

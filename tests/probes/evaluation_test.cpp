@@ -127,6 +127,33 @@ TEST(ProbeBootstrap, IntervalOfAnAccuracyMatchesTheNormalApproximation) {
   EXPECT_NEAR(ci.upper.item<double>(), 0.8 + half, 0.003);
 }
 
+TEST(ProbeCrossValidation, EachFoldIsAFitOnItsTrainRowsScoredOnItsTestRows) {
+  const ProbeFixture fx = probe_fixture("multinomial");
+  const int64_t N = fx.x_train.size(1);
+  std::vector<Split> folds = k_fold(N, 4, true, 9);
+  auto acc_of = [](const LinearProbes& p, const at::Tensor& x, const at::Tensor& y) {
+    return accuracy(p.predict(x), y);
+  };
+  at::Tensor cv = cross_validate(fx.x_train, fx.y_train, folds, ProbeOptions(), acc_of);
+  ASSERT_EQ(cv.sizes(), (at::IntArrayRef{4, 3}));
+  // Fold 2 by hand.
+  LinearProbes p = fit_logistic(fx.x_train.index_select(1, folds[2].train), fx.y_train.index_select(0, folds[2].train));
+  at::Tensor want = accuracy(p.predict(fx.x_train.index_select(1, folds[2].test)), fx.y_train.index_select(0, folds[2].test));
+  EXPECT_TRUE(at::allclose(cv[2], want, 0, 0));
+  // Unshuffled folds are KFold(4)'s: each fold's accuracy as sklearn's
+  // cross_val_score (default tolerance on both sides: one row of ~88 may differ).
+  at::Tensor cv_plain = cross_validate(fx.x_train, fx.y_train, k_fold(N, 4, false), ProbeOptions(), acc_of);
+  at::Tensor want_cv = fx.file->read_tensor("/multinomial/cv4_accuracy").t();  // [4 folds, P]
+  EXPECT_TRUE(at::allclose(cv_plain, want_cv, 0, 1.5 / 87)) << cv_plain << want_cv;
+  // Regression targets go to linear probes.
+  const ProbeFixture r = probe_fixture("ridge");
+  at::Tensor r2s = cross_validate(r.x_train, r.y_train, k_fold(r.x_train.size(1), 3), ProbeOptions().alpha(10.0),
+                                  [](const LinearProbes& p, const at::Tensor& x, const at::Tensor& y) {
+                                    return r2(p.predict(x), y);
+                                  });
+  EXPECT_NEAR(r2s.mean(0)[2].item<double>(), r.test_r2[2].item<double>(), 0.08);
+}
+
 TEST(ProbePlantedDirection, ProbeRecoversTheDirectionAndTheControlTaskStaysAtChance) {
   // Three "layers": the label is written along a known unit direction u with
   // strength 0, 0.5 and 1.5 (plus isotropic noise); the token ids are random,
