@@ -12,6 +12,7 @@ void add_bench_load(CLI::App& bench);
 void add_bench_train(CLI::App& bench);
 void add_bench_acdc(CLI::App& bench);
 void add_bench_sae(CLI::App& bench);
+void add_bench_probe(CLI::App& bench);
 
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (each prints a table of ratios)");
@@ -24,6 +25,7 @@ void add_bench_command(CLI::App& app) {
   add_bench_train(*bench);
   add_bench_acdc(*bench);
   add_bench_sae(*bench);
+  add_bench_probe(*bench);
   for (CLI::App* sub : bench->get_subcommands([](CLI::App*) { return true; })) {
     add_threads_option(sub);
   }

@@ -12,7 +12,7 @@
 //   target selection  the smallest top-k circuit reaching a faithfulness target.
 //   ROC / AUC         edge scores against a reference edge set, as
 //                     scikit-learn's roc_curve(drop_intermediate=False) and
-//                     roc_auc_score.
+//                     roc_auc_score (core/stats/roc.h).
 //
 // Circuits are run by the caller through CircuitMetricFn, so this file does
 // not depend on how the masked forward is done.
@@ -31,6 +31,7 @@
 //   RocCurve roc = roc_curve(scored, reference_edge_names);        // roc.auc
 #pragma once
 
+#include "core/stats/roc.h"
 #include "core/util/options.h"
 #include "patching/discovery/circuit.h"
 #include "patching/edge_attribution.h"
@@ -124,19 +125,9 @@ struct TopKSelection {
 TopKSelection select_by_faithfulness(const Circuit& scored, const CircuitMetricFn& fn, double target,
                                      const RankOptions& options = {});
 
-struct RocCurve {
-  /// One point per distinct score, from the highest, after (0, 0): the
-  /// rates when every edge scoring >= threshold is called positive.
-  std::vector<double> fpr, tpr, thresholds;  ///< thresholds[0] = +inf
-  double auc = 0;                            ///< trapezoids over (fpr, tpr)
-  int64_t positives = 0, negatives = 0;
-};
-
-/// ROC of raw scores against 0/1 labels, as scikit-learn's
-/// roc_curve(y, s, drop_intermediate=False) and roc_auc_score(y, s): tied
-/// scores form one point (the tie is half credit in the AUC). NaN scores,
-/// labels other than 0/1, and labels of one class only are errors.
-RocCurve roc_curve(const std::vector<double>& scores, const std::vector<int>& labels);
+/// ROC curves (one home: core/stats/roc.h); the overloads below rank edges.
+using core::stats::RocCurve;
+using core::stats::roc_curve;
 
 /// ROC of the ranked edges' scores (|score| unless !options.absolute())
 /// against a reference edge set: edge names (Circuit::parse_edge's form) or

@@ -86,3 +86,9 @@
 #include "sae/dashboard.h"
 #include "sae/trainer.h"
 #include "sae/toy_superposition.h"
+
+// Linear probes: many at once, scikit-learn objectives, controls.
+#include "probes/evaluation.h"
+#include "probes/linear_probe.h"
+#include "probes/metrics.h"
+#include "probes/probe_data.h"

@@ -1,0 +1,184 @@
+// mechlab bench probe: a probe sweep over every layer at once — binary
+// logistic, 10-class logistic and ridge probes on synthetic activations
+// [layers, tokens, d_model] with labels planted along known directions
+// (strength growing with depth), trained on the first rows and scored on the
+// rest. scripts/bench/probe_vs_sklearn.sh runs this with --write-data and
+// fits the same probes with scikit-learn on the same data, same machine.
+#include "apps/bench/bench_util.h"
+#include "apps/cli/commands.h"
+#include "core/formats/hdf5_file.h"
+#include "core/formats/output_file.h"
+#include "probes/linear_probe.h"
+#include "probes/metrics.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+namespace mechlab::cli {
+namespace {
+
+struct ProbeBenchData {
+  at::Tensor x;        // [layers, tokens, d_model] float32
+  at::Tensor binary;   // [tokens] int64 in {0, 1}
+  at::Tensor classes;  // [tokens] int64 in [0, num_classes)
+  at::Tensor target;   // [tokens] float32
+};
+
+// Layer l carries every label with strength s_l = 0.15 + 1.35 l / (L - 1):
+// x = noise + s_l ((2 y_b - 1) u + 1.5 M[y_c] + g v), target = g + 0.5 noise,
+// u, v, M's rows random unit vectors. Bayes accuracy of the binary probe is
+// about Phi(s_l): from near chance at layer 0 to 0.93 at the last layer.
+ProbeBenchData make_data(int64_t layers, int64_t tokens, int64_t d, int64_t num_classes, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  auto i64 = at::TensorOptions().dtype(at::kLong);
+  auto unit = [&](int64_t rows) {
+    at::Tensor m = at::randn({rows, d}, gen, f32);
+    return m / m.norm(2, {1}, true);
+  };
+  ProbeBenchData data;
+  data.binary = at::randint(2, {tokens}, gen, i64);
+  data.classes = at::randint(num_classes, {tokens}, gen, i64);
+  at::Tensor g = at::randn({tokens}, gen, f32);
+  data.target = g + 0.5 * at::randn({tokens}, gen, f32);
+  at::Tensor u = unit(1)[0], v = unit(1)[0], means = unit(num_classes);
+  // The planted part without the strength: [tokens, d].
+  at::Tensor planted = (2 * data.binary - 1).to(at::kFloat).unsqueeze(1) * u +
+                       1.5 * means.index_select(0, data.classes) + g.unsqueeze(1) * v;
+  data.x = at::empty({layers, tokens, d}, f32);
+  for (int64_t l = 0; l < layers; ++l) {
+    const double s = 0.15 + (layers > 1 ? 1.35 * static_cast<double>(l) / static_cast<double>(layers - 1) : 0.85);
+    data.x[l].normal_(0, 1, gen).add_(planted, s);
+  }
+  return data;
+}
+
+}  // namespace
+
+void add_bench_probe(CLI::App& bench) {
+  auto* cmd = bench.add_subcommand(
+      "probe",
+      "Probe sweep speed: binary logistic, multinomial logistic and ridge probes on every layer at once "
+      "(one batched L-BFGS / closed form per sweep), on synthetic activations with planted labels. "
+      "The last line, 'probe_json {...}', is what scripts/bench/probe_vs_sklearn.sh compares.");
+  struct Args {
+    int64_t tokens = 100000, d_model = 768, layers = 12, classes = 10;
+    double train_fraction = 0.8, C = 1.0, alpha = 1.0;
+    int max_iter = 100, repeats = 1;
+    int64_t block_rows = 0;
+    double tol = 1e-4;
+    bool no_standardize = false, overwrite = false;
+    uint64_t seed = 0;
+    std::string device = "cpu", write_data;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--tokens", a->tokens, "Rows (tokens), train and test together")->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--d-model", a->d_model, "Features per row")->capture_default_str()->check(positive());
+  cmd->add_option("--layers", a->layers, "Probes per sweep (one per layer)")->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--classes", a->classes, "Classes of the multinomial probe")->capture_default_str()
+      ->check(CLI::Range(3, 1000));
+  cmd->add_option("--train-fraction", a->train_fraction, "Share of the rows trained on (the first ones); "
+                  "the rest is the test split")->capture_default_str()->check(CLI::Range(0.01, 0.99));
+  cmd->add_option("--C", a->C, "Inverse L2 strength of the logistic probes (scikit-learn's C)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--alpha", a->alpha, "Ridge strength (scikit-learn's alpha)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-iter", a->max_iter, "L-BFGS iterations at most (scikit-learn's max_iter)")
+      ->capture_default_str()->check(positive());
+  cmd->add_option("--tol", a->tol, "L-BFGS stop at max |gradient| <= tol (scikit-learn's tol)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_flag("--no-standardize", a->no_standardize, "Fit on raw features (default: standardised, "
+                "as StandardScaler)");
+  cmd->add_option("--block-rows", a->block_rows, "Rows per block of an objective evaluation (0: all rows "
+                  "in one block)")
+      ->capture_default_str()->check(non_negative());
+  cmd->add_option("--repeats", a->repeats, "Timed fits per sweep (the median is reported)")
+      ->capture_default_str()->check(positive());
+  cmd->add_option("--seed", a->seed, "Seed of the synthetic data")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_option("--write-data", a->write_data, "Also write the data (HDF5: x [layers, tokens, d_model], "
+                  "binary, classes, target, n_train) for scikit-learn");
+  cmd->add_flag("--overwrite", a->overwrite, "Replace the --write-data file if it exists");
+  cmd->callback([a] {
+    const at::Device device = parse_device(a->device);
+    if (!a->write_data.empty()) core::require_replaceable(a->write_data, "probe-bench", a->overwrite, "--overwrite");
+    ProbeBenchData data = make_data(a->layers, a->tokens, a->d_model, a->classes, a->seed);
+    const int64_t n_train = static_cast<int64_t>(a->train_fraction * static_cast<double>(a->tokens));
+    MECHLAB_CHECK(n_train >= 2 && n_train < a->tokens, "--train-fraction ", a->train_fraction, " of ", a->tokens,
+                  " tokens leaves no train or no test rows; give more --tokens");
+    if (!a->write_data.empty()) {
+      core::H5File::write_atomically(a->write_data, [&](core::H5File& f) {
+        f.write_attr("/", "mechlab_format", "probe-bench");
+        f.write_attr("/", "n_train", n_train);
+        f.write_tensor("/x", data.x);
+        f.write_tensor("/binary", data.binary);
+        f.write_tensor("/classes", data.classes);
+        f.write_tensor("/target", data.target);
+      });
+    }
+    at::Tensor x = data.x.to(device);
+    const int64_t n_test = a->tokens - n_train;
+    at::Tensor xtr = x.narrow(1, 0, n_train), xte = x.narrow(1, n_train, n_test);
+    auto train = [&](const at::Tensor& y) { return y.narrow(0, 0, n_train).to(device); };
+    auto test = [&](const at::Tensor& y) { return y.narrow(0, n_train, n_test).to(device); };
+    const probes::ProbeOptions opts = probes::ProbeOptions()
+                                          .C(a->C)
+                                          .alpha(a->alpha)
+                                          .max_iter(a->max_iter)
+                                          .tol(a->tol)
+                                          .standardize(!a->no_standardize)
+                                          .block_rows(a->block_rows);
+
+    probes::LinearProbes bin, multi, ridge;
+    const bench::Stats ms_bin = bench::time_ms([&] { bin = probes::fit_logistic(xtr, train(data.binary), opts); },
+                                               0, a->repeats, device);
+    const bench::Stats ms_multi = bench::time_ms(
+        [&] { multi = probes::fit_logistic(xtr, train(data.classes), opts); }, 0, a->repeats, device);
+    const bench::Stats ms_ridge = bench::time_ms([&] { ridge = probes::fit_linear(xtr, train(data.target), opts); },
+                                                 0, a->repeats, device);
+
+    at::Tensor acc_bin = probes::accuracy(bin.predict(xte), test(data.binary));
+    at::Tensor acc_multi = probes::accuracy(multi.predict(xte), test(data.classes));
+    at::Tensor r2_ridge = probes::r2(ridge.predict(xte), test(data.target));
+    auto list = [](const at::Tensor& t) {
+      at::Tensor c = t.to(at::kDouble).cpu().contiguous();
+      return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+    };
+    auto ilist = [](const at::Tensor& t) {
+      at::Tensor c = t.to(at::kLong).cpu().contiguous();
+      return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+    };
+    const std::string shape = std::to_string(a->layers) + " layers x " + std::to_string(a->tokens) +
+                              " tokens x " + std::to_string(a->d_model) + ", " + std::to_string(n_train) + " train";
+    bench::print_table("mechlab bench probe: " + shape + " (" + a->device + ", " +
+                           std::to_string(at::get_num_threads()) + " threads)",
+                       {{"binary logistic sweep", ms_bin,
+                         "L-BFGS, max iterations " + std::to_string(bin.iterations.max().item<int64_t>())},
+                        {std::to_string(a->classes) + "-class logistic sweep", ms_multi,
+                         "L-BFGS, max iterations " + std::to_string(multi.iterations.max().item<int64_t>())},
+                        {"ridge sweep", ms_ridge, "closed form"}},
+                       "binary logistic sweep", static_cast<double>(a->layers), "probes");
+    nlohmann::json j = {
+        {"layers", a->layers},
+        {"tokens", a->tokens},
+        {"d_model", a->d_model},
+        {"n_train", n_train},
+        {"threads", at::get_num_threads()},
+        {"device", a->device},
+        {"block_rows", a->block_rows},
+        {"binary", {{"seconds", ms_bin.median / 1e3}, {"test_accuracy", list(acc_bin)},
+                    {"iterations", ilist(bin.iterations)}, {"converged", ilist(bin.converged)}}},
+        {"multinomial", {{"seconds", ms_multi.median / 1e3}, {"test_accuracy", list(acc_multi)},
+                         {"iterations", ilist(multi.iterations)}, {"converged", ilist(multi.converged)}}},
+        {"ridge", {{"seconds", ms_ridge.median / 1e3}, {"test_r2", list(r2_ridge)}}},
+    };
+    std::printf("probe_json %s\n", j.dump().c_str());
+  });
+}
+
+}  // namespace mechlab::cli

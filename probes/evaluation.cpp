@@ -1,0 +1,119 @@
+#include "probes/evaluation.h"
+
+#include "core/util/error.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+namespace mechlab::probes {
+namespace {
+
+at::Generator generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
+at::Tensor sorted(const at::Tensor& idx) { return std::get<0>(idx.sort()); }
+
+}  // namespace
+
+Split random_split(int64_t rows, const SplitOptions& o) {
+  MECHLAB_CHECK(rows >= 1, "random_split: no rows to split");
+  MECHLAB_CHECK(o.test_fraction() >= 0 && o.validation_fraction() >= 0 &&
+                    o.test_fraction() + o.validation_fraction() < 1,
+                "random_split: `test_fraction` (", o.test_fraction(), ") and `validation_fraction` (",
+                o.validation_fraction(), ") must be >= 0 and sum to less than 1");
+  const int64_t n_test = static_cast<int64_t>(std::floor(o.test_fraction() * static_cast<double>(rows)));
+  const int64_t n_val = static_cast<int64_t>(std::floor(o.validation_fraction() * static_cast<double>(rows)));
+  MECHLAB_CHECK(rows - n_test - n_val >= 1, "random_split: ", rows, " rows leave none to train on");
+  at::Generator gen = generator(o.seed());
+  at::Tensor order = o.shuffle() ? at::randperm(rows, gen, at::TensorOptions().dtype(at::kLong))
+                                 : at::arange(rows, at::kLong);
+  const int64_t n_train = rows - n_test - n_val;
+  Split s;
+  s.train = sorted(order.narrow(0, 0, n_train));
+  s.validation = sorted(order.narrow(0, n_train, n_val));
+  s.test = sorted(order.narrow(0, n_train + n_val, n_test));
+  return s;
+}
+
+std::vector<Split> k_fold(int64_t rows, int64_t k, bool shuffle, uint64_t seed) {
+  MECHLAB_CHECK(k >= 2, "k_fold: `k` must be >= 2, got ", k);
+  MECHLAB_CHECK(rows >= k, "k_fold: ", rows, " rows cannot make ", k, " folds; use fewer folds");
+  at::Generator gen = generator(seed);
+  at::Tensor order =
+      shuffle ? at::randperm(rows, gen, at::TensorOptions().dtype(at::kLong)) : at::arange(rows, at::kLong);
+  std::vector<Split> folds;
+  int64_t start = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t len = rows / k + (i < rows % k ? 1 : 0);
+    Split s;
+    s.test = sorted(order.narrow(0, start, len));
+    s.train = sorted(at::cat({order.narrow(0, 0, start), order.narrow(0, start + len, rows - start - len)}));
+    s.validation = at::empty({0}, at::kLong);
+    folds.push_back(std::move(s));
+    start += len;
+  }
+  return folds;
+}
+
+at::Tensor control_labels(const at::Tensor& token_ids, const at::Tensor& labels, uint64_t seed) {
+  MECHLAB_CHECK(token_ids.dim() == 1 && labels.dim() == 1 && token_ids.size(0) == labels.size(0),
+                "control_labels: token_ids ", token_ids.sizes(), " and labels ", labels.sizes(),
+                " must both be [rows]");
+  MECHLAB_CHECK(token_ids.size(0) >= 1, "control_labels: no rows");
+  MECHLAB_CHECK(!at::isFloatingType(labels.scalar_type()) && !at::isFloatingType(token_ids.scalar_type()),
+                "control_labels: token ids and labels must be integers");
+  at::Tensor tok = token_ids.cpu().to(at::kLong), y = labels.cpu().to(at::kLong);
+  auto [types, inverse] = at::_unique(tok, /*sorted=*/true, /*return_inverse=*/true);
+  // The label values and their frequencies: the empirical distribution.
+  auto [values, v_inverse, counts] = at::_unique2(y, /*sorted=*/true, /*return_inverse=*/false, /*return_counts=*/true);
+  (void)v_inverse;
+  at::Generator gen = generator(seed);
+  at::Tensor draw = at::multinomial(counts.to(at::kDouble), types.size(0), /*replacement=*/true, gen);  // [types]
+  at::Tensor type_label = values.index_select(0, draw);
+  return type_label.index_select(0, inverse).to(labels.device());
+}
+
+at::Tensor cross_validate(
+    const at::Tensor& x, const at::Tensor& labels, const std::vector<Split>& folds, const ProbeOptions& options,
+    const std::function<at::Tensor(const LinearProbes&, const at::Tensor&, const at::Tensor&)>& metric) {
+  MECHLAB_CHECK(!folds.empty(), "cross_validate: no folds; make them with k_fold");
+  MECHLAB_CHECK(x.dim() == 3 || x.dim() == 2, "cross_validate: the features must be [rows, d] or [probes, rows, d]");
+  const int64_t row_dim = x.dim() - 2;
+  const int64_t label_dim = labels.dim() - 1;  // [N] or [P, N]
+  const bool classify = !at::isFloatingType(labels.scalar_type());
+  std::vector<at::Tensor> scores;
+  for (const Split& f : folds) {
+    at::Tensor tr = f.train.to(x.device()), te = f.test.to(x.device());
+    at::Tensor x_tr = x.index_select(row_dim, tr), x_te = x.index_select(row_dim, te);
+    at::Tensor y_tr = labels.index_select(label_dim, tr.to(labels.device()));
+    at::Tensor y_te = labels.index_select(label_dim, te.to(labels.device()));
+    LinearProbes p = classify ? fit_logistic(x_tr, y_tr, options) : fit_linear(x_tr, y_tr, options);
+    scores.push_back(metric(p, x_te, y_te).to(at::kDouble).cpu().reshape({-1}));
+  }
+  return at::stack(scores);  // [k, P]
+}
+
+BootstrapInterval bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)>& metric, int64_t rows,
+                               const BootstrapOptions& o) {
+  MECHLAB_CHECK(rows >= 1, "bootstrap_ci: no rows");
+  MECHLAB_CHECK(o.resamples() >= 2, "bootstrap_ci: `resamples` must be >= 2, got ", o.resamples());
+  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1, "bootstrap_ci: `confidence` must be in (0, 1), got ",
+                o.confidence());
+  BootstrapInterval out;
+  out.estimate = metric(at::arange(rows, at::kLong)).to(at::kDouble).cpu().reshape({-1});
+  at::Generator gen = generator(o.seed());
+  std::vector<at::Tensor> values;
+  values.reserve(o.resamples());
+  for (int64_t b = 0; b < o.resamples(); ++b) {
+    at::Tensor idx = at::randint(rows, {rows}, gen, at::TensorOptions().dtype(at::kLong));
+    values.push_back(metric(idx).to(at::kDouble).cpu().reshape({-1}));
+  }
+  at::Tensor all = at::stack(values, 1);  // [P, resamples]
+  const double a = (1 - o.confidence()) / 2;
+  // numpy's default (linear) quantile, as torch.quantile.
+  out.lower = at::quantile(all, a, /*dim=*/1);
+  out.upper = at::quantile(all, 1 - a, /*dim=*/1);
+  return out;
+}
+
+}  // namespace mechlab::probes
