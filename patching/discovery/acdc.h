@@ -81,6 +81,14 @@ AcdcResult acdc(hooks::HookedTransformer& model, const patching::PatchingData& d
                 const AcdcOptions& options = {}, const std::vector<AcdcStep>& resume = {},
                 const AcdcObserver& observer = {});
 
+/// The same on an existing runner (its model, data and ablation), whose
+/// clean and ablated runs are reused: a tau sweep makes them once for all its
+/// taus. `options.ablation()` must be the runner's; the runner's memory budget
+/// applies (`options.memory_budget_bytes()` is not read). The runner's state
+/// (set_state) is replaced.
+AcdcResult acdc(CircuitRunner& runner, const patching::Metric& metric, const AcdcOptions& options = {},
+                const std::vector<AcdcStep>& resume = {}, const AcdcObserver& observer = {});
+
 /// The same decisions the slow way: every trial one full masked forward from
 /// the embedding, one trial per forward (no restart, no batching). The
 /// baseline `mechlab bench acdc` measures acdc() against.

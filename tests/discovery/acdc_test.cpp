@@ -381,6 +381,31 @@ TEST(Acdc, BatchedTrialsDecideExactlyAsSequentialTrials) {
   }
 }
 
+// A tau sweep on one runner (acdc(runner, ...), what a job's sweep does)
+// decides as separate runs that each build their own runner: the runner's
+// state from an earlier tau must not leak into the next, and its forward
+// count is per run.
+TEST(Acdc, ATauSweepOnOneRunnerGivesTheCircuitsOfSeparateRuns) {
+  HookedTransformer model = load_f64("gpt2_like");
+  const PatchingData data = fixture_data("gpt2_like");
+  const Metric kl = kl_metric(model, data);
+  CircuitRunner runner(model, data, Ablation::corrupted);
+  // Back to the first tau at the end: a run after a sparser one.
+  for (double tau : {0.0005, 0.005, 0.02, 0.0005}) {
+    const AcdcOptions opts = AcdcOptions().threshold(tau);
+    const AcdcResult swept = mechlab::discovery::acdc(runner, kl, opts);
+    const AcdcResult alone = mechlab::discovery::acdc(model, data, kl, opts);
+    expect_same_steps(swept.steps, alone.steps, 0.0, "tau " + std::to_string(tau));
+    EXPECT_EQ(kept_names(swept.circuit), kept_names(alone.circuit)) << tau;
+    EXPECT_EQ(swept.forwards, alone.forwards) << tau;
+    EXPECT_EQ(swept.final_metric, alone.final_metric) << tau;
+    EXPECT_EQ(swept.config, alone.config) << tau;
+  }
+  const std::string e = error_of(
+      [&] { mechlab::discovery::acdc(runner, kl, AcdcOptions().threshold(0.01).ablation(Ablation::zero)); });
+  EXPECT_NE(e.find("ACDC ablation \"zero\" differs from the circuit runner's \"corrupted\""), std::string::npos) << e;
+}
+
 // ------------------------------------------------------ constructed circuit
 
 namespace {
