@@ -207,8 +207,13 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
   int64_t total = 0;
   for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
 
-  const int64_t kmax = one_forward_per_edge ? 1
+  // Automatic: one trial per forward on the CPU, where k stacked copies cost
+  // k forwards of arithmetic and the trials after a kept edge are lost
+  // (docs/ARCHITECTURE.md, "ACDC", measured); the memory budget's k elsewhere.
+  const bool on_cpu = model.model().device().is_cpu();
+  const int64_t kmax = one_forward_per_edge      ? 1
                        : options.max_batch() > 0 ? options.max_batch()
+                       : on_cpu                  ? 1
                                                  : runner.copies_per_forward(metric);
   std::vector<AcdcStep> steps;
   std::vector<double> scores(items.size(), NAN);

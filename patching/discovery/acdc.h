@@ -46,7 +46,9 @@ struct AcdcOptions {
   MECHLAB_OPTION(AcdcOptions, Ablation, ablation, Ablation::corrupted)
   /// "normal" (a layer's heads from the last) or "reverse" (from the first).
   MECHLAB_OPTION(AcdcOptions, std::string, indices_mode, "normal")
-  /// Trials per batched forward; 0 = from the memory budget, 1 = sequential.
+  /// Trials per batched forward; 1 = sequential; 0 = automatic: 1 on the
+  /// CPU (stacking saves no arithmetic there and loses the trials after each
+  /// kept edge), from the memory budget on a GPU.
   MECHLAB_OPTION(AcdcOptions, int64_t, max_batch, 0)
   /// 0 = as BulkOptions.
   MECHLAB_OPTION(AcdcOptions, int64_t, memory_budget_bytes, 0)

@@ -369,12 +369,17 @@ TEST(Acdc, BatchedTrialsDecideExactlyAsSequentialTrials) {
   const Metric kl = kl_metric(model, data);
   for (double tau : {0.0005, 0.005}) {
     const AcdcResult seq = mechlab::discovery::acdc(model, data, kl, AcdcOptions().threshold(tau).max_batch(1));
-    for (int64_t k : {int64_t(0), int64_t(3)}) {
+    for (int64_t k : {int64_t(3), int64_t(64)}) {
       const AcdcResult bat = mechlab::discovery::acdc(model, data, kl, AcdcOptions().threshold(tau).max_batch(k));
       expect_same_steps(bat.steps, seq.steps, 1e-6, "max_batch " + std::to_string(k));
       EXPECT_EQ(kept_names(bat.circuit), kept_names(seq.circuit));
       EXPECT_LT(bat.forwards, seq.forwards) << "max_batch " << k;
     }
+    // Automatic on the CPU is one trial per forward.
+    const AcdcResult automatic = mechlab::discovery::acdc(model, data, kl, AcdcOptions().threshold(tau));
+    expect_same_steps(automatic.steps, seq.steps, 0.0, "max_batch 0");
+    EXPECT_EQ(automatic.forwards, seq.forwards);
+    EXPECT_EQ(automatic.trials, seq.trials);
     int64_t tried = 0;
     for (const auto& s : seq.steps) tried += s.tried ? 1 : 0;
     EXPECT_EQ(seq.trials, tried);  // sequential: one trial per tried edge, none discarded
