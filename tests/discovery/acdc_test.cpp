@@ -86,7 +86,7 @@ void expect_same_steps(const std::vector<AcdcStep>& got, const std::vector<AcdcS
 }  // namespace
 
 // A copy of a circuit (as AcdcOptions::start and AcdcResult hold) is its own:
-// editing it must not edit the original, whose flags are tensors.
+// editing it must not edit the original.
 TEST(Circuit, CopiesAreIndependentOfTheOriginal) {
   const CircuitGraph g(mechlab::core::preset("tiny"));
   const Circuit a = Circuit::full(g);
