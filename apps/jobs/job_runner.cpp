@@ -136,7 +136,9 @@ JobResult run_acdc_from(MethodContext& ctx, std::optional<discovery::Circuit> st
                                 " decided edges of ", total, "; rerun the same command to resume from there"));
     }
   };
-  const discovery::AcdcResult a = discovery::acdc(ctx.model, ctx.data, ctx.metric, opts, resume, observer);
+  const discovery::AcdcResult a = ctx.runner != nullptr
+                                      ? discovery::acdc(*ctx.runner, ctx.metric, opts, resume, observer)
+                                      : discovery::acdc(ctx.model, ctx.data, ctx.metric, opts, resume, observer);
   JobResult r{a.circuit};
   for (const discovery::AcdcStep& st : a.steps) r.trace.push_back(step_json(st));
   r.full_metric = a.full_metric;
@@ -406,22 +408,24 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       MECHLAB_CHECK(!ec, "cannot create the output folder '", r.out, "': ", ec.message());
       const std::string journal_path = (fs::path(r.out) / "journal.jsonl").string();
       const JournalContents old = read_journal(journal_path);
-      JobResult result{discovery::Circuit::empty(patching::CircuitGraph(model->cfg()))};
-      {
-        JournalWriter journal(journal_path, old.valid_bytes);
-        MethodContext ctx{r, *model, *data, *metric, old.entries, journal, edge_scores, nullptr};
-        result = method_table().at(j.method)(ctx);
-        if (ctx.bar) ctx.bar->finish();
-        journal.close();
-      }
-      // Evaluate the circuit whatever found it: the metric of the full model,
-      // the empty circuit and the circuit, all in one call of the runner.
+      // One circuit runner per job and ablation: ACDC runs every τ of a sweep
+      // on it (the clean and ablated runs made once), and it evaluates the circuits.
       const std::string eval_key = j.name + "\n" + j.ablation;
       if (!evaluator || evaluator_for != eval_key) {
         evaluator.reset();
         evaluator = std::make_unique<discovery::CircuitRunner>(*model, *data, discovery::parse_ablation(j.ablation));
         evaluator_for = eval_key;
       }
+      JobResult result{discovery::Circuit::empty(patching::CircuitGraph(model->cfg()))};
+      {
+        JournalWriter journal(journal_path, old.valid_bytes);
+        MethodContext ctx{r, *model, *data, *metric, old.entries, journal, edge_scores, nullptr, evaluator.get()};
+        result = method_table().at(j.method)(ctx);
+        if (ctx.bar) ctx.bar->finish();
+        journal.close();
+      }
+      // Evaluate the circuit whatever found it: the metric of the full model,
+      // the empty circuit and the circuit, all in one call of the runner.
       const patching::CircuitGraph& graph = result.circuit.graph();
       const std::vector<double> m = evaluator->metrics(
           *metric, {discovery::Circuit::full(graph), discovery::Circuit::empty(graph), result.circuit});

@@ -27,6 +27,7 @@
 #include "core/util/progress.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/discovery/circuit.h"
+#include "patching/discovery/circuit_runner.h"
 #include "patching/edge_attribution.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"
@@ -72,6 +73,9 @@ struct MethodContext {
   /// The run's progress bar, made on first use with the method's total.
   core::ProgressBar& progress(int64_t total, const std::string& unit, int64_t start = 0);
   std::unique_ptr<core::ProgressBar> bar;
+  /// The job's circuit runner (its ablation), shared by the runs of its τ
+  /// sweep; nullptr = the method makes its own.
+  discovery::CircuitRunner* runner = nullptr;
 };
 
 using Method = std::function<JobResult(MethodContext&)>;

@@ -162,12 +162,7 @@ class Work {
   at::Tensor mask_;
 };
 
-// `one_forward_per_edge`: every trial a full masked forward from the
-// embedding, one per forward (the baseline of `mechlab bench acdc`).
-AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingData& data,
-                    const patching::Metric& metric, const AcdcOptions& options,
-                    const std::vector<AcdcStep>& resume, const AcdcObserver& observer, bool one_forward_per_edge) {
-  const auto t0 = std::chrono::steady_clock::now();
+void check_options(const AcdcOptions& options) {
   const double tau = options.threshold();
   MECHLAB_CHECK(!std::isnan(tau) && tau >= 0, "ACDC threshold ", tau,
                 " must be a number >= 0 (the metric increase below which an edge is removed)");
@@ -178,16 +173,28 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
                 options.max_batch());
   MECHLAB_CHECK(options.memory_budget_bytes() >= 0, "ACDC memory_budget_bytes must be >= 0 (0 = automatic), got ",
                 options.memory_budget_bytes());
-  data.validate(model.cfg());
-  const CircuitGraph graph(model.cfg());
+}
+
+// `one_forward_per_edge`: every trial a full masked forward from the
+// embedding, one per forward (the baseline of `mechlab bench acdc`).
+// `t0`: when the run began (the runner's construction counts when acdc() made it).
+AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const AcdcOptions& options,
+                    const std::vector<AcdcStep>& resume, const AcdcObserver& observer, bool one_forward_per_edge,
+                    std::chrono::steady_clock::time_point t0) {
+  check_options(options);
+  const double tau = options.threshold();
+  hooks::HookedTransformer& model = runner.model();
+  MECHLAB_CHECK(options.ablation() == runner.ablation(), "ACDC ablation \"", ablation_name(options.ablation()),
+                "\" differs from the circuit runner's \"", ablation_name(runner.ablation()),
+                "\"; make the runner with the ablation of the options");
+  const CircuitGraph& graph = runner.graph();
   if (options.start()) {
     MECHLAB_CHECK(options.start()->graph().cfg().to_json_string() == model.cfg().to_json_string(),
                   "the ACDC start circuit was made for another model (", options.start()->graph().cfg().name,
                   ", not ", model.cfg().name, "); start from a circuit of this model");
   }
+  const int64_t forwards_before = runner.forwards();
 
-  CircuitRunner runner(model, data, options.ablation(),
-                       RunnerOptions().memory_budget_bytes(options.memory_budget_bytes()));
   const double full_metric = metric(runner.clean_logits()).item<double>();
   MECHLAB_CHECK(std::isfinite(full_metric), "metric ", metric.name(), " is ", full_metric,
                 " on the full model; ACDC needs a finite metric (check the answers and the data)");
@@ -200,8 +207,13 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
   int64_t total = 0;
   for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
 
-  const int64_t kmax = one_forward_per_edge ? 1
+  // Automatic: one trial per forward on the CPU, where k stacked copies cost
+  // k forwards of arithmetic and the trials after a kept edge are lost
+  // (docs/ARCHITECTURE.md, "ACDC", measured); the memory budget's k elsewhere.
+  const bool on_cpu = model.model().device().is_cpu();
+  const int64_t kmax = one_forward_per_edge      ? 1
                        : options.max_batch() > 0 ? options.max_batch()
+                       : on_cpu                  ? 1
                                                  : runner.copies_per_forward(metric);
   std::vector<AcdcStep> steps;
   std::vector<double> scores(items.size(), NAN);
@@ -325,11 +337,22 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
       {"metric", metric.name()},
       {"model", model.cfg().name},
       {"started_from_circuit", options.start().has_value()},
-      {"n_prompts", data.batch()},
-      {"seq_len", data.seq_len()},
+      {"n_prompts", runner.n_prompts()},
+      {"seq_len", runner.seq_len()},
   };
   return AcdcResult{std::move(circuit), std::move(steps), full_metric, final_metric,
-                    runner.forwards(), trials, seconds, std::move(config)};
+                    runner.forwards() - forwards_before, trials, seconds, std::move(config)};
+}
+
+AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingData& data,
+                    const patching::Metric& metric, const AcdcOptions& options, const std::vector<AcdcStep>& resume,
+                    const AcdcObserver& observer, bool one_forward_per_edge) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check_options(options);  // before the runner's forwards
+  data.validate(model.cfg());
+  CircuitRunner runner(model, data, options.ablation(),
+                       RunnerOptions().memory_budget_bytes(options.memory_budget_bytes()));
+  return run_acdc(runner, metric, options, resume, observer, one_forward_per_edge, t0);
 }
 
 }  // namespace
@@ -337,6 +360,11 @@ AcdcResult run_acdc(hooks::HookedTransformer& model, const patching::PatchingDat
 AcdcResult acdc(hooks::HookedTransformer& model, const patching::PatchingData& data, const patching::Metric& metric,
                 const AcdcOptions& options, const std::vector<AcdcStep>& resume, const AcdcObserver& observer) {
   return run_acdc(model, data, metric, options, resume, observer, false);
+}
+
+AcdcResult acdc(CircuitRunner& runner, const patching::Metric& metric, const AcdcOptions& options,
+                const std::vector<AcdcStep>& resume, const AcdcObserver& observer) {
+  return run_acdc(runner, metric, options, resume, observer, false, std::chrono::steady_clock::now());
 }
 
 AcdcResult acdc_one_forward_per_edge(hooks::HookedTransformer& model, const patching::PatchingData& data,

@@ -46,7 +46,9 @@ struct AcdcOptions {
   MECHLAB_OPTION(AcdcOptions, Ablation, ablation, Ablation::corrupted)
   /// "normal" (a layer's heads from the last) or "reverse" (from the first).
   MECHLAB_OPTION(AcdcOptions, std::string, indices_mode, "normal")
-  /// Trials per batched forward; 0 = from the memory budget, 1 = sequential.
+  /// Trials per batched forward; 1 = sequential; 0 = automatic: 1 on the
+  /// CPU (stacking saves no arithmetic there and loses the trials after each
+  /// kept edge), from the memory budget on a GPU.
   MECHLAB_OPTION(AcdcOptions, int64_t, max_batch, 0)
   /// 0 = as BulkOptions.
   MECHLAB_OPTION(AcdcOptions, int64_t, memory_budget_bytes, 0)
@@ -80,6 +82,14 @@ using AcdcObserver = std::function<void(const AcdcStep& step, int64_t decided, i
 AcdcResult acdc(hooks::HookedTransformer& model, const patching::PatchingData& data, const patching::Metric& metric,
                 const AcdcOptions& options = {}, const std::vector<AcdcStep>& resume = {},
                 const AcdcObserver& observer = {});
+
+/// The same on an existing runner (its model, data and ablation), whose
+/// clean and ablated runs are reused: a tau sweep makes them once for all its
+/// taus. `options.ablation()` must be the runner's; the runner's memory budget
+/// applies (`options.memory_budget_bytes()` is not read). The runner's state
+/// (set_state) is replaced.
+AcdcResult acdc(CircuitRunner& runner, const patching::Metric& metric, const AcdcOptions& options = {},
+                const std::vector<AcdcStep>& resume = {}, const AcdcObserver& observer = {});
 
 /// The same decisions the slow way: every trial one full masked forward from
 /// the embedding, one trial per forward (no restart, no batching). The

@@ -40,34 +40,24 @@ std::vector<int> heads_reading(const core::ModelConfig& cfg, const ReceiverInput
 }  // namespace
 
 Circuit::Circuit(const CircuitGraph& graph) : graph_(graph) {
-  const auto S = static_cast<int64_t>(graph_.senders().size());
-  const auto R = static_cast<int64_t>(graph_.receivers().size());
-  kept_ = at::zeros({S, R}, at::kBool);
-  input_kept_ = at::ones({R}, at::kBool);
-  scores_ = at::full({S, R}, std::numeric_limits<double>::quiet_NaN(), at::kDouble);
-  input_scores_ = at::full({R}, std::numeric_limits<double>::quiet_NaN(), at::kDouble);
-  for (int64_t r = 0; r < R; ++r) {
+  S_ = static_cast<int64_t>(graph_.senders().size());
+  R_ = static_cast<int64_t>(graph_.receivers().size());
+  const auto SR = static_cast<size_t>(S_ * R_);
+  exists_.assign(SR, 0);
+  kept_.assign(SR, 0);
+  input_kept_.assign(static_cast<size_t>(R_), 1);
+  scores_.assign(SR, std::numeric_limits<double>::quiet_NaN());
+  input_scores_.assign(static_cast<size_t>(R_), std::numeric_limits<double>::quiet_NaN());
+  for (int64_t r = 0; r < R_; ++r) {
     const ReceiverInput& rec = graph_.receivers()[static_cast<size_t>(r)];
     if (is_head_input(rec)) edges_.push_back({CircuitEdge::Kind::head_input, -1, r});
-    for (int64_t s = 0; s < S; ++s) {
+    for (int64_t s = 0; s < S_; ++s) {
       if (graph_.has_edge(graph_.senders()[static_cast<size_t>(s)], rec)) {
         edges_.push_back({CircuitEdge::Kind::residual, s, r});
+        exists_[idx(s, r)] = 1;
       }
     }
   }
-}
-
-Circuit::Circuit(const Circuit& o)
-    : graph_(o.graph_),
-      edges_(o.edges_),
-      kept_(o.kept_.clone()),
-      input_kept_(o.input_kept_.clone()),
-      scores_(o.scores_.clone()),
-      input_scores_(o.input_scores_.clone()) {}
-
-Circuit& Circuit::operator=(const Circuit& o) {
-  if (this != &o) *this = Circuit(o);
-  return *this;
 }
 
 Circuit Circuit::full(const CircuitGraph& graph) {
@@ -111,47 +101,59 @@ CircuitEdge Circuit::parse_edge(const std::string& text) const {
 }
 
 bool Circuit::kept(const CircuitEdge& e) const {
-  if (e.kind == CircuitEdge::Kind::head_input) return input_kept_[e.receiver].item<bool>();
-  return kept_[e.sender][e.receiver].item<bool>();
+  if (e.kind == CircuitEdge::Kind::head_input) return input_kept_.at(static_cast<size_t>(e.receiver)) != 0;
+  return kept_.at(idx(e.sender, e.receiver)) != 0;
 }
 
 void Circuit::set_kept(const CircuitEdge& e, bool kept) {
   if (e.kind == CircuitEdge::Kind::head_input) {
-    input_kept_[e.receiver] = kept;
+    input_kept_.at(static_cast<size_t>(e.receiver)) = kept ? 1 : 0;
   } else {
-    kept_[e.sender][e.receiver] = kept;
+    kept_.at(idx(e.sender, e.receiver)) = kept ? 1 : 0;
   }
 }
 
 double Circuit::score(const CircuitEdge& e) const {
-  if (e.kind == CircuitEdge::Kind::head_input) return input_scores_[e.receiver].item<double>();
-  return scores_[e.sender][e.receiver].item<double>();
+  if (e.kind == CircuitEdge::Kind::head_input) return input_scores_.at(static_cast<size_t>(e.receiver));
+  return scores_.at(idx(e.sender, e.receiver));
 }
 
 void Circuit::set_score(const CircuitEdge& e, double score) {
   if (e.kind == CircuitEdge::Kind::head_input) {
-    input_scores_[e.receiver] = score;
+    input_scores_.at(static_cast<size_t>(e.receiver)) = score;
   } else {
-    scores_[e.sender][e.receiver] = score;
+    scores_.at(idx(e.sender, e.receiver)) = score;
   }
 }
 
 int64_t Circuit::edge_count() const {
-  // Head-input edges exist only for head receivers; MLP/output entries are always true.
-  int64_t heads = 0;
-  for (const ReceiverInput& r : graph_.receivers()) heads += is_head_input(r) ? 0 : 1;
-  return kept_.sum().item<int64_t>() + input_kept_.sum().item<int64_t>() - heads;
+  // Head-input flags count only for head receivers (MLP/output entries are always 1).
+  int64_t n = 0;
+  for (uint8_t k : kept_) n += k;
+  for (int64_t r = 0; r < R_; ++r) {
+    if (is_head_input(graph_.receivers()[static_cast<size_t>(r)])) n += input_kept_[static_cast<size_t>(r)];
+  }
+  return n;
+}
+
+at::Tensor Circuit::kept_residual() const {
+  return at::tensor(at::ArrayRef<uint8_t>(kept_), at::kByte).view({S_, R_}).to(at::kBool);
+}
+
+at::Tensor Circuit::kept_head_input() const {
+  return at::tensor(at::ArrayRef<uint8_t>(input_kept_), at::kByte).to(at::kBool);
 }
 
 at::Tensor Circuit::removed_mask() const {
   // Residual edges that exist but are removed, or whose receiver's input is removed.
-  at::Tensor exists = at::zeros_like(kept_);
-  auto ex = exists.accessor<bool, 2>();
-  for (const CircuitEdge& e : edges_) {
-    if (e.kind == CircuitEdge::Kind::residual) ex[e.sender][e.receiver] = true;
+  at::Tensor removed = at::zeros({R_, S_}, at::kFloat);  // [receivers, senders]
+  float* m = removed.data_ptr<float>();
+  for (int64_t s = 0; s < S_; ++s) {
+    for (int64_t r = 0; r < R_; ++r) {
+      if (exists_[idx(s, r)] && !(kept_[idx(s, r)] && input_kept_[static_cast<size_t>(r)])) m[r * S_ + s] = 1.f;
+    }
   }
-  at::Tensor removed = exists.logical_and(kept_.logical_and(input_kept_.unsqueeze(0)).logical_not());
-  return removed.t().contiguous().to(at::kFloat);  // [receivers, senders]
+  return removed;
 }
 
 Circuit Circuit::without_dangling() const {
@@ -159,8 +161,8 @@ Circuit Circuit::without_dangling() const {
   const auto& receivers = graph_.receivers();
   const auto S = static_cast<int64_t>(senders.size());
   const auto R = static_cast<int64_t>(receivers.size());
-  auto kept = kept_.accessor<bool, 2>();
-  auto input_kept = input_kept_.accessor<bool, 1>();
+  auto kept = [&](int64_t s, int64_t r) { return kept_[idx(s, r)] != 0; };
+  auto input_kept = [&](int64_t r) { return input_kept_[static_cast<size_t>(r)] != 0; };
   const core::ModelConfig& cfg = graph_.cfg();
 
   // Sender index of the node that reads receiver r, or -1 for output. For
@@ -170,9 +172,9 @@ Circuit Circuit::without_dangling() const {
   // Forward: which senders are reached from input through kept edges.
   std::vector<char> reached(static_cast<size_t>(S), 0);
   auto receiver_fed = [&](int64_t r) {  // a kept edge from a reached sender, and the input edge kept
-    if (!input_kept[r]) return false;
+    if (!input_kept(r)) return false;
     for (int64_t s = 0; s < S; ++s) {
-      if (reached[static_cast<size_t>(s)] && kept[s][r]) return true;
+      if (reached[static_cast<size_t>(s)] && kept(s, r)) return true;
     }
     return false;
   };
@@ -200,7 +202,7 @@ Circuit Circuit::without_dangling() const {
   auto receiver_useful = [&](int64_t r) {
     const ReceiverInput& rec = receivers[static_cast<size_t>(r)];
     if (rec.node.kind == Kind::output) return true;
-    if (!input_kept[r]) return false;
+    if (!input_kept(r)) return false;
     if (rec.node.kind == Kind::mlp) return useful[static_cast<size_t>(sender_of(rec.node))] != 0;
     for (int h : heads_reading(cfg, rec)) {
       if (useful[static_cast<size_t>(sender_of({Kind::head, rec.node.layer, h}))]) return true;
@@ -209,7 +211,7 @@ Circuit Circuit::without_dangling() const {
   };
   for (int64_t s = S - 1; s >= 0; --s) {  // readers come after their senders
     for (int64_t r = 0; r < R; ++r) {
-      if (kept[s][r] && receiver_useful(r)) {
+      if (kept(s, r) && receiver_useful(r)) {
         useful[static_cast<size_t>(s)] = 1;
         break;
       }
@@ -236,7 +238,9 @@ std::vector<std::string> Circuit::nodes() const {
   const auto& senders = graph_.senders();
   for (size_t s = 0; s < senders.size(); ++s) {
     if (senders[s].kind == Kind::input) continue;
-    if (kept_[static_cast<int64_t>(s)].any().item<bool>()) out.push_back(patching::node_name(senders[s]));
+    bool any = false;
+    for (int64_t r = 0; r < R_ && !any; ++r) any = kept_[idx(static_cast<int64_t>(s), r)] != 0;
+    if (any) out.push_back(patching::node_name(senders[s]));
   }
   return out;
 }

@@ -50,10 +50,9 @@ struct CircuitEdge {
 
 class Circuit {
  public:
-  /// Copies are independent: editing a copy leaves the original as it was
-  /// (the flags and scores are tensors, which a plain copy would share).
-  Circuit(const Circuit& other);
-  Circuit& operator=(const Circuit& other);
+  /// Copies are independent: editing a copy leaves the original as it was.
+  Circuit(const Circuit& other) = default;
+  Circuit& operator=(const Circuit& other) = default;
   Circuit(Circuit&&) = default;
   Circuit& operator=(Circuit&&) = default;
 
@@ -91,9 +90,9 @@ class Circuit {
   at::Tensor removed_mask() const;
 
   /// bool [senders, receivers] (false where no edge exists) and bool
-  /// [receivers] (head-input edges; true for MLP and output receivers).
-  const at::Tensor& kept_residual() const { return kept_; }
-  const at::Tensor& kept_head_input() const { return input_kept_; }
+  /// [receivers] (head-input edges; true for MLP and output receivers), new tensors.
+  at::Tensor kept_residual() const;
+  at::Tensor kept_head_input() const;
 
   /// The circuit without dangling edges: an edge stays only if its sender
   /// is reached from `input` through kept edges (a head is reached when one
@@ -115,12 +114,18 @@ class Circuit {
  private:
   explicit Circuit(const patching::CircuitGraph& graph);
 
+  size_t idx(int64_t s, int64_t r) const { return static_cast<size_t>(s * R_ + r); }
+
+  // Plain vectors, not tensors: ACDC and the evaluation flip and read single
+  // flags thousands of times, and a tensor element access costs a dispatch.
   patching::CircuitGraph graph_;
+  int64_t S_ = 0, R_ = 0;
   std::vector<CircuitEdge> edges_;
-  at::Tensor kept_;          // bool [senders, receivers]
-  at::Tensor input_kept_;    // bool [receivers]
-  at::Tensor scores_;        // float64 [senders, receivers], NaN = unset
-  at::Tensor input_scores_;  // float64 [receivers]
+  std::vector<uint8_t> exists_;        // [senders * receivers]: a residual edge exists
+  std::vector<uint8_t> kept_;          // [senders * receivers]
+  std::vector<uint8_t> input_kept_;    // [receivers]
+  std::vector<double> scores_;         // [senders * receivers], NaN = unset
+  std::vector<double> input_scores_;   // [receivers]
 };
 
 }  // namespace mechlab::discovery

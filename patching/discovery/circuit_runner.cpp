@@ -70,7 +70,9 @@ CircuitRunner::CircuitRunner(hooks::HookedTransformer& model, const patching::Pa
   const auto& cfg = model_.cfg();
   const at::ScalarType dt = model_.model().dtype();
   tokens_ = model_.model().check_tokens(data.clean_tokens);  // int64 [batch, pos]
-  if (data.attention_mask.defined()) mask_ = data.attention_mask.to(model_.model().device());
+  // Bool once here: the runtime checks an integer mask's values (a device
+  // sync) on every forward, a bool one not.
+  if (data.attention_mask.defined()) mask_ = data.attention_mask.to(model_.model().device()).ne(0);
   hooks::RunOptions ro;
   ro.attention_mask(mask_);
 
@@ -204,7 +206,6 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     }
     if (!any) return;
     const at::Tensor m = masks.narrow(1, r0, nr);  // [k, nr, S]
-    const at::Tensor ms = m.narrow(2, 0, S0);       // [k, nr, S0]
     const int64_t n_live = s_end - S0;
     at::Tensor lv;  // [k * batch, pos, n_live, d_model]
     if (n_live > 0) {
@@ -214,18 +215,39 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
       }
       lv = live_cat.narrow(2, 0, n_live);
     }
-    if (uni) {
-      at::Tensor out = act;
-      if (n_live > 0) out = kernels::edge_patch(act.contiguous(), lv.contiguous(), m[0].narrow(1, S0, n_live).contiguous());
-      at::Tensor corr = at::einsum("rs,bpsd->bprd", {ms[0], shared_src});  // [batch, pos, nr, d_model]
-      act = (out.view({k, b, Pc, nr, d}) - corr.unsqueeze(0)).view({k * b, Pc, nr, d});
-      return;
+    // Every copy patched with copy 0's rows: the one-mask kernel on the live
+    // senders and one contraction over the shared ones, whatever k is.
+    const at::Tensor m0 = m[0];  // [nr, S]
+    at::Tensor out = act;
+    if (n_live > 0) out = kernels::edge_patch(act.contiguous(), lv.contiguous(), m0.narrow(1, S0, n_live).contiguous());
+    const at::Tensor corr = at::einsum("rs,bpsd->bprd", {m0.narrow(1, 0, S0), shared_src});  // [batch, pos, nr, d_model]
+    at::Tensor act5 = out.view({k, b, Pc, nr, d}) - corr.unsqueeze(0);  // [k, batch, pos, nr, d_model], a new tensor
+    if (!uni) {
+      // Then, per copy, only the rows that differ from copy 0's (trials
+      // differ from each other in a few edges, so this is a few rows, not
+      // k full contractions). D = m - m[0] on the CPU.
+      const at::Tensor D = (masks_cpu.narrow(1, r0, nr) - masks_cpu.narrow(1, r0, nr).narrow(0, 0, 1)).contiguous();  // [k, nr, S]
+      const at::Tensor rows_nz = D.ne(0).any(2).nonzero();  // [n, 2]: (copy, receiver) pairs
+      const int64_t n = rows_nz.size(0);
+      if (n > 0) {
+        const at::Tensor c_idx = rows_nz.select(1, 0).contiguous(), r_idx = rows_nz.select(1, 1).contiguous();  // [n]
+        const at::Tensor Dn = D.index({c_idx, r_idx}).to(masks.device(), masks.scalar_type());  // [n, S]
+        at::Tensor vals = at::einsum("ns,bpsd->nbpd", {Dn.narrow(1, 0, S0), shared_src});  // [n, batch, pos, d_model]
+        if (n_live > 0 && D.narrow(2, S0, n_live).ne(0).any().item<bool>()) {
+          const at::Tensor c_dev = c_idx.to(masks.device());
+          const at::Tensor lv_n = lv.view({k, b, Pc, n_live, d}).index_select(0, c_dev);  // [n, batch, pos, n_live, d_model]
+          vals = vals + at::einsum("ns,nbpsd->nbpd", {Dn.narrow(1, S0, n_live), lv_n});
+        }
+        // act5[c_i, :, :, r_i, :] -= vals[i] (the pairs are distinct)
+        c10::List<std::optional<at::Tensor>> where;
+        where.push_back(c_idx.to(masks.device()));
+        where.push_back(std::nullopt);
+        where.push_back(std::nullopt);
+        where.push_back(r_idx.to(masks.device()));
+        act5.index_put_(where, -vals, /*accumulate=*/true);
+      }
     }
-    at::Tensor corr = at::einsum("krs,bpsd->kbprd", {ms, shared_src});  // [k, batch, pos, nr, d_model]
-    if (n_live > 0) {
-      corr = corr + at::einsum("krs,kbpsd->kbprd", {m.narrow(2, S0, n_live), lv.view({k, b, Pc, n_live, d})});
-    }
-    act = (act.view({k, b, Pc, nr, d}) - corr).view({k * b, Pc, nr, d});
+    act = act5.view({k * b, Pc, nr, d});
   };
 
   at::Tensor final_resid;

@@ -85,7 +85,10 @@ class CircuitRunner {
                 const RunnerOptions& options = {});
 
   const patching::CircuitGraph& graph() const { return graph_; }
+  hooks::HookedTransformer& model() const { return model_; }
   Ablation ablation() const { return ablation_; }
+  int64_t n_prompts() const { return tokens_.size(0); }
+  int64_t seq_len() const { return tokens_.size(1); }
   /// Logits of the unpatched clean run [batch, pos, d_vocab] (the reference of kl_to_clean).
   const at::Tensor& clean_logits() const { return clean_logits_; }
 

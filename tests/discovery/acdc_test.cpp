@@ -86,7 +86,7 @@ void expect_same_steps(const std::vector<AcdcStep>& got, const std::vector<AcdcS
 }  // namespace
 
 // A copy of a circuit (as AcdcOptions::start and AcdcResult hold) is its own:
-// editing it must not edit the original, whose flags are tensors.
+// editing it must not edit the original.
 TEST(Circuit, CopiesAreIndependentOfTheOriginal) {
   const CircuitGraph g(mechlab::core::preset("tiny"));
   const Circuit a = Circuit::full(g);
@@ -369,16 +369,46 @@ TEST(Acdc, BatchedTrialsDecideExactlyAsSequentialTrials) {
   const Metric kl = kl_metric(model, data);
   for (double tau : {0.0005, 0.005}) {
     const AcdcResult seq = mechlab::discovery::acdc(model, data, kl, AcdcOptions().threshold(tau).max_batch(1));
-    for (int64_t k : {int64_t(0), int64_t(3)}) {
+    for (int64_t k : {int64_t(3), int64_t(64)}) {
       const AcdcResult bat = mechlab::discovery::acdc(model, data, kl, AcdcOptions().threshold(tau).max_batch(k));
       expect_same_steps(bat.steps, seq.steps, 1e-6, "max_batch " + std::to_string(k));
       EXPECT_EQ(kept_names(bat.circuit), kept_names(seq.circuit));
       EXPECT_LT(bat.forwards, seq.forwards) << "max_batch " << k;
     }
+    // Automatic on the CPU is one trial per forward.
+    const AcdcResult automatic = mechlab::discovery::acdc(model, data, kl, AcdcOptions().threshold(tau));
+    expect_same_steps(automatic.steps, seq.steps, 0.0, "max_batch 0");
+    EXPECT_EQ(automatic.forwards, seq.forwards);
+    EXPECT_EQ(automatic.trials, seq.trials);
     int64_t tried = 0;
     for (const auto& s : seq.steps) tried += s.tried ? 1 : 0;
     EXPECT_EQ(seq.trials, tried);  // sequential: one trial per tried edge, none discarded
   }
+}
+
+// A tau sweep on one runner (acdc(runner, ...), what a job's sweep does)
+// decides as separate runs that each build their own runner: the runner's
+// state from an earlier tau must not leak into the next, and its forward
+// count is per run.
+TEST(Acdc, ATauSweepOnOneRunnerGivesTheCircuitsOfSeparateRuns) {
+  HookedTransformer model = load_f64("gpt2_like");
+  const PatchingData data = fixture_data("gpt2_like");
+  const Metric kl = kl_metric(model, data);
+  CircuitRunner runner(model, data, Ablation::corrupted);
+  // Back to the first tau at the end: a run after a sparser one.
+  for (double tau : {0.0005, 0.005, 0.02, 0.0005}) {
+    const AcdcOptions opts = AcdcOptions().threshold(tau);
+    const AcdcResult swept = mechlab::discovery::acdc(runner, kl, opts);
+    const AcdcResult alone = mechlab::discovery::acdc(model, data, kl, opts);
+    expect_same_steps(swept.steps, alone.steps, 0.0, "tau " + std::to_string(tau));
+    EXPECT_EQ(kept_names(swept.circuit), kept_names(alone.circuit)) << tau;
+    EXPECT_EQ(swept.forwards, alone.forwards) << tau;
+    EXPECT_EQ(swept.final_metric, alone.final_metric) << tau;
+    EXPECT_EQ(swept.config, alone.config) << tau;
+  }
+  const std::string e = error_of(
+      [&] { mechlab::discovery::acdc(runner, kl, AcdcOptions().threshold(0.01).ablation(Ablation::zero)); });
+  EXPECT_NE(e.find("ACDC ablation \"zero\" differs from the circuit runner's \"corrupted\""), std::string::npos) << e;
 }
 
 // ------------------------------------------------------ constructed circuit
