@@ -4,6 +4,7 @@
 // L-BFGS), L1 logistic regression (FISTA against saga), ridge (closed form and
 // L-BFGS) and lasso; plus the batching contract (P probes at once = each alone).
 #include "probes/linear_probe.h"
+#include "probes/batched_solvers.h"
 
 #include "tests/probes/probe_fixture.h"
 #include "tests/test_util.h"
@@ -196,6 +197,50 @@ TEST(LinearProbe, RawWeightsActOnRawFeatures) {
   EXPECT_TRUE(at::allclose(p.decision_function(fx.x_test), z_std, 1e-9, 1e-9));
 }
 
+// Fast mode (prediction_tol) against the exact fit to a tight tolerance:
+// the same test accuracy within 0.005 (here: on 100 test rows, equal), in
+// fewer iterations, and every probe says it stopped on its predictions.
+TEST(LinearProbe, FastModeReachesTheExactFitsTestAccuracyInFewerIterations) {
+  for (const char* group : {"binary", "multinomial"}) {
+    const ProbeFixture fx = probe_fixture(group);
+    LinearProbes exact = fit_logistic(fx.x_train, fx.y_train, tight());
+    LinearProbes fast = fit_logistic(fx.x_train, fx.y_train, tight().prediction_tol(1e-3).check_every(3));
+    at::Tensor acc_exact = (exact.predict(fx.x_test) == fx.y_test).to(at::kDouble).mean(1);  // [P]
+    at::Tensor acc_fast = (fast.predict(fx.x_test) == fx.y_test).to(at::kDouble).mean(1);
+    EXPECT_LE((acc_exact - acc_fast).abs().max().item<double>(), 0.005) << group << acc_exact << acc_fast;
+    EXPECT_TRUE(fast.converged.all().item<bool>()) << group;
+    EXPECT_TRUE((fast.stop_reason == static_cast<int64_t>(StopReason::monitor)).all().item<bool>())
+        << group << fast.stop_reason;
+    EXPECT_TRUE((fast.iterations < exact.iterations).all().item<bool>())
+        << group << fast.iterations << exact.iterations;
+    // The earliest a probe can stop: three looks (a baseline, two calm windows).
+    EXPECT_TRUE((fast.iterations >= 9).all().item<bool>()) << group << fast.iterations;
+    EXPECT_TRUE(exact.converged.all().item<bool>());
+    EXPECT_TRUE((exact.stop_reason != static_cast<int64_t>(StopReason::monitor)).all().item<bool>());
+  }
+}
+
+TEST(LinearProbe, FastModeReportsAFitThatRanOutOfIterations) {
+  const ProbeFixture fx = probe_fixture("multinomial");
+  LinearProbes p = fit_logistic(fx.x_train, fx.y_train, tight().max_iter(4).prediction_tol(1e-3).check_every(1));
+  EXPECT_FALSE(p.converged.any().item<bool>());
+  EXPECT_TRUE((p.stop_reason == static_cast<int64_t>(StopReason::max_iter)).all().item<bool>()) << p.stop_reason;
+  EXPECT_TRUE((p.iterations == 4).all().item<bool>());
+}
+
+TEST(LinearProbe, StopReasonOfEachSolver) {
+  const ProbeFixture fx = probe_fixture("ridge");
+  LinearProbes ridge = fit_linear(fx.x_train, fx.y_train);
+  EXPECT_TRUE((ridge.stop_reason == static_cast<int64_t>(StopReason::closed_form)).all().item<bool>());
+  const ProbeFixture bx = probe_fixture("binary");
+  LinearProbes lb = fit_logistic(bx.x_train, bx.y_train, tight());
+  at::Tensor r = lb.stop_reason;
+  EXPECT_TRUE(((r == static_cast<int64_t>(StopReason::gradient)) | (r == static_cast<int64_t>(StopReason::objective)))
+                  .all()
+                  .item<bool>())
+      << r;
+}
+
 TEST(LinearProbe, RefusesBadInputsNamingThem) {
   at::Tensor x = at::randn({10, 3}, at::kDouble);
   EXPECT_NE(error_of([&] { fit_logistic(x, at::zeros({10}, at::kLong)); }).find("one class only"),
@@ -214,6 +259,11 @@ TEST(LinearProbe, RefusesBadInputsNamingThem) {
   bad[3][1] = std::numeric_limits<double>::quiet_NaN();
   EXPECT_NE(error_of([&] { fit_logistic(bad, y); }).find("NaN"), std::string::npos);
   EXPECT_NE(error_of([&] { fit_linear(x, y); }).find("floating point"), std::string::npos);
+  EXPECT_NE(error_of([&] { fit_linear(x, x.select(1, 0), ProbeOptions().prediction_tol(1e-3)); })
+                .find("`prediction_tol` (fast mode) is for logistic probes fitted by L-BFGS; set it to 0"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { fit_logistic(x, y, ProbeOptions().prediction_tol(1.5)); }).find("must be in [0, 1)"),
+            std::string::npos);
   EXPECT_NE(error_of([&] { parse_solver("newton"); }).find("use auto, lbfgs, fista, exact or adam"),
             std::string::npos);
 }
