@@ -69,7 +69,7 @@ void add_bench_probe(CLI::App& bench) {
     int64_t tokens = 100000, d_model = 768, layers = 12, classes = 10;
     double train_fraction = 0.8, C = 1.0, alpha = 1.0;
     int max_iter = 100, repeats = 1;
-    int64_t block_rows = 0;
+    int64_t block_rows = 0, check_every = 5;
     double tol = 1e-4, prediction_tol = 1e-3;
     bool no_fast = false;
     bool no_standardize = false, overwrite = false;
@@ -98,6 +98,9 @@ void add_bench_probe(CLI::App& bench) {
                   "logistic probe once at most this share of watched training rows changed class over two "
                   "windows of iterations")
       ->capture_default_str()->check(CLI::Range(1e-9, 0.5));
+  cmd->add_option("--check-every", a->check_every, "Fast mode: iterations per window between two looks at "
+                  "the predictions (a probe stops after 3 windows at the earliest)")
+      ->capture_default_str()->check(positive());
   cmd->add_flag("--no-fast", a->no_fast, "Time the scikit-learn-exact fits only");
   cmd->add_flag("--no-standardize", a->no_standardize, "Fit on raw features (default: standardised, "
                 "as StandardScaler)");
@@ -150,7 +153,8 @@ void add_bench_probe(CLI::App& bench) {
                                                  0, a->repeats, device);
 
     // Fast mode: the same fits, stopped once the predictions have settled.
-    const probes::ProbeOptions fast_opts = probes::ProbeOptions(opts).prediction_tol(a->prediction_tol);
+    const probes::ProbeOptions fast_opts =
+        probes::ProbeOptions(opts).prediction_tol(a->prediction_tol).check_every(a->check_every);
     probes::LinearProbes fast_bin, fast_multi;
     bench::Stats ms_fast_bin{}, ms_fast_multi{};
     if (!a->no_fast) {
@@ -213,6 +217,7 @@ void add_bench_probe(CLI::App& bench) {
     };
     if (!a->no_fast) {
       j["prediction_tol"] = a->prediction_tol;
+      j["check_every"] = a->check_every;
       j["fast"] = {
           {"binary", fit_json(ms_fast_bin, probes::accuracy(fast_bin.predict(xte), test(data.binary)), fast_bin)},
           {"multinomial",

@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--no-standardize", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prediction-tol", type=float, default=1e-3, help="mechlab's fast mode")
+    ap.add_argument("--check-every", type=int, default=5, help="mechlab's fast mode: iterations per window")
     ap.add_argument("--data", help="where to write the data (default: a temporary file, removed after)")
     args = ap.parse_args()
 
@@ -75,7 +76,8 @@ def main() -> None:
     cmd = [MECHLAB, "bench", "probe", "--tokens", str(args.tokens), "--d-model", str(args.d_model),
            "--layers", str(args.layers), "--classes", str(args.classes),
            "--train-fraction", str(args.train_fraction), "--seed", str(args.seed), "--device", args.device,
-           "--prediction-tol", str(args.prediction_tol), "--write-data", path, "--overwrite"]
+           "--prediction-tol", str(args.prediction_tol), "--check-every", str(args.check_every),
+           "--write-data", path, "--overwrite"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.no_standardize:

@@ -10,6 +10,7 @@
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace mechlab::probes {
 namespace {
@@ -239,6 +240,33 @@ TEST(LinearProbe, StopReasonOfEachSolver) {
                   .all()
                   .item<bool>())
       << r;
+}
+
+// mechlab bench probe reports both modes with each probe's iterations and
+// stop reason, and the fast mode's accuracy beside the exact mode's.
+TEST(LinearProbe, BenchReportsExactAndFastModes) {
+  const mechlab::testing::CliResult r = mechlab::testing::run_cli(
+      "bench probe --tokens 600 --d-model 8 --layers 2 --classes 3 --threads 1 --check-every 1");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  const size_t at = r.output.find("probe_json ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(r.output.substr(at + 11, r.output.find('\n', at) - at - 11));
+  for (const char* k : {"binary", "multinomial"}) {
+    for (const nlohmann::json& fit : {j[k], j["fast"][k]}) {
+      ASSERT_EQ(fit["stop_reason"].size(), 2u) << k;
+      ASSERT_EQ(fit["test_accuracy"].size(), 2u) << k;
+      for (const auto& reason : fit["stop_reason"]) {
+        const std::string why = reason.get<std::string>();
+        EXPECT_TRUE(why == "gradient" || why == "objective" || why == "monitor") << k << " " << why;
+      }
+      for (int64_t it : fit["iterations"]) EXPECT_GE(it, 1) << k;
+    }
+    for (int p = 0; p < 2; ++p) {
+      EXPECT_NEAR(j["fast"][k]["test_accuracy"][p].get<double>(), j[k]["test_accuracy"][p].get<double>(), 0.005)
+          << k << " layer " << p;
+    }
+  }
+  EXPECT_EQ(j["check_every"], 1);
 }
 
 TEST(LinearProbe, RefusesBadInputsNamingThem) {
