@@ -221,6 +221,33 @@ TEST(LinearProbe, FastModeReachesTheExactFitsTestAccuracyInFewerIterations) {
   }
 }
 
+// The monitor's rule against a naive recomputation: L-BFGS is deterministic
+// (and a monitor does not change its iterates), so the iterates at k, k - w,
+// k - 2w, k - 3w are exact fits cut at those max_iter. A probe stopped at k
+// had no training prediction change over the two windows before k (400 rows
+// < monitor_rows: all are watched; tol 1e-3 of 400 rows is 0 rows), and had
+// not already met that at k - w.
+TEST(LinearProbe, FastModeStopsAtTheFirstTwoCalmWindows) {
+  const ProbeFixture fx = probe_fixture("multinomial");
+  const int64_t w = 3;
+  LinearProbes fast = fit_logistic(fx.x_train, fx.y_train, tight().prediction_tol(1e-3).check_every(w));
+  auto preds_at = [&](int64_t iters) {
+    return fit_logistic(fx.x_train, fx.y_train, tight().max_iter(iters)).predict(fx.x_train);  // [P, n]
+  };
+  for (int64_t p = 0; p < fast.num_probes(); ++p) {
+    const int64_t k = fast.iterations[p].item<int64_t>();
+    ASSERT_EQ(k % w, 0) << "a look happens every " << w << " iterations";
+    ASSERT_GE(k, 3 * w);
+    at::Tensor a = preds_at(k)[p], b = preds_at(k - w)[p], c = preds_at(k - 2 * w)[p];
+    EXPECT_EQ((a != b).sum().item<int64_t>(), 0) << "probe " << p;
+    EXPECT_EQ((b != c).sum().item<int64_t>(), 0) << "probe " << p;
+    if (k >= 4 * w) {
+      at::Tensor d = preds_at(k - 3 * w)[p];
+      EXPECT_GT((c != d).sum().item<int64_t>(), 0) << "probe " << p << " was already calm at " << k - w;
+    }
+  }
+}
+
 TEST(LinearProbe, FastModeReportsAFitThatRanOutOfIterations) {
   const ProbeFixture fx = probe_fixture("multinomial");
   LinearProbes p = fit_logistic(fx.x_train, fx.y_train, tight().max_iter(4).prediction_tol(1e-3).check_every(1));
