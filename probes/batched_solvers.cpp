@@ -27,9 +27,29 @@ std::pair<at::Tensor, at::Tensor> evaluate(const BatchedObjective& fg, const at:
   return {f.to(at::kDouble), g};
 }
 
+// Records reason r for the problems in `now` that have no reason yet.
+void set_reason(at::Tensor& reason, at::Tensor& decided, const at::Tensor& now, StopReason r) {
+  at::Tensor fresh = now & decided.logical_not();
+  reason.masked_fill_(fresh, static_cast<int64_t>(r));
+  decided = decided | fresh;
+}
+
 }  // namespace
 
-SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const LbfgsOptions& o) {
+std::string to_string(StopReason r) {
+  switch (r) {
+    case StopReason::max_iter: return "max_iter";
+    case StopReason::gradient: return "gradient";
+    case StopReason::objective: return "objective";
+    case StopReason::line_search: return "line_search";
+    case StopReason::monitor: return "monitor";
+    case StopReason::closed_form: return "closed_form";
+  }
+  return "?";
+}
+
+SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const LbfgsOptions& o,
+                           const BatchedMonitor& monitor) {
   check_theta(theta, "L-BFGS");
   MECHLAB_CHECK(o.history() >= 1, "L-BFGS: `history` must be >= 1, got ", o.history());
   MECHLAB_CHECK(o.max_iter() >= 0, "L-BFGS: `max_iter` must be >= 0, got ", o.max_iter());
@@ -51,6 +71,9 @@ SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const L
   at::Tensor iterations = at::zeros({P}, dbl_opts.dtype(at::kLong));
   at::Tensor converged = g.abs().amax(1).to(at::kDouble) <= o.gtol();
   at::Tensor active = converged.logical_not();
+  at::Tensor reason = at::zeros({P}, dbl_opts.dtype(at::kLong));  // StopReason::max_iter until decided
+  at::Tensor decided = at::zeros({P}, bool_opts);
+  set_reason(reason, decided, converged, StopReason::gradient);
   int64_t slot = 0;  // next ring position (shared by all problems; a skipped pair leaves zeros)
 
   for (int64_t it = 0; it < o.max_iter(); ++it) {
@@ -105,6 +128,7 @@ SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const L
       t = at::where(accepted, t, tq);
     }
     at::Tensor stepped = active & accepted;
+    set_reason(reason, decided, active & accepted.logical_not(), StopReason::line_search);
     active = stepped;  // a failed line search stops its problem, not converged
 
     at::Tensor s = theta_new - theta, y = g_new - g;
@@ -123,11 +147,23 @@ SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const L
     f = f_new;
     g = g_new;
     first = first & stepped.logical_not();
-    at::Tensor done = stepped & ((g.abs().amax(1).to(at::kDouble) <= o.gtol()) | (rel <= o.ftol()));
+    at::Tensor by_gradient = stepped & (g.abs().amax(1).to(at::kDouble) <= o.gtol());
+    at::Tensor by_objective = stepped & (rel <= o.ftol());
+    set_reason(reason, decided, by_gradient, StopReason::gradient);
+    set_reason(reason, decided, by_objective, StopReason::objective);
+    at::Tensor done = by_gradient | by_objective;
+    if (monitor) {
+      const at::Tensor still = (active & done.logical_not());
+      if (still.any().item<bool>()) {
+        at::Tensor settled = monitor(theta, still.cpu(), it + 1).to(dev, at::kBool) & still;
+        set_reason(reason, decided, settled, StopReason::monitor);
+        done = done | settled;
+      }
+    }
     converged = converged | done;
     active = active & done.logical_not();
   }
-  return {theta, f, iterations, converged};
+  return {theta, f, iterations, converged, reason};
 }
 
 SolverResult batched_fista(const BatchedObjective& fg, at::Tensor theta, const at::Tensor& l1_mask,
@@ -159,6 +195,8 @@ SolverResult batched_fista(const BatchedObjective& fg, at::Tensor theta, const a
   at::Tensor active = at::ones({P}, dbl_opts.dtype(at::kBool));
   at::Tensor converged = at::zeros_like(active);
   at::Tensor iterations = at::zeros({P}, dbl_opts.dtype(at::kLong));
+  at::Tensor reason = at::zeros({P}, dbl_opts.dtype(at::kLong));  // StopReason::max_iter until decided
+  at::Tensor decided = at::zeros_like(active);
 
   for (int64_t it = 0; it < o.max_iter(); ++it) {
     if (!active.any().item<bool>()) break;
@@ -195,9 +233,11 @@ SolverResult batched_fista(const BatchedObjective& fg, at::Tensor theta, const a
     F = Fn;
     iterations += stepped.to(at::kLong);
     converged = converged | done;
+    set_reason(reason, decided, done, StopReason::gradient);
+    set_reason(reason, decided, active & stepped.logical_not(), StopReason::line_search);
     active = stepped & done.logical_not();
   }
-  return {x, F, iterations, converged};
+  return {x, F, iterations, converged, reason};
 }
 
 }  // namespace mechlab::probes
