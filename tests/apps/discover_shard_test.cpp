@@ -178,7 +178,7 @@ TEST(DiscoverShard, BadShardsAreOneLineRefusalsBeforeAnyWork) {
   auto refused = [&](const std::string& extra, const std::string& env, const std::string& message) {
     const auto r = discover(dir, extra, env);
     EXPECT_NE(r.rc, 0) << extra << env;
-    EXPECT_EQ(r.output, "error: " + message + "\n") << extra << " " << env;
+    EXPECT_EQ(r.output, "mechlab: error: " + message + "\n") << extra << " " << env;
   };
   refused(" --shard 2/2", "", "--shard '2/2': I must be 0 to 1 (shards are numbered from 0)");
   refused(" --shard 0/0", "", "--shard '0/0': N must be at least 1");
