@@ -56,9 +56,9 @@ std::string make_job_dir(const std::string& name) {
   "jobs": [
     {"name": "eap", "model": "model.h5", "dataset": "data.h5", "method": "eap", "metric": "logit_diff", "top_n": 30},
     {"name": "ig", "model": "model.h5", "dataset": "data.h5", "method": "eap-ig", "metric": "logit_diff",
-     "steps": 2, "threshold": 0.01},
+     "steps": 2, "threshold": 0.0003},
     {"name": "sweep", "model": "model.h5", "dataset": "data.h5", "method": "eap", "metric": "logit_diff",
-     "thresholds": [0.01, 0.05]},
+     "thresholds": [0.0001, 0.001]},
     {"name": "acdc", "model": "model.h5", "dataset": "data.h5", "method": "acdc", "threshold": 0.000002,
      "max_batch": 4}
   ]
@@ -108,7 +108,7 @@ TEST(DiscoverShard, TwoShardsWriteOnlyTheirJobsAndTheMergedSummaryEqualsOneProce
   const auto partial = discover(dir, " --summary");
   EXPECT_NE(partial.rc, 0);
   EXPECT_NE(partial.output.find("3 of 5 runs of " + dir + "/jobs.json have no current circuit: job 'eap' (top 30): "
-                                "missing, job 'sweep' (0.01): missing, job 'sweep' (0.05): missing; run (or "
+                                "missing, job 'sweep' (0.0001): missing, job 'sweep' (0.001): missing; run (or "
                                 "rerun) their shards\n"),
             std::string::npos)
       << partial.output;
@@ -136,7 +136,7 @@ TEST(DiscoverShard, TwoShardsWriteOnlyTheirJobsAndTheMergedSummaryEqualsOneProce
   EXPECT_EQ(count_of(want, "  done"), 5u) << want;
   EXPECT_EQ(table_without_seconds(merged.output), want) << merged.output << "\nsingle:\n" << one.output;
   for (const char* job : kJobs) {
-    const std::string sub = std::string(job) == "sweep" ? "/threshold-0.05" : "";
+    const std::string sub = std::string(job) == "sweep" ? "/threshold-0.001" : "";
     EXPECT_EQ(circuit_of(dir + "/" + job + sub), circuit_of(single + "/" + job + sub)) << job;
   }
   // The heads of each circuit follow the merged table, as after a run.

@@ -96,9 +96,9 @@ std::string make_job_dir(const std::string& name) {
     {"name": "acdc", "model": "model.h5", "dataset": "data.h5", "method": "acdc", "threshold": 0.000001,
      "max_batch": 1},
     {"name": "ig", "model": "model.h5", "dataset": "data.h5", "method": "eap-ig", "metric": "logit_diff",
-     "steps": 3, "threshold": 0.01},
+     "steps": 3, "threshold": 0.0003},
     {"name": "sweep", "model": "model.h5", "dataset": "data.h5", "method": "eap", "metric": "logit_diff",
-     "thresholds": [0.01, 0.05]}
+     "thresholds": [0.0001, 0.001]}
   ]
 })";
   return dir;
@@ -116,7 +116,7 @@ std::string circuit_of(const std::string& out) {
   return mechlab::discovery::read_circuit_document(out + "/circuit.json")["circuit"].dump();
 }
 
-const char* kRuns[] = {"eap", "acdc", "ig", "sweep/threshold-0.01", "sweep/threshold-0.05"};
+const char* kRuns[] = {"eap", "acdc", "ig", "sweep/threshold-0.0001", "sweep/threshold-0.001"};
 
 // The single-process reference, made once.
 const std::string& single_run_table() {
