@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what mechlab needs to build and test, idempotently.
 #  - Debian packages: HDF5, spdlog/fmt, GoogleTest, CLI11, nlohmann-json,
-#    Graphviz, ccache, CMake, Ninja, Doxygen.
+#    Graphviz, ccache, CMake, Ninja, Doxygen, Slurm and munge (a local
+#    cluster for the job-array tests; nothing is started).
 #  - LibTorch 2.11 with CUDA 13.0, from the PyPI `torch` wheel, into a venv
 #    outside the checkout (MECHLAB_PREFIX, default /opt/mechlab) so that later
 #    clones reuse it. A user-given Torch_DIR (environment) is used instead.
@@ -21,7 +22,8 @@ APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   libyaml-cpp-dev            # YAML job files: mechlab discover
   clang libclang-rt-14-dev  # clang + its libFuzzer/sanitizer runtimes: scripts/fuzz.sh
   doxygen                   # API reference from /// comments: scripts/docs.sh
-  chromium)                 # headless check of SAE dashboards: scripts/check_dashboard.sh
+  chromium                  # headless check of SAE dashboards: scripts/check_dashboard.sh
+  slurm-wlm munge)          # job arrays on a local Slurm: scripts/slurm/local_cluster.sh, ctest -L slurm
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,11 +3,14 @@
 #include "apps/cli/commands.h"
 #include "apps/jobs/job_file.h"
 #include "apps/jobs/job_runner.h"
+#include "apps/jobs/shard.h"
 #include "core/util/error.h"
 #include "patching/metrics.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <optional>
 
 namespace mechlab::cli {
 
@@ -76,6 +79,14 @@ Every refusal happens before any work starts. ACDC writes each decision to
 OUT/journal.jsonl as it is made: a rerun after a kill or Ctrl-C resumes after the
 decided edges. Ctrl-C stops ACDC between trials (exit 130), other jobs between jobs.
 
+Job arrays: --shard I/N runs only the jobs whose index in the file (from 0) is I mod N
+(a τ sweep is one job); without --shard, a Slurm array task takes I and N from
+SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT. Every shard writes only its own jobs'
+folders and skips finished ones, so a requeued task resumes. The steps run under a lock
+(.JOBFILE.lock beside the job file): the first shard runs them, the others wait and skip
+them. --summary then reads every job's circuit.json and prints the merged table; it
+fails (after the table) while any run is missing. See docs/SCALING.md.
+
 Example (ioi.yaml):
   steps:
     - dataset: {task: ioi, out: ioi.h5, n: 32, seed: 1}
@@ -97,8 +108,8 @@ void add_discover_command(CLI::App& app) {
       "(ACDC, EAP, EAP-IG, EAP then ACDC) one after another, evaluates each circuit, writes it\n"
       "as JSON, HDF5 and a Graphviz picture, and prints a summary table and the heads of each circuit.");
   struct Args {
-    std::string file, only;
-    bool force = false, no_svg = false;
+    std::string file, only, shard;
+    bool force = false, no_svg = false, summary = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("jobfile", a->file, "Job file (.json, .yaml or .yml); its format is below")->required();
@@ -106,6 +117,12 @@ void add_discover_command(CLI::App& app) {
   cmd->add_flag("--force", a->force,
                 "Rerun finished jobs, and replace circuits made with other settings in their folders");
   cmd->add_flag("--no-svg", a->no_svg, "Do not draw circuit.svg (no Graphviz needed)");
+  cmd->add_option("--shard", a->shard,
+                  "I/N: run only the jobs whose index (from 0) is I mod N, for job arrays; default: "
+                  "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set, else every job");
+  cmd->add_flag("--summary", a->summary,
+                "Run nothing: print the merged summary of every job's results (all shards); "
+                "fails while a run is missing");
   std::string help = kDiscoverHelp;
   help.replace(help.find("@METRICS@"), 9, patching::metric_names());
   cmd->footer(help);
@@ -114,12 +131,31 @@ void add_discover_command(CLI::App& app) {
     // ACDC polls Ctrl-C after each journaled decision, the runner between jobs.
     handle_interrupts(/*polled=*/true);
     const jobs::JobFile file = jobs::parse_job_file(a->file);
-    const jobs::RunReport report =
-        jobs::run_job_file(file,
-                           jobs::RunOptions().only(a->only).force(a->force).svg(!a->no_svg),
-                           run_step);
+    jobs::RunReport report;
+    if (a->summary) {
+      MECHLAB_CHECK(a->shard.empty() && a->only.empty() && !a->force,
+                    "--summary reads every job's results and runs nothing; give it without --shard, "
+                    "--only and --force");
+      report = jobs::summarize_job_file(file);
+      std::printf("%s", jobs::summary_table(report).c_str());
+    } else {
+      // --shard, else a Slurm array task's own place in its array.
+      std::optional<jobs::Shard> shard;
+      if (!a->shard.empty()) {
+        shard = jobs::parse_shard(a->shard, "--shard");
+      } else {
+        shard = jobs::shard_from_slurm([](const char* name) { return std::getenv(name); });
+      }
+      MECHLAB_CHECK(!shard || shard->count == 1 || a->only.empty(),
+                    "--only and ", a->shard.empty() ? "the Slurm array's shard" : "--shard",
+                    " both select jobs; give one of them");
+      jobs::RunOptions opts = jobs::RunOptions().only(a->only).force(a->force).svg(!a->no_svg);
+      if (shard) opts.shard_index(shard->index).shard_count(shard->count);
+      report = jobs::run_job_file(file, opts, run_step);
+    }
     std::printf("\nheads and MLPs of each circuit:\n");
     for (const auto& r : report.runs) {
+      if (r.kept < 0) continue;  // no circuit: failed, or (--summary) missing
       std::string nodes;
       for (const auto& n : r.nodes) nodes += " " + n;
       char label[96];

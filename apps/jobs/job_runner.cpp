@@ -13,11 +13,18 @@
 
 #include <ATen/ATen.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #ifndef MECHLAB_VERSION_STRING
 #define MECHLAB_VERSION_STRING "unknown"
@@ -243,6 +250,63 @@ std::string differing(const json& a, const json& b) {
   return out;
 }
 
+
+// A finished run's summary row, read back from its circuit.json.
+void fill_from_record(RunSummary& row, const json& doc) {
+  row.kept = doc["circuit"].value("n_kept", int64_t{-1});
+  row.total = doc["circuit"].value("n_edges", int64_t{-1});
+  const json& res = doc.value("results", json::object());
+  row.circuit_metric = res.contains("circuit_metric") && res["circuit_metric"].is_number()
+                           ? res["circuit_metric"].get<double>() : NAN;
+  row.seconds = res.value("seconds", 0.0);
+  for (auto [key, field] : {std::pair<const char*, double*>{"faithfulness", &row.faithfulness},
+                            {"reference_auc", &row.auc}}) {
+    if (res.contains(key) && res[key].is_number()) *field = res[key].get<double>();
+  }
+  row.nodes = res.value("nodes", std::vector<std::string>{});
+}
+
+// The steps' lock: <job file's folder>/.<job file's name>.lock, held
+// (flock, exclusive) while this process runs the steps, so that the shards
+// of an array, started together, run each step once. flock is released by
+// the kernel when the holder dies, so a killed shard never blocks the rest.
+// The file stays (removing it would race with a waiting shard).
+class StepsLock {
+ public:
+  explicit StepsLock(const JobFile& file)
+      : path_((fs::path(file.dir) / ("." + fs::path(file.path).filename().string() + ".lock")).string()) {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    MECHLAB_CHECK(fd_ >= 0, "cannot open the steps' lock file '", path_, "': ", std::strerror(errno),
+                  "; the job file's folder must be writable while steps remain to run");
+    bool said = false;
+    while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      if (errno != EWOULDBLOCK && errno != EINTR) {
+        const int err = errno;
+        ::close(fd_);
+        throw Error(str_cat("cannot lock '", path_, "': ", std::strerror(err)));
+      }
+      if (!said) {
+        std::printf("steps: another run holds %s; waiting for it\n", path_.c_str());
+        std::fflush(stdout);
+        said = true;
+      }
+      if (core::interrupt_requested()) {
+        ::close(fd_);
+        throw Interrupted("interrupted while waiting for the steps' lock; nothing of this run was written");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+  ~StepsLock() {
+    if (fd_ >= 0) ::close(fd_);  // closing releases the lock
+  }
+  StepsLock(const StepsLock&) = delete;
+  StepsLock& operator=(const StepsLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
 }  // namespace
 
 core::ProgressBar& MethodContext::progress(int64_t total, const std::string& unit, int64_t start) {
@@ -273,6 +337,27 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
     const std::string near = nearest_name(options.only(), names);
     MECHLAB_CHECK(!file.jobs.empty(), "no job named '", options.only(), "' in ", all.path,
                   near.empty() ? "" : "; did you mean '" + near + "'?");
+  }
+  // Job arrays: the jobs of this shard (a sweep's runs stay together).
+  MECHLAB_CHECK(options.shard_count() >= 1 && options.shard_index() >= 0 &&
+                    options.shard_index() < options.shard_count(),
+                "the shard_index option is ", options.shard_index(), " and shard_count is ",
+                options.shard_count(), "; give shard_count >= 1 and shard_index 0 to shard_count - 1");
+  if (options.shard_count() > 1) {
+    MECHLAB_CHECK(options.only().empty(), "the only option and a shard both select jobs; give one of them");
+    file.jobs.clear();
+    std::string names;
+    for (size_t k = 0; k < all.jobs.size(); ++k) {
+      if (static_cast<int64_t>(k) % options.shard_count() != options.shard_index()) continue;
+      file.jobs.push_back(all.jobs[k]);
+      names += (names.empty() ? "" : ", ") + all.jobs[k].name;
+    }
+    std::printf("shard %lld/%lld: %s (of %zu jobs)\n", static_cast<long long>(options.shard_index()),
+                static_cast<long long>(options.shard_count()), names.empty() ? "no jobs" : names.c_str(),
+                all.jobs.size());
+    std::fflush(stdout);
+    // A shard without jobs has nothing to do: the steps are for the jobs.
+    if (file.jobs.empty()) return RunReport{};
   }
   const std::vector<JobRun> runs = file.runs();
 
@@ -317,7 +402,12 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
     if (!fs::exists(j.dataset)) missing_datasets.insert(j.dataset);
   }
 
-  // ---- steps
+  // ---- steps (under the lock only when one remains to run: steps that are
+  // all done need no writable folder)
+  std::unique_ptr<StepsLock> steps_lock;
+  for (const Step& s : file.steps) {
+    if (!steps_lock && !step_done(s)) steps_lock = std::make_unique<StepsLock>(file);
+  }
   for (const Step& s : file.steps) {
     if (step_done(s)) {
       std::printf("%s: skipped: %s exists\n", s.label.c_str(), s.done.c_str());
@@ -341,6 +431,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
     MECHLAB_CHECK(fs::exists(s.done), s.label, ": finished but wrote no '", s.done, "'");
     std::fflush(stdout);  // the command's own lines before the jobs' progress
   }
+  steps_lock.reset();
   // Datasets that the steps made are checked now, before any job runs.
   if (!missing_datasets.empty()) facts = check_job_inputs(file, /*skip_missing=*/false);
 
@@ -369,17 +460,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
     if (done[i] && !options.force()) {
       const json doc = discovery::read_circuit_document((fs::path(r.out) / "circuit.json").string());
       row.status = "skipped: done";
-      row.kept = doc["circuit"].value("n_kept", int64_t{-1});
-      row.total = doc["circuit"].value("n_edges", int64_t{-1});
-      const json& res = doc.value("results", json::object());
-      row.circuit_metric = res.contains("circuit_metric") && res["circuit_metric"].is_number()
-                               ? res["circuit_metric"].get<double>() : NAN;
-      row.seconds = res.value("seconds", 0.0);
-      for (auto [key, field] : {std::pair<const char*, double*>{"faithfulness", &row.faithfulness},
-                                {"reference_auc", &row.auc}}) {
-        if (res.contains(key) && res[key].is_number()) *field = res[key].get<double>();
-      }
-      row.nodes = res.value("nodes", std::vector<std::string>{});
+      fill_from_record(row, doc);
       std::printf("%s: skipped: done (%s)\n", j.name.c_str(), r.out.c_str());
       report.runs.push_back(row);
       continue;
@@ -512,6 +593,51 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
   }
   std::printf("\n%s", summary_table(report).c_str());
   std::fflush(stdout);
+  return report;
+}
+
+RunReport summarize_job_file(const JobFile& file) {
+  RunReport report;
+  std::string not_done;
+  int64_t n_not_done = 0;
+  for (const JobRun& r : file.runs()) {
+    RunSummary row;
+    row.job = r.job->name;
+    row.method = r.job->method;
+    row.out = r.out;
+    row.threshold = r.threshold;
+    row.top_n = r.job->top_n;
+    const std::string json_path = (fs::path(r.out) / "circuit.json").string();
+    if (!fs::exists(json_path)) {
+      row.status = "missing";
+    } else {
+      try {
+        const json doc = discovery::read_circuit_document(json_path);
+        const json old = doc.value("config", json::object());
+        if (old == r.config) {
+          row.status = "done";
+          fill_from_record(row, doc);
+        } else {
+          row.status = "stale: made with other settings (" + differing(old, r.config) + " differ)";
+        }
+      } catch (const Error& e) {
+        row.status = str_cat("failed: ", e.what());
+      }
+    }
+    if (row.status != "done") {
+      ++n_not_done;
+      if (n_not_done <= 3) {
+        not_done += str_cat(not_done.empty() ? "" : ", ", "job '", row.job, "' (", tau_text(row), "): ",
+                            row.status.substr(0, row.status.find(" (")));
+      }
+    }
+    report.runs.push_back(row);
+  }
+  if (n_not_done > 0) {
+    report.first_error = str_cat(n_not_done, " of ", report.runs.size(), " runs of ", file.path,
+                                 " have no current circuit: ", not_done, n_not_done > 3 ? ", ..." : "",
+                                 "; run (or rerun) their shards");
+  }
   return report;
 }
 

@@ -15,6 +15,13 @@
 // circuit, and faithfulness (discovery/evaluation.h); with reference_edges,
 // the ROC AUC of the job's scores against them.
 //
+// Job arrays: with RunOptions::shard_index/shard_count, only the jobs of
+// that shard run (apps/jobs/shard.h); summarize_job_file merges the shards'
+// circuits into one summary. The steps run under an exclusive lock (flock)
+// on <job file's folder>/.<job file's name>.lock: concurrent shards run each
+// step once, and the others skip it; a shard killed in a step releases the
+// lock, and the next shard redoes (sae_train: resumes) the step.
+//
 // Finished: the run's circuit.json exists and records the same config; a
 // rerun prints "skipped: done" (RunOptions::force reruns it). A circuit.json
 // with another config is refused before any work unless forced; a file
@@ -93,6 +100,10 @@ struct RunOptions {
   /// Render circuit.svg (Graphviz).
   MECHLAB_OPTION(RunOptions, bool, svg, true)
   MECHLAB_OPTION(RunOptions, std::string, dot_program, "dot")
+  /// Job arrays (apps/jobs/shard.h): run only the jobs whose index in the
+  /// file is ≡ shard_index mod shard_count. Not with `only`.
+  MECHLAB_OPTION(RunOptions, int64_t, shard_index, 0)
+  MECHLAB_OPTION(RunOptions, int64_t, shard_count, 1)
 };
 
 /// One row of the summary.
@@ -115,6 +126,15 @@ struct RunReport {
 /// jobs, prints progress and the summary table to stdout. A job that fails
 /// while running does not stop the others; its error is in the report.
 RunReport run_job_file(const JobFile& file, const RunOptions& options, const StepExecutor& execute_step);
+
+/// The merged results of every shard, without running anything: one row
+/// per run of every job, read from its circuit.json. Status "done" (the
+/// circuit records this job's settings), "missing" (no circuit.json yet:
+/// its shard has not finished), "stale: ..." (made with other settings) or
+/// "failed: ..." (not a circuit file). first_error names the runs that are
+/// not done, so a complete summary is one whose first_error is "". Prints
+/// nothing.
+RunReport summarize_job_file(const JobFile& file);
 
 /// The summary table as printed.
 std::string summary_table(const RunReport& report);

@@ -5,6 +5,7 @@
 #include "apps/jobs/job_file.h"
 #include "apps/jobs/job_runner.h"
 #include "apps/jobs/journal.h"
+#include "apps/jobs/shard.h"
 #include "core/data/dataset.h"
 #include "core/data/tasks/tasks.h"
 #include "core/model/presets.h"
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <set>
 
@@ -361,4 +363,88 @@ TEST(Journal, AMalformedLineBeforeTheLastIsRefusedNamingIt) {
   EXPECT_HAS(error_of([&] { jobs::read_journal(path); }), "line 2 is not JSON");
   { std::ofstream(path) << "{\"edge\": \"x\"}\n[1, 2]\n"; }
   EXPECT_HAS(error_of([&] { jobs::read_journal(path); }), "line 2 is not a JSON object");
+}
+
+// Job arrays (apps/jobs/shard.h): I/N text, a Slurm array's environment
+// (its task ids mapped to 0..COUNT-1) and the jobs a shard owns.
+TEST(JobShard, ParsesIOverNAndRefusesBadShards) {
+  using mechlab::jobs::parse_shard;
+  const auto s = parse_shard("2/3");
+  EXPECT_EQ(s.index, 2);
+  EXPECT_EQ(s.count, 3);
+  EXPECT_EQ(parse_shard("0/1").count, 1);
+  EXPECT_EQ(error_of([] { parse_shard("3/3"); }), "shard '3/3': I must be 0 to 2 (shards are numbered from 0)");
+  EXPECT_EQ(error_of([] { parse_shard("0/0"); }), "shard '0/0': N must be at least 1");
+  for (const char* bad : {"", "1", "1/", "/2", "a/2", "1/2/3", " 1/2", "-1/2", "1/-2", "1234567890/2"}) {
+    EXPECT_EQ(error_of([&] { parse_shard(bad); }),
+              std::string("shard '") + bad + "' is not I/N; write e.g. 0/4 for the first of 4 shards")
+        << bad;
+  }
+  // Shard I of N owns the jobs ≡ I mod N: each job exactly one shard.
+  for (int64_t n = 1; n <= 4; ++n) {
+    for (int64_t job = 0; job < 9; ++job) {
+      int owners = 0;
+      for (int64_t i = 0; i < n; ++i) owners += mechlab::jobs::Shard{i, n}.owns(job) ? 1 : 0;
+      EXPECT_EQ(owners, 1);
+      EXPECT_TRUE((mechlab::jobs::Shard{job % n, n}.owns(job)));
+    }
+  }
+}
+
+TEST(JobShard, TakesTheShardOfASlurmArrayTask) {
+  using Env = std::map<std::string, std::string>;
+  auto shard_of = [](const Env& env) {
+    return mechlab::jobs::shard_from_slurm([&env](const char* name) -> const char* {
+      auto it = env.find(name);
+      return it == env.end() ? nullptr : it->second.c_str();
+    });
+  };
+  EXPECT_FALSE(shard_of({}).has_value());
+  EXPECT_FALSE(shard_of({{"SLURM_JOB_ID", "7"}}).has_value());
+  auto s = shard_of({{"SLURM_ARRAY_TASK_ID", "1"}, {"SLURM_ARRAY_TASK_COUNT", "2"}});
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->index, 1);
+  EXPECT_EQ(s->count, 2);
+  // --array=1-4: ids 1..4 are shards 0..3.
+  s = shard_of({{"SLURM_ARRAY_TASK_ID", "4"}, {"SLURM_ARRAY_TASK_COUNT", "4"}, {"SLURM_ARRAY_TASK_MIN", "1"}});
+  EXPECT_EQ(s->index, 3);
+  // --array=10-16:3: ids 10, 13, 16 are shards 0, 1, 2.
+  s = shard_of({{"SLURM_ARRAY_TASK_ID", "13"},
+                {"SLURM_ARRAY_TASK_COUNT", "3"},
+                {"SLURM_ARRAY_TASK_MIN", "10"},
+                {"SLURM_ARRAY_TASK_STEP", "3"}});
+  EXPECT_EQ(s->index, 1);
+  EXPECT_EQ(s->count, 3);
+
+  EXPECT_EQ(error_of([&] { shard_of({{"SLURM_ARRAY_TASK_COUNT", "2"}}); }),
+            "SLURM_ARRAY_TASK_COUNT is set but SLURM_ARRAY_TASK_ID is not; unset both, or give the shard "
+            "explicitly");
+  EXPECT_EQ(error_of([&] { shard_of({{"SLURM_ARRAY_TASK_ID", "0"}, {"SLURM_ARRAY_TASK_COUNT", "two"}}); }),
+            "SLURM_ARRAY_TASK_COUNT='two' is not a whole number; give the shard explicitly");
+  EXPECT_EQ(error_of([&] { shard_of({{"SLURM_ARRAY_TASK_ID", "0"}, {"SLURM_ARRAY_TASK_COUNT", "0"}}); }),
+            "SLURM_ARRAY_TASK_COUNT=0 is not at least 1; give the shard explicitly");
+  EXPECT_EQ(error_of([&] {
+              shard_of({{"SLURM_ARRAY_TASK_ID", "5"}, {"SLURM_ARRAY_TASK_COUNT", "4"}, {"SLURM_ARRAY_TASK_MIN", "1"}});
+            }),
+            "SLURM_ARRAY_TASK_ID=5 is not one of the 4 tasks 1, 2, ... of an evenly spaced array "
+            "(SLURM_ARRAY_TASK_MIN=1, SLURM_ARRAY_TASK_STEP=1); submit with --array=0-3 or give the shard "
+            "explicitly");
+  EXPECT_EQ(error_of([&] {
+              shard_of({{"SLURM_ARRAY_TASK_ID", "0"}, {"SLURM_ARRAY_TASK_COUNT", "4"}, {"SLURM_ARRAY_TASK_MIN", "1"}});
+            }),
+            "SLURM_ARRAY_TASK_ID=0 is not one of the 4 tasks 1, 2, ... of an evenly spaced array "
+            "(SLURM_ARRAY_TASK_MIN=1, SLURM_ARRAY_TASK_STEP=1); submit with --array=0-3 or give the shard "
+            "explicitly");
+}
+
+TEST(JobShard, TheRunnerRefusesAShardOutsideItsCount) {
+  const mechlab::jobs::JobFile file{};
+  for (auto [i, n] : {std::pair<int64_t, int64_t>{2, 2}, {0, 0}, {-1, 2}}) {
+    EXPECT_EQ(error_of([&] {
+                mechlab::jobs::run_job_file(file, mechlab::jobs::RunOptions().shard_index(i).shard_count(n),
+                                            [](const std::vector<std::string>&) {});
+              }),
+              "the shard_index option is " + std::to_string(i) + " and shard_count is " + std::to_string(n) +
+                  "; give shard_count >= 1 and shard_index 0 to shard_count - 1");
+  }
 }
