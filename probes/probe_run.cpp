@@ -10,6 +10,7 @@
 #include "hooks/activation_capture.h"
 #include "hooks/hooked_transformer.h"
 #include "hooks/names_filter.h"
+#include "probes/intervention.h"
 #include "probes/metrics.h"
 #include "probes/probe_data.h"
 
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -49,7 +51,7 @@ at::Tensor token_labels(const std::string& label, const at::Tensor& prompts, con
   if (label == "labels") {
     MECHLAB_CHECK(dataset_labels.defined(), "dataset ", where,
                   " has no /labels; give a dataset with labels per token or per example, or use "
-                  "`label` repeated");
+                  "`ProbeRunOptions::label` repeated");
     // load_dataset has checked N (and T) against the prompts.
     if (dataset_labels.dim() == 1) return dataset_labels.to(at::kLong).unsqueeze(1).expand({N, T}).contiguous();
     return dataset_labels.to(at::kLong).contiguous();
@@ -116,9 +118,8 @@ Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at:
   return r;
 }
 
-Rows rows_from_model(const std::string& path, const core::Dataset& ds, const at::Tensor& labels,
-                     const ProbeRunOptions& o) {
-  auto model = hooks::HookedTransformer::from_pretrained(path);
+Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, const core::Dataset& ds,
+                     const at::Tensor& labels, const ProbeRunOptions& o) {
   ds.check_vocab(model.cfg().d_vocab, "the dataset");
   const std::vector<std::string> names = hooks::resolve_store_hooks(model, o.hooks());
   const std::set<std::string> wanted(names.begin(), names.end());
@@ -162,12 +163,12 @@ at::Tensor accuracy_on(const at::Tensor& pred, const at::Tensor& y, const at::Te
 }  // namespace
 
 ProbeRunResult run_probes(const std::string& source, const std::string& dataset, const ProbeRunOptions& o) {
-  MECHLAB_CHECK(!o.hooks().empty(), "no hooks to probe; give `hooks` (names or globs)");
-  MECHLAB_CHECK(o.test_fraction() > 0 && o.test_fraction() < 1, "`test_fraction` must be in (0, 1), got ",
+  MECHLAB_CHECK(!o.hooks().empty(), "no hooks to probe; give `ProbeRunOptions::hooks` (names or globs)");
+  MECHLAB_CHECK(o.test_fraction() > 0 && o.test_fraction() < 1, "`ProbeRunOptions::test_fraction` must be in (0, 1), got ",
                 o.test_fraction());
-  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1, "`confidence` must be in (0, 1), got ", o.confidence());
+  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1, "`ProbeRunOptions::confidence` must be in (0, 1), got ", o.confidence());
   MECHLAB_CHECK(o.resamples() >= 1 && o.batch_size() >= 1 && o.max_examples() >= 0,
-                "`resamples` and `batch_size` must be >= 1 and `max_examples` >= 0");
+                "`ProbeRunOptions::resamples` and `ProbeRunOptions::batch_size` must be >= 1 and `ProbeRunOptions::max_examples` >= 0");
   const core::Dataset ds = core::load_dataset(dataset);
   MECHLAB_CHECK(ds.prompts().defined(), "dataset ", dataset, " holds no prompts; make one with `mechlab dataset make`");
   at::Tensor labels = token_labels(o.label(), ds.prompts(), ds.labels, dataset);  // [N, T]
@@ -179,7 +180,13 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   r.label = o.label();
   r.from_store = core::mechlab_format_of(source) == core::kActivationsFormat ||
                  (source.size() > 5 && source.compare(source.size() - 5, 5, ".json") == 0);
-  Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o) : rows_from_model(source, ds, labels, o);
+  MECHLAB_CHECK(!o.ablate() || !r.from_store, "`ProbeRunOptions::ablate` needs a model to run, but ", source,
+                " is an activation store; give the model it was cached from");
+  MECHLAB_CHECK(o.ablate_examples() >= 1, "`ProbeRunOptions::ablate_examples` must be >= 1, got ", o.ablate_examples());
+  std::optional<hooks::HookedTransformer> model;
+  if (!r.from_store) model.emplace(hooks::HookedTransformer::from_pretrained(source));
+  Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o)
+                           : rows_from_model(*model, source, ds, labels, o);
 
   // Rows without a label are no data.
   const at::Tensor labelled = rows.labels.ge(0).nonzero().squeeze(1);  // [R]
@@ -215,11 +222,11 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   const Split split = random_split(r.rows, SplitOptions().test_fraction(o.test_fraction()).seed(o.seed()));
   r.train_rows = split.train.size(0);
   r.test_rows = split.test.size(0);
-  MECHLAB_CHECK(r.test_rows >= 1 && r.train_rows >= 2, "`test_fraction` ", o.test_fraction(), " leaves ",
+  MECHLAB_CHECK(r.test_rows >= 1 && r.train_rows >= 2, "`ProbeRunOptions::test_fraction` ", o.test_fraction(), " leaves ",
                 r.train_rows, " train and ", r.test_rows, " test rows of ", r.rows, "; use more examples");
   const at::Tensor y_train = y.index_select(0, split.train);
   MECHLAB_CHECK(at::bincount(y_train).gt(0).sum().item<int64_t>() >= 2, "the train rows of label '", o.label(),
-                "' hold one class only; use more examples or another `seed`");
+                "' hold one class only; use more examples or another `ProbeRunOptions::seed`");
   r.num_classes = std::max<int64_t>(classes, 2);
   const ProbeOptions po = ProbeOptions(o.probe()).num_classes(r.num_classes);
   const at::Tensor x_train = xo.index_select(1, split.train);  // [P, n_train, D]
@@ -246,6 +253,26 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
       },
       r.test_rows, bo);
 
+  if (o.ablate()) {
+    MECHLAB_CHECK(r.num_classes == 2, "`ProbeRunOptions::ablate` projects out one direction per probe and needs a binary label; '",
+                  o.label(), "' has ", r.num_classes, " classes");
+    const int64_t n = std::min({o.ablate_examples(), ds.size(), o.max_examples() > 0 ? o.max_examples() : ds.size()});
+    const at::Tensor tokens = ds.prompts().slice(0, 0, n).to(at::kLong);  // [n, T]
+    const at::Tensor mask =
+        ds.attention_mask.defined() ? ds.attention_mask.slice(0, 0, n) : at::Tensor();  // [n, T] or undefined
+    const LogitsMetric loss = [&](const at::Tensor& logits) { return core::mean_loss(logits, tokens, mask); };
+    std::vector<double> ablated;
+    for (size_t p = 0; p < r.names.size(); ++p) {
+      // weight [P, D, 1] acts on raw features: the direction the probe reads.
+      const at::Tensor w = r.probes.weight[static_cast<int64_t>(p)].select(1, 0);  // [D]
+      const auto module = std::make_shared<ProbeIntervention>(w, InterventionMode::ablate);
+      const InterventionEffect e = intervention_effect(*model, r.names[p], module, tokens, loss, mask);
+      r.clean_loss = e.baseline;
+      ablated.push_back(e.intervened);
+    }
+    r.ablated_loss = at::tensor(ablated, at::kDouble);
+  }
+
   nlohmann::json c;
   c["hooks"] = o.hooks();
   c["label"] = o.label();
@@ -261,6 +288,8 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   c["confidence"] = o.confidence();
   c["batch_size"] = o.batch_size();
   c["max_examples"] = o.max_examples();
+  c["ablate"] = o.ablate();
+  c["ablate_examples"] = o.ablate_examples();
   r.config = c.dump();
   return r;
 }
@@ -292,8 +321,16 @@ std::string probe_svg(const ProbeRunResult& r) {
              {"selectivity CI low", x, values(r.selectivity_ci.lower)},
              {"selectivity CI high", x, values(r.selectivity_ci.upper)}},
             std::nullopt};
+  std::vector<Panel> panels = {acc, sel};
+  if (r.ablated_loss.defined()) {
+    const std::vector<double> clean(x.size(), r.clean_loss);
+    panels.push_back(Panel{"next-token loss",
+                           false,
+                           {{"probe direction ablated", x, values(r.ablated_loss)}, {"no ablation", x, clean}},
+                           std::nullopt});
+  }
   return core::plot::line_chart_svg("probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows)",
-                                    "depth (resid_pre L = L, resid_post L = L + 1)", {acc, sel});
+                                    "depth (resid_pre L = L, resid_post L = L + 1)", panels);
 }
 
 void write_results_file(const std::string& h5, const ProbeRunResult& r) {
@@ -328,6 +365,10 @@ void write_results_file(const std::string& h5, const ProbeRunResult& r) {
     f.write_tensor("metrics/selectivity_lower", r.selectivity_ci.lower.contiguous());
     f.write_tensor("metrics/selectivity_upper", r.selectivity_ci.upper.contiguous());
     f.write_tensor("metrics/majority", r.majority.contiguous());
+    if (r.ablated_loss.defined()) {
+      f.write_tensor("metrics/ablated_loss", r.ablated_loss.contiguous());
+      f.write_attr("", "clean_loss", r.clean_loss);
+    }
   });
 }
 

@@ -61,6 +61,11 @@ struct ProbeRunOptions {
   MECHLAB_OPTION(ProbeRunOptions, int64_t, batch_size, 8)
   /// Use at most this many of the dataset's examples (0: all).
   MECHLAB_OPTION(ProbeRunOptions, int64_t, max_examples, 0)
+  /// With a model and a binary label: also ablate each probe's direction at
+  /// its hook (probes/intervention.h) and measure the next-token loss
+  /// (core::mean_loss) on the first `ablate_examples` prompts, without and with.
+  MECHLAB_OPTION(ProbeRunOptions, bool, ablate, false)
+  MECHLAB_OPTION(ProbeRunOptions, int64_t, ablate_examples, 32)
 };
 
 struct ProbeRunResult {
@@ -75,6 +80,10 @@ struct ProbeRunResult {
   at::Tensor selectivity;               ///< [P] accuracy - control_accuracy
   at::Tensor majority;                  ///< [] the test rows' most frequent label's share
   BootstrapInterval accuracy_ci, selectivity_ci;
+  /// With `ablate`: the loss without intervention, and with each probe's
+  /// direction projected out at its hook [P] (undefined otherwise).
+  double clean_loss = 0;
+  at::Tensor ablated_loss;
   std::string config;                   ///< the options as JSON
 };
 
@@ -101,7 +110,8 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 /// weight [P, D, O] and bias [P, O] (raw features), coef, intercept, mean,
 /// scale, converged, iterations; metrics/{accuracy, control_accuracy,
 /// selectivity, accuracy_lower, accuracy_upper, selectivity_lower,
-/// selectivity_upper} [P], metrics/majority [], and the row counts as
+/// selectivity_upper} [P], metrics/majority [], with `ablate`
+/// metrics/ablated_loss [P] and the attribute clean_loss, and the row counts as
 /// attributes (rows, train_rows, test_rows, num_classes).
 void write_probe_results(const std::string& out, const ProbeRunResult& result, bool overwrite);
 

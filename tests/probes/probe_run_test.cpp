@@ -3,6 +3,8 @@
 // independent implementation in core/data), per-example labels, the depth
 // axis, and the refusals of bad labels before any work.
 #include "core/data/tasks/probe.h"
+#include "core/data/tasks/tasks.h"
+#include "hooks/hooked_transformer.h"
 #include "probes/probe_run.h"
 #include "tests/test_util.h"
 
@@ -71,6 +73,40 @@ TEST(ProbeRun, OutputThatIsAFileOrAnotherKindIsRefusedBeforeAnyWork) {
   EXPECT_THAT(error_of([&] { check_probe_output(dir, false); }),
               HasSubstr("probes.svg already exists; pass `overwrite`"));
   check_probe_output(dir, true);
+}
+
+// --ablate's losses are those of forwards whose hook projects the probe's
+// raw weight vector out (written here as a plain hook, unnormalised), and
+// the loss without ablation is the plain forward's.
+TEST(ProbeRun, AblationLossesEqualForwardsWithTheDirectionProjectedOut) {
+  const std::string model_path = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  const std::string data = mechlab::testing::temp_path("probe_run", "induction.h5");
+  core::save_dataset(data, core::tasks::make_task("induction", {{"n", 40}, {"seed", 3}, {"d_vocab", 256}}));
+  const ProbeRunResult r = run_probes(model_path, data,
+                                      ProbeRunOptions()
+                                          .hooks({"hook_embed", "blocks.0.hook_resid_post"})
+                                          .label("repeated")
+                                          .resamples(20)
+                                          .ablate(true)
+                                          .ablate_examples(6));
+  ASSERT_TRUE(r.ablated_loss.defined());
+  ASSERT_EQ(r.ablated_loss.size(0), 2);
+  auto model = hooks::HookedTransformer::from_pretrained(model_path);
+  const at::Tensor tokens = core::load_dataset(data).tokens.slice(0, 0, 6).to(at::kLong);  // [6, T]
+  EXPECT_NEAR(r.clean_loss, core::mean_loss(model.forward(tokens), tokens).item<double>(), 1e-6);
+  for (int64_t p = 0; p < 2; ++p) {
+    const at::Tensor w = r.probes.weight[p].select(1, 0).to(at::kDouble);  // [d_model]
+    const at::Tensor logits = model.run_with_hooks(
+        tokens, {{r.names[static_cast<size_t>(p)], [&](at::Tensor& x, const hooks::HookPoint&) {
+                    const at::Tensor xd = x.to(at::kDouble);  // [batch, pos, d_model]
+                    x = (xd - (xd * w).sum(-1, true) / w.dot(w) * w).to(x.scalar_type());
+                  }}});
+    const double want = core::mean_loss(logits, tokens).item<double>();
+    EXPECT_NEAR(r.ablated_loss[p].item<double>(), want, 1e-5) << r.names[static_cast<size_t>(p)];
+    EXPECT_NE(r.ablated_loss[p].item<double>(), r.clean_loss);  // the edit did something
+  }
+  std::printf("clean %.4f ablated %.4f %.4f\n", r.clean_loss, r.ablated_loss[0].item<double>(),
+              r.ablated_loss[1].item<double>());
 }
 
 }  // namespace
