@@ -326,7 +326,7 @@ std::string probe_svg(const ProbeRunResult& r) {
     const std::vector<double> clean(x.size(), r.clean_loss);
     panels.push_back(Panel{"next-token loss",
                            false,
-                           {{"probe direction ablated", x, values(r.ablated_loss)}, {"no ablation", x, clean}},
+                           {{"ablated", x, values(r.ablated_loss)}, {"not ablated", x, clean}},
                            std::nullopt});
   }
   return core::plot::line_chart_svg("probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows)",

@@ -105,8 +105,6 @@ TEST(ProbeRun, AblationLossesEqualForwardsWithTheDirectionProjectedOut) {
     EXPECT_NEAR(r.ablated_loss[p].item<double>(), want, 1e-5) << r.names[static_cast<size_t>(p)];
     EXPECT_NE(r.ablated_loss[p].item<double>(), r.clean_loss);  // the edit did something
   }
-  std::printf("clean %.4f ablated %.4f %.4f\n", r.clean_loss, r.ablated_loss[0].item<double>(),
-              r.ablated_loss[1].item<double>());
 }
 
 }  // namespace
