@@ -59,7 +59,7 @@ void expect_refused(const testing::CliResult& r, const std::string& out, const s
 
 TEST_F(ProbeCli, RepeatedTokenIsReadAfterLayerZeroNotAtTheEmbedding) {
   const std::string out = temp_path("model_run");
-  const auto r = run_cli(kModel + " " + data_ + kHooks +
+  const auto r = run_cli("probe " + kModel + " " + data_ + kHooks +
                          " --label repeated --resamples 200 --ablate --ablate-examples 8 --threads 1 --out " + out +
                          " --overwrite");
   ASSERT_EQ(r.rc, 0) << r.output;
@@ -92,7 +92,7 @@ TEST_F(ProbeCli, RepeatedTokenIsReadAfterLayerZeroNotAtTheEmbedding) {
   EXPECT_THAT(r.output, HasSubstr("without ablation"));
 
   // Again without --overwrite: refused, the results left as they were.
-  const auto again = run_cli(kModel + " " + data_ + kHooks + " --label repeated --out " + out);
+  const auto again = run_cli("probe " + kModel + " " + data_ + kHooks + " --label repeated --out " + out);
   EXPECT_EQ(again.rc, 1);
   EXPECT_THAT(again.output, HasSubstr("--overwrite"));
 }
@@ -106,8 +106,8 @@ TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
   const std::string a = temp_path("from_model"), b = temp_path("from_store");
   const std::string rest = " --hooks hook_embed blocks.0.hook_resid_post --label repeated --resamples 50 "
                            "--threads 1 --overwrite --out ";
-  ASSERT_EQ(run_cli(kModel + " " + data_ + rest + a).rc, 0);
-  const auto s = run_cli(store + " " + data_ + rest + b);
+  ASSERT_EQ(run_cli("probe " + kModel + " " + data_ + rest + a).rc, 0);
+  const auto s = run_cli("probe " + store + " " + data_ + rest + b);
   ASSERT_EQ(s.rc, 0) << s.output;
   core::H5File fa = core::H5File::open_read(a + "/probes.h5"), fb = core::H5File::open_read(b + "/probes.h5");
   EXPECT_EQ(fb.read_attr_int("", "from_store"), 1);
@@ -118,10 +118,10 @@ TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
 
   // A hook the store does not hold: named, with what it holds.
   const std::string out = temp_path("absent_hook");
-  expect_refused(run_cli(store + " " + data_ + " --hooks blocks.1.hook_resid_post --label repeated --out " + out),
+  expect_refused(run_cli("probe " + store + " " + data_ + " --hooks blocks.1.hook_resid_post --label repeated --out " + out),
                  out, "hook 'blocks.1.hook_resid_post' is not in the activation store");
   // --ablate needs the model, which a store is not.
-  expect_refused(run_cli(store + " " + data_ + " --hooks hook_embed --label repeated --ablate --out " + out), out,
+  expect_refused(run_cli("probe " + store + " " + data_ + " --hooks hook_embed --label repeated --ablate --out " + out), out,
                  "--ablate needs a model to run, but " + store + " is an activation store");
   // NaN activations in the store: refused with the row.
   const std::string bad = temp_path("nan_acts.h5");
@@ -133,7 +133,7 @@ TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
     f.write_rows("acts/blocks.0.hook_resid_post", 7, row);
     f.close();
   }
-  expect_refused(run_cli(bad + " " + data_ + " --hooks blocks.0.hook_resid_post --label repeated --out " + out),
+  expect_refused(run_cli("probe " + bad + " " + data_ + " --hooks blocks.0.hook_resid_post --label repeated --out " + out),
                  out, "NaN");
 }
 
@@ -144,7 +144,7 @@ TEST_F(ProbeCli, BadLabelsAreOneLineAndWriteNothing) {
   ds.labels = at::zeros(ds.tokens.sizes(), at::kLong);
   const std::string one = temp_path("one_class.h5");
   core::save_dataset(one, ds);
-  expect_refused(run_cli(kModel + " " + one + kHooks + " --label labels --out " + out), out,
+  expect_refused(run_cli("probe " + kModel + " " + one + kHooks + " --label labels --out " + out), out,
                  "label 'labels' has one class only");
   // Labels of the wrong length: the dataset is refused naming /labels.
   const std::string wrong = temp_path("wrong_length.h5");
@@ -159,12 +159,15 @@ TEST_F(ProbeCli, BadLabelsAreOneLineAndWriteNothing) {
     f.write_tensor("tokens", ds.tokens);
     f.write_tensor("labels", at::zeros({ds.size() - 3}, at::kLong));
   });
-  expect_refused(run_cli(kModel + " " + wrong + kHooks + " --label labels --out " + out), out, "labels");
-  // No /labels at all.
-  expect_refused(run_cli(kModel + " " + data_ + kHooks + " --label labels --out " + out), out,
+  expect_refused(run_cli("probe " + kModel + " " + wrong + kHooks + " --label labels --out " + out), out, "labels");
+  // No /labels at all (the induction generator writes some: drop them).
+  ds.labels = at::Tensor();
+  const std::string none = temp_path("no_labels.h5");
+  core::save_dataset(none, ds);
+  expect_refused(run_cli("probe " + kModel + " " + none + kHooks + " --label labels --out " + out), out,
                  "has no /labels; give a dataset with labels per token or per example, or use --label repeated");
   // An unknown label name.
-  expect_refused(run_cli(kModel + " " + data_ + kHooks + " --label seen --out " + out), out,
+  expect_refused(run_cli("probe " + kModel + " " + data_ + kHooks + " --label seen --out " + out), out,
                  "unknown probe label 'seen'; use one of: labels, repeated");
 }
 
