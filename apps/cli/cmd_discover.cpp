@@ -14,13 +14,15 @@ namespace mechlab::cli {
 namespace {
 
 // A step runs the CLI's own command in-process, so a step takes exactly the
-// arguments of `mechlab dataset make` / `mechlab cache` / `mechlab probe`.
+// arguments of `mechlab dataset make` / `mechlab cache` / `mechlab sae train`
+// / `mechlab probe`.
 void run_step(const std::vector<std::string>& args) {
   CLI::App app{"mechlab"};
   app.require_subcommand(1);
   add_dataset_command(app);
   add_cache_command(app);
   add_probe_command(app);
+  add_sae_command(app);  // the sae_train step
   std::vector<std::string> words = {"mechlab"};
   words.insert(words.end(), args.begin(), args.end());
   std::vector<char*> argv;
