@@ -17,12 +17,15 @@ namespace mechlab::cli {
 namespace {
 
 // A step runs the CLI's own command in-process, so a step takes exactly the
-// arguments of `mechlab dataset make` / `mechlab cache`.
+// arguments of `mechlab dataset make` / `mechlab cache` / `mechlab sae train`
+// / `mechlab probe`.
 void run_step(const std::vector<std::string>& args) {
   CLI::App app{"mechlab"};
   app.require_subcommand(1);
   add_dataset_command(app);
   add_cache_command(app);
+  add_probe_command(app);
+  add_sae_command(app);  // the sae_train step
   std::vector<std::string> words = {"mechlab"};
   words.insert(words.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -39,6 +42,8 @@ the job file's folder.
   steps:        optional list run before the jobs; a step whose `out` exists is skipped
     - dataset:  the arguments of `mechlab dataset make`: task, out, n, seed, set: {KEY: VALUE}
     - cache:    the arguments of `mechlab cache`: model, dataset, out, hooks, dtype, ...
+    - probe:    the arguments of `mechlab probe`: source, dataset, out, hooks, label, ...
+                (done once out/probes.h5 exists)
                 (option names without "--"; true is a flag, a list repeats the option)
   jobs:         list of jobs, each:
     name        unique; the output folder's default name

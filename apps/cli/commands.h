@@ -25,6 +25,7 @@ void add_heads_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_attach_tokenizer_command(CLI::App& app);
 void add_discover_command(CLI::App& app);
+void add_probe_command(CLI::App& app);
 /// `mechlab sae` and its subcommands (each adds itself to the group `sae`).
 void add_sae_command(CLI::App& app);
 void add_sae_eval_command(CLI::App& sae);

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   mechlab::cli::add_generate_command(app);
   mechlab::cli::add_attach_tokenizer_command(app);
   mechlab::cli::add_discover_command(app);
+  mechlab::cli::add_probe_command(app);
   mechlab::cli::add_sae_command(app);
   // Every failure is one line on stderr, escaped (a file name or token with
   // control bytes cannot garble the terminal).

@@ -179,6 +179,16 @@ std::string with_flag_names(std::string message) {
       {"`resume`", "--resume"},
       {"`overwrite`", "--overwrite"},
       {"`ProcessOptions::all()`", "--process"},
+      {"`ProbeRunOptions::hooks`", "--hooks"},
+      {"`ProbeRunOptions::label`", "--label"},
+      {"`ProbeRunOptions::test_fraction`", "--test-fraction"},
+      {"`ProbeRunOptions::seed`", "--seed"},
+      {"`ProbeRunOptions::resamples`", "--resamples"},
+      {"`ProbeRunOptions::confidence`", "--confidence"},
+      {"`ProbeRunOptions::batch_size`", "--batch-size"},
+      {"`ProbeRunOptions::max_examples`", "--max-examples"},
+      {"`ProbeRunOptions::ablate_examples`", "--ablate-examples"},
+      {"`ProbeRunOptions::ablate`", "--ablate"},
       {"`make_task(\"ioi\")`", "`mechlab dataset make ioi --out ioi.h5`"},
   };
   for (const auto& [from, to] : kFlags) {

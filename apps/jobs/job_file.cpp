@@ -172,7 +172,7 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
   }
   // Paths the step reads or writes are relative to the job file.
   auto path_field = [&](const std::string& f) {
-    return f == "out" || f == "model" || f == "dataset" || f == "config";
+    return f == "out" || f == "model" || f == "dataset" || f == "config" || f == "source";
   };
   s.argv = kind->command;
   for (const auto& p : kind->positionals) {
@@ -184,7 +184,9 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
   MECHLAB_CHECK(args.contains("out") && args["out"].is_string(), s.label,
                 ": field 'out' is missing; give the file the step writes");
   s.out = resolve(dir, args["out"].get<std::string>());
-  s.done = s.kind == "sae_train" ? (fs::path(s.out) / "sae").string() : s.out;
+  s.done = s.kind == "sae_train" ? (fs::path(s.out) / "sae").string()
+           : s.kind == "probe"   ? (fs::path(s.out) / "probes.h5").string()
+                                 : s.out;
   for (const auto& f : kind->flags) {
     if (!args.contains(f)) continue;
     const json& v = args[f];
@@ -333,6 +335,13 @@ const std::vector<StepKind>& step_kinds() {
       // SAELens folder, written last), and a folder with only a checkpoint
       // is resumed.
       {"sae_train", {"sae", "train"}, {"config"}, {"out", "set", "max-steps", "no-progress", "threads"}},
+      // `out` is a folder; the step is done once out/probes.h5 exists (renamed
+      // into place last, after probes.svg).
+      {"probe",
+       {"probe"},
+       {"source", "dataset"},
+       {"out", "hooks", "label", "overwrite", "test-fraction", "seed", "C", "penalty", "max-iter", "resamples",
+        "confidence", "batch-size", "max-examples", "ablate", "ablate-examples", "threads"}},
   };
   return kinds;
 }
@@ -480,7 +489,7 @@ JobFile parse_job_document(const json& doc, const std::string& path, const std::
                                          [&](const StepKind& k) { return k.name == s.kind; });
     for (size_t i = 0; i < kind.positionals.size(); ++i) {
       const std::string& f = kind.positionals[i];
-      if (f != "model" && f != "dataset") continue;
+      if (f != "model" && f != "dataset" && f != "source") continue;
       const std::string& p = s.argv[kind.command.size() + i];
       MECHLAB_CHECK(fs::exists(p) || produced(p), s.label, ": field '", f, "': no file '", p,
                     "' (and no earlier step writes it)");

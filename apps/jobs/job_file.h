@@ -31,6 +31,10 @@
 // A `sae_train` step takes the arguments of `mechlab sae train` (config
 // positional): `- sae_train: {config: sae.yaml, out: runs/sae}`; it is
 // skipped once out/sae exists and resumed when out holds only a checkpoint.
+// A `probe` step takes those of `mechlab probe` (source and dataset
+// positional): `- probe: {source: c.h5, dataset: d.h5, hooks: "blocks.*.hook_resid_post",
+// label: repeated, out: runs/probes}`; `out` is a folder, done once
+// out/probes.h5 exists.
 //
 // Every refusal is one line naming the job (or step) and the field, raised
 // before any work starts: parse_job_file checks the syntax, the fields and
@@ -62,7 +66,7 @@ struct Step {
   std::string label;              ///< "step 1 (dataset)" for messages
   std::string out;                ///< the file (sae_train: folder) it writes (resolved)
   /// What exists once the step is done: `out`, or for sae_train out/sae (a
-  /// run folder without it is resumed from its checkpoint).
+  /// run folder without it is resumed from its checkpoint), for probe out/probes.h5.
   std::string done;
   std::vector<std::string> argv;  ///< the CLI arguments, command words first
 };

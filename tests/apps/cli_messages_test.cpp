@@ -36,7 +36,7 @@ int count_lines(const std::string& text) {
 TEST(CliMessages, EveryComputeCommandTakesABoundedThreadCount) {
   for (const char* cmd : {"run", "cache", "patch", "heads", "generate", "train", "dataset make",
                           "bench train", "bench cache", "bench runtime", "bench patch",
-                          "sae train", "sae eval", "sae dashboard"}) {
+                          "sae train", "sae eval", "sae dashboard", "probe"}) {
     const auto r = run_cli(std::string(cmd) + " --help");
     EXPECT_EQ(r.rc, 0) << cmd;
     EXPECT_NE(r.output.find("--threads"), std::string::npos) << cmd << " has no --threads";

@@ -1,5 +1,5 @@
 // Nothing lost, nothing silent: every command that writes (new, dataset
-// make, cache, train, sae train, patch, discover) is run against a full disk (a small tmpfs), a
+// make, cache, train, sae train, patch, discover, probe) is run against a full disk (a small tmpfs), a
 // read-only folder (a read-only tmpfs: root ignores permission bits) and a
 // file size limit (RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with
 // EFBIG); also sae eval --out, sae dashboard --out / --html and sae export.
@@ -314,6 +314,28 @@ TEST_F(DiskFull, PatchKeepsTheOldResults) {
           }
         },
         [&](const std::string& d) { return patch + d + "/p"; }, /*leave=*/4 << 10);
+  }
+}
+
+// mechlab probe's outputs (probes.h5 and probes.svg, both or neither): an
+// existing result folder stays as it was when writing its replacement fails.
+TEST_F(DiskFull, ProbeKeepsTheOldResults) {
+  const std::string old_out = temp_path("old_probe");
+  const std::string probe = "probe " + model_ + " " + data_ +
+                            " --hooks hook_embed blocks.0.hook_resid_post --label repeated --resamples 20"
+                            " --threads 1 --overwrite --out ";
+  const CliResult first = run(probe + old_out);
+  ASSERT_EQ(first.rc, 0) << first.output;
+  for (int i = 0; i < 3; ++i) {
+    check_failure(
+        std::string("probe_") + kNames[i], kAll[i], "p/",
+        [&](const std::string& d) {
+          fs::create_directories(d + "/p");
+          for (const auto& e : fs::directory_iterator(old_out)) {
+            fs::copy_file(e.path(), d + "/p/" + e.path().filename().string());
+          }
+        },
+        [&](const std::string& d) { return probe + d + "/p"; }, /*leave=*/4 << 10);
   }
 }
 

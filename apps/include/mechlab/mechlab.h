@@ -89,6 +89,8 @@
 
 // Linear probes: many at once, scikit-learn objectives, controls.
 #include "probes/evaluation.h"
+#include "probes/intervention.h"
 #include "probes/linear_probe.h"
 #include "probes/metrics.h"
 #include "probes/probe_data.h"
+#include "probes/probe_run.h"

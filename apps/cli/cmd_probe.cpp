@@ -1,0 +1,122 @@
+// mechlab probe: a linear-probe sweep over hooks, from an activation store or
+// a model run over a dataset (probes/probe_run.h): results in HDF5 and a
+// picture of accuracy and selectivity against depth.
+#include "apps/cli/commands.h"
+#include "core/formats/output_file.h"
+#include "core/util/error.h"
+#include "probes/probe_run.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+
+namespace mechlab::cli {
+
+void add_probe_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "probe",
+      "Fit one logistic probe per hook (all at once) from an activation store or a model's\n"
+      "activations on a dataset, and score them on held-out rows: accuracy with a bootstrap\n"
+      "confidence interval, a control task (Hewitt & Liang 2019: each token type gets a random\n"
+      "label) and selectivity = accuracy - control accuracy. Writes OUT/probes.h5 (weights,\n"
+      "metrics, intervals, config) and OUT/probes.svg (accuracy and selectivity against depth).");
+  struct Args {
+    std::string source, dataset, label = "labels", out, penalty = "l2";
+    std::vector<std::string> hooks;
+    double test_fraction = 0.2, C = 1.0, confidence = 0.95;
+    int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32;
+    bool overwrite = false, ablate = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("source", a->source,
+                  "Activation store (.h5 from `mechlab cache`, or a store set's .json) or a model "
+                  "(mechlab checkpoint .h5 or Hugging Face folder) to run over DATASET")
+      ->required();
+  cmd->add_option("dataset", a->dataset,
+                  "mechlab dataset (.h5): the one the store was cached from, or the prompts the model "
+                  "runs on; its tokens (and /labels) give the labels")
+      ->required();
+  cmd->add_option("--hooks", a->hooks,
+                  "Hooks to probe, names or globs (e.g. hook_embed 'blocks.*.hook_resid_post'); "
+                  "one probe per hook")
+      ->required();
+  cmd->add_option("--label", a->label,
+                  "What to predict per token: labels (the dataset's /labels, per token or per "
+                  "example; -1 = none) or repeated (1 where the token already occurred earlier in "
+                  "its prompt)")
+      ->capture_default_str();
+  cmd->add_option("--out", a->out, "Output folder (created): probes.h5 and probes.svg")->required();
+  cmd->add_flag("--overwrite", a->overwrite, "Replace probes.h5 and probes.svg in --out");
+  cmd->add_option("--test-fraction", a->test_fraction, "Share of the labelled tokens held out for scoring")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--seed", a->seed, "Seed of the split, the control labels and the bootstrap")
+      ->capture_default_str();
+  cmd->add_option("--C", a->C, "Inverse regularisation strength (scikit-learn's C)")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--penalty", a->penalty, "l2, l1 or none")->capture_default_str();
+  add_count_option(cmd, "--max-iter", a->max_iter, "Solver iterations at most (scikit-learn's max_iter)");
+  add_count_option(cmd, "--resamples", a->resamples, "Bootstrap resamples of the test tokens");
+  cmd->add_option("--confidence", a->confidence, "Confidence of the bootstrap intervals")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  add_count_option(cmd, "--batch-size", a->batch_size, "With a model: prompts per forward");
+  add_count_option(cmd, "--max-examples", a->max_examples, "Use at most this many prompts (0 = all)", 0);
+  cmd->add_flag("--ablate", a->ablate,
+                "With a model and a binary label: also project each probe's direction out of its hook "
+                "during a forward and report the next-token loss without and with (does the model use "
+                "what the probe reads?)");
+  add_count_option(cmd, "--ablate-examples", a->ablate_examples, "Prompts the --ablate loss is measured on");
+  add_threads_option(cmd);
+  cmd->callback([a] {
+    for (const std::string& f : {probes::probe_results_path(a->out), probes::probe_plot_path(a->out)}) {
+      core::require_not_same_file(f, "--out", a->source, "the source");
+      core::require_not_same_file(f, "--out", a->dataset, "the dataset");
+    }
+    probes::check_probe_output(a->out, a->overwrite);
+    const probes::ProbeRunOptions o =
+        probes::ProbeRunOptions()
+            .hooks(a->hooks)
+            .label(a->label)
+            .test_fraction(a->test_fraction)
+            .seed(static_cast<uint64_t>(a->seed))
+            .probe(probes::ProbeOptions().C(a->C).penalty(probes::parse_penalty(a->penalty)).max_iter(a->max_iter))
+            .resamples(a->resamples)
+            .confidence(a->confidence)
+            .batch_size(a->batch_size)
+            .max_examples(a->max_examples)
+            .ablate(a->ablate)
+            .ablate_examples(a->ablate_examples);
+    handle_interrupts(/*polled=*/false, "nothing was written");
+    const probes::ProbeRunResult r = probes::run_probes(a->source, a->dataset, o);
+    probes::write_probe_results(a->out, r, a->overwrite);
+    const int pct = static_cast<int>(a->confidence * 100 + 0.5);
+    std::printf("%lld probes for '%s': %lld tokens (%lld train, %lld test), %lld classes, majority class %.3f\n",
+                static_cast<long long>(r.names.size()), printable(r.label).c_str(), static_cast<long long>(r.rows),
+                static_cast<long long>(r.train_rows), static_cast<long long>(r.test_rows),
+                static_cast<long long>(r.num_classes), r.majority.item<double>());
+    std::printf("  %-36s %-24s %-8s %s\n", "hook", str_cat("accuracy [", pct, "% CI]").c_str(), "control",
+                str_cat("selectivity [", pct, "% CI]").c_str());
+    for (size_t i = 0; i < r.names.size(); ++i) {
+      const int64_t p = static_cast<int64_t>(i);
+      std::printf("  %-36s %.3f [%.3f, %.3f]     %.3f    %.3f [%.3f, %.3f]\n", printable(r.names[i]).c_str(),
+                  r.accuracy[p].item<double>(), r.accuracy_ci.lower[p].item<double>(),
+                  r.accuracy_ci.upper[p].item<double>(), r.control_accuracy[p].item<double>(),
+                  r.selectivity[p].item<double>(), r.selectivity_ci.lower[p].item<double>(),
+                  r.selectivity_ci.upper[p].item<double>());
+    }
+    if (r.ablated_loss.defined()) {
+      std::printf("next-token loss on up to %lld prompts: %.4f without ablation; with each probe's direction ablated:\n",
+                  static_cast<long long>(a->ablate_examples), r.clean_loss);
+      for (size_t i = 0; i < r.names.size(); ++i) {
+        const double l = r.ablated_loss[static_cast<int64_t>(i)].item<double>();
+        std::printf("  %-36s %.4f (%+.4f)\n", printable(r.names[i]).c_str(), l, l - r.clean_loss);
+      }
+    }
+    std::printf("wrote %s and %s\n", printable(probes::probe_results_path(a->out)).c_str(),
+                printable(probes::probe_plot_path(a->out)).c_str());
+  });
+}
+
+}  // namespace mechlab::cli

@@ -1,0 +1,109 @@
+#include "probes/intervention.h"
+
+#include "core/util/error.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace mechlab::probes {
+
+InterventionMode parse_intervention_mode(const std::string& name) {
+  if (name == "ablate") return InterventionMode::ablate;
+  if (name == "steer") return InterventionMode::steer;
+  throw Error(str_cat("unknown intervention '", name, "'; use ablate or steer"));
+}
+
+std::string to_string(InterventionMode mode) {
+  return mode == InterventionMode::ablate ? "ablate" : "steer";
+}
+
+ProbeIntervention::ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha)
+    : mode_(mode), alpha_(alpha) {
+  MECHLAB_CHECK(direction.defined() && direction.dim() == 1,
+                "a probe direction must be one-dimensional [d], got ",
+                direction.defined() ? c10::str(direction.sizes()) : std::string("an undefined tensor"));
+  at::Tensor d = direction.detach().to(at::kCPU, at::kDouble);  // [d]
+  MECHLAB_CHECK(at::isfinite(d).all().item<bool>(), "the probe direction has NaN or inf entries");
+  const double norm = d.norm().item<double>();
+  MECHLAB_CHECK(norm > 0, "the probe direction is zero; use the weight vector of a fitted probe");
+  MECHLAB_CHECK(std::isfinite(alpha), "`alpha` of a probe intervention must be finite, got ", alpha);
+  u_ = d / norm;
+}
+
+std::vector<hooks::ModulePoint> ProbeIntervention::hook_points(const core::ModelConfig& cfg,
+                                                               core::HookSite host) const {
+  const core::SiteInfo& info = core::site_info(host.kind);
+  const std::string where = host.name() + " " + core::site_shape(cfg, host);
+  MECHLAB_CHECK(!info.attention_map, "a probe intervention cannot attach at ", where,
+                ": attention maps have no per-token vector; attach at the hook the probe was fitted on");
+  const int64_t width = core::dim_size(cfg, info.dims.back(), 0, 0);
+  MECHLAB_CHECK(u_.size(0) == width, "probe direction of width ", u_.size(0), " does not fit ", where,
+                ", whose last axis is ", width, "; attach at the hook the probe was fitted on");
+  return {{"hook_probe_in", info.dims}, {"hook_probe_out", info.dims}};
+}
+
+at::Tensor ProbeIntervention::apply(const at::Tensor& x) const {
+  // The projection is computed in float64 and cast back, so that a float32
+  // or bfloat16 activation ends orthogonal to u up to its own rounding.
+  const at::Tensor u = u_.to(x.device());             // [d]
+  const at::Tensor xd = x.to(at::kDouble);            // [..., d]
+  at::Tensor out;
+  if (mode_ == InterventionMode::ablate) {
+    const at::Tensor along = at::matmul(xd, u);       // [...]: x.u per position
+    out = xd - along.unsqueeze(-1) * u;               // [..., d]
+  } else {
+    out = xd + u * alpha_;                            // [..., d]
+  }
+  return out.to(x.scalar_type());
+}
+
+at::Tensor ProbeIntervention::forward(const at::Tensor& x, hooks::ModuleHooks& hooks) {
+  at::Tensor in = x;  // [batch, pos, ..., d]
+  hooks("hook_probe_in", in);
+  at::Tensor out = apply(in);  // [batch, pos, ..., d]
+  hooks("hook_probe_out", out);
+  return out;
+}
+
+namespace {
+
+double metric_value(const LogitsMetric& metric, const at::Tensor& logits) {
+  const at::Tensor v = metric(logits);
+  MECHLAB_CHECK(v.defined() && v.numel() == 1, "the intervention metric must return one value, got ",
+                v.defined() ? c10::str(v.sizes()) : std::string("an undefined tensor"));
+  return v.item<double>();
+}
+
+// Detaches the module however the intervened forward ends.
+struct Attached {
+  hooks::HookedTransformer& model;
+  std::string host, name;
+  ~Attached() {
+    try {
+      model.detach(host, name);
+    } catch (...) {
+    }
+  }
+};
+
+}  // namespace
+
+InterventionEffect intervention_effect(hooks::HookedTransformer& model, const std::string& host,
+                                       const std::shared_ptr<ProbeIntervention>& module, const at::Tensor& tokens,
+                                       const LogitsMetric& metric, const at::Tensor& attention_mask) {
+  MECHLAB_CHECK(module != nullptr, "`module` of intervention_effect is null");
+  MECHLAB_CHECK(static_cast<bool>(metric), "`metric` of intervention_effect is empty");
+  const hooks::RunOptions run = hooks::RunOptions().attention_mask(attention_mask);
+  InterventionEffect e;
+  e.baseline = metric_value(metric, model.forward(tokens, run));  // logits [batch, pos, d_vocab]
+  {
+    model.attach(host, module);
+    Attached guard{model, host, module->name()};
+    e.intervened = metric_value(metric, model.forward(tokens, run));
+  }
+  e.change = e.intervened - e.baseline;
+  return e;
+}
+
+}  // namespace mechlab::probes

@@ -1,0 +1,411 @@
+#include "probes/probe_run.h"
+
+#include "core/data/dataset.h"
+#include "core/formats/hdf5_file.h"
+#include "core/formats/output_file.h"
+#include "core/formats/text_file.h"
+#include "core/plot/line_chart.h"
+#include "core/store/activation_store.h"
+#include "core/util/error.h"
+#include "hooks/activation_capture.h"
+#include "hooks/hooked_transformer.h"
+#include "hooks/names_filter.h"
+#include "probes/intervention.h"
+#include "probes/metrics.h"
+#include "probes/probe_data.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <optional>
+#include <regex>
+#include <set>
+
+namespace mechlab::probes {
+
+const char* probe_label_names() { return "labels, repeated"; }
+
+double hook_depth(const std::string& hook) {
+  static const std::regex block("blocks\\.([0-9]+)\\.(.*)");
+  std::smatch m;
+  if (std::regex_match(hook, m, block)) {
+    const double layer = std::stod(m[1]);
+    const std::string rest = m[2];
+    if (rest.rfind("hook_resid_pre", 0) == 0) return layer;
+    if (rest.rfind("hook_resid_post", 0) == 0) return layer + 1;
+    return layer + 0.5;
+  }
+  if (hook.rfind("ln_final", 0) == 0) return 1e6;  // placed after the last layer below
+  return 0;  // hook_embed, hook_pos_embed: the stream's start
+}
+
+at::Tensor token_labels(const std::string& label, const at::Tensor& prompts, const at::Tensor& dataset_labels,
+                        const std::string& where) {
+  const int64_t N = prompts.size(0), T = prompts.size(1);
+  if (label == "labels") {
+    MECHLAB_CHECK(dataset_labels.defined(), "dataset ", where,
+                  " has no /labels; give a dataset with labels per token or per example, or use "
+                  "`ProbeRunOptions::label` repeated");
+    // load_dataset has checked N (and T) against the prompts.
+    if (dataset_labels.dim() == 1) return dataset_labels.to(at::kLong).unsqueeze(1).expand({N, T}).contiguous();
+    return dataset_labels.to(at::kLong).contiguous();
+  }
+  if (label == "repeated") {
+    // repeated[n, t] = exists s < t with prompts[n, s] == prompts[n, t].
+    // In chunks of examples: the comparison is [chunk, T, T].
+    const at::Tensor earlier = at::ones({T, T}, at::kBool).tril(-1);  // [t, s], s < t
+    std::vector<at::Tensor> parts;
+    const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(1, T * T));
+    for (int64_t e0 = 0; e0 < N; e0 += chunk) {
+      const at::Tensor p = prompts.slice(0, e0, std::min(N, e0 + chunk)).to(at::kLong);  // [c, T]
+      const at::Tensor same = p.unsqueeze(2).eq(p.unsqueeze(1));                          // [c, t, s]
+      parts.push_back(same.logical_and(earlier).any(2).to(at::kLong));                    // [c, T]
+    }
+    return at::cat(parts, 0);
+  }
+  throw Error(str_cat("unknown probe label '", label, "'; use one of: ", probe_label_names()));
+}
+
+namespace {
+
+// Features [P, R, D], the label [R] and the token id [R] of each row.
+struct Rows {
+  ProbeFeatures f;
+  at::Tensor labels, token_ids;
+};
+
+std::vector<std::string> store_hooks(const core::ActivationStore& store, const std::vector<std::string>& patterns) {
+  std::vector<std::string> out;
+  for (const std::string& p : patterns) {
+    bool any = false;
+    for (const std::string& h : store.hooks()) {
+      if (!hooks::glob_match(p, h)) continue;
+      any = true;
+      if (std::find(out.begin(), out.end(), h) == out.end()) out.push_back(h);
+    }
+    std::string held;
+    for (const std::string& h : store.hooks()) held += (held.empty() ? "" : ", ") + h;
+    MECHLAB_CHECK(any, "hook '", p, "' is not in the activation store ", store.path(), ", which holds ", held,
+                  "; probe one of those or cache the hook first");
+  }
+  return out;
+}
+
+Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at::Tensor& labels,
+                     const std::string& dataset, const ProbeRunOptions& o) {
+  const core::ActivationStore store = core::ActivationStore::open(path);
+  const std::vector<std::string> names = store_hooks(store, o.hooks());
+  const at::Tensor src = store.row_source(0, store.num_rows()).to(at::kLong);  // [R, 2] (example, position)
+  const int64_t examples = o.max_examples() > 0 ? std::min(o.max_examples(), ds.size()) : ds.size();
+  const int64_t max_ex = src.select(1, 0).max().item<int64_t>(), max_pos = src.select(1, 1).max().item<int64_t>();
+  MECHLAB_CHECK(max_ex < ds.size() && max_pos < ds.seq_len(), "activation store ", path, " has rows of example ",
+                max_ex, " position ", max_pos, " but dataset ", dataset, " has ", ds.size(), " examples of ",
+                ds.seq_len(), " tokens; give the dataset the store was cached from");
+  const at::Tensor keep = src.select(1, 0).lt(examples).nonzero().squeeze(1);  // [R'] rows of the first examples
+  Rows r;
+  r.f = features_from_store(store, names);  // [P, R, D]; refuses NaN / inf rows
+  r.f.x = r.f.x.index_select(1, keep);
+  const at::Tensor s = src.index_select(0, keep);
+  const at::Tensor flat = s.select(1, 0) * ds.seq_len() + s.select(1, 1);  // [R'] index into [N * T]
+  r.labels = labels.reshape({-1}).index_select(0, flat);
+  r.token_ids = ds.prompts().to(at::kLong).reshape({-1}).index_select(0, flat);
+  return r;
+}
+
+Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, const core::Dataset& ds,
+                     const at::Tensor& labels, const ProbeRunOptions& o) {
+  ds.check_vocab(model.cfg().d_vocab, "the dataset");
+  const std::vector<std::string> names = hooks::resolve_store_hooks(model, o.hooks());
+  const std::set<std::string> wanted(names.begin(), names.end());
+  const hooks::NamesFilter filter =
+      hooks::NamesFilter::predicate([&wanted](const std::string& n) { return wanted.count(n) > 0; });
+  const int64_t N = o.max_examples() > 0 ? std::min(o.max_examples(), ds.size()) : ds.size();
+  const at::Tensor prompts = ds.prompts().to(at::kLong);  // [N, T]
+  std::vector<at::Tensor> xs, ys, ids;
+  Rows r;
+  for (int64_t e0 = 0; e0 < N; e0 += o.batch_size()) {
+    const int64_t e1 = std::min(N, e0 + o.batch_size());
+    const at::Tensor tokens = prompts.slice(0, e0, e1);  // [b, T]
+    at::Tensor mask;                                     // [b, T] or undefined
+    hooks::RunOptions run;
+    if (ds.attention_mask.defined()) {
+      mask = ds.attention_mask.slice(0, e0, e1);
+      run.attention_mask(mask);
+    }
+    at::NoGradGuard no_grad;
+    auto [logits, cache] = model.run_with_cache(tokens, filter, run);
+    ProbeFeatures f = features_from_cache(cache, names, mask.defined() ? mask.to(at::kBool) : mask);
+    MECHLAB_CHECK(at::isfinite(f.x).all().item<bool>(), "model ", path, " gives NaN or inf activations at ",
+                  "one of the hooks for examples ", e0, " to ", e1 - 1, "; check the model's weights");
+    const at::Tensor m = mask.defined() ? mask.to(at::kBool).reshape({-1}) : at::ones({tokens.numel()}, at::kBool);
+    xs.push_back(f.x);
+    ys.push_back(labels.slice(0, e0, e1).reshape({-1}).masked_select(m));
+    ids.push_back(tokens.reshape({-1}).masked_select(m));
+    r.f.names = f.names;
+  }
+  r.f.x = at::cat(xs, 1);  // [P, R, D]
+  r.labels = at::cat(ys);
+  r.token_ids = at::cat(ids);
+  return r;
+}
+
+// Accuracy of predictions [P, n] against labels [n] on the rows `rows`.
+at::Tensor accuracy_on(const at::Tensor& pred, const at::Tensor& y, const at::Tensor& rows) {
+  return accuracy(pred.index_select(1, rows), y.index_select(0, rows));
+}
+
+}  // namespace
+
+ProbeRunResult run_probes(const std::string& source, const std::string& dataset, const ProbeRunOptions& o) {
+  MECHLAB_CHECK(!o.hooks().empty(), "no hooks to probe; give `ProbeRunOptions::hooks` (names or globs)");
+  MECHLAB_CHECK(o.test_fraction() > 0 && o.test_fraction() < 1, "`ProbeRunOptions::test_fraction` must be in (0, 1), got ",
+                o.test_fraction());
+  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1, "`ProbeRunOptions::confidence` must be in (0, 1), got ", o.confidence());
+  MECHLAB_CHECK(o.resamples() >= 1 && o.batch_size() >= 1 && o.max_examples() >= 0,
+                "`ProbeRunOptions::resamples` and `ProbeRunOptions::batch_size` must be >= 1 and `ProbeRunOptions::max_examples` >= 0");
+  const core::Dataset ds = core::load_dataset(dataset);
+  MECHLAB_CHECK(ds.prompts().defined(), "dataset ", dataset, " holds no prompts; make one with `mechlab dataset make`");
+  at::Tensor labels = token_labels(o.label(), ds.prompts(), ds.labels, dataset);  // [N, T]
+  if (ds.attention_mask.defined()) labels = labels.masked_fill(ds.attention_mask.eq(0), -1);
+
+  ProbeRunResult r;
+  r.source = source;
+  r.dataset = dataset;
+  r.label = o.label();
+  r.from_store = core::mechlab_format_of(source) == core::kActivationsFormat ||
+                 (source.size() > 5 && source.compare(source.size() - 5, 5, ".json") == 0);
+  MECHLAB_CHECK(!o.ablate() || !r.from_store, "`ProbeRunOptions::ablate` needs a model to run, but ", source,
+                " is an activation store; give the model it was cached from");
+  MECHLAB_CHECK(o.ablate_examples() >= 1, "`ProbeRunOptions::ablate_examples` must be >= 1, got ", o.ablate_examples());
+  std::optional<hooks::HookedTransformer> model;
+  if (!r.from_store) model.emplace(hooks::HookedTransformer::from_pretrained(source));
+  Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o)
+                           : rows_from_model(*model, source, ds, labels, o);
+
+  // Rows without a label are no data.
+  const at::Tensor labelled = rows.labels.ge(0).nonzero().squeeze(1);  // [R]
+  const at::Tensor x = rows.f.x.index_select(1, labelled);             // [P, R, D]
+  const at::Tensor y = rows.labels.index_select(0, labelled);          // [R]
+  const at::Tensor ids = rows.token_ids.index_select(0, labelled);     // [R]
+  r.rows = y.size(0);
+  MECHLAB_CHECK(r.rows >= 10, "only ", r.rows, " rows of ", dataset, " carry label '", o.label(),
+                "'; probing needs at least 10 (use more examples)");
+  const int64_t classes = y.max().item<int64_t>() + 1;
+  const at::Tensor counts = at::bincount(y);  // [K]
+  MECHLAB_CHECK(counts.gt(0).sum().item<int64_t>() >= 2, "label '", o.label(), "' has one class only (every row of ",
+                dataset, " is ", y[0].item<int64_t>(), "); a probe needs at least two classes");
+
+  // Order the probes by depth (a store lists its hooks as cached).
+  std::vector<int64_t> order(rows.f.names.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return hook_depth(rows.f.names[static_cast<size_t>(a)]) < hook_depth(rows.f.names[static_cast<size_t>(b)]);
+  });
+  const at::Tensor xo = x.index_select(0, at::tensor(order, at::kLong));  // [P, R, D]
+  for (int64_t i : order) {
+    const std::string& n = rows.f.names[static_cast<size_t>(i)];
+    r.names.push_back(n);
+    const double d = hook_depth(n);
+    r.depth.push_back(d >= 1e6 ? -1 : d);  // ln_final: placed below
+  }
+  const double last = *std::max_element(r.depth.begin(), r.depth.end());
+  for (double& d : r.depth) {
+    if (d < 0) d = last + 0.5;
+  }
+
+  const Split split = random_split(r.rows, SplitOptions().test_fraction(o.test_fraction()).seed(o.seed()));
+  r.train_rows = split.train.size(0);
+  r.test_rows = split.test.size(0);
+  MECHLAB_CHECK(r.test_rows >= 1 && r.train_rows >= 2, "`ProbeRunOptions::test_fraction` ", o.test_fraction(), " leaves ",
+                r.train_rows, " train and ", r.test_rows, " test rows of ", r.rows, "; use more examples");
+  const at::Tensor y_train = y.index_select(0, split.train);
+  MECHLAB_CHECK(at::bincount(y_train).gt(0).sum().item<int64_t>() >= 2, "the train rows of label '", o.label(),
+                "' hold one class only; use more examples or another `ProbeRunOptions::seed`");
+  r.num_classes = std::max<int64_t>(classes, 2);
+  const ProbeOptions po = ProbeOptions(o.probe()).num_classes(r.num_classes);
+  const at::Tensor x_train = xo.index_select(1, split.train);  // [P, n_train, D]
+  r.probes = fit_logistic(x_train, y_train, po);
+  const at::Tensor pred = r.probes.predict(xo);  // [P, R]
+
+  // Hewitt & Liang's control task: token identity -> a random label.
+  const at::Tensor control = control_labels(ids, y, o.seed());  // [R]
+  const LinearProbes cp = fit_logistic(x_train, control.index_select(0, split.train), po);
+  const at::Tensor cpred = cp.predict(xo);  // [P, R]
+
+  const at::Tensor test = split.test;
+  r.accuracy = accuracy_on(pred, y, test);
+  r.control_accuracy = accuracy_on(cpred, control, test);
+  r.selectivity = selectivity(r.accuracy, r.control_accuracy);
+  r.majority = at::bincount(y.index_select(0, test)).max().to(at::kDouble) / static_cast<double>(r.test_rows);
+  const BootstrapOptions bo = BootstrapOptions().resamples(o.resamples()).confidence(o.confidence()).seed(o.seed());
+  r.accuracy_ci = bootstrap_ci([&](const at::Tensor& b) { return accuracy_on(pred, y, test.index_select(0, b)); },
+                               r.test_rows, bo);
+  r.selectivity_ci = bootstrap_ci(
+      [&](const at::Tensor& b) {
+        const at::Tensor rows_b = test.index_select(0, b);
+        return accuracy_on(pred, y, rows_b) - accuracy_on(cpred, control, rows_b);
+      },
+      r.test_rows, bo);
+
+  if (o.ablate()) {
+    MECHLAB_CHECK(r.num_classes == 2, "`ProbeRunOptions::ablate` projects out one direction per probe and needs a binary label; '",
+                  o.label(), "' has ", r.num_classes, " classes");
+    const int64_t n = std::min({o.ablate_examples(), ds.size(), o.max_examples() > 0 ? o.max_examples() : ds.size()});
+    const at::Tensor tokens = ds.prompts().slice(0, 0, n).to(at::kLong);  // [n, T]
+    const at::Tensor mask =
+        ds.attention_mask.defined() ? ds.attention_mask.slice(0, 0, n) : at::Tensor();  // [n, T] or undefined
+    const LogitsMetric loss = [&](const at::Tensor& logits) { return core::mean_loss(logits, tokens, mask); };
+    std::vector<double> ablated;
+    for (size_t p = 0; p < r.names.size(); ++p) {
+      // weight [P, D, 1] acts on raw features: the direction the probe reads.
+      const at::Tensor w = r.probes.weight[static_cast<int64_t>(p)].select(1, 0);  // [D]
+      const auto module = std::make_shared<ProbeIntervention>(w, InterventionMode::ablate);
+      const InterventionEffect e = intervention_effect(*model, r.names[p], module, tokens, loss, mask);
+      r.clean_loss = e.baseline;
+      ablated.push_back(e.intervened);
+    }
+    r.ablated_loss = at::tensor(ablated, at::kDouble);
+  }
+
+  nlohmann::json c;
+  c["hooks"] = o.hooks();
+  c["label"] = o.label();
+  c["test_fraction"] = o.test_fraction();
+  c["seed"] = o.seed();
+  c["C"] = o.probe().C();
+  c["penalty"] = to_string(o.probe().penalty());
+  c["solver"] = to_string(o.probe().solver());
+  c["max_iter"] = o.probe().max_iter();
+  c["tol"] = o.probe().tol();
+  c["standardize"] = o.probe().standardize();
+  c["resamples"] = o.resamples();
+  c["confidence"] = o.confidence();
+  c["batch_size"] = o.batch_size();
+  c["max_examples"] = o.max_examples();
+  c["ablate"] = o.ablate();
+  c["ablate_examples"] = o.ablate_examples();
+  r.config = c.dump();
+  return r;
+}
+
+std::string probe_results_path(const std::string& out) { return (std::filesystem::path(out) / "probes.h5").string(); }
+std::string probe_plot_path(const std::string& out) { return (std::filesystem::path(out) / "probes.svg").string(); }
+
+namespace {
+
+std::vector<double> values(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+std::string probe_svg(const ProbeRunResult& r) {
+  using core::plot::Panel;
+  using core::plot::Series;
+  const std::vector<double>& x = r.depth;
+  const std::vector<double> chance(x.size(), r.majority.item<double>());
+  Panel acc{"accuracy (test rows)", false,
+            {{"accuracy", x, values(r.accuracy)},
+             {"accuracy CI low", x, values(r.accuracy_ci.lower)},
+             {"accuracy CI high", x, values(r.accuracy_ci.upper)},
+             {"control task", x, values(r.control_accuracy)},
+             {"majority class", x, chance}},
+            std::make_pair(0.0, 1.0)};
+  Panel sel{"selectivity", false,
+            {{"selectivity", x, values(r.selectivity)},
+             {"selectivity CI low", x, values(r.selectivity_ci.lower)},
+             {"selectivity CI high", x, values(r.selectivity_ci.upper)}},
+            std::nullopt};
+  std::vector<Panel> panels = {acc, sel};
+  if (r.ablated_loss.defined()) {
+    const std::vector<double> clean(x.size(), r.clean_loss);
+    panels.push_back(Panel{"next-token loss",
+                           false,
+                           {{"ablated", x, values(r.ablated_loss)}, {"not ablated", x, clean}},
+                           std::nullopt});
+  }
+  return core::plot::line_chart_svg("probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows)",
+                                    "depth (resid_pre L = L, resid_post L = L + 1)", panels);
+}
+
+void write_results_file(const std::string& h5, const ProbeRunResult& r) {
+  core::H5File::write_atomically(h5, [&](core::H5File& f) {
+    f.write_attr("", "mechlab_format", kProbesFormat);
+    f.write_attr("", "mechlab_version", kProbesVersion);
+    f.write_attr("", "source", r.source);
+    f.write_attr("", "dataset", r.dataset);
+    f.write_attr("", "label", r.label);
+    f.write_attr("", "hooks", nlohmann::json(r.names).dump());
+    f.write_attr("", "config", r.config);
+    f.write_attr("", "rows", r.rows);
+    f.write_attr("", "train_rows", r.train_rows);
+    f.write_attr("", "test_rows", r.test_rows);
+    f.write_attr("", "num_classes", r.num_classes);
+    f.write_attr("", "from_store", static_cast<int64_t>(r.from_store));
+    f.write_tensor("depth", at::tensor(r.depth, at::kDouble));
+    const LinearProbes& p = r.probes;
+    f.write_tensor("weight", p.weight.contiguous());
+    f.write_tensor("bias", p.bias.contiguous());
+    f.write_tensor("coef", p.coef.contiguous());
+    f.write_tensor("intercept", p.intercept.contiguous());
+    f.write_tensor("mean", p.mean.contiguous());
+    f.write_tensor("scale", p.scale.contiguous());
+    f.write_tensor("converged", p.converged.to(at::kByte).contiguous());
+    f.write_tensor("iterations", p.iterations.contiguous());
+    f.write_tensor("metrics/accuracy", r.accuracy.contiguous());
+    f.write_tensor("metrics/control_accuracy", r.control_accuracy.contiguous());
+    f.write_tensor("metrics/selectivity", r.selectivity.contiguous());
+    f.write_tensor("metrics/accuracy_lower", r.accuracy_ci.lower.contiguous());
+    f.write_tensor("metrics/accuracy_upper", r.accuracy_ci.upper.contiguous());
+    f.write_tensor("metrics/selectivity_lower", r.selectivity_ci.lower.contiguous());
+    f.write_tensor("metrics/selectivity_upper", r.selectivity_ci.upper.contiguous());
+    f.write_tensor("metrics/majority", r.majority.contiguous());
+    if (r.ablated_loss.defined()) {
+      f.write_tensor("metrics/ablated_loss", r.ablated_loss.contiguous());
+      f.write_attr("", "clean_loss", r.clean_loss);
+    }
+  });
+}
+
+}  // namespace
+
+void check_probe_output(const std::string& out, bool overwrite) {
+  MECHLAB_CHECK(!out.empty(), "no output folder given; give `out`");
+  MECHLAB_CHECK(!std::filesystem::exists(out) || std::filesystem::is_directory(out), "output folder ", out,
+                " is a file; give a folder (it is created when missing)");
+  core::require_replaceable(probe_results_path(out), kProbesFormat, overwrite, "`overwrite`");
+  MECHLAB_CHECK(overwrite || !std::filesystem::exists(probe_plot_path(out)), probe_plot_path(out),
+                " already exists; pass `overwrite` to replace it or choose another output folder");
+}
+
+void write_probe_results(const std::string& out, const ProbeRunResult& r, bool overwrite) {
+  const std::string h5 = probe_results_path(out), svg = probe_plot_path(out);
+  check_probe_output(out, overwrite);
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  MECHLAB_CHECK(!ec, "cannot create the output folder ", out, ": ", ec.message());
+  // Both files or neither: the picture is written whole beside its target
+  // first, then probes.h5 (atomically: a temporary renamed into place; its
+  // presence means "done" to a job step), then the picture is renamed into
+  // place. A failure before that leaves whatever was there as it was.
+  const std::string staged = svg + ".new";
+  core::write_text_file(staged, probe_svg(r));
+  try {
+    write_results_file(h5, r);
+  } catch (...) {
+    std::filesystem::remove(staged, ec);
+    throw;
+  }
+  if (std::rename(staged.c_str(), svg.c_str()) != 0) {
+    const int err = errno;
+    std::filesystem::remove(staged, ec);
+    throw Error(str_cat("cannot write ", svg, ": ", core::system_error_words(err)));
+  }
+}
+
+}  // namespace mechlab::probes

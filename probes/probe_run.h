@@ -1,0 +1,126 @@
+// A probing sweep from files to results (`mechlab probe`, the job step
+// `probe`; docs/ARCHITECTURE.md, "Probes"): features of some hooks, read
+// from an activation store or computed by running a model over a dataset,
+// a label per token, one logistic probe per hook fitted together, scored on
+// a held-out split with a Hewitt & Liang control task, selectivity and
+// bootstrap confidence intervals; written as one HDF5 file and an SVG
+// picture of accuracy and selectivity against depth.
+//
+// Labels (`label`):
+//   labels     the dataset's /labels: per token [N, T] or per example [N]
+//              (every token of the example carries it); -1 = no label there
+//   repeated   1 where the token already occurred earlier in its sequence,
+//              else 0, computed from the dataset's tokens (what an induction
+//              head needs to know)
+// Rows without a label (-1, padding) are left out before the split.
+//
+// Output folder `out`:
+//   probes.h5    mechlab_format "probes" (layout in write_probe_results)
+//   probes.svg   accuracy, control accuracy and the majority-class rate with
+//                the accuracy's confidence band, and selectivity with its band,
+//                against depth
+//
+// Example:
+//   ProbeRunResult r = run_probes("induction.h5", "data.h5",
+//       ProbeRunOptions().hooks({"hook_embed", "blocks.*.hook_resid_post"}).label("repeated"));
+//   write_probe_results("out/", r, false);
+#pragma once
+
+#include "core/util/options.h"
+#include "probes/evaluation.h"
+#include "probes/linear_probe.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace mechlab::probes {
+
+inline constexpr const char* kProbesFormat = "probes";
+inline constexpr int64_t kProbesVersion = 1;
+
+/// The names `ProbeRunOptions::label` accepts, comma-separated.
+const char* probe_label_names();
+
+struct ProbeRunOptions {
+  /// Hook names or globs ('*', '?'); with a store, among the store's hooks.
+  MECHLAB_OPTION(ProbeRunOptions, std::vector<std::string>, hooks, {})
+  /// "labels" or "repeated" (probe_label_names()).
+  MECHLAB_OPTION(ProbeRunOptions, std::string, label, "labels")
+  /// Share of the labelled rows held out for scoring (seeded permutation).
+  MECHLAB_OPTION(ProbeRunOptions, double, test_fraction, 0.2)
+  /// Seed of the split, the control labels and the bootstrap.
+  MECHLAB_OPTION(ProbeRunOptions, uint64_t, seed, 0)
+  /// The probes' fit (C, penalty, solver, ...); num_classes is set from the labels.
+  MECHLAB_OPTION(ProbeRunOptions, ProbeOptions, probe, {})
+  /// Bootstrap resamples of the test rows and the intervals' confidence.
+  MECHLAB_OPTION(ProbeRunOptions, int64_t, resamples, 1000)
+  MECHLAB_OPTION(ProbeRunOptions, double, confidence, 0.95)
+  /// With a model: examples per forward.
+  MECHLAB_OPTION(ProbeRunOptions, int64_t, batch_size, 8)
+  /// Use at most this many of the dataset's examples (0: all).
+  MECHLAB_OPTION(ProbeRunOptions, int64_t, max_examples, 0)
+  /// With a model and a binary label: also ablate each probe's direction at
+  /// its hook (probes/intervention.h) and measure the next-token loss
+  /// (core::mean_loss) on the first `ablate_examples` prompts, without and with.
+  MECHLAB_OPTION(ProbeRunOptions, bool, ablate, false)
+  MECHLAB_OPTION(ProbeRunOptions, int64_t, ablate_examples, 32)
+};
+
+struct ProbeRunResult {
+  std::string source, dataset, label;   ///< as given
+  bool from_store = false;
+  std::vector<std::string> names;       ///< the hooks, one per probe, in depth order
+  std::vector<double> depth;            ///< [P] x of the picture (see hook_depth)
+  int64_t rows = 0, train_rows = 0, test_rows = 0, num_classes = 0;
+  LinearProbes probes;                  ///< fitted on the train rows
+  at::Tensor accuracy;                  ///< [P] float64, test rows
+  at::Tensor control_accuracy;          ///< [P] the control task's probes on the same rows
+  at::Tensor selectivity;               ///< [P] accuracy - control_accuracy
+  at::Tensor majority;                  ///< [] the test rows' most frequent label's share
+  BootstrapInterval accuracy_ci, selectivity_ci;
+  /// With `ablate`: the loss without intervention, and with each probe's
+  /// direction projected out at its hook [P] (undefined otherwise).
+  double clean_loss = 0;
+  at::Tensor ablated_loss;
+  std::string config;                   ///< the options as JSON
+};
+
+/// Depth of a hook along the residual stream, the picture's x axis:
+/// hook_embed / hook_pos_embed 0, blocks.L.hook_resid_pre L, blocks.L.*
+/// L + 0.5 (attention and MLP sites, resid_mid), blocks.L.hook_resid_post
+/// L + 1, ln_final.* n_layers + 0.5 (so resid_post L-1 and resid_pre L coincide).
+double hook_depth(const std::string& hook);
+
+/// Per-token labels [N, T] int64 (-1 = none) of `label` for a dataset's
+/// prompts [N, T] and its /labels (undefined when absent).
+at::Tensor token_labels(const std::string& label, const at::Tensor& prompts, const at::Tensor& dataset_labels,
+                        const std::string& where);
+
+/// `source` is an activation store (.h5 of format "activations", or a
+/// store set's .json) or a model (checkpoint or Hugging Face folder);
+/// `dataset` the mechlab dataset the store was cached from or the model runs on.
+ProbeRunResult run_probes(const std::string& source, const std::string& dataset, const ProbeRunOptions& options);
+
+/// Writes `out`/probes.h5 and `out`/probes.svg, each atomically (the folder is
+/// created). An existing probes.h5 is replaced only with `overwrite`.
+/// probes.h5: root attributes mechlab_format, mechlab_version, source,
+/// dataset, label, hooks (JSON list), config (JSON); datasets depth [P],
+/// weight [P, D, O] and bias [P, O] (raw features), coef, intercept, mean,
+/// scale, converged, iterations; metrics/{accuracy, control_accuracy,
+/// selectivity, accuracy_lower, accuracy_upper, selectivity_lower,
+/// selectivity_upper} [P], metrics/majority [], with `ablate`
+/// metrics/ablated_loss [P] and the attribute clean_loss, and the row counts as
+/// attributes (rows, train_rows, test_rows, num_classes).
+void write_probe_results(const std::string& out, const ProbeRunResult& result, bool overwrite);
+
+/// Throws unless write_probe_results may write in `out`: call it before the
+/// work, so a run is not wasted on an output it may not replace.
+void check_probe_output(const std::string& out, bool overwrite);
+
+/// The files write_probe_results writes in `out`.
+std::string probe_results_path(const std::string& out);
+std::string probe_plot_path(const std::string& out);
+
+}  // namespace mechlab::probes

@@ -1,0 +1,208 @@
+// mechlab probe (apps/cli/cmd_probe.cpp, probes/probe_run.h): on the shipped
+// induction model a probe for "this token appeared earlier" is more accurate
+// after layer 0 than at the embedding (a real signal: the embedding of a
+// rotary model holds the token's identity only); a store cached from the
+// same model gives the same probes as the model itself; bad input is one
+// clear line and writes nothing; the job file's probe step.
+#include "apps/jobs/job_file.h"
+#include "core/data/dataset.h"
+#include "core/formats/hdf5_file.h"
+#include "tests/test_util.h"
+
+#include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace mechlab {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using testing::run_cli;
+
+const std::string kModel = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+const std::string kHooks = " --hooks hook_embed blocks.0.hook_resid_post blocks.1.hook_resid_post";
+
+std::string temp_path(const std::string& name) { return testing::temp_path("probe_cli", name); }
+
+class ProbeCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // The induction model's own task: BOS + L random ids + the same L again.
+    data_ = temp_path("induction.h5");
+    const auto r = run_cli("dataset make induction --n 160 --seed 5 --set d_vocab=256 --overwrite --out " + data_);
+    ASSERT_EQ(r.rc, 0) << r.output;
+  }
+  static std::string data_;
+};
+std::string ProbeCli::data_;
+
+std::vector<std::string> hooks_of(const core::H5File& f) {
+  return nlohmann::json::parse(f.read_attr_string("", "hooks")).get<std::vector<std::string>>();
+}
+
+// The one line of a failed command, and that nothing was written in `out`.
+void expect_refused(const testing::CliResult& r, const std::string& out, const std::string& words) {
+  EXPECT_EQ(r.rc, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("mechlab: error: "));
+  EXPECT_THAT(r.output, HasSubstr(words));
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_FALSE(fs::exists(out + "/probes.h5"));
+  EXPECT_FALSE(fs::exists(out + "/probes.svg"));
+  EXPECT_FALSE(fs::exists(out + "/probes.h5.tmp"));
+  EXPECT_FALSE(fs::exists(out + "/probes.svg.new"));
+}
+
+TEST_F(ProbeCli, RepeatedTokenIsReadAfterLayerZeroNotAtTheEmbedding) {
+  const std::string out = temp_path("model_run");
+  const auto r = run_cli("probe " + kModel + " " + data_ + kHooks +
+                         " --label repeated --resamples 200 --ablate --ablate-examples 8 --threads 1 --out " + out +
+                         " --overwrite");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  core::H5File f = core::H5File::open_read(out + "/probes.h5");
+  EXPECT_EQ(f.read_attr_string("", "mechlab_format"), "probes");
+  ASSERT_EQ(hooks_of(f), (std::vector<std::string>{"hook_embed", "blocks.0.hook_resid_post",
+                                                   "blocks.1.hook_resid_post"}));
+  const at::Tensor acc = f.read_tensor("metrics/accuracy");
+  const at::Tensor lo = f.read_tensor("metrics/accuracy_lower"), hi = f.read_tensor("metrics/accuracy_upper");
+  const double majority = f.read_tensor("metrics/majority").item<double>();
+  // The embedding knows the token, not whether it came before: near the majority rate.
+  EXPECT_LT(acc[0].item<double>(), majority + 0.08) << r.output;
+  // After layer 0 the probe reads it, beyond the embedding's interval.
+  EXPECT_GT(lo[1].item<double>(), hi[0].item<double>()) << r.output;
+  EXPECT_GT(acc[1].item<double>(), majority + 0.15) << r.output;
+  // Intervals bracket their estimates.
+  EXPECT_TRUE(at::all(lo.le(acc)).item<bool>() && at::all(acc.le(hi)).item<bool>());
+  // Selectivity is accuracy minus the control task's.
+  EXPECT_TRUE(at::allclose(f.read_tensor("metrics/selectivity"),
+                           acc - f.read_tensor("metrics/control_accuracy")));
+  EXPECT_EQ(f.read_tensor("weight").sizes(), (std::vector<int64_t>{3, 64, 1}));
+  std::ifstream svg(out + "/probes.svg");
+  const std::string text((std::istreambuf_iterator<char>(svg)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr("<svg"));
+  EXPECT_THAT(text, HasSubstr("selectivity"));
+  EXPECT_THAT(r.output, HasSubstr("blocks.0.hook_resid_post"));
+  // --ablate: one loss per probe, beside the loss without ablation.
+  EXPECT_EQ(f.read_tensor("metrics/ablated_loss").size(0), 3);
+  EXPECT_GT(f.read_attr_double("", "clean_loss"), 0);
+  EXPECT_THAT(r.output, HasSubstr("without ablation"));
+
+  // Again without --overwrite: refused, the results left as they were.
+  const auto again = run_cli("probe " + kModel + " " + data_ + kHooks + " --label repeated --out " + out);
+  EXPECT_EQ(again.rc, 1);
+  EXPECT_THAT(again.output, HasSubstr("--overwrite"));
+}
+
+TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
+  const std::string store = temp_path("acts.h5");
+  const auto c = run_cli("cache " + kModel + " " + data_ +
+                         " --hooks hook_embed blocks.0.hook_resid_post --dtype f32 --no-progress --overwrite --out " +
+                         store);
+  ASSERT_EQ(c.rc, 0) << c.output;
+  const std::string a = temp_path("from_model"), b = temp_path("from_store");
+  const std::string rest = " --hooks hook_embed blocks.0.hook_resid_post --label repeated --resamples 50 "
+                           "--threads 1 --overwrite --out ";
+  ASSERT_EQ(run_cli("probe " + kModel + " " + data_ + rest + a).rc, 0);
+  const auto s = run_cli("probe " + store + " " + data_ + rest + b);
+  ASSERT_EQ(s.rc, 0) << s.output;
+  core::H5File fa = core::H5File::open_read(a + "/probes.h5"), fb = core::H5File::open_read(b + "/probes.h5");
+  EXPECT_EQ(fb.read_attr_int("", "from_store"), 1);
+  EXPECT_EQ(fa.read_attr_int("", "rows"), fb.read_attr_int("", "rows"));
+  EXPECT_TRUE(at::allclose(fa.read_tensor("weight"), fb.read_tensor("weight"), 1e-4, 1e-5));
+  EXPECT_TRUE(at::equal(fa.read_tensor("metrics/accuracy"), fb.read_tensor("metrics/accuracy")));
+  EXPECT_TRUE(at::equal(fa.read_tensor("metrics/control_accuracy"), fb.read_tensor("metrics/control_accuracy")));
+
+  // A hook the store does not hold: named, with what it holds.
+  const std::string out = temp_path("absent_hook");
+  expect_refused(run_cli("probe " + store + " " + data_ + " --hooks blocks.1.hook_resid_post --label repeated --out " + out),
+                 out, "hook 'blocks.1.hook_resid_post' is not in the activation store");
+  // --ablate needs the model, which a store is not.
+  expect_refused(run_cli("probe " + store + " " + data_ + " --hooks hook_embed --label repeated --ablate --out " + out), out,
+                 "--ablate needs a model to run, but " + store + " is an activation store");
+  // NaN activations in the store: refused with the row.
+  const std::string bad = temp_path("nan_acts.h5");
+  fs::copy_file(store, bad, fs::copy_options::overwrite_existing);
+  {
+    core::H5File f = core::H5File::open_readwrite(bad);
+    at::Tensor row = f.read_rows("acts/blocks.0.hook_resid_post", 7, 1);
+    row[0][3] = std::nan("");
+    f.write_rows("acts/blocks.0.hook_resid_post", 7, row);
+    f.close();
+  }
+  expect_refused(run_cli("probe " + bad + " " + data_ + " --hooks blocks.0.hook_resid_post --label repeated --out " + out),
+                 out, "NaN");
+}
+
+TEST_F(ProbeCli, BadLabelsAreOneLineAndWriteNothing) {
+  const std::string out = temp_path("bad_labels");
+  core::Dataset ds = core::load_dataset(data_);
+  // One class only.
+  ds.labels = at::zeros(ds.tokens.sizes(), at::kLong);
+  const std::string one = temp_path("one_class.h5");
+  core::save_dataset(one, ds);
+  expect_refused(run_cli("probe " + kModel + " " + one + kHooks + " --label labels --out " + out), out,
+                 "label 'labels' has one class only");
+  // Labels of the wrong length: the dataset is refused naming /labels.
+  const std::string wrong = temp_path("wrong_length.h5");
+  core::H5File::write_atomically(wrong, [&](core::H5File& f) {  // as save_dataset writes, /labels too short
+    f.write_attr("", "mechlab_format", "dataset");
+    f.write_attr("", "mechlab_version", int64_t{1});
+    f.write_attr("", "task", "custom");
+    f.write_attr("", "tokenizer", "");
+    f.write_attr("", "d_vocab", ds.d_vocab);
+    f.write_attr("", "seed", int64_t{-1});
+    f.write_attr("", "config", "{}");
+    f.write_tensor("tokens", ds.tokens);
+    f.write_tensor("labels", at::zeros({ds.size() - 3}, at::kLong));
+  });
+  expect_refused(run_cli("probe " + kModel + " " + wrong + kHooks + " --label labels --out " + out), out, "labels");
+  // No /labels at all (the induction generator writes some: drop them).
+  ds.labels = at::Tensor();
+  const std::string none = temp_path("no_labels.h5");
+  core::save_dataset(none, ds);
+  expect_refused(run_cli("probe " + kModel + " " + none + kHooks + " --label labels --out " + out), out,
+                 "has no /labels; give a dataset with labels per token or per example, or use --label repeated");
+  // An unknown label name.
+  expect_refused(run_cli("probe " + kModel + " " + data_ + kHooks + " --label seen --out " + out), out,
+                 "unknown probe label 'seen'; use one of: labels, repeated");
+}
+
+TEST_F(ProbeCli, JobFileProbeStepRunsTheCommandAndIsDoneOnceProbesH5Exists) {
+  const std::string dir = temp_path("job");
+  fs::create_directories(dir);
+  std::ofstream(dir + "/m.h5") << "";  // the discovery job's inputs need only exist to parse
+  std::ofstream(dir + "/d.h5") << "";
+  const nlohmann::json doc = nlohmann::json::parse(R"({"steps": [{"probe": {"source": ")" + kModel +
+                                                   R"(", "dataset": ")" + data_ + R"(",
+      "hooks": ["hook_embed", "blocks.0.hook_resid_post"], "label": "repeated", "resamples": 20, "threads": 1,
+      "out": "runs/probes"}}],
+      "jobs": [{"name": "j", "model": "m.h5", "dataset": "d.h5", "method": "eap", "metric": "logit_diff", "threshold": 0.1}]})");
+  const jobs::JobFile file = jobs::parse_job_document(doc, dir + "/job.json", dir);
+  ASSERT_EQ(file.steps.size(), 1u);
+  const jobs::Step& s = file.steps[0];
+  const std::string out = dir + "/runs/probes";
+  EXPECT_EQ(s.argv, (std::vector<std::string>{"probe", kModel, data_, "--out", out, "--hooks", "hook_embed",
+                                              "--hooks", "blocks.0.hook_resid_post", "--label", "repeated",
+                                              "--resamples", "20", "--threads", "1"}));
+  EXPECT_EQ(s.done, out + "/probes.h5");
+  EXPECT_FALSE(jobs::step_done(s));
+  std::string line;
+  for (const auto& w : jobs::step_command(s)) line += " " + w;
+  const auto r = run_cli(line.substr(1));
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_TRUE(jobs::step_done(s));
+  EXPECT_TRUE(fs::exists(out + "/probes.svg"));
+  // A field `mechlab probe` does not take is refused by name.
+  const nlohmann::json bad = nlohmann::json::parse(R"({"steps": [{"probe": {"source": "m.h5", "dataset": "d.h5",
+      "hooks": "x", "out": "p", "layer": 3}}],
+      "jobs": [{"name": "j", "model": "m.h5", "dataset": "d.h5", "method": "eap", "metric": "logit_diff", "threshold": 0.1}]})");
+  EXPECT_THAT(testing::error_of([&] { jobs::parse_job_document(bad, dir + "/job.json", dir); }),
+              HasSubstr("step 1 (probe): unknown field 'layer'"));
+}
+
+}  // namespace
+}  // namespace mechlab
