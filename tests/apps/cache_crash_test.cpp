@@ -9,6 +9,7 @@
 #include "core/model/presets.h"
 #include "core/util/rng.h"
 #include "core/model/transformer.h"
+#include "tests/apps/cache_job_fixture.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
@@ -32,13 +33,6 @@ std::string temp_path(const std::string& name) {
   return mechlab::testing::temp_path("cache_crash_test", name);
 }
 
-std::vector<std::string> cache_args(const std::string& model, const std::string& data,
-                                    const std::string& out) {
-  return {MECHLAB_BINARY, "cache", model, data, "--hooks", "blocks.*.hook_resid_post",
-          "blocks.0.attn.hook_z", "--out", out, "--dtype", "f32", "--batch-size", "4",
-          "--chunk-rows", "64", "--no-progress", "--resume"};
-}
-
 using testing::spawn_process;
 using testing::wait_exit;
 
@@ -58,19 +52,12 @@ std::vector<std::pair<std::string, at::Tensor>> contents(const std::string& path
 
 TEST(CacheCrash, KilledRunsResumeToTheSameStore) {
   const std::string model = temp_path("model.h5"), data = temp_path("data.h5");
-  core::Transformer(core::preset("tiny"), 11).save(model);
-  core::Dataset ds;
-  ds.d_vocab = core::preset("tiny").d_vocab;
-  at::manual_seed(0);
-  ds.tokens = at::randint(0, ds.d_vocab, {1500, 32}, at::kInt);
-  ds.attention_mask = at::ones({1500, 32}, at::kByte);
-  ds.attention_mask.slice(0, 0, 1500, 3).narrow(1, 28, 4).zero_();  // some padding
-  core::save_dataset(data, ds);
+  testing::write_cache_job_inputs(model, data, 1500);
 
   const std::string ref = temp_path("ref.h5");
   std::filesystem::remove(ref);
   const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, ref))), 0);
+  ASSERT_EQ(wait_exit(spawn_process(testing::cache_job_args(model, data, ref))), 0);
   const double t_ref = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto want = contents(ref);
   const int64_t total = core::ActivationStore::open(ref).num_rows();
@@ -94,7 +81,7 @@ TEST(CacheCrash, KilledRunsResumeToTheSameStore) {
   };
   for (int attempt = 0; attempt < 12 && partial < 3 && !(partial >= 1 && kill_seconds() > 6 * t_ref);
        ++attempt) {
-    const pid_t pid = spawn_process(cache_args(model, data, out));
+    const pid_t pid = spawn_process(testing::cache_job_args(model, data, out));
     ASSERT_GT(pid, 0);
     const double delay = t_est * (0.1 + 0.9 * rng.uniform());
     std::this_thread::sleep_for(std::chrono::duration<double>(delay));
@@ -124,7 +111,7 @@ TEST(CacheCrash, KilledRunsResumeToTheSameStore) {
   EXPECT_GE(partial, 1) << "no kill landed while rows were being written (uninterrupted run: "
                         << t_ref << " s); the test proved less than it should";
 
-  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, out))), 0);
+  ASSERT_EQ(wait_exit(spawn_process(testing::cache_job_args(model, data, out))), 0);
   const auto have = contents(out);
   ASSERT_EQ(have.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {

@@ -9,6 +9,7 @@
 #include "core/store/activation_store.h"
 #include "core/store/store_set.h"
 #include "core/util/rng.h"
+#include "tests/apps/cache_job_fixture.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>
@@ -35,18 +36,6 @@ using testing::wait_exit;
 
 std::string temp_path(const std::string& name) { return testing::temp_path("cache_shard_test", name); }
 
-std::vector<std::string> cache_args(const std::string& model, const std::string& data, const std::string& out,
-                                    const std::string& shard = "") {
-  std::vector<std::string> a = {MECHLAB_BINARY, "cache", model, data, "--hooks", "blocks.*.hook_resid_post",
-                                "blocks.0.attn.hook_z", "--out", out, "--dtype", "f32", "--batch-size", "4",
-                                "--chunk-rows", "64", "--no-progress", "--resume"};
-  if (!shard.empty()) {
-    a.push_back("--shard");
-    a.push_back(shard);
-  }
-  return a;
-}
-
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream s;
@@ -65,26 +54,19 @@ void expect_same_rows(const core::ActivationStore& a, const core::ActivationStor
 
 TEST(CacheShard, ThreeShardsOneKilledAndResumedGiveTheUnshardedStore) {
   const std::string model = temp_path("model.h5"), data = temp_path("data.h5");
-  core::Transformer(core::preset("tiny"), 11).save(model);
-  core::Dataset ds;
-  ds.d_vocab = core::preset("tiny").d_vocab;
-  at::manual_seed(0);
-  ds.tokens = at::randint(0, ds.d_vocab, {900, 32}, at::kInt);
-  ds.attention_mask = at::ones({900, 32}, at::kByte);
-  ds.attention_mask.slice(0, 0, 900, 3).narrow(1, 28, 4).zero_();  // some padding
-  core::save_dataset(data, ds);
+  testing::write_cache_job_inputs(model, data, 900);
 
   const std::string ref = temp_path("ref.h5");
   std::filesystem::remove(ref);
   const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, ref))), 0);
+  ASSERT_EQ(wait_exit(spawn_process(testing::cache_job_args(model, data, ref))), 0);
   const double t_ref = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   const std::string set = temp_path("acts.json");
   for (int i = 0; i < 3; ++i) std::filesystem::remove(core::shard_store_path(set, i, 3));
   std::filesystem::remove(set);
   const std::string log = temp_path("shard.log");
-  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, set, "0/3"), log)), 0) << read_file(log);
+  ASSERT_EQ(wait_exit(spawn_process(testing::cache_job_args(model, data, set, "0/3"), log)), 0) << read_file(log);
   EXPECT_THAT(read_file(log), HasSubstr("store set " + set + ": 1 of 3 shards complete"));
 
   // Shard 1 is killed at random moments; each time what it committed is
@@ -98,7 +80,7 @@ TEST(CacheShard, ThreeShardsOneKilledAndResumedGiveTheUnshardedStore) {
   // Bounded: one kill mid-write proves the point; a loaded machine must not
   // push the test past CTest's timeout.
   for (int attempt = 0; attempt < 8 && partial < 1; ++attempt) {
-    const pid_t pid = spawn_process(cache_args(model, data, set, "1/3"));
+    const pid_t pid = spawn_process(testing::cache_job_args(model, data, set, "1/3"));
     ASSERT_GT(pid, 0);
     std::this_thread::sleep_for(std::chrono::duration<double>(t_est * (0.2 + 0.8 * rng.uniform())));
     kill(pid, SIGKILL);
@@ -123,10 +105,10 @@ TEST(CacheShard, ThreeShardsOneKilledAndResumedGiveTheUnshardedStore) {
   EXPECT_GE(partial, 1) << "no kill landed while shard 1 was being written; the test proved less";
   EXPECT_FALSE(std::filesystem::exists(set));
 
-  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, set, "2/3"), log)), 0) << read_file(log);
+  ASSERT_EQ(wait_exit(spawn_process(testing::cache_job_args(model, data, set, "2/3"), log)), 0) << read_file(log);
   EXPECT_THAT(read_file(log), HasSubstr("2 of 3 shards complete"));  // shard 1 is unfinished
   EXPECT_FALSE(std::filesystem::exists(set));
-  ASSERT_EQ(wait_exit(spawn_process(cache_args(model, data, set, "1/3"), log)), 0) << read_file(log);
+  ASSERT_EQ(wait_exit(spawn_process(testing::cache_job_args(model, data, set, "1/3"), log)), 0) << read_file(log);
   EXPECT_THAT(read_file(log), HasSubstr("store set " + set + ": all 3 shards complete, " +
                                         std::to_string(want.num_rows()) + " rows"));
 
