@@ -1,6 +1,7 @@
 // mechlab: command-line entry point. Catches mechlab::Error (and LibTorch's
 // c10::Error) at the top so users see one clear line, never a backtrace.
 #include "apps/cli/commands.h"
+#include "core/util/allocator.h"
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
 
@@ -11,6 +12,7 @@
 #include <new>
 
 int main(int argc, char** argv) {
+  mechlab::tune_allocator();  // before the first tensor: reuse freed pages (core/util/allocator.h)
   CLI::App app{
       "mechlab: a GPU mechanistic-interpretability workbench.\n"
       "Models are mechlab HDF5 checkpoints (create one with `mechlab new`).\n"

@@ -197,7 +197,10 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
 
   // act [k * batch, pos, nr, d_model] holds receivers r0..r0+nr, which read
   // senders 0..s_end.
-  auto patch = [&](at::Tensor& act, int64_t r0, int64_t nr, int64_t s_end, const at::Tensor& shared_src) {
+  // memo: shared_src is `shared` (every position), so the shared senders'
+  // correction may come from shared_correction's memo.
+  auto patch = [&](at::Tensor& act, int64_t r0, int64_t nr, int64_t s_end, const at::Tensor& shared_src,
+                   bool memo = true) {
     const int64_t Pc = act.size(1);  // pos, or 1 at the answer positions
     bool any = false, uni = true;
     for (int64_t r = r0; r < r0 + nr; ++r) {
@@ -220,7 +223,10 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     const at::Tensor m0 = m[0];  // [nr, S]
     at::Tensor out = act;
     if (n_live > 0) out = kernels::edge_patch(act.contiguous(), lv.contiguous(), m0.narrow(1, S0, n_live).contiguous());
-    const at::Tensor corr = at::einsum("rs,bpsd->bprd", {m0.narrow(1, 0, S0), shared_src});  // [batch, pos, nr, d_model]
+    // [batch, pos, nr, d_model]; at full positions through the memo (ACDC's
+    // consecutive trials change one entry of these rows, or none).
+    const at::Tensor corr = memo ? shared_correction(r0, nr, masks_cpu[0].narrow(0, r0, nr).narrow(1, 0, S0), shared_src)
+                                 : at::matmul(m0.narrow(1, 0, S0), shared_src);
     at::Tensor act5 = out.view({k, b, Pc, nr, d}) - corr.unsqueeze(0);  // [k, batch, pos, nr, d_model], a new tensor
     if (!uni) {
       // Then, per copy, only the rows that differ from copy 0's (trials
@@ -375,7 +381,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
       for (at::Tensor& t : live) t = at_answers_k(t);
       live_cat_n = -1;
       at::Tensor q_in = copies(pre_a, H);  // [k * batch, 1, head, d_model]
-      patch(q_in, r_layer, H, s_layer, shared_a);
+      patch(q_in, r_layer, H, s_layer, shared_a, false);
       const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
       q_in = core::apply_norm(mc, q_in, w.ln1_w, w.ln1_b, scale, normed, none);
       k_in = core::apply_norm(mc, k_in, w.ln1_w, w.ln1_b, scale, normed, none);
@@ -409,7 +415,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
       const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
       const int64_t s_mlp = cfg.parallel_attn_mlp ? senders_before(l) : senders_before(l) + H;
       at::Tensor x4 = (cfg.parallel_attn_mlp ? pre_a : mid).unsqueeze(2);  // [k * batch, 1, 1, d_model]
-      patch(x4, r_mlp, 1, s_mlp, shared_a);
+      patch(x4, r_mlp, 1, s_mlp, shared_a, false);
       const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, l},
                                             {core::HookKind::ln2_normalized, l}, none);
       const at::Tensor mlp_out = core::mlp_forward(mc, w, l, x, none);  // [k * batch, 1, d_model]
@@ -427,12 +433,46 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     MECHLAB_ASSERT(start == 0 && k == 1);
     resid_final_ = final_resid;
     deltas_ = at::cat({input_delta_, at::cat(live, 2)}, 2);  // [batch, pos, S, d_model]
+    corrections_.clear();  // they summed the previous state's deltas
   }
   const int64_t R = static_cast<int64_t>(graph_.receivers().size());
   at::Tensor out4 = final_resid.unsqueeze(2);  // [k * batch, pos, 1, d_model]
-  patch(out4, R - 1, 1, static_cast<int64_t>(graph_.senders().size()), answers_only ? at_answers(shared) : shared);
+  patch(out4, R - 1, 1, static_cast<int64_t>(graph_.senders().size()), answers_only ? at_answers(shared) : shared,
+        !answers_only);
   ++forwards_;
   return out4.squeeze(2);
+}
+
+at::Tensor CircuitRunner::shared_correction(int64_t r0, int64_t nr, const at::Tensor& rows, const at::Tensor& shared) {
+  const int64_t S0 = rows.size(1);
+  const at::Tensor rows_c = rows.contiguous();  // float [nr, S0] (CPU)
+  auto full = [&] { return at::matmul(rows_c.to(shared.device(), shared.scalar_type()), shared); };
+  for (SharedCorrection& c : corrections_) {
+    if (c.r0 != r0 || c.nr != nr || c.S0 != S0) continue;
+    const at::Tensor diff = rows_c - c.rows;  // [nr, S0]
+    const at::Tensor nz = diff.nonzero().contiguous();  // [n, 2]: (receiver row, sender); nonzero() may be column-major
+    const int64_t n = nz.size(0);
+    // A few changed entries: one axpy each on the kept sum. Many, or after
+    // kMaxUpdates axpys (rounding would drift from a fresh sum): recompute.
+    constexpr int64_t kMaxChanged = 4, kMaxUpdates = 32;
+    if (n == 0) return c.corr;
+    if (n <= kMaxChanged && c.updates + n <= kMaxUpdates) {
+      const int64_t* idx = nz.data_ptr<int64_t>();
+      const float* dp = diff.data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = idx[2 * i], s = idx[2 * i + 1];
+        c.corr.select(2, r).add_(shared.select(2, s), dp[r * S0 + s]);  // [batch, pos, d_model]
+      }
+      c.updates += n;
+    } else {
+      c.corr = full();
+      c.updates = 0;
+    }
+    c.rows = rows_c.clone();
+    return c.corr;
+  }
+  corrections_.push_back({r0, nr, S0, rows_c.clone(), full(), 0});
+  return corrections_.back().corr;
 }
 
 at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k,

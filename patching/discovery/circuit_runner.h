@@ -133,6 +133,13 @@ class CircuitRunner {
                        bool at_answers = false);
 
   int64_t senders_before(int layer) const;
+  // sum over s < S0 of rows[r, s] * shared[:, :, s, :] for the receivers
+  // r0..r0+nr: [batch, pos, nr, d_model]. rows: float [nr, S0] on the CPU;
+  // shared: the state's deltas of senders < S0 at every position. Memoised
+  // per (r0, nr, S0) and updated by the entries that changed since the last
+  // call, so a trial that changes one edge pays one axpy, not an [nr, S0]
+  // contraction over every token. The result is read-only for the caller.
+  at::Tensor shared_correction(int64_t r0, int64_t nr, const at::Tensor& rows, const at::Tensor& shared);
 
   hooks::HookedTransformer& model_;
   patching::CircuitGraph graph_;
@@ -149,6 +156,13 @@ class CircuitRunner {
   std::vector<at::Tensor> resid_mid_;  // [n_layers] of [batch, pos, d_model]; empty without sequential MLPs
   at::Tensor resid_final_;             // [batch, pos, d_model], before the output receiver's patch
   at::Tensor deltas_;                  // [batch, pos, senders, d_model]: out - ablated
+  struct SharedCorrection {
+    int64_t r0 = 0, nr = 0, S0 = 0;
+    at::Tensor rows;  // float [nr, S0] (CPU), the rows `corr` sums
+    at::Tensor corr;  // [batch, pos, nr, d_model]
+    int64_t updates = 0;  // axpys since corr was last computed afresh
+  };
+  std::vector<SharedCorrection> corrections_;  // shared_correction's memo; cleared with each new state
   int64_t budget_ = 0;
   int64_t forwards_ = 0;
 };

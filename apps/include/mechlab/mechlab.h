@@ -11,6 +11,7 @@
 #pragma once
 
 // Utilities: errors (mechlab::Error), fluent options, seeded RNG.
+#include "core/util/allocator.h"
 #include "core/util/error.h"
 #include "core/util/options.h"
 #include "core/util/rng.h"
