@@ -149,6 +149,41 @@ TEST(CircuitRunner, CuttingEveryOutputEdgeUnderMeanAblationUnembedsTheMeanResidu
   EXPECT_TRUE(mechlab::testing::close(runner.logits(c), want, 1e-9, "mean"));
 }
 
+// ACDC's pattern: many restarts in a row, each changing the circuit by one
+// edge (removals and restorations), so the runner's memo of the shared
+// senders' correction is updated one entry at a time, past its refresh after
+// 32 updates, and across receivers of several layers; every restart must
+// equal the full forward of its circuit.
+TEST(CircuitRunner, RestartsThatChangeOneEdgeAtATimeEqualFullForwards) {
+  HookedTransformer model = load_f64("gpt2_like");
+  const PatchingData data = fixture_data("gpt2_like");
+  CircuitRunner runner(model, data, Ablation::corrupted);
+  const Metric kl = kl_metric(model, data);
+  Circuit cur = Circuit::full(runner.graph());
+  runner.set_state(cur, kl);
+  const int n_layers = model.cfg().n_layers;
+  for (int layer = n_layers - 1; layer >= 1; --layer) {
+    std::vector<CircuitEdge> candidates;  // edges into receivers of layers >= layer
+    for (const CircuitEdge& e : cur.edges()) {
+      const auto& r = runner.graph().receivers()[static_cast<size_t>(e.receiver)];
+      const int rl = r.node.kind == CircuitNode::Kind::output ? n_layers : r.node.layer;
+      if (rl >= layer && e.kind == CircuitEdge::Kind::residual) candidates.push_back(e);
+    }
+    at::manual_seed(20 + layer);
+    const at::Tensor pick = at::randint(static_cast<int64_t>(candidates.size()), {45});
+    double moved = 0;
+    for (int64_t i = 0; i < pick.size(0); ++i) {
+      const CircuitEdge& e = candidates[static_cast<size_t>(pick[i].item<int64_t>())];
+      cur.set_kept(e, !cur.kept(e));
+      const double restarted = runner.restart(layer, kl, {cur.removed_mask()}).at(0);
+      const double full = runner.metrics(kl, {cur}).at(0);
+      ASSERT_NEAR(restarted, full, 1e-9) << "layer " << layer << ", change " << i;
+      moved += std::abs(full);
+    }
+    EXPECT_GT(moved, 1e-3) << "layer " << layer << ": the changes did not move the metric";
+  }
+}
+
 TEST(CircuitRunner, RestartFromTheStateOfAPrunedCircuitEqualsTheForwardFromTheEmbedding) {
   HookedTransformer model = load_f64("gpt2_like");
   const PatchingData data = fixture_data("gpt2_like");
