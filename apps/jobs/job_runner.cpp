@@ -228,6 +228,13 @@ Reference read_reference(const Job& j, const patching::CircuitGraph& graph) {
   return ref;
 }
 
+bool names_a_head_input(const discovery::Circuit& c, const std::vector<std::string>& names) {
+  for (const std::string& n : names) {
+    if (c.parse_edge(n).kind == discovery::CircuitEdge::Kind::head_input) return true;
+  }
+  return false;
+}
+
 std::string tau_text(const RunSummary& s) {
   char buf[32];
   if (s.top_n > 0) {
@@ -515,7 +522,18 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       row.faithfulness = m[0] == m[1] ? NAN : discovery::faithfulness(m[2], m[0], m[1]);
       if (!j.reference_edges.empty()) {
         const Reference ref = read_reference(j, graph);
-        const discovery::Circuit& scored = result.roc_scores ? *result.roc_scores : result.circuit;
+        discovery::Circuit scored = result.roc_scores ? *result.roc_scores : result.circuit;
+        // A list of names with no head-input edge ("a1.h2<k> -> a1.h2") cannot
+        // name one as a positive, and such an edge carries the same signal as
+        // the residual edges into its input: ranking it would count every found
+        // input twice, once as a false positive. Then only residual edges are
+        // ranked (as the induction ground-truth test does); a reference circuit
+        // has kept edges of both kinds, and both are ranked.
+        if (!ref.circuit && !names_a_head_input(scored, ref.names)) {
+          for (const discovery::CircuitEdge& e : scored.edges()) {
+            if (e.kind == discovery::CircuitEdge::Kind::head_input) scored.set_score(e, NAN);
+          }
+        }
         try {
           const discovery::RocCurve roc =
               ref.circuit ? discovery::roc_curve(scored, *ref.circuit) : discovery::roc_curve(scored, ref.names);

@@ -228,12 +228,23 @@ TEST(DiscoverCli, AcdcAndEapAcdcJobsEqualTheLibraryAndEveryCircuitIsEvaluated) {
     // with ACDC's incremental one (to 1% of the metric's range: KL here is ~1e-5).
     EXPECT_NEAR(m[0], 0.0, 1e-7);
     EXPECT_NEAR(m[2], want.final_metric, 0.01 * m[1]);
-    // AUC of the metric increases, 0 for edges never tried.
+    // AUC of the metric increases, 0 for edges never tried; the reference
+    // names residual edges only, so the head-input edges are not ranked.
     discovery::Circuit scored = want.circuit;
     for (const auto& e : scored.edges()) {
-      if (std::isnan(scored.score(e))) scored.set_score(e, 0.0);
+      if (e.kind == discovery::CircuitEdge::Kind::head_input) {
+        scored.set_score(e, NAN);
+      } else if (std::isnan(scored.score(e))) {
+        scored.set_score(e, 0.0);
+      }
     }
     EXPECT_NEAR(res["reference_auc"].get<double>(), discovery::roc_curve(scored, ref).auc, 1e-12);
+    int64_t residual = 0;
+    for (const auto& e : scored.edges()) residual += e.kind == discovery::CircuitEdge::Kind::residual ? 1 : 0;
+    EXPECT_EQ(res["evaluation"]["reference_positives"].get<int64_t>() +
+                  res["evaluation"]["reference_negatives"].get<int64_t>(),
+              residual)
+        << "only residual edges are ranked";
   }
 
   // The hybrid: EAP-IG's top 20, then ACDC from there.
