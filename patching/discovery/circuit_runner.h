@@ -14,6 +14,12 @@
 // hook_mlp_out. The residual stream itself is never patched, only the
 // receivers' copies of it (split q/k/v inputs).
 //
+// Position-split circuits (Circuit::full(graph, seq_len())) patch each
+// receiver input at position p by the removed edges at p (the mask has a
+// position axis); the prompts must share one padding. Their forwards run
+// every layer at every position (no answers-only last layer) and patch by a
+// per-copy contraction; unsplit circuits run exactly as before.
+//
 // Speed:
 //  - k circuits run as k stacked copies along the batch axis (k from a
 //    memory budget); where the copies' masks agree on a receiver the one-mask
@@ -100,7 +106,8 @@ class CircuitRunner {
   /// Runs `circuit` once and keeps its state for restart(); returns its metric.
   double set_state(const Circuit& circuit, const patching::Metric& metric);
   /// The metric of each circuit given by its removed mask (float32 [receivers,
-  /// senders], Circuit::removed_mask's form), all in one forward of
+  /// senders], Circuit::removed_mask's form; [positions, receivers, senders]
+  /// for position-split circuits, all masks alike), all in one forward of
   /// masks.size() stacked copies that starts at `layer` (0..n_layers) from
   /// the state of set_state(). Exact only for masks that equal the state's
   /// circuit's at every receiver below `layer` (RestartAt::mlp: also at the
@@ -133,6 +140,8 @@ class CircuitRunner {
                        bool at_answers = false);
 
   int64_t senders_before(int layer) const;
+  // A split circuit must have seq_len() positions and the prompts one padding.
+  void check_positions(const Circuit& circuit) const;
 
   hooks::HookedTransformer& model_;
   patching::CircuitGraph graph_;
@@ -149,6 +158,7 @@ class CircuitRunner {
   std::vector<at::Tensor> resid_mid_;  // [n_layers] of [batch, pos, d_model]; empty without sequential MLPs
   at::Tensor resid_final_;             // [batch, pos, d_model], before the output receiver's patch
   at::Tensor deltas_;                  // [batch, pos, senders, d_model]: out - ablated
+  std::string split_refusal_;          // why position-split circuits cannot run here ("" = they can)
   int64_t budget_ = 0;
   int64_t forwards_ = 0;
 };
