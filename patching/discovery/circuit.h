@@ -123,7 +123,7 @@ class Circuit {
   /// reached sender) and its receiver's node reaches `output`. Scores stay.
   /// Split: per (node, position); a head at position p reads its query at p
   /// and its keys and values at every position <= p (causal attention), so
-  /// its <k>/<v> input at p reaches it at p' >= p.
+  /// its `<k>`/`<v>` input at p reaches it at p' >= p.
   Circuit without_dangling() const;
 
   /// Heads and MLPs with at least one kept outgoing residual edge, in
