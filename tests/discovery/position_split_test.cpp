@@ -178,6 +178,9 @@ TEST(PositionSplit, JsonListsEdgePositionsAndReadsBack) {
   EXPECT_EQ(kept_names(back), kept_names(c));
   EXPECT_EQ(back.score(c.edges()[5]), 0.25);
   EXPECT_EQ(back.position_labels(), c.position_labels());
+  EXPECT_TRUE(back.same_shape(c));
+  EXPECT_FALSE(Circuit::full(g).same_shape(c));  // unsplit
+  EXPECT_FALSE(Circuit::full(g, 4).same_shape(c));  // other positions
   EXPECT_NE(error_of([&] { Circuit::from_json(g, Circuit::full(g).to_json()).set_position_labels({"a"}); })
                 .find("one label per position"),
             std::string::npos);
