@@ -65,6 +65,10 @@ struct AttributionOptions {
   MECHLAB_OPTION(AttributionOptions, Direction, direction, Direction::noising)
   /// One label per position for pictures and files; default: the index.
   MECHLAB_OPTION(AttributionOptions, std::vector<std::string>, position_labels, {})
+  /// Edge attribution only: score every edge once per token position
+  /// ([pos, senders, receivers], not summed over positions; the prompts must
+  /// share one padding). Node attribution ignores it.
+  MECHLAB_OPTION(AttributionOptions, bool, split_positions, false)
   /// Extra fields copied into each result's config.
   MECHLAB_OPTION(AttributionOptions, nlohmann::json, extra_config, nlohmann::json::object())
 };

@@ -119,20 +119,42 @@ void head_input_gradient(const core::ModelConfig& cfg, const at::Tensor& grad, c
 
 }  // namespace
 
-double EdgeScores::score(const Edge& e) const {
+std::vector<EdgeScores::Entry> EdgeScores::entries() const {
+  std::vector<Entry> out;
+  const at::Tensor s = scores.to(at::kDouble).contiguous();  // [(pos,) senders, receivers]
+  const double* p = s.data_ptr<double>();
+  const int64_t P = n_positions(), S = s.size(-2), R = s.size(-1);
+  for (const Edge& e : graph.edges()) {
+    const int64_t off = graph.sender_index(e.sender) * R + graph.receiver_index(e.receiver);
+    if (P == 0) {
+      out.push_back({e, -1, p[off]});
+    } else {
+      for (int64_t q = 0; q < P; ++q) out.push_back({e, q, p[q * S * R + off]});
+    }
+  }
+  return out;
+}
+
+std::string EdgeScores::entry_name(const Entry& e) {
+  return edge_name(e.edge) + (e.pos >= 0 ? " @" + std::to_string(e.pos) : "");
+}
+
+double EdgeScores::score(const Edge& e, int64_t pos) const {
   MECHLAB_CHECK(graph.has_edge(e.sender, e.receiver), "edge \"", edge_name(e),
                 "\" does not exist in this model's circuit graph");
-  return scores[graph.sender_index(e.sender)][graph.receiver_index(e.receiver)].item<double>();
+  const int64_t P = n_positions();
+  MECHLAB_CHECK(P == 0 ? pos == -1 : (pos >= 0 && pos < P), "edge \"", edge_name(e), "\": position ", pos,
+                P == 0 ? std::string(" given, but the scores are summed over positions; use pos = -1")
+                       : " is outside the scores' positions 0.." + std::to_string(P - 1));
+  const at::Tensor m = P == 0 ? scores : scores[pos];  // [senders, receivers]
+  return m[graph.sender_index(e.sender)][graph.receiver_index(e.receiver)].item<double>();
 }
 
 std::vector<std::pair<Edge, double>> EdgeScores::all() const {
+  MECHLAB_CHECK(n_positions() == 0, "EdgeScores::all lists scores summed over positions; these are split by "
+                "position: use entries()");
   std::vector<std::pair<Edge, double>> out;
-  at::Tensor s = scores.to(at::kDouble).contiguous();
-  const double* p = s.data_ptr<double>();
-  const int64_t R = s.size(1);
-  for (const Edge& e : graph.edges()) {
-    out.emplace_back(e, p[graph.sender_index(e.sender) * R + graph.receiver_index(e.receiver)]);
-  }
+  for (const Entry& e : entries()) out.emplace_back(e.edge, e.score);
   return out;
 }
 
@@ -153,6 +175,12 @@ SweepResult EdgeScores::as_result() const {
   for (const auto& n : graph.senders()) s.push_back(node_name(n));
   for (const auto& n : graph.receivers()) rc.push_back(receiver_name(n));
   r.labels = {s, rc};
+  if (n_positions() > 0) {
+    std::vector<std::string> pos;
+    for (int64_t p = 0; p < n_positions(); ++p) pos.push_back(std::to_string(p));
+    r.axes.insert(r.axes.begin(), "pos");
+    r.labels.insert(r.labels.begin(), pos);
+  }
   r.config = config;
   r.config["sweep"] = r.sweep;
   return r;
@@ -160,8 +188,15 @@ SweepResult EdgeScores::as_result() const {
 
 nlohmann::json EdgeScores::to_json(int64_t k) const {
   nlohmann::json j = config;
+  std::vector<Entry> v = entries();
+  std::stable_sort(v.begin(), v.end(), [](const Entry& a, const Entry& b) { return std::abs(a.score) > std::abs(b.score); });
+  if (k > 0 && static_cast<size_t>(k) < v.size()) v.resize(static_cast<size_t>(k));
   nlohmann::json edges = nlohmann::json::array();
-  for (const auto& [e, s] : top(k)) edges.push_back({{"edge", edge_name(e)}, {"score", s}});
+  for (const Entry& e : v) {
+    nlohmann::json item = {{"edge", entry_name(e)}, {"score", e.score}};
+    if (e.pos >= 0) item["position"] = e.pos;
+    edges.push_back(std::move(item));
+  }
   j["top_edges"] = edges;
   return j;
 }
@@ -177,7 +212,12 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
   const at::ScalarType dt = model.model().dtype() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t S = static_cast<int64_t>(graph.senders().size());
   const int64_t R = static_cast<int64_t>(graph.receivers().size());
-  at::Tensor scores = at::zeros({S, R}, at::TensorOptions(dt).device(model.model().device()));
+  // Per position: [pos, senders, receivers], the sum over positions left out.
+  const bool split = options.split_positions();
+  if (split) data.check_same_padding("edge attribution per position (split_positions)");
+  const int64_t B = data.batch(), P = data.seq_len();
+  at::Tensor scores = split ? at::zeros({P, S, R}, at::TensorOptions(dt).device(model.model().device()))
+                            : at::zeros({S, R}, at::TensorOptions(dt).device(model.model().device()));
 
   std::vector<std::string> grad_hooks;
   for (int l = 0; l < cfg.n_layers; ++l) {
@@ -227,6 +267,13 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
     }
     for (const SenderGroup& sg : groups) MECHLAB_ASSERT(sg.row < end || !graph.has_edge(sg.first, r0));
     if (end == 0) return;
+    if (split) {
+      // [senders, batch, pos, d_model] . [receivers, batch, pos, d_model] -> [pos, senders, receivers]
+      const int64_t n = g.size(0);
+      scores.narrow(1, 0, end).narrow(2, col, n).add_(at::einsum(
+          "sbpd,nbpd->psn", {D.narrow(0, 0, end).view({end, B, P, cfg.d_model}), g.reshape({n, B, P, cfg.d_model})}));
+      return;
+    }
     scores.narrow(0, 0, end).narrow(1, col, g.size(0)).add_(at::mm(D.narrow(0, 0, end), g.t()));
   };
   // A layer's q, k and v input gradients arrive one after another during the
@@ -322,6 +369,10 @@ EdgeScores edge_attribution(hooks::HookedTransformer& model, const PatchingData&
       {"model", cfg.name},
       {"model_config", nlohmann::json::parse(cfg.to_json_string())},
   };
+  if (split) {
+    out.config["split_positions"] = true;
+    out.config["n_positions"] = P;
+  }
   for (const auto& [k, v] : options.extra_config().items()) out.config[k] = v;
   return out;
 }

@@ -27,6 +27,12 @@
 // senders' differences, the scores of a receiver's incoming edges add up to
 // the node attribution of that receiver input (tests/patching checks this).
 //
+// Per position (AttributionOptions::split_positions): the same sum without
+// the sum over positions, scores [pos, senders, receivers]: score(s -> r @p)
+// is the estimated change when only receiver r's input at position p reads
+// s's source output at p (the edges of a position-split Circuit). Summed
+// over positions they are the unsplit scores (linear in the position sum).
+//
 // Example:
 //   EdgeScores e = edge_attribution(model, data, logit_diff(data.answers()));
 //   e.score(e.graph.parse_edge("a0.h3 -> a1.h2<q>"));
@@ -41,6 +47,7 @@
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -49,21 +56,38 @@ namespace mechlab::patching {
 struct EdgeScores {
   CircuitGraph graph;
   /// [senders, receivers] in the graph's canonical order; NaN where no edge
-  /// exists. float32 (float64 for float64 models), on the CPU.
+  /// exists. float32 (float64 for float64 models), on the CPU. Split by
+  /// position: [pos, senders, receivers].
   at::Tensor scores;
   nlohmann::json config;  ///< method, steps, direction, metric, baselines, passes, model
 
-  /// The score of one edge (must exist).
-  double score(const Edge& e) const;
-  /// Every edge with its score, in the graph's edge order.
+  /// Positions of per-position scores; 0 when the scores are summed over positions.
+  int64_t n_positions() const { return scores.defined() && scores.dim() == 3 ? scores.size(0) : 0; }
+
+  /// One scored edge; pos = -1 for scores summed over positions.
+  struct Entry {
+    Edge edge;
+    int64_t pos = -1;
+    double score = 0;
+  };
+  /// Every edge (at every position when split) with its score, in the graph's
+  /// edge order, positions innermost.
+  std::vector<Entry> entries() const;
+  /// "a0.h3 -> a1.h2<q>", with ` @p` when split (Circuit's edge names).
+  static std::string entry_name(const Entry& e);
+
+  /// The score of one edge (must exist); `pos` for per-position scores.
+  double score(const Edge& e, int64_t pos = -1) const;
+  /// Every edge with its score, in the graph's edge order (unsplit scores only).
   std::vector<std::pair<Edge, double>> all() const;
-  /// The k edges of largest |score|, largest first (all when k <= 0).
+  /// The k edges of largest |score|, largest first (all when k <= 0) (unsplit scores only).
   std::vector<std::pair<Edge, double>> top(int64_t k) const;
   /// As a sweep result for the patching results file: sweep "edges:<method>",
   /// values [sender, receiver] (NaN where no edge), axes {"sender", "receiver"},
-  /// labels the node and receiver names.
+  /// labels the node and receiver names; split: a leading "pos" axis.
   SweepResult as_result() const;
-  /// {"edge": "a0.h3 -> a1.h2<q>", "score": ...} for the top k edges, plus the config.
+  /// {"edge": "a0.h3 -> a1.h2<q>", "score": ...} for the top k edges (split:
+  /// (edge, position) pairs, `a0.h3 -> a1.h2<q> @5` and "position"), plus the config.
   nlohmann::json to_json(int64_t k) const;
 };
 

@@ -55,6 +55,18 @@ PatchingData PatchingData::from_dataset(const core::Dataset& ds, int64_t max_exa
   return d;
 }
 
+void PatchingData::check_same_padding(const std::string& what) const {
+  if (!attention_mask.defined() || batch() < 2) return;  // one length, no padding
+  const at::Tensor m = attention_mask.to(at::kCPU).ne(0);                  // [batch, pos]
+  const at::Tensor differs = m.ne(m.narrow(0, 0, 1)).any(1).nonzero();    // [n, 1]
+  if (differs.size(0) == 0) return;
+  const int64_t i = differs[0][0].item<int64_t>();
+  throw Error(str_cat(what, " needs prompts of one length with the same padding (token position p must mean "
+                      "the same in every prompt), but prompt ", i, "'s attention mask differs from prompt 0's (",
+                      m[i].sum().item<int64_t>(), " real tokens against ", m[0].sum().item<int64_t>(),
+                      "); use prompts of equal length, or do not split by position"));
+}
+
 void PatchingData::validate(const core::ModelConfig& cfg) const {
   MECHLAB_CHECK(clean_tokens.defined() && corrupted_tokens.defined(),
                 "patching needs both clean_tokens and corrupted_tokens");

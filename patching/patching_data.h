@@ -43,6 +43,11 @@ struct PatchingData {
   /// naming the tensor, the example and what to do.
   void validate(const core::ModelConfig& cfg) const;
 
+  /// For analyses that split by token position (position-split circuits,
+  /// per-position edge scores): every prompt must have the same padding, so
+  /// that position p means the same in each. Throws mechlab::Error naming
+  /// `what` and the first prompt whose attention mask differs from prompt 0's.
+  void check_same_padding(const std::string& what) const;
   /// int64 [batch]: answer_pos, or the last real position of each prompt.
   at::Tensor resolved_answer_pos() const;
   /// Answers, wrong answers and resolved positions as int64 tensors.

@@ -15,6 +15,8 @@
 // need with the cheapest exact restart of each (trial_flops), in forward
 // equivalents, timed at the one-forward-per-edge run's seconds per forward:
 // the best a CPU can do, where stacking copies saves no arithmetic.
+// --split-positions runs both on the position-split graph ((edge, position)
+// pairs); its floor counts each tried pair at the unsplit trial's cost.
 #include "apps/bench/bench_util.h"
 #include "apps/cli/commands.h"
 #include "core/formats/text_file.h"
@@ -133,7 +135,7 @@ void add_bench_acdc(CLI::App& bench) {
     int repeats = 3;
     double threshold = -1;
     uint64_t seed = 0;
-    bool quick = false, attn_only = false;
+    bool quick = false, attn_only = false, split_positions = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--device", a->device, "Where the model runs: cpu, cuda, cuda:N or auto")->capture_default_str();
@@ -154,6 +156,8 @@ void add_bench_acdc(CLI::App& bench) {
       ->capture_default_str()
       ->check(CLI::Range(1, 100));
   cmd->add_flag("--attn-only", a->attn_only, "No MLPs");
+  cmd->add_flag("--split-positions", a->split_positions,
+                "Split the graph by token position (every edge once per position; both runs)");
   cmd->add_flag("--quick", a->quick, "Smoke-test size: 2 layers, d_model 64, 4 heads, 8 prompts x 8 tokens (overrides the size options)");
   cmd->add_option("--seed", a->seed, "Seed of the random model and prompts")->capture_default_str();
   cmd->add_option("--json", a->json, "Also write the figures to this JSON file");
@@ -199,7 +203,10 @@ void add_bench_acdc(CLI::App& bench) {
       std::sort(m.begin(), m.end());
       tau = m[m.size() / 2];
     }
-    const auto n_edges = static_cast<int64_t>(discovery::Circuit::full(patching::CircuitGraph(cfg)).edges().size());
+    // Split by position: (edge, position) pairs.
+    const int64_t n_positions = a->split_positions ? data.seq_len() : 0;
+    const auto n_edges =
+        static_cast<int64_t>(discovery::Circuit::full(patching::CircuitGraph(cfg), n_positions).edges().size());
     std::printf("model %d layers, d_model %d, %d heads%s, %lld prompts x %lld tokens, %s, %d threads; %lld edges, "
                 "tau %.4g\n",
                 cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.has_mlp() ? ", MLPs" : "",
@@ -208,7 +215,8 @@ void add_bench_acdc(CLI::App& bench) {
     if (device.is_cuda()) std::printf("%s\n", kernels::describe_gpus().c_str());
     std::fflush(stdout);
 
-    const auto opts = discovery::AcdcOptions().threshold(tau).max_batch(a->max_batch);
+    const auto opts =
+        discovery::AcdcOptions().threshold(tau).max_batch(a->max_batch).split_positions(a->split_positions);
     model.forward(data.corrupted_tokens);  // warm-up (allocator, thread pool)
     // Each implementation runs --repeats times (the runs are deterministic:
     // the last one's decisions are compared); the table reports medians.
@@ -245,7 +253,7 @@ void add_bench_acdc(CLI::App& bench) {
 
     // The floor: each tried edge once, with its cheapest exact restart.
     const patching::CircuitGraph graph(cfg);
-    const discovery::Circuit full = discovery::Circuit::full(graph);
+    const discovery::Circuit full = discovery::Circuit::full(graph, n_positions);
     std::map<std::string, int64_t> receiver_of;
     for (const auto& e : full.edges()) receiver_of[full.edge_name(e)] = e.receiver;
     const Flops fl{cfg, static_cast<double>(data.batch()), static_cast<double>(data.seq_len())};
@@ -290,6 +298,7 @@ void add_bench_acdc(CLI::App& bench) {
                           {"kept", fast.circuit.edge_count()},
                           {"prompts", data.batch()},
                           {"seq_len", data.seq_len()},
+                          {"split_positions", a->split_positions},
                           {"device", c10::str(device)},
                           {"threads", at::get_num_threads()},
                           {"fast_s", fast.seconds},

@@ -72,6 +72,9 @@ the job file's folder.
     reference_edges  optional: a file of edge names, one a line (e.g. "a0.h3 -> a1.h2<k>"),
                 or a circuit.json (its kept edges): the ROC AUC of the job's scores against them
                 (ACDC: the metric increases, 0 for edges never tried)
+    split_positions  true: split the graph by token position: every edge once per
+                position p ("a0.h3 -> a1.h2<k> @5"), decided (acdc) or scored (eap) per
+                position; the prompts must have one length and padding (default false)
     device      cpu | cuda (default cpu)
     examples    use the first N prompt pairs (default 0 = all)
     out         output folder (default <job file's folder>/<name>)

@@ -32,7 +32,7 @@ const std::vector<std::string> kJobFields = {"name",     "model",  "dataset", "m
                                              "ablation", "threshold", "thresholds", "top_n", "steps",
                                              "device",   "examples", "out", "abs_value", "indices_mode",
                                              "max_batch", "attribution_threshold", "attribution_top_n",
-                                             "reference_edges"};
+                                             "reference_edges", "split_positions"};
 const std::vector<std::string> kIndicesModes = {"normal", "reverse"};
 const std::vector<std::string> kAblations = {"corrupted", "mean", "zero"};
 const std::vector<std::string> kDevices = {"cpu", "cuda"};
@@ -271,6 +271,11 @@ Job parse_job(const json& item, size_t index, const std::string& dir) {
   MECHLAB_CHECK(std::find(kIndicesModes.begin(), kIndicesModes.end(), j.indices_mode) != kIndicesModes.end(), who,
                 ": field 'indices_mode' is '", j.indices_mode, "'; ", did_you_mean(j.indices_mode, kIndicesModes));
   j.max_batch = f.integer("max_batch", 0, 0);
+  if (item.contains("split_positions")) {
+    MECHLAB_CHECK(item["split_positions"].is_boolean(), who,
+                  ": field 'split_positions' must be true or false, not ", item["split_positions"].dump());
+    j.split_positions = item["split_positions"].get<bool>();
+  }
   for (const char* field : {"attribution_threshold", "attribution_top_n"}) {
     MECHLAB_CHECK(j.method == "eap-acdc" || !item.contains(field), who, ": field '", field,
                   "' chooses the EAP edges of method eap-acdc; drop it for ", j.method);
@@ -410,6 +415,8 @@ std::vector<JobRun> JobFile::runs() const {
         }
       }
       if (!j.reference_edges.empty()) c["reference_edges"] = rel(j.reference_edges);
+      // Only when on: the configs of unsplit jobs (and their finished runs) stay as they were.
+      if (j.split_positions) c["split_positions"] = true;
       return c;
     };
     if (j.thresholds.empty()) {
@@ -561,6 +568,13 @@ std::map<std::string, ModelFacts> check_job_inputs(const JobFile& file, bool ski
     MECHLAB_CHECK(max_id < facts.d_vocab, who, ": field 'dataset': '", j.dataset, "' has token id ", max_id,
                   " but the model '", j.model, "' has d_vocab ", facts.d_vocab,
                   "; make the dataset with this model's vocabulary");
+    if (j.split_positions) {
+      try {
+        data.check_same_padding("field 'split_positions'");
+      } catch (const Error& e) {
+        throw Error(str_cat(who, ": ", e.what(), " (dataset '", j.dataset, "')"));
+      }
+    }
   }
   return models;
 }

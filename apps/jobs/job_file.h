@@ -19,6 +19,8 @@
 //       max_batch: 0             # acdc, eap-acdc: trials per forward (0 = memory budget); not in the config
 //       attribution_threshold: 0.01  # eap-acdc: EAP edges kept for ACDC; or attribution_top_n: N
 //       reference_edges: ref.txt # optional: edge names (one a line) or a circuit.json -> ROC AUC
+//       split_positions: false   # true: every edge once per token position ("a0.h3 -> a1.h2<k> @5");
+//                                # the prompts must share one length and padding
 //       device: cpu              # cpu | cuda (default cpu)
 //       examples: 32             # the first N prompt pairs (default 0 = all)
 //       out: runs/ioi-eap        # default <job file's folder>/<name>
@@ -87,6 +89,8 @@ struct Job {
   int64_t attribution_top_n = 0;
   /// "" or a file of edge names (one a line) or a circuit.json: ROC AUC of the scores against it.
   std::string reference_edges;
+  /// Split the circuit graph by token position (every method).
+  bool split_positions = false;
   std::string device = "cpu";
   int64_t examples = 0;
   std::string out;

@@ -55,7 +55,8 @@ const patching::EdgeScores& job_edge_scores(MethodContext& ctx, bool with_bar) {
         patching::AttributionOptions()
             .method(ig ? patching::AttributionMethod::eap_ig : patching::AttributionMethod::attribution)
             .steps(job.steps)
-            .direction(patching::Direction::noising);
+            .direction(patching::Direction::noising)
+            .split_positions(job.split_positions);
     core::ProgressBar* bar = with_bar ? &ctx.progress(1, "attribution") : nullptr;
     it = ctx.edge_scores.emplace(job.name, patching::edge_attribution(ctx.model, ctx.data, ctx.metric, opts))
              .first;
@@ -131,6 +132,7 @@ JobResult run_acdc_from(MethodContext& ctx, std::optional<discovery::Circuit> st
       .ablation(discovery::parse_ablation(job.ablation))
       .indices_mode(job.indices_mode)
       .max_batch(job.max_batch)
+      .split_positions(job.split_positions)
       .start(std::move(start));
   int64_t first_new = -1;
   const discovery::AcdcObserver observer = [&](const discovery::AcdcStep& st, int64_t decided, int64_t total) {
@@ -194,7 +196,7 @@ struct Reference {
   std::optional<discovery::Circuit> circuit;
 };
 
-Reference read_reference(const Job& j, const patching::CircuitGraph& graph) {
+Reference read_reference(const Job& j, const patching::CircuitGraph& graph, int64_t n_positions) {
   Reference ref;
   const std::string who = "job '" + j.name + "': field 'reference_edges': ";
   std::ifstream in(j.reference_edges);
@@ -210,7 +212,7 @@ Reference read_reference(const Job& j, const patching::CircuitGraph& graph) {
     }
     return ref;
   }
-  const discovery::Circuit probe = discovery::Circuit::full(graph);
+  const discovery::Circuit probe = discovery::Circuit::full(graph, n_positions);
   int line_no = 0;
   for (std::string line; std::getline(in, line);) {
     ++line_no;
@@ -401,8 +403,15 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
   // Reference edges name edges of their job's model.
   for (const Job& j : file.jobs) {
     if (j.reference_edges.empty()) continue;
+    // A position-split job's edges carry positions: the dataset's length
+    // (a dataset a step makes is checked when the job runs).
+    int64_t n_positions = 0;
+    if (j.split_positions) {
+      if (!fs::exists(j.dataset)) continue;
+      n_positions = patching::PatchingData::from_dataset(core::load_dataset(j.dataset), j.examples).seq_len();
+    }
     const core::Transformer m = core::load_model(j.model);
-    read_reference(j, patching::CircuitGraph(m.config()));
+    read_reference(j, patching::CircuitGraph(m.config()), n_positions);
   }
   std::set<std::string> missing_datasets;
   for (const Job& j : file.jobs) {
@@ -515,13 +524,19 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       // Evaluate the circuit whatever found it: the metric of the full model,
       // the empty circuit and the circuit, all in one call of the runner.
       const patching::CircuitGraph& graph = result.circuit.graph();
+      const int64_t n_positions = result.circuit.n_positions();
+      if (n_positions > 0) {
+        // Token labels for the picture and circuit.json's position_labels.
+        result.circuit.set_position_labels(patching::position_labels(core::load_dataset(j.dataset), j.examples));
+      }
       const std::vector<double> m = evaluator->metrics(
-          *metric, {discovery::Circuit::full(graph), discovery::Circuit::empty(graph), result.circuit});
+          *metric, {discovery::Circuit::full(graph, n_positions), discovery::Circuit::empty(graph, n_positions),
+                    result.circuit});
       json evaluation = {{"full_metric", m[0]}, {"empty_metric", m[1]}, {"circuit_metric", m[2]}};
       // f is undefined when the empty circuit scores as the full model.
       row.faithfulness = m[0] == m[1] ? NAN : discovery::faithfulness(m[2], m[0], m[1]);
       if (!j.reference_edges.empty()) {
-        const Reference ref = read_reference(j, graph);
+        const Reference ref = read_reference(j, graph, result.circuit.n_positions());
         discovery::Circuit scored = result.roc_scores ? *result.roc_scores : result.circuit;
         // A list of names with no head-input edge ("a1.h2<k> -> a1.h2") cannot
         // name one as a positive, and such an edge carries the same signal as

@@ -35,10 +35,15 @@ struct Item {
 };
 
 // The decision order (docs/ARCHITECTURE.md, "ACDC"): receivers from the
-// output backwards, each receiver's senders by layer descending.
-std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_restart) {
+// output backwards, each receiver's senders by layer descending. Split by
+// position (n_positions > 0): each receiver's edges at positions P-1..0,
+// all of a receiver at one position before the next position.
+std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_restart, int64_t n_positions) {
   const auto& cfg = g.cfg();
   const int H = cfg.n_heads, KV = cfg.kv_heads();
+  std::vector<int64_t> positions;  // last to first; {-1} when unsplit
+  for (int64_t p = n_positions - 1; p >= 0; --p) positions.push_back(p);
+  if (n_positions == 0) positions.push_back(-1);
   // Senders of receiver r in ACDC's order: layers descending, the MLP first,
   // heads H-1..0 (reverse: 0..H-1), input last.
   auto incoming = [&](const ReceiverInput& r) {
@@ -57,7 +62,10 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_r
   std::vector<Item> items;
   auto add_receiver = [&](const ReceiverInput& r, int layer, Check check, RestartAt at = RestartAt::attention) {
     const int64_t ri = g.receiver_index(r);
-    for (int64_t s : incoming(r)) items.push_back({{CircuitEdge::Kind::residual, s, ri}, layer, check, at});
+    const std::vector<int64_t> senders = incoming(r);
+    for (int64_t p : positions) {
+      for (int64_t s : senders) items.push_back({{CircuitEdge::Kind::residual, s, ri, p}, layer, check, at});
+    }
   };
   add_receiver({{Kind::output, -1, -1}, ReceiverChannel::resid}, cfg.n_layers, Check::none);
   const ReceiverChannel channels[] = {ReceiverChannel::v, ReceiverChannel::k, ReceiverChannel::q};
@@ -72,7 +80,7 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_r
       const int n = ch == ReceiverChannel::q ? H : KV;
       for (int h = n - 1; h >= 0; --h) {
         const int64_t ri = g.receiver_index({{Kind::head, L, h}, ch});
-        items.push_back({{CircuitEdge::Kind::head_input, -1, ri}, L, Check::head_used});
+        for (int64_t p : positions) items.push_back({{CircuitEdge::Kind::head_input, -1, ri, p}, L, Check::head_used});
       }
     }
     for (ReceiverChannel ch : channels) {
@@ -83,26 +91,23 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_r
   return items;
 }
 
-// The circuit being pruned, as flags and the removed mask the runner reads.
+// The circuit being pruned, as flags and the removed mask the runner reads
+// ([receivers, senders], or [positions, receivers, senders] when split).
 class Work {
  public:
   explicit Work(const Circuit& start) : g_(&start.graph()) {
     S_ = static_cast<int64_t>(g_->senders().size());
     R_ = static_cast<int64_t>(g_->receivers().size());
-    kept_.assign(static_cast<size_t>(S_ * R_), 0);
+    P_ = std::max<int64_t>(1, start.n_positions());
+    kept_.assign(static_cast<size_t>(P_ * S_ * R_), 0);
     exists_.assign(static_cast<size_t>(S_ * R_), 0);
-    input_kept_.assign(static_cast<size_t>(R_), 1);
+    input_kept_.assign(static_cast<size_t>(P_ * R_), 1);
     for (const CircuitEdge& e : start.edges()) {
-      if (e.kind == CircuitEdge::Kind::residual) exists_[idx(e.sender, e.receiver)] = 1;
-      if (!start.kept(e)) continue;
-      if (e.kind == CircuitEdge::Kind::residual) kept_[idx(e.sender, e.receiver)] = 1;
+      if (e.kind == CircuitEdge::Kind::residual) exists_[idx(e.sender, e.receiver, 0)] = 1;
+      if (e.kind == CircuitEdge::Kind::head_input) input_kept_[ridx(e.receiver, p_of(e))] = start.kept(e) ? 1 : 0;
+      if (e.kind == CircuitEdge::Kind::residual && start.kept(e)) kept_[idx(e.sender, e.receiver, p_of(e))] = 1;
     }
-    for (int64_t r = 0; r < R_; ++r) {
-      if (g_->receivers()[static_cast<size_t>(r)].node.kind == Kind::head) {
-        input_kept_[static_cast<size_t>(r)] = start.kept({CircuitEdge::Kind::head_input, -1, r}) ? 1 : 0;
-      }
-    }
-    mask_ = start.removed_mask();  // float32 [receivers, senders]
+    mask_ = start.removed_mask().contiguous();  // float32 [(positions,) receivers, senders]
   }
   Work clone() const {
     Work w = *this;
@@ -111,40 +116,48 @@ class Work {
   }
 
   bool kept(const CircuitEdge& e) const {
-    return e.kind == CircuitEdge::Kind::head_input ? input_kept_[static_cast<size_t>(e.receiver)] != 0
-                                                   : kept_[idx(e.sender, e.receiver)] != 0;
+    return e.kind == CircuitEdge::Kind::head_input ? input_kept_[ridx(e.receiver, p_of(e))] != 0
+                                                   : kept_[idx(e.sender, e.receiver, p_of(e))] != 0;
   }
   void remove(const CircuitEdge& e) {
-    float* m = mask_.data_ptr<float>();
+    const int64_t p = p_of(e);
+    float* m = mask_.data_ptr<float>() + p * R_ * S_;
     if (e.kind == CircuitEdge::Kind::head_input) {
-      input_kept_[static_cast<size_t>(e.receiver)] = 0;
-      for (int64_t s = 0; s < S_; ++s) m[e.receiver * S_ + s] = exists_[idx(s, e.receiver)] ? 1.f : 0.f;
+      input_kept_[ridx(e.receiver, p)] = 0;
+      for (int64_t s = 0; s < S_; ++s) m[e.receiver * S_ + s] = exists_[idx(s, e.receiver, 0)] ? 1.f : 0.f;
     } else {
-      kept_[idx(e.sender, e.receiver)] = 0;
+      kept_[idx(e.sender, e.receiver, p)] = 0;
       m[e.receiver * S_ + e.sender] = 1.f;
     }
   }
-  // A sender with a kept outgoing residual edge.
-  bool sender_used(int64_t s) const {
-    for (int64_t r = 0; r < R_; ++r) {
-      if (kept_[idx(s, r)]) return true;
+  // A sender with a kept outgoing residual edge at a position in [p0, p1).
+  bool sender_used(int64_t s, int64_t p0, int64_t p1) const {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t r = 0; r < R_; ++r) {
+        if (kept_[idx(s, r, p)]) return true;
+      }
     }
     return false;
   }
-  // Whether the item's node is used (else its decision is forced).
+  // Whether the item's node is used (else its decision is forced). Split:
+  // the node at the edge's position p; a head reads its query at p and its
+  // keys and values at every position <= p (causal attention), so its
+  // <k>/<v> input at p is used when the head is used at any p' >= p.
   bool used(const Item& it) const {
     const ReceiverInput& r = g_->receivers()[static_cast<size_t>(it.edge.receiver)];
+    const int64_t p = p_of(it.edge);
     switch (it.check) {
       case Check::none: return true;
-      case Check::mlp_used: return sender_used(g_->sender_index(r.node));
-      case Check::input_kept: return input_kept_[static_cast<size_t>(it.edge.receiver)] != 0;
+      case Check::mlp_used: return sender_used(g_->sender_index(r.node), p, p + 1);
+      case Check::input_kept: return input_kept_[ridx(it.edge.receiver, p)] != 0;
       case Check::head_used: {
         const auto& cfg = g_->cfg();
         // <q> is read by its head; a (kv) head's <k>/<v> by the query heads of its group.
-        const int group = r.channel == ReceiverChannel::q ? 1 : cfg.n_heads / cfg.kv_heads();
-        const int first = r.channel == ReceiverChannel::q ? r.node.head : r.node.head * group;
+        const bool q = r.channel == ReceiverChannel::q;
+        const int group = q ? 1 : cfg.n_heads / cfg.kv_heads();
+        const int first = q ? r.node.head : r.node.head * group;
         for (int h = first; h < first + group; ++h) {
-          if (sender_used(g_->sender_index({Kind::head, r.node.layer, h}))) return true;
+          if (sender_used(g_->sender_index({Kind::head, r.node.layer, h}), p, q ? p + 1 : P_)) return true;
         }
         return false;
       }
@@ -154,10 +167,12 @@ class Work {
   const at::Tensor& mask() const { return mask_; }
 
  private:
-  size_t idx(int64_t s, int64_t r) const { return static_cast<size_t>(s * R_ + r); }
+  static int64_t p_of(const CircuitEdge& e) { return e.pos < 0 ? 0 : e.pos; }
+  size_t idx(int64_t s, int64_t r, int64_t p) const { return static_cast<size_t>((p * S_ + s) * R_ + r); }
+  size_t ridx(int64_t r, int64_t p) const { return static_cast<size_t>(p * R_ + r); }
 
   const CircuitGraph* g_;
-  int64_t S_ = 0, R_ = 0;
+  int64_t S_ = 0, R_ = 0, P_ = 1;
   std::vector<char> kept_, exists_, input_kept_;
   at::Tensor mask_;
 };
@@ -199,11 +214,21 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
   MECHLAB_CHECK(std::isfinite(full_metric), "metric ", metric.name(), " is ", full_metric,
                 " on the full model; ACDC needs a finite metric (check the answers and the data)");
 
-  const Circuit start = options.start() ? *options.start() : Circuit::full(graph);
+  const int64_t n_positions = options.split_positions() ? runner.seq_len() : 0;
+  if (options.start()) {
+    MECHLAB_CHECK(options.start()->n_positions() == n_positions, "the ACDC start circuit is ",
+                  options.start()->split() ? "split into " + std::to_string(options.start()->n_positions()) + " positions"
+                                           : std::string("not split by position"),
+                  " but the run ", options.split_positions()
+                                       ? "splits by the prompts' " + std::to_string(n_positions) + " positions"
+                                       : std::string("is not split"),
+                  "; start from a circuit of the same split (option split_positions)");
+  }
+  const Circuit start = options.start() ? *options.start() : Circuit::full(graph, n_positions);
   Work cur(start);
   double cur_metric = runner.set_state(start, metric);
-  const std::vector<Item> items =
-      decision_order(graph, options.indices_mode() == "reverse", runner.can_restart_at_mlp() && !one_forward_per_edge);
+  const std::vector<Item> items = decision_order(graph, options.indices_mode() == "reverse",
+                                                 runner.can_restart_at_mlp() && !one_forward_per_edge, n_positions);
   int64_t total = 0;
   for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
 
@@ -321,7 +346,7 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
     batch = stopped ? std::max<int64_t>(1, decided_trials) : std::min(kmax, 2 * std::max<int64_t>(batch, 1));
   }
 
-  Circuit circuit = Circuit::full(graph);
+  Circuit circuit = Circuit::full(graph, n_positions);
   for (size_t i = 0; i < items.size(); ++i) {
     if (!cur.kept(items[i].edge)) circuit.set_kept(items[i].edge, false);
     if (!std::isnan(scores[i])) circuit.set_score(items[i].edge, scores[i]);
@@ -340,6 +365,7 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
       {"n_prompts", runner.n_prompts()},
       {"seq_len", runner.seq_len()},
   };
+  if (options.split_positions()) config["split_positions"] = true;
   return AcdcResult{std::move(circuit), std::move(steps), full_metric, final_metric,
                     runner.forwards() - forwards_before, trials, seconds, std::move(config)};
 }

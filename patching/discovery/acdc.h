@@ -52,7 +52,12 @@ struct AcdcOptions {
   MECHLAB_OPTION(AcdcOptions, int64_t, max_batch, 0)
   /// 0 = as BulkOptions.
   MECHLAB_OPTION(AcdcOptions, int64_t, memory_budget_bytes, 0)
-  /// EAP -> ACDC: edges removed here are removed from the start and never tried.
+  /// Split every edge by token position (Circuit's position split): decisions
+  /// per (edge, position), each receiver's positions from the last to the
+  /// first. The prompts must share one padding.
+  MECHLAB_OPTION(AcdcOptions, bool, split_positions, false)
+  /// EAP -> ACDC: edges removed here are removed from the start and never tried
+  /// (split like the run: split_positions).
   MECHLAB_OPTION(AcdcOptions, std::optional<Circuit>, start, std::nullopt)
 };
 

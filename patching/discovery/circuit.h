@@ -19,6 +19,15 @@
 // A removed edge means: the receiver reads the sender's ablated contribution
 // (corrupted run, mean or zero) instead of its contribution in this run.
 //
+// Position split (optional; auto-circuit's per-token-position edges): a
+// circuit made with n_positions = P > 0 holds every prunable edge once per
+// token position p = 0..P-1 (the prompts' common length). The residual edge
+// "a0.h3 -> a1.h2<k> @5" is the receiver input at position 5 reading the
+// sender's output at position 5 (the residual stream is per position); the
+// head-input edge "a1.h2<q> -> a1.h2 @5" is the head's query input at
+// position 5. Removing an edge at every position is removing the unsplit
+// edge. An unsplit circuit (n_positions 0) has edges with pos = -1, as before.
+//
 // Example:
 //   Circuit c = Circuit::full(CircuitGraph(model.cfg()));
 //   c.set_kept(c.parse_edge("a0.h3 -> a1.h2<q>"), false);
@@ -43,8 +52,9 @@ struct CircuitEdge {
   Kind kind = Kind::residual;
   int64_t sender = -1;    ///< residual: index into graph.senders(); head_input: -1
   int64_t receiver = -1;  ///< index into graph.receivers() (head_input: a q/k/v receiver)
+  int64_t pos = -1;       ///< token position in a position-split circuit; -1 in an unsplit one
   bool operator==(const CircuitEdge& o) const {
-    return kind == o.kind && sender == o.sender && receiver == o.receiver;
+    return kind == o.kind && sender == o.sender && receiver == o.receiver && pos == o.pos;
   }
 };
 
@@ -56,22 +66,34 @@ class Circuit {
   Circuit(Circuit&&) = default;
   Circuit& operator=(Circuit&&) = default;
 
-  /// Every edge kept, no scores.
-  static Circuit full(const patching::CircuitGraph& graph);
+  /// Every edge kept, no scores. `n_positions` > 0 splits every edge by
+  /// token position (see the top of this file); 0 = unsplit.
+  static Circuit full(const patching::CircuitGraph& graph, int64_t n_positions = 0);
   /// Every edge removed, no scores.
-  static Circuit empty(const patching::CircuitGraph& graph);
+  static Circuit empty(const patching::CircuitGraph& graph, int64_t n_positions = 0);
 
   const patching::CircuitGraph& graph() const { return graph_; }
+  /// Token positions of a position-split circuit; 0 when unsplit.
+  int64_t n_positions() const { return n_positions_; }
+  bool split() const { return n_positions_ > 0; }
+  /// Names of the positions for output (token labels, e.g. "5:Mary"); empty
+  /// = the numbers. Must name every position of a split circuit.
+  const std::vector<std::string>& position_labels() const { return position_labels_; }
+  void set_position_labels(std::vector<std::string> labels);
+  /// Same graph and the same split as `o` (both unsplit, or both P positions).
+  bool same_shape(const Circuit& o) const;
 
   /// Every prunable edge of the graph: for each receiver in canonical order,
   /// its head-input edge (q/k/v receivers) and then its residual edges,
-  /// senders in canonical order.
+  /// senders in canonical order; split: each edge at positions 0..P-1.
   const std::vector<CircuitEdge>& edges() const { return edges_; }
-  /// "a0.h3 -> a1.h2<q>" or "a1.h2<q> -> a1.h2".
+  /// "a0.h3 -> a1.h2<q>" or "a1.h2<q> -> a1.h2"; split: ` @p` appended,
+  /// `a0.h3 -> a1.h2<q> @5`.
   std::string edge_name(const CircuitEdge& e) const;
-  /// Inverse of edge_name; also accepts any spacing around "->". Unknown
-  /// nodes, non-edges and a head-input edge whose head differs are errors
-  /// naming the text.
+  /// Inverse of edge_name; also accepts any spacing around "->" and `@`.
+  /// Unknown nodes, non-edges, a head-input edge whose head differs, a
+  /// position out of range, a position missing in a split circuit and one
+  /// given to an unsplit circuit are errors naming the text.
   CircuitEdge parse_edge(const std::string& text) const;
 
   bool kept(const CircuitEdge& e) const;
@@ -86,11 +108,12 @@ class Circuit {
   /// float32 [receivers, senders] on the CPU, 1 where the forward must patch
   /// the edge (residual edge removed, or its receiver's head-input edge
   /// removed), 0 elsewhere (kept edges and non-edges): the mask of
-  /// kernels::edge_patch.
+  /// kernels::edge_patch. Split: [positions, receivers, senders].
   at::Tensor removed_mask() const;
 
   /// bool [senders, receivers] (false where no edge exists) and bool
-  /// [receivers] (head-input edges; true for MLP and output receivers), new tensors.
+  /// [receivers] (head-input edges; true for MLP and output receivers), new
+  /// tensors. Split: a leading [positions] axis.
   at::Tensor kept_residual() const;
   at::Tensor kept_head_input() const;
 
@@ -98,34 +121,45 @@ class Circuit {
   /// is reached from `input` through kept edges (a head is reached when one
   /// of its q/k/v inputs has a kept head-input edge and a kept edge from a
   /// reached sender) and its receiver's node reaches `output`. Scores stay.
+  /// Split: per (node, position); a head at position p reads its query at p
+  /// and its keys and values at every position <= p (causal attention), so
+  /// its `<k>`/`<v>` input at p reaches it at p' >= p.
   Circuit without_dangling() const;
 
   /// Heads and MLPs with at least one kept outgoing residual edge, in
-  /// canonical order ("a1.h2", "m0").
+  /// canonical order ("a1.h2", "m0"); split: each (node, position) with
+  /// one, `a1.h2 @5`.
   std::vector<std::string> nodes() const;
 
   /// {"n_edges", "n_kept", "edges": [{"edge", "kind", "kept", "score"}...]}
-  /// (score null where unset), every edge in edges() order.
+  /// (score null where unset), every edge in edges() order. Split: also
+  /// "n_positions", "position_labels" and each edge's "position".
   nlohmann::json to_json() const;
   /// Reads to_json's form; the edge list must name exactly this graph's
   /// edges (an edge of another model is an error naming it).
   static Circuit from_json(const patching::CircuitGraph& graph, const nlohmann::json& j);
 
  private:
-  explicit Circuit(const patching::CircuitGraph& graph);
+  Circuit(const patching::CircuitGraph& graph, int64_t n_positions);
 
-  size_t idx(int64_t s, int64_t r) const { return static_cast<size_t>(s * R_ + r); }
+  // pos = -1 (unsplit) is position 0 of the one-position storage.
+  size_t idx(int64_t s, int64_t r, int64_t p = 0) const { return static_cast<size_t>((p * S_ + s) * R_ + r); }
+  size_t ridx(int64_t r, int64_t p = 0) const { return static_cast<size_t>(p * R_ + r); }
+  // The storage position of an edge; a position that does not fit the split is an error.
+  int64_t pos_of(const CircuitEdge& e) const;
 
   // Plain vectors, not tensors: ACDC and the evaluation flip and read single
   // flags thousands of times, and a tensor element access costs a dispatch.
   patching::CircuitGraph graph_;
   int64_t S_ = 0, R_ = 0;
+  int64_t n_positions_ = 0;  // 0 = unsplit; the storage has max(1, n_positions_) positions
+  std::vector<std::string> position_labels_;
   std::vector<CircuitEdge> edges_;
   std::vector<uint8_t> exists_;        // [senders * receivers]: a residual edge exists
-  std::vector<uint8_t> kept_;          // [senders * receivers]
-  std::vector<uint8_t> input_kept_;    // [receivers]
-  std::vector<double> scores_;         // [senders * receivers], NaN = unset
-  std::vector<double> input_scores_;   // [receivers]
+  std::vector<uint8_t> kept_;          // [positions * senders * receivers]
+  std::vector<uint8_t> input_kept_;    // [positions * receivers]
+  std::vector<double> scores_;         // [positions * senders * receivers], NaN = unset
+  std::vector<double> input_scores_;   // [positions * receivers]
 };
 
 }  // namespace mechlab::discovery

@@ -87,7 +87,130 @@ nlohmann::json circuit_document(const CircuitRecord& record) {
           {"circuit", record.circuit.to_json()}, {"trace", record.trace}};
 }
 
+namespace {
+
+// A position-split circuit: one node per (component, position) with a kept
+// edge, named "a0.h3 @5"; rows are the ranks of the unsplit picture (input,
+// each layer's heads, its MLP, output), columns the positions, headed by
+// their labels. Invisible heavy edges hold each column together; invisible
+// edges along each row keep the columns in position order.
+std::string split_circuit_dot(const Circuit& circuit, const std::string& title) {
+  const patching::CircuitGraph& g = circuit.graph();
+  struct Drawn {
+    CircuitNode sender, reader;
+    int64_t pos;
+    ReceiverChannel channel;
+    double score;
+  };
+  std::vector<Drawn> drawn;
+  const at::Tensor removed = circuit.removed_mask();  // [pos, receivers, senders]
+  auto rm = removed.accessor<float, 3>();
+  double max_abs = 0.0;
+  for (const CircuitEdge& e : circuit.edges()) {
+    if (e.kind != CircuitEdge::Kind::residual || !circuit.kept(e) || rm[e.pos][e.receiver][e.sender] != 0.0f) continue;
+    const ReceiverInput& r = g.receivers()[static_cast<size_t>(e.receiver)];
+    const double s = circuit.score(e);
+    drawn.push_back({g.senders()[static_cast<size_t>(e.sender)], reader_of(g, r), e.pos, r.channel, s});
+    if (!std::isnan(s)) max_abs = std::max(max_abs, std::fabs(s));
+  }
+  auto row_of = [&](const CircuitNode& n) {
+    switch (n.kind) {
+      case CircuitNode::Kind::input: return 0;
+      case CircuitNode::Kind::head: return 1 + 2 * n.layer;
+      case CircuitNode::Kind::mlp: return 2 + 2 * n.layer;
+      case CircuitNode::Kind::output: return 1 + 2 * g.cfg().n_layers;
+    }
+    return 0;
+  };
+  auto name_of = [](const CircuitNode& n, int64_t p) { return patching::node_name(n) + " @" + std::to_string(p); };
+  // (row, position) -> node names in that cell, in canonical order.
+  std::map<std::pair<int, int64_t>, std::vector<std::string>> cells;
+  std::map<std::string, CircuitNode> nodes;
+  for (const Drawn& d : drawn) {
+    for (const CircuitNode& n : {d.sender, d.reader}) {
+      const std::string name = name_of(n, d.pos);
+      if (nodes.emplace(name, n).second) cells[{row_of(n), d.pos}].push_back(name);
+    }
+  }
+  std::vector<int64_t> positions;  // columns with a node, in order
+  std::vector<int> rows;
+  for (const auto& [cell, names] : cells) {
+    if (std::find(positions.begin(), positions.end(), cell.second) == positions.end()) positions.push_back(cell.second);
+    if (std::find(rows.begin(), rows.end(), cell.first) == rows.end()) rows.push_back(cell.first);
+  }
+  std::sort(positions.begin(), positions.end());
+  std::sort(rows.begin(), rows.end());
+  auto label_of = [&](int64_t p) {
+    const auto& labels = circuit.position_labels();
+    return labels.empty() ? "pos " + std::to_string(p) : labels[static_cast<size_t>(p)];
+  };
+
+  std::ostringstream o;
+  o << "digraph circuit {\n"
+    << "  graph [rankdir=TB, ranksep=0.5, nodesep=0.25, newrank=true, labelloc=t, fontname=\"Helvetica\", label="
+    << quoted(title).substr(0, quoted(title).size() - 1) << "\\n"
+    << quoted(std::to_string(circuit.edge_count()) + " of " + std::to_string(circuit.edges().size()) +
+              " (edge, position) pairs kept; columns: token positions; edges into q: blue, k: green, v: red, "
+              "MLP/output: grey; width: |score|")
+           .substr(1)
+    << "];\n"
+    << "  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\", fillcolor=\"#eeeeee\"];\n"
+    << "  edge [arrowsize=0.6];\n";
+  // The header row: one plain node per column.
+  o << "  { rank=same;";
+  for (int64_t p : positions) o << " " << quoted("col " + std::to_string(p)) << " [shape=plaintext, style=\"\", label=" << quoted(label_of(p)) << "];";
+  o << " }\n";
+  for (int row : rows) {
+    o << "  { rank=same;";
+    for (int64_t p : positions) {
+      const auto it = cells.find({row, p});
+      if (it == cells.end()) continue;
+      for (const std::string& name : it->second) {
+        const CircuitNode& n = nodes.at(name);
+        const char* fill = n.kind == CircuitNode::Kind::head  ? "#cfe3f5"
+                           : n.kind == CircuitNode::Kind::mlp ? "#fbe3c8"
+                                                              : "#dddddd";
+        o << " " << quoted(name) << " [fillcolor=\"" << fill << "\", label=" << quoted(patching::node_name(n)) << "];";
+      }
+    }
+    o << " }\n";
+  }
+  // Columns: header -> first node of the column in each row, heavy and invisible.
+  for (int64_t p : positions) {
+    std::string prev = "col " + std::to_string(p);
+    for (int row : rows) {
+      const auto it = cells.find({row, p});
+      if (it == cells.end()) continue;
+      o << "  " << quoted(prev) << " -> " << quoted(it->second.front()) << " [style=invis, weight=20];\n";
+      prev = it->second.front();
+    }
+  }
+  // Column order along the header row.
+  for (size_t i = 1; i < positions.size(); ++i) {
+    o << "  " << quoted("col " + std::to_string(positions[i - 1])) << " -> "
+      << quoted("col " + std::to_string(positions[i])) << " [style=invis];\n";
+  }
+  for (const Drawn& d : drawn) {
+    const double w = (max_abs > 0 && !std::isnan(d.score)) ? 1.0 + 5.0 * std::fabs(d.score) / max_abs : 1.0;
+    char width[32];
+    std::snprintf(width, sizeof width, "%.2f", w);
+    o << "  " << quoted(name_of(d.sender, d.pos)) << " -> " << quoted(name_of(d.reader, d.pos)) << " [color=\""
+      << channel_colour(d.channel) << "\", penwidth=" << width << ", weight=0";
+    if (!std::isnan(d.score)) {
+      char tip[64];
+      std::snprintf(tip, sizeof tip, "%+.4g", d.score);
+      o << ", tooltip=" << quoted(std::string(tip));
+    }
+    o << "];\n";
+  }
+  o << "}\n";
+  return o.str();
+}
+
+}  // namespace
+
 std::string circuit_dot(const Circuit& circuit, const std::string& title) {
+  if (circuit.split()) return split_circuit_dot(circuit, title);
   const patching::CircuitGraph& g = circuit.graph();
   // Drawn edges: residual, kept, with the receiver's head input kept.
   struct Drawn {
@@ -194,16 +317,25 @@ CircuitFiles write_circuit_outputs(const std::string& dir, const CircuitRecord& 
   for (const auto& s : c.graph().senders()) sender_names.push_back(patching::node_name(s));
   for (const auto& r : c.graph().receivers()) receiver_names.push_back(patching::receiver_name(r));
   // Scores as [senders, receivers] / [receivers], NaN where no edge or no score.
+  // Split by position: a leading [positions] axis on each.
   const auto S = static_cast<int64_t>(sender_names.size());
   const auto R = static_cast<int64_t>(receiver_names.size());
-  at::Tensor scores = at::full({S, R}, NAN, at::kDouble);
-  at::Tensor input_scores = at::full({R}, NAN, at::kDouble);
+  const int64_t P = std::max<int64_t>(1, c.n_positions());
+  at::Tensor scores = at::full({P, S, R}, NAN, at::kDouble);
+  at::Tensor input_scores = at::full({P, R}, NAN, at::kDouble);
+  double* sp = scores.data_ptr<double>();
+  double* ip = input_scores.data_ptr<double>();
   for (const CircuitEdge& e : c.edges()) {
+    const int64_t p = std::max<int64_t>(e.pos, 0);
     if (e.kind == CircuitEdge::Kind::residual) {
-      scores[e.sender][e.receiver] = c.score(e);
+      sp[(p * S + e.sender) * R + e.receiver] = c.score(e);
     } else {
-      input_scores[e.receiver] = c.score(e);
+      ip[p * R + e.receiver] = c.score(e);
     }
+  }
+  if (!c.split()) {
+    scores = scores.squeeze(0);
+    input_scores = input_scores.squeeze(0);
   }
 
   std::vector<std::pair<std::string, std::string>> staged;  // (temporary, target)
@@ -226,6 +358,7 @@ CircuitFiles write_circuit_outputs(const std::string& dir, const CircuitRecord& 
       h.write_attr("circuit", "senders", sender_names.dump());
       h.write_attr("circuit", "receivers", receiver_names.dump());
       h.write_attr("circuit", "json", json_text);
+      if (c.split()) h.write_attr("circuit", "n_positions", c.n_positions());
     });
     staged.emplace_back(f.h5 + ".new.tmp", f.h5);
   } catch (...) {

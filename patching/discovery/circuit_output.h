@@ -14,7 +14,11 @@
 //                 head_input_scores float64 [receivers] (NaN = no edge or no
 //                 score), attributes senders, receivers (JSON name lists) and
 //                 json (circuit.json's text)
-//   circuit.dot   the kept edges for Graphviz (circuit_dot below)
+//                 (position-split circuits: each of the four with a leading
+//                 [positions] axis, and attribute n_positions)
+//   circuit.dot   the kept edges for Graphviz (circuit_dot below; split
+//                 circuits: one node per (component, position), positions as
+//                 columns under their labels)
 //   circuit.svg   `dot -Tsvg circuit.dot`, staged with the others; when `dot`
 //                 is missing or fails, the other three are still written and
 //                 CircuitFiles::svg_error says why (install graphviz).
@@ -74,6 +78,9 @@ nlohmann::json circuit_document(const CircuitRecord& record);
 /// head's q, k and v inputs in three colours, into MLPs and the output in a
 /// fourth; pen width 1 to 6 by |score| over the largest kept |score|. An
 /// edge is drawn when it and its receiver's head-input edge are kept.
+/// Position-split circuits: one node per (component, position) with a drawn
+/// edge, the ranks as rows and the positions as columns under a header of
+/// their labels (Circuit::position_labels, else "pos p").
 std::string circuit_dot(const Circuit& circuit, const std::string& title);
 
 /// Writes circuit.json, circuit.h5, circuit.dot and circuit.svg into `dir`

@@ -109,6 +109,11 @@ CircuitRunner::CircuitRunner(hooks::HookedTransformer& model, const patching::Pa
                                     [&] { return corrupted.get("mlp_out", l).unsqueeze(2); }));
     }
   }
+  try {
+    data.check_same_padding("a position-split circuit");
+  } catch (const Error& e) {
+    split_refusal_ = e.what();
+  }
   budget_ = options_.memory_budget_bytes() > 0 ? options_.memory_budget_bytes()
                                                : patching::default_memory_budget(model_.model().device());
 }
@@ -160,11 +165,15 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   const auto& cfg = model_.cfg();
   const int64_t k = masks_cpu.size(0), b = tokens_.size(0), P = tokens_.size(1), d = cfg.d_model;
   const int64_t H = cfg.n_heads, KV = cfg.kv_heads();
-  const at::Tensor masks = masks_cpu.to(model_.model().device(), model_.model().dtype());  // [k, R, S]
+  // Position-split masks carry a position axis: [k, pos, R, S].
+  const bool split = masks_cpu.dim() == 4;
+  MECHLAB_ASSERT(!split || masks_cpu.size(1) == P);
+  const at::Tensor masks = masks_cpu.to(model_.model().device(), model_.model().dtype());  // [k, (pos,) R, S]
   // Per receiver (CPU, [R]): whether any copy removes an edge into it, and
   // whether every copy has the same row (then one mask patches all copies).
-  const at::Tensor any_removed = masks_cpu.ne(0).any(2).any(0).contiguous();
-  const at::Tensor uniform = masks_cpu.eq(masks_cpu.narrow(0, 0, 1)).all(2).all(0).contiguous();
+  const at::Tensor flat = split ? masks_cpu.transpose(1, 2).reshape({k, masks_cpu.size(2), -1}) : masks_cpu;  // [k, R, (pos *) S]
+  const at::Tensor any_removed = flat.ne(0).any(2).any(0).contiguous();
+  const at::Tensor uniform = flat.eq(flat.narrow(0, 0, 1)).all(2).all(0).contiguous();
   const bool* any_p = any_removed.data_ptr<bool>();
   const bool* uni_p = uniform.data_ptr<bool>();
 
@@ -208,8 +217,25 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
       uni = uni && uni_p[r];
     }
     if (!any) return;
-    const at::Tensor m = masks.narrow(1, r0, nr);  // [k, nr, S]
     const int64_t n_live = s_end - S0;
+    if (split) {
+      // Per position: out[c, b, p, r] = act - sum_s m[c, p, r, s] * delta[b, p, s]
+      // (the answers-only restart, which narrows positions, is off for split masks).
+      MECHLAB_ASSERT(Pc == P);
+      const at::Tensor mp = masks.narrow(2, r0, nr);  // [k, pos, nr, S]
+      at::Tensor corr = at::einsum("kprs,bpsd->kbprd", {mp.narrow(3, 0, S0), shared_src});  // [k, batch, pos, nr, d_model]
+      if (n_live > 0) {
+        if (live_cat_n != live_n) {
+          live_cat = at::cat(live, 2);
+          live_cat_n = live_n;
+        }
+        const at::Tensor lv = live_cat.narrow(2, 0, n_live).reshape({k, b, P, n_live, d});
+        corr = corr + at::einsum("kprs,kbpsd->kbprd", {mp.narrow(3, S0, n_live), lv});
+      }
+      act = (act.reshape({k, b, P, nr, d}) - corr).view({k * b, P, nr, d});
+      return;
+    }
+    const at::Tensor m = masks.narrow(1, r0, nr);  // [k, nr, S]
     at::Tensor lv;  // [k * batch, pos, n_live, d_model]
     if (n_live > 0) {
       if (live_cat_n != live_n) {
@@ -446,33 +472,31 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
 at::Tensor CircuitRunner::shared_correction(int64_t r0, int64_t nr, const at::Tensor& rows, const at::Tensor& shared) {
   const int64_t S0 = rows.size(1);
   const at::Tensor rows_c = rows.contiguous();  // float [nr, S0] (CPU)
-  auto full = [&] { return at::matmul(rows_c.to(shared.device(), shared.scalar_type()), shared); };
+  // A broadcast matmul: [nr, S0] @ [batch, pos, S0, d_model] -> [batch, pos,
+  // nr, d_model], with no copy of the deltas into GEMM layout (einsum made one).
+  auto sum = [&] { return at::matmul(rows_c.to(shared.device(), shared.scalar_type()), shared); };
   for (SharedCorrection& c : corrections_) {
     if (c.r0 != r0 || c.nr != nr || c.S0 != S0) continue;
-    const at::Tensor diff = rows_c - c.rows;  // [nr, S0]
-    const at::Tensor nz = diff.nonzero().contiguous();  // [n, 2]: (receiver row, sender); nonzero() may be column-major
-    const int64_t n = nz.size(0);
-    // A few changed entries: one axpy each on the kept sum. Many, or after
-    // kMaxUpdates axpys (rounding would drift from a fresh sum): recompute.
-    constexpr int64_t kMaxChanged = 4, kMaxUpdates = 32;
-    if (n == 0) return c.corr;
-    if (n <= kMaxChanged && c.updates + n <= kMaxUpdates) {
-      const int64_t* idx = nz.data_ptr<int64_t>();
-      const float* dp = diff.data_ptr<float>();
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t r = idx[2 * i], s = idx[2 * i + 1];
-        c.corr.select(2, r).add_(shared.select(2, s), dp[r * S0 + s]);  // [batch, pos, d_model]
-      }
-      c.updates += n;
-    } else {
-      c.corr = full();
-      c.updates = 0;
+    // Recomputed whenever a row changed, never updated in place: the result
+    // is then a function of the rows alone, so a resumed ACDC computes the
+    // same bits as the uninterrupted run (an incremental update would make
+    // them depend on the order of earlier trials).
+    if (!at::equal(rows_c, c.rows)) {
+      c.rows = rows_c.clone();
+      c.corr = sum();
     }
-    c.rows = rows_c.clone();
     return c.corr;
   }
-  corrections_.push_back({r0, nr, S0, rows_c.clone(), full(), 0});
+  corrections_.push_back({r0, nr, S0, rows_c.clone(), sum()});
   return corrections_.back().corr;
+}
+
+void CircuitRunner::check_positions(const Circuit& circuit) const {
+  if (!circuit.split()) return;
+  MECHLAB_CHECK(circuit.n_positions() == seq_len(), "the circuit is split into ", circuit.n_positions(),
+                " positions but the prompts have ", seq_len(),
+                " tokens; make it with Circuit::full(graph, runner.seq_len())");
+  MECHLAB_CHECK(split_refusal_.empty(), split_refusal_);
 }
 
 at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k,
@@ -507,7 +531,15 @@ std::vector<double> CircuitRunner::metrics(const patching::Metric& metric, const
       MECHLAB_CHECK(circuits[j].graph().cfg().to_json_string() == model_.cfg().to_json_string(),
                     "circuit ", j, " was made for another model (", circuits[j].graph().cfg().name,
                     "); build it from this model's circuit graph");
+      check_positions(circuits[j]);
       masks.push_back(circuits[j].removed_mask());
+    }
+    // One forward stacks masks of one shape: run split and unsplit circuits apart.
+    bool mixed = false;
+    for (const at::Tensor& m : masks) mixed = mixed || m.dim() != masks[0].dim();
+    if (mixed) {
+      for (size_t j = i; j < end; ++j) out.push_back(metrics(metric, {circuits[j]}).at(0));
+      continue;
     }
     const int64_t k = static_cast<int64_t>(masks.size());
     at::Tensor m = metric_of(metric, masked_forward(0, at::stack(masks), false), k).contiguous();
@@ -521,6 +553,7 @@ at::Tensor CircuitRunner::logits(const Circuit& circuit) {
   MECHLAB_CHECK(circuit.graph().cfg().to_json_string() == model_.cfg().to_json_string(),
                 "the circuit was made for another model (", circuit.graph().cfg().name,
                 "); build it from this model's circuit graph");
+  check_positions(circuit);
   at::Tensor resid = masked_forward(0, circuit.removed_mask().unsqueeze(0), false);
   core::ForwardOptions fo;
   fo.start_at_layer(model_.cfg().n_layers);
@@ -532,6 +565,7 @@ double CircuitRunner::set_state(const Circuit& circuit, const patching::Metric& 
   MECHLAB_CHECK(circuit.graph().cfg().to_json_string() == model_.cfg().to_json_string(),
                 "the circuit was made for another model (", circuit.graph().cfg().name,
                 "); build it from this model's circuit graph");
+  check_positions(circuit);
   at::Tensor resid = masked_forward(0, circuit.removed_mask().unsqueeze(0), true);
   return metric_of(metric, resid, 1).item<double>();
 }
@@ -547,8 +581,20 @@ std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& me
                 " of a model with MLPs that are not parallel to attention; restart at the layer's attention");
   if (masks.empty()) return {};
   const int64_t k = static_cast<int64_t>(masks.size());
-  // A metric of the answer positions needs the last layer there only.
-  const bool answers = layer < model_.cfg().n_layers && answers_are_last(metric);
+  const int64_t R = static_cast<int64_t>(graph_.receivers().size()), S = static_cast<int64_t>(graph_.senders().size());
+  const bool split = masks[0].dim() == 3;
+  for (const at::Tensor& m : masks) {
+    MECHLAB_CHECK((m.dim() == 2 && m.size(0) == R && m.size(1) == S) ||
+                      (m.dim() == 3 && m.size(0) == seq_len() && m.size(1) == R && m.size(2) == S),
+                  "restart masks must be [receivers, senders] = [", R, ", ", S,
+                  "] or, split by position, [positions, receivers, senders] = [", seq_len(), ", ", R, ", ", S,
+                  "]; got ", m.sizes());
+    MECHLAB_CHECK(m.dim() == masks[0].dim(), "restart masks must all be split by position or none");
+  }
+  MECHLAB_CHECK(!split || split_refusal_.empty(), split_refusal_);
+  // A metric of the answer positions needs the last layer there only (not
+  // with split masks: their receivers differ by position).
+  const bool answers = !split && layer < model_.cfg().n_layers && answers_are_last(metric);
   const at::Tensor answer_pos = answers ? metric.answer_pos() : at::Tensor();
   at::Tensor m =
       metric_of(metric, masked_forward(layer, at::stack(masks), false, at, answer_pos), k, answers).contiguous();

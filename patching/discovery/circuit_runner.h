@@ -14,6 +14,12 @@
 // hook_mlp_out. The residual stream itself is never patched, only the
 // receivers' copies of it (split q/k/v inputs).
 //
+// Position-split circuits (Circuit::full(graph, seq_len())) patch each
+// receiver input at position p by the removed edges at p (the mask has a
+// position axis); the prompts must share one padding. Their forwards run
+// every layer at every position (no answers-only last layer) and patch by a
+// per-copy contraction; unsplit circuits run exactly as before.
+//
 // Speed:
 //  - k circuits run as k stacked copies along the batch axis (k from a
 //    memory budget); where the copies' masks agree on a receiver the one-mask
@@ -100,7 +106,8 @@ class CircuitRunner {
   /// Runs `circuit` once and keeps its state for restart(); returns its metric.
   double set_state(const Circuit& circuit, const patching::Metric& metric);
   /// The metric of each circuit given by its removed mask (float32 [receivers,
-  /// senders], Circuit::removed_mask's form), all in one forward of
+  /// senders], Circuit::removed_mask's form; [positions, receivers, senders]
+  /// for position-split circuits, all masks alike), all in one forward of
   /// masks.size() stacked copies that starts at `layer` (0..n_layers) from
   /// the state of set_state(). Exact only for masks that equal the state's
   /// circuit's at every receiver below `layer` (RestartAt::mlp: also at the
@@ -136,10 +143,12 @@ class CircuitRunner {
   // sum over s < S0 of rows[r, s] * shared[:, :, s, :] for the receivers
   // r0..r0+nr: [batch, pos, nr, d_model]. rows: float [nr, S0] on the CPU;
   // shared: the state's deltas of senders < S0 at every position. Memoised
-  // per (r0, nr, S0) and updated by the entries that changed since the last
-  // call, so a trial that changes one edge pays one axpy, not an [nr, S0]
-  // contraction over every token. The result is read-only for the caller.
+  // per (r0, nr, S0) with the rows it was made from: ACDC's trials change
+  // the rows of one receiver group, so the other groups of the layer reuse
+  // theirs. The result is read-only for the caller.
   at::Tensor shared_correction(int64_t r0, int64_t nr, const at::Tensor& rows, const at::Tensor& shared);
+  // A split circuit must have seq_len() positions and the prompts one padding.
+  void check_positions(const Circuit& circuit) const;
 
   hooks::HookedTransformer& model_;
   patching::CircuitGraph graph_;
@@ -160,9 +169,9 @@ class CircuitRunner {
     int64_t r0 = 0, nr = 0, S0 = 0;
     at::Tensor rows;  // float [nr, S0] (CPU), the rows `corr` sums
     at::Tensor corr;  // [batch, pos, nr, d_model]
-    int64_t updates = 0;  // axpys since corr was last computed afresh
   };
   std::vector<SharedCorrection> corrections_;  // shared_correction's memo; cleared with each new state
+  std::string split_refusal_;          // why position-split circuits cannot run here ("" = they can)
   int64_t budget_ = 0;
   int64_t forwards_ = 0;
 };

@@ -71,6 +71,9 @@ const Circuit& one_graph(const std::vector<Circuit>& circuits) {
     MECHLAB_CHECK(same_graph(c.graph(), circuits[0].graph()),
                   "the circuits passed to faithfulness belong to different graphs: evaluate "
                   "circuits of one model together");
+    MECHLAB_CHECK(c.n_positions() == circuits[0].n_positions(),
+                  "the circuits passed to faithfulness differ in their position split (", c.n_positions(), " and ",
+                  circuits[0].n_positions(), " positions): evaluate circuits of one split together");
   }
   return circuits[0];
 }
@@ -89,15 +92,19 @@ std::vector<double> run(const CircuitMetricFn& fn, const std::vector<Circuit>& c
 }  // namespace
 
 Circuit scored_circuit(const patching::EdgeScores& scores) {
-  Circuit c = Circuit::full(scores.graph);
-  MECHLAB_CHECK(scores.scores.defined() && scores.scores.dim() == 2 &&
-                    scores.scores.size(0) == static_cast<int64_t>(scores.graph.senders().size()) &&
-                    scores.scores.size(1) == static_cast<int64_t>(scores.graph.receivers().size()),
-                "edge scores must be a [senders, receivers] matrix of their graph");
-  const at::Tensor s = scores.scores.to(at::kCPU, at::kDouble).contiguous();  // [senders, receivers]
-  auto a = s.accessor<double, 2>();
+  const int64_t S = static_cast<int64_t>(scores.graph.senders().size());
+  const int64_t R = static_cast<int64_t>(scores.graph.receivers().size());
+  MECHLAB_CHECK(scores.scores.defined() &&
+                    ((scores.scores.dim() == 2 && scores.scores.size(0) == S && scores.scores.size(1) == R) ||
+                     (scores.scores.dim() == 3 && scores.scores.size(1) == S && scores.scores.size(2) == R)),
+                "edge scores must be a [senders, receivers] matrix of their graph (or [pos, senders, receivers] "
+                "split by position)");
+  // Per-position scores give a position-split circuit.
+  Circuit c = Circuit::full(scores.graph, scores.n_positions());
+  const at::Tensor s = scores.scores.to(at::kCPU, at::kDouble).contiguous();  // [(pos,) senders, receivers]
+  const double* a = s.data_ptr<double>();
   for (const CircuitEdge& e : c.edges()) {
-    if (e.kind == Kind::residual) c.set_score(e, a[e.sender][e.receiver]);
+    if (e.kind == Kind::residual) c.set_score(e, a[(std::max<int64_t>(e.pos, 0) * S + e.sender) * R + e.receiver]);
   }
   return c;
 }
@@ -110,7 +117,8 @@ double faithfulness(double m_circuit, double m_full, double m_empty) {
 
 std::vector<double> faithfulness(const std::vector<Circuit>& circuits, const CircuitMetricFn& fn) {
   const Circuit& first = one_graph(circuits);
-  std::vector<Circuit> all{Circuit::full(first.graph()), Circuit::empty(first.graph())};
+  std::vector<Circuit> all{Circuit::full(first.graph(), first.n_positions()),
+                           Circuit::empty(first.graph(), first.n_positions())};
   all.insert(all.end(), circuits.begin(), circuits.end());
   const std::vector<double> m = run(fn, all);
   std::vector<double> out;
@@ -153,7 +161,7 @@ Circuit top_k_of(const Circuit& scored, const std::vector<CircuitEdge>& ranked, 
                 " is outside [0, ", ranked.size(), "], the number of scored edges");
   // A fresh circuit: copies of a Circuit share its tensors, so removing
   // edges from a copy of `scored` would change `scored`.
-  Circuit c = Circuit::full(scored.graph());
+  Circuit c = Circuit::full(scored.graph(), scored.n_positions());
   for (size_t i = static_cast<size_t>(k); i < ranked.size(); ++i) c.set_kept(ranked[i], false);
   return options.prune() ? c.without_dangling() : c;
 }
@@ -198,7 +206,8 @@ FaithfulnessCurve faithfulness_curve(const Circuit& scored, const CircuitMetricF
   const auto n = static_cast<double>(ranked.size());
 
   FaithfulnessCurve curve;
-  std::vector<Circuit> circuits{Circuit::full(scored.graph()), Circuit::empty(scored.graph())};
+  std::vector<Circuit> circuits{Circuit::full(scored.graph(), scored.n_positions()),
+                                Circuit::empty(scored.graph(), scored.n_positions())};
   for (double f : fractions) {
     FaithfulnessPoint p;
     p.fraction = f;
@@ -234,7 +243,8 @@ TopKSelection select_by_faithfulness(const Circuit& scored, const CircuitMetricF
   const auto n = static_cast<int64_t>(ranked.size());
 
   // First call: full, empty, top-0 and top-n.
-  std::vector<Circuit> first{Circuit::full(scored.graph()), Circuit::empty(scored.graph()),
+  std::vector<Circuit> first{Circuit::full(scored.graph(), scored.n_positions()),
+                             Circuit::empty(scored.graph(), scored.n_positions()),
                              top_k_of(scored, ranked, 0, options), top_k_of(scored, ranked, n, options)};
   std::vector<double> m = run(fn, first);
   const double m_full = m[0], m_empty = m[1];

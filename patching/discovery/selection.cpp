@@ -21,24 +21,27 @@ Circuit select_edges(const patching::EdgeScores& scores, const SelectionOptions&
   MECHLAB_CHECK(!by_top || options.top_n() > 0, "edge selection top_n ", options.top_n(),
                 " is negative; give the number of edges to keep (> 0)");
 
-  Circuit c = Circuit::empty(scores.graph);
-  const at::Tensor s = scores.scores.to(at::kCPU, at::kDouble).contiguous();  // [senders, receivers]
-  MECHLAB_CHECK(s.dim() == 2 && s.size(0) == static_cast<int64_t>(scores.graph.senders().size()) &&
-                    s.size(1) == static_cast<int64_t>(scores.graph.receivers().size()),
+  const int64_t S = static_cast<int64_t>(scores.graph.senders().size());
+  const int64_t R = static_cast<int64_t>(scores.graph.receivers().size());
+  const at::Tensor s = scores.scores.to(at::kCPU, at::kDouble).contiguous();  // [(pos,) senders, receivers]
+  MECHLAB_CHECK((s.dim() == 2 || s.dim() == 3) && s.size(-2) == S && s.size(-1) == R,
                 "edge scores of shape ", c10::str(s.sizes()), " do not match their graph (",
                 scores.graph.senders().size(), " senders x ", scores.graph.receivers().size(),
-                " receivers)");
-  auto sa = s.accessor<double, 2>();
+                " receivers, optionally split by position)");
+  // Per-position scores select (edge, position) pairs of a position-split circuit.
+  Circuit c = Circuit::empty(scores.graph, scores.n_positions());
+  const double* sp = s.data_ptr<double>();
+  auto raw = [&](const CircuitEdge& e) { return sp[(std::max<int64_t>(e.pos, 0) * S + e.sender) * R + e.receiver]; };
 
   // Residual edges in canonical order with their scores.
   std::vector<CircuitEdge> residual;
   for (const CircuitEdge& e : c.edges()) {
     if (e.kind != CircuitEdge::Kind::residual) continue;
     residual.push_back(e);
-    c.set_score(e, sa[e.sender][e.receiver]);
+    c.set_score(e, raw(e));
   }
   auto magnitude = [&](const CircuitEdge& e) {
-    const double v = sa[e.sender][e.receiver];
+    const double v = raw(e);
     return std::isnan(v) ? -1.0 : std::fabs(v);  // an unscored edge is never selected
   };
   if (by_threshold) {
@@ -58,17 +61,20 @@ Circuit select_edges(const patching::EdgeScores& scores, const SelectionOptions&
   }
   // Head-input edges: kept when a residual edge into the input is kept;
   // scored by the sum of the residual edges into it.
+  // One pass over the residual edges, per (receiver, position).
+  const int64_t P = std::max<int64_t>(1, scores.n_positions());
+  std::vector<char> any(static_cast<size_t>(P * R), 0);
+  std::vector<double> sum(static_cast<size_t>(P * R), 0.0);
+  for (const CircuitEdge& r : residual) {
+    const auto i = static_cast<size_t>(std::max<int64_t>(r.pos, 0) * R + r.receiver);
+    any[i] = any[i] || c.kept(r);
+    if (!std::isnan(raw(r))) sum[i] += raw(r);
+  }
   for (const CircuitEdge& e : c.edges()) {
     if (e.kind != CircuitEdge::Kind::head_input) continue;
-    bool any = false;
-    double sum = 0.0;
-    for (const CircuitEdge& r : residual) {
-      if (r.receiver != e.receiver) continue;
-      any = any || c.kept(r);
-      if (!std::isnan(sa[r.sender][r.receiver])) sum += sa[r.sender][r.receiver];
-    }
-    c.set_kept(e, any);
-    c.set_score(e, sum);
+    const auto i = static_cast<size_t>(std::max<int64_t>(e.pos, 0) * R + e.receiver);
+    c.set_kept(e, any[i] != 0);
+    c.set_score(e, sum[i]);
   }
   return c.without_dangling();
 }

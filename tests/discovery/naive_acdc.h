@@ -11,6 +11,12 @@
 // head's hook_z slice @ W_O, hook_mlp_out). Zero ablation runs the ablation
 // run with every sender output set to 0 (the reference's corrupted cache under
 // zero_ablation).
+//
+// Position split (run(..., split = true)): the same forward on a
+// position-split circuit, position by position: the receiver input at
+// position p is the ablation run's input at p plus, for every edge kept at
+// p, (s's output at p - its ablation-run output at p). One forward per tried
+// (edge, position), each receiver's positions from the last to the first.
 #pragma once
 
 #include "hooks/act_name.h"
@@ -98,6 +104,20 @@ class NaiveAcdc {
   at::Tensor receiver_input(const discovery::Circuit& c, const Recv& r, const std::map<int64_t, at::Tensor>& live) {
     at::Tensor v = corr_recv_.at(key(r)).clone();  // [batch, pos, d_model]
     const int64_t ri = graph_.receiver_index(r);
+    if (c.split()) {
+      for (int64_t p = 0; p < c.n_positions(); ++p) {
+        if (r.node.kind == Node::Kind::head && !c.kept({discovery::CircuitEdge::Kind::head_input, -1, ri, p})) continue;
+        at::Tensor vp = v.select(1, p);  // [batch, d_model], a view of v
+        for (const Node& s : graph_.senders()) {
+          if (!graph_.has_edge(s, r)) continue;
+          const int64_t si = graph_.sender_index(s);
+          if (c.kept({discovery::CircuitEdge::Kind::residual, si, ri, p})) {
+            vp.add_(live.at(si).select(1, p) - corr_send_.at(si).select(1, p));
+          }
+        }
+      }
+      return v;
+    }
     if (r.node.kind == Node::Kind::head && !c.kept({discovery::CircuitEdge::Kind::head_input, -1, ri})) return v;
     for (const Node& s : graph_.senders()) {
       if (!graph_.has_edge(s, r)) continue;
@@ -146,21 +166,34 @@ class NaiveAcdc {
   }
 
   /// ACDC with one full forward per tried edge.
-  NaiveResult run(const patching::Metric& metric, double tau, bool abs_value, bool reverse = false) {
+  /// split: every edge once per token position (p = P-1..0 per receiver).
+  NaiveResult run(const patching::Metric& metric, double tau, bool abs_value, bool reverse = false,
+                  bool split = false) {
     using discovery::Circuit;
     using discovery::CircuitEdge;
     const auto& cfg = model_.cfg();
-    NaiveResult out{{}, Circuit::full(graph_)};
+    const int64_t P = split ? clean_.size(1) : 0;
+    NaiveResult out{{}, Circuit::full(graph_, P)};
     Circuit& c = out.circuit;
     double cur = metric(forward(c)).item<double>();
-    auto sender_used = [&](const Node& s) {
+    // Positions of a receiver's edges, last first; {-1} unsplit.
+    std::vector<int64_t> positions;
+    for (int64_t p = P - 1; p >= 0; --p) positions.push_back(p);
+    if (!split) positions.push_back(-1);
+    // Whether sender s has a kept outgoing edge at a position in [p0, p1].
+    auto sender_used_at = [&](const Node& s, int64_t p0, int64_t p1) {
       const int64_t si = graph_.sender_index(s);
-      for (const Recv& r : graph_.receivers()) {
-        if (graph_.has_edge(s, r) && c.kept({CircuitEdge::Kind::residual, si, graph_.receiver_index(r)})) return true;
+      for (int64_t p = p0; p <= p1; ++p) {
+        for (const Recv& r : graph_.receivers()) {
+          if (graph_.has_edge(s, r) && c.kept({CircuitEdge::Kind::residual, si, graph_.receiver_index(r), p})) {
+            return true;
+          }
+        }
       }
       return false;
     };
-    auto incoming = [&](const Recv& r) {
+    auto sender_used = [&](const Node& s) { return sender_used_at(s, -1, -1); };
+    auto incoming = [&](const Recv& r, int64_t p) {
       std::vector<CircuitEdge> es;
       const int64_t ri = graph_.receiver_index(r);
       for (int l = cfg.n_layers - 1; l >= 0; --l) {
@@ -168,10 +201,10 @@ class NaiveAcdc {
         if (cfg.has_mlp()) nodes.push_back({Node::Kind::mlp, l, -1});
         for (int i = 0; i < cfg.n_heads; ++i) nodes.push_back({Node::Kind::head, l, reverse ? i : cfg.n_heads - 1 - i});
         for (const Node& s : nodes) {
-          if (graph_.has_edge(s, r)) es.push_back({CircuitEdge::Kind::residual, graph_.sender_index(s), ri});
+          if (graph_.has_edge(s, r)) es.push_back({CircuitEdge::Kind::residual, graph_.sender_index(s), ri, p});
         }
       }
-      es.push_back({CircuitEdge::Kind::residual, graph_.sender_index({Node::Kind::input, -1, -1}), ri});
+      es.push_back({CircuitEdge::Kind::residual, graph_.sender_index({Node::Kind::input, -1, -1}), ri, p});
       return es;
     };
     auto unused = [&](const CircuitEdge& e) {
@@ -195,31 +228,45 @@ class NaiveAcdc {
         out.steps.push_back({c.edge_name(e), true, true, score});
       }
     };
-    for (const CircuitEdge& e : incoming({{Node::Kind::output, -1, -1}, Ch::resid})) attempt(e);
+    for (int64_t p : positions) {
+      for (const CircuitEdge& e : incoming({{Node::Kind::output, -1, -1}, Ch::resid}, p)) attempt(e);
+    }
     const Ch order[] = {Ch::v, Ch::k, Ch::q};
     for (int L = cfg.n_layers - 1; L >= 0; --L) {
       if (cfg.has_mlp()) {
         const Recv m{{Node::Kind::mlp, L, -1}, Ch::resid};
-        const bool used = sender_used(m.node);
-        for (const CircuitEdge& e : incoming(m)) used ? attempt(e) : unused(e);
-      }
-      for (Ch ch : order) {
-        const int n = ch == Ch::q ? cfg.n_heads : cfg.kv_heads();
-        for (int h = n - 1; h >= 0; --h) {
-          const Recv r{{Node::Kind::head, L, h}, ch};
-          bool used = false;
-          const int group = ch == Ch::q ? 1 : cfg.n_heads / cfg.kv_heads();
-          for (int q = h * group; q < (h + 1) * group; ++q) used = used || sender_used({Node::Kind::head, L, q});
-          const CircuitEdge he{CircuitEdge::Kind::head_input, -1, graph_.receiver_index(r)};
-          used ? attempt(he) : unused(he);
+        for (int64_t p : positions) {
+          // The MLP at p reads its input at p only.
+          const bool used = split ? sender_used_at(m.node, p, p) : sender_used(m.node);
+          for (const CircuitEdge& e : incoming(m, p)) used ? attempt(e) : unused(e);
         }
       }
       for (Ch ch : order) {
         const int n = ch == Ch::q ? cfg.n_heads : cfg.kv_heads();
         for (int h = n - 1; h >= 0; --h) {
           const Recv r{{Node::Kind::head, L, h}, ch};
-          const bool used = c.kept({CircuitEdge::Kind::head_input, -1, graph_.receiver_index(r)});
-          for (const CircuitEdge& e : incoming(r)) used ? attempt(e) : unused(e);
+          for (int64_t p : positions) {
+            // The query at p feeds the head's output at p; a key or value at p
+            // feeds its outputs at every later position too (causal attention).
+            const int64_t p_last = !split ? -1 : ch == Ch::q ? p : P - 1;
+            bool used = false;
+            const int group = ch == Ch::q ? 1 : cfg.n_heads / cfg.kv_heads();
+            for (int q = h * group; q < (h + 1) * group; ++q) {
+              used = used || sender_used_at({Node::Kind::head, L, q}, p, p_last);
+            }
+            const CircuitEdge he{CircuitEdge::Kind::head_input, -1, graph_.receiver_index(r), p};
+            used ? attempt(he) : unused(he);
+          }
+        }
+      }
+      for (Ch ch : order) {
+        const int n = ch == Ch::q ? cfg.n_heads : cfg.kv_heads();
+        for (int h = n - 1; h >= 0; --h) {
+          const Recv r{{Node::Kind::head, L, h}, ch};
+          for (int64_t p : positions) {
+            const bool used = c.kept({CircuitEdge::Kind::head_input, -1, graph_.receiver_index(r), p});
+            for (const CircuitEdge& e : incoming(r, p)) used ? attempt(e) : unused(e);
+          }
         }
       }
     }
