@@ -455,6 +455,42 @@ TEST(SaeDataParallel, AHungRankTimesOut) {
   lose_a_rank("stop", /*victim=*/1, SIGSTOP, "3", 30);
 }
 
+// Ctrl-C on one rank only: the flag rides in the step's all-reduce, so both
+// ranks stop after the same step, rank 0 saves it, and it resumes.
+TEST(SaeDataParallel, CtrlCOnOneRankStopsBothAfterTheSameStep) {
+  const std::string dir = make_dir("sigint");
+  write_file(dir + "/cfg.json", long_config().dump());
+  const std::string out = dir + "/run";
+  const int port = free_port();
+  const auto args = train_args(dir + "/cfg.json", out, {"--dist-timeout", "30"});
+  pid_t pids[2] = {spawn_rank(0, 2, port, args, dir + "/log0"), spawn_rank(1, 2, port, args, dir + "/log1")};
+  int64_t seen = -1;
+  for (int i = 0; i < 6000 && seen < 10; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    seen = checkpoint_step(out + "/checkpoint.h5");
+  }
+  ASSERT_GE(seen, 10) << read_file(dir + "/log0");
+  ::kill(pids[1], SIGINT);
+  const int rc0 = wait_within(pids[0], 60), rc1 = wait_within(pids[1], 60);
+  for (int r = 0; r < 2; ++r) {
+    if ((r == 0 ? rc0 : rc1) == 1000) {
+      ::kill(pids[r], SIGKILL);
+      testing::wait_exit(pids[r]);
+    }
+  }
+  ASSERT_EQ(rc0, 130) << read_file(dir + "/log0");
+  ASSERT_EQ(rc1, 130) << read_file(dir + "/log1");
+  const int64_t step = checkpoint_step(out + "/checkpoint.h5");
+  ASSERT_GT(step, 10);
+  ASSERT_LT(step, 400);
+  const std::string said = "interrupted at step " + std::to_string(step) + " of 400";
+  EXPECT_THAT(read_file(dir + "/log0"), HasSubstr(said));
+  EXPECT_THAT(read_file(dir + "/log1"), HasSubstr(said));
+  const auto rest = run_ranks(2, train_args(dir + "/cfg.json", out, {"--resume"}), dir + "/r");
+  ASSERT_EQ(rest[0].rc, 0) << rest[0].log;
+  EXPECT_THAT(rest[0].log, HasSubstr("dp: 400 steps"));
+}
+
 TEST(SaeDataParallel, RefusesBadEnvironmentsAndConfigsInOneLine) {
   const std::string dir = make_dir("refuse");
   write_file(dir + "/cfg.json", toy_config("topk").dump());
