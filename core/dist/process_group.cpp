@@ -35,6 +35,17 @@ std::string short_reason(const std::exception& e) {
   // Drop the " (Triggered internally at ...)" tail and source paths in brackets.
   const size_t trig = s.find(" (Triggered internally");
   if (trig != std::string::npos) s = s.substr(0, trig);
+  // Gloo prefixes "[/path/to/pair.cc:538] ": the source location, not the reason.
+  for (size_t open = s.find('['); open != std::string::npos; open = s.find('[', open)) {
+    const size_t close = s.find(']', open);
+    if (close == std::string::npos) break;
+    const std::string inner = s.substr(open + 1, close - open - 1);
+    if (inner.find(".cc:") != std::string::npos || inner.find(".cpp:") != std::string::npos) {
+      s.erase(open, close + 1 - open);
+    } else {
+      open = close;
+    }
+  }
   const size_t start = s.find_first_not_of(" \t");
   s = start == std::string::npos ? std::string() : s.substr(start);
   if (s.size() > 240) s = s.substr(0, 237) + "...";
