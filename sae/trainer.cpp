@@ -105,8 +105,8 @@ class TensorSource : public BatchSource {
 class StoreSource : public BatchSource {
  public:
   StoreSource(const std::string& path, std::string hook, uint64_t seed, int64_t batch_size,
-              int64_t buffer_rows, bool exclude_first)
-      : store_(core::ActivationStore::open(path)), hook_(std::move(hook)) {
+              int64_t buffer_rows, bool exclude_first, int64_t part, int64_t parts)
+      : store_(core::ActivationStore::open(path)), hook_(std::move(hook)), parts_(parts) {
     bool known = false;
     for (const std::string& h : store_.hooks()) known = known || h == hook_;
     std::string names;
@@ -118,7 +118,9 @@ class StoreSource : public BatchSource {
                   "); lower batch_size or cache more tokens");
     options_ = core::ShuffleOptions()
                    .batch_size(batch_size)
-                   .seed(seed)
+                   .seed(seed + static_cast<uint64_t>(part))
+                   .part(part)
+                   .parts(parts)
                    .buffer_rows(std::max(buffer_rows, batch_size))
                    .exclude_first_position(exclude_first)
                    .drop_last(true)
@@ -145,6 +147,7 @@ class StoreSource : public BatchSource {
     return x.to(at::kFloat);
   }
   at::Tensor init_rows(int64_t n) override { return eval_rows(n); }
+  bool reads_own_part() const override { return parts_ > 1; }
 
  private:
   at::Tensor next_batch() {
@@ -160,6 +163,7 @@ class StoreSource : public BatchSource {
   core::ShuffleOptions options_;
   std::optional<core::ShuffledBatches> batches_;
   int64_t next_step_ = 0;
+  int64_t parts_ = 1;
 };
 
 // ---------------------------------------------------------------- config JSON
@@ -337,8 +341,10 @@ std::unique_ptr<BatchSource> tensor_source(at::Tensor rows, uint64_t seed) {
 }
 
 std::unique_ptr<BatchSource> store_source(const std::string& path, const std::string& hook, uint64_t seed,
-                                          int64_t batch_size, int64_t buffer_rows, bool exclude_first_position) {
-  return std::make_unique<StoreSource>(path, hook, seed, batch_size, buffer_rows, exclude_first_position);
+                                          int64_t batch_size, int64_t buffer_rows, bool exclude_first_position,
+                                          int64_t part, int64_t parts) {
+  return std::make_unique<StoreSource>(path, hook, seed, batch_size, buffer_rows, exclude_first_position, part,
+                                       parts);
 }
 
 // ------------------------------------------------------------------ config
@@ -453,11 +459,12 @@ void SaeTrainConfig::validate() const {
   // The loop checks lr, warmup, clipping, eval_every and checkpoint_every.
 }
 
-std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg) {
+std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg, int64_t part, int64_t parts) {
   const json& d = cfg.data();
   if (d.contains("toy")) return toy_source(toy_from_json(d["toy"]));
-  return store_source(d["store"].get<std::string>(), d["hook"].get<std::string>(), cfg.seed(), cfg.batch_size(),
-                      d.value("buffer_rows", int64_t{1} << 16), d.value("exclude_first_position", false));
+  return store_source(d["store"].get<std::string>(), d["hook"].get<std::string>(), cfg.seed(),
+                      cfg.batch_size() / parts, d.value("buffer_rows", int64_t{1} << 16),
+                      d.value("exclude_first_position", false), part, parts);
 }
 
 // ------------------------------------------------------------------ trainable
@@ -534,8 +541,23 @@ std::vector<std::string> SaeTrainable::parameter_names() const {
   return out;
 }
 
+void SaeTrainable::set_process_group(std::shared_ptr<core::dist::ProcessGroup> group) {
+  if (group && group->world_size() > 1) {
+    const int64_t w = group->world_size();
+    MECHLAB_CHECK(cfg_.batch_size() % w == 0, "SAE training config: \"batch_size\" ", cfg_.batch_size(),
+                  " (the global batch) must divide by the world size ", w, " (each process trains on an equal part)");
+    MECHLAB_CHECK(cfg_.sae().architecture() != "batchtopk",
+                  "data-parallel training refuses a batchtopk SAE: it keeps the top k x batch activations of the "
+                  "whole batch and moves its threshold by them, which no rank sees; train it in one process");
+  }
+  group_ = std::move(group);
+}
+
 at::Tensor SaeTrainable::loss(int64_t step, at::Generator& rng) {
-  at::Tensor x = source_->batch(step, cfg_.batch_size(), rng);  // [batch, d_in]
+  // Data parallel: this rank's slice [r B/W, (r+1) B/W) of the global batch.
+  const int64_t w = group_ ? group_->world_size() : 1, r = group_ ? group_->rank() : 0, local = cfg_.batch_size() / w;
+  at::Tensor x = source_->batch(step, source_->reads_own_part() ? local : cfg_.batch_size(), rng);  // [batch, d_in]
+  if (w > 1 && !source_->reads_own_part()) x = x.slice(0, r * local, (r + 1) * local);  // [local, d_in]
   const int64_t bad = first_non_finite_row(x);
   MECHLAB_CHECK(bad < 0, "the training batch of step ", step + 1, " holds NaN or Inf in its row ", bad,
                 "; clean the activations");
@@ -558,11 +580,16 @@ at::Tensor SaeTrainable::loss(int64_t step, at::Generator& rng) {
   }
   {
     at::NoGradGuard no_grad;
-    const at::Tensor fired = out.feature_acts.detach().ne(0).any(0);  // [d_sae]
+    at::Tensor fired = out.feature_acts.detach().ne(0).any(0);  // [d_sae]
+    if (w > 1) {  // fired anywhere in the global batch
+      at::Tensor any = fired.to(at::kFloat);
+      group_->allreduce_max(any);
+      fired = any.gt(0);
+    }
     since_fired_.add_(1).masked_fill_(fired, 0);
   }
   steps_done_ = step + 1;
-  if (on_step) on_step(x.size(0));
+  if (on_step) on_step(x.size(0) * w);
   return total;
 }
 
@@ -594,8 +621,10 @@ core::train::Evaluation SaeTrainable::evaluate() {
       core::write_text_file(svg, eval_log_svg());
     }
   }
-  log::info(str_cat("step ", e.step, ": L0 ", e.l0, ", FVU ", e.fvu, ", dead fraction ", e.dead_fraction,
-                    e.mmcs >= 0 ? str_cat(", MMCS ", e.mmcs) : std::string()));
+  if (!group_ || group_->rank() == 0) {  // rank 0 logs for all
+    log::info(str_cat("step ", e.step, ": L0 ", e.l0, ", FVU ", e.fvu, ", dead fraction ", e.dead_fraction,
+                      e.mmcs >= 0 ? str_cat(", MMCS ", e.mmcs) : std::string()));
+  }
   core::train::Evaluation r;
   r.test = {e.mse, truth.defined() ? e.mmcs : e.explained_variance, 0};
   r.train = {e.mse, e.explained_variance, 0};
@@ -717,6 +746,7 @@ core::train::LoopOptions loop_options(const SaeTrainConfig& cfg, const SaeTraine
       .out_dir(o.out_dir())
       .resume(o.resume())
       .overwrite(o.overwrite())
+      .process_group(o.process_group())
       .progress(false);  // the SAE trainer draws its own bar, in tokens
 }
 
@@ -730,15 +760,18 @@ SaeTrainConfig with_data_width(SaeTrainConfig cfg, const BatchSource& source) {
 SaeTrainer::SaeTrainer(SaeTrainConfig cfg, SaeTrainerOptions options)
     : SaeTrainer(cfg, [&] {
         check_data(cfg.data());
-        return make_source(cfg);
-      }(), std::move(options)) {}
+        const auto& g = options.process_group();
+        return g ? make_source(cfg, g->rank(), g->world_size()) : make_source(cfg);
+      }(), options) {}  // a copy: the lambda reads `options`, and argument order is unspecified
 
 SaeTrainer::SaeTrainer(SaeTrainConfig cfg, std::unique_ptr<BatchSource> source, SaeTrainerOptions options)
     : options_(std::move(options)) {
   MECHLAB_CHECK(source != nullptr, "SAE training: no data source");
   cfg = with_data_width(std::move(cfg), *source);
   trainable_ = std::make_unique<SaeTrainable>(cfg, std::move(source));
-  if (!options_.out_dir().empty()) {
+  trainable_->set_process_group(options_.process_group());
+  const bool rank0 = !options_.process_group() || options_.process_group()->rank() == 0;
+  if (!options_.out_dir().empty() && rank0) {
     trainable_->log_path = (std::filesystem::path(options_.out_dir()) / "sae_log.csv").string();
   }
   loop_ = std::make_unique<core::train::TrainLoop>(*trainable_, loop_options(cfg, options_));
@@ -748,7 +781,8 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
   const SaeTrainConfig& cfg = trainable_->train_config();
   std::optional<core::ProgressBar> bar;
   const int64_t done = loop_->steps_done();
-  if (options_.progress() && done < cfg.steps()) {
+  const bool rank0 = !options_.process_group() || options_.process_group()->rank() == 0;
+  if (options_.progress() && done < cfg.steps() && rank0) {
     bar.emplace("sae train " + cfg.name(), cfg.steps() * cfg.batch_size(), "tokens", done * cfg.batch_size());
     trainable_->on_step = [&bar](int64_t rows) { bar->advance(rows); };
   }
@@ -791,7 +825,7 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
     trainable_->evaluate();
     out.eval = trainable_->last_eval();
   }
-  if (!options_.out_dir().empty() && (r.steps >= cfg.steps() || r.stopped_early)) {
+  if (!options_.out_dir().empty() && rank0 && (r.steps >= cfg.steps() || r.stopped_early)) {
     const std::filesystem::path dir(options_.out_dir());
     // sae/ last: a job file's sae_train step counts the run done once it exists.
     core::write_text_file((dir / "config.json").string(), cfg.to_json().dump(2) + "\n");

@@ -29,6 +29,18 @@
 // BatchTopK's threshold are stored beside the parameters, so a resumed run
 // computes what an uninterrupted one would, bit for bit.
 //
+// Data parallel (SaeTrainerOptions::process_group, world size W > 1):
+// batch_size stays the global batch and must divide by W; rank r trains on
+// rows [r B/W, (r+1) B/W) of it. The toy source and rows in memory draw the
+// whole global batch on every rank (the same as one process's) and keep the
+// rank's slice; a store is read in W disjoint parts (ShuffleOptions::part),
+// each rank through its own ShuffledBatches (seed + rank, B/W rows), so the
+// global batch is not one process's. The latents' firing of a step is
+// all-reduced (max) before the dead-latent counters move, so they agree on
+// every rank. BatchTopK is refused (its top k x batch spans the whole batch
+// and its threshold follows it). Rank 0 alone writes files, logs and draws
+// the progress bar.
+//
 // Files in out_dir: checkpoint.h5 (the SAE under /sae, the trainer's
 // counters under /sae_trainer, the loop's state under /train), train_log.csv
 // and .svg (the loop's: loss; "test_accuracy" is MMCS on a toy source, else
@@ -98,6 +110,9 @@ class BatchSource {
   virtual at::Tensor init_rows(int64_t n) = 0;
   /// The ground-truth feature directions [F, d_in], or undefined.
   virtual at::Tensor ground_truth() const { return {}; }
+  /// True when the source reads only this rank's part of the data (a store
+  /// in parts): batch() then gets the rank's batch size, not the global one.
+  virtual bool reads_own_part() const { return false; }
 };
 
 /// The toy generator: batches drawn with the loop's generator; evaluation and
@@ -109,10 +124,12 @@ std::unique_ptr<BatchSource> toy_source(const ToyOptions& options);
 std::unique_ptr<BatchSource> tensor_source(at::Tensor rows, uint64_t seed);
 /// Hook `hook` of the activation store at `path`, through ShuffledBatches
 /// (seeded, mixing buffer of buffer_rows, NaN/Inf refused naming the row);
-/// evaluation and initialisation rows are the store's first rows.
+/// evaluation and initialisation rows are the store's first rows. With
+/// parts > 1 it reads only part `part` of the store (seeded seed + part) in
+/// batches of batch_size rows: one rank's share of a data-parallel run.
 std::unique_ptr<BatchSource> store_source(const std::string& path, const std::string& hook,
                                           uint64_t seed, int64_t batch_size, int64_t buffer_rows,
-                                          bool exclude_first_position);
+                                          bool exclude_first_position, int64_t part = 0, int64_t parts = 1);
 
 // ------------------------------------------------------------------ config
 
@@ -159,8 +176,9 @@ struct SaeTrainConfig {
   void validate() const;
 };
 
-/// The source a config names.
-std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg);
+/// The source a config names; a store is read in `parts` parts (part
+/// `part`, batch_size / parts rows per batch).
+std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg, int64_t part = 0, int64_t parts = 1);
 
 // ------------------------------------------------------------------ trainable
 
@@ -205,6 +223,9 @@ class SaeTrainable : public core::train::Trainable {
   std::function<void(int64_t rows)> on_step;
   /// Where evaluations write sae_log.csv, and .svg beside it ("" = nowhere).
   std::string log_path;
+  /// Train data parallel over `group` (null = one process): refuses a
+  /// batch_size that does not divide by the world size, and BatchTopK.
+  void set_process_group(std::shared_ptr<core::dist::ProcessGroup> group);
 
  private:
   void init_weights();
@@ -215,6 +236,7 @@ class SaeTrainable : public core::train::Trainable {
   std::shared_ptr<Sae> sae_;
   at::Tensor since_fired_;  // int64 [d_sae]
   at::Tensor eval_x_;       // [eval rows, d_in]
+  std::shared_ptr<core::dist::ProcessGroup> group_;
   int64_t steps_done_ = 0;
   SaeEval last_eval_;
   std::vector<SaeEval> eval_log_;
@@ -230,6 +252,9 @@ struct SaeTrainerOptions {
   /// A progress bar (tokens/s) on stderr; L0, FVU and dead fraction are
   /// logged at each evaluation.
   MECHLAB_OPTION(SaeTrainerOptions, bool, progress, true)
+  /// Data-parallel training over this group (see the top of this file);
+  /// null = one process.
+  MECHLAB_OPTION(SaeTrainerOptions, std::shared_ptr<core::dist::ProcessGroup>, process_group, nullptr)
 };
 
 struct SaeTrainResult {

@@ -20,6 +20,7 @@ APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   libhdf5-dev hdf5-tools libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   libcli11-dev nlohmann-json3-dev graphviz python3 python3-venv
   libyaml-cpp-dev            # YAML job files: mechlab discover
+  libgloo-dev               # Gloo headers for c10d's ProcessGroupGloo: data-parallel SAE training (core/dist/)
   clang libclang-rt-14-dev  # clang + its libFuzzer/sanitizer runtimes: scripts/fuzz.sh
   doxygen                   # API reference from /// comments: scripts/docs.sh
   chromium                  # headless check of SAE dashboards: scripts/check_dashboard.sh

@@ -16,9 +16,19 @@
 //                              scripts/bench/sae_vs_saelens.sh in the same run
 // and the peak memory after each path (RSS on the CPU, the caching
 // allocator's peak on a GPU).
+//
+// --world-size N (CPU, Gloo): data-parallel scaling of the sparse step. The
+// command measures one process on the global batch, then starts N-1 copies
+// of itself (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set, no launcher
+// needed) and, as rank 0, times the same global batch split N ways: each
+// rank's B/N rows, the firing counts all-reduced (max) and the gradients
+// all-reduced (one buffer, sum / N) before clipping and Adam, as
+// `mechlab sae train` does under a launcher. Prints tokens/s per process and
+// in total, and the scaling efficiency total_N / (N x total_1).
 #include "apps/bench/bench_util.h"
 #include "apps/bench/cpu_peak.h"
 #include "apps/cli/commands.h"
+#include "core/dist/process_group.h"
 #include "core/train/adamw.h"
 #include "core/util/error.h"
 #include "sae/registry.h"
@@ -34,10 +44,20 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+
+extern char** environ;
 
 namespace mechlab::cli {
 namespace {
@@ -50,6 +70,8 @@ struct SaeBenchArgs {
   std::string device = "cpu", activations, saelens_json, cases = "sparse,dense";
   bool tf32 = false;
   bool rescale = true;  // SAELens's TopKTrainingSAEConfig default
+  int64_t world_size = 1;
+  double dist_timeout = 120;
 };
 
 /// [n, d_in] float32 from a raw little-endian float32 file (rows of d_in).
@@ -246,6 +268,156 @@ void run_bench_sae(const SaeBenchArgs& a) {
   }
 }
 
+// ------------------------------------------------------------ --world-size
+
+// Median ms of the sparse step of rank `rank` of `world` on its B/world rows
+// of each batch (`data` [batches, B, d_in]), all-reducing over `group` when
+// world > 1.
+bench::Stats time_data_parallel_steps(const SaeBenchArgs& a, const at::Tensor& data, int64_t rank, int64_t world,
+                                      core::dist::ProcessGroup* group) {
+  sae::SaeConfig cfg;
+  cfg.architecture("topk").d_in(a.d_in).d_sae(a.d_sae).k(a.k).rescale_acts_by_decoder_norm(a.rescale);
+  auto sae = sae::make_sae(cfg);
+  {
+    at::NoGradGuard no_grad;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(a.seed + 1);
+    sae->param("W_dec").copy_(at::randn({a.d_sae, a.d_in}, gen, at::TensorOptions().dtype(at::kFloat)) /
+                              std::sqrt(static_cast<double>(a.d_in)));
+    sae->param("W_enc").copy_(sae->param("W_dec").t());
+  }
+  sae->requires_grad(true);
+  std::vector<at::Tensor> params;
+  for (const auto& [name, p] : sae->named_parameters()) params.push_back(p);
+  core::train::AdamW opt(params, core::train::AdamWOptions().weight_decay(0.0));
+  at::Tensor since_fired = at::zeros({a.d_sae});  // [d_sae]
+  const int64_t n_batches = data.size(0), local = a.batch / world;
+  int64_t step_no = 0;
+  const auto step = [&] {
+    const at::Tensor x = data[step_no++ % n_batches].slice(0, rank * local, (rank + 1) * local);  // [B/world, d_in]
+    sae::TrainStep out = sae->training_forward(x, since_fired > 1000);
+    {
+      at::NoGradGuard no_grad;
+      at::Tensor fired = (out.feature_acts > 0).any(0).to(at::kFloat);  // [d_sae]
+      if (group) group->allreduce_max(fired);
+      since_fired.add_(1).masked_fill_(fired.gt(0), 0);
+    }
+    out.loss.backward();
+    if (group) {
+      at::NoGradGuard no_grad;
+      std::vector<at::Tensor> flat;
+      for (const at::Tensor& p : params) flat.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}));
+      at::Tensor buf = at::cat(flat);  // [all parameters]
+      group->allreduce_sum(buf);
+      buf.div_(static_cast<double>(world));
+      int64_t offset = 0;
+      for (at::Tensor& p : params) {
+        p.mutable_grad() = buf.slice(0, offset, offset + p.numel()).view(p.sizes());
+        offset += p.numel();
+      }
+    }
+    core::train::clip_grad_norm(params, 1.0);
+    opt.step(a.lr);
+    opt.zero_grad();
+  };
+  return bench::time_ms(step, a.warmup, a.steps, at::Device(at::kCPU));
+}
+
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  const bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  if (fd >= 0) ::close(fd);
+  MECHLAB_CHECK(ok, "bench sae --world-size: found no free loopback port for the rendezvous");
+  return ntohs(addr.sin_port);
+}
+
+void run_bench_sae_world(const SaeBenchArgs& a) {
+  MECHLAB_CHECK(parse_device(a.device).is_cpu(),
+                "--world-size runs on the CPU (Gloo); data-parallel training on CUDA (NCCL) is not built yet");
+  MECHLAB_CHECK(a.batch % a.world_size == 0, "--batch ", a.batch, " must divide by --world-size ", a.world_size);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(a.seed);
+  const at::Tensor data = at::randn({a.batches, a.batch, a.d_in}, gen, at::TensorOptions().dtype(at::kFloat));
+  const core::dist::DistEnv env = core::dist::dist_env();
+  if (env.world_size > 1) {  // a copy started below: one rank, silent
+    auto group = core::dist::ProcessGroup::connect(env, core::dist::GroupOptions().timeout_seconds(a.dist_timeout));
+    time_data_parallel_steps(a, data, env.rank, env.world_size, group.get());
+    return;
+  }
+  const bench::Stats one = time_data_parallel_steps(a, data, 0, 1, nullptr);
+  // The other ranks: this binary again, with the launcher's variables.
+  const int port = free_loopback_port();
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::vector<pid_t> children;
+  for (int64_t r = 1; r < a.world_size; ++r) {
+    std::vector<std::string> args = {self, "bench", "sae", "--d-in", std::to_string(a.d_in), "--d-sae",
+                                     std::to_string(a.d_sae), "--k", std::to_string(a.k), "--batch",
+                                     std::to_string(a.batch), "--batches", std::to_string(a.batches), "--steps",
+                                     std::to_string(a.steps), "--warmup", std::to_string(a.warmup), "--seed",
+                                     std::to_string(a.seed), "--lr", str_cat(a.lr), "--rescale-acts-by-decoder-norm",
+                                     a.rescale ? "true" : "false", "--world-size", std::to_string(a.world_size),
+                                     "--dist-timeout", str_cat(a.dist_timeout), "--threads",
+                                     std::to_string(at::get_num_threads())};
+    std::vector<std::string> envs = {"RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(a.world_size),
+                                     "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port)};
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string v = *e;
+      bool ours = false;
+      for (const char* k : {"RANK=", "WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT="}) ours = ours || v.rfind(k, 0) == 0;
+      if (!ours) envs.push_back(v);
+    }
+    std::vector<char*> argv, envp;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    for (auto& s : envs) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    pid_t pid = -1;
+    MECHLAB_CHECK(::posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv.data(), envp.data()) == 0,
+                  "bench sae --world-size: cannot start rank ", r, " ('", self, "')");
+    children.push_back(pid);
+  }
+  core::dist::DistEnv env0;
+  env0.world_size = a.world_size;
+  env0.master_addr = "127.0.0.1";
+  env0.port = port;
+  bench::Stats many;
+  std::string failure;
+  try {
+    auto group = core::dist::ProcessGroup::connect(env0, core::dist::GroupOptions().timeout_seconds(a.dist_timeout));
+    many = time_data_parallel_steps(a, data, 0, a.world_size, group.get());
+  } catch (const Error& e) {
+    failure = e.what();
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (failure.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+      failure = "a rank started by bench sae --world-size failed";
+    }
+  }
+  MECHLAB_CHECK(failure.empty(), failure);
+  const auto w = static_cast<double>(a.world_size);
+  const double B = static_cast<double>(a.batch);
+  const double total1 = B / (one.median / 1e3), totalN = B / (many.median / 1e3), perN = totalN / w;
+  std::printf("mechlab bench sae --world-size %lld: TopK d_in %lld, d_sae %lld, k %lld, global batch %lld, float32, "
+              "Adam, CPU (Gloo), %d threads per process, %lld timed steps (median)\n",
+              static_cast<long long>(a.world_size), static_cast<long long>(a.d_in), static_cast<long long>(a.d_sae),
+              static_cast<long long>(a.k), static_cast<long long>(a.batch), at::get_num_threads(),
+              static_cast<long long>(a.steps));
+  std::printf("%-28s %10s %16s %16s\n", "", "step ms", "tokens/s/process", "tokens/s total");
+  std::printf("%-28s %10.1f %16.0f %16.0f\n", "1 process, B rows", one.median, total1, total1);
+  std::printf("%-28s %10.1f %16.0f %16.0f\n", str_cat(a.world_size, " processes, B/", a.world_size, " rows each").c_str(),
+              many.median, perN, totalN);
+  std::printf("scaling efficiency total_%lld / (%lld x total_1) = %.3f; per process: %.3f of one process's rate "
+              "(ideal %.3f)\n",
+              static_cast<long long>(a.world_size), static_cast<long long>(a.world_size), totalN / (w * total1),
+              perN / total1, 1.0);
+  std::printf("sae_dp_scaling_efficiency %.4f\n", totalN / (w * total1));
+}
+
 }  // namespace
 
 void add_bench_sae(CLI::App& bench) {
@@ -279,7 +451,15 @@ void add_bench_sae(CLI::App& bench) {
                   "Select and decode as if the decoder rows had unit norm (SAELens's TopK training default)")
       ->capture_default_str();
   cmd->add_flag("--tf32", a->tf32, "Let cuBLAS run float32 GEMMs in TF32 (CUDA)");
-  cmd->callback([a] { run_bench_sae(*a); });
+  cmd->add_option("--world-size", a->world_size,
+                  "Data-parallel scaling (CPU, Gloo): one process on --batch rows, then this many processes "
+                  "(this command starts the others) on --batch/N rows each with the all-reduce; prints "
+                  "tokens/s per process and in total and the scaling efficiency. Use --threads 1 on a small machine")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--dist-timeout", a->dist_timeout, "--world-size: seconds a rank waits for the others")
+      ->capture_default_str();
+  cmd->callback([a] { a->world_size > 1 ? run_bench_sae_world(*a) : run_bench_sae(*a); });
 }
 
 }  // namespace mechlab::cli

@@ -3,6 +3,7 @@
 // by extension (.yaml, .yml).
 #include "apps/cli/commands.h"
 #include "apps/jobs/job_file.h"
+#include "core/dist/process_group.h"
 #include "core/formats/output_file.h"
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
@@ -70,12 +71,19 @@ void add_sae_train(CLI::App& sae) {
       "or YAML (keys: docs/ARCHITECTURE.md, \"SAE training\"); data is an activation store "
       "({store: acts.h5, hook: NAME}, paths relative to CONFIG) or the toy-superposition "
       "generator ({toy: {}}). Writes checkpoint.h5 (resumable), train_log.{csv,svg}, "
-      "sae_log.{csv,svg}, config.json and sae/ (an SAELens folder) into --out.");
+      "sae_log.{csv,svg}, config.json and sae/ (an SAELens folder) into --out.\n"
+      "Data parallel: started as several processes (torchrun's RANK/WORLD_SIZE, srun's SLURM_PROCID/SLURM_NTASKS, "
+      "mpirun's OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE or PMI_RANK/PMI_SIZE, with MASTER_ADDR and MASTER_PORT; "
+      "under Slurm MASTER_ADDR defaults to the job's first node), the processes train one SAE together over "
+      "Gloo: batch_size is the global batch (it must divide by the number of processes), each process trains "
+      "on its part, gradients are averaged, rank 0 writes --out (on a filesystem every rank sees). Resume with "
+      "the same number of processes. docs/SCALING.md has the cluster commands.");
   struct Args {
     std::string config, out;
     std::vector<std::string> settings;
     int64_t max_steps = -1;
     bool resume = false, overwrite = false, no_progress = false;
+    double dist_timeout = 300;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("config", a->config, "SAE training config (JSON or YAML)")->required();
@@ -89,7 +97,12 @@ void add_sae_train(CLI::App& sae) {
   cmd->add_flag("--resume", a->resume, "Continue the run in --out (same config, same result as uninterrupted)");
   cmd->add_flag("--overwrite", a->overwrite, "Replace a run already in --out");
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
-  cmd->callback([a] {
+  cmd->add_option("--dist-timeout", a->dist_timeout,
+                  "Data parallel: seconds the processes wait for each other (rendezvous and each step's "
+                  "all-reduce) before a dead or hung process stops them all with an error; default "
+                  "MECHLAB_DIST_TIMEOUT, else 300")
+      ->check(CLI::PositiveNumber);
+  cmd->callback([a, cmd] {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
     json j = read_config(a->config);
     for (const std::string& s : a->settings) set_key(j, s);
@@ -108,18 +121,28 @@ void add_sae_train(CLI::App& sae) {
     }
     const sae::SaeTrainConfig cfg = sae::SaeTrainConfig::from_json(j);
     core::require_not_same_file((fs::path(a->out) / "config.json").string(), "--out", a->config, "the config");
+    // Data parallel when the launcher says so (world size > 1).
+    const core::dist::DistEnv env = core::dist::dist_env();
+    std::shared_ptr<core::dist::ProcessGroup> group;
+    if (env.world_size > 1) {
+      const double timeout = cmd->count("--dist-timeout") > 0 ? a->dist_timeout
+                                                             : core::dist::dist_timeout_from_env(a->dist_timeout);
+      group = core::dist::ProcessGroup::connect(env, core::dist::GroupOptions().timeout_seconds(timeout));
+    }
     handle_interrupts(/*polled=*/true);
     sae::SaeTrainer trainer(cfg, sae::SaeTrainerOptions()
                                      .out_dir(a->out)
                                      .resume(a->resume)
                                      .overwrite(a->overwrite)
-                                     .progress(!a->no_progress));
+                                     .progress(!a->no_progress)
+                                     .process_group(group));
     sae::SaeTrainResult r;
     try {
       r = trainer.run(a->max_steps);
     } catch (const Interrupted& e) {
       throw Interrupted(str_cat(e.what(), "; resume with the same command and --resume"));
     }
+    if (env.rank != 0) return;  // rank 0 reports for all
     const sae::SaeEval& e = r.eval;
     const char* note = r.already_complete ? " (already complete, nothing to resume)"
                        : r.stopped_early  ? " (reached stop_at_mmcs)"
@@ -130,6 +153,7 @@ void add_sae_train(CLI::App& sae) {
     if (r.seconds > 0 && r.steps_this_session > 0) {
       std::printf("; %.0f tokens/s", static_cast<double>(r.steps_this_session * cfg.batch_size()) / r.seconds);
     }
+    if (env.world_size > 1) std::printf("; world size %lld", static_cast<long long>(env.world_size));
     std::printf("\n");
     const bool finished = r.steps >= cfg.steps() || r.stopped_early;
     if (finished) {

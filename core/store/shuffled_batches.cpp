@@ -14,8 +14,21 @@ ShuffledBatches::ShuffledBatches(const ActivationStore& store, std::vector<std::
                 opt_.batch_size());
   MECHLAB_CHECK(opt_.buffer_rows() >= 0, "ShuffleOptions.buffer_rows must be >= 0, got ",
                 opt_.buffer_rows());
+  MECHLAB_CHECK(opt_.parts() >= 1 && opt_.part() >= 0 && opt_.part() < opt_.parts(),
+                "ShuffleOptions.part must be in [0, parts) and parts >= 1, got part ", opt_.part(), " of ",
+                opt_.parts());
   if (hooks_.empty()) hooks_ = store_.hooks();
   chunks_ = store_.chunks();
+  if (opt_.parts() > 1) {
+    // Contiguous runs of chunks; the first (chunks % parts) runs one longer.
+    const auto n = static_cast<int64_t>(chunks_.size());
+    MECHLAB_CHECK(n >= opt_.parts(), "activation store '", store_.path(), "' has ", n, " chunks, fewer than the ",
+                  opt_.parts(), " parts asked for (one per process); use fewer processes or a store of more chunks");
+    const int64_t base = n / opt_.parts(), extra = n % opt_.parts();
+    const int64_t begin = opt_.part() * base + std::min(opt_.part(), extra);
+    const int64_t end = begin + base + (opt_.part() < extra ? 1 : 0);
+    chunks_ = std::vector<std::pair<int64_t, int64_t>>(chunks_.begin() + begin, chunks_.begin() + end);
+  }
   const int64_t capacity =
       std::max(opt_.buffer_rows(), opt_.batch_size()) + store_.header().chunk_rows;
   for (const auto& h : hooks_) {

@@ -48,6 +48,12 @@ struct ShuffleOptions {
   MECHLAB_OPTION(ShuffleOptions, bool, drop_last, false)
   /// Check every chunk read for NaN/Inf and refuse naming the row.
   MECHLAB_OPTION(ShuffleOptions, bool, check_finite, true)
+  /// Read only part `part` of `parts` (data-parallel training: one part per
+  /// rank): the store's chunks, in store order, split into `parts`
+  /// contiguous runs of as equal a number of chunks as whole chunks allow.
+  /// The parts are disjoint and together cover the store.
+  MECHLAB_OPTION(ShuffleOptions, int64_t, part, 0)
+  MECHLAB_OPTION(ShuffleOptions, int64_t, parts, 1)
 };
 
 struct StoreBatch {

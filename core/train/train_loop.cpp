@@ -108,7 +108,7 @@ TrainLoop::TrainLoop(Trainable& model, LoopOptions options)
       MECHLAB_CHECK(!exists || options_.overwrite(), "'", options_.out_dir(), "' already holds a training run (",
                     options_.checkpoint_file(), "); pass `resume` to continue it or `overwrite` to start again");
     }
-    std::filesystem::create_directories(options_.out_dir());
+    if (rank() == 0) std::filesystem::create_directories(options_.out_dir());
   } else {
     MECHLAB_CHECK(!options_.resume(), "resume needs an output folder (out_dir) to resume from");
   }
@@ -119,6 +119,22 @@ TrainLoop::TrainLoop(Trainable& model, LoopOptions options)
     params_ = model_.parameters();
     names_ = model_.parameter_names();
     make_optimizer();
+  }
+  if (const auto& group = options_.process_group()) {
+    // Every rank starts from rank 0's parameters (they should be equal
+    // already: same seed, or the same checkpoint).
+    try {
+      at::NoGradGuard no_grad;
+      for (at::Tensor& p : params_) {
+        at::Tensor buf = p.detach().contiguous();
+        group->broadcast(buf, 0);
+        p.detach().copy_(buf);
+      }
+    } catch (const dist::CommError& e) {
+      throw Error(str_cat("data-parallel training: rank ", rank(), " of ", world_size(),
+                          " lost contact with the others before the first step (", e.reason(), "); ", kept_note(),
+                          ": restart every rank"));
+    }
   }
 }
 
@@ -137,6 +153,7 @@ void TrainLoop::make_optimizer() {
 }
 
 double TrainLoop::step() {
+  if (options_.process_group()) return step_data_parallel();
   at::Tensor loss = model_.loss(step_, rng_);  // scalar
   MECHLAB_CHECK(loss.defined() && loss.numel() == 1, "training loop: the model's loss must be a scalar, got ",
                 loss.defined() ? loss.sizes() : at::IntArrayRef{});
@@ -161,6 +178,89 @@ double TrainLoop::step() {
   return value;
 }
 
+double TrainLoop::step_data_parallel() {
+  dist::ProcessGroup& group = *options_.process_group();
+  try {
+    at::Tensor loss = model_.loss(step_, rng_);  // scalar: the mean over this rank's rows
+    MECHLAB_CHECK(loss.defined() && loss.numel() == 1, "training loop: the model's loss must be a scalar, got ",
+                  loss.defined() ? loss.sizes() : at::IntArrayRef{});
+    // A non-finite loss is checked after the all-reduce, on the global mean,
+    // so that every rank stops at the same step.
+    loss.backward();
+    // One buffer, one all-reduce (sum): [every gradient flattened, the loss,
+    // one "defined here" flag per parameter, "interrupt requested"].
+    const size_t n = params_.size();
+    const at::TensorOptions opts = params_.front().options().requires_grad(false);
+    std::vector<at::Tensor> parts;
+    parts.reserve(n + 1);
+    at::Tensor tail = at::zeros({static_cast<int64_t>(n) + 2}, opts.dtype(at::kDouble));  // [n + 2]
+    {
+      at::NoGradGuard no_grad;
+      for (size_t i = 0; i < n; ++i) {
+        const at::Tensor& g = params_[i].grad();
+        parts.push_back(g.defined() ? g.detach().reshape({-1}) : at::zeros({params_[i].numel()}, opts));
+        if (g.defined()) tail[static_cast<int64_t>(i) + 1] = 1.0;
+      }
+      tail[0] = loss.detach().to(at::kDouble);
+      tail[static_cast<int64_t>(n) + 1] = interrupt_requested() ? 1.0 : 0.0;
+      parts.push_back(tail.to(opts.dtype()));
+    }
+    at::Tensor buf = at::cat(parts);  // [total + n + 2]
+    group.allreduce_sum(buf);
+    optimizer_->zero_grad();
+    const int64_t total = buf.numel() - static_cast<int64_t>(n) - 2;
+    const at::Tensor flags = buf.slice(0, total).to(at::kDouble);  // [n + 2] summed over ranks
+    const auto w = static_cast<double>(world_size());
+    buf.slice(0, 0, total).div_(w);
+    stop_requested_ = flags[static_cast<int64_t>(n) + 1].item<double>() > 0;
+    const double value = flags[0].item<double>() / w;  // the global batch's mean loss
+    int64_t offset = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t numel = params_[i].numel();
+      // A gradient no rank produced stays undefined (the optimiser skips it,
+      // as in one process).
+      if (flags[static_cast<int64_t>(i) + 1].item<double>() > 0) {
+        params_[i].mutable_grad() = buf.slice(0, offset, offset + numel).view(params_[i].sizes());
+      }
+      offset += numel;
+    }
+    if (!std::isfinite(value)) {
+      optimizer_->zero_grad();
+      throw Error(str_cat("loss became ", non_finite_name(value), " at step ", step_ + 1, " of ", options_.steps(),
+                          " (learning rate too high?); ", kept_note()));
+    }
+    const double norm = clip_grad_norm(params_, options_.grad_clip());
+    if (!std::isfinite(norm)) {
+      optimizer_->zero_grad();
+      throw Error(str_cat("gradient norm became ", non_finite_name(norm), " at step ", step_ + 1, " of ",
+                          options_.steps(), " (learning rate too high?); ", kept_note()));
+    }
+    last_grad_norm_ = norm;
+    optimizer_->step(schedule_.at(step_));
+    optimizer_->zero_grad();
+    ++step_;
+    loss_sum_ += value;
+    ++loss_count_;
+    return value;
+  } catch (const dist::CommError& e) {
+    optimizer_->zero_grad();
+    // What is on disk, read back: rank 0 may have died while writing.
+    std::string kept = "no checkpoint was written";
+    try {
+      if (!checkpoint_path().empty() && std::filesystem::exists(checkpoint_path())) {
+        const H5File f = H5File::open_read(checkpoint_path());
+        kept = str_cat("the checkpoint of step ", f.read_attr_int(kTrainGroup, "step"), " ('", checkpoint_path(),
+                       "') is kept");
+      }
+    } catch (const std::exception&) {
+      kept = kept_note();
+    }
+    throw Error(str_cat("data-parallel training: rank ", rank(), " of ", world_size(),
+                        " lost contact with the others during step ", step_ + 1, " (", e.reason(), "); ", kept,
+                        ": restart every rank with `resume`"));
+  }
+}
+
 void TrainLoop::evaluate_and_log() {
   const Evaluation e = model_.evaluate();
   last_eval_ = e;
@@ -177,13 +277,15 @@ void TrainLoop::evaluate_and_log() {
   log_.add(row);
   loss_sum_ = 0;
   loss_count_ = 0;
-  log::info(str_cat("step ", step_, ": train loss ", row.train_loss, ", test loss ", e.test.loss,
-                    ", test accuracy ", e.test.accuracy, ", train accuracy ", e.train.accuracy));
+  if (rank() == 0) {
+    log::info(str_cat("step ", step_, ": train loss ", row.train_loss, ", test loss ", e.test.loss,
+                      ", test accuracy ", e.test.accuracy, ", train accuracy ", e.train.accuracy));
+  }
   write_log();
 }
 
 void TrainLoop::write_log() const {
-  if (options_.out_dir().empty()) return;
+  if (!writes()) return;
   write_text_file(join_path(options_.out_dir(), "train_log.csv"), log_.csv());
   write_text_file(join_path(options_.out_dir(), "train_log.svg"), log_.svg(options_.name()));
 }
@@ -198,7 +300,7 @@ LoopResult TrainLoop::run(int64_t max_steps) {
   result.already_complete = step_ >= options_.steps() || reached;
   result.stopped_early = reached && step_ < options_.steps();
   std::optional<ProgressBar> bar;
-  if (options_.progress() && !result.already_complete) {
+  if (options_.progress() && !result.already_complete && rank() == 0) {
     bar.emplace("train " + options_.name(), options_.steps(), "steps", step_);
   }
   bool interrupted = false;
@@ -206,7 +308,9 @@ LoopResult TrainLoop::run(int64_t max_steps) {
          (max_steps < 0 || step_ - start < max_steps)) {
     // Between steps the state is whole: the checkpoint below resumes to the
     // same result as an uninterrupted run (as a max_steps stop does).
-    if (interrupt_requested()) {
+    // Data parallel: the ranks agreed in the last step's all-reduce, so
+    // they all stop after the same step.
+    if (options_.process_group() ? stop_requested_ : interrupt_requested()) {
       interrupted = true;
       break;
     }
@@ -256,6 +360,10 @@ LoopResult TrainLoop::run(int64_t max_steps) {
 }
 
 void TrainLoop::save_checkpoint(const std::string& path) const {
+  if (rank() != 0) {  // rank 0 writes it; the others know it is there
+    if (path == checkpoint_path()) saved_step_ = step_;
+    return;
+  }
   {
     at::NoGradGuard no_grad;
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -288,6 +396,8 @@ void TrainLoop::save_checkpoint(const std::string& path) const {
       f.write_tensor(g + "/exp_avg_sq/" + names_[i], optimizer_->exp_avg_sq()[i]);
     }
     f.write_tensor(g + "/rng", rng_.get_state());
+    // Absent = 1, so one-process checkpoints keep their old layout.
+    if (world_size() > 1) f.write_attr(kTrainGroup, "world_size", world_size());
     log_.save(f, kTrainGroup);
   });
   if (path == checkpoint_path()) saved_step_ = step_;
@@ -304,6 +414,12 @@ void TrainLoop::load_checkpoint(const std::string& path) {
     MECHLAB_CHECK(f.is_group(kTrainGroup), "'", path,
                   "' is a model checkpoint without training state (/train); it cannot be resumed");
     check_same(path, model_.config(), read_json_attr(f, path, "config"));
+    // Each rank trained on its part of the batch with its own state (a
+    // store's reader): another world size cannot continue the same run.
+    const int64_t trained = f.has_attr(kTrainGroup, "world_size") ? f.read_attr_int(kTrainGroup, "world_size") : 1;
+    MECHLAB_CHECK(trained == world_size(), "cannot resume '", path, "': it was trained by ", trained,
+                  trained == 1 ? " process" : " processes", " (world size ", trained, "), this run has ", world_size(),
+                  "; restart with ", trained, trained == 1 ? " process" : " processes", " (same global batch_size)");
     // Checkpoints written before the loop was generic lack "loop"; their
     // config then held the hyperparameters and was checked above.
     if (f.has_attr(kTrainGroup, "loop")) {
@@ -350,7 +466,7 @@ void TrainLoop::load_checkpoint(const std::string& path) {
   log_ = TrainingLog::load(f, kTrainGroup);
   log_.truncate_after(step_);
   if (path == checkpoint_path()) saved_step_ = step_;
-  log::info(str_cat("resumed '", path, "' at step ", step_, " of ", options_.steps()));
+  if (rank() == 0) log::info(str_cat("resumed '", path, "' at step ", step_, " of ", options_.steps()));
 }
 
 }  // namespace mechlab::core::train

@@ -22,6 +22,17 @@
 // mean), so a resumed run computes bit for bit what an uninterrupted run
 // would have (same device, threads and LibTorch).
 //
+// Data parallel (LoopOptions::process_group, core/dist/process_group.h):
+// every rank runs the same loop on its own part of the batch. After each
+// backward pass the gradients, the loss and two flags (which gradients are
+// defined, a pending interrupt) travel in one buffer through one all-reduce
+// (sum) and are divided by the world size, so every rank applies the same
+// update to the same parameters (rank 0's, broadcast at the start). Only
+// rank 0 writes the checkpoint and the log; the checkpoint records the world
+// size (/train attribute world_size, absent = 1) and a resume with another
+// is refused. A peer that dies or stops answering within the group's
+// timeout stops every rank with one error naming the kept checkpoint.
+//
 // Divergence: a non-finite loss or gradient norm stops the run with an error
 // before the optimiser touches the parameters, and a checkpoint is never
 // written from non-finite parameters, so the file on disk is the last finite
@@ -33,6 +44,7 @@
 //   LoopResult r = loop.run();                            // r.eval.test.accuracy
 #pragma once
 
+#include "core/dist/process_group.h"
 #include "core/train/adamw.h"
 #include "core/train/lr_schedule.h"
 #include "core/train/trainable.h"
@@ -77,6 +89,10 @@ struct LoopOptions {
   MECHLAB_OPTION(LoopOptions, bool, overwrite, false)
   /// Draw a progress bar on stderr.
   MECHLAB_OPTION(LoopOptions, bool, progress, true)
+  /// Data-parallel training over this group (world size > 1); null = one
+  /// process. The Trainable's loss must be its rank's part of the batch, a
+  /// mean over rows of the same size on every rank.
+  MECHLAB_OPTION(LoopOptions, std::shared_ptr<dist::ProcessGroup>, process_group, nullptr)
 
   /// The hyperparameters above (not the where-and-how ones).
   nlohmann::json hyperparameters() const;
@@ -125,8 +141,14 @@ class TrainLoop {
   /// The latest evaluation, if one was made (or restored) at this step.
   const std::optional<Evaluation>& last_evaluation() const { return last_eval_; }
   std::string checkpoint_path() const;
+  /// This process's rank and the world size (0 and 1 without a group).
+  int64_t rank() const { return options_.process_group() ? options_.process_group()->rank() : 0; }
+  int64_t world_size() const { return options_.process_group() ? options_.process_group()->world_size() : 1; }
 
  private:
+  double step_data_parallel();
+  // Writes files (checkpoint, log): rank 0 only.
+  bool writes() const { return !options_.out_dir().empty() && rank() == 0; }
   void make_optimizer();
   void evaluate_and_log();
   void write_log() const;
@@ -147,6 +169,7 @@ class TrainLoop {
   double last_grad_norm_ = 0;
   std::optional<Evaluation> last_eval_;  // made at step eval_step_
   int64_t eval_step_ = -1;
+  bool stop_requested_ = false;  // data parallel: some rank was interrupted during the last step
   mutable int64_t saved_step_ = -1;  // step of the checkpoint at checkpoint_path(), -1 = none
   double seconds_before_ = 0;  // wall time of earlier sessions of this run
   double session_start_ = 0;   // steady clock seconds at construction

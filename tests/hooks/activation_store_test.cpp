@@ -260,6 +260,48 @@ TEST_F(ShuffledReads, AnEpochServesEveryRowOnceWithItsOwnValues) {
   EXPECT_NE(second, served);
 }
 
+// Data-parallel ranks read parts of the store (ShuffleOptions::part): the
+// parts are disjoint, cover every row once, and each is a run of whole
+// chunks in store order.
+TEST_F(ShuffledReads, PartsAreDisjointAndCoverTheStore) {
+  auto store = core::ActivationStore::open(path());
+  const int64_t n = store.num_rows();
+  const std::string h = "blocks.0.hook_resid_post";
+  const auto chunks = store.chunks();
+  ASSERT_GE(chunks.size(), 3u);
+  for (int64_t parts : {2, 3}) {
+    std::vector<int64_t> all;
+    int64_t next_first = 0;  // the parts follow each other in store order
+    for (int64_t part = 0; part < parts; ++part) {
+      core::ShuffledBatches batches(store, {h}, core::ShuffleOptions().batch_size(7).buffer_rows(20).seed(3).part(part).parts(parts));
+      std::vector<int64_t> rows;
+      while (auto b = batches.next()) {
+        for (int64_t i = 0; i < b->rows.size(0); ++i) rows.push_back(b->rows[i].item<int64_t>());
+      }
+      ASSERT_FALSE(rows.empty()) << "part " << part << " of " << parts;
+      std::sort(rows.begin(), rows.end());
+      // Contiguous: rows [first, last] of the store, every one of them.
+      EXPECT_EQ(rows.front(), next_first) << "part " << part << " of " << parts;
+      EXPECT_EQ(rows.back() - rows.front() + 1, static_cast<int64_t>(rows.size()));
+      // Whole chunks: the part ends where a chunk ends.
+      const int64_t end = rows.back() + 1;
+      EXPECT_TRUE(std::any_of(chunks.begin(), chunks.end(), [&](const auto& c) { return c.first + c.second == end; }));
+      next_first = end;
+      all.insert(all.end(), rows.begin(), rows.end());
+    }
+    std::sort(all.begin(), all.end());
+    std::vector<int64_t> expected(n);
+    std::iota(expected.begin(), expected.end(), 0);
+    EXPECT_EQ(all, expected) << parts << " parts must cover each row exactly once";
+  }
+  EXPECT_THAT(error_of([&] { core::ShuffledBatches(store, {h}, core::ShuffleOptions().part(2).parts(2)); }),
+              HasSubstr("ShuffleOptions.part must be in [0, parts)"));
+  EXPECT_THAT(error_of([&] {
+                core::ShuffledBatches(store, {h}, core::ShuffleOptions().parts(static_cast<int64_t>(chunks.size()) + 1));
+              }),
+              HasSubstr("fewer than the"));
+}
+
 TEST_F(ShuffledReads, SameSeedSameOrderOtherSeedOtherOrder) {
   auto store = core::ActivationStore::open(path());
   auto order = [&](uint64_t seed) {
