@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -594,12 +595,25 @@ core::train::Evaluation SaeTrainable::evaluate() {
       core::write_text_file(svg, eval_log_svg());
     }
   }
+  if (on_eval) on_eval(e);
   log::info(str_cat("step ", e.step, ": L0 ", e.l0, ", FVU ", e.fvu, ", dead fraction ", e.dead_fraction,
                     e.mmcs >= 0 ? str_cat(", MMCS ", e.mmcs) : std::string()));
   core::train::Evaluation r;
   r.test = {e.mse, truth.defined() ? e.mmcs : e.explained_variance, 0};
   r.train = {e.mse, e.explained_variance, 0};
   return r;
+}
+
+std::string progress_status(const SaeEval& e) {
+  if (e.step == 0) return "";
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "L0 %.1f  FVU %.4f  dead %.1f%%", e.l0, e.fvu, 100.0 * e.dead_fraction);
+  std::string s = buf;
+  if (e.mmcs >= 0) {
+    std::snprintf(buf, sizeof buf, "  MMCS %.3f", e.mmcs);
+    s += buf;
+  }
+  return s;
 }
 
 std::string SaeTrainable::eval_log_csv() const {
@@ -751,6 +765,8 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
   if (options_.progress() && done < cfg.steps()) {
     bar.emplace("sae train " + cfg.name(), cfg.steps() * cfg.batch_size(), "tokens", done * cfg.batch_size());
     trainable_->on_step = [&bar](int64_t rows) { bar->advance(rows); };
+    trainable_->on_eval = [&bar](const SaeEval& e) { bar->set_status(progress_status(e)); };
+    bar->set_status(progress_status(trainable_->last_eval()));  // a resumed run's kept evaluation
   }
   const double t0 = now_seconds();
   core::train::LoopResult r;
@@ -758,9 +774,11 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
     r = loop_->run(max_steps);
   } catch (const Interrupted&) {
     trainable_->on_step = nullptr;
+    trainable_->on_eval = nullptr;
     throw;
   } catch (const Error& e) {
     trainable_->on_step = nullptr;
+    trainable_->on_eval = nullptr;
     if (bar) bar->finish();
     const std::string path = loop_->checkpoint_path();
     std::string kept = "no checkpoint was written";
@@ -779,6 +797,7 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
     throw Error(str_cat(what, "; training stopped, ", kept));
   }
   trainable_->on_step = nullptr;
+  trainable_->on_eval = nullptr;
   if (bar) bar->finish();
   SaeTrainResult out;
   out.seconds = now_seconds() - t0;

@@ -173,6 +173,11 @@ struct SaeEval {
   double mmcs = -1;          ///< against the ground truth; -1 without one
 };
 
+/// The progress bar's status text for an evaluation: "L0 31.2  FVU 0.0812
+/// dead 0.4%" (and "  MMCS 0.991" with a ground truth); "" before the first
+/// evaluation (step 0 of a fresh run).
+std::string progress_status(const SaeEval& e);
+
 class SaeTrainable : public core::train::Trainable {
  public:
   /// A freshly initialised SAE (seeded by cfg.seed) over `source`; refuses
@@ -203,6 +208,8 @@ class SaeTrainable : public core::train::Trainable {
   std::string eval_log_svg() const;
   /// Called after each step's forward pass with the rows it trained on.
   std::function<void(int64_t rows)> on_step;
+  /// Called after each evaluation with its figures (the progress line).
+  std::function<void(const SaeEval&)> on_eval;
   /// Where evaluations write sae_log.csv, and .svg beside it ("" = nowhere).
   std::string log_path;
 
@@ -227,8 +234,8 @@ struct SaeTrainerOptions {
   MECHLAB_OPTION(SaeTrainerOptions, std::string, out_dir, "")
   MECHLAB_OPTION(SaeTrainerOptions, bool, resume, false)
   MECHLAB_OPTION(SaeTrainerOptions, bool, overwrite, false)
-  /// A progress bar (tokens/s) on stderr; L0, FVU and dead fraction are
-  /// logged at each evaluation.
+  /// A progress bar on stderr: tokens/s, and the latest evaluation's L0, FVU
+  /// and dead fraction (progress_status), updated at each evaluation.
   MECHLAB_OPTION(SaeTrainerOptions, bool, progress, true)
 };
 
