@@ -207,7 +207,8 @@ void refuse_unknown(const json& j, const std::vector<std::string>& known, const 
 
 const std::vector<std::string>& sae_keys() {
   static const std::vector<std::string> k = {
-      "architecture", "d_in", "d_sae", "apply_b_dec_to_input", "normalize_activations", "hook_name", "k",
+      "architecture", "d_in", "d_sae", "apply_b_dec_to_input", "normalize_activations", "hook_name",
+      "reshape_activations", "k",
       "rescale_acts_by_decoder_norm", "topk_threshold", "topk_threshold_lr", "aux_loss_coefficient",
       "l1_coefficient", "lp_norm", "l0_coefficient", "jumprelu_bandwidth", "jumprelu_ste_to_input",
       "jumprelu_sparsity_loss_mode", "jumprelu_tanh_scale", "target_l0", "pre_act_loss_coefficient"};
@@ -225,6 +226,7 @@ SaeConfig sae_config_from_json(const json& j) {
   if (j.contains("normalize_activations"))
     c.normalize_activations(get_as<std::string>(j, "normalize_activations", w));
   if (j.contains("hook_name")) c.hook_name(get_as<std::string>(j, "hook_name", w));
+  if (j.contains("reshape_activations")) c.reshape_activations(get_as<std::string>(j, "reshape_activations", w));
   if (j.contains("k")) c.k(get_as<double>(j, "k", w));
   if (j.contains("rescale_acts_by_decoder_norm"))
     c.rescale_acts_by_decoder_norm(get_as<bool>(j, "rescale_acts_by_decoder_norm", w));
@@ -252,6 +254,7 @@ json sae_config_to_json(const SaeConfig& c) {
           {"apply_b_dec_to_input", c.apply_b_dec_to_input()},
           {"normalize_activations", c.normalize_activations()},
           {"hook_name", c.hook_name()},
+          {"reshape_activations", c.reshape_activations()},
           {"k", c.k()},
           {"rescale_acts_by_decoder_norm", c.rescale_acts_by_decoder_norm()},
           {"topk_threshold_lr", c.topk_threshold_lr()},
@@ -734,8 +737,20 @@ core::train::LoopOptions loop_options(const SaeTrainConfig& cfg, const SaeTraine
       .progress(false);  // the SAE trainer draws its own bar, in tokens
 }
 
+// The data's width, and the data's hook as the SAE's hook_name when the
+// config gives none; an SAE trained on hook_z rows (flattened head-major, as
+// the store keeps them) is a hook_z SAE, so that it splices back at hook_z.
 SaeTrainConfig with_data_width(SaeTrainConfig cfg, const BatchSource& source) {
   if (cfg.sae().d_in() == 0) cfg.sae().d_in(source.d_in());
+  const json& d = cfg.data();
+  if (cfg.sae().hook_name().empty() && d.contains("hook") && d["hook"].is_string()) {
+    cfg.sae().hook_name(d["hook"].get<std::string>());
+  }
+  const std::string& hook = cfg.sae().hook_name();
+  const std::string z = "hook_z";
+  if (hook.size() >= z.size() && hook.compare(hook.size() - z.size(), z.size(), z) == 0) {
+    cfg.sae().reshape_activations("hook_z");
+  }
   return cfg;
 }
 
