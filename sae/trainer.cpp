@@ -9,6 +9,7 @@
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
 #include "core/util/progress.h"
+#include "sae/live_source.h"
 #include "sae/metrics.h"
 #include "sae/registry.h"
 #include "sae/saelens_io.h"
@@ -284,20 +285,36 @@ ToyOptions toy_from_json(const json& j) {
 }
 
 void check_data(const json& data) {
-  MECHLAB_CHECK(data.is_object() && (data.contains("toy") != data.contains("store")),
-                "SAE training config: \"data\" must be {\"toy\": {...}} or {\"store\": PATH, \"hook\": NAME}, got ",
+  const int forms = data.is_object() ? static_cast<int>(data.contains("toy")) + static_cast<int>(data.contains("store")) +
+                                           static_cast<int>(data.contains("model"))
+                                     : 0;
+  MECHLAB_CHECK(forms == 1,
+                "SAE training config: \"data\" must be {\"toy\": {...}}, {\"store\": PATH, \"hook\": NAME} or "
+                "{\"model\": PATH, \"dataset\": PATH, \"hook\": NAME}, got ",
                 data.dump());
   if (data.contains("toy")) {
     refuse_unknown(data, {"toy"}, "data.");
     toy_from_json(data["toy"]);
+    return;
+  }
+  const bool live = data.contains("model");
+  if (live) {
+    refuse_unknown(data, {"model", "dataset", "hook", "buffer_rows", "exclude_first_position", "prompts_per_forward"},
+                   "data.");
+    get_as<std::string>(data, "model", "data.");
+    MECHLAB_CHECK(data.contains("dataset"),
+                  "SAE training config: \"data.dataset\" is missing: name the dataset whose prompts the model runs on");
+    get_as<std::string>(data, "dataset", "data.");
+    if (data.contains("prompts_per_forward")) get_as<int64_t>(data, "prompts_per_forward", "data.");
   } else {
     refuse_unknown(data, {"store", "hook", "buffer_rows", "exclude_first_position"}, "data.");
     get_as<std::string>(data, "store", "data.");
-    MECHLAB_CHECK(data.contains("hook"), "SAE training config: \"data.hook\" is missing: name the store's hook to train on");
-    get_as<std::string>(data, "hook", "data.");
-    if (data.contains("buffer_rows")) get_as<int64_t>(data, "buffer_rows", "data.");
-    if (data.contains("exclude_first_position")) get_as<bool>(data, "exclude_first_position", "data.");
   }
+  MECHLAB_CHECK(data.contains("hook"), "SAE training config: \"data.hook\" is missing: name the ",
+                live ? "model's" : "store's", " hook to train on");
+  get_as<std::string>(data, "hook", "data.");
+  if (data.contains("buffer_rows")) get_as<int64_t>(data, "buffer_rows", "data.");
+  if (data.contains("exclude_first_position")) get_as<bool>(data, "exclude_first_position", "data.");
 }
 
 }  // namespace
@@ -365,7 +382,8 @@ SaeTrainConfig SaeTrainConfig::from_json(const json& j) {
   if (j.contains("name")) c.name(get_as<std::string>(j, "name", w));
   MECHLAB_CHECK(j.contains("sae"), "SAE training config: \"sae\" is missing: give the SAE's architecture, d_in and d_sae");
   c.sae(sae_config_from_json(j["sae"]));
-  MECHLAB_CHECK(j.contains("data"), "SAE training config: \"data\" is missing: give {\"toy\": {}} or {\"store\": PATH, \"hook\": NAME}");
+  MECHLAB_CHECK(j.contains("data"), "SAE training config: \"data\" is missing: give {\"toy\": {}}, {\"store\": PATH, "
+                                    "\"hook\": NAME} or {\"model\": PATH, \"dataset\": PATH, \"hook\": NAME}");
   check_data(j["data"]);
   c.data(j["data"]);
   if (j.contains("steps")) c.steps(get_as<int64_t>(j, "steps", w));
@@ -460,6 +478,16 @@ void SaeTrainConfig::validate() const {
 std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg) {
   const json& d = cfg.data();
   if (d.contains("toy")) return toy_source(toy_from_json(d["toy"]));
+  if (d.contains("model")) {
+    return live_source(d["model"].get<std::string>(), d["dataset"].get<std::string>(),
+                       LiveSourceOptions()
+                           .hook(d["hook"].get<std::string>())
+                           .seed(cfg.seed())
+                           .batch_size(cfg.batch_size())
+                           .buffer_rows(d.value("buffer_rows", int64_t{1} << 16))
+                           .exclude_first_position(d.value("exclude_first_position", false))
+                           .prompts_per_forward(d.value("prompts_per_forward", int64_t{8})));
+  }
   return store_source(d["store"].get<std::string>(), d["hook"].get<std::string>(), cfg.seed(), cfg.batch_size(),
                       d.value("buffer_rows", int64_t{1} << 16), d.value("exclude_first_position", false));
 }
