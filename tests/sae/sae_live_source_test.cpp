@@ -25,6 +25,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 namespace mechlab::sae {
 namespace {
@@ -176,6 +177,34 @@ TEST(LiveSource, TrainingFromTheModelEqualsTrainingFromItsStoreAndResumes) {
   remove_tree(out);
   fs::remove(store);
   fs::remove(ds_path);
+}
+
+// `mechlab sae train` with live data: the dataset path is relative to the
+// config's folder, and an SAE trained live at hook_z is exported as a hook_z
+// SAE (SAELens's reshape_activations) at that hook.
+TEST(LiveSource, TheCliTrainsLiveAtHookZWithPathsRelativeToTheConfig) {
+  const std::string dir = temp_path("sae_live", "cli");
+  remove_tree(dir);
+  fs::create_directories(dir);
+  core::save_dataset(dir + "/prompts.h5", dataset(false));
+  json cfg = train_config({{"model", kModel}, {"dataset", "prompts.h5"}, {"hook", "blocks.1.attn.hook_z"},
+                           {"prompts_per_forward", kPrompts}});
+  cfg["steps"] = 6;
+  cfg["eval_every"] = 3;
+  {
+    std::ofstream out(dir + "/cfg.json");
+    out << cfg.dump();
+    ASSERT_TRUE(out.good());
+  }
+  const testing::CliResult r = testing::run_cli("sae train " + dir + "/cfg.json --out " + dir + "/run --no-progress");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  std::ifstream saved(dir + "/run/sae/cfg.json"), used(dir + "/run/config.json");
+  const json s = json::parse(saved), u = json::parse(used);
+  EXPECT_EQ(s["reshape_activations"], "hook_z");
+  EXPECT_EQ(s["metadata"]["hook_name"], "blocks.1.attn.hook_z");
+  EXPECT_EQ(s["d_in"], 32);
+  EXPECT_EQ(fs::path(u["data"]["dataset"].get<std::string>()), fs::path(dir) / "prompts.h5");
+  remove_tree(dir);
 }
 
 TEST(LiveSource, RefusesBadDataInOneLine) {
