@@ -6,9 +6,11 @@
 // metrics at hook_z; the head-major flatten against an analytic identity SAE;
 // export and the refusals; and an SAE trained on a store cached at hook_z.
 #include "core/formats/hdf5_file.h"
+#include "core/model/transformer.h"
 #include "core/store/activation_store.h"
 #include "hooks/activation_capture.h"
 #include "hooks/hooked_transformer.h"
+#include "sae/dashboard.h"
 #include "sae/registry.h"
 #include "sae/saelens_io.h"
 #include "sae/splice.h"
@@ -164,6 +166,35 @@ TEST(HookZSae, FlattensHeadMajorAndGivesTheHeadsBack) {
   EXPECT_TRUE(at::equal(sae->encode(z), sae->encode(z.flatten(-2, -1))));  // flat input too
   // With the error term the model sees z itself.
   EXPECT_TRUE(close(run_with_saes(model, tokens, {{"", sae}}, true), clean, kF32Tol, "error term"));
+}
+
+// The dashboard's direct logit effects of a hook_z latent: its decoder row
+// per head through that head's W_O, summed, then W_U (a naive loop here).
+TEST(HookZSae, DashboardLogitEffectsGoThroughTheLayersWO) {
+  auto model = fixture_model();
+  auto sae = saved("hook_z_standard");
+  const at::Tensor tokens = fixtures().read_tensor("tokens");
+  const std::vector<int64_t> latents = {0, 5, 9};
+  const Dashboard d = compute_dashboard(model, sae, "", tokens, DashboardOptions().latents(latents).top_logits(4));
+  const core::TransformerWeights& w = model.model().weights();
+  const at::Tensor W_U = model.cfg().tied_embeddings ? w.W_E.t() : w.W_U;  // [d_model, d_vocab]
+  const int64_t H = model.cfg().n_heads, dh = model.cfg().d_head;
+  ASSERT_EQ(d.logit_pos.sizes(), (std::vector<int64_t>{3, 4}));
+  for (size_t i = 0; i < latents.size(); ++i) {
+    at::Tensor resid = at::zeros({model.cfg().d_model}, at::kFloat);
+    for (int64_t h = 0; h < H; ++h) {
+      const at::Tensor row = sae->param("W_dec")[latents[i]].slice(0, h * dh, (h + 1) * dh);  // [d_head]
+      resid = resid + at::matmul(row, w.blocks[0].W_O[h]);                                  // [d_model]
+    }
+    const at::Tensor eff = at::matmul(resid, W_U);  // [d_vocab]
+    auto [pv, pi] = eff.topk(4);
+    auto [nv, ni] = eff.topk(4, 0, /*largest=*/false);
+    const int64_t r = static_cast<int64_t>(i);
+    EXPECT_TRUE(at::allclose(d.logit_pos[r], pv, 1e-4, 1e-5)) << latents[i];
+    EXPECT_TRUE(at::equal(d.logit_pos_ids[r], pi)) << latents[i];
+    EXPECT_TRUE(at::allclose(d.logit_neg[r], nv, 1e-4, 1e-5)) << latents[i];
+    EXPECT_TRUE(at::equal(d.logit_neg_ids[r], ni)) << latents[i];
+  }
 }
 
 TEST(HookZSae, ExportWritesReshapeActivationsAndRoundTrips) {
