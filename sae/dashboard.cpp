@@ -144,12 +144,25 @@ Dashboard compute_dashboard(hooks::HookedTransformer& model, const std::shared_p
     d.hist_counts[l].copy_(at::histc(positive, B, 0, top).round().to(at::kLong));
   }
 
-  // Direct logit effects of each decoder direction.
+  // Direct logit effects of each decoder direction: a residual-stream-wide
+  // direction straight through W_U; a hook_z SAE's direction [head, d_head]
+  // through its layer's W_O first (the direct path of an attention-output
+  // feature, Kissane et al. 2024). Other widths have none.
   const core::TransformerWeights& w = model.model().weights();
-  if (sae->d_in() == model.cfg().d_model) {
+  const std::string z_suffix = ".attn.hook_z";
+  const bool at_hook_z = sae->cfg().reshape_activations() == "hook_z" && host.rfind("blocks.", 0) == 0 &&
+                         host.size() > z_suffix.size() &&
+                         host.compare(host.size() - z_suffix.size(), z_suffix.size(), z_suffix) == 0;
+  if (at_hook_z || (sae->cfg().reshape_activations() == "none" && sae->d_in() == model.cfg().d_model)) {
     const at::Tensor W_U = model.cfg().tied_embeddings ? w.W_E.t() : w.W_U;  // [d_model, d_vocab]
-    const at::Tensor dirs = sae->param("W_dec").index_select(0, lat.to(sae->param("W_dec").device()));  // [L, d_in]
-    const at::Tensor eff = at::matmul(dirs.to(W_U.device(), W_U.scalar_type()), W_U).to(at::kCPU, at::kFloat);  // [L, d_vocab]
+    at::Tensor dirs = sae->param("W_dec").detach().index_select(0, lat.to(sae->param("W_dec").device()));  // [L, d_in]
+    dirs = dirs.to(W_U.device(), W_U.scalar_type());
+    if (at_hook_z) {
+      const at::Tensor& W_O = w.blocks.at(static_cast<size_t>(std::stoi(host.substr(7)))).W_O;  // [head, d_head, d_model]
+      // d_in is (head, d_head) flattened head-major, as W_O's first two axes.
+      dirs = at::matmul(dirs, W_O.reshape({W_O.size(0) * W_O.size(1), W_O.size(2)}));  // [L, d_model]
+    }
+    const at::Tensor eff = at::matmul(dirs, W_U).to(at::kCPU, at::kFloat);  // [L, d_vocab]
     const int64_t T = std::min<int64_t>(opts.top_logits(), eff.size(1));
     auto [pv, pi] = eff.topk(T, 1, /*largest=*/true);
     auto [nv, ni] = eff.topk(T, 1, /*largest=*/false);

@@ -10,7 +10,9 @@
 //   - the top positive and negative logit effects: the entries of
 //     W_dec[latent] @ W_U [d_vocab] (the direct path of the decoder direction
 //     to the logits, no final norm, as SAEDashboard's logit tables), only when
-//     the hook's width is d_model (a residual-stream-shaped hook).
+//     the hook's width is d_model (a residual-stream-shaped hook); for a
+//     hook_z SAE at blocks.L.attn.hook_z, W_dec[latent] (as [head, d_head])
+//     through layer L's W_O first: sum_h W_dec[latent, h] @ W_O[h] @ W_U.
 // The latents are read from the splice's "<hook>.sae.hook_sae_acts_post" (with
 // the error term, so the model downstream of the hook is the clean one).
 //

@@ -46,6 +46,22 @@ void Sae::check_finite() const {
   }
 }
 
+Sae& Sae::to(at::Device device, at::ScalarType dtype) {
+  MECHLAB_CHECK(at::isFloatingType(dtype), "an SAE's parameters must be floating point, not ", dtype,
+                "; use float32, float64, bfloat16 or float16");
+  for (auto& [n, t] : params_) {
+    if (t.device() == device && t.scalar_type() == dtype) continue;
+    const bool grad = t.requires_grad();
+    at::Tensor moved = t.detach().to(device, dtype);  // a new leaf
+    moved.requires_grad_(grad);
+    t = moved;
+  }
+  return *this;
+}
+
+at::Device Sae::device() const { return param("W_enc").device(); }
+at::ScalarType Sae::dtype() const { return param("W_enc").scalar_type(); }
+
 void Sae::fold_activation_norm_scaling_factor(double f) {
   MECHLAB_CHECK(std::isfinite(f) && f > 0, "the activation scaling factor must be finite and > 0, got ", f);
   at::NoGradGuard no_grad;
@@ -96,12 +112,28 @@ std::vector<hooks::ModulePoint> Sae::hook_points(const core::ModelConfig& cfg,
   MECHLAB_CHECK(!info.attention_map, "an SAE cannot attach at ", where,
                 ": attention maps have no per-token vector; attach at a per-token hook such as "
                 "blocks.L.hook_resid_post");
+  // [batch, pos, head | kv_head, d_head]: a per-head site (hook_z, hook_q, ...).
+  const bool per_head = info.dims.size() == 4 && info.dims[3] == core::Dim::d_head &&
+                        (info.dims[2] == core::Dim::head || info.dims[2] == core::Dim::kv_head);
   const int64_t width = core::dim_size(cfg, info.dims.back(), 0, 0);
-  MECHLAB_CHECK(width == cfg_.d_in(), "an SAE with d_in ", cfg_.d_in(), " does not fit ", where,
-                ", whose last axis is ", width, "; attach it at a hook of width ", cfg_.d_in());
-  // The latents replace the host's last axis by d_sae.
   std::vector<core::Dim> latents = info.dims;
-  latents.back() = core::Dim::d_sae;
+  if (cfg_.reshape_activations() == "hook_z") {
+    MECHLAB_CHECK(per_head, "a hook_z SAE (reshape_activations hook_z) reads [batch, pos, head, d_head], which ",
+                  where, " is not; attach it at blocks.L.attn.hook_z");
+    const int64_t flat = core::dim_size(cfg, info.dims[2], 0, 0) * width;
+    MECHLAB_CHECK(flat == cfg_.d_in(), "a hook_z SAE with d_in ", cfg_.d_in(), " does not fit ", where,
+                  ", whose head * d_head is ", flat, "; attach it at a hook with head * d_head = ", cfg_.d_in());
+    latents = {core::Dim::batch, core::Dim::pos, core::Dim::d_sae};  // the head axis is read into d_in
+  } else {
+    const bool hint = per_head && core::dim_size(cfg, info.dims[2], 0, 0) * width == cfg_.d_in();
+    MECHLAB_CHECK(width == cfg_.d_in(), "an SAE with d_in ", cfg_.d_in(), " does not fit ", where,
+                  ", whose last axis is ", width,
+                  hint ? "; an SAE over all heads at once needs reshape_activations hook_z"
+                       : str_cat("; attach it at a hook of width ", cfg_.d_in()));
+    // The latents replace the host's last axis by d_sae.
+    latents.back() = core::Dim::d_sae;
+  }
+  // Input, reconstruction, error and output keep the host's axes.
   std::vector<hooks::ModulePoint> points{{"hook_sae_input", info.dims},
                                          {"hook_sae_acts_pre", latents},
                                          {"hook_sae_acts_post", latents},
@@ -111,13 +143,25 @@ std::vector<hooks::ModulePoint> Sae::hook_points(const core::ModelConfig& cfg,
   return points;
 }
 
+bool Sae::flattens(const at::Tensor& x) const {
+  return cfg_.reshape_activations() == "hook_z" && x.dim() >= 2 && x.size(-1) != cfg_.d_in() &&
+         x.size(-2) * x.size(-1) == cfg_.d_in();
+}
+
 void Sae::process_in(Pass& p, const at::Tensor& x, hooks::ModuleHooks& hooks) const {
-  MECHLAB_CHECK(x.dim() >= 1 && x.size(-1) == cfg_.d_in(), "SAE input of shape ", x.sizes(),
-                " does not end in d_in = ", cfg_.d_in(), "; give activations [..., ", cfg_.d_in(),
-                "]");
+  const bool flatten = flattens(x);
+  MECHLAB_CHECK(x.dim() >= 1 && (flatten || x.size(-1) == cfg_.d_in()), "SAE input of shape ", x.sizes(),
+                " does not end in d_in = ", cfg_.d_in(), "; give activations [..., ", cfg_.d_in(), "]",
+                cfg_.reshape_activations() == "hook_z" ? " or [..., head, d_head] with head * d_head = d_in" : "");
   const at::Tensor& W_enc = param("W_enc");
-  at::Tensor sae_in = x.to(W_enc.device(), W_enc.scalar_type());  // [..., d_in]
+  at::Tensor sae_in = x.to(W_enc.device(), W_enc.scalar_type());  // [..., d_in] or [..., head, d_head]
   hooks("hook_sae_input", sae_in);
+  if (flatten) {
+    // Head-major: entry (h, i) of a position goes to h * d_head + i, as
+    // SAELens's einops "... n_heads d_head -> ... (n_heads d_head)".
+    p.host_sizes = sae_in.sizes().vec();
+    sae_in = sae_in.flatten(-2, -1);  // [..., d_in]
+  }
   if (cfg_.normalize_activations() == "constant_norm_rescale") {
     // SAELens: (d_in ** 0.5) / x.norm(dim=-1, keepdim=True), which torch
     // evaluates as reciprocal(norm) * sqrt(d_in).
@@ -132,8 +176,15 @@ at::Tensor Sae::times_W_dec(const at::Tensor& acts) const { return at::matmul(ac
 
 at::Tensor Sae::decode_pass(const Pass& p, hooks::ModuleHooks& hooks) const {
   at::Tensor recons = times_W_dec(p.acts) + param("b_dec");  // [..., d_in]
-  hooks("hook_sae_recons", recons);
-  return p.norm_coeff.defined() ? recons / p.norm_coeff : recons;
+  if (p.host_sizes.empty()) {
+    hooks("hook_sae_recons", recons);
+  } else {
+    at::Tensor per_head = recons.reshape(p.host_sizes);  // [..., head, d_head]
+    hooks("hook_sae_recons", per_head);
+    recons = per_head.flatten(-2, -1);
+  }
+  at::Tensor out = p.norm_coeff.defined() ? recons / p.norm_coeff : recons;  // [..., d_in]
+  return p.host_sizes.empty() ? out : out.reshape(p.host_sizes);
 }
 
 at::Tensor Sae::encode(const at::Tensor& x) const {
@@ -203,11 +254,13 @@ at::Tensor Sae::forward(const at::Tensor& x, hooks::ModuleHooks& hooks) {
       Pass clean;
       process_in(clean, x, none);
       encode_pass(clean, none, /*training=*/false);
-      err = x - decode_pass(clean, none);  // [..., d_in]
+      err = x - decode_pass(clean, none);  // x's shape
     }
     hooks("hook_sae_error", err);
     out = out + err;
   }
+  // The host's dtype and device flow on (an SAE moved with to() computes in its own).
+  if (out.scalar_type() != x.scalar_type() || out.device() != x.device()) out = out.to(x.device(), x.scalar_type());
   hooks("hook_sae_output", out);
   return out;
 }

@@ -11,11 +11,21 @@
 // normalise is "none" or "constant_norm_rescale" (each row scaled to norm
 // sqrt(d_in), the scale undone on the way out).
 //
+// A hook_z SAE (cfg().reshape_activations() == "hook_z", SAELens's field;
+// Kissane et al. 2024) also takes x [..., head, d_head], flattened head-major
+// to [..., head * d_head = d_in] before normalising (SAELens's
+// "... n_heads d_head -> ... (n_heads d_head)"); what it returns (the
+// reconstruction, the output, the error term) has x's shape again.
+//
 // Attached at host H (model.attach(H, sae)), its points are, in the order they
 // fire, "H.sae.hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post",
 // "hook_sae_recons", "hook_sae_error" (only with the error term),
 // "hook_sae_output": SAELens's names, so SAELens paths such as
-// "blocks.3.hook_resid_post.sae.hook_sae_acts_post" work unchanged. With
+// "blocks.3.hook_resid_post.sae.hook_sae_acts_post" work unchanged. At a
+// hook_z host, hook_sae_input, hook_sae_recons, hook_sae_error and
+// hook_sae_output have the host's axes [batch, pos, head, d_head] (SAELens
+// fires the first two flat; flatten(-2, -1) gives its tensors), so a hook can
+// edit them per head; the latents are [batch, pos, d_sae]. With
 // use_error_term, out gains error = x - (the SAE's output on x with no hooks
 // run), computed without gradient as SAELens does: the model downstream sees
 // x exactly unless a hook edits a point inside the SAE.
@@ -72,15 +82,25 @@ class Sae : public hooks::AttachedModule {
   void requires_grad(bool on);
   /// Refuses (one line, naming the tensor) a parameter with NaN or inf entries.
   void check_finite() const;
+  /// Moves every parameter to `device` and converts it to the floating-point
+  /// `dtype` (SAELens's SAE.to), keeping requires_grad; a parameter already
+  /// there is left as it is. Inputs are cast to the parameters' device and
+  /// dtype, and forward() gives the host its own dtype and device back.
+  /// Gradient hooks and optimiser state on the old tensors do not follow:
+  /// move an SAE before training it.
+  Sae& to(at::Device device, at::ScalarType dtype);
+  at::Device device() const;
+  at::ScalarType dtype() const;
 
-  /// acts [..., d_sae] of x [..., d_in] (inference: BatchTopK uses its
-  /// threshold, not the batch's top k).
+  /// acts [..., d_sae] of x [..., d_in] (a hook_z SAE: also [..., head,
+  /// d_head]) (inference: BatchTopK uses its threshold, not the batch's top k).
   at::Tensor encode(const at::Tensor& x) const;
-  /// The output [..., d_in] for acts [..., d_sae] (denormalisation needs the
-  /// input's scale, so decode alone refuses a constant_norm_rescale SAE: use
-  /// reconstruct()).
+  /// The output [..., d_in] for acts [..., d_sae], flat also for a hook_z
+  /// SAE (denormalisation needs the input's scale, so decode alone refuses a
+  /// constant_norm_rescale SAE: use reconstruct()).
   at::Tensor decode(const at::Tensor& acts) const;
-  /// decode(encode(x)) with the per-row normalisation undone; no error term.
+  /// decode(encode(x)) with the per-row normalisation undone; no error term;
+  /// x's shape (a hook_z SAE given [..., head, d_head] returns that shape).
   at::Tensor reconstruct(const at::Tensor& x) const;
 
   /// SAELens's training_forward_pass on x [batch, d_in]: every loss term of
@@ -134,6 +154,8 @@ class Sae : public hooks::AttachedModule {
     at::Tensor norm_coeff;  ///< [n, 1] sqrt(d_in) / |x| (constant_norm_rescale), else undefined
     at::Tensor hidden_pre;  ///< [n, d_sae]
     at::Tensor acts;        ///< [n, d_sae]
+    /// The input's shape [..., head, d_head] when a hook_z SAE flattened it, else empty.
+    std::vector<int64_t> host_sizes;
   };
   /// hidden_pre and acts from p.sae_in, firing hook_sae_acts_pre and
   /// hook_sae_acts_post through `hooks`. `training` selects the training
@@ -151,6 +173,8 @@ class Sae : public hooks::AttachedModule {
   SaeConfig cfg_;
 
  private:
+  /// Whether x is a hook_z SAE's [..., head, d_head] input, to be flattened.
+  bool flattens(const at::Tensor& x) const;
   void process_in(Pass& p, const at::Tensor& x, hooks::ModuleHooks& hooks) const;
   at::Tensor decode_pass(const Pass& p, hooks::ModuleHooks& hooks) const;
 

@@ -24,6 +24,14 @@ void validate(const SaeConfig& cfg) {
                 "SAE normalize_activations \"", cfg.normalize_activations(),
                 "\" is not supported; use none or constant_norm_rescale (fold a fixed scaling "
                 "factor into the weights first)");
+  MECHLAB_CHECK(cfg.reshape_activations() == "none" || cfg.reshape_activations() == "hook_z",
+                "SAE reshape_activations \"", cfg.reshape_activations(), "\" is not supported; use none or hook_z");
+  if (cfg.reshape_activations() == "hook_z") {
+    const std::string& h = cfg.hook_name();
+    MECHLAB_CHECK(h.empty() || (h.size() >= 2 && h.compare(h.size() - 2, 2, "_z") == 0),
+                  "SAE reshape_activations \"hook_z\" reads attention outputs, but hook_name is \"", h,
+                  "\"; use a blocks.L.attn.hook_z hook or reshape_activations none");
+  }
   if (cfg.architecture() == "topk" || cfg.architecture() == "batchtopk") {
     MECHLAB_CHECK(cfg.k() >= 1 && cfg.k() <= static_cast<double>(cfg.d_sae()), "SAE k = ", cfg.k(),
                   " must lie in [1, d_sae = ", cfg.d_sae(), "]; use a smaller k or a larger d_sae");

@@ -24,6 +24,12 @@ struct SaeConfig {
   MECHLAB_OPTION(SaeConfig, std::string, normalize_activations, "none")
   /// The hook the SAE was trained on (metadata; "" when unknown).
   MECHLAB_OPTION(SaeConfig, std::string, hook_name, "")
+  /// "none", or "hook_z" (SAELens's reshape_activations; Kissane et al. 2024):
+  /// the SAE reads an attention output [..., head, d_head] flattened head-major
+  /// to [..., head * d_head] (= d_in) and, spliced in, gives its output back
+  /// as [..., head, d_head]. Rows of an activation store at hook_z are
+  /// already flat (core/store/activation_store.h), so training needs nothing more.
+  MECHLAB_OPTION(SaeConfig, std::string, reshape_activations, "none")
 
   /// TopK: latents kept per row (a whole number); BatchTopK: the mean number
   /// kept per row, k x rows kept over the batch.
@@ -62,7 +68,9 @@ struct SaeConfig {
 /// Refuses, one line naming the option, a configuration no SAE can have:
 /// an unknown architecture or normalisation, d_in or d_sae < 1, k outside
 /// [1, d_sae] (TopK: also not whole), a bandwidth <= 0, an unknown JumpReLU
-/// sparsity mode, a quadratic mode without target_l0 in (0, d_sae].
+/// sparsity mode, a quadratic mode without target_l0 in (0, d_sae], an
+/// unknown reshape_activations, hook_z reshaping with a hook_name that is not
+/// an attention output ("..._z", as SAELens requires).
 void validate(const SaeConfig& cfg);
 
 /// The registry's architecture names, in order.

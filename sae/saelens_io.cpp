@@ -150,9 +150,9 @@ std::shared_ptr<Sae> import_saelens(const std::string& dir) {
   cfg.d_sae(get<int64_t>(j, cfg_path, "d_sae", 0, true));
   cfg.apply_b_dec_to_input(get<bool>(j, cfg_path, "apply_b_dec_to_input", true, false));
   cfg.normalize_activations(get<std::string>(j, cfg_path, "normalize_activations", "none", false));
-  const std::string reshape = get<std::string>(j, cfg_path, "reshape_activations", "none", false);
-  MECHLAB_CHECK(reshape == "none", "SAELens config '", cfg_path, "': reshape_activations \"",
-                reshape, "\" (hook_z SAEs) is not supported yet; use an SAE on a per-token hook");
+  // "hook_z": the SAE reads attention outputs flattened over heads (validate()
+  // below refuses it with a hook_name that is not "..._z", as SAELens does).
+  cfg.reshape_activations(get<std::string>(j, cfg_path, "reshape_activations", "none", false));
   if (arch == "topk") {
     cfg.k(static_cast<double>(get<int64_t>(j, cfg_path, "k", 100, false)));
     cfg.rescale_acts_by_decoder_norm(get<bool>(j, cfg_path, "rescale_acts_by_decoder_norm", false, false));
@@ -251,7 +251,7 @@ void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions&
   j["device"] = "cpu";
   j["apply_b_dec_to_input"] = c.apply_b_dec_to_input();
   j["normalize_activations"] = c.normalize_activations();
-  j["reshape_activations"] = "none";
+  j["reshape_activations"] = c.reshape_activations();
   if (arch == "topk") {
     j["k"] = static_cast<int64_t>(c.k());
     j["rescale_acts_by_decoder_norm"] = c.rescale_acts_by_decoder_norm();

@@ -4,7 +4,7 @@
 // cfg.json keys read: architecture ("standard" = relu, "topk", "jumprelu",
 // "gated"), d_in, d_sae, dtype (weights are converted to float32),
 // apply_b_dec_to_input (default true), normalize_activations (none or
-// constant_norm_rescale), reshape_activations (none only), k and
+// constant_norm_rescale), reshape_activations (none, or hook_z: sae.h), k and
 // rescale_acts_by_decoder_norm (topk), metadata.hook_name (or a top-level
 // hook_name). Tensors: W_enc [d_in, d_sae], b_enc [d_sae] (not gated),
 // W_dec [d_sae, d_in], b_dec [d_in]; threshold [d_sae] (jumprelu; or

@@ -124,7 +124,7 @@ SpliceMetrics splice_metrics(hooks::HookedTransformer& model, const std::shared_
     auto keep_ignored = [&](at::Tensor& act, const at::Tensor& original) {
       std::vector<int64_t> shape = mask.sizes().vec();  // [b, pos, 1...]
       shape.resize(static_cast<size_t>(act.dim()), 1);
-      act = at::where(mask.view(shape), act, original);
+      act = at::where(mask.view(shape), act, original.to(act.scalar_type()));
     };
 
     at::Tensor x;  // [b, pos, d_in] the host's clean activation
@@ -159,7 +159,9 @@ SpliceMetrics splice_metrics(hooks::HookedTransformer& model, const std::shared_
     if (m == 0) continue;
 
     // get_sparsity_and_variance_metrics, on the counted positions.
-    const at::Tensor xf = x.reshape({-1, x.size(-1)}).index({mask.flatten()}).to(at::kFloat);  // [m, d_in]
+    // A hook_z SAE reads each position's heads as one row (SAELens: flatten(-2, -1)).
+    const at::Tensor xp = sae->cfg().reshape_activations() == "hook_z" && x.dim() == 4 ? x.flatten(-2, -1) : x;
+    const at::Tensor xf = xp.reshape({-1, xp.size(-1)}).index({mask.flatten()}).to(at::kFloat);  // [m, d_in]
     const at::Tensor acts = sae->encode(xf);                                              // [m, d_sae]
     const at::Tensor out = sae->reconstruct(xf).to(at::kFloat);                            // [m, d_in]
     auto total = [](const at::Tensor& v) { return v.to(at::kDouble).sum().item<double>(); };

@@ -25,6 +25,9 @@
 //                          spliced with its error term (0 KL up to rounding
 //                          unless a hook edits a point inside the SAE; a
 //                          check of the splice itself, not in SAELens)
+// At a hook_z host a hook_z SAE (sae.h) reads each position's heads as one
+// row of head * d_head, and so do the activation metrics (SAELens's evals
+// flatten(-2, -1) there too).
 // Positions whose token is in ignore_tokens (SAELens: the tokenizer's special
 // tokens) are left out of every mean and keep their clean activation in the
 // spliced run, as SAELens's replacement hook does; a CE term is left out when

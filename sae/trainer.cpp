@@ -9,6 +9,7 @@
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
 #include "core/util/progress.h"
+#include "sae/live_source.h"
 #include "sae/metrics.h"
 #include "sae/registry.h"
 #include "sae/saelens_io.h"
@@ -17,6 +18,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -210,7 +212,8 @@ void refuse_unknown(const json& j, const std::vector<std::string>& known, const 
 
 const std::vector<std::string>& sae_keys() {
   static const std::vector<std::string> k = {
-      "architecture", "d_in", "d_sae", "apply_b_dec_to_input", "normalize_activations", "hook_name", "k",
+      "architecture", "d_in", "d_sae", "apply_b_dec_to_input", "normalize_activations", "hook_name",
+      "reshape_activations", "k",
       "rescale_acts_by_decoder_norm", "topk_threshold", "topk_threshold_lr", "aux_loss_coefficient",
       "l1_coefficient", "lp_norm", "l0_coefficient", "jumprelu_bandwidth", "jumprelu_ste_to_input",
       "jumprelu_sparsity_loss_mode", "jumprelu_tanh_scale", "target_l0", "pre_act_loss_coefficient"};
@@ -228,6 +231,7 @@ SaeConfig sae_config_from_json(const json& j) {
   if (j.contains("normalize_activations"))
     c.normalize_activations(get_as<std::string>(j, "normalize_activations", w));
   if (j.contains("hook_name")) c.hook_name(get_as<std::string>(j, "hook_name", w));
+  if (j.contains("reshape_activations")) c.reshape_activations(get_as<std::string>(j, "reshape_activations", w));
   if (j.contains("k")) c.k(get_as<double>(j, "k", w));
   if (j.contains("rescale_acts_by_decoder_norm"))
     c.rescale_acts_by_decoder_norm(get_as<bool>(j, "rescale_acts_by_decoder_norm", w));
@@ -255,6 +259,7 @@ json sae_config_to_json(const SaeConfig& c) {
           {"apply_b_dec_to_input", c.apply_b_dec_to_input()},
           {"normalize_activations", c.normalize_activations()},
           {"hook_name", c.hook_name()},
+          {"reshape_activations", c.reshape_activations()},
           {"k", c.k()},
           {"rescale_acts_by_decoder_norm", c.rescale_acts_by_decoder_norm()},
           {"topk_threshold_lr", c.topk_threshold_lr()},
@@ -284,20 +289,36 @@ ToyOptions toy_from_json(const json& j) {
 }
 
 void check_data(const json& data) {
-  MECHLAB_CHECK(data.is_object() && (data.contains("toy") != data.contains("store")),
-                "SAE training config: \"data\" must be {\"toy\": {...}} or {\"store\": PATH, \"hook\": NAME}, got ",
+  const int forms = data.is_object() ? static_cast<int>(data.contains("toy")) + static_cast<int>(data.contains("store")) +
+                                           static_cast<int>(data.contains("model"))
+                                     : 0;
+  MECHLAB_CHECK(forms == 1,
+                "SAE training config: \"data\" must be {\"toy\": {...}}, {\"store\": PATH, \"hook\": NAME} or "
+                "{\"model\": PATH, \"dataset\": PATH, \"hook\": NAME}, got ",
                 data.dump());
   if (data.contains("toy")) {
     refuse_unknown(data, {"toy"}, "data.");
     toy_from_json(data["toy"]);
+    return;
+  }
+  const bool live = data.contains("model");
+  if (live) {
+    refuse_unknown(data, {"model", "dataset", "hook", "buffer_rows", "exclude_first_position", "prompts_per_forward"},
+                   "data.");
+    get_as<std::string>(data, "model", "data.");
+    MECHLAB_CHECK(data.contains("dataset"),
+                  "SAE training config: \"data.dataset\" is missing: name the dataset whose prompts the model runs on");
+    get_as<std::string>(data, "dataset", "data.");
+    if (data.contains("prompts_per_forward")) get_as<int64_t>(data, "prompts_per_forward", "data.");
   } else {
     refuse_unknown(data, {"store", "hook", "buffer_rows", "exclude_first_position"}, "data.");
     get_as<std::string>(data, "store", "data.");
-    MECHLAB_CHECK(data.contains("hook"), "SAE training config: \"data.hook\" is missing: name the store's hook to train on");
-    get_as<std::string>(data, "hook", "data.");
-    if (data.contains("buffer_rows")) get_as<int64_t>(data, "buffer_rows", "data.");
-    if (data.contains("exclude_first_position")) get_as<bool>(data, "exclude_first_position", "data.");
   }
+  MECHLAB_CHECK(data.contains("hook"), "SAE training config: \"data.hook\" is missing: name the ",
+                live ? "model's" : "store's", " hook to train on");
+  get_as<std::string>(data, "hook", "data.");
+  if (data.contains("buffer_rows")) get_as<int64_t>(data, "buffer_rows", "data.");
+  if (data.contains("exclude_first_position")) get_as<bool>(data, "exclude_first_position", "data.");
 }
 
 }  // namespace
@@ -367,7 +388,8 @@ SaeTrainConfig SaeTrainConfig::from_json(const json& j) {
   if (j.contains("name")) c.name(get_as<std::string>(j, "name", w));
   MECHLAB_CHECK(j.contains("sae"), "SAE training config: \"sae\" is missing: give the SAE's architecture, d_in and d_sae");
   c.sae(sae_config_from_json(j["sae"]));
-  MECHLAB_CHECK(j.contains("data"), "SAE training config: \"data\" is missing: give {\"toy\": {}} or {\"store\": PATH, \"hook\": NAME}");
+  MECHLAB_CHECK(j.contains("data"), "SAE training config: \"data\" is missing: give {\"toy\": {}}, {\"store\": PATH, "
+                                    "\"hook\": NAME} or {\"model\": PATH, \"dataset\": PATH, \"hook\": NAME}");
   check_data(j["data"]);
   c.data(j["data"]);
   if (j.contains("steps")) c.steps(get_as<int64_t>(j, "steps", w));
@@ -462,6 +484,20 @@ void SaeTrainConfig::validate() const {
 std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg, int64_t part, int64_t parts) {
   const json& d = cfg.data();
   if (d.contains("toy")) return toy_source(toy_from_json(d["toy"]));
+  if (d.contains("model")) {
+    // A live source has no parts: every rank would run the model on the
+    // whole global batch. Data-parallel training reads a cached store.
+    MECHLAB_CHECK(parts == 1, "SAE training from live model activations (data.model) runs in one process; for ",
+                  parts, " data-parallel processes cache the activations first (mechlab cache) and train on the store");
+    return live_source(d["model"].get<std::string>(), d["dataset"].get<std::string>(),
+                       LiveSourceOptions()
+                           .hook(d["hook"].get<std::string>())
+                           .seed(cfg.seed())
+                           .batch_size(cfg.batch_size())
+                           .buffer_rows(d.value("buffer_rows", int64_t{1} << 16))
+                           .exclude_first_position(d.value("exclude_first_position", false))
+                           .prompts_per_forward(d.value("prompts_per_forward", int64_t{8})));
+  }
   return store_source(d["store"].get<std::string>(), d["hook"].get<std::string>(), cfg.seed(),
                       cfg.batch_size() / parts, d.value("buffer_rows", int64_t{1} << 16),
                       d.value("exclude_first_position", false), part, parts);
@@ -621,6 +657,7 @@ core::train::Evaluation SaeTrainable::evaluate() {
       core::write_text_file(svg, eval_log_svg());
     }
   }
+  if (on_eval) on_eval(e);
   if (!group_ || group_->rank() == 0) {  // rank 0 logs for all
     log::info(str_cat("step ", e.step, ": L0 ", e.l0, ", FVU ", e.fvu, ", dead fraction ", e.dead_fraction,
                       e.mmcs >= 0 ? str_cat(", MMCS ", e.mmcs) : std::string()));
@@ -629,6 +666,18 @@ core::train::Evaluation SaeTrainable::evaluate() {
   r.test = {e.mse, truth.defined() ? e.mmcs : e.explained_variance, 0};
   r.train = {e.mse, e.explained_variance, 0};
   return r;
+}
+
+std::string progress_status(const SaeEval& e) {
+  if (e.step == 0) return "";
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "L0 %.1f  FVU %.4f  dead %.1f%%", e.l0, e.fvu, 100.0 * e.dead_fraction);
+  std::string s = buf;
+  if (e.mmcs >= 0) {
+    std::snprintf(buf, sizeof buf, "  MMCS %.3f", e.mmcs);
+    s += buf;
+  }
+  return s;
 }
 
 std::string SaeTrainable::eval_log_csv() const {
@@ -750,8 +799,20 @@ core::train::LoopOptions loop_options(const SaeTrainConfig& cfg, const SaeTraine
       .progress(false);  // the SAE trainer draws its own bar, in tokens
 }
 
+// The data's width, and the data's hook as the SAE's hook_name when the
+// config gives none; an SAE trained on hook_z rows (flattened head-major, as
+// the store keeps them) is a hook_z SAE, so that it splices back at hook_z.
 SaeTrainConfig with_data_width(SaeTrainConfig cfg, const BatchSource& source) {
   if (cfg.sae().d_in() == 0) cfg.sae().d_in(source.d_in());
+  const json& d = cfg.data();
+  if (cfg.sae().hook_name().empty() && d.contains("hook") && d["hook"].is_string()) {
+    cfg.sae().hook_name(d["hook"].get<std::string>());
+  }
+  const std::string& hook = cfg.sae().hook_name();
+  const std::string z = "hook_z";
+  if (hook.size() >= z.size() && hook.compare(hook.size() - z.size(), z.size(), z) == 0) {
+    cfg.sae().reshape_activations("hook_z");
+  }
   return cfg;
 }
 
@@ -785,6 +846,8 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
   if (options_.progress() && done < cfg.steps() && rank0) {
     bar.emplace("sae train " + cfg.name(), cfg.steps() * cfg.batch_size(), "tokens", done * cfg.batch_size());
     trainable_->on_step = [&bar](int64_t rows) { bar->advance(rows); };
+    trainable_->on_eval = [&bar](const SaeEval& e) { bar->set_status(progress_status(e)); };
+    bar->set_status(progress_status(trainable_->last_eval()));  // a resumed run's kept evaluation
   }
   const double t0 = now_seconds();
   core::train::LoopResult r;
@@ -792,9 +855,11 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
     r = loop_->run(max_steps);
   } catch (const Interrupted&) {
     trainable_->on_step = nullptr;
+    trainable_->on_eval = nullptr;
     throw;
   } catch (const Error& e) {
     trainable_->on_step = nullptr;
+    trainable_->on_eval = nullptr;
     if (bar) bar->finish();
     const std::string path = loop_->checkpoint_path();
     std::string kept = "no checkpoint was written";
@@ -813,6 +878,7 @@ SaeTrainResult SaeTrainer::run(int64_t max_steps) {
     throw Error(str_cat(what, "; training stopped, ", kept));
   }
   trainable_->on_step = nullptr;
+  trainable_->on_eval = nullptr;
   if (bar) bar->finish();
   SaeTrainResult out;
   out.seconds = now_seconds() - t0;

@@ -1,7 +1,8 @@
 // SAE training on the model-agnostic training loop (core/train/train_loop.h):
 // SaeTrainable is a Trainable over a BatchSource (an activation store read
-// through shuffled batches, rows in memory, or the toy-superposition
-// generator), and SaeTrainer runs it with SAELens 6.x's training semantics:
+// through shuffled batches, a model run live on a dataset (sae/live_source.h),
+// rows in memory, or the toy-superposition generator), and SaeTrainer runs it
+// with SAELens 6.x's training semantics:
 //
 //   step s (0-based), batch x [batch, d_in] from the source:
 //     loss = mse_loss + c(s) / c * (l1_loss | l0_loss) + auxiliary terms
@@ -25,7 +26,8 @@
 // Exact resume: the batch of step s depends only on the loop's generator
 // (toy), on s (in-memory rows: epoch permutations seeded by seed + epoch), or
 // on the order of ShuffledBatches (a store; a resume replays the first s
-// batches' reads, which costs a pass over them). The dead-latent counters and
+// batches' reads, which costs a pass over them), or on the live source's
+// order (a resume replays the model forwards of the first s batches). The dead-latent counters and
 // BatchTopK's threshold are stored beside the parameters, so a resumed run
 // computes what an uninterrupted one would, bit for bit.
 //
@@ -134,8 +136,12 @@ std::unique_ptr<BatchSource> store_source(const std::string& path, const std::st
 // ------------------------------------------------------------------ config
 
 /// `mechlab sae train CONFIG`: JSON keys are the option names; "sae" holds
-/// SaeConfig's keys (sae_config.h), "data" is {"toy": {ToyOptions keys}} or
-/// {"store": PATH, "hook": NAME, "buffer_rows": N, "exclude_first_position": B}.
+/// SaeConfig's keys (sae_config.h), "data" is {"toy": {ToyOptions keys}},
+/// {"store": PATH, "hook": NAME, "buffer_rows": N, "exclude_first_position": B}
+/// or, live from a model (sae/live_source.h), {"model": PATH, "dataset": PATH,
+/// "hook": NAME, "buffer_rows": N, "exclude_first_position": B,
+/// "prompts_per_forward": P}. The SAE's hook_name defaults to data.hook, and an
+/// SAE trained at a hook named "..hook_z" is a hook_z SAE (reshape_activations).
 struct SaeTrainConfig {
   MECHLAB_OPTION(SaeTrainConfig, std::string, name, "sae")
   MECHLAB_OPTION(SaeTrainConfig, SaeConfig, sae, SaeConfig())
@@ -191,6 +197,11 @@ struct SaeEval {
   double mmcs = -1;          ///< against the ground truth; -1 without one
 };
 
+/// The progress bar's status text for an evaluation: "L0 31.2  FVU 0.0812
+/// dead 0.4%" (and "  MMCS 0.991" with a ground truth); "" before the first
+/// evaluation (step 0 of a fresh run).
+std::string progress_status(const SaeEval& e);
+
 class SaeTrainable : public core::train::Trainable {
  public:
   /// A freshly initialised SAE (seeded by cfg.seed) over `source`; refuses
@@ -221,6 +232,8 @@ class SaeTrainable : public core::train::Trainable {
   std::string eval_log_svg() const;
   /// Called after each step's forward pass with the rows it trained on.
   std::function<void(int64_t rows)> on_step;
+  /// Called after each evaluation with its figures (the progress line).
+  std::function<void(const SaeEval&)> on_eval;
   /// Where evaluations write sae_log.csv, and .svg beside it ("" = nowhere).
   std::string log_path;
   /// Train data parallel over `group` (null = one process): refuses a
@@ -249,8 +262,8 @@ struct SaeTrainerOptions {
   MECHLAB_OPTION(SaeTrainerOptions, std::string, out_dir, "")
   MECHLAB_OPTION(SaeTrainerOptions, bool, resume, false)
   MECHLAB_OPTION(SaeTrainerOptions, bool, overwrite, false)
-  /// A progress bar (tokens/s) on stderr; L0, FVU and dead fraction are
-  /// logged at each evaluation.
+  /// A progress bar on stderr: tokens/s, and the latest evaluation's L0, FVU
+  /// and dead fraction (progress_status), updated at each evaluation.
   MECHLAB_OPTION(SaeTrainerOptions, bool, progress, true)
   /// Data-parallel training over this group (see the top of this file);
   /// null = one process.

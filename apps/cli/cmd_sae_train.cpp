@@ -1,6 +1,6 @@
-// mechlab sae train CONFIG: train a sparse autoencoder on an activation store
-// or the toy-superposition generator (sae/trainer.h). CONFIG is JSON, or YAML
-// by extension (.yaml, .yml).
+// mechlab sae train CONFIG: train a sparse autoencoder on an activation store,
+// a model's live activations or the toy-superposition generator
+// (sae/trainer.h). CONFIG is JSON, or YAML by extension (.yaml, .yml).
 #include "apps/cli/commands.h"
 #include "apps/jobs/job_file.h"
 #include "core/dist/process_group.h"
@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 namespace mechlab::cli {
 namespace {
@@ -69,7 +70,8 @@ void add_sae_train(CLI::App& sae) {
       "Train a sparse autoencoder (SAELens's losses and training: Adam with lr warmup/decay, "
       "L1/L0 coefficient warmup, AuxK on dead latents, geometric-median b_dec).\nCONFIG is JSON "
       "or YAML (keys: docs/ARCHITECTURE.md, \"SAE training\"); data is an activation store "
-      "({store: acts.h5, hook: NAME}, paths relative to CONFIG) or the toy-superposition "
+      "({store: acts.h5, hook: NAME}), a model run live on a dataset's prompts ({model: M, "
+      "dataset: D.h5, hook: NAME}; paths relative to CONFIG) or the toy-superposition "
       "generator ({toy: {}}). Writes checkpoint.h5 (resumable), train_log.{csv,svg}, "
       "sae_log.{csv,svg}, config.json and sae/ (an SAELens folder) into --out.\n"
       "Data parallel: started as several processes (torchrun's RANK/WORLD_SIZE, srun's SLURM_PROCID/SLURM_NTASKS, "
@@ -106,17 +108,21 @@ void add_sae_train(CLI::App& sae) {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
     json j = read_config(a->config);
     for (const std::string& s : a->settings) set_key(j, s);
-    // A store path is relative to the config's folder (made absolute, so that
-    // a resume from another working directory has the same config).
-    if (j.is_object() && j.contains("data") && j["data"].is_object() && j["data"].contains("store") &&
-        j["data"]["store"].is_string()) {
-      const fs::path store = j["data"]["store"].get<std::string>();
-      if (store.is_relative()) {
-        j["data"]["store"] = fs::absolute(fs::path(a->config).parent_path() / store).lexically_normal().string();
-      }
-      for (const char* name : {"checkpoint.h5", "config.json"}) {
-        core::require_not_same_file((fs::path(a->out) / name).string(), "--out",
-                                    j["data"]["store"].get<std::string>(), "the activation store (data.store)");
+    // Store, model and dataset paths are relative to the config's folder (made
+    // absolute, so that a resume from another working directory has the same config).
+    if (j.is_object() && j.contains("data") && j["data"].is_object()) {
+      for (const auto& [key, what] : {std::pair<const char*, const char*>{"store", "the activation store (data.store)"},
+                                      {"model", "the model (data.model)"},
+                                      {"dataset", "the dataset (data.dataset)"}}) {
+        if (!j["data"].contains(key) || !j["data"][key].is_string()) continue;
+        const fs::path input = j["data"][key].get<std::string>();
+        if (input.is_relative()) {
+          j["data"][key] = fs::absolute(fs::path(a->config).parent_path() / input).lexically_normal().string();
+        }
+        for (const char* name : {"checkpoint.h5", "config.json"}) {
+          core::require_not_same_file((fs::path(a->out) / name).string(), "--out", j["data"][key].get<std::string>(),
+                                      what);
+        }
       }
     }
     const sae::SaeTrainConfig cfg = sae::SaeTrainConfig::from_json(j);

@@ -72,7 +72,7 @@ std::string ProgressBar::line() const {
                 bar.c_str(), static_cast<int>(frac * 100), human_count(done_).c_str(),
                 human_count(total_).c_str(), unit_.c_str(), human_count(r).c_str(), unit_.c_str(),
                 human_duration(eta).c_str());
-  return buf;
+  return status_.empty() ? std::string(buf) : std::string(buf) + "  " + status_;
 }
 
 void ProgressBar::draw(bool final) {

@@ -3,7 +3,9 @@
 // On a terminal it redraws one line on stderr at most ten times a second:
 //   cache  [########------------]  41%  52.3k/128k tokens  8.1k tokens/s  ETA 0:09
 // Elsewhere (CI logs, files) it logs a plain line every `log_every_s` seconds
-// and once at the end, so logs stay readable.
+// and once at the end, so logs stay readable. A status text, when set, ends
+// the line (the SAE trainer shows its latest L0, FVU and dead fraction):
+//   sae train  [##------------------]  12%  1.2M/10M tokens  41k tokens/s  ETA 3:35  L0 31.2  FVU 0.0812  dead 0.4%
 //
 // Example:
 //   mechlab::core::ProgressBar bar("cache", total_tokens, "tokens");
@@ -14,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace mechlab::core {
 
@@ -36,12 +39,16 @@ class ProgressBar {
   double rate() const;
   /// The line that would be drawn now (for tests and logs).
   std::string line() const;
+  /// Text appended to the line after the ETA ("" = none, the default); shown
+  /// at the next draw.
+  void set_status(std::string status) { status_ = std::move(status); }
+  const std::string& status() const { return status_; }
 
  private:
   void draw(bool final);
 
   using Clock = std::chrono::steady_clock;
-  std::string label_, unit_;
+  std::string label_, unit_, status_;
   int64_t total_, start_, done_;
   double log_every_s_;
   bool terminal_, finished_ = false;

@@ -160,7 +160,12 @@ TEST(SaeLensIo, RefusesBadFoldersNamingTheKeyOrTensor) {
   EXPECT_THAT(error_of([&] {
                 import_saelens(bad_folder("z", [](auto& j) { j["reshape_activations"] = "hook_z"; }, same));
               }),
-              HasSubstr("reshape_activations \"hook_z\" (hook_z SAEs) is not supported yet"));
+              HasSubstr("SAE reshape_activations \"hook_z\" reads attention outputs, but hook_name is "
+                        "\"blocks.0.hook_resid_post\"; use a blocks.L.attn.hook_z hook or reshape_activations none"));
+  EXPECT_THAT(error_of([&] {
+                import_saelens(bad_folder("zq", [](auto& j) { j["reshape_activations"] = "hook_q"; }, same));
+              }),
+              HasSubstr("reshape_activations \"hook_q\" is not supported; use none or hook_z"));
   EXPECT_THAT(error_of([&] { import_saelens(temp_path("sae_io", "nothing_here")); }),
               HasSubstr("no such file; an SAELens folder holds cfg.json and sae_weights.safetensors"));
   // Every message is one line.
