@@ -146,11 +146,19 @@ ResampledAuroc::ResampledAuroc(const at::Tensor& scores, const at::Tensor& label
   const at::Tensor cls = binary ? at::ones({1}, at::kLong) : at::arange(classes_, at::kLong);
   const at::Tensor pos = y.unsqueeze(1).eq(cls.view({1, -1, 1})).reshape({probes_ * classes_, rows_});  // [C, N]
   auto [sorted, order] = at::sort(cols, /*dim=*/1);  // ascending
-  order_ = order.contiguous();
-  // A new tie group wherever the sorted score changes.
-  const at::Tensor change = sorted.narrow(1, 1, rows_ - 1).ne(sorted.narrow(1, 0, rows_ - 1)).to(at::kLong);
-  group_ = at::cat({at::zeros({cols.size(0), 1}, at::kLong), change.cumsum(1)}, 1).contiguous();  // [C, N]
-  positive_ = pos.gather(1, order_).to(at::kDouble).contiguous();
+  order_ = order.reshape({-1}).contiguous();
+  // Tie groups: a group starts where the sorted score changes and ends
+  // before the next start. Each position gets its group's first position
+  // and one past its last.
+  const int64_t C = cols.size(0);
+  const at::Tensor change = sorted.narrow(1, 1, rows_ - 1).ne(sorted.narrow(1, 0, rows_ - 1));  // [C, N - 1]
+  const at::Tensor yes = at::ones({C, 1}, at::kBool);
+  const at::Tensor first = at::cat({yes, change}, 1), last = at::cat({change, yes}, 1);  // [C, N]
+  const at::Tensor idx = at::arange(rows_, at::kLong).expand({C, rows_});
+  group_start_ = std::get<0>(at::where(first, idx, at::zeros_like(idx)).cummax(1)).contiguous();
+  const at::Tensor back = at::where(last.flip({1}), idx.flip({1}), at::full_like(idx, rows_));  // reversed
+  group_end_ = (std::get<0>(back.cummin(1)).flip({1}) + 1).contiguous();
+  positive_ = pos.gather(1, order).to(at::kDouble).contiguous();
 }
 
 at::Tensor ResampledAuroc::operator()(const at::Tensor& rows) const {
@@ -160,17 +168,17 @@ at::Tensor ResampledAuroc::operator()(const at::Tensor& rows) const {
   MECHLAB_CHECK(r.numel() == 0 || (r.min().item<int64_t>() >= 0 && r.max().item<int64_t>() < rows_),
                 "ResampledAuroc: row indices must be in [0, ", rows_, ")");
   const at::Tensor count = at::bincount(r, {}, rows_).to(at::kDouble);  // [N] times each row is drawn
-  const int64_t C = order_.size(0);
-  const at::Tensor w = count.index_select(0, order_.reshape({-1})).view({C, rows_});  // [C, N] sorted
-  const at::Tensor pos_w = w * positive_, neg_w = w - pos_w;
-  // Per tie group: positives and negatives drawn.
-  const at::Tensor pos_g = at::zeros({C, rows_}, at::kDouble).scatter_add_(1, group_, pos_w);
-  const at::Tensor neg_g = at::zeros({C, rows_}, at::kDouble).scatter_add_(1, group_, neg_w);
+  const int64_t C = positive_.size(0);
+  const at::Tensor w = count.index_select(0, order_).view({C, rows_});  // [C, N] in score order
+  const at::Tensor pos_w = w * positive_;
+  // neg[:, j]: negatives drawn at sorted positions < j.
+  const at::Tensor neg = at::cat({at::zeros({C, 1}, at::kDouble), (w - pos_w).cumsum(1)}, 1);  // [C, N + 1]
   // A positive beats every negative of a lower score and half of those it ties
-  // with: the trapezoids of roc_curve (Mann-Whitney U / (n_pos n_neg)).
-  const at::Tensor neg_below = neg_g.cumsum(1) - neg_g;
-  const at::Tensor u = (pos_g * (neg_below + 0.5 * neg_g)).sum(1);  // [C]
-  const at::Tensor n_pos = pos_g.sum(1), n_neg = neg_g.sum(1);
+  // with (the trapezoids of roc_curve; Mann-Whitney U / (n_pos n_neg)):
+  // below + (upto - below) / 2 with below = neg[start], upto = neg[end].
+  const at::Tensor credit = neg.gather(1, group_start_) + neg.gather(1, group_end_);  // twice the credit
+  const at::Tensor u = 0.5 * (pos_w * credit).sum(1);                                 // [C]
+  const at::Tensor n_pos = pos_w.sum(1), n_neg = neg.select(1, rows_);
   const at::Tensor defined = n_pos.gt(0).logical_and(n_neg.gt(0));
   const at::Tensor auc = at::where(defined, u / (n_pos * n_neg), at::full_like(u, std::nan("")));
   return auc.view({probes_, classes_}).mean(1);  // a class absent from the rows: NaN

@@ -70,9 +70,10 @@ class ResampledAuroc {
 
  private:
   int64_t probes_ = 0, classes_ = 1, rows_ = 0;  // columns = probes_ * classes_
-  at::Tensor order_;     // [columns, N] int64: the rows by ascending score
-  at::Tensor group_;     // [columns, N] int64: tie group of each sorted position (0, 1, ...)
-  at::Tensor positive_;  // [columns, N] float64: 1 where the sorted row is of the column's class
+  at::Tensor order_;        // [columns * N] int64: each column's rows by ascending score
+  at::Tensor group_start_;  // [columns, N] int64: first sorted position of each position's tie group
+  at::Tensor group_end_;    // [columns, N] int64: one past its last
+  at::Tensor positive_;     // [columns, N] float64: 1 where the sorted row is of the column's class
 };
 
 }  // namespace mechlab::probes
