@@ -5,6 +5,8 @@
 #include "core/data/tasks/probe.h"
 #include "core/data/tasks/tasks.h"
 #include "hooks/hooked_transformer.h"
+#include "probes/metrics.h"
+#include "probes/probe_data.h"
 #include "probes/probe_run.h"
 #include "tests/test_util.h"
 
@@ -145,10 +147,24 @@ TEST(ProbeRun, MulticlassAblationProjectsOutTheSpanOfTheWeightDifferences) {
     EXPECT_NEAR(r.ablated_loss[p].item<double>(), want, 1e-5) << r.names[static_cast<size_t>(p)];
     EXPECT_NE(r.ablated_loss[p].item<double>(), r.clean_loss);
     const double auc = r.auroc[p].item<double>();
-    EXPECT_TRUE(auc >= 0 && auc <= 1) << auc;
     EXPECT_LE(r.auroc_ci.lower[p].item<double>(), auc);
     EXPECT_GE(r.auroc_ci.upper[p].item<double>(), auc);
   }
+  // The AUROC is the probes' one-vs-rest AUROC on the test rows, recomputed
+  // here from one forward over all 40 prompts (every token is a row, in
+  // example order) and the run's seeded split.
+  const at::Tensor all = core::load_dataset(data).tokens.to(at::kLong);  // [40, T]
+  auto [logits, cache] = model.run_with_cache(
+      all, hooks::NamesFilter::predicate([](const std::string& n) {
+        return n == "hook_embed" || n == "blocks.0.hook_resid_post";
+      }));
+  const at::Tensor x = features_from_cache(cache, r.names).x;  // [2, R, d_model]
+  ASSERT_EQ(x.size(1), r.rows);
+  const at::Tensor test = random_split(r.rows, SplitOptions().test_fraction(0.2).seed(0)).test;
+  const at::Tensor y = ds.labels.reshape({-1}).index_select(0, test);
+  const at::Tensor want = probe_auroc(r.probes, x.index_select(1, test), y);
+  EXPECT_TRUE(at::allclose(r.auroc, want, 0, 1e-6)) << r.auroc << want;
+  EXPECT_EQ(r.auroc_ci.defined.min().item<int64_t>(), 50);
 }
 
 }  // namespace
