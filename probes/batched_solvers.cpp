@@ -48,8 +48,7 @@ std::string to_string(StopReason r) {
   return "?";
 }
 
-SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const LbfgsOptions& o,
-                           const BatchedMonitor& monitor) {
+SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const LbfgsOptions& o) {
   check_theta(theta, "L-BFGS");
   MECHLAB_CHECK(o.history() >= 1, "L-BFGS: `history` must be >= 1, got ", o.history());
   MECHLAB_CHECK(o.max_iter() >= 0, "L-BFGS: `max_iter` must be >= 0, got ", o.max_iter());
@@ -151,15 +150,7 @@ SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta, const L
     at::Tensor by_objective = stepped & (rel <= o.ftol());
     set_reason(reason, decided, by_gradient, StopReason::gradient);
     set_reason(reason, decided, by_objective, StopReason::objective);
-    at::Tensor done = by_gradient | by_objective;
-    if (monitor) {
-      const at::Tensor still = (active & done.logical_not());
-      if (still.any().item<bool>()) {
-        at::Tensor settled = monitor(theta, still.cpu(), it + 1).to(dev, at::kBool) & still;
-        set_reason(reason, decided, settled, StopReason::monitor);
-        done = done | settled;
-      }
-    }
+    const at::Tensor done = by_gradient | by_objective;
     converged = converged | done;
     active = active & done.logical_not();
   }

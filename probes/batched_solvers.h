@@ -45,21 +45,13 @@ namespace mechlab::probes {
 using BatchedObjective =
     std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor& theta, const at::Tensor& which)>;
 
-/// A caller's stopping test, run after every L-BFGS iteration: (theta [P, M]
-/// after the iteration, active [P] bool on the CPU: the problems still
-/// moving, iteration: 1-based) -> [P] bool, true where the caller is done
-/// with the problem (for probes: its predictions have settled). The entries
-/// of inactive problems are ignored.
-using BatchedMonitor =
-    std::function<at::Tensor(const at::Tensor& theta, const at::Tensor& active, int64_t iteration)>;
-
 /// Why a problem stopped (SolverResult::stop_reason holds these as int64).
 enum class StopReason : int64_t {
   max_iter = 0,     ///< ran out of iterations: not converged
   gradient = 1,     ///< max |g| <= gtol (FISTA: the gradient mapping)
   objective = 2,    ///< relative decrease of f <= ftol
   line_search = 3,  ///< the line search failed to decrease f: not converged
-  monitor = 4,      ///< the caller's BatchedMonitor said done
+  monitor = 4,      ///< a watch outside the solver said done (Adam: early stopping on the validation loss)
   closed_form = 5,  ///< no iterations: solved directly (ridge's normal equations)
 };
 std::string to_string(StopReason r);
@@ -96,11 +88,8 @@ struct SolverResult {
   at::Tensor stop_reason;  ///< [P] int64, a StopReason
 };
 
-/// Minimises each problem's smooth objective from theta0 [P, M]. With a
-/// monitor, a problem also stops (converged, StopReason::monitor) when the
-/// monitor says so; without one the iterates are those of no monitor at all.
-SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta0, const LbfgsOptions& options = {},
-                           const BatchedMonitor& monitor = {});
+/// Minimises each problem's smooth objective from theta0 [P, M].
+SolverResult batched_lbfgs(const BatchedObjective& fg, at::Tensor theta0, const LbfgsOptions& options = {});
 
 /// Minimises f(theta) + l1 * ||theta * l1_mask||_1 per problem from theta0 [P, M];
 /// l1_mask [M] (1 = penalised, 0 = not: an intercept), in theta's dtype.

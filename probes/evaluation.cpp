@@ -110,9 +110,13 @@ BootstrapInterval bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)
   }
   at::Tensor all = at::stack(values, 1);  // [P, resamples]
   const double a = (1 - o.confidence()) / 2;
-  // numpy's default (linear) quantile, as torch.quantile.
-  out.lower = at::quantile(all, a, /*dim=*/1);
-  out.upper = at::quantile(all, 1 - a, /*dim=*/1);
+  // A resample where the metric is undefined (NaN: an AUROC of a resample
+  // that lacks a class) is left out of that probe's percentiles.
+  out.defined = at::isnan(all).logical_not().sum(1);  // [P] int64
+  // numpy's default (linear) quantile over the defined values, as
+  // numpy.nanpercentile (all NaN: NaN).
+  out.lower = at::nanquantile(all, a, /*dim=*/1);
+  out.upper = at::nanquantile(all, 1 - a, /*dim=*/1);
   return out;
 }
 

@@ -19,6 +19,8 @@
 //   bootstrap_ci     percentile interval (numpy's linear quantiles) of a
 //                    metric over `resamples` resamplings of the rows with
 //                    replacement; the estimate is the metric on all rows.
+//                    Resamples where the metric is NaN (undefined) are left
+//                    out, as numpy.nanpercentile.
 //
 // Example:
 //   Split s = random_split(n, SplitOptions().test_fraction(0.2));
@@ -83,9 +85,13 @@ struct BootstrapOptions {
 
 struct BootstrapInterval {
   at::Tensor estimate, lower, upper;  ///< [P] float64
+  at::Tensor defined;                 ///< [P] int64: resamples whose metric was defined (not NaN)
 };
 
 /// `metric` maps row indices (int64 [n], with repeats) to a per-probe value [P].
+/// A NaN value (the metric is undefined on that resample, e.g. an AUROC of
+/// rows that lack a class) leaves that resample out of that probe's interval
+/// (`defined` counts the others); with none defined the bounds are NaN.
 BootstrapInterval bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)>& metric, int64_t rows,
                                const BootstrapOptions& options = {});
 

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <vector>
 
 namespace mechlab::probes {
 
@@ -18,17 +19,44 @@ std::string to_string(InterventionMode mode) {
   return mode == InterventionMode::ablate ? "ablate" : "steer";
 }
 
+namespace {
+
+// Orthonormal basis [d, r] of the span of the columns of a [d, k] (float64):
+// modified Gram-Schmidt, each column orthogonalised twice ("twice is
+// enough", Giraud et al. 2005); a column whose remainder is <= 1e-10 of the
+// largest column's norm lies in the span already and is dropped. Entries
+// where every column is zero stay exactly zero, so coordinates outside the
+// span are left bit for bit.
+at::Tensor orthonormal_basis(const at::Tensor& a) {
+  const double scale = a.norm(2, {0}).max().item<double>();
+  std::vector<at::Tensor> q;
+  for (int64_t j = 0; j < a.size(1); ++j) {
+    at::Tensor v = a.select(1, j).clone();  // [d]
+    for (int pass = 0; pass < 2; ++pass) {
+      for (const at::Tensor& u : q) v -= v.dot(u) * u;
+    }
+    const double n = v.norm().item<double>();
+    if (n > 1e-10 * scale) q.push_back(v / n);
+  }
+  return at::stack(q, 1);  // [d, r]
+}
+
+}  // namespace
+
 ProbeIntervention::ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha)
     : mode_(mode), alpha_(alpha) {
-  MECHLAB_CHECK(direction.defined() && direction.dim() == 1,
-                "a probe direction must be one-dimensional [d], got ",
+  MECHLAB_CHECK(direction.defined() && (direction.dim() == 1 || direction.dim() == 2),
+                "a probe direction must be [d] or [d, k] (k directions as columns), got ",
                 direction.defined() ? c10::str(direction.sizes()) : std::string("an undefined tensor"));
-  at::Tensor d = direction.detach().to(at::kCPU, at::kDouble);  // [d]
+  at::Tensor d = direction.detach().to(at::kCPU, at::kDouble);  // [d] or [d, k]
+  if (d.dim() == 1) d = d.unsqueeze(1);                          // [d, k]
+  MECHLAB_CHECK(d.size(1) >= 1, "a probe direction set has no columns; give at least one direction");
   MECHLAB_CHECK(at::isfinite(d).all().item<bool>(), "the probe direction has NaN or inf entries");
-  const double norm = d.norm().item<double>();
-  MECHLAB_CHECK(norm > 0, "the probe direction is zero; use the weight vector of a fitted probe");
+  MECHLAB_CHECK(d.abs().max().item<double>() > 0, "the probe direction is zero; use the weight vector of a fitted probe");
+  MECHLAB_CHECK(mode == InterventionMode::ablate || d.size(1) == 1, "steering adds one direction, but ",
+                d.size(1), " were given; steer along one of them or ablate their span");
   MECHLAB_CHECK(std::isfinite(alpha), "`alpha` of a probe intervention must be finite, got ", alpha);
-  u_ = d / norm;
+  u_ = orthonormal_basis(d);
 }
 
 std::vector<hooks::ModulePoint> ProbeIntervention::hook_points(const core::ModelConfig& cfg,
@@ -46,14 +74,14 @@ std::vector<hooks::ModulePoint> ProbeIntervention::hook_points(const core::Model
 at::Tensor ProbeIntervention::apply(const at::Tensor& x) const {
   // The projection is computed in float64 and cast back, so that a float32
   // or bfloat16 activation ends orthogonal to u up to its own rounding.
-  const at::Tensor u = u_.to(x.device());             // [d]
+  const at::Tensor u = u_.to(x.device());             // [d, r]
   const at::Tensor xd = x.to(at::kDouble);            // [..., d]
   at::Tensor out;
   if (mode_ == InterventionMode::ablate) {
-    const at::Tensor along = at::matmul(xd, u);       // [...]: x.u per position
-    out = xd - along.unsqueeze(-1) * u;               // [..., d]
+    const at::Tensor along = at::matmul(xd, u);       // [..., r]: U^T x per position
+    out = xd - at::matmul(along, u.t());              // [..., d]
   } else {
-    out = xd + u * alpha_;                            // [..., d]
+    out = xd + u.select(1, 0) * alpha_;               // [..., d]
   }
   return out.to(x.scalar_type());
 }
@@ -64,6 +92,16 @@ at::Tensor ProbeIntervention::forward(const at::Tensor& x, hooks::ModuleHooks& h
   at::Tensor out = apply(in);  // [batch, pos, ..., d]
   hooks("hook_probe_out", out);
   return out;
+}
+
+at::Tensor probe_directions(const LinearProbes& probes, int64_t p) {
+  MECHLAB_CHECK(probes.weight.defined() && probes.loss == ProbeLoss::logistic,
+                "probe_directions: needs fitted logistic probes");
+  MECHLAB_CHECK(p >= 0 && p < probes.num_probes(), "probe_directions: probe ", p, " of ", probes.num_probes());
+  const at::Tensor w = probes.weight[p].to(at::kDouble);  // [D, O] on raw features
+  if (w.size(1) == 1) return w;                           // binary: the positive logit's weights
+  // Softmax is invariant to a shift shared by all logits: only w_k - w_0 matter.
+  return w.narrow(1, 1, w.size(1) - 1) - w.narrow(1, 0, 1);  // [D, K - 1]
 }
 
 namespace {

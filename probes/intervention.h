@@ -7,14 +7,18 @@
 //
 // ProbeIntervention is an AttachedModule (hooks/attached_module.h), like
 // hooks/steering_vector.h. Points, under "<host>.probe.":
-//   hook_probe_in    the host activation                        [batch, pos, ..., d]
-//   hook_probe_out   ablate: x - (x.u) u    steer: x + alpha u   [batch, pos, ..., d]
-// with u = direction / ||direction||, so after ablation every position's
-// activation is orthogonal to u (a probe reading along u sees only its bias).
+//   hook_probe_in    the host activation                          [batch, pos, ..., d]
+//   hook_probe_out   ablate: x - U (U^T x)    steer: x + alpha u   [batch, pos, ..., d]
+// with U [d, r] an orthonormal basis of the directions' span (one direction:
+// u = direction / ||direction||), so after ablation every position's
+// activation is orthogonal to the span (a probe reading along it sees only
+// its bias). A multinomial probe's span is that of its class weights'
+// differences w_k - w_0 (probe_directions): rank <= K - 1, all the softmax
+// depends on; the classes' shared direction is left alone.
 //
 // Example:
 //   LinearProbes p = fit_logistic(x, y);                          // x [layers, N, d_model]
-//   at::Tensor w = p.weight[3].select(1, 0);                       // [d_model], layer 3's probe
+//   at::Tensor w = probe_directions(p, 3);                         // [d_model, 1 or K - 1], layer 3's probe
 //   auto ablate = std::make_shared<ProbeIntervention>(w, InterventionMode::ablate);
 //   InterventionEffect e = intervention_effect(model, "blocks.3.hook_resid_post", ablate, tokens,
 //                                              patching::cross_entropy(tokens));  // any logits -> scalar
@@ -23,6 +27,7 @@
 
 #include "hooks/attached_module.h"
 #include "hooks/hooked_transformer.h"
+#include "probes/linear_probe.h"
 
 #include <ATen/ATen.h>
 
@@ -33,8 +38,8 @@
 namespace mechlab::probes {
 
 enum class InterventionMode {
-  ablate,  ///< project the direction out: x - (x.u) u
-  steer,   ///< add alpha times the unit direction: x + alpha u
+  ablate,  ///< project the directions' span out: x - U (U^T x)
+  steer,   ///< add alpha times the unit direction: x + alpha u (one direction only)
 };
 
 /// "ablate", "steer" and back; an unknown name is an error listing both.
@@ -43,17 +48,20 @@ std::string to_string(InterventionMode mode);
 
 class ProbeIntervention : public hooks::AttachedModule {
  public:
-  /// direction: [d], d the host's last axis, finite and non-zero; alpha is
-  /// the steering strength (in activation units along the unit direction),
-  /// unused when ablating.
+  /// direction: [d], or [d, k] (k directions as columns; ablate only), d
+  /// the host's last axis, finite and not all zero; the span is
+  /// orthonormalised (Gram-Schmidt, twice) and a column within 1e-10 of the
+  /// span of those before it adds nothing. alpha is the steering strength (in
+  /// activation units along the unit direction), unused when ablating.
   ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha = 0.0);
 
   std::string name() const override { return "probe"; }
   std::vector<hooks::ModulePoint> hook_points(const core::ModelConfig& cfg, core::HookSite host) const override;
   at::Tensor forward(const at::Tensor& x, hooks::ModuleHooks& hooks) override;
 
-  /// The unit direction u [d] (float64, CPU).
-  const at::Tensor& unit_direction() const { return u_; }
+  /// The orthonormal basis U [d, r] of the span (float64, CPU); r = rank.
+  const at::Tensor& basis() const { return u_; }
+  int64_t rank() const { return u_.size(1); }
   InterventionMode mode() const { return mode_; }
   double alpha() const { return alpha_; }
 
@@ -62,10 +70,17 @@ class ProbeIntervention : public hooks::AttachedModule {
   at::Tensor apply(const at::Tensor& x) const;
 
  private:
-  at::Tensor u_;  // [d] float64, unit norm
+  at::Tensor u_;  // [d, r] float64, orthonormal columns
   InterventionMode mode_;
   double alpha_;
 };
+
+/// The directions probe p of `probes` reads, on raw features, as columns
+/// [D, r]: a binary probe's weight vector (r = 1); a multinomial probe's
+/// class weight differences w_k - w_0, k = 1..K-1 (r = K - 1): the logits'
+/// differences, all its softmax depends on. Their span is what ablating the
+/// probe removes.
+at::Tensor probe_directions(const LinearProbes& probes, int64_t p);
 
 /// A metric of one run's logits [batch, pos, d_vocab] -> scalar tensor:
 /// TransformerLens's patching-metric signature; a patching::Metric is one.

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <memory>
 
 namespace mechlab::probes {
 
@@ -352,43 +351,6 @@ LinearProbes fit_exact(Problem pr, const at::Tensor& x_mean, bool center, double
   return finish(pr, theta, r, Solver::exact);
 }
 
-// Fast mode's stopping test (ProbeOptions::prediction_tol): every
-// `check_every` iterations, the predicted classes of up to `monitor_rows`
-// evenly spaced training rows; a probe is done once at most prediction_tol of
-// them changed over each of the last two windows. Why predictions: the goal
-// is equal test accuracy, and two fits' accuracies differ by at most the
-// share of rows where their predictions differ. One look reads
-// monitor_rows / N of x, so watching costs a small fraction of an iteration.
-BatchedMonitor prediction_monitor(const Problem& pr, const ProbeOptions& o) {
-  const int64_t N = pr.x.size(1), M = std::min(N, o.monitor_rows()), stride = N / M;
-  struct State {
-    at::Tensor xm;    // [P, M, D] the watched rows
-    at::Tensor prev;  // [P, M] their classes at the last look
-    at::Tensor calm;  // [P] int64: consecutive windows with few changes
-  };
-  auto st = std::make_shared<State>();
-  st->xm = pr.x.index_select(1, at::arange(M, pr.x.options().dtype(at::kLong)) * stride);
-  st->calm = at::zeros({pr.x.size(0)}, pr.x.options().dtype(at::kLong));
-  const double tol = o.prediction_tol();
-  const int64_t every = o.check_every();
-  return [pr, st, tol, every](const at::Tensor& theta, const at::Tensor&, int64_t iteration) {
-    const int64_t P = theta.size(0);
-    at::Tensor none = at::zeros({P}, at::kBool);
-    if (iteration % every != 0) return none;
-    auto [w, b_raw] = raw_params(coef_of(pr, theta), intercept_of(pr, theta), pr.mu, pr.inv_s);
-    at::Tensor z = at::baddbmm(b_raw.unsqueeze(1), st->xm, w);                      // [P, M, O]
-    at::Tensor pred = pr.O == 1 ? (z.squeeze(2) > 0).to(at::kLong) : z.argmax(2);  // [P, M]
-    if (!st->prev.defined()) {
-      st->prev = pred;
-      return none;
-    }
-    at::Tensor changed = (pred != st->prev).to(at::kDouble).mean(1);  // [P] share of rows
-    st->calm = at::where(changed <= tol, st->calm + 1, at::zeros_like(st->calm));
-    st->prev = pred;
-    return (st->calm >= 2).cpu();
-  };
-}
-
 LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in, const ProbeOptions& o) {
   const char* who = loss == ProbeLoss::logistic ? "logistic probe" : "linear probe";
   at::Tensor x = as_batched_features(x_in, who);
@@ -446,13 +408,6 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
   MECHLAB_CHECK(!(solver == Solver::exact && (loss != ProbeLoss::squared || o.penalty() == Penalty::l1)), who,
                 ": the exact solver is for ridge and least squares only; use lbfgs, fista or adam");
 
-  MECHLAB_CHECK(o.prediction_tol() >= 0 && o.prediction_tol() < 1, who,
-                ": `prediction_tol` must be in [0, 1) (0: off), got ", o.prediction_tol());
-  MECHLAB_CHECK(o.prediction_tol() == 0 || (loss == ProbeLoss::logistic && solver == Solver::lbfgs), who,
-                ": `prediction_tol` (fast mode) is for logistic probes fitted by L-BFGS; set it to 0 for solver ",
-                to_string(solver), loss == ProbeLoss::squared ? " and regression" : "");
-  MECHLAB_CHECK(o.monitor_rows() >= 1, who, ": `monitor_rows` must be >= 1, got ", o.monitor_rows());
-  MECHLAB_CHECK(o.check_every() >= 1, who, ": `check_every` must be >= 1, got ", o.check_every());
   if (solver == Solver::adam) return fit_adam(pr, o, l2_per_row, l1);
   if (solver == Solver::exact) {
     at::Tensor x_mean = o.standardize() ? pr.mu : x.mean(1);
@@ -468,11 +423,7 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
     return finish(pr, r.theta, r, solver);
   }
   const LbfgsOptions lo = LbfgsOptions().max_iter(o.max_iter()).gtol(o.tol()).history(o.history());
-  if (o.prediction_tol() == 0) {  // the scikit-learn-exact fit: no monitor at all
-    SolverResult r = batched_lbfgs(fg, theta0, lo);
-    return finish(pr, r.theta, r, solver);
-  }
-  SolverResult r = batched_lbfgs(fg, theta0, lo, prediction_monitor(pr, o));
+  SolverResult r = batched_lbfgs(fg, theta0, lo);
   return finish(pr, r.theta, r, solver);
 }
 

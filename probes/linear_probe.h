@@ -81,17 +81,6 @@ struct ProbeOptions {
   /// (the GPU's form; on the CPU the default is per-probe GEMMs that skip
   /// converged probes). The same fit up to rounding.
   MECHLAB_OPTION(ProbeOptions, bool, batched_gemm, false)
-  /// Fast mode (0: off, the scikit-learn-exact fit). > 0: a logistic L-BFGS
-  /// probe also stops once its predictions have settled: at most this share
-  /// of the `monitor_rows` training rows changed class over each of the last
-  /// two windows of `check_every` iterations (stop_reason "monitor"). Two
-  /// fits' accuracies on any rows differ by at most the share of those rows
-  /// where their predictions differ, which is what this watches; typical 1e-3.
-  MECHLAB_OPTION(ProbeOptions, double, prediction_tol, 0.0)
-  /// Fast mode: training rows watched (evenly spaced; all if fewer).
-  MECHLAB_OPTION(ProbeOptions, int64_t, monitor_rows, 4096)
-  /// Fast mode: iterations per window between two looks at the predictions.
-  MECHLAB_OPTION(ProbeOptions, int64_t, check_every, 5)
   /// Adam: learning rate, rows per step, passes over the rows, epochs without
   /// a better validation loss before stopping, share of rows held out for
   /// that (0: no early stopping), seed of the split and the batch order.

@@ -3,6 +3,7 @@
 #include "core/stats/roc.h"
 #include "core/util/error.h"
 
+#include <cmath>
 #include <vector>
 
 namespace mechlab::probes {
@@ -70,6 +71,117 @@ at::Tensor auroc(const at::Tensor& scores, const at::Tensor& labels) {
     out[i] = core::stats::roc_curve(std::vector<double>(sp, sp + N), std::vector<int>(yp, yp + N)).auc;
   }
   return out;
+}
+
+at::Tensor auroc_ovr(const at::Tensor& scores, const at::Tensor& labels) {
+  MECHLAB_CHECK(scores.defined() && (scores.dim() == 2 || scores.dim() == 3),
+                "auroc_ovr: the scores must be [rows, classes] or [probes, rows, classes]");
+  MECHLAB_CHECK(at::isFloatingType(scores.scalar_type()), "auroc_ovr: the scores must be floating point (class "
+                "probabilities or log-probabilities), got ", scores.scalar_type());
+  const at::Tensor s3 = scores.dim() == 2 ? scores.unsqueeze(0) : scores;  // [P, N, K]
+  const int64_t K = s3.size(2);
+  MECHLAB_CHECK(K >= 2, "auroc_ovr: ", K, " score column; one-vs-rest needs one column per class (>= 2)");
+  auto [s0, y] = batched(s3.select(2, 0), labels, "auroc_ovr");
+  (void)s0;
+  y = y.to(at::kLong);
+  MECHLAB_CHECK(!at::isFloatingType(labels.scalar_type()) && y.ge(0).all().item<bool>() && y.lt(K).all().item<bool>(),
+                "auroc_ovr: labels must be class indices in [0, ", K, ") for ", K, " score columns");
+  const at::Tensor s = s3.to(at::kDouble).cpu().contiguous();
+  const int64_t P = s.size(0), N = s.size(1);
+  at::Tensor out = at::zeros({P}, at::kDouble);
+  for (int64_t i = 0; i < P; ++i) {
+    const at::Tensor yi = y[i];
+    double sum = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const at::Tensor pos = yi.eq(k).to(at::kInt).contiguous();  // [N] one class against the rest
+      const int64_t n_pos = pos.sum().item<int64_t>();
+      MECHLAB_CHECK(n_pos > 0, "auroc_ovr: class ", k, " has no rows among the ", N,
+                    " labels; one-vs-rest AUROC needs every class present (scikit-learn raises too)");
+      const at::Tensor col = s[i].select(1, k).contiguous();  // [N]
+      const double* cp = col.data_ptr<double>();
+      const int* pp = pos.data_ptr<int>();
+      sum += core::stats::roc_curve(std::vector<double>(cp, cp + N), std::vector<int>(pp, pp + N)).auc;
+    }
+    out[i] = sum / static_cast<double>(K);
+  }
+  return out;
+}
+
+at::Tensor auroc_scores(const at::Tensor& logits) {
+  MECHLAB_CHECK(logits.defined() && logits.dim() == 3, "auroc_scores: the logits must be [probes, rows, outputs] "
+                "(a probe's decision_function)");
+  if (logits.size(2) == 1) return logits.squeeze(2);
+  // Log-probabilities: the ranking of each class's probability without the
+  // ties that float32 probabilities saturating at 0 or 1 would make.
+  return at::log_softmax(logits.to(at::kDouble), 2);
+}
+
+at::Tensor probe_auroc(const LinearProbes& probes, const at::Tensor& x, const at::Tensor& labels) {
+  MECHLAB_CHECK(probes.loss == ProbeLoss::logistic, "probe_auroc: regression probes have no AUROC; use r2");
+  const at::Tensor s = auroc_scores(probes.decision_function(x));
+  return s.dim() == 2 ? auroc(s, labels) : auroc_ovr(s, labels);
+}
+
+ResampledAuroc::ResampledAuroc(const at::Tensor& scores, const at::Tensor& labels) {
+  MECHLAB_CHECK(scores.defined() && (scores.dim() == 2 || scores.dim() == 3),
+                "ResampledAuroc: the scores must be [probes, rows] (binary) or [probes, rows, classes]");
+  MECHLAB_CHECK(at::isFloatingType(scores.scalar_type()), "ResampledAuroc: the scores must be floating point, got ",
+                scores.scalar_type());
+  const at::Tensor s3 = (scores.dim() == 2 ? scores.unsqueeze(2) : scores).to(at::kDouble).cpu();  // [P, N, C]
+  probes_ = s3.size(0);
+  rows_ = s3.size(1);
+  classes_ = s3.size(2);
+  MECHLAB_CHECK(scores.dim() == 2 || classes_ >= 2, "ResampledAuroc: one-vs-rest needs >= 2 score columns");
+  MECHLAB_CHECK(!at::isnan(s3).any().item<bool>(), "ResampledAuroc: the scores hold NaN; NaN scores cannot be ranked");
+  auto [s0, y] = batched(s3.select(2, 0), labels, "ResampledAuroc");
+  (void)s0;
+  MECHLAB_CHECK(!at::isFloatingType(labels.scalar_type()), "ResampledAuroc: the labels must be integers");
+  y = y.to(at::kLong);  // [P, N]
+  const bool binary = scores.dim() == 2;
+  const int64_t hi = binary ? 2 : classes_;
+  MECHLAB_CHECK(y.ge(0).all().item<bool>() && y.lt(hi).all().item<bool>(), "ResampledAuroc: labels must be ",
+                binary ? "0 or 1 for binary scores" : "class indices in [0, classes) for per-class scores");
+  // One column per (probe, class): its scores and which rows are its class.
+  const at::Tensor cols = s3.permute({0, 2, 1}).reshape({probes_ * classes_, rows_});  // [C, N]
+  const at::Tensor cls = binary ? at::ones({1}, at::kLong) : at::arange(classes_, at::kLong);
+  const at::Tensor pos = y.unsqueeze(1).eq(cls.view({1, -1, 1})).reshape({probes_ * classes_, rows_});  // [C, N]
+  auto [sorted, order] = at::sort(cols, /*dim=*/1);  // ascending
+  order_ = order.reshape({-1}).contiguous();
+  // Tie groups: a group starts where the sorted score changes and ends
+  // before the next start. Each position gets its group's first position
+  // and one past its last.
+  const int64_t C = cols.size(0);
+  const at::Tensor change = sorted.narrow(1, 1, rows_ - 1).ne(sorted.narrow(1, 0, rows_ - 1));  // [C, N - 1]
+  const at::Tensor yes = at::ones({C, 1}, at::kBool);
+  const at::Tensor first = at::cat({yes, change}, 1), last = at::cat({change, yes}, 1);  // [C, N]
+  const at::Tensor idx = at::arange(rows_, at::kLong).expand({C, rows_});
+  group_start_ = std::get<0>(at::where(first, idx, at::zeros_like(idx)).cummax(1)).contiguous();
+  const at::Tensor back = at::where(last.flip({1}), idx.flip({1}), at::full_like(idx, rows_));  // reversed
+  group_end_ = (std::get<0>(back.cummin(1)).flip({1}) + 1).contiguous();
+  positive_ = pos.gather(1, order).to(at::kDouble).contiguous();
+}
+
+at::Tensor ResampledAuroc::operator()(const at::Tensor& rows) const {
+  MECHLAB_CHECK(rows.defined() && rows.dim() == 1 && !at::isFloatingType(rows.scalar_type()),
+                "ResampledAuroc: the rows must be indices [n]");
+  const at::Tensor r = rows.cpu().to(at::kLong);
+  MECHLAB_CHECK(r.numel() == 0 || (r.min().item<int64_t>() >= 0 && r.max().item<int64_t>() < rows_),
+                "ResampledAuroc: row indices must be in [0, ", rows_, ")");
+  const at::Tensor count = at::bincount(r, {}, rows_).to(at::kDouble);  // [N] times each row is drawn
+  const int64_t C = positive_.size(0);
+  const at::Tensor w = count.index_select(0, order_).view({C, rows_});  // [C, N] in score order
+  const at::Tensor pos_w = w * positive_;
+  // neg[:, j]: negatives drawn at sorted positions < j.
+  const at::Tensor neg = at::cat({at::zeros({C, 1}, at::kDouble), (w - pos_w).cumsum(1)}, 1);  // [C, N + 1]
+  // A positive beats every negative of a lower score and half of those it ties
+  // with (the trapezoids of roc_curve; Mann-Whitney U / (n_pos n_neg)):
+  // below + (upto - below) / 2 with below = neg[start], upto = neg[end].
+  const at::Tensor credit = neg.gather(1, group_start_) + neg.gather(1, group_end_);  // twice the credit
+  const at::Tensor u = 0.5 * (pos_w * credit).sum(1);                                 // [C]
+  const at::Tensor n_pos = pos_w.sum(1), n_neg = neg.select(1, rows_);
+  const at::Tensor defined = n_pos.gt(0).logical_and(n_neg.gt(0));
+  const at::Tensor auc = at::where(defined, u / (n_pos * n_neg), at::full_like(u, std::nan("")));
+  return auc.view({probes_, classes_}).mean(1);  // a class absent from the rows: NaN
 }
 
 at::Tensor r2(const at::Tensor& predictions, const at::Tensor& targets) {

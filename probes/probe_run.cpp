@@ -252,25 +252,34 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
         return accuracy_on(pred, y, rows_b) - accuracy_on(cpred, control, rows_b);
       },
       r.test_rows, bo);
+  // AUROC on the test rows (binary: the logit; more classes: one-vs-rest
+  // macro of the log-probabilities), with the same resamples. NaN where the
+  // test rows lack a class; resamples that lack one are left out.
+  const at::Tensor logits = r.probes.decision_function(xo);  // [P, R, O]
+  const ResampledAuroc auc(auroc_scores(logits).index_select(1, test), y.index_select(0, test));
+  r.auroc_ci = bootstrap_ci([&](const at::Tensor& b) { return auc(b); }, r.test_rows, bo);
+  r.auroc = r.auroc_ci.estimate;
 
   if (o.ablate()) {
-    MECHLAB_CHECK(r.num_classes == 2, "`ProbeRunOptions::ablate` projects out one direction per probe and needs a binary label; '",
-                  o.label(), "' has ", r.num_classes, " classes");
     const int64_t n = std::min({o.ablate_examples(), ds.size(), o.max_examples() > 0 ? o.max_examples() : ds.size()});
     const at::Tensor tokens = ds.prompts().slice(0, 0, n).to(at::kLong);  // [n, T]
     const at::Tensor mask =
         ds.attention_mask.defined() ? ds.attention_mask.slice(0, 0, n) : at::Tensor();  // [n, T] or undefined
     const LogitsMetric loss = [&](const at::Tensor& logits) { return core::mean_loss(logits, tokens, mask); };
     std::vector<double> ablated;
+    std::vector<int64_t> dims;
     for (size_t p = 0; p < r.names.size(); ++p) {
-      // weight [P, D, 1] acts on raw features: the direction the probe reads.
-      const at::Tensor w = r.probes.weight[static_cast<int64_t>(p)].select(1, 0);  // [D]
+      // The directions the probe reads on raw features: binary, its weight
+      // vector; K classes, the span of w_k - w_0 (rank <= K - 1).
+      const at::Tensor w = probe_directions(r.probes, static_cast<int64_t>(p));  // [D, r]
       const auto module = std::make_shared<ProbeIntervention>(w, InterventionMode::ablate);
       const InterventionEffect e = intervention_effect(*model, r.names[p], module, tokens, loss, mask);
       r.clean_loss = e.baseline;
       ablated.push_back(e.intervened);
+      dims.push_back(module->rank());
     }
     r.ablated_loss = at::tensor(ablated, at::kDouble);
+    r.ablated_dims = at::tensor(dims, at::kLong);
   }
 
   nlohmann::json c;
@@ -365,8 +374,14 @@ void write_results_file(const std::string& h5, const ProbeRunResult& r) {
     f.write_tensor("metrics/selectivity_lower", r.selectivity_ci.lower.contiguous());
     f.write_tensor("metrics/selectivity_upper", r.selectivity_ci.upper.contiguous());
     f.write_tensor("metrics/majority", r.majority.contiguous());
+    f.write_tensor("metrics/auroc", r.auroc.contiguous());
+    f.write_tensor("metrics/auroc_lower", r.auroc_ci.lower.contiguous());
+    f.write_tensor("metrics/auroc_upper", r.auroc_ci.upper.contiguous());
+    f.write_tensor("metrics/auroc_resamples", r.auroc_ci.defined.contiguous());
+    f.write_attr("", "auroc_average", r.num_classes > 2 ? "ovr-macro" : "binary");
     if (r.ablated_loss.defined()) {
       f.write_tensor("metrics/ablated_loss", r.ablated_loss.contiguous());
+      f.write_tensor("metrics/ablated_dims", r.ablated_dims.contiguous());
       f.write_attr("", "clean_loss", r.clean_loss);
     }
   });

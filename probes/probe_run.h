@@ -61,9 +61,10 @@ struct ProbeRunOptions {
   MECHLAB_OPTION(ProbeRunOptions, int64_t, batch_size, 8)
   /// Use at most this many of the dataset's examples (0: all).
   MECHLAB_OPTION(ProbeRunOptions, int64_t, max_examples, 0)
-  /// With a model and a binary label: also ablate each probe's direction at
-  /// its hook (probes/intervention.h) and measure the next-token loss
-  /// (core::mean_loss) on the first `ablate_examples` prompts, without and with.
+  /// With a model: also ablate what each probe reads at its hook (a binary
+  /// probe's direction, a K-class probe's span of K - 1 weight differences:
+  /// probe_directions in probes/intervention.h) and measure the next-token
+  /// loss (core::mean_loss) on the first `ablate_examples` prompts, without and with.
   MECHLAB_OPTION(ProbeRunOptions, bool, ablate, false)
   MECHLAB_OPTION(ProbeRunOptions, int64_t, ablate_examples, 32)
 };
@@ -80,10 +81,16 @@ struct ProbeRunResult {
   at::Tensor selectivity;               ///< [P] accuracy - control_accuracy
   at::Tensor majority;                  ///< [] the test rows' most frequent label's share
   BootstrapInterval accuracy_ci, selectivity_ci;
+  /// [P] test-row AUROC: binary, of the logit; more classes, scikit-learn's
+  /// one-vs-rest macro of the class probabilities. NaN where the test rows
+  /// lack a class; its interval leaves out resamples that lack one.
+  at::Tensor auroc;
+  BootstrapInterval auroc_ci;
   /// With `ablate`: the loss without intervention, and with each probe's
-  /// direction projected out at its hook [P] (undefined otherwise).
+  /// directions (probe_directions) projected out at its hook [P], and the
+  /// dimensions projected out [P] (1 binary, K - 1 for K classes; undefined otherwise).
   double clean_loss = 0;
-  at::Tensor ablated_loss;
+  at::Tensor ablated_loss, ablated_dims;
   std::string config;                   ///< the options as JSON
 };
 
@@ -110,9 +117,12 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 /// weight [P, D, O] and bias [P, O] (raw features), coef, intercept, mean,
 /// scale, converged, iterations; metrics/{accuracy, control_accuracy,
 /// selectivity, accuracy_lower, accuracy_upper, selectivity_lower,
-/// selectivity_upper} [P], metrics/majority [], with `ablate`
-/// metrics/ablated_loss [P] and the attribute clean_loss, and the row counts as
-/// attributes (rows, train_rows, test_rows, num_classes).
+/// selectivity_upper, auroc, auroc_lower, auroc_upper} [P] float64,
+/// metrics/auroc_resamples [P] int64 (resamples with a defined AUROC),
+/// metrics/majority [], with `ablate` metrics/ablated_loss [P],
+/// metrics/ablated_dims [P] and the attribute clean_loss, and as attributes
+/// the row counts (rows, train_rows, test_rows, num_classes) and
+/// auroc_average ("binary" or "ovr-macro").
 void write_probe_results(const std::string& out, const ProbeRunResult& result, bool overwrite);
 
 /// Throws unless write_probe_results may write in `out`: call it before the

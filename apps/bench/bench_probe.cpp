@@ -69,9 +69,8 @@ void add_bench_probe(CLI::App& bench) {
     int64_t tokens = 100000, d_model = 768, layers = 12, classes = 10;
     double train_fraction = 0.8, C = 1.0, alpha = 1.0;
     int max_iter = 100, repeats = 1;
-    int64_t block_rows = 0, check_every = 5;
-    double tol = 1e-4, prediction_tol = 1e-3;
-    bool no_fast = false;
+    int64_t block_rows = 0;
+    double tol = 1e-4;
     bool no_standardize = false, overwrite = false;
     uint64_t seed = 0;
     std::string device = "cpu", write_data;
@@ -94,14 +93,6 @@ void add_bench_probe(CLI::App& bench) {
       ->capture_default_str()->check(positive());
   cmd->add_option("--tol", a->tol, "L-BFGS stop at max |gradient| <= tol (scikit-learn's tol)")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--prediction-tol", a->prediction_tol, "Fast mode, timed after the exact one: stop a "
-                  "logistic probe once at most this share of watched training rows changed class over two "
-                  "windows of iterations")
-      ->capture_default_str()->check(CLI::Range(1e-9, 0.5));
-  cmd->add_option("--check-every", a->check_every, "Fast mode: iterations per window between two looks at "
-                  "the predictions (a probe stops after 3 windows at the earliest)")
-      ->capture_default_str()->check(positive());
-  cmd->add_flag("--no-fast", a->no_fast, "Time the scikit-learn-exact fits only");
   cmd->add_flag("--no-standardize", a->no_standardize, "Fit on raw features (default: standardised, "
                 "as StandardScaler)");
   cmd->add_option("--block-rows", a->block_rows, "Rows per block of an objective evaluation (0: all rows "
@@ -152,18 +143,6 @@ void add_bench_probe(CLI::App& bench) {
     const bench::Stats ms_ridge = bench::time_ms([&] { ridge = probes::fit_linear(xtr, train(data.target), opts); },
                                                  0, a->repeats, device);
 
-    // Fast mode: the same fits, stopped once the predictions have settled.
-    const probes::ProbeOptions fast_opts =
-        probes::ProbeOptions(opts).prediction_tol(a->prediction_tol).check_every(a->check_every);
-    probes::LinearProbes fast_bin, fast_multi;
-    bench::Stats ms_fast_bin{}, ms_fast_multi{};
-    if (!a->no_fast) {
-      ms_fast_bin = bench::time_ms([&] { fast_bin = probes::fit_logistic(xtr, train(data.binary), fast_opts); }, 0,
-                                   a->repeats, device);
-      ms_fast_multi = bench::time_ms(
-          [&] { fast_multi = probes::fit_logistic(xtr, train(data.classes), fast_opts); }, 0, a->repeats, device);
-    }
-
     at::Tensor acc_bin = probes::accuracy(bin.predict(xte), test(data.binary));
     at::Tensor acc_multi = probes::accuracy(multi.predict(xte), test(data.classes));
     at::Tensor r2_ridge = probes::r2(ridge.predict(xte), test(data.target));
@@ -193,13 +172,9 @@ void add_bench_probe(CLI::App& bench) {
     auto its = [](const probes::LinearProbes& p) {
       return "L-BFGS, max iterations " + std::to_string(p.iterations.max().item<int64_t>());
     };
-    std::vector<bench::Row> table = {{"binary logistic sweep", ms_bin, its(bin)},
+    const std::vector<bench::Row> table = {{"binary logistic sweep", ms_bin, its(bin)},
                                      {std::to_string(a->classes) + "-class logistic sweep", ms_multi, its(multi)},
                                      {"ridge sweep", ms_ridge, "closed form"}};
-    if (!a->no_fast) {
-      table.push_back({"binary logistic sweep, fast", ms_fast_bin, its(fast_bin)});
-      table.push_back({std::to_string(a->classes) + "-class logistic sweep, fast", ms_fast_multi, its(fast_multi)});
-    }
     bench::print_table("mechlab bench probe: " + shape + " (" + a->device + ", " +
                            std::to_string(at::get_num_threads()) + " threads)",
                        table, "binary logistic sweep", static_cast<double>(a->layers), "probes");
@@ -215,15 +190,6 @@ void add_bench_probe(CLI::App& bench) {
         {"multinomial", fit_json(ms_multi, acc_multi, multi)},
         {"ridge", {{"seconds", ms_ridge.median / 1e3}, {"test_r2", list(r2_ridge)}}},
     };
-    if (!a->no_fast) {
-      j["prediction_tol"] = a->prediction_tol;
-      j["check_every"] = a->check_every;
-      j["fast"] = {
-          {"binary", fit_json(ms_fast_bin, probes::accuracy(fast_bin.predict(xte), test(data.binary)), fast_bin)},
-          {"multinomial",
-           fit_json(ms_fast_multi, probes::accuracy(fast_multi.predict(xte), test(data.classes)), fast_multi)},
-      };
-    }
     std::printf("probe_json %s\n", j.dump().c_str());
   });
 }

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdio>
 
 namespace mechlab::cli {
@@ -18,7 +19,8 @@ void add_probe_command(CLI::App& app) {
       "Fit one logistic probe per hook (all at once) from an activation store or a model's\n"
       "activations on a dataset, and score them on held-out rows: accuracy with a bootstrap\n"
       "confidence interval, a control task (Hewitt & Liang 2019: each token type gets a random\n"
-      "label) and selectivity = accuracy - control accuracy. Writes OUT/probes.h5 (weights,\n"
+      "label) and selectivity = accuracy - control accuracy, and AUROC (binary, or one-vs-rest macro\n"
+      "for more classes) with its interval. Writes OUT/probes.h5 (weights,\n"
       "metrics, intervals, config) and OUT/probes.svg (accuracy and selectivity against depth).");
   struct Args {
     std::string source, dataset, label = "labels", out, penalty = "l2";
@@ -64,9 +66,9 @@ void add_probe_command(CLI::App& app) {
   add_count_option(cmd, "--batch-size", a->batch_size, "With a model: prompts per forward");
   add_count_option(cmd, "--max-examples", a->max_examples, "Use at most this many prompts (0 = all)", 0);
   cmd->add_flag("--ablate", a->ablate,
-                "With a model and a binary label: also project each probe's direction out of its hook "
-                "during a forward and report the next-token loss without and with (does the model use "
-                "what the probe reads?)");
+                "With a model: also project what each probe reads out of its hook during a forward (a "
+                "binary probe's direction; for K classes the span of its K-1 weight differences) and "
+                "report the next-token loss without and with (does the model use what the probe reads?)");
   add_count_option(cmd, "--ablate-examples", a->ablate_examples, "Prompts the --ablate loss is measured on");
   add_threads_option(cmd);
   cmd->callback([a] {
@@ -96,22 +98,33 @@ void add_probe_command(CLI::App& app) {
                 static_cast<long long>(r.names.size()), printable(r.label).c_str(), static_cast<long long>(r.rows),
                 static_cast<long long>(r.train_rows), static_cast<long long>(r.test_rows),
                 static_cast<long long>(r.num_classes), r.majority.item<double>());
-    std::printf("  %-36s %-24s %-8s %s\n", "hook", str_cat("accuracy [", pct, "% CI]").c_str(), "control",
-                str_cat("selectivity [", pct, "% CI]").c_str());
+    std::printf("  %-36s %-24s %-8s %-27s %s\n", "hook", str_cat("accuracy [", pct, "% CI]").c_str(), "control",
+                str_cat("selectivity [", pct, "% CI]").c_str(),
+                str_cat(r.num_classes > 2 ? "AUROC one-vs-rest [" : "AUROC [", pct, "% CI]").c_str());
     for (size_t i = 0; i < r.names.size(); ++i) {
       const int64_t p = static_cast<int64_t>(i);
-      std::printf("  %-36s %.3f [%.3f, %.3f]     %.3f    %.3f [%.3f, %.3f]\n", printable(r.names[i]).c_str(),
-                  r.accuracy[p].item<double>(), r.accuracy_ci.lower[p].item<double>(),
+      std::printf("  %-36s %.3f [%.3f, %.3f]     %.3f    %6.3f [%6.3f, %6.3f]    %.3f [%.3f, %.3f]\n",
+                  printable(r.names[i]).c_str(), r.accuracy[p].item<double>(), r.accuracy_ci.lower[p].item<double>(),
                   r.accuracy_ci.upper[p].item<double>(), r.control_accuracy[p].item<double>(),
                   r.selectivity[p].item<double>(), r.selectivity_ci.lower[p].item<double>(),
-                  r.selectivity_ci.upper[p].item<double>());
+                  r.selectivity_ci.upper[p].item<double>(), r.auroc[p].item<double>(),
+                  r.auroc_ci.lower[p].item<double>(), r.auroc_ci.upper[p].item<double>());
+    }
+    const int64_t skipped = a->resamples - r.auroc_ci.defined.min().item<int64_t>();
+    if (std::isnan(r.auroc.sum().item<double>())) {
+      std::printf("AUROC is nan: the test tokens lack a class (one-vs-rest needs every class); use more examples\n");
+    } else if (skipped > 0) {
+      std::printf("AUROC intervals leave out up to %lld resamples that lack a class\n", static_cast<long long>(skipped));
     }
     if (r.ablated_loss.defined()) {
-      std::printf("next-token loss on up to %lld prompts: %.4f without ablation; with each probe's direction ablated:\n",
-                  static_cast<long long>(a->ablate_examples), r.clean_loss);
+      std::printf("next-token loss on up to %lld prompts: %.4f without ablation; with each probe's direction%s ablated:\n",
+                  static_cast<long long>(a->ablate_examples), r.clean_loss, r.num_classes > 2 ? "s" : "");
       for (size_t i = 0; i < r.names.size(); ++i) {
-        const double l = r.ablated_loss[static_cast<int64_t>(i)].item<double>();
-        std::printf("  %-36s %.4f (%+.4f)\n", printable(r.names[i]).c_str(), l, l - r.clean_loss);
+        const int64_t p = static_cast<int64_t>(i);
+        const double l = r.ablated_loss[p].item<double>();
+        std::printf("  %-36s %.4f (%+.4f), %lld dimension%s\n", printable(r.names[i]).c_str(), l, l - r.clean_loss,
+                    static_cast<long long>(r.ablated_dims[p].item<int64_t>()),
+                    r.ablated_dims[p].item<int64_t>() == 1 ? "" : "s");
       }
     }
     std::printf("wrote %s and %s\n", printable(probes::probe_results_path(a->out)).c_str(),

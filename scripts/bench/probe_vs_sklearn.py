@@ -14,9 +14,8 @@ on the same file, one layer after another, as one would: make_pipeline(StandardS
 with LogisticRegression(C=1) (lbfgs, L2, tol=1e-4, max_iter=100: the defaults) and Ridge(alpha=1);
 the scaler is left out with --no-standardize (both sides). Both sides train on the first n_train
 rows and score the rest. It prints each side's seconds, the test accuracy (R^2 for ridge) per
-layer, the largest accuracy difference (the goal: <= 0.005) and the speed-up, for mechlab's
-scikit-learn-exact fits and for its fast mode (--prediction-tol: logistic probes stopped once their
-predictions have settled; ridge is the closed form in both), with each probe's stopping reason.
+layer, the largest accuracy difference (the goal: <= 0.005) and the speed-up, with each mechlab
+probe's iterations and stopping reason and scikit-learn's lbfgs iterations per layer.
 
 Threads: --threads N sets mechlab's --threads and scikit-learn's BLAS/OpenMP pools
 (threadpoolctl); by default both use every core.
@@ -66,8 +65,6 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-standardize", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prediction-tol", type=float, default=1e-3, help="mechlab's fast mode")
-    ap.add_argument("--check-every", type=int, default=5, help="mechlab's fast mode: iterations per window")
     ap.add_argument("--data", help="where to write the data (default: a temporary file, removed after)")
     args = ap.parse_args()
 
@@ -76,7 +73,6 @@ def main() -> None:
     cmd = [MECHLAB, "bench", "probe", "--tokens", str(args.tokens), "--d-model", str(args.d_model),
            "--layers", str(args.layers), "--classes", str(args.classes),
            "--train-fraction", str(args.train_fraction), "--seed", str(args.seed), "--device", args.device,
-           "--prediction-tol", str(args.prediction_tol), "--check-every", str(args.check_every),
            "--write-data", path, "--overwrite"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -107,29 +103,26 @@ def main() -> None:
     rows = [("binary logistic", "binary", "test_accuracy", t_bin, acc_bin),
             (f"{args.classes}-class logistic", "multinomial", "test_accuracy", t_cls, acc_cls),
             ("ridge", "ridge", "test_r2", t_reg, r2_reg)]
-    for mode, fits in (("exact", ours), ("fast", dict(ours, **ours.get("fast", {})))):
-        if mode == "fast" and "fast" not in ours:
-            continue
-        print(f"\nmechlab {mode}" + (f" (prediction_tol {ours['prediction_tol']})" if mode == "fast" else "") + ":")
-        total_ours = total_theirs = 0.0
-        worst = 0.0
-        for name, key, metric, t, theirs in rows:
-            mine = fits[key][metric]
-            diff = max(abs(a - b) for a, b in zip(mine, theirs))
-            if metric == "test_accuracy":
-                worst = max(worst, diff)
-            total_ours += fits[key]["seconds"]
-            total_theirs += t
-            print(f"  {name:18s} sklearn {t:9.3f} s  mechlab {fits[key]['seconds']:8.3f} s  "
-                  f"speed-up {t / fits[key]['seconds']:7.1f}x  max |{metric} diff| {diff:.4f}")
-            print(f"    {metric} per layer: sklearn {np.round(theirs, 4).tolist()}")
-            print(f"    {metric} per layer: mechlab {np.round(mine, 4).tolist()}")
-            if "iterations" in fits[key]:
-                print(f"    iterations per layer: {fits[key]['iterations']}  stop: {fits[key]['stop_reason']}")
-        print(f"  total              sklearn {total_theirs:9.3f} s  mechlab {total_ours:8.3f} s  "
-              f"speed-up {total_theirs / total_ours:7.1f}x")
-        print(f"  largest test-accuracy difference: {worst:.4f} (goal <= 0.005)")
-        print(f"probe_vs_sklearn mode={mode} speedup={total_theirs / total_ours:.2f} max_accuracy_diff={worst:.4f}")
+    print("\nmechlab:")
+    total_ours = total_theirs = 0.0
+    worst = 0.0
+    for name, key, metric, t, theirs in rows:
+        mine = ours[key][metric]
+        diff = max(abs(a - b) for a, b in zip(mine, theirs))
+        if metric == "test_accuracy":
+            worst = max(worst, diff)
+        total_ours += ours[key]["seconds"]
+        total_theirs += t
+        print(f"  {name:18s} sklearn {t:9.3f} s  mechlab {ours[key]['seconds']:8.3f} s  "
+              f"speed-up {t / ours[key]['seconds']:7.1f}x  max |{metric} diff| {diff:.4f}")
+        print(f"    {metric} per layer: sklearn {np.round(theirs, 4).tolist()}")
+        print(f"    {metric} per layer: mechlab {np.round(mine, 4).tolist()}")
+        if "iterations" in ours[key]:
+            print(f"    iterations per layer: {ours[key]['iterations']}  stop: {ours[key]['stop_reason']}")
+    print(f"  total              sklearn {total_theirs:9.3f} s  mechlab {total_ours:8.3f} s  "
+          f"speed-up {total_theirs / total_ours:7.1f}x")
+    print(f"  largest test-accuracy difference: {worst:.4f} (goal <= 0.005)")
+    print(f"probe_vs_sklearn speedup={total_theirs / total_ours:.2f} max_accuracy_diff={worst:.4f}")
 
 
 if __name__ == "__main__":

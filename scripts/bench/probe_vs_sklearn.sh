@@ -4,7 +4,6 @@
 # run. Options (passed on; see probe_vs_sklearn.py):
 #   --tokens N (100000)  --d-model N (768)  --layers N (12)  --threads N (all cores)
 #   --device cpu|cuda (cpu)  --no-standardize  --data PATH (keep the data file)
-#   --prediction-tol T (1e-3: mechlab's fast mode, reported beside the exact mode)
 # The issue's figure: bash scripts/bench/probe_vs_sklearn.sh --threads 2 on a quiet machine.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -77,6 +77,15 @@ TEST_F(ProbeCli, RepeatedTokenIsReadAfterLayerZeroNotAtTheEmbedding) {
   EXPECT_GT(acc[1].item<double>(), majority + 0.15) << r.output;
   // Intervals bracket their estimates.
   EXPECT_TRUE(at::all(lo.le(acc)).item<bool>() && at::all(acc.le(hi)).item<bool>());
+  // AUROC of the logit, with its interval over the same 200 resamples (both
+  // classes are in every resample of these test tokens).
+  EXPECT_EQ(f.read_attr_string("", "auroc_average"), "binary");
+  const at::Tensor auc = f.read_tensor("metrics/auroc");
+  const at::Tensor auc_lo = f.read_tensor("metrics/auroc_lower"), auc_hi = f.read_tensor("metrics/auroc_upper");
+  EXPECT_TRUE(at::all(auc_lo.le(auc)).item<bool>() && at::all(auc.le(auc_hi)).item<bool>());
+  EXPECT_GT(auc_lo[1].item<double>(), auc_hi[0].item<double>()) << r.output;
+  EXPECT_TRUE(at::equal(f.read_tensor("metrics/auroc_resamples"), at::full({3}, 200, at::kLong)));
+  EXPECT_THAT(r.output, HasSubstr("AUROC [95% CI]"));
   // Selectivity is accuracy minus the control task's.
   EXPECT_TRUE(at::allclose(f.read_tensor("metrics/selectivity"),
                            acc - f.read_tensor("metrics/control_accuracy")));
@@ -115,6 +124,7 @@ TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
   EXPECT_TRUE(at::allclose(fa.read_tensor("weight"), fb.read_tensor("weight"), 1e-4, 1e-5));
   EXPECT_TRUE(at::equal(fa.read_tensor("metrics/accuracy"), fb.read_tensor("metrics/accuracy")));
   EXPECT_TRUE(at::equal(fa.read_tensor("metrics/control_accuracy"), fb.read_tensor("metrics/control_accuracy")));
+  EXPECT_TRUE(at::allclose(fa.read_tensor("metrics/auroc"), fb.read_tensor("metrics/auroc"), 0, 1e-3));
 
   // A hook the store does not hold: named, with what it holds.
   const std::string out = temp_path("absent_hook");

@@ -92,47 +92,6 @@ TEST(BatchedSolvers, RefuseMalformedObjectives) {
             std::string::npos);
 }
 
-TEST(BatchedSolvers, LbfgsMonitorStopsOnlyTheProblemsItNames) {
-  const LbfgsOptions opts = LbfgsOptions().gtol(1e-10).ftol(0).max_iter(500);
-  Quadratics plain = make(3, 20);
-  SolverResult ref = batched_lbfgs(plain.fg(), at::zeros({3, 20}, at::kDouble), opts);
-  // A monitor that never fires leaves every iterate bit-for-bit as without one.
-  Quadratics q0 = make(3, 20);
-  int64_t calls = 0;
-  SolverResult quiet = batched_lbfgs(q0.fg(), at::zeros({3, 20}, at::kDouble), opts,
-                                     [&](const at::Tensor& th, const at::Tensor&, int64_t) {
-                                       ++calls;
-                                       return at::zeros({th.size(0)}, at::kBool);
-                                     });
-  EXPECT_GT(calls, 0);
-  EXPECT_TRUE(at::equal(quiet.theta, ref.theta));
-  EXPECT_TRUE(at::equal(quiet.iterations, ref.iterations));
-  // Stopping problem 1 at iteration 3: it reports 3 iterations and the
-  // monitor as the reason; problems 0 and 2 end exactly as without it.
-  Quadratics q = make(3, 20);
-  std::vector<int64_t> seen;
-  SolverResult r = batched_lbfgs(q.fg(), at::zeros({3, 20}, at::kDouble), opts,
-                                 [&](const at::Tensor& th, const at::Tensor& active, int64_t it) {
-                                   seen.push_back(it);
-                                   EXPECT_EQ(active.device().type(), at::kCPU);
-                                   at::Tensor done = at::zeros({th.size(0)}, at::kBool);
-                                   done[1] = it == 3;
-                                   return done;
-                                 });
-  ASSERT_GE(seen.size(), 3u);
-  EXPECT_EQ(seen[0], 1);
-  EXPECT_EQ(seen[2], 3);
-  EXPECT_EQ(r.iterations[1].item<int64_t>(), 3);
-  EXPECT_EQ(r.stop_reason[1].item<int64_t>(), static_cast<int64_t>(StopReason::monitor));
-  EXPECT_TRUE(r.converged[1].item<bool>());
-  EXPECT_FALSE(at::allclose(r.theta[1], q.c[1], 1e-3, 1e-3)) << "three iterations cannot have reached it";
-  for (int64_t p : {0, 2}) {
-    EXPECT_TRUE(at::equal(r.theta[p], ref.theta[p])) << p;
-    EXPECT_EQ(r.iterations[p].item<int64_t>(), ref.iterations[p].item<int64_t>()) << p;
-    EXPECT_EQ(r.stop_reason[p].item<int64_t>(), static_cast<int64_t>(StopReason::gradient)) << p;
-  }
-}
-
 TEST(BatchedSolvers, StopReasonsSayWhyEachProblemStopped) {
   Quadratics q = make(2, 20);
   SolverResult r = batched_lbfgs(q.fg(), at::zeros({2, 20}, at::kDouble),

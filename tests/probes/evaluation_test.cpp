@@ -15,8 +15,10 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
+#include <vector>
 
 namespace mechlab::probes {
 namespace {
@@ -55,6 +57,70 @@ TEST(ProbeMetrics, EdgeCasesFollowSklearn) {
             std::string::npos);
   EXPECT_NE(error_of([&] { accuracy(at::zeros({3}), at::zeros({4})); }).find("one label per row"),
             std::string::npos);
+}
+
+// Multinomial probes: scikit-learn's roc_auc_score(multi_class="ovr",
+// average="macro") of its own predict_proba, and of our fit of the same
+// probes (tight on both sides: the coefficients agree to a cosine of
+// 0.9999999, so at most a near-tie of two rows' scores may order differently).
+TEST(ProbeMetrics, MulticlassAurocIsSklearnsOneVsRestMacro) {
+  const ProbeFixture m = probe_fixture("multinomial");
+  const at::Tensor proba = m.file->read_tensor("/multinomial/test_proba");  // [P, n_test, K]
+  EXPECT_TRUE(at::allclose(auroc_ovr(proba, m.y_test), m.test_auroc, 0, 1e-12)) << auroc_ovr(proba, m.y_test)
+                                                                                 << m.test_auroc;
+  // Column k ranked alone: log-probabilities give the same value.
+  EXPECT_TRUE(at::allclose(auroc_ovr(proba.log(), m.y_test), m.test_auroc, 0, 1e-12));
+  // One probe given as [N, K].
+  EXPECT_NEAR(auroc_ovr(proba[1], m.y_test).item<double>(), m.test_auroc[1].item<double>(), 1e-12);
+  // Not the raw logits: class k's probability depends on every logit.
+  LinearProbes p = fit_logistic(m.x_train, m.y_train, ProbeOptions().tol(1e-9).max_iter(2000));
+  const at::Tensor ours = probe_auroc(p, m.x_test, m.y_test);
+  EXPECT_TRUE(at::allclose(ours, m.test_auroc, 0, 1e-3)) << ours << m.test_auroc;
+  EXPECT_TRUE(at::allclose(ResampledAuroc(auroc_scores(p.decision_function(m.x_test)), m.y_test)(
+                               at::arange(m.y_test.size(0), at::kLong)),
+                           ours, 0, 1e-12));
+  // A binary probe's AUROC is that of its logit.
+  const ProbeFixture b = probe_fixture("binary");
+  LinearProbes pb = fit_logistic(b.x_train, b.y_train);
+  EXPECT_TRUE(at::equal(probe_auroc(pb, b.x_test, b.y_test), auroc(pb.score(b.x_test), b.y_test)));
+}
+
+// Hand-made scores with many ties (repeated rows, five distinct probability
+// rows, quarter steps) and 200 bootstrap resamples of their 40 rows, scored
+// by scikit-learn: each resample's AUROC, NaN where it has none because the
+// resample lacks class 3 (3 rows of 40; scikit-learn raises) or both
+// positives (scikit-learn returns NaN).
+TEST(ProbeMetrics, AurocWithTiesAndResamplesMatchesSklearn) {
+  core::H5File& f = mechlab::testing::probe_fixture_file();
+  const at::Tensor ms = f.read_tensor("/auroc/multiclass_scores"), my = f.read_tensor("/auroc/multiclass_labels");
+  const at::Tensor bs = f.read_tensor("/auroc/binary_scores"), by = f.read_tensor("/auroc/binary_labels");
+  EXPECT_TRUE(at::allclose(auroc_ovr(ms, my), f.read_tensor("/auroc/multiclass_auroc"), 0, 1e-12));
+  EXPECT_TRUE(at::allclose(auroc(bs, by), f.read_tensor("/auroc/binary_auroc"), 0, 1e-12));
+  const at::Tensor resamples = f.read_tensor("/auroc/resamples");  // [B, N]
+  const at::Tensor want_m = f.read_tensor("/auroc/multiclass_resampled");  // [B, P]
+  const at::Tensor want_b = f.read_tensor("/auroc/binary_resampled");
+  const ResampledAuroc multi(ms, my), binary(bs, by);
+  int64_t undefined_m = 0, undefined_b = 0;
+  for (int64_t r = 0; r < resamples.size(0); ++r) {
+    const at::Tensor rows = resamples[r];
+    const at::Tensor got_m = multi(rows), got_b = binary(rows);
+    EXPECT_TRUE(at::equal(at::isnan(got_m), at::isnan(want_m[r]))) << "resample " << r << got_m << want_m[r];
+    EXPECT_TRUE(at::equal(at::isnan(got_b), at::isnan(want_b[r]))) << "resample " << r << got_b << want_b[r];
+    EXPECT_TRUE(at::allclose(got_m, want_m[r], 0, 1e-12, /*equal_nan=*/true)) << "resample " << r;
+    EXPECT_TRUE(at::allclose(got_b, want_b[r], 0, 1e-12, /*equal_nan=*/true)) << "resample " << r;
+    undefined_m += at::isnan(got_m[0]).item<bool>();
+    undefined_b += at::isnan(got_b[0]).item<bool>();
+  }
+  // Both kinds occur, so neither the NaN rule nor the values are untested.
+  EXPECT_GT(undefined_m, 0);
+  EXPECT_LT(undefined_m, resamples.size(0));
+  EXPECT_GT(undefined_b, 0);
+  EXPECT_LT(undefined_b, resamples.size(0));
+  // All rows once: the plain AUROC.
+  EXPECT_TRUE(at::allclose(multi(at::arange(40, at::kLong)), auroc_ovr(ms, my), 0, 1e-12));
+  // The plain functions refuse what scikit-learn refuses, naming the class.
+  EXPECT_NE(error_of([&] { auroc_ovr(ms, my.clamp_max(2)); }).find("class 3 has no rows"), std::string::npos);
+  EXPECT_NE(error_of([&] { auroc_ovr(ms, my + 1); }).find("class indices in [0, 4)"), std::string::npos);
 }
 
 TEST(ProbeSplits, KFoldHasSklearnsFoldSizesAndOrder) {
@@ -125,6 +191,61 @@ TEST(ProbeBootstrap, IntervalOfAnAccuracyMatchesTheNormalApproximation) {
   EXPECT_DOUBLE_EQ(ci.estimate.item<double>(), 0.8);
   EXPECT_NEAR(ci.lower.item<double>(), 0.8 - half, 0.003);
   EXPECT_NEAR(ci.upper.item<double>(), 0.8 + half, 0.003);
+}
+
+// A metric undefined on some resamples (NaN) leaves them out: the bounds are
+// the linear percentiles of the defined values alone (numpy.nanpercentile),
+// computed here naively from the values the metric returned.
+TEST(ProbeBootstrap, ResamplesWithAnUndefinedMetricAreLeftOut) {
+  const int64_t n = 50;
+  std::vector<double> seen;  // probe 1's values, in order
+  auto metric = [&](const at::Tensor& rows) {
+    const double mean = rows.to(at::kDouble).mean().item<double>();
+    // Probe 0 always defined; probe 1 undefined when row 0 is not drawn.
+    const double v1 = (rows == 0).any().item<bool>() ? mean : std::nan("");
+    seen.push_back(v1);
+    return at::tensor({mean, v1}, at::kDouble);
+  };
+  BootstrapInterval ci = bootstrap_ci(metric, n, BootstrapOptions().resamples(400).confidence(0.9).seed(3));
+  seen.erase(seen.begin());  // the estimate's call on all rows
+  std::vector<double> defined;
+  for (double v : seen) {
+    if (!std::isnan(v)) defined.push_back(v);
+  }
+  // P(row 0 drawn) = 1 - (49/50)^50 = 0.64: both kinds occur.
+  ASSERT_GT(defined.size(), 100u);
+  ASSERT_LT(defined.size(), 400u);
+  EXPECT_EQ(ci.defined[0].item<int64_t>(), 400);
+  EXPECT_EQ(ci.defined[1].item<int64_t>(), static_cast<int64_t>(defined.size()));
+  std::sort(defined.begin(), defined.end());
+  auto percentile = [&](double q) {  // numpy's linear method
+    const double h = q * static_cast<double>(defined.size() - 1);
+    const size_t lo = static_cast<size_t>(std::floor(h));
+    const size_t hi = std::min(lo + 1, defined.size() - 1);
+    return defined[lo] + (h - static_cast<double>(lo)) * (defined[hi] - defined[lo]);
+  };
+  EXPECT_NEAR(ci.lower[1].item<double>(), percentile(0.05), 1e-12);
+  EXPECT_NEAR(ci.upper[1].item<double>(), percentile(0.95), 1e-12);
+  EXPECT_FALSE(std::isnan(ci.lower[0].item<double>()));
+  // Never defined: NaN bounds, zero defined resamples.
+  BootstrapInterval none = bootstrap_ci([](const at::Tensor&) { return at::full({1}, std::nan(""), at::kDouble); }, n,
+                                        BootstrapOptions().resamples(10));
+  EXPECT_EQ(none.defined.item<int64_t>(), 0);
+  EXPECT_TRUE(std::isnan(none.lower.item<double>()) && std::isnan(none.upper.item<double>()));
+}
+
+// k-fold AUROC of multinomial probes: each fold's one-vs-rest AUROC as
+// scikit-learn's cross_val_score(scoring="roc_auc_ovr") with KFold(4),
+// tight fits on both sides (then at most a near-tie orders differently).
+TEST(ProbeCrossValidation, MulticlassAurocFoldsMatchSklearn) {
+  const ProbeFixture fx = probe_fixture("multinomial");
+  at::Tensor cv = cross_validate(fx.x_train, fx.y_train, k_fold(fx.x_train.size(1), 4, false),
+                                 ProbeOptions().tol(1e-9).max_iter(2000), [](const LinearProbes& p, const at::Tensor& x,
+                                                                             const at::Tensor& y) {
+                                   return probe_auroc(p, x, y);
+                                 });
+  const at::Tensor want = fx.file->read_tensor("/multinomial/cv4_auroc").t();  // [4 folds, P]
+  EXPECT_TRUE(at::allclose(cv, want, 0, 1e-3)) << cv << want;
 }
 
 TEST(ProbeCrossValidation, EachFoldIsAFitOnItsTrainRowsScoredOnItsTestRows) {

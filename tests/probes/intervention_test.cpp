@@ -148,14 +148,95 @@ TEST(ProbeIntervention, AblatingAPlantedDirectionDropsProbeAccuracyToChance) {
   EXPECT_GT(accuracy(r.predict(other.forward(x_test, none)), y_test).item<double>(), 0.9);
 }
 
+// Ablating a span of k directions: coordinates outside the span are left
+// bit for bit (directions supported on the first 4 of 16 coordinates), what
+// is left has no component in the span, and the edit equals an independent
+// projector A pinv(A) (a dependent column adds nothing to the rank).
+TEST(ProbeIntervention, SubspaceAblationRemovesTheSpanAndNothingElse) {
+  at::manual_seed(41);
+  const int64_t d = 16;
+  at::Tensor a = at::zeros({d, 3}, at::kDouble);  // [d, k]
+  a.narrow(0, 0, 4).copy_(at::randn({4, 3}, at::kDouble));
+  const ProbeIntervention local(a, InterventionMode::ablate);
+  EXPECT_EQ(local.rank(), 3);
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    const at::Tensor x = at::randn({2, 5, d}, dtype);  // [batch, pos, d]
+    const at::Tensor y = local.apply(x);
+    EXPECT_TRUE(at::equal(y.narrow(2, 4, d - 4), x.narrow(2, 4, d - 4))) << dtype;
+    EXPECT_FALSE(at::allclose(y.narrow(2, 0, 4), x.narrow(2, 0, 4))) << dtype;
+    const double tol = dtype == at::kFloat ? 1e-6 : 1e-12;
+    EXPECT_LT(at::matmul(y.to(at::kDouble), a).abs().max().item<double>(), tol * x.abs().max().item<double>());
+  }
+  // A general span of 3 directions plus a fourth in their span: rank 3, and
+  // the edit is x - A pinv(A) x (A pinv(A): the orthogonal projector onto
+  // the span, computed by SVD, apart from Gram-Schmidt).
+  at::Tensor g = at::randn({d, 3}, at::kDouble);
+  g = at::cat({g, (g.select(1, 0) - 2 * g.select(1, 2)).unsqueeze(1)}, 1);  // [d, 4], rank 3
+  const ProbeIntervention span(g, InterventionMode::ablate);
+  EXPECT_EQ(span.rank(), 3);
+  const at::Tensor x = at::randn({7, d}, at::kDouble);
+  const at::Tensor proj = at::matmul(g, at::linalg_pinv(g, /*rcond=*/1e-10));  // [d, d]
+  const at::Tensor want = x - at::matmul(x, proj);             // proj is symmetric
+  EXPECT_TRUE(at::allclose(span.apply(x), want, 0, 1e-12));
+  // A direction orthogonal to the span keeps its component exactly as it was.
+  at::Tensor v = at::randn({d}, at::kDouble);
+  v = v - at::matmul(proj, v);
+  EXPECT_NEAR((span.apply(x) - x).matmul(v).abs().max().item<double>(), 0.0, 1e-12);
+}
+
+// A planted multiclass subspace: C = 4 classes whose means are the vertices
+// of a regular simplex (circumradius 3) in a 3-dimensional subspace S of 16
+// dimensions, plus isotropic noise. The fitted probe reads them (accuracy
+// > 0.95). Ablating the span of its K - 1 weight differences leaves every
+// logit difference at its bias difference, so it predicts one class for
+// every row: on the balanced test split (500 rows per class) its accuracy
+// is 1/C exactly. A probe refitted after ablating S has nothing to read:
+// 1/C within 0.04 (4 sigma of an accuracy at 0.25 over 2000 rows). Ablating
+// a random 3-dimensional subspace instead leaves most of the signal.
+TEST(ProbeIntervention, AblatingAMulticlassProbesSpanLeavesItAtChance) {
+  const int64_t n = 6000, n_train = 4000, d = 16, C = 4;
+  at::manual_seed(43);
+  const at::Tensor basis = std::get<0>(at::linalg_qr(at::randn({d, C - 1}, at::kDouble)));  // [d, 3] S
+  // The simplex: the 4 standard basis vectors of R^4 centred, in 3 coordinates.
+  const at::Tensor e = at::eye(C, at::kDouble) - 1.0 / C;                  // [4, 4], rows sum to 0
+  const at::Tensor simplex = std::get<0>(at::linalg_qr(e.t())).narrow(1, 0, C - 1);  // [4, 3] orthonormal cols
+  at::Tensor vertices = at::matmul(e, simplex);                              // [4, 3]
+  vertices = vertices / vertices.norm(2, {1}, true) * 3.0;
+  const at::Tensor means = at::matmul(vertices, basis.t());                  // [4, d]
+  const at::Tensor y = at::arange(n, at::kLong) % C;                         // balanced, also per split
+  const at::Tensor x = at::randn({n, d}, at::kDouble) + means.index_select(0, y);
+  const at::Tensor x_train = x.slice(0, 0, n_train), x_test = x.slice(0, n_train);
+  const at::Tensor y_train = y.slice(0, 0, n_train), y_test = y.slice(0, n_train);
+  const LinearProbes p = fit_logistic(x_train, y_train);
+  EXPECT_GT(accuracy(p.predict(x_test), y_test).item<double>(), 0.95);
+
+  const at::Tensor dirs = probe_directions(p, 0);  // [d, 3]
+  ASSERT_EQ(dirs.sizes(), (at::IntArrayRef{d, C - 1}));
+  const ProbeIntervention ablate(dirs, InterventionMode::ablate);
+  EXPECT_EQ(ablate.rank(), C - 1);
+  const at::Tensor pred = p.predict(ablate.apply(x_test));  // [1, n_test]
+  EXPECT_TRUE(pred.eq(pred[0][0]).all().item<bool>()) << "one class everywhere";
+  EXPECT_DOUBLE_EQ(accuracy(pred, y_test).item<double>(), 1.0 / C);
+
+  const ProbeIntervention planted(basis, InterventionMode::ablate);
+  const LinearProbes q = fit_logistic(planted.apply(x_train), y_train);
+  EXPECT_NEAR(accuracy(q.predict(planted.apply(x_test)), y_test).item<double>(), 1.0 / C, 0.04);
+
+  const ProbeIntervention other(at::randn({d, C - 1}, at::kDouble), InterventionMode::ablate);
+  const LinearProbes r = fit_logistic(other.apply(x_train), y_train);
+  EXPECT_GT(accuracy(r.predict(other.apply(x_test)), y_test).item<double>(), 0.7);
+}
+
 TEST(ProbeIntervention, BadDirectionsAndHostsAreRefusedClearly) {
   EXPECT_THAT(error_of([] { ProbeIntervention(at::zeros({8}), InterventionMode::ablate); }),
               HasSubstr("the probe direction is zero"));
   at::Tensor nan = at::ones({8});
   nan[2] = std::nan("");
   EXPECT_THAT(error_of([&] { ProbeIntervention(nan, InterventionMode::ablate); }), HasSubstr("NaN or inf"));
-  EXPECT_THAT(error_of([] { ProbeIntervention(at::ones({2, 4}), InterventionMode::ablate); }),
-              HasSubstr("must be one-dimensional"));
+  EXPECT_THAT(error_of([] { ProbeIntervention(at::ones({2, 4, 3}), InterventionMode::ablate); }),
+              HasSubstr("must be [d] or [d, k]"));
+  EXPECT_THAT(error_of([] { ProbeIntervention(at::randn({8, 2}), InterventionMode::steer, 1.0); }),
+              HasSubstr("steering adds one direction, but 2 were given"));
   EXPECT_THAT(error_of([] { parse_intervention_mode("erase"); }),
               HasSubstr("unknown intervention 'erase'; use ablate or steer"));
   hooks::HookedTransformer model = tiny_model();

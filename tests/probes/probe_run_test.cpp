@@ -5,6 +5,8 @@
 #include "core/data/tasks/probe.h"
 #include "core/data/tasks/tasks.h"
 #include "hooks/hooked_transformer.h"
+#include "probes/metrics.h"
+#include "probes/probe_data.h"
 #include "probes/probe_run.h"
 #include "tests/test_util.h"
 
@@ -105,6 +107,64 @@ TEST(ProbeRun, AblationLossesEqualForwardsWithTheDirectionProjectedOut) {
     EXPECT_NEAR(r.ablated_loss[p].item<double>(), want, 1e-5) << r.names[static_cast<size_t>(p)];
     EXPECT_NE(r.ablated_loss[p].item<double>(), r.clean_loss);  // the edit did something
   }
+}
+
+// A 3-class label (the position mod 3): --ablate projects out each probe's
+// two weight differences w_1 - w_0, w_2 - w_0 (rank 2), checked against
+// forwards whose hook subtracts the projection A pinv(A) x (the projector by
+// SVD, apart from the module's Gram-Schmidt); the AUROC is one-vs-rest and
+// its interval brackets it.
+TEST(ProbeRun, MulticlassAblationProjectsOutTheSpanOfTheWeightDifferences) {
+  const std::string model_path = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  const std::string data = mechlab::testing::temp_path("probe_run", "induction3.h5");
+  core::Dataset ds = core::tasks::make_task("induction", {{"n", 40}, {"seed", 3}, {"d_vocab", 256}});
+  const int64_t T = ds.tokens.size(1);
+  ds.labels = (at::arange(T, at::kLong) % 3).unsqueeze(0).expand({ds.tokens.size(0), T}).contiguous();
+  core::save_dataset(data, ds);
+  const ProbeRunResult r = run_probes(model_path, data,
+                                      ProbeRunOptions()
+                                          .hooks({"hook_embed", "blocks.0.hook_resid_post"})
+                                          .label("labels")
+                                          .resamples(50)
+                                          .ablate(true)
+                                          .ablate_examples(6));
+  ASSERT_EQ(r.num_classes, 3);
+  ASSERT_TRUE(r.ablated_loss.defined());
+  EXPECT_TRUE(at::equal(r.ablated_dims, at::full({2}, 2, at::kLong)));
+  auto model = hooks::HookedTransformer::from_pretrained(model_path);
+  const at::Tensor tokens = core::load_dataset(data).tokens.slice(0, 0, 6).to(at::kLong);  // [6, T]
+  EXPECT_NEAR(r.clean_loss, core::mean_loss(model.forward(tokens), tokens).item<double>(), 1e-6);
+  for (int64_t p = 0; p < 2; ++p) {
+    const at::Tensor w = r.probes.weight[p].to(at::kDouble);               // [d_model, 3]
+    const at::Tensor a = w.narrow(1, 1, 2) - w.narrow(1, 0, 1);            // [d_model, 2]
+    const at::Tensor proj = at::matmul(a, at::linalg_pinv(a));             // [d_model, d_model]
+    const at::Tensor logits = model.run_with_hooks(
+        tokens, {{r.names[static_cast<size_t>(p)], [&](at::Tensor& x, const hooks::HookPoint&) {
+                    const at::Tensor xd = x.to(at::kDouble);  // [batch, pos, d_model]
+                    x = (xd - at::matmul(xd, proj)).to(x.scalar_type());
+                  }}});
+    const double want = core::mean_loss(logits, tokens).item<double>();
+    EXPECT_NEAR(r.ablated_loss[p].item<double>(), want, 1e-5) << r.names[static_cast<size_t>(p)];
+    EXPECT_NE(r.ablated_loss[p].item<double>(), r.clean_loss);
+    const double auc = r.auroc[p].item<double>();
+    EXPECT_LE(r.auroc_ci.lower[p].item<double>(), auc);
+    EXPECT_GE(r.auroc_ci.upper[p].item<double>(), auc);
+  }
+  // The AUROC is the probes' one-vs-rest AUROC on the test rows, recomputed
+  // here from one forward over all 40 prompts (every token is a row, in
+  // example order) and the run's seeded split.
+  const at::Tensor all = core::load_dataset(data).tokens.to(at::kLong);  // [40, T]
+  auto [logits, cache] = model.run_with_cache(
+      all, hooks::NamesFilter::predicate([](const std::string& n) {
+        return n == "hook_embed" || n == "blocks.0.hook_resid_post";
+      }));
+  const at::Tensor x = features_from_cache(cache, r.names).x;  // [2, R, d_model]
+  ASSERT_EQ(x.size(1), r.rows);
+  const at::Tensor test = random_split(r.rows, SplitOptions().test_fraction(0.2).seed(0)).test;
+  const at::Tensor y = ds.labels.reshape({-1}).index_select(0, test);
+  const at::Tensor want = probe_auroc(r.probes, x.index_select(1, test), y);
+  EXPECT_TRUE(at::allclose(r.auroc, want, 0, 1e-6)) << r.auroc << want;
+  EXPECT_EQ(r.auroc_ci.defined.min().item<int64_t>(), 50);
 }
 
 }  // namespace
