@@ -229,5 +229,17 @@ TEST(LiveSource, RefusesBadDataInOneLine) {
               HasSubstr("unknown key \"data.prompts\""));
 }
 
+// Data-parallel ranks get parts of a store; a live source has none (every
+// rank would run the model on the whole global batch), so it is refused
+// before the model is loaded.
+TEST(LiveSource, DataParallelPartsAreRefused) {
+  const SaeTrainConfig cfg = SaeTrainConfig::from_json(nlohmann::json::parse(R"({
+      "sae": {"architecture": "topk", "d_in": 16, "d_sae": 32, "k": 4},
+      "data": {"model": "no-such-model.h5", "dataset": "no-such-data.h5", "hook": "blocks.0.hook_resid_post"},
+      "batch_size": 8})"));
+  EXPECT_THAT(error_of([&] { make_source(cfg, 1, 2); }),
+              HasSubstr("runs in one process; for 2 data-parallel processes cache the activations first"));
+}
+
 }  // namespace
 }  // namespace mechlab::sae
