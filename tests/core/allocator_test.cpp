@@ -23,13 +23,13 @@ void escape(void* p) { asm volatile("" : : "r"(p) : "memory"); }
 
 }  // namespace
 
+// glibc only (mechlab's platform, Debian); tune_allocator is a no-op elsewhere.
+#if defined(__GLIBC__)
 TEST(Allocator, AFreedLargeBlockIsReusedWithoutPageFaults) {
-#if !defined(__GLIBC__)
-  GTEST_SKIP() << "tune_allocator tunes glibc's malloc only";
-#else
   if (std::getenv("MALLOC_MMAP_THRESHOLD_") || std::getenv("MALLOC_TRIM_THRESHOLD_")) {
+    // glibc applied the user's thresholds at start-up; they must win.
     EXPECT_FALSE(mechlab::tune_allocator()) << "the user's malloc settings must win";
-    GTEST_SKIP() << "the environment sets glibc's malloc thresholds";
+    return;
   }
   ASSERT_TRUE(mechlab::tune_allocator());
   const size_t n = size_t{64} << 20;
@@ -46,15 +46,11 @@ TEST(Allocator, AFreedLargeBlockIsReusedWithoutPageFaults) {
   const long faults = minor_faults() - before;
   std::free(q);
   EXPECT_LT(faults, 1024) << "a 64 MiB block touched afresh faults 16,384 pages";
-#endif
 }
 
 TEST(Allocator, TheUsersMallocSettingsWin) {
-#if !defined(__GLIBC__)
-  GTEST_SKIP() << "tune_allocator tunes glibc's malloc only";
-#else
   ASSERT_EQ(setenv("MALLOC_TRIM_THRESHOLD_", "1000000", 0), 0);
   EXPECT_FALSE(mechlab::tune_allocator());
   unsetenv("MALLOC_TRIM_THRESHOLD_");
-#endif
 }
+#endif

@@ -18,6 +18,7 @@
 #include "patching/discovery/circuit_runner.h"
 #include "patching/edge_attribution.h"
 #include "patching/metrics.h"
+#include "tests/discovery/discovery_fixtures.h"
 #include "tests/discovery/naive_acdc.h"
 #include "tests/hooks/fixture_compare.h"
 #include "tests/patching/patching_fixtures.h"
@@ -37,35 +38,15 @@ using mechlab::discovery::CircuitEdge;
 using mechlab::discovery::CircuitRunner;
 using mechlab::hooks::HookedTransformer;
 using mechlab::testing::error_of;
+using mechlab::testing::load_f64;
+using mechlab::testing::fixture_data;
+using mechlab::testing::kl_metric;
+using mechlab::testing::kept_names;
 using mechlab::testing::NaiveAcdc;
 using mechlab::testing::NaiveResult;
 using namespace mechlab::patching;
 
 namespace {
-
-HookedTransformer load_f64(const std::string& name) {
-  HookedTransformer m = HookedTransformer::load(mechlab::testing::runtime_model(name));
-  m.model().to(at::kDouble);
-  return m;
-}
-
-PatchingData fixture_data(const std::string& model) {
-  return mechlab::testing::read_fixture_inputs(
-      mechlab::core::H5File::open_read(mechlab::testing::test_data_h5("patching", model)));
-}
-
-Metric kl_metric(HookedTransformer& model, const PatchingData& data) {
-  at::NoGradGuard ng;
-  return kl_to_clean(data.answers(), model.forward(data.clean_tokens));
-}
-
-std::set<std::string> kept_names(const Circuit& c) {
-  std::set<std::string> out;
-  for (const CircuitEdge& e : c.edges()) {
-    if (c.kept(e)) out.insert(c.edge_name(e));
-  }
-  return out;
-}
 
 void expect_same_steps(const std::vector<AcdcStep>& got, const std::vector<AcdcStep>& want, double score_tol,
                        const std::string& what) {

@@ -15,6 +15,7 @@
 #include "patching/discovery/selection.h"
 #include "patching/edge_attribution.h"
 #include "patching/metrics.h"
+#include "tests/discovery/discovery_fixtures.h"
 #include "tests/patching/patching_fixtures.h"
 #include "tests/test_util.h"
 
@@ -31,30 +32,10 @@ using mechlab::discovery::CircuitEdge;
 using mechlab::discovery::CircuitRunner;
 using mechlab::hooks::HookedTransformer;
 using mechlab::testing::error_of;
+using mechlab::testing::load_f64;
+using mechlab::testing::fixture_data;
+using mechlab::testing::kept_names;
 using namespace mechlab::patching;
-
-namespace {
-
-HookedTransformer load_f64(const std::string& name) {
-  HookedTransformer m = HookedTransformer::load(mechlab::testing::runtime_model(name));
-  m.model().to(at::kDouble);
-  return m;
-}
-
-PatchingData fixture_data(const std::string& model) {
-  return mechlab::testing::read_fixture_inputs(
-      mechlab::core::H5File::open_read(mechlab::testing::test_data_h5("patching", model)));
-}
-
-std::set<std::string> kept_names(const Circuit& c) {
-  std::set<std::string> out;
-  for (const CircuitEdge& e : c.edges()) {
-    if (c.kept(e)) out.insert(c.edge_name(e));
-  }
-  return out;
-}
-
-}  // namespace
 
 TEST(EapPerPosition, ScoresSummedOverPositionsAreTheUnsplitScores) {
   for (const char* name : {"gpt2_like", "attn_only", "llama_like", "neox_like"}) {
