@@ -27,6 +27,18 @@ namespace mechlab::discovery {
 
 namespace {
 
+// The picture's row (Graphviz rank) of a node: the input, then per layer its
+// heads and then its MLP, then the output.
+int node_rank(const patching::CircuitGraph& g, const patching::CircuitNode& n) {
+  switch (n.kind) {
+    case patching::CircuitNode::Kind::input: return 0;
+    case patching::CircuitNode::Kind::head: return 1 + 2 * n.layer;
+    case patching::CircuitNode::Kind::mlp: return 2 + 2 * n.layer;
+    case patching::CircuitNode::Kind::output: return 1 + 2 * g.cfg().n_layers;
+  }
+  return 0;
+}
+
 namespace fs = std::filesystem;
 using patching::CircuitNode;
 using patching::ReceiverChannel;
@@ -113,15 +125,7 @@ std::string split_circuit_dot(const Circuit& circuit, const std::string& title) 
     drawn.push_back({g.senders()[static_cast<size_t>(e.sender)], reader_of(g, r), e.pos, r.channel, s});
     if (!std::isnan(s)) max_abs = std::max(max_abs, std::fabs(s));
   }
-  auto row_of = [&](const CircuitNode& n) {
-    switch (n.kind) {
-      case CircuitNode::Kind::input: return 0;
-      case CircuitNode::Kind::head: return 1 + 2 * n.layer;
-      case CircuitNode::Kind::mlp: return 2 + 2 * n.layer;
-      case CircuitNode::Kind::output: return 1 + 2 * g.cfg().n_layers;
-    }
-    return 0;
-  };
+  auto row_of = [&](const CircuitNode& n) { return node_rank(g, n); };
   auto name_of = [](const CircuitNode& n, int64_t p) { return patching::node_name(n) + " @" + std::to_string(p); };
   // (row, position) -> node names in that cell, in canonical order.
   std::map<std::pair<int, int64_t>, std::vector<std::string>> cells;
@@ -231,16 +235,7 @@ std::string circuit_dot(const Circuit& circuit, const std::string& title) {
     drawn.push_back({g.senders()[static_cast<size_t>(e.sender)], reader_of(g, r), r.channel, s});
     if (!std::isnan(s)) max_abs = std::max(max_abs, std::fabs(s));
   }
-  // Ranks: input, then per layer its heads and its MLP, then output.
-  auto rank_of = [&](const CircuitNode& n) {
-    switch (n.kind) {
-      case CircuitNode::Kind::input: return 0;
-      case CircuitNode::Kind::head: return 1 + 2 * n.layer;
-      case CircuitNode::Kind::mlp: return 2 + 2 * n.layer;
-      case CircuitNode::Kind::output: return 1 + 2 * g.cfg().n_layers;
-    }
-    return 0;
-  };
+  auto rank_of = [&](const CircuitNode& n) { return node_rank(g, n); };
   std::map<int, std::vector<std::string>> ranks;
   std::map<std::string, CircuitNode> nodes;
   for (const Drawn& d : drawn) {
