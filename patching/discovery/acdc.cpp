@@ -38,7 +38,10 @@ struct Item {
 // output backwards, each receiver's senders by layer descending. Split by
 // position (n_positions > 0): each receiver's edges at positions P-1..0,
 // all of a receiver at one position before the next position.
-std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_restart, int64_t n_positions) {
+// mlp_restart: m{L}'s trials restart at the MLP; head_restart: head
+// receivers' trials restart by head group (both off for the one-forward-per-edge run).
+std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_restart, bool head_restart,
+                                 int64_t n_positions) {
   const auto& cfg = g.cfg();
   const int H = cfg.n_heads, KV = cfg.kv_heads();
   std::vector<int64_t> positions;  // last to first; {-1} when unsplit
@@ -60,6 +63,7 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_r
     return out;
   };
   std::vector<Item> items;
+  const RestartAt heads = head_restart ? RestartAt::heads : RestartAt::attention;
   auto add_receiver = [&](const ReceiverInput& r, int layer, Check check, RestartAt at = RestartAt::attention) {
     const int64_t ri = g.receiver_index(r);
     const std::vector<int64_t> senders = incoming(r);
@@ -80,12 +84,14 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_r
       const int n = ch == ReceiverChannel::q ? H : KV;
       for (int h = n - 1; h >= 0; --h) {
         const int64_t ri = g.receiver_index({{Kind::head, L, h}, ch});
-        for (int64_t p : positions) items.push_back({{CircuitEdge::Kind::head_input, -1, ri, p}, L, Check::head_used});
+        for (int64_t p : positions) {
+          items.push_back({{CircuitEdge::Kind::head_input, -1, ri, p}, L, Check::head_used, heads});
+        }
       }
     }
     for (ReceiverChannel ch : channels) {
       const int n = ch == ReceiverChannel::q ? H : KV;
-      for (int h = n - 1; h >= 0; --h) add_receiver({{Kind::head, L, h}, ch}, L, Check::input_kept);
+      for (int h = n - 1; h >= 0; --h) add_receiver({{Kind::head, L, h}, ch}, L, Check::input_kept, heads);
     }
   }
   return items;
@@ -227,8 +233,9 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
   const Circuit start = options.start() ? *options.start() : Circuit::full(graph, n_positions);
   Work cur(start);
   double cur_metric = runner.set_state(start, metric);
-  const std::vector<Item> items = decision_order(graph, options.indices_mode() == "reverse",
-                                                 runner.can_restart_at_mlp() && !one_forward_per_edge, n_positions);
+  const std::vector<Item> items =
+      decision_order(graph, options.indices_mode() == "reverse", runner.can_restart_at_mlp() && !one_forward_per_edge,
+                     !one_forward_per_edge, n_positions);
   int64_t total = 0;
   for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
 

@@ -13,6 +13,8 @@
 
 
 #include <algorithm>
+#include <optional>
+#include <utility>
 
 namespace mechlab::discovery {
 
@@ -36,6 +38,18 @@ class CatchZ : public core::HookDispatch {
  private:
   core::HookSite site_;
 };
+
+// sum over s of rows[n, s] * shared[b, p, s, :] -> [batch, pos, n, d_model].
+// rows [n, S0] on shared's device. The state's deltas are stored sender-major
+// ([S, batch, pos, d_model], viewed as [batch, pos, S, d_model]), so this is
+// one GEMM over them; a broadcast matmul would run batch * pos GEMVs.
+at::Tensor sender_sum(const at::Tensor& rows, const at::Tensor& shared) {
+  const at::Tensor t = shared.permute({2, 0, 1, 3});  // [S0, batch, pos, d_model]
+  if (!t.is_contiguous()) return at::matmul(rows, shared);
+  return at::mm(rows, t.view({t.size(0), -1}))
+      .view({rows.size(0), shared.size(0), shared.size(1), shared.size(3)})
+      .permute({1, 2, 0, 3});
+}
 
 // Mean over prompts and real positions: [batch, pos, ...] -> [1, 1, ...].
 at::Tensor masked_mean(const at::Tensor& x, const at::Tensor& mask) {
@@ -182,6 +196,9 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   // the MLP, the heads of layer `start` are the state's too.
   const bool from_mlp = at == RestartAt::mlp;
   MECHLAB_ASSERT(!from_mlp || (can_restart_at_mlp() && start < cfg.n_layers && !record));
+  // RestartAt::heads: layer `start`'s attention through head_groups (restart() sends one unsplit copy only).
+  const bool heads = at == RestartAt::heads;
+  MECHLAB_ASSERT(!heads || (k == 1 && !split && !record && start < cfg.n_layers && !cfg.parallel_attn_mlp));
   const int64_t S0 = from_mlp ? senders_before(start) + H : start == 0 ? 1 : senders_before(start);
   // (A restart from layer 0's attention needs no state: the input is the only earlier sender.)
   const at::Tensor shared =
@@ -252,7 +269,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     // [batch, pos, nr, d_model]; at full positions through the memo (ACDC's
     // consecutive trials change one entry of these rows, or none).
     const at::Tensor corr = memo ? shared_correction(r0, nr, masks_cpu[0].narrow(0, r0, nr).narrow(1, 0, S0), shared_src)
-                                 : at::matmul(m0.narrow(1, 0, S0), shared_src);
+                                 : sender_sum(m0.narrow(1, 0, S0), shared_src);
     at::Tensor act5 = out.view({k, b, Pc, nr, d}) - corr.unsqueeze(0);  // [k, batch, pos, nr, d_model], a new tensor
     if (!uni) {
       // Then, per copy, only the rows that differ from copy 0's (trials
@@ -283,18 +300,32 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   };
 
   at::Tensor final_resid;
+  // Restarting at the last layer's MLP or head groups with answers only: the answers block below does it.
+  const int last = cfg.n_layers - 1;
+  const bool last_from_mlp = answers_only && from_mlp && start == last;
+  const bool last_heads = answers_only && heads && start == last;
+  // Layer `start`'s resid_mid [k * batch, pos, d_model] when the restart
+  // continues from its MLP: the state's (RestartAt::mlp) or made of the head
+  // groups (RestartAt::heads, whose head outputs are then live senders).
+  at::Tensor mid_in;
+  if (heads && !last_heads) {
+    auto [attn, head_deltas] = head_groups(start, masks_cpu[0], shared, at::Tensor(), at::Tensor());
+    live.push_back(head_deltas);
+    live_n += H;
+    mid_in = resid_pre_[static_cast<size_t>(start)] + attn;
+  } else if (from_mlp && !last_from_mlp) {
+    mid_in = resid_mid_[static_cast<size_t>(start)].repeat({k, 1, 1});
+  }
   // Layer `start`'s MLP alone, as the block runs it (same norm and MLP
   // functions): mlp_in = resid_mid - patch, resid_post = resid_mid + mlp_out.
   at::Tensor after_mlp;  // [k * batch, pos, d_model]: the residual entering layer start + 1
-  // Restarting at the last layer's MLP with answers only: the answers block below does it.
-  const int last = cfg.n_layers - 1;
-  const bool last_from_mlp = answers_only && from_mlp && start == last;
-  if (from_mlp && !last_from_mlp) {
+  if (mid_in.defined() && !cfg.has_mlp()) after_mlp = mid_in;
+  if (mid_in.defined() && cfg.has_mlp()) {
     const core::ModelConfig& mc = model_.model().config();
     const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(start)];
-    const at::Tensor resid_mid = resid_mid_[static_cast<size_t>(start)].repeat({k, 1, 1});  // [k * batch, pos, d_model]
-    at::Tensor x4 = resid_mid.unsqueeze(2);  // [k * batch, pos, 1, d_model]
-    patch(x4, graph_.receiver_index({{Kind::mlp, start, -1}, ReceiverChannel::resid}), 1, S0, shared);
+    at::Tensor x4 = mid_in.unsqueeze(2);  // [k * batch, pos, 1, d_model]
+    patch(x4, graph_.receiver_index({{Kind::mlp, start, -1}, ReceiverChannel::resid}), 1, senders_before(start) + H,
+          shared);
     const core::Hooks none;
     const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, start},
                                           {core::HookKind::ln2_normalized, start}, none);
@@ -304,16 +335,16 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     if (abl_m.defined()) out = (out.view({k, b, P, 1, d}) - abl_m.unsqueeze(0)).view({k * b, P, 1, d});
     live.push_back(out);
     live_n += 1;
-    after_mlp = resid_mid + mlp_out;
+    after_mlp = mid_in + mlp_out;
   }
-  const int first_block = from_mlp ? start + 1 : start;
+  const int first_block = mid_in.defined() ? start + 1 : start;
   // With answers only, the hooked blocks stop before the last layer.
   const int stop = answers_only ? last : cfg.n_layers;
   at::Tensor into_stop;  // the residual entering layer `stop` [k * batch, pos, d_model]
-  if (last_from_mlp) {
-    // the answers block starts from the state's resid_mid
+  if (last_from_mlp || last_heads) {
+    // the answers block starts from the state's resid_pre / resid_mid
   } else if (first_block >= stop) {
-    into_stop = from_mlp                ? after_mlp
+    into_stop = after_mlp.defined()     ? after_mlp
         : first_block >= cfg.n_layers   ? resid_final_.repeat({k, 1, 1})
                                         : resid_pre_[static_cast<size_t>(first_block)].repeat({k, 1, 1});
   } else {
@@ -371,7 +402,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     if (mask_.defined()) ro.attention_mask(mask_.repeat({k, 1}));
     ro.start_at_layer(first_block);
     ro.stop_at_layer(stop);
-    at::Tensor input = from_mlp     ? after_mlp
+    at::Tensor input = after_mlp.defined() ? after_mlp
                        : start == 0 ? tokens_.repeat({k, 1})
                                     : resid_pre_[static_cast<size_t>(start)].repeat({k, 1, 1});
     into_stop = model_.forward(input, ro);  // [k * batch, pos, d_model]
@@ -384,15 +415,21 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     const core::ModelConfig& mc = model_.model().config();
     const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(l)];
     const core::Hooks none;
-    const at::Tensor shared_a = at_answers(shared);  // [batch, 1, S0, d_model]
+    const at::Tensor shared_a = state_at_answers(answer_pos).narrow(2, 0, S0);  // [batch, 1, S0, d_model]
     // [k * batch, pos, ...] -> [k * batch, 1, ...] at each copy's answer positions
     const at::Tensor rows_k = at::arange(k * b, apos.options()), apos_k = apos.repeat({k});
     auto at_answers_k = [&](const at::Tensor& t) { return t.index({rows_k, apos_k}).unsqueeze(1); };
-    const at::Tensor pre_a = last_from_mlp ? at_answers(resid_pre_[static_cast<size_t>(l)]).repeat({k, 1, 1})
-                                           : at_answers_k(into_stop);  // [k * batch, 1, d_model]
+    const at::Tensor pre_a = last_from_mlp || last_heads
+                                 ? at_answers(resid_pre_[static_cast<size_t>(l)]).repeat({k, 1, 1})
+                                 : at_answers_k(into_stop);  // [k * batch, 1, d_model]
     at::Tensor mid;  // resid_mid at the answer positions [k * batch, 1, d_model]
     if (last_from_mlp) {
       mid = at_answers(resid_mid_[static_cast<size_t>(l)]).repeat({k, 1, 1});
+    } else if (last_heads) {
+      auto [attn, head_deltas] = head_groups(l, masks_cpu[0], shared, shared_a, apos);
+      mid = pre_a + attn;
+      live.push_back(head_deltas);
+      live_n += H;
     } else {
       const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
       auto copies = [&](const at::Tensor& t, int64_t n) {  // [k * batch, p, d_model] -> [k * batch, p, n, d_model]
@@ -412,20 +449,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
       q_in = core::apply_norm(mc, q_in, w.ln1_w, w.ln1_b, scale, normed, none);
       k_in = core::apply_norm(mc, k_in, w.ln1_w, w.ln1_b, scale, normed, none);
       v_in = core::apply_norm(mc, v_in, w.ln1_w, w.ln1_b, scale, normed, none);
-      core::AttentionContext ctx;
-      at::Tensor positions;  // as the forward numbers them: real tokens from 0
-      if (mask_.defined()) {
-        ctx.key_mask = mask_.ne(0).repeat({k, 1});  // [k * batch, pos]
-        positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
-      } else {
-        positions = at::arange(P, at::TensorOptions(at::kLong).device(model_.model().device()));
-      }
-      core::RotaryTables tables;
-      if (mc.positional == core::Positional::rotary) {
-        tables = core::make_rotary_tables(mc, model_.model().weights().W_E.options());
-        ctx.rotary = &tables;
-        ctx.positions = positions;
-      }
+      const core::AttentionContext ctx = attention_context(k);
       CatchZ catch_z(cfg.n_layers, l);
       const at::Tensor attn_out =
           core::attention_forward(mc, w, l, q_in, k_in, v_in, true, ctx, core::Hooks{&catch_z});  // [k * batch, 1, d_model]
@@ -458,12 +482,17 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   if (record) {
     MECHLAB_ASSERT(start == 0 && k == 1);
     resid_final_ = final_resid;
-    deltas_ = at::cat({input_delta_, at::cat(live, 2)}, 2);  // [batch, pos, S, d_model]
+    // [batch, pos, S, d_model], stored sender-major for sender_sum
+    deltas_ = at::cat({input_delta_, at::cat(live, 2)}, 2).permute({2, 0, 1, 3}).contiguous().permute({1, 2, 0, 3});
     corrections_.clear();  // they summed the previous state's deltas
+    head_groups_.clear();  // they read the previous state's resid_pre and deltas
+    head_inputs_.clear();
+    answer_deltas_ = at::Tensor();
   }
   const int64_t R = static_cast<int64_t>(graph_.receivers().size());
   at::Tensor out4 = final_resid.unsqueeze(2);  // [k * batch, pos, 1, d_model]
-  patch(out4, R - 1, 1, static_cast<int64_t>(graph_.senders().size()), answers_only ? at_answers(shared) : shared,
+  patch(out4, R - 1, 1, static_cast<int64_t>(graph_.senders().size()),
+        answers_only ? state_at_answers(answer_pos).narrow(2, 0, S0) : shared,
         !answers_only);
   ++forwards_;
   return out4.squeeze(2);
@@ -472,9 +501,7 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
 at::Tensor CircuitRunner::shared_correction(int64_t r0, int64_t nr, const at::Tensor& rows, const at::Tensor& shared) {
   const int64_t S0 = rows.size(1);
   const at::Tensor rows_c = rows.contiguous();  // float [nr, S0] (CPU)
-  // A broadcast matmul: [nr, S0] @ [batch, pos, S0, d_model] -> [batch, pos,
-  // nr, d_model], with no copy of the deltas into GEMM layout (einsum made one).
-  auto sum = [&] { return at::matmul(rows_c.to(shared.device(), shared.scalar_type()), shared); };
+  auto sum = [&] { return sender_sum(rows_c.to(shared.device(), shared.scalar_type()), shared); };
   for (SharedCorrection& c : corrections_) {
     if (c.r0 != r0 || c.nr != nr || c.S0 != S0) continue;
     // Recomputed whenever a row changed, never updated in place: the result
@@ -489,6 +516,130 @@ at::Tensor CircuitRunner::shared_correction(int64_t r0, int64_t nr, const at::Te
   }
   corrections_.push_back({r0, nr, S0, rows_c.clone(), sum()});
   return corrections_.back().corr;
+}
+
+at::Tensor CircuitRunner::state_at_answers(const at::Tensor& answer_pos) {
+  const at::Tensor apos = answer_pos.to(at::kCPU, at::kLong).contiguous();  // [batch]
+  if (!answer_deltas_.defined() || !at::equal(apos, answer_deltas_pos_)) {
+    const at::Tensor dev = apos.to(deltas_.device());
+    const at::Tensor rows = at::arange(tokens_.size(0), dev.options());
+    // [batch, S, d_model] -> sender-major [S, batch, 1, d_model], viewed [batch, 1, S, d_model]
+    answer_deltas_ = deltas_.index({rows, dev}).permute({1, 0, 2}).contiguous().unsqueeze(2).permute({1, 2, 0, 3});
+    answer_deltas_pos_ = apos.clone();
+  }
+  return answer_deltas_;
+}
+
+core::AttentionContext CircuitRunner::attention_context(int64_t k) {
+  core::AttentionContext ctx;
+  at::Tensor positions;  // as the forward numbers them: real tokens from 0
+  if (mask_.defined()) {
+    ctx.key_mask = mask_.repeat({k, 1});  // [k * batch, pos] bool
+    positions = (ctx.key_mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+  } else {
+    positions = at::arange(seq_len(), at::TensorOptions(at::kLong).device(model_.model().device()));
+  }
+  const core::ModelConfig& mc = model_.model().config();
+  if (mc.positional == core::Positional::rotary) {
+    if (!rotary_.cos.defined()) rotary_ = core::make_rotary_tables(mc, model_.model().weights().W_E.options());
+    ctx.rotary = &rotary_;
+    ctx.positions = positions;
+  }
+  return ctx;
+}
+
+std::pair<at::Tensor, at::Tensor> CircuitRunner::head_groups(int layer, const at::Tensor& mask_cpu,
+                                                             const at::Tensor& shared, const at::Tensor& shared_a,
+                                                             const at::Tensor& answer_pos) {
+  const auto& cfg = model_.cfg();
+  const core::ModelConfig& mc = model_.model().config();
+  const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(layer)];
+  const int64_t H = cfg.n_heads, KV = cfg.kv_heads(), g = H / KV, S0 = shared.size(2);
+  const bool answers = answer_pos.defined();
+  at::Tensor rows, apos;  // int64 [batch]
+  if (answers) {
+    apos = answer_pos.to(model_.model().device(), at::kLong);
+    rows = at::arange(tokens_.size(0), apos.options());
+  }
+  auto at_answers = [&](const at::Tensor& x) {  // [batch, pos, ...] -> [batch, 1, ...]; [1, 1, ...] kept
+    if (!answers || x.size(1) == 1) return x;
+    return x.index({rows, apos}).unsqueeze(1);
+  };
+  const at::Tensor mask = mask_cpu.contiguous();  // float [R, S]
+  const float* m = mask.data_ptr<float>();
+  const int64_t S = mask.size(1);
+  const int64_t rq = graph_.receiver_index({{Kind::head, layer, 0}, ReceiverChannel::q});
+  if (head_groups_.empty()) {
+    head_groups_.resize(static_cast<size_t>(cfg.n_layers));
+    head_inputs_.resize(static_cast<size_t>(cfg.n_layers));
+  }
+  std::vector<HeadGroup>& groups = head_groups_[static_cast<size_t>(layer)];
+  std::vector<HeadInput>& inputs = head_inputs_[static_cast<size_t>(layer)];
+  groups.resize(static_cast<size_t>(KV));
+  inputs.resize(static_cast<size_t>(H + 2 * KV));
+  const at::Tensor pre = resid_pre_[static_cast<size_t>(layer)].unsqueeze(2);  // [batch, pos, 1, d_model]
+  const core::Hooks none;
+  const core::HookSite scale{core::HookKind::ln1_scale, layer}, normed{core::HookKind::ln1_normalized, layer};
+
+  // Receiver i of the layer (q of heads 0..H-1, then k and v of the kv
+  // heads), projected: resid_pre - its rows @ the state's deltas (all its
+  // senders are below the layer), normalised, times its W_Q/W_K/W_V slice.
+  // Queries at the answer positions only when `answers`. A function of its
+  // rows alone, so the result does not depend on which trials came before.
+  auto input = [&](int64_t i) -> const HeadInput& {
+    const bool query = i < H, at_ans = query && answers;
+    std::vector<float> row(m + (rq + i) * S, m + (rq + i) * S + S0);
+    HeadInput& e = inputs[static_cast<size_t>(i)];
+    if (e.proj.defined() && e.answers == at_ans && e.rows == row) return e;
+    const at::Tensor r = at::from_blob(row.data(), {1, S0}, at::kFloat).to(shared.device(), shared.scalar_type());
+    at::Tensor x = at_ans ? at_answers(pre) - sender_sum(r, shared_a) : pre - sender_sum(r, shared);  // [batch, p, 1, d_model]
+    x = core::apply_norm(mc, x, w.ln1_w, w.ln1_b, scale, normed, none);
+    const int64_t h = query ? i : (i - H) % KV;
+    const at::Tensor& W = query ? w.W_Q : i < H + KV ? w.W_K : w.W_V;  // [head|kv_head, d_model, d_head]
+    const at::Tensor& b = query ? w.b_Q : i < H + KV ? w.b_K : w.b_V;
+    e.proj = core::per_head_linear(x, W.narrow(0, h, 1), b.narrow(0, h, 1));  // [batch, p, 1, d_head]
+    e.rows = std::move(row);
+    e.answers = at_ans;
+    e.version = ++head_input_versions_;
+    return e;
+  };
+  std::optional<core::AttentionContext> ctx;
+  for (int64_t j = 0; j < KV; ++j) {
+    // Group j: the queries of heads j*g..j*g+g-1, the keys and values of kv head j.
+    std::vector<int64_t> members;
+    for (int64_t h = j * g; h < (j + 1) * g; ++h) members.push_back(h);
+    members.push_back(H + j);
+    members.push_back(H + KV + j);
+    std::vector<int64_t> versions;
+    for (int64_t i : members) versions.push_back(input(i).version);
+    HeadGroup& e = groups[static_cast<size_t>(j)];
+    if (e.attn.defined() && e.answers == answers && e.versions == versions) continue;
+    std::vector<at::Tensor> qs;
+    for (int64_t h = j * g; h < (j + 1) * g; ++h) qs.push_back(inputs[static_cast<size_t>(h)].proj);
+    const at::Tensor q = g == 1 ? qs[0] : at::cat(qs, 2);  // [batch, p, g, d_head]
+    // The group as a model of its own: g query heads sharing one kv head.
+    core::ModelConfig gc = mc;
+    gc.n_heads = static_cast<int>(g);
+    gc.n_kv_heads = 1;
+    core::LayerWeights gw = w;
+    gw.W_O = w.W_O.narrow(0, j * g, g);
+    if (!ctx) ctx = attention_context(1);
+    CatchZ catch_z(cfg.n_layers, layer);
+    core::attention_from_qkv(gc, gw, layer, q, inputs[static_cast<size_t>(H + j)].proj,
+                             inputs[static_cast<size_t>(H + KV + j)].proj, *ctx, core::Hooks{&catch_z});
+    const at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, gw.W_O});  // [batch, p, g, d_model]
+    const at::Tensor& abl = ablated_heads_[static_cast<size_t>(layer)];   // [batch|1, pos|1, head, d_model]
+    e.attn = out.sum(2);
+    e.deltas = abl.defined() ? out - at_answers(abl).narrow(2, j * g, g) : out;
+    e.versions = std::move(versions);
+    e.answers = answers;
+  }
+  // Summed in head order whatever was recomputed: the same bits for the same rows.
+  at::Tensor attn = groups[0].attn;
+  for (int64_t j = 1; j < KV; ++j) attn = attn + groups[static_cast<size_t>(j)].attn;
+  std::vector<at::Tensor> deltas;
+  for (const HeadGroup& e : groups) deltas.push_back(e.deltas);
+  return {attn + w.b_O, KV == 1 ? deltas[0] : at::cat(deltas, 2)};
 }
 
 void CircuitRunner::check_positions(const Circuit& circuit) const {
@@ -576,7 +727,7 @@ std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& me
   MECHLAB_CHECK(deltas_.defined(), "CircuitRunner::restart needs a state: call set_state first");
   MECHLAB_CHECK(layer >= 0 && layer <= model_.cfg().n_layers, "restart layer ", layer, " is outside [0, ",
                 model_.cfg().n_layers, "]");
-  MECHLAB_CHECK(at == RestartAt::attention || (can_restart_at_mlp() && layer < model_.cfg().n_layers),
+  MECHLAB_CHECK(at != RestartAt::mlp || (can_restart_at_mlp() && layer < model_.cfg().n_layers),
                 "a restart at the MLP of layer ", layer, " needs a layer < n_layers = ", model_.cfg().n_layers,
                 " of a model with MLPs that are not parallel to attention; restart at the layer's attention");
   if (masks.empty()) return {};
@@ -592,6 +743,12 @@ std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& me
     MECHLAB_CHECK(m.dim() == masks[0].dim(), "restart masks must all be split by position or none");
   }
   MECHLAB_CHECK(!split || split_refusal_.empty(), split_refusal_);
+  // Head groups one at a time pay off for one unsplit circuit per forward;
+  // otherwise the layer runs whole (the same function).
+  if (at == RestartAt::heads &&
+      (k != 1 || split || layer >= model_.cfg().n_layers || model_.cfg().parallel_attn_mlp)) {
+    at = RestartAt::attention;
+  }
   // A metric of the answer positions needs the last layer there only (not
   // with split masks: their receivers differ by position).
   const bool answers = !split && layer < model_.cfg().n_layers && answers_are_last(metric);

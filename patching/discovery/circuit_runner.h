@@ -32,6 +32,16 @@
 //  - a circuit that differs from c only at MLP input m{L} and at receivers
 //    of layers > L restarts at layer L's MLP (RestartAt::mlp): the residual
 //    the MLP reads (resid_mid) and layer L's head outputs are the state's.
+//  - a single unsplit circuit that restarts at layer L with RestartAt::heads
+//    runs L's attention one head group (the query heads of one kv head) at
+//    a time: each head receiver's projected input and each group's output
+//    are kept with the mask rows they were made from, so an ACDC trial,
+//    which changes one receiver's row, recomputes one projection and one
+//    group. Each kept value is a function of its rows alone: a trial's
+//    bits do not depend on the trials before it (a resumed ACDC scores as
+//    the uninterrupted run).
+//  - the state's deltas are stored sender-major, so a receiver's correction
+//    from the state's senders is one GEMM over them.
 //  - metrics that read only the answer positions unembed only those, and a
 //    restart computes the last layer's queries, attention output, MLP and
 //    output receiver at those positions only (keys and values everywhere),
@@ -43,6 +53,8 @@
 //   std::vector<double> m = runner.metrics(kl, {Circuit::full(runner.graph()), my_circuit});
 #pragma once
 
+#include "core/model/layers/attention.h"
+#include "core/model/layers/rotary.h"
 #include "core/util/options.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/discovery/circuit.h"
@@ -72,6 +84,14 @@ Ablation parse_ablation(const std::string& name);
 enum class RestartAt {
   attention,  ///< the whole layer (the masks may differ from the state at any receiver of the layer)
   mlp,        ///< the layer's MLP only (they may differ at its MLP input only); models with sequential MLPs
+  /// The whole layer, as `attention`, with the layer's attention one head
+  /// group (the query heads of one kv head) at a time, each group's output
+  /// kept with its receivers' mask rows: a group whose rows did not change
+  /// since the runner last computed it is not recomputed. For ACDC's trials
+  /// on head receivers, which change one group's rows. One circuit per
+  /// forward, unsplit, a model with sequential MLPs or none; otherwise it
+  /// runs as `attention`.
+  heads,
 };
 
 struct RunnerOptions {
@@ -147,6 +167,23 @@ class CircuitRunner {
   // the rows of one receiver group, so the other groups of the layer reuse
   // theirs. The result is read-only for the caller.
   at::Tensor shared_correction(int64_t r0, int64_t nr, const at::Tensor& rows, const at::Tensor& shared);
+  // Layer `layer`'s attention (RestartAt::heads) from the state's resid_pre,
+  // its head receivers patched by the rows of `mask` (float [R, S], CPU),
+  // one head group at a time through head_groups_'s memo. shared: the
+  // state's deltas of senders < senders_before(layer) [batch, pos, S0,
+  // d_model]; shared_a: the same at the answer positions (state_at_answers).
+  // answer_pos defined: the queries at those positions only.
+  // Returns attn_out (sum of the heads' z @ W_O, plus b_O) [batch, p,
+  // d_model] and the heads' deltas (out - ablated) [batch, p, head,
+  // d_model]; p = pos, or 1 at the answers.
+  std::pair<at::Tensor, at::Tensor> head_groups(int layer, const at::Tensor& mask, const at::Tensor& shared,
+                                                const at::Tensor& shared_a, const at::Tensor& answer_pos);
+  // The state's deltas at the answer positions [batch, 1, S, d_model]
+  // (stored sender-major), made once per state and answer positions.
+  at::Tensor state_at_answers(const at::Tensor& answer_pos);
+  // The attention context of k stacked copies of the prompts (key mask,
+  // positions as the forward numbers them, rotary tables).
+  core::AttentionContext attention_context(int64_t k);
   // A split circuit must have seq_len() positions and the prompts one padding.
   void check_positions(const Circuit& circuit) const;
 
@@ -164,13 +201,32 @@ class CircuitRunner {
   std::vector<at::Tensor> resid_pre_;  // [n_layers] of [batch, pos, d_model]
   std::vector<at::Tensor> resid_mid_;  // [n_layers] of [batch, pos, d_model]; empty without sequential MLPs
   at::Tensor resid_final_;             // [batch, pos, d_model], before the output receiver's patch
-  at::Tensor deltas_;                  // [batch, pos, senders, d_model]: out - ablated
+  at::Tensor deltas_;                  // [batch, pos, senders, d_model]: out - ablated (stored sender-major)
   struct SharedCorrection {
     int64_t r0 = 0, nr = 0, S0 = 0;
     at::Tensor rows;  // float [nr, S0] (CPU), the rows `corr` sums
     at::Tensor corr;  // [batch, pos, nr, d_model]
   };
   std::vector<SharedCorrection> corrections_;  // shared_correction's memo; cleared with each new state
+  struct HeadInput {         // a head receiver's projected input (q, k or v) [batch, p, 1, d_head]
+    std::vector<float> rows;  // its mask row over the senders below the layer
+    bool answers = false;     // at the answer positions only (queries)
+    at::Tensor proj;
+    int64_t version = 0;      // head_input_versions_ when computed
+  };
+  struct HeadGroup {
+    std::vector<int64_t> versions;  // its inputs' versions [q of its heads, k, v]
+    bool answers = false;           // queries at the answer positions only
+    at::Tensor attn;                // the group's heads' z @ W_O summed [batch, p, d_model]
+    at::Tensor deltas;              // its heads' out - ablated [batch, p, group, d_model]
+  };
+  // head_groups' memo, [layer][receiver of the layer] and [layer][kv_head];
+  // cleared with each new state.
+  std::vector<std::vector<HeadInput>> head_inputs_;
+  std::vector<std::vector<HeadGroup>> head_groups_;
+  int64_t head_input_versions_ = 0;
+  core::RotaryTables rotary_;                        // rotary models: made on first use
+  at::Tensor answer_deltas_, answer_deltas_pos_;     // state_at_answers' memo and its positions (CPU); cleared with each new state
   std::string split_refusal_;          // why position-split circuits cannot run here ("" = they can)
   int64_t budget_ = 0;
   int64_t forwards_ = 0;

@@ -212,11 +212,11 @@ TEST(CircuitRunner, RestartFromTheStateOfAPrunedCircuitEqualsTheForwardFromTheEm
 namespace {
 
 void expect_restarts_equal_full_forwards(const std::string& what, HookedTransformer& model, const PatchingData& data,
-                                         const Metric& metric, bool answers_last) {
+                                         const Metric& metric, bool answers_last, uint64_t seed = 11) {
   CircuitRunner runner(model, data, Ablation::corrupted, mechlab::discovery::RunnerOptions().max_copies(3));
   ASSERT_TRUE(runner.can_restart_at_mlp());
   ASSERT_EQ(runner.answers_are_last(metric), answers_last) << what;
-  at::manual_seed(11);
+  at::manual_seed(seed);
   Circuit state = Circuit::full(runner.graph());
   const auto& edges = state.edges();
   at::Tensor coin = at::rand({static_cast<int64_t>(edges.size())});
@@ -254,6 +254,36 @@ void expect_restarts_equal_full_forwards(const std::string& what, HookedTransfor
       EXPECT_GT(std::abs(full[0] - state_metric), 1e-6)
           << what << " layer " << layer << (mlp ? " mlp" : "") << ": the flips changed nothing";
     }
+    // RestartAt::heads (one circuit per forward): edges into the layer's head
+    // receivers flipped one at a time, so that each restart recomputes one
+    // head group and takes the others from the runner's memo; and the
+    // attention variants' wider changes.
+    Circuit c = Circuit::from_json(runner.graph(), state.to_json());
+    std::vector<size_t> into_heads;
+    for (size_t i = 0; i < edges.size(); ++i) {
+      const auto& r = runner.graph().receivers()[static_cast<size_t>(edges[i].receiver)];
+      if (r.node.kind == CircuitNode::Kind::head && r.node.layer == layer) into_heads.push_back(i);
+    }
+    const at::Tensor pick = at::randint(static_cast<int64_t>(into_heads.size()), {8});
+    for (int64_t t = 0; t < pick.size(0); ++t) {
+      const CircuitEdge& e = edges[into_heads[static_cast<size_t>(pick[t].item<int64_t>())]];
+      c.set_kept(e, !c.kept(e));
+      const double restarted =
+          runner.restart(layer, metric, {c.removed_mask()}, mechlab::discovery::RestartAt::heads).at(0);
+      EXPECT_NEAR(restarted, runner.metrics(metric, {c})[0], 1e-6) << what << " layer " << layer << " heads, flip " << t;
+    }
+    for (int v = 0; v < 3; ++v) {
+      Circuit w = Circuit::from_json(runner.graph(), state.to_json());
+      at::Tensor flip = at::rand({static_cast<int64_t>(edges.size())});
+      for (size_t i = 0; i < edges.size(); ++i) {
+        const auto& r = runner.graph().receivers()[static_cast<size_t>(edges[i].receiver)];
+        const int rl = r.node.kind == CircuitNode::Kind::output ? n_layers : r.node.layer;
+        if (rl >= layer && flip[static_cast<int64_t>(i)].item<double>() < 0.4) w.set_kept(edges[i], !w.kept(edges[i]));
+      }
+      const double restarted =
+          runner.restart(layer, metric, {w.removed_mask()}, mechlab::discovery::RestartAt::heads).at(0);
+      EXPECT_NEAR(restarted, runner.metrics(metric, {w})[0], 1e-6) << what << " layer " << layer << " heads, variant " << v;
+    }
   }
   EXPECT_EQ(error_of([&] { runner.restart(n_layers, metric, {}, mechlab::discovery::RestartAt::mlp); }),
             "a restart at the MLP of layer " + std::to_string(n_layers) + " needs a layer < n_layers = " +
@@ -283,6 +313,58 @@ TEST(CircuitRunner, RestartsAtTheAttentionAndTheMlpEqualTheForwardFromTheEmbeddi
   expect_restarts_equal_full_forwards("all positions", model, data,
                                       kl_to_clean_all_positions(clean, data.attention_mask), false);
   expect_restarts_equal_full_forwards("answers not last", model, data, kl_to_clean(data.answers(), clean), false);
+  // Rotary and grouped-query attention (two query heads per kv head: a head
+  // group of two). Seed 13: seed 11's random state removes m1 -> output, so
+  // flipping m1's inputs cannot move the metric and the test would be vacuous.
+  HookedTransformer llama = load_f64("llama_like");
+  ASSERT_GT(llama.cfg().n_heads, llama.cfg().kv_heads());
+  PatchingData llama_data = fixture_data("llama_like");
+  llama_data.answer_pos = at::full({llama_data.batch()}, llama_data.seq_len() - 1, at::kLong);
+  const at::Tensor llama_clean = [&] {
+    at::NoGradGuard ng;
+    return llama.forward(llama_data.clean_tokens);
+  }();
+  expect_restarts_equal_full_forwards("llama_like, answers last", llama, llama_data,
+                                      kl_to_clean(llama_data.answers(), llama_clean), true, 13);
+}
+
+// A head-group restart is a function of the masks alone: after other trials
+// have filled the runner's memo it gives the same bits as right after a new
+// state (an empty memo), which keeps a resumed ACDC's scores those of the
+// uninterrupted run. float32, where a different order of sums shows.
+TEST(CircuitRunner, HeadGroupRestartsDoNotDependOnEarlierTrials) {
+  HookedTransformer model = HookedTransformer::load(mechlab::testing::runtime_model("llama_like"));
+  PatchingData data = fixture_data("llama_like");
+  data.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
+  CircuitRunner runner(model, data, Ablation::corrupted);
+  const Metric kl = kl_metric(model, data);
+  ASSERT_TRUE(runner.answers_are_last(kl));
+  const Circuit full = Circuit::full(runner.graph());
+  const int n_layers = model.cfg().n_layers;
+  for (int layer : {0, n_layers - 1}) {
+    runner.set_state(full, kl);
+    Circuit c = Circuit::full(runner.graph());
+    at::manual_seed(5 + layer);
+    std::vector<CircuitEdge> into_heads;
+    for (const CircuitEdge& e : c.edges()) {
+      const auto& r = runner.graph().receivers()[static_cast<size_t>(e.receiver)];
+      if (r.node.kind == CircuitNode::Kind::head && r.node.layer == layer) into_heads.push_back(e);
+    }
+    std::vector<at::Tensor> masks;
+    std::vector<double> warm;
+    const at::Tensor pick = at::randint(static_cast<int64_t>(into_heads.size()), {12});
+    for (int64_t t = 0; t < pick.size(0); ++t) {
+      const CircuitEdge& e = into_heads[static_cast<size_t>(pick[t].item<int64_t>())];
+      c.set_kept(e, !c.kept(e));
+      masks.push_back(c.removed_mask());
+      warm.push_back(runner.restart(layer, kl, {masks.back()}, mechlab::discovery::RestartAt::heads).at(0));
+    }
+    for (size_t t = 0; t < masks.size(); ++t) {
+      runner.set_state(full, kl);  // empties the memo
+      EXPECT_EQ(runner.restart(layer, kl, {masks[t]}, mechlab::discovery::RestartAt::heads).at(0), warm[t])
+          << "layer " << layer << ", trial " << t;
+    }
+  }
 }
 
 // ---------------------------------------------------------- naive reference

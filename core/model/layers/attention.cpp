@@ -15,12 +15,11 @@ std::pair<at::Tensor, at::Tensor> pack_qkv(const LayerWeights& w) {
   return {W, b};
 }
 
-namespace {
-
-// Split-input projection: x [batch, pos, n, d_model], W [n, d_model, d_head]
 at::Tensor per_head_linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b) {
   return at::einsum("bpnd,nde->bpne", {x, W}) + b;
 }
+
+namespace {
 
 // [batch, q_pos, k_pos] bool: causal and (with padding) key is a real token.
 // With a KV cache the queries are the last q_pos of k_pos positions, so query i
@@ -58,6 +57,13 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
     k = qkv.narrow(2, H, K);
     v = qkv.narrow(2, H + K, K);
   }
+  return attention_from_qkv(cfg, w, layer, q, k, v, ctx, hooks);
+}
+
+at::Tensor attention_from_qkv(const ModelConfig& cfg, const LayerWeights& w, int layer, at::Tensor q,
+                              at::Tensor k, at::Tensor v, const AttentionContext& ctx, const Hooks& hooks) {
+  const int64_t H = cfg.n_heads, K = cfg.kv_heads(), Dh = cfg.d_head;
+  const int64_t batch = q.size(0), pos = q.size(1), in_pos = k.size(1);
   hooks({HookKind::q, layer}, q);
   hooks({HookKind::k, layer}, k);
   hooks({HookKind::v, layer}, v);

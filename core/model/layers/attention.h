@@ -50,4 +50,14 @@ at::Tensor attention_forward(const ModelConfig& cfg, const LayerWeights& w, int 
                              const at::Tensor& v_in, bool split, const AttentionContext& ctx,
                              const Hooks& hooks);
 
+/// The projections of split inputs: x [batch, pos, n, d_model], W [n,
+/// d_model, d_head], b [n, d_head] -> [batch, pos, n, d_head].
+at::Tensor per_head_linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b);
+
+/// attention_forward after the projections: q [batch, q_pos, head, d_head],
+/// k and v [batch, k_pos, kv_head, d_head] (before rotary; q_pos < k_pos
+/// as for split input). Fires hook_q, hook_k and hook_v onward.
+at::Tensor attention_from_qkv(const ModelConfig& cfg, const LayerWeights& w, int layer, at::Tensor q,
+                              at::Tensor k, at::Tensor v, const AttentionContext& ctx, const Hooks& hooks);
+
 }  // namespace mechlab::core
