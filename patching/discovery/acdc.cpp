@@ -38,10 +38,7 @@ struct Item {
 // output backwards, each receiver's senders by layer descending. Split by
 // position (n_positions > 0): each receiver's edges at positions P-1..0,
 // all of a receiver at one position before the next position.
-// mlp_restart: m{L}'s trials restart at the MLP; head_restart: head
-// receivers' trials restart by head group (both off for the one-forward-per-edge run).
-std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_restart, bool head_restart,
-                                 int64_t n_positions) {
+std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_restart, int64_t n_positions) {
   const auto& cfg = g.cfg();
   const int H = cfg.n_heads, KV = cfg.kv_heads();
   std::vector<int64_t> positions;  // last to first; {-1} when unsplit
@@ -63,7 +60,6 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_r
     return out;
   };
   std::vector<Item> items;
-  const RestartAt heads = head_restart ? RestartAt::heads : RestartAt::attention;
   auto add_receiver = [&](const ReceiverInput& r, int layer, Check check, RestartAt at = RestartAt::attention) {
     const int64_t ri = g.receiver_index(r);
     const std::vector<int64_t> senders = incoming(r);
@@ -84,14 +80,12 @@ std::vector<Item> decision_order(const CircuitGraph& g, bool reverse, bool mlp_r
       const int n = ch == ReceiverChannel::q ? H : KV;
       for (int h = n - 1; h >= 0; --h) {
         const int64_t ri = g.receiver_index({{Kind::head, L, h}, ch});
-        for (int64_t p : positions) {
-          items.push_back({{CircuitEdge::Kind::head_input, -1, ri, p}, L, Check::head_used, heads});
-        }
+        for (int64_t p : positions) items.push_back({{CircuitEdge::Kind::head_input, -1, ri, p}, L, Check::head_used});
       }
     }
     for (ReceiverChannel ch : channels) {
       const int n = ch == ReceiverChannel::q ? H : KV;
-      for (int h = n - 1; h >= 0; --h) add_receiver({{Kind::head, L, h}, ch}, L, Check::input_kept, heads);
+      for (int h = n - 1; h >= 0; --h) add_receiver({{Kind::head, L, h}, ch}, L, Check::input_kept);
     }
   }
   return items;
@@ -232,13 +226,6 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
   }
   const Circuit start = options.start() ? *options.start() : Circuit::full(graph, n_positions);
   Work cur(start);
-  double cur_metric = runner.set_state(start, metric);
-  const std::vector<Item> items =
-      decision_order(graph, options.indices_mode() == "reverse", runner.can_restart_at_mlp() && !one_forward_per_edge,
-                     !one_forward_per_edge, n_positions);
-  int64_t total = 0;
-  for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
-
   // Automatic: one trial per forward on the CPU, where k stacked copies cost
   // k forwards of arithmetic and the trials after a kept edge are lost
   // (docs/ARCHITECTURE.md, "ACDC", measured); the memory budget's k elsewhere.
@@ -247,6 +234,14 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
                        : options.max_batch() > 0 ? options.max_batch()
                        : on_cpu                  ? 1
                                                  : runner.copies_per_forward(metric);
+  // One trial at a time, unsplit: node by node (a trial recomputes what its
+  // edge can change); else restarts from the state, batched.
+  const bool by_nodes = !one_forward_per_edge && kmax == 1 && n_positions == 0;
+  double cur_metric = by_nodes ? runner.metric_by_nodes(metric, cur.mask()) : runner.set_state(start, metric);
+  const std::vector<Item> items = decision_order(graph, options.indices_mode() == "reverse",
+                                                 runner.can_restart_at_mlp() && !one_forward_per_edge, n_positions);
+  int64_t total = 0;
+  for (const Item& it : items) total += cur.kept(it.edge) ? 1 : 0;
   std::vector<AcdcStep> steps;
   std::vector<double> scores(items.size(), NAN);
   int64_t trials = 0;
@@ -311,7 +306,10 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
       plan.push_back({i, false, static_cast<int64_t>(masks.size())});
       masks.push_back(work.mask().clone());
     }
-    const std::vector<double> values = runner.restart(one_forward_per_edge ? 0 : layer, metric, masks, at);
+    const std::vector<double> values =
+        masks.empty() ? std::vector<double>{}
+        : by_nodes    ? std::vector<double>{runner.metric_by_nodes(metric, masks[0])}
+                      : runner.restart(one_forward_per_edge ? 0 : layer, metric, masks, at);
     trials += static_cast<int64_t>(masks.size());
 
     // Decide in order; at the first kept edge the later trials are void.

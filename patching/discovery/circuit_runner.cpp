@@ -94,6 +94,7 @@ CircuitRunner::CircuitRunner(hooks::HookedTransformer& model, const patching::Pa
   auto [clean_logits, clean] = model_.run_with_cache(tokens_, hooks::NamesFilter(senders), ro);
   clean_logits_ = clean_logits;
   const at::Tensor embed = clean.get("resid_pre", 0);  // [batch, pos, d_model]
+  embed_ = embed.to(dt);
 
   hooks::ActivationCache corrupted;
   if (ablation_ == Ablation::corrupted) {
@@ -196,9 +197,6 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   // the MLP, the heads of layer `start` are the state's too.
   const bool from_mlp = at == RestartAt::mlp;
   MECHLAB_ASSERT(!from_mlp || (can_restart_at_mlp() && start < cfg.n_layers && !record));
-  // RestartAt::heads: layer `start`'s attention through head_groups (restart() sends one unsplit copy only).
-  const bool heads = at == RestartAt::heads;
-  MECHLAB_ASSERT(!heads || (k == 1 && !split && !record && start < cfg.n_layers && !cfg.parallel_attn_mlp));
   const int64_t S0 = from_mlp ? senders_before(start) + H : start == 0 ? 1 : senders_before(start);
   // (A restart from layer 0's attention needs no state: the input is the only earlier sender.)
   const at::Tensor shared =
@@ -300,22 +298,13 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   };
 
   at::Tensor final_resid;
-  // Restarting at the last layer's MLP or head groups with answers only: the answers block below does it.
+  // Restarting at the last layer's MLP with answers only: the answers block below does it.
   const int last = cfg.n_layers - 1;
   const bool last_from_mlp = answers_only && from_mlp && start == last;
-  const bool last_heads = answers_only && heads && start == last;
   // Layer `start`'s resid_mid [k * batch, pos, d_model] when the restart
-  // continues from its MLP: the state's (RestartAt::mlp) or made of the head
-  // groups (RestartAt::heads, whose head outputs are then live senders).
+  // continues from its MLP: the state's.
   at::Tensor mid_in;
-  if (heads && !last_heads) {
-    auto [attn, head_deltas] = head_groups(start, masks_cpu[0], shared, at::Tensor(), at::Tensor());
-    live.push_back(head_deltas);
-    live_n += H;
-    mid_in = resid_pre_[static_cast<size_t>(start)] + attn;
-  } else if (from_mlp && !last_from_mlp) {
-    mid_in = resid_mid_[static_cast<size_t>(start)].repeat({k, 1, 1});
-  }
+  if (from_mlp && !last_from_mlp) mid_in = resid_mid_[static_cast<size_t>(start)].repeat({k, 1, 1});
   // Layer `start`'s MLP alone, as the block runs it (same norm and MLP
   // functions): mlp_in = resid_mid - patch, resid_post = resid_mid + mlp_out.
   at::Tensor after_mlp;  // [k * batch, pos, d_model]: the residual entering layer start + 1
@@ -341,8 +330,8 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
   // With answers only, the hooked blocks stop before the last layer.
   const int stop = answers_only ? last : cfg.n_layers;
   at::Tensor into_stop;  // the residual entering layer `stop` [k * batch, pos, d_model]
-  if (last_from_mlp || last_heads) {
-    // the answers block starts from the state's resid_pre / resid_mid
+  if (last_from_mlp) {
+    // the answers block starts from the state's resid_mid
   } else if (first_block >= stop) {
     into_stop = after_mlp.defined()     ? after_mlp
         : first_block >= cfg.n_layers   ? resid_final_.repeat({k, 1, 1})
@@ -419,17 +408,11 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     // [k * batch, pos, ...] -> [k * batch, 1, ...] at each copy's answer positions
     const at::Tensor rows_k = at::arange(k * b, apos.options()), apos_k = apos.repeat({k});
     auto at_answers_k = [&](const at::Tensor& t) { return t.index({rows_k, apos_k}).unsqueeze(1); };
-    const at::Tensor pre_a = last_from_mlp || last_heads
-                                 ? at_answers(resid_pre_[static_cast<size_t>(l)]).repeat({k, 1, 1})
-                                 : at_answers_k(into_stop);  // [k * batch, 1, d_model]
+    const at::Tensor pre_a = last_from_mlp ? at_answers(resid_pre_[static_cast<size_t>(l)]).repeat({k, 1, 1})
+                                           : at_answers_k(into_stop);  // [k * batch, 1, d_model]
     at::Tensor mid;  // resid_mid at the answer positions [k * batch, 1, d_model]
     if (last_from_mlp) {
       mid = at_answers(resid_mid_[static_cast<size_t>(l)]).repeat({k, 1, 1});
-    } else if (last_heads) {
-      auto [attn, head_deltas] = head_groups(l, masks_cpu[0], shared, shared_a, apos);
-      mid = pre_a + attn;
-      live.push_back(head_deltas);
-      live_n += H;
     } else {
       const int64_t r_layer = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
       auto copies = [&](const at::Tensor& t, int64_t n) {  // [k * batch, p, d_model] -> [k * batch, p, n, d_model]
@@ -485,8 +468,6 @@ at::Tensor CircuitRunner::masked_forward(int start, const at::Tensor& masks_cpu,
     // [batch, pos, S, d_model], stored sender-major for sender_sum
     deltas_ = at::cat({input_delta_, at::cat(live, 2)}, 2).permute({2, 0, 1, 3}).contiguous().permute({1, 2, 0, 3});
     corrections_.clear();  // they summed the previous state's deltas
-    head_groups_.clear();  // they read the previous state's resid_pre and deltas
-    head_inputs_.clear();
     answer_deltas_ = at::Tensor();
   }
   const int64_t R = static_cast<int64_t>(graph_.receivers().size());
@@ -548,98 +529,178 @@ core::AttentionContext CircuitRunner::attention_context(int64_t k) {
   return ctx;
 }
 
-std::pair<at::Tensor, at::Tensor> CircuitRunner::head_groups(int layer, const at::Tensor& mask_cpu,
-                                                             const at::Tensor& shared, const at::Tensor& shared_a,
-                                                             const at::Tensor& answer_pos) {
+void CircuitRunner::reset_nodes(const at::Tensor& answer_pos) {
+  const auto& cfg = model_.cfg();
+  const int64_t H = cfg.n_heads, S = static_cast<int64_t>(graph_.senders().size());
+  const int64_t b = tokens_.size(0), P = tokens_.size(1), d = cfg.d_model;
+  Nodes& ns = nodes_;
+  ns = Nodes{};
+  ns.answers = answer_pos.defined();
+  const at::TensorOptions opts = input_delta_.options();
+  // A_L: resid_pre of layer L with every edge removed (each sender's ablated
+  // output, plus the biases that belong to no sender); A_mid: resid_mid.
+  auto full = [&](const at::Tensor& x) { return x.expand({b, P, d}).contiguous(); };
+  at::Tensor a = embed_ - input_delta_.squeeze(2);  // the input's ablated output [batch, pos, d_model]
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    ns.ablated_resid.push_back(full(a));
+    const at::Tensor& abl_h = ablated_heads_[static_cast<size_t>(l)];  // [batch|1, pos|1, head, d_model] or undefined
+    at::Tensor mid = a + model_.model().weights().blocks[static_cast<size_t>(l)].b_O;
+    if (abl_h.defined()) mid = mid + abl_h.sum(2);
+    ns.ablated_mid.push_back(full(mid));
+    a = mid;  // resid_post = resid_mid + mlp_out, in parallel models too
+    if (cfg.has_mlp() && ablated_mlp_[static_cast<size_t>(l)].defined()) a = a + ablated_mlp_[static_cast<size_t>(l)].squeeze(2);
+  }
+  ns.ablated_resid.push_back(full(a));
+  ns.deltas = at::zeros({S, b, P, d}, opts);
+  ns.deltas[0].copy_(input_delta_.squeeze(2));
+  if (ns.answers) {
+    ns.apos = answer_pos.to(at::kCPU, at::kLong).contiguous();
+    ns.apos_dev = ns.apos.to(opts.device());
+    ns.rows = at::arange(b, ns.apos_dev.options());
+    ns.deltas_a = at::zeros({S, b, 1, d}, opts);
+    ns.deltas_a[0].copy_(ns.deltas[0].index({ns.rows, ns.apos_dev}).unsqueeze(1));
+  }
+  ns.version.assign(static_cast<size_t>(S), 0);
+  ns.version[0] = ns.next++;
+  const int64_t KV = cfg.kv_heads();
+  ns.inputs.resize(static_cast<size_t>(cfg.n_layers * (H + 2 * KV)));
+  ns.groups.resize(static_cast<size_t>(cfg.n_layers * KV));
+  ns.mlps.resize(static_cast<size_t>(cfg.n_layers));
+}
+
+double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::Tensor& mask_cpu) {
+  at::NoGradGuard no_grad;
   const auto& cfg = model_.cfg();
   const core::ModelConfig& mc = model_.model().config();
-  const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(layer)];
-  const int64_t H = cfg.n_heads, KV = cfg.kv_heads(), g = H / KV, S0 = shared.size(2);
-  const bool answers = answer_pos.defined();
-  at::Tensor rows, apos;  // int64 [batch]
-  if (answers) {
-    apos = answer_pos.to(model_.model().device(), at::kLong);
-    rows = at::arange(tokens_.size(0), apos.options());
-  }
-  auto at_answers = [&](const at::Tensor& x) {  // [batch, pos, ...] -> [batch, 1, ...]; [1, 1, ...] kept
-    if (!answers || x.size(1) == 1) return x;
-    return x.index({rows, apos}).unsqueeze(1);
-  };
-  const at::Tensor mask = mask_cpu.contiguous();  // float [R, S]
+  const int64_t H = cfg.n_heads, KV = cfg.kv_heads(), g = H / KV;
+  const int64_t R = static_cast<int64_t>(graph_.receivers().size()), S = static_cast<int64_t>(graph_.senders().size());
+  MECHLAB_CHECK(mask_cpu.dim() == 2 && mask_cpu.size(0) == R && mask_cpu.size(1) == S,
+                "metric_by_nodes needs an unsplit mask [receivers, senders] = [", R, ", ", S, "]; got ",
+                mask_cpu.sizes());
+  const at::Tensor mask = mask_cpu.to(at::kCPU, at::kFloat).contiguous();
   const float* m = mask.data_ptr<float>();
-  const int64_t S = mask.size(1);
-  const int64_t rq = graph_.receiver_index({{Kind::head, layer, 0}, ReceiverChannel::q});
-  if (head_groups_.empty()) {
-    head_groups_.resize(static_cast<size_t>(cfg.n_layers));
-    head_inputs_.resize(static_cast<size_t>(cfg.n_layers));
+  const bool answers = answers_are_last(metric);
+  const at::Tensor answer_pos = answers ? metric.answer_pos() : at::Tensor();
+  if (!nodes_.deltas.defined() || nodes_.answers != answers ||
+      (answers && !at::equal(answer_pos.to(at::kCPU, at::kLong), nodes_.apos))) {
+    reset_nodes(answer_pos);
   }
-  std::vector<HeadGroup>& groups = head_groups_[static_cast<size_t>(layer)];
-  std::vector<HeadInput>& inputs = head_inputs_[static_cast<size_t>(layer)];
-  groups.resize(static_cast<size_t>(KV));
-  inputs.resize(static_cast<size_t>(H + 2 * KV));
-  const at::Tensor pre = resid_pre_[static_cast<size_t>(layer)].unsqueeze(2);  // [batch, pos, 1, d_model]
-  const core::Hooks none;
-  const core::HookSite scale{core::HookKind::ln1_scale, layer}, normed{core::HookKind::ln1_normalized, layer};
-
-  // Receiver i of the layer (q of heads 0..H-1, then k and v of the kv
-  // heads), projected: resid_pre - its rows @ the state's deltas (all its
-  // senders are below the layer), normalised, times its W_Q/W_K/W_V slice.
-  // Queries at the answer positions only when `answers`. A function of its
-  // rows alone, so the result does not depend on which trials came before.
-  auto input = [&](int64_t i) -> const HeadInput& {
-    const bool query = i < H, at_ans = query && answers;
-    std::vector<float> row(m + (rq + i) * S, m + (rq + i) * S + S0);
-    HeadInput& e = inputs[static_cast<size_t>(i)];
-    if (e.proj.defined() && e.answers == at_ans && e.rows == row) return e;
-    const at::Tensor r = at::from_blob(row.data(), {1, S0}, at::kFloat).to(shared.device(), shared.scalar_type());
-    at::Tensor x = at_ans ? at_answers(pre) - sender_sum(r, shared_a) : pre - sender_sum(r, shared);  // [batch, p, 1, d_model]
-    x = core::apply_norm(mc, x, w.ln1_w, w.ln1_b, scale, normed, none);
-    const int64_t h = query ? i : (i - H) % KV;
-    const at::Tensor& W = query ? w.W_Q : i < H + KV ? w.W_K : w.W_V;  // [head|kv_head, d_model, d_head]
-    const at::Tensor& b = query ? w.b_Q : i < H + KV ? w.b_K : w.b_V;
-    e.proj = core::per_head_linear(x, W.narrow(0, h, 1), b.narrow(0, h, 1));  // [batch, p, 1, d_head]
-    e.rows = std::move(row);
-    e.answers = at_ans;
-    e.version = ++head_input_versions_;
-    return e;
+  Nodes& ns = nodes_;
+  const int last = cfg.n_layers - 1;
+  auto at_answers = [&](const at::Tensor& x) {  // [batch, pos, ...] -> [batch, 1, ...]; [1, 1, ...] kept
+    if (x.size(1) == 1) return x;
+    return x.index({ns.rows, ns.apos_dev}).unsqueeze(1);
   };
-  std::optional<core::AttentionContext> ctx;
-  for (int64_t j = 0; j < KV; ++j) {
-    // Group j: the queries of heads j*g..j*g+g-1, the keys and values of kv head j.
-    std::vector<int64_t> members;
-    for (int64_t h = j * g; h < (j + 1) * g; ++h) members.push_back(h);
-    members.push_back(H + j);
-    members.push_back(H + KV + j);
-    std::vector<int64_t> versions;
-    for (int64_t i : members) versions.push_back(input(i).version);
-    HeadGroup& e = groups[static_cast<size_t>(j)];
-    if (e.attn.defined() && e.answers == answers && e.versions == versions) continue;
-    std::vector<at::Tensor> qs;
-    for (int64_t h = j * g; h < (j + 1) * g; ++h) qs.push_back(inputs[static_cast<size_t>(h)].proj);
-    const at::Tensor q = g == 1 ? qs[0] : at::cat(qs, 2);  // [batch, p, g, d_head]
-    // The group as a model of its own: g query heads sharing one kv head.
-    core::ModelConfig gc = mc;
-    gc.n_heads = static_cast<int>(g);
-    gc.n_kv_heads = 1;
-    core::LayerWeights gw = w;
-    gw.W_O = w.W_O.narrow(0, j * g, g);
-    if (!ctx) ctx = attention_context(1);
-    CatchZ catch_z(cfg.n_layers, layer);
-    core::attention_from_qkv(gc, gw, layer, q, inputs[static_cast<size_t>(H + j)].proj,
-                             inputs[static_cast<size_t>(H + KV + j)].proj, *ctx, core::Hooks{&catch_z});
-    const at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, gw.W_O});  // [batch, p, g, d_model]
-    const at::Tensor& abl = ablated_heads_[static_cast<size_t>(layer)];   // [batch|1, pos|1, head, d_model]
-    e.attn = out.sum(2);
-    e.deltas = abl.defined() ? out - at_answers(abl).narrow(2, j * g, g) : out;
-    e.versions = std::move(versions);
-    e.answers = answers;
+  // A receiver's key: its mask row over its senders and the versions of the
+  // senders it keeps (a removed sender is read as its constant ablation).
+  auto key_of = [&](int64_t r, int64_t s_end, NodeKey& key) {
+    key.rows.assign(m + r * S, m + r * S + s_end);
+    key.versions.clear();
+    for (int64_t s = 0; s < s_end; ++s) {
+      if (key.rows[static_cast<size_t>(s)] == 0.f) key.versions.push_back(ns.version[static_cast<size_t>(s)]);
+    }
+  };
+  // input_r = A + sum over kept senders s < s_end of delta_s, as one GEMM over
+  // the stored deltas (a removed sender's coefficient is 0): [batch, p, 1, d_model].
+  auto receiver_input = [&](const NodeKey& key, int64_t s_end, const at::Tensor& base, bool at_ans) {
+    std::vector<float> keep(static_cast<size_t>(s_end));
+    for (int64_t s = 0; s < s_end; ++s) keep[static_cast<size_t>(s)] = 1.f - key.rows[static_cast<size_t>(s)];
+    const at::Tensor& D = at_ans ? ns.deltas_a : ns.deltas;  // [S, batch, p, d_model]
+    const at::Tensor c = at::from_blob(keep.data(), {1, s_end}, at::kFloat).to(D.device(), D.scalar_type());
+    const at::Tensor sum = at::mm(c, D.narrow(0, 0, s_end).view({s_end, -1})).view({D.size(1), D.size(2), D.size(3)});
+    return (base + sum).unsqueeze(2);
+  };
+  // A sender's new delta, stored where receivers read it.
+  auto store = [&](int64_t s, const at::Tensor& delta, bool at_ans, int64_t version) {  // delta [batch, p, d_model]
+    if (at_ans) {
+      ns.deltas_a[s].copy_(delta);
+    } else {
+      ns.deltas[s].copy_(delta);
+      if (ns.answers) ns.deltas_a[s].copy_(at_answers(delta));
+    }
+    ns.version[static_cast<size_t>(s)] = version;
+  };
+  const core::Hooks none;
+  NodeKey key;
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(l)];
+    const int64_t s_layer = senders_before(l);
+    const int64_t rq = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
+    const bool last_ans = answers && l == last;
+    const at::Tensor& A = ns.ablated_resid[static_cast<size_t>(l)];
+    const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
+    // Receiver i of the layer (q of heads 0..H-1, then k and v of the kv
+    // heads), normalised and projected by its W_Q/W_K/W_V slice. Queries at
+    // the answer positions only in the answers' last layer.
+    auto input = [&](int64_t i) -> const NodeMemo& {
+      const bool query = i < H, at_ans = query && last_ans;
+      key_of(rq + i, s_layer, key);
+      NodeMemo& e = ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + i)];
+      if (e.version != 0 && e.key.rows == key.rows && e.key.versions == key.versions) return e;
+      at::Tensor x = receiver_input(key, s_layer, at_ans ? at_answers(A) : A, at_ans);  // [batch, p, 1, d_model]
+      x = core::apply_norm(mc, x, w.ln1_w, w.ln1_b, scale, normed, none);
+      const int64_t h = query ? i : (i - H) % KV;
+      const at::Tensor& W = query ? w.W_Q : i < H + KV ? w.W_K : w.W_V;  // [head|kv_head, d_model, d_head]
+      const at::Tensor& bias = query ? w.b_Q : i < H + KV ? w.b_K : w.b_V;
+      e.proj = core::per_head_linear(x, W.narrow(0, h, 1), bias.narrow(0, h, 1));  // [batch, p, 1, d_head]
+      e.key = key;
+      e.version = ns.next++;
+      return e;
+    };
+    for (int64_t j = 0; j < KV; ++j) {
+      // Group j: the queries of heads j*g..j*g+g-1, the keys and values of kv head j.
+      std::vector<int64_t> versions;
+      for (int64_t h = j * g; h < (j + 1) * g; ++h) versions.push_back(input(h).version);
+      versions.push_back(input(H + j).version);
+      versions.push_back(input(H + KV + j).version);
+      GroupMemo& e = ns.groups[static_cast<size_t>(l * KV + j)];
+      if (e.done && e.versions == versions) continue;
+      std::vector<at::Tensor> qs;
+      for (int64_t h = j * g; h < (j + 1) * g; ++h) qs.push_back(ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + h)].proj);
+      // The group as a model of its own: g query heads sharing one kv head.
+      core::ModelConfig gc = mc;
+      gc.n_heads = static_cast<int>(g);
+      gc.n_kv_heads = 1;
+      core::LayerWeights gw = w;
+      gw.W_O = w.W_O.narrow(0, j * g, g);
+      const core::AttentionContext ctx = attention_context(1);
+      CatchZ catch_z(cfg.n_layers, l);
+      core::attention_from_qkv(gc, gw, l, g == 1 ? qs[0] : at::cat(qs, 2),
+                               ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + H + j)].proj,
+                               ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + H + KV + j)].proj, ctx,
+                               core::Hooks{&catch_z});
+      const at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, gw.W_O});  // [batch, p, g, d_model]
+      const at::Tensor& abl = ablated_heads_[static_cast<size_t>(l)];   // [batch|1, pos|1, head, d_model]
+      const at::Tensor delta = abl.defined() ? out - (last_ans ? at_answers(abl) : abl).narrow(2, j * g, g) : out;
+      e.done = true;
+      e.versions = std::move(versions);
+      const int64_t version = ns.next++;
+      for (int64_t i = 0; i < g; ++i) store(s_layer + j * g + i, delta.select(2, i), last_ans, version);
+    }
+    if (cfg.has_mlp()) {
+      const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
+      const int64_t s_end = cfg.parallel_attn_mlp ? s_layer : s_layer + H;
+      key_of(r_mlp, s_end, key);
+      NodeMemo& e = ns.mlps[static_cast<size_t>(l)];
+      if (e.version == 0 || e.key.rows != key.rows || e.key.versions != key.versions) {
+        const at::Tensor& base = cfg.parallel_attn_mlp ? A : ns.ablated_mid[static_cast<size_t>(l)];
+        const at::Tensor x4 = receiver_input(key, s_end, last_ans ? at_answers(base) : base, last_ans);
+        const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, l},
+                                              {core::HookKind::ln2_normalized, l}, none);
+        const at::Tensor out = core::mlp_forward(mc, w, l, x, none);  // [batch, p, d_model]
+        const at::Tensor& abl = ablated_mlp_[static_cast<size_t>(l)];   // [batch|1, pos|1, 1, d_model]
+        const at::Tensor delta = abl.defined() ? out - (last_ans ? at_answers(abl) : abl).squeeze(2) : out;
+        e.key = key;
+        e.version = ns.next++;
+        store(s_layer + H, delta, last_ans, e.version);
+      }
+    }
   }
-  // Summed in head order whatever was recomputed: the same bits for the same rows.
-  at::Tensor attn = groups[0].attn;
-  for (int64_t j = 1; j < KV; ++j) attn = attn + groups[static_cast<size_t>(j)].attn;
-  std::vector<at::Tensor> deltas;
-  for (const HeadGroup& e : groups) deltas.push_back(e.deltas);
-  return {attn + w.b_O, KV == 1 ? deltas[0] : at::cat(deltas, 2)};
+  key_of(R - 1, S, key);
+  const at::Tensor& A = ns.ablated_resid.back();
+  const at::Tensor final_resid = receiver_input(key, S, answers ? at_answers(A) : A, answers).squeeze(2);
+  ++forwards_;
+  return metric_of(metric, final_resid, 1, answers).item<double>();
 }
 
 void CircuitRunner::check_positions(const Circuit& circuit) const {
@@ -727,7 +788,7 @@ std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& me
   MECHLAB_CHECK(deltas_.defined(), "CircuitRunner::restart needs a state: call set_state first");
   MECHLAB_CHECK(layer >= 0 && layer <= model_.cfg().n_layers, "restart layer ", layer, " is outside [0, ",
                 model_.cfg().n_layers, "]");
-  MECHLAB_CHECK(at != RestartAt::mlp || (can_restart_at_mlp() && layer < model_.cfg().n_layers),
+  MECHLAB_CHECK(at == RestartAt::attention || (can_restart_at_mlp() && layer < model_.cfg().n_layers),
                 "a restart at the MLP of layer ", layer, " needs a layer < n_layers = ", model_.cfg().n_layers,
                 " of a model with MLPs that are not parallel to attention; restart at the layer's attention");
   if (masks.empty()) return {};
@@ -743,12 +804,6 @@ std::vector<double> CircuitRunner::restart(int layer, const patching::Metric& me
     MECHLAB_CHECK(m.dim() == masks[0].dim(), "restart masks must all be split by position or none");
   }
   MECHLAB_CHECK(!split || split_refusal_.empty(), split_refusal_);
-  // Head groups one at a time pay off for one unsplit circuit per forward;
-  // otherwise the layer runs whole (the same function).
-  if (at == RestartAt::heads &&
-      (k != 1 || split || layer >= model_.cfg().n_layers || model_.cfg().parallel_attn_mlp)) {
-    at = RestartAt::attention;
-  }
   // A metric of the answer positions needs the last layer there only (not
   // with split masks: their receivers differ by position).
   const bool answers = !split && layer < model_.cfg().n_layers && answers_are_last(metric);

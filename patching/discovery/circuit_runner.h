@@ -32,14 +32,15 @@
 //  - a circuit that differs from c only at MLP input m{L} and at receivers
 //    of layers > L restarts at layer L's MLP (RestartAt::mlp): the residual
 //    the MLP reads (resid_mid) and layer L's head outputs are the state's.
-//  - a single unsplit circuit that restarts at layer L with RestartAt::heads
-//    runs L's attention one head group (the query heads of one kv head) at
-//    a time: each head receiver's projected input and each group's output
-//    are kept with the mask rows they were made from, so an ACDC trial,
-//    which changes one receiver's row, recomputes one projection and one
-//    group. Each kept value is a function of its rows alone: a trial's
-//    bits do not depend on the trials before it (a resumed ACDC scores as
-//    the uninterrupted run).
+//  - metric_by_nodes(metric, mask): one unsplit circuit evaluated node by
+//    node (head groups, MLPs, the output), each node's output kept with
+//    what it was computed from: its receivers' mask rows and the versions
+//    of the senders it keeps. A circuit that differs from the last one in
+//    one receiver recomputes only that receiver's node and the nodes that
+//    read a changed node through a kept edge (ACDC's trials on the CPU).
+//    Every kept value is a function of the mask alone, so a trial's bits do
+//    not depend on the calls before it (a resumed ACDC scores as the
+//    uninterrupted run).
 //  - the state's deltas are stored sender-major, so a receiver's correction
 //    from the state's senders is one GEMM over them.
 //  - metrics that read only the answer positions unembed only those, and a
@@ -84,14 +85,6 @@ Ablation parse_ablation(const std::string& name);
 enum class RestartAt {
   attention,  ///< the whole layer (the masks may differ from the state at any receiver of the layer)
   mlp,        ///< the layer's MLP only (they may differ at its MLP input only); models with sequential MLPs
-  /// The whole layer, as `attention`, with the layer's attention one head
-  /// group (the query heads of one kv head) at a time, each group's output
-  /// kept with its receivers' mask rows: a group whose rows did not change
-  /// since the runner last computed it is not recomputed. For ACDC's trials
-  /// on head receivers, which change one group's rows. One circuit per
-  /// forward, unsplit, a model with sequential MLPs or none; otherwise it
-  /// runs as `attention`.
-  heads,
 };
 
 struct RunnerOptions {
@@ -136,6 +129,16 @@ class CircuitRunner {
   /// n_layers.
   std::vector<double> restart(int layer, const patching::Metric& metric, const std::vector<at::Tensor>& masks,
                               RestartAt at = RestartAt::attention);
+  /// The metric of one unsplit circuit (removed mask [receivers, senders]),
+  /// node by node: each head group (the query heads of one kv head), MLP
+  /// and the output computed from its receivers' inputs, input_r = (every
+  /// edge removed) + the sum of the deltas of the senders r keeps. A node
+  /// is recomputed only when its mask rows or a kept sender changed since
+  /// the last call, so ACDC's trial, which changes one receiver, costs the
+  /// nodes downstream of it through kept edges. Needs no state; the result
+  /// does not depend on earlier calls. The last layer at the answer
+  /// positions only when answers_are_last(metric).
+  double metric_by_nodes(const patching::Metric& metric, const at::Tensor& mask);
   /// Whether RestartAt::mlp is available for this model.
   bool can_restart_at_mlp() const;
 
@@ -167,20 +170,11 @@ class CircuitRunner {
   // the rows of one receiver group, so the other groups of the layer reuse
   // theirs. The result is read-only for the caller.
   at::Tensor shared_correction(int64_t r0, int64_t nr, const at::Tensor& rows, const at::Tensor& shared);
-  // Layer `layer`'s attention (RestartAt::heads) from the state's resid_pre,
-  // its head receivers patched by the rows of `mask` (float [R, S], CPU),
-  // one head group at a time through head_groups_'s memo. shared: the
-  // state's deltas of senders < senders_before(layer) [batch, pos, S0,
-  // d_model]; shared_a: the same at the answer positions (state_at_answers).
-  // answer_pos defined: the queries at those positions only.
-  // Returns attn_out (sum of the heads' z @ W_O, plus b_O) [batch, p,
-  // d_model] and the heads' deltas (out - ablated) [batch, p, head,
-  // d_model]; p = pos, or 1 at the answers.
-  std::pair<at::Tensor, at::Tensor> head_groups(int layer, const at::Tensor& mask, const at::Tensor& shared,
-                                                const at::Tensor& shared_a, const at::Tensor& answer_pos);
   // The state's deltas at the answer positions [batch, 1, S, d_model]
   // (stored sender-major), made once per state and answer positions.
   at::Tensor state_at_answers(const at::Tensor& answer_pos);
+  // metric_by_nodes' state for these answer positions (undefined: every position).
+  void reset_nodes(const at::Tensor& answer_pos);
   // The attention context of k stacked copies of the prompts (key mask,
   // positions as the forward numbers them, rotary tables).
   core::AttentionContext attention_context(int64_t k);
@@ -208,23 +202,36 @@ class CircuitRunner {
     at::Tensor corr;  // [batch, pos, nr, d_model]
   };
   std::vector<SharedCorrection> corrections_;  // shared_correction's memo; cleared with each new state
-  struct HeadInput {         // a head receiver's projected input (q, k or v) [batch, p, 1, d_head]
-    std::vector<float> rows;  // its mask row over the senders below the layer
-    bool answers = false;     // at the answer positions only (queries)
-    at::Tensor proj;
-    int64_t version = 0;      // head_input_versions_ when computed
+  // metric_by_nodes' memo. A receiver's key: its mask row over its senders
+  // and the versions of the senders it keeps.
+  struct NodeKey {
+    std::vector<float> rows;
+    std::vector<int64_t> versions;
   };
-  struct HeadGroup {
+  struct NodeMemo {
+    NodeKey key;
+    int64_t version = 0;  // 0 = never computed
+    at::Tensor proj;      // head receivers: the normalised, projected input [batch, p, 1, d_head]
+  };
+  struct GroupMemo {
     std::vector<int64_t> versions;  // its inputs' versions [q of its heads, k, v]
-    bool answers = false;           // queries at the answer positions only
-    at::Tensor attn;                // the group's heads' z @ W_O summed [batch, p, d_model]
-    at::Tensor deltas;              // its heads' out - ablated [batch, p, group, d_model]
+    bool done = false;
   };
-  // head_groups' memo, [layer][receiver of the layer] and [layer][kv_head];
-  // cleared with each new state.
-  std::vector<std::vector<HeadInput>> head_inputs_;
-  std::vector<std::vector<HeadGroup>> head_groups_;
-  int64_t head_input_versions_ = 0;
+  struct Nodes {
+    bool answers = false;                     // the last layer at the answer positions only
+    at::Tensor apos, apos_dev, rows;          // int64 [batch]: answer positions (CPU, device), row index
+    std::vector<at::Tensor> ablated_resid;    // [n_layers + 1] of [batch, pos, d_model]: resid_pre with every edge removed
+    std::vector<at::Tensor> ablated_mid;      // [n_layers] of [batch, pos, d_model]: resid_mid likewise
+    at::Tensor deltas;                        // [S, batch, pos, d_model]: each sender's last out - ablated
+    at::Tensor deltas_a;                      // [S, batch, 1, d_model]: the same at the answer positions
+    std::vector<int64_t> version;             // [S]: the version of each stored delta
+    std::vector<NodeMemo> inputs;             // [n_layers * (head + 2 kv_head)]: head receivers
+    std::vector<GroupMemo> groups;            // [n_layers * kv_head]
+    std::vector<NodeMemo> mlps;               // [n_layers]
+    int64_t next = 1;                         // the next version
+  };
+  Nodes nodes_;
+  at::Tensor embed_;                                 // [batch, pos, d_model]: the clean run's embedding
   core::RotaryTables rotary_;                        // rotary models: made on first use
   at::Tensor answer_deltas_, answer_deltas_pos_;     // state_at_answers' memo and its positions (CPU); cleared with each new state
   std::string split_refusal_;          // why position-split circuits cannot run here ("" = they can)

@@ -254,36 +254,6 @@ void expect_restarts_equal_full_forwards(const std::string& what, HookedTransfor
       EXPECT_GT(std::abs(full[0] - state_metric), 1e-6)
           << what << " layer " << layer << (mlp ? " mlp" : "") << ": the flips changed nothing";
     }
-    // RestartAt::heads (one circuit per forward): edges into the layer's head
-    // receivers flipped one at a time, so that each restart recomputes one
-    // head group and takes the others from the runner's memo; and the
-    // attention variants' wider changes.
-    Circuit c = Circuit::from_json(runner.graph(), state.to_json());
-    std::vector<size_t> into_heads;
-    for (size_t i = 0; i < edges.size(); ++i) {
-      const auto& r = runner.graph().receivers()[static_cast<size_t>(edges[i].receiver)];
-      if (r.node.kind == CircuitNode::Kind::head && r.node.layer == layer) into_heads.push_back(i);
-    }
-    const at::Tensor pick = at::randint(static_cast<int64_t>(into_heads.size()), {8});
-    for (int64_t t = 0; t < pick.size(0); ++t) {
-      const CircuitEdge& e = edges[into_heads[static_cast<size_t>(pick[t].item<int64_t>())]];
-      c.set_kept(e, !c.kept(e));
-      const double restarted =
-          runner.restart(layer, metric, {c.removed_mask()}, mechlab::discovery::RestartAt::heads).at(0);
-      EXPECT_NEAR(restarted, runner.metrics(metric, {c})[0], 1e-6) << what << " layer " << layer << " heads, flip " << t;
-    }
-    for (int v = 0; v < 3; ++v) {
-      Circuit w = Circuit::from_json(runner.graph(), state.to_json());
-      at::Tensor flip = at::rand({static_cast<int64_t>(edges.size())});
-      for (size_t i = 0; i < edges.size(); ++i) {
-        const auto& r = runner.graph().receivers()[static_cast<size_t>(edges[i].receiver)];
-        const int rl = r.node.kind == CircuitNode::Kind::output ? n_layers : r.node.layer;
-        if (rl >= layer && flip[static_cast<int64_t>(i)].item<double>() < 0.4) w.set_kept(edges[i], !w.kept(edges[i]));
-      }
-      const double restarted =
-          runner.restart(layer, metric, {w.removed_mask()}, mechlab::discovery::RestartAt::heads).at(0);
-      EXPECT_NEAR(restarted, runner.metrics(metric, {w})[0], 1e-6) << what << " layer " << layer << " heads, variant " << v;
-    }
   }
   EXPECT_EQ(error_of([&] { runner.restart(n_layers, metric, {}, mechlab::discovery::RestartAt::mlp); }),
             "a restart at the MLP of layer " + std::to_string(n_layers) + " needs a layer < n_layers = " +
@@ -328,41 +298,99 @@ TEST(CircuitRunner, RestartsAtTheAttentionAndTheMlpEqualTheForwardFromTheEmbeddi
                                       kl_to_clean(llama_data.answers(), llama_clean), true, 13);
 }
 
-// A head-group restart is a function of the masks alone: after other trials
-// have filled the runner's memo it gives the same bits as right after a new
-// state (an empty memo), which keeps a resumed ACDC's scores those of the
-// uninterrupted run. float32, where a different order of sums shows.
-TEST(CircuitRunner, HeadGroupRestartsDoNotDependOnEarlierTrials) {
-  HookedTransformer model = HookedTransformer::load(mechlab::testing::runtime_model("llama_like"));
-  PatchingData data = fixture_data("llama_like");
-  data.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
-  CircuitRunner runner(model, data, Ablation::corrupted);
-  const Metric kl = kl_metric(model, data);
-  ASSERT_TRUE(runner.answers_are_last(kl));
-  const Circuit full = Circuit::full(runner.graph());
-  const int n_layers = model.cfg().n_layers;
-  for (int layer : {0, n_layers - 1}) {
-    runner.set_state(full, kl);
-    Circuit c = Circuit::full(runner.graph());
-    at::manual_seed(5 + layer);
-    std::vector<CircuitEdge> into_heads;
-    for (const CircuitEdge& e : c.edges()) {
-      const auto& r = runner.graph().receivers()[static_cast<size_t>(e.receiver)];
-      if (r.node.kind == CircuitNode::Kind::head && r.node.layer == layer) into_heads.push_back(e);
+// metric_by_nodes equals the full masked forward, on every fixture model
+// (MLPs, attention only, rotary with grouped-query attention, parallel
+// attention and MLP), for a metric of the last tokens (the last layer at
+// the answers), one of the fixture's answers (not all last) and one of
+// every position, with corrupted, mean and zero ablation: over circuits
+// that each flip one edge of the previous one (the memo recomputes what the
+// flip can change) and over wide changes.
+TEST(CircuitRunner, MetricByNodesEqualsTheFullForward) {
+  for (const char* name : {"gpt2_like", "attn_only", "llama_like", "neox_like"}) {
+    HookedTransformer model = load_f64(name);
+    const PatchingData data = fixture_data(name);
+    const at::Tensor clean = [&] {
+      at::NoGradGuard ng;
+      return model.forward(data.clean_tokens);
+    }();
+    PatchingData last = data;
+    last.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
+    PatchingData padded = last;  // prompt 1 right-padded after its answer
+    padded.answer_pos = last.answer_pos.clone();  // a tensor copy is a view: keep `last`'s positions
+    padded.answer_pos[1] = data.seq_len() - 2;
+    padded.attention_mask = at::ones({data.batch(), data.seq_len()}, at::kLong);
+    padded.attention_mask[1][data.seq_len() - 1] = 0;
+    struct Variant {
+      std::string what;
+      const PatchingData* data;
+      Metric metric;
+      Ablation ablation;
+      bool answers_last;
+    };
+    const std::vector<Variant> variants = {
+        {"answers last", &last, kl_to_clean(last.answers(), clean), Ablation::corrupted, true},
+        {"answers last, padded", &padded, kl_to_clean(padded.answers(), clean), Ablation::corrupted, true},
+        {"answers not last", &data, kl_to_clean(data.answers(), clean), Ablation::corrupted, false},
+        {"all positions, mean", &data, kl_to_clean_all_positions(clean, data.attention_mask), Ablation::mean, false},
+        {"answers last, zero", &last, kl_to_clean(last.answers(), clean), Ablation::zero, true},
+    };
+    for (const Variant& v : variants) {
+      const std::string what = std::string(name) + ", " + v.what;
+      CircuitRunner runner(model, *v.data, v.ablation);
+      ASSERT_EQ(runner.answers_are_last(v.metric), v.answers_last) << what;
+      at::manual_seed(3);
+      Circuit c = Circuit::full(runner.graph());
+      const auto& edges = c.edges();
+      const at::Tensor coin = at::rand({static_cast<int64_t>(edges.size())});
+      for (size_t i = 0; i < edges.size(); ++i) {
+        if (coin[static_cast<int64_t>(i)].item<double>() < 0.33) c.set_kept(edges[i], false);
+      }
+      const double start = runner.metric_by_nodes(v.metric, c.removed_mask());
+      ASSERT_NEAR(start, runner.metrics(v.metric, {c})[0], 1e-9) << what;
+      double moved = 0;
+      const at::Tensor pick = at::randint(static_cast<int64_t>(edges.size()), {16});
+      for (int64_t t = 0; t < pick.size(0); ++t) {
+        const CircuitEdge& e = edges[static_cast<size_t>(pick[t].item<int64_t>())];
+        c.set_kept(e, !c.kept(e));
+        const double by_nodes = runner.metric_by_nodes(v.metric, c.removed_mask());
+        const double full = runner.metrics(v.metric, {c})[0];
+        ASSERT_NEAR(by_nodes, full, 1e-9) << what << ", flip " << t << " " << c.edge_name(e);
+        moved += std::abs(full - start);
+      }
+      EXPECT_GT(moved, 1e-6) << what << ": the flips changed nothing";
+      for (int w = 0; w < 3; ++w) {
+        const at::Tensor flip = at::rand({static_cast<int64_t>(edges.size())});
+        for (size_t i = 0; i < edges.size(); ++i) {
+          if (flip[static_cast<int64_t>(i)].item<double>() < 0.4) c.set_kept(edges[i], !c.kept(edges[i]));
+        }
+        ASSERT_NEAR(runner.metric_by_nodes(v.metric, c.removed_mask()), runner.metrics(v.metric, {c})[0], 1e-9)
+            << what << ", wide change " << w;
+      }
     }
-    std::vector<at::Tensor> masks;
-    std::vector<double> warm;
-    const at::Tensor pick = at::randint(static_cast<int64_t>(into_heads.size()), {12});
+  }
+}
+
+// metric_by_nodes is a function of the mask alone: after other calls have
+// filled the runner's memo it gives the same bits as a new runner (an empty
+// memo), which keeps a resumed ACDC's scores those of the uninterrupted run.
+// float32, where a different order of sums shows.
+TEST(CircuitRunner, MetricByNodesDoesNotDependOnEarlierCalls) {
+  for (const char* name : {"gpt2_like", "llama_like"}) {
+    HookedTransformer model = HookedTransformer::load(mechlab::testing::runtime_model(name));
+    PatchingData data = fixture_data(name);
+    data.answer_pos = at::full({data.batch()}, data.seq_len() - 1, at::kLong);
+    const Metric kl = kl_metric(model, data);
+    CircuitRunner warm(model, data, Ablation::corrupted);
+    ASSERT_TRUE(warm.answers_are_last(kl));
+    Circuit c = Circuit::full(warm.graph());
+    at::manual_seed(5);
+    const at::Tensor pick = at::randint(static_cast<int64_t>(c.edges().size()), {12});
     for (int64_t t = 0; t < pick.size(0); ++t) {
-      const CircuitEdge& e = into_heads[static_cast<size_t>(pick[t].item<int64_t>())];
+      const CircuitEdge& e = c.edges()[static_cast<size_t>(pick[t].item<int64_t>())];
       c.set_kept(e, !c.kept(e));
-      masks.push_back(c.removed_mask());
-      warm.push_back(runner.restart(layer, kl, {masks.back()}, mechlab::discovery::RestartAt::heads).at(0));
-    }
-    for (size_t t = 0; t < masks.size(); ++t) {
-      runner.set_state(full, kl);  // empties the memo
-      EXPECT_EQ(runner.restart(layer, kl, {masks[t]}, mechlab::discovery::RestartAt::heads).at(0), warm[t])
-          << "layer " << layer << ", trial " << t;
+      const double got = warm.metric_by_nodes(kl, c.removed_mask());
+      CircuitRunner cold(model, data, Ablation::corrupted);
+      EXPECT_EQ(cold.metric_by_nodes(kl, c.removed_mask()), got) << name << ", call " << t;
     }
   }
 }
