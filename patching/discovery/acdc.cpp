@@ -356,7 +356,8 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
     if (!cur.kept(items[i].edge)) circuit.set_kept(items[i].edge, false);
     if (!std::isnan(scores[i])) circuit.set_score(items[i].edge, scores[i]);
   }
-  const double final_metric = runner.metrics(metric, {circuit}).at(0);
+  const double final_metric =
+      by_nodes ? runner.metric_by_nodes(metric, cur.mask()) : runner.metrics(metric, {circuit}).at(0);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::json config = {
       {"method", "acdc"},

@@ -600,12 +600,24 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
       if (key.rows[static_cast<size_t>(s)] == 0.f) key.versions.push_back(ns.version[static_cast<size_t>(s)]);
     }
   };
-  // input_r = A + sum over kept senders s < s_end of delta_s, as one GEMM over
-  // the stored deltas (a removed sender's coefficient is 0): [batch, p, 1, d_model].
+  // input_r = A + sum over kept senders s < s_end of delta_s: [batch, p, 1,
+  // d_model]. Few kept senders (late in ACDC): their deltas added in sender
+  // order; else one GEMM over the stored deltas (a removed sender's
+  // coefficient 0). Either way a function of the key alone.
   auto receiver_input = [&](const NodeKey& key, int64_t s_end, const at::Tensor& base, bool at_ans) {
+    const at::Tensor& D = at_ans ? ns.deltas_a : ns.deltas;  // [S, batch, p, d_model]
+    std::vector<int64_t> kept;
+    for (int64_t s = 0; s < s_end; ++s) {
+      if (key.rows[static_cast<size_t>(s)] == 0.f) kept.push_back(s);
+    }
+    if (kept.empty()) return base.unsqueeze(2);
+    if (4 * static_cast<int64_t>(kept.size()) <= s_end) {
+      at::Tensor x = base + D[kept[0]];
+      for (size_t i = 1; i < kept.size(); ++i) x.add_(D[kept[i]]);
+      return x.unsqueeze(2);
+    }
     std::vector<float> keep(static_cast<size_t>(s_end));
     for (int64_t s = 0; s < s_end; ++s) keep[static_cast<size_t>(s)] = 1.f - key.rows[static_cast<size_t>(s)];
-    const at::Tensor& D = at_ans ? ns.deltas_a : ns.deltas;  // [S, batch, p, d_model]
     const at::Tensor c = at::from_blob(keep.data(), {1, s_end}, at::kFloat).to(D.device(), D.scalar_type());
     const at::Tensor sum = at::mm(c, D.narrow(0, 0, s_end).view({s_end, -1})).view({D.size(1), D.size(2), D.size(3)});
     return (base + sum).unsqueeze(2);
