@@ -93,7 +93,9 @@ SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT. Every shard writes only its own 
 folders and skips finished ones, so a requeued task resumes. The steps run under a lock
 (.JOBFILE.lock beside the job file): the first shard runs them, the others wait and skip
 them. --summary then reads every job's circuit.json and prints the merged table; it
-fails (after the table) while any run is missing. See docs/SCALING.md.
+fails (after the table) while any run is missing. One process per task: a process
+started as one of several for one step (srun -n N, WORLD_SIZE > 1) is refused, since
+each would run the same jobs. See docs/SCALING.md.
 
 Example (ioi.yaml):
   steps:
@@ -147,6 +149,7 @@ void add_discover_command(CLI::App& app) {
       report = jobs::summarize_job_file(file);
       std::printf("%s", jobs::summary_table(report).c_str());
     } else {
+      jobs::refuse_parallel_launch([](const char* name) { return std::getenv(name); });
       // --shard, else a Slurm array task's own place in its array.
       std::optional<jobs::Shard> shard;
       if (!a->shard.empty()) {

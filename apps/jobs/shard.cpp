@@ -67,4 +67,14 @@ std::optional<Shard> shard_from_slurm(const std::function<const char*(const char
   return s;
 }
 
+void refuse_parallel_launch(const std::function<const char*(const char*)>& env) {
+  for (const char* name : {"SLURM_STEP_NUM_TASKS", "WORLD_SIZE"}) {
+    const char* v = env(name);
+    const std::optional<int64_t> n = v == nullptr ? std::nullopt : whole_number(v);
+    MECHLAB_CHECK(!n || *n <= 1, "this process is one of ", *n, " started together (", name, "=", *n,
+                  "): each would run the same jobs into the same folders; start mechlab discover once per task "
+                  "(srun -n 1; several tasks: sbatch --array or --shard I/N)");
+  }
+}
+
 }  // namespace mechlab::jobs

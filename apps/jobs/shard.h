@@ -33,4 +33,10 @@ Shard parse_shard(const std::string& text, const std::string& what = "shard");
 /// that is not task 0..COUNT-1 of an evenly spaced array.
 std::optional<Shard> shard_from_slurm(const std::function<const char*(const char*)>& env);
 
+/// `mechlab discover` is one process per task. Refuses, through `env`, a
+/// process that is one of several started together for one step (srun -n
+/// N: SLURM_STEP_NUM_TASKS > 1; torchrun or mpirun: WORLD_SIZE > 1): each
+/// would run the same jobs into the same folders.
+void refuse_parallel_launch(const std::function<const char*(const char*)>& env);
+
 }  // namespace mechlab::jobs

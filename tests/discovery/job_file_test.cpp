@@ -391,6 +391,28 @@ TEST(JobShard, ParsesIOverNAndRefusesBadShards) {
   }
 }
 
+// srun -n 2 (or torchrun with 2 processes) would start two copies of the
+// same job file into the same folders: refused, naming the variable.
+TEST(JobShard, RefusesAProcessStartedAsOneOfSeveralForOneStep) {
+  using Env = std::map<std::string, std::string>;
+  auto check = [](const Env& env) {
+    mechlab::jobs::refuse_parallel_launch([&env](const char* name) -> const char* {
+      auto it = env.find(name);
+      return it == env.end() ? nullptr : it->second.c_str();
+    });
+  };
+  EXPECT_NO_THROW(check({}));
+  EXPECT_NO_THROW(check({{"SLURM_STEP_NUM_TASKS", "1"}, {"WORLD_SIZE", "1"}, {"SLURM_NTASKS", "4"}}));
+  EXPECT_EQ(error_of([&] { check({{"SLURM_STEP_NUM_TASKS", "2"}}); }),
+            "this process is one of 2 started together (SLURM_STEP_NUM_TASKS=2): each would run the same jobs "
+            "into the same folders; start mechlab discover once per task (srun -n 1; several tasks: sbatch "
+            "--array or --shard I/N)");
+  EXPECT_EQ(error_of([&] { check({{"WORLD_SIZE", "3"}}); }),
+            "this process is one of 3 started together (WORLD_SIZE=3): each would run the same jobs into the "
+            "same folders; start mechlab discover once per task (srun -n 1; several tasks: sbatch --array or "
+            "--shard I/N)");
+}
+
 TEST(JobShard, TakesTheShardOfASlurmArrayTask) {
   using Env = std::map<std::string, std::string>;
   auto shard_of = [](const Env& env) {
