@@ -71,9 +71,11 @@ class ResampledAuroc {
 
  private:
   int64_t probes_ = 0, classes_ = 1, rows_ = 0;  // columns = probes_ * classes_
-  at::Tensor order_;        // [columns * N] int64: each column's rows by ascending score
-  at::Tensor group_end_;    // [columns, N] int64: one past the last sorted position of each position's tie group
-  at::Tensor positive_;     // [columns, N] float64: 1 where the sorted row is of the column's class
+  // [columns, N] int32: each column's rows by ascending score (bits 0-28),
+  // kPositiveBit where the row is of the column's class, kLastBit where the
+  // next sorted row has another score (the end of a tie group).
+  at::Tensor sorted_;
+  static constexpr int32_t kRowMask = (1 << 29) - 1, kPositiveBit = 1 << 29, kLastBit = 1 << 30;
 };
 
 }  // namespace mechlab::probes
