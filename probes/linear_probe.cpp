@@ -3,6 +3,7 @@
 #include "core/train/adamw.h"
 #include "core/util/error.h"
 #include "probes/batched_solvers.h"
+#include "probes/fused_objective.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -64,6 +65,7 @@ struct Problem {
   bool fit_intercept = true;
   int64_t block_rows = 0;  // rows per block of an evaluation (0: all)
   bool batched_gemm = false;  // one bmm per product for all probes (always on a GPU)
+  bool fused = true;          // the fused row-block kernel on the CPU where it applies
 };
 
 at::Tensor coef_of(const Problem& pr, const at::Tensor& theta) {
@@ -101,30 +103,43 @@ std::pair<at::Tensor, at::Tensor> loss_and_residual(const Problem& pr, const at:
   return {loss, r};
 }
 
-// f [P] (float64) and its gradient [P, M] at theta for the probes where
-// `which` [P] (bool, CPU) is true (undefined: all; the other entries are
-// left 0), the rows in blocks of `block_rows` (one block by default).
-//
-// On the CPU each selected probe is its own pair of GEMMs, so that a
-// converged probe costs nothing, in the forms MKL runs at memory speed:
-// logits as a GEMV (O = 1) or (w^T x^T)^T, the gradient as r^T x [O, D].
-// Measured with torch 2.11 / MKL on 12 x 16000 x 256 float32, one thread:
-// bmm(x, w) was 2-3x and bmm(x^T, r) 4-8x slower than these. On a GPU, one
-// batched GEMM per product over all probes.
-std::pair<at::Tensor, at::Tensor> objective(const Problem& pr, const at::Tensor& theta, const at::Tensor& which = {},
-                                            bool need_grad = true) {
-  const int64_t P = theta.size(0), n = pr.x.size(1);
-  at::Tensor v = coef_of(pr, theta), b = intercept_of(pr, theta);
-  auto [w, b_raw] = raw_params(v, b, pr.mu, pr.inv_s);
-  at::Tensor f = at::zeros({P}, theta.options().dtype(at::kDouble));
-  at::Tensor gwt = need_grad ? at::zeros({P, pr.O, pr.D}, theta.options()) : at::Tensor();  // sum r^T x
-  at::Tensor rs = need_grad ? at::zeros({P, pr.O}, theta.options()) : at::Tensor();        // sum r
-  const bool per_probe = pr.x.device().is_cpu() && !pr.batched_gemm;
-  std::vector<int64_t> probes;
-  for (int64_t p = 0; p < P; ++p) {
-    if (!which.defined() || which[p].item<bool>()) probes.push_back(p);
+// The data term of the selected probes through the fused row-block kernel:
+// f[p] = sum of the loss, gwt[p] = sum r^T x [O, D], rs[p] = sum r [O].
+template <typename T>
+void fused_evaluation(const Problem& pr, const std::vector<int64_t>& probes, const at::Tensor& wt,
+                      const at::Tensor& b_raw, at::Tensor& f, at::Tensor& gwt, at::Tensor& rs, bool need_grad) {
+  const detail::RowLoss kind = pr.loss == ProbeLoss::squared ? detail::RowLoss::squared
+                               : pr.O == 1                   ? detail::RowLoss::binary_logistic
+                                                             : detail::RowLoss::multinomial_logistic;
+  std::vector<detail::RowProblem<T>> rows(probes.size());
+  for (size_t i = 0; i < probes.size(); ++i) {
+    const int64_t p = probes[i];
+    detail::RowProblem<T>& r = rows[i];
+    r.x = pr.x.data_ptr<T>() + p * pr.x.stride(0);
+    r.ldx = pr.x.stride(1);
+    r.w = wt.data_ptr<T>() + p * pr.O * pr.D;  // [O, D]
+    r.b = b_raw.data_ptr<T>() + p * pr.O;
+    if (kind == detail::RowLoss::multinomial_logistic) {
+      r.cls = pr.y.data_ptr<int64_t>() + p * pr.y.stride(0);
+    } else {
+      r.y = pr.y.data_ptr<T>() + p * pr.y.stride(0);
+    }
+    r.ldy = pr.y.stride(1);
+    r.loss = f.data_ptr<double>() + p;
+    if (need_grad) {
+      r.grad = gwt.data_ptr<T>() + p * pr.O * pr.D;
+      r.rsum = rs.data_ptr<T>() + p * pr.O;
+    }
   }
-  const at::Tensor wt = w.transpose(1, 2).contiguous();  // [P, O, D]
+  detail::fused_objective<T>(rows, pr.x.size(1), pr.D, pr.O, kind, need_grad);
+}
+
+// The data term through ATen's GEMMs, in row blocks of `block_rows`: per
+// selected probe on the CPU (per_probe), one batched GEMM per product otherwise.
+void aten_evaluation(const Problem& pr, const std::vector<int64_t>& probes, const at::Tensor& w, const at::Tensor& wt,
+                     const at::Tensor& b_raw, at::Tensor& f, at::Tensor& gwt, at::Tensor& rs, bool need_grad,
+                     bool per_probe) {
+  const int64_t n = pr.x.size(1);
   const int64_t block = pr.block_rows > 0 ? std::min(pr.block_rows, n) : n;
   for (int64_t start = 0; start < n; start += block) {
     const int64_t len = std::min(block, n - start);
@@ -151,6 +166,43 @@ std::pair<at::Tensor, at::Tensor> objective(const Problem& pr, const at::Tensor&
         rs[p] += r.sum(0);
       }
     }
+  }
+}
+
+// f [P] (float64) and its gradient [P, M] at theta for the probes where
+// `which` [P] (bool, CPU) is true (undefined: all; the other entries are
+// left 0).
+//
+// On the CPU, by default, the fused row-block kernel (fused_objective.h):
+// one read of each probe's rows per evaluation, converged probes skipped.
+// Otherwise (`fused` false) the rows in blocks of `block_rows` (one block
+// by default), each selected probe its own pair of GEMMs, so that a
+// converged probe costs nothing, in the forms MKL runs at memory speed:
+// logits as a GEMV (O = 1) or (w^T x^T)^T, the gradient as r^T x [O, D].
+// Measured with torch 2.11 / MKL on 12 x 16000 x 256 float32, one thread:
+// bmm(x, w) was 2-3x and bmm(x^T, r) 4-8x slower than these. On a GPU, one
+// batched GEMM per product over all probes.
+std::pair<at::Tensor, at::Tensor> objective(const Problem& pr, const at::Tensor& theta, const at::Tensor& which = {},
+                                            bool need_grad = true) {
+  const int64_t P = theta.size(0), n = pr.x.size(1);
+  at::Tensor v = coef_of(pr, theta), b = intercept_of(pr, theta);
+  auto [w, b_raw] = raw_params(v, b, pr.mu, pr.inv_s);
+  at::Tensor f = at::zeros({P}, theta.options().dtype(at::kDouble));
+  at::Tensor gwt = need_grad ? at::zeros({P, pr.O, pr.D}, theta.options()) : at::Tensor();  // sum r^T x
+  at::Tensor rs = need_grad ? at::zeros({P, pr.O}, theta.options()) : at::Tensor();        // sum r
+  const bool per_probe = pr.x.device().is_cpu() && !pr.batched_gemm;
+  std::vector<int64_t> probes;
+  for (int64_t p = 0; p < P; ++p) {
+    if (!which.defined() || which[p].item<bool>()) probes.push_back(p);
+  }
+  const at::Tensor wt = w.transpose(1, 2).contiguous();  // [P, O, D]
+  if (per_probe && pr.fused && pr.x.stride(2) == 1 &&
+      (pr.x.scalar_type() == at::kFloat || pr.x.scalar_type() == at::kDouble)) {
+    AT_DISPATCH_FLOATING_TYPES(pr.x.scalar_type(), "fused probe objective", [&] {
+      fused_evaluation<scalar_t>(pr, probes, wt, b_raw.contiguous(), f, gwt, rs, need_grad);
+    });
+  } else {
+    aten_evaluation(pr, probes, w, wt, b_raw, f, gwt, rs, need_grad, per_probe);
   }
   f /= static_cast<double>(n);
   if (pr.l2 > 0) f = f + 0.5 * pr.l2 * v.to(at::kDouble).pow(2).sum({1, 2});
@@ -193,36 +245,57 @@ at::Tensor as_batched_labels(const at::Tensor& y, int64_t P, int64_t N, const ch
   return y2;
 }
 
-void standardisation(const at::Tensor& x, bool standardize, at::Tensor& mu, at::Tensor& inv_s) {
+void standardisation(const at::Tensor& x, bool standardize, bool fused, at::Tensor& mu, at::Tensor& inv_s) {
   const int64_t P = x.size(0), D = x.size(2);
-  if (!standardize) {
+  const bool kernel = fused && x.device().is_cpu() && x.stride(2) == 1 &&
+                      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
+  if (!standardize && !kernel) {
     mu = at::zeros({P, D}, x.options());
     inv_s = at::ones({P, D}, x.options());
     MECHLAB_CHECK(at::isfinite(x).all().item<bool>(),
                   "probe features hold NaN or infinite values; check the activations");
     return;
   }
-  // Mean and population variance as row sums through GEMVs (ones^T x):
-  // at::var_mean over the middle dimension ran 20x slower than one pass over
-  // x. Two passes (the second over (x - mean)^2 in row blocks) so that a
-  // feature with a large mean keeps its variance in float32.
   const int64_t N = x.size(1);
-  at::Tensor ones = at::ones({P, 1, N}, x.options());
-  at::Tensor mean = at::bmm(ones, x).squeeze(1) / static_cast<double>(N);  // [P, D]
-  at::Tensor var = at::zeros({P, 1, D}, x.options());
-  const int64_t block = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, P * D));
-  for (int64_t start = 0; start < N; start += block) {
-    const int64_t len = std::min(block, N - start);
-    var.baddbmm_(ones.narrow(2, 0, len), (x.narrow(1, start, len) - mean.unsqueeze(1)).square());
+  at::Tensor mean, var;
+  if (kernel) {
+    // One read of x (fused_objective.h: column_moments), float64 statistics;
+    // without standardisation it is the finiteness check (a NaN or inf row
+    // makes its column's mean NaN).
+    mean = at::empty({P, D}, x.options().dtype(at::kDouble));
+    var = at::empty({P, D}, x.options().dtype(at::kDouble));
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "probe standardisation", [&] {
+      std::vector<const scalar_t*> rows;
+      for (int64_t p = 0; p < P; ++p) rows.push_back(x.data_ptr<scalar_t>() + p * x.stride(0));
+      detail::column_moments<scalar_t>(rows, x.stride(1), N, D, mean.data_ptr<double>(), var.data_ptr<double>());
+    });
+  } else {
+    // Mean and population variance as row sums through GEMVs (ones^T x):
+    // at::var_mean over the middle dimension ran 20x slower than one pass
+    // over x. Two passes (the second over (x - mean)^2 in row blocks) so that
+    // a feature with a large mean keeps its variance in float32.
+    at::Tensor ones = at::ones({P, 1, N}, x.options());
+    mean = at::bmm(ones, x).squeeze(1) / static_cast<double>(N);  // [P, D]
+    var = at::zeros({P, 1, D}, x.options());
+    const int64_t block = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, P * D));
+    for (int64_t start = 0; start < N; start += block) {
+      const int64_t len = std::min(block, N - start);
+      var.baddbmm_(ones.narrow(2, 0, len), (x.narrow(1, start, len) - mean.unsqueeze(1)).square());
+    }
+    var = var.squeeze(1) / static_cast<double>(N);
   }
-  var = var.squeeze(1) / static_cast<double>(N);
   MECHLAB_CHECK(at::isfinite(mean).all().item<bool>() && at::isfinite(var).all().item<bool>(),
                 "probe features hold NaN or infinite values; check the activations");
+  if (!standardize) {
+    mu = at::zeros({P, D}, x.options());
+    inv_s = at::ones({P, D}, x.options());
+    return;
+  }
   at::Tensor s = var.sqrt();
   // A constant feature is left unscaled, as StandardScaler does.
   s = at::where(s > 0, s, at::ones_like(s));
-  mu = mean;
-  inv_s = 1.0 / s;
+  mu = mean.to(x.scalar_type());
+  inv_s = (1.0 / s).to(x.scalar_type());
 }
 
 LinearProbes finish(const Problem& pr, const at::Tensor& theta, SolverResult r, Solver solver) {
@@ -316,6 +389,53 @@ LinearProbes fit_adam(const Problem& pr, const ProbeOptions& o, double l2_per_ro
   return finish(pr, best, r, Solver::adam);
 }
 
+// Rows per chunk and columns per block of symmetric_gram.
+constexpr int64_t kGramRows = 8192;
+constexpr int64_t kGramBlock = 256;
+
+// G[p] += z^T z and R[p] += z^T yc [D, 1] (float64) of each probe's
+// standardised rows z = (x - c) * inv_s, one probe after another: each chunk
+// of kGramRows rows is centred and scaled into one reused buffer (one read of
+// x, one write and reads of the buffer while it is in cache or near it), and
+// only the Gram's upper triangle of column blocks is computed (G is
+// symmetric: with D = 768 and blocks of 256, 6 of 9 blocks), each block one
+// float32 GEMM (at::mm, MKL on a CPU) added in float64. x [P, N, D], c and
+// inv_s [P, D], yc [P, N, 1] (centred targets).
+void symmetric_gram(const at::Tensor& x, const at::Tensor& c, const at::Tensor& inv_s, const at::Tensor& yc,
+                    at::Tensor& G, at::Tensor& R) {
+  const int64_t P = x.size(0), N = x.size(1), D = x.size(2);
+  const int64_t chunk = std::min(kGramRows, N);
+  at::Tensor buf = at::empty({chunk, D}, x.options());  // [chunk, D]
+  std::vector<int64_t> starts;
+  for (int64_t j = 0; j < D; j += kGramBlock) starts.push_back(j);
+  for (int64_t p = 0; p < P; ++p) {
+    const at::Tensor shift = (-c[p] * inv_s[p]).contiguous();  // [D]: z = x * inv_s + shift
+    at::Tensor Gp = G[p], Rp = R[p];
+    for (int64_t start = 0; start < N; start += chunk) {
+      const int64_t len = std::min(chunk, N - start);
+      at::Tensor z = buf.narrow(0, 0, len);  // [len, D]
+      at::addcmul_out(z, shift, x[p].narrow(0, start, len), inv_s[p]);
+      Rp += at::mm(yc[p].narrow(0, start, len).t(), z).t().to(at::kDouble);  // (y^T z)^T [D, 1]
+      for (size_t bi = 0; bi < starts.size(); ++bi) {
+        const int64_t i0 = starts[bi], wi = std::min(kGramBlock, D - i0);
+        const at::Tensor zi_t = z.narrow(1, i0, wi).t();  // [wi, len]
+        for (size_t bj = bi; bj < starts.size(); ++bj) {
+          const int64_t j0 = starts[bj], wj = std::min(kGramBlock, D - j0);
+          Gp.narrow(0, i0, wi).narrow(1, j0, wj) += at::mm(zi_t, z.narrow(1, j0, wj)).to(at::kDouble);
+        }
+      }
+    }
+    // The lower triangle of blocks from the upper one.
+    for (size_t bi = 0; bi < starts.size(); ++bi) {
+      for (size_t bj = bi + 1; bj < starts.size(); ++bj) {
+        const int64_t i0 = starts[bi], wi = std::min(kGramBlock, D - i0);
+        const int64_t j0 = starts[bj], wj = std::min(kGramBlock, D - j0);
+        Gp.narrow(0, j0, wj).narrow(1, i0, wi).copy_(Gp.narrow(0, i0, wi).narrow(1, j0, wj).t());
+      }
+    }
+  }
+}
+
 // Ridge / least squares from the normal equations in standardised
 // coordinates, the Gram matrix accumulated in float64 over row chunks (the
 // centred chunk is the only copy of x made).
@@ -325,14 +445,18 @@ LinearProbes fit_exact(Problem pr, const at::Tensor& x_mean, bool center, double
   at::Tensor c = center ? x_mean : at::zeros_like(x_mean);  // Ridge centres x when it fits an intercept
   at::Tensor y_mean = pr.fit_intercept ? pr.y.mean(1, true) : at::zeros({P, 1, 1}, pr.y.options());
   at::Tensor G = at::zeros({P, D, D}, dopts), R = at::zeros({P, D, 1}, dopts);
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(1, P * D));
-  for (int64_t start = 0; start < N; start += chunk) {
-    const int64_t len = std::min(chunk, N - start);
-    at::Tensor z = (pr.x.narrow(1, start, len) - c.unsqueeze(1)) * pr.inv_s.unsqueeze(1);  // [P, len, D]
-    at::Tensor yc = pr.y.narrow(1, start, len) - y_mean;                                  // [P, len, 1]
-    at::Tensor zt = z.transpose(1, 2);
-    G += at::bmm(zt, z).to(at::kDouble);
-    R += at::bmm(yc.transpose(1, 2), z).transpose(1, 2).to(at::kDouble);  // (y^T z)^T: 8x faster than z^T y on MKL
+  if (pr.fused && pr.x.device().is_cpu()) {
+    symmetric_gram(pr.x, c, pr.inv_s, pr.y - y_mean, G, R);
+  } else {
+    const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(1, P * D));
+    for (int64_t start = 0; start < N; start += chunk) {
+      const int64_t len = std::min(chunk, N - start);
+      at::Tensor z = (pr.x.narrow(1, start, len) - c.unsqueeze(1)) * pr.inv_s.unsqueeze(1);  // [P, len, D]
+      at::Tensor yc = pr.y.narrow(1, start, len) - y_mean;                                  // [P, len, 1]
+      at::Tensor zt = z.transpose(1, 2);
+      G += at::bmm(zt, z).to(at::kDouble);
+      R += at::bmm(yc.transpose(1, 2), z).transpose(1, 2).to(at::kDouble);  // (y^T z)^T: 8x faster than z^T y on MKL
+    }
   }
   at::Tensor v;
   if (alpha > 0) {
@@ -365,6 +489,7 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
   MECHLAB_CHECK(o.block_rows() >= 0, who, ": `block_rows` must be >= 0, got ", o.block_rows());
   pr.block_rows = o.block_rows();
   pr.batched_gemm = o.batched_gemm();
+  pr.fused = o.fused();
   at::Tensor y = as_batched_labels(y_in, P, N, who, loss == ProbeLoss::logistic ? "labels" : "targets")
                      .to(x.device());
   if (loss == ProbeLoss::logistic) {
@@ -388,7 +513,7 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
     pr.y = y.to(x.scalar_type()).unsqueeze(2);
     MECHLAB_CHECK(o.alpha() >= 0, who, ": `alpha` must be >= 0, got ", o.alpha());
   }
-  standardisation(x, o.standardize(), pr.mu, pr.inv_s);
+  standardisation(x, o.standardize(), o.fused(), pr.mu, pr.inv_s);
 
   // The penalty per the objective at the top of linear_probe.h: l2 multiplies
   // 0.5 ||v||^2 and l1 multiplies ||v||_1 in the mean-loss objective.
@@ -467,6 +592,8 @@ at::Tensor LinearProbes::score(const at::Tensor& x) const {
                 z.size(2), " classes; use predict_proba");
   return z.squeeze(2);
 }
+
+std::string fused_kernel_isa() { return detail::fused_objective_isa(); }
 
 LinearProbes fit_logistic(const at::Tensor& x, const at::Tensor& labels, const ProbeOptions& options) {
   return fit(ProbeLoss::logistic, x, labels, options);

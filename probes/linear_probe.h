@@ -73,13 +73,20 @@ struct ProbeOptions {
   MECHLAB_OPTION(ProbeOptions, bool, fit_intercept, true)
   /// Classes of a logistic probe; 0: 1 + the largest label.
   MECHLAB_OPTION(ProbeOptions, int64_t, num_classes, 0)
-  /// Rows per block of one objective evaluation (0: all rows in one block).
-  /// Any value gives the same fit up to rounding; smaller blocks keep each
-  /// block in cache between its two products, at the cost of smaller GEMMs.
+  /// CPU: evaluate the objective with the fused row-block kernel
+  /// (probes/fused_objective.h: logits, loss and gradient from one read of
+  /// the rows); false: ATen's per-probe GEMMs (two reads). The same fit up
+  /// to rounding. Float32 and float64 features whose rows are contiguous;
+  /// other layouts and GPUs take the ATen path.
+  MECHLAB_OPTION(ProbeOptions, bool, fused, true)
+  /// ATen path (`fused` false or not applicable): rows per block of one
+  /// objective evaluation (0: all rows in one block). Any value gives the
+  /// same fit up to rounding; smaller blocks keep each block in cache between
+  /// its two products, at the cost of smaller GEMMs.
   MECHLAB_OPTION(ProbeOptions, int64_t, block_rows, 0)
   /// Evaluate every probe with one batched GEMM per product also on the CPU
-  /// (the GPU's form; on the CPU the default is per-probe GEMMs that skip
-  /// converged probes). The same fit up to rounding.
+  /// (the GPU's form; on the CPU the default is the fused kernel or per-probe
+  /// GEMMs, which skip converged probes). The same fit up to rounding.
   MECHLAB_OPTION(ProbeOptions, bool, batched_gemm, false)
   /// Adam: learning rate, rows per step, passes over the rows, epochs without
   /// a better validation loss before stopping, share of rows held out for
@@ -117,6 +124,10 @@ struct LinearProbes {
   /// Score for AUROC: the positive class's logit (binary) or the value [P, N].
   at::Tensor score(const at::Tensor& x) const;
 };
+
+/// The instruction set the fused CPU kernels run with on this machine
+/// ("avx512", "avx2" or "portable"; ProbeOptions::fused).
+std::string fused_kernel_isa();
 
 /// Logistic regression probes. x [P, N, D] or [N, D]; labels integers in
 /// [0, K) [N] or [P, N].

@@ -3,6 +3,8 @@
 #include "core/stats/roc.h"
 #include "core/util/error.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <vector>
 
@@ -146,19 +148,18 @@ ResampledAuroc::ResampledAuroc(const at::Tensor& scores, const at::Tensor& label
   const at::Tensor cls = binary ? at::ones({1}, at::kLong) : at::arange(classes_, at::kLong);
   const at::Tensor pos = y.unsqueeze(1).eq(cls.view({1, -1, 1})).reshape({probes_ * classes_, rows_});  // [C, N]
   auto [sorted, order] = at::sort(cols, /*dim=*/1);  // ascending
-  order_ = order.reshape({-1}).contiguous();
-  // Tie groups: a group starts where the sorted score changes and ends
-  // before the next start. Each position gets its group's first position
-  // and one past its last.
+  // Tie groups: a group ends where the sorted score changes next.
   const int64_t C = cols.size(0);
   const at::Tensor change = sorted.narrow(1, 1, rows_ - 1).ne(sorted.narrow(1, 0, rows_ - 1));  // [C, N - 1]
-  const at::Tensor yes = at::ones({C, 1}, at::kBool);
-  const at::Tensor first = at::cat({yes, change}, 1), last = at::cat({change, yes}, 1);  // [C, N]
-  const at::Tensor idx = at::arange(rows_, at::kLong).expand({C, rows_});
-  group_start_ = std::get<0>(at::where(first, idx, at::zeros_like(idx)).cummax(1)).contiguous();
-  const at::Tensor back = at::where(last.flip({1}), idx.flip({1}), at::full_like(idx, rows_));  // reversed
-  group_end_ = (std::get<0>(back.cummin(1)).flip({1}) + 1).contiguous();
-  positive_ = pos.gather(1, order).to(at::kDouble).contiguous();
+  const at::Tensor last = at::cat({change, at::ones({C, 1}, at::kBool)}, 1);                     // [C, N]
+  // One int32 per sorted position: the row, whether it is of the column's
+  // class and whether it ends its tie group; a resample streams 4 bytes per
+  // position (three int64/float64 arrays were 24, and the pass was
+  // memory-bound).
+  MECHLAB_CHECK(rows_ <= kRowMask, "ResampledAuroc: ", rows_, " rows are more than 2^29 - 1; score fewer rows");
+  sorted_ = (order.to(at::kInt) | pos.gather(1, order).to(at::kInt).mul(kPositiveBit) |
+             last.to(at::kInt).mul(kLastBit))
+                .contiguous();  // [C, N]
 }
 
 at::Tensor ResampledAuroc::operator()(const at::Tensor& rows) const {
@@ -167,18 +168,44 @@ at::Tensor ResampledAuroc::operator()(const at::Tensor& rows) const {
   const at::Tensor r = rows.cpu().to(at::kLong);
   MECHLAB_CHECK(r.numel() == 0 || (r.min().item<int64_t>() >= 0 && r.max().item<int64_t>() < rows_),
                 "ResampledAuroc: row indices must be in [0, ", rows_, ")");
-  const at::Tensor count = at::bincount(r, {}, rows_).to(at::kDouble);  // [N] times each row is drawn
-  const int64_t C = positive_.size(0);
-  const at::Tensor w = count.index_select(0, order_).view({C, rows_});  // [C, N] in score order
-  const at::Tensor pos_w = w * positive_;
-  // neg[:, j]: negatives drawn at sorted positions < j.
-  const at::Tensor neg = at::cat({at::zeros({C, 1}, at::kDouble), (w - pos_w).cumsum(1)}, 1);  // [C, N + 1]
-  // A positive beats every negative of a lower score and half of those it ties
-  // with (the trapezoids of roc_curve; Mann-Whitney U / (n_pos n_neg)):
-  // below + (upto - below) / 2 with below = neg[start], upto = neg[end].
-  const at::Tensor credit = neg.gather(1, group_start_) + neg.gather(1, group_end_);  // twice the credit
-  const at::Tensor u = 0.5 * (pos_w * credit).sum(1);                                 // [C]
-  const at::Tensor n_pos = pos_w.sum(1), n_neg = neg.select(1, rows_);
+  const at::Tensor count = at::bincount(r, {}, rows_).to(at::kDouble).contiguous();  // [N] times each row is drawn
+  const int64_t C = sorted_.size(0), N = rows_;
+  at::Tensor u = at::empty({C}, at::kDouble), n_pos = at::empty({C}, at::kDouble), n_neg = at::empty({C}, at::kDouble);
+  const double* cnt = count.data_ptr<double>();
+  const int32_t* sorted = sorted_.data_ptr<int32_t>();
+  double* up = u.data_ptr<double>();
+  double* pp = n_pos.data_ptr<double>();
+  double* np = n_neg.data_ptr<double>();
+  // One pass per column in score order, a tie group at a time. A positive
+  // beats every negative of a lower score and half of those it ties with
+  // (the trapezoids of roc_curve; Mann-Whitney U / (n_pos n_neg)): a group
+  // with pos positives and neg negatives drawn, below negatives drawn before
+  // it, adds pos (below + neg / 2). The counts are integers, so every sum is
+  // exact in float64 (below 2^53) whatever its order.
+  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t stop) {
+    for (int64_t c = begin; c < stop; ++c) {
+      const int32_t* col = sorted + c * N;
+      double below = 0, twice_u = 0, pos_all = 0, pos = 0, neg = 0;
+      for (int64_t j = 0; j < N; ++j) {
+        const int32_t e = col[j];
+        const double w = cnt[e & kRowMask];
+        if (e & kPositiveBit) {
+          pos += w;
+        } else {
+          neg += w;
+        }
+        if (e & kLastBit) {
+          twice_u += pos * (2 * below + neg);
+          below += neg;
+          pos_all += pos;
+          pos = neg = 0;
+        }
+      }
+      up[c] = 0.5 * twice_u;
+      pp[c] = pos_all;
+      np[c] = below;
+    }
+  });
   const at::Tensor defined = n_pos.gt(0).logical_and(n_neg.gt(0));
   const at::Tensor auc = at::where(defined, u / (n_pos * n_neg), at::full_like(u, std::nan("")));
   return auc.view({probes_, classes_}).mean(1);  // a class absent from the rows: NaN

@@ -56,7 +56,8 @@ at::Tensor r2(const at::Tensor& predictions, const at::Tensor& targets);
 
 /// AUROC of resamples of fixed rows, for bootstrap_ci: each score column is
 /// sorted once and a resample (row indices [n], repeats allowed) is scored
-/// from its row counts in O(rows). The value of a resample equals auroc /
+/// from its row counts in one pass over each column in score order (O(rows),
+/// no temporaries, columns in parallel). The value of a resample equals auroc /
 /// auroc_ovr of the resampled rows (a repeated row is a tie with itself);
 /// where the resample lacks a class (binary: positives or negatives) it is
 /// NaN (scikit-learn: NaN when binary, an error when one-vs-rest).
@@ -70,10 +71,11 @@ class ResampledAuroc {
 
  private:
   int64_t probes_ = 0, classes_ = 1, rows_ = 0;  // columns = probes_ * classes_
-  at::Tensor order_;        // [columns * N] int64: each column's rows by ascending score
-  at::Tensor group_start_;  // [columns, N] int64: first sorted position of each position's tie group
-  at::Tensor group_end_;    // [columns, N] int64: one past its last
-  at::Tensor positive_;     // [columns, N] float64: 1 where the sorted row is of the column's class
+  // [columns, N] int32: each column's rows by ascending score (bits 0-28),
+  // kPositiveBit where the row is of the column's class, kLastBit where the
+  // next sorted row has another score (the end of a tie group).
+  at::Tensor sorted_;
+  static constexpr int32_t kRowMask = (1 << 29) - 1, kPositiveBit = 1 << 29, kLastBit = 1 << 30;
 };
 
 }  // namespace mechlab::probes

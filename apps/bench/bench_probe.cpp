@@ -71,7 +71,7 @@ void add_bench_probe(CLI::App& bench) {
     int max_iter = 100, repeats = 1;
     int64_t block_rows = 0;
     double tol = 1e-4;
-    bool no_standardize = false, overwrite = false;
+    bool no_standardize = false, overwrite = false, compare_aten = false;
     uint64_t seed = 0;
     std::string device = "cpu", write_data;
   };
@@ -95,9 +95,11 @@ void add_bench_probe(CLI::App& bench) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_flag("--no-standardize", a->no_standardize, "Fit on raw features (default: standardised, "
                 "as StandardScaler)");
-  cmd->add_option("--block-rows", a->block_rows, "Rows per block of an objective evaluation (0: all rows "
-                  "in one block)")
+  cmd->add_option("--block-rows", a->block_rows, "Rows per block of an objective evaluation on ATen's path "
+                  "(0: all rows in one block); a value > 0 turns the fused CPU kernels off")
       ->capture_default_str()->check(non_negative());
+  cmd->add_flag("--compare-aten", a->compare_aten, "Also fit each sweep with ATen's products instead of the "
+                "fused CPU kernels (ProbeOptions::fused false) and print the time ratios and whether the fits agree");
   cmd->add_option("--repeats", a->repeats, "Timed fits per sweep (the median is reported)")
       ->capture_default_str()->check(positive());
   cmd->add_option("--seed", a->seed, "Seed of the synthetic data")->capture_default_str();
@@ -133,7 +135,8 @@ void add_bench_probe(CLI::App& bench) {
                                           .max_iter(a->max_iter)
                                           .tol(a->tol)
                                           .standardize(!a->no_standardize)
-                                          .block_rows(a->block_rows);
+                                          .block_rows(a->block_rows)
+                                          .fused(a->block_rows == 0);
 
     probes::LinearProbes bin, multi, ridge;
     const bench::Stats ms_bin = bench::time_ms([&] { bin = probes::fit_logistic(xtr, train(data.binary), opts); },
@@ -142,6 +145,21 @@ void add_bench_probe(CLI::App& bench) {
         [&] { multi = probes::fit_logistic(xtr, train(data.classes), opts); }, 0, a->repeats, device);
     const bench::Stats ms_ridge = bench::time_ms([&] { ridge = probes::fit_linear(xtr, train(data.target), opts); },
                                                  0, a->repeats, device);
+
+    // The same sweeps through ATen's products (the path before the fused
+    // kernels), timed in the same run: the ratios are what to compare.
+    probes::LinearProbes bin_aten, multi_aten, ridge_aten;
+    bench::Stats ms_bin_aten, ms_multi_aten, ms_ridge_aten;
+    if (a->compare_aten) {
+      probes::ProbeOptions aten = opts;
+      aten.fused(false);
+      ms_bin_aten = bench::time_ms([&] { bin_aten = probes::fit_logistic(xtr, train(data.binary), aten); }, 0,
+                                   a->repeats, device);
+      ms_multi_aten = bench::time_ms([&] { multi_aten = probes::fit_logistic(xtr, train(data.classes), aten); }, 0,
+                                     a->repeats, device);
+      ms_ridge_aten = bench::time_ms([&] { ridge_aten = probes::fit_linear(xtr, train(data.target), aten); }, 0,
+                                     a->repeats, device);
+    }
 
     at::Tensor acc_bin = probes::accuracy(bin.predict(xte), test(data.binary));
     at::Tensor acc_multi = probes::accuracy(multi.predict(xte), test(data.classes));
@@ -172,12 +190,46 @@ void add_bench_probe(CLI::App& bench) {
     auto its = [](const probes::LinearProbes& p) {
       return "L-BFGS, max iterations " + std::to_string(p.iterations.max().item<int64_t>());
     };
-    const std::vector<bench::Row> table = {{"binary logistic sweep", ms_bin, its(bin)},
-                                     {std::to_string(a->classes) + "-class logistic sweep", ms_multi, its(multi)},
+    const std::string multi_name = std::to_string(a->classes) + "-class logistic sweep";
+    std::vector<bench::Row> table = {{"binary logistic sweep", ms_bin, its(bin)},
+                                     {multi_name, ms_multi, its(multi)},
                                      {"ridge sweep", ms_ridge, "closed form"}};
+    if (a->compare_aten) {
+      table.push_back({"binary logistic sweep, ATen", ms_bin_aten, its(bin_aten)});
+      table.push_back({std::to_string(a->classes) + "-class sweep, ATen", ms_multi_aten, its(multi_aten)});
+      table.push_back({"ridge sweep, ATen", ms_ridge_aten, "closed form"});
+    }
     bench::print_table("mechlab bench probe: " + shape + " (" + a->device + ", " +
-                           std::to_string(at::get_num_threads()) + " threads)",
+                           std::to_string(at::get_num_threads()) + " threads, fused kernels " +
+                           (opts.fused() ? probes::fused_kernel_isa() : std::string("off")) + ")",
                        table, "binary logistic sweep", static_cast<double>(a->layers), "probes");
+    nlohmann::json aten_json;
+    if (a->compare_aten) {
+      // Same fit: the same iterations and stop reasons per probe, and the
+      // largest difference of the test predictions' agreement.
+      auto same = [](const probes::LinearProbes& x, const probes::LinearProbes& y) {
+        return at::equal(x.iterations, y.iterations) && at::equal(x.stop_reason, y.stop_reason);
+      };
+      auto agree = [&](const probes::LinearProbes& x, const probes::LinearProbes& y) {
+        return (x.predict(xte) == y.predict(xte)).to(at::kDouble).mean(1).min().item<double>();
+      };
+      const double r_bin = ms_bin.median / ms_bin_aten.median, r_multi = ms_multi.median / ms_multi_aten.median,
+                   r_ridge = ms_ridge.median / ms_ridge_aten.median;
+      const double r_all = (ms_bin.median + ms_multi.median + ms_ridge.median) /
+                           (ms_bin_aten.median + ms_multi_aten.median + ms_ridge_aten.median);
+      std::printf("\nfused kernels / ATen path (time ratio): binary %.3f, %lld-class %.3f, ridge %.3f, all %.3f\n",
+                  r_bin, static_cast<long long>(a->classes), r_multi, r_ridge, r_all);
+      const double ridge_diff =
+          (ridge.predict(xte) - ridge_aten.predict(xte)).abs().max().item<double>();
+      std::printf("same iterations and stop reasons: binary %s, %lld-class %s; test predictions agreeing: "
+                  "binary %.6f, %lld-class %.6f (worst probe); ridge max |difference| %.3g\n",
+                  same(bin, bin_aten) ? "yes" : "no", static_cast<long long>(a->classes),
+                  same(multi, multi_aten) ? "yes" : "no", agree(bin, bin_aten), static_cast<long long>(a->classes),
+                  agree(multi, multi_aten), ridge_diff);
+      aten_json = {{"binary_seconds", ms_bin_aten.median / 1e3}, {"multinomial_seconds", ms_multi_aten.median / 1e3},
+                   {"ridge_seconds", ms_ridge_aten.median / 1e3}, {"ratio_all", r_all},
+                   {"same_iterations", same(bin, bin_aten) && same(multi, multi_aten)}};
+    }
     nlohmann::json j = {
         {"layers", a->layers},
         {"tokens", a->tokens},
@@ -190,6 +242,7 @@ void add_bench_probe(CLI::App& bench) {
         {"multinomial", fit_json(ms_multi, acc_multi, multi)},
         {"ridge", {{"seconds", ms_ridge.median / 1e3}, {"test_r2", list(r2_ridge)}}},
     };
+    if (a->compare_aten) j["aten"] = aten_json;
     std::printf("probe_json %s\n", j.dump().c_str());
   });
 }

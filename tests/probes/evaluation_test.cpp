@@ -123,6 +123,29 @@ TEST(ProbeMetrics, AurocWithTiesAndResamplesMatchesSklearn) {
   EXPECT_NE(error_of([&] { auroc_ovr(ms, my + 1); }).find("class indices in [0, 4)"), std::string::npos);
 }
 
+// The one-pass scoring of a resample against the definition on a larger
+// draw: auroc / auroc_ovr (core/stats/roc.h's roc_curve) of the resampled
+// rows themselves, a repeated row a tie with itself; 4 probes x 6 classes x
+// 3000 rows with many ties (scores on a grid of 1/4), 25 resamples.
+TEST(ProbeMetrics, ResampledAurocEqualsTheAurocOfTheResampledRows) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const int64_t P = 4, N = 3000, K = 6;
+  const at::Tensor labels = at::randint(K, {N}, gen, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor signal = at::one_hot(labels, K).to(at::kDouble).unsqueeze(0) * at::arange(P, f64).view({P, 1, 1});
+  const at::Tensor multi = ((at::randn({P, N, K}, gen, f64) + signal) * 4).round() / 4;  // [P, N, K]
+  const at::Tensor bin_labels = labels.remainder(2);
+  const at::Tensor binary = multi.select(2, 1);  // [P, N]
+  const ResampledAuroc rm(multi, labels), rb(binary, bin_labels);
+  for (int r = 0; r < 25; ++r) {
+    const at::Tensor rows = at::randint(N, {N}, gen, at::TensorOptions().dtype(at::kLong));
+    const at::Tensor want_m = auroc_ovr(multi.index_select(1, rows), labels.index_select(0, rows));
+    const at::Tensor want_b = auroc(binary.index_select(1, rows), bin_labels.index_select(0, rows));
+    EXPECT_TRUE(at::allclose(rm(rows), want_m, 0, 1e-12)) << r << rm(rows) << want_m;
+    EXPECT_TRUE(at::allclose(rb(rows), want_b, 0, 1e-12)) << r << rb(rows) << want_b;
+  }
+}
+
 TEST(ProbeSplits, KFoldHasSklearnsFoldSizesAndOrder) {
   // KFold(3) on 10 rows without shuffling: [0..3], [4..6], [7..9].
   std::vector<Split> folds = k_fold(10, 3, /*shuffle=*/false);

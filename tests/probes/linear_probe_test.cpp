@@ -164,14 +164,15 @@ TEST(LinearProbe, BatchedProbesEqualProbesFittedOneByOne) {
 }
 
 TEST(LinearProbe, BlockedEvaluationGivesTheSameFit) {
-  // One pass over the rows in blocks (ProbeOptions::block_rows) sums the
-  // same loss and gradient as one block of all rows.
+  // One pass over the rows in blocks (ProbeOptions::block_rows, the ATen
+  // path's) sums the same loss and gradient as one block of all rows.
   const ProbeFixture fx = probe_fixture("multinomial");
-  LinearProbes whole = fit_logistic(fx.x_train, fx.y_train, tight().block_rows(1 << 20));
-  LinearProbes blocked = fit_logistic(fx.x_train, fx.y_train, tight().block_rows(37));  // 350 = 9 x 37 + 17
+  LinearProbes whole = fit_logistic(fx.x_train, fx.y_train, tight().fused(false).block_rows(1 << 20));
+  LinearProbes blocked = fit_logistic(fx.x_train, fx.y_train, tight().fused(false).block_rows(37));  // 350 = 9 x 37 + 17
   EXPECT_TRUE(at::allclose(blocked.coef, whole.coef, 1e-7, 1e-9));
   const ProbeFixture bx = probe_fixture("binary");
-  EXPECT_TRUE(at::allclose(fit_logistic(bx.x_train, bx.y_train, tight().block_rows(50)).coef, bx.coef, 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(fit_logistic(bx.x_train, bx.y_train, tight().fused(false).block_rows(50)).coef, bx.coef,
+                           1e-5, 1e-6));
 }
 
 TEST(LinearProbe, BatchedGemmFormGivesTheSameFit) {
