@@ -579,6 +579,10 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
                 mask_cpu.sizes());
   const at::Tensor mask = mask_cpu.to(at::kCPU, at::kFloat).contiguous();
   const float* m = mask.data_ptr<float>();
+  for (int64_t i = 0; i < R * S; ++i) {
+    MECHLAB_CHECK(m[i] == 0.f || m[i] == 1.f, "metric_by_nodes needs a removed mask of 0 and 1 (Circuit::removed_mask); "
+                  "entry [", i / S, ", ", i % S, "] is ", m[i]);
+  }
   const bool answers = answers_are_last(metric);
   const at::Tensor answer_pos = answers ? metric.answer_pos() : at::Tensor();
   if (!nodes_.deltas.defined() || nodes_.answers != answers ||

@@ -370,6 +370,19 @@ TEST(CircuitRunner, MetricByNodesEqualsTheFullForward) {
   }
 }
 
+TEST(CircuitRunner, MetricByNodesRefusesMasksOtherThanZeroAndOne) {
+  HookedTransformer model = load_f64("attn_only");
+  const PatchingData data = fixture_data("attn_only");
+  CircuitRunner runner(model, data, Ablation::corrupted);
+  const Metric kl = kl_metric(model, data);
+  at::Tensor mask = Circuit::full(runner.graph()).removed_mask();
+  mask[1][0] = 0.5;
+  EXPECT_EQ(error_of([&] { runner.metric_by_nodes(kl, mask); }),
+            "metric_by_nodes needs a removed mask of 0 and 1 (Circuit::removed_mask); entry [1, 0] is 0.5");
+  EXPECT_EQ(error_of([&] { runner.metric_by_nodes(kl, mask.unsqueeze(0)); }).rfind("metric_by_nodes needs an unsplit mask", 0),
+            0u);
+}
+
 // metric_by_nodes is a function of the mask alone: after other calls have
 // filled the runner's memo it gives the same bits as a new runner (an empty
 // memo), which keeps a resumed ACDC's scores those of the uninterrupted run.
