@@ -203,10 +203,11 @@ std::unique_ptr<BatchSource> live_source(std::shared_ptr<hooks::HookedTransforme
 }
 
 std::unique_ptr<BatchSource> live_source(const std::string& model_path, const std::string& dataset_path,
-                                         const LiveSourceOptions& options) {
+                                         const LiveSourceOptions& options, at::Device device) {
   core::Dataset ds = core::load_dataset(dataset_path);
-  auto model = std::make_shared<hooks::HookedTransformer>(
-      core::load_model(model_path, core::LoadOptions().dtype(at::kFloat)));
+  core::Transformer base = core::load_model(model_path, core::LoadOptions().dtype(at::kFloat));
+  base.to(device);  // the forwards run there; the rows come back to the CPU's mixing buffer
+  auto model = std::make_shared<hooks::HookedTransformer>(std::move(base));
   return live_source(std::move(model), std::move(ds), options, dataset_path);
 }
 

@@ -64,9 +64,10 @@ struct LiveSourceOptions {
 std::unique_ptr<BatchSource> live_source(std::shared_ptr<hooks::HookedTransformer> model, core::Dataset dataset,
                                          const LiveSourceOptions& options,
                                          const std::string& dataset_name = "dataset");
-/// The same over a model file or folder (core::load_model, float32, on the
-/// CPU, weights as stored) and a dataset file (core::load_dataset).
+/// The same over a model file or folder (core::load_model, float32, weights
+/// as stored, moved to `device`: the SAE training config's device) and a
+/// dataset file (core::load_dataset).
 std::unique_ptr<BatchSource> live_source(const std::string& model_path, const std::string& dataset_path,
-                                         const LiveSourceOptions& options);
+                                         const LiveSourceOptions& options, at::Device device = at::kCPU);
 
 }  // namespace mechlab::sae

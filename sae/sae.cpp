@@ -210,8 +210,12 @@ at::Tensor Sae::reconstruct(const at::Tensor& x) const {
   return decode_pass(p, none);
 }
 
-TrainStep Sae::training_forward(const at::Tensor& x, const at::Tensor& dead_mask) {
-  MECHLAB_CHECK(x.dim() == 2, "an SAE training batch must be [batch, d_in], got ", x.sizes());
+TrainStep Sae::training_forward(const at::Tensor& x_in, const at::Tensor& dead_mask) {
+  MECHLAB_CHECK(x_in.dim() == 2, "an SAE training batch must be [batch, d_in], got ", x_in.sizes());
+  // The losses compare the output with x: on the parameters' device (a
+  // batch read on the CPU for an SAE on a GPU); the dtype is left to
+  // promotion, as before.
+  const at::Tensor x = x_in.to(device());  // [batch, d_in]
   if (dead_mask.defined()) {
     MECHLAB_CHECK(dead_mask.dim() == 1 && dead_mask.size(0) == cfg_.d_sae(),
                   "the dead-latent mask must be [d_sae = ", cfg_.d_sae(), "], got ",
@@ -230,7 +234,7 @@ TrainStep Sae::training_forward(const at::Tensor& x, const at::Tensor& dead_mask
   at::Tensor mse = (out.sae_out - x).pow(2).sum(-1).mean();
   out.losses.emplace_back("mse_loss", mse);
   out.loss = mse;
-  const at::Tensor dead = dead_mask.defined() ? dead_mask.to(at::kBool) : at::Tensor();
+  const at::Tensor dead = dead_mask.defined() ? dead_mask.to(device(), at::kBool) : at::Tensor();
   for (auto& term : aux_losses(x, p, out.sae_out, dead)) {
     out.loss = out.loss + term.second;
     out.losses.push_back(std::move(term));

@@ -1,9 +1,14 @@
 #include "sae/sparse_ops.h"
 
 #include "core/util/error.h"
+#include "kernels/cpu_vec.h"
 #include "kernels/sparse_decoder.h"
 
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <vector>
 
 namespace mechlab::sae {
 namespace {
@@ -86,6 +91,253 @@ struct Decoder : public torch::autograd::Function<Decoder> {
   }
 };
 
+// ---------------------------------------------------------------- rows of varying length
+// The three sums of sparse_ops.h's second half over an entry list (rows,
+// latents, offsets): a CPU loop for float32/float64 CPU tensors (one thread
+// per output row or latent, entries in list order, so the result does not
+// depend on the thread count), else ATen gathers and index_add_ in chunks
+// of entries (any device). The vector loops are the kernels library's
+// (kernels/cpu_vec.h: AVX-512, AVX2 or plain, chosen at start).
+
+bool cpu_real(const at::Tensor& t) {
+  return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
+// Entries per ATen chunk: a [chunk, d] temporary of about 64 MiB of float32.
+int64_t chunk_entries(int64_t d) { return std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, d)); }
+
+// out [n, d]: row r = sum over its entries p of v[p] * weight[latents[p], :]; weight [L, d] any strides.
+template <typename T>
+at::Tensor rows_decode_cpu(const at::Tensor& v_in, const at::Tensor& latents, const at::Tensor& offsets,
+                           const at::Tensor& weight) {
+  const at::Tensor v = v_in.contiguous(), lat = latents.contiguous(), off = offsets.contiguous();
+  const int64_t n = off.size(0) - 1, d = weight.size(1);
+  const T* vp = v.data_ptr<T>();
+  const int64_t* lp = lat.data_ptr<int64_t>();
+  const int64_t* op = off.data_ptr<int64_t>();
+  if (weight.stride(1) != 1 && weight.stride(0) == 1 && d > 1) {
+    // Columns contiguous (W_enc.t()): one column of the weight (a row of
+    // W_enc, cache resident) serves every output row; out built as [d, n].
+    const T* wp = weight.data_ptr<T>();
+    const int64_t cs = weight.stride(1);
+    at::Tensor out_t = at::empty({d, n}, v.options());  // [d, n]
+    T* outp = out_t.data_ptr<T>();
+    at::parallel_for(0, d, 4, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const T* col = wp + c * cs;  // weight[:, c]
+        for (int64_t r = 0; r < n; ++r) {
+          T acc = 0;
+          for (int64_t p = op[r]; p < op[r + 1]; ++p) acc += vp[p] * col[lp[p]];
+          outp[c * n + r] = acc;
+        }
+      }
+    });
+    return out_t.t().contiguous();
+  }
+  const at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
+  const T* wp = w.data_ptr<T>();
+  const int64_t ws = w.stride(0);
+  at::Tensor out = at::zeros({n, d}, v.options());  // [n, d]
+  T* outp = out.data_ptr<T>();
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      for (int64_t p = op[r]; p < op[r + 1]; ++p) kernels::detail::axpy(d, vp[p], wp + lp[p] * ws, outp + r * d);
+    }
+  });
+  return out;
+}
+
+at::Tensor rows_decode(const at::Tensor& v, const at::Tensor& rows, const at::Tensor& latents,
+                       const at::Tensor& offsets, const at::Tensor& weight) {
+  if (cpu_real(v) && weight.scalar_type() == v.scalar_type() && weight.device().is_cpu()) {
+    return v.scalar_type() == at::kFloat ? rows_decode_cpu<float>(v, latents, offsets, weight)
+                                         : rows_decode_cpu<double>(v, latents, offsets, weight);
+  }
+  const int64_t n = offsets.size(0) - 1, d = weight.size(1), nnz = v.size(0), step = chunk_entries(d);
+  at::Tensor out = at::zeros({n, d}, v.options());  // [n, d]
+  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
+    const int64_t p1 = std::min(nnz, p0 + step);
+    const at::Tensor terms = v.slice(0, p0, p1).unsqueeze(1) * weight.index_select(0, latents.slice(0, p0, p1));
+    out.index_add_(0, rows.slice(0, p0, p1), terms);  // [chunk, d] into their rows
+  }
+  return out;
+}
+
+// out [nnz]: out[p] = grad[rows[p], :] . weight[latents[p], :]; grad [n, d], weight [L, d].
+at::Tensor rows_grad_values(const at::Tensor& grad_in, const at::Tensor& rows, const at::Tensor& latents,
+                            const at::Tensor& weight) {
+  const int64_t nnz = rows.size(0), d = weight.size(1);
+  if (cpu_real(grad_in) && weight.scalar_type() == grad_in.scalar_type() && weight.device().is_cpu()) {
+    const at::Tensor g = grad_in.contiguous(), rw = rows.contiguous(), lat = latents.contiguous();
+    const at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
+    at::Tensor out = at::empty({nnz}, g.options());
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "rows_grad_values", [&] {
+      const scalar_t* gp = g.data_ptr<scalar_t>();
+      const scalar_t* wp = w.data_ptr<scalar_t>();
+      const int64_t* rp = rw.data_ptr<int64_t>();
+      const int64_t* lp = lat.data_ptr<int64_t>();
+      const int64_t ws = w.stride(0);
+      scalar_t* outp = out.data_ptr<scalar_t>();
+      at::parallel_for(0, nnz, 64, [&](int64_t b, int64_t e) {
+        for (int64_t p = b; p < e; ++p) outp[p] = kernels::detail::dot(d, gp + rp[p] * d, wp + lp[p] * ws);
+      });
+    });
+    return out;
+  }
+  std::vector<at::Tensor> parts;
+  const int64_t step = chunk_entries(d);
+  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
+    const int64_t p1 = std::min(nnz, p0 + step);
+    parts.push_back((grad_in.index_select(0, rows.slice(0, p0, p1)) *
+                     weight.index_select(0, latents.slice(0, p0, p1))).sum(1));
+  }
+  return parts.empty() ? at::zeros({0}, grad_in.options()) : at::cat(parts);
+}
+
+// G [L, d] (or its transpose [d, L], contiguous, with `transposed`): row c =
+// sum over entries p with latents[p] = c of coef[p] * x[rows[p], :].
+template <typename T>
+at::Tensor rows_weight_grad_cpu(const at::Tensor& coef, const at::Tensor& rows, const at::Tensor& latents,
+                                const at::Tensor& x_in, int64_t L, bool transposed) {
+  const at::Tensor cf = coef.contiguous(), rw = rows.contiguous(), lat = latents.contiguous(), x = x_in.contiguous();
+  const int64_t nnz = cf.size(0), d = x.size(1);
+  const T* cp = cf.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  const int64_t* rp = rw.data_ptr<int64_t>();
+  const int64_t* lp = lat.data_ptr<int64_t>();
+  // Entries bucketed by latent (a counting sort, list order kept within a
+  // latent): each latent's row is summed by one thread, in a fixed order.
+  std::vector<int64_t> start(static_cast<size_t>(L) + 1, 0);
+  for (int64_t p = 0; p < nnz; ++p) ++start[lp[p] + 1];
+  for (int64_t c = 0; c < L; ++c) start[c + 1] += start[c];
+  std::vector<int64_t> order(static_cast<size_t>(nnz));
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t p = 0; p < nnz; ++p) order[fill[lp[p]]++] = p;
+  }
+  if (!transposed) {
+    at::Tensor g = at::empty({L, d}, cf.options());  // [L, d]
+    T* gp = g.data_ptr<T>();
+    at::parallel_for(0, L, 64, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        T* row = gp + c * d;
+        std::fill(row, row + d, T(0));
+        for (int64_t q = start[c]; q < start[c + 1]; ++q) {
+          const int64_t p = order[q];
+          kernels::detail::axpy(d, cp[p], xp + rp[p] * d, row);
+        }
+      }
+    });
+    return g;
+  }
+  // [d, L]: blocks of 16 latents summed as rows in a local buffer, written
+  // out as 16 consecutive entries of each of the d rows.
+  constexpr int64_t kBlock = 16;
+  at::Tensor g = at::empty({d, L}, cf.options());  // [d, L]
+  T* gp = g.data_ptr<T>();
+  at::parallel_for(0, (L + kBlock - 1) / kBlock, 4, [&](int64_t b, int64_t e) {
+    std::vector<T> buf(static_cast<size_t>(kBlock * d));
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t c0 = blk * kBlock, c1 = std::min(L, c0 + kBlock);
+      std::fill(buf.begin(), buf.end(), T(0));
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t q = start[c]; q < start[c + 1]; ++q) {
+          const int64_t p = order[q];
+          kernels::detail::axpy(d, cp[p], xp + rp[p] * d, buf.data() + (c - c0) * d);
+        }
+      }
+      for (int64_t dd = 0; dd < d; ++dd) {
+        for (int64_t c = c0; c < c1; ++c) gp[dd * L + c] = buf[(c - c0) * d + dd];
+      }
+    }
+  });
+  return g;
+}
+
+at::Tensor rows_weight_grad(const at::Tensor& coef, const at::Tensor& rows, const at::Tensor& latents,
+                            const at::Tensor& x, int64_t L, bool transposed) {
+  if (cpu_real(coef) && x.scalar_type() == coef.scalar_type() && x.device().is_cpu()) {
+    return coef.scalar_type() == at::kFloat ? rows_weight_grad_cpu<float>(coef, rows, latents, x, L, transposed)
+                                            : rows_weight_grad_cpu<double>(coef, rows, latents, x, L, transposed);
+  }
+  const int64_t nnz = coef.size(0), d = x.size(1), step = chunk_entries(d);
+  at::Tensor g = at::zeros({L, d}, coef.options());  // [L, d]
+  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
+    const int64_t p1 = std::min(nnz, p0 + step);
+    const at::Tensor terms = coef.slice(0, p0, p1).unsqueeze(1) * x.index_select(0, rows.slice(0, p0, p1));
+    g.index_add_(0, latents.slice(0, p0, p1), terms);  // [chunk, d] into their latents
+  }
+  return transposed ? g.t().contiguous() : g;
+}
+
+struct RowsEncoderValues : public torch::autograd::Function<RowsEncoderValues> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& sae_in, const at::Tensor& W_enc,
+                            const at::Tensor& /*b_enc: an input for its gradient only*/, const at::Tensor& hidden_pre,
+                            const at::Tensor& flat, const at::Tensor& rows, const at::Tensor& latents,
+                            const at::Tensor& offsets, const at::Tensor& scale) {
+    at::Tensor values;  // [nnz]: the dense GEMM's own numbers
+    {
+      at::NoGradGuard no_grad;
+      values = hidden_pre.reshape({-1}).index_select(0, flat);
+    }
+    const bool scaled = scale.numel() > 0;
+    ctx->save_for_backward({sae_in, W_enc, rows, latents, offsets, scale, scaled ? values : at::Tensor()});
+    return values;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& sae_in = saved[0];   // [n, d_in]
+    const at::Tensor& W_enc = saved[1];    // [d_in, d_sae]
+    const at::Tensor& rows = saved[2];     // [nnz]
+    const at::Tensor& latents = saved[3];  // [nnz]
+    const at::Tensor& offsets = saved[4];  // [n + 1]
+    const at::Tensor& scale = saved[5];    // [d_sae], or empty
+    at::Tensor d_in, d_W, d_b, d_scale;
+    if (grads[0].defined()) {
+      at::Tensor g = grads[0].contiguous();  // [nnz], dL/dvalues
+      const int64_t d_sae = W_enc.size(1);
+      if (scale.numel() > 0) {
+        // As sparse_encoder_values: dL/draw = g * scale[c], dL/dscale[c] =
+        // the sum of g * raw over c's entries, raw = values / scale.
+        const at::Tensor s = scale.detach().index_select(0, latents);  // [nnz]
+        if (ctx->needs_input_grad(8)) d_scale = at::zeros({d_sae}, g.options()).index_add_(0, latents, g * saved[6] / s);
+        g = g * s;
+      }
+      if (ctx->needs_input_grad(0)) d_in = rows_decode(g, rows, latents, offsets, W_enc.t());  // [n, d_in]
+      if (ctx->needs_input_grad(1)) d_W = rows_weight_grad(g, rows, latents, sae_in, d_sae, /*transposed=*/true);
+      if (ctx->needs_input_grad(2)) {
+        const at::Tensor ones = at::ones({sae_in.size(0), 1}, g.options());  // [n, 1]
+        d_b = rows_weight_grad(g, rows, latents, ones, d_sae, /*transposed=*/false).view({d_sae});
+      }
+    }
+    return {d_in, d_W, d_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), d_scale};
+  }
+};
+
+struct RowsDecoder : public torch::autograd::Function<RowsDecoder> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& values, const at::Tensor& rows,
+                            const at::Tensor& latents, const at::Tensor& offsets, const at::Tensor& W_dec) {
+    ctx->save_for_backward({values, rows, latents, W_dec});
+    return rows_decode(values, rows, latents, offsets, W_dec);  // [n, d_in]
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& values = saved[0];   // [nnz]
+    const at::Tensor& rows = saved[1];     // [nnz]
+    const at::Tensor& latents = saved[2];  // [nnz]
+    const at::Tensor& W_dec = saved[3];    // [d_sae, d_in]
+    at::Tensor d_values, d_W;
+    if (grads[0].defined()) {
+      const at::Tensor g = grads[0].contiguous();  // [n, d_in]
+      if (ctx->needs_input_grad(0)) d_values = rows_grad_values(g, rows, latents, W_dec);
+      if (ctx->needs_input_grad(4)) d_W = rows_weight_grad(values, rows, latents, g, W_dec.size(0), /*transposed=*/false);
+    }
+    return {d_values, at::Tensor(), at::Tensor(), at::Tensor(), d_W};
+  }
+};
+
 }  // namespace
 
 at::Tensor sparse_encoder_values(const at::Tensor& sae_in, const at::Tensor& W_enc, const at::Tensor& b_enc,
@@ -109,6 +361,70 @@ at::Tensor sparse_encoder_values(const at::Tensor& sae_in, const at::Tensor& W_e
 
 at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& W_dec) {
   return Decoder::apply(values, indices, W_dec);
+}
+
+}  // namespace mechlab::sae
+
+namespace mechlab::sae {
+
+SparseRows sparse_rows(const at::Tensor& flat, int64_t n, int64_t d_sae) {
+  MECHLAB_CHECK(n >= 0 && d_sae >= 1, "sparse_rows: the matrix must be [n >= 0, d_sae >= 1], got [", n, ", ",
+                d_sae, "]");
+  SparseRows out;
+  out.n = n;
+  out.d_sae = d_sae;
+  out.flat = std::get<0>(at::sort(flat.reshape({-1}).to(at::kLong)));  // [nnz], by row, then latent
+  if (out.flat.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(out.flat);
+    MECHLAB_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < n * d_sae, "sparse_rows: an entry lies outside [0, ",
+                  n * d_sae, ")");
+  }
+  out.rows = out.flat.div(d_sae, "trunc");        // [nnz]
+  out.latents = out.flat - out.rows * d_sae;      // [nnz]
+  const at::Tensor counts = at::bincount(out.rows, {}, n);  // [n]
+  out.offsets = at::cat({at::zeros({1}, out.flat.options()), counts.cumsum(0)});  // [n + 1]
+  return out;
+}
+
+namespace {
+void check_entries(const char* what, const SparseRows& e, int64_t nnz) {
+  MECHLAB_CHECK(e.flat.defined() && e.rows.defined() && e.latents.defined() && e.offsets.defined(), what,
+                ": the entry list is empty (build it with sparse_rows)");
+  MECHLAB_CHECK(e.rows.size(0) == nnz && e.latents.size(0) == nnz && e.offsets.size(0) == e.n + 1, what,
+                ": the entry list holds ", e.rows.size(0), " entries and ", e.offsets.size(0), " offsets; want ", nnz,
+                " and n + 1 = ", e.n + 1);
+}
+}  // namespace
+
+at::Tensor sparse_rows_encoder_values(const at::Tensor& sae_in, const at::Tensor& W_enc, const at::Tensor& b_enc,
+                                      const at::Tensor& hidden_pre, const SparseRows& entries, const at::Tensor& scale) {
+  MECHLAB_CHECK(sae_in.dim() == 2 && W_enc.dim() == 2 && sae_in.size(1) == W_enc.size(0),
+                "sparse_rows_encoder_values: sae_in ", sae_in.sizes(), " and W_enc ", W_enc.sizes(),
+                " must be [n, d_in] and [d_in, d_sae]");
+  MECHLAB_CHECK(b_enc.dim() == 1 && b_enc.size(0) == W_enc.size(1), "sparse_rows_encoder_values: b_enc ",
+                b_enc.sizes(), " must be [d_sae = ", W_enc.size(1), "]");
+  MECHLAB_CHECK(hidden_pre.dim() == 2 && hidden_pre.size(0) == sae_in.size(0) && hidden_pre.size(1) == W_enc.size(1) &&
+                    hidden_pre.is_contiguous(),
+                "sparse_rows_encoder_values: hidden_pre ", hidden_pre.sizes(), " must be a contiguous [n, d_sae] = [",
+                sae_in.size(0), ", ", W_enc.size(1), "]");
+  MECHLAB_CHECK(entries.n == sae_in.size(0) && entries.d_sae == W_enc.size(1), "sparse_rows_encoder_values: the entries are of an [",
+                entries.n, ", ", entries.d_sae, "] matrix, hidden_pre is ", hidden_pre.sizes());
+  check_entries("sparse_rows_encoder_values", entries, entries.flat.numel());
+  MECHLAB_CHECK(!scale.defined() || (scale.dim() == 1 && scale.size(0) == W_enc.size(1)),
+                "sparse_rows_encoder_values: scale ", scale.sizes(), " must be [d_sae = ", W_enc.size(1), "]");
+  return RowsEncoderValues::apply(sae_in, W_enc, b_enc, hidden_pre, entries.flat, entries.rows, entries.latents,
+                                  entries.offsets, scale.defined() ? scale : at::empty({0}, hidden_pre.options()));
+}
+
+at::Tensor sparse_rows_decode(const at::Tensor& values, const SparseRows& entries, const at::Tensor& W_dec) {
+  MECHLAB_CHECK(values.dim() == 1, "sparse_rows_decode: values must be [nnz], got ", values.sizes());
+  check_entries("sparse_rows_decode", entries, values.size(0));
+  MECHLAB_CHECK(W_dec.dim() == 2 && W_dec.size(0) == entries.d_sae, "sparse_rows_decode: W_dec ", W_dec.sizes(),
+                " must be [d_sae = ", entries.d_sae, ", d_in]");
+  MECHLAB_CHECK(W_dec.scalar_type() == values.scalar_type() && W_dec.device() == values.device(),
+                "sparse_rows_decode: values (", values.scalar_type(), ", ", values.device(), ") and W_dec (",
+                W_dec.scalar_type(), ", ", W_dec.device(), ") must share dtype and device");
+  return RowsDecoder::apply(values, entries.rows, entries.latents, entries.offsets, W_dec);
 }
 
 }  // namespace mechlab::sae

@@ -41,4 +41,53 @@ at::Tensor sparse_encoder_values(const at::Tensor& sae_in, const at::Tensor& W_e
 /// and W_dec (only the rows named in indices get a non-zero gradient).
 at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& W_dec);
 
+// ---------------------------------------------------------------- rows of varying length
+//
+// BatchTopK (Bussmann et al. 2024) keeps the k x n largest pre-activations
+// of the whole batch, so each row has its own number of active latents. Its
+// sparse path lists them flat, sorted by row and then latent (compressed
+// sparse rows): entry p is (rows[p], latents[p]), row r's entries are
+// [offsets[r], offsets[r + 1]). The same two autograd functions as above,
+// over that list:
+//
+//   sparse_rows_encoder_values: values[p] = hidden_pre[rows[p], latents[p]]
+//     backward, for g = dL/dvalues [nnz]:
+//       dW_enc[:, c] = sum over latents[p] = c of g[p] * sae_in[rows[p], :]
+//       db_enc[c]    = sum over latents[p] = c of g[p]
+//       dsae_in[r]   = sum over p in row r of g[p] * W_enc[:, latents[p]]
+//   sparse_rows_decode: recons[r, :] = sum over p in row r of values[p] * W_dec[latents[p], :]
+//     backward, for G = dL/drecons [n, d_in]:
+//       dvalues[p]  = G[rows[p], :] . W_dec[latents[p], :]
+//       dW_dec[c, :] = sum over latents[p] = c of values[p] * G[rows[p], :]
+//
+// On the CPU (float32, float64) the sums are loops over the list (one thread
+// per output row or latent, in list order, no atomics); elsewhere (a GPU) ATen
+// gathers and index_add_ in chunks of entries. The results are the dense
+// path's up to the order of summation.
+
+/// The active entries of an [n, d_sae] matrix, sorted by row then latent.
+struct SparseRows {
+  at::Tensor flat;     ///< [nnz] int64, row * d_sae + latent, increasing
+  at::Tensor rows;     ///< [nnz] int64, non-decreasing
+  at::Tensor latents;  ///< [nnz] int64
+  at::Tensor offsets;  ///< [n + 1] int64: row r's entries are [offsets[r], offsets[r + 1])
+  int64_t n = 0;       ///< rows of the matrix
+  int64_t d_sae = 0;   ///< columns of the matrix
+};
+
+/// The list of entries `flat` (row * d_sae + latent, distinct, any order)
+/// of an [n, d_sae] matrix, on flat's device.
+SparseRows sparse_rows(const at::Tensor& flat, int64_t n, int64_t d_sae);
+
+/// values [nnz] = hidden_pre[rows[p], latents[p]] (times scale[latents[p]]
+/// when scale is defined, as sparse_encoder_values); gradients to sae_in,
+/// W_enc, b_enc (and scale) through the listed entries only.
+at::Tensor sparse_rows_encoder_values(const at::Tensor& sae_in, const at::Tensor& W_enc, const at::Tensor& b_enc,
+                                      const at::Tensor& hidden_pre, const SparseRows& entries,
+                                      const at::Tensor& scale = {});
+
+/// recons [n, d_in] = per row, the sum of its entries' values [nnz] times
+/// their W_dec rows; differentiable in values and W_dec.
+at::Tensor sparse_rows_decode(const at::Tensor& values, const SparseRows& entries, const at::Tensor& W_dec);
+
 }  // namespace mechlab::sae

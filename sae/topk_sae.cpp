@@ -18,23 +18,33 @@ at::Tensor TopKSae::hidden_pre(const Pass& p, hooks::ModuleHooks& hooks) const {
   return h;
 }
 
+bool TopKSae::sparse_pass_wanted(const Pass& p, bool training) const {
+  const at::ScalarType t = param("W_enc").scalar_type();
+  return training && sparse_training_ && p.sae_in.dim() == 2 && (t == at::kFloat || t == at::kDouble);
+}
+
+at::Tensor TopKSae::sparse_hidden_pre(const Pass& p, hooks::ModuleHooks& hooks, at::Tensor& norm) const {
+  at::Tensor h;  // [n, d_sae]: the one dense GEMM, rounded as hidden_pre() rounds it
+  {
+    at::NoGradGuard no_grad;
+    h = at::matmul(p.sae_in, param("W_enc"));
+    h.add_(param("b_enc"));  // in place: the same sum without a second [n, d_sae] buffer
+  }
+  hooks("hook_sae_acts_pre", h);  // training passes run no hooks (training_forward)
+  if (cfg_.rescale_acts_by_decoder_norm()) {
+    norm = param("W_dec").norm(2, {-1});  // [d_sae], differentiable
+    at::NoGradGuard no_grad;
+    h.mul_(norm);  // the dense path's h * norm, in place
+  }
+  return h;
+}
+
 void TopKSae::sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const {
   const auto k = static_cast<int64_t>(cfg_.k());
   const at::Tensor& W_enc = param("W_enc");
   const at::Tensor& b_enc = param("b_enc");
-  at::Tensor h;  // [n, d_sae]: the one dense GEMM, rounded as hidden_pre() rounds it
-  {
-    at::NoGradGuard no_grad;
-    h = at::matmul(p.sae_in, W_enc);
-    h.add_(b_enc);  // in place: the same sum without a second [n, d_sae] buffer
-  }
-  hooks("hook_sae_acts_pre", h);  // training passes run no hooks (training_forward)
-  at::Tensor norm;                // [d_sae], differentiable
-  if (cfg_.rescale_acts_by_decoder_norm()) {
-    norm = param("W_dec").norm(2, {-1});
-    at::NoGradGuard no_grad;
-    h.mul_(norm);  // the dense path's h * norm, in place
-  }
+  at::Tensor norm;  // [d_sae], differentiable (rescale only)
+  const at::Tensor h = sparse_hidden_pre(p, hooks, norm);  // [n, d_sae]
   const at::Tensor indices = kernels::sae_topk(h, k);  // [n, k]
   // h[idx], which is raw[idx] * norm[idx] as the dense path rounds it.
   const at::Tensor values = sparse_encoder_values(p.sae_in, W_enc, b_enc, h, indices, norm);  // [n, k]
@@ -44,14 +54,13 @@ void TopKSae::sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const {
   // [n, d_sae] tensor once more.
   p.acts = at::zeros_like(h).scatter_(-1, indices, acts_k);  // [n, d_sae]
   hooks("hook_sae_acts_post", p.acts);
-  sparse_ = SparsePass{p.acts, acts_k, indices, norm};
+  sparse_ = SparsePass{p.acts, acts_k, indices, SparseRows{}, norm};
 }
 
 void TopKSae::after_training_step(const Pass& /*p*/) { sparse_ = SparsePass{}; }
 
 void TopKSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool training) const {
-  const at::ScalarType t = param("W_enc").scalar_type();
-  if (training && sparse_training_ && p.sae_in.dim() == 2 && (t == at::kFloat || t == at::kDouble)) {
+  if (sparse_pass_wanted(p, training)) {
     sparse_encode_pass(p, hooks);
     return;
   }
@@ -65,13 +74,16 @@ void TopKSae::encode_pass(Pass& p, hooks::ModuleHooks& hooks, bool training) con
 at::Tensor TopKSae::times_W_dec(const at::Tensor& acts) const {
   const at::Tensor& W_dec = param("W_dec");  // [d_sae, d_in]
   if (sparse_.acts.defined() && sparse_.acts.is_same(acts)) {
-    at::Tensor v = sparse_.values;  // [n, k]
+    const bool listed = !sparse_.indices.defined();  // BatchTopK's entry list
+    const at::Tensor& latents = listed ? sparse_.entries.latents : sparse_.indices;
+    at::Tensor v = sparse_.values;  // [n, k] or [nnz]
     if (sparse_.norm.defined()) {
       // The encoder's norms, reused: one norm (and one dense backward of it)
       // per step instead of two; the same numbers as a recomputation.
-      v = v * sparse_.norm.reciprocal().index_select(0, sparse_.indices.flatten()).view_as(v);
+      v = v * sparse_.norm.reciprocal().index_select(0, latents.flatten()).view_as(v);
     }
-    return sparse_decode(v, sparse_.indices, W_dec);  // [n, d_in]
+    return listed ? sparse_rows_decode(v, sparse_.entries, W_dec)  // [n, d_in]
+                  : sparse_decode(v, sparse_.indices, W_dec);
   }
   // SAELens multiplies by (1 / norm), not divides: the same rounding.
   if (cfg_.rescale_acts_by_decoder_norm()) return at::matmul(acts * W_dec.norm(2, {-1}).reciprocal(), W_dec);

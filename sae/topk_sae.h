@@ -23,6 +23,7 @@
 #pragma once
 
 #include "sae/sae.h"
+#include "sae/sparse_ops.h"
 
 namespace mechlab::sae {
 
@@ -31,7 +32,7 @@ class TopKSae : public Sae {
   explicit TopKSae(SaeConfig cfg) : Sae(std::move(cfg)) {}
 
   /// Whether training_forward takes the sparse path (default) or the dense
-  /// one. BatchTopK, whose rows keep different numbers of latents, is dense.
+  /// one (BatchTopK's sparse path lists its latents per row: sparse_ops.h).
   bool sparse_training() const { return sparse_training_; }
   TopKSae& sparse_training(bool on) {
     sparse_training_ = on;
@@ -52,22 +53,34 @@ class TopKSae : public Sae {
   /// Drops the sparse pass's tensors at the end of a training step.
   void after_training_step(const Pass& p) override;
 
- private:
   /// The sparse training pass in flight: Sae's Pass carries only dense
-  /// tensors, so the k selected latents are kept here from encode_pass to
+  /// tensors, so the selected latents are kept here from encode_pass to
   /// the decoder and AuxK of the same training_forward call, keyed by the
   /// dense acts they belong to (acts.is_same), and dropped after the step.
+  /// TopK keeps k latents per row ([n, k] values and indices); BatchTopK a
+  /// varying number (values [nnz] over the entry list `entries`).
   struct SparsePass {
     at::Tensor acts;     ///< [n, d_sae] the dense acts this pass returned
-    at::Tensor values;   ///< [n, k] ReLU'd selected activations (differentiable)
-    at::Tensor indices;  ///< [n, k] int64
+    at::Tensor values;   ///< [n, k] or [nnz] ReLU'd selected activations (differentiable)
+    at::Tensor indices;  ///< [n, k] int64 (TopK), undefined for an entry list
+    SparseRows entries;  ///< BatchTopK's entries (flat undefined for TopK)
     at::Tensor norm;     ///< [d_sae] decoder row norms (rescale only, differentiable)
   };
-  void sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const;
+  /// Whether this training pass takes the sparse path.
+  bool sparse_pass_wanted(const Pass& p, bool training) const;
+  /// The encoder's one dense GEMM for the sparse path, without gradient:
+  /// hidden_pre [n, d_sae] (hook_sae_acts_pre fired) rounded as hidden_pre()
+  /// rounds it, built in place; `norm` gets the decoder norms (differentiable)
+  /// with the rescale, and hidden_pre is then scaled by them.
+  at::Tensor sparse_hidden_pre(const Pass& p, hooks::ModuleHooks& hooks, at::Tensor& norm) const;
   bool sparse_pass_of(const Pass& p) const { return sparse_.acts.defined() && sparse_.acts.is_same(p.acts); }
 
-  bool sparse_training_ = true;
   mutable SparsePass sparse_;  // written only by training passes (training_forward is non-const)
+
+ private:
+  void sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const;
+
+  bool sparse_training_ = true;
 };
 
 }  // namespace mechlab::sae

@@ -39,7 +39,7 @@ double mean_max_cosine_similarity(const at::Tensor& truth, const at::Tensor& lea
                 " and ", learned.sizes());
   at::NoGradGuard no_grad;
   auto unit = [](const at::Tensor& t) {
-    at::Tensor x = t.detach().to(at::kDouble);
+    at::Tensor x = t.detach().to(at::kCPU, at::kDouble);  // a decoder trained on a GPU, truth on the CPU
     return x / x.norm(2, {1}, true).clamp_min(1e-30);
   };
   at::Tensor cos = unit(truth).matmul(unit(learned).t());  // [F, m]

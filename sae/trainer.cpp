@@ -374,9 +374,10 @@ namespace {
 const std::vector<std::string>& top_keys() {
   static const std::vector<std::string> k = {
       "name", "sae", "data", "steps", "batch_size", "lr", "min_lr", "lr_warmup_steps", "beta1", "beta2",
-      "grad_clip", "coefficient_warmup_steps", "dead_feature_window", "b_dec_init", "b_dec_init_rows",
+      "grad_clip", "coefficient_warmup_steps", "dead_feature_window", "dead_latent_strategy", "resample_every",
+      "b_dec_init", "b_dec_init_rows",
       "decoder_init_norm", "decoder_unit_norm", "eval_every", "eval_rows", "checkpoint_every",
-      "stop_at_mmcs", "seed"};
+      "stop_at_mmcs", "seed", "device"};
   return k;
 }
 }  // namespace
@@ -403,6 +404,8 @@ SaeTrainConfig SaeTrainConfig::from_json(const json& j) {
   if (j.contains("coefficient_warmup_steps"))
     c.coefficient_warmup_steps(get_as<int64_t>(j, "coefficient_warmup_steps", w));
   if (j.contains("dead_feature_window")) c.dead_feature_window(get_as<int64_t>(j, "dead_feature_window", w));
+  if (j.contains("dead_latent_strategy")) c.dead_latent_strategy(get_as<std::string>(j, "dead_latent_strategy", w));
+  if (j.contains("resample_every")) c.resample_every(get_as<int64_t>(j, "resample_every", w));
   if (j.contains("b_dec_init")) c.b_dec_init(get_as<std::string>(j, "b_dec_init", w));
   if (j.contains("b_dec_init_rows")) c.b_dec_init_rows(get_as<int64_t>(j, "b_dec_init_rows", w));
   if (j.contains("decoder_init_norm")) {
@@ -415,6 +418,7 @@ SaeTrainConfig SaeTrainConfig::from_json(const json& j) {
   if (j.contains("checkpoint_every")) c.checkpoint_every(get_as<int64_t>(j, "checkpoint_every", w));
   if (j.contains("stop_at_mmcs")) c.stop_at_mmcs(get_as<double>(j, "stop_at_mmcs", w));
   if (j.contains("seed")) c.seed(get_as<uint64_t>(j, "seed", w));
+  if (j.contains("device")) c.device(get_as<std::string>(j, "device", w));
   return c;
 }
 
@@ -446,6 +450,8 @@ json SaeTrainConfig::to_json() const {
           {"grad_clip", grad_clip_},
           {"coefficient_warmup_steps", coefficient_warmup_steps_},
           {"dead_feature_window", dead_feature_window_},
+          {"dead_latent_strategy", dead_latent_strategy_},
+          {"resample_every", resample_every_},
           {"b_dec_init", b_dec_init_},
           {"b_dec_init_rows", b_dec_init_rows_},
           {"decoder_init_norm", decoder_init_norm_ ? json(*decoder_init_norm_) : json()},
@@ -454,7 +460,8 @@ json SaeTrainConfig::to_json() const {
           {"eval_rows", eval_rows_},
           {"checkpoint_every", checkpoint_every_},
           {"stop_at_mmcs", stop_at_mmcs_},
-          {"seed", seed_}};
+          {"seed", seed_},
+          {"device", device_}};
 }
 
 void SaeTrainConfig::validate() const {
@@ -464,6 +471,20 @@ void SaeTrainConfig::validate() const {
   MECHLAB_CHECK(batch_size() >= 1, "SAE training config: \"batch_size\" must be >= 1, got ", batch_size());
   MECHLAB_CHECK(dead_feature_window() >= 1, "SAE training config: \"dead_feature_window\" must be >= 1, got ",
                 dead_feature_window());
+  MECHLAB_CHECK(dead_latent_strategy() == "auxk" || dead_latent_strategy() == "resample" ||
+                    dead_latent_strategy() == "none",
+                "SAE training config: \"dead_latent_strategy\" must be auxk, resample or none, got \"",
+                dead_latent_strategy(), "\"");
+  MECHLAB_CHECK(resample_every() >= 1, "SAE training config: \"resample_every\" must be >= 1, got ", resample_every());
+  if (dead_latent_strategy() == "resample") {
+    const std::string& a = sae().architecture();
+    MECHLAB_CHECK(a == "relu" || a == "topk" || a == "batchtopk" || a == "jumprelu",
+                  "SAE training config: \"dead_latent_strategy\" resample needs an encoder bias b_enc (relu, topk, "
+                  "batchtopk, jumprelu), not a ", a, " SAE; use auxk or none");
+    MECHLAB_CHECK(sae().normalize_activations() == "none",
+                  "SAE training config: \"dead_latent_strategy\" resample takes raw inputs, not normalize_activations ",
+                  sae().normalize_activations(), "; use none");
+  }
   MECHLAB_CHECK(coefficient_warmup_steps() >= 0,
                 "SAE training config: \"coefficient_warmup_steps\" must be >= 0, got ", coefficient_warmup_steps());
   MECHLAB_CHECK(b_dec_init() == "zeros" || b_dec_init() == "mean" || b_dec_init() == "geometric_median",
@@ -478,7 +499,31 @@ void SaeTrainConfig::validate() const {
                 "SAE training config: \"stop_at_mmcs\" must be in [0, 1] (0 = never stop early), got ", stop_at_mmcs());
   MECHLAB_CHECK(stop_at_mmcs() == 0 || data().contains("toy"),
                 "SAE training config: \"stop_at_mmcs\" needs a ground truth: only a toy source (data.toy) has one");
+  training_device(device());
   // The loop checks lr, warmup, clipping, eval_every and checkpoint_every.
+}
+
+at::Device training_device(const std::string& device) {
+  const bool known = device == "cpu" || device == "cuda" || device.rfind("cuda:", 0) == 0;
+  at::Device d(at::kCPU);
+  bool parsed = known;
+  if (known) {
+    try {
+      d = at::Device(device);
+    } catch (const std::exception&) {
+      parsed = false;
+    }
+  }
+  MECHLAB_CHECK(parsed, "SAE training config: \"device\" must be cpu, cuda or cuda:N, got \"", device, "\"");
+  if (d.is_cuda()) {
+    MECHLAB_CHECK(at::hasCUDA(), "SAE training config: \"device\" is \"", device,
+                  "\" but no CUDA GPU is available here; set device to cpu");
+    const auto n = static_cast<int64_t>(at::getNumGPUs());
+    MECHLAB_CHECK(!d.has_index() || d.index() < n, "SAE training config: \"device\" is \"", device,
+                  "\" but this machine has ", n, " CUDA GPU", n == 1 ? "" : "s", " (cuda:0 to cuda:", n - 1,
+                  "); name one of them, or cpu");
+  }
+  return d;
 }
 
 std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg, int64_t part, int64_t parts) {
@@ -496,7 +541,8 @@ std::unique_ptr<BatchSource> make_source(const SaeTrainConfig& cfg, int64_t part
                            .batch_size(cfg.batch_size())
                            .buffer_rows(d.value("buffer_rows", int64_t{1} << 16))
                            .exclude_first_position(d.value("exclude_first_position", false))
-                           .prompts_per_forward(d.value("prompts_per_forward", int64_t{8})));
+                           .prompts_per_forward(d.value("prompts_per_forward", int64_t{8})),
+                       training_device(cfg.device()));  // the model runs where the SAE trains
   }
   return store_source(d["store"].get<std::string>(), d["hook"].get<std::string>(), cfg.seed(),
                       cfg.batch_size() / parts, d.value("buffer_rows", int64_t{1} << 16),
@@ -512,11 +558,19 @@ SaeTrainable::SaeTrainable(SaeTrainConfig cfg, std::unique_ptr<BatchSource> sour
   MECHLAB_CHECK(source_->d_in() == cfg_.sae().d_in(), "the SAE's d_in is ", cfg_.sae().d_in(),
                 " but the training data's rows are ", source_->d_in(), " wide; set sae.d_in to ",
                 source_->d_in(), " (or 0, which takes the data's width)");
+  device_ = training_device(cfg_.device());
   sae_ = make_sae(cfg_.sae());
-  init_weights();
+  init_weights();  // on the CPU: the same seed starts the same SAE on any device
+  sae_->to(device_, at::kFloat);  // keeps requires_grad; before the gradient hook, which is per tensor
   hook_decoder();
-  since_fired_ = at::zeros({cfg_.sae().d_sae()}, at::kLong);
-  eval_x_ = source_->eval_rows(cfg_.eval_rows());
+  since_fired_ = at::zeros({cfg_.sae().d_sae()}, at::TensorOptions().dtype(at::kLong).device(device_));
+  eval_x_ = source_->eval_rows(cfg_.eval_rows()).to(device_);
+}
+
+nlohmann::json SaeTrainable::config() const {
+  json j = cfg_.to_json();
+  j.erase("device");  // not part of the run's identity: a checkpoint resumes on any device
+  return j;
 }
 
 void SaeTrainable::init_weights() {
@@ -582,6 +636,11 @@ void SaeTrainable::set_process_group(std::shared_ptr<core::dist::ProcessGroup> g
     const int64_t w = group->world_size();
     MECHLAB_CHECK(cfg_.batch_size() % w == 0, "SAE training config: \"batch_size\" ", cfg_.batch_size(),
                   " (the global batch) must divide by the world size ", w, " (each process trains on an equal part)");
+    MECHLAB_CHECK(device_.is_cpu(), "data-parallel SAE training runs on the CPU (its all-reduce is Gloo's); "
+                  "set device to cpu, or train on ", device_, " in one process");
+    MECHLAB_CHECK(cfg_.dead_latent_strategy() != "resample",
+                  "data-parallel SAE training refuses dead_latent_strategy resample (each rank would resample from its "
+                  "own rows); use auxk or none, or train in one process");
     MECHLAB_CHECK(cfg_.sae().architecture() != "batchtopk",
                   "data-parallel training refuses a batchtopk SAE: it keeps the top k x batch activations of the "
                   "whole batch and moves its threshold by them, which no rank sees; train it in one process");
@@ -597,11 +656,15 @@ at::Tensor SaeTrainable::loss(int64_t step, at::Generator& rng) {
   const int64_t bad = first_non_finite_row(x);
   MECHLAB_CHECK(bad < 0, "the training batch of step ", step + 1, " holds NaN or Inf in its row ", bad,
                 "; clean the activations");
+  if (x.device() != device_) x = x.to(device_);  // sources give CPU rows
   if (cfg_.decoder_unit_norm()) {
     at::NoGradGuard no_grad;
     sae_->set_decoder_norm_to_unit_norm();
   }
-  const at::Tensor dead = since_fired_.gt(cfg_.dead_feature_window());  // [d_sae] bool
+  const std::string& strategy = cfg_.dead_latent_strategy();
+  if (strategy == "resample" && step > 0 && step % cfg_.resample_every() == 0) resample_dead_latents(x, rng);
+  // [d_sae] bool: the latents AuxK (JumpReLU's pre-activation loss) acts on; none without "auxk".
+  const at::Tensor dead = strategy == "auxk" ? since_fired_.gt(cfg_.dead_feature_window()) : at::Tensor();
   TrainStep out = sae_->training_forward(x, dead);
   // Coefficient warmup: the sparsity term was computed with the final
   // coefficient; scale it to this step's.
@@ -627,6 +690,44 @@ at::Tensor SaeTrainable::loss(int64_t step, at::Generator& rng) {
   steps_done_ = step + 1;
   if (on_step) on_step(x.size(0) * w);
   return total;
+}
+
+at::Tensor SaeTrainable::resample_dead_latents(const at::Tensor& x_in, at::Generator& rng) {
+  at::NoGradGuard no_grad;
+  const at::Tensor x = x_in.to(device_);                                                  // [batch, d_in]
+  const at::Tensor dead_mask = since_fired_.gt(cfg_.dead_feature_window());               // [d_sae]
+  const at::Tensor dead = dead_mask.nonzero().reshape({-1});                              // [n_dead]
+  const int64_t n_dead = dead.numel();
+  if (n_dead == 0) return dead.cpu();
+  // Each input's chance: the square of its reconstruction loss (Bricken et
+  // al.); a batch the SAE reconstructs exactly gives every row the same.
+  at::Tensor loss = (sae_->reconstruct(x) - x).pow(2).sum(-1).to(at::kCPU, at::kDouble);  // [batch]
+  at::Tensor weight = loss.pow(2);
+  if (!(weight.sum().item<double>() > 0)) weight = at::ones_like(weight);
+  const at::Tensor pick = at::multinomial(weight, n_dead, /*replacement=*/true, rng).to(device_);  // [n_dead]
+  at::Tensor& W_enc = sae_->param("W_enc");  // [d_in, d_sae]
+  at::Tensor& W_dec = sae_->param("W_dec");  // [d_sae, d_in]
+  at::Tensor& b_enc = sae_->param("b_enc");  // [d_sae]
+  at::Tensor v = x.index_select(0, pick).to(W_dec.scalar_type());  // [n_dead, d_in]
+  if (cfg_.sae().apply_b_dec_to_input()) v = v - sae_->param("b_dec");
+  const at::Tensor unit = v / v.norm(2, {1}, true).clamp_min(1e-12);  // [n_dead, d_in]
+  const at::Tensor alive = dead_mask.logical_not();
+  const double alive_norm = alive.any().item<bool>()
+                                ? W_enc.norm(2, {0}).masked_select(alive).mean().item<double>()
+                                : 1.0;  // none alive: unit encoder rows scaled by 0.2
+  W_dec.index_copy_(0, dead, unit);
+  W_enc.index_copy_(1, dead, (unit * (0.2 * alive_norm)).t());
+  b_enc.index_fill_(0, dead, 0.0);
+  since_fired_.index_fill_(0, dead, 0);
+  if (reset_optimizer_rows) {
+    reset_optimizer_rows("W_enc", 1, dead);
+    reset_optimizer_rows("b_enc", 0, dead);
+    reset_optimizer_rows("W_dec", 0, dead);
+  }
+  if (!group_ || group_->rank() == 0) {
+    log::info(str_cat("step ", steps_done_, ": resampled ", n_dead, " dead latents of ", cfg_.sae().d_sae()));
+  }
+  return dead.cpu();
 }
 
 core::train::Evaluation SaeTrainable::evaluate() {
@@ -717,9 +818,13 @@ void SaeTrainable::save_state(const std::string& path,
   core::H5File::write_atomically(path, [&](core::H5File& f) {
     f.ensure_group(kSaeGroup);
     f.write_attr(kSaeGroup, "config", sae_config_to_json(sae_->cfg()).dump());
-    for (const auto& [name, p] : sae_->named_parameters()) f.write_tensor(str_cat(kSaeGroup, "/", name), p.detach());
+    // CPU tensors (write_tensor copies them there): the file does not say
+    // where the run trained, so it resumes on any device.
+    for (const auto& [name, p] : sae_->named_parameters()) {
+      f.write_tensor(str_cat(kSaeGroup, "/", name), p.detach().cpu());
+    }
     f.ensure_group(kStateGroup);
-    f.write_tensor(str_cat(kStateGroup, "/steps_since_fired"), since_fired_);
+    f.write_tensor(str_cat(kStateGroup, "/steps_since_fired"), since_fired_.cpu());  // device-independent
     // BatchTopK's threshold moves during training (an EMA kept in the config).
     f.write_attr(kStateGroup, "topk_threshold", sae_->cfg().topk_threshold());
     const int64_t n = static_cast<int64_t>(eval_log_.size());
@@ -753,9 +858,10 @@ void SaeTrainable::load_state(const std::string& path) {
       dst.copy_(t);
     }
   }
+  sae_->to(device_, at::kFloat);  // the file holds CPU tensors whichever device wrote them
   sae_->requires_grad(true);
   hook_decoder();
-  since_fired_ = f.read_tensor(str_cat(kStateGroup, "/steps_since_fired")).to(at::kLong);
+  since_fired_ = f.read_tensor(str_cat(kStateGroup, "/steps_since_fired")).to(device_, at::kLong);
   steps_done_ = f.read_attr_int("train", "step");
   eval_log_.clear();
   const at::Tensor log = f.read_tensor(str_cat(kStateGroup, "/eval_log"));  // [rows, 8]
@@ -836,6 +942,20 @@ SaeTrainer::SaeTrainer(SaeTrainConfig cfg, std::unique_ptr<BatchSource> source, 
     trainable_->log_path = (std::filesystem::path(options_.out_dir()) / "sae_log.csv").string();
   }
   loop_ = std::make_unique<core::train::TrainLoop>(*trainable_, loop_options(cfg, options_));
+  // Resampling zeroes the Adam moments of the latents it reinitialises; the
+  // moments are the loop's (its current optimiser: a resume makes a new
+  // one), in the order of the trainable's parameters.
+  trainable_->reset_optimizer_rows = [loop = loop_.get(), trainable = trainable_.get()](
+                                         const std::string& name, int64_t dim, const at::Tensor& index) {
+    const std::vector<std::string> names = trainable->parameter_names();
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (names[i] != name) continue;
+      // The optimiser's own tensors (handles), zeroed in place.
+      for (const at::Tensor& moment : {loop->optimizer().exp_avg()[i], loop->optimizer().exp_avg_sq()[i]}) {
+        moment.index_fill_(dim, index.to(moment.device()), 0.0);
+      }
+    }
+  };
 }
 
 SaeTrainResult SaeTrainer::run(int64_t max_steps) {

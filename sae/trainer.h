@@ -40,8 +40,14 @@
 // global batch is not one process's. The latents' firing of a step is
 // all-reduced (max) before the dead-latent counters move, so they agree on
 // every rank. BatchTopK is refused (its top k x batch spans the whole batch
-// and its threshold follows it). Rank 0 alone writes files, logs and draws
-// the progress bar.
+// and its threshold follows it), and so is a device other than the CPU (the
+// all-reduce is Gloo's). Rank 0 alone writes files, logs and draws the
+// progress bar.
+//
+// Device (SaeTrainConfig::device): the SAE, its dead-latent counters and the
+// evaluation rows live there; batches are read on the CPU and moved. The
+// checkpoint holds CPU tensors and its identity leaves the device out, so a
+// run resumes on another device (the same run, not bit for bit).
 //
 // Files in out_dir: checkpoint.h5 (the SAE under /sae, the trainer's
 // counters under /sae_trainer, the loop's state under /train), train_log.csv
@@ -159,6 +165,14 @@ struct SaeTrainConfig {
   MECHLAB_OPTION(SaeTrainConfig, int64_t, coefficient_warmup_steps, 0)
   /// A latent is dead after this many steps without firing.
   MECHLAB_OPTION(SaeTrainConfig, int64_t, dead_feature_window, 1000)
+  /// What acts on dead latents: "auxk" (the dead mask goes to the SAE's
+  /// losses: TopK/BatchTopK's AuxK, JumpReLU's pre-activation loss; the
+  /// others have no such term), "resample" (Bricken et al. 2023's
+  /// resampling every resample_every steps, see SaeTrainable; no dead mask)
+  /// or "none" (no dead mask, no resampling).
+  MECHLAB_OPTION(SaeTrainConfig, std::string, dead_latent_strategy, "auxk")
+  /// Steps between resamplings ("resample"): before steps s, 2s, 3s, ...
+  MECHLAB_OPTION(SaeTrainConfig, int64_t, resample_every, 25000)
   /// "zeros" (SAELens 6), "mean" or "geometric_median".
   MECHLAB_OPTION(SaeTrainConfig, std::string, b_dec_init, "zeros")
   MECHLAB_OPTION(SaeTrainConfig, int64_t, b_dec_init_rows, 4096)
@@ -171,6 +185,12 @@ struct SaeTrainConfig {
   /// Stop once the evaluation's MMCS (toy source) reaches this; 0 = never.
   MECHLAB_OPTION(SaeTrainConfig, double, stop_at_mmcs, 0.0)
   MECHLAB_OPTION(SaeTrainConfig, uint64_t, seed, 0)
+  /// Where the SAE trains (SAELens's `device`): "cpu", "cuda" or "cuda:N".
+  /// Batches are read on the CPU and moved there each step; the weights are
+  /// initialised on the CPU (the same seed gives the same start anywhere) and
+  /// checkpoints hold CPU tensors, so a run resumes on any device: the device
+  /// is not part of the identity a resume checks (SaeTrainable::config()).
+  MECHLAB_OPTION(SaeTrainConfig, std::string, device, "cpu")
 
   /// Reads every key above, refusing unknown keys (naming the nearest) and
   /// wrong types, one line naming the key.
@@ -181,6 +201,10 @@ struct SaeTrainConfig {
   /// Refuses values no run can have (steps, sizes, windows, b_dec_init, the SAE's config).
   void validate() const;
 };
+
+/// The device a config's `device` names; refuses (one line) anything but
+/// cpu, cuda and cuda:N, and CUDA where no CUDA GPU (or no GPU N) is visible.
+at::Device training_device(const std::string& device);
 
 /// The source a config names; a store is read in `parts` parts (part
 /// `part`, batch_size / parts rows per batch).
@@ -212,7 +236,9 @@ class SaeTrainable : public core::train::Trainable {
   std::vector<std::string> parameter_names() const override;
   at::Tensor loss(int64_t step, at::Generator& rng) override;
   core::train::Evaluation evaluate() override;
-  nlohmann::json config() const override { return cfg_.to_json(); }
+  /// The run's identity for resume: the config without `device` (a run may
+  /// continue on another device; see SaeTrainConfig::device).
+  nlohmann::json config() const override;
   void save_state(const std::string& path,
                   const std::function<void(core::H5File&)>& write_loop_state) const override;
   void load_state(const std::string& path) override;
@@ -220,6 +246,8 @@ class SaeTrainable : public core::train::Trainable {
   Sae& sae() { return *sae_; }
   const Sae& sae() const { return *sae_; }
   const SaeTrainConfig& train_config() const { return cfg_; }
+  /// Where the SAE and each batch live (the config's device).
+  at::Device device() const { return device_; }
   BatchSource& source() { return *source_; }
   /// Steps since each latent last fired: int64 [d_sae].
   const at::Tensor& steps_since_fired() const { return since_fired_; }
@@ -237,18 +265,37 @@ class SaeTrainable : public core::train::Trainable {
   /// Where evaluations write sae_log.csv, and .svg beside it ("" = nowhere).
   std::string log_path;
   /// Train data parallel over `group` (null = one process): refuses a
-  /// batch_size that does not divide by the world size, and BatchTopK.
+  /// batch_size that does not divide by the world size, BatchTopK, a device
+  /// other than the CPU and resampling.
   void set_process_group(std::shared_ptr<core::dist::ProcessGroup> group);
+
+  /// Resampling of dead latents (dead_latent_strategy "resample"; Bricken et
+  /// al. 2023, "Towards Monosemanticity", neuron resampling), run by loss()
+  /// before the forward pass of steps resample_every, 2 resample_every, ...:
+  /// each latent dead by dead_feature_window gets an input row j of the
+  /// step's batch x [batch, d_in], drawn (with replacement) with probability
+  /// proportional to the square of its reconstruction loss ||x_j - sae(x_j)||^2,
+  /// from `rng` (the loop's); with v = x_j - b_dec (b_dec only when it is
+  /// subtracted from the input) its W_dec row becomes v / |v|, its W_enc
+  /// column v / |v| * 0.2 * (the mean norm of the alive latents' W_enc
+  /// columns), its b_enc 0, its dead-latent counter 0, and its Adam moments
+  /// (W_dec row, W_enc column, b_enc entry) are zeroed through
+  /// reset_optimizer_rows. Returns the latents resampled.
+  at::Tensor resample_dead_latents(const at::Tensor& x, at::Generator& rng);
+  /// Zeroes the optimiser's moments of parameter `name` at `index` along
+  /// `dim` (SaeTrainer sets it to its loop's AdamW; unset = no optimiser).
+  std::function<void(const std::string& name, int64_t dim, const at::Tensor& index)> reset_optimizer_rows;
 
  private:
   void init_weights();
   void hook_decoder();
 
   SaeTrainConfig cfg_;
+  at::Device device_ = at::kCPU;
   std::unique_ptr<BatchSource> source_;
   std::shared_ptr<Sae> sae_;
-  at::Tensor since_fired_;  // int64 [d_sae]
-  at::Tensor eval_x_;       // [eval rows, d_in]
+  at::Tensor since_fired_;  // int64 [d_sae], on device_
+  at::Tensor eval_x_;       // [eval rows, d_in], on device_
   std::shared_ptr<core::dist::ProcessGroup> group_;
   int64_t steps_done_ = 0;
   SaeEval last_eval_;

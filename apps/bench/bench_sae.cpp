@@ -67,7 +67,7 @@ struct SaeBenchArgs {
   int k = 32, steps = 5, warmup = 1;
   double lr = 4e-4;
   uint64_t seed = 0;
-  std::string device = "cpu", activations, saelens_json, cases = "sparse,dense";
+  std::string device = "cpu", activations, saelens_json, cases = "sparse,dense", architecture = "topk";
   bool tf32 = false;
   bool rescale = true;  // SAELens's TopKTrainingSAEConfig default
   int64_t world_size = 1;
@@ -111,6 +111,8 @@ void reset_device_peak(const at::Device& device) {
 void run_bench_sae(const SaeBenchArgs& a) {
   const at::Device device = parse_device(a.device);
   MECHLAB_CHECK(a.k <= a.d_sae, "--k ", a.k, " must be at most --d-sae ", a.d_sae);
+  MECHLAB_CHECK(a.architecture == "topk" || a.architecture == "batchtopk", "--architecture must be topk or batchtopk, got \"",
+                a.architecture, "\"");
   if (a.tf32) at::globalContext().setAllowTF32CuBLAS(true);
 
   // The cached activations: a file from the driver, or seeded Gaussians.
@@ -130,7 +132,7 @@ void run_bench_sae(const SaeBenchArgs& a) {
   data = data.slice(0, 0, n_batches * a.batch).to(device).view({n_batches, a.batch, a.d_in});
 
   sae::SaeConfig cfg;
-  cfg.architecture("topk").d_in(a.d_in).d_sae(a.d_sae).k(a.k).rescale_acts_by_decoder_norm(a.rescale);
+  cfg.architecture(a.architecture).d_in(a.d_in).d_sae(a.d_sae).k(a.k).rescale_acts_by_decoder_norm(a.rescale);
   const double tokens = static_cast<double>(a.batch);
   std::vector<bench::Row> rows;
   std::vector<std::string> memory, phases;
@@ -195,7 +197,9 @@ void run_bench_sae(const SaeBenchArgs& a) {
                              static_cast<int64_t>(timed(t_opt)), " ms"));
     const bool sparse = which == std::string("sparse");
     rows.push_back({str_cat("mechlab ", which, " step"), ms,
-                    sparse ? "dense encoder GEMM, sparse decoder and gradients" : "every product dense (ATen)"});
+                    sparse ? (a.architecture == "batchtopk" ? "dense encoder GEMM, batch top k, entry list per row"
+                                                            : "dense encoder GEMM, sparse decoder and gradients")
+                           : "every product dense (ATen)"});
     memory.push_back(str_cat(which, " ", human_bytes(device_peak_bytes(device))));
   }
 
@@ -254,7 +258,7 @@ void run_bench_sae(const SaeBenchArgs& a) {
 
   std::printf("activations: %s, %lld batches of %lld x %lld\n", source.c_str(), static_cast<long long>(n_batches),
               static_cast<long long>(a.batch), static_cast<long long>(a.d_in));
-  bench::print_table(str_cat("mechlab bench sae: TopK d_in ", a.d_in, ", d_sae ", a.d_sae, ", k ", a.k, ", batch ",
+  bench::print_table(str_cat("mechlab bench sae: ", a.architecture == "batchtopk" ? "BatchTopK" : "TopK", " d_in ", a.d_in, ", d_sae ", a.d_sae, ", k ", a.k, ", batch ",
                              a.batch, a.rescale ? ", decoder-norm rescale" : "", ", float32", a.tf32 ? " (TF32 GEMMs)" : "", ", Adam, ", a.device, ", ",
                              at::get_num_threads(), " threads"),
                      rows, baseline, tokens, "tokens");
@@ -338,6 +342,7 @@ int free_loopback_port() {
 void run_bench_sae_world(const SaeBenchArgs& a) {
   MECHLAB_CHECK(parse_device(a.device).is_cpu(),
                 "--world-size runs on the CPU (Gloo); data-parallel training on CUDA (NCCL) is not built yet");
+  MECHLAB_CHECK(a.architecture == "topk", "--world-size times TopK only (data-parallel training refuses BatchTopK)");
   MECHLAB_CHECK(a.batch % a.world_size == 0, "--batch ", a.batch, " must divide by --world-size ", a.world_size);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(a.seed);
   const at::Tensor data = at::randn({a.batches, a.batch, a.d_in}, gen, at::TensorOptions().dtype(at::kFloat));
@@ -423,7 +428,7 @@ void run_bench_sae_world(const SaeBenchArgs& a) {
 void add_bench_sae(CLI::App& bench) {
   auto* cmd = bench.add_subcommand(
       "sae",
-      "TopK SAE training throughput (tokens/s): the sparse training path vs the dense one, the encoder GEMM "
+      "TopK (or BatchTopK, --architecture) SAE training throughput (tokens/s): the sparse training path vs the dense one, the encoder GEMM "
       "alone and the FMA-peak floor; with --saelens-json, SAELens's figures from "
       "scripts/bench/sae_vs_saelens.sh. The last line, 'sae_sparse_tokens_per_s N', is the sparse step's rate.");
   auto a = std::make_shared<SaeBenchArgs>();
@@ -447,6 +452,9 @@ void add_bench_sae(CLI::App& bench) {
                   "[{\"name\", \"ms\" (median), \"q1\", \"q3\", \"runs\", \"note\", \"peak_bytes\"}]}; ratios "
                   "are then against NAME");
   cmd->add_option("--cases", a->cases, "Which paths to time: sparse, dense or both")->capture_default_str();
+  cmd->add_option("--architecture", a->architecture,
+                  "topk, or batchtopk (the top k x batch of the whole batch, a varying number per row)")
+      ->capture_default_str();
   cmd->add_option("--rescale-acts-by-decoder-norm", a->rescale,
                   "Select and decode as if the decoder rows had unit norm (SAELens's TopK training default)")
       ->capture_default_str();

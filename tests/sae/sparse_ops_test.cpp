@@ -4,7 +4,10 @@
 // the dense path (every loss term, latents, reconstruction, every gradient)
 // with and without the decoder-norm rescale, b_dec applied to the input and
 // dead latents (AuxK). The SAELens differential test (sae_saelens_test.cpp)
-// runs the sparse path too, since it is the default.
+// runs the sparse path too, since it is the default. BatchTopK's sparse
+// path (an entry list with a varying number of latents per row) likewise:
+// the list ops against the dense formulas in float64, whole steps against
+// the dense path in float64 and float32, and on a GPU against the CPU.
 #include "sae/registry.h"
 #include "sae/sparse_ops.h"
 #include "sae/topk_sae.h"
@@ -13,6 +16,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 namespace mechlab::sae {
@@ -177,17 +181,211 @@ INSTANTIATE_TEST_SUITE_P(TopK, SparseTraining,
                                            Variant{"auxk", false, true, true}, Variant{"auxk_rescale", true, true, true}),
                          [](const ::testing::TestParamInfo<Variant>& i) { return std::string(i.param.name); });
 
-TEST(SparseTrainingSwitch, DefaultIsSparseAndBatchTopKStaysDense) {
-  SaeConfig cfg;
-  cfg.architecture("topk").d_in(8).d_sae(16).k(2);
-  auto topk = make_sae(cfg);
-  EXPECT_TRUE(dynamic_cast<TopKSae&>(*topk).sparse_training());
-  topk->requires_grad(true);
-  EXPECT_FALSE(topk->training_forward(at::randn({4, 8})).hidden_pre.requires_grad());
-  cfg.architecture("batchtopk");
-  auto batch = make_sae(cfg);
-  batch->requires_grad(true);
-  EXPECT_TRUE(batch->training_forward(at::randn({4, 8})).hidden_pre.requires_grad());
+TEST(SparseTrainingSwitch, DefaultIsSparseForTopKAndBatchTopK) {
+  for (const char* arch : {"topk", "batchtopk"}) {
+    SaeConfig cfg;
+    cfg.architecture(arch).d_in(8).d_sae(16).k(2);
+    auto sae = make_sae(cfg);
+    EXPECT_TRUE(dynamic_cast<TopKSae&>(*sae).sparse_training()) << arch;
+    sae->requires_grad(true);
+    EXPECT_FALSE(sae->training_forward(at::randn({4, 8})).hidden_pre.requires_grad()) << arch;
+    dynamic_cast<TopKSae&>(*sae).sparse_training(false);
+    EXPECT_TRUE(sae->training_forward(at::randn({4, 8})).hidden_pre.requires_grad()) << arch;
+  }
+}
+
+// ---------------------------------------------------------------- BatchTopK: rows of varying length
+
+// Float64 against the dense formulas: the sums differ only in order, so
+// the differences are a few ulps of the summands; 1e-12 of the scale
+// normwise and per entry (plus 1e-12 of the entry) leaves a wide margin
+// and still fails on any wrong term (a missing entry moves a result by
+// the entry's size, ~0.1 of the scale here).
+constexpr testing::Tolerance kF64Tol{1e-12, 1e-12, 1e-12};
+
+/// Flat indices (row * d_sae + latent) of an [n, d_sae] matrix, row r
+/// keeping each latent with probability r / (n - 1): row 0 keeps none, the
+/// last keeps all, so every row has its own count.
+at::Tensor varying_entries(int64_t n, int64_t d_sae, at::Generator& gen) {
+  const at::Tensor p = at::arange(n, at::kDouble).div(n - 1).unsqueeze(1).expand({n, d_sae});  // [n, d_sae]
+  const at::Tensor keep = at::rand({n, d_sae}, gen, at::kDouble).lt(p);
+  return keep.reshape({-1}).nonzero().reshape({-1});  // [nnz] increasing
+}
+
+TEST(SparseRowsOps, EntryListIsSortedByRowWithOffsets) {
+  // Shuffled entries of a 3 x 5 matrix: rows 0 (latents 4, 1), 1 (none), 2 (latents 0, 2, 3).
+  const at::Tensor flat = at::tensor({13, 4, 10, 1, 12}, at::kLong);
+  const SparseRows e = sparse_rows(flat, 3, 5);
+  EXPECT_TRUE(at::equal(e.flat, at::tensor({1, 4, 10, 12, 13}, at::kLong)));
+  EXPECT_TRUE(at::equal(e.rows, at::tensor({0, 0, 2, 2, 2}, at::kLong)));
+  EXPECT_TRUE(at::equal(e.latents, at::tensor({1, 4, 0, 2, 3}, at::kLong)));
+  EXPECT_TRUE(at::equal(e.offsets, at::tensor({0, 2, 2, 5}, at::kLong)));
+  EXPECT_THAT(mechlab::testing::error_of([&] { sparse_rows(at::tensor({15}, at::kLong), 3, 5); }),
+              ::testing::HasSubstr("sparse_rows: an entry lies outside [0, 15)"));
+}
+
+TEST(SparseRowsOps, EncoderValuesAndDecoderEqualTheDenseFormulasInFloat64) {
+  at::Generator gen = gen_of(11);
+  const int64_t n = 9, d_in = 13, d_sae = 40;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor flat = varying_entries(n, d_sae, gen);
+  const SparseRows e = sparse_rows(flat, n, d_sae);
+  const at::Tensor counts = e.offsets.slice(0, 1) - e.offsets.slice(0, 0, n);  // [n]
+  ASSERT_EQ(counts[0].item<int64_t>(), 0);
+  ASSERT_EQ(counts[n - 1].item<int64_t>(), d_sae);
+  const int64_t nnz = flat.size(0);
+
+  for (const bool scaled : {false, true}) {
+    const at::Tensor x = at::randn({n, d_in}, gen, f64).requires_grad_(true);
+    const at::Tensor W = at::randn({d_in, d_sae}, gen, f64).requires_grad_(true);
+    const at::Tensor b = at::randn({d_sae}, gen, f64).requires_grad_(true);
+    const at::Tensor scale = (at::rand({d_sae}, gen, f64) + 0.5).requires_grad_(true);
+    const at::Tensor upstream = at::randn({nnz}, gen, f64);  // dL/dvalues
+    at::Tensor pre = at::matmul(x, W) + b;
+    if (scaled) pre = pre * scale;
+    const at::Tensor dense = pre.reshape({-1}).index_select(0, flat);  // [nnz]
+    std::vector<at::Tensor> inputs{x, W, b};
+    if (scaled) inputs.push_back(scale);
+    const auto dense_grads = torch::autograd::grad({dense}, inputs, {upstream});
+    at::Tensor h;
+    {
+      at::NoGradGuard no_grad;
+      h = at::matmul(x, W) + b;
+      if (scaled) h = h * scale;
+    }
+    const at::Tensor sparse = sparse_rows_encoder_values(x, W, b, h, e, scaled ? scale : at::Tensor());
+    EXPECT_TRUE(at::equal(sparse, dense.detach()));  // read from h, the same numbers
+    const auto sparse_grads = torch::autograd::grad({sparse}, inputs, {upstream});
+    const char* names[] = {"sae_in", "W_enc", "b_enc", "scale"};
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      EXPECT_GT(dense_grads[i].abs().max().item<double>(), 0) << names[i];
+      EXPECT_TRUE(close(sparse_grads[i], dense_grads[i], kF64Tol, names[i])) << (scaled ? "scaled" : "plain");
+    }
+    // Row 0 has no entry: its input gets no gradient.
+    EXPECT_EQ(sparse_grads[0][0].abs().max().item<double>(), 0);
+  }
+
+  // The decoder: per row, its entries' values times their W_dec rows.
+  const at::Tensor v = at::randn({nnz}, gen, f64).requires_grad_(true);
+  const at::Tensor W_dec = at::randn({d_sae, d_in}, gen, f64).requires_grad_(true);
+  const at::Tensor upstream = at::randn({n, d_in}, gen, f64);
+  const at::Tensor dense = at::matmul(at::zeros({n * d_sae}, f64).scatter(0, flat, v).view({n, d_sae}), W_dec);
+  const auto dense_grads = torch::autograd::grad({dense}, {v, W_dec}, {upstream});
+  const at::Tensor sparse = sparse_rows_decode(v, e, W_dec);
+  EXPECT_TRUE(close(sparse, dense.detach(), kF64Tol, "recons"));
+  EXPECT_EQ(sparse[0].abs().max().item<double>(), 0);  // row 0: nothing kept
+  const auto sparse_grads = torch::autograd::grad({sparse}, {v, W_dec}, {upstream});
+  EXPECT_TRUE(close(sparse_grads[0], dense_grads[0], kF64Tol, "values"));
+  EXPECT_TRUE(close(sparse_grads[1], dense_grads[1], kF64Tol, "W_dec"));
+}
+
+struct BatchVariant {
+  const char* name;
+  bool rescale;
+  bool b_dec_in;
+  bool dead;
+  bool f64;
+};
+
+class BatchTopKSparseTraining : public ::testing::TestWithParam<BatchVariant> {};
+
+// A whole training step of a BatchTopK SAE, sparse against dense: every
+// loss term, the latents, the reconstruction, every gradient and the moved
+// threshold. Float64 to kF64Tol, float32 to kF32Tol.
+TEST_P(BatchTopKSparseTraining, StepEqualsTheDensePath) {
+  const BatchVariant v = GetParam();
+  const at::ScalarType dtype = v.f64 ? at::kDouble : at::kFloat;
+  const testing::Tolerance tol = v.f64 ? kF64Tol : kF32Tol;
+  at::Generator gen = gen_of(17);
+  const at::Tensor x = at::randn({40, 24}, gen, at::TensorOptions().dtype(dtype));  // [batch, d_in]
+  const at::Tensor dead = v.dead ? at::arange(96).remainder(3).eq(0) : at::Tensor();
+  std::vector<TrainStep> steps;
+  std::vector<std::shared_ptr<Sae>> saes;
+  for (const bool sparse : {false, true}) {
+    SaeConfig cfg;
+    cfg.architecture("batchtopk").d_in(24).d_sae(96).k(6).rescale_acts_by_decoder_norm(v.rescale)
+        .apply_b_dec_to_input(v.b_dec_in).aux_loss_coefficient(0.5).topk_threshold(0.25);
+    auto sae = make_sae(cfg);
+    {
+      at::Generator w = gen_of(3);
+      at::NoGradGuard no_grad;
+      for (const auto& [name, p] : sae->named_parameters()) {
+        p.copy_(at::randn(p.sizes(), w, p.options()) * (name[0] == 'W' ? 0.3 : 0.1));
+      }
+    }
+    sae->to(at::kCPU, dtype);
+    dynamic_cast<TopKSae&>(*sae).sparse_training(sparse);
+    sae->requires_grad(true);
+    steps.push_back(sae->training_forward(x, dead));
+    steps.back().loss.backward();
+    saes.push_back(sae);
+  }
+  const TrainStep& dense = steps[0];
+  const TrainStep& sparse = steps[1];
+  EXPECT_TRUE(dense.hidden_pre.requires_grad());
+  EXPECT_FALSE(sparse.hidden_pre.requires_grad());  // the sparse path ran
+  // Rows keep different numbers of latents (the point of the entry list), k on average.
+  const at::Tensor per_row = dense.feature_acts.detach().ne(0).sum(1);  // [batch]
+  EXPECT_LT(per_row.min().item<int64_t>(), per_row.max().item<int64_t>());
+  EXPECT_EQ(dense.feature_acts.detach().ne(0).sum().item<int64_t>(), sparse.feature_acts.detach().ne(0).sum().item<int64_t>());
+  ASSERT_EQ(sparse.losses.size(), dense.losses.size());
+  for (size_t i = 0; i < dense.losses.size(); ++i) {
+    EXPECT_EQ(sparse.losses[i].first, dense.losses[i].first);
+    EXPECT_TRUE(close(sparse.losses[i].second, dense.losses[i].second, tol, dense.losses[i].first));
+  }
+  if (v.dead) {
+    EXPECT_GT(dense.losses.back().second.item<double>(), 0) << "AuxK must act";
+  }
+  EXPECT_TRUE(at::equal(sparse.hidden_pre, dense.hidden_pre.detach()));
+  EXPECT_TRUE(at::equal(sparse.feature_acts.detach(), dense.feature_acts.detach()));
+  EXPECT_TRUE(close(sparse.sae_out, dense.sae_out, tol, "sae_out"));
+  for (const auto& [name, p] : saes[0]->named_parameters()) {
+    const at::Tensor& g_sparse = saes[1]->param(name).grad();
+    ASSERT_TRUE(g_sparse.defined()) << name;
+    EXPECT_GT(p.grad().abs().max().item<double>(), 0) << name << ": a zero gradient tests nothing";
+    EXPECT_TRUE(close(g_sparse, p.grad(), tol, std::string(v.name) + " grad " + name));
+  }
+  // The inference threshold moved by the same smallest kept activation.
+  EXPECT_NE(saes[0]->cfg().topk_threshold(), 0.25);
+  EXPECT_EQ(saes[1]->cfg().topk_threshold(), saes[0]->cfg().topk_threshold());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    BatchTopK, BatchTopKSparseTraining,
+    ::testing::Values(BatchVariant{"plain", false, true, false, true}, BatchVariant{"rescale", true, true, false, true},
+                      BatchVariant{"no_b_dec_in", false, false, false, true},
+                      BatchVariant{"auxk", false, true, true, true}, BatchVariant{"auxk_rescale", true, true, true, true},
+                      BatchVariant{"f32_plain", false, true, false, false},
+                      BatchVariant{"f32_auxk_rescale", true, true, true, false}),
+    [](const ::testing::TestParamInfo<BatchVariant>& i) { return std::string(i.param.name); });
+
+// On a GPU the entry list goes through ATen's gathers (no CPU loop): the
+// same numbers as on the CPU, to float32 tolerance.
+TEST(SparseRowsOps, OnCudaEqualTheCpu) {
+  if (!mechlab::testing::have_cuda_or_skip()) GTEST_SKIP() << "no CUDA device";
+  at::Generator gen = gen_of(12);
+  const int64_t n = 33, d_in = 20, d_sae = 70;
+  const at::Tensor flat = varying_entries(n, d_sae, gen);
+  const at::Tensor x = at::randn({n, d_in}, gen, at::kFloat), W = at::randn({d_in, d_sae}, gen, at::kFloat);
+  const at::Tensor b = at::randn({d_sae}, gen, at::kFloat), W_dec = at::randn({d_sae, d_in}, gen, at::kFloat);
+  const at::Tensor up = at::randn({n, d_in}, gen, at::kFloat);
+  std::vector<std::vector<at::Tensor>> results;
+  for (const at::Device dev : {at::Device(at::kCPU), at::Device(at::kCUDA, 0)}) {
+    std::vector<at::Tensor> in{x.to(dev).requires_grad_(true), W.to(dev).requires_grad_(true),
+                               b.to(dev).requires_grad_(true), W_dec.to(dev).requires_grad_(true)};
+    at::Tensor h;
+    {
+      at::NoGradGuard no_grad;
+      h = at::matmul(in[0], in[1]) + in[2];
+    }
+    const SparseRows e = sparse_rows(flat.to(dev), n, d_sae);
+    const at::Tensor out = sparse_rows_decode(at::relu(sparse_rows_encoder_values(in[0], in[1], in[2], h, e)), e, in[3]);
+    std::vector<at::Tensor> r{out.detach()};
+    for (const at::Tensor& g : torch::autograd::grad({out}, in, {up.to(dev)})) r.push_back(g);
+    results.push_back(r);
+  }
+  const char* names[] = {"recons", "sae_in", "W_enc", "b_enc", "W_dec"};
+  for (size_t i = 0; i < results[0].size(); ++i) EXPECT_TRUE(close(results[1][i], results[0][i], kF32Tol, names[i]));
 }
 
 }  // namespace
