@@ -1,7 +1,8 @@
 // Small vector loops for the CPU kernels of kernels/, compiled for AVX-512,
 // AVX2 and plain x86-64 and chosen when the program starts (GCC's
 // target_clones): the build targets plain x86-64, and these loops run at the
-// width of the machine they find. Internal to kernels/.
+// width of the machine they find. For the CPU kernels of kernels/ and the
+// sparse SAE loops of sae/sparse_ops.cpp (mechlab_sae depends on mechlab_kernels).
 #pragma once
 
 #include <cstdint>
