@@ -1,4 +1,5 @@
 #include "sae/batchtopk_sae.h"
+#include "sae/sparse_ops.h"
 
 #include <ATen/ATen.h>
 
@@ -15,7 +16,7 @@ void BatchTopKSae::sparse_encode_pass(Pass& p, hooks::ModuleHooks& hooks) const 
   // relu(h), and a kept entry <= 0 (fewer positives than kept) gives 0 with
   // zero gradient either way, so it changes nothing but the list's length.
   const auto keep = std::min(static_cast<int64_t>(cfg_.k() * static_cast<double>(n)), n * d_sae);
-  const at::Tensor flat = std::get<1>(at::topk(h.reshape({-1}), keep, -1, /*largest=*/true, /*sorted=*/false));
+  const at::Tensor flat = top_entries(h.reshape({-1}), keep);
   SparseRows entries = sparse_rows(flat, n, d_sae);  // [nnz = keep], by row
   const at::Tensor values =
       sparse_rows_encoder_values(p.sae_in, param("W_enc"), param("b_enc"), h, entries, norm);  // [nnz]

@@ -4,10 +4,12 @@
 #include "kernels/cpu_vec.h"
 #include "kernels/sparse_decoder.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace mechlab::sae {
@@ -366,6 +368,27 @@ at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices, co
 }  // namespace mechlab::sae
 
 namespace mechlab::sae {
+
+at::Tensor top_entries(const at::Tensor& x, int64_t keep) {
+  MECHLAB_CHECK(x.dim() == 1 && keep >= 0 && keep <= x.numel(), "top_entries needs a vector and 0 <= keep <= its ",
+                x.numel(), " entries; got keep ", keep, " of a tensor of shape ", x.sizes());
+  const int64_t N = x.numel();
+  constexpr int64_t kSample = 1 << 16;
+  if (keep == 0 || N <= 4 * kSample || keep * 8 > N) return std::get<1>(at::topk(x, keep, -1, true, false));
+  // The threshold: the sample's value at a rank that, scaled to N, lies
+  // above `keep` with a wide margin (the sample's rank of the keep-th
+  // largest is about keep * kSample / N, give or take its square root).
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(/*seed_in=*/1234);
+  const at::Tensor pick = at::randint(N, {kSample}, gen, at::TensorOptions(at::kLong)).to(x.device());
+  const double expected = static_cast<double>(keep) * kSample / static_cast<double>(N);
+  const auto rank = std::min<int64_t>(kSample, static_cast<int64_t>(expected + 4.0 * std::sqrt(expected) + 16.0));
+  const at::Tensor sample = x.index_select(0, pick);
+  const at::Tensor t = std::get<0>(at::topk(sample, rank, -1, true, true)).select(0, rank - 1);
+  const at::Tensor candidates = (x >= t).nonzero().reshape({-1});  // [c], c >= keep almost always
+  if (candidates.numel() < keep) return std::get<1>(at::topk(x, keep, -1, true, false));
+  const at::Tensor best = std::get<1>(at::topk(x.index_select(0, candidates), keep, -1, true, false));
+  return candidates.index_select(0, best);
+}
 
 SparseRows sparse_rows(const at::Tensor& flat, int64_t n, int64_t d_sae) {
   MECHLAB_CHECK(n >= 0 && d_sae >= 1, "sparse_rows: the matrix must be [n >= 0, d_sae >= 1], got [", n, ", ",

@@ -75,6 +75,15 @@ struct SparseRows {
   int64_t d_sae = 0;   ///< columns of the matrix
 };
 
+/// The positions of the `keep` largest entries of x [N] (any order), the
+/// set at::topk(x, keep) finds (entries tied at the cut may be exchanged for
+/// equal ones), without selecting among all N: a threshold below the
+/// keep-th largest value, read off a fixed random sample of x, leaves a few
+/// more than `keep` candidates, and the top `keep` are taken among those.
+/// When fewer than `keep` entries reach the threshold (a skewed sample), all
+/// of x is searched. BatchTopK's batch-wide selection (N = rows x d_sae).
+at::Tensor top_entries(const at::Tensor& x, int64_t keep);
+
 /// The list of entries `flat` (row * d_sae + latent, distinct, any order)
 /// of an [n, d_sae] matrix, on flat's device.
 SparseRows sparse_rows(const at::Tensor& flat, int64_t n, int64_t d_sae);

@@ -390,3 +390,41 @@ TEST(SparseRowsOps, OnCudaEqualTheCpu) {
 
 }  // namespace
 }  // namespace mechlab::sae
+
+namespace mechlab::sae {
+namespace {
+
+// top_entries picks at::topk's set: on distinct values the same positions,
+// and with heavy ties (values on a coarse grid) the same multiset of values;
+// at sizes below its sampling cut (at::topk itself), above it, and with a
+// skewed vector whose sample misses the large values (the full search).
+TEST(TopEntries, PicksTheSetOfAtTopk) {
+  auto expect_same = [](const at::Tensor& x, int64_t keep, bool distinct, const std::string& what) {
+    const at::Tensor got = top_entries(x, keep);
+    const at::Tensor want = std::get<1>(at::topk(x, keep));
+    ASSERT_EQ(got.numel(), keep) << what;
+    const at::Tensor sorted = std::get<0>(at::sort(got));
+    EXPECT_FALSE(keep > 1 && sorted.slice(0, 1).eq(sorted.slice(0, 0, keep - 1)).any().item<bool>())
+        << what << ": positions repeat";
+    EXPECT_TRUE(at::equal(std::get<0>(at::sort(x.index_select(0, got))), std::get<0>(at::sort(x.index_select(0, want)))))
+        << what;
+    if (distinct) {
+      EXPECT_TRUE(at::equal(sorted, std::get<0>(at::sort(want)))) << what;
+    }
+  };
+  at::manual_seed(3);
+  expect_same(at::randn({1000}), 17, true, "small");
+  const at::Tensor big = at::randn({4096 * 300});  // above the cut: sampled
+  for (int64_t keep : {1, 64, 4096 * 32, 4096 * 37}) expect_same(big, keep, true, "keep " + std::to_string(keep));
+  expect_same(at::round(at::randn({4096 * 300}) * 4) / 4, 4096 * 32, false, "ties");
+  at::Tensor skew = at::zeros({4096 * 300});
+  skew.narrow(0, 0, 5000).copy_(at::rand({5000}) + 1);  // 5000 large values the sample rarely meets
+  expect_same(skew, 4000, false, "skewed");
+  expect_same(big, 0, true, "none");
+  EXPECT_EQ(mechlab::testing::error_of([&] { top_entries(big, big.numel() + 1); }),
+            "top_entries needs a vector and 0 <= keep <= its 1228800 entries; got keep 1228801 of a tensor of shape "
+            "[1228800]");
+}
+
+}  // namespace
+}  // namespace mechlab::sae
