@@ -137,7 +137,8 @@ class CircuitRunner {
   /// the last call, so ACDC's trial, which changes one receiver, costs the
   /// nodes downstream of it through kept edges. Needs no state; the result
   /// does not depend on earlier calls. The last layer at the answer
-  /// positions only when answers_are_last(metric).
+  /// positions only when answers_are_last(metric). A mask entry other than
+  /// 0 and 1 is refused.
   double metric_by_nodes(const patching::Metric& metric, const at::Tensor& mask);
   /// Whether RestartAt::mlp is available for this model.
   bool can_restart_at_mlp() const;
