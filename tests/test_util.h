@@ -13,6 +13,7 @@
 
 #include <ATen/Context.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -77,14 +78,40 @@ inline int wait_exit(pid_t pid) {
 }
 
 /// Runs a shell command line and collects its exit code and output.
+// `/bin/sh -c COMMAND_LINE` with stdout and stderr into one pipe. Started by
+// posix_spawn, not popen's fork: glibc's posix_spawn runs no atfork handlers
+// in the test process (LibTorch's and OpenMP's), where a rare crash at the
+// start of a CLI test (a call through a null pointer) was seen under popen.
 inline CliResult run_program(const std::string& command_line) {
-  const std::string cmd = command_line + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return {-1, "pipe failed"};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  std::string sh = "/bin/sh", dash_c = "-c", cmd = command_line;
+  char* argv[] = {sh.data(), dash_c.data(), cmd.data(), nullptr};
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fds[1]);
+  if (rc != 0) {
+    ::close(fds[0]);
+    return {-1, "posix_spawn failed"};
+  }
   std::string out;
   char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  const int status = pclose(pipe);
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) != 0;) {
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
