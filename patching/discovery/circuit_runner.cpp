@@ -560,6 +560,7 @@ void CircuitRunner::reset_nodes(const at::Tensor& answer_pos) {
     ns.deltas_a = at::zeros({S, b, 1, d}, opts);
     ns.deltas_a[0].copy_(ns.deltas[0].index({ns.rows, ns.apos_dev}).unsqueeze(1));
   }
+  ns.ctx = attention_context(1);
   ns.version.assign(static_cast<size_t>(S), 0);
   ns.version[0] = ns.next++;
   const int64_t KV = cfg.kv_heads();
@@ -623,8 +624,7 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
     std::vector<float> keep(static_cast<size_t>(s_end));
     for (int64_t s = 0; s < s_end; ++s) keep[static_cast<size_t>(s)] = 1.f - key.rows[static_cast<size_t>(s)];
     const at::Tensor c = at::from_blob(keep.data(), {1, s_end}, at::kFloat).to(D.device(), D.scalar_type());
-    const at::Tensor sum = at::mm(c, D.narrow(0, 0, s_end).view({s_end, -1})).view({D.size(1), D.size(2), D.size(3)});
-    return (base + sum).unsqueeze(2);
+    return base.unsqueeze(2) + sender_sum(c, D.narrow(0, 0, s_end).permute({1, 2, 0, 3}));  // [batch, p, 1, d_model]
   };
   // A sender's new delta, stored where receivers read it.
   auto store = [&](int64_t s, const at::Tensor& delta, bool at_ans, int64_t version) {  // delta [batch, p, d_model]
@@ -679,7 +679,8 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
       gc.n_kv_heads = 1;
       core::LayerWeights gw = w;
       gw.W_O = w.W_O.narrow(0, j * g, g);
-      const core::AttentionContext ctx = attention_context(1);
+      core::AttentionContext ctx = ns.ctx;
+      if (ctx.rotary != nullptr) ctx.rotary = &rotary_;  // this runner's tables, also if it was copied
       CatchZ catch_z(cfg.n_layers, l);
       core::attention_from_qkv(gc, gw, l, g == 1 ? qs[0] : at::cat(qs, 2),
                                ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + H + j)].proj,

@@ -230,6 +230,7 @@ class CircuitRunner {
     std::vector<GroupMemo> groups;            // [n_layers * kv_head]
     std::vector<NodeMemo> mlps;               // [n_layers]
     int64_t next = 1;                         // the next version
+    core::AttentionContext ctx;               // the prompts' (made once)
   };
   Nodes nodes_;
   at::Tensor embed_;                                 // [batch, pos, d_model]: the clean run's embedding
