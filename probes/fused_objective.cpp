@@ -4,9 +4,11 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 // The C++ standard mode (-std=c++17, no GNU extensions) turns GCC's
 // contraction of a * b + c into one FMA off; the inner loops want it (half
@@ -264,6 +266,142 @@ MECHLAB_INLINE void moments_body(const T* x, int64_t ldx, int64_t row0, int64_t 
   }
 }
 
+// Ridge's Gram (standardized_gram): a task owns a range of register tiles
+// [tile0, tile1) of the upper triangle, in the order of gram_tiles. Each
+// block of kGramRows rows is standardised into the task's panels (panel q
+// holds columns [q * PW, q * PW + PW), row j at pk + (q * kGramRows + j) * PW,
+// zero past d; PW = 3 vectors), in cache for the tiles that follow. Every
+// task packs the panels its tiles read (a task's share of the packing is
+// d * rows against its d^2 / 2 * rows / tasks of tile work).
+template <int W, int MR>
+struct GramShape {
+  static constexpr int64_t PW = 3 * W;  // columns per panel: 3 vectors
+  static_assert(PW % MR == 0, "a register tile must not straddle two panels");
+};
+static_assert(kGramFlushRows % kGramRows == 0, "a float64 flush ends a block");
+
+// The tiles of the upper triangle in order: panel qb of columns, then the
+// MR-row tiles that reach its columns (rows i0 < min(d, (qb + 1) * PW)).
+// Calls f(qb, i0) for tiles [tile0, tile1) and returns the total count.
+template <typename F>
+int64_t gram_tiles(int64_t d, int64_t PW, int64_t MR, int64_t tile0, int64_t tile1, F&& f) {
+  int64_t t = 0;
+  for (int64_t qb = 0; qb * PW < d; ++qb) {
+    const int64_t rows = min_of(d, (qb + 1) * PW);
+    for (int64_t i0 = 0; i0 < rows; i0 += MR, ++t) {
+      if (t >= tile0 && t < tile1) f(qb, i0);
+    }
+  }
+  return t;
+}
+
+// acc [MR, PW] = sum over the block's m rows of a[j, 0:MR]^T b[j, 0:PW]
+// (a and b rows PW apart), added to the tile's float partial ct (or written
+// to it when `first`). MR * 3 accumulators stay in registers while the
+// block's rows stream past them.
+template <typename T, int W, int MR>
+MECHLAB_INLINE void gram_tile(const T* a, const T* b, int64_t m, T* ct, bool first) {
+  using V = typename Vec<T, W>::type;
+  constexpr int64_t PW = GramShape<W, MR>::PW;
+  V acc[MR][3];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = acc[r][2] = V{};
+  for (int64_t j = 0; j < m; ++j) {
+    V b0, b1, b2;
+    std::memcpy(&b0, b + j * PW, sizeof(V));
+    std::memcpy(&b1, b + j * PW + W, sizeof(V));
+    std::memcpy(&b2, b + j * PW + 2 * W, sizeof(V));
+    const T* aj = a + j * PW;
+    for (int r = 0; r < MR; ++r) {
+      // aj[r] in every lane, as one broadcast load: x - 0 is x for every x,
+      // so the subtraction folds away (0 + x does not: -0 + 0 is +0).
+      const V s = aj[r] - V{};
+      acc[r][0] += s * b0;
+      acc[r][1] += s * b1;
+      acc[r][2] += s * b2;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < 3; ++v) {
+      T* c = ct + r * PW + v * W;
+      V old = V{};
+      if (!first) std::memcpy(&old, c, sizeof(V));
+      old += acc[r][v];
+      std::memcpy(c, &old, sizeof(V));
+    }
+  }
+}
+
+template <typename T, int W, int MR>
+MECHLAB_INLINE void gram_task_body(const GramProblem<T>* problems, int64_t P, int64_t n, int64_t d, int64_t tile0,
+                                   int64_t tile1) {
+  constexpr int64_t PW = GramShape<W, MR>::PW;
+  std::vector<std::pair<int64_t, int64_t>> tiles;  // (panel qb, first row i0)
+  gram_tiles(d, PW, MR, tile0, tile1, [&](int64_t qb, int64_t i0) { tiles.emplace_back(qb, i0); });
+  if (tiles.empty()) return;
+  const int64_t panels = tiles.back().first + 1;  // the panels read: 0 .. the last tile's
+  // R's columns belong to the task that owns their panel's first tile.
+  std::vector<char> owns_r(static_cast<size_t>(panels), 0);
+  for (const auto& t : tiles) {
+    if (t.second == 0) owns_r[static_cast<size_t>(t.first)] = 1;
+  }
+  std::unique_ptr<T[]> pk(new T[static_cast<size_t>(panels * kGramRows * PW)]);  // [panels, kGramRows, PW]
+  std::unique_ptr<T[]> ct(new T[tiles.size() * MR * PW]);                        // [tiles, MR, PW]
+  std::unique_ptr<T[]> rf(new T[static_cast<size_t>(panels * PW)]);             // [panels * PW]
+  for (int64_t p = 0; p < P; ++p) {
+    const GramProblem<T>& pr = problems[p];
+    for (int64_t row0 = 0; row0 < n; row0 += kGramRows) {
+      const int64_t m = min_of(kGramRows, n - row0);
+      const bool first = row0 % kGramFlushRows == 0;
+      const bool last = row0 + m == n || (row0 + m) % kGramFlushRows == 0;
+      const bool first_flush = row0 < kGramFlushRows;
+      // Standardise the block into the panels; R's float partial for the
+      // owned panels.
+      for (int64_t q = 0; q < panels; ++q) {
+        const int64_t c0 = q * PW, w = min_of(PW, d - c0);
+        const T* sc = pr.scale + c0;
+        const T* sh = pr.shift + c0;
+        T* dst = pk.get() + q * kGramRows * PW;
+        T* r = rf.get() + c0;
+        const bool own = owns_r[static_cast<size_t>(q)] != 0;
+        if (own && first) {
+          for (int64_t c = 0; c < PW; ++c) r[c] = T(0);
+        }
+        for (int64_t j = 0; j < m; ++j) {
+          const T* xr = pr.x + (row0 + j) * pr.ldx + c0;
+          T* o = dst + j * PW;
+          for (int64_t c = 0; c < w; ++c) o[c] = xr[c] * sc[c] + sh[c];
+          for (int64_t c = w; c < PW; ++c) o[c] = T(0);
+          if (own) {
+            const T yj = pr.y[(row0 + j) * pr.ldy];
+            for (int64_t c = 0; c < w; ++c) r[c] += o[c] * yj;
+          }
+        }
+        if (own && last) {
+          for (int64_t c = 0; c < w; ++c) {
+            pr.R[c0 + c] = (first_flush ? 0.0 : pr.R[c0 + c]) + static_cast<double>(r[c]);
+          }
+        }
+      }
+      for (size_t k = 0; k < tiles.size(); ++k) {
+        const int64_t qb = tiles[k].first, i0 = tiles[k].second;
+        const T* a = pk.get() + (i0 / PW) * kGramRows * PW + i0 % PW;
+        const T* b = pk.get() + qb * kGramRows * PW;
+        T* c = ct.get() + k * MR * PW;
+        gram_tile<T, W, MR>(a, b, m, c, first);
+        if (!last) continue;
+        // The float partial of up to kGramFlushRows rows into float64.
+        for (int64_t r = 0; r < MR && i0 + r < d; ++r) {
+          double* g = pr.G + (i0 + r) * d + qb * PW;
+          const T* cr = c + r * PW;
+          for (int64_t col = 0; col < PW && qb * PW + col < d; ++col) {
+            g[col] = (first_flush ? 0.0 : g[col]) + static_cast<double>(cr[col]);
+          }
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 using MomentsFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, double*, double*, T*, T*);
 
@@ -283,11 +421,24 @@ using ChunkFn = void (*)(const RowProblem<T>&, int64_t, int64_t, int64_t, int64_
     chunk_body<T, W>(pr, row0, row1, d, O, loss, need_grad, g, rs, loss_out, z);                           \
   }
 
+template <typename T>
+using GramFn = void (*)(const GramProblem<T>*, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+#define MECHLAB_GRAM_FN(name, attr, T, W, MR)                                                           \
+  attr void name(const GramProblem<T>* problems, int64_t P, int64_t n, int64_t d, int64_t tile0,        \
+                 int64_t tile1) {                                                                       \
+    gram_task_body<T, W, MR>(problems, P, n, d, tile0, tile1);                                          \
+  }
+
 // 16-byte vectors: SSE2 on any x86-64, NEON elsewhere.
 MECHLAB_CHUNK_FN(chunk_portable_f, , float, 4)
 MECHLAB_CHUNK_FN(chunk_portable_d, , double, 2)
 MECHLAB_MOMENTS_FN(moments_portable_f, , float)
 MECHLAB_MOMENTS_FN(moments_portable_d, , double)
+// Register tiles: MR rows x 3 vectors, MR * 3 accumulators (24 of
+// AVX-512's 32 registers; 12 of AVX2's and SSE's 16).
+MECHLAB_GRAM_FN(gram_portable_f, , float, 4, 4)
+MECHLAB_GRAM_FN(gram_portable_d, , double, 2, 2)
 #if defined(__x86_64__)
 #define MECHLAB_HAVE_X86_CLONES 1
 MECHLAB_MOMENTS_FN(moments_avx2_f, __attribute__((target("avx2,fma"))), float)
@@ -298,6 +449,10 @@ MECHLAB_CHUNK_FN(chunk_avx2_f, __attribute__((target("avx2,fma"))), float, 8)
 MECHLAB_CHUNK_FN(chunk_avx2_d, __attribute__((target("avx2,fma"))), double, 4)
 MECHLAB_CHUNK_FN(chunk_avx512_f, __attribute__((target("avx512f"))), float, 16)
 MECHLAB_CHUNK_FN(chunk_avx512_d, __attribute__((target("avx512f"))), double, 8)
+MECHLAB_GRAM_FN(gram_avx2_f, __attribute__((target("avx2,fma"))), float, 8, 4)
+MECHLAB_GRAM_FN(gram_avx2_d, __attribute__((target("avx2,fma"))), double, 4, 4)
+MECHLAB_GRAM_FN(gram_avx512_f, __attribute__((target("avx512f"))), float, 16, 8)
+MECHLAB_GRAM_FN(gram_avx512_d, __attribute__((target("avx512f"))), double, 8, 8)
 #endif
 
 enum class Isa { portable, avx2, avx512 };
@@ -364,6 +519,31 @@ MomentsFn<double> moments_fn(Isa isa, double*) {
   return moments_portable_d;
 }
 
+
+// The Gram kernel of an instruction set and its register tile (W, MR).
+template <typename T>
+struct GramKernel {
+  GramFn<T> fn;
+  int64_t W, MR;
+};
+
+GramKernel<float> gram_kernel(Isa isa, float*) {
+#if defined(MECHLAB_HAVE_X86_CLONES)
+  if (isa == Isa::avx512) return {gram_avx512_f, 16, 8};
+  if (isa == Isa::avx2) return {gram_avx2_f, 8, 4};
+#endif
+  (void)isa;
+  return {gram_portable_f, 4, 4};
+}
+
+GramKernel<double> gram_kernel(Isa isa, double*) {
+#if defined(MECHLAB_HAVE_X86_CLONES)
+  if (isa == Isa::avx512) return {gram_avx512_d, 8, 8};
+  if (isa == Isa::avx2) return {gram_avx2_d, 4, 4};
+#endif
+  (void)isa;
+  return {gram_portable_d, 2, 2};
+}
 }  // namespace
 
 std::vector<std::string> fused_objective_isas() {
@@ -479,6 +659,40 @@ void column_moments(const std::vector<const T*>& x, int64_t ldx, int64_t n, int6
     for (int64_t i = 0; i < d; ++i) m2[i] /= static_cast<double>(n);
   }
 }
+
+template <typename T>
+void standardized_gram(const std::vector<GramProblem<T>>& problems, int64_t n, int64_t d) {
+  const int64_t P = static_cast<int64_t>(problems.size());
+  if (P == 0 || d == 0) return;
+  if (n == 0) {
+    for (const GramProblem<T>& pr : problems) {
+      std::fill(pr.G, pr.G + d * d, 0.0);
+      std::fill(pr.R, pr.R + d, 0.0);
+    }
+    return;
+  }
+  const GramKernel<T> k = gram_kernel(forced_isa(), static_cast<T*>(nullptr));
+  const int64_t tiles = gram_tiles(d, 3 * k.W, k.MR, 0, 0, [](int64_t, int64_t) {});
+  // One task per thread, each an equal share of the tiles (equal work).
+  const int64_t tasks = std::max<int64_t>(1, min_of(tiles, at::get_num_threads()));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      k.fn(problems.data(), P, n, d, t * tiles / tasks, (t + 1) * tiles / tasks);
+    }
+  });
+  // The lower triangle from the upper one.
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      double* G = problems[static_cast<size_t>(p)].G;
+      for (int64_t i = 1; i < d; ++i) {
+        for (int64_t j = 0; j < i; ++j) G[i * d + j] = G[j * d + i];
+      }
+    }
+  });
+}
+
+template void standardized_gram<float>(const std::vector<GramProblem<float>>&, int64_t, int64_t);
+template void standardized_gram<double>(const std::vector<GramProblem<double>>&, int64_t, int64_t);
 
 template void column_moments<float>(const std::vector<const float*>&, int64_t, int64_t, int64_t, double*, double*);
 template void column_moments<double>(const std::vector<const double*>&, int64_t, int64_t, int64_t, double*,

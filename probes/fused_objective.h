@@ -1,5 +1,8 @@
-// The CPU kernel of a probe objective's data term (docs/ARCHITECTURE.md,
-// "Probes", "Speed against scikit-learn"): one pass over the rows computes
+// The CPU kernels of the probes' data terms (docs/ARCHITECTURE.md, "Probes",
+// "Speed against scikit-learn"): the objective, the standardisation
+// moments and ridge's Gram (column_moments and standardized_gram below).
+//
+// The objective: one pass over the rows computes
 // the logits, the loss, the residual and the gradient, block by block, so
 // that each row is read from memory once per evaluation (ATen's two GEMMs,
 // x @ w then r^T @ x, read it twice).
@@ -72,6 +75,35 @@ void fused_objective(const std::vector<RowProblem<T>>& problems, int64_t n, int6
 constexpr int64_t kMomentRows = 64;
 template <typename T>
 void column_moments(const std::vector<const T*>& x, int64_t ldx, int64_t n, int64_t d, double* mean, double* var);
+
+/// Ridge's normal equations (the closed form's data term) of P probes in one
+/// read of their rows: with z_i = x_i * scale + shift (per feature: the
+/// standardised, centred rows) and y_i the centred target,
+///   G = sum_i z_i z_i^T   [d, d]    R = sum_i y_i z_i   [d]   (float64, written)
+/// Blocks of kGramRows rows are standardised into column panels of three
+/// vectors (in cache), and register tiles of MR rows x one panel (MR = 8 on
+/// AVX-512, 4 on AVX2) accumulate over each block; only the tiles that reach
+/// the upper triangle are computed (d^2 / 2 multiply-adds per row), and the
+/// lower triangle is copied from it. The tiles are shared out over the
+/// threads, and every sum adds the rows in order, in float32 over
+/// kGramFlushRows rows and then in float64: the same sums whatever the thread
+/// count. Why not at::mm: MKL runs its AVX2 code on AMD CPUs, and computes
+/// both triangles.
+constexpr int64_t kGramRows = 256;
+constexpr int64_t kGramFlushRows = 4096;
+template <typename T>
+struct GramProblem {
+  const T* x = nullptr;  ///< row i of [n, d] at x + i * ldx
+  int64_t ldx = 0;
+  const T* scale = nullptr;  ///< [d]
+  const T* shift = nullptr;  ///< [d]
+  const T* y = nullptr;      ///< centred target of row i at y[i * ldy]
+  int64_t ldy = 1;
+  double* G = nullptr;  ///< out [d, d], row-major
+  double* R = nullptr;  ///< out [d]
+};
+template <typename T>
+void standardized_gram(const std::vector<GramProblem<T>>& problems, int64_t n, int64_t d);
 
 /// The instruction sets this machine can run the kernel with, best first
 /// ("avx512", "avx2", "portable"), and the one it uses.

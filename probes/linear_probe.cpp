@@ -389,51 +389,30 @@ LinearProbes fit_adam(const Problem& pr, const ProbeOptions& o, double l2_per_ro
   return finish(pr, best, r, Solver::adam);
 }
 
-// Rows per chunk and columns per block of symmetric_gram.
-constexpr int64_t kGramRows = 8192;
-constexpr int64_t kGramBlock = 256;
-
-// G[p] += z^T z and R[p] += z^T yc [D, 1] (float64) of each probe's
-// standardised rows z = (x - c) * inv_s, one probe after another: each chunk
-// of kGramRows rows is centred and scaled into one reused buffer (one read of
-// x, one write and reads of the buffer while it is in cache or near it), and
-// only the Gram's upper triangle of column blocks is computed (G is
-// symmetric: with D = 768 and blocks of 256, 6 of 9 blocks), each block one
-// float32 GEMM (at::mm, MKL on a CPU) added in float64. x [P, N, D], c and
-// inv_s [P, D], yc [P, N, 1] (centred targets).
-void symmetric_gram(const at::Tensor& x, const at::Tensor& c, const at::Tensor& inv_s, const at::Tensor& yc,
-                    at::Tensor& G, at::Tensor& R) {
+// G [P, D, D] and R [P, D, 1] (float64) of each probe's standardised rows
+// z = (x - c) * inv_s through the Gram kernel (probes/fused_objective.h).
+// x [P, N, D] with contiguous features, c and inv_s [P, D], yc [P, N, 1]
+// (centred targets).
+template <typename T>
+void kernel_gram(const at::Tensor& x, const at::Tensor& c, const at::Tensor& inv_s, const at::Tensor& yc,
+                 at::Tensor& G, at::Tensor& R) {
   const int64_t P = x.size(0), N = x.size(1), D = x.size(2);
-  const int64_t chunk = std::min(kGramRows, N);
-  at::Tensor buf = at::empty({chunk, D}, x.options());  // [chunk, D]
-  std::vector<int64_t> starts;
-  for (int64_t j = 0; j < D; j += kGramBlock) starts.push_back(j);
+  const at::Tensor scale = inv_s.to(x.scalar_type()).contiguous();               // [P, D]
+  const at::Tensor shift = (-c * inv_s).to(x.scalar_type()).contiguous();        // [P, D]: z = x * scale + shift
+  const at::Tensor y = yc.to(x.scalar_type());                                   // [P, N, 1]
+  std::vector<detail::GramProblem<T>> problems(static_cast<size_t>(P));
   for (int64_t p = 0; p < P; ++p) {
-    const at::Tensor shift = (-c[p] * inv_s[p]).contiguous();  // [D]: z = x * inv_s + shift
-    at::Tensor Gp = G[p], Rp = R[p];
-    for (int64_t start = 0; start < N; start += chunk) {
-      const int64_t len = std::min(chunk, N - start);
-      at::Tensor z = buf.narrow(0, 0, len);  // [len, D]
-      at::addcmul_out(z, shift, x[p].narrow(0, start, len), inv_s[p]);
-      Rp += at::mm(yc[p].narrow(0, start, len).t(), z).t().to(at::kDouble);  // (y^T z)^T [D, 1]
-      for (size_t bi = 0; bi < starts.size(); ++bi) {
-        const int64_t i0 = starts[bi], wi = std::min(kGramBlock, D - i0);
-        const at::Tensor zi_t = z.narrow(1, i0, wi).t();  // [wi, len]
-        for (size_t bj = bi; bj < starts.size(); ++bj) {
-          const int64_t j0 = starts[bj], wj = std::min(kGramBlock, D - j0);
-          Gp.narrow(0, i0, wi).narrow(1, j0, wj) += at::mm(zi_t, z.narrow(1, j0, wj)).to(at::kDouble);
-        }
-      }
-    }
-    // The lower triangle of blocks from the upper one.
-    for (size_t bi = 0; bi < starts.size(); ++bi) {
-      for (size_t bj = bi + 1; bj < starts.size(); ++bj) {
-        const int64_t i0 = starts[bi], wi = std::min(kGramBlock, D - i0);
-        const int64_t j0 = starts[bj], wj = std::min(kGramBlock, D - j0);
-        Gp.narrow(0, j0, wj).narrow(1, i0, wi).copy_(Gp.narrow(0, i0, wi).narrow(1, j0, wj).t());
-      }
-    }
+    detail::GramProblem<T>& g = problems[static_cast<size_t>(p)];
+    g.x = x.data_ptr<T>() + p * x.stride(0);
+    g.ldx = x.stride(1);
+    g.scale = scale.data_ptr<T>() + p * D;
+    g.shift = shift.data_ptr<T>() + p * D;
+    g.y = y.data_ptr<T>() + p * y.stride(0);
+    g.ldy = y.stride(1);
+    g.G = G.data_ptr<double>() + p * D * D;
+    g.R = R.data_ptr<double>() + p * D;
   }
+  detail::standardized_gram<T>(problems, N, D);
 }
 
 // Ridge / least squares from the normal equations in standardised
@@ -445,8 +424,12 @@ LinearProbes fit_exact(Problem pr, const at::Tensor& x_mean, bool center, double
   at::Tensor c = center ? x_mean : at::zeros_like(x_mean);  // Ridge centres x when it fits an intercept
   at::Tensor y_mean = pr.fit_intercept ? pr.y.mean(1, true) : at::zeros({P, 1, 1}, pr.y.options());
   at::Tensor G = at::zeros({P, D, D}, dopts), R = at::zeros({P, D, 1}, dopts);
-  if (pr.fused && pr.x.device().is_cpu()) {
-    symmetric_gram(pr.x, c, pr.inv_s, pr.y - y_mean, G, R);
+  if (pr.fused && pr.x.device().is_cpu() && pr.x.stride(2) == 1) {
+    if (pr.x.scalar_type() == at::kFloat) {
+      kernel_gram<float>(pr.x, c, pr.inv_s, pr.y - y_mean, G, R);
+    } else {
+      kernel_gram<double>(pr.x, c, pr.inv_s, pr.y - y_mean, G, R);
+    }
   } else {
     const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(1, P * D));
     for (int64_t start = 0; start < N; start += chunk) {

@@ -4,7 +4,7 @@
 // float64, on every instruction set this machine runs, with row counts that
 // are not multiples of the block or the chunk, d not a multiple of any
 // vector width, and strided rows; the same sums whatever the thread count;
-// and whole fits equal to the ATen path's.
+// and whole fits equal to the ATen path's. Likewise ridge's Gram kernel.
 #include "probes/fused_objective.h"
 #include "probes/linear_probe.h"
 
@@ -212,10 +212,98 @@ TEST(FusedObjective, FitsEqualTheAtenPaths) {
 }
 
 
-// Ridge's Gram by chunks of rows and the upper triangle of column blocks
-// (D = 300: a block of 256 and one of 44; N = 8192 + 808 rows: a full chunk
-// and a partial one) gives the closed form of the plain batched products.
-TEST(FusedObjective, RidgeGramByBlocksEqualsThePlainProducts) {
+// The Gram kernel: G = z^T z and R = z^T y of standardised rows
+// z = x * scale + shift, against the definition in float64 on the same
+// inputs, for two probes at once (a probe's sums must not reach the other's).
+struct GramCase {
+  int64_t n, d, pad;  // row stride d + pad
+};
+
+struct GramSums {
+  at::Tensor G, R;  // [P, d, d], [P, d] float64
+};
+
+GramSums run_gram(const at::Tensor& xs, int64_t d, const at::Tensor& scale, const at::Tensor& shift,
+                  const at::Tensor& y) {
+  const int64_t P = xs.size(0), n = xs.size(1);
+  GramSums out{at::full({P, d, d}, 7.0, at::kDouble), at::full({P, d}, 7.0, at::kDouble)};
+  AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "gram test", [&] {
+    std::vector<detail::GramProblem<scalar_t>> problems(static_cast<size_t>(P));
+    for (int64_t p = 0; p < P; ++p) {
+      auto& g = problems[static_cast<size_t>(p)];
+      g.x = xs.data_ptr<scalar_t>() + p * xs.stride(0);
+      g.ldx = xs.stride(1);
+      g.scale = scale.data_ptr<scalar_t>() + p * d;
+      g.shift = shift.data_ptr<scalar_t>() + p * d;
+      g.y = y.data_ptr<scalar_t>() + p * n;
+      g.G = out.G.data_ptr<double>() + p * d * d;
+      g.R = out.R.data_ptr<double>() + p * d;
+    }
+    detail::standardized_gram<scalar_t>(problems, n, d);
+  });
+  return out;
+}
+
+TEST(FusedObjective, StandardizedGramEqualsTheDefinitionOnEveryInstructionSet) {
+  // d not a multiple of any panel (12, 24, 48 columns) or tile; n past a
+  // block (kGramRows) and past a float64 flush (kGramFlushRows); strided rows.
+  const std::vector<GramCase> cases = {{1, 1, 0}, {37, 5, 3}, {detail::kGramRows + 3, 50, 0},
+                                       {detail::kGramFlushRows + 300, 97, 4}, {600, 130, 0}};
+  const std::vector<std::string> isas = detail::fused_objective_isas();
+  for (const std::string& isa : isas) {
+    detail::force_fused_objective_isa(isa);
+    for (at::ScalarType dt : {at::kFloat, at::kDouble}) {
+      // float32 sums over up to kGramFlushRows rows: relative to sum |z_i z_j|;
+      // a missing or doubled row moves a sum by ~1/n of it.
+      const double tol = dt == at::kFloat ? 2e-5 : 1e-12;
+      uint64_t seed = 40;
+      for (const GramCase& c : cases) {
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed++);
+        auto o = at::TensorOptions().dtype(dt);
+        const at::Tensor xs = (at::randn({2, c.n, c.d + c.pad}, gen, o) * 1.5 + 0.3);
+        const at::Tensor x = xs.narrow(2, 0, c.d);  // [2, n, d], rows d + pad apart
+        const at::Tensor scale = at::rand({2, c.d}, gen, o) + 0.5;
+        const at::Tensor shift = at::randn({2, c.d}, gen, o);
+        const at::Tensor y = at::randn({2, c.n}, gen, o);
+        const GramSums got = run_gram(x, c.d, scale, shift, y);
+        const at::Tensor z = x.to(at::kDouble) * scale.to(at::kDouble).unsqueeze(1) +
+                             shift.to(at::kDouble).unsqueeze(1);  // [2, n, d]
+        const at::Tensor yd = y.to(at::kDouble).unsqueeze(2);     // [2, n, 1]
+        const at::Tensor G = at::bmm(z.transpose(1, 2), z), R = at::bmm(z.transpose(1, 2), yd).squeeze(2);
+        const at::Tensor Gs = at::bmm(z.abs().transpose(1, 2), z.abs());
+        const at::Tensor Rs = at::bmm(z.abs().transpose(1, 2), yd.abs()).squeeze(2);
+        const std::string what = str_cat("n=", c.n, " d=", c.d, " pad=", c.pad, " ", dt, " isa ", isa);
+        EXPECT_LE(((got.G - G).abs() / Gs).max().item<double>(), tol) << what;
+        EXPECT_LE(((got.R - R).abs() / (Rs + 1e-30)).max().item<double>(), tol) << what;
+        EXPECT_TRUE(at::equal(got.G, got.G.transpose(1, 2))) << what;
+      }
+    }
+  }
+  detail::force_fused_objective_isa("");
+}
+
+TEST(FusedObjective, StandardizedGramSameSumsWhateverTheThreadCount) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  const int64_t n = 2 * detail::kGramFlushRows + 77, d = 200;
+  const at::Tensor x = at::randn({3, n, d}, gen) + 1.0;
+  const at::Tensor scale = at::rand({3, d}, gen) + 0.5, shift = at::randn({3, d}, gen), y = at::randn({3, n}, gen);
+  const int threads = at::get_num_threads();
+  std::vector<GramSums> runs;
+  for (int t : {1, 2, 3}) {
+    at::set_num_threads(t);
+    runs.push_back(run_gram(x, d, scale, shift, y));
+  }
+  at::set_num_threads(threads);
+  for (size_t i = 1; i < runs.size(); ++i) {
+    EXPECT_TRUE(at::equal(runs[0].G, runs[i].G)) << i;
+    EXPECT_TRUE(at::equal(runs[0].R, runs[i].R)) << i;
+  }
+}
+
+// Ridge through the Gram kernel (D = 300: six panels of 48 and part of a
+// seventh on AVX-512; N = 9000 rows: two float64 flushes and part of a third)
+// gives the closed form of the plain batched products.
+TEST(FusedObjective, RidgeThroughTheGramKernelEqualsThePlainProducts) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
   auto f64 = at::TensorOptions().dtype(at::kDouble);
   const int64_t N = 9000, D = 300;
