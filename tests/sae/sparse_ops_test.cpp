@@ -388,6 +388,50 @@ TEST(SparseRowsOps, OnCudaEqualTheCpu) {
   for (size_t i = 0; i < results[0].size(); ++i) EXPECT_TRUE(close(results[1][i], results[0][i], kF32Tol, names[i]));
 }
 
+// When every row keeps k latents, listed in increasing order, the entry list
+// is the [n, k] layout read row-major, and both paths sum each output in
+// entry order (kernels/sparse_cpu.h): the list ops and TopK's [n, k] ops
+// give the same bits, forward and every gradient (float32, where a sum in
+// another order would round differently; float64 too). The encoder's input
+// gradient takes the column-wise decode (W_enc.t()), its weight gradient the
+// transposed write-out, b_enc's the [L, 1] one.
+TEST(SparseRowsOps, ListAndNkLayoutsSumInTheSameOrderToTheBit) {
+  at::Generator gen = gen_of(21);
+  const int64_t n = 37, d_in = 29, d_sae = 90, k = 7;
+  for (const at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+    const auto opts = at::TensorOptions().dtype(dtype);
+    // [n, k]: k distinct latents per row, increasing; many rows share each latent.
+    const at::Tensor idx = std::get<0>(at::sort(distinct_indices(n, k, d_sae, gen), 1));
+    const at::Tensor flat = (at::arange(n, at::kLong).unsqueeze(1) * d_sae + idx).reshape({-1});  // [n k]
+    const SparseRows e = sparse_rows(flat, n, d_sae);
+    ASSERT_TRUE(at::equal(e.latents, idx.reshape({-1})));
+    const at::Tensor x = at::randn({n, d_in}, gen, opts), W = at::randn({d_in, d_sae}, gen, opts);
+    const at::Tensor b = at::randn({d_sae}, gen, opts), W_dec = at::randn({d_sae, d_in}, gen, opts);
+    const at::Tensor up = at::randn({n, d_in}, gen, opts);  // dL/drecons
+    at::Tensor h;
+    {
+      at::NoGradGuard no_grad;
+      h = at::matmul(x, W) + b;
+    }
+    std::vector<std::vector<at::Tensor>> results;
+    for (const bool list : {false, true}) {
+      std::vector<at::Tensor> in{x.clone().requires_grad_(true), W.clone().requires_grad_(true),
+                                 b.clone().requires_grad_(true), W_dec.clone().requires_grad_(true)};
+      const at::Tensor out =
+          list ? sparse_rows_decode(at::relu(sparse_rows_encoder_values(in[0], in[1], in[2], h, e)), e, in[3])
+               : sparse_decode(at::relu(sparse_encoder_values(in[0], in[1], in[2], h, idx)), idx, in[3]);
+      std::vector<at::Tensor> r{out.detach()};
+      for (const at::Tensor& g : torch::autograd::grad({out}, in, {up})) r.push_back(g);
+      results.push_back(r);
+    }
+    const char* names[] = {"recons", "sae_in", "W_enc", "b_enc", "W_dec"};
+    for (size_t i = 0; i < results[0].size(); ++i) {
+      EXPECT_GT(results[0][i].abs().max().item<double>(), 0) << names[i] << ": a zero result tests nothing";
+      EXPECT_TRUE(at::equal(results[1][i], results[0][i])) << names[i] << " " << dtype;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mechlab::sae
 
