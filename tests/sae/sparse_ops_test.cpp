@@ -432,6 +432,58 @@ TEST(SparseRowsOps, ListAndNkLayoutsSumInTheSameOrderToTheBit) {
   }
 }
 
+// Other dtypes take the ATen path (gathers and index_add_ in chunks), on the
+// CPU too. With small integers every product and partial sum (below 256 in
+// magnitude here) is exact in bfloat16, so the list ops in bfloat16 must
+// equal the dense formulas in float64 exactly: a wrong or missing term, or
+// rows and latents exchanged, moves a result by at least 1.
+TEST(SparseRowsOps, AtenPathEqualsTheDenseFormulasExactlyOnSmallIntegers) {
+  at::Generator gen = gen_of(23);
+  const int64_t n = 9, d_in = 5, d_sae = 12;
+  const at::Tensor flat = varying_entries(n, d_sae, gen);  // row 0 keeps none, row n - 1 all
+  const SparseRows e = sparse_rows(flat, n, d_sae);
+  const int64_t nnz = flat.size(0);
+  const auto ints = [&](at::IntArrayRef shape) {  // in [-3, 3], float64
+    return at::randint(-3, 4, shape, gen, at::TensorOptions().dtype(at::kDouble));
+  };
+  const at::Tensor x = ints({n, d_in}), W = ints({d_in, d_sae}), b = ints({d_sae});
+  const at::Tensor v = ints({nnz}), W_dec = ints({d_sae, d_in});
+  const at::Tensor up_values = ints({nnz}), up_recons = ints({n, d_in});
+  const auto bf16 = [](const at::Tensor& t) { return t.to(at::kBFloat16).requires_grad_(true); };
+
+  // The encoder's values: gradients to sae_in (the decode with W_enc.t()),
+  // W_enc (the transposed weight gradient) and b_enc.
+  std::vector<at::Tensor> dense_in{x.clone().requires_grad_(true), W.clone().requires_grad_(true),
+                                   b.clone().requires_grad_(true)};
+  const at::Tensor dense_values =
+      (at::matmul(dense_in[0], dense_in[1]) + dense_in[2]).reshape({-1}).index_select(0, flat);
+  const auto dense_enc = torch::autograd::grad({dense_values}, dense_in, {up_values});
+  std::vector<at::Tensor> in{bf16(x), bf16(W), bf16(b)};
+  at::Tensor h;
+  {
+    at::NoGradGuard no_grad;
+    h = at::matmul(in[0], in[1]) + in[2];
+  }
+  const at::Tensor values = sparse_rows_encoder_values(in[0], in[1], in[2], h, e);
+  const auto enc = torch::autograd::grad({values}, in, {up_values.to(at::kBFloat16)});
+  const char* enc_names[] = {"sae_in", "W_enc", "b_enc"};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_GT(dense_enc[i].abs().max().item<double>(), 0) << enc_names[i];
+    EXPECT_TRUE(at::equal(enc[i].to(at::kDouble), dense_enc[i])) << enc_names[i];
+  }
+
+  // The decoder: forward, and gradients to values and W_dec.
+  const at::Tensor dv = v.clone().requires_grad_(true), dW = W_dec.clone().requires_grad_(true);
+  const at::Tensor dense = at::matmul(at::zeros({n * d_sae}, at::kDouble).scatter(0, flat, dv).view({n, d_sae}), dW);
+  const auto dense_dec = torch::autograd::grad({dense}, {dv, dW}, {up_recons});
+  const at::Tensor sv = bf16(v), sW = bf16(W_dec);
+  const at::Tensor recons = sparse_rows_decode(sv, e, sW);
+  EXPECT_TRUE(at::equal(recons.detach().to(at::kDouble), dense.detach())) << "recons";
+  const auto dec = torch::autograd::grad({recons}, {sv, sW}, {up_recons.to(at::kBFloat16)});
+  EXPECT_TRUE(at::equal(dec[0].to(at::kDouble), dense_dec[0])) << "values";
+  EXPECT_TRUE(at::equal(dec[1].to(at::kDouble), dense_dec[1])) << "W_dec";
+}
+
 }  // namespace
 }  // namespace mechlab::sae
 
