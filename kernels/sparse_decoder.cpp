@@ -87,27 +87,30 @@ std::string cpu_only(const at::Device& d) {
 // [chunk, k, d] temporary stays near 64 MiB whatever n is.
 int64_t chunk_rows(int64_t k, int64_t d) { return std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, k * d)); }
 
-at::Tensor decode_aten(const SparseDecodeArgs& a) {
-  const int64_t n = a.values.size(0), k = a.values.size(1), d = a.weight.size(1);
-  at::Tensor out = at::zeros({n, d}, a.values.options());  // [n, d]
-  const int64_t step = chunk_rows(k, d);
+// Calls f(r0, r1, w) for each chunk [r0, r1) of the n rows of indices
+// [n, k], w [r1 - r0, k, d] the weight rows the chunk's indices name.
+template <typename F>
+void for_gathered_chunks(const at::Tensor& indices, const at::Tensor& weight, F f) {
+  const int64_t n = indices.size(0), k = indices.size(1), d = weight.size(1), step = chunk_rows(k, d);
   for (int64_t r0 = 0; r0 < n && k > 0; r0 += step) {
     const int64_t r1 = std::min(n, r0 + step);
-    const at::Tensor w = a.weight.index_select(0, a.indices.slice(0, r0, r1).flatten()).view({r1 - r0, k, d});
-    out.slice(0, r0, r1).copy_(at::bmm(a.values.slice(0, r0, r1).unsqueeze(1), w).squeeze(1));
+    f(r0, r1, weight.index_select(0, indices.slice(0, r0, r1).flatten()).view({r1 - r0, k, d}));
   }
+}
+
+at::Tensor decode_aten(const SparseDecodeArgs& a) {
+  at::Tensor out = at::zeros({a.values.size(0), a.weight.size(1)}, a.values.options());  // [n, d]
+  for_gathered_chunks(a.indices, a.weight, [&](int64_t r0, int64_t r1, const at::Tensor& w) {
+    out.slice(0, r0, r1).copy_(at::bmm(a.values.slice(0, r0, r1).unsqueeze(1), w).squeeze(1));
+  });
   return out;
 }
 
 at::Tensor grad_values_aten(const SparseDecodeGradValuesArgs& a) {
-  const int64_t n = a.indices.size(0), k = a.indices.size(1), d = a.weight.size(1);
-  at::Tensor out = at::zeros({n, k}, a.grad_out.options());  // [n, k]
-  const int64_t step = chunk_rows(k, d);
-  for (int64_t r0 = 0; r0 < n && k > 0; r0 += step) {
-    const int64_t r1 = std::min(n, r0 + step);
-    const at::Tensor w = a.weight.index_select(0, a.indices.slice(0, r0, r1).flatten()).view({r1 - r0, k, d});
+  at::Tensor out = at::zeros(a.indices.sizes(), a.grad_out.options());  // [n, k]
+  for_gathered_chunks(a.indices, a.weight, [&](int64_t r0, int64_t r1, const at::Tensor& w) {
     out.slice(0, r0, r1).copy_(at::bmm(w, a.grad_out.slice(0, r0, r1).unsqueeze(2)).squeeze(2));
-  }
+  });
   return out;
 }
 
