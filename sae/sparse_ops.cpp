@@ -107,6 +107,20 @@ bool cpu_real(const at::Tensor& t) {
 // Entries per ATen chunk: a [chunk, d] temporary of about 64 MiB of float32.
 int64_t chunk_entries(int64_t d) { return std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, d)); }
 
+// The ATen path of the decode and the weight gradient, which differ only in
+// which index picks the source row and which the output row:
+// out[to[p], :] += coef[p] * src[from[p], :] for every entry p, in chunks of
+// entries (any device).
+void add_scaled_rows(at::Tensor& out, const at::Tensor& to, const at::Tensor& coef, const at::Tensor& src,
+                     const at::Tensor& from) {
+  const int64_t nnz = coef.size(0), step = chunk_entries(src.size(1));
+  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
+    const int64_t p1 = std::min(nnz, p0 + step);
+    const at::Tensor terms = coef.slice(0, p0, p1).unsqueeze(1) * src.index_select(0, from.slice(0, p0, p1));
+    out.index_add_(0, to.slice(0, p0, p1), terms);  // [chunk, d]
+  }
+}
+
 at::Tensor rows_decode(const at::Tensor& v, const at::Tensor& rows, const at::Tensor& latents,
                        const at::Tensor& offsets, const at::Tensor& weight) {
   if (cpu_real(v) && weight.scalar_type() == v.scalar_type() && weight.device().is_cpu()) {
@@ -117,13 +131,8 @@ at::Tensor rows_decode(const at::Tensor& v, const at::Tensor& rows, const at::Te
                ? kernels::detail::entries_decode<float>(v, latents, off.size(0) - 1, row_start, weight)
                : kernels::detail::entries_decode<double>(v, latents, off.size(0) - 1, row_start, weight);
   }
-  const int64_t n = offsets.size(0) - 1, d = weight.size(1), nnz = v.size(0), step = chunk_entries(d);
-  at::Tensor out = at::zeros({n, d}, v.options());  // [n, d]
-  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
-    const int64_t p1 = std::min(nnz, p0 + step);
-    const at::Tensor terms = v.slice(0, p0, p1).unsqueeze(1) * weight.index_select(0, latents.slice(0, p0, p1));
-    out.index_add_(0, rows.slice(0, p0, p1), terms);  // [chunk, d] into their rows
-  }
+  at::Tensor out = at::zeros({offsets.size(0) - 1, weight.size(1)}, v.options());  // [n, d]
+  add_scaled_rows(out, rows, v, weight, latents);  // weight rows into their rows
   return out;
 }
 
@@ -161,13 +170,8 @@ at::Tensor rows_weight_grad(const at::Tensor& coef, const at::Tensor& rows, cons
                ? kernels::detail::entries_weight_grad<float>(coef, latents, row_of, x, L, transposed)
                : kernels::detail::entries_weight_grad<double>(coef, latents, row_of, x, L, transposed);
   }
-  const int64_t nnz = coef.size(0), d = x.size(1), step = chunk_entries(d);
-  at::Tensor g = at::zeros({L, d}, coef.options());  // [L, d]
-  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
-    const int64_t p1 = std::min(nnz, p0 + step);
-    const at::Tensor terms = coef.slice(0, p0, p1).unsqueeze(1) * x.index_select(0, rows.slice(0, p0, p1));
-    g.index_add_(0, latents.slice(0, p0, p1), terms);  // [chunk, d] into their latents
-  }
+  at::Tensor g = at::zeros({L, x.size(1)}, coef.options());  // [L, d]
+  add_scaled_rows(g, latents, coef, x, rows);  // rows of x into their latents
   return transposed ? g.t().contiguous() : g;
 }
 
