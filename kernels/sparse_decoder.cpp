@@ -128,8 +128,8 @@ at::Tensor weight_grad_aten(const SparseWeightGradArgs& a) {
 
 // ------------------------------------------------------------------ CPU kernels
 
-// The [n, k] layout of kernels/sparse_cpu.h's loops: entry e = n k + j
-// lies in row e / k, row r's entries are [r k, r k + k).
+// The [n, k] layout of kernels/sparse_cpu.h's loops: entry e = n k + j,
+// row r's entries are [r k, r k + k).
 template <typename T>
 at::Tensor decode_cpu_t(const SparseDecodeArgs& a) {
   const int64_t k = a.values.size(1);
@@ -140,15 +140,15 @@ at::Tensor decode_cpu_t(const SparseDecodeArgs& a) {
 template <typename T>
 at::Tensor grad_values_cpu_t(const SparseDecodeGradValuesArgs& a) {
   const int64_t n = a.indices.size(0), k = a.indices.size(1);
-  const auto row_of = [k](int64_t e) { return e / k; };
-  return detail::entries_grad_values<T>(a.grad_out, a.indices, row_of, a.weight).view({n, k});
+  const auto row_start = [k](int64_t r) { return r * k; };
+  return detail::entries_grad_values<T>(a.grad_out, a.indices, row_start, a.weight).view({n, k});
 }
 
 template <typename T>
 at::Tensor weight_grad_cpu_t(const SparseWeightGradArgs& a) {
   const int64_t k = a.coef.size(1);
-  const auto row_of = [k](int64_t e) { return e / k; };
-  return detail::entries_weight_grad<T>(a.coef, a.indices, row_of, a.rows, a.n_latents, a.transposed);
+  const auto row_start = [k](int64_t r) { return r * k; };
+  return detail::entries_weight_grad<T>(a.coef, a.indices, row_start, a.rows, a.n_latents, a.transposed);
 }
 
 at::Tensor decode_cpu(const SparseDecodeArgs& a) {

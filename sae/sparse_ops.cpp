@@ -138,15 +138,15 @@ at::Tensor rows_decode(const at::Tensor& v, const at::Tensor& rows, const at::Te
 
 // out [nnz]: out[p] = grad[rows[p], :] . weight[latents[p], :]; grad [n, d], weight [L, d].
 at::Tensor rows_grad_values(const at::Tensor& grad_in, const at::Tensor& rows, const at::Tensor& latents,
-                            const at::Tensor& weight) {
+                            const at::Tensor& offsets, const at::Tensor& weight) {
   const int64_t nnz = rows.size(0), d = weight.size(1);
   if (cpu_real(grad_in) && weight.scalar_type() == grad_in.scalar_type() && weight.device().is_cpu()) {
-    const at::Tensor rw = rows.contiguous();
-    const int64_t* rp = rw.data_ptr<int64_t>();
-    const auto row_of = [rp](int64_t p) { return rp[p]; };
+    const at::Tensor off = offsets.contiguous();
+    const int64_t* op = off.data_ptr<int64_t>();
+    const auto row_start = [op](int64_t r) { return op[r]; };
     return grad_in.scalar_type() == at::kFloat
-               ? kernels::detail::entries_grad_values<float>(grad_in, latents, row_of, weight)
-               : kernels::detail::entries_grad_values<double>(grad_in, latents, row_of, weight);
+               ? kernels::detail::entries_grad_values<float>(grad_in, latents, row_start, weight)
+               : kernels::detail::entries_grad_values<double>(grad_in, latents, row_start, weight);
   }
   std::vector<at::Tensor> parts;
   const int64_t step = chunk_entries(d);
@@ -161,14 +161,14 @@ at::Tensor rows_grad_values(const at::Tensor& grad_in, const at::Tensor& rows, c
 // G [L, d] (or its transpose [d, L], contiguous, with `transposed`): row c =
 // sum over entries p with latents[p] = c of coef[p] * x[rows[p], :].
 at::Tensor rows_weight_grad(const at::Tensor& coef, const at::Tensor& rows, const at::Tensor& latents,
-                            const at::Tensor& x, int64_t L, bool transposed) {
+                            const at::Tensor& offsets, const at::Tensor& x, int64_t L, bool transposed) {
   if (cpu_real(coef) && x.scalar_type() == coef.scalar_type() && x.device().is_cpu()) {
-    const at::Tensor rw = rows.contiguous();
-    const int64_t* rp = rw.data_ptr<int64_t>();
-    const auto row_of = [rp](int64_t p) { return rp[p]; };
+    const at::Tensor off = offsets.contiguous();
+    const int64_t* op = off.data_ptr<int64_t>();
+    const auto row_start = [op](int64_t r) { return op[r]; };
     return coef.scalar_type() == at::kFloat
-               ? kernels::detail::entries_weight_grad<float>(coef, latents, row_of, x, L, transposed)
-               : kernels::detail::entries_weight_grad<double>(coef, latents, row_of, x, L, transposed);
+               ? kernels::detail::entries_weight_grad<float>(coef, latents, row_start, x, L, transposed)
+               : kernels::detail::entries_weight_grad<double>(coef, latents, row_start, x, L, transposed);
   }
   at::Tensor g = at::zeros({L, x.size(1)}, coef.options());  // [L, d]
   add_scaled_rows(g, latents, coef, x, rows);  // rows of x into their latents
@@ -210,10 +210,10 @@ struct RowsEncoderValues : public torch::autograd::Function<RowsEncoderValues> {
         g = g * s;
       }
       if (ctx->needs_input_grad(0)) d_in = rows_decode(g, rows, latents, offsets, W_enc.t());  // [n, d_in]
-      if (ctx->needs_input_grad(1)) d_W = rows_weight_grad(g, rows, latents, sae_in, d_sae, /*transposed=*/true);
+      if (ctx->needs_input_grad(1)) d_W = rows_weight_grad(g, rows, latents, offsets, sae_in, d_sae, /*transposed=*/true);
       if (ctx->needs_input_grad(2)) {
         const at::Tensor ones = at::ones({sae_in.size(0), 1}, g.options());  // [n, 1]
-        d_b = rows_weight_grad(g, rows, latents, ones, d_sae, /*transposed=*/false).view({d_sae});
+        d_b = rows_weight_grad(g, rows, latents, offsets, ones, d_sae, /*transposed=*/false).view({d_sae});
       }
     }
     return {d_in, d_W, d_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), d_scale};
@@ -223,7 +223,7 @@ struct RowsEncoderValues : public torch::autograd::Function<RowsEncoderValues> {
 struct RowsDecoder : public torch::autograd::Function<RowsDecoder> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& values, const at::Tensor& rows,
                             const at::Tensor& latents, const at::Tensor& offsets, const at::Tensor& W_dec) {
-    ctx->save_for_backward({values, rows, latents, W_dec});
+    ctx->save_for_backward({values, rows, latents, offsets, W_dec});
     return rows_decode(values, rows, latents, offsets, W_dec);  // [n, d_in]
   }
 
@@ -232,12 +232,15 @@ struct RowsDecoder : public torch::autograd::Function<RowsDecoder> {
     const at::Tensor& values = saved[0];   // [nnz]
     const at::Tensor& rows = saved[1];     // [nnz]
     const at::Tensor& latents = saved[2];  // [nnz]
-    const at::Tensor& W_dec = saved[3];    // [d_sae, d_in]
+    const at::Tensor& offsets = saved[3];  // [n + 1]
+    const at::Tensor& W_dec = saved[4];    // [d_sae, d_in]
     at::Tensor d_values, d_W;
     if (grads[0].defined()) {
       const at::Tensor g = grads[0].contiguous();  // [n, d_in]
-      if (ctx->needs_input_grad(0)) d_values = rows_grad_values(g, rows, latents, W_dec);
-      if (ctx->needs_input_grad(4)) d_W = rows_weight_grad(values, rows, latents, g, W_dec.size(0), /*transposed=*/false);
+      if (ctx->needs_input_grad(0)) d_values = rows_grad_values(g, rows, latents, offsets, W_dec);
+      if (ctx->needs_input_grad(4)) {
+        d_W = rows_weight_grad(values, rows, latents, offsets, g, W_dec.size(0), /*transposed=*/false);
+      }
     }
     return {d_values, at::Tensor(), at::Tensor(), at::Tensor(), d_W};
   }
