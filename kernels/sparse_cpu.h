@@ -36,12 +36,16 @@
 
 namespace mechlab::kernels::detail {
 
-/// Refuses row starts that do not cover the nnz entries from 0 (the loops
-/// would read or write outside them); a caller's bug, not a user's.
+/// Refuses row starts that do not rise from 0 to nnz (the loops would read
+/// or write outside the entries): one pass over the n + 1 starts.
 template <typename RowStart>
 void check_row_starts(int64_t n, RowStart row_start, int64_t nnz) {
-  MECHLAB_CHECK(row_start(0) == 0 && row_start(n) == nnz, "sparse entries: the ", n,
-                " rows' entries must be [0, ", nnz, "); got [", row_start(0), ", ", row_start(n), ")");
+  MECHLAB_CHECK(row_start(0) == 0 && row_start(n) == nnz, "sparse rows: the ", n, " rows' entries run from ",
+                row_start(0), " to ", row_start(n), "; the row offsets must run from 0 to the ", nnz, " entries");
+  for (int64_t r = 0; r < n; ++r) {
+    MECHLAB_CHECK(row_start(r) <= row_start(r + 1), "sparse rows: row ", r, " starts at entry ", row_start(r),
+                  " and ends at ", row_start(r + 1), "; the row offsets must not decrease");
+  }
 }
 
 /// out [n, d]: row r sums values[e] * weight[latents[e], :] over its entries

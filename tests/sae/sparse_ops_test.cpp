@@ -432,6 +432,23 @@ TEST(SparseRowsOps, ListAndNkLayoutsSumInTheSameOrderToTheBit) {
   }
 }
 
+// Row offsets that do not rise from 0 to the number of entries would send
+// the CPU loops outside the entries: refused. (A list spoiled in place after
+// the forward is autograd's to refuse: the saved offsets' version moved.)
+TEST(SparseRowsOps, OffsetsOutsideTheEntriesAreRefused) {
+  const SparseRows good = sparse_rows(at::tensor({13, 4, 10, 1, 12}, at::kLong), 3, 5);  // offsets 0, 2, 2, 5
+  const at::Tensor W_dec = at::randn({5, 4}, at::kDouble);
+  const at::Tensor v = at::randn({5}, at::kDouble);
+  SparseRows e = good;
+  e.offsets = at::tensor({0, 2, 2, 6}, at::kLong);
+  EXPECT_EQ(mechlab::testing::error_of([&] { sparse_rows_decode(v, e, W_dec); }),
+            "sparse rows: the 3 rows' entries run from 0 to 6; the row offsets must run from 0 to the 5 entries");
+  e.offsets = at::tensor({0, 7, 2, 5}, at::kLong);
+  EXPECT_EQ(mechlab::testing::error_of([&] { sparse_rows_decode(v, e, W_dec); }),
+            "sparse rows: row 1 starts at entry 7 and ends at 2; the row offsets must not decrease");
+  EXPECT_EQ(sparse_rows_decode(v, good, W_dec).size(0), 3);  // the list sparse_rows built passes
+}
+
 // Other dtypes take the ATen path (gathers and index_add_ in chunks), on the
 // CPU too. With small integers every product and partial sum (below 256 in
 // magnitude here) is exact in bfloat16, so the list ops in bfloat16 must
