@@ -95,10 +95,10 @@ struct Decoder : public torch::autograd::Function<Decoder> {
 // ---------------------------------------------------------------- rows of varying length
 // The three sums of sparse_ops.h's second half over an entry list (rows,
 // latents, offsets): for float32/float64 CPU tensors, the CPU loops that the
-// [n, k] kernels use too (kernels/sparse_cpu.h: one thread per output row,
-// entry or latent, entries in list order, so the result does not depend on
-// the thread count), else ATen gathers and index_add_ in chunks of entries
-// (any device).
+// [n, k] kernels use too (kernels/sparse_cpu.h: one thread per output row
+// or latent, entries in list order, so the result does not depend on the
+// thread count), else ATen gathers and index_add_ in chunks of entries (any
+// device).
 
 bool cpu_real(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
