@@ -1,12 +1,8 @@
 #include "kernels/sparse_decoder.h"
 
-#include "kernels/cpu_vec.h"
-
-#include <ATen/Parallel.h>
+#include "kernels/sparse_cpu.h"
 
 #include <algorithm>
-#include <cstring>
-#include <vector>
 
 namespace mechlab::kernels {
 namespace {
@@ -91,27 +87,30 @@ std::string cpu_only(const at::Device& d) {
 // [chunk, k, d] temporary stays near 64 MiB whatever n is.
 int64_t chunk_rows(int64_t k, int64_t d) { return std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, k * d)); }
 
-at::Tensor decode_aten(const SparseDecodeArgs& a) {
-  const int64_t n = a.values.size(0), k = a.values.size(1), d = a.weight.size(1);
-  at::Tensor out = at::zeros({n, d}, a.values.options());  // [n, d]
-  const int64_t step = chunk_rows(k, d);
+// Calls f(r0, r1, w) for each chunk [r0, r1) of the n rows of indices
+// [n, k], w [r1 - r0, k, d] the weight rows the chunk's indices name.
+template <typename F>
+void for_gathered_chunks(const at::Tensor& indices, const at::Tensor& weight, F f) {
+  const int64_t n = indices.size(0), k = indices.size(1), d = weight.size(1), step = chunk_rows(k, d);
   for (int64_t r0 = 0; r0 < n && k > 0; r0 += step) {
     const int64_t r1 = std::min(n, r0 + step);
-    const at::Tensor w = a.weight.index_select(0, a.indices.slice(0, r0, r1).flatten()).view({r1 - r0, k, d});
-    out.slice(0, r0, r1).copy_(at::bmm(a.values.slice(0, r0, r1).unsqueeze(1), w).squeeze(1));
+    f(r0, r1, weight.index_select(0, indices.slice(0, r0, r1).flatten()).view({r1 - r0, k, d}));
   }
+}
+
+at::Tensor decode_aten(const SparseDecodeArgs& a) {
+  at::Tensor out = at::zeros({a.values.size(0), a.weight.size(1)}, a.values.options());  // [n, d]
+  for_gathered_chunks(a.indices, a.weight, [&](int64_t r0, int64_t r1, const at::Tensor& w) {
+    out.slice(0, r0, r1).copy_(at::bmm(a.values.slice(0, r0, r1).unsqueeze(1), w).squeeze(1));
+  });
   return out;
 }
 
 at::Tensor grad_values_aten(const SparseDecodeGradValuesArgs& a) {
-  const int64_t n = a.indices.size(0), k = a.indices.size(1), d = a.weight.size(1);
-  at::Tensor out = at::zeros({n, k}, a.grad_out.options());  // [n, k]
-  const int64_t step = chunk_rows(k, d);
-  for (int64_t r0 = 0; r0 < n && k > 0; r0 += step) {
-    const int64_t r1 = std::min(n, r0 + step);
-    const at::Tensor w = a.weight.index_select(0, a.indices.slice(0, r0, r1).flatten()).view({r1 - r0, k, d});
+  at::Tensor out = at::zeros(a.indices.sizes(), a.grad_out.options());  // [n, k]
+  for_gathered_chunks(a.indices, a.weight, [&](int64_t r0, int64_t r1, const at::Tensor& w) {
     out.slice(0, r0, r1).copy_(at::bmm(w, a.grad_out.slice(0, r0, r1).unsqueeze(2)).squeeze(2));
-  }
+  });
   return out;
 }
 
@@ -129,124 +128,27 @@ at::Tensor weight_grad_aten(const SparseWeightGradArgs& a) {
 
 // ------------------------------------------------------------------ CPU kernels
 
+// The [n, k] layout of kernels/sparse_cpu.h's loops: entry e = n k + j,
+// row r's entries are [r k, r k + k).
 template <typename T>
 at::Tensor decode_cpu_t(const SparseDecodeArgs& a) {
-  const at::Tensor v = a.values.contiguous(), idx = a.indices.contiguous();
-  const int64_t n = v.size(0), k = v.size(1), d = a.weight.size(1);
-  const T* vp = v.data_ptr<T>();
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  const at::Tensor& w = a.weight;
-  if (w.stride(1) == 1 || d <= 1) {
-    // Rows of the weight are contiguous (W_dec): each output row is k
-    // scaled weight rows added in order of j.
-    at::Tensor out = at::zeros({n, d}, v.options());  // [n, d]
-    const T* wp = w.data_ptr<T>();
-    const int64_t ws = w.stride(0);
-    T* op = out.data_ptr<T>();
-    at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        for (int64_t j = 0; j < k; ++j) detail::axpy(d, vp[r * k + j], wp + ip[r * k + j] * ws, op + r * d);
-      }
-    });
-    return out;
-  }
-  // Columns contiguous (W_enc.t(), [d_sae, d_in] with stride 1 along
-  // d_sae): one column of the weight (a row of W_enc, d_sae entries, cache
-  // resident) serves every output row at once; the output is built as its
-  // transpose [d, n] and transposed back.
-  const at::Tensor wc = w.stride(0) == 1 ? w : w.contiguous();
-  if (wc.stride(0) != 1) return decode_cpu_t<T>(SparseDecodeArgs{a.values, a.indices, wc});
-  const T* wp = wc.data_ptr<T>();
-  const int64_t cs = wc.stride(1);
-  at::Tensor out_t = at::empty({d, n}, v.options());  // [d, n]
-  T* op = out_t.data_ptr<T>();
-  at::parallel_for(0, d, 4, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      const T* col = wp + c * cs;  // weight[:, c]
-      for (int64_t r = 0; r < n; ++r) {
-        T acc = 0;
-        for (int64_t j = 0; j < k; ++j) acc += vp[r * k + j] * col[ip[r * k + j]];
-        op[c * n + r] = acc;
-      }
-    }
-  });
-  return out_t.t().contiguous();
+  const int64_t k = a.values.size(1);
+  const auto row_start = [k](int64_t r) { return r * k; };
+  return detail::entries_decode<T>(a.values, a.indices, a.values.size(0), row_start, a.weight);
 }
 
 template <typename T>
 at::Tensor grad_values_cpu_t(const SparseDecodeGradValuesArgs& a) {
-  const at::Tensor g = a.grad_out.contiguous(), idx = a.indices.contiguous();
-  const at::Tensor w = a.weight.stride(1) == 1 ? a.weight : a.weight.contiguous();
-  const int64_t n = idx.size(0), k = idx.size(1), d = g.size(1), ws = w.stride(0);
-  at::Tensor out = at::empty({n, k}, g.options());  // [n, k]
-  const T* gp = g.data_ptr<T>();
-  const T* wp = w.data_ptr<T>();
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  T* op = out.data_ptr<T>();
-  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      for (int64_t j = 0; j < k; ++j) op[r * k + j] = detail::dot(d, gp + r * d, wp + ip[r * k + j] * ws);
-    }
-  });
-  return out;
+  const int64_t n = a.indices.size(0), k = a.indices.size(1);
+  const auto row_start = [k](int64_t r) { return r * k; };
+  return detail::entries_grad_values<T>(a.grad_out, a.indices, row_start, a.weight).view({n, k});
 }
 
 template <typename T>
 at::Tensor weight_grad_cpu_t(const SparseWeightGradArgs& a) {
-  const at::Tensor cf = a.coef.contiguous(), idx = a.indices.contiguous(), x = a.rows.contiguous();
-  const int64_t n = cf.size(0), k = cf.size(1), d = x.size(1), L = a.n_latents, nk = n * k;
-  const T* cp = cf.data_ptr<T>();
-  const T* xp = x.data_ptr<T>();
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  // Entries bucketed by latent (a counting sort; within a latent in order of
-  // n, then j), so that each latent's row is summed by one thread, in a fixed
-  // order, with no atomics.
-  std::vector<int64_t> start(static_cast<size_t>(L) + 1, 0);
-  for (int64_t e = 0; e < nk; ++e) ++start[ip[e] + 1];
-  for (int64_t c = 0; c < L; ++c) start[c + 1] += start[c];
-  std::vector<int64_t> order(static_cast<size_t>(nk));
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < nk; ++e) order[fill[ip[e]]++] = e;
-  }
-  if (!a.transposed) {
-    at::Tensor g = at::empty({L, d}, cf.options());  // [n_latents, d]
-    T* gp = g.data_ptr<T>();
-    at::parallel_for(0, L, 64, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) {
-        T* row = gp + c * d;
-        std::fill(row, row + d, T(0));
-        for (int64_t p = start[c]; p < start[c + 1]; ++p) {
-          const int64_t en = order[p];
-          detail::axpy(d, cp[en], xp + (en / k) * d, row);
-        }
-      }
-    });
-    return g;
-  }
-  // [d, n_latents]: blocks of 16 latents are summed as rows in a local
-  // buffer and written out as 16 consecutive entries (one cache line of
-  // float32) of each of the d rows.
-  constexpr int64_t kBlock = 16;
-  at::Tensor g = at::empty({d, L}, cf.options());  // [d, n_latents]
-  T* gp = g.data_ptr<T>();
-  at::parallel_for(0, (L + kBlock - 1) / kBlock, 4, [&](int64_t b, int64_t e) {
-    std::vector<T> buf(static_cast<size_t>(kBlock * d));
-    for (int64_t blk = b; blk < e; ++blk) {
-      const int64_t c0 = blk * kBlock, c1 = std::min(L, c0 + kBlock);
-      std::fill(buf.begin(), buf.end(), T(0));
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t p = start[c]; p < start[c + 1]; ++p) {
-          const int64_t en = order[p];
-          detail::axpy(d, cp[en], xp + (en / k) * d, buf.data() + (c - c0) * d);
-        }
-      }
-      for (int64_t dd = 0; dd < d; ++dd) {
-        for (int64_t c = c0; c < c1; ++c) gp[dd * L + c] = buf[(c - c0) * d + dd];
-      }
-    }
-  });
-  return g;
+  const int64_t k = a.coef.size(1);
+  const auto row_start = [k](int64_t r) { return r * k; };
+  return detail::entries_weight_grad<T>(a.coef, a.indices, row_start, a.rows, a.n_latents, a.transposed);
 }
 
 at::Tensor decode_cpu(const SparseDecodeArgs& a) {

@@ -20,8 +20,9 @@
 // The sums run over j (or over the entries of a latent in order of n, then
 // j) one term at a time, so the CPU kernels of the three families agree bit
 // for bit whatever the weight's layout. Implementations, in dispatch order:
-// "cuda" (float32, CUDA tensors), "cpu" (float32/float64 CPU tensors, loops
-// over at::parallel_for), "aten" (any device; gathers in chunks of rows).
+// "cuda" (float32, CUDA tensors), "cpu" (float32/float64 CPU tensors, the
+// loops of kernels/sparse_cpu.h, which BatchTopK's entry lists share),
+// "aten" (any device; gathers in chunks of rows).
 // Out-of-range indices are refused on the CPU; on a GPU the kernels do not
 // read them back (a device sync per call) and skip them.
 #pragma once

@@ -1,11 +1,10 @@
 #include "sae/sparse_ops.h"
 
 #include "core/util/error.h"
-#include "kernels/cpu_vec.h"
+#include "kernels/sparse_cpu.h"
 #include "kernels/sparse_decoder.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -95,11 +94,11 @@ struct Decoder : public torch::autograd::Function<Decoder> {
 
 // ---------------------------------------------------------------- rows of varying length
 // The three sums of sparse_ops.h's second half over an entry list (rows,
-// latents, offsets): a CPU loop for float32/float64 CPU tensors (one thread
-// per output row or latent, entries in list order, so the result does not
-// depend on the thread count), else ATen gathers and index_add_ in chunks
-// of entries (any device). The vector loops are the kernels library's
-// (kernels/cpu_vec.h: AVX-512, AVX2 or plain, chosen at start).
+// latents, offsets): for float32/float64 CPU tensors, the CPU loops that the
+// [n, k] kernels use too (kernels/sparse_cpu.h: one thread per output row
+// or latent, entries in list order, so the result does not depend on the
+// thread count), else ATen gathers and index_add_ in chunks of entries (any
+// device).
 
 bool cpu_real(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
@@ -108,83 +107,46 @@ bool cpu_real(const at::Tensor& t) {
 // Entries per ATen chunk: a [chunk, d] temporary of about 64 MiB of float32.
 int64_t chunk_entries(int64_t d) { return std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, d)); }
 
-// out [n, d]: row r = sum over its entries p of v[p] * weight[latents[p], :]; weight [L, d] any strides.
-template <typename T>
-at::Tensor rows_decode_cpu(const at::Tensor& v_in, const at::Tensor& latents, const at::Tensor& offsets,
-                           const at::Tensor& weight) {
-  const at::Tensor v = v_in.contiguous(), lat = latents.contiguous(), off = offsets.contiguous();
-  const int64_t n = off.size(0) - 1, d = weight.size(1);
-  const T* vp = v.data_ptr<T>();
-  const int64_t* lp = lat.data_ptr<int64_t>();
-  const int64_t* op = off.data_ptr<int64_t>();
-  if (weight.stride(1) != 1 && weight.stride(0) == 1 && d > 1) {
-    // Columns contiguous (W_enc.t()): one column of the weight (a row of
-    // W_enc, cache resident) serves every output row; out built as [d, n].
-    const T* wp = weight.data_ptr<T>();
-    const int64_t cs = weight.stride(1);
-    at::Tensor out_t = at::empty({d, n}, v.options());  // [d, n]
-    T* outp = out_t.data_ptr<T>();
-    at::parallel_for(0, d, 4, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) {
-        const T* col = wp + c * cs;  // weight[:, c]
-        for (int64_t r = 0; r < n; ++r) {
-          T acc = 0;
-          for (int64_t p = op[r]; p < op[r + 1]; ++p) acc += vp[p] * col[lp[p]];
-          outp[c * n + r] = acc;
-        }
-      }
-    });
-    return out_t.t().contiguous();
+// The ATen path of the decode and the weight gradient, which differ only in
+// which index picks the source row and which the output row:
+// out[to[p], :] += coef[p] * src[from[p], :] for every entry p, in chunks of
+// entries (any device).
+void add_scaled_rows(at::Tensor& out, const at::Tensor& to, const at::Tensor& coef, const at::Tensor& src,
+                     const at::Tensor& from) {
+  const int64_t nnz = coef.size(0), step = chunk_entries(src.size(1));
+  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
+    const int64_t p1 = std::min(nnz, p0 + step);
+    const at::Tensor terms = coef.slice(0, p0, p1).unsqueeze(1) * src.index_select(0, from.slice(0, p0, p1));
+    out.index_add_(0, to.slice(0, p0, p1), terms);  // [chunk, d]
   }
-  const at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
-  const T* wp = w.data_ptr<T>();
-  const int64_t ws = w.stride(0);
-  at::Tensor out = at::zeros({n, d}, v.options());  // [n, d]
-  T* outp = out.data_ptr<T>();
-  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      for (int64_t p = op[r]; p < op[r + 1]; ++p) kernels::detail::axpy(d, vp[p], wp + lp[p] * ws, outp + r * d);
-    }
-  });
-  return out;
 }
 
 at::Tensor rows_decode(const at::Tensor& v, const at::Tensor& rows, const at::Tensor& latents,
                        const at::Tensor& offsets, const at::Tensor& weight) {
   if (cpu_real(v) && weight.scalar_type() == v.scalar_type() && weight.device().is_cpu()) {
-    return v.scalar_type() == at::kFloat ? rows_decode_cpu<float>(v, latents, offsets, weight)
-                                         : rows_decode_cpu<double>(v, latents, offsets, weight);
+    const at::Tensor off = offsets.contiguous();
+    const int64_t* op = off.data_ptr<int64_t>();
+    const auto row_start = [op](int64_t r) { return op[r]; };
+    return v.scalar_type() == at::kFloat
+               ? kernels::detail::entries_decode<float>(v, latents, off.size(0) - 1, row_start, weight)
+               : kernels::detail::entries_decode<double>(v, latents, off.size(0) - 1, row_start, weight);
   }
-  const int64_t n = offsets.size(0) - 1, d = weight.size(1), nnz = v.size(0), step = chunk_entries(d);
-  at::Tensor out = at::zeros({n, d}, v.options());  // [n, d]
-  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
-    const int64_t p1 = std::min(nnz, p0 + step);
-    const at::Tensor terms = v.slice(0, p0, p1).unsqueeze(1) * weight.index_select(0, latents.slice(0, p0, p1));
-    out.index_add_(0, rows.slice(0, p0, p1), terms);  // [chunk, d] into their rows
-  }
+  at::Tensor out = at::zeros({offsets.size(0) - 1, weight.size(1)}, v.options());  // [n, d]
+  add_scaled_rows(out, rows, v, weight, latents);  // weight rows into their rows
   return out;
 }
 
 // out [nnz]: out[p] = grad[rows[p], :] . weight[latents[p], :]; grad [n, d], weight [L, d].
 at::Tensor rows_grad_values(const at::Tensor& grad_in, const at::Tensor& rows, const at::Tensor& latents,
-                            const at::Tensor& weight) {
+                            const at::Tensor& offsets, const at::Tensor& weight) {
   const int64_t nnz = rows.size(0), d = weight.size(1);
   if (cpu_real(grad_in) && weight.scalar_type() == grad_in.scalar_type() && weight.device().is_cpu()) {
-    const at::Tensor g = grad_in.contiguous(), rw = rows.contiguous(), lat = latents.contiguous();
-    const at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
-    at::Tensor out = at::empty({nnz}, g.options());
-    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "rows_grad_values", [&] {
-      const scalar_t* gp = g.data_ptr<scalar_t>();
-      const scalar_t* wp = w.data_ptr<scalar_t>();
-      const int64_t* rp = rw.data_ptr<int64_t>();
-      const int64_t* lp = lat.data_ptr<int64_t>();
-      const int64_t ws = w.stride(0);
-      scalar_t* outp = out.data_ptr<scalar_t>();
-      at::parallel_for(0, nnz, 64, [&](int64_t b, int64_t e) {
-        for (int64_t p = b; p < e; ++p) outp[p] = kernels::detail::dot(d, gp + rp[p] * d, wp + lp[p] * ws);
-      });
-    });
-    return out;
+    const at::Tensor off = offsets.contiguous();
+    const int64_t* op = off.data_ptr<int64_t>();
+    const auto row_start = [op](int64_t r) { return op[r]; };
+    return grad_in.scalar_type() == at::kFloat
+               ? kernels::detail::entries_grad_values<float>(grad_in, latents, row_start, weight)
+               : kernels::detail::entries_grad_values<double>(grad_in, latents, row_start, weight);
   }
   std::vector<at::Tensor> parts;
   const int64_t step = chunk_entries(d);
@@ -198,77 +160,18 @@ at::Tensor rows_grad_values(const at::Tensor& grad_in, const at::Tensor& rows, c
 
 // G [L, d] (or its transpose [d, L], contiguous, with `transposed`): row c =
 // sum over entries p with latents[p] = c of coef[p] * x[rows[p], :].
-template <typename T>
-at::Tensor rows_weight_grad_cpu(const at::Tensor& coef, const at::Tensor& rows, const at::Tensor& latents,
-                                const at::Tensor& x_in, int64_t L, bool transposed) {
-  const at::Tensor cf = coef.contiguous(), rw = rows.contiguous(), lat = latents.contiguous(), x = x_in.contiguous();
-  const int64_t nnz = cf.size(0), d = x.size(1);
-  const T* cp = cf.data_ptr<T>();
-  const T* xp = x.data_ptr<T>();
-  const int64_t* rp = rw.data_ptr<int64_t>();
-  const int64_t* lp = lat.data_ptr<int64_t>();
-  // Entries bucketed by latent (a counting sort, list order kept within a
-  // latent): each latent's row is summed by one thread, in a fixed order.
-  std::vector<int64_t> start(static_cast<size_t>(L) + 1, 0);
-  for (int64_t p = 0; p < nnz; ++p) ++start[lp[p] + 1];
-  for (int64_t c = 0; c < L; ++c) start[c + 1] += start[c];
-  std::vector<int64_t> order(static_cast<size_t>(nnz));
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t p = 0; p < nnz; ++p) order[fill[lp[p]]++] = p;
-  }
-  if (!transposed) {
-    at::Tensor g = at::empty({L, d}, cf.options());  // [L, d]
-    T* gp = g.data_ptr<T>();
-    at::parallel_for(0, L, 64, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) {
-        T* row = gp + c * d;
-        std::fill(row, row + d, T(0));
-        for (int64_t q = start[c]; q < start[c + 1]; ++q) {
-          const int64_t p = order[q];
-          kernels::detail::axpy(d, cp[p], xp + rp[p] * d, row);
-        }
-      }
-    });
-    return g;
-  }
-  // [d, L]: blocks of 16 latents summed as rows in a local buffer, written
-  // out as 16 consecutive entries of each of the d rows.
-  constexpr int64_t kBlock = 16;
-  at::Tensor g = at::empty({d, L}, cf.options());  // [d, L]
-  T* gp = g.data_ptr<T>();
-  at::parallel_for(0, (L + kBlock - 1) / kBlock, 4, [&](int64_t b, int64_t e) {
-    std::vector<T> buf(static_cast<size_t>(kBlock * d));
-    for (int64_t blk = b; blk < e; ++blk) {
-      const int64_t c0 = blk * kBlock, c1 = std::min(L, c0 + kBlock);
-      std::fill(buf.begin(), buf.end(), T(0));
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t q = start[c]; q < start[c + 1]; ++q) {
-          const int64_t p = order[q];
-          kernels::detail::axpy(d, cp[p], xp + rp[p] * d, buf.data() + (c - c0) * d);
-        }
-      }
-      for (int64_t dd = 0; dd < d; ++dd) {
-        for (int64_t c = c0; c < c1; ++c) gp[dd * L + c] = buf[(c - c0) * d + dd];
-      }
-    }
-  });
-  return g;
-}
-
 at::Tensor rows_weight_grad(const at::Tensor& coef, const at::Tensor& rows, const at::Tensor& latents,
-                            const at::Tensor& x, int64_t L, bool transposed) {
+                            const at::Tensor& offsets, const at::Tensor& x, int64_t L, bool transposed) {
   if (cpu_real(coef) && x.scalar_type() == coef.scalar_type() && x.device().is_cpu()) {
-    return coef.scalar_type() == at::kFloat ? rows_weight_grad_cpu<float>(coef, rows, latents, x, L, transposed)
-                                            : rows_weight_grad_cpu<double>(coef, rows, latents, x, L, transposed);
+    const at::Tensor off = offsets.contiguous();
+    const int64_t* op = off.data_ptr<int64_t>();
+    const auto row_start = [op](int64_t r) { return op[r]; };
+    return coef.scalar_type() == at::kFloat
+               ? kernels::detail::entries_weight_grad<float>(coef, latents, row_start, x, L, transposed)
+               : kernels::detail::entries_weight_grad<double>(coef, latents, row_start, x, L, transposed);
   }
-  const int64_t nnz = coef.size(0), d = x.size(1), step = chunk_entries(d);
-  at::Tensor g = at::zeros({L, d}, coef.options());  // [L, d]
-  for (int64_t p0 = 0; p0 < nnz; p0 += step) {
-    const int64_t p1 = std::min(nnz, p0 + step);
-    const at::Tensor terms = coef.slice(0, p0, p1).unsqueeze(1) * x.index_select(0, rows.slice(0, p0, p1));
-    g.index_add_(0, latents.slice(0, p0, p1), terms);  // [chunk, d] into their latents
-  }
+  at::Tensor g = at::zeros({L, x.size(1)}, coef.options());  // [L, d]
+  add_scaled_rows(g, latents, coef, x, rows);  // rows of x into their latents
   return transposed ? g.t().contiguous() : g;
 }
 
@@ -307,10 +210,10 @@ struct RowsEncoderValues : public torch::autograd::Function<RowsEncoderValues> {
         g = g * s;
       }
       if (ctx->needs_input_grad(0)) d_in = rows_decode(g, rows, latents, offsets, W_enc.t());  // [n, d_in]
-      if (ctx->needs_input_grad(1)) d_W = rows_weight_grad(g, rows, latents, sae_in, d_sae, /*transposed=*/true);
+      if (ctx->needs_input_grad(1)) d_W = rows_weight_grad(g, rows, latents, offsets, sae_in, d_sae, /*transposed=*/true);
       if (ctx->needs_input_grad(2)) {
         const at::Tensor ones = at::ones({sae_in.size(0), 1}, g.options());  // [n, 1]
-        d_b = rows_weight_grad(g, rows, latents, ones, d_sae, /*transposed=*/false).view({d_sae});
+        d_b = rows_weight_grad(g, rows, latents, offsets, ones, d_sae, /*transposed=*/false).view({d_sae});
       }
     }
     return {d_in, d_W, d_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), d_scale};
@@ -320,7 +223,7 @@ struct RowsEncoderValues : public torch::autograd::Function<RowsEncoderValues> {
 struct RowsDecoder : public torch::autograd::Function<RowsDecoder> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& values, const at::Tensor& rows,
                             const at::Tensor& latents, const at::Tensor& offsets, const at::Tensor& W_dec) {
-    ctx->save_for_backward({values, rows, latents, W_dec});
+    ctx->save_for_backward({values, rows, latents, offsets, W_dec});
     return rows_decode(values, rows, latents, offsets, W_dec);  // [n, d_in]
   }
 
@@ -329,12 +232,15 @@ struct RowsDecoder : public torch::autograd::Function<RowsDecoder> {
     const at::Tensor& values = saved[0];   // [nnz]
     const at::Tensor& rows = saved[1];     // [nnz]
     const at::Tensor& latents = saved[2];  // [nnz]
-    const at::Tensor& W_dec = saved[3];    // [d_sae, d_in]
+    const at::Tensor& offsets = saved[3];  // [n + 1]
+    const at::Tensor& W_dec = saved[4];    // [d_sae, d_in]
     at::Tensor d_values, d_W;
     if (grads[0].defined()) {
       const at::Tensor g = grads[0].contiguous();  // [n, d_in]
-      if (ctx->needs_input_grad(0)) d_values = rows_grad_values(g, rows, latents, W_dec);
-      if (ctx->needs_input_grad(4)) d_W = rows_weight_grad(values, rows, latents, g, W_dec.size(0), /*transposed=*/false);
+      if (ctx->needs_input_grad(0)) d_values = rows_grad_values(g, rows, latents, offsets, W_dec);
+      if (ctx->needs_input_grad(4)) {
+        d_W = rows_weight_grad(values, rows, latents, offsets, g, W_dec.size(0), /*transposed=*/false);
+      }
     }
     return {d_values, at::Tensor(), at::Tensor(), at::Tensor(), d_W};
   }

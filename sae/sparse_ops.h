@@ -60,10 +60,11 @@ at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices, co
 //       dvalues[p]  = G[rows[p], :] . W_dec[latents[p], :]
 //       dW_dec[c, :] = sum over latents[p] = c of values[p] * G[rows[p], :]
 //
-// On the CPU (float32, float64) the sums are loops over the list (one thread
-// per output row or latent, in list order, no atomics); elsewhere (a GPU) ATen
-// gathers and index_add_ in chunks of entries. The results are the dense
-// path's up to the order of summation.
+// On the CPU (float32, float64) the sums are loops over the list, the [n, k]
+// kernels' own (kernels/sparse_cpu.h: one thread per output row or latent,
+// in list order, no atomics); elsewhere (a GPU) ATen gathers and
+// index_add_ in chunks of entries. The results are the dense path's up to
+// the order of summation.
 
 /// The active entries of an [n, d_sae] matrix, sorted by row then latent.
 struct SparseRows {

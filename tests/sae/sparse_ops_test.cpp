@@ -388,6 +388,119 @@ TEST(SparseRowsOps, OnCudaEqualTheCpu) {
   for (size_t i = 0; i < results[0].size(); ++i) EXPECT_TRUE(close(results[1][i], results[0][i], kF32Tol, names[i]));
 }
 
+// When every row keeps k latents, listed in increasing order, the entry list
+// is the [n, k] layout read row-major, and both paths sum each output in
+// entry order (kernels/sparse_cpu.h): the list ops and TopK's [n, k] ops
+// give the same bits, forward and every gradient (float32, where a sum in
+// another order would round differently; float64 too). The encoder's input
+// gradient takes the column-wise decode (W_enc.t()), its weight gradient the
+// transposed write-out, b_enc's the [L, 1] one.
+TEST(SparseRowsOps, ListAndNkLayoutsSumInTheSameOrderToTheBit) {
+  at::Generator gen = gen_of(21);
+  const int64_t n = 37, d_in = 29, d_sae = 90, k = 7;
+  for (const at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+    const auto opts = at::TensorOptions().dtype(dtype);
+    // [n, k]: k distinct latents per row, increasing; many rows share each latent.
+    const at::Tensor idx = std::get<0>(at::sort(distinct_indices(n, k, d_sae, gen), 1));
+    const at::Tensor flat = (at::arange(n, at::kLong).unsqueeze(1) * d_sae + idx).reshape({-1});  // [n k]
+    const SparseRows e = sparse_rows(flat, n, d_sae);
+    ASSERT_TRUE(at::equal(e.latents, idx.reshape({-1})));
+    const at::Tensor x = at::randn({n, d_in}, gen, opts), W = at::randn({d_in, d_sae}, gen, opts);
+    const at::Tensor b = at::randn({d_sae}, gen, opts), W_dec = at::randn({d_sae, d_in}, gen, opts);
+    const at::Tensor up = at::randn({n, d_in}, gen, opts);  // dL/drecons
+    at::Tensor h;
+    {
+      at::NoGradGuard no_grad;
+      h = at::matmul(x, W) + b;
+    }
+    std::vector<std::vector<at::Tensor>> results;
+    for (const bool list : {false, true}) {
+      std::vector<at::Tensor> in{x.clone().requires_grad_(true), W.clone().requires_grad_(true),
+                                 b.clone().requires_grad_(true), W_dec.clone().requires_grad_(true)};
+      const at::Tensor out =
+          list ? sparse_rows_decode(at::relu(sparse_rows_encoder_values(in[0], in[1], in[2], h, e)), e, in[3])
+               : sparse_decode(at::relu(sparse_encoder_values(in[0], in[1], in[2], h, idx)), idx, in[3]);
+      std::vector<at::Tensor> r{out.detach()};
+      for (const at::Tensor& g : torch::autograd::grad({out}, in, {up})) r.push_back(g);
+      results.push_back(r);
+    }
+    const char* names[] = {"recons", "sae_in", "W_enc", "b_enc", "W_dec"};
+    for (size_t i = 0; i < results[0].size(); ++i) {
+      EXPECT_GT(results[0][i].abs().max().item<double>(), 0) << names[i] << ": a zero result tests nothing";
+      EXPECT_TRUE(at::equal(results[1][i], results[0][i])) << names[i] << " " << dtype;
+    }
+  }
+}
+
+// Row offsets that do not rise from 0 to the number of entries would send
+// the CPU loops outside the entries: refused. (A list spoiled in place after
+// the forward is autograd's to refuse: the saved offsets' version moved.)
+TEST(SparseRowsOps, OffsetsOutsideTheEntriesAreRefused) {
+  const SparseRows good = sparse_rows(at::tensor({13, 4, 10, 1, 12}, at::kLong), 3, 5);  // offsets 0, 2, 2, 5
+  const at::Tensor W_dec = at::randn({5, 4}, at::kDouble);
+  const at::Tensor v = at::randn({5}, at::kDouble);
+  SparseRows e = good;
+  e.offsets = at::tensor({0, 2, 2, 6}, at::kLong);
+  EXPECT_EQ(mechlab::testing::error_of([&] { sparse_rows_decode(v, e, W_dec); }),
+            "sparse rows: the 3 rows' entries run from 0 to 6; the row offsets must run from 0 to the 5 entries");
+  e.offsets = at::tensor({0, 7, 2, 5}, at::kLong);
+  EXPECT_EQ(mechlab::testing::error_of([&] { sparse_rows_decode(v, e, W_dec); }),
+            "sparse rows: row 1 starts at entry 7 and ends at 2; the row offsets must not decrease");
+  EXPECT_EQ(sparse_rows_decode(v, good, W_dec).size(0), 3);  // the list sparse_rows built passes
+}
+
+// Other dtypes take the ATen path (gathers and index_add_ in chunks), on the
+// CPU too. With small integers every product and partial sum (below 256 in
+// magnitude here) is exact in bfloat16, so the list ops in bfloat16 must
+// equal the dense formulas in float64 exactly: a wrong or missing term, or
+// rows and latents exchanged, moves a result by at least 1.
+TEST(SparseRowsOps, AtenPathEqualsTheDenseFormulasExactlyOnSmallIntegers) {
+  at::Generator gen = gen_of(23);
+  const int64_t n = 9, d_in = 5, d_sae = 12;
+  const at::Tensor flat = varying_entries(n, d_sae, gen);  // row 0 keeps none, row n - 1 all
+  const SparseRows e = sparse_rows(flat, n, d_sae);
+  const int64_t nnz = flat.size(0);
+  const auto ints = [&](at::IntArrayRef shape) {  // in [-3, 3], float64
+    return at::randint(-3, 4, shape, gen, at::TensorOptions().dtype(at::kDouble));
+  };
+  const at::Tensor x = ints({n, d_in}), W = ints({d_in, d_sae}), b = ints({d_sae});
+  const at::Tensor v = ints({nnz}), W_dec = ints({d_sae, d_in});
+  const at::Tensor up_values = ints({nnz}), up_recons = ints({n, d_in});
+  const auto bf16 = [](const at::Tensor& t) { return t.to(at::kBFloat16).requires_grad_(true); };
+
+  // The encoder's values: gradients to sae_in (the decode with W_enc.t()),
+  // W_enc (the transposed weight gradient) and b_enc.
+  std::vector<at::Tensor> dense_in{x.clone().requires_grad_(true), W.clone().requires_grad_(true),
+                                   b.clone().requires_grad_(true)};
+  const at::Tensor dense_values =
+      (at::matmul(dense_in[0], dense_in[1]) + dense_in[2]).reshape({-1}).index_select(0, flat);
+  const auto dense_enc = torch::autograd::grad({dense_values}, dense_in, {up_values});
+  std::vector<at::Tensor> in{bf16(x), bf16(W), bf16(b)};
+  at::Tensor h;
+  {
+    at::NoGradGuard no_grad;
+    h = at::matmul(in[0], in[1]) + in[2];
+  }
+  const at::Tensor values = sparse_rows_encoder_values(in[0], in[1], in[2], h, e);
+  const auto enc = torch::autograd::grad({values}, in, {up_values.to(at::kBFloat16)});
+  const char* enc_names[] = {"sae_in", "W_enc", "b_enc"};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_GT(dense_enc[i].abs().max().item<double>(), 0) << enc_names[i];
+    EXPECT_TRUE(at::equal(enc[i].to(at::kDouble), dense_enc[i])) << enc_names[i];
+  }
+
+  // The decoder: forward, and gradients to values and W_dec.
+  const at::Tensor dv = v.clone().requires_grad_(true), dW = W_dec.clone().requires_grad_(true);
+  const at::Tensor dense = at::matmul(at::zeros({n * d_sae}, at::kDouble).scatter(0, flat, dv).view({n, d_sae}), dW);
+  const auto dense_dec = torch::autograd::grad({dense}, {dv, dW}, {up_recons});
+  const at::Tensor sv = bf16(v), sW = bf16(W_dec);
+  const at::Tensor recons = sparse_rows_decode(sv, e, sW);
+  EXPECT_TRUE(at::equal(recons.detach().to(at::kDouble), dense.detach())) << "recons";
+  const auto dec = torch::autograd::grad({recons}, {sv, sW}, {up_recons.to(at::kBFloat16)});
+  EXPECT_TRUE(at::equal(dec[0].to(at::kDouble), dense_dec[0])) << "values";
+  EXPECT_TRUE(at::equal(dec[1].to(at::kDouble), dense_dec[1])) << "W_dec";
+}
+
 }  // namespace
 }  // namespace mechlab::sae
 
