@@ -1,5 +1,7 @@
 #include "apps/bench/bench_util.h"
 
+#include "core/util/mkl_dispatch.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
@@ -53,7 +55,7 @@ void print_table(const std::string& title, const std::vector<Row>& rows, const s
   for (const auto& r : rows) {
     if (r.name == baseline) base = r.ms.median;
   }
-  std::printf("\n%s\n", title.c_str());
+  std::printf("\n%s\n%s\n", title.c_str(), mkl_dispatch_summary().c_str());
   std::printf("| %-32s | %10s | %21s | %4s | %14s | %8s | %s\n", "case", "median ms", "IQR ms (q1 - q3)",
               "runs", (unit + "/s").c_str(), "vs base", "note");
   for (const auto& r : rows) {

@@ -163,22 +163,28 @@ void expect_bit_identical(const std::string& a, const std::string& b) {
 
 // Tolerances on 2 ranks vs 1 (max |difference| / max |weight|). The global
 // batch and the update are the same up to float summation order (the mean of
-// two half-batch gradient means in the all-reduce vs one mean): after 5
-// steps measured topk 1.6e-6, gated 6.2e-7, relu 1.4e-7, jumprelu 5.9e-8
-// (JumpReLU's weights are equal after its first step). Over more steps the rounding grows where the SAE is
-// discontinuous in its weights: a pre-activation that crosses a selection
-// boundary (TopK's k-th value, JumpReLU's threshold, whose jump is the
-// threshold itself) switches a latent on in one run and not the other, and
-// Adam's division by sqrt(v) + eps magnifies the small gradients that
-// follow. Measured after 40 steps: topk 1.2e-6, relu 3.4e-7, gated 8.1e-7,
-// jumprelu 1.0e-3, growing from 4e-9 absolute at step 5 to
-// 9e-6 at step 20 and 8e-5 at step 40 (exponential growth from rounding,
-// not a drift present from the start). A wrong slice moves the weights by ~2e-2 relative
-// per step, training on half the batch by 0.86 after 40 steps (the margin
-// test below), and the dead-latent counters are compared exactly.
-constexpr double kEarlyTolerance = 1e-5;  // after 5 steps, every architecture
-constexpr double kTolerance = 1e-4;       // after 40 steps, continuous-ish architectures
-constexpr double kJumpReluTolerance = 1e-2;  // after 40 steps, JumpReLU (see above)
+// two half-batch gradient means in the all-reduce vs one mean), and Adam's
+// division by sqrt(v) + eps magnifies the rounding of gradients near zero.
+// How much depends on MKL's GEMM kernels (core/util/mkl_dispatch.h), measured
+// on an AMD EPYC Zen 5 with its AVX-512 kernels (the default) / its AVX2
+// ones (MECHLAB_MKL_AVX512_ON_AMD=0):
+//   after 5 steps:  topk 1.6e-6 / 1.6e-6, relu 9.5e-6 / 1.4e-7,
+//                   jumprelu 3.0e-6 / 5.9e-8, gated 2.3e-5 / 6.2e-7;
+//   after 40 steps: topk 1.2e-6 / 1.2e-6, relu 2.2e-5 / 3.4e-7,
+//                   jumprelu 1.0e-3 / 1.0e-3, gated 1.2e-3 / 8.1e-7.
+// Over more steps the rounding grows where the SAE is discontinuous in its
+// weights: a pre-activation that crosses a gate (JumpReLU's threshold, whose
+// jump is the threshold itself; the Gated SAE's Heaviside gate) switches a
+// latent on in one run and not the other. JumpReLU grew from 4e-9 absolute
+// at step 5 to 9e-6 at step 20 and 8e-5 at step 40 (exponential growth
+// from rounding, not a drift present from the start); the Gated SAE crossed
+// a gate under the AVX-512 kernels only. A wrong slice moves the weights by
+// ~2e-2 relative per step, training on half the batch by 0.86 after 40
+// steps (the margin test below), and the dead-latent counters are compared
+// exactly.
+constexpr double kEarlyTolerance = 1e-4;  // after 5 steps, every architecture
+constexpr double kTolerance = 1e-4;       // after 40 steps, TopK and ReLU
+constexpr double kGateTolerance = 1e-2;   // after 40 steps, JumpReLU and Gated (see above)
 
 json toy_config(const std::string& arch) {
   json sae = {{"architecture", arch}, {"d_in", 32}, {"d_sae", 128}};
@@ -228,7 +234,7 @@ TEST_P(SaeDataParallelToy, TwoProcessesEqualOneOnTheSameGlobalBatch) {
   EXPECT_TRUE(fs::exists(dir + "/two/sae/cfg.json"));
   const double d = max_relative_difference(dir + "/one/checkpoint.h5", dir + "/two/checkpoint.h5");
   std::printf("[%s] 2 ranks vs 1 after 40 steps: max relative weight difference %.3g\n", arch.c_str(), d);
-  EXPECT_LT(d, arch == "jumprelu" ? kJumpReluTolerance : kTolerance);
+  EXPECT_LT(d, arch == "jumprelu" || arch == "gated" ? kGateTolerance : kTolerance);
   // The dead-latent counters are integers: equal exactly.
   const core::H5File fa = core::H5File::open_read(dir + "/one/checkpoint.h5");
   const core::H5File fb = core::H5File::open_read(dir + "/two/checkpoint.h5");
