@@ -424,11 +424,20 @@ using ChunkFn = void (*)(const RowProblem<T>&, int64_t, int64_t, int64_t, int64_
 template <typename T>
 using GramFn = void (*)(const GramProblem<T>*, int64_t, int64_t, int64_t, int64_t, int64_t);
 
+// A Gram kernel compiled for one instruction set, with its register tile
+// (W lanes, MR rows), which standardized_gram needs to share out the tiles.
+template <typename T>
+struct GramKernel {
+  GramFn<T> fn;
+  int64_t W, MR;
+};
+
 #define MECHLAB_GRAM_FN(name, attr, T, W, MR)                                                           \
   attr void name(const GramProblem<T>* problems, int64_t P, int64_t n, int64_t d, int64_t tile0,        \
                  int64_t tile1) {                                                                       \
     gram_task_body<T, W, MR>(problems, P, n, d, tile0, tile1);                                          \
-  }
+  }                                                                                                     \
+  const GramKernel<T> name##_kernel{name, W, MR};
 
 // 16-byte vectors: SSE2 on any x86-64, NEON elsewhere.
 MECHLAB_CHUNK_FN(chunk_portable_f, , float, 4)
@@ -519,30 +528,22 @@ MomentsFn<double> moments_fn(Isa isa, double*) {
   return moments_portable_d;
 }
 
-
-// The Gram kernel of an instruction set and its register tile (W, MR).
-template <typename T>
-struct GramKernel {
-  GramFn<T> fn;
-  int64_t W, MR;
-};
-
 GramKernel<float> gram_kernel(Isa isa, float*) {
 #if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return {gram_avx512_f, 16, 8};
-  if (isa == Isa::avx2) return {gram_avx2_f, 8, 4};
+  if (isa == Isa::avx512) return gram_avx512_f_kernel;
+  if (isa == Isa::avx2) return gram_avx2_f_kernel;
 #endif
   (void)isa;
-  return {gram_portable_f, 4, 4};
+  return gram_portable_f_kernel;
 }
 
 GramKernel<double> gram_kernel(Isa isa, double*) {
 #if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return {gram_avx512_d, 8, 8};
-  if (isa == Isa::avx2) return {gram_avx2_d, 4, 4};
+  if (isa == Isa::avx512) return gram_avx512_d_kernel;
+  if (isa == Isa::avx2) return gram_avx2_d_kernel;
 #endif
   (void)isa;
-  return {gram_portable_d, 2, 2};
+  return gram_portable_d_kernel;
 }
 }  // namespace
 

@@ -397,9 +397,9 @@ template <typename T>
 void kernel_gram(const at::Tensor& x, const at::Tensor& c, const at::Tensor& inv_s, const at::Tensor& yc,
                  at::Tensor& G, at::Tensor& R) {
   const int64_t P = x.size(0), N = x.size(1), D = x.size(2);
-  const at::Tensor scale = inv_s.to(x.scalar_type()).contiguous();               // [P, D]
-  const at::Tensor shift = (-c * inv_s).to(x.scalar_type()).contiguous();        // [P, D]: z = x * scale + shift
-  const at::Tensor y = yc.to(x.scalar_type());                                   // [P, N, 1]
+  const at::Tensor scale = inv_s.to(x.scalar_type()).contiguous();         // [P, D]
+  const at::Tensor shift = (-c * inv_s).to(x.scalar_type()).contiguous();  // [P, D]: z = x * scale + shift
+  const at::Tensor y = yc.to(x.scalar_type());                             // [P, N, 1]
   std::vector<detail::GramProblem<T>> problems(static_cast<size_t>(P));
   for (int64_t p = 0; p < P; ++p) {
     detail::GramProblem<T>& g = problems[static_cast<size_t>(p)];
