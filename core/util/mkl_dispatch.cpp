@@ -15,6 +15,9 @@ bool turned_off() {
 
 bool amd_with_avx512() {
 #if defined(__x86_64__)
+  // MKL may ask before libgcc's own constructor has filled in the CPU model
+  // (a BLAS call during static initialisation); initialising twice is harmless.
+  __builtin_cpu_init();
   return __builtin_cpu_is("amd") && __builtin_cpu_supports("avx512f");
 #else
   return false;
