@@ -4,12 +4,31 @@
 #include "core/util/allocator.h"
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
+#include "core/util/mkl_dispatch.h"
 
 #include <c10/util/Exception.h>
 #include "core/log/log.h"
 
+#include <ATen/Parallel.h>
+
 #include <iostream>
 #include <new>
+#include <string>
+
+#ifndef MECHLAB_VERSION_STRING
+#define MECHLAB_VERSION_STRING "unknown"
+#endif
+#ifndef MECHLAB_GIT_DESCRIBE
+#define MECHLAB_GIT_DESCRIBE ""
+#endif
+
+// `mechlab --version`: the version and the facts a bug report needs about
+// how this build computes on this machine.
+std::string version_text() {
+  std::string git = MECHLAB_GIT_DESCRIBE;
+  return std::string("mechlab ") + MECHLAB_VERSION_STRING + (git.empty() ? "" : " (git " + git + ")") +
+         "\n" + at::get_parallel_info() + mechlab::mkl_dispatch_summary();
+}
 
 int main(int argc, char** argv) {
   mechlab::tune_allocator();  // before the first tensor: reuse freed pages (core/util/allocator.h)
@@ -18,7 +37,7 @@ int main(int argc, char** argv) {
       "Models are mechlab HDF5 checkpoints (create one with `mechlab new`).\n"
       "Run `mechlab COMMAND --help` for each command's options."};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "mechlab 0.1.0");
+  app.set_version_flag("--version", version_text, "Print the version, LibTorch's threading and MKL's kernels, and exit");
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "Debug logging");
   app.parse_complete_callback([&verbose] {

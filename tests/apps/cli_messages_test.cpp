@@ -7,6 +7,7 @@
 #include "core/model/checkpoint.h"
 #include "core/model/presets.h"
 #include "core/model/transformer.h"
+#include "core/util/mkl_dispatch.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
@@ -31,6 +32,21 @@ int count_lines(const std::string& text) {
   int n = 0;
   for (char c : text) n += c == '\n';
   return n;
+}
+
+// --version: the version, LibTorch's threading (the OpenMP backend whose
+// pool --threads sizes) and which MKL kernels run; the MKL line follows
+// MECHLAB_MKL_AVX512_ON_AMD as the library does.
+TEST(CliMessages, VersionSaysTheVersionThreadingAndMklKernels) {
+  const auto r = run_cli("--version");
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("mechlab ", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find("at::get_num_threads()"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("ATen parallel backend: OpenMP"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(mkl_dispatch_summary()), std::string::npos) << r.output;
+  const auto off = testing::run_program("MECHLAB_MKL_AVX512_ON_AMD=0 " + std::string(MECHLAB_BINARY) + " --version");
+  EXPECT_EQ(off.rc, 0) << off.output;
+  EXPECT_NE(off.output.find("MKL: its own choice"), std::string::npos) << off.output;
 }
 
 TEST(CliMessages, EveryComputeCommandTakesABoundedThreadCount) {
