@@ -492,59 +492,23 @@ Isa& forced_isa() {
   return isa;
 }
 
-ChunkFn<float> chunk_fn(Isa isa, float*) {
+// The instantiation of kernel `stem` for an instruction set and an element
+// type suffix `t`, e.g. MECHLAB_BY_ISA(isa, chunk, f) is chunk_avx512_f on
+// AVX-512.
 #if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return chunk_avx512_f;
-  if (isa == Isa::avx2) return chunk_avx2_f;
+#define MECHLAB_BY_ISA(isa, stem, t) \
+  ((isa) == Isa::avx512 ? stem##_avx512_##t : (isa) == Isa::avx2 ? stem##_avx2_##t : stem##_portable_##t)
+#else
+#define MECHLAB_BY_ISA(isa, stem, t) ((void)(isa), stem##_portable_##t)
 #endif
-  (void)isa;
-  return chunk_portable_f;
-}
 
-ChunkFn<double> chunk_fn(Isa isa, double*) {
-#if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return chunk_avx512_d;
-  if (isa == Isa::avx2) return chunk_avx2_d;
-#endif
-  (void)isa;
-  return chunk_portable_d;
-}
+ChunkFn<float> chunk_fn(Isa isa, float*) { return MECHLAB_BY_ISA(isa, chunk, f); }
+ChunkFn<double> chunk_fn(Isa isa, double*) { return MECHLAB_BY_ISA(isa, chunk, d); }
+MomentsFn<float> moments_fn(Isa isa, float*) { return MECHLAB_BY_ISA(isa, moments, f); }
+MomentsFn<double> moments_fn(Isa isa, double*) { return MECHLAB_BY_ISA(isa, moments, d); }
+GramKernel<float> gram_kernel(Isa isa, float*) { return MECHLAB_BY_ISA(isa, gram, f_kernel); }
+GramKernel<double> gram_kernel(Isa isa, double*) { return MECHLAB_BY_ISA(isa, gram, d_kernel); }
 
-MomentsFn<float> moments_fn(Isa isa, float*) {
-#if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return moments_avx512_f;
-  if (isa == Isa::avx2) return moments_avx2_f;
-#endif
-  (void)isa;
-  return moments_portable_f;
-}
-
-MomentsFn<double> moments_fn(Isa isa, double*) {
-#if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return moments_avx512_d;
-  if (isa == Isa::avx2) return moments_avx2_d;
-#endif
-  (void)isa;
-  return moments_portable_d;
-}
-
-GramKernel<float> gram_kernel(Isa isa, float*) {
-#if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return gram_avx512_f_kernel;
-  if (isa == Isa::avx2) return gram_avx2_f_kernel;
-#endif
-  (void)isa;
-  return gram_portable_f_kernel;
-}
-
-GramKernel<double> gram_kernel(Isa isa, double*) {
-#if defined(MECHLAB_HAVE_X86_CLONES)
-  if (isa == Isa::avx512) return gram_avx512_d_kernel;
-  if (isa == Isa::avx2) return gram_avx2_d_kernel;
-#endif
-  (void)isa;
-  return gram_portable_d_kernel;
-}
 }  // namespace
 
 std::vector<std::string> fused_objective_isas() {

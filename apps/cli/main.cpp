@@ -5,6 +5,7 @@
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
 #include "core/util/mkl_dispatch.h"
+#include "core/util/version.h"
 
 #include <c10/util/Exception.h>
 #include "core/log/log.h"
@@ -15,18 +16,11 @@
 #include <new>
 #include <string>
 
-#ifndef MECHLAB_VERSION_STRING
-#define MECHLAB_VERSION_STRING "unknown"
-#endif
-#ifndef MECHLAB_GIT_DESCRIBE
-#define MECHLAB_GIT_DESCRIBE ""
-#endif
-
 // `mechlab --version`: the version and the facts a bug report needs about
 // how this build computes on this machine.
 std::string version_text() {
-  std::string git = MECHLAB_GIT_DESCRIBE;
-  return std::string("mechlab ") + MECHLAB_VERSION_STRING + (git.empty() ? "" : " (git " + git + ")") +
+  const std::string git = mechlab::git_describe();
+  return std::string("mechlab ") + mechlab::version() + (git.empty() ? "" : " (git " + git + ")") +
          "\n" + at::get_parallel_info() + mechlab::mkl_dispatch_summary();
 }
 

@@ -4,6 +4,7 @@
 #include "core/hf/model_loader.h"
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
+#include "core/util/version.h"
 #include "patching/discovery/acdc.h"
 #include "patching/discovery/circuit_output.h"
 #include "patching/discovery/circuit_runner.h"
@@ -25,13 +26,6 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
-
-#ifndef MECHLAB_VERSION_STRING
-#define MECHLAB_VERSION_STRING "unknown"
-#endif
-#ifndef MECHLAB_GIT_DESCRIBE
-#define MECHLAB_GIT_DESCRIBE ""
-#endif
 
 namespace mechlab::jobs {
 
@@ -570,8 +564,8 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       discovery::CircuitRecord rec{result.circuit};
       rec.trace = result.trace;
       rec.config = r.config;
-      rec.versions = {{"mechlab", MECHLAB_VERSION_STRING},
-                      {"git", MECHLAB_GIT_DESCRIBE},
+      rec.versions = {{"mechlab", mechlab::version()},
+                      {"git", mechlab::git_describe()},
                       {"model", j.model},
                       {"model_name", model->cfg().name},
                       {"model_config_hash", facts.at(j.model).hash},
