@@ -528,40 +528,64 @@ TEST(SaeDataParallel, CudaWithoutAGpuIsRefusedInOneLineByEveryRank) {
 // These need GPUs: they skip without one and fail under
 // MECHLAB_REQUIRE_CUDA=1 (scripts/gpu/run.sh), except where noted.
 
-// One rank through a group on CUDA (NCCL all-reduce of the gradients, NCCL
-// broadcast of the initial parameters) against no group at all: the same
-// kernels on the same GPU, the all-reduce an identity on one rank, so equal
-// up to the GPU's own run-to-run differences (none expected: then 0);
-// bounded by the project's 1e-4 (kTolerance, the CUDA-vs-CPU bound of
-// sae_train_device_test.cpp). Runs on one GPU. Catches the CUDA refusal not
-// lifted, the all-reduced gradients not put back into the parameters'
-// .grad on CUDA (the SAE would then not move: checked against the 0.1 it
-// moves), a rank taking another GPU than cuda:0 for "cuda", and the
-// dead-latent counters drifting (compared exactly).
-TEST(SaeDataParallelCuda, OneRankThroughNcclEqualsNoGroup) {
-  if (!testing::have_cuda_or_skip()) GTEST_SKIP() << "no CUDA device";
+// One rank through a group (the all-reduce of the gradients, the broadcast
+// of the initial parameters) against no group at all, on `device`: the same
+// kernels, the all-reduce an identity on one rank, so equal up to the
+// device's own run-to-run differences (none expected: then 0); bounded by
+// the project's 1e-4 (kTolerance, also the CUDA-vs-CPU bound of
+// sae_train_device_test.cpp). Returns the difference.
+double one_rank_through_a_group_vs_none(const std::string& device) {
   json j = toy_config("topk");
-  j["device"] = "cuda";
+  j["device"] = device;
   j["steps"] = 20;
   const SaeTrainConfig cfg = SaeTrainConfig::from_json(j);
   SaeTrainer alone(cfg, SaeTrainerOptions().progress(false));
-  const at::Tensor w0 = alone.sae().param("W_dec").detach().cpu().clone();  // [d_sae, d_in] before training
+  std::vector<at::Tensor> before;  // the parameters before training
+  for (const char* name : kParams) before.push_back(alone.sae().param(name).detach().cpu().clone());
   alone.run();
   core::dist::DistEnv env;
   env.master_addr = "127.0.0.1";
   env.port = free_port();
   auto group = core::dist::ProcessGroup::connect(env, core::dist::GroupOptions().timeout_seconds(60));
   SaeTrainer grouped(cfg, SaeTrainerOptions().progress(false).process_group(group));
-  EXPECT_EQ(grouped.trainable().device(), at::Device("cuda:0"));
+  if (device == "cuda") {
+    EXPECT_EQ(grouped.trainable().device(), at::Device("cuda:0"));
+  }
   grouped.run();
-  ASSERT_TRUE(grouped.sae().param("W_dec").device().is_cuda());
+  EXPECT_EQ(grouped.sae().param("W_dec").device().type(), at::Device(device).type());
   const double d = max_relative_difference(alone.sae(), grouped.sae());
-  std::printf("CUDA, 1 rank through NCCL vs no group after 20 steps: max relative weight difference %.3g\n", d);
+  std::printf("%s, 1 rank through a group vs none after 20 steps: max relative weight difference %.3g\n",
+              device.c_str(), d);
   EXPECT_LT(d, kTolerance);
-  const double moved = (alone.sae().param("W_dec").detach().cpu() - w0).abs().max().item<double>() /
-                       w0.abs().max().item<double>();
-  EXPECT_GT(moved, 1000 * kTolerance) << "training did not move the SAE: the comparison would be empty";
+  // Training moved the SAE far beyond the bound, so the comparison is not
+  // empty (a group run that never applied its all-reduced gradients would
+  // be the initial SAE).
+  double moved = 0, scale = 0;
+  for (size_t i = 0; i < before.size(); ++i) {
+    const at::Tensor after = alone.sae().param(kParams[i]).detach().cpu();
+    moved = std::max(moved, (after - before[i]).abs().max().item<double>());
+    scale = std::max(scale, after.abs().max().item<double>());
+  }
+  std::printf("%s: training moved the weights by %.3g (max relative)\n", device.c_str(), moved / scale);
+  EXPECT_GT(moved / scale, 100 * kTolerance) << "training did not move the SAE: the comparison would be empty";
   EXPECT_TRUE(at::equal(alone.trainable().steps_since_fired().cpu(), grouped.trainable().steps_since_fired().cpu()));
+  return d;
+}
+
+// On the CPU through Gloo: bit for bit. Catches the data-parallel step (one
+// buffer, the flags, the division by W) changing the arithmetic of a
+// one-process step, which the 2-rank tests' tolerance would hide.
+TEST(SaeDataParallel, OneRankThroughGlooEqualsNoGroupBitForBit) {
+  EXPECT_EQ(one_rank_through_a_group_vs_none("cpu"), 0.0);
+}
+
+// On one GPU through NCCL. Catches the CUDA refusal not lifted, the
+// all-reduced gradients not put back into the parameters' .grad on CUDA
+// (the SAE would not move), "cuda" not mapped to cuda:LOCAL_RANK (cuda:0
+// for one rank), and the dead-latent counters drifting (compared exactly).
+TEST(SaeDataParallelCuda, OneRankThroughNcclEqualsNoGroup) {
+  if (!testing::have_cuda_or_skip()) GTEST_SKIP() << "no CUDA device";
+  one_rank_through_a_group_vs_none("cuda");
 }
 
 // How many GPUs the two-process tests need; fewer: skipped, naming it. The
