@@ -1,5 +1,6 @@
 #include "sae/trainer.h"
 
+#include "core/dist/process_group.h"
 #include "core/formats/hdf5_file.h"
 #include "core/formats/text_file.h"
 #include "core/log/log.h"
@@ -636,8 +637,6 @@ void SaeTrainable::set_process_group(std::shared_ptr<core::dist::ProcessGroup> g
     const int64_t w = group->world_size();
     MECHLAB_CHECK(cfg_.batch_size() % w == 0, "SAE training config: \"batch_size\" ", cfg_.batch_size(),
                   " (the global batch) must divide by the world size ", w, " (each process trains on an equal part)");
-    MECHLAB_CHECK(device_.is_cpu(), "data-parallel SAE training runs on the CPU (its all-reduce is Gloo's); "
-                  "set device to cpu, or train on ", device_, " in one process");
     MECHLAB_CHECK(cfg_.dead_latent_strategy() != "resample",
                   "data-parallel SAE training refuses dead_latent_strategy resample (each rank would resample from its "
                   "own rows); use auxk or none, or train in one process");
@@ -645,6 +644,10 @@ void SaeTrainable::set_process_group(std::shared_ptr<core::dist::ProcessGroup> g
                   "data-parallel training refuses a batchtopk SAE: it keeps the top k x batch activations of the "
                   "whole batch and moves its threshold by them, which no rank sees; train it in one process");
   }
+  // CUDA: this rank's GPU becomes current, no two ranks may share one, and
+  // NCCL starts there, before any collective (every rank constructs its
+  // trainer, so every rank gets here). CPU: nothing (Gloo).
+  if (group) group->set_device(device_);
   group_ = std::move(group);
 }
 
@@ -935,6 +938,15 @@ SaeTrainer::SaeTrainer(SaeTrainConfig cfg, std::unique_ptr<BatchSource> source, 
     : options_(std::move(options)) {
   MECHLAB_CHECK(source != nullptr, "SAE training: no data source");
   cfg = with_data_width(std::move(cfg), *source);
+  if (const auto& g = options_.process_group()) {
+    // Data parallel on "cuda": this rank's GPU, cuda:LOCAL_RANK, before the
+    // SAE is placed (config.json then records it; the run's identity leaves
+    // the device out, so ranks and resumes still agree).
+    const at::Device requested = training_device(cfg.device());
+    if (requested.is_cuda()) {
+      cfg.device(core::dist::data_parallel_device(requested, g->env(), static_cast<int64_t>(at::getNumGPUs())).str());
+    }
+  }
   trainable_ = std::make_unique<SaeTrainable>(cfg, std::move(source));
   trainable_->set_process_group(options_.process_group());
   const bool rank0 = !options_.process_group() || options_.process_group()->rank() == 0;

@@ -40,9 +40,10 @@
 // global batch is not one process's. The latents' firing of a step is
 // all-reduced (max) before the dead-latent counters move, so they agree on
 // every rank. BatchTopK is refused (its top k x batch spans the whole batch
-// and its threshold follows it), and so is a device other than the CPU (the
-// all-reduce is Gloo's). Rank 0 alone writes files, logs and draws the
-// progress bar.
+// and its threshold follows it). On CUDA each rank trains on its own GPU
+// (device "cuda" means cuda:LOCAL_RANK: core::dist::data_parallel_device)
+// and the collectives are NCCL's; on the CPU, Gloo's. Rank 0 alone writes
+// files, logs and draws the progress bar.
 //
 // Device (SaeTrainConfig::device): the SAE, its dead-latent counters and the
 // evaluation rows live there; batches are read on the CPU and moved. The
@@ -265,8 +266,9 @@ class SaeTrainable : public core::train::Trainable {
   /// Where evaluations write sae_log.csv, and .svg beside it ("" = nowhere).
   std::string log_path;
   /// Train data parallel over `group` (null = one process): refuses a
-  /// batch_size that does not divide by the world size, BatchTopK, a device
-  /// other than the CPU and resampling.
+  /// batch_size that does not divide by the world size, BatchTopK and
+  /// resampling; on CUDA tells the group its device (ProcessGroup::set_device:
+  /// NCCL starts there; two ranks on one GPU are refused). Every rank calls it.
   void set_process_group(std::shared_ptr<core::dist::ProcessGroup> group);
 
   /// Resampling of dead latents (dead_latent_strategy "resample"; Bricken et

@@ -17,7 +17,8 @@
 // and the peak memory after each path (RSS on the CPU, the caching
 // allocator's peak on a GPU).
 //
-// --world-size N (CPU, Gloo): data-parallel scaling of the sparse step. The
+// --world-size N (CPU, Gloo; CUDA/NCCL is not timed here: it needs one GPU
+// per process and a launcher): data-parallel scaling of the sparse step. The
 // command measures one process on the global batch, then starts N-1 copies
 // of itself (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set, no launcher
 // needed) and, as rank 0, times the same global batch split N ways: each
@@ -341,7 +342,8 @@ int free_loopback_port() {
 
 void run_bench_sae_world(const SaeBenchArgs& a) {
   MECHLAB_CHECK(parse_device(a.device).is_cpu(),
-                "--world-size runs on the CPU (Gloo); data-parallel training on CUDA (NCCL) is not built yet");
+                "bench sae --world-size times the CPU (Gloo) only; data-parallel training on CUDA (NCCL) runs "
+                "under a launcher (docs/SCALING.md): time it with `mechlab sae train` there");
   MECHLAB_CHECK(a.architecture == "topk", "--world-size times TopK only (data-parallel training refuses BatchTopK)");
   MECHLAB_CHECK(a.batch % a.world_size == 0, "--batch ", a.batch, " must divide by --world-size ", a.world_size);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(a.seed);
@@ -462,7 +464,9 @@ void add_bench_sae(CLI::App& bench) {
   cmd->add_option("--world-size", a->world_size,
                   "Data-parallel scaling (CPU, Gloo): one process on --batch rows, then this many processes "
                   "(this command starts the others) on --batch/N rows each with the all-reduce; prints "
-                  "tokens/s per process and in total and the scaling efficiency. Use --threads 1 on a small machine")
+                  "tokens/s per process and in total and the scaling efficiency. Use --threads 1 on a small machine. "
+                  "CPU only: with --device cuda it is refused (it would need one GPU per process; NCCL training "
+                  "runs under a launcher, docs/SCALING.md)")
       ->capture_default_str()
       ->check(positive());
   cmd->add_option("--dist-timeout", a->dist_timeout, "--world-size: seconds a rank waits for the others")

@@ -77,7 +77,8 @@ void add_sae_train(CLI::App& sae) {
       "Data parallel: started as several processes (torchrun's RANK/WORLD_SIZE, srun's SLURM_PROCID/SLURM_NTASKS, "
       "mpirun's OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE or PMI_RANK/PMI_SIZE, with MASTER_ADDR and MASTER_PORT; "
       "under Slurm MASTER_ADDR defaults to the job's first node), the processes train one SAE together over "
-      "Gloo: batch_size is the global batch (it must divide by the number of processes), each process trains "
+      "Gloo (device cpu) or NCCL (device cuda: each process takes cuda:LOCAL_RANK, the launcher's local rank): "
+      "batch_size is the global batch (it must divide by the number of processes), each process trains "
       "on its part, gradients are averaged, rank 0 writes --out (on a filesystem every rank sees). Resume with "
       "the same number of processes. docs/SCALING.md has the cluster commands.");
   struct Args {

@@ -1,22 +1,42 @@
-// The one translation unit that sees c10d and Gloo (process_group.h says why).
-// LibTorch's libtorch_cpu exports ProcessGroupGloo and TCPStore, but its
-// headers declare them only under USE_C10D_GLOO, and it ships no Gloo
-// headers: Debian's libgloo-dev provides them (scripts/setup.sh installs it).
+// The one translation unit that sees c10d, Gloo and NCCL (process_group.h
+// says why). LibTorch's libtorch_cpu exports ProcessGroupGloo and TCPStore,
+// but its headers declare them only under USE_C10D_GLOO, and it ships no
+// Gloo headers: Debian's libgloo-dev provides them (scripts/setup.sh
+// installs it). ProcessGroupNCCL lives in libtorch_cuda and is declared
+// under USE_C10D_NCCL (Torch's CMake target torch_cuda already sets it on
+// every target of a CUDA build); its header includes <nccl.h>, which the
+// PyTorch wheel ships beside torch/ (site-packages/nvidia/nccl/include), not
+// in Torch's include folder. CMakeLists.txt finds it and gives this file
+// alone that folder and MECHLAB_HAVE_NCCL, so no other file needs nccl.h.
 #define USE_C10D_GLOO 1
+#if defined(MECHLAB_HAVE_NCCL) && !defined(USE_C10D_NCCL)
+#define USE_C10D_NCCL 1
+#endif
 
 #include "core/dist/process_group.h"
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef MECHLAB_HAVE_NCCL
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <c10/util/Exception.h>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <optional>
 
 namespace mechlab::core::dist {
 namespace {
@@ -100,12 +120,21 @@ std::string first_slurm_host(const std::string& nodelist) {
 }
 
 DistEnv dist_env_from(const std::function<const char*(const char*)>& get) {
-  static const std::pair<const char*, const char*> kPairs[] = {{"RANK", "WORLD_SIZE"},
-                                                               {"SLURM_PROCID", "SLURM_NTASKS"},
-                                                               {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
-                                                               {"PMI_RANK", "PMI_SIZE"}};
+  // Rank, world size and local rank (the rank's index on its node) as each
+  // launcher names them. The local rank is the same launcher's: torchrun
+  // inside an srun step sets LOCAL_RANK per process while SLURM_LOCALID is
+  // the srun task's.
+  struct Launcher {
+    const char* rank_var;
+    const char* size_var;
+    const char* local_var;
+  };
+  static const Launcher kLaunchers[] = {{"RANK", "WORLD_SIZE", "LOCAL_RANK"},
+                                        {"SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"},
+                                        {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"},
+                                        {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"}};
   DistEnv env;
-  for (const auto& [rank_var, size_var] : kPairs) {
+  for (const auto& [rank_var, size_var, local_var] : kLaunchers) {
     const char* r = get(rank_var);
     const char* w = get(size_var);
     if (r == nullptr && w == nullptr) continue;
@@ -118,6 +147,14 @@ DistEnv dist_env_from(const std::function<const char*(const char*)>& get) {
     MECHLAB_CHECK(env.rank < env.world_size, "environment variable ", rank_var, "=", env.rank,
                   " is out of range: it must be below ", size_var, "=", env.world_size);
     env.source = str_cat(rank_var, "/", size_var);
+    env.local_rank_source = local_var;
+    if (const char* l = get(local_var); l != nullptr) {
+      env.local_rank = parse_int(local_var, l, 0, std::numeric_limits<int32_t>::max());
+      MECHLAB_CHECK(env.local_rank < env.world_size, "environment variable ", local_var, "=", env.local_rank,
+                    " is out of range: it must be below ", size_var, "=", env.world_size);
+    } else {
+      env.local_rank = env.world_size > 1 ? -1 : 0;  // unknown: "cuda" is then refused, not guessed
+    }
     break;
   }
   if (env.world_size == 1) return env;
@@ -140,6 +177,22 @@ DistEnv dist_env() {
   return dist_env_from([](const char* name) { return std::getenv(name); });
 }
 
+at::Device data_parallel_device(const at::Device& requested, const DistEnv& env, int64_t gpu_count) {
+  if (!requested.is_cuda() || requested.has_index()) return requested;
+  const std::string var = env.local_rank_source.empty() ? "LOCAL_RANK" : env.local_rank_source;
+  MECHLAB_CHECK(env.local_rank >= 0, "data-parallel rank ", env.rank, " of ", env.world_size,
+                " on device cuda: the launcher did not say which GPU is this process's (environment variable ", var,
+                " is not set); set it to the process's index on its node (torchrun and srun set it), or name the GPU "
+                "(device cuda:N)");
+  MECHLAB_CHECK(env.local_rank < gpu_count, "data-parallel rank ", env.rank, " of ", env.world_size,
+                " is process ", env.local_rank, " on its node (", var, "=", env.local_rank, ") but this node shows ",
+                gpu_count, " CUDA GPU", gpu_count == 1 ? "" : "s", "; device cuda means cuda:", var,
+                " and NCCL needs one GPU per process: start at most ", gpu_count,
+                " processes per node (where the launcher gives each process its own GPU, e.g. srun "
+                "--gpus-per-task=1, set device to cuda:0)");
+  return {at::kCUDA, static_cast<at::DeviceIndex>(env.local_rank)};
+}
+
 double dist_timeout_from_env(double fallback) {
   const char* v = std::getenv("MECHLAB_DIST_TIMEOUT");
   if (v == nullptr) return fallback;
@@ -155,12 +208,58 @@ double dist_timeout_from_env(double fallback) {
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::TCPStore> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+#ifdef MECHLAB_HAVE_NCCL
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;  // started by set_device
+#endif
+  std::optional<at::Device> cuda;  // this rank's GPU, once NCCL runs on it
+  std::chrono::milliseconds timeout{0};
+
+  // The backend for `t`: Gloo for CPU tensors, NCCL for CUDA ones (started
+  // on the first, with every rank: all ranks run the same collectives in the
+  // same order, so they reach this point together).
+  c10d::Backend& backend_for(ProcessGroup& group, const at::Tensor& t) {
+    MECHLAB_CHECK(t.defined(), "process group: a collective got an undefined tensor");
+    MECHLAB_ASSERT(t.is_contiguous());
+    if (t.device().is_cpu()) return *gloo;
+    MECHLAB_CHECK(t.device().is_cuda(), "data-parallel collectives take CPU (Gloo) or CUDA (NCCL) tensors, got one on ",
+                  t.device(), "; move it to the CPU");
+    if (!cuda) group.set_device(t.device());
+    MECHLAB_CHECK(cuda && *cuda == t.device(), "data-parallel training uses one GPU per process: rank ", group.rank(),
+                  "'s is ", cuda ? cuda->str() : std::string("none"), " but a collective got a tensor on ", t.device(),
+                  "; move it there");
+#ifdef MECHLAB_HAVE_NCCL
+    return *nccl;
+#else
+    MECHLAB_ASSERT(false);  // set_device refuses CUDA without NCCL
+    return *gloo;
+#endif
+  }
 };
 
-ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl, int64_t rank, int64_t world_size, double timeout)
-    : impl_(std::move(impl)), rank_(rank), world_size_(world_size), timeout_seconds_(timeout) {}
+ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl, const DistEnv& env, double timeout)
+    : impl_(std::move(impl)), env_(env), rank_(env.rank), world_size_(env.world_size), timeout_seconds_(timeout) {}
 
-ProcessGroup::~ProcessGroup() = default;
+ProcessGroup::~ProcessGroup() {
+#ifdef MECHLAB_HAVE_NCCL
+  // Every collective was waited for, so nothing of ours is in flight: abort
+  // (ncclCommAbort) ends the communicators at once, where a graceful
+  // shutdown could wait on a peer that is gone.
+  if (impl_ && impl_->nccl) {
+    try {
+      impl_->nccl->abort();
+    } catch (const std::exception&) {  // nothing to tell: the group is being discarded
+    }
+  }
+#endif
+}
+
+bool ProcessGroup::nccl_built() {
+#ifdef MECHLAB_HAVE_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
 
 std::shared_ptr<ProcessGroup> ProcessGroup::connect(const DistEnv& env, const GroupOptions& options) {
   MECHLAB_CHECK(env.world_size >= 1 && env.rank >= 0 && env.rank < env.world_size, "process group: rank ", env.rank,
@@ -170,6 +269,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::connect(const DistEnv& env, const Gr
   MECHLAB_CHECK(!env.master_addr.empty(), "process group: no rendezvous address (MASTER_ADDR)");
   const auto timeout = to_ms(options.timeout_seconds());
   auto impl = std::make_unique<Impl>();
+  impl->timeout = timeout;
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(env.port);
@@ -196,17 +296,78 @@ std::shared_ptr<ProcessGroup> ProcessGroup::connect(const DistEnv& env, const Gr
                         options.timeout_seconds(), " s (", short_reason(e),
                         "); start every rank with the same MASTER_ADDR and MASTER_PORT, a free port on rank 0's host"));
   }
-  return std::shared_ptr<ProcessGroup>(
-      new ProcessGroup(std::move(impl), env.rank, env.world_size, options.timeout_seconds()));
+  return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl), env, options.timeout_seconds()));
+}
+
+void ProcessGroup::set_device(const at::Device& requested) {
+  if (requested.is_cpu()) return;
+  MECHLAB_CHECK(requested.is_cuda(), "data-parallel training runs on the CPU (Gloo) or on CUDA GPUs (NCCL), not on ",
+                requested, "; set device to cpu or cuda");
+  MECHLAB_CHECK(nccl_built(), "data-parallel training on ", requested,
+                " needs NCCL, and this mechlab was built without it (no CUDA toolkit, a LibTorch without CUDA, or no "
+                "nccl.h found: docs/ARCHITECTURE.md, Build); train on the CPU (device cpu, Gloo) or rebuild with CUDA");
+  const int64_t gpus = at::hasCUDA() ? static_cast<int64_t>(at::getNumGPUs()) : 0;
+  MECHLAB_CHECK(gpus > 0, "data-parallel training on ", requested, ": no CUDA GPU is visible to rank ", rank_, " of ",
+                world_size_, "; check CUDA_VISIBLE_DEVICES and the launcher's GPU options, or train on the CPU "
+                "(device cpu)");
+  const at::Device device = data_parallel_device(requested, env_, gpus);
+  MECHLAB_CHECK(device.index() < gpus, "data-parallel rank ", rank_, " of ", world_size_, " was given ", device,
+                " but sees ", gpus, " CUDA GPU", gpus == 1 ? "" : "s", " (cuda:0 to cuda:", gpus - 1,
+                "); name one of them, or set device to cuda (cuda:LOCAL_RANK)");
+  if (impl_->cuda) {
+    MECHLAB_CHECK(*impl_->cuda == device, "data-parallel training uses one GPU per process: rank ", rank_,
+                  " already runs NCCL on ", *impl_->cuda, " and cannot also use ", device);
+    return;
+  }
+#ifdef MECHLAB_HAVE_NCCL
+  c10::cuda::set_device(device.index());
+  // Two ranks on one GPU: NCCL refuses them at its first collective with a
+  // message that names neither host nor setting. Each rank counts itself
+  // under its (host, PCI bus id) key, the key NCCL compares too; after a
+  // barrier a count above 1 is a shared GPU, seen by every rank sharing it.
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown-host");
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
+  char bus[32];
+  std::snprintf(bus, sizeof bus, "%04x:%02x:%02x.0", static_cast<unsigned>(prop->pciDomainID),
+                static_cast<unsigned>(prop->pciBusID), static_cast<unsigned>(prop->pciDeviceID));
+  const std::string key = str_cat("mechlab/gpu/", host, "/", bus);
+  int64_t sharing = 0;
+  try {
+    impl_->store->add(key, 1);
+    impl_->gloo->barrier()->wait();
+    sharing = impl_->store->add(key, 0);
+  } catch (const std::exception& e) {
+    throw CommError(short_reason(e));
+  }
+  MECHLAB_CHECK(sharing == 1, "data-parallel training: ", sharing, " ranks on host ", host, " use one GPU (", device,
+                ", PCI ", bus, "), rank ", rank_, " of ", world_size_,
+                " among them; NCCL needs one GPU per process: set device to cuda (each rank takes cuda:LOCAL_RANK) "
+                "or give each process its own GPU (CUDA_VISIBLE_DEVICES, srun --gpus-per-task=1)");
+  // Blocking wait: each collective's wait() polls until done or the timeout
+  // and throws in this thread (after aborting the communicator), and c10d
+  // starts no watchdog thread. Without it the watchdog notices the timeout
+  // and, by default (TORCH_NCCL_ASYNC_ERROR_HANDLING=3), takes the process
+  // down with SIGABRT and a page of log: no "lost contact" line, no exit 1.
+  // The constructor reads the variable; a user's own setting is kept.
+  MECHLAB_CHECK(::setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0) == 0,
+                "cannot set environment variable TORCH_NCCL_BLOCKING_WAIT (", std::strerror(errno), ")");
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = impl_->timeout;  // each collective's limit, as Gloo's
+  try {
+    // Its own key space in the store Gloo also uses.
+    impl_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+        c10::make_intrusive<c10d::PrefixStore>("nccl", impl_->store), static_cast<int>(rank_),
+        static_cast<int>(world_size_), opts);
+  } catch (const std::exception& e) {
+    throw Error(str_cat("data-parallel training: rank ", rank_, " of ", world_size_, " could not start NCCL on ",
+                        device, " (", short_reason(e), ")"));
+  }
+  impl_->cuda = device;
+#endif
 }
 
 namespace {
-
-void check_cpu(const at::Tensor& t) {
-  MECHLAB_CHECK(t.defined() && t.device().is_cpu(),
-                "data-parallel training on CUDA (NCCL) is not built into mechlab yet; train on the CPU (Gloo)");
-  MECHLAB_ASSERT(t.is_contiguous());
-}
 
 template <typename Fn>
 void run_collective(Fn&& fn) {
@@ -222,25 +383,25 @@ void run_collective(Fn&& fn) {
 }  // namespace
 
 void ProcessGroup::allreduce_sum(at::Tensor& t) {
-  check_cpu(t);
+  c10d::Backend& backend = impl_->backend_for(*this, t);
   std::vector<at::Tensor> ts{t};
-  run_collective([&] { return impl_->gloo->allreduce(ts); });
+  run_collective([&] { return backend.allreduce(ts); });
 }
 
 void ProcessGroup::allreduce_max(at::Tensor& t) {
-  check_cpu(t);
+  c10d::Backend& backend = impl_->backend_for(*this, t);
   std::vector<at::Tensor> ts{t};
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MAX;
-  run_collective([&] { return impl_->gloo->allreduce(ts, o); });
+  run_collective([&] { return backend.allreduce(ts, o); });
 }
 
 void ProcessGroup::broadcast(at::Tensor& t, int64_t root) {
-  check_cpu(t);
+  c10d::Backend& backend = impl_->backend_for(*this, t);
   std::vector<at::Tensor> ts{t};
   c10d::BroadcastOptions o;
   o.rootRank = root;
-  run_collective([&] { return impl_->gloo->broadcast(ts, o); });
+  run_collective([&] { return backend.broadcast(ts, o); });
 }
 
 void ProcessGroup::barrier() {

@@ -79,10 +79,14 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
-// `mechlab ARGS` as rank r of `world`, rendezvous on 127.0.0.1:port, output into `log`.
-pid_t spawn_rank(int r, int world, int port, const std::vector<std::string>& args, const std::string& log) {
+// `mechlab ARGS` as rank r of `world`, rendezvous on 127.0.0.1:port, output
+// into `log`; with `local_rank`, LOCAL_RANK=r as well (torchrun's, for CUDA).
+pid_t spawn_rank(int r, int world, int port, const std::vector<std::string>& args, const std::string& log,
+                 bool local_rank = false) {
   std::vector<std::string> argv = {"/usr/bin/env", "RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(world),
-                                   "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port), MECHLAB_BINARY};
+                                   "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port)};
+  if (local_rank) argv.push_back("LOCAL_RANK=" + std::to_string(r));
+  argv.push_back(MECHLAB_BINARY);
   argv.insert(argv.end(), args.begin(), args.end());
   return testing::spawn_process(argv, log);
 }
@@ -104,10 +108,13 @@ struct RankResult {
 };
 
 // Runs `mechlab ARGS` as `world` ranks and waits for all (at most 120 s).
-std::vector<RankResult> run_ranks(int world, const std::vector<std::string>& args, const std::string& log_prefix) {
+std::vector<RankResult> run_ranks(int world, const std::vector<std::string>& args, const std::string& log_prefix,
+                                  bool local_rank = false) {
   const int port = free_port();
   std::vector<pid_t> pids;
-  for (int r = 0; r < world; ++r) pids.push_back(spawn_rank(r, world, port, args, log_prefix + std::to_string(r)));
+  for (int r = 0; r < world; ++r) {
+    pids.push_back(spawn_rank(r, world, port, args, log_prefix + std::to_string(r), local_rank));
+  }
   std::vector<RankResult> out;
   for (int r = 0; r < world; ++r) {
     int rc = pids[r] > 0 ? wait_within(pids[r], 120) : -1;
@@ -495,6 +502,178 @@ TEST(SaeDataParallel, CtrlCOnOneRankStopsBothAfterTheSameStep) {
   const auto rest = run_ranks(2, train_args(dir + "/cfg.json", out, {"--resume"}), dir + "/r");
   ASSERT_EQ(rest[0].rc, 0) << rest[0].log;
   EXPECT_THAT(rest[0].log, HasSubstr("dp: 400 steps"));
+}
+
+// Without a GPU (this development machine) device "cuda" under a launcher is
+// refused by every rank in the one line a single process gets, before any
+// c10d or CUDA call. Catches the data-parallel device mapping (or NCCL's
+// start) running ahead of that check and failing in CUDA's words.
+TEST(SaeDataParallel, CudaWithoutAGpuIsRefusedInOneLineByEveryRank) {
+  if (at::hasCUDA()) GTEST_SKIP() << "a GPU is visible: SaeDataParallelCuda.* cover this machine";
+  const std::string dir = make_dir("nogpu");
+  json j = toy_config("topk");
+  j["device"] = "cuda";
+  write_file(dir + "/cfg.json", j.dump());
+  const auto ranks = run_ranks(2, train_args(dir + "/cfg.json", dir + "/o"), dir + "/log", /*local_rank=*/true);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(ranks[r].rc, 1) << ranks[r].log;
+    EXPECT_THAT(ranks[r].log, HasSubstr("SAE training config: \"device\" is \"cuda\" but no CUDA GPU is available "
+                                        "here; set device to cpu"));
+    const std::string error = ranks[r].log.substr(std::min(ranks[r].log.size(), ranks[r].log.find("mechlab: error:")));
+    EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << ranks[r].log;
+  }
+}
+
+// ------------------------------------------------------------ CUDA (NCCL)
+// These need GPUs: they skip without one and fail under
+// MECHLAB_REQUIRE_CUDA=1 (scripts/gpu/run.sh), except where noted.
+
+// One rank through a group (the all-reduce of the gradients, the broadcast
+// of the initial parameters) against no group at all, on `device`: the same
+// kernels, the all-reduce an identity on one rank, so equal up to the
+// device's own run-to-run differences (none expected: then 0); bounded by
+// the project's 1e-4 (kTolerance, also the CUDA-vs-CPU bound of
+// sae_train_device_test.cpp). Returns the difference.
+double one_rank_through_a_group_vs_none(const std::string& device) {
+  json j = toy_config("topk");
+  j["device"] = device;
+  j["steps"] = 20;
+  const SaeTrainConfig cfg = SaeTrainConfig::from_json(j);
+  SaeTrainer alone(cfg, SaeTrainerOptions().progress(false));
+  std::vector<at::Tensor> before;  // the parameters before training
+  for (const char* name : kParams) before.push_back(alone.sae().param(name).detach().cpu().clone());
+  alone.run();
+  core::dist::DistEnv env;
+  env.master_addr = "127.0.0.1";
+  env.port = free_port();
+  auto group = core::dist::ProcessGroup::connect(env, core::dist::GroupOptions().timeout_seconds(60));
+  SaeTrainer grouped(cfg, SaeTrainerOptions().progress(false).process_group(group));
+  if (device == "cuda") {
+    EXPECT_EQ(grouped.trainable().device(), at::Device("cuda:0"));
+  }
+  grouped.run();
+  EXPECT_EQ(grouped.sae().param("W_dec").device().type(), at::Device(device).type());
+  const double d = max_relative_difference(alone.sae(), grouped.sae());
+  std::printf("%s, 1 rank through a group vs none after 20 steps: max relative weight difference %.3g\n",
+              device.c_str(), d);
+  EXPECT_LT(d, kTolerance);
+  // Training moved the SAE far beyond the bound, so the comparison is not
+  // empty (a group run that never applied its all-reduced gradients would
+  // be the initial SAE).
+  double moved = 0, scale = 0;
+  for (size_t i = 0; i < before.size(); ++i) {
+    const at::Tensor after = alone.sae().param(kParams[i]).detach().cpu();
+    moved = std::max(moved, (after - before[i]).abs().max().item<double>());
+    scale = std::max(scale, after.abs().max().item<double>());
+  }
+  std::printf("%s: training moved the weights by %.3g (max relative)\n", device.c_str(), moved / scale);
+  EXPECT_GT(moved / scale, 100 * kTolerance) << "training did not move the SAE: the comparison would be empty";
+  EXPECT_TRUE(at::equal(alone.trainable().steps_since_fired().cpu(), grouped.trainable().steps_since_fired().cpu()));
+  return d;
+}
+
+// On the CPU through Gloo: bit for bit. Catches the data-parallel step (one
+// buffer, the flags, the division by W) changing the arithmetic of a
+// one-process step, which the 2-rank tests' tolerance would hide.
+TEST(SaeDataParallel, OneRankThroughGlooEqualsNoGroupBitForBit) {
+  EXPECT_EQ(one_rank_through_a_group_vs_none("cpu"), 0.0);
+}
+
+// On one GPU through NCCL. Catches the CUDA refusal not lifted, the
+// all-reduced gradients not put back into the parameters' .grad on CUDA
+// (the SAE would not move), "cuda" not mapped to cuda:LOCAL_RANK (cuda:0
+// for one rank), and the dead-latent counters drifting (compared exactly).
+TEST(SaeDataParallelCuda, OneRankThroughNcclEqualsNoGroup) {
+  if (!testing::have_cuda_or_skip()) GTEST_SKIP() << "no CUDA device";
+  one_rank_through_a_group_vs_none("cuda");
+}
+
+// How many GPUs the two-process tests need; fewer: skipped, naming it. The
+// GPU machine that runs scripts/gpu/run.sh has ONE H100, so these skip
+// there even under MECHLAB_REQUIRE_CUDA=1 (a 1-GPU machine cannot run them:
+// NCCL needs one GPU per process); they run on a machine with 2 GPUs.
+bool have_two_gpus_or_skip() {
+  if (!testing::have_cuda_or_skip()) return false;
+  return at::getNumGPUs() >= 2;
+}
+
+// Two processes on two GPUs (device "cuda": rank r takes cuda:LOCAL_RANK)
+// equal one process on one GPU within the CPU runs' written tolerances (the
+// same cause: the mean of two half-batch means). Catches everything the CPU
+// version does (a wrong slice, a missing or wrong all-reduce: 2e-2 per step)
+// on NCCL, and two ranks on one GPU (refused: the run would fail).
+TEST(SaeDataParallelCuda, TwoProcessesOnTwoGpusEqualOne) {
+  if (!have_two_gpus_or_skip()) GTEST_SKIP() << "needs 2 GPUs (NCCL: one GPU per process); this machine shows "
+                                             << (at::hasCUDA() ? at::getNumGPUs() : 0);
+  const std::string dir = make_dir("cuda_toy");
+  json j = toy_config("topk");
+  j["device"] = "cuda";
+  write_file(dir + "/cfg.json", j.dump());
+  const std::string one_cmd = "sae train " + dir + "/cfg.json --out " + dir + "/one --threads 1 --no-progress";
+  testing::CliResult one = testing::run_cli(one_cmd + " --max-steps 5");
+  ASSERT_EQ(one.rc, 0) << one.output;
+  auto ranks = run_ranks(2, train_args(dir + "/cfg.json", dir + "/two", {"--max-steps", "5"}), dir + "/early",
+                         /*local_rank=*/true);
+  ASSERT_EQ(ranks[0].rc, 0) << ranks[0].log;
+  ASSERT_EQ(ranks[1].rc, 0) << ranks[1].log;
+  const double early = max_relative_difference(dir + "/one/checkpoint.h5", dir + "/two/checkpoint.h5");
+  std::printf("CUDA, 2 ranks vs 1 after 5 steps: max relative weight difference %.3g\n", early);
+  EXPECT_LT(early, kEarlyTolerance);
+  one = testing::run_cli(one_cmd + " --resume");
+  ASSERT_EQ(one.rc, 0) << one.output;
+  ranks = run_ranks(2, train_args(dir + "/cfg.json", dir + "/two", {"--resume"}), dir + "/log", /*local_rank=*/true);
+  ASSERT_EQ(ranks[0].rc, 0) << ranks[0].log;
+  ASSERT_EQ(ranks[1].rc, 0) << ranks[1].log;
+  EXPECT_THAT(ranks[0].log, HasSubstr("world size 2"));
+  const double d = max_relative_difference(dir + "/one/checkpoint.h5", dir + "/two/checkpoint.h5");
+  std::printf("CUDA, 2 ranks vs 1 after 40 steps: max relative weight difference %.3g\n", d);
+  EXPECT_LT(d, kTolerance);
+  const core::H5File fa = core::H5File::open_read(dir + "/one/checkpoint.h5");
+  const core::H5File fb = core::H5File::open_read(dir + "/two/checkpoint.h5");
+  EXPECT_TRUE(at::equal(fa.read_tensor("sae_trainer/steps_since_fired"), fb.read_tensor("sae_trainer/steps_since_fired")));
+  // Rank 0's config.json records its GPU.
+  EXPECT_EQ(json::parse(read_file(dir + "/two/config.json")).value("device", ""), "cuda:0");
+}
+
+// Under NCCL a killed peer is seen at the timeout (NCCL's kernels wait on
+// the GPU; no connection closes), and then as the same one line as under
+// Gloo, exit status 1: not c10d's watchdog SIGABRT (mechlab runs NCCL in
+// blocking-wait mode). Needs 2 GPUs. Catches the blocking-wait setting lost
+// (the survivor would die by SIGABRT: rc -6) and a hang (rc 1000).
+TEST(SaeDataParallelCuda, AKilledRankStopsTheOtherWithOneLineUnderNccl) {
+  if (!have_two_gpus_or_skip()) GTEST_SKIP() << "needs 2 GPUs (NCCL: one GPU per process); this machine shows "
+                                             << (at::hasCUDA() ? at::getNumGPUs() : 0);
+  const std::string dir = make_dir("cuda_kill");
+  json j = long_config();
+  j["device"] = "cuda";
+  j["steps"] = 100000;  // still running when killed, whatever the GPU's speed
+  write_file(dir + "/cfg.json", j.dump());
+  const std::string out = dir + "/run";
+  const int port = free_port();
+  const auto args = train_args(dir + "/cfg.json", out, {"--dist-timeout", "10"});
+  pid_t pids[2] = {spawn_rank(0, 2, port, args, dir + "/log0", true), spawn_rank(1, 2, port, args, dir + "/log1", true)};
+  ASSERT_GT(pids[0], 0);
+  ASSERT_GT(pids[1], 0);
+  int64_t seen = -1;
+  for (int i = 0; i < 6000 && seen < 20; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    seen = checkpoint_step(out + "/checkpoint.h5");
+  }
+  ASSERT_GE(seen, 20) << read_file(dir + "/log0");
+  ::kill(pids[1], SIGKILL);
+  const int rc = wait_within(pids[0], 60);
+  testing::wait_exit(pids[1]);
+  if (rc == 1000) {
+    ::kill(pids[0], SIGKILL);
+    testing::wait_exit(pids[0]);
+  }
+  const std::string log = read_file(dir + "/log0");
+  ASSERT_EQ(rc, 1) << "rank 0 did not stop with an error within 60 s (-6 = SIGABRT, 1000 = still running):\n" << log;
+  EXPECT_THAT(log, HasSubstr("mechlab: error: data-parallel training: rank 0 of 2 lost contact with the others "
+                             "during step "));
+  EXPECT_THAT(log, HasSubstr("') is kept: restart every rank with --resume"));
+  const std::string error = log.substr(std::min(log.size(), log.find("mechlab: error:")));
+  EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << log;
 }
 
 TEST(SaeDataParallel, RefusesBadEnvironmentsAndConfigsInOneLine) {
