@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -131,5 +132,18 @@ inline bool have_cuda_or_skip() {
   }
   return false;
 }
+
+/// LibTorch's intra-op thread count for one scope (a test that needs real
+/// threads, or one), restored at its end, failures included.
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int n) : old_(at::get_num_threads()) { at::set_num_threads(n); }
+  ~ScopedThreads() { at::set_num_threads(old_); }
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+
+ private:
+  int old_;
+};
 
 }  // namespace mechlab::testing

@@ -13,16 +13,24 @@
 // Both must give the same circuit (the run fails otherwise). The metric is
 // kl_to_clean; tau is --threshold, or by default the median of the output
 // edges' first-trial scores (so that a fair share of edges is kept).
-// The "floor" row is arithmetic, not a run: the model FLOPs the tried edges
-// need, in forward equivalents, timed at the one-forward-per-edge run's
-// seconds per forward: the best a CPU can do, where stacking copies saves no
-// arithmetic. Unsplit, node by node (cone_trial: only what a trial's edge
-// can change through the edges kept at that moment); the restart floor
-// (each trial redoes its receiver's part of its layer and every layer
-// above, Flops::trial) is printed beside it. --split-positions runs both on
-// the position-split graph ((edge, position) pairs); its floor is the
-// restart floor, each tried pair at the unsplit trial's cost.
+// Two rows are arithmetic, not runs: the model FLOPs the tried edges need
+// (where stacking copies saves none), in forward equivalents. Unsplit, node
+// by node (cone_trial: only what a trial's edge can change through the
+// edges kept at that moment); the restart floor (each trial redoes its
+// receiver's part of its layer and every layer above, Flops::trial) is
+// printed beside it. --split-positions runs both on the position-split
+// graph ((edge, position) pairs); its floor is the restart floor, each
+// tried pair at the unsplit trial's cost.
+//   floor at one-per-edge rate  those FLOPs at the one-forward-per-edge
+//                               run's seconds per forward: what the fast
+//                               run would take computing as fast as a whole
+//                               forward does. It can beat it by computing
+//                               faster, e.g. a layer's head groups on
+//                               separate threads
+//   fma-peak (CPU)              those FLOPs at this CPU's measured peak
+//                               float32 FMA rate: the physical limit
 #include "apps/bench/bench_util.h"
+#include "apps/bench/cpu_peak.h"
 #include "apps/cli/commands.h"
 #include "core/formats/text_file.h"
 #include "core/util/error.h"
@@ -370,24 +378,39 @@ void add_bench_acdc(CLI::App& bench) {
                 static_cast<double>(naive.forwards) / restart_floor);
     if (n_positions == 0) {
       std::printf("node floor (each trial redoes only what its edge can change through kept edges): %.1f forward "
-                  "equivalents (%.3f per trial) + %.0f = %.1f: best ratio on a CPU %.1fx\n",
+                  "equivalents (%.3f per trial) + %.0f = %.1f: %.1fx at the one-forward-per-edge run's rate\n",
                   cone_fe, cone_fe / static_cast<double>(std::max<int64_t>(tried, 1)), extra, floor_total,
                   static_cast<double>(naive.forwards) / floor_total);
     }
+    // The physical limit: the floor's FLOPs (Flops counts multiply-adds) at
+    // the measured FMA peak of the threads the runs used.
+    const bench::CpuPeak peak =
+        device.is_cpu() ? bench::measure_cpu_fp32_peak(at::get_num_threads()) : bench::CpuPeak{};
+    const double peak_s = peak.gflops > 0 ? 2.0 * floor_total * fl.forward() / (peak.gflops * 1e9) : 0;
     char floor_note[96];
     std::snprintf(floor_note, sizeof floor_note, "%.1f forward equivalents (%lld tried edges)", floor_total,
                   static_cast<long long>(tried));
 
+    std::vector<bench::Row> rows = {{"one forward per edge", naive_stats,
+                                     std::to_string(naive.forwards) + " forwards from the embedding"},
+                                    {"fast (acdc)", fast_stats,
+                                     std::to_string(fast.forwards) + " forwards, " + std::to_string(fast.trials) +
+                                         " trials"},
+                                    {"floor at one-per-edge rate", bench::Stats{0, floor_total * s_per_forward * 1e3},
+                                     std::string("derived: ") + floor_note}};
+    if (peak_s > 0) {
+      rows.push_back({"fma-peak", bench::Stats{0, peak_s * 1e3},
+                      "derived: the floor's FLOPs at the measured peak: " + c10::str(static_cast<int>(peak.gflops)) +
+                          " GFLOP/s (" + peak.isa + ", " + std::to_string(peak.threads) + " threads)"});
+    }
     bench::print_table("ACDC, " + std::to_string(n_edges) + " edges, " + std::to_string(data.batch()) + " x " +
                            std::to_string(data.seq_len()) + " tokens",
-                       {{"one forward per edge", naive_stats,
-                         std::to_string(naive.forwards) + " forwards from the embedding"},
-                        {"fast (acdc)", fast_stats,
-                         std::to_string(fast.forwards) + " forwards, " + std::to_string(fast.trials) + " trials"},
-                        {"floor (arithmetic, not run)", bench::summarize({floor_total * s_per_forward * 1e3}), floor_note}},
-                       "one forward per edge", static_cast<double>(n_edges), "edges");
-    std::printf("speed-up over one forward per edge: %.1fx, in CPU time %.1fx (floor %.1fx)\n",
+                       rows, "one forward per edge", static_cast<double>(n_edges), "edges");
+    std::printf("speed-up over one forward per edge: %.1fx, in CPU time %.1fx (the floor: %.1fx at the "
+                "one-forward-per-edge run's rate",
                 naive.seconds / fast.seconds, naive_cpu / fast_cpu, static_cast<double>(naive.forwards) / floor_total);
+    if (peak_s > 0) std::printf(", %.1fx at the FMA peak", naive.seconds / peak_s);
+    std::printf(")\n");
     if (!a->json.empty()) {
       nlohmann::json j = {{"edges", n_edges},
                           {"tau", tau},
@@ -408,6 +431,7 @@ void add_bench_acdc(CLI::App& bench) {
                           {"floor_forward_equivalents", floor_total},
                           {"floor_speedup", static_cast<double>(naive.forwards) / floor_total},
                           {"restart_floor_forward_equivalents", restart_floor},
+                          {"fma_peak_s", peak_s},
                           {"speedup", naive.seconds / fast.seconds}};
       core::write_text_file(a->json, j.dump(2) + "\n");
     }

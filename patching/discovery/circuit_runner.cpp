@@ -4,6 +4,7 @@
 #include "core/model/layers/mlp.h"
 #include "core/model/layers/norm.h"
 #include "core/util/error.h"
+#include "core/util/parallel.h"
 #include "hooks/act_name.h"
 #include "kernels/edge_patch.h"
 #include "patching/bulk_patcher.h"
@@ -646,34 +647,63 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
     const at::Tensor& A = ns.ablated_resid[static_cast<size_t>(l)];
     const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
     // Receiver i of the layer (q of heads 0..H-1, then k and v of the kv
-    // heads), normalised and projected by its W_Q/W_K/W_V slice. Queries at
-    // the answer positions only in the answers' last layer.
-    auto input = [&](int64_t i) -> const NodeMemo& {
-      const bool query = i < H, at_ans = query && last_ans;
-      key_of(rq + i, s_layer, key);
-      NodeMemo& e = ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + i)];
-      if (e.version != 0 && e.key.rows == key.rows && e.key.versions == key.versions) return e;
-      at::Tensor x = receiver_input(key, s_layer, at_ans ? at_answers(A) : A, at_ans);  // [batch, p, 1, d_model]
-      x = core::apply_norm(mc, x, w.ln1_w, w.ln1_b, scale, normed, none);
-      const int64_t h = query ? i : (i - H) % KV;
-      const at::Tensor& W = query ? w.W_Q : i < H + KV ? w.W_K : w.W_V;  // [head|kv_head, d_model, d_head]
-      const at::Tensor& bias = query ? w.b_Q : i < H + KV ? w.b_K : w.b_V;
-      e.proj = core::per_head_linear(x, W.narrow(0, h, 1), bias.narrow(0, h, 1));  // [batch, p, 1, d_head]
-      e.key = key;
-      e.version = ns.next++;
-      return e;
+    // heads); group j reads the queries of heads j*g..j*g+g-1 and the key
+    // and value of kv head j, so groups share no receiver.
+    auto memo = [&](int64_t i) -> NodeMemo& { return ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + i)]; };
+    auto inputs_of = [&](int64_t j) {
+      std::vector<int64_t> is;
+      for (int64_t h = j * g; h < (j + 1) * g; ++h) is.push_back(h);
+      is.push_back(H + j);
+      is.push_back(H + KV + j);
+      return is;
     };
+    // First, in order: which receivers and groups changed, and their new
+    // versions (numbered as a sequential walk would number them).
+    struct GroupTask {
+      int64_t j = 0, version = 0;
+      std::vector<int64_t> stale;  // its receivers to recompute
+    };
+    std::vector<GroupTask> tasks;
     for (int64_t j = 0; j < KV; ++j) {
-      // Group j: the queries of heads j*g..j*g+g-1, the keys and values of kv head j.
+      GroupTask t{j, 0, {}};
       std::vector<int64_t> versions;
-      for (int64_t h = j * g; h < (j + 1) * g; ++h) versions.push_back(input(h).version);
-      versions.push_back(input(H + j).version);
-      versions.push_back(input(H + KV + j).version);
-      GroupMemo& e = ns.groups[static_cast<size_t>(l * KV + j)];
-      if (e.done && e.versions == versions) continue;
+      for (const int64_t i : inputs_of(j)) {
+        key_of(rq + i, s_layer, key);
+        NodeMemo& e = memo(i);
+        if (e.version == 0 || e.key.rows != key.rows || e.key.versions != key.versions) {
+          e.key = key;
+          e.version = ns.next++;
+          t.stale.push_back(i);
+        }
+        versions.push_back(e.version);
+      }
+      GroupMemo& ge = ns.groups[static_cast<size_t>(l * KV + j)];
+      if (ge.done && ge.versions == versions) continue;
+      ge.done = true;
+      ge.versions = std::move(versions);
+      t.version = ns.next++;
+      tasks.push_back(std::move(t));
+    }
+    // Then the changed groups, one per thread: a trial early in ACDC
+    // recomputes most heads of each later layer, and each is too small for
+    // ATen to split. Its receivers normalised and projected by their
+    // W_Q/W_K/W_V slice (queries at the answer positions only in the
+    // answers' last layer), attention as a model of g query heads sharing
+    // one kv head, and the heads' deltas stored where receivers read them.
+    auto run_group = [&](const GroupTask& t) {
+      const int64_t j = t.j;
+      for (const int64_t i : t.stale) {
+        const bool query = i < H, at_ans = query && last_ans;
+        NodeMemo& e = memo(i);
+        at::Tensor x = receiver_input(e.key, s_layer, at_ans ? at_answers(A) : A, at_ans);  // [batch, p, 1, d_model]
+        x = core::apply_norm(mc, x, w.ln1_w, w.ln1_b, scale, normed, none);
+        const int64_t h = query ? i : (i - H) % KV;
+        const at::Tensor& W = query ? w.W_Q : i < H + KV ? w.W_K : w.W_V;  // [head|kv_head, d_model, d_head]
+        const at::Tensor& bias = query ? w.b_Q : i < H + KV ? w.b_K : w.b_V;
+        e.proj = core::per_head_linear(x, W.narrow(0, h, 1), bias.narrow(0, h, 1));  // [batch, p, 1, d_head]
+      }
       std::vector<at::Tensor> qs;
-      for (int64_t h = j * g; h < (j + 1) * g; ++h) qs.push_back(ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + h)].proj);
-      // The group as a model of its own: g query heads sharing one kv head.
+      for (int64_t h = j * g; h < (j + 1) * g; ++h) qs.push_back(memo(h).proj);
       core::ModelConfig gc = mc;
       gc.n_heads = static_cast<int>(g);
       gc.n_kv_heads = 1;
@@ -682,17 +712,18 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
       core::AttentionContext ctx = ns.ctx;
       if (ctx.rotary != nullptr) ctx.rotary = &rotary_;  // this runner's tables, also if it was copied
       CatchZ catch_z(cfg.n_layers, l);
-      core::attention_from_qkv(gc, gw, l, g == 1 ? qs[0] : at::cat(qs, 2),
-                               ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + H + j)].proj,
-                               ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + H + KV + j)].proj, ctx,
-                               core::Hooks{&catch_z});
+      core::attention_from_qkv(gc, gw, l, g == 1 ? qs[0] : at::cat(qs, 2), memo(H + j).proj, memo(H + KV + j).proj,
+                               ctx, core::Hooks{&catch_z});
       const at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, gw.W_O});  // [batch, p, g, d_model]
       const at::Tensor& abl = ablated_heads_[static_cast<size_t>(l)];   // [batch|1, pos|1, head, d_model]
       const at::Tensor delta = abl.defined() ? out - (last_ans ? at_answers(abl) : abl).narrow(2, j * g, g) : out;
-      e.done = true;
-      e.versions = std::move(versions);
-      const int64_t version = ns.next++;
-      for (int64_t i = 0; i < g; ++i) store(s_layer + j * g + i, delta.select(2, i), last_ans, version);
+      for (int64_t i = 0; i < g; ++i) store(s_layer + j * g + i, delta.select(2, i), last_ans, t.version);
+    };
+    try {
+      for_each_task(static_cast<int64_t>(tasks.size()), [&](int64_t n) { run_group(tasks[static_cast<size_t>(n)]); });
+    } catch (...) {
+      nodes_ = Nodes{};  // the memo says computed what was not: start afresh on the next call
+      throw;
     }
     if (cfg.has_mlp()) {
       const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});

@@ -25,6 +25,7 @@
 #include "tests/test_util.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
 #include <set>
@@ -406,6 +407,29 @@ TEST(CircuitRunner, MetricByNodesDoesNotDependOnEarlierCalls) {
       EXPECT_EQ(cold.metric_by_nodes(kl, c.removed_mask()), got) << name << ", call " << t;
     }
   }
+}
+
+// The node path computes a layer's head groups on separate threads
+// (for_each_task); under c10::InferenceMode, as `mechlab bench acdc` runs
+// it, the worker threads must be in it too, or storing a group's deltas in
+// the runner's inference tensors throws. Same bits as outside it; a single
+// thread would not catch a missing guard, so two are asked for.
+TEST(CircuitRunner, MetricByNodesUnderInferenceModeOnTwoThreads) {
+  const mechlab::testing::ScopedThreads two(2);
+  HookedTransformer model = HookedTransformer::load(mechlab::testing::runtime_model("gpt2_like"));
+  PatchingData data = fixture_data("gpt2_like");
+  const Metric kl = kl_metric(model, data);
+  CircuitRunner plain(model, data, Ablation::corrupted);
+  Circuit c = Circuit::full(plain.graph());
+  c.set_kept(c.edges()[3], false);
+  const double want = plain.metric_by_nodes(kl, c.removed_mask());
+  double got = 0;
+  {
+    c10::InferenceMode inference;
+    CircuitRunner runner(model, data, Ablation::corrupted);
+    got = runner.metric_by_nodes(kl, c.removed_mask());
+  }
+  EXPECT_EQ(got, want);
 }
 
 // ---------------------------------------------------------- naive reference
