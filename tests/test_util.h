@@ -6,8 +6,11 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -131,6 +134,24 @@ inline bool have_cuda_or_skip() {
     ADD_FAILURE() << "MECHLAB_REQUIRE_CUDA=1 but no CUDA device is visible";
   }
   return false;
+}
+
+/// A TCP port nobody listens on now (the kernel's pick for port 0), so that
+/// rendezvous in parallel ctest runs do not collide; -1 if none is free.
+inline int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
 }
 
 /// LibTorch's intra-op thread count for one scope (a test that needs real

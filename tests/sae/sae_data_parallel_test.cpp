@@ -16,10 +16,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -40,6 +37,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using mechlab::testing::free_port;
 using nlohmann::json;
 
 std::string make_dir(const std::string& name) {
@@ -59,24 +57,6 @@ void write_file(const std::string& path, const std::string& text) {
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   return {std::istreambuf_iterator<char>(in), {}};
-}
-
-// A TCP port nobody listens on now (the kernel's pick for port 0), so that
-// parallel ctest runs do not collide.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    return -1;
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
 }
 
 // `mechlab ARGS` as rank r of `world`, rendezvous on 127.0.0.1:port, output
@@ -408,15 +388,13 @@ json long_config() {
   return j;
 }
 
-// The rank killed or stopped (`sig`), the other must stop with the error
-// within the bound; the kept checkpoint then resumes with 2 processes.
-void lose_a_rank(const std::string& name, int victim, int sig, const std::string& timeout, double bound_s) {
-  const std::string dir = make_dir(name);
-  write_file(dir + "/cfg.json", long_config().dump());
-  const std::string out = dir + "/run";
+// Starts `mechlab ARGS` as 2 ranks (LOCAL_RANK too with `local_rank`) and
+// returns once their checkpoint in `out` has passed step 20, so that a rank
+// lost after it is lost mid-run.
+void start_two_ranks_past_step_20(const std::string& dir, const std::vector<std::string>& args,
+                                  const std::string& out, bool local_rank, pid_t (&pids)[2]) {
   const int port = free_port();
-  const auto args = train_args(dir + "/cfg.json", out, {"--dist-timeout", timeout});
-  pid_t pids[2] = {spawn_rank(0, 2, port, args, dir + "/log0"), spawn_rank(1, 2, port, args, dir + "/log1")};
+  for (int r = 0; r < 2; ++r) pids[r] = spawn_rank(r, 2, port, args, dir + "/log" + std::to_string(r), local_rank);
   ASSERT_GT(pids[0], 0);
   ASSERT_GT(pids[1], 0);
   int64_t seen = -1;
@@ -425,6 +403,27 @@ void lose_a_rank(const std::string& name, int victim, int sig, const std::string
     seen = checkpoint_step(out + "/checkpoint.h5");
   }
   ASSERT_GE(seen, 20) << read_file(dir + "/log0");
+}
+
+// The survivor's log ends in the one line that says it lost the others and
+// that the checkpoint is kept.
+void expect_lost_contact_line(const std::string& log, int rank) {
+  EXPECT_THAT(log, HasSubstr("mechlab: error: data-parallel training: rank " + std::to_string(rank) +
+                             " of 2 lost contact with the others during step "));
+  EXPECT_THAT(log, HasSubstr("') is kept: restart every rank with --resume"));
+  const std::string error = log.substr(std::min(log.size(), log.find("mechlab: error:")));
+  EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << log;
+}
+
+// The rank killed or stopped (`sig`), the other must stop with the error
+// within the bound; the kept checkpoint then resumes with 2 processes.
+void lose_a_rank(const std::string& name, int victim, int sig, const std::string& timeout, double bound_s) {
+  const std::string dir = make_dir(name);
+  write_file(dir + "/cfg.json", long_config().dump());
+  const std::string out = dir + "/run";
+  pid_t pids[2] = {-1, -1};
+  ASSERT_NO_FATAL_FAILURE(start_two_ranks_past_step_20(
+      dir, train_args(dir + "/cfg.json", out, {"--dist-timeout", timeout}), out, false, pids));
   ::kill(pids[victim], sig);
   const int survivor = 1 - victim;
   const auto t0 = std::chrono::steady_clock::now();
@@ -439,12 +438,7 @@ void lose_a_rank(const std::string& name, int victim, int sig, const std::string
   }
   ASSERT_EQ(rc, 1) << "rank " << survivor << " did not stop with an error within " << bound_s << " s";
   std::printf("rank %d stopped %.1f s after rank %d got signal %d\n", survivor, took, victim, sig);
-  const std::string log = read_file(dir + "/log" + std::to_string(survivor));
-  EXPECT_THAT(log, HasSubstr("mechlab: error: data-parallel training: rank " + std::to_string(survivor) +
-                             " of 2 lost contact with the others during step "));
-  EXPECT_THAT(log, HasSubstr("') is kept: restart every rank with --resume"));
-  const std::string error = log.substr(std::min(log.size(), log.find("mechlab: error:")));
-  EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << log;
+  expect_lost_contact_line(read_file(dir + "/log" + std::to_string(survivor)), survivor);
   const int64_t kept = checkpoint_step(out + "/checkpoint.h5");
   ASSERT_GE(kept, 20);
   ASSERT_LT(kept, 400);
@@ -649,17 +643,9 @@ TEST(SaeDataParallelCuda, AKilledRankStopsTheOtherWithOneLineUnderNccl) {
   j["steps"] = 100000;  // still running when killed, whatever the GPU's speed
   write_file(dir + "/cfg.json", j.dump());
   const std::string out = dir + "/run";
-  const int port = free_port();
-  const auto args = train_args(dir + "/cfg.json", out, {"--dist-timeout", "10"});
-  pid_t pids[2] = {spawn_rank(0, 2, port, args, dir + "/log0", true), spawn_rank(1, 2, port, args, dir + "/log1", true)};
-  ASSERT_GT(pids[0], 0);
-  ASSERT_GT(pids[1], 0);
-  int64_t seen = -1;
-  for (int i = 0; i < 6000 && seen < 20; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    seen = checkpoint_step(out + "/checkpoint.h5");
-  }
-  ASSERT_GE(seen, 20) << read_file(dir + "/log0");
+  pid_t pids[2] = {-1, -1};
+  ASSERT_NO_FATAL_FAILURE(start_two_ranks_past_step_20(
+      dir, train_args(dir + "/cfg.json", out, {"--dist-timeout", "10"}), out, true, pids));
   ::kill(pids[1], SIGKILL);
   const int rc = wait_within(pids[0], 60);
   testing::wait_exit(pids[1]);
@@ -669,11 +655,7 @@ TEST(SaeDataParallelCuda, AKilledRankStopsTheOtherWithOneLineUnderNccl) {
   }
   const std::string log = read_file(dir + "/log0");
   ASSERT_EQ(rc, 1) << "rank 0 did not stop with an error within 60 s (-6 = SIGABRT, 1000 = still running):\n" << log;
-  EXPECT_THAT(log, HasSubstr("mechlab: error: data-parallel training: rank 0 of 2 lost contact with the others "
-                             "during step "));
-  EXPECT_THAT(log, HasSubstr("') is kept: restart every rank with --resume"));
-  const std::string error = log.substr(std::min(log.size(), log.find("mechlab: error:")));
-  EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << log;
+  expect_lost_contact_line(log, 0);
 }
 
 TEST(SaeDataParallel, RefusesBadEnvironmentsAndConfigsInOneLine) {
