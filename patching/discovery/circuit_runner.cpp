@@ -43,10 +43,12 @@ class CatchZ : public core::HookDispatch {
 // sum over s of rows[n, s] * shared[b, p, s, :] -> [batch, pos, n, d_model].
 // rows [n, S0] on shared's device. The state's deltas are stored sender-major
 // ([S, batch, pos, d_model], viewed as [batch, pos, S, d_model]), so this is
-// one GEMM over them; a broadcast matmul would run batch * pos GEMVs.
+// one GEMM over them (also over some of the prompts: each sender's rows stay
+// one stretch of memory); a broadcast matmul would run batch * pos GEMVs.
 at::Tensor sender_sum(const at::Tensor& rows, const at::Tensor& shared) {
   const at::Tensor t = shared.permute({2, 0, 1, 3});  // [S0, batch, pos, d_model]
-  if (!t.is_contiguous()) return at::matmul(rows, shared);
+  const bool sender_rows = t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3);
+  if (!sender_rows) return at::matmul(rows, shared);
   return at::mm(rows, t.view({t.size(0), -1}))
       .view({rows.size(0), shared.size(0), shared.size(1), shared.size(3)})
       .permute({1, 2, 0, 3});
@@ -593,9 +595,25 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
   }
   Nodes& ns = nodes_;
   const int last = cfg.n_layers - 1;
-  auto at_answers = [&](const at::Tensor& x) {  // [batch, pos, ...] -> [batch, 1, ...]; [1, 1, ...] kept
+  const int64_t b = tokens_.size(0), P = tokens_.size(1);
+  // The prompts in two fixed halves, each node computed half by half with a
+  // task per half (for_each_task), so that a trial that changes one node
+  // still keeps two threads busy. The halves are fixed whatever the thread
+  // count or the number of changed nodes, so a node's bits stay a function
+  // of its key.
+  struct Half {
+    int64_t r0, n;
+  };
+  std::vector<Half> halves;
+  halves.push_back({0, b >= 2 ? (b + 1) / 2 : b});
+  if (b >= 2) halves.push_back({(b + 1) / 2, b / 2});
+  const auto n_halves = static_cast<int64_t>(halves.size());
+  // x [batch|1, ...] -> half h's prompts (a [1, ...] broadcasts, kept).
+  auto rows_of = [&](const at::Tensor& x, const Half& h) { return x.size(0) == 1 ? x : x.narrow(0, h.r0, h.n); };
+  // Half h's rows x [n|1, pos|1, ...] at the answer positions -> [n|1, 1, ...].
+  auto at_answers = [&](const at::Tensor& x, const Half& h) {
     if (x.size(1) == 1) return x;
-    return x.index({ns.rows, ns.apos_dev}).unsqueeze(1);
+    return x.index({ns.rows.narrow(0, 0, h.n), ns.apos_dev.narrow(0, h.r0, h.n)}).unsqueeze(1);
   };
   // A receiver's key: its mask row over its senders and the versions of the
   // senders it keeps (a removed sender is read as its constant ablation).
@@ -606,12 +624,13 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
       if (key.rows[static_cast<size_t>(s)] == 0.f) key.versions.push_back(ns.version[static_cast<size_t>(s)]);
     }
   };
-  // input_r = A + sum over kept senders s < s_end of delta_s: [batch, p, 1,
-  // d_model]. Few kept senders (late in ACDC): their deltas added in sender
-  // order; else one GEMM over the stored deltas (a removed sender's
-  // coefficient 0). Either way a function of the key alone.
-  auto receiver_input = [&](const NodeKey& key, int64_t s_end, const at::Tensor& base, bool at_ans) {
-    const at::Tensor& D = at_ans ? ns.deltas_a : ns.deltas;  // [S, batch, p, d_model]
+  // input_r = A + sum over kept senders s < s_end of delta_s, half h's
+  // prompts: [n, p, 1, d_model] (base: A's rows). Few kept senders (late in
+  // ACDC): their deltas added in sender order; else one GEMM over the
+  // stored deltas (a removed sender's coefficient 0). Either way a function
+  // of the key alone.
+  auto receiver_input = [&](const NodeKey& key, int64_t s_end, const at::Tensor& base, bool at_ans, const Half& h) {
+    const at::Tensor D = (at_ans ? ns.deltas_a : ns.deltas).narrow(1, h.r0, h.n);  // [S, n, p, d_model]
     std::vector<int64_t> kept;
     for (int64_t s = 0; s < s_end; ++s) {
       if (key.rows[static_cast<size_t>(s)] == 0.f) kept.push_back(s);
@@ -625,128 +644,163 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
     std::vector<float> keep(static_cast<size_t>(s_end));
     for (int64_t s = 0; s < s_end; ++s) keep[static_cast<size_t>(s)] = 1.f - key.rows[static_cast<size_t>(s)];
     const at::Tensor c = at::from_blob(keep.data(), {1, s_end}, at::kFloat).to(D.device(), D.scalar_type());
-    return base.unsqueeze(2) + sender_sum(c, D.narrow(0, 0, s_end).permute({1, 2, 0, 3}));  // [batch, p, 1, d_model]
+    return base.unsqueeze(2) + sender_sum(c, D.narrow(0, 0, s_end).permute({1, 2, 0, 3}));  // [n, p, 1, d_model]
   };
-  // A sender's new delta, stored where receivers read it.
-  auto store = [&](int64_t s, const at::Tensor& delta, bool at_ans, int64_t version) {  // delta [batch, p, d_model]
+  // A sender's new delta for half h's prompts, stored where receivers read
+  // it (its version is set before the tasks run).
+  auto store = [&](int64_t s, const at::Tensor& delta, bool at_ans, const Half& h) {  // delta [n, p, d_model]
     if (at_ans) {
-      ns.deltas_a[s].copy_(delta);
+      ns.deltas_a[s].narrow(0, h.r0, h.n).copy_(delta);
     } else {
-      ns.deltas[s].copy_(delta);
-      if (ns.answers) ns.deltas_a[s].copy_(at_answers(delta));
+      ns.deltas[s].narrow(0, h.r0, h.n).copy_(delta);
+      if (ns.answers) ns.deltas_a[s].narrow(0, h.r0, h.n).copy_(at_answers(delta, h));
     }
-    ns.version[static_cast<size_t>(s)] = version;
   };
+  // The prompts' attention context for half h.
+  std::vector<core::AttentionContext> ctxs;
+  for (const Half& h : halves) {
+    core::AttentionContext ctx = ns.ctx;
+    if (ctx.rotary != nullptr) ctx.rotary = &rotary_;  // this runner's tables, also if it was copied
+    if (ctx.key_mask.defined()) ctx.key_mask = ctx.key_mask.narrow(0, h.r0, h.n);
+    if (ctx.positions.defined() && ctx.positions.dim() == 2) ctx.positions = ctx.positions.narrow(0, h.r0, h.n);
+    ctxs.push_back(std::move(ctx));
+  }
   const core::Hooks none;
   NodeKey key;
-  for (int l = 0; l < cfg.n_layers; ++l) {
-    const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(l)];
-    const int64_t s_layer = senders_before(l);
-    const int64_t rq = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
-    const bool last_ans = answers && l == last;
-    const at::Tensor& A = ns.ablated_resid[static_cast<size_t>(l)];
-    const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
-    // Receiver i of the layer (q of heads 0..H-1, then k and v of the kv
-    // heads); group j reads the queries of heads j*g..j*g+g-1 and the key
-    // and value of kv head j, so groups share no receiver.
-    auto memo = [&](int64_t i) -> NodeMemo& { return ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + i)]; };
-    auto inputs_of = [&](int64_t j) {
-      std::vector<int64_t> is;
-      for (int64_t h = j * g; h < (j + 1) * g; ++h) is.push_back(h);
-      is.push_back(H + j);
-      is.push_back(H + KV + j);
-      return is;
-    };
-    // First, in order: which receivers and groups changed, and their new
-    // versions (numbered as a sequential walk would number them).
-    struct GroupTask {
-      int64_t j = 0, version = 0;
-      std::vector<int64_t> stale;  // its receivers to recompute
-    };
-    std::vector<GroupTask> tasks;
-    for (int64_t j = 0; j < KV; ++j) {
-      GroupTask t{j, 0, {}};
-      std::vector<int64_t> versions;
-      for (const int64_t i : inputs_of(j)) {
-        key_of(rq + i, s_layer, key);
-        NodeMemo& e = memo(i);
+  try {
+    for (int l = 0; l < cfg.n_layers; ++l) {
+      const core::LayerWeights& w = model_.model().weights().blocks[static_cast<size_t>(l)];
+      const int64_t s_layer = senders_before(l);
+      const int64_t rq = graph_.receiver_index({{Kind::head, l, 0}, ReceiverChannel::q});
+      const bool last_ans = answers && l == last;
+      const at::Tensor& A = ns.ablated_resid[static_cast<size_t>(l)];
+      const core::HookSite scale{core::HookKind::ln1_scale, l}, normed{core::HookKind::ln1_normalized, l};
+      // Receiver i of the layer (q of heads 0..H-1, then k and v of the kv
+      // heads); group j reads the queries of heads j*g..j*g+g-1 and the key
+      // and value of kv head j, so groups share no receiver.
+      auto memo = [&](int64_t i) -> NodeMemo& { return ns.inputs[static_cast<size_t>(l * (H + 2 * KV) + i)]; };
+      auto inputs_of = [&](int64_t j) {
+        std::vector<int64_t> is;
+        for (int64_t h = j * g; h < (j + 1) * g; ++h) is.push_back(h);
+        is.push_back(H + j);
+        is.push_back(H + KV + j);
+        return is;
+      };
+      // First, in order: which receivers and groups changed, their new
+      // versions (numbered as a sequential walk would number them), and
+      // room for their new projections.
+      struct GroupTask {
+        int64_t j = 0;
+        std::vector<int64_t> stale;  // its receivers to recompute
+      };
+      std::vector<GroupTask> tasks;
+      for (int64_t j = 0; j < KV; ++j) {
+        GroupTask t{j, {}};
+        std::vector<int64_t> versions;
+        for (const int64_t i : inputs_of(j)) {
+          key_of(rq + i, s_layer, key);
+          NodeMemo& e = memo(i);
+          if (e.version == 0 || e.key.rows != key.rows || e.key.versions != key.versions) {
+            e.key = key;
+            e.version = ns.next++;
+            e.proj = at::empty({b, i < H && last_ans ? 1 : P, 1, mc.d_head}, A.options());
+            t.stale.push_back(i);
+          }
+          versions.push_back(e.version);
+        }
+        GroupMemo& ge = ns.groups[static_cast<size_t>(l * KV + j)];
+        if (ge.done && ge.versions == versions) continue;
+        ge.done = true;
+        ge.versions = std::move(versions);
+        const int64_t version = ns.next++;
+        for (int64_t i = 0; i < g; ++i) ns.version[static_cast<size_t>(s_layer + j * g + i)] = version;
+        tasks.push_back(std::move(t));
+      }
+      // Then the changed groups, a task per group and half: a trial early
+      // in ACDC recomputes most heads of each later layer, and each is too
+      // small for ATen to split. Its receivers normalised and projected by
+      // their W_Q/W_K/W_V slice (queries at the answer positions only in
+      // the answers' last layer), attention as a model of g query heads
+      // sharing one kv head, and the heads' deltas stored where receivers
+      // read them.
+      auto run_group = [&](const GroupTask& t, const Half& half, const core::AttentionContext& ctx) {
+        const int64_t j = t.j;
+        for (const int64_t i : t.stale) {
+          const bool query = i < H, at_ans = query && last_ans;
+          NodeMemo& e = memo(i);
+          const at::Tensor base = at_ans ? at_answers(rows_of(A, half), half) : rows_of(A, half);
+          at::Tensor x = receiver_input(e.key, s_layer, base, at_ans, half);  // [n, p, 1, d_model]
+          x = core::apply_norm(mc, x, w.ln1_w, w.ln1_b, scale, normed, none);
+          const int64_t h = query ? i : (i - H) % KV;
+          const at::Tensor& W = query ? w.W_Q : i < H + KV ? w.W_K : w.W_V;  // [head|kv_head, d_model, d_head]
+          const at::Tensor& bias = query ? w.b_Q : i < H + KV ? w.b_K : w.b_V;
+          e.proj.narrow(0, half.r0, half.n).copy_(core::per_head_linear(x, W.narrow(0, h, 1), bias.narrow(0, h, 1)));
+        }
+        auto proj = [&](int64_t i) { return memo(i).proj.narrow(0, half.r0, half.n); };  // [n, p, 1, d_head]
+        std::vector<at::Tensor> qs;
+        for (int64_t h = j * g; h < (j + 1) * g; ++h) qs.push_back(proj(h));
+        core::ModelConfig gc = mc;
+        gc.n_heads = static_cast<int>(g);
+        gc.n_kv_heads = 1;
+        core::LayerWeights gw = w;
+        gw.W_O = w.W_O.narrow(0, j * g, g);
+        CatchZ catch_z(cfg.n_layers, l);
+        core::attention_from_qkv(gc, gw, l, g == 1 ? qs[0] : at::cat(qs, 2), proj(H + j), proj(H + KV + j), ctx,
+                                 core::Hooks{&catch_z});
+        const at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, gw.W_O});  // [n, p, g, d_model]
+        const at::Tensor& abl = ablated_heads_[static_cast<size_t>(l)];   // [batch|1, pos|1, head, d_model]
+        at::Tensor delta = out;
+        if (abl.defined()) {
+          const at::Tensor a = rows_of(abl, half).narrow(2, j * g, g);
+          delta = out - (last_ans ? at_answers(a, half) : a);
+        }
+        for (int64_t i = 0; i < g; ++i) store(s_layer + j * g + i, delta.select(2, i), last_ans, half);
+      };
+      for_each_task(static_cast<int64_t>(tasks.size()) * n_halves, [&](int64_t k) {
+        const auto hi = static_cast<size_t>(k % n_halves);
+        run_group(tasks[static_cast<size_t>(k / n_halves)], halves[hi], ctxs[hi]);
+      });
+      if (cfg.has_mlp()) {
+        const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
+        const int64_t s_end = cfg.parallel_attn_mlp ? s_layer : s_layer + H;
+        key_of(r_mlp, s_end, key);
+        NodeMemo& e = ns.mlps[static_cast<size_t>(l)];
         if (e.version == 0 || e.key.rows != key.rows || e.key.versions != key.versions) {
           e.key = key;
           e.version = ns.next++;
-          t.stale.push_back(i);
+          ns.version[static_cast<size_t>(s_layer + H)] = e.version;
+          const at::Tensor& full_base = cfg.parallel_attn_mlp ? A : ns.ablated_mid[static_cast<size_t>(l)];
+          const at::Tensor& abl = ablated_mlp_[static_cast<size_t>(l)];  // [batch|1, pos|1, 1, d_model]
+          for_each_task(n_halves, [&](int64_t hi) {
+            const Half& half = halves[static_cast<size_t>(hi)];
+            const at::Tensor base = last_ans ? at_answers(rows_of(full_base, half), half) : rows_of(full_base, half);
+            const at::Tensor x4 = receiver_input(e.key, s_end, base, last_ans, half);
+            const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b,
+                                                  {core::HookKind::ln2_scale, l}, {core::HookKind::ln2_normalized, l},
+                                                  none);
+            const at::Tensor out = core::mlp_forward(mc, w, l, x, none);  // [n, p, d_model]
+            at::Tensor delta = out;
+            if (abl.defined()) {
+              const at::Tensor a = rows_of(abl, half);
+              delta = out - (last_ans ? at_answers(a, half) : a).squeeze(2);
+            }
+            store(s_layer + H, delta, last_ans, half);
+          });
         }
-        versions.push_back(e.version);
-      }
-      GroupMemo& ge = ns.groups[static_cast<size_t>(l * KV + j)];
-      if (ge.done && ge.versions == versions) continue;
-      ge.done = true;
-      ge.versions = std::move(versions);
-      t.version = ns.next++;
-      tasks.push_back(std::move(t));
-    }
-    // Then the changed groups, one per thread: a trial early in ACDC
-    // recomputes most heads of each later layer, and each is too small for
-    // ATen to split. Its receivers normalised and projected by their
-    // W_Q/W_K/W_V slice (queries at the answer positions only in the
-    // answers' last layer), attention as a model of g query heads sharing
-    // one kv head, and the heads' deltas stored where receivers read them.
-    auto run_group = [&](const GroupTask& t) {
-      const int64_t j = t.j;
-      for (const int64_t i : t.stale) {
-        const bool query = i < H, at_ans = query && last_ans;
-        NodeMemo& e = memo(i);
-        at::Tensor x = receiver_input(e.key, s_layer, at_ans ? at_answers(A) : A, at_ans);  // [batch, p, 1, d_model]
-        x = core::apply_norm(mc, x, w.ln1_w, w.ln1_b, scale, normed, none);
-        const int64_t h = query ? i : (i - H) % KV;
-        const at::Tensor& W = query ? w.W_Q : i < H + KV ? w.W_K : w.W_V;  // [head|kv_head, d_model, d_head]
-        const at::Tensor& bias = query ? w.b_Q : i < H + KV ? w.b_K : w.b_V;
-        e.proj = core::per_head_linear(x, W.narrow(0, h, 1), bias.narrow(0, h, 1));  // [batch, p, 1, d_head]
-      }
-      std::vector<at::Tensor> qs;
-      for (int64_t h = j * g; h < (j + 1) * g; ++h) qs.push_back(memo(h).proj);
-      core::ModelConfig gc = mc;
-      gc.n_heads = static_cast<int>(g);
-      gc.n_kv_heads = 1;
-      core::LayerWeights gw = w;
-      gw.W_O = w.W_O.narrow(0, j * g, g);
-      core::AttentionContext ctx = ns.ctx;
-      if (ctx.rotary != nullptr) ctx.rotary = &rotary_;  // this runner's tables, also if it was copied
-      CatchZ catch_z(cfg.n_layers, l);
-      core::attention_from_qkv(gc, gw, l, g == 1 ? qs[0] : at::cat(qs, 2), memo(H + j).proj, memo(H + KV + j).proj,
-                               ctx, core::Hooks{&catch_z});
-      const at::Tensor out = at::einsum("bphe,hem->bphm", {catch_z.z, gw.W_O});  // [batch, p, g, d_model]
-      const at::Tensor& abl = ablated_heads_[static_cast<size_t>(l)];   // [batch|1, pos|1, head, d_model]
-      const at::Tensor delta = abl.defined() ? out - (last_ans ? at_answers(abl) : abl).narrow(2, j * g, g) : out;
-      for (int64_t i = 0; i < g; ++i) store(s_layer + j * g + i, delta.select(2, i), last_ans, t.version);
-    };
-    try {
-      for_each_task(static_cast<int64_t>(tasks.size()), [&](int64_t n) { run_group(tasks[static_cast<size_t>(n)]); });
-    } catch (...) {
-      nodes_ = Nodes{};  // the memo says computed what was not: start afresh on the next call
-      throw;
-    }
-    if (cfg.has_mlp()) {
-      const int64_t r_mlp = graph_.receiver_index({{Kind::mlp, l, -1}, ReceiverChannel::resid});
-      const int64_t s_end = cfg.parallel_attn_mlp ? s_layer : s_layer + H;
-      key_of(r_mlp, s_end, key);
-      NodeMemo& e = ns.mlps[static_cast<size_t>(l)];
-      if (e.version == 0 || e.key.rows != key.rows || e.key.versions != key.versions) {
-        const at::Tensor& base = cfg.parallel_attn_mlp ? A : ns.ablated_mid[static_cast<size_t>(l)];
-        const at::Tensor x4 = receiver_input(key, s_end, last_ans ? at_answers(base) : base, last_ans);
-        const at::Tensor x = core::apply_norm(mc, x4.squeeze(2), w.ln2_w, w.ln2_b, {core::HookKind::ln2_scale, l},
-                                              {core::HookKind::ln2_normalized, l}, none);
-        const at::Tensor out = core::mlp_forward(mc, w, l, x, none);  // [batch, p, d_model]
-        const at::Tensor& abl = ablated_mlp_[static_cast<size_t>(l)];   // [batch|1, pos|1, 1, d_model]
-        const at::Tensor delta = abl.defined() ? out - (last_ans ? at_answers(abl) : abl).squeeze(2) : out;
-        e.key = key;
-        e.version = ns.next++;
-        store(s_layer + H, delta, last_ans, e.version);
       }
     }
+  } catch (...) {
+    nodes_ = Nodes{};  // the memo says computed what was not: start afresh on the next call
+    throw;
   }
   key_of(R - 1, S, key);
   const at::Tensor& A = ns.ablated_resid.back();
-  const at::Tensor final_resid = receiver_input(key, S, answers ? at_answers(A) : A, answers).squeeze(2);
+  at::Tensor final_resid = at::empty({b, answers ? 1 : P, A.size(2)}, A.options());  // [batch, p, d_model]
+  for_each_task(n_halves, [&](int64_t hi) {
+    const Half& half = halves[static_cast<size_t>(hi)];
+    const at::Tensor base = answers ? at_answers(rows_of(A, half), half) : rows_of(A, half);
+    final_resid.narrow(0, half.r0, half.n).copy_(receiver_input(key, S, base, answers, half).squeeze(2));
+  });
   ++forwards_;
   return metric_of(metric, final_resid, 1, answers).item<double>();
 }

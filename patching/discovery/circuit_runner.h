@@ -135,8 +135,10 @@ class CircuitRunner {
   /// edge removed) + the sum of the deltas of the senders r keeps. A node
   /// is recomputed only when its mask rows or a kept sender changed since
   /// the last call, so ACDC's trial, which changes one receiver, costs the
-  /// nodes downstream of it through kept edges. Needs no state; the result
-  /// does not depend on earlier calls. The last layer at the answer
+  /// nodes downstream of it through kept edges. Each node runs in two fixed
+  /// halves of the prompts, and a layer's changed head groups at once, one
+  /// task per group and half on the intra-op threads (for_each_task). Needs
+  /// no state; the result does not depend on earlier calls. The last layer at the answer
   /// positions only when answers_are_last(metric). A mask entry other than
   /// 0 and 1 is refused.
   double metric_by_nodes(const patching::Metric& metric, const at::Tensor& mask);
