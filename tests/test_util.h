@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -21,6 +22,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -28,12 +31,32 @@ extern char** environ;  // the child gets this process's environment
 
 namespace mechlab::testing {
 
+/// Removes a folder and what it holds; a missing path is fine. Not
+/// std::filesystem::remove_all: libtorch.so exports its own copy, the
+/// dynamic linker binds the tests' calls to it, and it crashes on a folder
+/// that holds files (docs/ARCHITECTURE.md, Build).
+inline void remove_tree(const std::string& path) {
+  ::nftw(
+      path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
 /// A path in a per-suite, per-process folder under the test temporary
 /// directory: CTest runs each test in its own process, in parallel, and two
-/// checkouts may test at once, so no two processes share a file.
+/// checkouts may test at once, so no two processes share a file. The
+/// folder is emptied on its first use in a process: one that exists then
+/// was left by an earlier process with the same id (the kernel reuses
+/// them), and its files would make a test that writes without overwriting
+/// fail ("... exists").
 inline std::string temp_path(const std::string& suite, const std::string& name) {
+  static std::mutex m;
+  static std::set<std::string> fresh;  // the suites whose folder this process has emptied
   const std::string dir =
       ::testing::TempDir() + "mechlab_" + suite + "_" + std::to_string(::getpid()) + "/";
+  {
+    std::lock_guard<std::mutex> lock(m);
+    if (fresh.insert(suite).second) remove_tree(dir);
+  }
   std::filesystem::create_directories(dir);
   return dir + name;
 }

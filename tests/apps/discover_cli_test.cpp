@@ -59,7 +59,7 @@ bool have_dot() { return std::system("command -v dot >/dev/null 2>&1") == 0; }
 // file's step makes, and the job file.
 std::string make_job_dir(const std::string& name) {
   const std::string dir = temp_path("discover_cli", name);
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   mechlab::core::ModelConfig cfg = mechlab::core::preset("tiny");
   cfg.d_vocab = static_cast<int>(mechlab::core::tasks::make_task("ioi", kIoi).d_vocab);
@@ -304,7 +304,7 @@ TEST(DiscoverCli, AcdcAndEapAcdcJobsEqualTheLibraryAndEveryCircuitIsEvaluated) {
 // feed a discovery job.
 TEST(DiscoverCli, InductionPairsFromAStepFeedAJob) {
   const std::string dir = temp_path("discover_cli", "induction");
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   mechlab::core::ModelConfig cfg = mechlab::core::preset("attn-only-2l");
   cfg.d_vocab = 20;

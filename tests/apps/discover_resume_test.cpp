@@ -50,7 +50,7 @@ std::string read_text(const std::string& path) {
 // writes to OUT (given per run).
 std::string make_dir(const std::string& name) {
   const std::string dir = testing::temp_path("discover_resume", name);
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   const core::Dataset ds = core::tasks::make_task("ioi", {{"n", 8}, {"seed", 3}});
   core::save_dataset(dir + "/data.h5", ds);

@@ -45,7 +45,7 @@ const char* kJobs[] = {"eap", "ig", "sweep", "acdc"};
 // made by a step.
 std::string make_job_dir(const std::string& name) {
   const std::string dir = temp_path("discover_shard", name);
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   const nlohmann::json ioi = {{"n", 6}, {"seed", 2}};
   mechlab::core::ModelConfig cfg = mechlab::core::preset("tiny");

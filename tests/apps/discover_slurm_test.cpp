@@ -82,7 +82,7 @@ class LocalSlurm : public ::testing::Test {
 // trial at a time (max_batch 1: slow enough to cancel midway).
 std::string make_job_dir(const std::string& name) {
   const std::string dir = temp_path("discover_slurm", name);
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   const nlohmann::json ioi = {{"n", 16}, {"seed", 5}};
   mechlab::core::ModelConfig cfg = mechlab::core::preset("tiny");

@@ -494,7 +494,7 @@ TEST_F(DiskFull, SaeWritersKeepTheOldFiles) {
   const std::string inputs = kSaeModel + " " + kSae + " " + sae_dataset();
   const std::string old_json = temp_path("old_eval.json"), old_dash = temp_path("old_dash.h5"),
                     old_html = temp_path("old_dash.html"), old_sae = temp_path("old_sae");
-  fs::remove_all(old_sae);
+  mechlab::testing::remove_tree(old_sae);
   ASSERT_EQ(run("sae eval " + inputs + " --out " + old_json + " --overwrite").rc, 0);
   ASSERT_EQ(run("sae dashboard " + inputs + " --latents 0 1 --out " + old_dash + " --html " + old_html +
                 " --overwrite").rc, 0);

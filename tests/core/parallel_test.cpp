@@ -42,7 +42,9 @@ TEST(ForEachTask, RunsEveryTaskOnceOverTheThreads) {
       threads.insert(std::this_thread::get_id());
     });
     for (int64_t i = 0; i < n; ++i) EXPECT_EQ(calls[static_cast<size_t>(i)].load(), 1) << "task " << i << " of " << n;
-    if (n >= 2) EXPECT_EQ(threads.size(), 2u) << n << " tasks ran on " << threads.size() << " thread(s), not 2";
+    if (n >= 2) {
+      EXPECT_EQ(threads.size(), 2u) << n << " tasks ran on " << threads.size() << " thread(s), not 2";
+    }
   }
 }
 

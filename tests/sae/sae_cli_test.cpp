@@ -99,7 +99,7 @@ TEST(SaeCli, EvalRefusesAWrongHookAWidthMismatchAndAnOutputThatIsAnInput) {
 /// A copy of SAELens's saved topk folder with one tensor dropped or replaced.
 std::string broken_sae(const std::string& name, const std::function<void(std::map<std::string, at::Tensor>&)>& edit) {
   const std::string dir = temp_path("sae_cli", name);
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   fs::copy_file(kTopk + "/cfg.json", dir + "/cfg.json");
   auto file = core::SafetensorsFile::open(kTopk + "/sae_weights.safetensors");
@@ -127,7 +127,7 @@ TEST(SaeCli, ImportChecksAndDescribesAFolderAndRefusesMissingOrMisShapedTensors)
 
 TEST(SaeCli, ExportUpgradesAPre6FolderRenamesTheHookAndRefusesItsInput) {
   const std::string out = temp_path("sae_cli", "exported");
-  fs::remove_all(out);
+  mechlab::testing::remove_tree(out);
   const auto r = run_cli("sae export " + kData + "/sae/saved/pre6_standard --out " + out +
                          " --hook blocks.1.hook_resid_post --fold-w-dec-norm");
   ASSERT_EQ(r.rc, 0) << r.output;
@@ -148,7 +148,7 @@ TEST(SaeCli, ExportUpgradesAPre6FolderRenamesTheHookAndRefusesItsInput) {
 
 TEST(SaeCli, DashboardWritesTheFileAndThePage) {
   const std::string dir = temp_path("sae_cli", "dash");
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   const auto r = run_cli("sae dashboard " + kModel + " " + kTopk + " " + dataset() + " --out " + dir +
                          "/d.h5 --html " + dir + "/d.html --latents 1 2 99 --top-k 3 --threads 1");

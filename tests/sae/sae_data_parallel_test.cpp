@@ -43,7 +43,7 @@ using nlohmann::json;
 std::string make_dir(const std::string& name) {
   const fs::path d = fs::temp_directory_path() / ("mechlab_sae_dp_" + name + "_" + std::to_string(::getpid()));
   std::error_code ec;
-  for (int i = 0; i < 3 && fs::exists(d, ec); ++i) fs::remove_all(d, ec);
+  mechlab::testing::remove_tree(d.string());
   fs::create_directories(d);
   return d.string();
 }

@@ -27,7 +27,7 @@ using testing::run_cli;
 
 std::string make_dir(const std::string& name) {
   const fs::path d = fs::temp_directory_path() / ("mechlab_sae_cli_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  mechlab::testing::remove_tree(d);
   fs::create_directories(d);
   return d.string();
 }

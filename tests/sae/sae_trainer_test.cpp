@@ -25,7 +25,7 @@ using testing::error_of;
 
 std::string temp_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("mechlab_sae_trainer_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  mechlab::testing::remove_tree(dir);
   fs::create_directories(dir);
   return dir.string();
 }
