@@ -19,7 +19,6 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <ftw.h>
 
 #include <cmath>
 #include <filesystem>
@@ -38,10 +37,7 @@ const std::string kData = std::string(MECHLAB_TEST_DATA);
 const std::string kModel = kData + "/runtime/gpt2_like.h5";
 const char* kHook = "blocks.0.attn.hook_z";
 
-// Removes a folder and what it holds (std::filesystem::remove_all can bind to
-// libtorch's broken copy: docs/ARCHITECTURE.md, Build).
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
-void remove_tree(const std::string& path) { ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+using mechlab::testing::remove_tree;
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path);

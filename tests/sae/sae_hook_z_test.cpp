@@ -22,7 +22,6 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <ftw.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -33,10 +32,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Removes a folder and what it holds (std::filesystem::remove_all can bind to
-// libtorch's broken copy: docs/ARCHITECTURE.md, Build).
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
-void remove_tree(const std::string& path) { ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+using mechlab::testing::remove_tree;
 using ::testing::HasSubstr;
 using mechlab::testing::close;
 using mechlab::testing::error_of;
