@@ -96,8 +96,23 @@ TEST(ProcessGroupCuda, OneRankNcclAllReduceAndBroadcastBesideGloo) {
   ASSERT_TRUE(ProcessGroup::nccl_built());
   // The first test in this process to start NCCL (gtest runs a file's
   // tests in order; ctest runs each test in its own process).
-  const char* before = std::getenv("TORCH_NCCL_BLOCKING_WAIT");
-  if (before != nullptr) GTEST_SKIP() << "TORCH_NCCL_BLOCKING_WAIT is set in the environment: unset it to run this";
+  // The user's own setting, if any, is kept by mechlab: unset it here (and
+  // restore it after) so that NCCL's start shows in the variable.
+  struct UnsetBlockingWait {
+    std::string saved;
+    bool was_set = false;
+    UnsetBlockingWait() {
+      if (const char* v = std::getenv("TORCH_NCCL_BLOCKING_WAIT")) saved = v, was_set = true;
+      ::unsetenv("TORCH_NCCL_BLOCKING_WAIT");
+    }
+    ~UnsetBlockingWait() {
+      if (was_set) {
+        ::setenv("TORCH_NCCL_BLOCKING_WAIT", saved.c_str(), 1);
+      } else {
+        ::unsetenv("TORCH_NCCL_BLOCKING_WAIT");
+      }
+    }
+  } unset_blocking_wait;
   auto group = one_rank_group();
   at::Tensor c0 = at::ones({2});
   group->allreduce_sum(c0);  // CPU first: Gloo, no NCCL yet

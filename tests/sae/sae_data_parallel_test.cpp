@@ -60,12 +60,14 @@ std::string read_file(const std::string& path) {
 }
 
 // `mechlab ARGS` as rank r of `world`, rendezvous on 127.0.0.1:port, output
-// into `log`; with `local_rank`, LOCAL_RANK=r as well (torchrun's, for CUDA).
+// into `log`; with `local_rank`, LOCAL_RANK=r as well (torchrun's, for CUDA);
+// `env`: more VAR=value settings for every rank.
 pid_t spawn_rank(int r, int world, int port, const std::vector<std::string>& args, const std::string& log,
-                 bool local_rank = false) {
+                 bool local_rank = false, const std::vector<std::string>& env = {}) {
   std::vector<std::string> argv = {"/usr/bin/env", "RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(world),
                                    "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port)};
   if (local_rank) argv.push_back("LOCAL_RANK=" + std::to_string(r));
+  argv.insert(argv.end(), env.begin(), env.end());
   argv.push_back(MECHLAB_BINARY);
   argv.insert(argv.end(), args.begin(), args.end());
   return testing::spawn_process(argv, log);
@@ -89,11 +91,11 @@ struct RankResult {
 
 // Runs `mechlab ARGS` as `world` ranks and waits for all (at most 120 s).
 std::vector<RankResult> run_ranks(int world, const std::vector<std::string>& args, const std::string& log_prefix,
-                                  bool local_rank = false) {
+                                  bool local_rank = false, const std::vector<std::string>& env = {}) {
   const int port = free_port();
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
-    pids.push_back(spawn_rank(r, world, port, args, log_prefix + std::to_string(r), local_rank));
+    pids.push_back(spawn_rank(r, world, port, args, log_prefix + std::to_string(r), local_rank, env));
   }
   std::vector<RankResult> out;
   for (int r = 0; r < world; ++r) {
@@ -498,17 +500,18 @@ TEST(SaeDataParallel, CtrlCOnOneRankStopsBothAfterTheSameStep) {
   EXPECT_THAT(rest[0].log, HasSubstr("dp: 400 steps"));
 }
 
-// Without a GPU (this development machine) device "cuda" under a launcher is
-// refused by every rank in the one line a single process gets, before any
-// c10d or CUDA call. Catches the data-parallel device mapping (or NCCL's
-// start) running ahead of that check and failing in CUDA's words.
+// Without a GPU device "cuda" under a launcher is refused by every rank in
+// the one line a single process gets, before any c10d or CUDA call. The
+// ranks see no GPU on any machine (CUDA_VISIBLE_DEVICES empty), so this
+// runs on GPU machines too. Catches the data-parallel device mapping (or
+// NCCL's start) running ahead of that check and failing in CUDA's words.
 TEST(SaeDataParallel, CudaWithoutAGpuIsRefusedInOneLineByEveryRank) {
-  if (at::hasCUDA()) GTEST_SKIP() << "a GPU is visible: SaeDataParallelCuda.* cover this machine";
   const std::string dir = make_dir("nogpu");
   json j = toy_config("topk");
   j["device"] = "cuda";
   write_file(dir + "/cfg.json", j.dump());
-  const auto ranks = run_ranks(2, train_args(dir + "/cfg.json", dir + "/o"), dir + "/log", /*local_rank=*/true);
+  const auto ranks = run_ranks(2, train_args(dir + "/cfg.json", dir + "/o"), dir + "/log", /*local_rank=*/true,
+                               {"CUDA_VISIBLE_DEVICES="});
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(ranks[r].rc, 1) << ranks[r].log;
     EXPECT_THAT(ranks[r].log, HasSubstr("SAE training config: \"device\" is \"cuda\" but no CUDA GPU is available "
