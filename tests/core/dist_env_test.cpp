@@ -80,7 +80,6 @@ TEST(DistEnv, RefusesNamingTheVariable) {
               HasSubstr("environment variable SLURM_NTASKS is set but SLURM_PROCID is not"));
 }
 
-
 // The local rank is the launcher's own: torchrun inside an srun step sets
 // LOCAL_RANK per process while SLURM_LOCALID is the srun task's. Catches
 // reading the local rank from another launcher's variable (or from the
