@@ -29,11 +29,16 @@
 //                               separate threads
 //   fma-peak (CPU)              those FLOPs at this CPU's measured peak
 //                               float32 FMA rate: the physical limit
+// --busy-neighbour (CPU) then times the fast run again beside a process
+// spinning on one core, with for_each_task's team fixed at --threads, fixed
+// at 1, and sized by the load (the default): a team waits for its slowest
+// thread, which shares its core with the neighbour.
 #include "apps/bench/bench_util.h"
 #include "apps/bench/cpu_peak.h"
 #include "apps/cli/commands.h"
 #include "core/formats/text_file.h"
 #include "core/util/error.h"
+#include "core/util/parallel.h"
 #include "core/util/rng.h"
 #include "hooks/hooked_transformer.h"
 #include "kernels/device_info.h"
@@ -45,6 +50,10 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -80,6 +89,28 @@ patching::PatchingData random_pairs(int64_t n, int64_t t, int64_t d_vocab, uint6
   }
   return d;
 }
+
+// Another process spinning on one core while it lives (it only spins, so
+// forking this multi-threaded process is safe).
+class BusyNeighbour {
+ public:
+  BusyNeighbour() : pid_(fork()) {
+    if (pid_ == 0) {
+      for (volatile unsigned long k = 0;; k = k + 1) {
+      }
+    }
+    MECHLAB_CHECK(pid_ > 0, "bench acdc --busy-neighbour: fork failed");
+  }
+  ~BusyNeighbour() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  BusyNeighbour(const BusyNeighbour&) = delete;
+  BusyNeighbour& operator=(const BusyNeighbour&) = delete;
+
+ private:
+  pid_t pid_;
+};
 
 // Model FLOPs (multiply-adds) of the parts of a forward over `b` prompts x
 // `P` tokens; norms, biases, softmax and the receivers' patching are left
@@ -199,7 +230,8 @@ void add_bench_acdc(CLI::App& bench) {
       "tokens): mechlab's ACDC (one trial at a time node by node on the CPU; restarted, batched trials\n"
       "on a GPU or with --max-batch) vs one full forward per edge on the same runtime, wall and CPU\n"
       "seconds; checks that both give the same circuit. Prints a table with the floor: the arithmetic of\n"
-      "the cheapest exact trials, the best ratio on a CPU.");
+      "the cheapest exact trials, at the one-forward-per-edge run's rate and at the measured FMA peak.\n"
+      "--busy-neighbour adds the fast run beside a process spinning on one core.");
   struct Args {
     std::string device = "cpu", json;
     int layers = 4, d_model = 256, heads = 8, vocab = 512;
@@ -207,7 +239,7 @@ void add_bench_acdc(CLI::App& bench) {
     int repeats = 3;
     double threshold = -1;
     uint64_t seed = 0;
-    bool quick = false, attn_only = false, split_positions = false;
+    bool quick = false, attn_only = false, split_positions = false, busy_neighbour = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--device", a->device, "Where the model runs: cpu, cuda, cuda:N or auto")->capture_default_str();
@@ -230,6 +262,9 @@ void add_bench_acdc(CLI::App& bench) {
   cmd->add_flag("--attn-only", a->attn_only, "No MLPs");
   cmd->add_flag("--split-positions", a->split_positions,
                 "Split the graph by token position (every edge once per position; both runs)");
+  cmd->add_flag("--busy-neighbour", a->busy_neighbour,
+                "CPU: then time the fast run beside a process spinning on one core, with its team of threads fixed "
+                "at --threads, fixed at 1, and sized by the load (the default)");
   cmd->add_flag("--quick", a->quick, "Smoke-test size: 2 layers, d_model 64, 4 heads, 8 prompts x 8 tokens (overrides the size options)");
   cmd->add_option("--seed", a->seed, "Seed of the random model and prompts")->capture_default_str();
   cmd->add_option("--json", a->json, "Also write the figures to this JSON file");
@@ -316,11 +351,15 @@ void add_bench_acdc(CLI::App& bench) {
     naive.seconds = naive_stats.median / 1e3;
     std::printf("one forward per edge: %.2f s (%.2f s CPU per run), %lld forwards\n", naive.seconds, naive_cpu,
                 static_cast<long long>(naive.forwards));
-    bool same = naive.steps.size() == fast.steps.size();
-    for (size_t i = 0; same && i < fast.steps.size(); ++i) {
-      same = fast.steps[i].edge == naive.steps[i].edge && fast.steps[i].kept == naive.steps[i].kept;
-    }
-    MECHLAB_CHECK(same, "bench acdc: the fast and the one-forward-per-edge runs decided differently");
+    auto same_decisions = [](const discovery::AcdcResult& x, const discovery::AcdcResult& y) {
+      bool same = x.steps.size() == y.steps.size();
+      for (size_t i = 0; same && i < x.steps.size(); ++i) {
+        same = x.steps[i].edge == y.steps[i].edge && x.steps[i].kept == y.steps[i].kept;
+      }
+      return same;
+    };
+    MECHLAB_CHECK(same_decisions(fast, naive),
+                  "bench acdc: the fast and the one-forward-per-edge runs decided differently");
     std::printf("same circuit: yes (%lld decisions identical)\n", static_cast<long long>(fast.steps.size()));
 
     // The floor: each tried edge once, with its cheapest exact restart.
@@ -411,6 +450,35 @@ void add_bench_acdc(CLI::App& bench) {
                 naive.seconds / fast.seconds, naive_cpu / fast_cpu, static_cast<double>(naive.forwards) / floor_total);
     if (peak_s > 0) std::printf(", %.1fx at the FMA peak", naive.seconds / peak_s);
     std::printf(")\n");
+    // Beside a busy process: the team fixed at --threads, then sized by the
+    // load; the same decisions either way.
+    // Each team size's runs one after another, the fixed ones through
+    // FixedTaskThreads (0: sized by the load).
+    bench::Stats fixed_stats, one_stats, adaptive_stats;
+    if (a->busy_neighbour && device.is_cpu()) {
+      const int threads = at::get_num_threads();
+      const BusyNeighbour busy;
+      auto time_team = [&](int team_threads) {
+        std::vector<double> ms;
+        for (int r = 0; r < a->repeats; ++r) {
+          const FixedTaskThreads team(team_threads);
+          const discovery::AcdcResult x = discovery::acdc(model, data, kl, opts);
+          MECHLAB_CHECK(same_decisions(x, fast), "bench acdc: a run beside the busy process decided differently");
+          ms.push_back(x.seconds * 1e3);
+        }
+        return bench::summarize(ms);
+      };
+      fixed_stats = time_team(threads);
+      one_stats = time_team(1);
+      adaptive_stats = time_team(0);
+      const std::string fixed_name = "team fixed at " + std::to_string(threads);
+      bench::print_table("ACDC beside a process spinning on one core (fast run, same decisions)",
+                         {{"quiet (above)", fast_stats, "no neighbour"},
+                          {fixed_name, fixed_stats, "for_each_task on --threads threads"},
+                          {"team fixed at 1", one_stats, "for_each_task on the caller"},
+                          {"team sized by the load", adaptive_stats, "the default (task_threads)"}},
+                         fixed_name, static_cast<double>(n_edges), "edges");
+    }
     if (!a->json.empty()) {
       nlohmann::json j = {{"edges", n_edges},
                           {"tau", tau},
@@ -433,6 +501,11 @@ void add_bench_acdc(CLI::App& bench) {
                           {"restart_floor_forward_equivalents", restart_floor},
                           {"fma_peak_s", peak_s},
                           {"speedup", naive.seconds / fast.seconds}};
+      if (fixed_stats.n > 0) {
+        j["busy_neighbour_fixed_team_s"] = fixed_stats.median / 1e3;
+        j["busy_neighbour_one_thread_team_s"] = one_stats.median / 1e3;
+        j["busy_neighbour_adaptive_team_s"] = adaptive_stats.median / 1e3;
+      }
       core::write_text_file(a->json, j.dump(2) + "\n");
     }
   });

@@ -93,7 +93,9 @@ void add_threads_option(CLI::App* cmd) {
                          " hardware threads here), or 0 for LibTorch's default; got ", n);
            if (n > 0) at::set_num_threads(n);
          },
-         str_cat("CPU threads, 1 to ", max_threads(), " (0 = LibTorch's default: all cores)"))
+         str_cat("CPU threads, 1 to ", max_threads(),
+                 " (0 = LibTorch's default: all cores). ACDC's node path uses fewer while other processes keep "
+                 "cores busy (MECHLAB_ADAPTIVE_THREADS=0: never)"))
       ->default_str("0");
 }
 

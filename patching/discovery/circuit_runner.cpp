@@ -795,14 +795,29 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
   }
   key_of(R - 1, S, key);
   const at::Tensor& A = ns.ablated_resid.back();
-  at::Tensor final_resid = at::empty({b, answers ? 1 : P, A.size(2)}, A.options());  // [batch, p, d_model]
+  ++forwards_;
+  if (answers) {
+    // The output's input and the logits at the answer positions half by
+    // half, and the metric on this thread alone: then a trial starts no
+    // OpenMP team of ATen's or MKL's own, and where task_threads() is 1 (a
+    // loaded CPU) no idle worker of theirs spins beside it.
+    core::ForwardOptions fo;
+    fo.start_at_layer(cfg.n_layers);
+    std::vector<at::Tensor> logits(halves.size());  // [n, 1, d_vocab] each
+    for_each_task(n_halves, [&](int64_t hi) {
+      const Half& half = halves[static_cast<size_t>(hi)];
+      const at::Tensor x = receiver_input(key, S, at_answers(rows_of(A, half), half), true, half);
+      logits[static_cast<size_t>(hi)] = model_.model().forward(x.squeeze(2), fo);
+    });
+    const OneThread alone;
+    return metric.batched(at::cat(logits).view({1, b, -1})).item<double>();
+  }
+  at::Tensor final_resid = at::empty({b, P, A.size(2)}, A.options());  // [batch, pos, d_model]
   for_each_task(n_halves, [&](int64_t hi) {
     const Half& half = halves[static_cast<size_t>(hi)];
-    const at::Tensor base = answers ? at_answers(rows_of(A, half), half) : rows_of(A, half);
-    final_resid.narrow(0, half.r0, half.n).copy_(receiver_input(key, S, base, answers, half).squeeze(2));
+    final_resid.narrow(0, half.r0, half.n).copy_(receiver_input(key, S, rows_of(A, half), false, half).squeeze(2));
   });
-  ++forwards_;
-  return metric_of(metric, final_resid, 1, answers).item<double>();
+  return metric_of(metric, final_resid, 1, false).item<double>();
 }
 
 void CircuitRunner::check_positions(const Circuit& circuit) const {

@@ -13,6 +13,7 @@
 // within 1e-6 of tau, so none flips by rounding.
 #include "core/formats/hdf5_file.h"
 #include "core/model/presets.h"
+#include "core/util/parallel.h"
 #include "hooks/hooked_transformer.h"
 #include "patching/discovery/acdc.h"
 #include "patching/discovery/circuit_runner.h"
@@ -416,6 +417,7 @@ TEST(CircuitRunner, MetricByNodesDoesNotDependOnEarlierCalls) {
 // thread would not catch a missing guard, so two are asked for.
 TEST(CircuitRunner, MetricByNodesUnderInferenceModeOnTwoThreads) {
   const mechlab::testing::ScopedThreads two(2);
+  const mechlab::FixedTaskThreads team(2);  // whatever else runs on this machine
   HookedTransformer model = HookedTransformer::load(mechlab::testing::runtime_model("gpt2_like"));
   PatchingData data = fixture_data("gpt2_like");
   const Metric kl = kl_metric(model, data);
@@ -430,6 +432,39 @@ TEST(CircuitRunner, MetricByNodesUnderInferenceModeOnTwoThreads) {
     got = runner.metric_by_nodes(kl, c.removed_mask());
   }
   EXPECT_EQ(got, want);
+}
+
+// The node path's team shrinks to one thread while other processes keep
+// the cores busy (task_threads), and may change between calls: a node's
+// bits must not depend on it, or resumed and batched runs could decide a
+// borderline edge differently. Two runners, one on a team of two and one
+// on the caller alone, through the same sequence of masks. Catches a
+// one-thread path that lets ATen or MKL split the node's ops.
+TEST(CircuitRunner, MetricByNodesIsTheSameOnOneThreadAsOnTwo) {
+  const mechlab::testing::ScopedThreads two(2);
+  for (const char* name : {"gpt2_like", "llama_like"}) {
+    HookedTransformer model = HookedTransformer::load(mechlab::testing::runtime_model(name));
+    const PatchingData data = fixture_data(name);
+    const Metric kl = kl_metric(model, data);
+    CircuitRunner on_two(model, data, Ablation::corrupted), on_one(model, data, Ablation::corrupted);
+    Circuit c = Circuit::full(on_two.graph());
+    at::manual_seed(7);
+    const at::Tensor pick = at::randint(static_cast<int64_t>(c.edges().size()), {10});
+    for (int64_t t = 0; t < pick.size(0); ++t) {
+      const CircuitEdge& e = c.edges()[static_cast<size_t>(pick[t].item<int64_t>())];
+      c.set_kept(e, !c.kept(e));
+      double want = 0, got = 0;
+      {
+        const mechlab::FixedTaskThreads team(2);
+        want = on_two.metric_by_nodes(kl, c.removed_mask());
+      }
+      {
+        const mechlab::FixedTaskThreads alone(1);
+        got = on_one.metric_by_nodes(kl, c.removed_mask());
+      }
+      EXPECT_EQ(got, want) << name << ", call " << t;
+    }
+  }
 }
 
 // ---------------------------------------------------------- naive reference
