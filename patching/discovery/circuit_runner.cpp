@@ -795,29 +795,20 @@ double CircuitRunner::metric_by_nodes(const patching::Metric& metric, const at::
   }
   key_of(R - 1, S, key);
   const at::Tensor& A = ns.ablated_resid.back();
-  ++forwards_;
-  if (answers) {
-    // The output's input and the logits at the answer positions half by
-    // half, and the metric on this thread alone: then a trial starts no
-    // OpenMP team of ATen's or MKL's own, and where task_threads() is 1 (a
-    // loaded CPU) no idle worker of theirs spins beside it.
-    core::ForwardOptions fo;
-    fo.start_at_layer(cfg.n_layers);
-    std::vector<at::Tensor> logits(halves.size());  // [n, 1, d_vocab] each
-    for_each_task(n_halves, [&](int64_t hi) {
-      const Half& half = halves[static_cast<size_t>(hi)];
-      const at::Tensor x = receiver_input(key, S, at_answers(rows_of(A, half), half), true, half);
-      logits[static_cast<size_t>(hi)] = model_.model().forward(x.squeeze(2), fo);
-    });
-    const OneThread alone;
-    return metric.batched(at::cat(logits).view({1, b, -1})).item<double>();
-  }
-  at::Tensor final_resid = at::empty({b, P, A.size(2)}, A.options());  // [batch, pos, d_model]
+  // The output's input and its logits half by half, and the metric on this
+  // thread alone: then a trial starts no OpenMP team of ATen's or MKL's
+  // own, and where task_threads() is 1 (a loaded CPU) no idle worker of
+  // theirs spins beside it.
+  std::vector<at::Tensor> logits(halves.size());
   for_each_task(n_halves, [&](int64_t hi) {
     const Half& half = halves[static_cast<size_t>(hi)];
-    final_resid.narrow(0, half.r0, half.n).copy_(receiver_input(key, S, rows_of(A, half), false, half).squeeze(2));
+    const at::Tensor base = answers ? at_answers(rows_of(A, half), half) : rows_of(A, half);
+    const at::Tensor x = receiver_input(key, S, base, answers, half).squeeze(2);  // [n, p, d_model]
+    logits[static_cast<size_t>(hi)] = logits_of(metric, x, 1, half.r0, half.n, answers);
   });
-  return metric_of(metric, final_resid, 1, false).item<double>();
+  ++forwards_;
+  const OneThread alone;
+  return metric_of_logits(metric, at::cat(logits), 1).item<double>();
 }
 
 void CircuitRunner::check_positions(const Circuit& circuit) const {
@@ -830,23 +821,27 @@ void CircuitRunner::check_positions(const Circuit& circuit) const {
 
 at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k,
                                     bool at_answers) {
-  const auto& cfg = model_.cfg();
-  const int64_t b = tokens_.size(0);
+  return metric_of_logits(metric, logits_of(metric, resid, k, 0, tokens_.size(0), at_answers), k);
+}
+
+at::Tensor CircuitRunner::logits_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k, int64_t r0,
+                                    int64_t n, bool at_answers) {
   core::ForwardOptions fo;
-  fo.start_at_layer(cfg.n_layers);
-  if (at_answers) {
-    at::Tensor logits = model_.model().forward(resid, fo);  // [k * batch, 1, d_vocab]
-    return metric.batched(logits.view({k, b, -1})).to(at::kCPU, at::kDouble);
+  fo.start_at_layer(model_.cfg().n_layers);
+  if (at_answers || metric.reads() != patching::Metric::Reads::answer_logits) {
+    return model_.model().forward(resid, fo);  // [k * n, 1 | pos, d_vocab]
   }
-  if (metric.reads() == patching::Metric::Reads::answer_logits) {
-    at::Tensor pos = metric.answer_pos().to(resid.device()).repeat({k});  // [k * batch]
-    at::Tensor rows = at::arange(k * b, pos.options());
-    at::Tensor last = resid.index({rows, pos}).unsqueeze(1);  // [k * batch, 1, d_model]
-    at::Tensor logits = model_.model().forward(last, fo);     // [k * batch, 1, d_vocab]
-    return metric.batched(logits.view({k, b, -1})).to(at::kCPU, at::kDouble);
-  }
-  at::Tensor logits = model_.model().forward(resid, fo);  // [k * batch, pos, d_vocab]
-  return metric.batched(logits.view({k, b, logits.size(1), logits.size(2)})).to(at::kCPU, at::kDouble);
+  at::Tensor pos = metric.answer_pos().narrow(0, r0, n).to(resid.device()).repeat({k});  // [k * n]
+  at::Tensor rows = at::arange(k * n, pos.options());
+  return model_.model().forward(resid.index({rows, pos}).unsqueeze(1), fo);  // [k * n, 1, d_vocab]
+}
+
+at::Tensor CircuitRunner::metric_of_logits(const patching::Metric& metric, const at::Tensor& logits, int64_t k) const {
+  const int64_t b = tokens_.size(0);
+  const at::Tensor per_copy = metric.reads() == patching::Metric::Reads::answer_logits
+                                  ? logits.view({k, b, -1})
+                                  : logits.view({k, b, logits.size(1), logits.size(2)});
+  return metric.batched(per_copy).to(at::kCPU, at::kDouble);
 }
 
 std::vector<double> CircuitRunner::metrics(const patching::Metric& metric, const std::vector<Circuit>& circuits) {

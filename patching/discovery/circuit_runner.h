@@ -164,6 +164,15 @@ class CircuitRunner {
   // at_answers: final_resid holds the answer positions only.
   at::Tensor metric_of(const patching::Metric& metric, const at::Tensor& final_resid, int64_t k,
                        bool at_answers = false);
+  // The logits `metric` reads of final_resid [k * n, pos, d_model], k
+  // copies of prompts r0..r0+n-1: at their answer positions [k * n, 1,
+  // d_vocab] when it reads answer logits (final_resid already there when
+  // at_answers), else [k * n, pos, d_vocab].
+  at::Tensor logits_of(const patching::Metric& metric, const at::Tensor& final_resid, int64_t k, int64_t r0,
+                       int64_t n, bool at_answers);
+  // metric.batched of k copies' logits of every prompt, as logits_of gives
+  // them: [k] double on the CPU.
+  at::Tensor metric_of_logits(const patching::Metric& metric, const at::Tensor& logits, int64_t k) const;
 
   int64_t senders_before(int layer) const;
   // sum over s < S0 of rows[r, s] * shared[:, :, s, :] for the receivers
