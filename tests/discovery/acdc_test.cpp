@@ -385,6 +385,23 @@ TEST(CircuitRunner, MetricByNodesRefusesMasksOtherThanZeroAndOne) {
             0u);
 }
 
+namespace {
+
+// Flips `n` edges of `c` picked at random (`seed`; an edge may come up
+// twice) and calls visit(t) after flip t.
+template <typename Visit>
+void flip_random_edges(Circuit& c, uint64_t seed, int64_t n, const Visit& visit) {
+  at::manual_seed(seed);
+  const at::Tensor pick = at::randint(static_cast<int64_t>(c.edges().size()), {n});
+  for (int64_t t = 0; t < n; ++t) {
+    const CircuitEdge& e = c.edges()[static_cast<size_t>(pick[t].item<int64_t>())];
+    c.set_kept(e, !c.kept(e));
+    visit(t);
+  }
+}
+
+}  // namespace
+
 // metric_by_nodes is a function of the mask alone: after other calls have
 // filled the runner's memo it gives the same bits as a new runner (an empty
 // memo), which keeps a resumed ACDC's scores those of the uninterrupted run.
@@ -398,15 +415,11 @@ TEST(CircuitRunner, MetricByNodesDoesNotDependOnEarlierCalls) {
     CircuitRunner warm(model, data, Ablation::corrupted);
     ASSERT_TRUE(warm.answers_are_last(kl));
     Circuit c = Circuit::full(warm.graph());
-    at::manual_seed(5);
-    const at::Tensor pick = at::randint(static_cast<int64_t>(c.edges().size()), {12});
-    for (int64_t t = 0; t < pick.size(0); ++t) {
-      const CircuitEdge& e = c.edges()[static_cast<size_t>(pick[t].item<int64_t>())];
-      c.set_kept(e, !c.kept(e));
+    flip_random_edges(c, 5, 12, [&](int64_t t) {
       const double got = warm.metric_by_nodes(kl, c.removed_mask());
       CircuitRunner cold(model, data, Ablation::corrupted);
       EXPECT_EQ(cold.metric_by_nodes(kl, c.removed_mask()), got) << name << ", call " << t;
-    }
+    });
   }
 }
 
@@ -448,11 +461,7 @@ TEST(CircuitRunner, MetricByNodesIsTheSameOnOneThreadAsOnTwo) {
     const Metric kl = kl_metric(model, data);
     CircuitRunner on_two(model, data, Ablation::corrupted), on_one(model, data, Ablation::corrupted);
     Circuit c = Circuit::full(on_two.graph());
-    at::manual_seed(7);
-    const at::Tensor pick = at::randint(static_cast<int64_t>(c.edges().size()), {10});
-    for (int64_t t = 0; t < pick.size(0); ++t) {
-      const CircuitEdge& e = c.edges()[static_cast<size_t>(pick[t].item<int64_t>())];
-      c.set_kept(e, !c.kept(e));
+    flip_random_edges(c, 7, 10, [&](int64_t t) {
       double want = 0, got = 0;
       {
         const mechlab::FixedTaskThreads team(2);
@@ -463,7 +472,7 @@ TEST(CircuitRunner, MetricByNodesIsTheSameOnOneThreadAsOnTwo) {
         got = on_one.metric_by_nodes(kl, c.removed_mask());
       }
       EXPECT_EQ(got, want) << name << ", call " << t;
-    }
+    });
   }
 }
 
