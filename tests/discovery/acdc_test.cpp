@@ -447,17 +447,51 @@ TEST(CircuitRunner, MetricByNodesUnderInferenceModeOnTwoThreads) {
   EXPECT_EQ(got, want);
 }
 
+namespace {
+
+// A random 2-layer model of `mechlab bench acdc`'s width (d_model 256, 8
+// heads, MLPs) and 32 random prompt pairs of 16 tokens: big enough that
+// MKL would split its GEMMs over threads, unlike the fixture models.
+HookedTransformer bench_sized_model() {
+  mechlab::core::ModelConfig cfg;
+  cfg.name = "bench-sized";
+  cfg.n_layers = 2;
+  cfg.d_model = 256;
+  cfg.n_heads = 8;
+  cfg.d_head = 32;
+  cfg.d_mlp = 1024;
+  cfg.d_vocab = 512;
+  cfg.n_ctx = 16;
+  return HookedTransformer(mechlab::core::Transformer(cfg, 3));
+}
+
+PatchingData random_pairs(int64_t n, int64_t t, int64_t d_vocab) {
+  at::manual_seed(11);
+  PatchingData d;
+  d.clean_tokens = at::randint(d_vocab, {n, t}, at::kLong);
+  const at::Tensor changed = at::rand({n, t}) < 1.0 / 3;
+  d.corrupted_tokens = at::where(changed, at::remainder(d.clean_tokens + 1, d_vocab), d.clean_tokens);
+  d.answer_tokens = at::randint(d_vocab, {n, 1}, at::kLong);
+  d.wrong_tokens = at::remainder(d.answer_tokens + 1, d_vocab);
+  return d;
+}
+
+}  // namespace
+
 // The node path's team shrinks to one thread while other processes keep
 // the cores busy (task_threads), and may change between calls: a node's
 // bits must not depend on it, or resumed and batched runs could decide a
 // borderline edge differently. Two runners, one on a team of two and one
-// on the caller alone, through the same sequence of masks. Catches a
-// one-thread path that lets ATen or MKL split the node's ops.
+// on the caller alone, through the same sequence of masks, on a fixture
+// model and on a bench-sized one. Catches the one-thread path letting MKL
+// split the bench-sized model's GEMMs (OneThread left out).
 TEST(CircuitRunner, MetricByNodesIsTheSameOnOneThreadAsOnTwo) {
   const mechlab::testing::ScopedThreads two(2);
-  for (const char* name : {"gpt2_like", "llama_like"}) {
-    HookedTransformer model = HookedTransformer::load(mechlab::testing::runtime_model(name));
-    const PatchingData data = fixture_data(name);
+  for (const char* name : {"llama_like", "bench_sized"}) {
+    const bool bench = std::string(name) == "bench_sized";
+    HookedTransformer model =
+        bench ? bench_sized_model() : HookedTransformer::load(mechlab::testing::runtime_model(name));
+    const PatchingData data = bench ? random_pairs(32, 16, model.cfg().d_vocab) : fixture_data(name);
     const Metric kl = kl_metric(model, data);
     CircuitRunner on_two(model, data, Ablation::corrupted), on_one(model, data, Ablation::corrupted);
     Circuit c = Circuit::full(on_two.graph());
