@@ -449,17 +449,12 @@ TEST(CircuitRunner, MetricByNodesUnderInferenceModeOnTwoThreads) {
 
 namespace {
 
-// A random 2-layer model of `mechlab bench acdc`'s width (d_model 256, 8
-// heads, MLPs) and 32 random prompt pairs of 16 tokens: big enough that
-// MKL would split its GEMMs over threads, unlike the fixture models.
-HookedTransformer bench_sized_model() {
-  mechlab::core::ModelConfig cfg;
-  cfg.name = "bench-sized";
+// A random 2-layer model of GPT-2 small's width (d_model 768, 12 heads,
+// MLPs; 512 tokens) and random prompt pairs: big enough that MKL would
+// split its GEMMs over threads, unlike the fixture models.
+HookedTransformer gpt2_wide_model() {
+  mechlab::core::ModelConfig cfg = mechlab::core::preset("gpt2-small");
   cfg.n_layers = 2;
-  cfg.d_model = 256;
-  cfg.n_heads = 8;
-  cfg.d_head = 32;
-  cfg.d_mlp = 1024;
   cfg.d_vocab = 512;
   cfg.n_ctx = 16;
   return HookedTransformer(mechlab::core::Transformer(cfg, 3));
@@ -483,15 +478,15 @@ PatchingData random_pairs(int64_t n, int64_t t, int64_t d_vocab) {
 // bits must not depend on it, or resumed and batched runs could decide a
 // borderline edge differently. Two runners, one on a team of two and one
 // on the caller alone, through the same sequence of masks, on a fixture
-// model and on a bench-sized one. Catches the one-thread path letting MKL
-// split the bench-sized model's GEMMs (OneThread left out).
+// model and on a GPT-2-wide one. Catches the one-thread path letting MKL
+// split the wide model's GEMMs (OneThread left out).
 TEST(CircuitRunner, MetricByNodesIsTheSameOnOneThreadAsOnTwo) {
   const mechlab::testing::ScopedThreads two(2);
-  for (const char* name : {"llama_like", "bench_sized"}) {
-    const bool bench = std::string(name) == "bench_sized";
+  for (const char* name : {"llama_like", "gpt2_wide"}) {
+    const bool wide = std::string(name) == "gpt2_wide";
     HookedTransformer model =
-        bench ? bench_sized_model() : HookedTransformer::load(mechlab::testing::runtime_model(name));
-    const PatchingData data = bench ? random_pairs(32, 16, model.cfg().d_vocab) : fixture_data(name);
+        wide ? gpt2_wide_model() : HookedTransformer::load(mechlab::testing::runtime_model(name));
+    const PatchingData data = wide ? random_pairs(16, 16, model.cfg().d_vocab) : fixture_data(name);
     const Metric kl = kl_metric(model, data);
     CircuitRunner on_two(model, data, Ablation::corrupted), on_one(model, data, Ablation::corrupted);
     Circuit c = Circuit::full(on_two.graph());
