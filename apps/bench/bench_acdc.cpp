@@ -450,10 +450,9 @@ void add_bench_acdc(CLI::App& bench) {
                 naive.seconds / fast.seconds, naive_cpu / fast_cpu, static_cast<double>(naive.forwards) / floor_total);
     if (peak_s > 0) std::printf(", %.1fx at the FMA peak", naive.seconds / peak_s);
     std::printf(")\n");
-    // Beside a busy process: the team fixed at --threads, then sized by the
-    // load; the same decisions either way.
-    // Each team size's runs one after another, the fixed ones through
-    // FixedTaskThreads (0: sized by the load).
+    // Beside a busy process: the team fixed at --threads, fixed at 1, then
+    // sized by the load (FixedTaskThreads(0)), each size's runs in a row;
+    // the same decisions every time.
     bench::Stats fixed_stats, one_stats, adaptive_stats;
     if (a->busy_neighbour && device.is_cpu()) {
       const int threads = at::get_num_threads();
