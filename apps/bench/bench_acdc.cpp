@@ -90,12 +90,15 @@ patching::PatchingData random_pairs(int64_t n, int64_t t, int64_t d_vocab, uint6
   return d;
 }
 
-// Another process spinning on one core while it lives (it only spins, so
-// forking this multi-threaded process is safe).
+// Another process spinning on one core while it lives (it only closes its
+// output and spins, so forking this multi-threaded process is safe; closed,
+// so that it holds no pipe of whoever reads this bench's output).
 class BusyNeighbour {
  public:
   BusyNeighbour() : pid_(fork()) {
     if (pid_ == 0) {
+      close(STDOUT_FILENO);
+      close(STDERR_FILENO);
       for (volatile unsigned long k = 0;; k = k + 1) {
       }
     }
@@ -107,6 +110,7 @@ class BusyNeighbour {
   }
   BusyNeighbour(const BusyNeighbour&) = delete;
   BusyNeighbour& operator=(const BusyNeighbour&) = delete;
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_;
@@ -471,7 +475,8 @@ void add_bench_acdc(CLI::App& bench) {
       one_stats = time_team(1);
       adaptive_stats = time_team(0);
       const std::string fixed_name = "team fixed at " + std::to_string(threads);
-      bench::print_table("ACDC beside a process spinning on one core (fast run, same decisions)",
+      bench::print_table("ACDC beside a process spinning on one core (pid " + std::to_string(busy.pid()) +
+                             "; fast run, same decisions)",
                          {{"quiet (above)", fast_stats, "no neighbour"},
                           {fixed_name, fixed_stats, "for_each_task on --threads threads"},
                           {"team fixed at 1", one_stats, "for_each_task on the caller"},
