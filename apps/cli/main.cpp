@@ -5,6 +5,7 @@
 #include "core/util/error.h"
 #include "core/util/interrupt.h"
 #include "core/util/mkl_dispatch.h"
+#include "core/util/parallel.h"
 #include "core/util/version.h"
 
 #include <c10/util/Exception.h>
@@ -21,7 +22,7 @@
 std::string version_text() {
   const std::string git = mechlab::git_describe();
   return std::string("mechlab ") + mechlab::version() + (git.empty() ? "" : " (git " + git + ")") +
-         "\n" + at::get_parallel_info() + mechlab::mkl_dispatch_summary();
+         "\n" + at::get_parallel_info() + mechlab::mkl_dispatch_summary() + "\n" + mechlab::task_threads_summary();
 }
 
 int main(int argc, char** argv) {

@@ -165,6 +165,15 @@ int task_threads() {
   return std::min(wanted, monitor.free_cores());
 }
 
+std::string task_threads_summary() {
+  const char* wait = std::getenv("OMP_WAIT_POLICY");
+  return std::string("Tasks (ACDC's node path): ") +
+         (adaptive() ? "on the cores other processes leave free, up to --threads (MECHLAB_ADAPTIVE_THREADS=0: "
+                       "always --threads)"
+                     : "always on --threads threads (MECHLAB_ADAPTIVE_THREADS=0)") +
+         "; OMP_WAIT_POLICY " + (wait != nullptr ? wait : "not set (idle OpenMP threads spin a while)");
+}
+
 FixedTaskThreads::FixedTaskThreads(int n) : previous_(fixed_threads.load()) {
   MECHLAB_CHECK(n >= 0, "FixedTaskThreads: n must be a thread count or 0 (measure the load), got ", n);
   fixed_threads.store(n);

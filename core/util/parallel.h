@@ -38,6 +38,10 @@ namespace mechlab {
 /// keeps at::get_num_threads() (to compare, or where /proc/stat misleads).
 int task_threads();
 
+/// One line for `mechlab --version` and bug reports: whether task_threads()
+/// follows the load, and OMP_WAIT_POLICY (whether idle OpenMP threads spin).
+std::string task_threads_summary();
+
 /// Within its scope task_threads() is min(n, at::get_num_threads()) whatever
 /// the load (n = 0: measured again), in every thread; the previous setting
 /// comes back after. For tests and benchmarks that compare team sizes.

@@ -35,8 +35,9 @@ int count_lines(const std::string& text) {
 }
 
 // --version: the version, LibTorch's threading (the OpenMP backend whose
-// pool --threads sizes) and which MKL kernels run; the MKL line follows
-// MECHLAB_MKL_AVX512_ON_AMD as the library does.
+// pool --threads sizes), which MKL kernels run and how ACDC's node path
+// sizes its team; the MKL and task lines follow MECHLAB_MKL_AVX512_ON_AMD
+// and MECHLAB_ADAPTIVE_THREADS as the library does.
 TEST(CliMessages, VersionSaysTheVersionThreadingAndMklKernels) {
   const auto r = run_cli("--version");
   EXPECT_EQ(r.rc, 0) << r.output;
@@ -47,6 +48,15 @@ TEST(CliMessages, VersionSaysTheVersionThreadingAndMklKernels) {
   const auto off = testing::run_program("MECHLAB_MKL_AVX512_ON_AMD=0 " + std::string(MECHLAB_BINARY) + " --version");
   EXPECT_EQ(off.rc, 0) << off.output;
   EXPECT_NE(off.output.find("MKL: its own choice"), std::string::npos) << off.output;
+  // And how ACDC's node path sizes its team, with the variable that fixes it.
+  EXPECT_NE(r.output.find("Tasks (ACDC's node path): on the cores other processes leave free"), std::string::npos)
+      << r.output;
+  const auto fixed = testing::run_program("MECHLAB_ADAPTIVE_THREADS=0 OMP_WAIT_POLICY=PASSIVE " +
+                                          std::string(MECHLAB_BINARY) + " --version");
+  EXPECT_NE(fixed.output.find("Tasks (ACDC's node path): always on --threads threads (MECHLAB_ADAPTIVE_THREADS=0); "
+                              "OMP_WAIT_POLICY PASSIVE"),
+            std::string::npos)
+      << fixed.output;
 }
 
 TEST(CliMessages, EveryComputeCommandTakesABoundedThreadCount) {
