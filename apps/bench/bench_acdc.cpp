@@ -277,6 +277,8 @@ void add_bench_acdc(CLI::App& bench) {
       a->layers = 2, a->d_model = 64, a->heads = 4, a->prompts = 8, a->seq_len = 8, a->vocab = 128;
     }
     MECHLAB_CHECK(a->d_model % a->heads == 0, "--d-model ", a->d_model, " must be a multiple of --heads ", a->heads);
+    MECHLAB_CHECK(!a->busy_neighbour || a->device == "cpu", "--busy-neighbour measures CPU threads beside a busy "
+                  "process: run it with --device cpu (got --device ", a->device, ")");
     const at::Device device = parse_device(a->device);
     core::ModelConfig cfg;
     cfg.name = "bench-acdc";
@@ -458,7 +460,7 @@ void add_bench_acdc(CLI::App& bench) {
     // sized by the load (FixedTaskThreads(0)), each size's runs in a row;
     // the same decisions every time.
     bench::Stats fixed_stats, one_stats, adaptive_stats;
-    if (a->busy_neighbour && device.is_cpu()) {
+    if (a->busy_neighbour) {
       const int threads = at::get_num_threads();
       const BusyNeighbour busy;
       auto time_team = [&](int team_threads) {

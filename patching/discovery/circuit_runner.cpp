@@ -825,7 +825,7 @@ at::Tensor CircuitRunner::metric_of(const patching::Metric& metric, const at::Te
 }
 
 at::Tensor CircuitRunner::logits_of(const patching::Metric& metric, const at::Tensor& resid, int64_t k, int64_t r0,
-                                    int64_t n, bool at_answers) {
+                                    int64_t n, bool at_answers) const {
   core::ForwardOptions fo;
   fo.start_at_layer(model_.cfg().n_layers);
   if (at_answers || metric.reads() != patching::Metric::Reads::answer_logits) {

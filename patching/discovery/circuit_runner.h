@@ -137,10 +137,12 @@ class CircuitRunner {
   /// the last call, so ACDC's trial, which changes one receiver, costs the
   /// nodes downstream of it through kept edges. Each node runs in two fixed
   /// halves of the prompts, and a layer's changed head groups at once, one
-  /// task per group and half on the intra-op threads (for_each_task). Needs
-  /// no state; the result does not depend on earlier calls. The last layer at the answer
-  /// positions only when answers_are_last(metric). A mask entry other than
-  /// 0 and 1 is refused.
+  /// task per group and half on the intra-op threads (for_each_task: as
+  /// many as other processes leave cores free, each task computing as a
+  /// one-thread run). Needs no state; the result does not depend on earlier
+  /// calls, nor on the load. The last layer at the answer positions only
+  /// when answers_are_last(metric). A mask entry other than 0 and 1 is
+  /// refused.
   double metric_by_nodes(const patching::Metric& metric, const at::Tensor& mask);
   /// Whether RestartAt::mlp is available for this model.
   bool can_restart_at_mlp() const;
@@ -169,7 +171,7 @@ class CircuitRunner {
   // d_vocab] when it reads answer logits (final_resid already there when
   // at_answers), else [k * n, pos, d_vocab].
   at::Tensor logits_of(const patching::Metric& metric, const at::Tensor& final_resid, int64_t k, int64_t r0,
-                       int64_t n, bool at_answers);
+                       int64_t n, bool at_answers) const;
   // metric.batched of k copies' logits of every prompt, as logits_of gives
   // them: [k] double on the CPU.
   at::Tensor metric_of_logits(const patching::Metric& metric, const at::Tensor& logits, int64_t k) const;

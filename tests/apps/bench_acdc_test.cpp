@@ -41,5 +41,14 @@ TEST(BenchAcdc, BesideABusyNeighbourEveryTeamDecidesAsQuietAndTheNeighbourIsGone
   EXPECT_NE(::kill(pid, 0), 0) << "the spinning child " << pid << " outlived the bench";
 }
 
+// On a GPU the flag would measure nothing it names: refused in one line
+// before any work, wherever the test runs (no GPU needed).
+TEST(BenchAcdc, BusyNeighbourOffTheCpuIsRefusedInOneLine) {
+  const auto r = testing::run_cli("bench acdc --quick --busy-neighbour --device cuda");
+  EXPECT_EQ(r.rc, 1) << r.output;
+  EXPECT_EQ(r.output, "mechlab: error: --busy-neighbour measures CPU threads beside a busy process: run it with "
+                      "--device cpu (got --device cuda)\n");
+}
+
 }  // namespace
 }  // namespace mechlab
