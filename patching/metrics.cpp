@@ -14,13 +14,23 @@
 
 namespace mechlab::patching {
 
-Metric::Metric(std::string name, Reads reads, at::Tensor answer_pos, BatchedFn fn)
-    : name_(std::move(name)), reads_(reads), answer_pos_(std::move(answer_pos)), fn_(std::move(fn)) {
+Metric::Metric(std::string name, Reads reads, at::Tensor answer_pos, BatchedFn fn, bool higher_is_better)
+    : name_(std::move(name)),
+      reads_(reads),
+      answer_pos_(std::move(answer_pos)),
+      fn_(std::move(fn)),
+      higher_is_better_(higher_is_better) {
   MECHLAB_CHECK(reads_ == Reads::all_logits || answer_pos_.defined(), "metric \"", name_,
                 "\" reads answer positions, so it needs answer_pos [batch]");
 }
 
-Metric Metric::custom(std::string name, std::function<at::Tensor(const at::Tensor&)> fn) {
+Metric Metric::negated() const {
+  const std::string name = name_.rfind('-', 0) == 0 ? name_.substr(1) : "-" + name_;
+  return Metric(name, reads_, answer_pos_, [fn = fn_](const at::Tensor& logits) { return fn(logits).neg(); },
+                !higher_is_better_);
+}
+
+Metric Metric::custom(std::string name, std::function<at::Tensor(const at::Tensor&)> fn, bool higher_is_better) {
   MECHLAB_CHECK(fn != nullptr, "custom metric \"", name, "\" has no function");
   const std::string label = name;
   return Metric(std::move(name), Reads::all_logits, {},
@@ -37,7 +47,8 @@ Metric Metric::custom(std::string name, std::function<at::Tensor(const at::Tenso
                                                                                   : at::kFloat));
                   }
                   return at::stack(out);
-                });
+                },
+                higher_is_better);
 }
 
 at::Tensor Metric::operator()(const at::Tensor& logits) const {
@@ -100,7 +111,8 @@ Metric logit_diff(const AnswerSpec& answers) {
   return Metric("logit_diff", Metric::Reads::answer_logits, answers.answer_pos,
                 [answers](const at::Tensor& logits) {  // [copies, batch, d_vocab]
                   return logit_diff_per_prompt(logits, answers).mean(-1);
-                });
+                },
+                /*higher_is_better=*/true);
 }
 
 Metric normalised_logit_diff(const AnswerSpec& answers, double clean, double corrupted) {
@@ -112,7 +124,8 @@ Metric normalised_logit_diff(const AnswerSpec& answers, double clean, double cor
                 [answers, clean, corrupted](const at::Tensor& logits) {
                   at::Tensor ld = logit_diff_per_prompt(logits, answers).mean(-1);
                   return (ld - corrupted) / (clean - corrupted);
-                });
+                },
+                /*higher_is_better=*/true);
 }
 
 Metric answer_prob(const AnswerSpec& answers) {
@@ -121,7 +134,8 @@ Metric answer_prob(const AnswerSpec& answers) {
                 [answers](const at::Tensor& logits) {  // [copies, batch, d_vocab]
                   at::Tensor p = at::softmax(logits.to(at::kFloat), -1);
                   return gather_ids(p, answers.answer_tokens).mean(at::IntArrayRef{-2, -1});
-                });
+                },
+                /*higher_is_better=*/true);
 }
 
 Metric kl_to_clean(const AnswerSpec& answers, const at::Tensor& clean_logits) {

@@ -61,13 +61,20 @@ class Metric {
   /// fn maps the stacked logits described by `reads` to [copies] (float32).
   using BatchedFn = std::function<at::Tensor(const at::Tensor& logits)>;
 
-  Metric(std::string name, Reads reads, at::Tensor answer_pos, BatchedFn fn);
+  /// `higher_is_better`: the metric grows as the run behaves more like the
+  /// clean model (logit_diff); false when it shrinks (kl_to_clean).
+  Metric(std::string name, Reads reads, at::Tensor answer_pos, BatchedFn fn, bool higher_is_better = false);
 
   /// A user metric with TransformerLens's signature: logits [batch, pos,
   /// d_vocab] -> scalar tensor. Reads every position; evaluated copy by copy.
-  static Metric custom(std::string name, std::function<at::Tensor(const at::Tensor& logits)> fn);
+  static Metric custom(std::string name, std::function<at::Tensor(const at::Tensor& logits)> fn,
+                       bool higher_is_better = false);
 
   const std::string& name() const { return name_; }
+  bool higher_is_better() const { return higher_is_better_; }
+  /// -metric, named "-<name>", the other way up: what ACDC minimises for a
+  /// higher-is-better metric (the reference ACDC's IOI runs use -logit_diff).
+  Metric negated() const;
   Reads reads() const { return reads_; }
   /// int64 [batch]; undefined for all_logits metrics.
   const at::Tensor& answer_pos() const { return answer_pos_; }
@@ -83,6 +90,7 @@ class Metric {
   Reads reads_;
   at::Tensor answer_pos_;
   BatchedFn fn_;
+  bool higher_is_better_ = false;
 };
 
 /// Logits at each prompt's answer position: [batch, pos, d_vocab] -> [batch, d_vocab].

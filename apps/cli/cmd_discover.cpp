@@ -19,23 +19,33 @@ namespace {
 // A step runs the CLI's own command in-process, so a step takes exactly the
 // arguments of `mechlab dataset make` / `mechlab cache` / `mechlab sae train`
 // / `mechlab probe`.
-void run_step(const std::vector<std::string>& args) {
+// With `run` false, only parses: unknown options, values that do not
+// convert and the options' own checks are found before any step runs.
+void parse_step(const std::vector<std::string>& args, bool run) {
   CLI::App app{"mechlab"};
   app.require_subcommand(1);
   add_dataset_command(app);
   add_cache_command(app);
   add_probe_command(app);
   add_sae_command(app);  // the sae_train step
+  // The top-level app's parse-complete callback runs once every option is
+  // parsed and checked, before any subcommand's callback (which does the work).
+  struct Parsed {};
+  if (!run) app.parse_complete_callback([] { throw Parsed{}; });
   std::vector<std::string> words = {"mechlab"};
   words.insert(words.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& w : words) argv.push_back(w.data());
   try {
     app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const Parsed&) {
   } catch (const CLI::ParseError& e) {
     throw Error(str_cat("its arguments do not parse: ", e.what()));
   }
 }
+
+void run_step(const std::vector<std::string>& args) { parse_step(args, true); }
+void check_step(const std::vector<std::string>& args) { parse_step(args, false); }
 
 const char* kDiscoverHelp = R"(Job file (JSON, or YAML when it ends in .yaml/.yml). Relative paths are relative to
 the job file's folder.
@@ -56,7 +66,9 @@ the job file's folder.
                 eap-acdc EAP (EAP-IG with `steps`) keeps edges by attribution_threshold or
                          attribution_top_n, then ACDC tries only those
     metric      default kl_to_clean; one of: @METRICS@;
-                eap needs a metric with a gradient at the clean run, e.g. logit_diff
+                eap needs a metric with a gradient at the clean run, e.g. logit_diff;
+                acdc minimises a higher-is-better metric (logit_diff, normalised_logit_diff,
+                answer_prob) negated, as the reference's IOI runs use -logit_diff
     ablation    corrupted | mean | zero (default corrupted; eap, eap-ig, eap-acdc: corrupted only)
     threshold   τ >= 0: eap/eap-ig keep edges with |score| >= τ; acdc/eap-acdc remove an
                 edge when removing it raises the metric by less than τ
@@ -76,16 +88,19 @@ the job file's folder.
                 position p ("a0.h3 -> a1.h2<k> @5"), decided (acdc) or scored (eap) per
                 position; the prompts must have one length and padding (default false)
     device      cpu | cuda (default cpu)
-    examples    use the first N prompt pairs (default 0 = all)
+    examples    use the first N prompt pairs (default 0 = all; at most the dataset's)
     out         output folder (default <job file's folder>/<name>)
 Each job writes OUT/circuit.json (every edge with score and kept/removed, the ACDC
 trace, the job, versions, and the evaluation: the metric of the full model, of the
 empty circuit and of the circuit, faithfulness (m(C)-m(empty))/(m(full)-m(empty)),
 the reference AUC), OUT/circuit.h5, OUT/circuit.dot and OUT/circuit.svg (Graphviz
-`dot`). Finished jobs (circuit.json with the same settings) are skipped on a rerun.
+`dot`). Finished jobs (circuit.json with the same settings, made from the same model
+weights and prompt pairs) are skipped on a rerun.
 Every refusal happens before any work starts. ACDC writes each decision to
 OUT/journal.jsonl as it is made: a rerun after a kill or Ctrl-C resumes after the
-decided edges. Ctrl-C stops ACDC between trials (exit 130), other jobs between jobs.
+decided edges. The journal records the job's settings: a rerun with other settings
+is refused; --force discards it and starts afresh. Ctrl-C stops ACDC between trials
+(exit 130), other jobs between jobs.
 
 Job arrays: --shard I/N runs only the jobs whose index in the file (from 0) is I mod N
 (a τ sweep is one job); without --shard, a Slurm array task takes I and N from
@@ -123,9 +138,10 @@ void add_discover_command(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("jobfile", a->file, "Job file (.json, .yaml or .yml); its format is below")->required();
-  cmd->add_option("--only", a->only, "Run only the job of this name (steps still run)");
+  CLI::Option* only = cmd->add_option("--only", a->only, "Run only the job of this name (steps still run)");
   cmd->add_flag("--force", a->force,
-                "Rerun finished jobs, and replace circuits made with other settings in their folders");
+                "Rerun finished jobs, replace circuits made with other settings in their folders, and "
+                "start interrupted ACDC runs afresh (their journals discarded)");
   cmd->add_flag("--no-svg", a->no_svg, "Do not draw circuit.svg (no Graphviz needed)");
   cmd->add_option("--shard", a->shard,
                   "I/N: run only the jobs whose index (from 0) is I mod N, for job arrays; default: "
@@ -137,7 +153,9 @@ void add_discover_command(CLI::App& app) {
   help.replace(help.find("@METRICS@"), 9, patching::metric_names());
   cmd->footer(help);
   add_threads_option(cmd);
-  cmd->callback([a] {
+  cmd->callback([a, only] {
+    // An empty name (a script's unset variable) must not mean every job.
+    MECHLAB_CHECK(only->count() == 0 || !a->only.empty(), "--only is empty; give the name of one job");
     // ACDC polls Ctrl-C after each journaled decision, the runner between jobs.
     handle_interrupts(/*polled=*/true);
     const jobs::JobFile file = jobs::parse_job_file(a->file);
@@ -162,9 +180,11 @@ void add_discover_command(CLI::App& app) {
                     " both select jobs; give one of them");
       jobs::RunOptions opts = jobs::RunOptions().only(a->only).force(a->force).svg(!a->no_svg);
       if (shard) opts.shard_index(shard->index).shard_count(shard->count);
-      report = jobs::run_job_file(file, opts, run_step);
+      report = jobs::run_job_file(file, opts, run_step, check_step);
     }
-    std::printf("\nheads and MLPs of each circuit:\n");
+    bool any_circuit = false;
+    for (const auto& r : report.runs) any_circuit = any_circuit || r.kept >= 0;
+    if (any_circuit) std::printf("\nheads and MLPs of each circuit:\n");
     for (const auto& r : report.runs) {
       if (r.kept < 0) continue;  // no circuit: failed, or (--summary) missing
       std::string nodes;
@@ -173,7 +193,7 @@ void add_discover_command(CLI::App& app) {
       if (r.top_n > 0) {
         std::snprintf(label, sizeof label, "%s (top %lld)", r.job.c_str(), static_cast<long long>(r.top_n));
       } else {
-        std::snprintf(label, sizeof label, "%s (tau %g)", r.job.c_str(), r.threshold);
+        std::snprintf(label, sizeof label, "%s (tau %s)", r.job.c_str(), jobs::threshold_text(r.threshold).c_str());
       }
       std::printf("  %-28s%s\n", label, nodes.empty() ? " (none)" : nodes.c_str());
     }

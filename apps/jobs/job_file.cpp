@@ -1,7 +1,9 @@
 #include "apps/jobs/job_file.h"
 
 #include "core/data/dataset.h"
+#include "core/data/tasks/tasks.h"
 #include "core/hf/model_loader.h"
+#include "core/store/activation_store.h"
 #include "core/util/error.h"
 #include "patching/metrics.h"
 #include "patching/patching_data.h"
@@ -13,12 +15,14 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
 #include <sstream>
+#include <utility>
 
 namespace mechlab::jobs {
 
@@ -113,6 +117,15 @@ bool same_path(const std::string& a, const std::string& b) {
 
 std::string value_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
+// As the file wrote it: JSON's dump would print NaN and infinity (YAML's .nan, .inf) as null.
+std::string number_text(const json& v) {
+  if (v.is_number_float() && !std::isfinite(v.get<double>())) {
+    const double x = v.get<double>();
+    return std::isnan(x) ? ".nan" : x > 0 ? ".inf" : "-.inf";
+  }
+  return v.dump();
+}
+
 // Field readers: one-line errors naming `who` and the field.
 struct Fields {
   std::string who;
@@ -135,7 +148,7 @@ struct Fields {
   }
   double tau(const json& v, const std::string& f) const {
     MECHLAB_CHECK(v.is_number() && std::isfinite(v.get<double>()), who, ": field '", f,
-                  "' must be a number (τ >= 0), not ", v.dump());
+                  "' must be a number (τ >= 0), not ", number_text(v));
     MECHLAB_CHECK(v.get<double>() >= 0.0, who, ": field '", f, "' is ", v.get<double>(),
                   "; τ must be >= 0 (edges scoring |s| >= τ are kept)");
     return v.get<double>();
@@ -183,6 +196,24 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
   }
   MECHLAB_CHECK(args.contains("out") && args["out"].is_string(), s.label,
                 ": field 'out' is missing; give the file the step writes");
+  if (s.kind == "dataset") {
+    // The task and its options, before any step runs (the command itself
+    // would find them only when this step's turn comes).
+    const core::tasks::TaskInfo* info = nullptr;
+    try {
+      info = &core::tasks::task_info(value_text(args["task"]));
+    } catch (const Error& e) {
+      throw Error(str_cat(s.label, ": field 'task': ", e.what()));
+    }
+    std::vector<std::string> keys;
+    for (const core::tasks::OptionInfo& o : info->options) keys.push_back(o.key);
+    if (args.contains("set") && args["set"].is_object()) {
+      for (const auto& [k, x] : args["set"].items()) {
+        MECHLAB_CHECK(std::find(keys.begin(), keys.end(), k) != keys.end(), s.label, ": field 'set': task ",
+                      info->name, " has no option '", k, "'; ", did_you_mean(k, keys));
+      }
+    }
+  }
   s.out = resolve(dir, args["out"].get<std::string>());
   s.done = s.kind == "sae_train" ? (fs::path(s.out) / "sae").string()
            : s.kind == "probe"   ? (fs::path(s.out) / "probes.h5").string()
@@ -388,6 +419,17 @@ std::string nearest_name(const std::string& word, const std::vector<std::string>
   return best_d <= std::max<size_t>(1, word.size() / 3) ? best : "";
 }
 
+std::string threshold_text(double tau) {
+  // %g's 6 digits (the names folders have always had), more only when
+  // needed: std::to_chars' shortest form would rename 0.0001 to 1e-04.
+  char buf[64];
+  for (int digits = 6; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, tau);
+    if (std::strtod(buf, nullptr) == tau) break;
+  }
+  return buf;
+}
+
 std::vector<JobRun> JobFile::runs() const {
   // The config records paths relative to the job file's folder, so that a
   // rerun from another working directory finds its runs finished.
@@ -428,11 +470,7 @@ std::vector<JobRun> JobFile::runs() const {
     }
     for (double t : j.thresholds) {
       JobRun r{&j, t, j.out, base()};
-      if (j.thresholds.size() > 1) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "threshold-%g", t);
-        r.out = (fs::path(j.out) / buf).string();
-      }
+      if (j.thresholds.size() > 1) r.out = (fs::path(j.out) / ("threshold-" + threshold_text(t))).string();
       r.config["threshold"] = t;
       r.config["out"] = rel(r.out);
       out.push_back(r);
@@ -442,6 +480,7 @@ std::vector<JobRun> JobFile::runs() const {
 }
 
 json read_job_document(const std::string& path) {
+  MECHLAB_CHECK(!fs::is_directory(path), "the job file '", path, "' is a folder; give a .json, .yaml or .yml file");
   std::ifstream in(path);
   MECHLAB_CHECK(in, "cannot read the job file '", path, "': ", std::strerror(errno));
   std::stringstream ss;
@@ -456,8 +495,22 @@ json read_job_document(const std::string& path) {
       throw Error(str_cat("job file ", path, ": ", e.what()));
     }
   }
+  // nlohmann keeps the last of two equal keys; YAML refuses them, and so does JSON here.
+  std::vector<std::set<std::string>> keys;  // of each open object
+  std::string twice;
+  const json::parser_callback_t note_keys = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) keys.emplace_back();
+    if (event == json::parse_event_t::object_end) keys.pop_back();
+    if (event == json::parse_event_t::key && !keys.back().insert(parsed.get<std::string>()).second &&
+        twice.empty()) {
+      twice = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    return json::parse(ss.str());
+    json doc = json::parse(ss.str(), note_keys);
+    MECHLAB_CHECK(twice.empty(), "job file ", path, ": field '", twice, "' is given twice in one object; give it once");
+    return doc;
   } catch (const json::parse_error& e) {
     throw Error(str_cat("job file ", path, " is not valid JSON (", e.what(),
                         "); YAML job files must end in .yaml or .yml"));
@@ -491,6 +544,12 @@ JobFile parse_job_document(const json& doc, const std::string& path, const std::
     }
     return false;
   };
+  for (size_t a = 0; a < file.steps.size(); ++a) {
+    for (size_t b = 0; b < a; ++b) {
+      MECHLAB_CHECK(!same_path(file.steps[a].out, file.steps[b].out), file.steps[a].label, ": field 'out' is '",
+                    file.steps[a].out, "', which ", file.steps[b].label, " writes; give each step its own output");
+    }
+  }
   for (const Step& s : file.steps) {
     const StepKind& kind = *std::find_if(step_kinds().begin(), step_kinds().end(),
                                          [&](const StepKind& k) { return k.name == s.kind; });
@@ -512,13 +571,15 @@ JobFile parse_job_document(const json& doc, const std::string& path, const std::
                   "'; give a file of edge names (one a line) or a circuit.json");
     MECHLAB_CHECK(fs::exists(j.dataset) || produced(j.dataset), who, ": field 'dataset': no file '", j.dataset,
                   "' (and no step writes it)");
-    for (const std::string* in : {&j.model, &j.dataset}) {
-      MECHLAB_CHECK(!same_path(r.out, *in), who, ": field 'out' is '", r.out, "', which is the job's ",
-                    in == &j.model ? "model" : "dataset", "; an output must not be an input");
+    std::vector<std::pair<const char*, const std::string*>> inputs = {{"model", &j.model}, {"dataset", &j.dataset}};
+    if (!j.reference_edges.empty()) inputs.emplace_back("reference_edges", &j.reference_edges);
+    for (const auto& [field, in] : inputs) {
+      MECHLAB_CHECK(!same_path(r.out, *in), who, ": field 'out' is '", r.out, "', which is the job's ", field,
+                    "; an output must not be an input");
       for (const char* f : {"circuit.json", "circuit.h5", "circuit.dot", "circuit.svg", "journal.jsonl"}) {
         MECHLAB_CHECK(!same_path((fs::path(r.out) / f).string(), *in), who, ": field 'out': '", r.out, "/", f,
-                      "' would overwrite the job's ", in == &j.model ? "model" : "dataset",
-                      "; choose another output folder");
+                      "' would overwrite the job's ", field, "; choose another output folder",
+                      in == &j.reference_edges ? " or copy the reference elsewhere" : "");
       }
     }
     MECHLAB_CHECK(!fs::exists(r.out) || fs::is_directory(r.out), who, ": field 'out': '", r.out,
@@ -541,14 +602,35 @@ JobFile parse_job_file(const std::string& path) {
   return parse_job_document(read_job_document(path), path, dir.empty() ? "." : dir);
 }
 
-std::map<std::string, ModelFacts> check_job_inputs(const JobFile& file, bool skip_missing) {
-  std::map<std::string, ModelFacts> models;
+std::string input_key(const Job& job) { return job.dataset + "\n" + std::to_string(job.examples); }
+
+namespace {
+// fnv1a over each tensor's bytes (contiguous), then over the list of those.
+std::string tensors_hash(const std::vector<at::Tensor>& tensors) {
+  std::string parts;
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined()) {
+      parts += "-";
+      continue;
+    }
+    const at::Tensor c = t.contiguous();
+    parts += core::fnv1a_hex(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size());
+  }
+  return core::fnv1a_hex(parts);
+}
+}  // namespace
+
+InputFacts check_job_inputs(const JobFile& file, bool skip_missing) {
+  InputFacts out;
+  std::map<std::string, ModelFacts>& models = out.models;
   for (const Job& j : file.jobs) {
     const std::string who = "job '" + j.name + "'";
     if (!models.count(j.model)) {
       try {
         const core::Transformer m = core::load_model(j.model);
-        models[j.model] = {m.config().hash(), m.config().d_vocab};
+        std::vector<at::Tensor> weights;
+        for (const auto& [name, w] : m.named_parameters()) weights.push_back(w);
+        models[j.model] = {m.config().hash(), m.config().d_vocab, tensors_hash(weights)};
       } catch (const Error& e) {
         throw Error(str_cat(who, ": field 'model': ", e.what()));
       }
@@ -556,11 +638,16 @@ std::map<std::string, ModelFacts> check_job_inputs(const JobFile& file, bool ski
     if (skip_missing && !fs::exists(j.dataset)) continue;
     const ModelFacts& facts = models[j.model];
     patching::PatchingData data;
+    int64_t pairs = 0;
     try {
-      data = patching::PatchingData::from_dataset(core::load_dataset(j.dataset), j.examples);
+      const core::Dataset ds = core::load_dataset(j.dataset);
+      pairs = ds.clean_tokens.defined() ? ds.clean_tokens.size(0) : 0;
+      data = patching::PatchingData::from_dataset(ds, j.examples);
     } catch (const Error& e) {
       throw Error(str_cat(who, ": field 'dataset': ", e.what()));
     }
+    MECHLAB_CHECK(j.examples <= pairs, who, ": field 'examples' is ", j.examples, " but '", j.dataset, "' has ",
+                  pairs, " prompt pairs; give at most ", pairs, " (0 = all)");
     int64_t max_id = -1;
     for (const at::Tensor* t : {&data.clean_tokens, &data.corrupted_tokens, &data.answer_tokens, &data.wrong_tokens}) {
       if (t->defined() && t->numel() > 0) max_id = std::max(max_id, t->max().item<int64_t>());
@@ -575,8 +662,11 @@ std::map<std::string, ModelFacts> check_job_inputs(const JobFile& file, bool ski
         throw Error(str_cat(who, ": ", e.what(), " (dataset '", j.dataset, "')"));
       }
     }
+    out.data_hash[input_key(j)] =
+        tensors_hash({data.clean_tokens, data.corrupted_tokens, data.attention_mask, data.answer_tokens,
+                      data.wrong_tokens, data.answer_pos});
   }
-  return models;
+  return out;
 }
 
 }  // namespace mechlab::jobs

@@ -96,6 +96,11 @@ struct Job {
   std::string out;
 };
 
+/// τ as %g writes it, with more digits only when needed to read back the
+/// same double ("0.05", "0.0001", "0.1234561"): distinct τs of a sweep get
+/// distinct folder names.
+std::string threshold_text(double tau);
+
 /// One output folder of a job: the job at one τ (or its top_n).
 struct JobRun {
   const Job* job = nullptr;
@@ -137,19 +142,33 @@ JobFile parse_job_document(const nlohmann::json& doc, const std::string& path, c
 /// read_job_document + parse_job_document.
 JobFile parse_job_file(const std::string& path);
 
-/// What check_job_file learnt about a model: its config hash and vocabulary.
+/// What check_job_inputs learnt about a model: its config hash, vocabulary
+/// and a hash of its weights (the bytes of every parameter, in order).
 struct ModelFacts {
   std::string hash;
   int64_t d_vocab = 0;
+  std::string weights_hash;
 };
+
+/// What check_job_inputs learnt: the models by path, and a hash of the
+/// prompt pairs each job reads (keyed by input_key: the dataset's tokens,
+/// answers and mask after its `examples` cut), so that a finished circuit
+/// made from other weights or other prompts is not taken as done.
+struct InputFacts {
+  std::map<std::string, ModelFacts> models;
+  std::map<std::string, std::string> data_hash;
+};
+/// The data_hash key of a job: its dataset and examples.
+std::string input_key(const Job& job);
 
 /// Opens each model and each dataset that exists (step outputs not yet
 /// made are checked by the runner once the steps ran): a model that does not
 /// load, a dataset without clean/corrupted pairs, token ids >= the model's
-/// d_vocab, an output folder that is one of its job's inputs. Returns the
-/// models' facts by path.
+/// d_vocab, examples beyond the dataset, an output folder that is one of its
+/// job's inputs. Hashes each model's weights (about a second per GB) and
+/// each job's prompt pairs.
 /// With `skip_missing`, datasets not there yet are left for a later call.
-std::map<std::string, ModelFacts> check_job_inputs(const JobFile& file, bool skip_missing);
+InputFacts check_job_inputs(const JobFile& file, bool skip_missing);
 
 /// "did you mean" helper: the name in `valid` nearest to `word` (edit
 /// distance), or "" when none is close.

@@ -114,7 +114,8 @@ JobResult run_acdc_from(MethodContext& ctx, std::optional<discovery::Circuit> st
   const Job& job = *ctx.run.job;
   const std::string journal_path = (fs::path(ctx.run.out) / "journal.jsonl").string();
   std::vector<discovery::AcdcStep> resume;
-  for (size_t i = 0; i < ctx.resume.size(); ++i) resume.push_back(step_of(ctx.resume[i], i + 1, journal_path));
+  // The journal's line 1 is the run's config; its steps start at line 2.
+  for (size_t i = 0; i < ctx.resume.size(); ++i) resume.push_back(step_of(ctx.resume[i], i + 2, journal_path));
   if (!resume.empty()) {
     std::printf("%s: resuming after the %zu decided edges in %s\n", job.name.c_str(), resume.size(),
                 journal_path.c_str());
@@ -128,6 +129,11 @@ JobResult run_acdc_from(MethodContext& ctx, std::optional<discovery::Circuit> st
       .max_batch(job.max_batch)
       .split_positions(job.split_positions)
       .start(std::move(start));
+  // ACDC keeps an edge when removing it raises the metric by tau: a metric
+  // that is higher when the circuit is better is minimised negated, as the
+  // reference's IOI runs minimise -logit_diff. The trace holds that metric.
+  const bool negate = ctx.metric.higher_is_better() && !job.abs_value;
+  const patching::Metric minimised = negate ? ctx.metric.negated() : ctx.metric;
   int64_t first_new = -1;
   const discovery::AcdcObserver observer = [&](const discovery::AcdcStep& st, int64_t decided, int64_t total) {
     ctx.journal.append(step_json(st));
@@ -135,18 +141,20 @@ JobResult run_acdc_from(MethodContext& ctx, std::optional<discovery::Circuit> st
     ctx.progress(total, "edges", decided - 1).advance(1);
     if (core::interrupt_requested()) {
       if (ctx.bar) ctx.bar->finish();
+      ctx.journal.sync();
       throw Interrupted(str_cat("job '", job.name, "': interrupted; the journal ", journal_path, " keeps ", decided,
                                 " decided edges of ", total, "; rerun the same command to resume from there"));
     }
   };
   const discovery::AcdcResult a = ctx.runner != nullptr
-                                      ? discovery::acdc(*ctx.runner, ctx.metric, opts, resume, observer)
-                                      : discovery::acdc(ctx.model, ctx.data, ctx.metric, opts, resume, observer);
+                                      ? discovery::acdc(*ctx.runner, minimised, opts, resume, observer)
+                                      : discovery::acdc(ctx.model, ctx.data, minimised, opts, resume, observer);
   JobResult r{a.circuit};
   for (const discovery::AcdcStep& st : a.steps) r.trace.push_back(step_json(st));
-  r.full_metric = a.full_metric;
-  r.circuit_metric = a.final_metric;
-  r.details["acdc"] = {{"forwards", a.forwards},
+  r.full_metric = negate ? -a.full_metric : a.full_metric;
+  r.circuit_metric = negate ? -a.final_metric : a.final_metric;
+  r.details["acdc"] = {{"minimised_metric", minimised.name()},
+                       {"forwards", a.forwards},
                        {"trials", a.trials},
                        {"resumed_steps", static_cast<int64_t>(resume.size())},
                        {"first_new_step", first_new},
@@ -236,7 +244,7 @@ std::string tau_text(const RunSummary& s) {
   if (s.top_n > 0) {
     std::snprintf(buf, sizeof buf, "top %lld", static_cast<long long>(s.top_n));
   } else {
-    std::snprintf(buf, sizeof buf, "%g", s.threshold);
+    return threshold_text(s.threshold);
   }
   return buf;
 }
@@ -327,7 +335,8 @@ const std::map<std::string, Method>& method_table() {
   return table;
 }
 
-RunReport run_job_file(const JobFile& all, const RunOptions& options, const StepExecutor& execute_step) {
+RunReport run_job_file(const JobFile& all, const RunOptions& options, const StepExecutor& execute_step,
+                       const StepExecutor& check_step) {
   // The jobs asked for.
   JobFile file = all;
   if (!options.only().empty()) {
@@ -393,7 +402,57 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
                   " holds a circuit made with other settings (", differing(old, r.config),
                   " differ); delete it, or replace it with the force option");
   }
-  std::map<std::string, ModelFacts> facts = check_job_inputs(file, /*skip_missing=*/true);
+  // An interrupted run's journal resumes only the run it was made for: its
+  // first line records that run's config. A journal means a run under way
+  // (a forced rerun that was interrupted, too): it resumes rather than skips.
+  std::vector<char> discard_journal(runs.size(), 0);
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const JobRun& r = runs[i];
+    const std::string journal_path = (fs::path(r.out) / "journal.jsonl").string();
+    const JournalContents jc = read_journal(journal_path);
+    if (jc.entries.empty()) continue;
+    const json made_with = jc.entries[0].value("config", json());
+    if (options.force() || (jc.entries.size() == 1 && !made_with.is_null())) {
+      discard_journal[i] = 1;  // forced to start afresh, or nothing decided yet
+      continue;
+    }
+    done[i] = 0;
+    if (made_with == r.config) continue;
+    throw Error(made_with.is_null()
+                    ? str_cat("job '", r.job->name, "': ", journal_path, " records no settings (an older mechlab ",
+                              "wrote it), so it cannot be resumed safely; delete it, or start afresh with the ",
+                              "force option")
+                    : str_cat("job '", r.job->name, "': ", journal_path, " is an interrupted run made with other ",
+                              "settings (", differing(made_with, r.config), " differ); rerun with those settings ",
+                              "to resume it, or start afresh with the force option (or delete the file)"));
+  }
+  InputFacts facts = check_job_inputs(file, /*skip_missing=*/true);
+  // A finished circuit made from other weights or prompts (a checkpoint
+  // retrained in place, a dataset made again) is stale, as one made with
+  // other settings. Circuits of older mechlabs record no hashes: not compared.
+  std::vector<char> inputs_checked(runs.size(), 0);
+  auto check_inputs_unchanged = [&](size_t i) {
+    const JobRun& r = runs[i];
+    const auto data = facts.data_hash.find(input_key(*r.job));
+    if (!done[i] || inputs_checked[i] || data == facts.data_hash.end()) return;
+    inputs_checked[i] = 1;
+    const std::string json_path = (fs::path(r.out) / "circuit.json").string();
+    const json versions = discovery::read_circuit_document(json_path).value("versions", json::object());
+    std::string changed;
+    if (versions.contains("model_weights_hash") &&
+        versions["model_weights_hash"] != facts.models.at(r.job->model).weights_hash) {
+      changed = "the model's weights";
+    }
+    if (versions.contains("data_hash") && versions["data_hash"] != data->second) {
+      changed += (changed.empty() ? "" : " and ") + std::string("the dataset's prompt pairs");
+    }
+    if (changed.empty()) return;
+    MECHLAB_CHECK(options.force(), "job '", r.job->name, "': field 'out': ", json_path,
+                  " holds a circuit made from other inputs (", changed, " differ); delete it, or replace it ",
+                  "with the force option");
+    done[i] = 0;
+  };
+  for (size_t i = 0; i < runs.size(); ++i) check_inputs_unchanged(i);
   // Reference edges name edges of their job's model.
   for (const Job& j : file.jobs) {
     if (j.reference_edges.empty()) continue;
@@ -410,6 +469,17 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
   std::set<std::string> missing_datasets;
   for (const Job& j : file.jobs) {
     if (!fs::exists(j.dataset)) missing_datasets.insert(j.dataset);
+  }
+
+  // Each step that will run parses, so that a bad value in step 2 stops
+  // the command before step 1 writes anything.
+  for (const Step& s : file.steps) {
+    if (!check_step || step_done(s)) continue;
+    try {
+      check_step(step_command(s));
+    } catch (const Error& e) {
+      throw Error(str_cat(s.label, ": ", e.what()));
+    }
   }
 
   // ---- steps (under the lock only when one remains to run: steps that are
@@ -443,7 +513,10 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
   }
   steps_lock.reset();
   // Datasets that the steps made are checked now, before any job runs.
-  if (!missing_datasets.empty()) facts = check_job_inputs(file, /*skip_missing=*/false);
+  if (!missing_datasets.empty()) {
+    facts = check_job_inputs(file, /*skip_missing=*/false);
+    for (size_t i = 0; i < runs.size(); ++i) check_inputs_unchanged(i);
+  }
 
   // ---- jobs
   RunReport report;
@@ -498,7 +571,11 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       fs::create_directories(r.out, ec);
       MECHLAB_CHECK(!ec, "cannot create the output folder '", r.out, "': ", ec.message());
       const std::string journal_path = (fs::path(r.out) / "journal.jsonl").string();
-      const JournalContents old = read_journal(journal_path);
+      // The journal: its config line, then the decided steps of an
+      // interrupted run (checked to be this run's before any work).
+      const JournalContents old = discard_journal[i] ? JournalContents{} : read_journal(journal_path);
+      const std::vector<json> resume(old.entries.empty() ? old.entries.end() : old.entries.begin() + 1,
+                                     old.entries.end());
       // One circuit runner per job and ablation: ACDC runs every τ of a sweep
       // on it (the clean and ablated runs made once), and it evaluates the circuits.
       const std::string eval_key = j.name + "\n" + j.ablation;
@@ -510,7 +587,8 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       JobResult result{discovery::Circuit::empty(patching::CircuitGraph(model->cfg()))};
       {
         JournalWriter journal(journal_path, old.valid_bytes);
-        MethodContext ctx{r, *model, *data, *metric, old.entries, journal, edge_scores, nullptr, evaluator.get()};
+        if (old.entries.empty()) journal.append({{"config", r.config}});
+        MethodContext ctx{r, *model, *data, *metric, resume, journal, edge_scores, nullptr, evaluator.get()};
         result = method_table().at(j.method)(ctx);
         if (ctx.bar) ctx.bar->finish();
         journal.close();
@@ -568,8 +646,10 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
                       {"git", mechlab::git_describe()},
                       {"model", j.model},
                       {"model_name", model->cfg().name},
-                      {"model_config_hash", facts.at(j.model).hash},
+                      {"model_config_hash", facts.models.at(j.model).hash},
+                      {"model_weights_hash", facts.models.at(j.model).weights_hash},
                       {"dataset", j.dataset},
+                      {"data_hash", facts.data_hash.at(input_key(j))},
                       {"method", j.method},
                       {"metric", j.metric},
                       {"ablation", j.ablation}};
@@ -636,7 +716,9 @@ RunReport summarize_job_file(const JobFile& file) {
     row.top_n = r.job->top_n;
     const std::string json_path = (fs::path(r.out) / "circuit.json").string();
     if (!fs::exists(json_path)) {
-      row.status = "missing";
+      // A journal there: a run began and was stopped; a rerun resumes it.
+      row.status = fs::exists(fs::path(r.out) / "journal.jsonl") ? "interrupted (a rerun resumes its journal)"
+                                                                 : "missing";
     } else {
       try {
         const json doc = discovery::read_circuit_document(json_path);
@@ -683,7 +765,10 @@ std::string summary_table(const RunReport& report) {
       std::snprintf(metric, sizeof metric, "%.4f", s.circuit_metric);
     }
     char faith[32] = "n/a", auc[32] = "-";
-    if (!std::isnan(s.faithfulness)) std::snprintf(faith, sizeof faith, "%.3f", s.faithfulness);
+    // + 0.0: a faithfulness of -1e-5 prints as 0.000, not -0.000.
+    if (!std::isnan(s.faithfulness)) {
+      std::snprintf(faith, sizeof faith, "%.3f", std::fabs(s.faithfulness) < 5e-4 ? 0.0 : s.faithfulness);
+    }
     if (!std::isnan(s.auc)) std::snprintf(auc, sizeof auc, "%.3f", s.auc);
     std::string status = s.status;
     if (status.size() > 80) status = status.substr(0, 77) + "...";

@@ -125,12 +125,16 @@ struct RunReport {
 /// Checks everything (refusing before any work), runs the steps and the
 /// jobs, prints progress and the summary table to stdout. A job that fails
 /// while running does not stop the others; its error is in the report.
-RunReport run_job_file(const JobFile& file, const RunOptions& options, const StepExecutor& execute_step);
+/// `check_step` (optional) parses a step's arguments without running it;
+/// it is called for every step that will run, before any of them runs.
+RunReport run_job_file(const JobFile& file, const RunOptions& options, const StepExecutor& execute_step,
+                       const StepExecutor& check_step = {});
 
 /// The merged results of every shard, without running anything: one row
 /// per run of every job, read from its circuit.json. Status "done" (the
 /// circuit records this job's settings), "missing" (no circuit.json yet:
-/// its shard has not finished), "stale: ..." (made with other settings) or
+/// its shard has not started it), "interrupted (...)" (no circuit.json but
+/// a journal: stopped part-way), "stale: ..." (made with other settings) or
 /// "failed: ..." (not a circuit file). first_error names the runs that are
 /// not done, so a complete summary is one whose first_error is "". Prints
 /// nothing.

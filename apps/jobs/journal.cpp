@@ -73,12 +73,19 @@ void JournalWriter::append(const nlohmann::json& entry) {
     MECHLAB_CHECK(n > 0, "cannot write the journal '", path_, "': ", core::system_error_words(errno));
     done += static_cast<size_t>(n);
   }
+  if (std::chrono::steady_clock::now() - last_sync_ >= std::chrono::seconds(1)) sync();
+}
+
+void JournalWriter::sync() {
+  MECHLAB_CHECK(fd_ >= 0, "the journal '", path_, "' is closed");
   MECHLAB_CHECK(::fsync(fd_) == 0, "cannot flush the journal '", path_, "' to disk: ",
                 core::system_error_words(errno));
+  last_sync_ = std::chrono::steady_clock::now();
 }
 
 void JournalWriter::close() {
   if (fd_ < 0) return;
+  sync();
   const int fd = fd_;
   fd_ = -1;
   MECHLAB_CHECK(::close(fd) == 0, "cannot close the journal '", path_, "': ", core::system_error_words(errno));

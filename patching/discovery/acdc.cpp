@@ -197,6 +197,12 @@ AcdcResult run_acdc(CircuitRunner& runner, const patching::Metric& metric, const
                     const std::vector<AcdcStep>& resume, const AcdcObserver& observer, bool one_forward_per_edge,
                     std::chrono::steady_clock::time_point t0) {
   check_options(options);
+  // The rule removes an edge when the metric rises by less than tau: with a
+  // metric that falls as the circuit breaks, every removal would pass.
+  MECHLAB_CHECK(options.abs_value() || !metric.higher_is_better(), "ACDC removes an edge when the metric rises by ",
+                "less than the threshold, but metric ", metric.name(), " is higher when the circuit is better, so ",
+                "every edge would go: pass metric.negated() (the reference ACDC minimises -logit_diff on IOI) or ",
+                "set AcdcOptions::abs_value");
   const double tau = options.threshold();
   hooks::HookedTransformer& model = runner.model();
   MECHLAB_CHECK(options.ablation() == runner.ablation(), "ACDC ablation \"", ablation_name(options.ablation()),

@@ -18,6 +18,10 @@
 //   Metric kl = kl_to_clean(data.answers(), model.forward(data.clean_tokens));
 //   AcdcResult r = acdc(model, data, kl, AcdcOptions().threshold(0.01));
 //   for (const CircuitEdge& e : r.circuit.edges()) if (r.circuit.kept(e)) std::cout << r.circuit.edge_name(e) << "\n";
+//
+// The metric must fall as the circuit breaks (KL, loss). A higher-is-better
+// metric (logit_diff, answer_prob) is refused unless abs_value is set; pass
+// its negation, as the reference's IOI runs do: acdc(model, data, logit_diff(a).negated(), ...).
 #pragma once
 
 #include "core/util/options.h"

@@ -154,7 +154,7 @@ std::string split_circuit_dot(const Circuit& circuit, const std::string& title) 
     << "  graph [rankdir=TB, ranksep=0.5, nodesep=0.25, newrank=true, labelloc=t, fontname=\"Helvetica\", label="
     << quoted(title).substr(0, quoted(title).size() - 1) << "\\n"
     << quoted(std::to_string(circuit.edge_count()) + " of " + std::to_string(circuit.edges().size()) +
-              " (edge, position) pairs kept; columns: token positions; edges into q: blue, k: green, v: red, "
+              " (edge, position) pairs kept; columns: token positions; edges into q: blue, k: green, v: orange-red, "
               "MLP/output: grey; width: |score|")
            .substr(1)
     << "];\n"
@@ -249,7 +249,7 @@ std::string circuit_dot(const Circuit& circuit, const std::string& title) {
     // Two lines: the DOT escape "\n" joins the quoted parts.
     << quoted(title).substr(0, quoted(title).size() - 1) << "\\n"
     << quoted(std::to_string(circuit.edge_count()) + " of " + std::to_string(circuit.edges().size()) +
-              " edges kept; edges into q: blue, k: green, v: red, MLP/output: grey; width: |score|")
+              " edges kept; edges into q: blue, k: green, v: orange-red, MLP/output: grey; width: |score|")
            .substr(1)
     << "];\n"
     << "  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\", fillcolor=\"#eeeeee\"];\n"

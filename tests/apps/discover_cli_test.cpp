@@ -26,6 +26,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -39,6 +40,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const nlohmann::json kIoi = {{"n", 6}, {"seed", 2}};
+constexpr double kLogitDiffTau = 0.001;  // single edges move this tiny model's logit_diff by up to 0.003
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
@@ -300,6 +302,41 @@ TEST(DiscoverCli, AcdcAndEapAcdcJobsEqualTheLibraryAndEveryCircuitIsEvaluated) {
               discovery::roc_curve(discovery::scored_circuit(eap), acdc_circuit).auc, 1e-12);
 }
 
+// ACDC keeps an edge when removing it raises the metric by tau; removing
+// edges lowers logit_diff, so a job on it minimises -logit_diff (as the
+// reference's IOI runs do) instead of removing every edge: its circuit is
+// the library's on a metric written as minus logit_diff.
+TEST(DiscoverCli, AcdcOnLogitDiffMinimisesItNegated) {
+  const std::string dir = make_job_dir("acdc_logit_diff");
+  mechlab::core::save_dataset(dir + "/data.h5", mechlab::core::tasks::make_task("ioi", kIoi));
+  std::ofstream(dir + "/jobs.yaml") << "jobs:\n  - {name: ld, model: model.h5, dataset: data.h5, method: acdc, "
+                                       "metric: logit_diff, threshold: " << kLogitDiffTau << "}\n";
+  const auto r = run_cli("discover " + dir + "/jobs.yaml --threads 1 --no-svg");
+  ASSERT_EQ(r.rc, 0) << r.output;
+
+  at::set_num_threads(1);
+  using namespace mechlab;
+  hooks::HookedTransformer model(core::load_model(dir + "/model.h5"));
+  const patching::PatchingData data = patching::PatchingData::from_dataset(core::load_dataset(dir + "/data.h5"));
+  const patching::Metric ld = patching::logit_diff(data.answers());
+  const patching::Metric minus =
+      patching::Metric::custom("minus logit_diff", [&](const at::Tensor& logits) { return -ld(logits); });
+  const discovery::AcdcResult want =
+      discovery::acdc(model, data, minus, discovery::AcdcOptions().threshold(kLogitDiffTau));
+  std::set<std::string> names;
+  for (const auto& e : want.circuit.edges()) {
+    if (want.circuit.kept(e)) names.insert(want.circuit.edge_name(e));
+  }
+  const nlohmann::json doc = discovery::read_circuit_document(dir + "/ld/circuit.json");
+  EXPECT_EQ(kept_in(doc), names);
+  EXPECT_GT(names.size(), 0u);  // neither empty nor whole: the comparison means something
+  EXPECT_LT(static_cast<int64_t>(names.size()), static_cast<int64_t>(want.circuit.edges().size()));
+  EXPECT_EQ(doc["results"]["details"]["acdc"]["minimised_metric"], "-logit_diff");
+  // Reported the right way up: the full model's logit difference.
+  EXPECT_NEAR(doc["results"]["evaluation"]["method_full_metric"].get<double>(),
+              ld(model.forward(data.clean_tokens)).item<double>(), 1e-5);
+}
+
 // `mechlab dataset make induction --set pairs=true` through a step: the pairs
 // feed a discovery job.
 TEST(DiscoverCli, InductionPairsFromAStepFeedAJob) {
@@ -347,6 +384,36 @@ TEST(DiscoverCli, ARefusalIsOneLineAndNothingIsWritten) {
                       "eap-ig, eap-acdc)\n");
   EXPECT_FALSE(fs::exists(dir + "/data.h5"));
   EXPECT_FALSE(fs::exists(dir + "/x"));
+}
+
+// A bad value in a later step is found before the first step writes.
+TEST(DiscoverCli, EveryStepParsesBeforeTheFirstRuns) {
+  const std::string dir = make_job_dir("step_values");
+  auto refusal_of = [&](const std::string& second) {
+    std::ofstream(dir + "/jobs.yaml") << "steps:\n  - dataset: {task: ioi, out: one.h5, n: 4}\n  - dataset: " << second
+                                      << "\njobs:\n  - {name: x, model: model.h5, dataset: one.h5, method: eap, "
+                                         "metric: logit_diff, top_n: 3}\n";
+    const auto r = run_cli("discover " + dir + "/jobs.yaml --threads 1");
+    EXPECT_EQ(r.rc, 1) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+    EXPECT_FALSE(fs::exists(dir + "/one.h5")) << second;
+    return r.output;
+  };
+  EXPECT_NE(refusal_of("{task: iio, out: two.h5}").find("step 2 (dataset): field 'task': "), std::string::npos);
+  EXPECT_NE(refusal_of("{task: ioi, out: two.h5, set: {oder: mixed}}")
+                .find("step 2 (dataset): field 'set': task ioi has no option 'oder'; did you mean 'order'?"),
+            std::string::npos);
+  EXPECT_NE(refusal_of("{task: ioi, out: two.h5, n: abc}")
+                .find("step 2 (dataset): --n must be a whole number, got 'abc'"),
+            std::string::npos);
+}
+
+TEST(DiscoverCli, AnEmptyOnlyIsRefusedRatherThanRunningEveryJob) {
+  const std::string dir = make_job_dir("only_empty");
+  const auto r = run_cli("discover " + dir + "/jobs.json --threads 1 --only ''");
+  EXPECT_EQ(r.rc, 1) << r.output;
+  EXPECT_EQ(r.output, "mechlab: error: --only is empty; give the name of one job\n");
+  EXPECT_FALSE(fs::exists(dir + "/data.h5"));
 }
 
 TEST(DiscoverCli, HelpExplainsTheJobFile) {

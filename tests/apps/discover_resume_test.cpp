@@ -1,5 +1,5 @@
 // An ACDC job of `mechlab discover` survives SIGKILL and Ctrl-C: the child is
-// stopped once its journal (journal.jsonl, one fsynced line per decided edge)
+// stopped once its journal (journal.jsonl: the run's config, then a line per decided edge)
 // holds some decisions, the rerun resumes after them without trying them
 // again, and the circuit equals that of an uninterrupted run.
 //
@@ -87,6 +87,15 @@ int64_t wait_for_lines(pid_t pid, const std::string& journal, int64_t lines) {
   return -1;
 }
 
+// The decided steps of a journal: its lines after the first, which records
+// the config of the run it resumes.
+std::vector<json> decided(const jobs::JournalContents& c) {
+  EXPECT_FALSE(c.entries.empty());
+  if (c.entries.empty()) return {};
+  EXPECT_TRUE(c.entries[0].contains("config")) << c.entries[0];
+  return std::vector<json>(c.entries.begin() + 1, c.entries.end());
+}
+
 // The uninterrupted run's circuit.json, made once.
 const json& uninterrupted() {
   static const json doc = [] {
@@ -156,7 +165,7 @@ TEST(DiscoverResume, AfterSigkillTheRerunResumesFromTheJournal) {
 
   ASSERT_EQ(wait_exit(spawn_process(discover_args(dir, "out"), log)), 0) << read_text(log);
   EXPECT_FALSE(fs::exists(journal));  // removed once the outputs are whole
-  expect_resumed_equals_whole(discovery::read_circuit_document(dir + "/out/circuit.json"), kept.entries, log);
+  expect_resumed_equals_whole(discovery::read_circuit_document(dir + "/out/circuit.json"), decided(kept), log);
 }
 
 TEST(DiscoverResume, CtrlCStopsBetweenTrialsSayingWhatTheJournalKeeps) {
@@ -177,11 +186,11 @@ TEST(DiscoverResume, CtrlCStopsBetweenTrialsSayingWhatTheJournalKeeps) {
   // Stopped at a safe point: the journal holds exactly the decisions it names, every line whole.
   const jobs::JournalContents kept = jobs::read_journal(journal);
   EXPECT_FALSE(kept.truncated_tail);
-  EXPECT_EQ(static_cast<int64_t>(kept.entries.size()), std::stoll(m[1]));
+  EXPECT_EQ(static_cast<int64_t>(decided(kept).size()), std::stoll(m[1]));
   EXPECT_FALSE(fs::exists(dir + "/out/circuit.json"));
 
   ASSERT_EQ(wait_exit(spawn_process(discover_args(dir, "out"), log)), 0) << read_text(log);
-  expect_resumed_equals_whole(discovery::read_circuit_document(dir + "/out/circuit.json"), kept.entries, log);
+  expect_resumed_equals_whole(discovery::read_circuit_document(dir + "/out/circuit.json"), decided(kept), log);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -154,12 +155,15 @@ TEST_F(LocalSlurm, ATaskCancelledMidwayAndResubmittedFinishesWithTheSameCircuits
   const std::string want = single_run_table();
   const std::string dir = make_job_dir("cancel");
   const std::string jid = submit(dir + "/jobs.json", "0-1", "", /*wait=*/false);
-  // Task 1 runs ACDC first: cancel it once it has journaled some decisions.
+  // Task 1 runs ACDC first: cancel it once it has journaled some decisions
+  // (its summary row then says interrupted, not missing).
   const std::string journal = dir + "/acdc/journal.jsonl";
   bool midway = false;
   for (int i = 0; i < 1200 && !midway; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    midway = fs::exists(journal) && fs::file_size(journal) > 0 && !fs::exists(dir + "/acdc/circuit.json");
+    // Past its first line (the run's config): decisions were journaled.
+    const std::string text = fs::exists(journal) ? slurp(journal) : "";
+    midway = std::count(text.begin(), text.end(), '\n') >= 3 && !fs::exists(dir + "/acdc/circuit.json");
   }
   ASSERT_TRUE(midway) << "ACDC never ran, or finished before it could be cancelled\n"
                       << slurp(dir + "/slurm-" + jid + "_1.out");
@@ -172,7 +176,7 @@ TEST_F(LocalSlurm, ATaskCancelledMidwayAndResubmittedFinishesWithTheSameCircuits
   EXPECT_FALSE(fs::exists(dir + "/acdc/circuit.json"));
   const CliResult partial = run_program(kNoSlurm + MECHLAB_BINARY + " discover " + dir + "/jobs.json --summary");
   EXPECT_NE(partial.rc, 0) << partial.output;
-  EXPECT_NE(partial.output.find("job 'acdc' (1e-06): missing"), std::string::npos) << partial.output;
+  EXPECT_NE(partial.output.find("job 'acdc' (1e-06): interrupted"), std::string::npos) << partial.output;
 
   // Resubmit task 1 alone: its shard given explicitly (a one-task array has
   // SLURM_ARRAY_TASK_COUNT=1). It resumes ACDC from the journal.

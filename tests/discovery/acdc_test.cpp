@@ -50,6 +50,9 @@ using namespace mechlab::patching;
 
 namespace {
 
+// Single edges move the gpt2_like fixture's logit_diff by up to about 0.2.
+constexpr double kLogitDiffTau = 0.01;
+
 void expect_same_steps(const std::vector<AcdcStep>& got, const std::vector<AcdcStep>& want, double score_tol,
                        const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
@@ -844,6 +847,40 @@ TEST(Acdc, RefusesBadOptionsInOneLine) {
   EXPECT_NE(msg(AcdcOptions(), nan_metric).find("metric broken is nan on the full model"), std::string::npos);
   EXPECT_NE(error_of([] { mechlab::discovery::parse_ablation("resample"); }).find("use corrupted, mean or zero"),
             std::string::npos);
+  // Removing edges lowers logit_diff, so every removal would pass the rule.
+  const Metric ld = logit_diff(data.answers());
+  EXPECT_NE(msg(AcdcOptions().threshold(0.01), ld)
+                .find("metric logit_diff is higher when the circuit is better, so every edge would go: pass "
+                      "metric.negated()"),
+            std::string::npos);
+  EXPECT_NO_THROW(mechlab::discovery::acdc(model, data, ld, AcdcOptions().threshold(0.01).abs_value(true)));
+}
+
+// The reference's IOI runs minimise -logit_diff: the negated metric equals
+// the naive ACDC on a metric written as minus logit_diff.
+TEST(Acdc, ANegatedLogitDiffEqualsTheNaiveAcdcOnMinusLogitDiff) {
+  HookedTransformer model = load_f64("gpt2_like");
+  const PatchingData data = fixture_data("gpt2_like");
+  const Metric ld = logit_diff(data.answers());
+  EXPECT_TRUE(ld.higher_is_better());
+  const Metric negated = ld.negated();
+  EXPECT_EQ(negated.name(), "-logit_diff");
+  EXPECT_FALSE(negated.higher_is_better());
+  const Metric minus = Metric::custom("minus logit_diff", [&](const at::Tensor& logits) { return -ld(logits); });
+  NaiveAcdc naive(model, data, false);
+  const double tau = kLogitDiffTau;
+  const NaiveResult want = naive.run(minus, tau, false);
+  EXPECT_GT(want.smallest_margin, 1e-6) << "a decision is too close to tau to compare";
+  const AcdcResult got = mechlab::discovery::acdc(model, data, negated, AcdcOptions().threshold(tau));
+  EXPECT_EQ(kept_names(got.circuit), kept_names(want.circuit));
+  EXPECT_GT(got.circuit.edge_count(), 0);  // neither empty nor whole: the comparison means something
+  EXPECT_LT(got.circuit.edge_count(), static_cast<int64_t>(got.circuit.edges().size()));
+  ASSERT_EQ(got.steps.size(), want.steps.size());
+  for (size_t i = 0; i < got.steps.size(); ++i) {
+    EXPECT_EQ(got.steps[i].edge, want.steps[i].edge) << i;
+    EXPECT_EQ(got.steps[i].kept, want.steps[i].kept) << i;
+  }
+  EXPECT_NEAR(got.full_metric, -ld(model.forward(data.clean_tokens)).item<double>(), 1e-6);
 }
 
 // ------------------------------------------------------------------ metric

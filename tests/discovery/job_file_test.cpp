@@ -8,9 +8,11 @@
 #include "apps/jobs/shard.h"
 #include "core/data/dataset.h"
 #include "core/data/tasks/tasks.h"
+#include "core/hf/model_loader.h"
 #include "core/model/presets.h"
 #include "core/model/transformer.h"
 #include "core/util/interrupt.h"
+#include "patching/discovery/circuit_output.h"
 #include "tests/test_util.h"
 
 #include <gtest/gtest.h>
@@ -325,6 +327,122 @@ TEST_F(JobFile, YamlSyntaxErrorsNameTheLine) {
   const std::string p = write("bad.yaml", "jobs:\n  - name: a\n   model: [\n");
   const std::string m = error_of([&] { jobs::parse_job_file(p); });
   EXPECT_HAS(m, "is not valid YAML: line");
+}
+
+TEST_F(JobFile, ANanThresholdIsNamedAsTheFileWroteIt) {
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: .nan\n")),
+             "field 'threshold' must be a number (τ >= 0), not .nan");
+}
+
+TEST_F(JobFile, SweepFoldersNameEveryTauExactly) {
+  // %g would give both of the first two "threshold-0.123456": one folder, two runs.
+  const std::string path =
+      write("jobs.yaml", job("    method: eap\n    metric: logit_diff\n    thresholds: [0.1234561, 0.1234564, 0.05, "
+                             "0.000001, 0.0001]\n"));
+  const std::vector<jobs::JobRun> runs = jobs::parse_job_file(path).runs();
+  ASSERT_EQ(runs.size(), 5u);
+  EXPECT_EQ(runs[0].out, dir_ + "/a/threshold-0.1234561");
+  EXPECT_EQ(runs[1].out, dir_ + "/a/threshold-0.1234564");
+  EXPECT_EQ(runs[2].out, dir_ + "/a/threshold-0.05");
+  // As %g wrote them: the folders of finished sweeps keep their names.
+  EXPECT_EQ(runs[3].out, dir_ + "/a/threshold-1e-06");
+  EXPECT_EQ(runs[4].out, dir_ + "/a/threshold-0.0001");
+}
+
+TEST_F(JobFile, RefusesAReferenceThatTheJobWouldOverwrite) {
+  fs::create_directories(dir_ + "/a");
+  write("a/circuit.json", "{}");
+  const std::string m =
+      refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n    reference_edges: a/circuit.json\n"));
+  EXPECT_HAS(m, "job 'a': field 'out': '");
+  EXPECT_HAS(m, "circuit.json' would overwrite the job's reference_edges");
+}
+
+TEST_F(JobFile, RefusesTwoStepsWritingOneFile) {
+  const std::string m = refusal("steps:\n  - dataset: {task: ioi, out: d2.h5, n: 4}\n"
+                                "  - dataset: {task: ioi, out: d2.h5, n: 8}\n" +
+                                job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  EXPECT_HAS(m, "step 2 (dataset): field 'out' is '");
+  EXPECT_HAS(m, "which step 1 (dataset) writes; give each step its own output");
+}
+
+TEST_F(JobFile, RefusesMoreExamplesThanTheDatasetHas) {
+  // data.h5 holds 4 prompt pairs; a silent cut to 4 would record examples: 5.
+  const std::string m = refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n    examples: 5\n"));
+  EXPECT_HAS(m, "job 'a': field 'examples' is 5 but '");
+  EXPECT_HAS(m, "has 4 prompt pairs; give at most 4 (0 = all)");
+}
+
+TEST_F(JobFile, JsonRefusesAFieldGivenTwiceAsYamlDoes) {
+  const std::string twice = write("twice.json", R"({"jobs": [{"name": "a", "model": "model.h5", "dataset": "data.h5",
+      "method": "eap", "metric": "logit_diff", "top_n": 5, "top_n": 9}]})");
+  EXPECT_HAS(error_of([&] { jobs::parse_job_file(twice); }),
+             "twice.json: field 'top_n' is given twice in one object; give it once");
+  // The same key in two objects is no repetition.
+  const std::string two = write("two.json", R"({"jobs": [
+      {"name": "a", "model": "model.h5", "dataset": "data.h5", "method": "eap", "metric": "logit_diff", "top_n": 5},
+      {"name": "b", "model": "model.h5", "dataset": "data.h5", "method": "eap", "metric": "logit_diff", "top_n": 5,
+       "out": "b"}]})");
+  EXPECT_EQ(jobs::parse_job_file(two).jobs.size(), 2u);
+}
+
+TEST_F(JobFile, RefusesAFolderAsTheJobFile) {
+  fs::create_directories(dir_ + "/jobs.yaml");
+  EXPECT_HAS(error_of([&] { jobs::parse_job_file(dir_ + "/jobs.yaml"); }),
+             "jobs.yaml' is a folder; give a .json, .yaml or .yml file");
+}
+
+// One decided ACDC step as the journal holds it.
+constexpr const char* kStepLine =
+    "{\"edge\": \"m1 -> output\", \"kept\": true, \"tried\": true, \"score\": 0.5, \"metric\": 0.1}\n";
+
+TEST_F(JobFile, AJournalOfOtherSettingsIsRefusedAndTheForceOptionStartsAfresh) {
+  // An interrupted run with ablation zero: resuming its decisions under
+  // another ablation would give neither run's circuit.
+  fs::create_directories(dir_ + "/a");
+  const std::string journal = dir_ + "/a/journal.jsonl";
+  write("a/journal.jsonl", "{\"config\": {\"name\": \"a\", \"ablation\": \"zero\"}}\n" + std::string(kStepLine));
+  const std::string m = refusal(job("    method: acdc\n    threshold: 0.1\n"));
+  EXPECT_HAS(m, "job 'a': " + journal + " is an interrupted run made with other settings (");
+  EXPECT_HAS(m, "ablation");
+  EXPECT_HAS(m, "start afresh with the force option");
+
+  const std::string path = write("jobs.yaml", job("    method: acdc\n    threshold: 0.1\n"));
+  const jobs::RunReport rep = jobs::run_job_file(jobs::parse_job_file(path), jobs::RunOptions().force(true).svg(false),
+                                                 [](const std::vector<std::string>&) {});
+  ASSERT_EQ(rep.first_error, "");
+  const nlohmann::json doc = mechlab::discovery::read_circuit_document(dir_ + "/a/circuit.json");
+  EXPECT_EQ(doc["results"]["details"]["acdc"]["resumed_steps"], 0);
+  EXPECT_EQ(doc["config"]["ablation"], "corrupted");
+  EXPECT_FALSE(fs::exists(journal));
+}
+
+TEST_F(JobFile, AJournalThatRecordsNoSettingsIsRefused) {
+  fs::create_directories(dir_ + "/a");
+  write("a/journal.jsonl", kStepLine);
+  EXPECT_HAS(refusal(job("    method: acdc\n    threshold: 0.1\n")),
+             "journal.jsonl records no settings (an older mechlab wrote it), so it cannot be resumed safely");
+}
+
+TEST_F(JobFile, ACircuitMadeFromOtherWeightsOrPromptsIsNotDone) {
+  const std::string path = write("jobs.yaml", job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  auto run = [&](bool force) {
+    return jobs::run_job_file(jobs::parse_job_file(path), jobs::RunOptions().force(force).svg(false),
+                              [](const std::vector<std::string>&) {});
+  };
+  ASSERT_EQ(run(false).first_error, "");
+  EXPECT_EQ(run(false).runs.at(0).status, "skipped: done");
+  // The same config, other weights: a checkpoint retrained in place.
+  mechlab::core::ModelConfig cfg = mechlab::core::load_model(dir_ + "/model.h5").config();
+  mechlab::core::Transformer(cfg, 2).save(dir_ + "/model.h5");
+  std::string m = refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  EXPECT_HAS(m, "holds a circuit made from other inputs (the model's weights differ); delete it, or replace it");
+  ASSERT_EQ(run(true).first_error, "");
+  EXPECT_EQ(run(false).runs.at(0).status, "skipped: done");
+  // Other prompts under the same name: a dataset made again with another seed.
+  mechlab::core::save_dataset(dir_ + "/data.h5", mechlab::core::tasks::make_task("ioi", {{"n", 4}, {"seed", 9}}));
+  m = refusal(job("    method: eap\n    metric: logit_diff\n    top_n: 5\n"));
+  EXPECT_HAS(m, "(the dataset's prompt pairs differ)");
 }
 
 // ------------------------------------------------------------ journal
