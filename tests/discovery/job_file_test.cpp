@@ -417,6 +417,29 @@ TEST_F(JobFile, AJournalOfOtherSettingsIsRefusedAndTheForceOptionStartsAfresh) {
   EXPECT_FALSE(fs::exists(journal));
 }
 
+// A forced rerun of a finished job, interrupted: its journal is this run's,
+// and the next plain rerun resumes it instead of skipping the old circuit.
+TEST_F(JobFile, AJournalBesideAFinishedCircuitIsResumedNotSkipped) {
+  const std::string path = write("jobs.yaml", job("    method: acdc\n    threshold: 0.1\n"));
+  auto run = [&] {
+    return jobs::run_job_file(jobs::parse_job_file(path), jobs::RunOptions().svg(false),
+                              [](const std::vector<std::string>&) {});
+  };
+  ASSERT_EQ(run().first_error, "");
+  const nlohmann::json first = mechlab::discovery::read_circuit_document(dir_ + "/a/circuit.json");
+  ASSERT_GE(first["trace"].size(), 2u);
+  // What the forced rerun had journaled when it was stopped: its config and one decision.
+  const nlohmann::json config = jobs::parse_job_file(path).runs().at(0).config;
+  write("a/journal.jsonl", nlohmann::json{{"config", config}}.dump() + "\n" + first["trace"][0].dump() + "\n");
+  const jobs::RunReport again = run();
+  ASSERT_EQ(again.first_error, "");
+  EXPECT_EQ(again.runs.at(0).status, "done");
+  const nlohmann::json doc = mechlab::discovery::read_circuit_document(dir_ + "/a/circuit.json");
+  EXPECT_EQ(doc["results"]["details"]["acdc"]["resumed_steps"], 1);
+  EXPECT_EQ(doc["circuit"], first["circuit"]);
+  EXPECT_FALSE(fs::exists(dir_ + "/a/journal.jsonl"));
+}
+
 TEST_F(JobFile, AJournalThatRecordsNoSettingsIsRefused) {
   fs::create_directories(dir_ + "/a");
   write("a/journal.jsonl", kStepLine);
