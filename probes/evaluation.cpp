@@ -13,6 +13,47 @@ at::Generator generator(uint64_t seed) { return at::make_generator<at::CPUGenera
 
 at::Tensor sorted(const at::Tensor& idx) { return std::get<0>(idx.sort()); }
 
+// groups [rows] -> (the distinct ids ascending [G], each row's group index [rows]).
+std::pair<at::Tensor, at::Tensor> group_index(const at::Tensor& groups, const char* who) {
+  MECHLAB_CHECK(groups.defined() && groups.dim() == 1 && groups.size(0) >= 1, who,
+                ": `groups` must be [rows] with at least one row, got ",
+                groups.defined() ? groups.sizes() : at::IntArrayRef{});
+  MECHLAB_CHECK(!at::isFloatingType(groups.scalar_type()) && groups.scalar_type() != at::kBool, who,
+                ": `groups` must be integer ids, got ", groups.scalar_type());
+  auto [ids, inverse] = at::_unique(groups.cpu().to(at::kLong), /*sorted=*/true, /*return_inverse=*/true);
+  return {ids, inverse};
+}
+
+// The rows (ascending) whose group index is among `chosen` (group indices).
+at::Tensor rows_of(const at::Tensor& inverse, const at::Tensor& chosen) {
+  return at::isin(inverse, chosen).nonzero().squeeze(1);
+}
+
+// The percentile interval over resamples drawn by `draw` (row indices).
+BootstrapInterval percentile_interval(const std::function<at::Tensor(const at::Tensor&)>& metric, int64_t rows,
+                                      const BootstrapOptions& o, const std::function<at::Tensor(at::Generator&)>& draw,
+                                      const char* who) {
+  MECHLAB_CHECK(o.resamples() >= 2, who, ": `BootstrapOptions::resamples` must be >= 2, got ", o.resamples());
+  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1, who,
+                ": `BootstrapOptions::confidence` must be in (0, 1), got ", o.confidence());
+  BootstrapInterval out;
+  out.estimate = metric(at::arange(rows, at::kLong)).to(at::kDouble).cpu().reshape({-1});
+  at::Generator gen = generator(o.seed());
+  std::vector<at::Tensor> values;
+  values.reserve(static_cast<size_t>(o.resamples()));
+  for (int64_t b = 0; b < o.resamples(); ++b) values.push_back(metric(draw(gen)).to(at::kDouble).cpu().reshape({-1}));
+  at::Tensor all = at::stack(values, 1);  // [P, resamples]
+  const double a = (1 - o.confidence()) / 2;
+  // A resample where the metric is undefined (NaN: an AUROC of a resample
+  // that lacks a class) is left out of that probe's percentiles.
+  out.defined = at::isnan(all).logical_not().sum(1);  // [P] int64
+  // numpy's default (linear) quantile over the defined values, as
+  // numpy.nanpercentile (all NaN: NaN).
+  out.lower = at::nanquantile(all, a, /*dim=*/1);
+  out.upper = at::nanquantile(all, 1 - a, /*dim=*/1);
+  return out;
+}
+
 }  // namespace
 
 Split random_split(int64_t rows, const SplitOptions& o) {
@@ -33,6 +74,40 @@ Split random_split(int64_t rows, const SplitOptions& o) {
   s.validation = sorted(order.narrow(0, n_train, n_val));
   s.test = sorted(order.narrow(0, n_train + n_val, n_test));
   return s;
+}
+
+Split group_split(const at::Tensor& groups, const SplitOptions& o) {
+  auto [ids, inverse] = group_index(groups, "group_split");
+  const int64_t G = ids.size(0);
+  MECHLAB_CHECK(o.test_fraction() >= 0 && o.validation_fraction() >= 0 &&
+                    o.test_fraction() + o.validation_fraction() < 1,
+                "group_split: `test_fraction` (", o.test_fraction(), ") and `validation_fraction` (",
+                o.validation_fraction(), ") must be >= 0 and sum to less than 1");
+  // GroupShuffleSplit's sizes: ceil of the fraction of the groups.
+  const int64_t n_test = static_cast<int64_t>(std::ceil(o.test_fraction() * static_cast<double>(G)));
+  const int64_t n_val = static_cast<int64_t>(std::ceil(o.validation_fraction() * static_cast<double>(G)));
+  MECHLAB_CHECK(G - n_test - n_val >= 1, "group_split: ", G, " groups leave none to train on; give more groups");
+  at::Generator gen = generator(o.seed());
+  at::Tensor order = o.shuffle() ? at::randperm(G, gen, at::TensorOptions().dtype(at::kLong)) : at::arange(G, at::kLong);
+  const int64_t n_train = G - n_test - n_val;
+  Split s;
+  s.train = rows_of(inverse, order.narrow(0, 0, n_train));
+  s.validation = rows_of(inverse, order.narrow(0, n_train, n_val));
+  s.test = rows_of(inverse, order.narrow(0, n_train + n_val, n_test));
+  return s;
+}
+
+std::vector<Split> group_k_fold(const at::Tensor& groups, int64_t k, bool shuffle, uint64_t seed) {
+  auto [ids, inverse] = group_index(groups, "group_k_fold");
+  MECHLAB_CHECK(k >= 2, "group_k_fold: `k` must be >= 2, got ", k);
+  MECHLAB_CHECK(ids.size(0) >= k, "group_k_fold: ", ids.size(0), " groups cannot make ", k,
+                " folds; use fewer folds or more groups");
+  std::vector<Split> folds = k_fold(ids.size(0), k, shuffle, seed);  // folds of group indices
+  for (Split& f : folds) {
+    f.test = rows_of(inverse, f.test);
+    f.train = rows_of(inverse, f.train);
+  }
+  return folds;
 }
 
 std::vector<Split> k_fold(int64_t rows, int64_t k, bool shuffle, uint64_t seed) {
@@ -96,28 +171,26 @@ at::Tensor cross_validate(
 BootstrapInterval bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)>& metric, int64_t rows,
                                const BootstrapOptions& o) {
   MECHLAB_CHECK(rows >= 1, "bootstrap_ci: no rows");
-  MECHLAB_CHECK(o.resamples() >= 2, "bootstrap_ci: `resamples` must be >= 2, got ", o.resamples());
-  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1, "bootstrap_ci: `confidence` must be in (0, 1), got ",
-                o.confidence());
-  BootstrapInterval out;
-  out.estimate = metric(at::arange(rows, at::kLong)).to(at::kDouble).cpu().reshape({-1});
-  at::Generator gen = generator(o.seed());
-  std::vector<at::Tensor> values;
-  values.reserve(o.resamples());
-  for (int64_t b = 0; b < o.resamples(); ++b) {
-    at::Tensor idx = at::randint(rows, {rows}, gen, at::TensorOptions().dtype(at::kLong));
-    values.push_back(metric(idx).to(at::kDouble).cpu().reshape({-1}));
-  }
-  at::Tensor all = at::stack(values, 1);  // [P, resamples]
-  const double a = (1 - o.confidence()) / 2;
-  // A resample where the metric is undefined (NaN: an AUROC of a resample
-  // that lacks a class) is left out of that probe's percentiles.
-  out.defined = at::isnan(all).logical_not().sum(1);  // [P] int64
-  // numpy's default (linear) quantile over the defined values, as
-  // numpy.nanpercentile (all NaN: NaN).
-  out.lower = at::nanquantile(all, a, /*dim=*/1);
-  out.upper = at::nanquantile(all, 1 - a, /*dim=*/1);
-  return out;
+  return percentile_interval(
+      metric, rows, o,
+      [rows](at::Generator& gen) { return at::randint(rows, {rows}, gen, at::TensorOptions().dtype(at::kLong)); },
+      "bootstrap_ci");
+}
+
+BootstrapInterval cluster_bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)>& metric,
+                                       const at::Tensor& groups, const BootstrapOptions& o) {
+  auto [ids, inverse] = group_index(groups, "cluster_bootstrap_ci");
+  const int64_t G = ids.size(0), rows = inverse.size(0);
+  const at::Tensor all_rows = at::arange(rows, at::kLong);
+  return percentile_interval(
+      metric, rows, o,
+      [&](at::Generator& gen) {
+        // G draws of a group; each row repeated as often as its group was drawn.
+        const at::Tensor draws = at::randint(G, {G}, gen, at::TensorOptions().dtype(at::kLong));
+        const at::Tensor times = at::bincount(draws, {}, G).index_select(0, inverse);  // [rows]
+        return at::repeat_interleave(all_rows, times);
+      },
+      "cluster_bootstrap_ci");
 }
 
 }  // namespace mechlab::probes

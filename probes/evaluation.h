@@ -5,9 +5,17 @@
 //
 //   random_split     a seeded permutation of the rows cut into test,
 //                    validation and train (sizes floor(n * fraction)).
+//   group_split      the same over groups of rows (scikit-learn's
+//                    GroupShuffleSplit: ceil(fraction * groups) groups held
+//                    out): every row of a group lands on one side. Tokens of
+//                    one prompt are not independent draws (they share the
+//                    prompt's words and its label), so a probe scored on
+//                    tokens of prompts it was trained on is scored on
+//                    memory; the probing run groups by example.
 //   k_fold           scikit-learn's KFold: fold i of k holds n/k rows, the
 //                    first n % k folds one more; shuffle = a seeded
 //                    permutation first, else contiguous folds in row order.
+//   group_k_fold     KFold over the groups (each fold tests whole groups).
 //   cross_validate   a sweep fitted on each fold's train rows and scored on
 //                    its test rows: [k, P].
 //   control_labels   each token type gets one label drawn from the empirical
@@ -21,6 +29,10 @@
 //                    replacement; the estimate is the metric on all rows.
 //                    Resamples where the metric is NaN (undefined) are left
 //                    out, as numpy.nanpercentile.
+//   cluster_bootstrap_ci  the same, resampling groups (all rows of each
+//                    drawn group, a group drawn twice counted twice): the
+//                    cluster bootstrap (Davison & Hinkley 1997, 3.8), whose
+//                    interval carries the correlation of rows of one group.
 //
 // Example:
 //   Split s = random_split(n, SplitOptions().test_fraction(0.2));
@@ -55,8 +67,21 @@ struct SplitOptions {
 
 Split random_split(int64_t rows, const SplitOptions& options = {});
 
+/// Rows split by group: groups [rows] (integer ids, e.g. each row's example)
+/// are permuted (seeded) and ceil(test_fraction * G) of the G groups go to
+/// test, ceil(validation_fraction * G) to validation, the rest to train, as
+/// scikit-learn's GroupShuffleSplit; every row of a group lands where its
+/// group does. Refused when no group is left to train on.
+Split group_split(const at::Tensor& groups, const SplitOptions& options = {});
+
 /// k (train, test) splits; validation is empty.
 std::vector<Split> k_fold(int64_t rows, int64_t k, bool shuffle = true, uint64_t seed = 0);
+
+/// k folds of whole groups (groups [rows], integer ids): KFold over the
+/// distinct groups (in ascending id order, or a seeded permutation), each
+/// fold's test rows the rows of its groups. Fold sizes count groups, not
+/// rows (scikit-learn's GroupKFold balances rows instead).
+std::vector<Split> group_k_fold(const at::Tensor& groups, int64_t k, bool shuffle = true, uint64_t seed = 0);
 
 /// Hewitt & Liang control labels [N] (int64) for token_ids [N] and the task's labels [N].
 at::Tensor control_labels(const at::Tensor& token_ids, const at::Tensor& labels, uint64_t seed = 0);
@@ -94,5 +119,12 @@ struct BootstrapInterval {
 /// (`defined` counts the others); with none defined the bounds are NaN.
 BootstrapInterval bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)>& metric, int64_t rows,
                                const BootstrapOptions& options = {});
+
+/// The cluster bootstrap: each resample draws G of the G groups with
+/// replacement (groups [rows], integer ids) and passes `metric` every row of
+/// each drawn group (int64, ascending, a group drawn twice twice). The
+/// estimate is the metric on all rows, as bootstrap_ci.
+BootstrapInterval cluster_bootstrap_ci(const std::function<at::Tensor(const at::Tensor&)>& metric,
+                                       const at::Tensor& groups, const BootstrapOptions& options = {});
 
 }  // namespace mechlab::probes

@@ -181,6 +181,53 @@ TEST(ProbeSplits, RandomSplitPartitionsTheRows) {
             std::string::npos);
 }
 
+// scikit-learn's GroupShuffleSplit: ceil(0.2 x 37) = 8 of 37 groups held
+// out, every row of a group on its group's side, the rows partitioned.
+TEST(ProbeSplits, GroupSplitHoldsOutWholeGroups) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(2);
+  const at::Tensor sizes = at::randint(1, 10, {37}, gen, at::TensorOptions().dtype(at::kLong));
+  // Group ids 100, 103, ..., not contiguous, each repeated `size` times, shuffled.
+  const at::Tensor ids = at::arange(37, at::kLong) * 3 + 100;
+  at::Tensor groups = at::repeat_interleave(ids, sizes);
+  groups = groups.index_select(0, at::randperm(groups.size(0), gen, at::TensorOptions().dtype(at::kLong)));
+  const int64_t n = groups.size(0);
+  const Split s = group_split(groups, SplitOptions().test_fraction(0.2).validation_fraction(0.1).seed(4));
+  const at::Tensor g_test = std::get<0>(at::_unique(groups.index_select(0, s.test)));
+  const at::Tensor g_val = std::get<0>(at::_unique(groups.index_select(0, s.validation)));
+  const at::Tensor g_train = std::get<0>(at::_unique(groups.index_select(0, s.train)));
+  EXPECT_EQ(g_test.size(0), 8);
+  EXPECT_EQ(g_val.size(0), 4);  // ceil(3.7)
+  EXPECT_EQ(g_train.size(0), 25);
+  EXPECT_FALSE(at::isin(g_test, g_train).any().item<bool>());
+  EXPECT_FALSE(at::isin(g_val, g_train).any().item<bool>());
+  EXPECT_FALSE(at::isin(g_test, g_val).any().item<bool>());
+  // Whole groups: a held-out group's rows are all its rows.
+  EXPECT_EQ(s.test.size(0), at::isin(groups, g_test).sum().item<int64_t>());
+  EXPECT_TRUE(at::equal(std::get<0>(at::cat({s.train, s.validation, s.test}).sort()), at::arange(n, at::kLong)));
+  EXPECT_FALSE(at::equal(g_test, std::get<0>(at::_unique(groups.index_select(
+                                     0, group_split(groups, SplitOptions().test_fraction(0.2).seed(5)).test)))))
+      << "the seed decides the groups";
+  EXPECT_NE(error_of([] { group_split(at::tensor({1, 1, 2}, at::kLong), SplitOptions().test_fraction(0.6)); })
+                .find("leave none to train on"),
+            std::string::npos);
+}
+
+// group_k_fold: KFold(3) over 7 groups without shuffling tests groups
+// {0, 1, 2}, {3, 4}, {5, 6} (ids in ascending order), each with all its rows.
+TEST(ProbeSplits, GroupKFoldTestsEachGroupOnceWithAllItsRows) {
+  const at::Tensor groups = at::tensor({6, 0, 3, 3, 1, 5, 2, 4, 0, 6, 6, 2}, at::kLong);
+  const std::vector<Split> folds = group_k_fold(groups, 3, /*shuffle=*/false);
+  ASSERT_EQ(folds.size(), 3u);
+  EXPECT_TRUE(at::equal(folds[0].test, at::tensor({1, 4, 6, 8, 11}, at::kLong)));  // groups 0, 1, 2
+  EXPECT_TRUE(at::equal(folds[1].test, at::tensor({2, 3, 7}, at::kLong)));         // groups 3, 4
+  EXPECT_TRUE(at::equal(folds[2].test, at::tensor({0, 5, 9, 10}, at::kLong)));     // groups 5, 6
+  for (const Split& f : group_k_fold(groups, 3, true, 9)) {
+    EXPECT_EQ(f.train.size(0) + f.test.size(0), groups.size(0));
+    EXPECT_FALSE(at::isin(groups.index_select(0, f.test), groups.index_select(0, f.train)).any().item<bool>());
+  }
+  EXPECT_NE(error_of([&] { group_k_fold(groups, 8); }).find("use fewer folds or more groups"), std::string::npos);
+}
+
 TEST(ProbeControlTask, OneLabelPerTokenTypeDrawnFromTheLabelDistribution) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(11);
   const int64_t N = 20000;
@@ -214,6 +261,37 @@ TEST(ProbeBootstrap, IntervalOfAnAccuracyMatchesTheNormalApproximation) {
   EXPECT_DOUBLE_EQ(ci.estimate.item<double>(), 0.8);
   EXPECT_NEAR(ci.lower.item<double>(), 0.8 - half, 0.003);
   EXPECT_NEAR(ci.upper.item<double>(), 0.8 + half, 0.003);
+}
+
+// The cluster bootstrap resamples groups: 400 groups of 10 rows, each
+// group's rows all 1 or all 0 (half the groups), so the mean over rows
+// varies as a mean over 400 groups: p +- 1.96 sqrt(p (1 - p) / 400) =
+// 0.5 +- 0.049, three times the 0.5 +- 0.0155 of 4000 independent rows
+// (which bootstrap_ci would give).
+TEST(ProbeBootstrap, ClusterIntervalCountsGroupsNotRows) {
+  const int64_t G = 400, per = 10;
+  const at::Tensor groups = at::arange(G, at::kLong).repeat_interleave(per);
+  const at::Tensor value = (groups % 2).to(at::kDouble);
+  auto mean = [&](const at::Tensor& rows) { return value.index_select(0, rows).mean().reshape({1}); };
+  const BootstrapInterval ci = cluster_bootstrap_ci(mean, groups, BootstrapOptions().resamples(2000).seed(3));
+  const double half = 1.96 * std::sqrt(0.25 / G);
+  EXPECT_DOUBLE_EQ(ci.estimate.item<double>(), 0.5);
+  EXPECT_NEAR(ci.lower.item<double>(), 0.5 - half, 0.006);
+  EXPECT_NEAR(ci.upper.item<double>(), 0.5 + half, 0.006);
+  // A resample passes whole groups: every row of a drawn group, as often as drawn.
+  int64_t calls = 0;
+  cluster_bootstrap_ci(
+      [&](const at::Tensor& rows) {
+        if (calls++ > 0) {
+          const at::Tensor g = groups.index_select(0, rows);
+          EXPECT_EQ(rows.size(0) % per, 0);
+          EXPECT_TRUE(at::equal(at::bincount(g, {}, G) % per, at::zeros({G}, at::kLong)));
+          EXPECT_EQ(rows.size(0), G * per);
+        }
+        return value.index_select(0, rows).mean().reshape({1});
+      },
+      groups, BootstrapOptions().resamples(3));
+  EXPECT_EQ(calls, 4);
 }
 
 // A metric undefined on some resamples (NaN) leaves them out: the bounds are
