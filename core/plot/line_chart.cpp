@@ -12,8 +12,8 @@ namespace {
 // Layout in SVG pixels.
 constexpr double kWidth = 720, kPanelHeight = 260, kLeft = 70, kRight = 150, kTop = 40,
                  kGap = 50, kBottom = 50;
-// Colour-blind-safe palette (Okabe & Ito 2008).
-const char* const kColours[] = {"#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"};
+// Colour-blind-safe palette (Okabe & Ito 2008), then grey (kGrey) for references.
+const char* const kColours[] = {"#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#777777"};
 
 std::string fmt(double v) {
   std::ostringstream os;
@@ -92,9 +92,13 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
     if (p.y_range) {
       yr = {ty(p.y_range->first), ty(p.y_range->second)};
     } else {
-      for (const Series& s : p.series)
+      for (const Series& s : p.series) {
         for (size_t i = 0; i < s.y.size(); ++i)
           if (usable(s.y[i])) yr.add(ty(s.y[i]));
+        for (const std::vector<double>* b : {&s.lower, &s.upper})
+          for (double v : *b)
+            if (usable(v)) yr.add(ty(v));
+      }
     }
     if (yr.empty()) yr = {0, 1};
     if (yr.hi == yr.lo) yr = {yr.lo - 0.5, yr.hi + 0.5};
@@ -126,22 +130,52 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
         << ") rotate(-90)\" text-anchor=\"middle\">" << xml_escape(p.y_label)
         << (p.log_y ? " (log)" : "") << "</text>\n";
 
-    // Lines and legend.
+    // Bands first (behind every line), then lines, markers and the legend.
+    const size_t n_colours = sizeof kColours / sizeof *kColours;
+    auto colour_of = [&](size_t si) {
+      const int c = p.series[si].colour;
+      return kColours[c >= 0 ? static_cast<size_t>(c) % n_colours : si % (n_colours - 1)];  // grey only on request
+    };
+    auto clamped = [&](double v) { return std::clamp(ty(v), yr.lo, yr.hi); };
     for (size_t si = 0; si < p.series.size(); ++si) {
       const Series& s = p.series[si];
-      const char* colour = kColours[si % (sizeof kColours / sizeof *kColours)];
-      svg << "<polyline fill=\"none\" stroke=\"" << colour << "\" stroke-width=\"1.5\" points=\"";
-      for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
-        if (!std::isfinite(s.x[i]) || !usable(s.y[i])) continue;
-        const double yv = std::clamp(ty(s.y[i]), yr.lo, yr.hi);
-        svg << fmt(px(s.x[i])) << "," << fmt(py(yv)) << " ";
+      if (s.lower.empty() || s.upper.empty()) continue;
+      std::vector<size_t> at;
+      for (size_t i = 0; i < s.x.size() && i < s.lower.size() && i < s.upper.size(); ++i) {
+        if (std::isfinite(s.x[i]) && usable(s.lower[i]) && usable(s.upper[i])) at.push_back(i);
+      }
+      if (at.empty()) continue;
+      svg << "<polygon fill=\"" << colour_of(si) << "\" fill-opacity=\"0.18\" stroke=\"none\" points=\"";
+      for (size_t i : at) svg << fmt(px(s.x[i])) << "," << fmt(py(clamped(s.upper[i]))) << " ";
+      for (auto it = at.rbegin(); it != at.rend(); ++it) {
+        svg << fmt(px(s.x[*it])) << "," << fmt(py(clamped(s.lower[*it]))) << " ";
       }
       svg << "\"/>\n";
-      const double ly = top + 14 + 18 * si, lx = kLeft + plot_w + 12;
+    }
+    size_t legend_row = 0;
+    for (size_t si = 0; si < p.series.size(); ++si) {
+      const Series& s = p.series[si];
+      const char* colour = colour_of(si);
+      const char* dash = s.dashed ? "\" stroke-dasharray=\"6,4" : "";
+      svg << "<polyline fill=\"none\" stroke=\"" << colour << dash << "\" stroke-width=\"1.5\" points=\"";
+      for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+        if (!std::isfinite(s.x[i]) || !usable(s.y[i])) continue;
+        svg << fmt(px(s.x[i])) << "," << fmt(py(clamped(s.y[i]))) << " ";
+      }
+      svg << "\"/>\n";
+      if (s.markers) {
+        for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+          if (!std::isfinite(s.x[i]) || !usable(s.y[i])) continue;
+          svg << "<circle cx=\"" << fmt(px(s.x[i])) << "\" cy=\"" << fmt(py(clamped(s.y[i]))) << "\" r=\"3\" fill=\""
+              << colour << "\"/>\n";
+        }
+      }
+      if (s.label.empty()) continue;  // drawn, not listed (e.g. several lines of one legend entry)
+      const double ly = top + 14 + 18 * static_cast<double>(legend_row++), lx = kLeft + plot_w + 12;
       svg << "<line x1=\"" << lx << "\" x2=\"" << lx + 20 << "\" y1=\"" << ly - 4 << "\" y2=\""
-          << ly - 4 << "\" stroke=\"" << colour << "\" stroke-width=\"2\"/>\n"
-          << "<text x=\"" << lx + 26 << "\" y=\"" << ly << "\">" << xml_escape(s.label)
-          << "</text>\n";
+          << ly - 4 << "\" stroke=\"" << colour << dash << "\" stroke-width=\"2\"/>\n";
+      if (s.markers) svg << "<circle cx=\"" << lx + 10 << "\" cy=\"" << ly - 4 << "\" r=\"3\" fill=\"" << colour << "\"/>\n";
+      svg << "<text x=\"" << lx + 26 << "\" y=\"" << ly << "\">" << xml_escape(s.label) << "</text>\n";
     }
     if (pi + 1 == panels.size()) {
       svg << "<text x=\"" << kLeft + plot_w / 2 << "\" y=\"" << bottom + 36

@@ -16,9 +16,18 @@
 namespace mechlab::core::plot {
 
 struct Series {
-  std::string label;
+  std::string label;  ///< legend text; empty: drawn but not listed
   std::vector<double> x, y;  ///< same length; non-finite points are skipped
+  /// Optional band drawn shaded in the series' colour behind it (a
+  /// confidence interval): lower and upper bounds at each x, or empty.
+  std::vector<double> lower = {}, upper = {};
+  bool markers = false;  ///< a dot at each point
+  bool dashed = false;
+  int colour = -1;  ///< index into the palette (kGrey: grey); -1: the series' position in its panel
 };
+
+/// The palette's grey, for reference lines (chance, a baseline).
+inline constexpr int kGrey = 6;
 
 struct Panel {
   std::string y_label;
