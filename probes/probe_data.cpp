@@ -22,11 +22,13 @@ void append_probes(ProbeFeatures& out, std::vector<at::Tensor>& parts, const std
   for (int64_t h = 0; h < H; ++h) out.names.push_back(hook + " head " + std::to_string(h));
 }
 
-ProbeFeatures stack(ProbeFeatures out, const std::vector<at::Tensor>& parts) {
+// `sources[i]` names parts[i] (a hook or a position: one part may hold
+// several probes, one per head, so out.names does not index the parts).
+ProbeFeatures stack(ProbeFeatures out, const std::vector<at::Tensor>& parts, const std::vector<std::string>& sources) {
   MECHLAB_CHECK(!parts.empty(), "probe features: no hooks given");
   for (size_t i = 1; i < parts.size(); ++i) {
-    MECHLAB_CHECK(parts[i].size(2) == parts[0].size(2), "probe features: '", out.names.back(), "' has width ",
-                  parts[i].size(2), " but '", out.names[0], "' has ", parts[0].size(2),
+    MECHLAB_CHECK(parts[i].size(2) == parts[0].size(2), "probe features: '", sources[i], "' has width ",
+                  parts[i].size(2), " but '", sources[0], "' has ", parts[0].size(2),
                   "; a sweep's probes share one width (fit hooks of different widths separately)");
   }
   out.x = at::cat(parts, 0).contiguous();
@@ -53,7 +55,7 @@ ProbeFeatures features_from_store(const core::ActivationStore& store, const std:
     store.check_finite(hook, start, rows);
     append_probes(out, parts, hook, rows, store.header().hook_shapes.at(hook), o);
   }
-  return stack(std::move(out), parts);
+  return stack(std::move(out), parts, hooks);
 }
 
 ProbeFeatures features_from_cache(const hooks::ActivationCache& cache, const std::vector<std::string>& hooks,
@@ -78,7 +80,7 @@ ProbeFeatures features_from_cache(const hooks::ActivationCache& cache, const std
     }
     append_probes(out, parts, hook, flat.to(o.dtype()), token_shape, o);
   }
-  return stack(std::move(out), parts);
+  return stack(std::move(out), parts, hooks);
 }
 
 ProbeFeatures features_per_position(const hooks::ActivationCache& cache, const std::string& hook,
@@ -92,15 +94,19 @@ ProbeFeatures features_per_position(const hooks::ActivationCache& cache, const s
   std::vector<int64_t> token_shape(a.sizes().begin() + 2, a.sizes().end());
   ProbeFeatures out;
   std::vector<at::Tensor> parts;
+  std::vector<std::string> sources;
   for (int64_t p = 0; p < a.size(1); ++p) {
     ProbeFeatures one;
     std::vector<at::Tensor> one_parts;
     append_probes(one, one_parts, hook + " pos " + std::to_string(p),
                   a.select(1, p).reshape({a.size(0), -1}).to(o.dtype()), token_shape, o);
-    for (auto& t : one_parts) parts.push_back(t);
+    for (auto& t : one_parts) {
+      parts.push_back(t);
+      sources.push_back(hook + " pos " + std::to_string(p));
+    }
     for (auto& n : one.names) out.names.push_back(n);
   }
-  return stack(std::move(out), parts);
+  return stack(std::move(out), parts, sources);
 }
 
 at::Tensor sequence_labels_to_rows(const at::Tensor& row_source, const at::Tensor& sequence_labels) {

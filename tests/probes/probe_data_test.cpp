@@ -72,6 +72,12 @@ TEST(ProbeData, StoreAndLiveCacheGiveTheSameSweep) {
   ASSERT_TRUE(cache.contains("blocks.0.mlp.hook_post"));  // d_mlp wide
   EXPECT_NE(error_of([&] { features_from_cache(cache, {layers[0], "blocks.0.mlp.hook_post"}); }).find("one width"),
             std::string::npos);
+  // The message names the hook of the other width, not the sweep's last hook.
+  const int64_t d_mlp = cache["blocks.0.mlp.hook_post"].size(2), d_model = f.model.cfg().d_model;
+  ASSERT_NE(d_mlp, d_model);
+  EXPECT_EQ(error_of([&] { features_from_cache(cache, {layers[0], "blocks.0.mlp.hook_post", layers[1]}); }),
+            str_cat("probe features: 'blocks.0.mlp.hook_post' has width ", d_mlp, " but 'blocks.0.hook_resid_post' has ",
+                    d_model, "; a sweep's probes share one width (fit hooks of different widths separately)"));
 
   // By position: rows are the examples.
   ProbeFeatures by_pos = features_per_position(cache, layers[1]);
