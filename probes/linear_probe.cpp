@@ -462,14 +462,14 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
   const char* who = loss == ProbeLoss::logistic ? "logistic probe" : "linear probe";
   at::Tensor x = as_batched_features(x_in, who);
   const int64_t P = x.size(0), N = x.size(1), D = x.size(2);
-  MECHLAB_CHECK(o.max_iter() >= 0, who, ": `max_iter` must be >= 0, got ", o.max_iter());
-  MECHLAB_CHECK(o.tol() >= 0, who, ": `tol` must be >= 0, got ", o.tol());
+  MECHLAB_CHECK(o.max_iter() >= 0, who, ": `ProbeOptions::max_iter` must be >= 0, got ", o.max_iter());
+  MECHLAB_CHECK(o.tol() >= 0, who, ": `ProbeOptions::tol` must be >= 0, got ", o.tol());
   Problem pr;
   pr.loss = loss;
   pr.D = D;
   pr.x = x;
   pr.fit_intercept = o.fit_intercept();
-  MECHLAB_CHECK(o.block_rows() >= 0, who, ": `block_rows` must be >= 0, got ", o.block_rows());
+  MECHLAB_CHECK(o.block_rows() >= 0, who, ": `ProbeOptions::block_rows` must be >= 0, got ", o.block_rows());
   pr.block_rows = o.block_rows();
   pr.batched_gemm = o.batched_gemm();
   pr.fused = o.fused();
@@ -488,13 +488,13 @@ LinearProbes fit(ProbeLoss loss, const at::Tensor& x_in, const at::Tensor& y_in,
     pr.K = K;
     pr.O = K == 2 ? 1 : K;
     pr.y = K == 2 ? y.to(x.scalar_type()).unsqueeze(2) : y.contiguous();
-    MECHLAB_CHECK(o.C() > 0, who, ": `C` must be > 0, got ", o.C());
+    MECHLAB_CHECK(o.C() > 0, who, ": `ProbeOptions::C` must be > 0, got ", o.C());
   } else {
     MECHLAB_CHECK(at::isFloatingType(y.scalar_type()), who, ": the targets must be floating point, got ",
                   y.scalar_type());
     MECHLAB_CHECK(at::isfinite(y).all().item<bool>(), who, ": the targets hold NaN or infinite values");
     pr.y = y.to(x.scalar_type()).unsqueeze(2);
-    MECHLAB_CHECK(o.alpha() >= 0, who, ": `alpha` must be >= 0, got ", o.alpha());
+    MECHLAB_CHECK(o.alpha() >= 0, who, ": `ProbeOptions::alpha` must be >= 0, got ", o.alpha());
   }
   standardisation(x, o.standardize(), o.fused(), pr.mu, pr.inv_s);
 

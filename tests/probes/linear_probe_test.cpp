@@ -163,6 +163,28 @@ TEST(LinearProbe, BatchedProbesEqualProbesFittedOneByOne) {
   EXPECT_LT(cosine(two.coef[1], two.coef[0]), 0.9) << "the second probe saw other labels";
 }
 
+// Each probe of a batch is the fit it would be alone, also where the batch
+// mixes probes that converge with probes stopped by max_iter: per probe the
+// same coefficients (bit for bit: the per-probe objective and the per-probe
+// L-BFGS state do not see the other probes), iterations and stop reason.
+TEST(LinearProbe, BatchedProbesEqualProbesFittedAloneAlsoAtMaxIter) {
+  const ProbeFixture fx = probe_fixture("binary");
+  // With C 100 and tol 1e-2 the three probes converge alone after 6, 22 and
+  // 8 iterations: max_iter 10 stops the second only.
+  const ProbeOptions o = ProbeOptions().C(100).tol(1e-2).max_iter(10);
+  const LinearProbes all = fit_logistic(fx.x_train, fx.y_train, o);
+  const int64_t stopped = all.converged.logical_not().sum().item<int64_t>();
+  ASSERT_GE(stopped, 1) << all.iterations;
+  ASSERT_LT(stopped, all.num_probes()) << all.iterations;
+  for (int64_t p = 0; p < all.num_probes(); ++p) {
+    const LinearProbes one = fit_logistic(fx.x_train[p], fx.y_train, o);
+    EXPECT_TRUE(at::equal(one.coef[0], all.coef[p])) << "probe " << p;
+    EXPECT_EQ(one.iterations[0].item<int64_t>(), all.iterations[p].item<int64_t>()) << "probe " << p;
+    EXPECT_EQ(one.converged[0].item<bool>(), all.converged[p].item<bool>()) << "probe " << p;
+    EXPECT_EQ(one.stop_reason[0].item<int64_t>(), all.stop_reason[p].item<int64_t>()) << "probe " << p;
+  }
+}
+
 TEST(LinearProbe, BlockedEvaluationGivesTheSameFit) {
   // One pass over the rows in blocks (ProbeOptions::block_rows, the ATen
   // path's) sums the same loss and gradient as one block of all rows.
@@ -258,7 +280,7 @@ TEST(LinearProbe, RefusesBadInputsNamingThem) {
               fit_logistic(x, y, ProbeOptions().penalty(Penalty::l1).solver(Solver::lbfgs));
             }).find("L-BFGS cannot minimise an L1 penalty"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { fit_logistic(x, y, ProbeOptions().C(0)); }).find("`C` must be > 0"), std::string::npos);
+  EXPECT_NE(error_of([&] { fit_logistic(x, y, ProbeOptions().C(-1)); }).find("logistic probe: `ProbeOptions::C` must be > 0, got -1"), std::string::npos);
   EXPECT_NE(error_of([&] { fit_logistic(x.to(at::kHalf), y); }).find("float32 or float64"), std::string::npos);
   at::Tensor bad = x.clone();
   bad[3][1] = std::numeric_limits<double>::quiet_NaN();
