@@ -173,6 +173,16 @@ std::pair<int64_t, int64_t> shard_examples(int64_t examples, int64_t batch_size,
   return {b0 * batch_size, std::min(examples, b1 * batch_size)};
 }
 
+std::string dataset_fingerprint(const core::Dataset& dataset) {
+  const at::Tensor t = dataset.prompts().contiguous();  // int32 [N, T]
+  std::string fp = core::fnv1a_hex(t.data_ptr(), t.numel() * t.element_size());
+  if (dataset.attention_mask.defined()) {
+    const at::Tensor m = dataset.attention_mask.contiguous();  // uint8 [N, T]
+    fp += core::fnv1a_hex(m.data_ptr(), m.numel());
+  }
+  return fp;
+}
+
 CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,
                               const std::string& out, const CacheOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
@@ -230,14 +240,8 @@ CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dat
   header.rows_total = offset.back();
   header.chunk_rows = opt.chunk_rows();
   {
-    at::Tensor t = tokens.contiguous();
-    std::string fp = core::fnv1a_hex(t.data_ptr(), t.numel() * t.element_size());
-    if (mask.defined()) {
-      at::Tensor m = mask.contiguous();
-      fp += core::fnv1a_hex(m.data_ptr(), m.numel());
-    }
     nlohmann::json job{{"dataset", ds_name},
-                       {"dataset_fingerprint", fp},
+                       {"dataset_fingerprint", dataset_fingerprint(dataset)},
                        {"examples", N_all},
                        {"seq_len", T},
                        {"batch_size", opt.batch_size()}};

@@ -85,4 +85,10 @@ std::pair<int64_t, int64_t> shard_examples(int64_t examples, int64_t batch_size,
 CacheResult cache_activations(HookedTransformer& model, const core::Dataset& dataset,
                               const std::string& out, const CacheOptions& options);
 
+/// The `dataset_fingerprint` a store's job records: FNV-1a of the dataset's
+/// prompts (int32 [N, T], all examples, sharded or not) and of its
+/// attention mask when it has one. Readers of a store compare it with the
+/// dataset they are given (the probing run does).
+std::string dataset_fingerprint(const core::Dataset& dataset);
+
 }  // namespace mechlab::hooks
