@@ -4,6 +4,7 @@
 #include "core/formats/hdf5_file.h"
 #include "core/formats/output_file.h"
 #include "core/formats/text_file.h"
+#include "core/model/hook_site.h"
 #include "core/plot/line_chart.h"
 #include "core/store/activation_store.h"
 #include "core/util/error.h"
@@ -22,10 +23,12 @@
 #include <cstdio>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <numeric>
 #include <optional>
 #include <regex>
 #include <set>
+#include <tuple>
 
 namespace mechlab::probes {
 
@@ -46,7 +49,7 @@ double hook_depth(const std::string& hook) {
 }
 
 at::Tensor token_labels(const std::string& label, const at::Tensor& prompts, const at::Tensor& dataset_labels,
-                        const std::string& where) {
+                        const std::string& where, const at::Tensor& attention_mask) {
   const int64_t N = prompts.size(0), T = prompts.size(1);
   if (label == "labels") {
     MECHLAB_CHECK(dataset_labels.defined(), "dataset ", where,
@@ -57,28 +60,90 @@ at::Tensor token_labels(const std::string& label, const at::Tensor& prompts, con
     return dataset_labels.to(at::kLong).contiguous();
   }
   if (label == "repeated") {
-    // repeated[n, t] = exists s < t with prompts[n, s] == prompts[n, t].
+    // repeated[n, t] = exists real s < t with prompts[n, s] == prompts[n, t].
     // In chunks of examples: the comparison is [chunk, T, T].
+    MECHLAB_CHECK(!attention_mask.defined() || attention_mask.sizes() == prompts.sizes(), "dataset ", where,
+                  ": attention mask ", attention_mask.sizes(), " does not match the prompts ", prompts.sizes());
+    const at::Tensor real = attention_mask.defined() ? attention_mask.ne(0) : at::ones({N, T}, at::kBool);
     const at::Tensor earlier = at::ones({T, T}, at::kBool).tril(-1);  // [t, s], s < t
     std::vector<at::Tensor> parts;
     const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(1, T * T));
     for (int64_t e0 = 0; e0 < N; e0 += chunk) {
-      const at::Tensor p = prompts.slice(0, e0, std::min(N, e0 + chunk)).to(at::kLong);  // [c, T]
-      const at::Tensor same = p.unsqueeze(2).eq(p.unsqueeze(1));                          // [c, t, s]
-      parts.push_back(same.logical_and(earlier).any(2).to(at::kLong));                    // [c, T]
+      const int64_t e1 = std::min(N, e0 + chunk);
+      const at::Tensor p = prompts.slice(0, e0, e1).to(at::kLong);                     // [c, T]
+      const at::Tensor s_real = real.slice(0, e0, e1).unsqueeze(1);                    // [c, 1, s]
+      const at::Tensor same = p.unsqueeze(2).eq(p.unsqueeze(1)).logical_and(s_real);  // [c, t, s]
+      parts.push_back(same.logical_and(earlier).any(2).to(at::kLong));                 // [c, T]
     }
-    return at::cat(parts, 0);
+    at::Tensor out = at::cat(parts, 0);
+    // The first real token has nothing before it: its 0 is known without
+    // looking at the activations (BOS, at the same position in every
+    // prompt), so it is no data, as the probe task's seen_before marks it.
+    const at::Tensor first_real = real.to(at::kLong).cumsum(1).eq(1).logical_and(real);  // [N, T]
+    return out.masked_fill(first_real, -1);
   }
   throw Error(str_cat("unknown probe label '", label, "'; use one of: ", probe_label_names()));
 }
 
 namespace {
 
-// Features [P, R, D], the label [R] and the token id [R] of each row.
+// (stage, layer, site) of a hook in forward order: the embeddings, then each
+// block's sites in the order of core's site table (resid_pre ... resid_post),
+// then ln_final. A name the table does not know (an attached module's point)
+// sorts after its block's known sites.
+std::tuple<int, int64_t, int> forward_position(const std::string& hook) {
+  static const std::regex block("blocks\\.([0-9]+)\\.(.*)");
+  std::smatch m;
+  const auto& table = core::site_table();
+  if (std::regex_match(hook, m, block)) {
+    const std::string rest = m[2];
+    int site = static_cast<int>(table.size());
+    for (const core::SiteInfo& info : table) {
+      if (info.stage == core::SiteStage::block && rest == info.suffix) site = static_cast<int>(info.kind);
+    }
+    return {1, std::stoll(m[1]), site};
+  }
+  for (const core::SiteInfo& info : table) {
+    if (hook == info.suffix) return {info.stage == core::SiteStage::output ? 2 : 0, 0, static_cast<int>(info.kind)};
+  }
+  return {hook.rfind("ln_final", 0) == 0 ? 2 : 0, 0, static_cast<int>(table.size())};
+}
+
+// Features [P, R, D], the label [R], the token id [R] and the example [R] of each row.
 struct Rows {
   ProbeFeatures f;
-  at::Tensor labels, token_ids;
+  at::Tensor labels, token_ids, examples;
 };
+
+// A store is read with the dataset it was cached from, else its rows are
+// paired with another dataset's labels: by the fingerprint its job records,
+// else (older stores) by its /token_ids against the dataset's tokens at the
+// rows' (example, position).
+void check_store_dataset(const core::ActivationStore& store, const std::string& path, const core::Dataset& ds,
+                         const std::string& dataset, const at::Tensor& src) {
+  const auto job = nlohmann::json::parse(store.header().job, nullptr, /*allow_exceptions=*/false);
+  if (job.is_object() && job.contains("dataset_fingerprint") && job["dataset_fingerprint"].is_string()) {
+    const std::string recorded = job["dataset_fingerprint"].get<std::string>();
+    const std::string given = hooks::dataset_fingerprint(ds);
+    const std::string from =
+        job.contains("dataset") && job["dataset"].is_string() ? job["dataset"].get<std::string>() : "another dataset";
+    MECHLAB_CHECK(recorded == given, "activation store ", path, " was cached from ", from, " (dataset fingerprint ",
+                  recorded, "), not from ", dataset, " (", given,
+                  "); give the dataset the store was cached from, or cache this one");
+    return;
+  }
+  const int64_t max_ex = src.select(1, 0).max().item<int64_t>(), max_pos = src.select(1, 1).max().item<int64_t>();
+  MECHLAB_CHECK(max_ex < ds.size() && max_pos < ds.seq_len(), "activation store ", path, " has rows of example ",
+                max_ex, " position ", max_pos, " but dataset ", dataset, " has ", ds.size(), " examples of ",
+                ds.seq_len(), " tokens; give the dataset the store was cached from");
+  const at::Tensor flat = src.select(1, 0) * ds.seq_len() + src.select(1, 1);
+  const at::Tensor want = ds.prompts().to(at::kLong).reshape({-1}).index_select(0, flat);
+  const at::Tensor have = store.token_ids(0, store.num_rows()).to(at::kLong);
+  const at::Tensor differ = have.ne(want).nonzero();
+  MECHLAB_CHECK(differ.numel() == 0, "activation store ", path, " holds other tokens than dataset ", dataset,
+                " (first at row ", differ.numel() ? differ[0][0].item<int64_t>() : 0,
+                "); give the dataset the store was cached from, or cache this one");
+}
 
 std::vector<std::string> store_hooks(const core::ActivationStore& store, const std::vector<std::string>& patterns) {
   std::vector<std::string> out;
@@ -103,10 +168,7 @@ Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at:
   const std::vector<std::string> names = store_hooks(store, o.hooks());
   const at::Tensor src = store.row_source(0, store.num_rows()).to(at::kLong);  // [R, 2] (example, position)
   const int64_t examples = o.max_examples() > 0 ? std::min(o.max_examples(), ds.size()) : ds.size();
-  const int64_t max_ex = src.select(1, 0).max().item<int64_t>(), max_pos = src.select(1, 1).max().item<int64_t>();
-  MECHLAB_CHECK(max_ex < ds.size() && max_pos < ds.seq_len(), "activation store ", path, " has rows of example ",
-                max_ex, " position ", max_pos, " but dataset ", dataset, " has ", ds.size(), " examples of ",
-                ds.seq_len(), " tokens; give the dataset the store was cached from");
+  check_store_dataset(store, path, ds, dataset, src);
   const at::Tensor keep = src.select(1, 0).lt(examples).nonzero().squeeze(1);  // [R'] rows of the first examples
   Rows r;
   r.f = features_from_store(store, names);  // [P, R, D]; refuses NaN / inf rows
@@ -115,6 +177,7 @@ Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at:
   const at::Tensor flat = s.select(1, 0) * ds.seq_len() + s.select(1, 1);  // [R'] index into [N * T]
   r.labels = labels.reshape({-1}).index_select(0, flat);
   r.token_ids = ds.prompts().to(at::kLong).reshape({-1}).index_select(0, flat);
+  r.examples = s.select(1, 0).contiguous();
   return r;
 }
 
@@ -127,7 +190,7 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
       hooks::NamesFilter::predicate([&wanted](const std::string& n) { return wanted.count(n) > 0; });
   const int64_t N = o.max_examples() > 0 ? std::min(o.max_examples(), ds.size()) : ds.size();
   const at::Tensor prompts = ds.prompts().to(at::kLong);  // [N, T]
-  std::vector<at::Tensor> xs, ys, ids;
+  std::vector<at::Tensor> xs, ys, ids, exs;
   Rows r;
   for (int64_t e0 = 0; e0 < N; e0 += o.batch_size()) {
     const int64_t e1 = std::min(N, e0 + o.batch_size());
@@ -147,11 +210,13 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
     xs.push_back(f.x);
     ys.push_back(labels.slice(0, e0, e1).reshape({-1}).masked_select(m));
     ids.push_back(tokens.reshape({-1}).masked_select(m));
+    exs.push_back(at::arange(e0, e1, at::kLong).unsqueeze(1).expand(tokens.sizes()).reshape({-1}).masked_select(m));
     r.f.names = f.names;
   }
   r.f.x = at::cat(xs, 1);  // [P, R, D]
   r.labels = at::cat(ys);
   r.token_ids = at::cat(ids);
+  r.examples = at::cat(exs);
   return r;
 }
 
@@ -162,27 +227,41 @@ at::Tensor accuracy_on(const at::Tensor& pred, const at::Tensor& y, const at::Te
 
 }  // namespace
 
-ProbeRunResult run_probes(const std::string& source, const std::string& dataset, const ProbeRunOptions& o) {
+void check_probe_run_options(const ProbeRunOptions& o) {
   MECHLAB_CHECK(!o.hooks().empty(), "no hooks to probe; give `ProbeRunOptions::hooks` (names or globs)");
-  MECHLAB_CHECK(o.test_fraction() > 0 && o.test_fraction() < 1, "`ProbeRunOptions::test_fraction` must be in (0, 1), got ",
-                o.test_fraction());
-  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1, "`ProbeRunOptions::confidence` must be in (0, 1), got ", o.confidence());
-  MECHLAB_CHECK(o.resamples() >= 1 && o.batch_size() >= 1 && o.max_examples() >= 0,
-                "`ProbeRunOptions::resamples` and `ProbeRunOptions::batch_size` must be >= 1 and `ProbeRunOptions::max_examples` >= 0");
+  MECHLAB_CHECK(o.test_fraction() > 0 && o.test_fraction() < 1,
+                "`ProbeRunOptions::test_fraction` must be in (0, 1), exclusive, got ", o.test_fraction());
+  MECHLAB_CHECK(o.confidence() > 0 && o.confidence() < 1,
+                "`ProbeRunOptions::confidence` must be in (0, 1), exclusive, got ", o.confidence());
+  MECHLAB_CHECK(o.split_by() == "example" || o.split_by() == "token",
+                "`ProbeRunOptions::split_by` must be example or token, got '", o.split_by(), "'");
+  MECHLAB_CHECK(o.resamples() >= 2, "`ProbeRunOptions::resamples` must be >= 2 (a percentile interval needs "
+                "resamples), got ", o.resamples());
+  MECHLAB_CHECK(o.batch_size() >= 1, "`ProbeRunOptions::batch_size` must be >= 1, got ", o.batch_size());
+  MECHLAB_CHECK(o.max_examples() >= 0, "`ProbeRunOptions::max_examples` must be >= 0 (0: all), got ",
+                o.max_examples());
+  MECHLAB_CHECK(o.ablate_examples() >= 1, "`ProbeRunOptions::ablate_examples` must be >= 1, got ", o.ablate_examples());
+  MECHLAB_CHECK(o.probe().C() > 0, "`ProbeOptions::C` must be > 0, got ", o.probe().C());
+  MECHLAB_CHECK(o.probe().max_iter() >= 1, "`ProbeOptions::max_iter` must be >= 1, got ", o.probe().max_iter());
+  MECHLAB_CHECK(o.probe().tol() >= 0, "`ProbeOptions::tol` must be >= 0, got ", o.probe().tol());
+}
+
+ProbeRunResult run_probes(const std::string& source, const std::string& dataset, const ProbeRunOptions& o) {
+  check_probe_run_options(o);
   const core::Dataset ds = core::load_dataset(dataset);
   MECHLAB_CHECK(ds.prompts().defined(), "dataset ", dataset, " holds no prompts; make one with `mechlab dataset make`");
-  at::Tensor labels = token_labels(o.label(), ds.prompts(), ds.labels, dataset);  // [N, T]
+  at::Tensor labels = token_labels(o.label(), ds.prompts(), ds.labels, dataset, ds.attention_mask);  // [N, T]
   if (ds.attention_mask.defined()) labels = labels.masked_fill(ds.attention_mask.eq(0), -1);
 
   ProbeRunResult r;
   r.source = source;
   r.dataset = dataset;
   r.label = o.label();
+  r.split_by = o.split_by();
   r.from_store = core::mechlab_format_of(source) == core::kActivationsFormat ||
                  (source.size() > 5 && source.compare(source.size() - 5, 5, ".json") == 0);
   MECHLAB_CHECK(!o.ablate() || !r.from_store, "`ProbeRunOptions::ablate` needs a model to run, but ", source,
                 " is an activation store; give the model it was cached from");
-  MECHLAB_CHECK(o.ablate_examples() >= 1, "`ProbeRunOptions::ablate_examples` must be >= 1, got ", o.ablate_examples());
   std::optional<hooks::HookedTransformer> model;
   if (!r.from_store) model.emplace(hooks::HookedTransformer::from_pretrained(source));
   Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o)
@@ -193,6 +272,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   const at::Tensor x = rows.f.x.index_select(1, labelled);             // [P, R, D]
   const at::Tensor y = rows.labels.index_select(0, labelled);          // [R]
   const at::Tensor ids = rows.token_ids.index_select(0, labelled);     // [R]
+  r.row_example = rows.examples.index_select(0, labelled);             // [R]
   r.rows = y.size(0);
   MECHLAB_CHECK(r.rows >= 10, "only ", r.rows, " rows of ", dataset, " carry label '", o.label(),
                 "'; probing needs at least 10 (use more examples)");
@@ -201,11 +281,13 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   MECHLAB_CHECK(counts.gt(0).sum().item<int64_t>() >= 2, "label '", o.label(), "' has one class only (every row of ",
                 dataset, " is ", y[0].item<int64_t>(), "); a probe needs at least two classes");
 
-  // Order the probes by depth (a store lists its hooks as cached).
+  // Order the probes as the forward computes them (a store lists its hooks
+  // as cached, a glob as matched): by layer, then by site within the layer.
   std::vector<int64_t> order(rows.f.names.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return hook_depth(rows.f.names[static_cast<size_t>(a)]) < hook_depth(rows.f.names[static_cast<size_t>(b)]);
+    return forward_position(rows.f.names[static_cast<size_t>(a)]) <
+           forward_position(rows.f.names[static_cast<size_t>(b)]);
   });
   const at::Tensor xo = x.index_select(0, at::tensor(order, at::kLong));  // [P, R, D]
   for (int64_t i : order) {
@@ -219,9 +301,21 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
     if (d < 0) d = last + 0.5;
   }
 
-  const Split split = random_split(r.rows, SplitOptions().test_fraction(o.test_fraction()).seed(o.seed()));
+  // By example (default): a prompt's tokens share its words, its label and
+  // each other's context, so a token split scores probes on prompts they
+  // were trained on (noise labels per prompt came out "significant"). As
+  // scikit-learn's GroupShuffleSplit with groups = the example.
+  const bool by_example = o.split_by() == "example";
+  const int64_t n_examples = std::get<0>(at::_unique(r.row_example)).numel();
+  MECHLAB_CHECK(!by_example || n_examples >= 2, "the labelled rows of ", dataset, " come from ", n_examples,
+                " example; a split by example needs at least 2 (use more examples)");
+  const SplitOptions so = SplitOptions().test_fraction(o.test_fraction()).seed(o.seed());
+  r.split = by_example ? group_split(r.row_example, so) : random_split(r.rows, so);
+  const Split& split = r.split;
   r.train_rows = split.train.size(0);
   r.test_rows = split.test.size(0);
+  r.train_examples = std::get<0>(at::_unique(r.row_example.index_select(0, split.train))).numel();
+  r.test_examples = std::get<0>(at::_unique(r.row_example.index_select(0, split.test))).numel();
   MECHLAB_CHECK(r.test_rows >= 1 && r.train_rows >= 2, "`ProbeRunOptions::test_fraction` ", o.test_fraction(), " leaves ",
                 r.train_rows, " train and ", r.test_rows, " test rows of ", r.rows, "; use more examples");
   const at::Tensor y_train = y.index_select(0, split.train);
@@ -235,29 +329,32 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 
   // Hewitt & Liang's control task: token identity -> a random label.
   const at::Tensor control = control_labels(ids, y, o.seed());  // [R]
-  const LinearProbes cp = fit_logistic(x_train, control.index_select(0, split.train), po);
-  const at::Tensor cpred = cp.predict(xo);  // [P, R]
+  r.control_probes = fit_logistic(x_train, control.index_select(0, split.train), po);
+  const at::Tensor cpred = r.control_probes.predict(xo);  // [P, R]
 
   const at::Tensor test = split.test;
   r.accuracy = accuracy_on(pred, y, test);
   r.control_accuracy = accuracy_on(cpred, control, test);
   r.selectivity = selectivity(r.accuracy, r.control_accuracy);
   r.majority = at::bincount(y.index_select(0, test)).max().to(at::kDouble) / static_cast<double>(r.test_rows);
+  // Resamples of the test rows: whole examples (cluster bootstrap) or rows;
+  // the same resamples for every metric (one seed).
   const BootstrapOptions bo = BootstrapOptions().resamples(o.resamples()).confidence(o.confidence()).seed(o.seed());
-  r.accuracy_ci = bootstrap_ci([&](const at::Tensor& b) { return accuracy_on(pred, y, test.index_select(0, b)); },
-                               r.test_rows, bo);
-  r.selectivity_ci = bootstrap_ci(
-      [&](const at::Tensor& b) {
-        const at::Tensor rows_b = test.index_select(0, b);
-        return accuracy_on(pred, y, rows_b) - accuracy_on(cpred, control, rows_b);
-      },
-      r.test_rows, bo);
+  const at::Tensor test_example = r.row_example.index_select(0, test);  // [n_test]
+  auto interval = [&](const std::function<at::Tensor(const at::Tensor&)>& metric) {
+    return by_example ? cluster_bootstrap_ci(metric, test_example, bo) : bootstrap_ci(metric, r.test_rows, bo);
+  };
+  r.accuracy_ci = interval([&](const at::Tensor& b) { return accuracy_on(pred, y, test.index_select(0, b)); });
+  r.selectivity_ci = interval([&](const at::Tensor& b) {
+    const at::Tensor rows_b = test.index_select(0, b);
+    return accuracy_on(pred, y, rows_b) - accuracy_on(cpred, control, rows_b);
+  });
   // AUROC on the test rows (binary: the logit; more classes: one-vs-rest
   // macro of the log-probabilities), with the same resamples. NaN where the
   // test rows lack a class; resamples that lack one are left out.
   const at::Tensor logits = r.probes.decision_function(xo);  // [P, R, O]
   const ResampledAuroc auc(auroc_scores(logits).index_select(1, test), y.index_select(0, test));
-  r.auroc_ci = bootstrap_ci([&](const at::Tensor& b) { return auc(b); }, r.test_rows, bo);
+  r.auroc_ci = interval([&](const at::Tensor& b) { return auc(b); });
   r.auroc = r.auroc_ci.estimate;
 
   if (o.ablate()) {
@@ -286,6 +383,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   c["hooks"] = o.hooks();
   c["label"] = o.label();
   c["test_fraction"] = o.test_fraction();
+  c["split_by"] = o.split_by();
   c["seed"] = o.seed();
   c["C"] = o.probe().C();
   c["penalty"] = to_string(o.probe().penalty());
@@ -313,32 +411,79 @@ std::vector<double> values(const at::Tensor& t) {
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
+// The kind of a hook: its name without "blocks.L." ("hook_resid_post",
+// "attn.hook_z"), so that each kind is one line across layers; hooks that
+// share a depth (resid_pre L and attn_out L-1's neighbours) are then points
+// of different lines, not a sawtooth of one.
+std::string hook_kind(const std::string& hook) {
+  static const std::regex block("blocks\\.[0-9]+\\.(.*)");
+  std::smatch m;
+  return std::regex_match(hook, m, block) ? std::string(m[1]) : hook;
+}
+
 std::string probe_svg(const ProbeRunResult& r) {
   using core::plot::Panel;
   using core::plot::Series;
-  const std::vector<double>& x = r.depth;
-  const std::vector<double> chance(x.size(), r.majority.item<double>());
-  Panel acc{"accuracy (test rows)", false,
-            {{"accuracy", x, values(r.accuracy)},
-             {"accuracy CI low", x, values(r.accuracy_ci.lower)},
-             {"accuracy CI high", x, values(r.accuracy_ci.upper)},
-             {"control task", x, values(r.control_accuracy)},
-             {"majority class", x, chance}},
-            std::make_pair(0.0, 1.0)};
-  Panel sel{"selectivity", false,
-            {{"selectivity", x, values(r.selectivity)},
-             {"selectivity CI low", x, values(r.selectivity_ci.lower)},
-             {"selectivity CI high", x, values(r.selectivity_ci.upper)}},
-            std::nullopt};
-  std::vector<Panel> panels = {acc, sel};
-  if (r.ablated_loss.defined()) {
-    const std::vector<double> clean(x.size(), r.clean_loss);
-    panels.push_back(Panel{"next-token loss",
-                           false,
-                           {{"ablated", x, values(r.ablated_loss)}, {"not ablated", x, clean}},
-                           std::nullopt});
+  std::vector<std::string> kinds;  // in the probes' (forward) order
+  for (const std::string& n : r.names) {
+    if (std::find(kinds.begin(), kinds.end(), hook_kind(n)) == kinds.end()) kinds.push_back(hook_kind(n));
   }
-  return core::plot::line_chart_svg("probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows)",
+  // One series per kind of the metric `v`, with its interval as a band.
+  auto per_kind = [&](const std::string& prefix, const at::Tensor& v, const BootstrapInterval* ci, bool dashed,
+                      bool listed) {
+    std::vector<Series> out;
+    const std::vector<double> all = values(v);
+    const std::vector<double> lo = ci ? values(ci->lower) : std::vector<double>();
+    const std::vector<double> hi = ci ? values(ci->upper) : std::vector<double>();
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      // The legend is 150 px wide: "ln1.normalized", not "ln1.hook_normalized".
+      std::string label = kinds[k];
+      for (size_t at = label.find("hook_"); at != std::string::npos; at = label.find("hook_")) label.erase(at, 5);
+      Series s{listed ? prefix + label : "", {}, {}};
+      for (size_t p = 0; p < r.names.size(); ++p) {
+        if (hook_kind(r.names[p]) != kinds[k]) continue;
+        s.x.push_back(r.depth[p]);
+        s.y.push_back(all[p]);
+        if (ci) {
+          s.lower.push_back(lo[p]);
+          s.upper.push_back(hi[p]);
+        }
+      }
+      s.markers = true;
+      s.dashed = dashed;
+      s.colour = static_cast<int>(k % static_cast<size_t>(core::plot::kGrey));
+      out.push_back(std::move(s));
+    }
+    return out;
+  };
+  auto append = [](std::vector<Series>& to, std::vector<Series> more) {
+    for (Series& s : more) to.push_back(std::move(s));
+  };
+  const int pct = static_cast<int>(std::lround(
+      nlohmann::json::parse(r.config).value("confidence", 0.95) * 100));
+  const std::vector<double>& x = r.depth;
+  std::vector<Series> acc = per_kind("", r.accuracy, &r.accuracy_ci, false, true);
+  append(acc, per_kind("", r.control_accuracy, nullptr, true, false));
+  Series control_key{"control (dashed)", {}, {}};
+  control_key.dashed = true;
+  control_key.colour = core::plot::kGrey;
+  acc.push_back(control_key);
+  Series chance{"majority class", x, std::vector<double>(x.size(), r.majority.item<double>())};
+  chance.colour = core::plot::kGrey;
+  acc.push_back(chance);
+  Panel acc_panel{"accuracy, shaded " + std::to_string(pct) + "% CI", false, acc, std::make_pair(0.0, 1.0)};
+  Panel sel{"selectivity, shaded " + std::to_string(pct) + "% CI", false,
+            per_kind("", r.selectivity, &r.selectivity_ci, false, true), std::nullopt};
+  std::vector<Panel> panels = {acc_panel, sel};
+  if (r.ablated_loss.defined()) {
+    std::vector<Series> loss = per_kind("", r.ablated_loss, nullptr, false, true);
+    Series clean{"not ablated", x, std::vector<double>(x.size(), r.clean_loss)};
+    clean.colour = core::plot::kGrey;
+    loss.push_back(clean);
+    panels.push_back(Panel{"next-token loss, ablated", false, loss, std::nullopt});
+  }
+  return core::plot::line_chart_svg("probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows of " +
+                                        std::to_string(r.test_examples) + " prompts)",
                                     "depth (resid_pre L = L, resid_post L = L + 1)", panels);
 }
 
@@ -355,6 +500,9 @@ void write_results_file(const std::string& h5, const ProbeRunResult& r) {
     f.write_attr("", "train_rows", r.train_rows);
     f.write_attr("", "test_rows", r.test_rows);
     f.write_attr("", "num_classes", r.num_classes);
+    f.write_attr("", "train_examples", r.train_examples);
+    f.write_attr("", "test_examples", r.test_examples);
+    f.write_attr("", "split_by", r.split_by);
     f.write_attr("", "from_store", static_cast<int64_t>(r.from_store));
     f.write_tensor("depth", at::tensor(r.depth, at::kDouble));
     const LinearProbes& p = r.probes;
@@ -366,6 +514,8 @@ void write_results_file(const std::string& h5, const ProbeRunResult& r) {
     f.write_tensor("scale", p.scale.contiguous());
     f.write_tensor("converged", p.converged.to(at::kByte).contiguous());
     f.write_tensor("iterations", p.iterations.contiguous());
+    f.write_tensor("control_converged", r.control_probes.converged.to(at::kByte).contiguous());
+    f.write_tensor("control_iterations", r.control_probes.iterations.contiguous());
     f.write_tensor("metrics/accuracy", r.accuracy.contiguous());
     f.write_tensor("metrics/control_accuracy", r.control_accuracy.contiguous());
     f.write_tensor("metrics/selectivity", r.selectivity.contiguous());

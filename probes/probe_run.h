@@ -11,8 +11,12 @@
 //              (every token of the example carries it); -1 = no label there
 //   repeated   1 where the token already occurred earlier in its sequence,
 //              else 0, computed from the dataset's tokens (what an induction
-//              head needs to know)
-// Rows without a label (-1, padding) are left out before the split.
+//              head needs to know); the first real token (BOS in mechlab's
+//              tasks) has no label, as the probe task's seen_before: nothing
+//              precedes it, so its 0 says nothing about the activations
+// Rows without a label (-1, padding) are left out before the split. The
+// split and the bootstrap are by example (`split_by`): a prompt's tokens are
+// all train or all test, and a resample draws prompts (cluster bootstrap).
 //
 // Output folder `out`:
 //   probes.h5    mechlab_format "probes" (layout in write_probe_results)
@@ -48,13 +52,21 @@ struct ProbeRunOptions {
   MECHLAB_OPTION(ProbeRunOptions, std::vector<std::string>, hooks, {})
   /// "labels" or "repeated" (probe_label_names()).
   MECHLAB_OPTION(ProbeRunOptions, std::string, label, "labels")
-  /// Share of the labelled rows held out for scoring (seeded permutation).
+  /// Share held out for scoring, in (0, 1): of the examples (`split_by`
+  /// "example", ceil(fraction * examples) of them) or of the labelled rows ("token").
   MECHLAB_OPTION(ProbeRunOptions, double, test_fraction, 0.2)
+  /// "example" (default): the train/test split and the bootstrap take whole
+  /// examples (group_split, cluster_bootstrap_ci), so no prompt is on both
+  /// sides and the intervals count prompts, not correlated tokens; "token":
+  /// rows independently (random_split, bootstrap_ci), which scores a probe
+  /// on tokens of prompts it was trained on.
+  MECHLAB_OPTION(ProbeRunOptions, std::string, split_by, "example")
   /// Seed of the split, the control labels and the bootstrap.
   MECHLAB_OPTION(ProbeRunOptions, uint64_t, seed, 0)
   /// The probes' fit (C, penalty, solver, ...); num_classes is set from the labels.
   MECHLAB_OPTION(ProbeRunOptions, ProbeOptions, probe, {})
-  /// Bootstrap resamples of the test rows and the intervals' confidence.
+  /// Bootstrap resamples (>= 2) of the test examples (or rows) and the
+  /// intervals' confidence, in (0, 1).
   MECHLAB_OPTION(ProbeRunOptions, int64_t, resamples, 1000)
   MECHLAB_OPTION(ProbeRunOptions, double, confidence, 0.95)
   /// With a model: examples per forward.
@@ -75,7 +87,12 @@ struct ProbeRunResult {
   std::vector<std::string> names;       ///< the hooks, one per probe, in depth order
   std::vector<double> depth;            ///< [P] x of the picture (see hook_depth)
   int64_t rows = 0, train_rows = 0, test_rows = 0, num_classes = 0;
+  int64_t train_examples = 0, test_examples = 0;  ///< examples with a row on each side
+  std::string split_by;                 ///< "example" or "token"
+  at::Tensor row_example;               ///< [rows] int64: the example of each labelled row
+  Split split;                          ///< indices into the labelled rows
   LinearProbes probes;                  ///< fitted on the train rows
+  LinearProbes control_probes;          ///< the control task's, same rows and options
   at::Tensor accuracy;                  ///< [P] float64, test rows
   at::Tensor control_accuracy;          ///< [P] the control task's probes on the same rows
   at::Tensor selectivity;               ///< [P] accuracy - control_accuracy
@@ -101,13 +118,22 @@ struct ProbeRunResult {
 double hook_depth(const std::string& hook);
 
 /// Per-token labels [N, T] int64 (-1 = none) of `label` for a dataset's
-/// prompts [N, T] and its /labels (undefined when absent).
+/// prompts [N, T] and its /labels (undefined when absent). With an
+/// attention mask [N, T] (1 = real token), "repeated" compares real tokens
+/// only and leaves each row's first real token unlabelled; padding itself is
+/// the caller's to drop.
 at::Tensor token_labels(const std::string& label, const at::Tensor& prompts, const at::Tensor& dataset_labels,
-                        const std::string& where);
+                        const std::string& where, const at::Tensor& attention_mask = {});
+
+/// Throws, naming the option, unless every option of `options` is in range
+/// (run_probes calls it first; a caller may call it before other work).
+void check_probe_run_options(const ProbeRunOptions& options);
 
 /// `source` is an activation store (.h5 of format "activations", or a
 /// store set's .json) or a model (checkpoint or Hugging Face folder);
-/// `dataset` the mechlab dataset the store was cached from or the model runs on.
+/// `dataset` the mechlab dataset the store was cached from or the model runs
+/// on. A store is refused with a dataset other than its own (the
+/// `dataset_fingerprint` its job records, else its /token_ids).
 ProbeRunResult run_probes(const std::string& source, const std::string& dataset, const ProbeRunOptions& options);
 
 /// Writes `out`/probes.h5 and `out`/probes.svg, each atomically (the folder is
@@ -115,14 +141,15 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 /// probes.h5: root attributes mechlab_format, mechlab_version, source,
 /// dataset, label, hooks (JSON list), config (JSON); datasets depth [P],
 /// weight [P, D, O] and bias [P, O] (raw features), coef, intercept, mean,
-/// scale, converged, iterations; metrics/{accuracy, control_accuracy,
+/// scale, converged, iterations, control_converged, control_iterations;
+/// metrics/{accuracy, control_accuracy,
 /// selectivity, accuracy_lower, accuracy_upper, selectivity_lower,
 /// selectivity_upper, auroc, auroc_lower, auroc_upper} [P] float64,
 /// metrics/auroc_resamples [P] int64 (resamples with a defined AUROC),
 /// metrics/majority [], with `ablate` metrics/ablated_loss [P],
 /// metrics/ablated_dims [P] and the attribute clean_loss, and as attributes
-/// the row counts (rows, train_rows, test_rows, num_classes) and
-/// auroc_average ("binary" or "ovr-macro").
+/// the row counts (rows, train_rows, test_rows, num_classes, train_examples,
+/// test_examples), split_by and auroc_average ("binary" or "ovr-macro").
 void write_probe_results(const std::string& out, const ProbeRunResult& result, bool overwrite);
 
 /// Throws unless write_probe_results may write in `out`: call it before the

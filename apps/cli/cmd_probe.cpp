@@ -4,6 +4,7 @@
 #include "apps/cli/commands.h"
 #include "core/formats/output_file.h"
 #include "core/util/error.h"
+#include "probes/batched_solvers.h"
 #include "probes/probe_run.h"
 
 #include <ATen/ATen.h>
@@ -20,10 +21,11 @@ void add_probe_command(CLI::App& app) {
       "activations on a dataset, and score them on held-out rows: accuracy with a bootstrap\n"
       "confidence interval, a control task (Hewitt & Liang 2019: each token type gets a random\n"
       "label) and selectivity = accuracy - control accuracy, and AUROC (binary, or one-vs-rest macro\n"
-      "for more classes) with its interval. Writes OUT/probes.h5 (weights,\n"
-      "metrics, intervals, config) and OUT/probes.svg (accuracy and selectivity against depth).");
+      "for more classes) with its interval. Train and test hold whole prompts and the intervals\n"
+      "resample prompts (--split-by). Writes OUT/probes.h5 (weights, metrics, intervals, config)\n"
+      "and OUT/probes.svg (accuracy and selectivity against depth).");
   struct Args {
-    std::string source, dataset, label = "labels", out, penalty = "l2";
+    std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example";
     std::vector<std::string> hooks;
     double test_fraction = 0.2, C = 1.0, confidence = 0.95;
     int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32;
@@ -49,20 +51,25 @@ void add_probe_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--out", a->out, "Output folder (created): probes.h5 and probes.svg")->required();
   cmd->add_flag("--overwrite", a->overwrite, "Replace probes.h5 and probes.svg in --out");
-  cmd->add_option("--test-fraction", a->test_fraction, "Share of the labelled tokens held out for scoring")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", a->seed, "Seed of the split, the control labels and the bootstrap")
+  // Ranges are checked by the library (check_probe_run_options), so every
+  // refusal is one line with exit code 1, the flag named.
+  cmd->add_option("--test-fraction", a->test_fraction,
+                  "Share of the prompts (or, with --split-by token, of the labelled tokens) held out for "
+                  "scoring, in (0, 1), exclusive")
       ->capture_default_str();
-  cmd->add_option("--C", a->C, "Inverse regularisation strength (scikit-learn's C)")
-      ->capture_default_str()
-      ->check(positive());
+  cmd->add_option("--split-by", a->split_by,
+                  "example: train and test hold whole prompts and the bootstrap resamples prompts "
+                  "(scikit-learn's GroupShuffleSplit, a cluster bootstrap); token: tokens independently "
+                  "(a prompt's tokens on both sides: optimistic)")
+      ->capture_default_str();
+  add_count_option(cmd, "--seed", a->seed, "Seed of the split, the control labels and the bootstrap", 0);
+  cmd->add_option("--C", a->C, "Inverse regularisation strength (scikit-learn's C), > 0")->capture_default_str();
   cmd->add_option("--penalty", a->penalty, "l2, l1 or none")->capture_default_str();
   add_count_option(cmd, "--max-iter", a->max_iter, "Solver iterations at most (scikit-learn's max_iter)");
-  add_count_option(cmd, "--resamples", a->resamples, "Bootstrap resamples of the test tokens");
-  cmd->add_option("--confidence", a->confidence, "Confidence of the bootstrap intervals")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+  add_count_option(cmd, "--resamples", a->resamples,
+                   "Bootstrap resamples (>= 2) of the test prompts (or tokens, with --split-by token)");
+  cmd->add_option("--confidence", a->confidence, "Confidence of the bootstrap intervals, in (0, 1), exclusive")
+      ->capture_default_str();
   add_count_option(cmd, "--batch-size", a->batch_size, "With a model: prompts per forward");
   add_count_option(cmd, "--max-examples", a->max_examples, "Use at most this many prompts (0 = all)", 0);
   cmd->add_flag("--ablate", a->ablate,
@@ -70,18 +77,14 @@ void add_probe_command(CLI::App& app) {
                 "binary probe's direction; for K classes the span of its K-1 weight differences) and "
                 "report the next-token loss without and with (does the model use what the probe reads?)");
   add_count_option(cmd, "--ablate-examples", a->ablate_examples, "Prompts the --ablate loss is measured on");
-  add_threads_option(cmd);
+  add_threads_option(cmd, "The model's forwards, the probes' fits and the bootstrap run on them");
   cmd->callback([a] {
-    for (const std::string& f : {probes::probe_results_path(a->out), probes::probe_plot_path(a->out)}) {
-      core::require_not_same_file(f, "--out", a->source, "the source");
-      core::require_not_same_file(f, "--out", a->dataset, "the dataset");
-    }
-    probes::check_probe_output(a->out, a->overwrite);
     const probes::ProbeRunOptions o =
         probes::ProbeRunOptions()
             .hooks(a->hooks)
             .label(a->label)
             .test_fraction(a->test_fraction)
+            .split_by(a->split_by)
             .seed(static_cast<uint64_t>(a->seed))
             .probe(probes::ProbeOptions().C(a->C).penalty(probes::parse_penalty(a->penalty)).max_iter(a->max_iter))
             .resamples(a->resamples)
@@ -90,14 +93,22 @@ void add_probe_command(CLI::App& app) {
             .max_examples(a->max_examples)
             .ablate(a->ablate)
             .ablate_examples(a->ablate_examples);
+    probes::check_probe_run_options(o);
+    for (const std::string& f : {probes::probe_results_path(a->out), probes::probe_plot_path(a->out)}) {
+      core::require_not_same_file(f, "--out", a->source, "the source");
+      core::require_not_same_file(f, "--out", a->dataset, "the dataset");
+    }
+    probes::check_probe_output(a->out, a->overwrite);
     handle_interrupts(/*polled=*/false, "nothing was written");
     const probes::ProbeRunResult r = probes::run_probes(a->source, a->dataset, o);
     probes::write_probe_results(a->out, r, a->overwrite);
     const int pct = static_cast<int>(a->confidence * 100 + 0.5);
-    std::printf("%lld probes for '%s': %lld tokens (%lld train, %lld test), %lld classes, majority class %.3f\n",
+    std::printf("%lld probes for '%s': %lld tokens (%lld train, %lld test; %lld and %lld prompts, split by %s), "
+                "%lld classes, majority class %.3f\n",
                 static_cast<long long>(r.names.size()), printable(r.label).c_str(), static_cast<long long>(r.rows),
                 static_cast<long long>(r.train_rows), static_cast<long long>(r.test_rows),
-                static_cast<long long>(r.num_classes), r.majority.item<double>());
+                static_cast<long long>(r.train_examples), static_cast<long long>(r.test_examples),
+                r.split_by.c_str(), static_cast<long long>(r.num_classes), r.majority.item<double>());
     std::printf("  %-36s %-24s %-8s %-27s %s\n", "hook", str_cat("accuracy [", pct, "% CI]").c_str(), "control",
                 str_cat("selectivity [", pct, "% CI]").c_str(),
                 str_cat(r.num_classes > 2 ? "AUROC one-vs-rest [" : "AUROC [", pct, "% CI]").c_str());
@@ -116,6 +127,25 @@ void add_probe_command(CLI::App& app) {
     } else if (skipped > 0) {
       std::printf("AUROC intervals leave out up to %lld resamples that lack a class\n", static_cast<long long>(skipped));
     }
+    // As scikit-learn's ConvergenceWarning: a probe stopped by --max-iter
+    // (or a failed line search) is not the minimiser its options define, and
+    // its scores can move with anything that moves its path.
+    auto warn_unconverged = [&](const probes::LinearProbes& p, const char* which) {
+      for (size_t i = 0; i < r.names.size(); ++i) {
+        const int64_t k = static_cast<int64_t>(i);
+        if (p.converged[k].item<bool>()) continue;
+        const bool line_search =
+            p.stop_reason[k].item<int64_t>() == static_cast<int64_t>(probes::StopReason::line_search);
+        std::fprintf(stderr, "mechlab: warning: the %s of %s did not converge (%s after %lld iterations); %s\n",
+                     which, printable(r.names[i]).c_str(),
+                     line_search ? "its line search failed" : "stopped by --max-iter",
+                     static_cast<long long>(p.iterations[k].item<int64_t>()),
+                     line_search ? "its fit is where the loss stopped decreasing in float precision"
+                                 : "raise --max-iter");
+      }
+    };
+    warn_unconverged(r.probes, "probe");
+    warn_unconverged(r.control_probes, "control probe");
     if (r.ablated_loss.defined()) {
       std::printf("next-token loss on up to %lld prompts: %.4f without ablation; with each probe's direction%s ablated:\n",
                   static_cast<long long>(a->ablate_examples), r.clean_loss, r.num_classes > 2 ? "s" : "");

@@ -42,8 +42,9 @@ std::string human_bytes(int64_t bytes);
 /// --threads N, the same on every compute command: CPU threads for LibTorch,
 /// 1 to max_threads() (0, the default, keeps LibTorch's default: all cores).
 /// Applied as soon as it is parsed; a count out of range is an error (a
-/// huge pool would hang the machine creating threads).
-void add_threads_option(CLI::App* cmd);
+/// huge pool would hang the machine creating threads). `use` says what the
+/// threads do in this command (default: ACDC's node path's adaptive team).
+void add_threads_option(CLI::App* cmd, const std::string& use = "");
 int max_threads();  // 4 x the hardware threads
 
 /// Ctrl-C for the command that follows (core/util/interrupt.h). Long jobs

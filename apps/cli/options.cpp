@@ -84,7 +84,7 @@ int max_threads() {
   return 4 * static_cast<int>(hw == 0 ? 1 : hw);
 }
 
-void add_threads_option(CLI::App* cmd) {
+void add_threads_option(CLI::App* cmd, const std::string& use) {
   cmd->add_option_function<int>(
          "--threads",
          [](const int& n) {
@@ -93,9 +93,10 @@ void add_threads_option(CLI::App* cmd) {
                          " hardware threads here), or 0 for LibTorch's default; got ", n);
            if (n > 0) at::set_num_threads(n);
          },
-         str_cat("CPU threads, 1 to ", max_threads(),
-                 " (0 = LibTorch's default: all cores). ACDC's node path uses fewer while other processes keep "
-                 "cores busy (MECHLAB_ADAPTIVE_THREADS=0: never)"))
+         str_cat("CPU threads, 1 to ", max_threads(), " (0 = LibTorch's default: all cores). ",
+                 use.empty() ? "ACDC's node path uses fewer while other processes keep cores busy "
+                               "(MECHLAB_ADAPTIVE_THREADS=0: never)"
+                             : use))
       ->default_str("0");
 }
 
@@ -151,6 +152,7 @@ CLI::Option* add_count_option(CLI::App* cmd, const std::string& name, int64_t& t
             target = v;
           },
           description)
+      ->type_name("INT")
       ->default_str(std::to_string(target));
 }
 
@@ -191,6 +193,9 @@ std::string with_flag_names(std::string message) {
       {"`ProbeRunOptions::max_examples`", "--max-examples"},
       {"`ProbeRunOptions::ablate_examples`", "--ablate-examples"},
       {"`ProbeRunOptions::ablate`", "--ablate"},
+      {"`ProbeRunOptions::split_by`", "--split-by"},
+      {"`ProbeOptions::C`", "--C"},
+      {"`ProbeOptions::max_iter`", "--max-iter"},
       {"`make_task(\"ioi\")`", "`mechlab dataset make ioi --out ioi.h5`"},
   };
   for (const auto& [from, to] : kFlags) {

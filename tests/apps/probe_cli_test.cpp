@@ -94,6 +94,19 @@ TEST_F(ProbeCli, RepeatedTokenIsReadAfterLayerZeroNotAtTheEmbedding) {
   const std::string text((std::istreambuf_iterator<char>(svg)), std::istreambuf_iterator<char>());
   EXPECT_THAT(text, HasSubstr("<svg"));
   EXPECT_THAT(text, HasSubstr("selectivity"));
+  // The intervals are shaded bands around their line (not lines of their
+  // own), the points are marked, the control task is dashed.
+  EXPECT_THAT(text, HasSubstr("<polygon fill=\"#0072B2\" fill-opacity"));
+  EXPECT_THAT(text, HasSubstr("<circle"));
+  EXPECT_THAT(text, HasSubstr("stroke-dasharray"));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("CI low")));
+  // The split is by prompt: 160 prompts, 32 held out; BOS has no label.
+  EXPECT_EQ(f.read_attr_string("", "split_by"), "example");
+  EXPECT_EQ(f.read_attr_int("", "test_examples"), 32);
+  EXPECT_EQ(f.read_attr_int("", "train_examples"), 128);
+  const int64_t T = core::load_dataset(data_).seq_len();
+  EXPECT_EQ(f.read_attr_int("", "rows"), 160 * (T - 1));
+  EXPECT_EQ(f.read_attr_int("", "test_rows"), 32 * (T - 1));
   EXPECT_THAT(r.output, HasSubstr("blocks.0.hook_resid_post"));
   // --ablate: one loss per probe, beside the loss without ablation.
   EXPECT_EQ(f.read_tensor("metrics/ablated_loss").size(0), 3);
@@ -145,6 +158,70 @@ TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
   }
   expect_refused(run_cli("probe " + bad + " " + data_ + " --hooks blocks.0.hook_resid_post --label repeated --out " + out),
                  out, "NaN");
+}
+
+// A store with a dataset it was not cached from: one line, naming both.
+TEST_F(ProbeCli, AStoreWithAnotherDatasetIsRefused) {
+  const std::string store = temp_path("own_acts.h5"), other = temp_path("other.h5"), out = temp_path("other_out");
+  ASSERT_EQ(run_cli("cache " + kModel + " " + data_ +
+                    " --hooks blocks.0.hook_resid_post --dtype f32 --no-progress --overwrite --out " + store)
+                .rc,
+            0);
+  ASSERT_EQ(run_cli("dataset make probe --n 100 --overwrite --out " + other).rc, 0);
+  expect_refused(run_cli("probe " + store + " " + other + " --hooks blocks.0.hook_resid_post --label repeated --out " + out),
+                 out, "activation store " + store + " was cached from " + data_ + " (dataset fingerprint ");
+}
+
+// Each out-of-range option: exit 1, one line naming the flag, nothing written;
+// --help shows integers as INT and the open intervals as open.
+TEST_F(ProbeCli, EachBadOptionIsOneLineNamingTheFlag) {
+  const std::string out = temp_path("bad_options");
+  const std::string head = "probe " + kModel + " " + data_ + " --hooks hook_embed --label repeated --out " + out;
+  const std::pair<const char*, const char*> cases[] = {
+      {" --C 0", "--C must be > 0, got 0"},
+      {" --resamples 1", "--resamples must be >= 2 (a percentile interval needs resamples), got 1"},
+      {" --seed -1", "--seed must be >= 0, got -1"},
+      {" --test-fraction 0", "--test-fraction must be in (0, 1), exclusive, got 0"},
+      {" --test-fraction 1", "--test-fraction must be in (0, 1), exclusive, got 1"},
+      {" --confidence 1", "--confidence must be in (0, 1), exclusive, got 1"},
+      {" --split-by prompt", "--split-by must be example or token, got 'prompt'"},
+  };
+  for (const auto& [flag, words] : cases) expect_refused(run_cli(head + flag), out, words);
+  const std::string help = run_cli("probe --help").output;
+  for (const char* flag : {"--max-iter INT", "--resamples INT", "--batch-size INT", "--max-examples INT",
+                           "--ablate-examples INT", "--seed INT"}) {
+    EXPECT_THAT(help, HasSubstr(flag)) << help;
+  }
+  EXPECT_THAT(help, ::testing::Not(HasSubstr("[0 - 1]")));
+  EXPECT_THAT(help, HasSubstr("in (0, 1), exclusive"));
+  EXPECT_THAT(help, ::testing::Not(HasSubstr("ACDC")));
+  EXPECT_THAT(help, HasSubstr("the probes' fits"));
+}
+
+// A probe stopped by --max-iter is said, one warning line per probe (task
+// and control), and both kinds' convergence is in probes.h5.
+TEST_F(ProbeCli, ProbesThatStopAtMaxIterAreWarnedAbout) {
+  const std::string out = temp_path("max_iter");
+  const auto r = run_cli("probe " + kModel + " " + data_ +
+                         " --hooks blocks.0.ln1.hook_normalized --label repeated --max-iter 3 --resamples 20 "
+                         "--threads 1 --overwrite --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("mechlab: warning: the probe of blocks.0.ln1.hook_normalized did not converge "
+                                  "(stopped by --max-iter after 3 iterations); raise --max-iter"));
+  EXPECT_THAT(r.output, HasSubstr("mechlab: warning: the control probe of blocks.0.ln1.hook_normalized did not "
+                                  "converge (stopped by --max-iter after 3 iterations); raise --max-iter"));
+  core::H5File f = core::H5File::open_read(out + "/probes.h5");
+  EXPECT_EQ(f.read_tensor("converged")[0].item<int64_t>(), 0);
+  EXPECT_EQ(f.read_tensor("control_converged")[0].item<int64_t>(), 0);
+  EXPECT_EQ(f.read_tensor("control_iterations")[0].item<int64_t>(), 3);
+  // Converged probes: no warning.
+  const auto ok = run_cli("probe " + kModel + " " + data_ +
+                          " --hooks blocks.0.hook_resid_post --label repeated --max-iter 1000 --resamples 20 "
+                          "--threads 1 --overwrite --out " + out);
+  ASSERT_EQ(ok.rc, 0) << ok.output;
+  EXPECT_THAT(ok.output, ::testing::Not(HasSubstr("warning")));
+  core::H5File g = core::H5File::open_read(out + "/probes.h5");
+  EXPECT_EQ(g.read_tensor("control_converged")[0].item<int64_t>(), 1);
 }
 
 TEST_F(ProbeCli, BadLabelsAreOneLineAndWriteNothing) {

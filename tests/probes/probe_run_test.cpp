@@ -1,15 +1,20 @@
 // The probing run's pieces (probes/probe_run.h): the "repeated" label
 // against the probe task generator's own "seen_before" labels (an
 // independent implementation in core/data), per-example labels, the depth
-// axis, and the refusals of bad labels before any work.
+// axis, the refusals of bad labels and options before any work, a store
+// read with another dataset refused, and the split by example (noise labels
+// per prompt stay at chance).
 #include "core/data/tasks/probe.h"
 #include "core/data/tasks/tasks.h"
+#include "core/formats/hdf5_file.h"
+#include "hooks/activation_capture.h"
 #include "hooks/hooked_transformer.h"
 #include "probes/metrics.h"
 #include "probes/probe_data.h"
 #include "probes/probe_run.h"
 #include "tests/test_util.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <gmock/gmock.h>
 
 #include <filesystem>
@@ -25,8 +30,9 @@ TEST(ProbeRun, RepeatedLabelsEqualTheProbeTasksSeenBefore) {
   const core::Dataset ds = core::tasks::make_probe(core::tasks::ProbeOptions().n(50).seq_len(24).pool(6).seed(4));
   const at::Tensor mine = token_labels("repeated", ds.tokens, {}, "probe task");  // [N, T]
   ASSERT_EQ(mine.sizes(), ds.labels.sizes());
-  const at::Tensor has = ds.labels.ge(0);  // the generator leaves BOS unlabelled
-  EXPECT_TRUE(at::equal(mine.masked_select(has), ds.labels.masked_select(has)));
+  // Equal everywhere, BOS too: the generator leaves it unlabelled (-1).
+  EXPECT_TRUE(at::equal(mine, ds.labels));
+  EXPECT_TRUE(at::all(ds.labels.select(1, 0).eq(-1)).item<bool>());
   // Both classes are there, so the comparison is not of constants.
   EXPECT_GT(mine.sum().item<int64_t>(), 0);
   EXPECT_LT(mine.sum().item<int64_t>(), mine.numel());
@@ -34,8 +40,16 @@ TEST(ProbeRun, RepeatedLabelsEqualTheProbeTasksSeenBefore) {
 
 TEST(ProbeRun, RepeatedIsComputedPerSequenceOverEarlierPositionsOnly) {
   const at::Tensor tokens = at::tensor({5, 7, 5, 9, 7, 7, 1, 2, 3, 4, 1, 2}, at::kInt).reshape({2, 6});
-  const at::Tensor want = at::tensor({0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 1, 1}, at::kLong).reshape({2, 6});
+  // By hand; the first token has nothing before it: no label.
+  const at::Tensor want = at::tensor({-1, 0, 1, 0, 1, 1, -1, 0, 0, 0, 1, 1}, at::kLong).reshape({2, 6});
   EXPECT_TRUE(at::equal(token_labels("repeated", tokens, {}, "d"), want));
+  // Padding (mask 0) is no earlier token, and the first real token is the
+  // one without a label: row 0 left-padded with id 7, row 1 right-padded.
+  const at::Tensor padded = at::tensor({7, 7, 5, 7, 5, 9, 1, 2, 1, 3, 3, 3}, at::kInt).reshape({2, 6});
+  const at::Tensor mask = at::tensor({0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0}, at::kByte).reshape({2, 6});
+  const at::Tensor want_padded = at::tensor({0, 1, -1, 0, 1, 0, -1, 0, 1, 0, 1, 1}, at::kLong).reshape({2, 6});
+  const at::Tensor got = token_labels("repeated", padded, {}, "d", mask);
+  EXPECT_TRUE(at::equal(got.masked_select(mask.ne(0)), want_padded.masked_select(mask.ne(0)))) << got;
 }
 
 TEST(ProbeRun, PerExampleLabelsCoverEveryToken) {
@@ -160,11 +174,131 @@ TEST(ProbeRun, MulticlassAblationProjectsOutTheSpanOfTheWeightDifferences) {
       }));
   const at::Tensor x = features_from_cache(cache, r.names).x;  // [2, R, d_model]
   ASSERT_EQ(x.size(1), r.rows);
-  const at::Tensor test = random_split(r.rows, SplitOptions().test_fraction(0.2).seed(0)).test;
+  // Rows in example order, T per example (no padding, every token labelled);
+  // the run splits by example.
+  const at::Tensor example = at::arange(40, at::kLong).repeat_interleave(T);
+  ASSERT_TRUE(at::equal(r.row_example, example));
+  const at::Tensor test = group_split(example, SplitOptions().test_fraction(0.2).seed(0)).test;
   const at::Tensor y = ds.labels.reshape({-1}).index_select(0, test);
   const at::Tensor want = probe_auroc(r.probes, x.index_select(1, test), y);
   EXPECT_TRUE(at::allclose(r.auroc, want, 0, 1e-6)) << r.auroc << want;
   EXPECT_EQ(r.auroc_ci.defined.min().item<int64_t>(), 50);
+}
+
+// Each option is checked before any file is read, alone, naming itself.
+TEST(ProbeRun, EachOptionIsRefusedByNameBeforeAnyWork) {
+  const ProbeRunOptions ok = ProbeRunOptions().hooks({"hook_embed"});
+  auto refusal = [&](const ProbeRunOptions& o) { return error_of([&] { run_probes("absent.h5", "absent.h5", o); }); };
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).resamples(-1)),
+            "`ProbeRunOptions::resamples` must be >= 2 (a percentile interval needs resamples), got -1");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).resamples(1)),
+            "`ProbeRunOptions::resamples` must be >= 2 (a percentile interval needs resamples), got 1");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).batch_size(0)), "`ProbeRunOptions::batch_size` must be >= 1, got 0");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).max_examples(-3)),
+            "`ProbeRunOptions::max_examples` must be >= 0 (0: all), got -3");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).probe(ProbeOptions().C(-1))), "`ProbeOptions::C` must be > 0, got -1");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).probe(ProbeOptions().max_iter(0))),
+            "`ProbeOptions::max_iter` must be >= 1, got 0");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).test_fraction(1)),
+            "`ProbeRunOptions::test_fraction` must be in (0, 1), exclusive, got 1");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).confidence(0)),
+            "`ProbeRunOptions::confidence` must be in (0, 1), exclusive, got 0");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).split_by("prompt")),
+            "`ProbeRunOptions::split_by` must be example or token, got 'prompt'");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).ablate_examples(0)), "`ProbeRunOptions::ablate_examples` must be >= 1, got 0");
+  // Every option in range: the next refusal is the missing dataset's.
+  EXPECT_THAT(refusal(ok), HasSubstr("absent.h5"));
+}
+
+const std::string kInductionModel = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+
+// A store is read with the dataset it was cached from: another dataset of
+// the same shape (another seed) would pair its rows with other tokens'
+// labels; refused by the fingerprint the store records, and, for a store
+// without one, by its /token_ids.
+TEST(ProbeRun, AStoreWithAnotherDatasetIsRefused) {
+  const std::string own = mechlab::testing::temp_path("probe_run", "own.h5");
+  const std::string other = mechlab::testing::temp_path("probe_run", "other.h5");
+  const std::string store = mechlab::testing::temp_path("probe_run", "own_acts.h5");
+  core::save_dataset(own, core::tasks::make_probe(core::tasks::ProbeOptions().n(30).seq_len(16).seed(1)));
+  core::save_dataset(other, core::tasks::make_probe(core::tasks::ProbeOptions().n(30).seq_len(16).seed(2)));
+  std::filesystem::remove(store);
+  auto model = hooks::HookedTransformer::from_pretrained(kInductionModel);
+  hooks::cache_activations(model, core::load_dataset(own), store,
+                           hooks::CacheOptions().hooks({"blocks.0.hook_resid_post"}).dtype(at::kFloat).progress(false).dataset_path(own));
+  const ProbeRunOptions o = ProbeRunOptions().hooks({"blocks.0.hook_resid_post"}).label("repeated").resamples(20);
+  const ProbeRunResult r = run_probes(store, own, o);
+  EXPECT_EQ(r.rows, 30 * 15) << "every token but BOS";
+  const std::string fp_own = hooks::dataset_fingerprint(core::load_dataset(own));
+  const std::string fp_other = hooks::dataset_fingerprint(core::load_dataset(other));
+  ASSERT_NE(fp_own, fp_other);
+  EXPECT_EQ(error_of([&] { run_probes(store, other, o); }),
+            str_cat("activation store ", store, " was cached from ", own, " (dataset fingerprint ", fp_own,
+                    "), not from ", other, " (", fp_other,
+                    "); give the dataset the store was cached from, or cache this one"));
+  // An older store's job without a fingerprint: its /token_ids decide.
+  {
+    core::H5File f = core::H5File::open_readwrite(store);
+    f.write_attr("", "job", std::string("{}"));
+    f.close();
+  }
+  EXPECT_THAT(error_of([&] { run_probes(store, other, o); }),
+              HasSubstr("activation store " + store + " holds other tokens than dataset " + other + " (first at row "));
+  EXPECT_EQ(run_probes(store, own, o).rows, r.rows);
+}
+
+// Labels that are noise per prompt (a fair coin per example, every token of
+// it carrying the draw) give a probe nothing to learn: split by example, the
+// AUROC interval holds 0.5 at every hook. Split by token, the same probes
+// read the prompt from its tokens (each prompt draws its own pool of 8 ids)
+// and come out "significant": the leak the example split closes.
+TEST(ProbeRun, NoiseLabelsPerPromptStayAtChanceWhenSplitByExample) {
+  const std::string data = mechlab::testing::temp_path("probe_run", "noise.h5");
+  core::Dataset ds = core::tasks::make_probe(core::tasks::ProbeOptions().n(100).seq_len(32).pool(8).seed(6));
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(17);
+  ds.labels = at::randint(2, {100}, gen, at::TensorOptions().dtype(at::kLong));
+  core::save_dataset(data, ds);
+  const ProbeRunOptions o = ProbeRunOptions()
+                                .hooks({"hook_embed", "blocks.1.hook_resid_post"})
+                                .label("labels")
+                                .resamples(300);
+  const ProbeRunResult r = run_probes(kInductionModel, data, o);
+  ASSERT_EQ(r.split_by, "example");
+  EXPECT_EQ(r.test_examples, 20);
+  EXPECT_EQ(r.train_examples, 80);
+  // No example has tokens on both sides.
+  const at::Tensor train_ex = r.row_example.index_select(0, r.split.train);
+  const at::Tensor test_ex = r.row_example.index_select(0, r.split.test);
+  EXPECT_FALSE(at::isin(test_ex, train_ex).any().item<bool>());
+  EXPECT_EQ(r.train_rows + r.test_rows, r.rows);
+  for (int64_t p = 0; p < 2; ++p) {
+    EXPECT_LT(r.auroc_ci.lower[p].item<double>(), 0.5) << r.names[static_cast<size_t>(p)] << r.auroc;
+    EXPECT_GT(r.auroc_ci.upper[p].item<double>(), 0.5) << r.names[static_cast<size_t>(p)] << r.auroc;
+  }
+  const ProbeRunResult t = run_probes(kInductionModel, data, ProbeRunOptions(o).split_by("token"));
+  EXPECT_GT(t.auroc_ci.lower.max().item<double>(), 0.5) << t.auroc_ci.lower;
+  EXPECT_TRUE(at::isin(t.row_example.index_select(0, t.split.test), t.row_example.index_select(0, t.split.train))
+                  .any()
+                  .item<bool>());
+}
+
+// The probes (the table, the file, the picture) are in forward order: by
+// layer, then by site as the block computes them, whatever order the hooks
+// were given in (probes of one depth, ln1 and attn_out, too).
+TEST(ProbeRun, ProbesAreInForwardOrder) {
+  const std::string data = mechlab::testing::temp_path("probe_run", "order.h5");
+  core::save_dataset(data, core::tasks::make_probe(core::tasks::ProbeOptions().n(12).seq_len(12).seed(3)));
+  const ProbeRunResult r = run_probes(kInductionModel, data,
+                                      ProbeRunOptions()
+                                          .hooks({"blocks.1.hook_resid_pre", "blocks.0.hook_resid_post",
+                                                  "blocks.0.hook_attn_out", "blocks.0.hook_resid_pre", "hook_embed",
+                                                  "blocks.0.ln1.hook_normalized"})
+                                          .label("repeated")
+                                          .resamples(5));
+  EXPECT_EQ(r.names, (std::vector<std::string>{"hook_embed", "blocks.0.hook_resid_pre", "blocks.0.ln1.hook_normalized",
+                                               "blocks.0.hook_attn_out", "blocks.0.hook_resid_post",
+                                               "blocks.1.hook_resid_pre"}));
+  EXPECT_EQ(r.depth, (std::vector<double>{0, 0, 0.5, 0.5, 1, 1}));
 }
 
 }  // namespace
