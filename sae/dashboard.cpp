@@ -50,9 +50,14 @@ Dashboard compute_dashboard(hooks::HookedTransformer& model, const std::shared_p
   if (chosen.empty()) {
     for (int64_t i = 0; i < d_sae; ++i) chosen.push_back(i);
   }
-  for (int64_t i : chosen) {
+  for (size_t a = 0; a < chosen.size(); ++a) {
+    const int64_t i = chosen[a];
     MECHLAB_CHECK(i >= 0 && i < d_sae, "latent ", i, " is outside [0, d_sae = ", d_sae,
                   "); choose latents of this SAE");
+    // A latent twice would give two panels with one HTML id.
+    MECHLAB_CHECK(std::find(chosen.begin(), chosen.begin() + static_cast<std::ptrdiff_t>(a), i) ==
+                      chosen.begin() + static_cast<std::ptrdiff_t>(a),
+                  "dashboard latents list latent ", i, " twice; list each latent once");
   }
   at::NoGradGuard no_grad;
   const int64_t L = static_cast<int64_t>(chosen.size());
@@ -318,7 +323,10 @@ std::string dashboard_html(const Dashboard& d, const std::string& title) {
        "table.logits{border-collapse:collapse;font-size:.85em}table.logits td{padding:0 .5em}\n"
        "table.logits.pos td:last-child{color:#1a7f37}table.logits.neg td:last-child{color:#b42318}\n"
        ".t,.ctx{font-family:ui-monospace,monospace;white-space:pre}\n"
-       ".ctx{font-size:.85em;margin:.15em 0}.ctx .tok{border-radius:2px}\n"
+       // Each token boxed and spaced: adjacent spans would otherwise run
+       // together ("15523" for tokens 15, 52, 3).
+       ".ctx{font-size:.85em;margin:.15em 0}.ctx .tok{border-radius:2px;border:1px solid #ccc;"
+       "margin-right:2px;padding:0 1px}\n"
        ".ctx .top{outline:1px solid #222}.ctx .v{color:#777;margin-right:.6em}\n"
        "#filter{margin:.5em 0;padding:.2em .4em}\n"
        "</style></head><body>\n<header><h1>"

@@ -110,6 +110,13 @@ SpliceMetrics splice_metrics(hooks::HookedTransformer& model, const std::shared_
                 "SAE evaluation needs tokens [prompts, pos] with pos >= 2, got ", tokens.sizes());
   MECHLAB_CHECK(opts.batch_size() >= 1, "SAE evaluation batch_size ", opts.batch_size(),
                 " must be at least 1");
+  // An id outside the vocabulary matches no token, so it would ignore
+  // nothing and say nothing: most likely a typo.
+  const int64_t d_vocab = model.cfg().d_vocab;
+  for (int64_t id : opts.ignore_tokens()) {
+    MECHLAB_CHECK(id >= 0 && id < d_vocab, "SAE evaluation ignore_tokens holds ", id,
+                  ", outside the model's vocabulary [0, ", d_vocab, "); give token ids of this model");
+  }
   { SaeSplice probe(model, {{host, sae}}); }  // refuses a wrong hook before any forward
   at::NoGradGuard no_grad;
   const at::Device device = model.model().device();

@@ -23,7 +23,8 @@ void add_sae_dashboard_command(CLI::App& sae) {
       "dashboard",
       "Latent dashboards of an SAE (SAELens folder) spliced into a model over a dataset: per latent "
       "the top-activating contexts with per-token activations, the activation histogram and the top "
-      "logit effects (W_dec W_U); HDF5 (--out) and one self-contained HTML page (--html). Runs on the CPU.");
+      "logit effects (W_dec W_U); HDF5 (--out) and one self-contained HTML page (--html). Runs on the CPU. "
+      "The dataset's prompts must be of equal length: a padded dataset is refused.");
   struct Args {
     std::string model, sae, dataset, hook, out, html, title;
     std::vector<int64_t> latents;
@@ -51,8 +52,13 @@ void add_sae_dashboard_command(CLI::App& sae) {
   add_count_option(cmd, "--max-prompts", a->max_prompts, "Use at most this many prompts (0 = all)", 0);
   cmd->add_flag("--overwrite", a->overwrite, "Replace the files at --out and --html");
   add_process_flags(cmd, a->process);
-  add_threads_option(cmd);
+  add_threads_option(cmd, "They run the model's forward passes and the spliced SAE.");
   cmd->callback([a] {
+    for (size_t i = 0; i < a->latents.size(); ++i) {
+      MECHLAB_CHECK(std::find(a->latents.begin(), a->latents.begin() + static_cast<std::ptrdiff_t>(i),
+                              a->latents[i]) == a->latents.begin() + static_cast<std::ptrdiff_t>(i),
+                    "--latents lists latent ", a->latents[i], " twice; list each latent once");
+    }
     for (const std::string* out : {&a->out, &a->html}) {
       if (out->empty()) continue;
       const std::string flag = out == &a->out ? "--out" : "--html";

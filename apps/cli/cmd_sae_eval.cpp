@@ -66,7 +66,7 @@ void add_sae_eval_command(CLI::App& sae) {
   cmd->add_option("--out", a->out, "Also write every metric and the density per latent as JSON");
   cmd->add_flag("--overwrite", a->overwrite, "Replace the file at --out");
   add_process_flags(cmd, a->process);
-  add_threads_option(cmd);
+  add_threads_option(cmd, "They run the model's forward passes and the spliced SAE.");
   cmd->callback([a] {
     if (!a->out.empty()) {
       core::require_not_same_file(a->out, "--out", a->model, "the model");

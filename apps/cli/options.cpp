@@ -152,7 +152,7 @@ CLI::Option* add_count_option(CLI::App* cmd, const std::string& name, int64_t& t
             target = v;
           },
           description)
-      ->type_name("INT")
+      ->type_name("INT")  // parsed as text (to accept "1e6"), shown as what it is
       ->default_str(std::to_string(target));
 }
 
