@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +95,17 @@ void remove_tree_or_throw(const std::string& path, const char* why) {
   }
 }
 
+// A new empty folder named DIR<suffix>.XXXXXX (mkdtemp), beside DIR.
+fs::path unique_dir_beside(const std::string& dir, const char* suffix) {
+  std::string name = fs::path(dir).lexically_normal().string();
+  while (name.size() > 1 && name.back() == '/') name.pop_back();
+  name += std::string(suffix) + ".XXXXXX";
+  std::vector<char> buf(name.begin(), name.end());
+  buf.push_back('\0');
+  MECHLAB_CHECK(::mkdtemp(buf.data()) != nullptr, "cannot create a folder beside '", dir, "': ", std::strerror(errno));
+  return fs::path(buf.data());
+}
+
 // SAELens's handle_config_defaulting: a config without a sae_lens_version
 // of 6 or more (top level or in metadata) is in the pre-6 layout.
 bool is_pre_6(const nlohmann::json& j) {
@@ -127,6 +140,12 @@ nlohmann::json from_pre_6(nlohmann::json j) {
   return j;
 }
 
+// True when cfg.json's d_sae (or its absence, refused later) leaves room
+// for SAELens's default k of 100.
+bool d_sae_fits_default_k(const nlohmann::json& j) {
+  return !j.contains("d_sae") || !j["d_sae"].is_number() || j["d_sae"].get<double>() >= 100;
+}
+
 }  // namespace
 
 const std::vector<std::string>& saelens_required_keys() {
@@ -153,8 +172,28 @@ std::shared_ptr<Sae> import_saelens(const std::string& dir) {
   // "hook_z": the SAE reads attention outputs flattened over heads (validate()
   // below refuses it with a hook_name that is not "..._z", as SAELens does).
   cfg.reshape_activations(get<std::string>(j, cfg_path, "reshape_activations", "none", false));
+  // The weights are converted to float32, which is faithful only from a
+  // floating-point dtype; an integer one would be a quantised file whose
+  // scales are not in cfg.json.
+  {
+    std::string dtype = get<std::string>(j, cfg_path, "dtype", "float32", false);
+    if (dtype.rfind("torch.", 0) == 0) dtype = dtype.substr(6);
+    MECHLAB_CHECK(dtype == "float32" || dtype == "float16" || dtype == "bfloat16" || dtype == "float64",
+                  "SAELens config '", cfg_path, "': \"dtype\" is \"", dtype,
+                  "\", not a floating-point type; mechlab reads float32, float16, bfloat16 and float64");
+  }
   if (arch == "topk") {
-    cfg.k(static_cast<double>(get<int64_t>(j, cfg_path, "k", 100, false)));
+    // Read as a number (not an integer, which would truncate 2.5 to 2) and
+    // refused unless whole, as training refuses it. Absent, SAELens's
+    // default of 100 applies; when that cannot fit, the missing key is named.
+    if (!j.contains("k") || j["k"].is_null()) {
+      MECHLAB_CHECK(d_sae_fits_default_k(j), "SAELens config '", cfg_path,
+                    "' has no \"k\" (SAELens's default, 100, exceeds d_sae); add it");
+    }
+    const double k = get<double>(j, cfg_path, "k", 100.0, false);
+    MECHLAB_CHECK(std::isfinite(k) && k == std::floor(k), "SAELens config '", cfg_path, "': \"k\" = ",
+                  j["k"].dump(), " must be a whole number of latents");
+    cfg.k(k);
     cfg.rescale_acts_by_decoder_norm(get<bool>(j, cfg_path, "rescale_acts_by_decoder_norm", false, false));
   }
   std::string hook = get<std::string>(j, cfg_path, "hook_name", "", false);
@@ -209,6 +248,24 @@ std::shared_ptr<Sae> import_saelens(const std::string& dir) {
   return sae;
 }
 
+bool is_exported_folder(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || !fs::is_regular_file(fs::path(dir) / kCfg, ec)) return false;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if ((n != kCfg && n != kWeights) || !e.is_regular_file(ec)) return false;
+  }
+  return !ec;
+}
+
+void remove_exported_folder(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(dir, ec))) return;
+  MECHLAB_CHECK(is_exported_folder(dir), "'", dir, "' holds files besides ", kCfg, " and ", kWeights,
+                "; refusing to remove it: move it away or choose another folder");
+  remove_tree_or_throw(dir, "an earlier SAE");
+}
+
 void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions& opts) {
   sae.check_finite();
   const SaeConfig& c = sae.cfg();
@@ -219,6 +276,10 @@ void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions&
                   "' exists; choose another folder or set the overwrite option");
     MECHLAB_CHECK(fs::is_directory(target) && fs::exists(target / kCfg), "'", dir,
                   "' exists and is not an SAELens folder (no cfg.json); refusing to replace it");
+    // Replacing removes the folder: only one that holds nothing an export
+    // did not write (no user files, no subfolder such as the SAE being read).
+    MECHLAB_CHECK(is_exported_folder(dir), "'", dir, "' holds files besides ", kCfg, " and ", kWeights,
+                  "; refusing to replace it (and delete them): choose another folder");
   }
 
   nlohmann::ordered_json j;
@@ -262,11 +323,11 @@ void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions&
   if (!c.hook_name().empty()) meta["hook_name"] = c.hook_name();
   j["metadata"] = meta;
 
-  const fs::path stage = fs::path(dir + ".tmp");
+  // A fresh, uniquely named stage next to the target (same filesystem, so
+  // the rename is atomic): a fixed name such as DIR.tmp could be a user's
+  // folder, which removing a "leftover stage" would destroy.
   std::error_code ec;
-  remove_tree_or_throw(stage.string(), "a stage left by an interrupted export");
-  fs::create_directories(stage, ec);
-  MECHLAB_CHECK(!ec, "cannot create '", stage.string(), "': ", ec.message());
+  const fs::path stage = unique_dir_beside(dir, ".tmp");
   try {
     core::write_safetensors((stage / kWeights).string(), tensors);
     core::write_text_file((stage / kCfg).string(), j.dump(2) + "\n");
@@ -275,8 +336,8 @@ void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions&
     throw;
   }
   if (fs::exists(target)) {
-    const fs::path old = fs::path(dir + ".old");
-    remove_tree_or_throw(old.string(), "left by an interrupted export");
+    // rename(2) moves a folder onto an empty one: the unique name is ours.
+    const fs::path old = unique_dir_beside(dir, ".old");
     fs::rename(target, old, ec);
     MECHLAB_CHECK(!ec, "cannot replace '", dir, "': renaming it aside failed: ", ec.message());
     fs::rename(stage, target, ec);

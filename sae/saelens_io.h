@@ -38,9 +38,18 @@ struct ExportOptions {
   MECHLAB_OPTION(ExportOptions, bool, overwrite, false)
 };
 
-/// Writes `sae` to folder `dir` (staged in "<dir>.tmp", then renamed: a
-/// reader never sees half a folder).
+/// Writes `sae` to folder `dir` (staged in a new "<dir>.tmp.XXXXXX", then
+/// renamed: a reader never sees half a folder). With `overwrite` an existing
+/// `dir` is replaced only when is_exported_folder(dir).
 void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions& opts = {});
+
+/// True when `dir` is a folder holding cfg.json and nothing but cfg.json and
+/// sae_weights.safetensors (plain files): what export_saelens writes, so
+/// replacing it deletes nothing else.
+bool is_exported_folder(const std::string& dir);
+/// Removes `dir` when it is_exported_folder; a missing `dir` is fine; any
+/// other folder is refused (one line), left intact.
+void remove_exported_folder(const std::string& dir);
 
 /// The cfg.json keys SAELens 6.x's SAE.load_from_disk needs: architecture,
 /// d_in, d_sae, dtype, metadata.sae_lens_version (>= 6, else it converts the

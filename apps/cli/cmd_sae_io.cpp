@@ -11,6 +11,7 @@
 #include "sae/saelens_io.h"
 #include "sae/splice.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -18,6 +19,8 @@
 namespace mechlab::cli {
 
 namespace {
+
+namespace fs = std::filesystem;
 
 std::string shape_of(const at::Tensor& t) {
   std::ostringstream s;
@@ -54,8 +57,10 @@ void add_sae_import_command(CLI::App& sae) {
   cmd->add_option("sae", a->dir, "SAELens folder (cfg.json + sae_weights.safetensors)")->required();
   cmd->add_option("--model", a->model, "mechlab checkpoint (.h5) or Hugging Face folder to splice it into");
   cmd->add_option("--hook", a->hook, "Hook to splice at (default: the SAE's hook_name)");
-  add_threads_option(cmd);
+  add_threads_option(cmd, "They run the import checks (and, with --model, the splice check).");
   cmd->callback([a] {
+    MECHLAB_CHECK(a->hook.empty() || !a->model.empty(),
+                  "--hook names where to splice into --model, but no --model was given; add --model M");
     auto s = sae::import_saelens(a->dir);
     const sae::SaeConfig& c = s->cfg();
     std::printf("%s: %s SAE, d_in %lld, d_sae %lld, hook %s\n", printable(a->dir).c_str(),
@@ -96,10 +101,16 @@ void add_sae_export_command(CLI::App& sae) {
                 "Scale decoder rows to unit norm, folding the norms into the encoder "
                 "(reconstructions unchanged; SAELens's fold_W_dec_norm)");
   cmd->add_flag("--overwrite", a->overwrite, "Replace the SAELens folder at --out");
-  add_threads_option(cmd);
+  add_threads_option(cmd, "They run the import checks and the conversion (--fold-w-dec-norm).");
   cmd->callback([a] {
     MECHLAB_CHECK(!same_folder(a->out, a->dir), "--out ", a->out,
                   " is the SAE folder being read; choose another folder");
+    // Replacing --out removes it: never when it holds the folder being read.
+    std::error_code ec;
+    const fs::path in = fs::weakly_canonical(a->dir, ec), out = fs::weakly_canonical(a->out, ec);
+    const auto mismatch = std::mismatch(out.begin(), out.end(), in.begin(), in.end());
+    MECHLAB_CHECK(mismatch.first != out.end(), "--out ", a->out, " contains the SAE folder being read (", a->dir,
+                  "); choose a folder outside it");
     auto s = sae::import_saelens(a->dir);
     if (!a->hook.empty()) s = with_hook(*s, a->hook);
     if (a->fold) s->fold_W_dec_norm();
