@@ -151,6 +151,18 @@ class StoreSource : public BatchSource {
   }
   at::Tensor init_rows(int64_t n) override { return eval_rows(n); }
   bool reads_own_part() const override { return parts_ > 1; }
+  json content_identity() const override {
+    const core::StoreHeader& h = store_.header();
+    const json job = json::parse(h.job, nullptr, /*allow_exceptions=*/false);
+    std::string fingerprint;
+    if (job.is_object() && job.contains("dataset_fingerprint") && job["dataset_fingerprint"].is_string()) {
+      fingerprint = job["dataset_fingerprint"].get<std::string>();
+    }
+    return {{"config_hash", h.config_hash},
+            {"dataset_fingerprint", fingerprint},
+            {"rows", store_.num_rows()},
+            {"dtype", std::string(c10::toString(h.dtype))}};
+  }
 
  private:
   at::Tensor next_batch() {
@@ -467,7 +479,57 @@ json SaeTrainConfig::to_json() const {
 
 void SaeTrainConfig::validate() const {
   check_data(data());
-  ::mechlab::sae::validate(sae());
+  // d_in 0 means "the data's width", filled in once the source is open; the
+  // rest of the SAE's config is checked now, before any file is touched.
+  SaeConfig s = sae();
+  if (s.d_in() == 0) s.d_in(1);
+  ::mechlab::sae::validate(s);
+  // The SAE is exported with hook_name as the hook it reads: one that is not
+  // the hook its rows came from would splice it where it was never trained.
+  if (data().contains("hook") && data()["hook"].is_string() && !sae().hook_name().empty()) {
+    const std::string hook = data()["hook"].get<std::string>();
+    MECHLAB_CHECK(sae().hook_name() == hook, "SAE training config: \"sae.hook_name\" is \"", sae().hook_name(),
+                  "\" but the SAE trains on data.hook \"", hook,
+                  "\"; drop sae.hook_name (it defaults to data.hook) or set it to the same hook");
+  }
+  // The loss coefficients: a NaN would otherwise surface mid-run as "loss
+  // became NaN" (or, for topk_threshold_lr, as an exported SAE with a NaN
+  // threshold that import refuses), and a negative one rewards density.
+  auto check_coefficient = [](const char* key, double v, bool zero_ok) {
+    MECHLAB_CHECK(std::isfinite(v) && (zero_ok ? v >= 0 : v > 0), "SAE training config: \"sae.", key,
+                  "\" must be a finite number ", zero_ok ? ">= 0" : "> 0", ", got ", v);
+  };
+  check_coefficient("l1_coefficient", sae().l1_coefficient(), true);
+  check_coefficient("l0_coefficient", sae().l0_coefficient(), true);
+  check_coefficient("aux_loss_coefficient", sae().aux_loss_coefficient(), true);
+  check_coefficient("lp_norm", sae().lp_norm(), false);
+  check_coefficient("jumprelu_bandwidth", sae().jumprelu_bandwidth(), false);
+  check_coefficient("jumprelu_tanh_scale", sae().jumprelu_tanh_scale(), false);
+  if (sae().pre_act_loss_coefficient()) {
+    check_coefficient("pre_act_loss_coefficient", *sae().pre_act_loss_coefficient(), true);
+  }
+  // An exponential moving average's weight: outside [0, 1] it diverges.
+  MECHLAB_CHECK(std::isfinite(sae().topk_threshold_lr()) && sae().topk_threshold_lr() >= 0 &&
+                    sae().topk_threshold_lr() <= 1,
+                "SAE training config: \"sae.topk_threshold_lr\" must be in [0, 1], got ", sae().topk_threshold_lr());
+  if (data().contains("buffer_rows")) {
+    const int64_t rows = get_as<int64_t>(data(), "buffer_rows", "data.");
+    MECHLAB_CHECK(rows >= 1, "SAE training config: \"data.buffer_rows\" must be >= 1, got ", rows);
+  }
+  // The loop's and AdamW's own checks, repeated here so that they refuse
+  // before the output folder is created.
+  MECHLAB_CHECK(std::isfinite(lr()) && lr() > 0, "SAE training config: \"lr\" must be positive, got ", lr());
+  MECHLAB_CHECK(!min_lr() || (*min_lr() >= 0 && *min_lr() <= lr()),
+                "SAE training config: \"min_lr\" must be in [0, lr] or null, got ", min_lr().value_or(0.0));
+  MECHLAB_CHECK(lr_warmup_steps() >= 0, "SAE training config: \"lr_warmup_steps\" must be >= 0, got ",
+                lr_warmup_steps());
+  MECHLAB_CHECK(beta1() >= 0 && beta1() < 1, "SAE training config: \"beta1\" must be in [0, 1), got ", beta1());
+  MECHLAB_CHECK(beta2() >= 0 && beta2() < 1, "SAE training config: \"beta2\" must be in [0, 1), got ", beta2());
+  MECHLAB_CHECK(grad_clip() >= 0, "SAE training config: \"grad_clip\" must be >= 0 (0 = no clipping), got ",
+                grad_clip());
+  MECHLAB_CHECK(eval_every() >= 1, "SAE training config: \"eval_every\" must be >= 1, got ", eval_every());
+  MECHLAB_CHECK(checkpoint_every() >= 1, "SAE training config: \"checkpoint_every\" must be >= 1, got ",
+                checkpoint_every());
   MECHLAB_CHECK(steps() >= 1, "SAE training config: \"steps\" must be >= 1, got ", steps());
   MECHLAB_CHECK(batch_size() >= 1, "SAE training config: \"batch_size\" must be >= 1, got ", batch_size());
   MECHLAB_CHECK(dead_feature_window() >= 1, "SAE training config: \"dead_feature_window\" must be >= 1, got ",
@@ -501,7 +563,6 @@ void SaeTrainConfig::validate() const {
   MECHLAB_CHECK(stop_at_mmcs() == 0 || data().contains("toy"),
                 "SAE training config: \"stop_at_mmcs\" needs a ground truth: only a toy source (data.toy) has one");
   training_device(device());
-  // The loop checks lr, warmup, clipping, eval_every and checkpoint_every.
 }
 
 at::Device training_device(const std::string& device) {
@@ -571,6 +632,24 @@ SaeTrainable::SaeTrainable(SaeTrainConfig cfg, std::unique_ptr<BatchSource> sour
 nlohmann::json SaeTrainable::config() const {
   json j = cfg_.to_json();
   j.erase("device");  // not part of the run's identity: a checkpoint resumes on any device
+  // The data as what it is, not how it was written: defaults filled in (so
+  // that spelling out a default is no change), and a store by its content
+  // (model, dataset, rows, dtype) rather than its path, so that a moved
+  // store resumes and a store recached at the same path does not.
+  json& d = j["data"];
+  if (d.contains("toy")) {
+    const ToyOptions t = toy_from_json(d["toy"]);
+    d["toy"] = {{"n_features", t.n_features()}, {"d", t.d()}, {"p_active", t.p_active()},
+                {"max_magnitude", t.max_magnitude()}, {"seed", t.seed()}};
+  } else {
+    d["buffer_rows"] = d.value("buffer_rows", int64_t{1} << 16);
+    d["exclude_first_position"] = d.value("exclude_first_position", false);
+    if (d.contains("model")) d["prompts_per_forward"] = d.value("prompts_per_forward", int64_t{8});
+  }
+  if (d.contains("store")) {
+    d.erase("store");
+    d["store_content"] = source_->content_identity();
+  }
   return j;
 }
 
@@ -925,11 +1004,68 @@ SaeTrainConfig with_data_width(SaeTrainConfig cfg, const BatchSource& source) {
   return cfg;
 }
 
+// True when `path` holds an SAE training config (what a run writes as
+// config.json), not another program's config.json (a model folder's).
+bool is_run_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in.good()) return false;
+  const json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("sae") && j["sae"].is_object() && j.contains("data") && j.contains("steps");
+}
+
+// Refuses, before any work, an out_dir that is a file, or (a fresh run) one
+// holding an earlier run's files without `overwrite`: a run's config.json
+// and sae/ are written only at its end, so stale ones would sit beside the
+// new run's checkpoint and logs (and a job file counts out/sae as done).
+// With `overwrite`, files mechlab did not write are still refused.
+void check_out_dir(const SaeTrainerOptions& o) {
+  namespace fs = std::filesystem;
+  if (o.out_dir().empty()) return;
+  const fs::path dir(o.out_dir());
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return;
+  MECHLAB_CHECK(fs::is_directory(dir, ec), "SAE training: out_dir '", o.out_dir(),
+                "' is a file, not a folder; name a folder (new or an earlier run's)");
+  if (o.resume()) return;  // the loop checks the checkpoint
+  std::string held;
+  for (const char* name : {"checkpoint.h5", "config.json", "sae"}) {
+    if (fs::exists(fs::symlink_status(dir / name, ec))) held += (held.empty() ? "" : ", ") + std::string(name);
+  }
+  MECHLAB_CHECK(held.empty() || o.overwrite(), "'", o.out_dir(), "' already holds a training run (", held,
+                "); pass `resume` to continue it or `overwrite` to start again");
+  if (held.empty()) return;
+  const fs::path config = dir / "config.json";
+  MECHLAB_CHECK(!fs::exists(fs::symlink_status(config, ec)) || is_run_config(config.string()), "'", config.string(),
+                "' is not an SAE training config mechlab wrote; `overwrite` replaces only a run's own files: "
+                "move it away or choose another out_dir");
+  const fs::path sae = dir / "sae";
+  MECHLAB_CHECK(!fs::exists(fs::symlink_status(sae, ec)) || is_exported_folder(sae.string()), "'", sae.string(),
+                "' holds files besides an SAELens export (cfg.json, sae_weights.safetensors); `overwrite` replaces "
+                "only a run's own files: move it away or choose another out_dir");
+}
+
+// `overwrite`: removes the earlier run's outputs (check_out_dir allowed
+// them) before training, so an interrupted new run leaves none of them.
+void remove_earlier_run(const SaeTrainerOptions& o) {
+  namespace fs = std::filesystem;
+  if (o.out_dir().empty() || o.resume() || !o.overwrite()) return;
+  const fs::path dir(o.out_dir());
+  std::error_code ec;
+  remove_exported_folder((dir / "sae").string());
+  for (const char* name : {"checkpoint.h5", "config.json", "train_log.csv", "train_log.svg", "sae_log.csv",
+                           "sae_log.svg"}) {
+    const fs::path p = dir / name;
+    if (!fs::exists(fs::symlink_status(p, ec)) || !fs::is_regular_file(fs::symlink_status(p, ec))) continue;
+    MECHLAB_CHECK(fs::remove(p, ec), "cannot remove '", p.string(), "' of the earlier run: ", ec.message());
+  }
+}
+
 }  // namespace
 
 SaeTrainer::SaeTrainer(SaeTrainConfig cfg, SaeTrainerOptions options)
     : SaeTrainer(cfg, [&] {
-        check_data(cfg.data());
+        check_out_dir(options);
+        cfg.validate();
         const auto& g = options.process_group();
         return g ? make_source(cfg, g->rank(), g->world_size()) : make_source(cfg);
       }(), options) {}  // a copy: the lambda reads `options`, and argument order is unspecified
@@ -937,6 +1073,7 @@ SaeTrainer::SaeTrainer(SaeTrainConfig cfg, SaeTrainerOptions options)
 SaeTrainer::SaeTrainer(SaeTrainConfig cfg, std::unique_ptr<BatchSource> source, SaeTrainerOptions options)
     : options_(std::move(options)) {
   MECHLAB_CHECK(source != nullptr, "SAE training: no data source");
+  check_out_dir(options_);
   cfg = with_data_width(std::move(cfg), *source);
   if (const auto& g = options_.process_group()) {
     // Data parallel on "cuda": this rank's GPU, cuda:LOCAL_RANK, before the
@@ -950,6 +1087,7 @@ SaeTrainer::SaeTrainer(SaeTrainConfig cfg, std::unique_ptr<BatchSource> source, 
   trainable_ = std::make_unique<SaeTrainable>(cfg, std::move(source));
   trainable_->set_process_group(options_.process_group());
   const bool rank0 = !options_.process_group() || options_.process_group()->rank() == 0;
+  if (rank0) remove_earlier_run(options_);
   if (!options_.out_dir().empty() && rank0) {
     trainable_->log_path = (std::filesystem::path(options_.out_dir()) / "sae_log.csv").string();
   }

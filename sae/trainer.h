@@ -122,6 +122,10 @@ class BatchSource {
   /// True when the source reads only this rank's part of the data (a store
   /// in parts): batch() then gets the rank's batch size, not the global one.
   virtual bool reads_own_part() const { return false; }
+  /// What the rows are, for a resume's check that the data is the same
+  /// (an activation store: its model's config hash, dataset fingerprint,
+  /// rows and dtype); null when the config's data entry says it all.
+  virtual nlohmann::json content_identity() const { return nullptr; }
 };
 
 /// The toy generator: batches drawn with the loop's generator; evaluation and
@@ -238,7 +242,8 @@ class SaeTrainable : public core::train::Trainable {
   at::Tensor loss(int64_t step, at::Generator& rng) override;
   core::train::Evaluation evaluate() override;
   /// The run's identity for resume: the config without `device` (a run may
-  /// continue on another device; see SaeTrainConfig::device).
+  /// continue on another device; see SaeTrainConfig::device), data defaults
+  /// filled in, and a store named by its content_identity(), not its path.
   nlohmann::json config() const override;
   void save_state(const std::string& path,
                   const std::function<void(core::H5File&)>& write_loop_state) const override;

@@ -93,12 +93,16 @@ void add_sae_train(CLI::App& sae) {
   cmd->add_option("--out", a->out, "Output folder")->required();
   cmd->add_option("--set", a->settings, "Override a config key: KEY=VALUE, nested keys with dots "
                                         "(e.g. --set steps=500 --set sae.k=16)");
-  add_threads_option(cmd);
+  add_threads_option(cmd, "They run the SAE's matrix products on the CPU (and a live source's model forwards).");
   cmd->add_option("--max-steps", a->max_steps,
                   "Stop after this many steps of this session (resumable; -1 = to the config's steps)")
       ->capture_default_str();
-  cmd->add_flag("--resume", a->resume, "Continue the run in --out (same config, same result as uninterrupted)");
-  cmd->add_flag("--overwrite", a->overwrite, "Replace a run already in --out");
+  cmd->add_flag("--resume", a->resume,
+                "Continue the run in --out (same config, same result as uninterrupted; a store is matched by "
+                "content, so it may have moved)");
+  cmd->add_flag("--overwrite", a->overwrite,
+                "Replace a run already in --out: its checkpoint, logs, config.json and sae/ are removed first "
+                "(other files are kept; a config.json or sae/ mechlab did not write is refused)");
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar");
   cmd->add_option("--dist-timeout", a->dist_timeout,
                   "Data parallel: seconds the processes wait for each other (rendezvous and each step's "
@@ -107,6 +111,7 @@ void add_sae_train(CLI::App& sae) {
       ->check(CLI::PositiveNumber);
   cmd->callback([a, cmd] {
     MECHLAB_CHECK(!(a->resume && a->overwrite), "--resume and --overwrite exclude each other");
+    MECHLAB_CHECK(a->max_steps >= -1, "--max-steps must be -1 (to the config's steps) or >= 0, got ", a->max_steps);
     json j = read_config(a->config);
     for (const std::string& s : a->settings) set_key(j, s);
     // Store, model and dataset paths are relative to the config's folder (made
@@ -127,6 +132,7 @@ void add_sae_train(CLI::App& sae) {
       }
     }
     const sae::SaeTrainConfig cfg = sae::SaeTrainConfig::from_json(j);
+    cfg.validate();  // every value, before a process group, a store or --out is touched
     core::require_not_same_file((fs::path(a->out) / "config.json").string(), "--out", a->config, "the config");
     // Data parallel when the launcher says so (world size > 1).
     const core::dist::DistEnv env = core::dist::dist_env();

@@ -26,13 +26,34 @@ std::string join_path(const std::string& dir, const std::string& file) {
   return (std::filesystem::path(dir) / file).string();
 }
 
-// The first key whose value differs between two JSON objects ("" if none).
-std::string first_difference(const nlohmann::json& a, const nlohmann::json& b) {
+// The first key whose value differs between two JSON objects ("" if none),
+// as a dotted path into nested objects ("sae.k"), with its value in each
+// (null where absent): naming the key rather than printing two whole nested
+// objects, which hides a one-key change in a thousand characters.
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, nlohmann::json& in_a,
+                             nlohmann::json& in_b) {
   for (const auto& item : a.items()) {
-    if (!b.contains(item.key()) || b[item.key()] != item.value()) return item.key();
+    if (!b.contains(item.key())) {
+      in_a = item.value();
+      in_b = nullptr;
+      return item.key();
+    }
+    const nlohmann::json& other = b[item.key()];
+    if (other == item.value()) continue;
+    if (item.value().is_object() && other.is_object()) {
+      const std::string inner = first_difference(item.value(), other, in_a, in_b);
+      if (!inner.empty()) return item.key() + "." + inner;
+    }
+    in_a = item.value();
+    in_b = other;
+    return item.key();
   }
   for (const auto& item : b.items()) {
-    if (!a.contains(item.key())) return item.key();
+    if (!a.contains(item.key())) {
+      in_a = nullptr;
+      in_b = item.value();
+      return item.key();
+    }
   }
   return "";
 }
@@ -48,10 +69,10 @@ nlohmann::json read_json_attr(const H5File& f, const std::string& path, const ch
 
 // Refuses to resume from a run whose `what` (config or hyperparameters) differs.
 void check_same(const std::string& path, const nlohmann::json& here, const nlohmann::json& there) {
-  const std::string diff = first_difference(here, there);
+  nlohmann::json in_here, in_there;
+  const std::string diff = first_difference(here, there, in_here, in_there);
   MECHLAB_CHECK(diff.empty(), "cannot resume '", path, "': it was trained with another config (\"",
-                diff, "\" is ", there.value(diff, nlohmann::json()).dump(), " there, ",
-                here.value(diff, nlohmann::json()).dump(),
+                diff, "\" is ", in_there.dump(), " there, ", in_here.dump(),
                 " here); resume with the same config or start a new run");
 }
 

@@ -101,9 +101,12 @@ TEST(SaeTrainDevice, IsWrittenToTheConfigButIsNotPartOfTheResumeIdentity) {
       "data": {"toy": {"d": 4, "n_features": 6}}})")).device(), "cpu");  // the default
   const std::string dir = fresh_dir("identity");
   SaeTrainer t(cfg, SaeTrainerOptions().out_dir(dir).progress(false));
-  // The identity a resume compares: everything but the device.
+  // The identity a resume compares: everything but the device, with the
+  // toy's defaults written out (ToyOptions: max_magnitude 1, seed 0).
   json identity = cfg.to_json();
   identity.erase("device");
+  identity["data"]["toy"]["max_magnitude"] = 1.0;
+  identity["data"]["toy"]["seed"] = 0;
   const json own = t.trainable().config();
   EXPECT_FALSE(own.contains("device"));
   EXPECT_EQ(own, identity);
