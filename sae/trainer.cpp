@@ -967,6 +967,29 @@ void SaeTrainable::load_state(const std::string& path) {
 
 namespace {
 
+// train_log.{csv,svg} as SaeTrainable::evaluate fills them: the training
+// loss includes the sparsity penalty, the test loss is the evaluation
+// batch's MSE alone (separate panels), "train accuracy" is explained variance
+// and "test accuracy" MMCS against the ground truth (toy) or explained variance.
+core::train::LogLabels sae_log_labels(const SaeTrainConfig& cfg) {
+  const bool toy = cfg.data().contains("toy");
+  core::train::LogLabels l;
+  l.train_loss = "train_loss_total";
+  l.train_accuracy = "eval_explained_variance";
+  l.test_loss = "eval_mse";
+  // Without a ground truth the loop's test_accuracy repeats explained variance.
+  l.test_accuracy = toy ? "eval_mmcs" : "eval_explained_variance_2";
+  l.train_loss_series = "training loss (MSE + sparsity + aux)";
+  l.loss_panel = "training loss";
+  l.test_loss_series = "evaluation MSE";
+  l.test_loss_panel = "evaluation MSE";
+  l.split_losses = true;
+  l.train_accuracy_series = "explained variance";
+  l.test_accuracy_series = toy ? "MMCS (ground truth)" : "explained variance (again)";
+  l.accuracy_panel = toy ? "explained variance, MMCS" : "explained variance";
+  return l;
+}
+
 core::train::LoopOptions loop_options(const SaeTrainConfig& cfg, const SaeTrainerOptions& o) {
   return core::train::LoopOptions()
       .steps(cfg.steps())
@@ -984,7 +1007,8 @@ core::train::LoopOptions loop_options(const SaeTrainConfig& cfg, const SaeTraine
       .resume(o.resume())
       .overwrite(o.overwrite())
       .process_group(o.process_group())
-      .progress(false);  // the SAE trainer draws its own bar, in tokens
+      .progress(false)  // the SAE trainer draws its own bar, in tokens
+      .log_labels(sae_log_labels(cfg));
 }
 
 // The data's width, and the data's hook as the SAE's hook_name when the

@@ -52,8 +52,8 @@
 //
 // Files in out_dir: checkpoint.h5 (the SAE under /sae, the trainer's
 // counters under /sae_trainer, the loop's state under /train), train_log.csv
-// and .svg (the loop's: loss; "test_accuracy" is MMCS on a toy source, else
-// explained variance), sae_log.csv (per evaluation: tokens, L0, MSE, FVU,
+// and .svg (the loop's, labelled for an SAE: training loss, evaluation MSE,
+// explained variance, and MMCS on a toy source), sae_log.csv (per evaluation: tokens, L0, MSE, FVU,
 // explained variance, dead fraction, MMCS) and its chart sae_log.svg, and at
 // the end sae/ (an SAELens
 // folder, sae/saelens_io.h) and config.json.

@@ -307,8 +307,8 @@ void TrainLoop::evaluate_and_log() {
 
 void TrainLoop::write_log() const {
   if (!writes()) return;
-  write_text_file(join_path(options_.out_dir(), "train_log.csv"), log_.csv());
-  write_text_file(join_path(options_.out_dir(), "train_log.svg"), log_.svg(options_.name()));
+  write_text_file(join_path(options_.out_dir(), "train_log.csv"), log_.csv(options_.log_labels()));
+  write_text_file(join_path(options_.out_dir(), "train_log.svg"), log_.svg(options_.name(), options_.log_labels()));
 }
 
 LoopResult TrainLoop::run(int64_t max_steps) {

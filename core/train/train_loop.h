@@ -80,6 +80,8 @@ struct LoopOptions {
   // Where and how; these may change between sessions of a run.
   /// Progress label and chart title.
   MECHLAB_OPTION(LoopOptions, std::string, name, "run")
+  /// What train_log.{csv,svg} call the loss and accuracy columns.
+  MECHLAB_OPTION(LoopOptions, LogLabels, log_labels, LogLabels())
   /// Where the checkpoint and train_log.{csv,svg} go; "" writes nothing.
   MECHLAB_OPTION(LoopOptions, std::string, out_dir, "")
   MECHLAB_OPTION(LoopOptions, std::string, checkpoint_file, "checkpoint.h5")

@@ -20,9 +20,11 @@ void TrainingLog::truncate_after(int64_t step) {
   while (!rows_.empty() && rows_.back().step > step) rows_.pop_back();
 }
 
-std::string TrainingLog::csv() const {
+std::string TrainingLog::csv(const LogLabels& labels) const {
   std::ostringstream os;
-  os << kColumns << "\n" << std::setprecision(8);
+  os << "step,lr," << labels.train_loss << ",grad_norm," << labels.train_accuracy << "," << labels.test_loss << ","
+     << labels.test_accuracy << ",seconds\n"
+     << std::setprecision(8);
   for (const LogRow& r : rows_) {
     os << r.step << "," << r.lr << "," << r.train_loss << "," << r.grad_norm << ","
        << r.train_accuracy << "," << r.test_loss << "," << r.test_accuracy << "," << std::fixed
@@ -31,9 +33,9 @@ std::string TrainingLog::csv() const {
   return os.str();
 }
 
-std::string TrainingLog::svg(const std::string& title) const {
-  plot::Series train_loss{"train loss", {}, {}}, test_loss{"test loss", {}, {}};
-  plot::Series train_acc{"train accuracy", {}, {}}, test_acc{"test accuracy", {}, {}};
+std::string TrainingLog::svg(const std::string& title, const LogLabels& labels) const {
+  plot::Series train_loss{labels.train_loss_series, {}, {}}, test_loss{labels.test_loss_series, {}, {}};
+  plot::Series train_acc{labels.train_accuracy_series, {}, {}}, test_acc{labels.test_accuracy_series, {}, {}};
   for (const LogRow& r : rows_) {
     const double x = static_cast<double>(r.step);
     for (plot::Series* s : {&train_loss, &test_loss, &train_acc, &test_acc}) s->x.push_back(x);
@@ -42,8 +44,13 @@ std::string TrainingLog::svg(const std::string& title) const {
     train_acc.y.push_back(r.train_accuracy);
     test_acc.y.push_back(r.test_accuracy);
   }
-  plot::Panel loss{"loss", true, {train_loss, test_loss}, std::nullopt};
-  plot::Panel acc{"top-1 accuracy", false, {train_acc, test_acc}, std::make_pair(0.0, 1.0)};
+  plot::Panel acc{labels.accuracy_panel, false, {train_acc, test_acc}, std::make_pair(0.0, 1.0)};
+  if (labels.split_losses) {
+    plot::Panel train{labels.loss_panel, true, {train_loss}, std::nullopt};
+    plot::Panel test{labels.test_loss_panel, true, {test_loss}, std::nullopt};
+    return plot::line_chart_svg(title, "step", {train, test, acc});
+  }
+  plot::Panel loss{labels.loss_panel, true, {train_loss, test_loss}, std::nullopt};
   return plot::line_chart_svg(title, "step", {loss, acc});
 }
 

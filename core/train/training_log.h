@@ -26,6 +26,24 @@ struct LogRow {
   double seconds = 0;         ///< wall time since the run (first) started
 };
 
+/// What the log's loss and accuracy columns measure, in the CSV header and
+/// the chart. The defaults are a classifier's (a language model's top-1
+/// accuracy); another Trainable (an SAE: explained variance, MMCS) names its own.
+struct LogLabels {
+  /// CSV column names.
+  std::string train_loss = "train_loss", train_accuracy = "train_accuracy";
+  std::string test_loss = "test_loss", test_accuracy = "test_accuracy";
+  /// Chart series and panel titles.
+  std::string train_loss_series = "train loss", test_loss_series = "test loss", loss_panel = "loss";
+  std::string train_accuracy_series = "train accuracy", test_accuracy_series = "test accuracy";
+  std::string accuracy_panel = "top-1 accuracy";
+  /// Train and test loss on separate panels (test_loss_panel), for losses
+  /// that measure different things (an SAE's training loss includes its
+  /// sparsity penalty, its test loss is the reconstruction MSE alone).
+  bool split_losses = false;
+  std::string test_loss_panel = "test loss";
+};
+
 class TrainingLog {
  public:
   void add(const LogRow& row) { rows_.push_back(row); }
@@ -34,9 +52,9 @@ class TrainingLog {
   /// Drops rows written after `step` (a resumed run repeats those steps).
   void truncate_after(int64_t step);
 
-  std::string csv() const;
+  std::string csv(const LogLabels& labels = {}) const;
   /// Loss (log scale) and accuracy panels against the step.
-  std::string svg(const std::string& title) const;
+  std::string svg(const std::string& title, const LogLabels& labels = {}) const;
 
   /// Stored as `group/log`, float64 [rows, 8], columns named in an attribute.
   void save(H5File& file, const std::string& group) const;

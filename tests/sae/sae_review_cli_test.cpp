@@ -150,6 +150,14 @@ TEST(SaeReviewCli, OverwriteRemovesTheEarlierRunsOwnFilesOnlyAndAFolderHoldingTh
   ASSERT_EQ(run_cli(train + ow + " --resume --set sae.k=6").rc, 0);
   EXPECT_EQ(nlohmann::json::parse(read_file(ow + "/config.json"))["sae"]["k"], 6.0);
   EXPECT_EQ(nlohmann::json::parse(read_file(ow + "/sae/cfg.json"))["k"], 6);
+  // train_log says what its columns are for an SAE, not a language model's accuracy.
+  const std::string csv = read_file(ow + "/train_log.csv");
+  EXPECT_EQ(csv.substr(0, csv.find('\n')),
+            "step,lr,train_loss_total,grad_norm,eval_explained_variance,eval_mse,eval_mmcs,seconds");
+  const std::string svg = read_file(ow + "/train_log.svg");
+  EXPECT_THAT(svg, HasSubstr("MMCS (ground truth)"));
+  EXPECT_THAT(svg, HasSubstr("evaluation MSE"));
+  EXPECT_THAT(svg, Not(HasSubstr("accuracy")));
 
   // A folder holding another program's config.json (a model folder): refused
   // without --overwrite, and with it (it is not the run's), intact.
