@@ -1,5 +1,6 @@
 #include "sae/saelens_io.h"
 
+#include "core/formats/output_file.h"
 #include "core/formats/safetensors.h"
 #include "core/formats/safetensors_writer.h"
 #include "core/formats/text_file.h"
@@ -102,7 +103,8 @@ fs::path unique_dir_beside(const std::string& dir, const char* suffix) {
   name += std::string(suffix) + ".XXXXXX";
   std::vector<char> buf(name.begin(), name.end());
   buf.push_back('\0');
-  MECHLAB_CHECK(::mkdtemp(buf.data()) != nullptr, "cannot create a folder beside '", dir, "': ", std::strerror(errno));
+  MECHLAB_CHECK(::mkdtemp(buf.data()) != nullptr, "cannot write '", dir, "': creating a folder beside it failed: ",
+                core::system_error_words(errno));
   return fs::path(buf.data());
 }
 
@@ -337,7 +339,13 @@ void export_saelens(const Sae& sae, const std::string& dir, const ExportOptions&
   }
   if (fs::exists(target)) {
     // rename(2) moves a folder onto an empty one: the unique name is ours.
-    const fs::path old = unique_dir_beside(dir, ".old");
+    fs::path old;
+    try {
+      old = unique_dir_beside(dir, ".old");
+    } catch (...) {
+      remove_tree(stage.string());  // the new SAE goes; the old one stays in place
+      throw;
+    }
     fs::rename(target, old, ec);
     MECHLAB_CHECK(!ec, "cannot replace '", dir, "': renaming it aside failed: ", ec.message());
     fs::rename(stage, target, ec);
