@@ -27,7 +27,7 @@ void add_bench_command(CLI::App& app) {
   add_bench_sae(*bench);
   add_bench_probe(*bench);
   for (CLI::App* sub : bench->get_subcommands([](CLI::App*) { return true; })) {
-    add_threads_option(sub);
+    add_threads_option(sub, sub->get_name() == "acdc" ? kAcdcThreadsNote : "");
   }
 }
 

@@ -152,7 +152,7 @@ void add_discover_command(CLI::App& app) {
   std::string help = kDiscoverHelp;
   help.replace(help.find("@METRICS@"), 9, patching::metric_names());
   cmd->footer(help);
-  add_threads_option(cmd);
+  add_threads_option(cmd, kAcdcThreadsNote);
   cmd->callback([a, only] {
     // An empty name (a script's unset variable) must not mean every job.
     MECHLAB_CHECK(only->count() == 0 || !a->only.empty(), "--only is empty; give the name of one job");

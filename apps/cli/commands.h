@@ -42,9 +42,12 @@ std::string human_bytes(int64_t bytes);
 /// --threads N, the same on every compute command: CPU threads for LibTorch,
 /// 1 to max_threads() (0, the default, keeps LibTorch's default: all cores).
 /// Applied as soon as it is parsed; a count out of range is an error (a
-/// huge pool would hang the machine creating threads). `use` says what the
-/// threads do in this command (default: ACDC's node path's adaptive team).
+/// huge pool would hang the machine creating threads). `use` (optional) says
+/// what the threads do in this command.
 void add_threads_option(CLI::App* cmd, const std::string& use = "");
+/// The --threads note of the commands that run ACDC (discover, bench).
+inline constexpr const char* kAcdcThreadsNote =
+    "ACDC's node path uses fewer while other processes keep cores busy (MECHLAB_ADAPTIVE_THREADS=0: never)";
 int max_threads();  // 4 x the hardware threads
 
 /// Ctrl-C for the command that follows (core/util/interrupt.h). Long jobs

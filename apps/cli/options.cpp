@@ -93,10 +93,8 @@ void add_threads_option(CLI::App* cmd, const std::string& use) {
                          " hardware threads here), or 0 for LibTorch's default; got ", n);
            if (n > 0) at::set_num_threads(n);
          },
-         str_cat("CPU threads, 1 to ", max_threads(), " (0 = LibTorch's default: all cores). ",
-                 use.empty() ? "ACDC's node path uses fewer while other processes keep cores busy "
-                               "(MECHLAB_ADAPTIVE_THREADS=0: never)"
-                             : use))
+         str_cat("CPU threads, 1 to ", max_threads(), " (0 = LibTorch's default: all cores)",
+                 use.empty() ? "" : ". " + use))
       ->default_str("0");
 }
 
