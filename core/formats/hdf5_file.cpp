@@ -598,9 +598,7 @@ H5File H5File::create(const std::string& path) {
 
 void H5File::write_atomically(const std::string& path, const std::function<void(H5File&)>& fill,
                               const std::string& suffix) {
-  // The default stages under a unique name (create_temp_beside): a fixed
-  // "path.tmp" may be a user's file, which H5Fcreate would truncate.
-  const std::string tmp = suffix == ".tmp" ? create_temp_beside(path) : path + suffix;
+  const std::string tmp = path + suffix;
   try {
     H5File file = create(tmp);
     fill(file);

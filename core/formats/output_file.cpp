@@ -3,39 +3,13 @@
 #include "core/formats/hdf5_file.h"
 #include "core/util/error.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
-#include <chrono>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
 namespace mechlab::core {
-
-std::string create_temp_beside(const std::string& path) {
-  static std::atomic<uint64_t> counter{0};
-  const uint64_t seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    const uint64_t tail = seed ^ (counter.fetch_add(1) * 0x9E3779B97F4A7C15ULL);
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%d.%08llx", static_cast<int>(::getpid()),
-                  static_cast<unsigned long long>(tail & 0xffffffffULL));
-    const std::string name = path + ".tmp." + buf;
-    const int fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) {
-      ::close(fd);
-      return name;
-    }
-    if (errno != EEXIST) {
-      throw Error(str_cat("cannot write '", path, "': creating '", name, "' failed: ", system_error_words(errno)));
-    }
-  }
-  throw Error(str_cat("cannot write '", path, "': no free temporary name beside it"));
-}
 
 std::string system_error_words(int err) {
   switch (err) {

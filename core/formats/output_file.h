@@ -24,13 +24,6 @@ std::string system_error_words(int err);
 void require_not_same_file(const std::string& out, const std::string& what_out,
                            const std::string& input, const std::string& what_in);
 
-/// Creates a new empty file beside `path`, named `path` + ".tmp." + a unique
-/// tail (O_EXCL: never an existing file, so a user's `path.tmp` is never
-/// truncated or removed), with the mode a plain new file gets (0666 less the
-/// umask); returns its name. Staging for atomic writes: fill it, rename it
-/// onto `path`. Throws a one-line error (system_error_words) when it cannot.
-std::string create_temp_beside(const std::string& path);
-
 /// Checks that a mechlab file of kind `format` ("checkpoint", "dataset",
 /// "activations", "patching") may be written at `path`: fine when nothing is
 /// there; an existing file needs `overwrite` and must not be a mechlab file

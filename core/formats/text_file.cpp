@@ -11,9 +11,7 @@
 namespace mechlab::core {
 
 void write_text_file(const std::string& path, const std::string& text) {
-  // A unique staging name: a fixed "path.tmp" may be a user's file, which
-  // opening it truncated (and a failure removed).
-  const std::string tmp = create_temp_beside(path);
+  const std::string tmp = path + ".tmp";
   // On any failure the temporary goes and whatever was at `path` stays.
   auto fail = [&](const char* doing) {
     const int err = errno;

@@ -299,8 +299,10 @@ void TrainLoop::evaluate_and_log() {
   loss_sum_ = 0;
   loss_count_ = 0;
   if (rank() == 0) {
-    log::info(str_cat("step ", step_, ": train loss ", row.train_loss, ", test loss ", e.test.loss,
-                      ", test accuracy ", e.test.accuracy, ", train accuracy ", e.train.accuracy));
+    const LogLabels& l = options_.log_labels();
+    log::info(str_cat("step ", step_, ": ", l.train_loss_series, " ", row.train_loss, ", ", l.test_loss_series, " ",
+                      e.test.loss, ", ", l.test_accuracy_series, " ", e.test.accuracy, ", ",
+                      l.train_accuracy_series, " ", e.train.accuracy));
   }
   write_log();
 }
