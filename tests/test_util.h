@@ -24,6 +24,8 @@
 #include <filesystem>
 #include <mutex>
 #include <set>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -145,6 +147,30 @@ inline CliResult run_program(const std::string& command_line) {
 /// Runs `mechlab ARGS` (the built binary) and collects its exit code and output.
 inline CliResult run_cli(const std::string& args) {
   return run_program(std::string(MECHLAB_BINARY) + " " + args);
+}
+
+/// The CLI's one error line (rc 1, "mechlab: error: ...", nothing after it).
+inline std::string error_line(const CliResult& r) {
+  EXPECT_EQ(r.rc, 1) << r.output;
+  const auto at = r.output.find("mechlab: error: ");
+  EXPECT_NE(at, std::string::npos) << r.output;
+  if (at == std::string::npos) return "";
+  const std::string line = r.output.substr(at);
+  EXPECT_EQ(line.find('\n'), line.size() - 1) << r.output;
+  return line;
+}
+
+/// Writes `text` to `path` (a test failure if it cannot).
+inline void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  ASSERT_TRUE(out.good()) << path;
+}
+
+/// The whole file ("" when it cannot be read).
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), {}};
 }
 
 /// True when a CUDA device is visible. Without one, CUDA tests skip, unless

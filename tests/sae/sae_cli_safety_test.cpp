@@ -25,6 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using ::testing::Not;
+using mechlab::testing::error_line;
+using mechlab::testing::read_file;
+using mechlab::testing::write_file;
 using mechlab::testing::run_cli;
 using mechlab::testing::temp_path;
 
@@ -34,32 +37,10 @@ const std::string kTopk = kData + "/sae/saved/topk";
 const std::string kInduction = std::string(MECHLAB_SOURCE_DIR) + "/apps/models/induction.h5";
 
 std::string fresh_dir(const std::string& name) {
-  const std::string d = temp_path("sae_review", name);
+  const std::string d = temp_path("sae_cli_safety", name);
   mechlab::testing::remove_tree(d);
   fs::create_directories(d);
   return d;
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-/// The CLI's one error line (rc 1, "mechlab: error: ", nothing after it).
-std::string error_line(const mechlab::testing::CliResult& r) {
-  EXPECT_EQ(r.rc, 1) << r.output;
-  const auto at = r.output.find("mechlab: error: ");
-  EXPECT_NE(at, std::string::npos) << r.output;
-  if (at == std::string::npos) return "";
-  const std::string line = r.output.substr(at);
-  EXPECT_EQ(line.find('\n'), line.size() - 1) << r.output;
-  return line;
 }
 
 /// The eval fixture's tokens [8, 12] (gpt2_like's vocabulary, 61) as a dataset.

@@ -26,6 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using mechlab::testing::error_line;
 using mechlab::testing::run_cli;
 using mechlab::testing::temp_path;
 
@@ -48,17 +49,6 @@ std::string dataset() {
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
   return nlohmann::json::parse(in);
-}
-
-/// The last line of the CLI's output, which must be its one error line.
-std::string error_line(const mechlab::testing::CliResult& r) {
-  EXPECT_EQ(r.rc, 1) << r.output;
-  const auto at = r.output.find("mechlab: error: ");
-  EXPECT_NE(at, std::string::npos) << r.output;
-  if (at == std::string::npos) return "";
-  const std::string line = r.output.substr(at);
-  EXPECT_EQ(line.find('\n'), line.size() - 1) << r.output;
-  return line;
 }
 
 TEST(SaeCli, EvalPrintsAndWritesSaeLensNumbers) {

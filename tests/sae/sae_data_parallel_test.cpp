@@ -38,6 +38,8 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using mechlab::testing::free_port;
+using mechlab::testing::read_file;
+using mechlab::testing::write_file;
 using nlohmann::json;
 
 std::string make_dir(const std::string& name) {
@@ -46,17 +48,6 @@ std::string make_dir(const std::string& name) {
   mechlab::testing::remove_tree(d.string());
   fs::create_directories(d);
   return d.string();
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), {}};
 }
 
 // `mechlab ARGS` as rank r of `world`, rendezvous on 127.0.0.1:port, output
