@@ -29,6 +29,28 @@ at::Tensor rows_of(const at::Tensor& inverse, const at::Tensor& chosen) {
   return at::isin(inverse, chosen).nonzero().squeeze(1);
 }
 
+void check_fractions(const SplitOptions& o, const char* who) {
+  MECHLAB_CHECK(o.test_fraction() >= 0 && o.validation_fraction() >= 0 &&
+                    o.test_fraction() + o.validation_fraction() < 1,
+                who, ": `test_fraction` (", o.test_fraction(), ") and `validation_fraction` (",
+                o.validation_fraction(), ") must be >= 0 and sum to less than 1");
+}
+
+// `units` (rows or groups) in a seeded order (or in order without
+// `shuffle`), cut into train, validation and test of the sizes given; the
+// parts hold unit indices in that order.
+Split shuffled_parts(int64_t units, int64_t n_test, int64_t n_val, const SplitOptions& o) {
+  at::Generator gen = generator(o.seed());
+  const at::Tensor order =
+      o.shuffle() ? at::randperm(units, gen, at::TensorOptions().dtype(at::kLong)) : at::arange(units, at::kLong);
+  const int64_t n_train = units - n_test - n_val;
+  Split s;
+  s.train = order.narrow(0, 0, n_train);
+  s.validation = order.narrow(0, n_train, n_val);
+  s.test = order.narrow(0, n_train + n_val, n_test);
+  return s;
+}
+
 // The percentile interval over resamples drawn by `draw` (row indices).
 BootstrapInterval percentile_interval(const std::function<at::Tensor(const at::Tensor&)>& metric, int64_t rows,
                                       const BootstrapOptions& o, const std::function<at::Tensor(at::Generator&)>& draw,
@@ -58,42 +80,25 @@ BootstrapInterval percentile_interval(const std::function<at::Tensor(const at::T
 
 Split random_split(int64_t rows, const SplitOptions& o) {
   MECHLAB_CHECK(rows >= 1, "random_split: no rows to split");
-  MECHLAB_CHECK(o.test_fraction() >= 0 && o.validation_fraction() >= 0 &&
-                    o.test_fraction() + o.validation_fraction() < 1,
-                "random_split: `test_fraction` (", o.test_fraction(), ") and `validation_fraction` (",
-                o.validation_fraction(), ") must be >= 0 and sum to less than 1");
+  check_fractions(o, "random_split");
   const int64_t n_test = static_cast<int64_t>(std::floor(o.test_fraction() * static_cast<double>(rows)));
   const int64_t n_val = static_cast<int64_t>(std::floor(o.validation_fraction() * static_cast<double>(rows)));
   MECHLAB_CHECK(rows - n_test - n_val >= 1, "random_split: ", rows, " rows leave none to train on");
-  at::Generator gen = generator(o.seed());
-  at::Tensor order = o.shuffle() ? at::randperm(rows, gen, at::TensorOptions().dtype(at::kLong))
-                                 : at::arange(rows, at::kLong);
-  const int64_t n_train = rows - n_test - n_val;
-  Split s;
-  s.train = sorted(order.narrow(0, 0, n_train));
-  s.validation = sorted(order.narrow(0, n_train, n_val));
-  s.test = sorted(order.narrow(0, n_train + n_val, n_test));
+  Split s = shuffled_parts(rows, n_test, n_val, o);
+  for (at::Tensor* part : {&s.train, &s.validation, &s.test}) *part = sorted(*part);
   return s;
 }
 
 Split group_split(const at::Tensor& groups, const SplitOptions& o) {
   auto [ids, inverse] = group_index(groups, "group_split");
   const int64_t G = ids.size(0);
-  MECHLAB_CHECK(o.test_fraction() >= 0 && o.validation_fraction() >= 0 &&
-                    o.test_fraction() + o.validation_fraction() < 1,
-                "group_split: `test_fraction` (", o.test_fraction(), ") and `validation_fraction` (",
-                o.validation_fraction(), ") must be >= 0 and sum to less than 1");
+  check_fractions(o, "group_split");
   // GroupShuffleSplit's sizes: ceil of the fraction of the groups.
   const int64_t n_test = static_cast<int64_t>(std::ceil(o.test_fraction() * static_cast<double>(G)));
   const int64_t n_val = static_cast<int64_t>(std::ceil(o.validation_fraction() * static_cast<double>(G)));
   MECHLAB_CHECK(G - n_test - n_val >= 1, "group_split: ", G, " groups leave none to train on; give more groups");
-  at::Generator gen = generator(o.seed());
-  at::Tensor order = o.shuffle() ? at::randperm(G, gen, at::TensorOptions().dtype(at::kLong)) : at::arange(G, at::kLong);
-  const int64_t n_train = G - n_test - n_val;
-  Split s;
-  s.train = rows_of(inverse, order.narrow(0, 0, n_train));
-  s.validation = rows_of(inverse, order.narrow(0, n_train, n_val));
-  s.test = rows_of(inverse, order.narrow(0, n_train + n_val, n_test));
+  Split s = shuffled_parts(G, n_test, n_val, o);  // group indices
+  for (at::Tensor* part : {&s.train, &s.validation, &s.test}) *part = rows_of(inverse, *part);
   return s;
 }
 

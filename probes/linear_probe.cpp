@@ -576,6 +576,15 @@ at::Tensor LinearProbes::score(const at::Tensor& x) const {
   return z.squeeze(2);
 }
 
+LinearProbes LinearProbes::to(const at::Device& device) const {
+  LinearProbes out = *this;
+  for (at::Tensor* t : {&out.coef, &out.intercept, &out.mean, &out.scale, &out.weight, &out.bias, &out.iterations,
+                        &out.converged, &out.stop_reason}) {
+    if (t->defined()) *t = t->to(device);
+  }
+  return out;
+}
+
 std::string fused_kernel_isa() { return detail::fused_objective_isa(); }
 
 LinearProbes fit_logistic(const at::Tensor& x, const at::Tensor& labels, const ProbeOptions& options) {

@@ -123,6 +123,9 @@ struct LinearProbes {
   at::Tensor predict(const at::Tensor& x) const;
   /// Score for AUROC: the positive class's logit (binary) or the value [P, N].
   at::Tensor score(const at::Tensor& x) const;
+  /// A copy whose tensors are on `device` (fit on a GPU, then write or
+  /// intervene from the CPU).
+  LinearProbes to(const at::Device& device) const;
 };
 
 /// The instruction set the fused CPU kernels run with on this machine

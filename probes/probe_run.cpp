@@ -197,6 +197,7 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
     const at::Tensor tokens = prompts.slice(0, e0, e1);  // [b, T]
     at::Tensor mask;                                     // [b, T] or undefined
     hooks::RunOptions run;
+    run.cache_device(at::Device(at::kCPU));  // R rows of every hook add up; the fits take them to the device at once
     if (ds.attention_mask.defined()) {
       mask = ds.attention_mask.slice(0, e0, e1);
       run.attention_mask(mask);
@@ -244,6 +245,9 @@ void check_probe_run_options(const ProbeRunOptions& o) {
   MECHLAB_CHECK(o.probe().C() > 0, "`ProbeOptions::C` must be > 0, got ", o.probe().C());
   MECHLAB_CHECK(o.probe().max_iter() >= 1, "`ProbeOptions::max_iter` must be >= 1, got ", o.probe().max_iter());
   MECHLAB_CHECK(o.probe().tol() >= 0, "`ProbeOptions::tol` must be >= 0, got ", o.probe().tol());
+  MECHLAB_CHECK(o.device().is_cpu() || (o.device().is_cuda() && at::hasCUDA()), "`ProbeRunOptions::device` is ",
+                o.device(), ", but ", o.device().is_cuda() ? "no CUDA GPU is available here" : "only cpu and cuda run",
+                "; use cpu");
 }
 
 ProbeRunResult run_probes(const std::string& source, const std::string& dataset, const ProbeRunOptions& o) {
@@ -263,7 +267,9 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   MECHLAB_CHECK(!o.ablate() || !r.from_store, "`ProbeRunOptions::ablate` needs a model to run, but ", source,
                 " is an activation store; give the model it was cached from");
   std::optional<hooks::HookedTransformer> model;
-  if (!r.from_store) model.emplace(hooks::HookedTransformer::from_pretrained(source));
+  if (!r.from_store) {
+    model.emplace(hooks::HookedTransformer::from_pretrained(source, hooks::PretrainedOptions().device(o.device())));
+  }
   Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o)
                            : rows_from_model(*model, source, ds, labels, o);
 
@@ -323,14 +329,21 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
                 "' hold one class only; use more examples or another `ProbeRunOptions::seed`");
   r.num_classes = std::max<int64_t>(classes, 2);
   const ProbeOptions po = ProbeOptions(o.probe()).num_classes(r.num_classes);
-  const at::Tensor x_train = xo.index_select(1, split.train);  // [P, n_train, D]
-  r.probes = fit_logistic(x_train, y_train, po);
-  const at::Tensor pred = r.probes.predict(xo);  // [P, R]
+  // The fits and the predictions on `device`; the rest (small) on the CPU.
+  const at::Device cpu(at::kCPU), dev = o.device();
+  const at::Tensor x_dev = xo.to(dev);                               // [P, R, D]
+  const at::Tensor x_train = x_dev.index_select(1, split.train.to(dev));  // [P, n_train, D]
+  const LinearProbes probes = fit_logistic(x_train, y_train.to(dev), po);
+  const at::Tensor pred = probes.predict(x_dev).to(cpu);  // [P, R]
+  // What AUROC ranks: binary, the logit [P, R]; K classes, the log-probabilities [P, R, K].
+  const at::Tensor auc_scores = auroc_scores(probes.decision_function(x_dev)).to(cpu);
+  r.probes = probes.to(cpu);
 
   // Hewitt & Liang's control task: token identity -> a random label.
   const at::Tensor control = control_labels(ids, y, o.seed());  // [R]
-  r.control_probes = fit_logistic(x_train, control.index_select(0, split.train), po);
-  const at::Tensor cpred = r.control_probes.predict(xo);  // [P, R]
+  const LinearProbes control_probes = fit_logistic(x_train, control.index_select(0, split.train).to(dev), po);
+  const at::Tensor cpred = control_probes.predict(x_dev).to(cpu);  // [P, R]
+  r.control_probes = control_probes.to(cpu);
 
   const at::Tensor test = split.test;
   r.accuracy = accuracy_on(pred, y, test);
@@ -352,8 +365,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   // AUROC on the test rows (binary: the logit; more classes: one-vs-rest
   // macro of the log-probabilities), with the same resamples. NaN where the
   // test rows lack a class; resamples that lack one are left out.
-  const at::Tensor logits = r.probes.decision_function(xo);  // [P, R, O]
-  const ResampledAuroc auc(auroc_scores(logits).index_select(1, test), y.index_select(0, test));
+  const ResampledAuroc auc(auc_scores.index_select(1, test), y.index_select(0, test));
   r.auroc_ci = interval([&](const at::Tensor& b) { return auc(b); });
   r.auroc = r.auroc_ci.estimate;
 
@@ -397,6 +409,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   c["max_examples"] = o.max_examples();
   c["ablate"] = o.ablate();
   c["ablate_examples"] = o.ablate_examples();
+  c["device"] = o.device().str();
   r.config = c.dump();
   return r;
 }

@@ -79,6 +79,10 @@ struct ProbeRunOptions {
   /// loss (core::mean_loss) on the first `ablate_examples` prompts, without and with.
   MECHLAB_OPTION(ProbeRunOptions, bool, ablate, false)
   MECHLAB_OPTION(ProbeRunOptions, int64_t, ablate_examples, 32)
+  /// Where the model's forwards (and `ablate`'s) and the probes' fits run.
+  /// The features wait on the CPU between the two, and the result is on
+  /// the CPU (the metrics, the bootstrap and the fitted probes).
+  MECHLAB_OPTION(ProbeRunOptions, at::Device, device, at::kCPU)
 };
 
 struct ProbeRunResult {
@@ -91,7 +95,7 @@ struct ProbeRunResult {
   std::string split_by;                 ///< "example" or "token"
   at::Tensor row_example;               ///< [rows] int64: the example of each labelled row
   Split split;                          ///< indices into the labelled rows
-  LinearProbes probes;                  ///< fitted on the train rows
+  LinearProbes probes;                  ///< fitted on the train rows (on the CPU)
   LinearProbes control_probes;          ///< the control task's, same rows and options
   at::Tensor accuracy;                  ///< [P] float64, test rows
   at::Tensor control_accuracy;          ///< [P] the control task's probes on the same rows

@@ -25,7 +25,7 @@ void add_probe_command(CLI::App& app) {
       "resample prompts (--split-by). Writes OUT/probes.h5 (weights, metrics, intervals, config)\n"
       "and OUT/probes.svg (accuracy and selectivity against depth).");
   struct Args {
-    std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example";
+    std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example", device = "cpu";
     std::vector<std::string> hooks;
     double test_fraction = 0.2, C = 1.0, confidence = 0.95;
     int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32;
@@ -77,7 +77,11 @@ void add_probe_command(CLI::App& app) {
                 "binary probe's direction; for K classes the span of its K-1 weight differences) and "
                 "report the next-token loss without and with (does the model use what the probe reads?)");
   add_count_option(cmd, "--ablate-examples", a->ablate_examples, "Prompts the --ablate loss is measured on");
-  add_threads_option(cmd, "The model's forwards, the probes' fits and the bootstrap run on them");
+  cmd->add_option("--device", a->device,
+                  "Where the model's forwards and the probes' fits run: cpu, cuda, cuda:N or auto (cuda "
+                  "when there is a GPU); the bootstrap runs on the CPU")
+      ->capture_default_str();
+  add_threads_option(cmd, "The CPU's work (with --device cpu: the forwards and fits too; always the bootstrap)");
   cmd->callback([a] {
     const probes::ProbeRunOptions o =
         probes::ProbeRunOptions()
@@ -92,7 +96,8 @@ void add_probe_command(CLI::App& app) {
             .batch_size(a->batch_size)
             .max_examples(a->max_examples)
             .ablate(a->ablate)
-            .ablate_examples(a->ablate_examples);
+            .ablate_examples(a->ablate_examples)
+            .device(parse_device(a->device));
     probes::check_probe_run_options(o);
     for (const std::string& f : {probes::probe_results_path(a->out), probes::probe_plot_path(a->out)}) {
       core::require_not_same_file(f, "--out", a->source, "the source");

@@ -192,6 +192,7 @@ std::string with_flag_names(std::string message) {
       {"`ProbeRunOptions::ablate_examples`", "--ablate-examples"},
       {"`ProbeRunOptions::ablate`", "--ablate"},
       {"`ProbeRunOptions::split_by`", "--split-by"},
+      {"`ProbeRunOptions::device`", "--device"},
       {"`ProbeOptions::C`", "--C"},
       {"`ProbeOptions::max_iter`", "--max-iter"},
       {"`make_task(\"ioi\")`", "`mechlab dataset make ioi --out ioi.h5`"},

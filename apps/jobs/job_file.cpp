@@ -376,8 +376,8 @@ const std::vector<StepKind>& step_kinds() {
       {"probe",
        {"probe"},
        {"source", "dataset"},
-       {"out", "hooks", "label", "overwrite", "test-fraction", "seed", "C", "penalty", "max-iter", "resamples",
-        "confidence", "batch-size", "max-examples", "ablate", "ablate-examples", "threads"}},
+       {"out", "hooks", "label", "overwrite", "test-fraction", "split-by", "seed", "C", "penalty", "max-iter",
+        "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples", "device", "threads"}},
   };
   return kinds;
 }
@@ -620,8 +620,8 @@ std::string tensors_hash(const std::vector<at::Tensor>& tensors) {
 }
 }  // namespace
 
-InputFacts check_job_inputs(const JobFile& file, bool skip_missing) {
-  InputFacts out;
+InputFacts check_job_inputs(const JobFile& file, bool skip_missing, const InputFacts& known) {
+  InputFacts out = known;
   std::map<std::string, ModelFacts>& models = out.models;
   for (const Job& j : file.jobs) {
     const std::string who = "job '" + j.name + "'";
@@ -630,12 +630,12 @@ InputFacts check_job_inputs(const JobFile& file, bool skip_missing) {
         const core::Transformer m = core::load_model(j.model);
         std::vector<at::Tensor> weights;
         for (const auto& [name, w] : m.named_parameters()) weights.push_back(w);
-        models[j.model] = {m.config().hash(), m.config().d_vocab, tensors_hash(weights)};
+        models[j.model] = {m.config(), tensors_hash(weights)};
       } catch (const Error& e) {
         throw Error(str_cat(who, ": field 'model': ", e.what()));
       }
     }
-    if (skip_missing && !fs::exists(j.dataset)) continue;
+    if ((skip_missing && !fs::exists(j.dataset)) || known.data_hash.count(input_key(j))) continue;
     const ModelFacts& facts = models[j.model];
     patching::PatchingData data;
     int64_t pairs = 0;
@@ -652,8 +652,8 @@ InputFacts check_job_inputs(const JobFile& file, bool skip_missing) {
     for (const at::Tensor* t : {&data.clean_tokens, &data.corrupted_tokens, &data.answer_tokens, &data.wrong_tokens}) {
       if (t->defined() && t->numel() > 0) max_id = std::max(max_id, t->max().item<int64_t>());
     }
-    MECHLAB_CHECK(max_id < facts.d_vocab, who, ": field 'dataset': '", j.dataset, "' has token id ", max_id,
-                  " but the model '", j.model, "' has d_vocab ", facts.d_vocab,
+    MECHLAB_CHECK(max_id < facts.config.d_vocab, who, ": field 'dataset': '", j.dataset, "' has token id ", max_id,
+                  " but the model '", j.model, "' has d_vocab ", facts.config.d_vocab,
                   "; make the dataset with this model's vocabulary");
     if (j.split_positions) {
       try {

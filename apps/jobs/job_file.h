@@ -43,6 +43,8 @@
 // their values; check_job_file opens the models and datasets.
 #pragma once
 
+#include "core/model/model_config.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -142,11 +144,10 @@ JobFile parse_job_document(const nlohmann::json& doc, const std::string& path, c
 /// read_job_document + parse_job_document.
 JobFile parse_job_file(const std::string& path);
 
-/// What check_job_inputs learnt about a model: its config hash, vocabulary
-/// and a hash of its weights (the bytes of every parameter, in order).
+/// What check_job_inputs learnt about a model: its config and a hash of
+/// its weights (the bytes of every parameter, in order).
 struct ModelFacts {
-  std::string hash;
-  int64_t d_vocab = 0;
+  core::ModelConfig config;
   std::string weights_hash;
 };
 
@@ -167,8 +168,10 @@ std::string input_key(const Job& job);
 /// d_vocab, examples beyond the dataset, an output folder that is one of its
 /// job's inputs. Hashes each model's weights (about a second per GB) and
 /// each job's prompt pairs.
-/// With `skip_missing`, datasets not there yet are left for a later call.
-InputFacts check_job_inputs(const JobFile& file, bool skip_missing);
+/// With `skip_missing`, datasets not there yet are left for a later call,
+/// which passes what the first learnt as `known`: models and datasets in it
+/// are not read again.
+InputFacts check_job_inputs(const JobFile& file, bool skip_missing, const InputFacts& known = {});
 
 /// "did you mean" helper: the name in `valid` nearest to `word` (edit
 /// distance), or "" when none is close.

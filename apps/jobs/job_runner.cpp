@@ -463,8 +463,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
       if (!fs::exists(j.dataset)) continue;
       n_positions = patching::PatchingData::from_dataset(core::load_dataset(j.dataset), j.examples).seq_len();
     }
-    const core::Transformer m = core::load_model(j.model);
-    read_reference(j, patching::CircuitGraph(m.config()), n_positions);
+    read_reference(j, patching::CircuitGraph(facts.models.at(j.model).config), n_positions);
   }
   std::set<std::string> missing_datasets;
   for (const Job& j : file.jobs) {
@@ -514,7 +513,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
   steps_lock.reset();
   // Datasets that the steps made are checked now, before any job runs.
   if (!missing_datasets.empty()) {
-    facts = check_job_inputs(file, /*skip_missing=*/false);
+    facts = check_job_inputs(file, /*skip_missing=*/false, facts);
     for (size_t i = 0; i < runs.size(); ++i) check_inputs_unchanged(i);
   }
 
@@ -646,7 +645,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
                       {"git", mechlab::git_describe()},
                       {"model", j.model},
                       {"model_name", model->cfg().name},
-                      {"model_config_hash", facts.models.at(j.model).hash},
+                      {"model_config_hash", facts.models.at(j.model).config.hash()},
                       {"model_weights_hash", facts.models.at(j.model).weights_hash},
                       {"dataset", j.dataset},
                       {"data_hash", facts.data_hash.at(input_key(j))},

@@ -359,6 +359,36 @@ jobs:
   EXPECT_TRUE(fs::exists(dir + "/ig/circuit.json"));
 }
 
+// A dataset a step makes is checked once the steps ran, before any job:
+// here its ids exceed the model's vocabulary (the first check, which knew
+// the model and the existing dataset already, could not see it).
+TEST(DiscoverCli, ADatasetAStepMakesIsCheckedBeforeAnyJobRuns) {
+  const std::string dir = temp_path("discover_cli", "step_dataset_checked");
+  mechlab::testing::remove_tree(dir);
+  fs::create_directories(dir);
+  mechlab::core::ModelConfig cfg = mechlab::core::preset("attn-only-2l");
+  cfg.d_vocab = 20;
+  mechlab::core::Transformer(cfg, 4).save(dir + "/model.h5");
+  const auto made = run_cli("dataset make induction --n 4 --seed 1 --set pairs=true --set half_len=5 --set "
+                            "query_len=2 --set d_vocab=20 --out " + dir + "/fits.h5");
+  ASSERT_EQ(made.rc, 0) << made.output;
+  std::ofstream(dir + "/jobs.yaml") << R"(steps:
+  - dataset: {task: induction, out: wide.h5, n: 8, seed: 1, set: {pairs: true, half_len: 5, query_len: 2, d_vocab: 300}}
+jobs:
+  - {name: fits, model: model.h5, dataset: fits.h5, method: eap, metric: logit_diff, top_n: 10}
+  - {name: wide, model: model.h5, dataset: wide.h5, method: eap, metric: logit_diff, top_n: 10}
+)";
+  const auto r = run_cli("discover " + dir + "/jobs.yaml --threads 1 --no-svg");
+  EXPECT_EQ(r.rc, 1) << r.output;
+  EXPECT_NE(r.output.find("mechlab: error: job 'wide': field 'dataset': '" + dir + "/wide.h5' has token id "),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("but the model '" + dir + "/model.h5' has d_vocab 20"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/wide.h5"));
+  EXPECT_FALSE(fs::exists(dir + "/fits"));
+  EXPECT_FALSE(fs::exists(dir + "/wide"));
+}
+
 TEST(DiscoverCli, WithoutGraphvizTheDataIsWrittenAndTheErrorSaysToInstallIt) {
   const std::string dir = make_job_dir("no_dot");
   const auto r = run_program("PATH=/nonexistent " + std::string(MECHLAB_BINARY) + " " +

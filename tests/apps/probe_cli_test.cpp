@@ -187,6 +187,11 @@ TEST_F(ProbeCli, EachBadOptionIsOneLineNamingTheFlag) {
       {" --split-by prompt", "--split-by must be example or token, got 'prompt'"},
   };
   for (const auto& [flag, words] : cases) expect_refused(run_cli(head + flag), out, words);
+  expect_refused(run_cli(head + " --device gpu"), out, "unknown device \"gpu\"; use cpu, cuda, cuda:N or auto");
+  if (!at::hasCUDA()) {
+    expect_refused(run_cli(head + " --device cuda"), out,
+                   "device \"cuda\" asked for, but no CUDA GPU is available here; use --device cpu");
+  }
   const std::string help = run_cli("probe --help").output;
   for (const char* flag : {"--max-iter INT", "--resamples INT", "--batch-size INT", "--max-examples INT",
                            "--ablate-examples INT", "--seed INT"}) {
@@ -266,7 +271,7 @@ TEST_F(ProbeCli, JobFileProbeStepRunsTheCommandAndIsDoneOnceProbesH5Exists) {
   const nlohmann::json doc = nlohmann::json::parse(R"({"steps": [{"probe": {"source": ")" + kModel +
                                                    R"(", "dataset": ")" + data_ + R"(",
       "hooks": ["hook_embed", "blocks.0.hook_resid_post"], "label": "repeated", "resamples": 20, "threads": 1,
-      "out": "runs/probes"}}],
+      "split-by": "token", "device": "cpu", "out": "runs/probes"}}],
       "jobs": [{"name": "j", "model": "m.h5", "dataset": "d.h5", "method": "eap", "metric": "logit_diff", "threshold": 0.1}]})");
   const jobs::JobFile file = jobs::parse_job_document(doc, dir + "/job.json", dir);
   ASSERT_EQ(file.steps.size(), 1u);
@@ -274,7 +279,8 @@ TEST_F(ProbeCli, JobFileProbeStepRunsTheCommandAndIsDoneOnceProbesH5Exists) {
   const std::string out = dir + "/runs/probes";
   EXPECT_EQ(s.argv, (std::vector<std::string>{"probe", kModel, data_, "--out", out, "--hooks", "hook_embed",
                                               "--hooks", "blocks.0.hook_resid_post", "--label", "repeated",
-                                              "--resamples", "20", "--threads", "1"}));
+                                              "--split-by", "token", "--resamples", "20", "--device", "cpu",
+                                              "--threads", "1"}));
   EXPECT_EQ(s.done, out + "/probes.h5");
   EXPECT_FALSE(jobs::step_done(s));
   std::string line;
@@ -283,6 +289,7 @@ TEST_F(ProbeCli, JobFileProbeStepRunsTheCommandAndIsDoneOnceProbesH5Exists) {
   ASSERT_EQ(r.rc, 0) << r.output;
   EXPECT_TRUE(jobs::step_done(s));
   EXPECT_TRUE(fs::exists(out + "/probes.svg"));
+  EXPECT_EQ(core::H5File::open_read(out + "/probes.h5").read_attr_string("", "split_by"), "token");
   // A field `mechlab probe` does not take is refused by name.
   const nlohmann::json bad = nlohmann::json::parse(R"({"steps": [{"probe": {"source": "m.h5", "dataset": "d.h5",
       "hooks": "x", "out": "p", "layer": 3}}],

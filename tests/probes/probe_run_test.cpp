@@ -3,7 +3,7 @@
 // independent implementation in core/data), per-example labels, the depth
 // axis, the refusals of bad labels and options before any work, a store
 // read with another dataset refused, and the split by example (noise labels
-// per prompt stay at chance).
+// per prompt stay at chance); on a GPU, the CPU run's result.
 #include "core/data/tasks/probe.h"
 #include "core/data/tasks/tasks.h"
 #include "core/formats/hdf5_file.h"
@@ -16,6 +16,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -123,6 +124,37 @@ TEST(ProbeRun, AblationLossesEqualForwardsWithTheDirectionProjectedOut) {
   }
 }
 
+// On a GPU the model's forwards (and --ablate's) and the fits run there;
+// the result is the CPU run's up to rounding (float32 GEMMs in another
+// order move borderline rows and the loss's last digits) and on the CPU.
+TEST(ProbeRun, OnTheGpuTheRunEqualsTheCpusAndItsResultIsOnTheCpu) {
+  if (!mechlab::testing::have_cuda_or_skip()) GTEST_SKIP() << "no CUDA device";
+  const std::string model_path = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  const std::string data = mechlab::testing::temp_path("probe_run", "induction_gpu.h5");
+  core::save_dataset(data, core::tasks::make_task("induction", {{"n", 40}, {"seed", 3}, {"d_vocab", 256}}));
+  const ProbeRunOptions o = ProbeRunOptions()
+                                .hooks({"hook_embed", "blocks.*.hook_resid_post"})
+                                .label("repeated")
+                                .resamples(50)
+                                .ablate(true)
+                                .ablate_examples(6);
+  const ProbeRunResult cpu = run_probes(model_path, data, o);
+  const ProbeRunResult gpu = run_probes(model_path, data, ProbeRunOptions(o).device(at::Device(at::kCUDA)));
+  ASSERT_EQ(gpu.names, cpu.names);
+  for (const at::Tensor* t : {&gpu.probes.weight, &gpu.probes.converged, &gpu.control_probes.weight, &gpu.accuracy,
+                              &gpu.auroc, &gpu.ablated_loss}) {
+    EXPECT_TRUE(t->device().is_cpu());
+  }
+  EXPECT_LE((gpu.accuracy - cpu.accuracy).abs().max().item<double>(), 0.01);
+  EXPECT_LE((gpu.control_accuracy - cpu.control_accuracy).abs().max().item<double>(), 0.01);
+  EXPECT_LE((gpu.auroc - cpu.auroc).abs().max().item<double>(), 0.01);
+  const at::Tensor wg = gpu.probes.weight.to(at::kDouble).flatten(1), wc = cpu.probes.weight.to(at::kDouble).flatten(1);
+  EXPECT_GE(at::cosine_similarity(wg, wc, 1).min().item<double>(), 0.999);
+  EXPECT_NEAR(gpu.clean_loss, cpu.clean_loss, 1e-4);
+  EXPECT_LE((gpu.ablated_loss - cpu.ablated_loss).abs().max().item<double>(), 1e-3);
+  EXPECT_EQ(nlohmann::json::parse(gpu.config).at("device").get<std::string>(), "cuda");
+}
+
 // A 3-class label (the position mod 3): --ablate projects out each probe's
 // two weight differences w_1 - w_0, w_2 - w_0 (rank 2), checked against
 // forwards whose hook subtracts the projection A pinv(A) x (the projector by
@@ -206,6 +238,12 @@ TEST(ProbeRun, EachOptionIsRefusedByNameBeforeAnyWork) {
   EXPECT_EQ(refusal(ProbeRunOptions(ok).split_by("prompt")),
             "`ProbeRunOptions::split_by` must be example or token, got 'prompt'");
   EXPECT_EQ(refusal(ProbeRunOptions(ok).ablate_examples(0)), "`ProbeRunOptions::ablate_examples` must be >= 1, got 0");
+  EXPECT_EQ(refusal(ProbeRunOptions(ok).device(at::Device(at::kMeta))),
+            "`ProbeRunOptions::device` is meta, but only cpu and cuda run; use cpu");
+  if (!at::hasCUDA()) {
+    EXPECT_EQ(refusal(ProbeRunOptions(ok).device(at::Device(at::kCUDA))),
+              "`ProbeRunOptions::device` is cuda, but no CUDA GPU is available here; use cpu");
+  }
   // Every option in range: the next refusal is the missing dataset's.
   EXPECT_THAT(refusal(ok), HasSubstr("absent.h5"));
 }
