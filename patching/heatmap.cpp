@@ -1,6 +1,7 @@
 #include "patching/heatmap.h"
 
 #include "core/util/error.h"
+#include "core/plot/grid_chart.h"
 #include "core/plot/line_chart.h"
 
 #include <ATen/ATen.h>
@@ -20,18 +21,6 @@ namespace {
 std::string num(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.4g", v);
-  return buf;
-}
-
-// Diverging scale: -1 -> blue (33,102,172), 0 -> white, +1 -> red (178,24,43).
-std::string colour(double t) {
-  if (!std::isfinite(t)) return "#bbbbbb";
-  t = std::max(-1.0, std::min(1.0, t));
-  const double a = std::fabs(t);
-  const int r0 = t < 0 ? 33 : 178, g0 = t < 0 ? 102 : 24, b0 = t < 0 ? 172 : 43;
-  auto mix = [a](int c) { return static_cast<int>(std::lround(255 + (c - 255) * a)); };
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "#%02x%02x%02x", mix(r0), mix(g0), mix(b0));
   return buf;
 }
 
@@ -186,7 +175,7 @@ std::string heatmap_svg(const SweepResult& r, const std::string& title) {
         for (int64_t a = 0; a < n_axes; ++a) off = off * v.size(a) + idx[a];
         const double x = data[off];
         s << "<rect x=\"" << px + j * cw << "\" y=\"" << py + i * ch << "\" width=\"" << cw
-          << "\" height=\"" << ch << "\" fill=\"" << colour((shown_data[off] - centre) / vmax)
+          << "\" height=\"" << ch << "\" fill=\"" << plot::diverging_colour((shown_data[off] - centre) / vmax)
           << "\"><title>";
         std::string tip;
         for (int64_t a = 0; a < n_axes; ++a) {
@@ -226,7 +215,7 @@ std::string heatmap_svg(const SweepResult& r, const std::string& title) {
     const double t = 1.0 - 2.0 * (k + 0.5) / steps;
     s << "<rect x=\"" << bx << "\" y=\"" << by + k * bh / static_cast<double>(steps)
       << "\" width=\"" << bw << "\" height=\"" << bh / static_cast<double>(steps) + 0.5
-      << "\" fill=\"" << colour(t) << "\"/>\n";
+      << "\" fill=\"" << plot::diverging_colour(t) << "\"/>\n";
   }
   s << "<rect x=\"" << bx << "\" y=\"" << by << "\" width=\"" << bw << "\" height=\"" << bh
     << "\" fill=\"none\" stroke=\"#333\"/>\n";

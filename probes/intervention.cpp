@@ -43,8 +43,9 @@ at::Tensor orthonormal_basis(const at::Tensor& a) {
 
 }  // namespace
 
-ProbeIntervention::ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha)
-    : mode_(mode), alpha_(alpha) {
+ProbeIntervention::ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha, int64_t head)
+    : mode_(mode), alpha_(alpha), head_(head) {
+  MECHLAB_CHECK(head >= -1, "`head` of a probe intervention must be a head index or -1 (every head), got ", head);
   MECHLAB_CHECK(direction.defined() && (direction.dim() == 1 || direction.dim() == 2),
                 "a probe direction must be [d] or [d, k] (k directions as columns), got ",
                 direction.defined() ? c10::str(direction.sizes()) : std::string("an undefined tensor"));
@@ -68,10 +69,26 @@ std::vector<hooks::ModulePoint> ProbeIntervention::hook_points(const core::Model
   const int64_t width = core::dim_size(cfg, info.dims.back(), 0, 0);
   MECHLAB_CHECK(u_.size(0) == width, "probe direction of width ", u_.size(0), " does not fit ", where,
                 ", whose last axis is ", width, "; attach at the hook the probe was fitted on");
+  if (head_ >= 0) {
+    MECHLAB_CHECK(info.head_axis == 2, "a probe intervention of head ", head_, " cannot attach at ", where,
+                  ": it has no head axis; attach at the per-head hook the probe was fitted on (e.g. attn.hook_z)");
+    const int64_t heads = core::dim_size(cfg, info.dims[2], 0, 0);
+    MECHLAB_CHECK(head_ < heads, "a probe intervention of head ", head_, " cannot attach at ", where, ", which has ",
+                  heads, " heads");
+  }
   return {{"hook_probe_in", info.dims}, {"hook_probe_out", info.dims}};
 }
 
 at::Tensor ProbeIntervention::apply(const at::Tensor& x) const {
+  if (head_ < 0) return apply_to_vectors(x);
+  MECHLAB_CHECK(x.dim() >= 2 && head_ < x.size(-2), "a probe intervention of head ", head_,
+                " needs an activation [..., heads, d] with that head, got ", x.sizes());
+  at::Tensor out = x.clone();
+  out.select(-2, head_).copy_(apply_to_vectors(x.select(-2, head_)));  // the other heads bit for bit
+  return out;
+}
+
+at::Tensor ProbeIntervention::apply_to_vectors(const at::Tensor& x) const {
   // The projection is computed in float64 and cast back, so that a float32
   // or bfloat16 activation ends orthogonal to u up to its own rounding.
   const at::Tensor u = u_.to(x.device());             // [d, r]

@@ -53,7 +53,10 @@ class ProbeIntervention : public hooks::AttachedModule {
   /// orthonormalised (Gram-Schmidt, twice) and a column within 1e-10 of the
   /// span of those before it adds nothing. alpha is the steering strength (in
   /// activation units along the unit direction), unused when ablating.
-  ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha = 0.0);
+  /// head >= 0: at a per-head site ([batch, pos, heads, d], e.g. hook_z) only
+  /// that head's vectors change, where a per-head probe
+  /// (FeatureOptions::split_heads) read; -1: every vector of the last axis.
+  ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha = 0.0, int64_t head = -1);
 
   std::string name() const override { return "probe"; }
   std::vector<hooks::ModulePoint> hook_points(const core::ModelConfig& cfg, core::HookSite host) const override;
@@ -64,15 +67,19 @@ class ProbeIntervention : public hooks::AttachedModule {
   int64_t rank() const { return u_.size(1); }
   InterventionMode mode() const { return mode_; }
   double alpha() const { return alpha_; }
+  int64_t head() const { return head_; }
 
-  /// The intervention on any activation [..., d] (no hooks fired): what
-  /// forward() returns between its two points.
+  /// The intervention on any activation [..., d] ([..., heads, d] with a
+  /// head) (no hooks fired): what forward() returns between its two points.
   at::Tensor apply(const at::Tensor& x) const;
 
  private:
+  at::Tensor apply_to_vectors(const at::Tensor& x) const;  // [..., d], every vector
+
   at::Tensor u_;  // [d, r] float64, orthonormal columns
   InterventionMode mode_;
   double alpha_;
+  int64_t head_;
 };
 
 /// The directions probe p of `probes` reads, on raw features, as columns

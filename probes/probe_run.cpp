@@ -5,6 +5,7 @@
 #include "core/formats/output_file.h"
 #include "core/formats/text_file.h"
 #include "core/model/hook_site.h"
+#include "core/plot/grid_chart.h"
 #include "core/plot/line_chart.h"
 #include "core/store/activation_store.h"
 #include "core/util/error.h"
@@ -86,6 +87,15 @@ at::Tensor token_labels(const std::string& label, const at::Tensor& prompts, con
 }
 
 namespace {
+
+// A probe's name -> (its hook, its head): "<hook> head h" (split_heads) or
+// a hook (head -1).
+std::pair<std::string, int64_t> probe_site(const std::string& name) {
+  static const std::regex per_head("(.*) head ([0-9]+)");
+  std::smatch m;
+  if (std::regex_match(name, m, per_head)) return {m[1], std::stoll(m[2])};
+  return {name, -1};
+}
 
 // (stage, layer, site) of a hook in forward order: the embeddings, then each
 // block's sites in the order of core's site table (resid_pre ... resid_post),
@@ -171,7 +181,7 @@ Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at:
   check_store_dataset(store, path, ds, dataset, src);
   const at::Tensor keep = src.select(1, 0).lt(examples).nonzero().squeeze(1);  // [R'] rows of the first examples
   Rows r;
-  r.f = features_from_store(store, names);  // [P, R, D]; refuses NaN / inf rows
+  r.f = features_from_store(store, names, 0, -1, FeatureOptions().split_heads(o.split_heads()));  // [P, R, D]
   r.f.x = r.f.x.index_select(1, keep);
   const at::Tensor s = src.index_select(0, keep);
   const at::Tensor flat = s.select(1, 0) * ds.seq_len() + s.select(1, 1);  // [R'] index into [N * T]
@@ -204,7 +214,8 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
     }
     at::NoGradGuard no_grad;
     auto [logits, cache] = model.run_with_cache(tokens, filter, run);
-    ProbeFeatures f = features_from_cache(cache, names, mask.defined() ? mask.to(at::kBool) : mask);
+    ProbeFeatures f = features_from_cache(cache, names, mask.defined() ? mask.to(at::kBool) : mask,
+                                          FeatureOptions().split_heads(o.split_heads()));
     MECHLAB_CHECK(at::isfinite(f.x).all().item<bool>(), "model ", path, " gives NaN or inf activations at ",
                   "one of the hooks for examples ", e0, " to ", e1 - 1, "; check the model's weights");
     const at::Tensor m = mask.defined() ? mask.to(at::kBool).reshape({-1}) : at::ones({tokens.numel()}, at::kBool);
@@ -292,14 +303,18 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   std::vector<int64_t> order(rows.f.names.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return forward_position(rows.f.names[static_cast<size_t>(a)]) <
-           forward_position(rows.f.names[static_cast<size_t>(b)]);
+    const auto [hook_a, head_a] = probe_site(rows.f.names[static_cast<size_t>(a)]);
+    const auto [hook_b, head_b] = probe_site(rows.f.names[static_cast<size_t>(b)]);
+    return std::make_pair(forward_position(hook_a), head_a) < std::make_pair(forward_position(hook_b), head_b);
   });
   const at::Tensor xo = x.index_select(0, at::tensor(order, at::kLong));  // [P, R, D]
   for (int64_t i : order) {
     const std::string& n = rows.f.names[static_cast<size_t>(i)];
+    const auto [hook, head] = probe_site(n);
     r.names.push_back(n);
-    const double d = hook_depth(n);
+    r.hooks.push_back(hook);
+    r.heads.push_back(head);
+    const double d = hook_depth(hook);
     r.depth.push_back(d >= 1e6 ? -1 : d);  // ln_final: placed below
   }
   const double last = *std::max_element(r.depth.begin(), r.depth.end());
@@ -381,8 +396,8 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
       // The directions the probe reads on raw features: binary, its weight
       // vector; K classes, the span of w_k - w_0 (rank <= K - 1).
       const at::Tensor w = probe_directions(r.probes, static_cast<int64_t>(p));  // [D, r]
-      const auto module = std::make_shared<ProbeIntervention>(w, InterventionMode::ablate);
-      const InterventionEffect e = intervention_effect(*model, r.names[p], module, tokens, loss, mask);
+      const auto module = std::make_shared<ProbeIntervention>(w, InterventionMode::ablate, 0.0, r.heads[p]);
+      const InterventionEffect e = intervention_effect(*model, r.hooks[p], module, tokens, loss, mask);
       r.clean_loss = e.baseline;
       ablated.push_back(e.intervened);
       dims.push_back(module->rank());
@@ -393,6 +408,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 
   nlohmann::json c;
   c["hooks"] = o.hooks();
+  c["split_heads"] = o.split_heads();
   c["label"] = o.label();
   c["test_fraction"] = o.test_fraction();
   c["split_by"] = o.split_by();
@@ -434,7 +450,82 @@ std::string hook_kind(const std::string& hook) {
   return std::regex_match(hook, m, block) ? std::string(m[1]) : hook;
 }
 
+std::string probe_title(const ProbeRunResult& r) {
+  return "probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows of " +
+         std::to_string(r.test_examples) + " prompts)";
+}
+
+int confidence_percent(const ProbeRunResult& r) {
+  return static_cast<int>(std::lround(nlohmann::json::parse(r.config).value("confidence", 0.95) * 100));
+}
+
+// split_heads: one row per hook, one column per head (a line per head
+// would be a tangle of 12 lines per kind on GPT-2).
+std::string heads_svg(const ProbeRunResult& r) {
+  using core::plot::GridPanel;
+  std::vector<std::string> rows;  // the hooks, in forward order
+  int64_t n_heads = 0;
+  for (size_t p = 0; p < r.hooks.size(); ++p) {
+    if (std::find(rows.begin(), rows.end(), r.hooks[p]) == rows.end()) rows.push_back(r.hooks[p]);
+    n_heads = std::max(n_heads, r.heads[p] + 1);
+  }
+  std::vector<std::string> columns;
+  for (int64_t h = 0; h < n_heads; ++h) columns.push_back(std::to_string(h));
+  const size_t cells = rows.size() * columns.size();
+  auto cell = [&](size_t p) {
+    const size_t row = static_cast<size_t>(std::find(rows.begin(), rows.end(), r.hooks[p]) - rows.begin());
+    return row * columns.size() + static_cast<size_t>(r.heads[p]);
+  };
+  const std::string pct = std::to_string(confidence_percent(r)) + "% CI";
+  // A panel of the metric `v` [P], with its interval in the tooltips.
+  auto panel = [&](const std::string& title, const at::Tensor& v, const BootstrapInterval* ci) {
+    GridPanel g{title, rows, columns, std::vector<double>(cells, NAN), std::vector<std::string>(cells)};
+    const std::vector<double> all = values(v);
+    const std::vector<double> lo = ci ? values(ci->lower) : std::vector<double>();
+    const std::vector<double> hi = ci ? values(ci->upper) : std::vector<double>();
+    for (size_t p = 0; p < r.names.size(); ++p) {
+      g.values[cell(p)] = all[p];
+      char tip[160];
+      if (ci) {
+        std::snprintf(tip, sizeof tip, "%s: %s %.3f [%.3f, %.3f] (%s)", r.names[p].c_str(), title.c_str(), all[p],
+                      lo[p], hi[p], pct.c_str());
+      } else {
+        std::snprintf(tip, sizeof tip, "%s: %s %.4g", r.names[p].c_str(), title.c_str(), all[p]);
+      }
+      g.tips[cell(p)] = tip;
+    }
+    return g;
+  };
+  // Accuracies share a scale from the lowest (or the majority rate) to 1;
+  // differences are centred on 0.
+  const double majority = r.majority.item<double>();
+  const double low = std::min({majority, r.accuracy.min().item<double>(), r.control_accuracy.min().item<double>()});
+  auto symmetric = [](GridPanel& g) {
+    double m = 0;
+    for (double v : g.values) {
+      if (std::isfinite(v)) m = std::max(m, std::fabs(v));
+    }
+    g.lo = -std::max(m, 1e-9), g.hi = std::max(m, 1e-9), g.diverging = true;
+  };
+  char majority_text[64];
+  std::snprintf(majority_text, sizeof majority_text, " (majority class %.3f)", majority);
+  std::vector<GridPanel> panels = {panel("accuracy", r.accuracy, &r.accuracy_ci),
+                                   panel("control accuracy", r.control_accuracy, nullptr),
+                                   panel("selectivity", r.selectivity, &r.selectivity_ci)};
+  panels[0].title += majority_text;
+  for (int k = 0; k < 2; ++k) panels[static_cast<size_t>(k)].lo = low, panels[static_cast<size_t>(k)].hi = 1;
+  symmetric(panels[2]);
+  if (r.ablated_loss.defined()) {
+    char title[96];
+    std::snprintf(title, sizeof title, "next-token loss change, ablated (not ablated: %.4f)", r.clean_loss);
+    panels.push_back(panel(title, r.ablated_loss - r.clean_loss, nullptr));
+    symmetric(panels.back());
+  }
+  return core::plot::grid_chart_svg(probe_title(r), "head", panels);
+}
+
 std::string probe_svg(const ProbeRunResult& r) {
+  if (std::any_of(r.heads.begin(), r.heads.end(), [](int64_t h) { return h >= 0; })) return heads_svg(r);
   using core::plot::Panel;
   using core::plot::Series;
   std::vector<std::string> kinds;  // in the probes' (forward) order
@@ -472,8 +563,7 @@ std::string probe_svg(const ProbeRunResult& r) {
   auto append = [](std::vector<Series>& to, std::vector<Series> more) {
     for (Series& s : more) to.push_back(std::move(s));
   };
-  const int pct = static_cast<int>(std::lround(
-      nlohmann::json::parse(r.config).value("confidence", 0.95) * 100));
+  const int pct = confidence_percent(r);
   const std::vector<double>& x = r.depth;
   std::vector<Series> acc = per_kind("", r.accuracy, &r.accuracy_ci, false, true);
   append(acc, per_kind("", r.control_accuracy, nullptr, true, false));
@@ -495,9 +585,7 @@ std::string probe_svg(const ProbeRunResult& r) {
     loss.push_back(clean);
     panels.push_back(Panel{"next-token loss, ablated", false, loss, std::nullopt});
   }
-  return core::plot::line_chart_svg("probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows of " +
-                                        std::to_string(r.test_examples) + " prompts)",
-                                    "depth (resid_pre L = L, resid_post L = L + 1)", panels);
+  return core::plot::line_chart_svg(probe_title(r), "depth (resid_pre L = L, resid_post L = L + 1)", panels);
 }
 
 void write_results_file(const std::string& h5, const ProbeRunResult& r) {
@@ -518,6 +606,7 @@ void write_results_file(const std::string& h5, const ProbeRunResult& r) {
     f.write_attr("", "split_by", r.split_by);
     f.write_attr("", "from_store", static_cast<int64_t>(r.from_store));
     f.write_tensor("depth", at::tensor(r.depth, at::kDouble));
+    f.write_tensor("head", at::tensor(r.heads, at::kLong));
     const LinearProbes& p = r.probes;
     f.write_tensor("weight", p.weight.contiguous());
     f.write_tensor("bias", p.bias.contiguous());

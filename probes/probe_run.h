@@ -22,7 +22,9 @@
 //   probes.h5    mechlab_format "probes" (layout in write_probe_results)
 //   probes.svg   accuracy, control accuracy and the majority-class rate with
 //                the accuracy's confidence band, and selectivity with its band,
-//                against depth
+//                against depth; with split_heads, grids of hooks by heads of
+//                accuracy, control accuracy and selectivity (and the ablated
+//                loss's change)
 //
 // Example:
 //   ProbeRunResult r = run_probes("induction.h5", "data.h5",
@@ -50,6 +52,10 @@ const char* probe_label_names();
 struct ProbeRunOptions {
   /// Hook names or globs ('*', '?'); with a store, among the store's hooks.
   MECHLAB_OPTION(ProbeRunOptions, std::vector<std::string>, hooks, {})
+  /// One probe per head of hooks whose per-token shape is [heads, d_head]
+  /// (attn.hook_z, hook_q/k/v, hook_result), named "<hook> head h"; then
+  /// every hook must have heads, and the picture is a grid of hooks by heads.
+  MECHLAB_OPTION(ProbeRunOptions, bool, split_heads, false)
   /// "labels" or "repeated" (probe_label_names()).
   MECHLAB_OPTION(ProbeRunOptions, std::string, label, "labels")
   /// Share held out for scoring, in (0, 1): of the examples (`split_by`
@@ -88,7 +94,9 @@ struct ProbeRunOptions {
 struct ProbeRunResult {
   std::string source, dataset, label;   ///< as given
   bool from_store = false;
-  std::vector<std::string> names;       ///< the hooks, one per probe, in depth order
+  std::vector<std::string> names;       ///< one per probe, in depth order: the hook, or "<hook> head h"
+  std::vector<std::string> hooks;       ///< [P] the hook each probe reads
+  std::vector<int64_t> heads;           ///< [P] its head with `split_heads`, else -1
   std::vector<double> depth;            ///< [P] x of the picture (see hook_depth)
   int64_t rows = 0, train_rows = 0, test_rows = 0, num_classes = 0;
   int64_t train_examples = 0, test_examples = 0;  ///< examples with a row on each side
@@ -143,7 +151,8 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 /// Writes `out`/probes.h5 and `out`/probes.svg, each atomically (the folder is
 /// created). An existing probes.h5 is replaced only with `overwrite`.
 /// probes.h5: root attributes mechlab_format, mechlab_version, source,
-/// dataset, label, hooks (JSON list), config (JSON); datasets depth [P],
+/// dataset, label, hooks (JSON list of the probes' names), config (JSON);
+/// datasets depth [P], head [P] int64 (-1: the whole hook),
 /// weight [P, D, O] and bias [P, O] (raw features), coef, intercept, mean,
 /// scale, converged, iterations, control_converged, control_iterations;
 /// metrics/{accuracy, control_accuracy,

@@ -23,13 +23,14 @@ void add_probe_command(CLI::App& app) {
       "label) and selectivity = accuracy - control accuracy, and AUROC (binary, or one-vs-rest macro\n"
       "for more classes) with its interval. Train and test hold whole prompts and the intervals\n"
       "resample prompts (--split-by). Writes OUT/probes.h5 (weights, metrics, intervals, config)\n"
-      "and OUT/probes.svg (accuracy and selectivity against depth).");
+      "and OUT/probes.svg (accuracy and selectivity against depth, or with --split-heads a grid of\n"
+      "hooks by heads).");
   struct Args {
     std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example", device = "cpu";
     std::vector<std::string> hooks;
     double test_fraction = 0.2, C = 1.0, confidence = 0.95;
     int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32;
-    bool overwrite = false, ablate = false;
+    bool overwrite = false, ablate = false, split_heads = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("source", a->source,
@@ -44,6 +45,9 @@ void add_probe_command(CLI::App& app) {
                   "Hooks to probe, names or globs (e.g. hook_embed 'blocks.*.hook_resid_post'); "
                   "one probe per hook")
       ->required();
+  cmd->add_flag("--split-heads", a->split_heads,
+                "One probe per head of hooks with a head axis (attn.hook_z, hook_q/k/v, hook_result), "
+                "named '<hook> head h'; every hook must have one. probes.svg is then a grid of hooks by heads");
   cmd->add_option("--label", a->label,
                   "What to predict per token: labels (the dataset's /labels, per token or per "
                   "example; -1 = none) or repeated (1 where the token already occurred earlier in "
@@ -86,6 +90,7 @@ void add_probe_command(CLI::App& app) {
     const probes::ProbeRunOptions o =
         probes::ProbeRunOptions()
             .hooks(a->hooks)
+            .split_heads(a->split_heads)
             .label(a->label)
             .test_fraction(a->test_fraction)
             .split_by(a->split_by)

@@ -193,6 +193,8 @@ std::string with_flag_names(std::string message) {
       {"`ProbeRunOptions::ablate`", "--ablate"},
       {"`ProbeRunOptions::split_by`", "--split-by"},
       {"`ProbeRunOptions::device`", "--device"},
+      {"`ProbeRunOptions::split_heads`", "--split-heads"},
+      {"`split_heads`", "--split-heads"},
       {"`ProbeOptions::C`", "--C"},
       {"`ProbeOptions::max_iter`", "--max-iter"},
       {"`make_task(\"ioi\")`", "`mechlab dataset make ioi --out ioi.h5`"},

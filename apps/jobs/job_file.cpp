@@ -376,7 +376,7 @@ const std::vector<StepKind>& step_kinds() {
       {"probe",
        {"probe"},
        {"source", "dataset"},
-       {"out", "hooks", "label", "overwrite", "test-fraction", "split-by", "seed", "C", "penalty", "max-iter",
+       {"out", "hooks", "split-heads", "label", "overwrite", "test-fraction", "split-by", "seed", "C", "penalty", "max-iter",
         "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples", "device", "threads"}},
   };
   return kinds;

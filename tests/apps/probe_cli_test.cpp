@@ -119,6 +119,36 @@ TEST_F(ProbeCli, RepeatedTokenIsReadAfterLayerZeroNotAtTheEmbedding) {
   EXPECT_THAT(again.output, HasSubstr("--overwrite"));
 }
 
+// --split-heads: a probe per layer and head, their heads in probes.h5, and
+// the picture a grid of hooks by heads (a cell per probe, its tooltip with
+// the interval) instead of lines.
+TEST_F(ProbeCli, SplitHeadsDrawsAGridOfHooksByHeads) {
+  const std::string out = temp_path("split_heads");
+  const auto r = run_cli("probe " + kModel + " " + data_ + " --hooks 'blocks.*.attn.hook_z' --split-heads --label "
+                         "repeated --resamples 50 --ablate --ablate-examples 4 --threads 1 --overwrite --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  core::H5File f = core::H5File::open_read(out + "/probes.h5");
+  const std::vector<std::string> names = hooks_of(f);
+  const at::Tensor heads = f.read_tensor("head");
+  ASSERT_EQ(static_cast<int64_t>(names.size()), heads.size(0));
+  const int64_t H = heads.max().item<int64_t>() + 1;
+  ASSERT_EQ(static_cast<int64_t>(names.size()), 2 * H);  // two layers
+  EXPECT_EQ(names[1], "blocks.0.attn.hook_z head 1");
+  EXPECT_EQ(names[static_cast<size_t>(H)], "blocks.1.attn.hook_z head 0");
+  EXPECT_EQ(heads[H + 1].item<int64_t>(), 1);
+  EXPECT_THAT(r.output, HasSubstr("blocks.1.attn.hook_z head 1"));
+  const std::string svg = testing::read_file(out + "/probes.svg");
+  for (const char* words : {">blocks.0.attn.hook_z<", ">blocks.1.attn.hook_z<", ">head<", ">selectivity<",
+                            "control accuracy", "next-token loss change, ablated", "blocks.1.attn.hook_z head 1: "
+                            "accuracy "}) {
+    EXPECT_THAT(svg, HasSubstr(words));
+  }
+  int64_t rects = 0;
+  for (size_t at = svg.find("<rect x="); at != std::string::npos; at = svg.find("<rect x=", at + 1)) ++rects;
+  EXPECT_EQ(rects, 4 * (2 * H) + 4 * 33) << "a cell per probe in each of 4 panels, and a colour bar (32 + 1) each";
+  EXPECT_THAT(svg, ::testing::Not(HasSubstr("<polyline")));
+}
+
 TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
   const std::string store = temp_path("acts.h5");
   const auto c = run_cli("cache " + kModel + " " + data_ +
@@ -185,6 +215,7 @@ TEST_F(ProbeCli, EachBadOptionIsOneLineNamingTheFlag) {
       {" --test-fraction 1", "--test-fraction must be in (0, 1), exclusive, got 1"},
       {" --confidence 1", "--confidence must be in (0, 1), exclusive, got 1"},
       {" --split-by prompt", "--split-by must be example or token, got 'prompt'"},
+      {" --split-heads", "not [heads, d_head]; leave --split-heads off for it"},
   };
   for (const auto& [flag, words] : cases) expect_refused(run_cli(head + flag), out, words);
   expect_refused(run_cli(head + " --device gpu"), out, "unknown device \"gpu\"; use cpu, cuda, cuda:N or auto");

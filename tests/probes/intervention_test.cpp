@@ -70,6 +70,47 @@ TEST(ProbeIntervention, AblationEqualsProjectingOutWithAHostHook) {
   EXPECT_TRUE(at::equal(model.forward(tokens), clean));
 }
 
+// A per-head probe's direction lives in one head's d_head space: with a
+// head, the module projects it out of that head's z only, as a plain hook on
+// that head's slice does, and every other head flows on bit for bit.
+TEST(ProbeIntervention, WithAHeadOnlyThatHeadsVectorsChange) {
+  hooks::HookedTransformer model = tiny_model();
+  const at::Tensor tokens = tokens_for(model);
+  const std::string host = "blocks.0.attn.hook_z";
+  const int64_t head = 1;
+  const at::Tensor w = random_direction(model.cfg().d_head, 23);  // [d_head]
+  const at::Tensor reference = model.run_with_hooks(
+      tokens, {{host, [&](at::Tensor& z, const hooks::HookPoint&) {  // [b, p, heads, d_head]
+                  const at::Tensor zd = z.select(2, head).to(at::kDouble), wd = w.to(at::kDouble);
+                  z = z.clone();
+                  z.select(2, head).copy_(zd - (zd * wd).sum(-1, true) / wd.dot(wd) * wd);
+                }}});
+  model.attach(host, std::make_shared<ProbeIntervention>(w, InterventionMode::ablate, 0.0, head));
+  auto [ablated, cache] = model.run_with_cache(tokens, hooks::NamesFilter::glob("*.probe.*"));
+  EXPECT_TRUE(at::allclose(ablated, reference, 1e-5, 1e-6));
+  const at::Tensor in = cache[host + ".probe.hook_probe_in"], out = cache[host + ".probe.hook_probe_out"];
+  for (int64_t h = 0; h < model.cfg().n_heads; ++h) {
+    if (h != head) EXPECT_TRUE(at::equal(out.select(2, h), in.select(2, h))) << "head " << h;
+  }
+  const at::Tensor u = w / w.norm();
+  EXPECT_GT(at::matmul(in.select(2, head), u).abs().max().item<double>(), 1e-4);
+  EXPECT_LT(at::matmul(out.select(2, head), u).abs().max().item<double>(), 1e-5);
+  model.detach(host, "probe");
+  // A head needs a per-head host, and one the host has.
+  EXPECT_THAT(error_of([&] {
+                model.attach(kHost, std::make_shared<ProbeIntervention>(at::ones({model.cfg().d_model}),
+                                                                        InterventionMode::ablate, 0.0, 0));
+              }),
+              HasSubstr("it has no head axis"));
+  const int64_t heads = model.cfg().n_heads;
+  EXPECT_THAT(error_of([&] {
+                model.attach(host, std::make_shared<ProbeIntervention>(w, InterventionMode::ablate, 0.0, heads));
+              }),
+              HasSubstr("which has " + std::to_string(heads) + " heads"));
+  EXPECT_THAT(error_of([&] { ProbeIntervention(w, InterventionMode::ablate, 0.0, -2); }),
+              HasSubstr("must be a head index or -1"));
+}
+
 TEST(ProbeIntervention, SteeringEqualsASteeringVectorOfTheUnitDirection) {
   hooks::HookedTransformer model = tiny_model();
   const at::Tensor tokens = tokens_for(model);

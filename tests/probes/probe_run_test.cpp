@@ -155,6 +155,61 @@ TEST(ProbeRun, OnTheGpuTheRunEqualsTheCpusAndItsResultIsOnTheCpu) {
   EXPECT_EQ(nlohmann::json::parse(gpu.config).at("device").get<std::string>(), "cuda");
 }
 
+// split_heads: one probe per layer and head of hook_z, in (layer, head)
+// order, each the fit of that head's vectors alone (fitted here by hand on
+// the slice z[:, :, h] of a plain run's cache, on the run's train rows),
+// and --ablate projects its direction out of that head only (checked
+// against a plain hook on the slice).
+TEST(ProbeRun, SplitHeadsFitsEachHeadsVectorsAndAblatesThatHeadOnly) {
+  const std::string model_path = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  const std::string data = mechlab::testing::temp_path("probe_run", "induction_heads.h5");
+  core::save_dataset(data, core::tasks::make_task("induction", {{"n", 40}, {"seed", 3}, {"d_vocab", 256}}));
+  const ProbeRunResult r = run_probes(
+      model_path, data,
+      ProbeRunOptions().hooks({"blocks.*.attn.hook_z"}).split_heads(true).label("repeated").resamples(20).ablate(true).ablate_examples(6));
+  auto model = hooks::HookedTransformer::from_pretrained(model_path);
+  const int64_t L = model.cfg().n_layers, H = model.cfg().n_heads;
+  ASSERT_EQ(static_cast<int64_t>(r.names.size()), L * H);
+  const core::Dataset ds = core::load_dataset(data);
+  const at::Tensor tokens = ds.tokens.to(at::kLong);  // [N, T], no padding
+  const at::Tensor labels = token_labels("repeated", tokens, {}, data).reshape({-1});
+  const at::Tensor labelled = labels.ge(0).nonzero().squeeze(1);
+  auto [logits, cache] = model.run_with_cache(tokens, hooks::NamesFilter::glob("*.attn.hook_z"));
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t h = 0; h < H; ++h) {
+      const size_t p = static_cast<size_t>(l * H + h);
+      const std::string hook = "blocks." + std::to_string(l) + ".attn.hook_z";
+      EXPECT_EQ(r.names[p], hook + " head " + std::to_string(h));
+      EXPECT_EQ(r.hooks[p], hook);
+      EXPECT_EQ(r.heads[p], h);
+      const at::Tensor z = cache[hook].select(2, h).reshape({-1, model.cfg().d_head}).to(at::kFloat);  // [N*T, d_head]
+      const at::Tensor x = z.index_select(0, labelled).index_select(0, r.split.train);
+      const LinearProbes alone = fit_logistic(x, labels.index_select(0, labelled).index_select(0, r.split.train),
+                                              ProbeOptions().num_classes(2));
+      const at::Tensor want = alone.weight[0], got = r.probes.weight[static_cast<int64_t>(p)];
+      EXPECT_LE((got - want).abs().max().item<double>(), 1e-4 * want.abs().max().item<double>()) << r.names[p];
+    }
+  }
+  // The ablation of head 1 of layer 1 against a plain hook on that slice.
+  const int64_t p = H + 1;
+  const at::Tensor few = tokens.slice(0, 0, 6);
+  const at::Tensor w = r.probes.weight[p].select(1, 0).to(at::kDouble);  // [d_head]
+  const at::Tensor ablated = model.run_with_hooks(
+      few, {{"blocks.1.attn.hook_z", [&](at::Tensor& z, const hooks::HookPoint&) {
+               const at::Tensor zd = z.select(2, 1).to(at::kDouble);
+               z = z.clone();
+               z.select(2, 1).copy_(zd - (zd * w).sum(-1, true) / w.dot(w) * w);
+             }}});
+  EXPECT_NEAR(r.ablated_loss[p].item<double>(), core::mean_loss(ablated, few).item<double>(), 1e-5);
+  EXPECT_NEAR(r.clean_loss, core::mean_loss(model.forward(few), few).item<double>(), 1e-6);
+  // Every hook must have heads.
+  EXPECT_THAT(error_of([&] {
+                run_probes(model_path, data,
+                           ProbeRunOptions().hooks({"blocks.0.hook_resid_post"}).split_heads(true).label("repeated"));
+              }),
+              HasSubstr("hook 'blocks.0.hook_resid_post' has per-token shape ["));
+}
+
 // A 3-class label (the position mod 3): --ablate projects out each probe's
 // two weight differences w_1 - w_0, w_2 - w_0 (rank 2), checked against
 // forwards whose hook subtracts the projection A pinv(A) x (the projector by
