@@ -126,15 +126,19 @@ at::Tensor sequence_labels_to_rows(const at::Tensor& row_source, const at::Tenso
 at::Tensor rows_at_position(const at::Tensor& row_source, int64_t position) {
   MECHLAB_CHECK(row_source.dim() == 2 && row_source.size(1) == 2, "rows_at_position: `row_source` must be "
                 "[rows, 2] (example, position), got ", row_source.sizes());
-  MECHLAB_CHECK(position >= -1, "rows_at_position: `position` must be >= 0, or -1 for each example's last row");
   at::Tensor ex = row_source.select(1, 0).to(at::kLong), pos = row_source.select(1, 1).to(at::kLong);
   if (position >= 0) return (pos == position).nonzero().squeeze(1);
-  // The last row of an example: the next row belongs to another example (rows are in example order).
+  // An example's rows are one run: its last row is followed by another
+  // example's (rows are in example order); the row k from the end is
+  // last - (k - 1), if that is still in the run.
   const int64_t N = ex.size(0);
   if (N == 0) return at::empty({0}, at::kLong);
-  at::Tensor last = at::ones({N}, at::kBool);
-  if (N > 1) last.narrow(0, 0, N - 1).copy_(ex.narrow(0, 1, N - 1) != ex.narrow(0, 0, N - 1));
-  return last.nonzero().squeeze(1);
+  at::Tensor is_last = at::ones({N}, at::kBool);
+  if (N > 1) is_last.narrow(0, 0, N - 1).copy_(ex.narrow(0, 1, N - 1) != ex.narrow(0, 0, N - 1));
+  const at::Tensor last = is_last.nonzero().squeeze(1);                                      // [examples]
+  const at::Tensor first = at::cat({at::zeros({1}, at::kLong), last.narrow(0, 0, last.size(0) - 1) + 1});
+  const at::Tensor target = last + (position + 1);                                           // position < 0
+  return target.masked_select(target.ge(first));
 }
 
 }  // namespace mechlab::probes

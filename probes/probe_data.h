@@ -54,8 +54,11 @@ ProbeFeatures features_per_position(const hooks::ActivationCache& cache, const s
 /// (example, position) [N, 2] (a store's row_source).
 at::Tensor sequence_labels_to_rows(const at::Tensor& row_source, const at::Tensor& sequence_labels);
 
-/// Indices (int64) of the rows at `position` of their example, or (-1) at
-/// each example's last row, from row_source [N, 2] in store order.
+/// Indices (int64) of the rows at `position` of their example, or with a
+/// negative position the row that many from the end of its example's rows
+/// (-1: its last row, the last real token), from row_source [N, 2] in store
+/// order (examples in turn, positions ascending). An example without such a
+/// row has none in the result.
 at::Tensor rows_at_position(const at::Tensor& row_source, int64_t position);
 
 }  // namespace mechlab::probes

@@ -119,10 +119,11 @@ std::tuple<int, int64_t, int> forward_position(const std::string& hook) {
   return {hook.rfind("ln_final", 0) == 0 ? 2 : 0, 0, static_cast<int>(table.size())};
 }
 
-// Features [P, R, D], the label [R], the token id [R] and the example [R] of each row.
+// Features [P, R, D], the label [R], the token id [R], the example [R] and
+// the position [R] of each row, rows in example order, positions ascending.
 struct Rows {
   ProbeFeatures f;
-  at::Tensor labels, token_ids, examples;
+  at::Tensor labels, token_ids, examples, positions;
 };
 
 // A store is read with the dataset it was cached from, else its rows are
@@ -188,6 +189,7 @@ Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at:
   r.labels = labels.reshape({-1}).index_select(0, flat);
   r.token_ids = ds.prompts().to(at::kLong).reshape({-1}).index_select(0, flat);
   r.examples = s.select(1, 0).contiguous();
+  r.positions = s.select(1, 1).contiguous();
   return r;
 }
 
@@ -200,7 +202,7 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
       hooks::NamesFilter::predicate([&wanted](const std::string& n) { return wanted.count(n) > 0; });
   const int64_t N = o.max_examples() > 0 ? std::min(o.max_examples(), ds.size()) : ds.size();
   const at::Tensor prompts = ds.prompts().to(at::kLong);  // [N, T]
-  std::vector<at::Tensor> xs, ys, ids, exs;
+  std::vector<at::Tensor> xs, ys, ids, exs, poss;
   Rows r;
   for (int64_t e0 = 0; e0 < N; e0 += o.batch_size()) {
     const int64_t e1 = std::min(N, e0 + o.batch_size());
@@ -223,12 +225,15 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
     ys.push_back(labels.slice(0, e0, e1).reshape({-1}).masked_select(m));
     ids.push_back(tokens.reshape({-1}).masked_select(m));
     exs.push_back(at::arange(e0, e1, at::kLong).unsqueeze(1).expand(tokens.sizes()).reshape({-1}).masked_select(m));
+    poss.push_back(
+        at::arange(tokens.size(1), at::kLong).unsqueeze(0).expand(tokens.sizes()).reshape({-1}).masked_select(m));
     r.f.names = f.names;
   }
   r.f.x = at::cat(xs, 1);  // [P, R, D]
   r.labels = at::cat(ys);
   r.token_ids = at::cat(ids);
   r.examples = at::cat(exs);
+  r.positions = at::cat(poss);
   return r;
 }
 
@@ -284,6 +289,17 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o)
                            : rows_from_model(*model, source, ds, labels, o);
 
+  // `position`: one row per example (a prompt's rows are a run, in order,
+  // as rows_at_position reads them).
+  if (o.position()) {
+    const at::Tensor picked = rows_at_position(at::stack({rows.examples, rows.positions}, 1), *o.position());
+    MECHLAB_CHECK(picked.numel() > 0, "no prompt of ", dataset, " has a token at `ProbeRunOptions::position` ",
+                  *o.position(), " (", ds.seq_len(), " positions); give a position inside the prompts");
+    rows.f.x = rows.f.x.index_select(1, picked);
+    for (at::Tensor* t : {&rows.labels, &rows.token_ids, &rows.examples, &rows.positions}) {
+      *t = t->index_select(0, picked);
+    }
+  }
   // Rows without a label are no data.
   const at::Tensor labelled = rows.labels.ge(0).nonzero().squeeze(1);  // [R]
   const at::Tensor x = rows.f.x.index_select(1, labelled);             // [P, R, D]
@@ -410,6 +426,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   c["hooks"] = o.hooks();
   c["split_heads"] = o.split_heads();
   c["label"] = o.label();
+  c["position"] = o.position() ? nlohmann::json(*o.position()) : nlohmann::json();
   c["test_fraction"] = o.test_fraction();
   c["split_by"] = o.split_by();
   c["seed"] = o.seed();
@@ -451,8 +468,9 @@ std::string hook_kind(const std::string& hook) {
 }
 
 std::string probe_title(const ProbeRunResult& r) {
-  return "probes for '" + r.label + "' (" + std::to_string(r.test_rows) + " test rows of " +
-         std::to_string(r.test_examples) + " prompts)";
+  const nlohmann::json position = nlohmann::json::parse(r.config).value("position", nlohmann::json());
+  return "probes for '" + r.label + "'" + (position.is_number() ? " at position " + position.dump() : "") + " (" +
+         std::to_string(r.test_rows) + " test rows of " + std::to_string(r.test_examples) + " prompts)";
 }
 
 int confidence_percent(const ProbeRunResult& r) {

@@ -38,6 +38,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,11 @@ struct ProbeRunOptions {
   MECHLAB_OPTION(ProbeRunOptions, bool, split_heads, false)
   /// "labels" or "repeated" (probe_label_names()).
   MECHLAB_OPTION(ProbeRunOptions, std::string, label, "labels")
+  /// Probe one token per example: the one at this position, or, negative,
+  /// this many from the end of the example's real tokens (-1: the last, as
+  /// a sequence classifier reads); examples without it are left out. Unset:
+  /// every token.
+  MECHLAB_OPTION(ProbeRunOptions, std::optional<int64_t>, position, std::nullopt)
   /// Share held out for scoring, in (0, 1): of the examples (`split_by`
   /// "example", ceil(fraction * examples) of them) or of the labelled rows ("token").
   MECHLAB_OPTION(ProbeRunOptions, double, test_fraction, 0.2)

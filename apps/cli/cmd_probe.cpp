@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 namespace mechlab::cli {
 
@@ -29,7 +30,8 @@ void add_probe_command(CLI::App& app) {
     std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example", device = "cpu";
     std::vector<std::string> hooks;
     double test_fraction = 0.2, C = 1.0, confidence = 0.95;
-    int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32;
+    int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32,
+            position = 0;
     bool overwrite = false, ablate = false, split_heads = false;
   };
   auto a = std::make_shared<Args>();
@@ -53,6 +55,11 @@ void add_probe_command(CLI::App& app) {
                   "example; -1 = none) or repeated (1 where the token already occurred earlier in "
                   "its prompt)")
       ->capture_default_str();
+  CLI::Option* position =
+      cmd->add_option("--position", a->position,
+                      "Probe one token per prompt: the one at this position (0 = the first), or, negative, this "
+                      "many from the end of the prompt's real tokens (-1 = the last, as a sequence classifier "
+                      "reads); prompts without it are left out. Default: every token");
   cmd->add_option("--out", a->out, "Output folder (created): probes.h5 and probes.svg")->required();
   cmd->add_flag("--overwrite", a->overwrite, "Replace probes.h5 and probes.svg in --out");
   // Ranges are checked by the library (check_probe_run_options), so every
@@ -86,12 +93,13 @@ void add_probe_command(CLI::App& app) {
                   "when there is a GPU); the bootstrap runs on the CPU")
       ->capture_default_str();
   add_threads_option(cmd, "The CPU's work (with --device cpu: the forwards and fits too; always the bootstrap)");
-  cmd->callback([a] {
+  cmd->callback([a, position] {
     const probes::ProbeRunOptions o =
         probes::ProbeRunOptions()
             .hooks(a->hooks)
             .split_heads(a->split_heads)
             .label(a->label)
+            .position(position->count() > 0 ? std::optional<int64_t>(a->position) : std::nullopt)
             .test_fraction(a->test_fraction)
             .split_by(a->split_by)
             .seed(static_cast<uint64_t>(a->seed))

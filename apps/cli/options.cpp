@@ -194,6 +194,7 @@ std::string with_flag_names(std::string message) {
       {"`ProbeRunOptions::split_by`", "--split-by"},
       {"`ProbeRunOptions::device`", "--device"},
       {"`ProbeRunOptions::split_heads`", "--split-heads"},
+      {"`ProbeRunOptions::position`", "--position"},
       {"`split_heads`", "--split-heads"},
       {"`ProbeOptions::C`", "--C"},
       {"`ProbeOptions::max_iter`", "--max-iter"},

@@ -376,8 +376,9 @@ const std::vector<StepKind>& step_kinds() {
       {"probe",
        {"probe"},
        {"source", "dataset"},
-       {"out", "hooks", "split-heads", "label", "overwrite", "test-fraction", "split-by", "seed", "C", "penalty", "max-iter",
-        "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples", "device", "threads"}},
+       {"out", "hooks", "split-heads", "label", "position", "overwrite", "test-fraction", "split-by", "seed", "C",
+        "penalty", "max-iter", "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples",
+        "device", "threads"}},
   };
   return kinds;
 }

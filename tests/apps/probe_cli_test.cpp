@@ -149,6 +149,22 @@ TEST_F(ProbeCli, SplitHeadsDrawsAGridOfHooksByHeads) {
   EXPECT_THAT(svg, ::testing::Not(HasSubstr("<polyline")));
 }
 
+// --position -1 (a negative number as the flag's value): one row per prompt,
+// its last token; said in the picture's title and the config.
+TEST_F(ProbeCli, APositionOfMinusOneProbesEachPromptsLastToken) {
+  const std::string data = temp_path("probe_task.h5"), out = temp_path("last_token");
+  const auto made =
+      run_cli("dataset make probe --n 100 --seed 3 --set d_vocab=256 --set seq_len=24 --overwrite --out " + data);
+  ASSERT_EQ(made.rc, 0) << made.output;
+  const auto r = run_cli("probe " + kModel + " " + data + " --hooks blocks.1.hook_resid_post --label labels "
+                         "--position -1 --resamples 20 --threads 1 --overwrite --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  core::H5File f = core::H5File::open_read(out + "/probes.h5");
+  EXPECT_EQ(f.read_attr_int("", "rows"), 100);
+  EXPECT_EQ(nlohmann::json::parse(f.read_attr_string("", "config")).at("position").get<int64_t>(), -1);
+  EXPECT_THAT(testing::read_file(out + "/probes.svg"), HasSubstr("probes for 'labels' at position -1"));
+}
+
 TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
   const std::string store = temp_path("acts.h5");
   const auto c = run_cli("cache " + kModel + " " + data_ +
@@ -216,6 +232,7 @@ TEST_F(ProbeCli, EachBadOptionIsOneLineNamingTheFlag) {
       {" --confidence 1", "--confidence must be in (0, 1), exclusive, got 1"},
       {" --split-by prompt", "--split-by must be example or token, got 'prompt'"},
       {" --split-heads", "not [heads, d_head]; leave --split-heads off for it"},
+      {" --position 500", "has a token at --position 500 ("},
   };
   for (const auto& [flag, words] : cases) expect_refused(run_cli(head + flag), out, words);
   expect_refused(run_cli(head + " --device gpu"), out, "unknown device \"gpu\"; use cpu, cuda, cuda:N or auto");

@@ -102,6 +102,16 @@ TEST(ProbeData, SequenceLabelsBecomeRowLabels) {
     EXPECT_EQ(src[last[i].item<int64_t>()][0].item<int64_t>(), i);
     EXPECT_EQ(src[last[i].item<int64_t>()][1].item<int64_t>(), 9 - i % 3 - 1);
   }
+  // From the end: -2 is each example's last but one; -9 only examples of 9 rows (0 and 3).
+  at::Tensor second_last = rows_at_position(src, -2);
+  ASSERT_EQ(second_last.size(0), 6);
+  for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(src[second_last[i].item<int64_t>()][1].item<int64_t>(), 9 - i % 3 - 2);
+  at::Tensor ninth = rows_at_position(src, -9);
+  ASSERT_EQ(ninth.size(0), 2);
+  EXPECT_EQ(src[ninth[0].item<int64_t>()][0].item<int64_t>(), 0);
+  EXPECT_EQ(src[ninth[1].item<int64_t>()][0].item<int64_t>(), 3);
+  EXPECT_EQ(src[ninth[1].item<int64_t>()][1].item<int64_t>(), 0);
+  EXPECT_EQ(rows_at_position(src, -10).size(0), 0);
   at::Tensor at7 = rows_at_position(src, 7);
   EXPECT_EQ(at7.size(0), 4) << "examples 0, 1, 3, 4 reach position 7";
   EXPECT_NE(error_of([&] { sequence_labels_to_rows(src, seq.narrow(0, 0, 3)); }).find("one label per example"),

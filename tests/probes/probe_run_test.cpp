@@ -166,7 +166,8 @@ TEST(ProbeRun, SplitHeadsFitsEachHeadsVectorsAndAblatesThatHeadOnly) {
   core::save_dataset(data, core::tasks::make_task("induction", {{"n", 40}, {"seed", 3}, {"d_vocab", 256}}));
   const ProbeRunResult r = run_probes(
       model_path, data,
-      ProbeRunOptions().hooks({"blocks.*.attn.hook_z"}).split_heads(true).label("repeated").resamples(20).ablate(true).ablate_examples(6));
+      ProbeRunOptions().hooks({"blocks.*.attn.hook_z"}).split_heads(true).label("repeated").resamples(20).ablate(true)
+          .ablate_examples(6));
   auto model = hooks::HookedTransformer::from_pretrained(model_path);
   const int64_t L = model.cfg().n_layers, H = model.cfg().n_heads;
   ASSERT_EQ(static_cast<int64_t>(r.names.size()), L * H);
@@ -208,6 +209,43 @@ TEST(ProbeRun, SplitHeadsFitsEachHeadsVectorsAndAblatesThatHeadOnly) {
                            ProbeRunOptions().hooks({"blocks.0.hook_resid_post"}).split_heads(true).label("repeated"));
               }),
               HasSubstr("hook 'blocks.0.hook_resid_post' has per-token shape ["));
+}
+
+// `position`: one row per prompt, the fit of that position's vectors
+// (fitted here by hand on a plain run's cache at that position, on the
+// run's train rows); -1 is the last token (these prompts have no padding);
+// a position outside the prompts is refused by name.
+TEST(ProbeRun, APositionProbesOneTokenPerPrompt) {
+  const std::string model_path = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  const std::string data = mechlab::testing::temp_path("probe_run", "probe_task.h5");
+  core::save_dataset(
+      data, core::tasks::make_probe(core::tasks::ProbeOptions().n(200).seq_len(24).pool(8).d_vocab(256).seed(4)));
+  const ProbeRunOptions o =
+      ProbeRunOptions().hooks({"blocks.1.hook_resid_post"}).label("labels").position(12).resamples(20);
+  const ProbeRunResult r = run_probes(model_path, data, o);
+  EXPECT_EQ(r.rows, 200);
+  const core::Dataset ds = core::load_dataset(data);
+  auto model = hooks::HookedTransformer::from_pretrained(model_path);
+  auto [logits, cache] =
+      model.run_with_cache(ds.tokens.to(at::kLong), hooks::NamesFilter::glob("blocks.1.hook_resid_post"));
+  const at::Tensor x = cache["blocks.1.hook_resid_post"].select(1, 12).to(at::kFloat);  // [200, d_model]
+  const at::Tensor y = ds.labels.select(1, 12).to(at::kLong);                           // [200]
+  ASSERT_TRUE(y.ge(0).all().item<bool>());
+  const LinearProbes alone = fit_logistic(x.index_select(0, r.split.train), y.index_select(0, r.split.train),
+                                          ProbeOptions().num_classes(2));
+  const at::Tensor want = alone.weight[0];
+  EXPECT_LE((r.probes.weight[0] - want).abs().max().item<double>(), 1e-4 * want.abs().max().item<double>());
+  EXPECT_EQ(nlohmann::json::parse(r.config).at("position").get<int64_t>(), 12);
+  // -1: the last token, here position 23.
+  const ProbeRunResult last = run_probes(model_path, data, ProbeRunOptions(o).position(-1));
+  const ProbeRunResult at23 = run_probes(model_path, data, ProbeRunOptions(o).position(23));
+  EXPECT_TRUE(at::equal(last.probes.weight, at23.probes.weight));
+  EXPECT_TRUE(at::equal(last.accuracy, at23.accuracy));
+  EXPECT_FALSE(at::equal(last.probes.weight, r.probes.weight));
+  EXPECT_THAT(error_of([&] { run_probes(model_path, data, ProbeRunOptions(o).position(24)); }),
+              HasSubstr("has a token at `ProbeRunOptions::position` 24 (24 positions)"));
+  EXPECT_THAT(error_of([&] { run_probes(model_path, data, ProbeRunOptions(o).position(-25)); }),
+              HasSubstr("`ProbeRunOptions::position` -25"));
 }
 
 // A 3-class label (the position mod 3): --ablate projects out each probe's
