@@ -67,6 +67,32 @@ TEST(Examples, QuickstartFindsAndAblatesTheInductionHead) {
   }
 }
 
+// ACDC finds K-composition (a layer-0 head into a layer-1 head's key: the
+// previous-token head feeding the induction heads) and a faithful circuit;
+// the "seen before" probe reads it after layer 0, not at the embedding, and
+// projecting layer 0's probe direction out hurts the next-token loss.
+TEST(Examples, CircuitAndProbesFindTheInductionMechanism) {
+  const auto r = run_program(example("circuit_and_probes") + " " + kSource + "/apps/models/induction.h5");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("\n  a0\\.h\\d -> a1\\.h\\d<k>\n"))) << r.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex("faithfulness ([0-9.]+)\n"))) << r.output;
+  EXPECT_GT(std::stod(m[1]), 0.9) << r.output;
+  auto number_after = [&](const std::string& pattern) {
+    std::smatch n;
+    EXPECT_TRUE(std::regex_search(r.output, n, std::regex(pattern))) << pattern << "\n" << r.output;
+    return n.size() > 1 ? std::stod(n[1]) : 0.0;
+  };
+  const double embed = number_after("hook_embed +accuracy ([0-9.]+)");
+  const double layer0 = number_after("blocks\\.0\\.hook_resid_post +accuracy ([0-9.]+)");
+  EXPECT_GT(layer0, embed + 0.3) << r.output;
+  EXPECT_GT(number_after("blocks\\.1\\.hook_resid_post +accuracy [0-9.]+, control [0-9.]+, selectivity \\+([0-9.]+)"),
+            0.2);
+  const double clean = number_after("next-token loss ([0-9.]+), with hook_embed");
+  EXPECT_GT(number_after("blocks\\.0\\.hook_resid_post's probe direction projected out ([0-9.]+)"), clean + 0.3);
+  EXPECT_LT(number_after("hook_embed's probe direction projected out ([0-9.]+)"), clean + 0.1);
+}
+
 TEST(Examples, QuickstartExplainsItsUsageAndRefusesABadModel) {
   const auto usage = run_program(example("quickstart"));
   EXPECT_EQ(usage.rc, 2);
