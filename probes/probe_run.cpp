@@ -261,6 +261,13 @@ void check_probe_run_options(const ProbeRunOptions& o) {
   MECHLAB_CHECK(o.probe().C() > 0, "`ProbeOptions::C` must be > 0, got ", o.probe().C());
   MECHLAB_CHECK(o.probe().max_iter() >= 1, "`ProbeOptions::max_iter` must be >= 1, got ", o.probe().max_iter());
   MECHLAB_CHECK(o.probe().tol() >= 0, "`ProbeOptions::tol` must be >= 0, got ", o.probe().tol());
+  MECHLAB_CHECK(o.probe().epochs() >= 1, "`ProbeOptions::epochs` must be >= 1, got ", o.probe().epochs());
+  // The run's probes are logistic: refused here, before the forwards, not by the fit.
+  MECHLAB_CHECK(o.probe().solver() != Solver::exact, "`ProbeOptions::solver` exact solves ridge and least squares "
+                "only; a logistic probe takes auto, lbfgs, fista or adam");
+  MECHLAB_CHECK(o.probe().solver() != Solver::lbfgs || o.probe().penalty() != Penalty::l1,
+                "`ProbeOptions::solver` lbfgs cannot minimise the l1 `ProbeOptions::penalty` (it is not "
+                "differentiable); use fista or adam");
   MECHLAB_CHECK(o.device().is_cpu() || (o.device().is_cuda() && at::hasCUDA()), "`ProbeRunOptions::device` is ",
                 o.device(), ", but ", o.device().is_cuda() ? "no CUDA GPU is available here" : "only cpu and cuda run",
                 "; use cpu");
@@ -435,6 +442,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   c["solver"] = to_string(o.probe().solver());
   c["max_iter"] = o.probe().max_iter();
   c["tol"] = o.probe().tol();
+  if (o.probe().solver() == Solver::adam) c["epochs"] = o.probe().epochs();
   c["standardize"] = o.probe().standardize();
   c["resamples"] = o.resamples();
   c["confidence"] = o.confidence();

@@ -27,11 +27,12 @@ void add_probe_command(CLI::App& app) {
       "and OUT/probes.svg (accuracy and selectivity against depth, or with --split-heads a grid of\n"
       "hooks by heads).");
   struct Args {
-    std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example", device = "cpu";
+    std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example", device = "cpu",
+                solver = "auto";
     std::vector<std::string> hooks;
-    double test_fraction = 0.2, C = 1.0, confidence = 0.95;
+    double test_fraction = 0.2, C = 1.0, confidence = 0.95, tol = 1e-4;
     int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32,
-            position = 0;
+            position = 0, epochs = 50;
     bool overwrite = false, ablate = false, split_heads = false;
   };
   auto a = std::make_shared<Args>();
@@ -76,7 +77,16 @@ void add_probe_command(CLI::App& app) {
   add_count_option(cmd, "--seed", a->seed, "Seed of the split, the control labels and the bootstrap", 0);
   cmd->add_option("--C", a->C, "Inverse regularisation strength (scikit-learn's C), > 0")->capture_default_str();
   cmd->add_option("--penalty", a->penalty, "l2, l1 or none")->capture_default_str();
-  add_count_option(cmd, "--max-iter", a->max_iter, "Solver iterations at most (scikit-learn's max_iter)");
+  cmd->add_option("--solver", a->solver,
+                  "auto (lbfgs, or fista for l1), lbfgs (full batch, scikit-learn's default), fista (l1), or adam "
+                  "(mini-batches of 1024 rows with early stopping on 10% of the train rows, for row counts "
+                  "that full-batch fits handle slowly)")
+      ->capture_default_str();
+  add_count_option(cmd, "--max-iter", a->max_iter, "lbfgs and fista: iterations at most (scikit-learn's max_iter)");
+  cmd->add_option("--tol", a->tol,
+                  "lbfgs: stop at max |gradient| <= tol (scikit-learn's tol); fista: the gradient mapping's; >= 0")
+      ->capture_default_str();
+  add_count_option(cmd, "--epochs", a->epochs, "adam: passes over the train rows at most");
   add_count_option(cmd, "--resamples", a->resamples,
                    "Bootstrap resamples (>= 2) of the test prompts (or tokens, with --split-by token)");
   cmd->add_option("--confidence", a->confidence, "Confidence of the bootstrap intervals, in (0, 1), exclusive")
@@ -103,7 +113,13 @@ void add_probe_command(CLI::App& app) {
             .test_fraction(a->test_fraction)
             .split_by(a->split_by)
             .seed(static_cast<uint64_t>(a->seed))
-            .probe(probes::ProbeOptions().C(a->C).penalty(probes::parse_penalty(a->penalty)).max_iter(a->max_iter))
+            .probe(probes::ProbeOptions()
+                       .C(a->C)
+                       .penalty(probes::parse_penalty(a->penalty))
+                       .solver(probes::parse_solver(a->solver))
+                       .max_iter(a->max_iter)
+                       .tol(a->tol)
+                       .epochs(a->epochs))
             .resamples(a->resamples)
             .confidence(a->confidence)
             .batch_size(a->batch_size)
@@ -152,6 +168,13 @@ void add_probe_command(CLI::App& app) {
       for (size_t i = 0; i < r.names.size(); ++i) {
         const int64_t k = static_cast<int64_t>(i);
         if (p.converged[k].item<bool>()) continue;
+        if (p.solver == probes::Solver::adam) {
+          std::fprintf(stderr, "mechlab: warning: the %s of %s was still improving on its validation rows "
+                       "after %lld epochs (best at epoch %lld); raise --epochs\n",
+                       which, printable(r.names[i]).c_str(), static_cast<long long>(a->epochs),
+                       static_cast<long long>(p.iterations[k].item<int64_t>()));
+          continue;
+        }
         const bool line_search =
             p.stop_reason[k].item<int64_t>() == static_cast<int64_t>(probes::StopReason::line_search);
         std::fprintf(stderr, "mechlab: warning: the %s of %s did not converge (%s after %lld iterations); %s\n",

@@ -198,6 +198,10 @@ std::string with_flag_names(std::string message) {
       {"`split_heads`", "--split-heads"},
       {"`ProbeOptions::C`", "--C"},
       {"`ProbeOptions::max_iter`", "--max-iter"},
+      {"`ProbeOptions::tol`", "--tol"},
+      {"`ProbeOptions::solver`", "--solver"},
+      {"`ProbeOptions::penalty`", "--penalty"},
+      {"`ProbeOptions::epochs`", "--epochs"},
       {"`make_task(\"ioi\")`", "`mechlab dataset make ioi --out ioi.h5`"},
   };
   for (const auto& [from, to] : kFlags) {

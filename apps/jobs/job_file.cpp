@@ -377,7 +377,7 @@ const std::vector<StepKind>& step_kinds() {
        {"probe"},
        {"source", "dataset"},
        {"out", "hooks", "split-heads", "label", "position", "overwrite", "test-fraction", "split-by", "seed", "C",
-        "penalty", "max-iter", "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples",
+        "penalty", "solver", "max-iter", "tol", "epochs", "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples",
         "device", "threads"}},
   };
   return kinds;

@@ -233,6 +233,12 @@ TEST_F(ProbeCli, EachBadOptionIsOneLineNamingTheFlag) {
       {" --split-by prompt", "--split-by must be example or token, got 'prompt'"},
       {" --split-heads", "not [heads, d_head]; leave --split-heads off for it"},
       {" --position 500", "has a token at --position 500 ("},
+      {" --tol -1", "--tol must be >= 0, got -1"},
+      {" --epochs 0", "--epochs must be > 0, got 0"},
+      {" --solver exact", "--solver exact solves ridge and least squares only; a logistic probe takes auto, "
+                          "lbfgs, fista or adam"},
+      {" --solver lbfgs --penalty l1", "--solver lbfgs cannot minimise the l1 --penalty"},
+      {" --solver sgd", "unknown probe solver 'sgd'; use auto, lbfgs, fista, exact or adam"},
   };
   for (const auto& [flag, words] : cases) expect_refused(run_cli(head + flag), out, words);
   expect_refused(run_cli(head + " --device gpu"), out, "unknown device \"gpu\"; use cpu, cuda, cuda:N or auto");
@@ -275,6 +281,19 @@ TEST_F(ProbeCli, ProbesThatStopAtMaxIterAreWarnedAbout) {
   EXPECT_THAT(ok.output, ::testing::Not(HasSubstr("warning")));
   core::H5File g = core::H5File::open_read(out + "/probes.h5");
   EXPECT_EQ(g.read_tensor("control_converged")[0].item<int64_t>(), 1);
+  // Adam stops on its validation rows; one stopped by --epochs while still
+  // improving is told to raise --epochs (not --max-iter, which it ignores).
+  const auto adam = run_cli("probe " + kModel + " " + data_ +
+                            " --hooks blocks.0.hook_resid_post --label repeated --solver adam --epochs 2 "
+                            "--resamples 20 --threads 1 --overwrite --out " + out);
+  ASSERT_EQ(adam.rc, 0) << adam.output;
+  EXPECT_THAT(adam.output, HasSubstr("was still improving on its validation rows after 2 epochs (best at epoch 2); "
+                                     "raise --epochs"));
+  EXPECT_THAT(adam.output, ::testing::Not(HasSubstr("--max-iter")));
+  const nlohmann::json config =
+      nlohmann::json::parse(core::H5File::open_read(out + "/probes.h5").read_attr_string("", "config"));
+  EXPECT_EQ(config.at("solver").get<std::string>(), "adam");
+  EXPECT_EQ(config.at("epochs").get<int64_t>(), 2);
 }
 
 TEST_F(ProbeCli, BadLabelsAreOneLineAndWriteNothing) {
