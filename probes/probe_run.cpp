@@ -289,9 +289,25 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
                  (source.size() > 5 && source.compare(source.size() - 5, 5, ".json") == 0);
   MECHLAB_CHECK(!o.ablate() || !r.from_store, "`ProbeRunOptions::ablate` needs a model to run, but ", source,
                 " is an activation store; give the model it was cached from");
+  MECHLAB_CHECK(o.attach().empty() || !r.from_store, "`ProbeRunOptions::attach` needs a model to run, but ", source,
+                " is an activation store; give the model it was cached from");
   std::optional<hooks::HookedTransformer> model;
   if (!r.from_store) {
     model.emplace(hooks::HookedTransformer::from_pretrained(source, hooks::PretrainedOptions().device(o.device())));
+    for (const ProbeAttachment& a : o.attach()) {
+      MECHLAB_CHECK(a.module != nullptr, "`ProbeRunOptions::attach` at ", a.host, " has no module");
+      model->attach(a.host, a.module);
+    }
+    // An intervention sits at one of the model's own hooks, not at an
+    // attached module's point: refused before the forwards.
+    if (o.ablate()) {
+      for (const std::string& n : hooks::resolve_store_hooks(*model, o.hooks())) {
+        core::HookSite site;
+        MECHLAB_CHECK(core::parse_site(n, model->cfg().n_layers, &site), "`ProbeRunOptions::ablate` projects at ",
+                      "the model's own hooks, but ", n, " is a point of an attached module; probe it without "
+                      "ablation");
+      }
+    }
   }
   Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o)
                            : rows_from_model(*model, source, ds, labels, o);
@@ -450,6 +466,10 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   c["max_examples"] = o.max_examples();
   c["ablate"] = o.ablate();
   c["ablate_examples"] = o.ablate_examples();
+  c["attach"] = nlohmann::json::array();
+  for (const ProbeAttachment& a : o.attach()) {
+    c["attach"].push_back({{"host", a.host}, {"module", a.module ? a.module->name() : ""}, {"source", a.source}});
+  }
   c["device"] = o.device().str();
   r.config = c.dump();
   return r;

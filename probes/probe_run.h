@@ -33,11 +33,13 @@
 #pragma once
 
 #include "core/util/options.h"
+#include "hooks/attached_module.h"
 #include "probes/evaluation.h"
 #include "probes/linear_probe.h"
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,6 +51,15 @@ inline constexpr int64_t kProbesVersion = 1;
 
 /// The names `ProbeRunOptions::label` accepts, comma-separated.
 const char* probe_label_names();
+
+/// A module attached to the model before its forwards: e.g. an SAE with
+/// its error term on, so that its latents (`<host>.sae.hook_sae_acts_post`)
+/// can be probed while the model computes as without it.
+struct ProbeAttachment {
+  std::string host;                               ///< a hook of the model
+  std::shared_ptr<hooks::AttachedModule> module;
+  std::string source;                             ///< where it came from (a folder), for the config
+};
 
 struct ProbeRunOptions {
   /// Hook names or globs ('*', '?'); with a store, among the store's hooks.
@@ -91,6 +102,9 @@ struct ProbeRunOptions {
   /// loss (core::mean_loss) on the first `ablate_examples` prompts, without and with.
   MECHLAB_OPTION(ProbeRunOptions, bool, ablate, false)
   MECHLAB_OPTION(ProbeRunOptions, int64_t, ablate_examples, 32)
+  /// With a model: modules attached before its forwards (their points
+  /// become hooks to probe), on `device`. Not with a store.
+  MECHLAB_OPTION(ProbeRunOptions, std::vector<ProbeAttachment>, attach, {})
   /// Where the model's forwards (and `ablate`'s) and the probes' fits run.
   /// The features wait on the CPU between the two, and the result is on
   /// the CPU (the metrics, the bootstrap and the fitted probes).

@@ -6,6 +6,7 @@
 #include "core/util/error.h"
 #include "probes/batched_solvers.h"
 #include "probes/probe_run.h"
+#include "sae/saelens_io.h"
 
 #include <ATen/ATen.h>
 
@@ -29,7 +30,7 @@ void add_probe_command(CLI::App& app) {
   struct Args {
     std::string source, dataset, label = "labels", out, penalty = "l2", split_by = "example", device = "cpu",
                 solver = "auto";
-    std::vector<std::string> hooks;
+    std::vector<std::string> hooks, saes;
     double test_fraction = 0.2, C = 1.0, confidence = 0.95, tol = 1e-4;
     int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32,
             position = 0, epochs = 50;
@@ -48,6 +49,10 @@ void add_probe_command(CLI::App& app) {
                   "Hooks to probe, names or globs (e.g. hook_embed 'blocks.*.hook_resid_post'); "
                   "one probe per hook")
       ->required();
+  cmd->add_option("--sae", a->saes,
+                  "With a model: an SAE in a SAELens folder (`mechlab sae train` writes OUT/sae), attached at its "
+                  "hook_name with its error term on, so the model computes as without it and the SAE's points "
+                  "can be probed, e.g. --hooks blocks.0.hook_resid_post.sae.hook_sae_acts_post (repeatable)");
   cmd->add_flag("--split-heads", a->split_heads,
                 "One probe per head of hooks with a head axis (attn.hook_z, hook_q/k/v, hook_result), "
                 "named '<hook> head h'; every hook must have one. probes.svg is then a grid of hooks by heads");
@@ -104,7 +109,7 @@ void add_probe_command(CLI::App& app) {
       ->capture_default_str();
   add_threads_option(cmd, "The CPU's work (with --device cpu: the forwards and fits too; always the bootstrap)");
   cmd->callback([a, position] {
-    const probes::ProbeRunOptions o =
+    const probes::ProbeRunOptions options =
         probes::ProbeRunOptions()
             .hooks(a->hooks)
             .split_heads(a->split_heads)
@@ -127,6 +132,18 @@ void add_probe_command(CLI::App& app) {
             .ablate(a->ablate)
             .ablate_examples(a->ablate_examples)
             .device(parse_device(a->device));
+    probes::ProbeRunOptions o = options;
+    const at::Device device = o.device();
+    std::vector<probes::ProbeAttachment> attach;
+    for (const std::string& dir : a->saes) {
+      std::shared_ptr<sae::Sae> s = sae::import_saelens(dir);
+      MECHLAB_CHECK(!s->cfg().hook_name().empty(), "--sae ", dir, " records no hook_name; give an SAE whose ",
+                    "cfg.json names the hook it was trained on");
+      s->use_error_term(true);
+      s->to(device, at::kFloat);
+      attach.push_back({s->cfg().hook_name(), s, dir});
+    }
+    o.attach(attach);
     probes::check_probe_run_options(o);
     for (const std::string& f : {probes::probe_results_path(a->out), probes::probe_plot_path(a->out)}) {
       core::require_not_same_file(f, "--out", a->source, "the source");

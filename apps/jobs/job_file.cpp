@@ -376,7 +376,7 @@ const std::vector<StepKind>& step_kinds() {
       {"probe",
        {"probe"},
        {"source", "dataset"},
-       {"out", "hooks", "split-heads", "label", "position", "overwrite", "test-fraction", "split-by", "seed", "C",
+       {"out", "hooks", "sae", "split-heads", "label", "position", "overwrite", "test-fraction", "split-by", "seed", "C",
         "penalty", "solver", "max-iter", "tol", "epochs", "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples",
         "device", "threads"}},
   };

@@ -7,6 +7,8 @@
 #include "apps/jobs/job_file.h"
 #include "core/data/dataset.h"
 #include "core/formats/hdf5_file.h"
+#include "sae/registry.h"
+#include "sae/saelens_io.h"
 #include "tests/test_util.h"
 
 #include <gmock/gmock.h>
@@ -163,6 +165,39 @@ TEST_F(ProbeCli, APositionOfMinusOneProbesEachPromptsLastToken) {
   EXPECT_EQ(f.read_attr_int("", "rows"), 100);
   EXPECT_EQ(nlohmann::json::parse(f.read_attr_string("", "config")).at("position").get<int64_t>(), -1);
   EXPECT_THAT(testing::read_file(out + "/probes.svg"), HasSubstr("probes for 'labels' at position -1"));
+}
+
+// --sae: an SAELens folder attached at its hook_name makes its latents a
+// hook; the folder is in the config; a folder naming no hook and a store
+// source are refused in one line.
+TEST_F(ProbeCli, AnSaeFolderMakesItsLatentsAHook) {
+  const std::string dir = temp_path("sae"), out = temp_path("sae_probes");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  sae::SaeConfig c;
+  c.architecture("relu").d_in(64).d_sae(128).hook_name("blocks.0.hook_resid_post");
+  auto s = sae::make_sae(c);
+  {
+    at::NoGradGuard no_grad;
+    at::manual_seed(2);
+    for (const auto& [name, t] : s->named_parameters()) s->param(name).copy_(at::randn(t.sizes()) * 0.2);
+  }
+  sae::export_saelens(*s, dir + "/sae");
+  const std::string latents = "blocks.0.hook_resid_post.sae.hook_sae_acts_post";
+  const auto r = run_cli("probe " + kModel + " " + data_ + " --sae " + dir + "/sae --hooks " + latents +
+                         " --label repeated --resamples 20 --threads 1 --overwrite --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(latents));
+  core::H5File f = core::H5File::open_read(out + "/probes.h5");
+  EXPECT_EQ(f.read_tensor("weight").sizes(), (std::vector<int64_t>{1, 128, 1}));
+  const nlohmann::json attach = nlohmann::json::parse(f.read_attr_string("", "config")).at("attach");
+  EXPECT_EQ(attach[0].at("source").get<std::string>(), dir + "/sae");
+  EXPECT_EQ(attach[0].at("host").get<std::string>(), "blocks.0.hook_resid_post");
+  c.hook_name("");
+  sae::export_saelens(*sae::make_sae(c), dir + "/nameless");
+  expect_refused(run_cli("probe " + kModel + " " + data_ + " --sae " + dir + "/nameless --hooks " + latents +
+                         " --label repeated --out " + dir + "/x"),
+                 dir + "/x", "records no hook_name");
 }
 
 TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {

@@ -12,6 +12,7 @@
 #include "probes/metrics.h"
 #include "probes/probe_data.h"
 #include "probes/probe_run.h"
+#include "sae/registry.h"
 #include "tests/test_util.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -246,6 +247,59 @@ TEST(ProbeRun, APositionProbesOneTokenPerPrompt) {
               HasSubstr("has a token at `ProbeRunOptions::position` 24 (24 positions)"));
   EXPECT_THAT(error_of([&] { run_probes(model_path, data, ProbeRunOptions(o).position(-25)); }),
               HasSubstr("`ProbeRunOptions::position` -25"));
+}
+
+// `attach`: an SAE with its error term at blocks.0.hook_resid_post makes
+// its latents a hook to probe, and the probe on them is the fit of the
+// SAE's encoding of a plain run's residual (fitted here by hand); the
+// model's own hooks are as without it; ablation at an attached module's
+// point and attachments with a store are refused before any work.
+TEST(ProbeRun, AnAttachedSaesLatentsAreProbedAsItsEncodingOfTheResidual) {
+  const std::string model_path = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  const std::string data = mechlab::testing::temp_path("probe_run", "induction_sae.h5");
+  core::save_dataset(data, core::tasks::make_task("induction", {{"n", 40}, {"seed", 3}, {"d_vocab", 256}}));
+  auto model = hooks::HookedTransformer::from_pretrained(model_path);
+  const std::string host = "blocks.0.hook_resid_post", latents = host + ".sae.hook_sae_acts_post";
+  std::shared_ptr<sae::Sae> s = sae::make_sae(
+      sae::SaeConfig().architecture("relu").d_in(model.cfg().d_model).d_sae(64).hook_name(host));
+  {
+    at::NoGradGuard no_grad;
+    at::manual_seed(5);
+    for (const auto& [name, t] : s->named_parameters()) s->param(name).copy_(at::randn(t.sizes()) * 0.2);
+  }
+  s->use_error_term(true);
+  const ProbeRunOptions o = ProbeRunOptions()
+                                .hooks({latents, "blocks.1.hook_resid_post"})
+                                .label("repeated")
+                                .resamples(20)
+                                .attach({ProbeAttachment{host, s, "random relu SAE"}});
+  const ProbeRunResult r = run_probes(model_path, data, o);
+  ASSERT_EQ(r.names, (std::vector<std::string>{latents, "blocks.1.hook_resid_post"}));
+  const core::Dataset ds = core::load_dataset(data);
+  const at::Tensor tokens = ds.tokens.to(at::kLong);
+  const at::Tensor labels = token_labels("repeated", tokens, {}, data).reshape({-1});
+  const at::Tensor labelled = labels.ge(0).nonzero().squeeze(1);
+  auto [logits, cache] = model.run_with_cache(tokens, std::vector<std::string>{host, "blocks.1.hook_resid_post"});
+  auto fit_alone = [&](const at::Tensor& rows) {  // rows [N*T, D]
+    const at::Tensor x = rows.index_select(0, labelled).index_select(0, r.split.train);
+    return fit_logistic(x, labels.index_select(0, labelled).index_select(0, r.split.train),
+                        ProbeOptions().num_classes(2)).weight[0];
+  };
+  const at::Tensor acts = s->encode(cache[host].reshape({-1, model.cfg().d_model})).detach();  // [N*T, 64]: d_sae = d_model, so both hooks are one sweep
+  for (const auto& [p, want] : {std::make_pair(0, fit_alone(acts)),
+                                std::make_pair(1, fit_alone(cache["blocks.1.hook_resid_post"].reshape({-1, 64})))}) {
+    EXPECT_LE((r.probes.weight[p] - want).abs().max().item<double>(), 1e-4 * want.abs().max().item<double>())
+        << r.names[static_cast<size_t>(p)];
+  }
+  EXPECT_EQ(nlohmann::json::parse(r.config).at("attach")[0].at("source").get<std::string>(), "random relu SAE");
+  EXPECT_THAT(error_of([&] { run_probes(model_path, data, ProbeRunOptions(o).ablate(true)); }),
+              HasSubstr("`ProbeRunOptions::ablate` projects at the model's own hooks, but " + latents +
+                        " is a point of an attached module"));
+  const std::string store = mechlab::testing::temp_path("probe_run", "sae_store.h5");
+  std::filesystem::remove(store);
+  hooks::cache_activations(model, ds, store, hooks::CacheOptions().hooks({host}).progress(false));
+  EXPECT_THAT(error_of([&] { run_probes(store, data, ProbeRunOptions(o).hooks({host})); }),
+              HasSubstr("`ProbeRunOptions::attach` needs a model to run, but " + store + " is an activation store"));
 }
 
 // A 3-class label (the position mod 3): --ablate projects out each probe's
