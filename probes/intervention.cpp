@@ -67,12 +67,15 @@ std::vector<hooks::ModulePoint> ProbeIntervention::hook_points(const core::Model
   MECHLAB_CHECK(!info.attention_map, "a probe intervention cannot attach at ", where,
                 ": attention maps have no per-token vector; attach at the hook the probe was fitted on");
   const int64_t width = core::dim_size(cfg, info.dims.back(), 0, 0);
-  MECHLAB_CHECK(u_.size(0) == width, "probe direction of width ", u_.size(0), " does not fit ", where,
-                ", whose last axis is ", width, "; attach at the hook the probe was fitted on");
+  // A probe of a whole per-head hook read its heads' vectors concatenated.
+  const int64_t heads = info.head_axis == 2 ? core::dim_size(cfg, info.dims[2], 0, 0) : 0;
+  MECHLAB_CHECK(u_.size(0) == width || (head_ < 0 && u_.size(0) == heads * width), "probe direction of width ",
+                u_.size(0), " does not fit ", where, ", whose last axis is ", width,
+                heads > 0 && head_ < 0 ? str_cat(" (", heads * width, " for all heads)") : std::string(),
+                "; attach at the hook the probe was fitted on");
   if (head_ >= 0) {
     MECHLAB_CHECK(info.head_axis == 2, "a probe intervention of head ", head_, " cannot attach at ", where,
                   ": it has no head axis; attach at the per-head hook the probe was fitted on (e.g. attn.hook_z)");
-    const int64_t heads = core::dim_size(cfg, info.dims[2], 0, 0);
     MECHLAB_CHECK(head_ < heads, "a probe intervention of head ", head_, " cannot attach at ", where, ", which has ",
                   heads, " heads");
   }
@@ -80,6 +83,9 @@ std::vector<hooks::ModulePoint> ProbeIntervention::hook_points(const core::Model
 }
 
 at::Tensor ProbeIntervention::apply(const at::Tensor& x) const {
+  if (head_ < 0 && x.dim() >= 2 && x.size(-1) != u_.size(0) && x.size(-1) * x.size(-2) == u_.size(0)) {
+    return apply_to_vectors(x.flatten(-2)).view(x.sizes());  // [..., heads * d] read as one vector
+  }
   if (head_ < 0) return apply_to_vectors(x);
   MECHLAB_CHECK(x.dim() >= 2 && head_ < x.size(-2), "a probe intervention of head ", head_,
                 " needs an activation [..., heads, d] with that head, got ", x.sizes());

@@ -55,7 +55,9 @@ class ProbeIntervention : public hooks::AttachedModule {
   /// activation units along the unit direction), unused when ablating.
   /// head >= 0: at a per-head site ([batch, pos, heads, d], e.g. hook_z) only
   /// that head's vectors change, where a per-head probe
-  /// (FeatureOptions::split_heads) read; -1: every vector of the last axis.
+  /// (FeatureOptions::split_heads) read; -1: every vector of the last axis,
+  /// or, for a direction of width heads * d at a per-head site, the heads'
+  /// vectors concatenated (what a probe of the whole hook read).
   ProbeIntervention(at::Tensor direction, InterventionMode mode, double alpha = 0.0, int64_t head = -1);
 
   std::string name() const override { return "probe"; }

@@ -14,9 +14,9 @@ void append_probes(ProbeFeatures& out, std::vector<at::Tensor>& parts, const std
     out.names.push_back(hook);
     return;
   }
-  MECHLAB_CHECK(token_shape.size() == 2, "probe features: hook '", hook, "' has per-token shape [",
+  MECHLAB_CHECK(token_shape.size() == 2, "hook '", hook, "' has per-token shape [",
                 token_shape.size() == 1 ? std::to_string(token_shape[0]) : std::string("..."),
-                "], not [heads, d_head]; leave `split_heads` off for it");
+                "], no head axis, so `split_heads` cannot split it; probe it in a run without `split_heads`");
   const int64_t H = token_shape[0];
   parts.push_back(rows.reshape({N, H, token_shape[1]}).permute({1, 0, 2}));  // [H, N, d_head]
   for (int64_t h = 0; h < H; ++h) out.names.push_back(hook + " head " + std::to_string(h));
@@ -27,7 +27,7 @@ void append_probes(ProbeFeatures& out, std::vector<at::Tensor>& parts, const std
 ProbeFeatures stack(ProbeFeatures out, const std::vector<at::Tensor>& parts, const std::vector<std::string>& sources) {
   MECHLAB_CHECK(!parts.empty(), "probe features: no hooks given");
   for (size_t i = 1; i < parts.size(); ++i) {
-    MECHLAB_CHECK(parts[i].size(2) == parts[0].size(2), "probe features: '", sources[i], "' has width ",
+    MECHLAB_CHECK(parts[i].size(2) == parts[0].size(2), "hook '", sources[i], "' has width ",
                   parts[i].size(2), " but '", sources[0], "' has ", parts[0].size(2),
                   "; a sweep's probes share one width (fit hooks of different widths separately)");
   }

@@ -279,6 +279,12 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   MECHLAB_CHECK(ds.prompts().defined(), "dataset ", dataset, " holds no prompts; make one with `mechlab dataset make`");
   at::Tensor labels = token_labels(o.label(), ds.prompts(), ds.labels, dataset, ds.attention_mask);  // [N, T]
   if (ds.attention_mask.defined()) labels = labels.masked_fill(ds.attention_mask.eq(0), -1);
+  // " at `ProbeRunOptions::position` P" for messages about the rows.
+  const std::string at_position =
+      o.position() ? str_cat(" at `ProbeRunOptions::position` ", *o.position()) : std::string();
+  MECHLAB_CHECK(!o.position() || (*o.position() < ds.seq_len() && *o.position() >= -ds.seq_len()), "no prompt of ",
+                dataset, " has a token", at_position, " (", ds.seq_len(), " positions); give a position inside "
+                "the prompts");
 
   ProbeRunResult r;
   r.source = source;
@@ -316,8 +322,9 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   // as rows_at_position reads them).
   if (o.position()) {
     const at::Tensor picked = rows_at_position(at::stack({rows.examples, rows.positions}, 1), *o.position());
-    MECHLAB_CHECK(picked.numel() > 0, "no prompt of ", dataset, " has a token at `ProbeRunOptions::position` ",
-                  *o.position(), " (", ds.seq_len(), " positions); give a position inside the prompts");
+    MECHLAB_CHECK(picked.numel() > 0, "no prompt of ", dataset, " has a token", at_position, " (", ds.seq_len(),
+                  " positions); give a position inside the prompts");
+    r.position_missing = std::get<0>(at::_unique(rows.examples)).numel() - picked.numel();
     rows.f.x = rows.f.x.index_select(1, picked);
     for (at::Tensor* t : {&rows.labels, &rows.token_ids, &rows.examples, &rows.positions}) {
       *t = t->index_select(0, picked);
@@ -326,16 +333,20 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   // Rows without a label are no data.
   const at::Tensor labelled = rows.labels.ge(0).nonzero().squeeze(1);  // [R]
   const at::Tensor x = rows.f.x.index_select(1, labelled);             // [P, R, D]
-  const at::Tensor y = rows.labels.index_select(0, labelled);          // [R]
+  // scikit-learn's classes_: the labels present, in order; the probes
+  // predict their index (labels 1 and 2 at a position are a binary probe).
+  at::Tensor present, y;  // [K] the labels, [R] each row's index among them
+  std::tie(present, y) = at::_unique(rows.labels.index_select(0, labelled), /*sorted=*/true, /*return_inverse=*/true);
+  r.classes = present;
   const at::Tensor ids = rows.token_ids.index_select(0, labelled);     // [R]
   r.row_example = rows.examples.index_select(0, labelled);             // [R]
   r.rows = y.size(0);
-  MECHLAB_CHECK(r.rows >= 10, "only ", r.rows, " rows of ", dataset, " carry label '", o.label(),
-                "'; probing needs at least 10 (use more examples)");
-  const int64_t classes = y.max().item<int64_t>() + 1;
-  const at::Tensor counts = at::bincount(y);  // [K]
-  MECHLAB_CHECK(counts.gt(0).sum().item<int64_t>() >= 2, "label '", o.label(), "' has one class only (every row of ",
-                dataset, " is ", y[0].item<int64_t>(), "); a probe needs at least two classes");
+  MECHLAB_CHECK(r.rows >= 10, "only ", r.rows, " rows of ", dataset, " carry label '", o.label(), "'", at_position,
+                "; probing needs at least 10 (",
+                o.position() ? "choose a position where the label is defined, or use more examples"
+                             : "use more examples", ")");
+  MECHLAB_CHECK(present.numel() >= 2, "label '", o.label(), "' has one class only", at_position, " (every row of ",
+                dataset, " is ", present[0].item<int64_t>(), "); a probe needs at least two classes");
 
   // Order the probes as the forward computes them (a store lists its hooks
   // as cached, a glob as matched): by layer, then by site within the layer.
@@ -381,7 +392,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   const at::Tensor y_train = y.index_select(0, split.train);
   MECHLAB_CHECK(at::bincount(y_train).gt(0).sum().item<int64_t>() >= 2, "the train rows of label '", o.label(),
                 "' hold one class only; use more examples or another `ProbeRunOptions::seed`");
-  r.num_classes = std::max<int64_t>(classes, 2);
+  r.num_classes = present.numel();
   const ProbeOptions po = ProbeOptions(o.probe()).num_classes(r.num_classes);
   // The fits and the predictions on `device`; the rest (small) on the CPU.
   const at::Device cpu(at::kCPU), dev = o.device();
@@ -395,6 +406,7 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 
   // Hewitt & Liang's control task: token identity -> a random label.
   const at::Tensor control = control_labels(ids, y, o.seed());  // [R]
+  r.control_classes = std::get<0>(at::_unique(control.index_select(0, split.train))).numel();
   const LinearProbes control_probes = fit_logistic(x_train, control.index_select(0, split.train).to(dev), po);
   const at::Tensor cpred = control_probes.predict(x_dev).to(cpu);  // [P, R]
   r.control_probes = control_probes.to(cpu);
@@ -653,6 +665,7 @@ void write_results_file(const std::string& h5, const ProbeRunResult& r) {
     f.write_attr("", "from_store", static_cast<int64_t>(r.from_store));
     f.write_tensor("depth", at::tensor(r.depth, at::kDouble));
     f.write_tensor("head", at::tensor(r.heads, at::kLong));
+    f.write_tensor("classes", r.classes.contiguous());
     const LinearProbes& p = r.probes;
     f.write_tensor("weight", p.weight.contiguous());
     f.write_tensor("bias", p.bias.contiguous());

@@ -119,6 +119,10 @@ struct ProbeRunResult {
   std::vector<int64_t> heads;           ///< [P] its head with `split_heads`, else -1
   std::vector<double> depth;            ///< [P] x of the picture (see hook_depth)
   int64_t rows = 0, train_rows = 0, test_rows = 0, num_classes = 0;
+  at::Tensor classes;                   ///< [num_classes] int64: the labels present (scikit-learn's classes_),
+                                        ///< in order; class k of the probes is label classes[k]
+  int64_t control_classes = 0;          ///< control labels on the train rows (1: one token type, no control)
+  int64_t position_missing = 0;         ///< with `position`: prompts without a token there, left out
   int64_t train_examples = 0, test_examples = 0;  ///< examples with a row on each side
   std::string split_by;                 ///< "example" or "token"
   at::Tensor row_example;               ///< [rows] int64: the example of each labelled row
@@ -172,7 +176,8 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 /// created). An existing probes.h5 is replaced only with `overwrite`.
 /// probes.h5: root attributes mechlab_format, mechlab_version, source,
 /// dataset, label, hooks (JSON list of the probes' names), config (JSON);
-/// datasets depth [P], head [P] int64 (-1: the whole hook),
+/// datasets depth [P], head [P] int64 (-1: the whole hook), classes [K]
+/// (the labels the K outputs stand for),
 /// weight [P, D, O] and bias [P, O] (raw features), coef, intercept, mean,
 /// scale, converged, iterations, control_converged, control_iterations;
 /// metrics/{accuracy, control_accuracy,

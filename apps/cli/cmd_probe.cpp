@@ -55,7 +55,8 @@ void add_probe_command(CLI::App& app) {
                   "can be probed, e.g. --hooks blocks.0.hook_resid_post.sae.hook_sae_acts_post (repeatable)");
   cmd->add_flag("--split-heads", a->split_heads,
                 "One probe per head of hooks with a head axis (attn.hook_z, hook_q/k/v, hook_result), "
-                "named '<hook> head h'; every hook must have one. probes.svg is then a grid of hooks by heads");
+                "named '<hook> head h'; every hook must have one, and one width (hook_z and hook_result do not "
+                "mix). probes.svg is then a grid of hooks by heads");
   cmd->add_option("--label", a->label,
                   "What to predict per token: labels (the dataset's /labels, per token or per "
                   "example; -1 = none) or repeated (1 where the token already occurred earlier in "
@@ -100,16 +101,20 @@ void add_probe_command(CLI::App& app) {
   add_count_option(cmd, "--max-examples", a->max_examples, "Use at most this many prompts (0 = all)", 0);
   cmd->add_flag("--ablate", a->ablate,
                 "With a model: also project what each probe reads out of its hook during a forward (a "
-                "binary probe's direction; for K classes the span of its K-1 weight differences) and "
-                "report the next-token loss without and with (does the model use what the probe reads?)");
+                "binary probe's direction; for K classes the span of its K-1 weight differences) at every "
+                "position (also with --position) and report the next-token loss without and with (does the "
+                "model use what the probe reads?)");
   add_count_option(cmd, "--ablate-examples", a->ablate_examples, "Prompts the --ablate loss is measured on");
   cmd->add_option("--device", a->device,
                   "Where the model's forwards and the probes' fits run: cpu, cuda, cuda:N or auto (cuda "
                   "when there is a GPU); the bootstrap runs on the CPU")
       ->capture_default_str();
   add_threads_option(cmd, "The CPU's work (with --device cpu: the forwards and fits too; always the bootstrap)");
-  cmd->callback([a, position] {
-    const probes::ProbeRunOptions options =
+  // The options from the flags, checked, the SAE folders read: also when
+  // parsing completes, so that a job file's probe step with a bad value is
+  // refused before any step runs (discover parses every step first).
+  auto options_of = [a, position] {
+    probes::ProbeRunOptions o =
         probes::ProbeRunOptions()
             .hooks(a->hooks)
             .split_heads(a->split_heads)
@@ -132,7 +137,6 @@ void add_probe_command(CLI::App& app) {
             .ablate(a->ablate)
             .ablate_examples(a->ablate_examples)
             .device(parse_device(a->device));
-    probes::ProbeRunOptions o = options;
     const at::Device device = o.device();
     std::vector<probes::ProbeAttachment> attach;
     for (const std::string& dir : a->saes) {
@@ -145,6 +149,11 @@ void add_probe_command(CLI::App& app) {
     }
     o.attach(attach);
     probes::check_probe_run_options(o);
+    return o;
+  };
+  cmd->parse_complete_callback([options_of] { options_of(); });
+  cmd->callback([a, options_of] {
+    const probes::ProbeRunOptions o = options_of();
     for (const std::string& f : {probes::probe_results_path(a->out), probes::probe_plot_path(a->out)}) {
       core::require_not_same_file(f, "--out", a->source, "the source");
       core::require_not_same_file(f, "--out", a->dataset, "the dataset");
@@ -154,12 +163,33 @@ void add_probe_command(CLI::App& app) {
     const probes::ProbeRunResult r = probes::run_probes(a->source, a->dataset, o);
     probes::write_probe_results(a->out, r, a->overwrite);
     const int pct = static_cast<int>(a->confidence * 100 + 0.5);
+    // The labels the classes stand for, where they are not 0..K-1.
+    std::string labels;
+    if (!at::equal(r.classes, at::arange(r.num_classes, at::kLong))) {
+      for (int64_t k = 0; k < r.num_classes; ++k) {
+        labels += str_cat(k ? ", " : " (labels ", r.classes[k].item<int64_t>());
+      }
+      labels += ")";
+    }
     std::printf("%lld probes for '%s': %lld tokens (%lld train, %lld test; %lld and %lld prompts, split by %s), "
-                "%lld classes, majority class %.3f\n",
+                "%lld classes%s, majority class %.3f\n",
                 static_cast<long long>(r.names.size()), printable(r.label).c_str(), static_cast<long long>(r.rows),
                 static_cast<long long>(r.train_rows), static_cast<long long>(r.test_rows),
                 static_cast<long long>(r.train_examples), static_cast<long long>(r.test_examples),
-                r.split_by.c_str(), static_cast<long long>(r.num_classes), r.majority.item<double>());
+                r.split_by.c_str(), static_cast<long long>(r.num_classes), labels.c_str(), r.majority.item<double>());
+    if (r.position_missing > 0) {
+      std::printf("%lld prompts have no token at --position %lld and are left out\n",
+                  static_cast<long long>(r.position_missing), static_cast<long long>(a->position));
+    }
+    std::fflush(stdout);  // the summary line before the warnings about it
+    if (r.split_by == "example" && r.test_examples < 5) {
+      std::fprintf(stderr, "mechlab: warning: only %lld test prompts: the intervals resample them and say little; "
+                   "use more prompts or a larger --test-fraction\n", static_cast<long long>(r.test_examples));
+    }
+    if (r.control_classes < 2) {
+      std::fprintf(stderr, "mechlab: warning: the probed tokens are all of one type, so the control task has one "
+                   "label: control accuracy is 1 and selectivity says nothing here\n");
+    }
     std::printf("  %-36s %-24s %-8s %-27s %s\n", "hook", str_cat("accuracy [", pct, "% CI]").c_str(), "control",
                 str_cat("selectivity [", pct, "% CI]").c_str(),
                 str_cat(r.num_classes > 2 ? "AUROC one-vs-rest [" : "AUROC [", pct, "% CI]").c_str());
@@ -205,7 +235,8 @@ void add_probe_command(CLI::App& app) {
     warn_unconverged(r.probes, "probe");
     warn_unconverged(r.control_probes, "control probe");
     if (r.ablated_loss.defined()) {
-      std::printf("next-token loss on up to %lld prompts: %.4f without ablation; with each probe's direction%s ablated:\n",
+      std::printf("next-token loss on up to %lld prompts: %.4f without ablation; with each probe's direction%s "
+                  "ablated at every position:\n",
                   static_cast<long long>(a->ablate_examples), r.clean_loss, r.num_classes > 2 ? "s" : "");
       for (size_t i = 0; i < r.names.size(); ++i) {
         const int64_t p = static_cast<int64_t>(i);

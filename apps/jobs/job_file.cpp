@@ -228,8 +228,11 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
         s.argv.push_back(flag);
         s.argv.push_back(k + "=" + value_text(x));
       }
-    } else if (v.is_boolean()) {
+    } else if (std::find(kind->switches.begin(), kind->switches.end(), f) != kind->switches.end()) {
+      MECHLAB_CHECK(v.is_boolean(), s.label, ": field '", f, "' is a switch: give true or false, not ", v.dump());
       if (v.get<bool>()) s.argv.push_back(flag);
+    } else if (v.is_boolean()) {
+      throw Error(str_cat(s.label, ": field '", f, "' takes a value, not ", v.dump()));
     } else if (v.is_array()) {
       for (const auto& x : v) {
         MECHLAB_CHECK(x.is_string() || x.is_number(), s.label, ": field '", f, "' lists ", x.dump(),
@@ -360,25 +363,32 @@ Job parse_job(const json& item, size_t index, const std::string& dir) {
 
 const std::vector<StepKind>& step_kinds() {
   static const std::vector<StepKind> kinds = {
-      {"dataset", {"dataset", "make"}, {"task"}, {"out", "n", "seed", "set", "overwrite", "threads"}},
+      {"dataset", {"dataset", "make"}, {"task"}, {"out", "n", "seed", "set", "overwrite", "threads"}, {"overwrite"}},
       {"cache",
        {"cache"},
        {"model", "dataset"},
        {"out", "hooks", "dtype", "model-dtype", "device", "batch-size", "chunk-rows", "compress", "resume",
         "overwrite", "no-progress", "fold-ln", "center-writing-weights", "center-unembed",
-        "fold-value-biases", "process", "threads"}},
+        "fold-value-biases", "process", "threads"},
+       {"resume", "overwrite", "no-progress", "fold-ln", "center-writing-weights", "center-unembed",
+        "fold-value-biases", "process"}},
       // `out` is the run's folder; the run is done once out/sae exists (the
       // SAELens folder, written last), and a folder with only a checkpoint
       // is resumed.
-      {"sae_train", {"sae", "train"}, {"config"}, {"out", "set", "max-steps", "no-progress", "threads"}},
+      {"sae_train",
+       {"sae", "train"},
+       {"config"},
+       {"out", "set", "max-steps", "no-progress", "threads"},
+       {"no-progress"}},
       // `out` is a folder; the step is done once out/probes.h5 exists (renamed
       // into place last, after probes.svg).
       {"probe",
        {"probe"},
        {"source", "dataset"},
-       {"out", "hooks", "sae", "split-heads", "label", "position", "overwrite", "test-fraction", "split-by", "seed", "C",
-        "penalty", "solver", "max-iter", "tol", "epochs", "resamples", "confidence", "batch-size", "max-examples", "ablate", "ablate-examples",
-        "device", "threads"}},
+       {"out", "hooks", "sae", "split-heads", "label", "position", "overwrite", "test-fraction", "split-by", "seed",
+        "C", "penalty", "solver", "max-iter", "tol", "epochs", "resamples", "confidence", "batch-size",
+        "max-examples", "ablate", "ablate-examples", "device", "threads"},
+       {"split-heads", "overwrite", "ablate"}},
   };
   return kinds;
 }

@@ -61,6 +61,7 @@ struct StepKind {
   std::vector<std::string> command;      ///< {"dataset", "make"}, {"cache"}
   std::vector<std::string> positionals;  ///< fields passed in order before the options
   std::vector<std::string> flags;        ///< option fields (without "--"), including "out"
+  std::vector<std::string> switches;     ///< the flags that take no value: true or false in a job file
 };
 /// The step kinds a job file may use.
 const std::vector<StepKind>& step_kinds();

@@ -27,6 +27,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
+#include <regex>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -472,7 +474,41 @@ TEST(DiscoverCli, StepFieldsAreOptionsOfTheirCommands) {
     const auto r = run_cli(cmd + "--help");
     ASSERT_EQ(r.rc, 0) << cmd;
     for (const auto& flag : kind.flags) {
-      EXPECT_NE(r.output.find("--" + flag), std::string::npos) << cmd << "--" << flag;
+      // Its line in the options list ("  --seed INT", "  -o,--out TEXT").
+      std::smatch line;
+      ASSERT_TRUE(std::regex_search(r.output, line, std::regex("\n  (-\\w,)?--" + flag + " ")))
+          << cmd << "--" << flag;
+      const size_t at = static_cast<size_t>(line.position(0) + line.length(0)) - 1;
+      // A switch's help line goes on with its description; an option's
+      // with its type (INT, TEXT, FLOAT).
+      std::istringstream rest(r.output.substr(at));
+      std::string next;
+      rest >> next;
+      const std::string word = next.substr(0, next.find_first_of("=:[{"));  // "INT=0", "TEXT:{a,b}"
+      const bool typed =
+          word.size() >= 3 && std::all_of(word.begin(), word.end(), [](char c) { return std::isupper(c); });
+      const bool is_switch = std::find(kind.switches.begin(), kind.switches.end(), flag) != kind.switches.end();
+      EXPECT_EQ(typed, !is_switch) << cmd << "--" << flag << " is followed by '" << next << "'";
     }
   }
+}
+
+// A switch takes true or false; an option's value is not a boolean.
+TEST(DiscoverCli, StepSwitchesTakeTrueOrFalseAndOptionsAValue) {
+  const std::string dir = temp_path("discover_cli", "switches");
+  fs::create_directories(dir);
+  auto refusal = [&](const std::string& step) {
+    return mechlab::testing::error_of([&] {
+      mechlab::jobs::parse_job_document(nlohmann::json::parse(R"({"steps": [)" + step + R"(], "jobs": [{"name": "j",
+          "model": "m.h5", "dataset": "d.h5", "method": "eap", "metric": "logit_diff", "top_n": 3}]})"),
+                                         dir + "/job.json", dir);
+    });
+  };
+  std::ofstream(dir + "/m.h5") << "";
+  std::ofstream(dir + "/d.h5") << "";
+  EXPECT_EQ(refusal(R"({"probe": {"source": "m.h5", "dataset": "d.h5", "out": "p", "hooks": "x",
+                        "split-heads": "yes"}})"),
+            "step 1 (probe): field 'split-heads' is a switch: give true or false, not \"yes\"");
+  EXPECT_EQ(refusal(R"({"probe": {"source": "m.h5", "dataset": "d.h5", "out": "p", "hooks": "x", "seed": true}})"),
+            "step 1 (probe): field 'seed' takes a value, not true");
 }

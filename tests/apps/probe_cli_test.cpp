@@ -200,6 +200,30 @@ TEST_F(ProbeCli, AnSaeFolderMakesItsLatentsAHook) {
                  dir + "/x", "records no hook_name");
 }
 
+// What a run cannot tell is said: prompts without the --position (IOI's
+// prompts have 14 to 19 tokens), a control task of one label (the last
+// token of every IOI prompt is " to"), intervals over 2 test prompts; and
+// the classes are the labels present.
+TEST_F(ProbeCli, WarningsSayWhatTheScoresCannotTell) {
+  const std::string ioi = temp_path("ioi.h5"), out = temp_path("warnings");
+  ASSERT_EQ(run_cli("dataset make ioi --n 60 --seed 1 --overwrite --out " + ioi).rc, 0);
+  const std::string head = "probe " + kModel + " " + ioi + " --hooks blocks.1.hook_resid_post --resamples 20 "
+                           "--threads 1 --overwrite --out " + out;
+  const auto at15 = run_cli(head + " --position 15");
+  ASSERT_EQ(at15.rc, 0) << at15.output;
+  EXPECT_THAT(at15.output, HasSubstr("34 prompts have no token at --position 15 and are left out"));
+  EXPECT_THAT(at15.output, HasSubstr("3 classes (labels 1, 2, 3)"));
+  EXPECT_TRUE(at::equal(core::H5File::open_read(out + "/probes.h5").read_tensor("classes"),
+                        at::tensor({1, 2, 3}, at::kLong)));
+  EXPECT_THAT(at15.output, HasSubstr("mechlab: warning: the probed tokens are all of one type, so the control task "
+                                     "has one label: control accuracy is 1 and selectivity says nothing here"));
+  const auto few = run_cli(head + " --max-examples 6");
+  ASSERT_EQ(few.rc, 0) << few.output;
+  EXPECT_THAT(few.output, HasSubstr("mechlab: warning: only 2 test prompts: the intervals resample them and say "
+                                    "little"));
+  EXPECT_THAT(few.output, ::testing::Not(HasSubstr("one type")));
+}
+
 TEST_F(ProbeCli, AStoreOfTheModelGivesTheSameProbesAsTheModel) {
   const std::string store = temp_path("acts.h5");
   const auto c = run_cli("cache " + kModel + " " + data_ +
@@ -266,7 +290,8 @@ TEST_F(ProbeCli, EachBadOptionIsOneLineNamingTheFlag) {
       {" --test-fraction 1", "--test-fraction must be in (0, 1), exclusive, got 1"},
       {" --confidence 1", "--confidence must be in (0, 1), exclusive, got 1"},
       {" --split-by prompt", "--split-by must be example or token, got 'prompt'"},
-      {" --split-heads", "not [heads, d_head]; leave --split-heads off for it"},
+      {" --split-heads", "hook 'hook_embed' has per-token shape [64], no head axis, so --split-heads cannot split "
+                         "it; probe it in a run without --split-heads"},
       {" --position 500", "has a token at --position 500 ("},
       {" --tol -1", "--tol must be >= 0, got -1"},
       {" --epochs 0", "--epochs must be > 0, got 0"},

@@ -111,6 +111,28 @@ TEST(ProbeIntervention, WithAHeadOnlyThatHeadsVectorsChange) {
               HasSubstr("must be a head index or -1"));
 }
 
+// A probe of a whole per-head hook read its heads' vectors concatenated:
+// its direction (width heads * d_head) is projected out of that vector.
+TEST(ProbeIntervention, WithoutAHeadAPerHeadHostIsItsHeadsConcatenated) {
+  hooks::HookedTransformer model = tiny_model();
+  const at::Tensor tokens = tokens_for(model);
+  const std::string host = "blocks.0.attn.hook_z";
+  const int64_t H = model.cfg().n_heads, dh = model.cfg().d_head;
+  const at::Tensor w = random_direction(H * dh, 24).to(at::kDouble);  // [heads * d_head]
+  const at::Tensor reference = model.run_with_hooks(
+      tokens, {{host, [&](at::Tensor& z, const hooks::HookPoint&) {  // [b, p, heads, d_head]
+                  const at::Tensor flat = z.flatten(2).to(at::kDouble);
+                  z = (flat - (flat * w).sum(-1, true) / w.dot(w) * w).view(z.sizes()).to(z.scalar_type());
+                }}});
+  model.attach(host, std::make_shared<ProbeIntervention>(w, InterventionMode::ablate));
+  EXPECT_TRUE(at::allclose(model.forward(tokens), reference, 1e-5, 1e-6));
+  model.detach(host, "probe");
+  const auto wrong = std::make_shared<ProbeIntervention>(at::ones({H * dh + 1}), InterventionMode::ablate);
+  EXPECT_THAT(error_of([&] { model.attach(host, wrong); }),
+              HasSubstr("whose last axis is " + std::to_string(dh) + " (" + std::to_string(H * dh) +
+                        " for all heads)"));
+}
+
 TEST(ProbeIntervention, SteeringEqualsASteeringVectorOfTheUnitDirection) {
   hooks::HookedTransformer model = tiny_model();
   const at::Tensor tokens = tokens_for(model);

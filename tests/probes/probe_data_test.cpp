@@ -66,7 +66,7 @@ TEST(ProbeData, StoreAndLiveCacheGiveTheSameSweep) {
   for (int64_t h = 0; h < H; ++h) EXPECT_TRUE(at::equal(heads.x[h], z.select(1, h))) << "head " << h;
   EXPECT_EQ(heads.names[1], "blocks.0.attn.hook_z head 1");
   EXPECT_NE(error_of([&] { features_from_store(store, layers, 0, -1, FeatureOptions().split_heads(true)); })
-                .find("leave `split_heads` off"),
+                .find("no head axis, so `split_heads` cannot split it"),
             std::string::npos);
 
   ASSERT_TRUE(cache.contains("blocks.0.mlp.hook_post"));  // d_mlp wide
@@ -76,7 +76,7 @@ TEST(ProbeData, StoreAndLiveCacheGiveTheSameSweep) {
   const int64_t d_mlp = cache["blocks.0.mlp.hook_post"].size(2), d_model = f.model.cfg().d_model;
   ASSERT_NE(d_mlp, d_model);
   EXPECT_EQ(error_of([&] { features_from_cache(cache, {layers[0], "blocks.0.mlp.hook_post", layers[1]}); }),
-            str_cat("probe features: 'blocks.0.mlp.hook_post' has width ", d_mlp, " but 'blocks.0.hook_resid_post' has ",
+            str_cat("hook 'blocks.0.mlp.hook_post' has width ", d_mlp, " but 'blocks.0.hook_resid_post' has ",
                     d_model, "; a sweep's probes share one width (fit hooks of different widths separately)"));
 
   // By position: rows are the examples.

@@ -245,6 +245,9 @@ TEST(ProbeRun, APositionProbesOneTokenPerPrompt) {
   EXPECT_FALSE(at::equal(last.probes.weight, r.probes.weight));
   EXPECT_THAT(error_of([&] { run_probes(model_path, data, ProbeRunOptions(o).position(24)); }),
               HasSubstr("has a token at `ProbeRunOptions::position` 24 (24 positions)"));
+  // Before the model is read (here, it does not exist).
+  EXPECT_THAT(error_of([&] { run_probes("absent.h5", data, ProbeRunOptions(o).position(24)); }),
+              HasSubstr("`ProbeRunOptions::position` 24 (24 positions)"));
   EXPECT_THAT(error_of([&] { run_probes(model_path, data, ProbeRunOptions(o).position(-25)); }),
               HasSubstr("`ProbeRunOptions::position` -25"));
 }
@@ -300,6 +303,27 @@ TEST(ProbeRun, AnAttachedSaesLatentsAreProbedAsItsEncodingOfTheResidual) {
   hooks::cache_activations(model, ds, store, hooks::CacheOptions().hooks({host}).progress(false));
   EXPECT_THAT(error_of([&] { run_probes(store, data, ProbeRunOptions(o).hooks({host})); }),
               HasSubstr("`ProbeRunOptions::attach` needs a model to run, but " + store + " is an activation store"));
+}
+
+// The classes are the labels present (scikit-learn's classes_): labels 1
+// and 2 are a binary probe, the fit of the same rows labelled 0 and 1.
+TEST(ProbeRun, ClassesAreTheLabelsPresent) {
+  const std::string model_path = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  core::Dataset ds = core::tasks::make_probe(
+      core::tasks::ProbeOptions().n(60).seq_len(24).pool(8).d_vocab(256).label("position_parity").seed(4));
+  const std::string plain = mechlab::testing::temp_path("probe_run", "parity.h5");
+  const std::string shifted = mechlab::testing::temp_path("probe_run", "parity_plus_one.h5");
+  core::save_dataset(plain, ds);
+  ds.labels = at::where(ds.labels.ge(0), ds.labels + 1, ds.labels);  // 1, 2; -1 stays
+  core::save_dataset(shifted, ds);
+  const ProbeRunOptions o = ProbeRunOptions().hooks({"blocks.0.hook_resid_post"}).resamples(20);
+  const ProbeRunResult a = run_probes(model_path, plain, o), b = run_probes(model_path, shifted, o);
+  EXPECT_EQ(b.num_classes, 2);
+  EXPECT_TRUE(at::equal(b.classes, at::tensor({1, 2}, at::kLong)));
+  EXPECT_TRUE(at::equal(a.classes, at::tensor({0, 1}, at::kLong)));
+  EXPECT_EQ(b.probes.weight.size(2), 1);  // binary: one logit
+  EXPECT_TRUE(at::equal(a.probes.weight, b.probes.weight));
+  EXPECT_TRUE(at::equal(a.accuracy, b.accuracy));
 }
 
 // A 3-class label (the position mod 3): --ablate projects out each probe's
