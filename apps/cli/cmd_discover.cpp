@@ -54,8 +54,9 @@ the job file's folder.
     - cache:    the arguments of `mechlab cache`: model, dataset, out, hooks, dtype, ...
     - probe:    the arguments of `mechlab probe`: source, dataset, out, hooks, label, ...
                 (done once out/probes.h5 exists)
-                (option names without "--"; true is a flag, a list repeats the option)
-  jobs:         list of jobs, each:
+                (option names without "--"; a switch takes true or false, a list repeats the
+                option)
+  jobs:         list of jobs (may be left out when there are steps: a file of steps only), each:
     name        unique; the output folder's default name
     model       mechlab checkpoint (.h5) or Hugging Face folder
     dataset     patching dataset (.h5) with clean/corrupted pairs and answers

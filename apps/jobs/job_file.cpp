@@ -537,13 +537,18 @@ JobFile parse_job_document(const json& doc, const std::string& path, const std::
     MECHLAB_CHECK(std::find(kTopFields.begin(), kTopFields.end(), k) != kTopFields.end(), "job file ", path,
                   ": unknown field '", k, "'; ", did_you_mean(k, kTopFields));
   }
-  MECHLAB_CHECK(doc.contains("jobs") && doc["jobs"].is_array() && !doc["jobs"].empty(), "job file ", path,
-                ": field 'jobs' must be a non-empty list of jobs");
+  // Steps alone (make a dataset, cache, train an SAE, probe) are a job
+  // file too; without steps there must be jobs.
+  const bool has_steps = doc.contains("steps") && doc["steps"].is_array() && !doc["steps"].empty();
+  MECHLAB_CHECK((doc.contains("jobs") && doc["jobs"].is_array() && (!doc["jobs"].empty() || has_steps)) ||
+                    (!doc.contains("jobs") && has_steps),
+                "job file ", path, ": field 'jobs' must be a list of jobs (it may be left out when there are steps)");
   if (doc.contains("steps")) {
     MECHLAB_CHECK(doc["steps"].is_array(), "job file ", path, ": field 'steps' must be a list of steps");
     for (size_t i = 0; i < doc["steps"].size(); ++i) file.steps.push_back(parse_step(doc["steps"][i], i, dir));
   }
-  for (size_t i = 0; i < doc["jobs"].size(); ++i) file.jobs.push_back(parse_job(doc["jobs"][i], i, dir));
+  const json jobs = doc.value("jobs", json::array());
+  for (size_t i = 0; i < jobs.size(); ++i) file.jobs.push_back(parse_job(jobs[i], i, dir));
 
   std::set<std::string> names;
   for (const Job& j : file.jobs) {

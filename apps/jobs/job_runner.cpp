@@ -697,7 +697,7 @@ RunReport run_job_file(const JobFile& all, const RunOptions& options, const Step
     std::fflush(stdout);
     report.runs.push_back(row);
   }
-  std::printf("\n%s", summary_table(report).c_str());
+  if (!report.runs.empty()) std::printf("\n%s", summary_table(report).c_str());  // a file of steps only: none
   std::fflush(stdout);
   return report;
 }
@@ -751,6 +751,7 @@ RunReport summarize_job_file(const JobFile& file) {
 
 std::string summary_table(const RunReport& report) {
   std::string out;
+  if (report.runs.empty()) return out;  // a job file of steps only
   char line[512];
   std::snprintf(line, sizeof line, "%-20s %-8s %-10s %-15s %-14s %-12s %-8s %8s  %s\n", "job", "method", "tau",
                 "edges kept", "circuit metric", "faithfulness", "ref AUC", "seconds", "status");

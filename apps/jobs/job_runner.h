@@ -140,7 +140,7 @@ RunReport run_job_file(const JobFile& file, const RunOptions& options, const Ste
 /// nothing.
 RunReport summarize_job_file(const JobFile& file);
 
-/// The summary table as printed.
+/// The summary table as printed ("" for a job file of steps only).
 std::string summary_table(const RunReport& report);
 
 }  // namespace mechlab::jobs

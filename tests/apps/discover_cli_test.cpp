@@ -493,6 +493,31 @@ TEST(DiscoverCli, StepFieldsAreOptionsOfTheirCommands) {
   }
 }
 
+// A job file of steps alone runs them (make a dataset, probe it) and prints
+// no empty jobs table; a rerun skips them. Without steps, jobs are needed.
+TEST(DiscoverCli, AFileOfStepsOnlyRunsItsSteps) {
+  const std::string dir = temp_path("discover_cli", "steps_only");
+  mechlab::testing::remove_tree(dir);
+  fs::create_directories(dir);
+  const std::string model = std::string(MECHLAB_TEST_DATA) + "/../../apps/models/induction.h5";
+  std::ofstream(dir + "/steps.yaml") << "steps:\n  - dataset: {task: induction, out: d.h5, n: 20, set: {d_vocab: 256}}\n"
+                                        "  - probe: {source: " << model << ", dataset: d.h5, out: p, hooks: "
+                                        "[blocks.0.hook_resid_post], label: repeated, resamples: 20, threads: 1}\n";
+  const auto r = run_cli("discover " + dir + "/steps.yaml --threads 1");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/p/probes.h5"));
+  EXPECT_EQ(r.output.find("circuit metric"), std::string::npos) << r.output;
+  const auto again = run_cli("discover " + dir + "/steps.yaml --threads 1");
+  ASSERT_EQ(again.rc, 0) << again.output;
+  EXPECT_NE(again.output.find("step 2 (probe): skipped"), std::string::npos) << again.output;
+  std::ofstream(dir + "/none.yaml") << "steps: []\njobs: []\n";
+  const auto none = run_cli("discover " + dir + "/none.yaml");
+  EXPECT_EQ(none.rc, 1);
+  EXPECT_NE(none.output.find("field 'jobs' must be a list of jobs (it may be left out when there are steps)"),
+            std::string::npos)
+      << none.output;
+}
+
 // A switch takes true or false; an option's value is not a boolean.
 TEST(DiscoverCli, StepSwitchesTakeTrueOrFalseAndOptionsAValue) {
   const std::string dir = temp_path("discover_cli", "switches");
