@@ -577,6 +577,7 @@ std::string heads_svg(const ProbeRunResult& r) {
     char title[96];
     std::snprintf(title, sizeof title, "next-token loss change, ablated (not ablated: %.4f)", r.clean_loss);
     panels.push_back(panel(title, r.ablated_loss - r.clean_loss, nullptr));
+    panels.back().format = "%+.3f";
     symmetric(panels.back());
   }
   return core::plot::grid_chart_svg(probe_title(r), "head", panels);
@@ -666,6 +667,9 @@ void write_results_file(const std::string& h5, const ProbeRunResult& r) {
     f.write_tensor("depth", at::tensor(r.depth, at::kDouble));
     f.write_tensor("head", at::tensor(r.heads, at::kLong));
     f.write_tensor("classes", r.classes.contiguous());
+    // The prompts with test rows (dataset indices; by example, the held-out
+    // prompts), so that the split can be rebuilt.
+    f.write_tensor("test_prompts", std::get<0>(at::_unique(r.row_example.index_select(0, r.split.test))).contiguous());
     const LinearProbes& p = r.probes;
     f.write_tensor("weight", p.weight.contiguous());
     f.write_tensor("bias", p.bias.contiguous());

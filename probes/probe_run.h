@@ -177,7 +177,8 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
 /// probes.h5: root attributes mechlab_format, mechlab_version, source,
 /// dataset, label, hooks (JSON list of the probes' names), config (JSON);
 /// datasets depth [P], head [P] int64 (-1: the whole hook), classes [K]
-/// (the labels the K outputs stand for),
+/// (the labels the K outputs stand for), test_prompts (dataset indices of
+/// the prompts with test rows, ascending: by example, the held-out ones),
 /// weight [P, D, O] and bias [P, O] (raw features), coef, intercept, mean,
 /// scale, converged, iterations, control_converged, control_iterations;
 /// metrics/{accuracy, control_accuracy,

@@ -23,8 +23,11 @@ int text_width(const std::string& s, double char_w = kCharW) {
   return static_cast<int>(static_cast<double>(s.size()) * char_w);
 }
 
-// A cell's text: two decimals, and no "-0.00" for a tiny negative value.
-std::string cell_text(double v) { return fmt(std::fabs(v) < 0.005 ? 0.0 : v, "%.2f"); }
+// A cell's text in the panel's format, and no "-0.00" for a tiny negative value.
+std::string cell_text(double v, const std::string& format) {
+  const std::string text = fmt(v, format.c_str());
+  return text.find_first_of("123456789") == std::string::npos ? fmt(0.0, format.c_str()) : text;
+}
 
 // A panel's grid and colour bar height: at least room for the bar's three ticks.
 int grid_height(size_t rows) { return std::max(static_cast<int>(rows) * kCellH, 44); }
@@ -104,7 +107,7 @@ std::string grid_chart_svg(const std::string& title, const std::string& column_l
           << "</title></rect>\n";
         if (std::isfinite(v)) {
           s << "<text x=\"" << cx + cell_w / 2 << "\" y=\"" << cy + 15 << "\" text-anchor=\"middle\" fill=\""
-            << (dark > 0.6 ? "white" : "#222") << "\">" << cell_text(v) << "</text>\n";
+            << (dark > 0.6 ? "white" : "#222") << "\">" << cell_text(v, p.format) << "</text>\n";
         }
       }
     }

@@ -24,6 +24,9 @@ struct GridPanel {
   /// false: white at lo to blue at hi; true: blue at lo, white at the
   /// middle, red at hi (give a range symmetric about the neutral value).
   bool diverging = false;
+  /// The value written in a cell (printf); a value that rounds to zero is
+  /// written as zero (no "-0.00").
+  std::string format = "%.2f";
 };
 
 /// The SVG document; `column_label` names the columns' axis.

@@ -80,7 +80,9 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
       for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i)
         if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) xr.add(s.x[i]);
   if (xr.empty()) xr = {0, 1};
-  if (xr.hi == xr.lo) xr.hi = xr.lo + 1;
+  if (xr.hi == xr.lo) xr = {xr.lo - 0.5, xr.hi + 0.5};  // one x (one probe): in the middle
+  const double x_pad = 0.03 * (xr.hi - xr.lo);             // first and last points off the frame
+  xr = {xr.lo - x_pad, xr.hi + x_pad};
   auto px = [&](double x) { return kLeft + (x - xr.lo) / (xr.hi - xr.lo) * plot_w; };
 
   for (size_t pi = 0; pi < panels.size(); ++pi) {
@@ -102,6 +104,10 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
     }
     if (yr.empty()) yr = {0, 1};
     if (yr.hi == yr.lo) yr = {yr.lo - 0.5, yr.hi + 0.5};
+    if (!p.y_range) {  // the data's range, with room so that nothing sits on the frame
+      const double pad = 0.05 * (yr.hi - yr.lo);
+      yr = {yr.lo - pad, yr.hi + pad};
+    }
     auto py = [&](double v) { return bottom - (v - yr.lo) / (yr.hi - yr.lo) * kPanelHeight; };
 
     // Frame, gridlines and tick labels.
@@ -145,10 +151,16 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
         if (std::isfinite(s.x[i]) && usable(s.lower[i]) && usable(s.upper[i])) at.push_back(i);
       }
       if (at.empty()) continue;
+      // One point's band is a bar 12 px wide (a polygon of one x is invisible).
+      const double half = at.size() == 1 ? 6 : 0;
       svg << "<polygon fill=\"" << colour_of(si) << "\" fill-opacity=\"0.18\" stroke=\"none\" points=\"";
-      for (size_t i : at) svg << fmt(px(s.x[i])) << "," << fmt(py(clamped(s.upper[i]))) << " ";
+      for (size_t i : at) {
+        svg << fmt(px(s.x[i]) - half) << "," << fmt(py(clamped(s.upper[i]))) << " ";
+        if (half > 0) svg << fmt(px(s.x[i]) + half) << "," << fmt(py(clamped(s.upper[i]))) << " ";
+      }
       for (auto it = at.rbegin(); it != at.rend(); ++it) {
-        svg << fmt(px(s.x[*it])) << "," << fmt(py(clamped(s.lower[*it]))) << " ";
+        if (half > 0) svg << fmt(px(s.x[*it]) + half) << "," << fmt(py(clamped(s.lower[*it]))) << " ";
+        svg << fmt(px(s.x[*it]) - half) << "," << fmt(py(clamped(s.lower[*it]))) << " ";
       }
       svg << "\"/>\n";
     }
@@ -157,10 +169,15 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
       const Series& s = p.series[si];
       const char* colour = colour_of(si);
       const char* dash = s.dashed ? "\" stroke-dasharray=\"6,4" : "";
+      size_t points = 0;
+      for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) points += std::isfinite(s.x[i]) && usable(s.y[i]);
+      // One point draws a line 24 px wide (a reference level at a single x).
+      const double reach = points == 1 ? 12 : 0;
       svg << "<polyline fill=\"none\" stroke=\"" << colour << dash << "\" stroke-width=\"1.5\" points=\"";
       for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
         if (!std::isfinite(s.x[i]) || !usable(s.y[i])) continue;
-        svg << fmt(px(s.x[i])) << "," << fmt(py(clamped(s.y[i]))) << " ";
+        svg << fmt(px(s.x[i]) - reach) << "," << fmt(py(clamped(s.y[i]))) << " ";
+        if (reach > 0) svg << fmt(px(s.x[i]) + reach) << "," << fmt(py(clamped(s.y[i]))) << " ";
       }
       svg << "\"/>\n";
       if (s.markers) {

@@ -105,6 +105,9 @@ TEST_F(ProbeCli, RepeatedTokenIsReadAfterLayerZeroNotAtTheEmbedding) {
   // The split is by prompt: 160 prompts, 32 held out; BOS has no label.
   EXPECT_EQ(f.read_attr_string("", "split_by"), "example");
   EXPECT_EQ(f.read_attr_int("", "test_examples"), 32);
+  const at::Tensor held_out = f.read_tensor("test_prompts");
+  EXPECT_EQ(held_out.size(0), 32);
+  EXPECT_TRUE(held_out.lt(160).all().item<bool>() && at::equal(held_out, std::get<0>(held_out.sort())));
   EXPECT_EQ(f.read_attr_int("", "train_examples"), 128);
   const int64_t T = core::load_dataset(data_).seq_len();
   EXPECT_EQ(f.read_attr_int("", "rows"), 160 * (T - 1));
