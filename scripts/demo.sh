@@ -4,7 +4,8 @@
 # recipe beside it): shows its config, runs it on repeated tokens with
 # caching (top-k predictions, cache summary), scores its heads with the head
 # detector, then makes an induction dataset, writes the model's residual
-# stream over it to an activation store, and inspects the store. Last, it
+# stream over it to an activation store, inspects the store and probes it
+# (and each head) for "this token appeared earlier". Last, it
 # runs the built-in discovery job file (apps/jobs/demo.yaml): circuits of the
 # shipped IOI and induction models by ACDC, EAP and EAP-IG, written to
 # runs/demo/ as JSON, HDF5 and Graphviz pictures, each evaluated
@@ -36,6 +37,15 @@ mkdir -p "$(dirname "$data")"
 "$ML" dataset inspect "$data" --examples 1
 "$ML" cache "$model" "$data" --hooks 'blocks.*.hook_resid_post' --out "$store" --overwrite
 "$ML" store inspect "$store" --check
+echo
+# Linear probes for "this token appeared earlier in the prompt": one per
+# layer from the store (with a control task and selectivity), then one per
+# head of attn.hook_z from the model, each head's direction also projected
+# out to see whether the model needs it (probes.svg: a layer x head grid).
+"$ML" probe "$store" "$data" --hooks 'blocks.*.hook_resid_post' --label repeated \
+  --out "$MECHLAB_BUILD/demo/probes" --overwrite --resamples 200
+"$ML" probe "$model" "$data" --hooks 'blocks.*.attn.hook_z' --split-heads --label repeated --ablate \
+  --out "$MECHLAB_BUILD/demo/probes-heads" --overwrite --resamples 200
 echo
 # Circuit discovery from the built-in job file: dataset steps (IOI pairs,
 # induction pairs), then ACDC (KL to the clean run) and EAP / EAP-IG (logit

@@ -241,7 +241,8 @@ void add_probe_command(CLI::App& app) {
       for (size_t i = 0; i < r.names.size(); ++i) {
         const int64_t p = static_cast<int64_t>(i);
         const double l = r.ablated_loss[p].item<double>();
-        std::printf("  %-36s %.4f (%+.4f), %lld dimension%s\n", printable(r.names[i]).c_str(), l, l - r.clean_loss,
+        const double change = std::fabs(l - r.clean_loss) < 5e-5 ? 0.0 : l - r.clean_loss;  // no "-0.0000"
+        std::printf("  %-36s %.4f (%+.4f), %lld dimension%s\n", printable(r.names[i]).c_str(), l, change,
                     static_cast<long long>(r.ablated_dims[p].item<int64_t>()),
                     r.ablated_dims[p].item<int64_t>() == 1 ? "" : "s");
       }

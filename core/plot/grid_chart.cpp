@@ -62,6 +62,9 @@ std::string grid_chart_svg(const std::string& title, const std::string& column_l
   for (const GridPanel& p : panels) {
     for (const std::string& r : p.rows) label_w = std::max(label_w, text_width(r));
     for (const std::string& c : p.columns) cell_w = std::max(cell_w, text_width(c) + 8);
+    for (double v : p.values) {
+      if (std::isfinite(v)) cell_w = std::max(cell_w, text_width(cell_text(v, p.format)) + 10);
+    }
   }
   const int left = label_w + 16;
   int grid_w = 0, height = kTop, titles_w = text_width(title, 8.5) + 20;  // 14 px bold
