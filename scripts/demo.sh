@@ -42,7 +42,7 @@ echo
 # layer from the store (with a control task and selectivity), then one per
 # head of attn.hook_z from the model, each head's direction also projected
 # out to see whether the model needs it (probes.svg: a layer x head grid).
-"$ML" probe "$store" "$data" --hooks 'blocks.*.hook_resid_post' --label repeated \
+"$ML" probe "$store" "$data" --hooks 'blocks.*.hook_resid_post' --label repeated --max-iter 300 \
   --out "$MECHLAB_BUILD/demo/probes" --overwrite --resamples 200
 "$ML" probe "$model" "$data" --hooks 'blocks.*.attn.hook_z' --split-heads --label repeated --ablate \
   --out "$MECHLAB_BUILD/demo/probes-heads" --overwrite --resamples 200
