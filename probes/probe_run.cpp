@@ -302,7 +302,12 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
     model.emplace(hooks::HookedTransformer::from_pretrained(source, hooks::PretrainedOptions().device(o.device())));
     for (const ProbeAttachment& a : o.attach()) {
       MECHLAB_CHECK(a.module != nullptr, "`ProbeRunOptions::attach` at ", a.host, " has no module");
-      model->attach(a.host, a.module);
+      try {
+        model->attach(a.host, a.module);
+      } catch (const Error& e) {
+        throw Error(str_cat("`ProbeRunOptions::attach` of ", a.source.empty() ? a.module->name() : a.source, " at ",
+                            a.host, ": ", e.what()));
+      }
     }
     // An intervention sits at one of the model's own hooks, not at an
     // attached module's point: refused before the forwards.
@@ -415,7 +420,10 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   r.accuracy = accuracy_on(pred, y, test);
   r.control_accuracy = accuracy_on(cpred, control, test);
   r.selectivity = selectivity(r.accuracy, r.control_accuracy);
-  r.majority = at::bincount(y.index_select(0, test)).max().to(at::kDouble) / static_cast<double>(r.test_rows);
+  // scikit-learn's DummyClassifier(strategy="most_frequent"): the train
+  // rows' most frequent class, scored on the test rows (ties: the lowest).
+  const at::Tensor train_majority = at::bincount(y_train, {}, r.num_classes).argmax();
+  r.majority = y.index_select(0, test).eq(train_majority).to(at::kDouble).mean();
   // Resamples of the test rows: whole examples (cluster bootstrap) or rows;
   // the same resamples for every metric (one seed).
   const BootstrapOptions bo = BootstrapOptions().resamples(o.resamples()).confidence(o.confidence()).seed(o.seed());

@@ -132,7 +132,9 @@ struct ProbeRunResult {
   at::Tensor accuracy;                  ///< [P] float64, test rows
   at::Tensor control_accuracy;          ///< [P] the control task's probes on the same rows
   at::Tensor selectivity;               ///< [P] accuracy - control_accuracy
-  at::Tensor majority;                  ///< [] the test rows' most frequent label's share
+  /// [] the chance baseline: the test accuracy of always predicting the
+  /// train rows' most frequent class (scikit-learn's DummyClassifier)
+  at::Tensor majority;
   BootstrapInterval accuracy_ci, selectivity_ci;
   /// [P] test-row AUROC: binary, of the logit; more classes, scikit-learn's
   /// one-vs-rest macro of the class probabilities. NaN where the test rows

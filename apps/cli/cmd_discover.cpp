@@ -142,7 +142,8 @@ void add_discover_command(CLI::App& app) {
   CLI::Option* only = cmd->add_option("--only", a->only, "Run only the job of this name (steps still run)");
   cmd->add_flag("--force", a->force,
                 "Rerun finished jobs, replace circuits made with other settings in their folders, and "
-                "start interrupted ACDC runs afresh (their journals discarded)");
+                "start interrupted ACDC runs afresh (their journals discarded). Steps are not rerun: a "
+                "step is done once its output exists (delete the output to redo it)");
   cmd->add_flag("--no-svg", a->no_svg, "Do not draw circuit.svg (no Graphviz needed)");
   cmd->add_option("--shard", a->shard,
                   "I/N: run only the jobs whose index (from 0) is I mod N, for job arrays; default: "

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <optional>
@@ -88,11 +89,12 @@ void add_probe_command(CLI::App& app) {
                   "(mini-batches of 1024 rows with early stopping on 10% of the train rows, for row counts "
                   "that full-batch fits handle slowly)")
       ->capture_default_str();
-  add_count_option(cmd, "--max-iter", a->max_iter, "lbfgs and fista: iterations at most (scikit-learn's max_iter)");
-  cmd->add_option("--tol", a->tol,
+  CLI::Option* max_iter =
+      add_count_option(cmd, "--max-iter", a->max_iter, "lbfgs and fista: iterations at most (scikit-learn's max_iter)");
+  CLI::Option* tol = cmd->add_option("--tol", a->tol,
                   "lbfgs: stop at max |gradient| <= tol (scikit-learn's tol); fista: the gradient mapping's; >= 0")
       ->capture_default_str();
-  add_count_option(cmd, "--epochs", a->epochs, "adam: passes over the train rows at most");
+  CLI::Option* epochs = add_count_option(cmd, "--epochs", a->epochs, "adam: passes over the train rows at most");
   add_count_option(cmd, "--resamples", a->resamples,
                    "Bootstrap resamples (>= 2) of the test prompts (or tokens, with --split-by token)");
   cmd->add_option("--confidence", a->confidence, "Confidence of the bootstrap intervals, in (0, 1), exclusive")
@@ -114,6 +116,9 @@ void add_probe_command(CLI::App& app) {
   // parsing completes, so that a job file's probe step with a bad value is
   // refused before any step runs (discover parses every step first).
   auto options_of = [a, position] {
+    // The probes are logistic: exact (ridge) is not among the choices.
+    MECHLAB_CHECK(a->solver == "auto" || a->solver == "lbfgs" || a->solver == "fista" || a->solver == "adam",
+                  "unknown --solver '", a->solver, "'; use auto, lbfgs, fista or adam");
     probes::ProbeRunOptions o =
         probes::ProbeRunOptions()
             .hooks(a->hooks)
@@ -143,6 +148,10 @@ void add_probe_command(CLI::App& app) {
       std::shared_ptr<sae::Sae> s = sae::import_saelens(dir);
       MECHLAB_CHECK(!s->cfg().hook_name().empty(), "--sae ", dir, " records no hook_name; give an SAE whose ",
                     "cfg.json names the hook it was trained on");
+      for (const probes::ProbeAttachment& other : attach) {
+        MECHLAB_CHECK(other.host != s->cfg().hook_name(), "--sae ", other.source, " and ", dir, " both attach at ",
+                      other.host, "; give one SAE per hook");
+      }
       s->use_error_term(true);
       s->to(device, at::kFloat);
       attach.push_back({s->cfg().hook_name(), s, dir});
@@ -152,8 +161,16 @@ void add_probe_command(CLI::App& app) {
     return o;
   };
   cmd->parse_complete_callback([options_of] { options_of(); });
-  cmd->callback([a, options_of] {
+  cmd->callback([a, options_of, max_iter, tol, epochs] {
     const probes::ProbeRunOptions o = options_of();
+    // Options the chosen solver does not read are said, not silently dropped.
+    const bool adam = a->solver == "adam";
+    for (const CLI::Option* given : {max_iter, tol, epochs}) {
+      if (given->count() == 0 || (given == epochs) == adam) continue;
+      std::fprintf(stderr, "mechlab: warning: %s is not read by --solver %s; %s\n", given->get_name().c_str(),
+                   a->solver.c_str(), adam ? "adam stops by --epochs and its validation rows" :
+                                             "--epochs is adam's");
+    }
     for (const std::string& f : {probes::probe_results_path(a->out), probes::probe_plot_path(a->out)}) {
       core::require_not_same_file(f, "--out", a->source, "the source");
       core::require_not_same_file(f, "--out", a->dataset, "the dataset");
@@ -190,12 +207,14 @@ void add_probe_command(CLI::App& app) {
       std::fprintf(stderr, "mechlab: warning: the probed tokens are all of one type, so the control task has one "
                    "label: control accuracy is 1 and selectivity says nothing here\n");
     }
-    std::printf("  %-36s %-24s %-8s %-27s %s\n", "hook", str_cat("accuracy [", pct, "% CI]").c_str(), "control",
+    int w = 36;  // the hook column: as wide as the longest name
+    for (const std::string& n : r.names) w = std::max(w, static_cast<int>(printable(n).size()));
+    std::printf("  %-*s %-24s %-8s %-27s %s\n", w, "hook", str_cat("accuracy [", pct, "% CI]").c_str(), "control",
                 str_cat("selectivity [", pct, "% CI]").c_str(),
                 str_cat(r.num_classes > 2 ? "AUROC one-vs-rest [" : "AUROC [", pct, "% CI]").c_str());
     for (size_t i = 0; i < r.names.size(); ++i) {
       const int64_t p = static_cast<int64_t>(i);
-      std::printf("  %-36s %.3f [%.3f, %.3f]     %.3f    %6.3f [%6.3f, %6.3f]    %.3f [%.3f, %.3f]\n",
+      std::printf("  %-*s %.3f [%.3f, %.3f]     %.3f    %6.3f [%6.3f, %6.3f]    %.3f [%.3f, %.3f]\n", w,
                   printable(r.names[i]).c_str(), r.accuracy[p].item<double>(), r.accuracy_ci.lower[p].item<double>(),
                   r.accuracy_ci.upper[p].item<double>(), r.control_accuracy[p].item<double>(),
                   r.selectivity[p].item<double>(), r.selectivity_ci.lower[p].item<double>(),
@@ -242,7 +261,7 @@ void add_probe_command(CLI::App& app) {
         const int64_t p = static_cast<int64_t>(i);
         const double l = r.ablated_loss[p].item<double>();
         const double change = std::fabs(l - r.clean_loss) < 5e-5 ? 0.0 : l - r.clean_loss;  // no "-0.0000"
-        std::printf("  %-36s %.4f (%+.4f), %lld dimension%s\n", printable(r.names[i]).c_str(), l, change,
+        std::printf("  %-*s %.4f (%+.4f), %lld dimension%s\n", w, printable(r.names[i]).c_str(), l, change,
                     static_cast<long long>(r.ablated_dims[p].item<int64_t>()),
                     r.ablated_dims[p].item<int64_t>() == 1 ? "" : "s");
       }

@@ -195,6 +195,7 @@ std::string with_flag_names(std::string message) {
       {"`ProbeRunOptions::device`", "--device"},
       {"`ProbeRunOptions::split_heads`", "--split-heads"},
       {"`ProbeRunOptions::position`", "--position"},
+      {"`ProbeRunOptions::attach`", "--sae"},
       {"`split_heads`", "--split-heads"},
       {"`ProbeOptions::C`", "--C"},
       {"`ProbeOptions::max_iter`", "--max-iter"},

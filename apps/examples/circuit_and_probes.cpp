@@ -2,7 +2,11 @@
 // model: ACDC on induction prompt pairs (the circuit that predicts the copied
 // token, and how faithful it is), then one linear probe per layer for "this
 // token appeared earlier", with Hewitt & Liang's control task, and what
-// ablating the best probe's direction does to the loss.
+// ablating each probe's direction does to the loss. These are the pieces;
+// probes::run_probes (probes/probe_run.h, `mechlab probe`) does the probing
+// part in one call, from a model or an activation store, with bootstrap
+// intervals, and per head (split_heads), at one position, or on an SAE's
+// latents (attach).
 //
 // Build: every example under apps/examples/ is built with mechlab
 // (build/example_circuit_and_probes) and run by tests/apps/examples_test.cpp.
@@ -36,6 +40,9 @@ int main(int argc, char** argv) {
     // KL to the clean run at the answer: 0 for the full model, it grows as the circuit breaks.
     const patching::Metric kl = patching::kl_to_clean(data.answers(), runner.clean_logits());
     const discovery::AcdcResult acdc = discovery::acdc(runner, kl, discovery::AcdcOptions().threshold(0.05));
+    // Edges are named sender -> receiver; a head's receivers are its query,
+    // key and value inputs ("a1.h2<k>": the key input of layer 1's head 2),
+    // and "a1.h2<k> -> a1.h2" says that input is used.
     std::printf("ACDC kept %lld of %lld edges:\n", (long long)acdc.circuit.edge_count(),
                 (long long)acdc.circuit.edges().size());
     for (const discovery::CircuitEdge& e : acdc.circuit.edges()) {
@@ -53,6 +60,7 @@ int main(int argc, char** argv) {
     // earlier in its prompt (BOS: no label, -1)?
     const core::Dataset repeats = core::tasks::make_task("induction", {{"n", 64}, {"seed", 2}, {"d_vocab", d_vocab}});
     const at::Tensor tokens = repeats.tokens.to(at::kLong);                                   // [N, T]
+    // (no dataset /labels needed for "repeated"; the last argument names the data in errors)
     const at::Tensor labels = probes::token_labels("repeated", tokens, {}, "the prompts");    // [N, T]
     const std::vector<std::string> sites = {"hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"};
     auto [logits, cache] = model.run_with_cache(tokens, sites);
@@ -60,7 +68,10 @@ int main(int argc, char** argv) {
     const at::Tensor rows = labels.reshape({-1}).ge(0).nonzero().squeeze(1);  // the labelled rows
     const at::Tensor x = f.x.index_select(1, rows), y = labels.reshape({-1}).index_select(0, rows);
     const at::Tensor ids = tokens.reshape({-1}).index_select(0, rows);
-    const at::Tensor prompt = rows.div(tokens.size(1), "floor");  // each row's prompt
+    // Each row's prompt: these prompts have no padding, so row r is prompt
+    // r / T (padded prompts: pass the attention mask to features_from_cache
+    // as its row_mask, and take the prompts of the rows it keeps).
+    const at::Tensor prompt = rows.div(tokens.size(1), "floor");
     // Train and test hold whole prompts (scikit-learn's GroupShuffleSplit).
     const probes::Split split = probes::group_split(prompt, probes::SplitOptions().test_fraction(0.25).seed(0));
     auto fit_and_score = [&](const at::Tensor& target) {  // -> (probes, test accuracy [P])
@@ -70,7 +81,9 @@ int main(int argc, char** argv) {
       return std::make_pair(p, probes::accuracy(predicted, target.index_select(0, split.test)));
     };
     const auto [fitted, accuracy] = fit_and_score(y);
-    // Hewitt & Liang's control task: each token type gets a random label.
+    // Hewitt & Liang's control task: each token type gets a random label. The
+    // embedding knows the token, not whether it came before: there the
+    // control beats the task (selectivity < 0), after layer 0 it does not.
     const at::Tensor control = fit_and_score(probes::control_labels(ids, y, /*seed=*/0)).second;
     const at::Tensor selectivity = probes::selectivity(accuracy, control);
     std::printf("probes for 'this token appeared earlier' (%lld test tokens):\n", (long long)split.test.size(0));

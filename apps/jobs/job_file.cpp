@@ -185,7 +185,7 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
   }
   // Paths the step reads or writes are relative to the job file.
   auto path_field = [&](const std::string& f) {
-    return f == "out" || f == "model" || f == "dataset" || f == "config" || f == "source";
+    return f == "out" || f == "model" || f == "dataset" || f == "config" || f == "source" || f == "sae";
   };
   s.argv = kind->command;
   for (const auto& p : kind->positionals) {
@@ -238,7 +238,7 @@ Step parse_step(const json& item, size_t index, const std::string& dir) {
         MECHLAB_CHECK(x.is_string() || x.is_number(), s.label, ": field '", f, "' lists ", x.dump(),
                       "; give texts or numbers");
         s.argv.push_back(flag);
-        s.argv.push_back(value_text(x));
+        s.argv.push_back(path_field(f) ? resolve(dir, value_text(x)) : value_text(x));
       }
     } else {
       MECHLAB_CHECK(v.is_string() || v.is_number(), s.label, ": field '", f, "' must be a text, number, "
@@ -540,9 +540,10 @@ JobFile parse_job_document(const json& doc, const std::string& path, const std::
   // Steps alone (make a dataset, cache, train an SAE, probe) are a job
   // file too; without steps there must be jobs.
   const bool has_steps = doc.contains("steps") && doc["steps"].is_array() && !doc["steps"].empty();
-  MECHLAB_CHECK((doc.contains("jobs") && doc["jobs"].is_array() && (!doc["jobs"].empty() || has_steps)) ||
-                    (!doc.contains("jobs") && has_steps),
-                "job file ", path, ": field 'jobs' must be a list of jobs (it may be left out when there are steps)");
+  MECHLAB_CHECK(!doc.contains("jobs") || doc["jobs"].is_array(), "job file ", path,
+                ": field 'jobs' must be a list of jobs");
+  MECHLAB_CHECK(has_steps || (doc.contains("jobs") && !doc["jobs"].empty()), "job file ", path,
+                " has nothing to run; give a list of jobs, or of steps, or both");
   if (doc.contains("steps")) {
     MECHLAB_CHECK(doc["steps"].is_array(), "job file ", path, ": field 'steps' must be a list of steps");
     for (size_t i = 0; i < doc["steps"].size(); ++i) file.steps.push_back(parse_step(doc["steps"][i], i, dir));

@@ -196,6 +196,9 @@ TEST_F(ProbeCli, AnSaeFolderMakesItsLatentsAHook) {
   const nlohmann::json attach = nlohmann::json::parse(f.read_attr_string("", "config")).at("attach");
   EXPECT_EQ(attach[0].at("source").get<std::string>(), dir + "/sae");
   EXPECT_EQ(attach[0].at("host").get<std::string>(), "blocks.0.hook_resid_post");
+  expect_refused(run_cli("probe " + kModel + " " + data_ + " --sae " + dir + "/sae --sae " + dir + "/sae --hooks " +
+                         latents + " --label repeated --out " + dir + "/x"),
+                 dir + "/x", "both attach at blocks.0.hook_resid_post; give one SAE per hook");
   c.hook_name("");
   sae::export_saelens(*sae::make_sae(c), dir + "/nameless");
   expect_refused(run_cli("probe " + kModel + " " + data_ + " --sae " + dir + "/nameless --hooks " + latents +
@@ -298,10 +301,10 @@ TEST_F(ProbeCli, EachBadOptionIsOneLineNamingTheFlag) {
       {" --position 500", "has a token at --position 500 ("},
       {" --tol -1", "--tol must be >= 0, got -1"},
       {" --epochs 0", "--epochs must be > 0, got 0"},
-      {" --solver exact", "--solver exact solves ridge and least squares only; a logistic probe takes auto, "
-                          "lbfgs, fista or adam"},
+      {" --solver exact", "unknown --solver 'exact'; use auto, lbfgs, fista or adam"},
       {" --solver lbfgs --penalty l1", "--solver lbfgs cannot minimise the l1 --penalty"},
-      {" --solver sgd", "unknown probe solver 'sgd'; use auto, lbfgs, fista, exact or adam"},
+      {" --solver sgd", "unknown --solver 'sgd'; use auto, lbfgs, fista or adam"},
+      {" --sae /nonexistent/sae", "/nonexistent/sae"},
   };
   for (const auto& [flag, words] : cases) expect_refused(run_cli(head + flag), out, words);
   expect_refused(run_cli(head + " --device gpu"), out, "unknown device \"gpu\"; use cpu, cuda, cuda:N or auto");
@@ -348,11 +351,12 @@ TEST_F(ProbeCli, ProbesThatStopAtMaxIterAreWarnedAbout) {
   // improving is told to raise --epochs (not --max-iter, which it ignores).
   const auto adam = run_cli("probe " + kModel + " " + data_ +
                             " --hooks blocks.0.hook_resid_post --label repeated --solver adam --epochs 2 "
-                            "--resamples 20 --threads 1 --overwrite --out " + out);
+                            "--tol 0.5 --resamples 20 --threads 1 --overwrite --out " + out);
   ASSERT_EQ(adam.rc, 0) << adam.output;
   EXPECT_THAT(adam.output, HasSubstr("was still improving on its validation rows after 2 epochs (best at epoch 2); "
                                      "raise --epochs"));
   EXPECT_THAT(adam.output, ::testing::Not(HasSubstr("--max-iter")));
+  EXPECT_THAT(adam.output, HasSubstr("mechlab: warning: --tol is not read by --solver adam"));
   const nlohmann::json config =
       nlohmann::json::parse(core::H5File::open_read(out + "/probes.h5").read_attr_string("", "config"));
   EXPECT_EQ(config.at("solver").get<std::string>(), "adam");
@@ -401,10 +405,15 @@ TEST_F(ProbeCli, JobFileProbeStepRunsTheCommandAndIsDoneOnceProbesH5Exists) {
   const nlohmann::json doc = nlohmann::json::parse(R"({"steps": [{"probe": {"source": ")" + kModel +
                                                    R"(", "dataset": ")" + data_ + R"(",
       "hooks": ["hook_embed", "blocks.0.hook_resid_post"], "label": "repeated", "resamples": 20, "threads": 1,
-      "split-by": "token", "device": "cpu", "out": "runs/probes"}}],
+      "split-by": "token", "device": "cpu", "out": "runs/probes"}},
+      {"probe": {"source": "m.h5", "dataset": "d.h5", "out": "p2", "hooks": "x", "sae": ["saes/a", "/abs/b"]}}],
       "jobs": [{"name": "j", "model": "m.h5", "dataset": "d.h5", "method": "eap", "metric": "logit_diff", "threshold": 0.1}]})");
   const jobs::JobFile file = jobs::parse_job_document(doc, dir + "/job.json", dir);
-  ASSERT_EQ(file.steps.size(), 1u);
+  ASSERT_EQ(file.steps.size(), 2u);
+  // Paths in a step, also in a list, are relative to the job file's folder.
+  const std::vector<std::string>& second = file.steps[1].argv;
+  EXPECT_NE(std::find(second.begin(), second.end(), dir + "/saes/a"), second.end());
+  EXPECT_NE(std::find(second.begin(), second.end(), "/abs/b"), second.end());
   const jobs::Step& s = file.steps[0];
   const std::string out = dir + "/runs/probes";
   EXPECT_EQ(s.argv, (std::vector<std::string>{"probe", kModel, data_, "--out", out, "--hooks", "hook_embed",

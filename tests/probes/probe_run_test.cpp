@@ -324,6 +324,14 @@ TEST(ProbeRun, ClassesAreTheLabelsPresent) {
   EXPECT_EQ(b.probes.weight.size(2), 1);  // binary: one logit
   EXPECT_TRUE(at::equal(a.probes.weight, b.probes.weight));
   EXPECT_TRUE(at::equal(a.accuracy, b.accuracy));
+  // The chance line is scikit-learn's DummyClassifier(most_frequent): the
+  // train rows' most frequent label, scored on the test rows.
+  const at::Tensor labels = ds.labels.reshape({-1});
+  const at::Tensor y = labels.index_select(0, labels.ge(0).nonzero().squeeze(1));
+  const int64_t mode = at::bincount(y.index_select(0, b.split.train)).argmax().item<int64_t>();
+  const at::Tensor test_labels = y.index_select(0, b.split.test);
+  EXPECT_DOUBLE_EQ(b.majority.item<double>(), test_labels.eq(mode).to(at::kDouble).mean().item<double>());
+  EXPECT_DOUBLE_EQ(a.majority.item<double>(), b.majority.item<double>());
 }
 
 // A 3-class label (the position mod 3): --ablate projects out each probe's
