@@ -90,7 +90,9 @@ TEST(ProbeIntervention, WithAHeadOnlyThatHeadsVectorsChange) {
   EXPECT_TRUE(at::allclose(ablated, reference, 1e-5, 1e-6));
   const at::Tensor in = cache[host + ".probe.hook_probe_in"], out = cache[host + ".probe.hook_probe_out"];
   for (int64_t h = 0; h < model.cfg().n_heads; ++h) {
-    if (h != head) EXPECT_TRUE(at::equal(out.select(2, h), in.select(2, h))) << "head " << h;
+    if (h != head) {
+      EXPECT_TRUE(at::equal(out.select(2, h), in.select(2, h))) << "head " << h;
+    }
   }
   const at::Tensor u = w / w.norm();
   EXPECT_GT(at::matmul(in.select(2, head), u).abs().max().item<double>(), 1e-4);
