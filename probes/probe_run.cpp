@@ -119,11 +119,15 @@ std::tuple<int, int64_t, int> forward_position(const std::string& hook) {
   return {hook.rfind("ln_final", 0) == 0 ? 2 : 0, 0, static_cast<int>(table.size())};
 }
 
-// Features [P, R, D], the label [R], the token id [R], the example [R] and
-// the position [R] of each row, rows in example order, positions ascending.
+// Features [P, R, D], the label [R], the token id [R] and the example [R]
+// of each row, rows in example order, positions ascending. With
+// `position`, the rows are cut to that position where they are read (a
+// model's forwards keep only those rows of the cache), and `examples_seen`
+// counts the examples read before the cut.
 struct Rows {
   ProbeFeatures f;
-  at::Tensor labels, token_ids, examples, positions;
+  at::Tensor labels, token_ids, examples;
+  int64_t examples_seen = 0;
 };
 
 // A store is read with the dataset it was cached from, else its rows are
@@ -180,8 +184,10 @@ Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at:
   const at::Tensor src = store.row_source(0, store.num_rows()).to(at::kLong);  // [R, 2] (example, position)
   const int64_t examples = o.max_examples() > 0 ? std::min(o.max_examples(), ds.size()) : ds.size();
   check_store_dataset(store, path, ds, dataset, src);
-  const at::Tensor keep = src.select(1, 0).lt(examples).nonzero().squeeze(1);  // [R'] rows of the first examples
+  at::Tensor keep = src.select(1, 0).lt(examples).nonzero().squeeze(1);  // [R'] rows of the first examples
   Rows r;
+  r.examples_seen = std::get<0>(at::_unique(src.index_select(0, keep).select(1, 0))).numel();
+  if (o.position()) keep = keep.index_select(0, rows_at_position(src.index_select(0, keep), *o.position()));
   r.f = features_from_store(store, names, 0, -1, FeatureOptions().split_heads(o.split_heads()));  // [P, R, D]
   r.f.x = r.f.x.index_select(1, keep);
   const at::Tensor s = src.index_select(0, keep);
@@ -189,7 +195,6 @@ Rows rows_from_store(const std::string& path, const core::Dataset& ds, const at:
   r.labels = labels.reshape({-1}).index_select(0, flat);
   r.token_ids = ds.prompts().to(at::kLong).reshape({-1}).index_select(0, flat);
   r.examples = s.select(1, 0).contiguous();
-  r.positions = s.select(1, 1).contiguous();
   return r;
 }
 
@@ -202,8 +207,9 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
       hooks::NamesFilter::predicate([&wanted](const std::string& n) { return wanted.count(n) > 0; });
   const int64_t N = o.max_examples() > 0 ? std::min(o.max_examples(), ds.size()) : ds.size();
   const at::Tensor prompts = ds.prompts().to(at::kLong);  // [N, T]
-  std::vector<at::Tensor> xs, ys, ids, exs, poss;
+  std::vector<at::Tensor> xs, ys, ids, exs;
   Rows r;
+  r.examples_seen = N;
   for (int64_t e0 = 0; e0 < N; e0 += o.batch_size()) {
     const int64_t e1 = std::min(N, e0 + o.batch_size());
     const at::Tensor tokens = prompts.slice(0, e0, e1);  // [b, T]
@@ -216,24 +222,29 @@ Rows rows_from_model(hooks::HookedTransformer& model, const std::string& path, c
     }
     at::NoGradGuard no_grad;
     auto [logits, cache] = model.run_with_cache(tokens, filter, run);
-    ProbeFeatures f = features_from_cache(cache, names, mask.defined() ? mask.to(at::kBool) : mask,
-                                          FeatureOptions().split_heads(o.split_heads()));
+    // The rows to keep [b, T]: real tokens, and with `position` only the one
+    // at P, or |P|-th from the end of the real tokens (as rows_at_position).
+    at::Tensor keep = mask.defined() ? mask.to(at::kBool) : at::ones(tokens.sizes(), at::kBool);
+    if (o.position()) {
+      const int64_t p = *o.position();
+      const at::Tensor at_p = p >= 0 ? at::arange(tokens.size(1), at::kLong).eq(p).unsqueeze(0).expand(tokens.sizes())
+                                     : keep.flip(1).to(at::kLong).cumsum(1).flip(1).eq(-p);  // real tokens from t on
+      keep = keep.logical_and(at_p);
+    }
+    ProbeFeatures f = features_from_cache(cache, names, keep, FeatureOptions().split_heads(o.split_heads()));
     MECHLAB_CHECK(at::isfinite(f.x).all().item<bool>(), "model ", path, " gives NaN or inf activations at ",
                   "one of the hooks for examples ", e0, " to ", e1 - 1, "; check the model's weights");
-    const at::Tensor m = mask.defined() ? mask.to(at::kBool).reshape({-1}) : at::ones({tokens.numel()}, at::kBool);
+    const at::Tensor m = keep.reshape({-1});
     xs.push_back(f.x);
     ys.push_back(labels.slice(0, e0, e1).reshape({-1}).masked_select(m));
     ids.push_back(tokens.reshape({-1}).masked_select(m));
     exs.push_back(at::arange(e0, e1, at::kLong).unsqueeze(1).expand(tokens.sizes()).reshape({-1}).masked_select(m));
-    poss.push_back(
-        at::arange(tokens.size(1), at::kLong).unsqueeze(0).expand(tokens.sizes()).reshape({-1}).masked_select(m));
     r.f.names = f.names;
   }
   r.f.x = at::cat(xs, 1);  // [P, R, D]
   r.labels = at::cat(ys);
   r.token_ids = at::cat(ids);
   r.examples = at::cat(exs);
-  r.positions = at::cat(poss);
   return r;
 }
 
@@ -323,17 +334,10 @@ ProbeRunResult run_probes(const std::string& source, const std::string& dataset,
   Rows rows = r.from_store ? rows_from_store(source, ds, labels, dataset, o)
                            : rows_from_model(*model, source, ds, labels, o);
 
-  // `position`: one row per example (a prompt's rows are a run, in order,
-  // as rows_at_position reads them).
-  if (o.position()) {
-    const at::Tensor picked = rows_at_position(at::stack({rows.examples, rows.positions}, 1), *o.position());
-    MECHLAB_CHECK(picked.numel() > 0, "no prompt of ", dataset, " has a token", at_position, " (", ds.seq_len(),
-                  " positions); give a position inside the prompts");
-    r.position_missing = std::get<0>(at::_unique(rows.examples)).numel() - picked.numel();
-    rows.f.x = rows.f.x.index_select(1, picked);
-    for (at::Tensor* t : {&rows.labels, &rows.token_ids, &rows.examples, &rows.positions}) {
-      *t = t->index_select(0, picked);
-    }
+  if (o.position()) {  // the rows were cut to one per example where they were read
+    MECHLAB_CHECK(rows.examples.numel() > 0, "no prompt of ", dataset, " has a token", at_position, " (",
+                  ds.seq_len(), " positions); give a position inside the prompts");
+    r.position_missing = rows.examples_seen - rows.examples.numel();
   }
   // Rows without a label are no data.
   const at::Tensor labelled = rows.labels.ge(0).nonzero().squeeze(1);  // [R]

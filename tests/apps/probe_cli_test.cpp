@@ -223,6 +223,23 @@ TEST_F(ProbeCli, WarningsSayWhatTheScoresCannotTell) {
                         at::tensor({1, 2, 3}, at::kLong)));
   EXPECT_THAT(at15.output, HasSubstr("mechlab: warning: the probed tokens are all of one type, so the control task "
                                      "has one label: control accuracy is 1 and selectivity says nothing here"));
+  // The model cuts its rows to the position in its forwards, a store after
+  // reading them (rows_at_position): on these right-padded prompts both
+  // take the same token per prompt, from the end (-3) and from the start.
+  const std::string store = temp_path("ioi_acts.h5"), from_store = temp_path("ioi_store_probes");
+  ASSERT_EQ(run_cli("cache " + kModel + " " + ioi + " --hooks blocks.1.hook_resid_post --dtype f32 --no-progress "
+                    "--overwrite --out " + store).rc, 0);
+  for (const char* p : {"-3", "15"}) {
+    ASSERT_EQ(run_cli(head + " --position " + p).rc, 0);
+    const auto s = run_cli("probe " + store + " " + ioi + " --hooks blocks.1.hook_resid_post --resamples 20 "
+                           "--threads 1 --overwrite --out " + from_store + " --position " + p);
+    ASSERT_EQ(s.rc, 0) << s.output;
+    core::H5File fa = core::H5File::open_read(out + "/probes.h5");
+    core::H5File fb = core::H5File::open_read(from_store + "/probes.h5");
+    EXPECT_EQ(fa.read_attr_int("", "rows"), fb.read_attr_int("", "rows")) << p;
+    EXPECT_TRUE(at::equal(fa.read_tensor("test_prompts"), fb.read_tensor("test_prompts"))) << p;
+    EXPECT_TRUE(at::allclose(fa.read_tensor("weight"), fb.read_tensor("weight"), 1e-4, 1e-5)) << p;
+  }
   const auto few = run_cli(head + " --max-examples 6");
   ASSERT_EQ(few.rc, 0) << few.output;
   EXPECT_THAT(few.output, HasSubstr("mechlab: warning: only 2 test prompts: the intervals resample them and say "
