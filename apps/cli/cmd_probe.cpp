@@ -36,6 +36,7 @@ void add_probe_command(CLI::App& app) {
     int64_t seed = 0, max_iter = 100, resamples = 1000, batch_size = 8, max_examples = 0, ablate_examples = 32,
             position = 0, epochs = 50;
     bool overwrite = false, ablate = false, split_heads = false;
+    probes::ProbeRunOptions options;  // from the flags, once parsing completes
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("source", a->source,
@@ -112,9 +113,9 @@ void add_probe_command(CLI::App& app) {
                   "when there is a GPU); the bootstrap runs on the CPU")
       ->capture_default_str();
   add_threads_option(cmd, "The CPU's work (with --device cpu: the forwards and fits too; always the bootstrap)");
-  // The options from the flags, checked, the SAE folders read: also when
-  // parsing completes, so that a job file's probe step with a bad value is
-  // refused before any step runs (discover parses every step first).
+  // The options from the flags, checked, the SAE folders read, when parsing
+  // completes: so that a job file's probe step with a bad value is refused
+  // before any step runs (discover parses every step first, work skipped).
   auto options_of = [a, position] {
     // The probes are logistic: exact (ridge) is not among the choices.
     MECHLAB_CHECK(a->solver == "auto" || a->solver == "lbfgs" || a->solver == "fista" || a->solver == "adam",
@@ -160,9 +161,9 @@ void add_probe_command(CLI::App& app) {
     probes::check_probe_run_options(o);
     return o;
   };
-  cmd->parse_complete_callback([options_of] { options_of(); });
-  cmd->callback([a, options_of, max_iter, tol, epochs] {
-    const probes::ProbeRunOptions o = options_of();
+  cmd->parse_complete_callback([a, options_of] { a->options = options_of(); });  // the SAEs read once
+  cmd->callback([a, max_iter, tol, epochs] {
+    const probes::ProbeRunOptions& o = a->options;
     // Options the chosen solver does not read are said, not silently dropped.
     const bool adam = a->solver == "adam";
     for (const CLI::Option* given : {max_iter, tol, epochs}) {
