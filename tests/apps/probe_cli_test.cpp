@@ -215,12 +215,24 @@ TEST_F(ProbeCli, WarningsSayWhatTheScoresCannotTell) {
   ASSERT_EQ(run_cli("dataset make ioi --n 60 --seed 1 --overwrite --out " + ioi).rc, 0);
   const std::string head = "probe " + kModel + " " + ioi + " --hooks blocks.1.hook_resid_post --resamples 20 "
                            "--threads 1 --overwrite --out " + out;
+  // From the dataset: the prompts of 15 tokens or fewer, and the labels
+  // (template indices) of the others.
+  const core::Dataset ds = core::load_dataset(ioi);
+  const at::Tensor long_enough = ds.attention_mask.sum(1).gt(15);  // [N]
+  const int64_t short_prompts = ds.size() - long_enough.sum().item<int64_t>();
+  const at::Tensor present = std::get<0>(at::_unique(ds.labels.masked_select(long_enough)));
+  ASSERT_GT(short_prompts, 0);
+  ASSERT_GE(present.numel(), 2);
+  std::string labels_text;
+  for (int64_t k = 0; k < present.numel(); ++k) {
+    labels_text += (k ? ", " : "") + std::to_string(present[k].item<int64_t>());
+  }
   const auto at15 = run_cli(head + " --position 15");
   ASSERT_EQ(at15.rc, 0) << at15.output;
-  EXPECT_THAT(at15.output, HasSubstr("34 prompts have no token at --position 15 and are left out"));
-  EXPECT_THAT(at15.output, HasSubstr("3 classes (labels 1, 2, 3)"));
-  EXPECT_TRUE(at::equal(core::H5File::open_read(out + "/probes.h5").read_tensor("classes"),
-                        at::tensor({1, 2, 3}, at::kLong)));
+  EXPECT_THAT(at15.output,
+              HasSubstr(std::to_string(short_prompts) + " prompts have no token at --position 15 and are left out"));
+  EXPECT_THAT(at15.output, HasSubstr(std::to_string(present.numel()) + " classes (labels " + labels_text + ")"));
+  EXPECT_TRUE(at::equal(core::H5File::open_read(out + "/probes.h5").read_tensor("classes"), present.to(at::kLong)));
   EXPECT_THAT(at15.output, HasSubstr("mechlab: warning: the probed tokens are all of one type, so the control task "
                                      "has one label: control accuracy is 1 and selectivity says nothing here"));
   // The model cuts its rows to the position in its forwards, a store after
